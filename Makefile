@@ -1,0 +1,56 @@
+# fstore — one command surface. `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+PYTEST_ARGS ?=
+
+.PHONY: help setup system-deps demo test test-unit test-integration lint bench services-up services-down clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+system-deps: ## install redis-server with apt if it is missing (needs root)
+	@command -v redis-server >/dev/null || { echo "installing redis-server (apt)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server) >/dev/null; }
+	@command -v java >/dev/null || echo "warning: no java on PATH; the Spark batch layer needs OpenJDK 17"
+
+$(STAMP): pyproject.toml
+	@echo "setting up $(VENV) (virtualenv + pip install -e .[dev])"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --upgrade pip
+	@$(BIN)/python -m pip install -q -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+setup: system-deps $(STAMP) ## virtualenv, Python packages and system packages
+	@echo "setup done: $$($(BIN)/fstore --version)"
+
+demo: setup ## the whole pipeline end to end on local services
+	@$(BIN)/python -m fstore.demo
+
+test: setup ## install and run the whole test suite (unit + integration)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-unit: setup ## fast tests of the pure core
+	$(BIN)/python -m pytest -m unit $(PYTEST_ARGS)
+
+test-integration: setup ## tests against real Redis, broker, Spark and Delta files
+	$(BIN)/python -m pytest -m integration $(PYTEST_ARGS)
+
+lint: setup ## ruff and mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check . || true
+	$(BIN)/mypy fstore jobs services bench
+
+bench: setup ## benchmarks (figures go to stdout; see docs/benchmarks.md)
+	$(BIN)/python bench/generate_ingest.py
+
+services-up: setup ## start local Redis and Kafka-protocol broker
+	$(BIN)/fstore services up
+
+services-down: ## stop local services
+	-$(BIN)/fstore services down
+
+clean: services-down ## remove generated data and state (keeps the virtualenv)
+	rm -rf data .fstore feature_repo/data

@@ -1,0 +1,30 @@
+"""The ``fstore`` command line: one entry point for every job.
+
+Each subcommand lives in ``fstore/commands/<name>.py`` and imports its heavy dependencies (Delta, Kafka,
+Spark, Feast) inside the command body, so ``fstore --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import click
+
+from fstore import __version__
+from fstore.commands.generate import generate
+from fstore.commands.ingest import ingest
+from fstore.commands.publish import publish
+from fstore.commands.services import services
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="fstore")
+def main() -> None:
+    """fstore — a Lambda-architecture feature store (Kafka + Faust speed layer, Spark batch layer,
+    Redis online store, Delta Lake offline store, Feast registry).
+
+    Configuration comes from FSTORE_* environment variables and .fstore/services.env (written by
+    `fstore services up`). Run `fstore COMMAND --help` for the options of each command.
+    """
+
+
+for _cmd in (services, generate, publish, ingest):
+    main.add_command(_cmd)

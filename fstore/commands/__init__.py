@@ -1,0 +1,1 @@
+"""One module per ``fstore`` subcommand (thin adapters over the core)."""

@@ -1,0 +1,217 @@
+"""The event contract of DESIGN.md §2: decoding, validation, normalisation and PII dropping.
+
+:func:`parse` turns the original message bytes into either a normalised :class:`Event` or a
+:class:`Rejection` carrying exactly one reason from the closed list :data:`REASONS`. Nothing raises on
+bad input: every message ends up as one or the other, so adapters can count and dead-letter it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from fstore.core.timeutil import MAX_MICROS, MINUTE, parse_timestamp
+
+MAX_MESSAGE_BYTES = 64 * 1024
+FUTURE_TOLERANCE = 5 * MINUTE
+
+EVENT_TYPES = ("page_view", "impression", "click", "add_to_cart", "purchase")
+_EVENT_TYPES = frozenset(EVENT_TYPES)
+ID_FIELDS = ("event_id", "user_id", "product_id")
+_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+
+#: The closed list of rejection reasons; ``<f>`` stands for a field name.
+REASONS = (
+    "malformed_json",
+    "oversized",
+    "missing_field:<f>",
+    "invalid_type:<f>",
+    "invalid_id:<f>",
+    "unknown_event_type",
+    "negative_amount",
+    "future_timestamp",
+)
+
+#: Keys that are personal data. Valid events drop every unknown key anyway; dead letters mask these.
+PII_KEYS = frozenset(
+    {"email", "e_mail", "phone", "phone_number", "ip", "ip_address", "name", "first_name", "last_name",
+     "address", "street", "postcode", "zip", "birth_date", "dob", "credit_card", "card_number"}
+)
+
+
+class Event(NamedTuple):
+    """A valid, normalised event. Times are UTC epoch microseconds; unknown fields are gone."""
+
+    event_id: str
+    event_type: str
+    user_id: str
+    product_id: str | None
+    event_time: int
+    price: float | None
+    quantity: int
+    session_id: str | None
+
+
+class Rejection(NamedTuple):
+    """Why a message is not a valid event (one reason from :data:`REASONS`)."""
+
+    reason: str
+
+
+Loads = Callable[[bytes], Any]
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def json_loads(raw: bytes) -> Any:
+    """Strict JSON decoding with the standard library (NaN/Infinity are malformed, as in orjson)."""
+    return json.loads(raw, parse_constant=_reject_constant)
+
+
+def payload_hash(raw: bytes) -> str:
+    """Hash of the original message bytes; breaks ties between duplicates ingested at the same instant."""
+    return hashlib.blake2b(raw, digest_size=16).hexdigest()
+
+
+def parse(raw: bytes, now: int, loads: Loads = json_loads) -> Event | Rejection:
+    """Decode and validate one message.
+
+    Args:
+        raw: the original message bytes (a Kafka value or a JSONL line without its newline).
+        now: the processing clock, UTC epoch microseconds (for ``future_timestamp``).
+        loads: a JSON decoder that raises ``ValueError`` on bad input (``orjson.loads`` in adapters).
+
+    Returns:
+        The normalised event, or a rejection with one reason.
+    """
+    if len(raw) > MAX_MESSAGE_BYTES:
+        return Rejection("oversized")
+    try:
+        obj = loads(raw)
+    except (ValueError, TypeError, RecursionError):
+        return Rejection("malformed_json")
+    if not isinstance(obj, dict):
+        return Rejection("malformed_json")
+    return validate(obj, now)
+
+
+def _id(obj: dict[str, Any], field: str, required: bool) -> str | None | Rejection:
+    v = obj.get(field)
+    if v is None:
+        return Rejection(f"missing_field:{field}") if required else None
+    if not isinstance(v, str):
+        return Rejection(f"invalid_type:{field}")
+    if not _ID.fullmatch(v):
+        return Rejection(f"invalid_id:{field}")
+    return v
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _finite(v: Any) -> bool:
+    """A JSON number that fits a float (huge integers overflow and are not finite amounts)."""
+    try:
+        return _number(v) and math.isfinite(v)
+    except OverflowError:
+        return False
+
+
+def _event_time(v: Any) -> int | Rejection:
+    try:
+        if isinstance(v, str):
+            us = parse_timestamp(v)
+        elif _finite(v):
+            us = v * 1000 if isinstance(v, int) else round(v * 1000)
+        else:
+            return Rejection("invalid_type:event_time")
+    except (ValueError, OverflowError):
+        return Rejection("invalid_type:event_time")
+    if not 0 <= us <= MAX_MICROS:
+        return Rejection("invalid_type:event_time")
+    return int(us)
+
+
+def validate(obj: dict[str, Any], now: int) -> Event | Rejection:
+    """Validate a decoded JSON object against the event contract (fields checked in a fixed order).
+
+    The order is event_id, event_type, user_id, product_id, event_time, price, quantity, session_id; the
+    first failing check gives the reason. ``quantity < 1`` is reported as ``negative_amount`` like a
+    negative price: both are impossible amounts.
+    """
+    event_id = _id(obj, "event_id", True)
+    if isinstance(event_id, Rejection):
+        return event_id
+    event_type = obj.get("event_type")
+    if event_type is None:
+        return Rejection("missing_field:event_type")
+    if not isinstance(event_type, str):
+        return Rejection("invalid_type:event_type")
+    if event_type not in _EVENT_TYPES:
+        return Rejection("unknown_event_type")
+    user_id = _id(obj, "user_id", True)
+    if isinstance(user_id, Rejection):
+        return user_id
+    product_id = _id(obj, "product_id", event_type != "page_view")
+    if isinstance(product_id, Rejection):
+        return product_id
+    raw_time = obj.get("event_time")
+    if raw_time is None:
+        return Rejection("missing_field:event_time")
+    event_time = _event_time(raw_time)
+    if isinstance(event_time, Rejection):
+        return event_time
+    price = obj.get("price")
+    if price is None:
+        if event_type == "purchase":
+            return Rejection("missing_field:price")
+    elif not _finite(price):
+        return Rejection("invalid_type:price")
+    elif price < 0:
+        return Rejection("negative_amount")
+    quantity = obj.get("quantity")
+    if quantity is None:
+        quantity = 1
+    elif not isinstance(quantity, int) or isinstance(quantity, bool):
+        return Rejection("invalid_type:quantity")
+    elif quantity < 1:
+        return Rejection("negative_amount")
+    session_id = obj.get("session_id")
+    if session_id is not None and not isinstance(session_id, str):
+        return Rejection("invalid_type:session_id")
+    if event_time > now + FUTURE_TOLERANCE:
+        return Rejection("future_timestamp")
+    assert event_id is not None and user_id is not None
+    return Event(
+        event_id, event_type, user_id, product_id, event_time,
+        None if price is None else float(price), quantity, session_id,
+    )
+
+
+def reason_family(reason: str) -> str:
+    """The closed-list entry a reason belongs to (``missing_field:price`` → ``missing_field:<f>``)."""
+    head, sep, _ = reason.partition(":")
+    return f"{head}:<f>" if sep else reason
+
+
+def redact_pii(raw: bytes, loads: Loads = json_loads) -> bytes:
+    """Mask personal data in a dead-lettered payload that is still a JSON object.
+
+    The payload is kept byte-for-byte unless it parses and holds a key from :data:`PII_KEYS`; then those
+    values become ``"[redacted]"``. Unparseable payloads are kept as they are.
+    """
+    try:
+        obj = loads(raw)
+    except (ValueError, TypeError, RecursionError):
+        return raw
+    if not isinstance(obj, dict) or not PII_KEYS.intersection(obj):
+        return raw
+    masked = {k: ("[redacted]" if k in PII_KEYS else v) for k, v in obj.items()}
+    return json.dumps(masked, separators=(",", ":"), ensure_ascii=False).encode()

@@ -1,0 +1,72 @@
+"""Window, hop, tail and tile arithmetic (DESIGN.md §3).
+
+For a window ``W`` evaluated at time ``t`` the events that count are those with
+``tail(t) <= event_time < t`` where ``tail(t) = floor(t - W, hop(W))``. The head is exact, the tail is
+aligned down to the hop grid, so the effective window lies between ``W`` and ``W + hop(W)``.
+
+Tiles are the unit of storage in every layer: a tile of size ``hop`` starting at ``s`` (a multiple of
+``hop``) holds the partial aggregates of the events in ``[s, s + hop)``. A window is therefore the full
+tiles from ``tail(t)`` up to ``floor(t, hop)`` plus the head tile ``[floor(t, hop), t)``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from fstore.core.timeutil import DAY, HOUR, MINUTE, floor_to
+
+HOP_SHORT = 5 * MINUTE
+HOP_MEDIUM = HOUR
+HOP_LONG = DAY
+
+
+def hop(window: int) -> int:
+    """The hop (tile size) of a window, both in microseconds.
+
+    ``W <= 12 h`` → 5 minutes; ``12 h < W <= 12 days`` → 1 hour; ``W > 12 days`` → 1 day.
+    """
+    if window <= 0:
+        raise ValueError(f"window must be positive, got {window} us")
+    if window <= 12 * HOUR:
+        return HOP_SHORT
+    if window <= 12 * DAY:
+        return HOP_MEDIUM
+    return HOP_LONG
+
+
+def tail(t: int, window: int) -> int:
+    """First included instant of the window ending (exclusively) at ``t``."""
+    return floor_to(t - window, hop(window))
+
+
+class TileSpan(NamedTuple):
+    """The tiles that make up one window evaluation.
+
+    ``full_start`` .. ``head_start`` (exclusive, step ``size``) are complete tiles; the head tile starts at
+    ``head_start`` and only its events strictly before ``t`` count (none when ``head_start == t``).
+    """
+
+    size: int
+    full_start: int
+    head_start: int
+    t: int
+
+    def full_tiles(self) -> range:
+        """Start times of the complete tiles."""
+        return range(self.full_start, self.head_start, self.size)
+
+    def all_tiles(self) -> range:
+        """Start times of every tile that may hold a counted event (full tiles and the head tile)."""
+        end = self.head_start + (self.size if self.t > self.head_start else 0)
+        return range(self.full_start, end, self.size)
+
+
+def span(t: int, window: int) -> TileSpan:
+    """Decompose the window ending at ``t`` into tiles of ``hop(window)``."""
+    size = hop(window)
+    return TileSpan(size=size, full_start=tail(t, window), head_start=floor_to(t, size), t=t)
+
+
+def tile_start(event_time: int, size: int) -> int:
+    """Start of the tile of ``size`` that contains ``event_time``."""
+    return floor_to(event_time, size)

@@ -1,0 +1,52 @@
+"""Settings of the fstore command line and jobs (pydantic-settings, ``FSTORE_`` prefix).
+
+This is the only module that reads the environment. Values come from, in order of precedence: explicit
+environment variables, then ``.fstore/services.env`` (written by ``fstore services up`` with the ports of
+the local Redis and broker), then the defaults below.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+STATE_DIR = Path(".fstore")
+SERVICES_ENV = STATE_DIR / "services.env"
+
+
+class Settings(BaseSettings):
+    """Configuration shared by the CLI commands."""
+
+    model_config = SettingsConfigDict(env_prefix="FSTORE_", env_file=str(SERVICES_ENV), extra="ignore")
+
+    data_dir: str = Field("data", description="Root of the Delta tables (local path or object-store URI)")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for the online views")
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, comma separated")
+    events_topic: str = Field("events", description="Topic of raw events")
+    dlq_topic: str = Field("events.dlq", description="Dead-letter topic")
+    topic_partitions: int = Field(1, ge=1, description="Partitions of the events topic when created")
+
+    def table(self, name: str) -> str:
+        """Location of the Delta table ``name`` under the data root."""
+        return f"{self.data_dir.rstrip('/')}/{name}"
+
+
+class SettingsError(RuntimeError):
+    """Invalid configuration; the message names the variable."""
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Load and validate settings once.
+
+    Raises:
+        SettingsError: naming the offending ``FSTORE_`` variable.
+    """
+    try:
+        return Settings()
+    except ValidationError as exc:
+        bad = ", ".join(f"FSTORE_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
+        raise SettingsError(f"invalid settings: {bad}") from None
