@@ -10,6 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol, TypeVar
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 
 class Ingested(Protocol):
     """A stored copy of an event."""
@@ -40,3 +43,21 @@ def first_ingested(copies: Iterable[T]) -> dict[str, T]:
         if cur is None or precedence(c) < precedence(cur):
             best[c.event_id] = c
     return best
+
+
+def first_ingested_arrow(table: pa.Table) -> pa.Table:
+    """Vectorised :func:`first_ingested` over an Arrow table of ``raw_events`` rows.
+
+    The table needs ``event_id``, ``ingested_at`` and ``payload_hash``; the result keeps one row per
+    event_id (the winner), ordered by event_id.
+    """
+    if table.num_rows == 0:
+        return table
+    ordered = table.sort_by([("event_id", "ascending"), ("ingested_at", "ascending"),
+                             ("payload_hash", "ascending")])
+    ids = ordered.column("event_id").combine_chunks()
+    if len(ids) == 1:
+        return ordered
+    first = pc.not_equal(ids.slice(1), ids.slice(0, len(ids) - 1))
+    keep = pa.concat_arrays([pa.array([True]), first])
+    return ordered.filter(keep)

@@ -69,9 +69,30 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"non-standard JSON constant {name}")
 
 
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number {text[:20]} is infinite as a double")
+    return value
+
+
+def _parse_int(text: str) -> int | float:
+    value = int(text)
+    if -(2**63) <= value < 2**64:
+        return value
+    try:
+        return float(value)  # beyond 64 bits: a double, as orjson does
+    except OverflowError:
+        raise ValueError(f"integer {text[:20]}... is infinite as a double") from None
+
+
 def json_loads(raw: bytes) -> Any:
-    """Strict JSON decoding with the standard library (NaN/Infinity are malformed, as in orjson)."""
-    return json.loads(raw, parse_constant=_reject_constant)
+    """Strict JSON decoding with the standard library that agrees with ``orjson.loads``.
+
+    NaN/Infinity and numbers that overflow a double are malformed; integers beyond 64 bits become
+    doubles. Adapters use orjson for speed; both decoders give every message the same verdict.
+    """
+    return json.loads(raw, parse_constant=_reject_constant, parse_float=_parse_float, parse_int=_parse_int)
 
 
 def payload_hash(raw: bytes) -> str:
@@ -101,7 +122,7 @@ def parse(raw: bytes, now: int, loads: Loads = json_loads) -> Event | Rejection:
     return validate(obj, now)
 
 
-def _id(obj: dict[str, Any], field: str, required: bool) -> str | None | Rejection:
+def _id(obj: dict[str, Any], field: str, required: bool) -> str | Rejection | None:
     v = obj.get(field)
     if v is None:
         return Rejection(f"missing_field:{field}") if required else None
