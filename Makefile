@@ -6,14 +6,17 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: help setup system-deps demo test test-unit test-integration lint bench services-up services-down clean
+.PHONY: compose-config help setup system-deps demo test test-unit test-integration lint bench services-up services-down clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
-system-deps: ## install redis-server with apt if it is missing (needs root)
-	@command -v redis-server >/dev/null || { echo "installing redis-server (apt)"; \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server) >/dev/null; }
+system-deps: ## install redis-server (and docker-compose, to validate infra/) with apt if missing (needs root)
+	@missing=""; command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	  command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 || missing="$$missing docker-compose"; \
+	  if [ -n "$$missing" ]; then echo "installing with apt:$$missing"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing) >/dev/null \
+	    || { echo "apt-get install$$missing failed: run as root or install them yourself" >&2; exit 1; }; fi
 	@command -v java >/dev/null || echo "warning: no java on PATH; the Spark batch layer needs OpenJDK 17"
 
 $(STAMP): pyproject.toml
@@ -51,6 +54,10 @@ services-up: setup ## start local Redis and Kafka-protocol broker
 
 services-down: ## stop local services
 	-$(BIN)/fstore services down
+
+compose-config: system-deps ## validate infra/docker-compose.yml (no Docker engine needed)
+	@if docker compose version >/dev/null 2>&1; then docker compose -f infra/docker-compose.yml config -q; \
+	  else docker-compose -f infra/docker-compose.yml config -q; fi && echo "infra/docker-compose.yml is valid"
 
 clean: services-down ## remove generated data and state (keeps the virtualenv)
 	rm -rf data .fstore feature_repo/data

@@ -49,8 +49,8 @@ def events_table(events: Sequence[Event], hashes: Sequence[str], ingested_at: Se
     """Arrow table in the ``raw_events`` schema (``ingested_at`` per row, UTC epoch microseconds)."""
     if not events:
         return RAW_SCHEMA.empty_table()
-    (event_id, event_type, user_id, product_id, event_time, price, quantity, session_id) = zip(
-        *events, strict=True)
+    (event_id, event_type, user_id, product_id, event_time, price, quantity, session_id) = (
+        [e[i] for e in events] for i in range(8))
     times = pa.array(event_time, pa.int64()).cast(TS)
     return pa.Table.from_arrays(
         [
