@@ -14,14 +14,13 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date
 from pathlib import Path
 
 import orjson
 
 from fstore import raw_log
 from fstore.core.events import Event, parse, payload_hash, redact_pii
-from fstore.core.timeutil import to_date
+from fstore.core.timeutil import DAY, day_start, to_date
 from fstore.messages import iter_batches
 
 Clock = Callable[[], int]
@@ -71,13 +70,14 @@ class Ingestor:
 
     def __init__(self, raw_uri: str, dead_uri: str, clock: Clock = wall_clock) -> None:
         self.raw_uri, self.dead_uri, self.clock = raw_uri, dead_uri, clock
-        self._known: dict[date, set[str]] = {}
+        self._known: dict[int, set[str]] = {}  # UTC day number -> event_ids stored on that event_date
         self._last_at = 0
 
-    def _known_ids(self, dates: set[date]) -> None:
-        missing = dates - self._known.keys()
+    def _known_ids(self, days: set[int]) -> None:
+        missing = days - self._known.keys()
         if missing:
-            self._known.update(raw_log.event_ids_on(self.raw_uri, missing))
+            found = raw_log.event_ids_on(self.raw_uri, [to_date(d * DAY) for d in missing])
+            self._known.update({(day_start(d) // DAY): ids for d, ids in found.items()})
 
     def ingest_batch(self, messages: list[bytes], source: str, report: IngestReport) -> None:
         """Validate and append one batch: one ``raw_events`` commit and one ``dead_letters`` commit."""
@@ -104,11 +104,11 @@ class Ingestor:
         report.messages += len(messages)
         report.valid += len(messages) - len(bad_payloads)
         report.rejected.update(bad_reasons)
-        self._known_ids({to_date(ev.event_time) for _, ev in best.values()})
+        self._known_ids({ev.event_time // DAY for _, ev in best.values()})
         events: list[Event] = []
         hashes: list[str] = []
         for h, ev in best.values():
-            ids = self._known[to_date(ev.event_time)]
+            ids = self._known[ev.event_time // DAY]
             if ev.event_id in ids:
                 if ev.event_id in report.seen:
                     report.duplicates += 1
