@@ -81,16 +81,13 @@ def main() -> None:
     try:
         print("fstore demo: local services, 30 days of history, ingest, Feast registry, live traffic")
         run(["fstore", "services", "up"])
-        from fstore.settings import get_settings
-
-        get_settings.cache_clear()
-        settings = get_settings()
         run(["fstore", "generate", "--out", str(history), "--users", str(args.users), "--products",
              str(args.products), "--days", str(args.days), "--duplicate-rate", "0.01", "--late-rate", "0.01",
              "--malformed-rate", "0.001", "--pii-rate", "0.01"])
         run(["fstore", "ingest", str(history)])
-        hostport = settings.redis_url.split("://", 1)[1].split("/", 1)[0]
-        run(["feast", "apply"], cwd=ROOT / "feature_repo", env={**os.environ, "FSTORE_FEAST_REDIS": hostport})
+        from fstore.localsvc import read_env
+
+        run(["feast", "apply"], cwd=ROOT / "feature_repo", env={**os.environ, **read_env()})
         run(["fstore", "publish", "--live", "--rate", "2000", "--duration", "5", "--malformed-rate", "0.01",
              "--no-progress"])
         summary(history)

@@ -1,0 +1,89 @@
+"""``fstore services``: the local Redis and Kafka-protocol broker (start, stop, inspect)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from fstore.settings import STATE_DIR
+
+state_dir_option = click.option(
+    "--state-dir", type=click.Path(file_okay=False, path_type=Path), default=STATE_DIR, show_default=True,
+    help="Directory of the pid files, logs and services.env.")
+
+
+@click.group()
+def services() -> None:
+    """Local Redis and Kafka-protocol broker (Tansu) on free ports, for the demo and development.
+
+    `up` writes .fstore/services.env, which every fstore command reads, so no variable needs exporting.
+    """
+
+
+@services.command()
+@state_dir_option
+@click.option("--redis-port", type=int, default=None, help="Redis port  [default: a free one]")
+@click.option("--broker-port", type=int, default=None, help="Broker port  [default: a free one]")
+@click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds to wait for health.")
+def up(state_dir: Path, redis_port: int | None, broker_port: int | None, timeout: float) -> None:
+    """Start Redis and the broker (reusing healthy running ones) and create the event topics."""
+    from fstore import localsvc
+    from fstore.settings import get_settings
+
+    settings = get_settings()
+    topics = {settings.events_topic: settings.topic_partitions, settings.dlq_topic: 1}
+    try:
+        redis, broker, reused = localsvc.up(state_dir, redis_port=redis_port, broker_port=broker_port,
+                                            topics=topics, start_timeout=timeout)
+    except localsvc.ServiceError as exc:
+        raise click.ClickException(str(exc)) from None
+    for svc in (redis, broker):
+        how = "already running" if reused[svc.name] else "started"
+        click.echo(f"{svc.name:<7} {how:<16} {svc.address:<28} pid {svc.pid}  log {svc.log_path}")
+    parts = ", ".join(f"{name} ({n} partition{'s' if n > 1 else ''})" for name, n in topics.items())
+    click.echo(f"topics  {parts}")
+    click.echo(f"env     {localsvc.env_file(state_dir)} (read by fstore; `fstore services env` to export)")
+
+
+@services.command()
+@state_dir_option
+def down(state_dir: Path) -> None:
+    """Stop the services started by `up` and remove services.env."""
+    from fstore import localsvc
+
+    for name, pid in localsvc.down(state_dir).items():
+        click.echo(f"{name:<7} stopped (pid {pid})" if pid is not None else f"{name:<7} not running")
+    click.echo(f"removed {localsvc.env_file(state_dir)}")
+
+
+@services.command()
+@state_dir_option
+def status(state_dir: Path) -> None:
+    """Show whether each service is running and healthy. Exit status 1 unless both are healthy."""
+    from fstore import localsvc
+
+    rows = localsvc.status(state_dir)
+    for st in rows:
+        if not st.running:
+            click.echo(f"{st.name:<7} not running")
+        else:
+            health = "healthy" if st.healthy else "UNHEALTHY"
+            click.echo(f"{st.name:<7} {health:<16} {st.address:<28} pid {st.pid}  log {st.log_path}")
+    if not all(st.healthy for st in rows):
+        raise SystemExit(1)
+
+
+@services.command()
+@state_dir_option
+def env(state_dir: Path) -> None:
+    """Print `export` lines for the running services: eval "$(fstore services env)"."""
+    import shlex
+
+    from fstore import localsvc
+
+    values = localsvc.read_env(state_dir)
+    if not values:
+        raise click.ClickException(f"no {localsvc.env_file(state_dir)}; run `fstore services up` first")
+    for key, value in values.items():
+        click.echo(f"export {key}={shlex.quote(value)}")

@@ -1,0 +1,52 @@
+"""Shared fixtures: real local Redis and Kafka-protocol broker for integration tests.
+
+None is autouse: unit tests never start a service. Servers run from a temporary state directory on
+free ports, are stopped by the fixture finalizers, and are also killed by the kernel if the test
+process dies (``die_with_parent``), so nothing outlives a run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from fstore.localsvc import Broker, RedisServer
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A running ``redis-server`` for the whole session (``.url`` = ``redis://127.0.0.1:PORT/0``)."""
+    with RedisServer(state_dir=tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture
+def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    """A ``redis.Redis`` client on :func:`redis_server` with an empty database."""
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushdb()
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """A running broker (Tansu, in-memory) for the whole session (``.bootstrap`` = ``127.0.0.1:PORT``).
+
+    Shared: use unique topic names, and do not restart it (that wipes every topic) — use
+    :func:`private_broker` for that.
+    """
+    with Broker(state_dir=tmp_path_factory.mktemp("broker")) as broker:
+        yield broker
+
+
+@pytest.fixture
+def private_broker(tmp_path: Path) -> Iterator[Broker]:
+    """A broker for one test alone, e.g. to restart it."""
+    with Broker(state_dir=tmp_path / "broker") as broker:
+        yield broker

@@ -1,0 +1,184 @@
+"""The local services: real Redis, real Tansu broker, and ``fstore services`` end to end."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+import redis
+from confluent_kafka import Consumer, Producer
+
+from fstore import localsvc
+from fstore.kafka_io import producer_config, read_topic
+from fstore.localsvc import Broker, RedisServer, ServiceError, ensure_topics, list_topics, pid_alive
+
+pytestmark = pytest.mark.integration
+
+
+def topic_name() -> str:
+    return f"t-{uuid.uuid4().hex[:10]}"
+
+
+def produce(bootstrap: str, topic: str, items: Sequence[tuple[bytes | None, bytes]],
+            producer: Producer | None = None) -> None:
+    """Produce and assert every message was delivered."""
+    prod = producer or Producer(producer_config(bootstrap))
+    errors: list[object] = []
+    for key, value in items:
+        prod.produce(topic, value, key, on_delivery=lambda err, _msg: errors.append(err) if err else None)
+    assert prod.flush(30) == 0
+    assert errors == []
+
+
+def test_redis_ping_set_get(redis_server: RedisServer, redis_client: redis.Redis) -> None:
+    assert redis_server.url == f"redis://127.0.0.1:{redis_server.port}/0"
+    assert redis_client.ping()
+    assert redis_client.dbsize() == 0
+    redis_client.set("k", b"\x00v\xff")
+    assert redis_client.get("k") == b"\x00v\xff"
+    assert redis_server.healthy()
+
+
+def test_broker_round_trip_keeps_bytes_and_per_key_order(kafka_broker: Broker) -> None:
+    topic = topic_name()
+    assert ensure_topics(kafka_broker.bootstrap, {topic: 3}) == [topic]
+    assert ensure_topics(kafka_broker.bootstrap, {topic: 3}) == []  # idempotent
+    assert list_topics(kafka_broker.bootstrap)[topic] == 3
+    items = [(f"u{i % 7}".encode(), f'{{"i":{i}}}'.encode() + bytes([i % 256])) for i in range(2000)]
+    produce(kafka_broker.bootstrap, topic, items)
+
+    records = read_topic(kafka_broker.bootstrap, topic)
+    assert sorted((r.key, r.value) for r in records) == sorted(items)
+    assert len({r.partition for r in records}) > 1
+    for key in {k for k, _ in items}:  # order per key = order per partition
+        assert [r.value for r in records if r.key == key] == [v for k, v in items if k == key]
+
+
+def test_consumer_group_subscribe(kafka_broker: Broker) -> None:
+    """Group coordination works; Tansu answers the first JoinGroup after about session.timeout.ms / 2."""
+    topic = topic_name()
+    ensure_topics(kafka_broker.bootstrap, {topic: 2})
+    items = [(f"k{i}".encode(), f"v{i}".encode()) for i in range(100)]
+    produce(kafka_broker.bootstrap, topic, items)
+    consumer = Consumer({"bootstrap.servers": kafka_broker.bootstrap, "group.id": f"g-{topic}",
+                         "auto.offset.reset": "earliest", "session.timeout.ms": 6000,
+                         "heartbeat.interval.ms": 1000})
+    try:
+        consumer.subscribe([topic])
+        got: list[bytes] = []
+        deadline = time.monotonic() + 30
+        while len(got) < len(items) and time.monotonic() < deadline:
+            got += [m.value() or b"" for m in consumer.consume(1000, 0.5) if m.error() is None]
+        consumer.commit(asynchronous=False)
+    finally:
+        consumer.close()
+    assert sorted(got) == sorted(v for _, v in items)
+
+
+def test_broker_restart_same_port(private_broker: Broker) -> None:
+    broker = private_broker
+    topic = topic_name()
+    broker.ensure_topics({topic: 1})
+    # fstore's producer settings survive a restart (an idempotent producer would not: Tansu forgets
+    # producer ids, and librdkafka retries UNKNOWN_PRODUCER_ID until the messages time out).
+    producer = Producer(producer_config(broker.bootstrap, {"message.timeout.ms": 20000}))
+    produce(broker.bootstrap, topic, [(b"k", b"before")], producer)
+    port, pid = broker.port, broker.pid
+
+    broker.restart()
+    assert broker.port == port and broker.pid != pid
+    assert pid is not None and not pid_alive(pid)
+    # Memory storage: the topic is re-created empty by restart().
+    assert list_topics(broker.bootstrap)[topic] == 1
+    assert read_topic(broker.bootstrap, topic) == []
+
+    produce(broker.bootstrap, topic, [(b"k", b"after-1"), (b"k", b"after-2")], producer)  # same producer
+    assert [r.value for r in read_topic(broker.bootstrap, topic)] == [b"after-1", b"after-2"]
+    assert "=== " in broker.log_path.read_text()  # the log keeps both runs
+
+
+def test_port_in_use_is_refused(tmp_path: Path, redis_server: RedisServer) -> None:
+    clash = RedisServer(port=redis_server.port, state_dir=tmp_path, start_timeout=10)
+    with pytest.raises(ServiceError, match="already in use"):
+        clash.start()
+    assert not clash.is_running() and not clash.pid_file.exists()
+    assert redis_server.healthy()  # the owner of the port is untouched
+
+
+class BadRedis(RedisServer):
+    def command(self) -> list[str]:
+        return [*super().command(), "--no-such-directive", "x"]
+
+
+def test_start_failure_reports_log_tail(tmp_path: Path) -> None:
+    bad = BadRedis(state_dir=tmp_path, start_timeout=10)
+    with pytest.raises(ServiceError, match=r"(?s)exited during start-up.*no-such-directive"):
+        bad.start()
+    assert not bad.is_running() and not bad.pid_file.exists()
+
+
+def test_services_die_with_their_owner(tmp_path: Path) -> None:
+    """A service started by a process that is then SIGKILLed does not outlive it."""
+    script = ("import sys, time\nfrom fstore.localsvc import Broker, RedisServer\n"
+              f"r = RedisServer(state_dir={str(tmp_path)!r}).start()\n"
+              f"b = Broker(state_dir={str(tmp_path)!r}).start()\n"
+              "print(r.pid, b.pid, flush=True)\ntime.sleep(120)\n")
+    owner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert owner.stdout is not None
+        pids = [int(p) for p in owner.stdout.readline().split()]
+        assert len(pids) == 2 and all(pid_alive(p) for p in pids)
+    finally:
+        owner.kill()
+        owner.wait()
+    deadline = time.monotonic() + 10
+    while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(pid_alive(p) for p in pids)
+
+
+def fstore_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FSTORE_")}
+    return subprocess.run([sys.executable, "-c", "from fstore.cli import main; main()", *args], cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_cli_services_up_status_env_down(tmp_path: Path) -> None:
+    state = tmp_path / ".fstore"
+    try:
+        up = fstore_cli(tmp_path, "services", "up")
+        assert up.returncode == 0, up.stderr
+        assert "redis   started" in up.stdout and "broker  started" in up.stdout
+
+        env = dict(line.split("=", 1) for line in (state / "services.env").read_text().splitlines()
+                   if not line.startswith("#"))
+        assert set(env) == {"FSTORE_REDIS_URL", "FSTORE_KAFKA_BOOTSTRAP", "FSTORE_FEAST_REDIS"}
+        assert redis.Redis.from_url(env["FSTORE_REDIS_URL"]).ping()
+        host, port = env["FSTORE_FEAST_REDIS"].split(":")
+        assert redis.Redis(host=host, port=int(port)).ping()
+        assert {"events": 1, "events.dlq": 1}.items() <= list_topics(env["FSTORE_KAFKA_BOOTSTRAP"]).items()
+        pids = {s.name: s.pid for s in localsvc.status(state)}
+        assert all(pids.values())
+
+        again = fstore_cli(tmp_path, "services", "up")  # idempotent: reuses the running pair
+        assert again.returncode == 0 and again.stdout.count("already running") == 2
+        assert {s.name: s.pid for s in localsvc.status(state)} == pids
+
+        status = fstore_cli(tmp_path, "services", "status")
+        assert status.returncode == 0 and status.stdout.count("healthy") == 2
+        exports = fstore_cli(tmp_path, "services", "env").stdout.splitlines()
+        assert sorted(exports) == sorted(f"export {k}={v}" for k, v in env.items())
+
+        down = fstore_cli(tmp_path, "services", "down")
+        assert down.returncode == 0, down.stderr
+        assert not (state / "services.env").exists()
+        assert not any(pid_alive(p) for p in pids.values() if p is not None)
+        assert fstore_cli(tmp_path, "services", "status").returncode == 1
+    finally:
+        localsvc.down(state)
