@@ -12,6 +12,7 @@ from fstore import __version__
 from fstore.commands.generate import generate
 from fstore.commands.ingest import ingest
 from fstore.commands.publish import publish
+from fstore.commands.serve import serve
 from fstore.commands.services import services
 
 
@@ -26,5 +27,5 @@ def main() -> None:
     """
 
 
-for _cmd in (services, generate, publish, ingest):
+for _cmd in (services, generate, publish, ingest, serve):
     main.add_command(_cmd)

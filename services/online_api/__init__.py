@@ -1,0 +1,1 @@
+"""The FastAPI serving layer of fstore (``fstore serve``)."""

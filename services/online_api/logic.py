@@ -1,0 +1,93 @@
+"""Request handling of the serving API, kept out of the routes: resolve, read, shape the answer."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+
+from fstore.core.features import ENTITIES, Feature, FeatureView, resolve
+from fstore.core.timeutil import SECOND, iso
+from fstore.online import EntityRead, OnlineReader, Snapshot
+from services.online_api.schemas import FeatureRow, FeaturesResponse, Freshness
+
+JOIN_KEYS = tuple(e.join_key for e in ENTITIES.values())
+_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+
+
+class RequestError(ValueError):
+    """A client error; ``status`` is the HTTP status, the message names the problem."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def parse_refs(features: Sequence[str]) -> list[tuple[FeatureView, Feature]]:
+    """Resolve feature references (comma-separated items allowed).
+
+    Raises:
+        RequestError: 422 when none is given, 404 naming an unknown view or feature.
+    """
+    refs = [r.strip() for item in features for r in item.split(",") if r.strip()]
+    if not refs:
+        raise RequestError(422, "no features requested: pass features=view:feature or features=view")
+    try:
+        return resolve(refs)
+    except KeyError as exc:
+        raise RequestError(404, str(exc.args[0])) from None
+
+
+def entity_reads(row: Mapping[str, str], refs: list[tuple[FeatureView, Feature]]) -> list[EntityRead]:
+    """One read per view for an entity row.
+
+    Raises:
+        RequestError: 422 naming an unknown entity key, a missing join key or a malformed id.
+    """
+    for key, value in row.items():
+        if key not in JOIN_KEYS:
+            raise RequestError(422, f"unknown entity key '{key}' (known: {', '.join(JOIN_KEYS)})")
+        if not isinstance(value, str) or not _ID.fullmatch(value):
+            raise RequestError(422, f"entity key {key}={value!r} is not 1-128 characters of [A-Za-z0-9_.:-]")
+    by_view: dict[str, tuple[FeatureView, list[str]]] = {}
+    for view, f in refs:
+        by_view.setdefault(view.name, (view, []))[1].append(f.name)
+    reads = []
+    for view, names in by_view.values():
+        key = view.entity.join_key
+        if key not in row:
+            raise RequestError(422, f"feature view '{view.name}' needs entity key '{key}'")
+        reads.append(EntityRead(view, row[key], tuple(names)))
+    return reads
+
+
+async def read_features(reader: OnlineReader, rows: Sequence[Mapping[str, str]], features: Sequence[str],
+                        max_entities: int) -> FeaturesResponse:
+    """Resolve, read (one round trip) and shape the answer for entity rows."""
+    if len(rows) > max_entities:
+        raise RequestError(413, f"{len(rows)} entities requested; the limit is {max_entities} per request "
+                                "(FSTORE_API_MAX_ENTITIES)")
+    if not rows:
+        raise RequestError(422, "no entities given")
+    refs = parse_refs(features)
+    plan = [entity_reads(row, refs) for row in rows]
+    snap = await reader.read([r for reads in plan for r in reads])
+    return shape(snap, rows, plan)
+
+
+def shape(snap: Snapshot, rows: Sequence[Mapping[str, str]], plan: list[list[EntityRead]]) -> FeaturesResponse:
+    """Turn a snapshot into the response model (values keyed ``view:feature``)."""
+    results = iter(snap.results)
+    out_rows = []
+    for row, reads in zip(rows, plan, strict=True):
+        values: dict[str, int | float | None] = {}
+        fresh: dict[str, Freshness] = {}
+        for r in reads:
+            res = next(results)
+            values.update({f"{r.view.name}:{n}": res.values[n] for n in r.names})
+            newest = res.newest_speed_tile
+            fresh[r.view.name] = Freshness(
+                newest_speed_tile=iso(newest) if newest is not None else None,
+                speed_tile_age_s=(snap.as_of - newest) / SECOND if newest is not None else None,
+            )
+        out_rows.append(FeatureRow(entity=dict(row), values=values, freshness=fresh))
+    return FeaturesResponse(**snap.meta(), rows=out_rows)

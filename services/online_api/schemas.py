@@ -1,0 +1,51 @@
+"""Request and response models of the serving API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+FeatureValue = int | float | None
+
+
+class Freshness(BaseModel):
+    """How current the speed view is for an entity."""
+
+    newest_speed_tile: str | None = Field(None, description="Start of the newest speed tile (ISO, UTC)")
+    speed_tile_age_s: float | None = Field(None, description="as_of minus that tile start, seconds")
+
+
+class FeatureRow(BaseModel):
+    """Values for one entity row."""
+
+    entity: dict[str, str]
+    values: dict[str, FeatureValue] = Field(description="`view:feature` → value (null per DESIGN.md §3)")
+    freshness: dict[str, Freshness] = Field(description="per feature view")
+
+
+class FeaturesResponse(BaseModel):
+    """Answer of GET /features (one row) and POST /features (many rows), read against one batch view."""
+
+    as_of: str = Field(description="The exact time t used for every value (ISO, UTC, microseconds)")
+    as_of_us: int = Field(description="as_of in epoch microseconds")
+    batch_cutoff: str | None = Field(description="Cutover C: batch tiles before it, speed tiles from it on")
+    batch_version: str | None
+    rows: list[FeatureRow]
+
+
+class FeaturesRequest(BaseModel):
+    """Body of POST /features."""
+
+    entities: list[dict[str, str]] = Field(description="Entity rows, e.g. [{\"user_id\": \"u1\"}]")
+    features: list[str] = Field(description="`view:feature` references or whole views")
+
+
+class HealthResponse(BaseModel):
+    """Answer of GET /health."""
+
+    status: str
+    redis: str
+    batch_version: str | None = None
+    batch_cutoff: str | None = None
+    detail: dict[str, Any] = Field(default_factory=dict)
