@@ -1,0 +1,62 @@
+"""``fstore batch``: run the nightly batch job for one date or backfill a range (local Spark)."""
+
+from __future__ import annotations
+
+import sys
+from datetime import date, datetime, timedelta
+
+import click
+
+
+def _day(_ctx: click.Context, _param: click.Parameter, value: datetime | None) -> date | None:
+    return None if value is None else value.date()
+
+
+@click.command("batch")
+@click.option("--date", "run_date", type=click.DateTime(["%Y-%m-%d"]), callback=_day,
+              help="Run date D (UTC); the cutover is D+1 00:00 UTC.")
+@click.option("--from", "first", type=click.DateTime(["%Y-%m-%d"]), callback=_day, help="First date of a backfill.")
+@click.option("--to", "last", type=click.DateTime(["%Y-%m-%d"]), callback=_day, help="Last date of a backfill.")
+@click.option("--master", default=None, help="Spark master (default: FSTORE_SPARK_MASTER, local[*]).")
+@click.option("--allow-older", is_flag=True, help="Publish the batch view even if a later cutover is serving.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when a terminal).")
+def batch(run_date: date | None, first: date | None, last: date | None, master: str | None, allow_older: bool,
+          progress: bool | None) -> None:
+    """Rebuild tiles and feature snapshots in Delta, gate on data quality and publish the Redis batch view.
+
+    One date: `fstore batch --date 2026-11-20`. A range, oldest first: `fstore batch --from 2026-11-01
+    --to 2026-11-20` (each date publishes only if its cutover is not older than the serving one, so the
+    view ends at the last date). Prints one JSON line of metrics per date. Exit code 2: a data-quality
+    gate failed (the range stops there). For a cluster use `spark-submit jobs/batch/rebuild_features.py`.
+    """
+    from tqdm import tqdm
+
+    from fstore.settings import SettingsError
+    from jobs.batch.rebuild_features import DQFailed, build_spark, rebuild
+    from jobs.batch.settings import load_batch_settings
+
+    dates: list[date]
+    if run_date is not None and first is None and last is None:
+        dates = [run_date]
+    elif run_date is None and first is not None and last is not None:
+        dates = [first + timedelta(days=i) for i in range((last - first).days + 1)]
+    else:
+        raise click.UsageError("give either --date D or both --from D1 and --to D2")
+    if not dates:
+        raise click.UsageError("--from must not be after --to")
+    try:
+        settings = load_batch_settings(**({"spark_master": master} if master else {}))
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+    spark = build_spark(settings)
+    show = sys.stderr.isatty() if progress is None else progress
+    with tqdm(dates, desc="batch", unit="day", disable=not show, file=sys.stderr) as bar:
+        for d in bar:
+            bar.set_postfix_str(d.isoformat())
+            try:
+                res = rebuild(spark, settings, d, allow_older=allow_older)
+            except DQFailed as exc:
+                click.echo(f"{d}: {exc}", err=True)
+                sys.exit(2)
+            if not res.published:
+                click.echo(f"{d}: tables rebuilt; batch view not published (a later cutover is serving)", err=True)

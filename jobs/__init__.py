@@ -1,0 +1,1 @@
+"""Deployable jobs: the stream worker and the nightly batch layer."""

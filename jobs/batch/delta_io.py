@@ -1,0 +1,181 @@
+"""Delta Lake I/O of the batch job: delta-spark when its jars are on the classpath, delta-rs otherwise.
+
+Reading ``raw_events``: delta-rs lists the live Parquet files of the wanted ``event_date`` partitions
+from the Delta log and Spark reads exactly those files (the executors do the reading; the driver only
+handles file names).
+
+Writing (``overwrite_partition``) replaces one partition of a table in ONE Delta commit, so a table is
+always either fully old or fully new:
+
+* delta-spark: ``df.write.format("delta").option("replaceWhere", ...)``.
+* delta-rs: each executor writes its Spark partition as one Parquet file under the table directory and
+  returns only (path, size, rows); the driver commits all files with
+  ``DeltaTable.create_write_transaction(mode="overwrite", partition_filters=[...])``. Files of a run that
+  dies before its commit are never referenced by the log (``VACUUM`` removes them).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+import warnings
+from collections.abc import Callable, Iterator
+from datetime import date
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from deltalake import Schema, write_deltalake
+from deltalake.transaction import AddAction, RemoveAction, create_table_with_add_actions
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from fstore import raw_log
+
+RAW_COLUMNS = ("event_id", "event_type", "user_id", "product_id", "event_time", "price", "quantity",
+               "ingested_at", "payload_hash")
+
+_SPARK_TYPES: dict[pa.DataType, T.DataType] = {
+    pa.string(): T.StringType(), pa.large_string(): T.StringType(), pa.int64(): T.LongType(),
+    pa.int32(): T.IntegerType(), pa.float64(): T.DoubleType(), pa.date32(): T.DateType(),
+    pa.timestamp("us", tz="UTC"): T.TimestampType(), pa.binary(): T.BinaryType(),
+}
+
+
+def spark_schema(schema: pa.Schema) -> T.StructType:
+    """The Spark struct of an Arrow schema (the types fstore tables use)."""
+    return T.StructType([T.StructField(f.name, _SPARK_TYPES[f.type], f.nullable) for f in schema])
+
+
+def has_delta_spark(spark: SparkSession) -> bool:
+    """True when the delta-spark classes are on the driver's classpath."""
+    try:
+        spark.sparkContext._jvm.java.lang.Class.forName("io.delta.tables.DeltaTable")  # type: ignore[union-attr]
+        return True
+    except Exception:  # py4j raises a generic error for a missing class
+        return False
+
+
+def read_raw(spark: SparkSession, uri: str, dates: list[date], delta_spark: bool) -> DataFrame:
+    """The ``raw_events`` copies of the given ``event_date`` partitions (all copies, not de-duplicated).
+
+    Raises:
+        RuntimeError: if the table uses a reader feature Spark cannot honour by reading files
+            (deletion vectors, column mapping) and delta-spark is not available.
+    """
+    schema = spark_schema(raw_log.RAW_SCHEMA)
+    cols = list(RAW_COLUMNS)
+    if delta_spark:
+        return (spark.read.format("delta").load(uri)
+                .where(F.col("event_date").isin([d.isoformat() for d in dates])).select(*cols))
+    dt = raw_log.open_table(uri)
+    if dt is None:
+        return spark.createDataFrame([], schema).select(*cols)
+    features = set(dt.protocol().reader_features or [])
+    if features & {"deletionVectors", "columnMapping"}:
+        raise RuntimeError(f"{uri} uses {sorted(features)}: run the batch job with delta-spark on the classpath")
+    with warnings.catch_warnings():  # partition_filters is deprecated in delta-rs 1.x but still exact
+        warnings.simplefilter("ignore", DeprecationWarning)
+        files = dt.file_uris(partition_filters=[("event_date", "in", [d.isoformat() for d in dates])])
+    if not files:
+        return spark.createDataFrame([], schema).select(*cols)
+    file_schema = T.StructType([f for f in schema.fields if f.name != "event_date"])
+    return spark.read.schema(file_schema).parquet(*files).select(*cols)
+
+
+def daily_copies(uri: str) -> dict[date, int]:
+    """Rows per ``event_date`` of ``raw_events`` from the Delta log's file statistics (no data read)."""
+    dt = raw_log.open_table(uri)
+    if dt is None:
+        return {}
+    actions = pa.table(dt.get_add_actions(flatten=True))
+    out: dict[date, int] = {}
+    for d, n in zip(actions.column("partition.event_date").to_pylist(),
+                    actions.column("num_records").to_pylist(), strict=True):
+        day = d if isinstance(d, date) else date.fromisoformat(str(d))
+        out[day] = out.get(day, 0) + int(n or 0)
+    return out
+
+
+def _stage_files(df: DataFrame, uri: str, schema: pa.Schema, rel_dir: str, run_id: str) -> list[tuple[str, int, int]]:
+    """Executors write their partitions as Parquet files under ``uri/rel_dir``; returns (path, size, rows)."""
+    names = schema.names
+
+    def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        parts = list(batches)
+        rows = sum(b.num_rows for b in parts)
+        if rows:
+            table = pa.Table.from_batches(parts).select(names)
+            table = pa.Table.from_arrays([c.cast(f.type) for c, f in zip(table.columns, schema, strict=True)],
+                                         schema=schema)
+            fs, root = pafs.FileSystem.from_uri(uri)
+            rel = f"{rel_dir}/part-{run_id}-{uuid.uuid4().hex}.parquet"
+            fs.create_dir(f"{root}/{rel_dir}", recursive=True)
+            pq.write_table(table, f"{root}/{rel}", filesystem=fs, compression="zstd")
+            size = fs.get_file_info(f"{root}/{rel}").size
+            yield pa.RecordBatch.from_pydict({"path": [rel], "size": [size], "rows": [rows]})
+
+    out = T.StructType([T.StructField("path", T.StringType()), T.StructField("size", T.LongType()),
+                        T.StructField("rows", T.LongType())])
+    return [(r["path"], r["size"], r["rows"]) for r in df.mapInArrow(write, out).collect()]
+
+
+def overwrite_partition(df: DataFrame, uri: str, schema: pa.Schema, column: str, value: date,
+                        delta_spark: bool, run_id: str, before_commit: Callable[[], None] | None = None) -> int:
+    """Replace partition ``column = value`` of the Delta table at ``uri`` with the rows of ``df``.
+
+    Args:
+        df: the rows, with the columns of ``schema`` (int64 epoch µs are cast to timestamp columns).
+        uri: table location (created, partitioned by ``column``, if missing).
+        schema: Arrow schema of the data columns (without ``column``).
+        column: the partition column (a date).
+        value: the partition to replace.
+        delta_spark: commit through delta-spark instead of delta-rs.
+        run_id: tag of this run in the staged file names.
+        before_commit: called after the data is staged, before the commit (fault injection).
+
+    Returns:
+        Rows written.
+    """
+    if delta_spark:
+        cols = [F.timestamp_micros(F.col(f.name)).alias(f.name) if pa.types.is_timestamp(f.type)
+                else F.col(f.name) for f in schema]
+        out = df.select(*cols).withColumn(column, F.lit(value))
+        out.write.format("delta").mode("overwrite").partitionBy(column).option(
+            "replaceWhere", f"{column} = '{value.isoformat()}'").save(uri)
+        return int(spark_count(uri, column, value, df.sparkSession))
+    staged = _stage_files(df, uri, schema, f"{column}={value.isoformat()}", run_id)
+    if before_commit is not None:
+        before_commit()
+    return commit_files(uri, schema, column, value, staged)
+
+
+def commit_files(uri: str, schema: pa.Schema, column: str, value: date, staged: list[tuple[str, int, int]]) -> int:
+    """One delta-rs commit that makes the staged files the whole of partition ``column = value``."""
+    now_ms = int(time.time() * 1000)
+    part = {column: value.isoformat()}
+    actions: list[AddAction | RemoveAction] = [
+        AddAction(path, size, part, now_ms, True, json.dumps({"numRecords": rows}))
+        for path, size, rows in sorted(staged)]
+    full = Schema.from_arrow(schema.append(pa.field(column, pa.date32(), nullable=False)))
+    dt = raw_log.open_table(uri)
+    if dt is None:
+        create_table_with_add_actions(uri, full, [a for a in actions if isinstance(a, AddAction)], mode="error",
+                                      partition_by=[column])
+    else:
+        dt.create_write_transaction(actions, mode="overwrite", schema=full, partition_by=[column],
+                                    partition_filters=[(column, "=", value.isoformat())])
+    return sum(rows for _, _, rows in staged)
+
+
+def spark_count(uri: str, column: str, value: date, spark: SparkSession) -> int:
+    """Rows of one partition of a Delta table, read through delta-spark."""
+    return int(spark.read.format("delta").load(uri).where(F.col(column) == F.lit(value)).count())
+
+
+def overwrite_small(uri: str, table: pa.Table, column: str, value: date) -> None:
+    """Replace one partition of a small driver-side table (e.g. ``dq_reports``) in one delta-rs commit."""
+    write_deltalake(uri, table, mode="overwrite", partition_by=[column],
+                    predicate=f"{column} = '{value.isoformat()}'")

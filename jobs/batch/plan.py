@@ -1,0 +1,60 @@
+"""What one nightly run covers: cutover, tile horizons per view and size, raw partitions to read.
+
+Pure arithmetic over the feature definitions; the Spark job and the tests share it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, timedelta
+
+from fstore.core.features import VIEWS, FeatureView, largest_hop, longest_window
+from fstore.core.timeutil import DAY, day_start, to_date
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """The run for date ``run_date``: cutover ``C`` = next 00:00 UTC.
+
+    ``read_from`` is ``C - longest window - largest hop``: every event a tile of the batch view can hold
+    lies in ``[read_from, C)``. ``horizons[view][size]`` is the first tile start the batch view needs at
+    that size: ``C - (longest window served by that size) - size``.
+    """
+
+    run_date: date
+    cutover: int
+    read_from: int
+    horizons: dict[str, dict[int, int]]
+
+    @property
+    def dates(self) -> list[date]:
+        """The ``event_date`` partitions of ``raw_events`` the run reads."""
+        first, last = to_date(self.read_from), self.run_date
+        return [first + timedelta(days=i) for i in range((last - first).days + 1)]
+
+    @property
+    def day_start(self) -> int:
+        """00:00 UTC of the run date (the day whose data the quality gate judges)."""
+        return self.cutover - DAY
+
+
+def size_horizons(view: FeatureView, cutover: int) -> dict[int, int]:
+    """First needed tile start per tile size of ``view`` for cutover ``cutover``."""
+    return {s: cutover - max(f.window for f in view.windowed if f.hop == s) - s for s in view.hops}
+
+
+def plan_run(run_date: date) -> RunPlan:
+    """The plan of the run for ``run_date``."""
+    cutover = day_start(run_date + timedelta(days=1))
+    return RunPlan(run_date, cutover, cutover - longest_window() - largest_hop(),
+                   {name: size_horizons(v, cutover) for name, v in VIEWS.items()})
+
+
+def tiles_table(view: str) -> str:
+    """Name of the Delta tile table of a view (``tiles_user_activity``)."""
+    return f"tiles_{view}"
+
+
+def snapshot_table(view: str) -> str:
+    """Name of the Delta feature-snapshot table of a view (``feature_snapshots/user_activity``)."""
+    return f"feature_snapshots/{view}"

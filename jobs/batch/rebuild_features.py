@@ -1,0 +1,238 @@
+"""Nightly batch job: rebuild tiles and feature snapshots in Delta, gate on data quality, publish to Redis.
+
+Run it as ``spark-submit jobs/batch/rebuild_features.py --date 2026-11-20`` (any master) or as
+``fstore batch --date 2026-11-20`` (local Spark). The run for date D has cutover C = D+1 00:00 UTC and:
+
+1. reads the ``raw_events`` partitions of ``[C - longest window - largest hop, C)`` (executors read the
+   files), keeps the first-ingested copy of every event_id and the rows that pass the cheap checks;
+2. grades the day's data (:mod:`jobs.batch.dq`) and writes the report to ``dq_reports``; a hard failure
+   stops here (exit 2) and publishes nothing;
+3. computes the tiles of every view on the executors (:mod:`fstore.core.tiles_frame`) and replaces
+   partition ``run_date = D`` of ``tiles_<view>`` and ``feature_snapshots/<view>`` (one Delta commit
+   per table, so each table is fully old or fully new);
+4. loads the tiles into Redis under a new version and publishes it with one atomic pointer swap that
+   moves C (:mod:`jobs.batch.batch_view`); any failure before the swap leaves the previous view serving;
+5. prints the metrics as JSON and writes them as a Prometheus textfile.
+
+Re-running a date gives identical table contents and an identical batch view (under a new version).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+import pyarrow as pa
+from pyspark import StorageLevel
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from fstore.core import tiles_frame
+from fstore.core.features import VIEWS
+from fstore.core.timeutil import SECOND, iso
+from fstore.redis_layout import BatchPointer
+from jobs.batch import batch_view, compute, delta_io, dq
+from jobs.batch.metrics import JobMetrics
+from jobs.batch.plan import RunPlan, plan_run, snapshot_table, tiles_table
+from jobs.batch.settings import BatchSettings, load_batch_settings
+
+TS = pa.timestamp("us", tz="UTC")
+
+
+class InjectedFailure(RuntimeError):
+    """Raised after the stage named by ``FSTORE_FAIL_AFTER`` (fault-injection tests)."""
+
+
+class DQFailed(RuntimeError):
+    """The data-quality gate failed: the report was written, nothing was published."""
+
+    def __init__(self, report: dq.DQReport) -> None:
+        super().__init__("data-quality gate failed:\n" + report.summary())
+        self.report = report
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What one run did."""
+
+    run_date: date
+    cutover: int
+    version: str
+    published: bool
+    metrics: dict[str, Any]
+
+
+def build_spark(s: BatchSettings, own_session: bool = True) -> SparkSession:
+    """The Spark session of the job.
+
+    Args:
+        s: settings.
+        own_session: start a session with ``s.spark_master`` and driver memory (``fstore batch``, tests);
+            False under ``spark-submit``, whose options (master, memory, packages) then apply.
+    """
+    builder = SparkSession.builder.appName("fstore-batch")
+    if own_session:
+        # Local Python workers must run this interpreter (with pandas/pyarrow), not whatever python3 is on PATH.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        builder = (builder.master(s.spark_master).config("spark.driver.memory", s.spark_driver_memory)
+                   .config("spark.ui.enabled", str(s.spark_ui).lower())
+                   .config("spark.pyspark.python", sys.executable)
+                   .config("spark.pyspark.driver.python", sys.executable))
+    spark = builder.getOrCreate()
+    for k, v in {"spark.sql.session.timeZone": "UTC", "spark.sql.shuffle.partitions": str(s.spark_shuffle_partitions),
+                 "spark.sql.execution.arrow.maxRecordsPerBatch": "100000"}.items():
+        spark.conf.set(k, v)
+    return spark
+
+
+def _delta_schema(schema: pa.Schema, ts_columns: tuple[str, ...]) -> pa.Schema:
+    """``schema`` with the int64 epoch-µs columns ``ts_columns`` stored as UTC timestamps."""
+    return pa.schema([pa.field(f.name, TS, f.nullable) if f.name in ts_columns else f for f in schema])
+
+
+def new_run_id() -> str:
+    """A unique, sortable id of one run (UTC start time + random suffix)."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + uuid.uuid4().hex[:6]
+
+
+def rebuild(spark: SparkSession, s: BatchSettings, run_date: date, allow_older: bool = False,
+            log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> RunResult:
+    """Run the nightly job for ``run_date`` (see the module docstring).
+
+    Raises:
+        DQFailed: the data-quality gate failed (report written, nothing else changed).
+        InjectedFailure: ``s.fail_after`` named a stage that just finished.
+    """
+    plan, run_id, m = plan_run(run_date), new_run_id(), JobMetrics()
+    version = f"{run_date:%Y%m%d}-{run_id}"
+    m.info = {"run_date": run_date.isoformat(), "cutover": iso(plan.cutover), "run_id": run_id, "version": version}
+    delta_spark = delta_io.has_delta_spark(spark)
+    m.info["delta_writer"] = "delta-spark" if delta_spark else "delta-rs"
+    success = False
+    cached: list[Any] = []
+
+    def checkpoint(stage: str) -> None:
+        if s.fail_after == stage:
+            raise InjectedFailure(f"injected failure after stage {stage}")
+
+    try:
+        with m.stage("read_dedupe"):
+            copies = delta_io.read_raw(spark, s.table("raw_events"), plan.dates, delta_spark)
+            winners = compute.first_ingested(copies).persist(StorageLevel.MEMORY_AND_DISK)
+            cached.append(winners)
+            m.count("rows_read", copies.count())
+            m.count("events_deduplicated", winners.count())
+        checkpoint("read")
+        with m.stage("dq"):
+            report = _quality(spark, s, plan, winners, run_id)
+        m.info["dq"] = report.as_dict()
+        log(report.summary())
+        if report.hard_failure:
+            raise DQFailed(report)
+        checkpoint("dq")
+        events = winners.where(compute.is_valid() & (F.unix_micros("event_time") >= plan.read_from)
+                               & (F.unix_micros("event_time") < plan.cutover))
+        tiles: dict[str, Any] = {}
+        for name in VIEWS:
+            tiles[name] = _write_view(s, plan, name, events, run_id, delta_spark, m, checkpoint)
+            cached.append(tiles[name])
+        winners.unpersist()
+        with m.stage("redis_load"):
+            published = _publish(s, plan, version, tiles, allow_older, m, checkpoint)
+        success = True
+        return RunResult(run_date, plan.cutover, version, published, m.as_dict())
+    finally:
+        for df in cached:
+            df.unpersist()
+        m.info["success"] = success
+        print(json.dumps(m.as_dict(), default=str))
+        path = s.metrics_path()
+        if path:
+            m.write_prometheus(path, run_date.isoformat(), success)
+
+
+def _quality(spark: SparkSession, s: BatchSettings, plan: RunPlan, winners: Any, run_id: str) -> dq.DQReport:
+    figures = dq.day_figures(winners, plan, s.dq_late_after_s * SECOND)
+    report = dq.evaluate(s, plan, figures, delta_io.daily_copies(s.table("raw_events")),
+                         dq.dead_letters_on(s.table("dead_letters"), plan.run_date))
+    delta_io.overwrite_small(s.table("dq_reports"), report.table(plan, run_id), "run_date", plan.run_date)
+    return report
+
+
+def _write_view(s: BatchSettings, plan: RunPlan, name: str, events: Any, run_id: str, delta_spark: bool,
+                m: JobMetrics, checkpoint: Callable[[str], None]) -> Any:
+    """Tiles and snapshot of one view into Delta; returns the persisted tiles frame for the Redis load."""
+    view = VIEWS[name]
+    with m.stage(f"tiles:{name}"):
+        tiles = compute.tiles(events, name, plan.horizons[name], plan.cutover, s.spark_shuffle_partitions)
+        tiles = tiles.persist(StorageLevel.MEMORY_AND_DISK)
+        m.count(f"tiles:{name}", tiles.count())
+    with m.stage(f"write:{tiles_table(name)}"):
+        delta_io.overwrite_partition(tiles, s.table(tiles_table(name)),
+                                     _delta_schema(tiles_frame.tile_schema(view), ("tile_start",)), "run_date",
+                                     plan.run_date, delta_spark, run_id,
+                                     before_commit=lambda: checkpoint(f"staged:{tiles_table(name)}"))
+    checkpoint(f"write:{tiles_table(name)}")
+    with m.stage(f"write:snapshot:{name}"):
+        snap = compute.snapshots(tiles, name, plan.cutover)
+        rows = delta_io.overwrite_partition(snap, s.table(snapshot_table(name)),
+                                            _delta_schema(tiles_frame.snapshot_schema(view), ("event_timestamp",)),
+                                            "run_date", plan.run_date, delta_spark, run_id)
+        m.count(f"snapshot_rows:{name}", rows)
+    checkpoint(f"write:snapshot:{name}")
+    return tiles
+
+
+def _publish(s: BatchSettings, plan: RunPlan, version: str, tiles: dict[str, Any], allow_older: bool,
+             m: JobMetrics, checkpoint: Callable[[str], None]) -> bool:
+    """Load every view under ``version`` and swap the pointer; on failure drop the half-loaded version."""
+    import redis
+
+    client = redis.Redis.from_url(s.redis_url)
+    try:
+        for name, df in tiles.items():
+            keys, fields = batch_view.load_view(df, name, version, s.redis_url, s.batch_view_ttl_s, s.redis_chunk)
+            m.count(f"redis_keys:{name}", keys)
+            m.count(f"redis_fields:{name}", fields)
+            checkpoint(f"load:{name}")
+        result = batch_view.publish(client, BatchPointer(version, plan.cutover), s.batch_view_ttl_s,
+                                    s.batch_view_grace_s, allow_older)
+    except BaseException:
+        batch_view.expire_version(client, version, 0)
+        raise
+    if not result.published:
+        batch_view.expire_version(client, version, 0)
+    m.info["published"] = result.published
+    m.info["previous_version"] = result.previous.version if result.previous else None
+    m.count("redis_retired_keys", result.retired_keys)
+    client.close()
+    return result.published
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``spark-submit`` entry point; returns the exit code (2: data-quality failure)."""
+    parser = argparse.ArgumentParser(description="fstore nightly batch job (one run date)")
+    parser.add_argument("--date", required=True, type=date.fromisoformat, help="run date D (UTC), cutover D+1")
+    parser.add_argument("--allow-older", action="store_true", help="publish even if a later cutover serves")
+    args = parser.parse_args(argv)
+    s = load_batch_settings()
+    spark = build_spark(s, own_session=False)
+    try:
+        rebuild(spark, s, args.date, allow_older=args.allow_older)
+    except DQFailed:
+        return 2
+    finally:
+        spark.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
