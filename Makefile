@@ -48,6 +48,8 @@ lint: setup ## ruff and mypy
 
 bench: setup ## benchmarks (figures go to stdout; see docs/benchmarks.md)
 	$(BIN)/python bench/generate_ingest.py
+	$(BIN)/python bench/pit_join.py
+	$(BIN)/python bench/batch_rebuild.py
 
 services-up: setup ## start local Redis and Kafka-protocol broker
 	$(BIN)/fstore services up

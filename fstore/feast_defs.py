@@ -2,7 +2,7 @@
 
 ``feature_repo/features.py`` calls :func:`feast_objects`, so ``feast apply`` registers exactly the
 entities, feature views and feature names of :mod:`fstore.core.features` — no feature list is typed
-twice. Feature views read the daily feature snapshots that the batch job writes under
+twice. Feature views read the daily feature snapshots (Delta tables) that the batch job writes under
 ``$FSTORE_DATA_DIR/feature_snapshots/<view>``.
 """
 
@@ -12,7 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 from feast import Entity, FeatureView, Field, FileSource, ValueType
-from feast.data_format import ParquetFormat
+from feast.data_format import DeltaFormat
 from feast.types import Float64, Int64
 
 from fstore.core.features import ENTITIES, VIEWS
@@ -41,7 +41,7 @@ def feast_objects(data_dir: str) -> dict[str, Any]:
         source = FileSource(
             name=f"{view.name}_snapshots",
             path=f"{data_dir.rstrip('/')}/feature_snapshots/{view.name}",
-            file_format=ParquetFormat(),
+            file_format=DeltaFormat(),
             timestamp_field="event_timestamp",
             description=f"Daily snapshots of {view.name} written by the batch job",
         )

@@ -1,0 +1,186 @@
+"""The point-in-time engine (fstore.core.pit) against the brute force of DESIGN.md §3 (tests/bruteforce.py)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import UTC, datetime
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from fstore.core import pit
+from fstore.core.aggregates import isclose
+from fstore.core.events import EVENT_TYPES, Event
+from fstore.core.features import PRODUCT_ENGAGEMENT, USER_ACTIVITY, VIEWS, FeatureView
+from fstore.core.timeutil import DAY, HOUR, MINUTE, from_micros
+from tests import bruteforce
+
+pytestmark = pytest.mark.unit
+
+BASE = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z, on every hop grid
+WINDOWS = sorted({f.window for v in VIEWS.values() for f in v.windowed})
+HOPS = {w: bruteforce.hop_by_table(w) for w in WINDOWS}
+
+
+def events_table(events: list[Event]) -> pa.Table:
+    """The engine's input columns, built directly (no Delta, no fstore adapter)."""
+    cols = list(zip(*events, strict=True)) if events else [[] for _ in range(8)]
+    return pa.table({
+        "event_id": pa.array(cols[0], pa.string()), "event_type": pa.array(cols[1], pa.string()),
+        "user_id": pa.array(cols[2], pa.string()), "product_id": pa.array(cols[3], pa.string()),
+        "event_time": pa.array(cols[4], pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+        "price": pa.array(cols[5], pa.float64()), "quantity": pa.array(cols[6], pa.int32()),
+    })
+
+
+def random_events(rng: np.random.Generator, n: int, users: int, products: int, span: int) -> list[Event]:
+    """Events on and next to hop boundaries (±1 µs), and anywhere in between."""
+    out = []
+    for i in range(n):
+        etype = EVENT_TYPES[int(rng.integers(len(EVENT_TYPES)))]
+        if rng.random() < 0.5:
+            grid = [5 * MINUTE, HOUR, DAY][int(rng.integers(3))]
+            t = BASE + int(rng.integers(span // grid)) * grid + int(rng.choice([-1, 0, 0, 1]))
+        else:
+            t = BASE + int(rng.integers(span))
+        product = None if etype == "page_view" and rng.random() < 0.4 else f"p{rng.integers(products)}"
+        price = round(float(rng.uniform(0, 300)), 2) if etype == "purchase" or rng.random() < 0.1 else None
+        out.append(Event(f"e{i}", etype, f"u{rng.integers(users)}", product, t, price,
+                         int(rng.integers(1, 4)), None))
+    return out
+
+
+def query_times(rng: np.random.Generator, events: list[Event], n: int, span: int) -> list[int]:
+    """Times exactly at events, one µs after, on tail boundaries of each window, random, before all data."""
+    times = []
+    for _ in range(n):
+        kind = int(rng.integers(6))
+        e = events[int(rng.integers(len(events)))].event_time
+        if kind == 0:
+            times.append(e)  # the event at exactly t is excluded
+        elif kind == 1:
+            times.append(e + 1)
+        elif kind in (2, 3):  # make tail(t) land exactly on (or 1 µs after) the event
+            w = WINDOWS[int(rng.integers(len(WINDOWS)))]
+            h = HOPS[w]
+            times.append(e - e % h + w + (0 if kind == 2 else int(rng.integers(h))))
+        elif kind == 4:
+            times.append(BASE - int(rng.integers(1, 3 * DAY)))  # before any data
+        else:
+            times.append(BASE + int(rng.integers(span + 8 * DAY)))
+    return times
+
+
+def expected(view: FeatureView, events: list[Event], keys: list[str | None], times: list[int]) -> list[dict]:
+    by_entity: dict[str, list[Event]] = defaultdict(list)
+    for e in events:
+        k = getattr(e, view.entity.join_key)
+        if k is not None:
+            by_entity[k].append(e)
+    return [bruteforce.values(view, by_entity.get(k, []) if k else [], k or "", t)
+            for k, t in zip(keys, times, strict=True)]
+
+
+def assert_frame_matches(got: pd.DataFrame, view: FeatureView, want: list[dict], prefix: str = "") -> None:
+    for name in view.feature_names:
+        col = got[prefix + name].tolist()
+        for i, (g, w) in enumerate(zip(col, (row[name] for row in want), strict=True)):
+            g = None if isinstance(g, float) and np.isnan(g) else g
+            assert isclose(g, w), f"{view.name}:{name} row {i}: engine {g!r} != brute force {w!r}"
+
+
+@pytest.mark.parametrize(("seed", "users", "products"), [(1, 25, 12), (2, 3, 2), (3, 60, 40)])
+def test_engine_equals_brute_force(seed: int, users: int, products: int) -> None:
+    """Sparse and dense windows (3 users: hundreds of events per 7-day window, deep sparse tables)."""
+    rng = np.random.default_rng(seed)
+    span = 10 * DAY
+    events = random_events(rng, 2500, users=users, products=products, span=span)
+    n = 1500
+    times = query_times(rng, events, n, span)
+    users = [f"u{rng.integers(users + 5)}" for _ in range(n)]  # the last 5 never appear in events
+    products = [f"p{rng.integers(products + 3)}" if rng.random() > 0.02 else None for _ in range(n)]
+    users[10:20] = users[0:10]  # duplicate entity rows (same key and time)
+    times[10:20] = times[0:10]
+    entity_df = pd.DataFrame({
+        "user_id": users, "product_id": products,
+        "event_timestamp": pd.to_datetime(times, unit="us", utc=True), "label": np.arange(n) % 2,
+    })
+    got = pit.point_in_time(entity_df, ["user_activity", "product_engagement"], events_table(events),
+                            full_feature_names=True)
+    assert len(got) == n and list(got.columns[:4]) == list(entity_df.columns)
+    pd.testing.assert_frame_equal(got[entity_df.columns], entity_df)
+    assert_frame_matches(got, USER_ACTIVITY, expected(USER_ACTIVITY, events, users, times), "user_activity__")
+    assert_frame_matches(got, PRODUCT_ENGAGEMENT, expected(PRODUCT_ENGAGEMENT, events, products, times),
+                         "product_engagement__")
+    assert got["user_activity__clicks_1h"].dtype == np.int64
+
+
+def test_arrow_input_naive_times_and_single_features() -> None:
+    rng = np.random.default_rng(9)
+    events = random_events(rng, 800, users=6, products=4, span=3 * DAY)
+    times = query_times(rng, events, 400, 3 * DAY)
+    users = [f"u{rng.integers(8)}" for _ in times]
+    naive = pa.array(times, pa.int64()).cast(pa.timestamp("us"))  # naive → UTC
+    table = pa.table({"user_id": users, "event_timestamp": naive})
+    refs = ["user_activity:revenue_7d", "user_activity:clicks_1h", "user_activity:max_order_value_7d",
+            "user_activity:avg_order_value_7d"]
+    got = pit.point_in_time(table, refs, events_table(events))
+    assert isinstance(got, pa.Table)
+    assert got.column_names == ["user_id", "event_timestamp", "revenue_7d", "clicks_1h", "max_order_value_7d",
+                                "avg_order_value_7d"]
+    want = expected(USER_ACTIVITY, events, users, times)
+    for name in refs:
+        feat = name.split(":")[1]
+        for g, w in zip(got.column(feat).to_pylist(), (r[feat] for r in want), strict=True):
+            assert isclose(g, w), (feat, g, w)
+
+
+def test_nanosecond_times_keep_the_exclusive_head_and_the_tail() -> None:
+    t_event = BASE + HOUR  # a click of u1 at exactly 01:00
+    events = [Event("a", "click", "u1", "p1", t_event, None, 1, None)]
+    ns = np.array([t_event * 1000, t_event * 1000 + 1, (t_event + HOUR) * 1000, (t_event + HOUR + 5 * MINUTE) * 1000
+                   - 1, (t_event + HOUR + 5 * MINUTE) * 1000], dtype="datetime64[ns]")
+    df = pd.DataFrame({"user_id": ["u1"] * 5, "event_timestamp": ns})
+    got = pit.point_in_time(df, ["user_activity:clicks_1h"], events_table(events))
+    # at t: excluded; 1 ns later: counted; t+1h: tail = t, counted; just before t+1h05: tail still t; at it: gone
+    assert got["clicks_1h"].tolist() == [0, 1, 1, 1, 0]
+
+
+def test_empty_inputs_and_no_events() -> None:
+    df = pd.DataFrame({"user_id": pd.Series([], dtype=object),
+                       "event_timestamp": pd.Series([], dtype="datetime64[ns]")})
+    assert len(pit.point_in_time(df, ["user_activity"], events_table([]))) == 0
+    one = pd.DataFrame({"user_id": ["u1", "u1"], "event_timestamp": [datetime(2026, 1, 1, tzinfo=UTC)] * 2})
+    got = pit.point_in_time(one, ["user_activity"], events_table([]))
+    assert got["clicks_1h"].tolist() == [0, 0] and got["revenue_7d"].tolist() == [0.0, 0.0]
+    assert got["avg_order_value_7d"].isna().all() and got["max_order_value_7d"].isna().all()
+
+
+@pytest.mark.parametrize(("frame", "refs", "message"), [
+    (pd.DataFrame({"event_timestamp": [from_micros(BASE)]}), ["user_activity"], "no column 'user_id'"),
+    (pd.DataFrame({"user_id": ["u"]}), ["user_activity"], "no column 'event_timestamp'"),
+    (pd.DataFrame({"user_id": ["u"], "event_timestamp": [from_micros(BASE)]}), ["nope"], "unknown feature view 'nope'"),
+    (pd.DataFrame({"user_id": ["u"], "event_timestamp": [from_micros(BASE)]}), ["user_activity:nope"],
+     "has no feature 'nope'"),
+    (pd.DataFrame({"user_id": ["u"], "product_id": ["p"], "event_timestamp": [from_micros(BASE)]}),
+     ["user_activity:clicks_1h", "product_engagement:clicks_1h"], "full_feature_names=True"),
+    (pd.DataFrame({"user_id": ["u"], "event_timestamp": [None]}), ["user_activity"], "null"),
+    (pd.DataFrame({"user_id": ["u"], "event_timestamp": [from_micros(BASE)], "clicks_1h": [1]}),
+     ["user_activity"], "already has column"),
+    (pd.DataFrame({"user_id": ["u"], "event_timestamp": [from_micros(BASE)]}), [], "no features requested"),
+])
+def test_invalid_requests_name_the_problem(frame: pd.DataFrame, refs: list[str], message: str) -> None:
+    with pytest.raises(pit.PointInTimeError, match=message):
+        pit.point_in_time(frame, refs, events_table([]))
+
+
+def test_event_range_and_dedupe() -> None:
+    df = pd.DataFrame({"user_id": ["u"], "event_timestamp": [from_micros(BASE + DAY)]})
+    assert pit.event_range(df, ["user_activity"]) == (BASE + DAY - 7 * DAY - HOUR, BASE + DAY)
+    assert pit.event_range(df, ["user_activity:clicks_1h"]) == (BASE + DAY - HOUR - 5 * MINUTE, BASE + DAY)
+    raw = pa.table({"event_id": ["a", "b", "a", "a"], "ingested_at": [5, 1, 3, 3],
+                    "payload_hash": ["x", "y", "z", "w"], "quantity": [1, 2, 3, 4]})
+    got = pit.dedupe(raw).sort_by("event_id").to_pylist()
+    assert [(r["event_id"], r["quantity"]) for r in got] == [("a", 4), ("b", 2)]
