@@ -9,6 +9,8 @@ from __future__ import annotations
 import click
 
 from fstore import __version__
+from fstore.commands.batch import batch
+from fstore.commands.check_consistency import check_consistency
 from fstore.commands.generate import generate
 from fstore.commands.ingest import ingest
 from fstore.commands.publish import publish
@@ -27,5 +29,5 @@ def main() -> None:
     """
 
 
-for _cmd in (services, generate, publish, ingest, serve):
+for _cmd in (services, generate, publish, ingest, batch, serve, check_consistency):
     main.add_command(_cmd)

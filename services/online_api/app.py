@@ -14,6 +14,7 @@ from typing import Annotated
 
 import redis.asyncio as aioredis
 from fastapi import FastAPI, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from redis.exceptions import RedisError
@@ -21,8 +22,14 @@ from redis.exceptions import RedisError
 from fstore.core.timeutil import iso
 from fstore.online import Clock, OnlineReader, wall_clock
 from services.online_api.deps import ReaderDep, Secured
-from services.online_api.logic import RequestError, read_features
-from services.online_api.schemas import FeaturesRequest, FeaturesResponse, HealthResponse
+from services.online_api.logic import RequestError, historical_features, read_features
+from services.online_api.schemas import (
+    FeaturesRequest,
+    FeaturesResponse,
+    HealthResponse,
+    HistoricalRequest,
+    HistoricalResponse,
+)
 from services.online_api.settings import ApiSettings, get_api_settings
 
 
@@ -99,6 +106,13 @@ def create_app(settings: ApiSettings | None = None, clock: Clock = wall_clock) -
     async def post_features(reader: ReaderDep, body: FeaturesRequest) -> FeaturesResponse:
         """Feature values of many entity rows, all at the same `as_of` (limit FSTORE_API_MAX_ENTITIES)."""
         return await read_features(reader, body.entities, body.features, cfg.api_max_entities)
+
+    @app.post("/historical-features", response_model=HistoricalResponse, dependencies=Secured)
+    async def post_historical_features(body: HistoricalRequest) -> HistoricalResponse:
+        """Point-in-time correct values per entity row from raw_events (limit FSTORE_API_MAX_ROWS)."""
+        rows = await run_in_threadpool(historical_features, body.entity_rows, body.features,
+                                       body.full_feature_names, cfg.table("raw_events"), cfg.api_max_rows)
+        return HistoricalResponse(rows=rows)
 
     @app.get("/health", response_model=HealthResponse)
     async def get_health(reader: ReaderDep) -> JSONResponse:

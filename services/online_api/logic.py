@@ -91,3 +91,46 @@ def shape(snap: Snapshot, rows: Sequence[Mapping[str, str]], plan: list[list[Ent
             )
         out_rows.append(FeatureRow(entity=dict(row), values=values, freshness=fresh))
     return FeaturesResponse(**snap.meta(), rows=out_rows)
+
+
+def historical_features(rows: Sequence[Mapping[str, object]], features: Sequence[str], full_feature_names: bool,
+                        raw_uri: str, max_rows: int) -> list[dict[str, object]]:
+    """Point-in-time values per entity row from ``raw_events`` (blocking: run it in a worker thread).
+
+    Raises:
+        RequestError: 413 above ``max_rows``; 422 for a bad timestamp, a missing column, an unknown
+            feature (the message names it).
+    """
+    import math
+
+    import pandas as pd
+
+    from fstore.core.pit import TIMESTAMP_COLUMN, PointInTimeError
+    from fstore.offline import get_historical_features
+
+    if len(rows) > max_rows:
+        raise RequestError(413, f"{len(rows)} rows requested; the limit is {max_rows} per request "
+                                "(FSTORE_API_MAX_ROWS)")
+    refs = [r.strip() for item in features for r in item.split(",") if r.strip()]
+    df = pd.DataFrame(list(rows))
+    if TIMESTAMP_COLUMN in df.columns:
+        try:
+            df[TIMESTAMP_COLUMN] = pd.to_datetime(df[TIMESTAMP_COLUMN], utc=True, format="ISO8601")
+        except (ValueError, TypeError) as exc:
+            raise RequestError(422, f"column '{TIMESTAMP_COLUMN}': {exc}") from None
+    try:
+        out = get_historical_features(df, refs, raw_uri=raw_uri, full_feature_names=full_feature_names)
+    except (PointInTimeError, KeyError) as exc:
+        raise RequestError(422, str(exc.args[0] if exc.args else exc)) from None
+    records: list[dict[str, object]] = []
+    for rec in out.to_dict(orient="records"):
+        clean: dict[str, object] = {}
+        for k, v in rec.items():
+            if isinstance(v, pd.Timestamp):
+                clean[str(k)] = v.isoformat()
+            elif isinstance(v, float) and math.isnan(v):
+                clean[str(k)] = None
+            else:
+                clean[str(k)] = v.item() if hasattr(v, "item") else v
+        records.append(clean)
+    return records

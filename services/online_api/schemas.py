@@ -49,3 +49,19 @@ class HealthResponse(BaseModel):
     batch_version: str | None = None
     batch_cutoff: str | None = None
     detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class HistoricalRequest(BaseModel):
+    """Body of POST /historical-features."""
+
+    entity_rows: list[dict[str, Any]] = Field(
+        description="Rows with the join key(s) and `event_timestamp` (ISO-8601; naive means UTC); other "
+                    "columns (labels) are returned unchanged")
+    features: list[str] = Field(description="`view:feature` references or whole views")
+    full_feature_names: bool = Field(False, description="Name columns `view__feature`")
+
+
+class HistoricalResponse(BaseModel):
+    """One output row per input row, in input order, input columns kept."""
+
+    rows: list[dict[str, Any]]
