@@ -16,6 +16,7 @@ from fstore.commands.ingest import ingest
 from fstore.commands.publish import publish
 from fstore.commands.serve import serve
 from fstore.commands.services import services
+from fstore.commands.stream import stream
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -29,5 +30,5 @@ def main() -> None:
     """
 
 
-for _cmd in (services, generate, publish, ingest, batch, serve, check_consistency):
+for _cmd in (services, generate, publish, ingest, stream, batch, serve, check_consistency):
     main.add_command(_cmd)

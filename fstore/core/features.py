@@ -85,9 +85,13 @@ class RatioFeature:
 Feature = WindowedFeature | RatioFeature
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class FeatureView:
-    """A named group of features over one entity."""
+    """A named group of features over one entity.
+
+    Views compare and hash by identity (each is defined once), which keeps per-view caches such as
+    :func:`fstore.core.tiles.tile_plan` cheap on hot paths.
+    """
 
     name: str
     entity: Entity

@@ -1,0 +1,183 @@
+"""Benchmark of the speed layer: one worker, a local Tansu broker and a local Redis on this machine.
+
+Three runs, each a fresh ``python -m jobs.stream`` process with its own topic and consumer group:
+
+1. **throughput** — a backlog of generated traffic (2% duplicates) is published first; the worker's
+   rate is valid events consumed per second between its first and last processed batch (validation,
+   tiles in Redis, raw_events in Delta, offsets committed).
+2. **naive** — the same with ``FSTORE_STREAM_NAIVE_PER_EVENT=1``: one Redis round trip per event
+   (the reference a straightforward agent would be), on a smaller backlog.
+3. **freshness** — live traffic at a steady rate (event times = now) once the worker has joined; the
+   freshness lag (tile commit wall clock − Kafka record timestamp) p50/p99 from the worker's histogram,
+   interpolated within buckets, counting only events of the steady phase.
+
+Prints one JSON object. ``python bench/stream_throughput.py --events 300000 --rate 5000 --duration 30``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from fstore import kafka_io  # noqa: E402
+from fstore.core.generator import GeneratorConfig, generate  # noqa: E402
+from fstore.localsvc import Broker, RedisServer, free_port  # noqa: E402
+
+SECOND = 1_000_000
+
+
+def scrape(port: int) -> str:
+    try:
+        return str(urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode())
+    except OSError:
+        return ""
+
+
+def metric(body: str, name: str) -> float:
+    m = re.search(rf"^{name} (\S+)$", body, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def buckets(body: str, name: str) -> list[tuple[float, float]]:
+    out = []
+    for le, v in re.findall(rf'^{name}_bucket{{le="([^"]+)"}} (\S+)$', body, re.M):
+        out.append((float("inf") if le == "+Inf" else float(le), float(v)))
+    return out
+
+
+def quantile(hist: list[tuple[float, float]], q: float) -> float | None:
+    """Quantile of a cumulative histogram, linear within the bucket (Prometheus' histogram_quantile)."""
+    total = hist[-1][1] if hist else 0
+    if total <= 0:
+        return None
+    rank, prev_le, prev_c = q * total, 0.0, 0.0
+    for le, c in hist:
+        if c >= rank:
+            if le == float("inf"):
+                return prev_le
+            return prev_le + (le - prev_le) * ((rank - prev_c) / (c - prev_c) if c > prev_c else 0)
+        prev_le, prev_c = le, c
+    return None
+
+
+class Run:
+    """One worker process with its own topic, group and metrics port."""
+
+    def __init__(self, tmp: Path, redis: RedisServer, broker: Broker, name: str, **extra: str) -> None:
+        tag = uuid.uuid4().hex[:6]
+        self.topic, self.port, self.broker = f"bench-{name}-{tag}", free_port(), broker
+        broker.ensure_topics({self.topic: 1, f"{self.topic}.dlq": 1})
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "FSTORE_KAFKA_BOOTSTRAP": broker.bootstrap,
+               "FSTORE_REDIS_URL": redis.url, "FSTORE_DATA_DIR": str(tmp / name), "FSTORE_EVENTS_TOPIC": self.topic,
+               "FSTORE_DLQ_TOPIC": f"{self.topic}.dlq", "FSTORE_STREAM_APP_ID": f"bench-{name}-{tag}",
+               "FSTORE_STREAM_METRICS_PORT": str(self.port), "FSTORE_STREAM_LOG_LEVEL": "warning",
+               "FSTORE_STREAM_SESSION_TIMEOUT_S": "6", "FSTORE_STREAM_REBALANCE_TIMEOUT_S": "6", **extra}
+        self.log = open(tmp / f"{name}.log", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen([sys.executable, "-m", "jobs.stream"], cwd=tmp, env=env, stdout=self.log,
+                                     stderr=subprocess.STDOUT)
+
+    def wait_events(self, n: float, timeout: float) -> tuple[float, str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            body = scrape(self.port)
+            if metric(body, "fstore_stream_events_in_total") >= n:
+                return time.monotonic(), body
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited, see {self.log.name}")
+            time.sleep(0.05)
+        raise TimeoutError(f"worker did not reach {n} events in {timeout} s")
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the worker used so far, start-up and group join included."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def backlog(run: Run, events: int, seed: int) -> dict[str, float | None]:
+    """Publish a backlog first, then time the worker through it."""
+    now = time.time_ns() // 1000
+    cfg = GeneratorConfig(start=now - 6 * 3600 * SECOND, end=now, events=events, users=50_000, products=5_000,
+                          duplicate_rate=0.02)
+    batches = [(b.keys, b.values) for b in generate(cfg, seed, dumps=orjson.dumps)]
+    rep = kafka_io.publish(batches, run.broker.bootstrap, run.topic)
+    assert rep.ok, rep.summary()
+    t0, _ = run.wait_events(1, 120)
+    t1, body = run.wait_events(events, 900)
+    valid = metric(body, "fstore_stream_events_valid_total")
+    cpu = run.cpu_seconds()
+    return {"events": events, "seconds": round(t1 - t0, 2), "valid_events_per_s": round(valid / (t1 - t0)),
+            "worker_cpu_s": round(cpu, 1), "valid_events_per_worker_cpu_s": round(valid / cpu) if cpu else None}
+
+
+def freshness(run: Run, rate: float, duration: float, seed: int) -> dict[str, float | None]:
+    """Steady live traffic; lag quantiles over the events sent after the warm-up."""
+    warm = kafka_io.publish_live(kafka_io.live_plan(rate, 3.0, time.time_ns() // 1000, users=50_000,
+                                                    products=5_000), seed, run.broker.bootstrap, run.topic)
+    _, body = run.wait_events(warm.sent, 120)
+    before = buckets(body, "fstore_stream_freshness_lag_seconds")
+    rep = kafka_io.publish_live(kafka_io.live_plan(rate, duration, time.time_ns() // 1000, users=50_000,
+                                                   products=5_000), seed + 1, run.broker.bootstrap, run.topic)
+    _, body = run.wait_events(warm.sent + rep.sent, 60)
+    after = buckets(body, "fstore_stream_freshness_lag_seconds")
+    diff = [(le, c - b) for (le, c), (_, b) in zip(after, before, strict=True)]
+    return {"rate_target": rate, "rate_achieved": round(rep.rate), "events": rep.sent,
+            "lag_p50_s": round(quantile(diff, 0.5) or 0, 3), "lag_p99_s": round(quantile(diff, 0.99) or 0, 3),
+            "lag_max_bucket_le_s": next((le for le, c in diff if c >= diff[-1][1]), None)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=300_000, help="backlog for the throughput run")
+    ap.add_argument("--naive-events", type=int, default=30_000, help="backlog for the naive reference")
+    ap.add_argument("--rate", type=float, default=5_000, help="steady rate of the freshness run")
+    ap.add_argument("--duration", type=float, default=30, help="seconds of the freshness run")
+    args = ap.parse_args()
+    out: dict[str, object] = {"machine": {"cpus": os.cpu_count(), "load_avg_1m_at_start": os.getloadavg()[0]}}
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        with RedisServer(state_dir=tmp / "svc") as redis, Broker(state_dir=tmp / "svc") as broker:
+            steps: list[tuple[str, Callable[[Run], dict[str, float | None]], dict[str, str]]] = [
+                ("throughput", lambda r: backlog(r, args.events, 1), {}),
+                ("naive_per_event", lambda r: backlog(r, args.naive_events, 2),
+                 {"FSTORE_STREAM_NAIVE_PER_EVENT": "1"}),
+                ("freshness", lambda r: freshness(r, args.rate, args.duration, 3),
+                 {"FSTORE_STREAM_BATCH_WITHIN_S": "0.05"}),
+            ]
+            for name, fn, extra in steps:
+                run = Run(tmp, redis, broker, name, **extra)
+                try:
+                    out[name] = fn(run)
+                finally:
+                    run.stop()
+                print(json.dumps({name: out[name]}), file=sys.stderr)
+    tp = out["throughput"]["valid_events_per_s"]  # type: ignore[index]
+    nv = out["naive_per_event"]["valid_events_per_s"]  # type: ignore[index]
+    out["batched_over_naive"] = round(tp / nv, 1) if nv else None
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""Settings of the stream worker (pydantic-settings, ``FSTORE_`` prefix; extends the shared settings).
+
+Everything the worker can tune lives here (``FSTORE_STREAM_BATCH_MAX=20000``); nothing else in the job
+reads the environment.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field, ValidationError
+
+from fstore.core.features import largest_hop, longest_window
+from fstore.core.timeutil import SECOND
+from fstore.settings import Settings, SettingsError
+
+#: Tiles stay in Redis this long after their last write: longest window + largest hop + a margin.
+DEFAULT_MARGIN_S = 6 * 3600
+
+
+class StreamSettings(Settings):
+    """Configuration of ``fstore stream`` / ``faust -A jobs.stream.app worker``."""
+
+    stream_app_id: str = Field("fstore-stream", description="Faust app id = Kafka consumer group")
+    stream_batch_max: int = Field(10_000, ge=1, description="Events per in-memory batch (stream.take max)")
+    stream_batch_within_s: float = Field(0.1, gt=0, description="Max seconds to wait to fill a batch")
+    stream_raw_max_events: int = Field(100_000, ge=1, description="Raw sink: flush after this many events")
+    stream_raw_max_age_s: float = Field(2.0, gt=0, description="Raw sink: flush when the oldest is this old")
+    stream_metrics_port: int = Field(9108, ge=0, description="Prometheus HTTP port (0 = no server)")
+    stream_pointer_cache_s: float = Field(5.0, ge=0, description="Cache of the batch pointer (cutover C)")
+    stream_late_horizon_s: int | None = Field(
+        None, ge=60, description="Events older than now - this go to raw_events only (default: key TTL)")
+    stream_key_ttl_margin_s: int = Field(DEFAULT_MARGIN_S, ge=0, description="Margin added to the tile TTL")
+    stream_marker_ttl_s: int | None = Field(None, ge=60, description="TTL of dedupe markers (default: tile TTL)")
+    stream_redis_cluster: bool = Field(False, description="Group Lua calls by hash slot (Redis Cluster)")
+    stream_script_chunk: int = Field(4_000, ge=1, description="Max dedupe markers per Lua call (non-cluster)")
+    stream_session_timeout_s: float = Field(10.0, gt=0, description="Kafka consumer session timeout")
+    stream_heartbeat_s: float = Field(1.0, gt=0, description="Kafka consumer heartbeat interval")
+    stream_rebalance_timeout_s: float = Field(10.0, gt=0, description="Kafka consumer rebalance timeout")
+    stream_max_poll_records: int = Field(10_000, ge=1, description="Records per Kafka fetch")
+    stream_buffer_maxsize: int = Field(40_000, ge=1, description="Faust stream buffer (events in flight)")
+    stream_commit_interval_s: float = Field(1.0, gt=0, description="How often acked offsets are committed")
+    stream_log_level: str = Field("info", description="Worker log level")
+    stream_naive_per_event: bool = Field(
+        False, description="Benchmark reference only: one Redis round trip per event instead of per batch")
+
+    @property
+    def tile_ttl_s(self) -> int:
+        """TTL of every speed-tile hash: longest window + largest hop + margin."""
+        return (longest_window() + largest_hop()) // SECOND + self.stream_key_ttl_margin_s
+
+    @property
+    def marker_ttl_s(self) -> int:
+        """TTL of de-duplication markers (default: the tile TTL, so a marker outlives its tiles' use)."""
+        return self.stream_marker_ttl_s or self.tile_ttl_s
+
+    @property
+    def horizon_us(self) -> int:
+        """Events older than ``now - horizon`` are too late for tiles (raw_events still gets them)."""
+        return (self.stream_late_horizon_s or self.tile_ttl_s) * SECOND
+
+
+@lru_cache(maxsize=1)
+def get_stream_settings() -> StreamSettings:
+    """Load and validate the worker settings once.
+
+    Raises:
+        SettingsError: naming the offending ``FSTORE_`` variable.
+    """
+    try:
+        return StreamSettings()
+    except ValidationError as exc:
+        bad = ", ".join(f"FSTORE_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
+        raise SettingsError(f"invalid settings: {bad}") from None

@@ -1,0 +1,162 @@
+"""The worker's two sinks: speed tiles in Redis (exactly once per event_id) and the raw event log.
+
+:class:`TileWriter` pre-aggregates a batch and applies it with the optimistic Lua script of
+:mod:`fstore.speed_lua` — one pipelined round trip, plus one for the subgroups that held a duplicate.
+:class:`RawSink` buffers valid copies and appends them to Delta ``raw_events`` in micro-batches bounded by
+size and age; whoever acknowledges Kafka messages does it only after the flush that holds them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from redis.exceptions import NoScriptError
+
+from fstore import raw_log
+from fstore.core.events import Event
+from fstore.core.features import FeatureView
+from fstore.speed_lua import APPLY_TILES, Subgroup, group_events, plan_calls
+
+log = logging.getLogger(__name__)
+
+MAX_ROUNDS = 20
+
+
+class TileWriter:
+    """Applies batches of candidate events to the speed tiles, skipping event_ids already counted.
+
+    Args:
+        client: a ``redis.asyncio`` client (``decode_responses=False``).
+        views: the feature views to maintain.
+        marker_ttl: seconds a de-duplication marker lives.
+        tile_ttl: seconds a tile hash lives after its last write.
+        cluster: group script calls by hash slot (Redis Cluster).
+        chunk: max markers per script call otherwise.
+    """
+
+    def __init__(self, client: Any, views: Sequence[FeatureView], marker_ttl: int, tile_ttl: int, *,
+                 cluster: bool = False, chunk: int = 4_000) -> None:
+        self.client, self.views = client, tuple(views)
+        self.marker_ttl, self.tile_ttl = marker_ttl, tile_ttl
+        self.cluster, self.chunk = cluster, chunk
+        self._sha: str | None = None
+
+    async def _load(self) -> str:
+        self._sha = str(await self.client.script_load(APPLY_TILES))
+        return self._sha
+
+    async def apply(self, events: Sequence[Event]) -> set[str]:
+        """Apply events (unique by event_id within the call) and return the event_ids skipped as duplicates.
+
+        Safe to repeat after any failure: a subgroup is applied with its markers atomically, so a retry
+        reports what already landed as duplicates instead of counting it twice.
+        """
+        pending: list[Subgroup] = list(group_events(self.views, events).values())
+        skipped: set[str] = set()
+        for _ in range(MAX_ROUNDS):
+            if not pending:
+                return skipped
+            calls = list(plan_calls(pending, self.marker_ttl, self.tile_ttl, cluster=self.cluster,
+                                    chunk=self.chunk))
+            sha = self._sha or await self._load()
+            pipe = self.client.pipeline(transaction=False)
+            for c in calls:
+                pipe.evalsha(sha, len(c.keys), *c.keys, *c.argv)
+            try:
+                replies = await pipe.execute()
+            except NoScriptError:  # Redis restarted or flushed its script cache: load and redo the round
+                await self._load()
+                continue
+            retry: dict[int, tuple[Subgroup, set[str]]] = {}
+            for call, reply in zip(calls, replies, strict=True):
+                for idx in reply:
+                    sub, event_id = call.markers[int(idx)]
+                    retry.setdefault(id(sub), (sub, set()))[1].add(event_id)
+            pending = []
+            for sub, drop in retry.values():
+                skipped |= drop
+                sub.rebuild(drop)
+                if sub.events:
+                    pending.append(sub)
+        raise RuntimeError(f"speed tiles: duplicates still reported after {MAX_ROUNDS} rounds")
+
+
+class RawSink:
+    """Buffers valid event copies and appends them to ``raw_events`` in micro-batches.
+
+    Each buffered chunk carries opaque *tokens* (the Kafka messages it came from); :meth:`flush` returns
+    the tokens of what it wrote, in order, so the caller acknowledges them only once the rows are stored.
+
+    Args:
+        uri: the ``raw_events`` table.
+        max_events: flush when this many rows are buffered.
+        max_age_s: flush when the oldest buffered chunk is this old.
+        clock: monotonic seconds (injectable).
+    """
+
+    def __init__(self, uri: str, max_events: int, max_age_s: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.uri, self.max_events, self.max_age_s, self.clock = uri, max_events, max_age_s, clock
+        self._events: list[Event] = []
+        self._hashes: list[str] = []
+        self._at: list[int] = []
+        self._tokens: list[Any] = []
+        self._since: float | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def buffered(self) -> int:
+        """Rows waiting for the next flush."""
+        return len(self._events)
+
+    def add(self, events: Sequence[Event], hashes: Sequence[str], ingested_at: Sequence[int],
+            tokens: Sequence[Any]) -> None:
+        """Buffer rows (possibly none) and the tokens to release once they are written."""
+        if self._since is None:
+            self._since = self.clock()
+        self._events += events
+        self._hashes += hashes
+        self._at += ingested_at
+        self._tokens += tokens
+
+    def due(self) -> bool:
+        """Whether the buffer reached its size or age bound."""
+        if self._since is None:
+            return False
+        return len(self._events) >= self.max_events or self.clock() - self._since >= self.max_age_s
+
+    async def flush(self) -> tuple[list[Any], int]:
+        """Write everything buffered (one Delta commit, in a thread) and return ``(tokens, rows)``.
+
+        Flushes are serialised, so tokens come back in the order they were added. On a write error the
+        buffer is put back in front and the error propagates: nothing is released unwritten.
+        """
+        async with self._lock:
+            events, hashes, at, tokens = self._events, self._hashes, self._at, self._tokens
+            self._events, self._hashes, self._at, self._tokens, self._since = [], [], [], [], None
+            if not tokens and not events:
+                return [], 0
+            try:
+                if events:
+                    await asyncio.to_thread(self._write, events, hashes, at)
+            except BaseException:
+                self._events, self._hashes = events + self._events, hashes + self._hashes
+                self._at, self._tokens = at + self._at, tokens + self._tokens
+                self._since = self.clock() - self.max_age_s
+                raise
+            return tokens, len(events)
+
+    def flush_sync(self) -> tuple[list[Any], int]:
+        """Blocking flush for shutdown paths where the event loop is going away."""
+        events, hashes, at, tokens = self._events, self._hashes, self._at, self._tokens
+        self._events, self._hashes, self._at, self._tokens, self._since = [], [], [], [], None
+        if events:
+            self._write(events, hashes, at)
+        return tokens, len(events)
+
+    def _write(self, events: Sequence[Event], hashes: Sequence[str], at: Sequence[int]) -> None:
+        raw_log.append_raw(self.uri, raw_log.events_table(events, hashes, at))

@@ -1,0 +1,82 @@
+"""Pure parts of the stream worker: batch classification and the Lua call packing (no services)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fstore.core.events import Event
+from fstore.core.features import PRODUCT_ENGAGEMENT, USER_ACTIVITY
+from fstore.core.tiles import build_tiles
+from fstore.core.timeutil import HOUR, MINUTE
+from fstore.redis_layout import partial_fields, speed_key
+from fstore.speed_lua import group_events, plan_calls
+from fstore.speed_view import decode_speed_tiles, speed_keys
+from jobs.stream.pipeline import prepare
+
+pytestmark = pytest.mark.unit
+
+NOW = 1_763_700_000_000_000
+
+
+def msg(i: int, t: int = NOW - HOUR, etype: str = "click", **kw: object) -> bytes:
+    body = {"event_id": f"e{i}", "event_type": etype, "user_id": f"u{i % 3}", "product_id": f"p{i % 2}",
+            "event_time": t // 1000, **kw}
+    return json.dumps(body).encode()
+
+
+def test_prepare_classifies_and_keeps_first_copy() -> None:
+    values = [msg(1), b"{oops", msg(2, t=NOW + 10 * MINUTE), msg(1, quantity=3), msg(3, t=NOW - 30 * 24 * HOUR),
+              msg(4, t=NOW - 2 * HOUR)]
+    p = prepare(values, NOW, last_at=NOW + 5, cutover=NOW - 90 * MINUTE, horizon_us=8 * 24 * HOUR)
+    assert p.invalid == [(1, "malformed_json"), (2, "future_timestamp")]
+    assert [e.event_id for e in p.valid] == ["e1", "e1", "e3", "e4"]
+    assert p.ingested_at == [NOW + 6, NOW + 7, NOW + 8, NOW + 9] and p.last_at == NOW + 9
+    assert [e.event_id for e in p.fresh] == ["e1", "e4"] and p.fresh[0].quantity == 1
+    assert (p.batch_duplicates, p.beyond_horizon, p.late) == (1, 1, 2)
+
+
+def test_plan_calls_packs_markers_and_deltas() -> None:
+    events = [Event(f"e{i}", "purchase", f"u{i % 2}", "p1", NOW - i * MINUTE, 2.5 * i, 1, None) for i in range(4)]
+    groups = group_events([USER_ACTIVITY, PRODUCT_ENGAGEMENT], events)
+    assert set(groups) == {("user_activity", "u0"), ("user_activity", "u1"), ("product_engagement", "p1")}
+    calls = list(plan_calls(list(groups.values()), 100, 200, cluster=True, chunk=1))
+    assert len(calls) == 3  # one hash slot each
+    for call in calls:
+        assert call.argv[:3] == [100, 200, 1]
+        tags = {k[k.index("{"):k.index("}") + 1] for k in call.keys}
+        assert len(tags) == 1
+        assert all(call.keys[i - 1].endswith(":seen:" + eid) for i, (_, eid) in call.markers.items())
+    packed = list(plan_calls(list(groups.values()), 100, 200, cluster=False, chunk=10_000))
+    assert len(packed) == 1 and packed[0].argv[2] == 3
+
+
+def test_subgroup_rebuild_drops_duplicates() -> None:
+    events = [Event(f"e{i}", "click", "u1", "p1", NOW - i * MINUTE, None, 1, None) for i in range(3)]
+    sub = group_events([USER_ACTIVITY], events)[("user_activity", "u1")]
+    sub.rebuild({"e1"})
+    assert sub.tiles == build_tiles(USER_ACTIVITY, [events[0], events[2]])
+
+
+def test_speed_view_decodes_the_layout() -> None:
+    events = [Event("e1", "purchase", "u1", "p1", NOW - HOUR, 4.0, 2, None)]
+    tiles = build_tiles(USER_ACTIVITY, events)
+    raw: dict[str, dict[bytes | str, bytes | str]] = {}
+    for tk, tile in tiles.items():
+        for m, p in tile.items():
+            raw.setdefault(speed_key("user_activity", "u1", tk.start), {}).update(
+                partial_fields(tk.size, tk.start, m, p))
+    assert set(raw) <= set(speed_keys(USER_ACTIVITY, "u1", NOW - 2 * HOUR, NOW))
+    assert decode_speed_tiles("u1", list(raw.values())) == tiles
+
+
+def test_group_events_matches_core_build_tiles() -> None:
+    kinds = ["page_view", "impression", "click", "add_to_cart", "purchase"]
+    events = [Event(f"e{i}", kinds[i % 5], f"u{i % 4}", None if i % 10 == 0 else f"p{i % 3}",
+                    NOW - i * 7 * MINUTE, 1.5 * i if i % 5 == 4 else None, 1 + i % 2, None) for i in range(200)]
+    groups = group_events([USER_ACTIVITY, PRODUCT_ENGAGEMENT], events)
+    for view in (USER_ACTIVITY, PRODUCT_ENGAGEMENT):
+        want = build_tiles(view, events)
+        got = {k: t for (v, _), sub in groups.items() if v == view.name for k, t in sub.tiles.items()}
+        assert got == want
