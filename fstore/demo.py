@@ -49,19 +49,21 @@ def run(cmd: list[str], cwd: Path = ROOT, env: dict[str, str] | None = None, env
 def start(cmd: list[str], name: str) -> subprocess.Popen[bytes]:
     """Start a long-running command in the background, output to .fstore/demo-logs/<name>.log."""
     LOGS.mkdir(parents=True, exist_ok=True)
-    echo([*cmd, "&"])
+    print(f"\n$ {shlex.join(cmd)} > {LOGS / (name + '.log')} 2>&1 &", flush=True)
     log = open(LOGS / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the process
     return subprocess.Popen(_exe(cmd), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
 
 
 def stop(proc: subprocess.Popen[bytes], name: str) -> None:
-    """SIGTERM (the stream worker flushes its raw sink on it), then wait."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    """SIGTERM (the stream worker flushes its raw sink on it), then wait; no-op if already stopped."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
     print(f"stopped {name} (exit {proc.returncode}); log: {LOGS / (name + '.log')}")
 
 
@@ -122,11 +124,11 @@ def main() -> None:
         run(["fstore", "batch", "--date", yesterday], env={**env, "FSTORE_DQ_LATE_AFTER_S": str(31 * 86_400)},
             env_note=f"FSTORE_DQ_LATE_AFTER_S={31 * 86_400} ")
         worker = start(["fstore", "stream"], "stream")
-        procs.append((worker, "stream worker"))
+        procs.append((worker, "stream"))
         run(["fstore", "publish", "--live", "--rate", "2000", "--duration", str(args.live_seconds),
              "--malformed-rate", "0.01", "--duplicate-rate", "0.01", "--no-progress"])
         api = start(["fstore", "serve", "--port", str(args.port)], "api")
-        procs.append((api, "online API"))
+        procs.append((api, "api"))
         base = f"http://127.0.0.1:{args.port}"
         wait_http(f"{base}/health")
         time.sleep(3)  # let the worker commit its last batch
@@ -136,8 +138,8 @@ def main() -> None:
                                                 "features": "product_engagement:ctr_1h,product_engagement:ctr_24h"})
         show("POST", f"{base}/features", body={"entities": [{"user_id": "u000001"}, {"user_id": "u000002"}],
                                                "features": ["user_activity:clicks_24h", "user_activity:revenue_7d"]})
-        stop(worker, "stream worker")  # flushes the raw sink: every event up to now is in raw_events
-        run(["fstore", "check-consistency", "--api-url", base, "--sample", "200"])
+        stop(worker, "stream")  # flushes the raw sink: every event up to now is in raw_events
+        run(["fstore", "check-consistency", "--api-url", base, "--sample", "1000"])
         print(f"\ndemo finished in {time.perf_counter() - started:.0f}s")
     finally:
         for proc, name in procs:

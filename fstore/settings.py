@@ -29,9 +29,15 @@ class Settings(BaseSettings):
     dlq_topic: str = Field("events.dlq", description="Dead-letter topic")
     topic_partitions: int = Field(1, ge=1, description="Partitions of the events topic when created")
 
+    def data_root(self) -> str:
+        """The data root as jobs use it: an object-store URI as given, a local path made absolute (against
+        the working directory), so Spark executors and Arrow file systems see the same location."""
+        root = self.data_dir.rstrip("/") or "."
+        return root if "://" in root else str(Path(root).resolve())
+
     def table(self, name: str) -> str:
         """Location of the Delta table ``name`` under the data root."""
-        return f"{self.data_dir.rstrip('/')}/{name}"
+        return f"{self.data_root()}/{name}"
 
 
 class SettingsError(RuntimeError):
