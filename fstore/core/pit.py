@@ -11,7 +11,9 @@ Naive timestamps are UTC. Adapters (:mod:`fstore.offline`, :mod:`fstore.offline_
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -21,9 +23,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fstore.core.aggregates import Agg
-from fstore.core.dedupe import first_ingested_arrow
 from fstore.core.features import Feature, FeatureView, RatioFeature, ValueKind, WindowedFeature, resolve
-from fstore.core.pit_kernels import I64, Bool, SortedMeasure
+from fstore.core.pit_kernels import F64, I64, Bool, SortedMeasure
 from fstore.core.timeutil import MILLISECOND, SECOND
 
 TIMESTAMP_COLUMN = "event_timestamp"
@@ -33,6 +34,8 @@ EVENT_COLUMNS = ("event_type", "user_id", "product_id", "event_time", "price", "
 DEDUPE_COLUMNS = ("event_id", "ingested_at", "payload_hash")
 
 Frame = TypeVar("Frame", pd.DataFrame, pa.Table)
+#: Below this many entity rows the views are computed one after the other (threads would not pay off).
+_PARALLEL_ROWS = 50_000
 
 
 class PointInTimeError(ValueError):
@@ -141,53 +144,141 @@ def _keys(column: pa.Array, name: str) -> pa.Array:
     raise PointInTimeError(f"join key column '{name}' must hold strings, not {column.type}")
 
 
+def first_ingested_mask(raw: pa.Table) -> tuple[Bool, pa.Array]:
+    """Which rows of ``raw_events`` are the winning copy of their event_id (first ingested wins).
+
+    Same rule as :func:`fstore.core.dedupe.first_ingested_arrow`: copies are ordered by ``(ingested_at,
+    payload_hash)``. Most event_ids are unique, so repeated ids are found with one single-key sort of
+    ``event_id`` and only their rows are ordered by the full key; unique rows are kept as they are.
+
+    Args:
+        raw: ``raw_events`` rows with ``event_id`` and ``ingested_at``; ``payload_hash`` is optional — it
+            only breaks ties between copies ingested at the same instant, which are rare.
+
+    Returns:
+        ``(keep, unresolved)``: ``keep`` marks the winning rows. ``unresolved`` lists the event_ids whose
+        earliest ``ingested_at`` is shared by several copies while ``raw`` has no ``payload_hash``; none
+        of their rows is kept: read their copies with ``payload_hash`` and pass them to :func:`dedupe`.
+    """
+    n = raw.num_rows
+    keep = np.ones(n, bool)
+    none = pa.array([], pa.string())
+    if n < 2:
+        return keep, none
+    ids = raw.column("event_id").combine_chunks()
+    if pa.types.is_dictionary(ids.type):
+        ids = ids.dictionary_decode()
+    order = pc.sort_indices(ids)
+    ranked = ids.take(order)
+    same = pc.fill_null(pc.equal(ranked.slice(1), ranked.slice(0, n - 1)), False).to_numpy(zero_copy_only=False)
+    if not same.any():
+        return keep, none
+    repeated = np.zeros(n, bool)
+    repeated[1:] = same
+    repeated[:-1] |= same
+    rows = order.to_numpy()[repeated]  # grouped by event_id
+    group = np.cumsum(np.concatenate([[True], ~same])[repeated])  # group number per repeated row
+    cols: dict[str, pa.Array | np.ndarray] = {
+        "group": group, "ingested_at": raw.column("ingested_at").take(rows).cast(pa.int64()), "row": rows}
+    has_hash = "payload_hash" in raw.column_names
+    if has_hash:
+        cols["payload_hash"] = raw.column("payload_hash").take(rows)
+    keys = [("group", "ascending"), ("ingested_at", "ascending")]
+    ordered = pa.table(cols).sort_by(keys + ([("payload_hash", "ascending")] if has_hash else []))
+    g = ordered.column("group").to_numpy()
+    first = np.concatenate([[True], g[1:] != g[:-1]])
+    keep[rows] = False
+    winners = ordered.column("row").to_numpy()[first]
+    if has_hash:
+        keep[winners] = True
+        return keep, none
+    at = ordered.column("ingested_at").to_numpy()
+    tied = np.zeros(len(g), bool)
+    tied[:-1] = ~first[1:] & (at[1:] == at[:-1]) & first[:-1]  # the runner-up ties with the winner
+    keep[winners] = True
+    keep[ordered.column("row").to_numpy()[tied]] = False
+    return keep, ids.take(pa.array(ordered.column("row").to_numpy()[tied]))
+
+
 def dedupe(raw: pa.Table) -> pa.Table:
     """First ingested copy of each event_id wins (:func:`fstore.core.dedupe.first_ingested_arrow`).
 
-    Only the rows of repeated event_ids go through the full sort, so a table of mostly unique events is
-    de-duplicated at hash-aggregation speed. Row order of the result is unspecified.
+    ``raw`` needs ``event_id``, ``ingested_at`` and ``payload_hash``. Only the rows of repeated event_ids
+    are ordered by the full key (see :func:`first_ingested_mask`). Row order of the result is unspecified.
     """
-    if raw.num_rows == 0:
-        return raw
-    counts = pc.value_counts(raw.column("event_id"))
-    repeated = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
-    if len(repeated) == 0:
-        return raw
-    is_dup = pc.is_in(raw.column("event_id"), value_set=repeated)
-    winners = first_ingested_arrow(raw.filter(is_dup))
-    return pa.concat_tables([raw.filter(pc.invert(is_dup)), winners.select(raw.column_names)])
+    if "payload_hash" not in raw.column_names:
+        raise PointInTimeError("dedupe needs the payload_hash column (see first_ingested_mask)")
+    keep, _ = first_ingested_mask(raw)
+    return raw if keep.all() else raw.filter(pa.array(keep))
+
+
+def _encoded(column: pa.ChunkedArray | pa.Array) -> tuple[I64, pa.Array]:
+    """``(codes, dictionary)`` of a string column, ``-1`` for nulls; dictionary columns keep their codes."""
+    if isinstance(column, pa.ChunkedArray):
+        if pa.types.is_dictionary(column.type) and column.num_chunks > 1:
+            column = pa.table({"c": column}).unify_dictionaries().column(0)  # one shared dictionary
+        column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    if not pa.types.is_dictionary(column.type):
+        column = column.cast(pa.string()).dictionary_encode()
+    codes = pc.fill_null(column.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    dictionary = column.dictionary
+    if pc.count_distinct(dictionary, mode="all").as_py() != len(dictionary):  # re-encode repeated values
+        return _encoded(column.dictionary_decode())
+    if not (pa.types.is_string(dictionary.type) or pa.types.is_null(dictionary.type)):
+        dictionary = dictionary.cast(pa.string())
+    return codes, dictionary
+
+
+class _Events:
+    """De-duplicated events decoded once, with the rows of each needed event type, shared by every view.
+
+    Args:
+        events: the events table (:data:`EVENT_COLUMNS`).
+        event_types: the event types the request measures.
+    """
+
+    def __init__(self, events: pa.Table, event_types: set[str]) -> None:
+        self.table = events
+        type_codes, types = _encoded(events.column("event_type"))
+        names = types.to_pylist()
+        times = events.column("event_time").cast(pa.int64()).to_numpy().astype(np.int64, copy=False)
+        self.rows: dict[str, I64] = {}  # event type → its rows, in table order
+        self.times: dict[str, I64] = {}
+        for event_type in event_types:
+            codes = [i for i, name in enumerate(names) if name == event_type]
+            mask = type_codes == codes[0] if len(codes) == 1 else np.isin(type_codes, codes)
+            self.rows[event_type] = rows = np.flatnonzero(mask)
+            self.times[event_type] = times[rows]
+
+    def revenue(self, event_type: str) -> F64:
+        """price × quantity of the events of one type (a null price counts 0)."""
+        rows = pa.array(self.rows[event_type])
+        price = pc.fill_null(self.table.column("price").take(rows), 0.0).to_numpy(zero_copy_only=False)
+        qty = self.table.column("quantity").take(rows).to_numpy(zero_copy_only=False)
+        revenue: F64 = price.astype(np.float64) * qty
+        return revenue
 
 
 class _ViewEvents:
     """Events of one view's entity, per measure, sorted for window queries."""
 
-    def __init__(self, view: FeatureView, events: pa.Table, wanted: set[str]) -> None:
-        key = events.column(view.entity.join_key).combine_chunks().cast(pa.string())
-        has_key = pc.is_valid(key)
-        if has_key.false_count:
-            events, key = events.filter(has_key), key.filter(has_key)
-        encoded = key.dictionary_encode()
-        self.dictionary: pa.Array = encoded.dictionary
-        codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-        times = events.column("event_time").combine_chunks().cast(pa.int64()).to_numpy(zero_copy_only=False)
-        types = events.column("event_type").combine_chunks().cast(pa.string()).dictionary_encode()
-        type_names = types.dictionary.to_pylist()
-        type_codes = types.indices.to_numpy(zero_copy_only=False)
+    def __init__(self, view: FeatureView, events: _Events, wanted: set[str]) -> None:
+        codes, self.dictionary = _encoded(events.table.column(view.entity.join_key))
         self.measures: dict[str, SortedMeasure] = {}
         for f in view.windowed:
             m = f.measure
             if m.name in self.measures or m.name not in wanted:
                 continue
-            mask = (type_codes == type_names.index(m.event_type) if m.event_type in type_names
-                    else np.zeros(len(type_codes), bool))
+            c, t = codes[events.rows[m.event_type]], events.times[m.event_type]
             values = None
             if m.value is ValueKind.REVENUE:
-                price = pc.fill_null(events.column("price").combine_chunks(), 0.0).to_numpy(zero_copy_only=False)
-                qty = events.column("quantity").combine_chunks().to_numpy(zero_copy_only=False)
-                values = (price[mask] * qty[mask]).astype(np.float64)
+                values = events.revenue(m.event_type)
             elif any(g.measure == m and g.agg in (Agg.MIN, Agg.MAX, Agg.AVG, Agg.SUM) for g in view.windowed):
-                values = np.ones(int(mask.sum()), np.float64)
-            self.measures[m.name] = SortedMeasure(codes[mask], times[mask], values, len(self.dictionary))
+                values = np.ones(len(c), np.float64)
+            has_key = c >= 0
+            if not has_key.all():  # events without this view's key (a page view without product_id)
+                c, t, values = c[has_key], t[has_key], None if values is None else values[has_key]
+            self.measures[m.name] = SortedMeasure(c, t, values, len(self.dictionary))
 
     def codes(self, keys: pa.Array) -> I64:
         """Entity code of each key, ``-1`` when the entity has no events (or the key is null)."""
@@ -276,6 +367,18 @@ def normalise(entity_rows: pd.DataFrame | pa.Table, request: Request) -> tuple[d
     return keys, down, up
 
 
+def _row_order(codes: I64, times: I64) -> I64:
+    """Order of the entity rows by ``(code, time)`` (one int64 sort key when it fits, else a lexsort)."""
+    if len(codes) == 0:
+        return np.zeros(0, np.int64)
+    t0, span = int(times.min()), int(times.max()) - int(times.min()) + 1
+    if (int(codes.max()) + 2) * span < 2**62:
+        order: I64 = np.argsort((codes + 1) * span + (times - t0), kind="stable")
+        return order
+    by_pair: I64 = np.lexsort((times, codes))
+    return by_pair
+
+
 def compute_arrays(keys: dict[str, pa.Array], down: I64, up: I64, request: Request,
                    events: pa.Table) -> dict[str, Column]:
     """:func:`compute` on already normalised inputs (engines that ship rows elsewhere call this).
@@ -285,26 +388,39 @@ def compute_arrays(keys: dict[str, pa.Array], down: I64, up: I64, request: Reque
         down: row times rounded down to the microsecond (see :func:`entity_times`).
         up: row times rounded up to the microsecond.
         request: from :func:`plan`.
-        events: de-duplicated events with :data:`EVENT_COLUMNS` (``event_time`` timestamp or int64 µs).
+        events: de-duplicated events with :data:`EVENT_COLUMNS` (``event_time`` timestamp or int64 µs;
+            string columns plain or dictionary-encoded, chunks may carry different dictionaries).
+
+    The views of a request are computed in parallel threads (from :data:`_PARALLEL_ROWS` rows on).
     """
     missing = [c for c in EVENT_COLUMNS if c not in events.column_names]
     if missing:
         raise PointInTimeError(f"events table lacks column(s) {', '.join(missing)}")
-    out: dict[str, Column] = {}
-    for view in request.views:
+    shared = _Events(events, {w.measure.event_type for v, f in request.features for w in _windowed_of(v, f)})
+
+    def one_view(view: FeatureView) -> dict[str, Column]:
         wanted = {w.measure.name for v, f in request.features if v is view for w in _windowed_of(v, f)}
-        ev = _ViewEvents(view, events, wanted)
+        ev = _ViewEvents(view, shared, wanted)
         codes = ev.codes(keys[view.entity.join_key])
-        order = np.lexsort((up, codes))  # rows sorted by (code, t): binary searches walk forward
+        order = _row_order(codes, up)  # rows sorted by (code, t): binary searches walk forward
         values = _windowed_values(view, request, ev, codes[order], down[order], up[order])
         inverse = np.empty_like(order)
         inverse[order] = np.arange(len(order))
+        out: dict[str, Column] = {}
         for (v, f), name in zip(request.features, request.names, strict=True):
             if v is not view:
                 continue
             col = _ratio(values[f.numerator], values[f.denominator]) if isinstance(f, RatioFeature) else values[f.name]
             out[name] = (col[0][inverse], None if col[1] is None else col[1][inverse])
-    return out
+        return out
+
+    views = request.views
+    if len(views) == 1 or len(up) < _PARALLEL_ROWS:
+        parts = [one_view(v) for v in views]
+    else:  # views are independent; numpy and Arrow release the GIL in their kernels
+        with ThreadPoolExecutor(max_workers=min(len(views), os.cpu_count() or 1)) as pool:
+            parts = list(pool.map(one_view, views))
+    return {name: col for part in parts for name, col in part.items()}
 
 
 def _arrow(col: Column, dtype: str) -> pa.Array:

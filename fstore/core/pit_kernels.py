@@ -8,6 +8,8 @@ engine scales with rows × features, not rows × events in the window.
 
 Prefix sums are accumulated in ``numpy.longdouble`` (64-bit mantissa on x86-64): the difference of two
 large prefix sums then keeps the relative accuracy of a direct sum of the window (the brute force).
+float64 is not enough: on the benchmark (10M events) float64 prefix sums put revenue_7d/revenue_24h up
+to 7e-9 away (relative) from the longdouble values, beyond the 1e-9 the contract allows.
 """
 
 from __future__ import annotations
@@ -20,6 +22,24 @@ F64 = NDArray[np.float64]
 Bool = NDArray[np.bool_]
 
 _MAX_KEY = 2**62
+
+
+def _order(codes: I64, times: I64, keys: I64, n_codes: int) -> I64:
+    """Stable order of ``keys = (code, time)``.
+
+    Events usually arrive in time order (one file per day, written in time order); then a stable sort by
+    entity code alone is enough, done as one or two radix passes over 16-bit digits of the code (about
+    1.5× faster than sorting the 64-bit keys). Otherwise: a stable sort of the keys. Either way, events
+    with equal keys keep their input order.
+    """
+    if n_codes <= 2**32 and len(times) > 1 and bool((times[1:] >= times[:-1]).all()):
+        order: I64 = np.argsort((codes & 0xFFFF).astype(np.uint16), kind="stable")  # radix sort
+        if n_codes > 2**16:
+            high = (codes[order] >> 16).astype(np.uint16)
+            order = order[np.argsort(high, kind="stable")]
+        return order
+    by_key: I64 = np.argsort(keys, kind="stable")
+    return by_key
 
 
 class SortedMeasure:
@@ -55,7 +75,7 @@ class SortedMeasure:
             rel = times - self._tmin
         self._span = span
         keys = codes.astype(np.int64) * span + rel
-        order = np.argsort(keys, kind="stable")
+        order = _order(codes, times, keys, n_codes)
         self._keys = keys[order]
         if values is not None:
             self._values = np.ascontiguousarray(values[order], dtype=np.float64)
@@ -63,7 +83,7 @@ class SortedMeasure:
 
     def _needles(self, codes: I64, bounds: I64) -> I64:
         if self._ranks is not None:
-            rel = np.searchsorted(self._ranks, bounds).astype(np.int64)
+            rel = np.searchsorted(self._ranks, bounds).astype(np.int64, copy=False)
         else:
             rel = np.clip(bounds - self._tmin, 0, self._span)
         return codes * self._span + rel
@@ -82,7 +102,7 @@ class SortedMeasure:
             return out
         known = codes >= 0
         if known.all():
-            return np.searchsorted(self._keys, self._needles(codes, bounds)).astype(np.int64)
+            return np.searchsorted(self._keys, self._needles(codes, bounds)).astype(np.int64, copy=False)
         out[known] = np.searchsorted(self._keys, self._needles(codes[known], bounds[known]))
         return out
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from datetime import UTC, datetime
+from itertools import pairwise
 
 import numpy as np
 import pandas as pd
@@ -184,3 +185,87 @@ def test_event_range_and_dedupe() -> None:
                     "payload_hash": ["x", "y", "z", "w"], "quantity": [1, 2, 3, 4]})
     got = pit.dedupe(raw).sort_by("event_id").to_pylist()
     assert [(r["event_id"], r["quantity"]) for r in got] == [("a", 4), ("b", 2)]
+
+
+def dictionary_chunks(table: pa.Table, pieces: int) -> pa.Table:
+    """``table`` as ``pieces`` record batches with string columns dictionary-encoded per batch (as the
+    Delta reader returns them: each batch has its own dictionary)."""
+    bounds = np.linspace(0, table.num_rows, pieces + 1).astype(int)
+    batches = []
+    for lo, hi in pairwise(bounds):
+        part = table.slice(lo, hi - lo)
+        cols = {n: (part.column(n).combine_chunks().dictionary_encode()
+                    if n in ("event_type", "user_id", "product_id") else part.column(n).combine_chunks())
+                for n in part.column_names}
+        batches.append(pa.record_batch(cols))
+    return pa.Table.from_batches(batches)
+
+
+@pytest.mark.parametrize("in_time_order", [True, False])
+def test_dictionary_events_threads_and_time_ordered_input_equal_brute_force(
+        monkeypatch: pytest.MonkeyPatch, in_time_order: bool) -> None:
+    """Dictionary-encoded, multi-chunk events (the Delta reader's shape), sorted by time or not (the radix
+    and the comparison sort of the kernels), with both views computed in threads."""
+    monkeypatch.setattr(pit, "_PARALLEL_ROWS", 0)
+    rng = np.random.default_rng(21)
+    span = 6 * DAY
+    events = random_events(rng, 2000, users=30, products=15, span=span)
+    if in_time_order:
+        events.sort(key=lambda e: e.event_time)
+    n = 800
+    times = query_times(rng, events, n, span)
+    users = [f"u{rng.integers(33)}" for _ in range(n)]
+    products = [f"p{rng.integers(17)}" for _ in range(n)]
+    entity_df = pd.DataFrame({"user_id": users, "product_id": products,
+                              "event_timestamp": pd.to_datetime(times, unit="us", utc=True)})
+    table = dictionary_chunks(events_table(events), pieces=7)
+    assert pa.types.is_dictionary(table.schema.field("user_id").type) and table.column("user_id").num_chunks == 7
+    got = pit.point_in_time(entity_df, ["user_activity", "product_engagement"], table, full_feature_names=True)
+    assert_frame_matches(got, USER_ACTIVITY, expected(USER_ACTIVITY, events, users, times), "user_activity__")
+    assert_frame_matches(got, PRODUCT_ENGAGEMENT, expected(PRODUCT_ENGAGEMENT, events, products, times),
+                         "product_engagement__")
+    plain = pit.point_in_time(entity_df, ["user_activity", "product_engagement"], events_table(events),
+                              full_feature_names=True)
+    pd.testing.assert_frame_equal(got, plain)
+
+
+@pytest.mark.parametrize("n_codes", [50, 70_000])  # one and two 16-bit radix passes
+def test_kernel_order_is_the_stable_key_order(n_codes: int) -> None:
+    from fstore.core.pit_kernels import _order
+
+    rng = np.random.default_rng(n_codes)
+    codes = rng.integers(0, n_codes, 20_000).astype(np.int64)
+    times = np.sort(rng.integers(0, 1000, 20_000))  # many equal keys: stability matters
+    keys = codes * 1001 + times
+    want = np.argsort(keys, kind="stable")
+    np.testing.assert_array_equal(_order(codes, times, keys, n_codes), want)
+    shuffled = rng.permutation(20_000)
+    np.testing.assert_array_equal(_order(codes[shuffled], times[shuffled], keys[shuffled], n_codes),
+                                  np.argsort(keys[shuffled], kind="stable"))
+
+
+def test_first_ingested_mask_equals_brute_force_and_reports_unresolved_ties() -> None:
+    rng = np.random.default_rng(5)
+    ids = [f"e{int(i)}" for i in rng.integers(0, 400, 1500)]  # most ids repeated, some 5 times or more
+    ats = [int(a) for a in rng.integers(0, 6, len(ids))]  # few instants: many ties
+    hashes = [f"{int(h):08x}" for h in rng.permutation(len(ids))]
+    raw = pa.table({"event_id": ids, "ingested_at": pa.array(ats, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+                    "payload_hash": hashes, "row": np.arange(len(ids))})
+    copies = [(a, h, Event(i, "click", "u", None, 0, None, r, None))
+              for i, a, h, r in zip(ids, ats, hashes, range(len(ids)), strict=True)]
+    want = {e.event_id: e.quantity for e in bruteforce.dedupe(copies)}  # event_id → winning row
+    keep, unresolved = pit.first_ingested_mask(raw)
+    assert len(unresolved) == 0
+    assert dict(zip(np.array(ids)[keep], np.flatnonzero(keep), strict=True)) == want
+    assert sorted(pit.dedupe(raw).column("row").to_pylist()) == sorted(want.values())
+    # Without payload_hash: ids whose earliest copies tie are left out and named; the rest are decided.
+    keep, unresolved = pit.first_ingested_mask(raw.drop_columns(["payload_hash"]))
+    earliest: dict[str, list[int]] = defaultdict(list)
+    for i, a in zip(ids, ats, strict=True):
+        earliest[i].append(a)
+    tied = {i for i, a in earliest.items() if a.count(min(a)) > 1}
+    assert tied and set(unresolved.to_pylist()) == tied and len(unresolved) == len(tied)
+    assert dict(zip(np.array(ids)[keep], np.flatnonzero(keep), strict=True)) == {
+        i: r for i, r in want.items() if i not in tied}
+    with pytest.raises(pit.PointInTimeError, match="payload_hash"):
+        pit.dedupe(raw.drop_columns(["payload_hash"]))
