@@ -10,10 +10,17 @@ Keys (``{...}`` is a Redis Cluster hash tag: all keys of one entity of one view 
     fs:{<view>|<entity>}:seen:<event_id> de-duplication marker of the stream job            (string)
     fs:batch:current                     the serving batch view: JSON {version, cutover, ...} (string)
 
-Fields of a tile hash: ``<size_s>:<start_s>:<measure>:<stat>`` with ``stat`` one of ``c`` (count, an
-integer), ``s`` (sum), ``n`` (min), ``x`` (max); sizes and starts in seconds since the epoch. Keeping
-the four statistics in separate fields lets the stream job use HINCRBY / HINCRBYFLOAT and a compare for
-min/max, and lets readers merge tiles with :class:`fstore.core.aggregates.Partial`.
+Fields of a tile hash come in two forms, and readers (:func:`parse_tiles`) accept both:
+
+* per statistic, ``<size_s>:<start_s>:<measure>:<stat>`` with ``stat`` one of ``c`` (count, an integer),
+  ``s`` (sum), ``n`` (min), ``x`` (max); sizes and starts in seconds since the epoch. Separate fields let
+  the stream job use HINCRBY / HINCRBYFLOAT and a compare for min/max on speed tiles.
+* packed, ``<size_s>:<start_s>:<measure>`` whose value is ``"<count> <sum> <min> <max>"`` (floats in
+  shortest round-trip form, ``None`` for an absent min/max). Complete tiles that are written once (the
+  batch view) use it: a quarter of the fields to write and read.
+
+Floats always round-trip exactly (``repr`` or an equivalent shortest form), so a reader gets back the
+bit-identical partial that was written; readers merge tiles with :class:`fstore.core.aggregates.Partial`.
 """
 
 from __future__ import annotations
@@ -21,9 +28,13 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from fstore.core.aggregates import Partial
 from fstore.core.timeutil import SECOND, iso, to_date
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 PREFIX = "fs"
 POINTER_KEY = f"{PREFIX}:batch:current"
@@ -65,24 +76,82 @@ def partial_fields(size: int, start: int, measure: str, p: Partial) -> dict[str,
     }
 
 
+def packed_field(size: int, start: int, measure: str) -> str:
+    """Packed hash field of one measure of one tile (size, start in microseconds)."""
+    return f"{size // SECOND}:{start // SECOND}:{measure}"
+
+
+def packed_value(p: Partial) -> str:
+    """Value of a packed field: ``"<count> <sum> <min> <max>"`` with exact (repr) floats."""
+    return f"{p.count} {p.total!r} {p.minimum!r} {p.maximum!r}"
+
+
+def packed_fields(size: int, start: int, measure: str, p: Partial) -> dict[str, str]:
+    """The one packed field of a partial (for HSET of complete tiles, e.g. the batch view)."""
+    return {packed_field(size, start, measure): packed_value(p)}
+
+
+def packed_arrays(size: pa.Array, start: pa.Array, measure: pa.Array, count: pa.Array, total: pa.Array,
+                  minimum: pa.Array, maximum: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """Vectorised :func:`packed_field` / :func:`packed_value` over Arrow columns (one row per tile measure).
+
+    Args:
+        size: tile sizes, int64 epoch microseconds.
+        start: tile starts, int64 epoch microseconds.
+        measure: measure names (string).
+        count: counts (int64).
+        total: sums (float64).
+        minimum: minima (float64, null allowed).
+        maximum: maxima (float64, null allowed).
+
+    Returns:
+        (fields, values) as string arrays. Arrow formats floats in their shortest round-trip form (what
+        ``repr`` gives, up to notation such as ``7`` for ``7.0``), so :func:`parse_tiles` reads back the
+        exact values.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    def text(a: pa.Array) -> pa.Array:
+        return pc.fill_null(pc.cast(a, pa.string()), "None")
+
+    def seconds(a: pa.Array) -> pa.Array:
+        return pc.cast(pc.divide(pc.cast(a, pa.int64()), SECOND), pa.string())
+
+    fields = pc.binary_join_element_wise(seconds(size), seconds(start), pc.cast(measure, pa.string()), ":")
+    values = pc.binary_join_element_wise(text(count), text(total), text(minimum), text(maximum), " ")
+    return fields, values
+
+
+def _number(text: str) -> float | None:
+    return None if text == "None" else float(text)
+
+
 def parse_tiles(raw: Mapping[bytes | str, bytes | str]) -> dict[tuple[int, int], dict[str, Partial]]:
     """Decode an HGETALL result into ``{(size_us, start_us): {measure: Partial}}``.
 
-    Fields of other shapes are ignored; a tile with a count of 0 is dropped.
+    Accepts both field forms (module docstring), also mixed in one hash. Fields of other shapes are
+    ignored; a tile with a count of 0 is dropped.
     """
     acc: dict[tuple[int, int, str], list[float | None]] = {}
     for k, v in raw.items():
         key = k.decode() if isinstance(k, bytes) else k
         parts = key.split(":")
+        text = v.decode() if isinstance(v, bytes) else v
+        if len(parts) == 3:
+            values = text.split(" ")
+            if len(values) != 4:
+                continue
+            acc[(int(parts[0]) * SECOND, int(parts[1]) * SECOND, parts[2])] = [_number(t) for t in values]
+            continue
         if len(parts) != 4 or parts[3] not in STATS:
             continue
         stats = acc.setdefault((int(parts[0]) * SECOND, int(parts[1]) * SECOND, parts[2]), [0, 0.0, None, None])
-        text = v.decode() if isinstance(v, bytes) else v
-        stats[STATS.index(parts[3])] = None if text == "None" else float(text)
+        stats[STATS.index(parts[3])] = _number(text)
     out: dict[tuple[int, int], dict[str, Partial]] = {}
     for (size, start, measure), (c, s, n, x) in acc.items():
         if c:
-            out.setdefault((size, start), {})[measure] = Partial(int(c), float(s or 0.0), n, x)
+            out.setdefault((size, start), {})[measure] = Partial(int(c), 0.0 if s is None else float(s), n, x)
     return out
 
 

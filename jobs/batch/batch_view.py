@@ -1,8 +1,8 @@
 """The batch view in Redis: versioned load from the executors, atomic publish, expiry of the old view.
 
-Layout is :mod:`fstore.redis_layout`: one hash per (view, entity, version) with the fields of
-:func:`~fstore.redis_layout.partial_fields`. A run loads its tiles under a fresh version that no reader
-knows yet, then ONE ``SET`` of :data:`~fstore.redis_layout.POINTER_KEY` (inside WATCH/MULTI, so a newer
+Layout is :mod:`fstore.redis_layout`: one hash per (view, entity, version) with one packed field per
+tile measure (:func:`~fstore.redis_layout.packed_fields`). A run loads its tiles under a fresh version
+that no reader knows yet, then ONE ``SET`` of :data:`~fstore.redis_layout.POINTER_KEY` (inside WATCH/MULTI, so a newer
 cutover is never replaced by an older one) makes the version visible and moves the cutover C. The
 previous version's keys get a short TTL (the grace period) so readers that fetched the old pointer still
 read a complete view. Every key carries a TTL (DESIGN.md §7).
@@ -10,18 +10,21 @@ read a complete view. Every key carries a TTL (DESIGN.md §7).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import redis
 from pyspark.sql import DataFrame
 from pyspark.sql import types as T
 
-from fstore.core.aggregates import Partial
 from fstore.core.features import VIEWS
-from fstore.redis_layout import POINTER_KEY, PREFIX, BatchPointer, batch_key, partial_fields
+from fstore.redis_layout import POINTER_KEY, PREFIX, BatchPointer, batch_key, packed_arrays
+
+_PIPELINE_FIELDS = 200_000  # also flush a pipeline after this many fields (bounded client buffers)
 
 
 def version_pattern(version: str) -> str:
@@ -34,7 +37,8 @@ def load_view(tiles_df: DataFrame, view_name: str, version: str, redis_url: str,
     """Write a view's tiles into Redis under ``version`` from the executors, pipelined in chunks.
 
     ``tiles_df`` must hold each entity's tiles in one partition (see :func:`jobs.batch.compute.tiles`),
-    so one HSET per entity carries all its fields.
+    so one HSET per entity carries all its fields. Each tile measure becomes one packed field
+    (:func:`fstore.redis_layout.packed_arrays`, built with Arrow compute, no Python loop per tile).
 
     Returns:
         (keys written, fields written).
@@ -42,30 +46,36 @@ def load_view(tiles_df: DataFrame, view_name: str, version: str, redis_url: str,
     key = VIEWS[view_name].entity.join_key
 
     def load(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        parts = list(batches)
-        if not any(b.num_rows for b in parts):
+        parts = [b for b in batches if b.num_rows]
+        if not parts:
             return
-        frame = pa.Table.from_batches(parts).to_pandas().sort_values([key, "size", "tile_start", "measure"])
+        table = pa.Table.from_batches(parts)
+        table = table.take(pc.sort_indices(table, [(key, "ascending"), ("size", "ascending"),
+                                                   ("tile_start", "ascending"), ("measure", "ascending")]))
+        fields, values = packed_arrays(*(table.column(c) for c in ("size", "tile_start", "measure", "count",
+                                                                    "sum", "min", "max")))
+        n = table.num_rows
+        args = np.empty(2 * n, dtype=object)
+        args[0::2] = fields.to_numpy(zero_copy_only=False)
+        args[1::2] = values.to_numpy(zero_copy_only=False)
+        entities = table.column(key).combine_chunks()
+        bounds = [0, *(np.flatnonzero(pc.not_equal(entities[1:], entities[:-1]).to_numpy(
+            zero_copy_only=False)) + 1).tolist(), n]
+        names = entities.take(bounds[:-1]).to_pylist()
         client = redis.Redis.from_url(redis_url)
-        keys = fields = pending = 0
         pipe = client.pipeline(transaction=False)
-        for entity, grp in frame.groupby(key, sort=True):
-            mapping: dict[Any, Any] = {}  # redis-py types want its own key union
-            for size, start, measure, c, s, lo, hi in zip(grp["size"], grp["tile_start"], grp["measure"],
-                                                           grp["count"], grp["sum"], grp["min"], grp["max"],
-                                                           strict=True):
-                mapping.update(partial_fields(int(size), int(start), str(measure),
-                                              Partial(int(c), float(s), float(lo), float(hi))))
-            bkey = batch_key(view_name, str(entity), version)
-            pipe.hset(bkey, mapping=mapping)
+        pending = pending_fields = 0
+        for entity, (lo, hi) in zip(names, itertools.pairwise(bounds), strict=True):
+            bkey = batch_key(view_name, entity, version)
+            pipe.execute_command("HSET", bkey, *args[2 * lo:2 * hi].tolist())  # type: ignore[no-untyped-call]
             pipe.expire(bkey, ttl_s)
-            keys, fields, pending = keys + 1, fields + len(mapping), pending + 1
-            if pending >= chunk:
+            pending, pending_fields = pending + 1, pending_fields + hi - lo
+            if pending >= chunk or pending_fields >= _PIPELINE_FIELDS:
                 pipe.execute()
-                pending = 0
+                pending = pending_fields = 0
         pipe.execute()
         client.close()
-        yield pa.RecordBatch.from_pydict({"keys": [keys], "fields": [fields]})
+        yield pa.RecordBatch.from_pydict({"keys": [len(bounds) - 1], "fields": [n]})
 
     schema = T.StructType([T.StructField("keys", T.LongType()), T.StructField("fields", T.LongType())])
     rows = tiles_df.mapInArrow(load, schema).collect()

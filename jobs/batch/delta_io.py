@@ -99,6 +99,27 @@ def daily_copies(uri: str) -> dict[date, int]:
     return out
 
 
+def copies_in(uri: str, dates: list[date]) -> int | None:
+    """Rows of ``raw_events`` in the given ``event_date`` partitions from the Delta log's file statistics.
+
+    ``None`` when the table is missing or a file has no row count (the caller then counts the rows).
+    """
+    dt = raw_log.open_table(uri)
+    if dt is None:
+        return None
+    actions = pa.table(dt.get_add_actions(flatten=True))
+    wanted = set(dates)
+    total = 0
+    for d, n in zip(actions.column("partition.event_date").to_pylist(),
+                    actions.column("num_records").to_pylist(), strict=True):
+        day = d if isinstance(d, date) else date.fromisoformat(str(d))
+        if day in wanted:
+            if n is None:
+                return None
+            total += int(n)
+    return total
+
+
 def _stage_files(df: DataFrame, uri: str, schema: pa.Schema, rel_dir: str, run_id: str) -> list[tuple[str, int, int]]:
     """Executors write their partitions as Parquet files under ``uri/rel_dir``; returns (path, size, rows)."""
     names = schema.names

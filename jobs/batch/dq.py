@@ -15,7 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from fstore import raw_log
@@ -97,11 +97,15 @@ class DQReport:
         }, schema=REPORT_SCHEMA)
 
 
-def day_figures(winners: DataFrame, plan: RunPlan, late_after_us: int) -> dict[str, Any]:
-    """One aggregation over the de-duplicated rows: figures of the run day and the latest event time."""
+def day_figures(winners: DataFrame, plan: RunPlan, late_after_us: int, valid: Column | None = None) -> dict[str, Any]:
+    """One aggregation over the de-duplicated rows: figures of the run day and the latest event time.
+
+    ``valid`` is the validity of a row (default :func:`jobs.batch.compute.is_valid`; the job passes a column
+    it computed once while de-duplicating).
+    """
     micros = F.unix_micros(F.col("event_time"))
     in_day = (micros >= F.lit(plan.day_start)) & (micros < F.lit(plan.cutover))
-    valid = is_valid()
+    valid = is_valid() if valid is None else valid
     late = (F.unix_micros(F.col("ingested_at")) - micros) > F.lit(late_after_us)
     aggs = [F.sum(F.when(in_day, 1).otherwise(0)).alias("events"),
             F.sum(F.when(in_day & ~valid, 1).otherwise(0)).alias("invalid_rows"),

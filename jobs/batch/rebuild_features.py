@@ -45,6 +45,7 @@ from jobs.batch.plan import RunPlan, plan_run, snapshot_table, tiles_table
 from jobs.batch.settings import BatchSettings, load_batch_settings
 
 TS = pa.timestamp("us", tz="UTC")
+VALID = "_valid"  # column of the de-duplicated rows: compute.is_valid(), evaluated once
 
 
 class InjectedFailure(RuntimeError):
@@ -87,8 +88,11 @@ def build_spark(s: BatchSettings, own_session: bool = True) -> SparkSession:
                    .config("spark.pyspark.python", sys.executable)
                    .config("spark.pyspark.driver.python", sys.executable))
     spark = builder.getOrCreate()
+    # windowGroupLimitThreshold=-1: the de-duplication's row_number() == 1 would otherwise get a partial
+    # group limit, i.e. a full sort of every copy BEFORE the shuffle, useless when almost all ids are unique.
     for k, v in {"spark.sql.session.timeZone": "UTC", "spark.sql.shuffle.partitions": str(s.spark_shuffle_partitions),
-                 "spark.sql.execution.arrow.maxRecordsPerBatch": "100000"}.items():
+                 "spark.sql.execution.arrow.maxRecordsPerBatch": "200000",
+                 "spark.sql.optimizer.windowGroupLimitThreshold": "-1"}.items():
         spark.conf.set(k, v)
     return spark
 
@@ -126,9 +130,14 @@ def rebuild(spark: SparkSession, s: BatchSettings, run_date: date, allow_older: 
     try:
         with m.stage("read_dedupe"):
             copies = delta_io.read_raw(spark, s.table("raw_events"), plan.dates, delta_spark)
-            winners = compute.first_ingested(copies).persist(StorageLevel.MEMORY_AND_DISK)
-            cached.append(winners)
-            m.count("rows_read", copies.count())
+            # Materialised once as rows (cheaper to build than the columnar cache of persist()), with the
+            # validity checks (regexes) evaluated once; DQ and both views read it. payload_hash only breaks
+            # ties of the de-duplication.
+            winners = (compute.first_ingested(copies).drop("payload_hash")
+                       .withColumn(VALID, compute.is_valid())
+                       .localCheckpoint(eager=True, storageLevel=StorageLevel.MEMORY_AND_DISK))
+            rows_read = delta_io.copies_in(s.table("raw_events"), plan.dates)
+            m.count("rows_read", copies.count() if rows_read is None else rows_read)
             m.count("events_deduplicated", winners.count())
         checkpoint("read")
         with m.stage("dq"):
@@ -138,13 +147,12 @@ def rebuild(spark: SparkSession, s: BatchSettings, run_date: date, allow_older: 
         if report.hard_failure:
             raise DQFailed(report)
         checkpoint("dq")
-        events = winners.where(compute.is_valid() & (F.unix_micros("event_time") >= plan.read_from)
+        events = winners.where(F.col(VALID) & (F.unix_micros("event_time") >= plan.read_from)
                                & (F.unix_micros("event_time") < plan.cutover))
         tiles: dict[str, Any] = {}
         for name in VIEWS:
             tiles[name] = _write_view(s, plan, name, events, run_id, delta_spark, m, checkpoint)
             cached.append(tiles[name])
-        winners.unpersist()
         with m.stage("redis_load"):
             published = _publish(s, plan, version, tiles, allow_older, m, checkpoint)
         success = True
@@ -160,7 +168,7 @@ def rebuild(spark: SparkSession, s: BatchSettings, run_date: date, allow_older: 
 
 
 def _quality(spark: SparkSession, s: BatchSettings, plan: RunPlan, winners: Any, run_id: str) -> dq.DQReport:
-    figures = dq.day_figures(winners, plan, s.dq_late_after_s * SECOND)
+    figures = dq.day_figures(winners, plan, s.dq_late_after_s * SECOND, F.col(VALID))
     report = dq.evaluate(s, plan, figures, delta_io.daily_copies(s.table("raw_events")),
                          dq.dead_letters_on(s.table("dead_letters"), plan.run_date))
     delta_io.overwrite_small(s.table("dq_reports"), report.table(plan, run_id), "run_date", plan.run_date)
@@ -169,11 +177,11 @@ def _quality(spark: SparkSession, s: BatchSettings, plan: RunPlan, winners: Any,
 
 def _write_view(s: BatchSettings, plan: RunPlan, name: str, events: Any, run_id: str, delta_spark: bool,
                 m: JobMetrics, checkpoint: Callable[[str], None]) -> Any:
-    """Tiles and snapshot of one view into Delta; returns the persisted tiles frame for the Redis load."""
+    """Tiles and snapshot of one view into Delta; returns the materialised tiles frame for the Redis load."""
     view = VIEWS[name]
     with m.stage(f"tiles:{name}"):
         tiles = compute.tiles(events, name, plan.horizons[name], plan.cutover, s.spark_shuffle_partitions)
-        tiles = tiles.persist(StorageLevel.MEMORY_AND_DISK)
+        tiles = tiles.localCheckpoint(eager=True, storageLevel=StorageLevel.MEMORY_AND_DISK)
         m.count(f"tiles:{name}", tiles.count())
     with m.stage(f"write:{tiles_table(name)}"):
         delta_io.overwrite_partition(tiles, s.table(tiles_table(name)),
