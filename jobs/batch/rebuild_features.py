@@ -85,6 +85,7 @@ def build_spark(s: BatchSettings, own_session: bool = True) -> SparkSession:
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         builder = (builder.master(s.spark_master).config("spark.driver.memory", s.spark_driver_memory)
                    .config("spark.ui.enabled", str(s.spark_ui).lower())
+                   .config("spark.ui.showConsoleProgress", str(s.spark_ui).lower())
                    .config("spark.pyspark.python", sys.executable)
                    .config("spark.pyspark.driver.python", sys.executable))
     spark = builder.getOrCreate()
