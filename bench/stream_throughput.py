@@ -3,8 +3,10 @@
 Three runs, each a fresh ``python -m jobs.stream`` process with its own topic and consumer group:
 
 1. **throughput** — a backlog of generated traffic (2% duplicates) is published first; the worker's
-   rate is valid events consumed per second between its first and last processed batch (validation,
-   tiles in Redis, raw_events in Delta, offsets committed).
+   rate is valid events per second from the start of its first batch to the end of its last one
+   (``fstore_stream_events_processed_total``: validated, dead-lettered, applied to Redis; raw_events
+   flushes and offset commits run in the background), plus the worker's and Redis' CPU seconds so
+   figures from a loaded machine can be read per CPU second.
 2. **naive** — the same with ``FSTORE_STREAM_NAIVE_PER_EVENT=1``: one Redis round trip per event
    (the reference a straightforward agent would be), on a smaller backlog.
 3. **freshness** — live traffic at a steady rate (event times = now) once the worker has joined; the
@@ -30,6 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import orjson
+from redis import Redis as RedisClient
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -81,6 +84,7 @@ class Run:
     def __init__(self, tmp: Path, redis: RedisServer, broker: Broker, name: str, **extra: str) -> None:
         tag = uuid.uuid4().hex[:6]
         self.topic, self.port, self.broker = f"bench-{name}-{tag}", free_port(), broker
+        self.redis_url = redis.url
         broker.ensure_topics({self.topic: 1, f"{self.topic}.dlq": 1})
         env = {**os.environ, "PYTHONPATH": str(ROOT), "FSTORE_KAFKA_BOOTSTRAP": broker.bootstrap,
                "FSTORE_REDIS_URL": redis.url, "FSTORE_DATA_DIR": str(tmp / name), "FSTORE_EVENTS_TOPIC": self.topic,
@@ -91,11 +95,12 @@ class Run:
         self.proc = subprocess.Popen([sys.executable, "-m", "jobs.stream"], cwd=tmp, env=env, stdout=self.log,
                                      stderr=subprocess.STDOUT)
 
-    def wait_events(self, n: float, timeout: float) -> tuple[float, str]:
+    def wait_events(self, n: float, timeout: float, name: str = "fstore_stream_events_processed_total",
+                    ) -> tuple[float, str]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             body = scrape(self.port)
-            if metric(body, "fstore_stream_events_in_total") >= n:
+            if metric(body, name) >= n:
                 return time.monotonic(), body
             if self.proc.poll() is not None:
                 raise RuntimeError(f"worker exited, see {self.log.name}")
@@ -116,6 +121,12 @@ class Run:
             self.proc.wait(10)
 
 
+def redis_cpu(url: str) -> float:
+    """CPU seconds (user + system) the Redis server has used so far (its Lua scripts run there)."""
+    info = RedisClient.from_url(url).info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 def backlog(run: Run, events: int, seed: int) -> dict[str, float | None]:
     """Publish a backlog first, then time the worker through it."""
     now = time.time_ns() // 1000
@@ -124,12 +135,19 @@ def backlog(run: Run, events: int, seed: int) -> dict[str, float | None]:
     batches = [(b.keys, b.values) for b in generate(cfg, seed, dumps=orjson.dumps)]
     rep = kafka_io.publish(batches, run.broker.bootstrap, run.topic)
     assert rep.ok, rep.summary()
-    t0, _ = run.wait_events(1, 120)
-    t1, body = run.wait_events(events, 900)
+    r0 = redis_cpu(run.redis_url)
+    t0, _ = run.wait_events(1, 120, "fstore_stream_events_in_total")  # the first batch started
+    c0 = run.cpu_seconds()
+    t1, body = run.wait_events(events, 900)  # the last one is in Redis (and its dead letters in the DLQ)
     valid = metric(body, "fstore_stream_events_valid_total")
-    cpu = run.cpu_seconds()
+    cpu, steady, rcpu = run.cpu_seconds(), run.cpu_seconds() - c0, redis_cpu(run.redis_url) - r0
     return {"events": events, "seconds": round(t1 - t0, 2), "valid_events_per_s": round(valid / (t1 - t0)),
-            "worker_cpu_s": round(cpu, 1), "valid_events_per_worker_cpu_s": round(valid / cpu) if cpu else None}
+            "worker_cpu_s": round(cpu, 1), "valid_events_per_worker_cpu_s": round(valid / cpu) if cpu else None,
+            # from the first batch on (start-up and group join excluded)
+            "worker_cpu_s_processing": round(steady, 2),
+            "valid_events_per_worker_cpu_s_processing": round(valid / steady) if steady else None,
+            "redis_cpu_s": round(rcpu, 2), "valid_events_per_redis_cpu_s": round(valid / rcpu) if rcpu else None,
+            "load_avg_1m": round(os.getloadavg()[0], 2)}
 
 
 def freshness(run: Run, rate: float, duration: float, seed: int) -> dict[str, float | None]:

@@ -6,120 +6,230 @@ that entity. One script call carries several subgroups (all of one hash slot on 
 for each subgroup atomically:
 
 * if any of its markers exists, applies nothing and reports the duplicate markers;
-* otherwise sets every marker (``SET .. EX``), adds the deltas to the tile hashes (``HINCRBY`` count,
-  ``HINCRBYFLOAT`` sum, compare-and-set min and max) and refreshes the hashes' TTL.
+* otherwise sets every marker (``SET .. EX``; a lone marker with ``SET .. EX .. NX``, which checks and
+  sets in one command), adds the deltas to the tile hashes and refreshes the hashes' TTL. A delta is
+  ``HINCRBY`` of the count, then: for a count-style measure (every value is 1) one ``HSET`` of the sum
+  (= the new count; on a new cell also min = max = ``1.0``); otherwise ``HINCRBYFLOAT`` of the sum and
+  min/max set outright on a new cell (the new count equals the delta's), compare-and-set otherwise.
+  Redis time per event was the worker's bottleneck, so the script issues as few commands as it can.
 
 The client drops the reported duplicates, re-aggregates only those subgroups and calls again: optimistic,
 one round trip per batch when there are no duplicates, and markers never disagree with the tiles,
 whatever crashes or redeliveries happen in between. Keys and fields come from :mod:`fstore.redis_layout`.
 
 Script arguments: ``KEYS`` = per subgroup its markers then its tile hashes; ``ARGV`` = marker TTL, tile
-TTL, number of subgroups, then per subgroup ``n_markers, n_tile_keys, n_deltas`` followed by ``n_deltas``
-6-tuples ``(tile key index within the subgroup, field prefix, count, sum, min, max)``. The reply is the
-list of 1-based ``KEYS`` indexes of markers that already existed.
+TTL, number of subgroups and one JSON array (decoded by the script with ``cjson``; encoding thousands of
+separate arguments cost more client CPU than anything else in the worker) holding per subgroup
+``n_markers, n_tile_keys, n_deltas`` followed by ``n_deltas`` deltas: ``(i, field prefix, count, sum,
+min, max)`` with ``i >= 0`` the tile key index within the subgroup, or ``(-1 - i, field prefix, count)``
+for a count-style measure (sum = count, min = max = 1). Sums, minima and maxima travel as strings in
+``repr`` form, so the floats stored are bit-identical to the client's. The reply is the list of 1-based
+``KEYS`` indexes of markers that already existed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
 
+import orjson
 from redis.crc import key_slot
 
 from fstore.core.aggregates import Partial
 from fstore.core.events import Event
-from fstore.core.features import FeatureView
-from fstore.core.tiles import Tile, TileKey, add_event, entity_of, tile_plan
-from fstore.core.timeutil import DAY, floor_to
+from fstore.core.features import FeatureView, Measure, ValueKind
+from fstore.core.tiles import Tile, TileKey, tile_plan
+from fstore.core.timeutil import DAY, SECOND
 from fstore.redis_layout import entity_tag, seen_key, speed_key
-from fstore.redis_layout import field as tile_field
 
 APPLY_TILES = r"""
 local mttl, tttl = ARGV[1], ARGV[2]
 local nsub = tonumber(ARGV[3])
-local a, k = 4, 1
+local d = cjson.decode(ARGV[4])
+local a, k = 1, 1
 local dups = {}
 for g = 1, nsub do
-  local nm, nk, nd = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local nm, nk, nd = d[a], d[a + 1], d[a + 2]
   a = a + 3
   local found = false
-  for i = k, k + nm - 1 do
-    if redis.call('EXISTS', KEYS[i]) == 1 then
-      dups[#dups + 1] = i
+  if nm == 1 then
+    if not redis.call('SET', KEYS[k], '1', 'EX', mttl, 'NX') then
+      dups[#dups + 1] = k
       found = true
+    end
+  else
+    for i = k, k + nm - 1 do
+      if redis.call('EXISTS', KEYS[i]) == 1 then
+        dups[#dups + 1] = i
+        found = true
+      end
+    end
+    if not found then
+      for i = k, k + nm - 1 do
+        redis.call('SET', KEYS[i], '1', 'EX', mttl)
+      end
+    end
+  end
+  for j = 1, nd do
+    local ki = d[a]
+    if ki < 0 then
+      if not found then
+        local key, f, n = KEYS[k + nm - ki - 1], d[a + 1], d[a + 2]
+        local c = redis.call('HINCRBY', key, f .. ':c', n)
+        if c == n then
+          redis.call('HSET', key, f .. ':s', c, f .. ':n', '1.0', f .. ':x', '1.0')
+        else
+          redis.call('HSET', key, f .. ':s', c)
+        end
+      end
+      a = a + 3
+    else
+      if not found then
+        local key, f, n = KEYS[k + nm + ki], d[a + 1], d[a + 2]
+        local c = redis.call('HINCRBY', key, f .. ':c', n)
+        redis.call('HINCRBYFLOAT', key, f .. ':s', d[a + 3])
+        if c == n then
+          redis.call('HSET', key, f .. ':n', d[a + 4], f .. ':x', d[a + 5])
+        else
+          local cur = redis.call('HMGET', key, f .. ':n', f .. ':x')
+          local lo, hi = tonumber(d[a + 4]), tonumber(d[a + 5])
+          local cn, cx = tonumber(cur[1] or ''), tonumber(cur[2] or '')
+          if cn == nil or lo < cn then redis.call('HSET', key, f .. ':n', d[a + 4]) end
+          if cx == nil or hi > cx then redis.call('HSET', key, f .. ':x', d[a + 5]) end
+        end
+      end
+      a = a + 6
     end
   end
   if not found then
-    for i = k, k + nm - 1 do
-      redis.call('SET', KEYS[i], '1', 'EX', mttl)
-    end
-    for d = 0, nd - 1 do
-      local b = a + d * 6
-      local key = KEYS[k + nm + tonumber(ARGV[b])]
-      local f = ARGV[b + 1]
-      redis.call('HINCRBY', key, f .. ':c', ARGV[b + 2])
-      redis.call('HINCRBYFLOAT', key, f .. ':s', ARGV[b + 3])
-      local lo = tonumber(ARGV[b + 4])
-      local cur = tonumber(redis.call('HGET', key, f .. ':n') or '')
-      if cur == nil or lo < cur then redis.call('HSET', key, f .. ':n', ARGV[b + 4]) end
-      local hi = tonumber(ARGV[b + 5])
-      cur = tonumber(redis.call('HGET', key, f .. ':x') or '')
-      if cur == nil or hi > cur then redis.call('HSET', key, f .. ':x', ARGV[b + 5]) end
-    end
     for i = k + nm, k + nm + nk - 1 do
       redis.call('EXPIRE', KEYS[i], tttl)
     end
   end
-  a = a + nd * 6
   k = k + nm + nk
 end
 return dups
 """
 
+#: A cell of a subgroup: ``(size, start, measure)`` → the count (count-style measure) or
+#: ``[count, sum, min, max]`` (any other measure).
+Cells = dict[tuple[int, int, str], Any]
 
-@dataclass
+# Day-hash suffixes and field prefixes repeat across batches; formatting them was the costly part.
+_DAYS: dict[int, str] = {}
+_PREFIXES: dict[tuple[int, int, str], str] = {}
+_CACHE_MAX = 200_000
+
+
+def _day_suffix(start: int) -> str:
+    day = start // DAY
+    s = _DAYS.get(day)
+    if s is None:
+        if len(_DAYS) > _CACHE_MAX:
+            _DAYS.clear()
+        s = _DAYS[day] = speed_key("", "", start).rsplit(":", 1)[1]
+    return s
+
+
+def _prefix(cell: tuple[int, int, str]) -> str:
+    s = _PREFIXES.get(cell)
+    if s is None:
+        if len(_PREFIXES) > _CACHE_MAX:
+            _PREFIXES.clear()
+        size, start, measure = cell
+        s = _PREFIXES[cell] = f"{size // SECOND}:{start // SECOND}:{measure}"
+    return s
+
+
+@cache
+def fast_plan(view: FeatureView) -> dict[str, tuple[tuple[int, str, Measure | None], ...]]:
+    """event_type → ``(tile size, measure name, measure or None for count-style)`` over every size."""
+    out: dict[str, list[tuple[int, str, Measure | None]]] = {}
+    for size, by_type in tile_plan(view):
+        for etype, measures in by_type.items():
+            for m in measures:
+                out.setdefault(etype, []).append((size, m.name, None if m.value is ValueKind.ONE else m))
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def _fold(cells: Cells, steps: tuple[tuple[int, str, Measure | None], ...], ev: Event) -> None:
+    """Add one event to a subgroup's cells (same arithmetic, same order as ``Partial.add``)."""
+    t = ev.event_time
+    for size, name, m in steps:
+        key = (size, t - t % size, name)
+        if m is None:
+            cells[key] = cells.get(key, 0) + 1
+            continue
+        x = m.of(ev.price, ev.quantity)
+        c = cells.get(key)
+        if c is None:
+            cells[key] = [1, 0.0 + x, x, x]
+        else:
+            c[0] += 1
+            c[1] += x
+            if x < c[2]:
+                c[2] = x
+            if x > c[3]:
+                c[3] = x
+
+
+@dataclass(eq=False)
 class Subgroup:
-    """The events of one entity of one view in a batch, and their pre-aggregated tiles."""
+    """The events of one entity of one view in a batch, and their pre-aggregated tile cells."""
 
     view: FeatureView
     entity: str
     events: list[Event] = field(default_factory=list)
-    tiles: dict[TileKey, Tile] = field(default_factory=dict)
+    cells: Cells = field(default_factory=dict)
 
     @property
     def slot(self) -> int:
         """Redis Cluster hash slot of every key of this subgroup."""
         return int(key_slot(entity_tag(self.view.name, self.entity).encode()))
 
-    def rebuild(self, drop: set[str]) -> None:
-        """Remove the events in ``drop`` (duplicates) and re-aggregate the tiles from the rest."""
-        self.events = [ev for ev in self.events if ev.event_id not in drop]
-        self.tiles = {}
-        for ev in self.events:
-            add_event(self.tiles, self.view, ev)
+    @property
+    def tiles(self) -> dict[TileKey, Tile]:
+        """The cells in the core tile form (``{TileKey: {measure: Partial}}``)."""
+        out: dict[TileKey, Tile] = {}
+        for (size, start, name), c in self.cells.items():
+            p = Partial(c, float(c), 1.0, 1.0) if isinstance(c, int) else Partial(*c)
+            out.setdefault(TileKey(self.entity, size, start), {})[name] = p
+        return out
 
-    def encode(self, keys: list[str], argv: list[str | int | float]) -> list[tuple[int, str]]:
-        """Append this subgroup's KEYS and ARGV; returns ``(KEYS index, event_id)`` of its markers."""
-        view, entity = self.view.name, self.entity
-        markers = []
+    def rebuild(self, drop: set[str]) -> None:
+        """Remove the events in ``drop`` (duplicates) and re-aggregate the cells from the rest."""
+        self.events = [ev for ev in self.events if ev.event_id not in drop]
+        self.cells = {}
+        plan = fast_plan(self.view)
         for ev in self.events:
-            keys.append(seen_key(view, entity, ev.event_id))
-            markers.append((len(keys), ev.event_id))  # 1-based, as Lua reports it
+            steps = plan.get(ev.event_type)
+            if steps:
+                _fold(self.cells, steps, ev)
+
+    def encode(self, keys: list[str], data: list[Any]) -> int:
+        """Append this subgroup's KEYS and its part of the JSON argument; returns its number of markers."""
+        seen = seen_key(self.view.name, self.entity, "")  # fs:{view|entity}:seen:
+        tag = seen[:-5]
+        keys += [seen + ev.event_id for ev in self.events]
         hashes: dict[str, int] = {}
-        days: dict[int, str] = {}  # UTC day -> hash key (formatting the date is the costly part)
-        deltas: list[str | int | float] = []
-        for tk, tile in self.tiles.items():
-            hkey = days.get(tk.start // DAY)
-            if hkey is None:
-                hkey = days[tk.start // DAY] = speed_key(view, entity, tk.start)
-            idx = hashes.setdefault(hkey, len(hashes))
-            for measure, p in tile.items():
-                prefix = tile_field(tk.size, tk.start, measure, "c")[:-2]
-                deltas += (idx, prefix, p.count, repr(p.total), repr(p.minimum), repr(p.maximum))
+        deltas: list[Any] = []
+        nd = 0
+        for cell, c in self.cells.items():
+            hkey = tag + "s:" + _day_suffix(cell[1])
+            idx = hashes.get(hkey)
+            if idx is None:
+                idx = hashes[hkey] = len(hashes)
+            nd += 1
+            if isinstance(c, int):
+                deltas += (-1 - idx, _prefix(cell), c)
+            else:
+                deltas += (idx, _prefix(cell), c[0], repr(c[1]), repr(c[2]), repr(c[3]))
         keys.extend(hashes)
-        argv += (len(markers), len(hashes), len(deltas) // 6)
-        argv += deltas
-        return markers
+        data += (len(self.events), len(hashes), nd)
+        data += deltas
+        return len(self.events)
 
 
 def group_events(views: Iterable[FeatureView], events: Iterable[Event]) -> dict[tuple[str, str], Subgroup]:
@@ -127,41 +237,47 @@ def group_events(views: Iterable[FeatureView], events: Iterable[Event]) -> dict[
     groups: dict[tuple[str, str], Subgroup] = {}
     events = list(events)
     for view in views:
-        # core.tiles.add_event, with the view's tile plan looked up once per batch instead of per event
-        # (the lookup hashes the whole FeatureView and was half of add_event's cost).
-        plan = tile_plan(view)
+        plan = fast_plan(view)
+        name = view.name
+        by_user = view.entity.join_key == "user_id"
         for ev in events:
-            entity = entity_of(view, ev)
+            entity = ev.user_id if by_user else ev.product_id
             if entity is None:
                 continue
-            sub = groups.get((view.name, entity))
+            sub = groups.get((name, entity))
             if sub is None:
-                sub = groups[(view.name, entity)] = Subgroup(view, entity)
+                sub = groups[(name, entity)] = Subgroup(view, entity)
             sub.events.append(ev)
-            tiles = sub.tiles
-            for size, by_type in plan:
-                measures = by_type.get(ev.event_type)
-                if not measures:
-                    continue
-                tkey = TileKey(entity, size, floor_to(ev.event_time, size))
-                tile = tiles.get(tkey)
-                if tile is None:
-                    tile = tiles[tkey] = {}
-                for m in measures:
-                    part = tile.get(m.name)
-                    if part is None:
-                        part = tile[m.name] = Partial()
-                    part.add(m.of(ev.price, ev.quantity))
+            steps = plan.get(ev.event_type)
+            if steps:
+                _fold(sub.cells, steps, ev)
     return groups
 
 
 @dataclass
 class ScriptCall:
-    """One EVALSHA: its KEYS, ARGV and what each marker index means."""
+    """One EVALSHA: its KEYS, ARGV and the subgroups it carries (with their first KEYS index)."""
 
     keys: list[str]
-    argv: list[str | int | float]
-    markers: dict[int, tuple[Subgroup, str]]
+    argv: list[str | int | float | bytes]
+    subs: list[tuple[int, Subgroup]]
+
+    @property
+    def markers(self) -> dict[int, tuple[Subgroup, str]]:
+        """1-based KEYS index of each marker → ``(subgroup, event_id)``, as the script reports them."""
+        return {base + j: (sub, ev.event_id) for base, sub in self.subs for j, ev in enumerate(sub.events)}
+
+    def owner(self, idx: int) -> tuple[Subgroup, str]:
+        """``(subgroup, event_id)`` of the marker the script reported as KEYS index ``idx``."""
+        lo, hi = 0, len(self.subs) - 1
+        while lo < hi:  # last subgroup whose base <= idx
+            mid = (lo + hi + 1) // 2
+            if self.subs[mid][0] <= idx:
+                lo = mid
+            else:
+                hi = mid - 1
+        base, sub = self.subs[lo]
+        return sub, sub.events[idx - base].event_id
 
 
 def plan_calls(subgroups: Sequence[Subgroup], marker_ttl: int, tile_ttl: int, *, cluster: bool,
@@ -184,12 +300,12 @@ def plan_calls(subgroups: Sequence[Subgroup], marker_ttl: int, tile_ttl: int, *,
         packs = _chunks(subgroups, chunk)
     for pack in packs:
         keys: list[str] = []
-        argv: list[str | int | float] = [marker_ttl, tile_ttl, len(pack)]
-        markers: dict[int, tuple[Subgroup, str]] = {}
+        data: list[Any] = []
+        subs: list[tuple[int, Subgroup]] = []
         for sub in pack:
-            for idx, event_id in sub.encode(keys, argv):
-                markers[idx] = (sub, event_id)
-        yield ScriptCall(keys, argv, markers)
+            subs.append((len(keys) + 1, sub))  # 1-based, as Lua reports it
+            sub.encode(keys, data)
+        yield ScriptCall(keys, [marker_ttl, tile_ttl, len(pack), orjson.dumps(data)], subs)
 
 
 def _chunks(subgroups: Sequence[Subgroup], chunk: int) -> Iterator[list[Subgroup]]:
@@ -203,3 +319,4 @@ def _chunks(subgroups: Sequence[Subgroup], chunk: int) -> Iterator[list[Subgroup
             pack, n = [], 0
     if pack:
         yield pack
+

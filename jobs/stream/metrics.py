@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 REGISTRY = CollectorRegistry()
 
 EVENTS_IN = Counter("fstore_stream_events_in_total", "Messages consumed from the events topic", registry=REGISTRY)
+EVENTS_DONE = Counter("fstore_stream_events_processed_total",
+                      "Messages fully processed: dead-lettered or applied to the tiles (raw sink pending)",
+                      registry=REGISTRY)
 EVENTS_VALID = Counter("fstore_stream_events_valid_total", "Valid events (every copy)", registry=REGISTRY)
 EVENTS_INVALID = Counter("fstore_stream_events_invalid_total", "Messages dead-lettered, by reason", ["reason"],
                          registry=REGISTRY)
@@ -35,6 +40,17 @@ REDIS_RETRIES = Counter("fstore_stream_redis_errors_total", "Redis round trips t
                         registry=REGISTRY)
 DLQ_RETRIES = Counter("fstore_stream_dlq_retries_total", "Dead letters re-sent after a failed produce",
                       registry=REGISTRY)
+
+
+def observe_many(hist: Histogram, value: float, n: int) -> None:
+    """``hist.observe(value)`` ``n`` times, in one step (same buckets and sum as the loop)."""
+    bounds, counts = getattr(hist, "_upper_bounds", None), getattr(hist, "_buckets", None)
+    if n == 1 or bounds is None or counts is None:
+        for _ in range(n):
+            hist.observe(value)
+        return
+    hist._sum.inc(value * n)
+    counts[bisect_left(bounds, value)].inc(n)
 
 
 def serve(port: int) -> None:

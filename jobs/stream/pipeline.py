@@ -1,6 +1,6 @@
 """Pure batch logic of the stream worker: validate, classify and de-duplicate one consumed batch.
 
-No Kafka, Redis or Delta here (unit-testable with plain bytes): the Faust agent hands over the message
+No Kafka, Redis or Delta here (unit-testable with plain bytes): the consumer task hands over the message
 values of a batch with the processing clock, and gets back what goes to the dead-letter topic, to the
 raw sink and to the speed tiles.
 """

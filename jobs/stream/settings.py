@@ -38,8 +38,10 @@ class StreamSettings(Settings):
     stream_heartbeat_s: float = Field(1.0, gt=0, description="Kafka consumer heartbeat interval")
     stream_rebalance_timeout_s: float = Field(10.0, gt=0, description="Kafka consumer rebalance timeout")
     stream_max_poll_records: int = Field(10_000, ge=1, description="Records per Kafka fetch")
-    stream_buffer_maxsize: int = Field(40_000, ge=1, description="Faust stream buffer (events in flight)")
-    stream_commit_interval_s: float = Field(1.0, gt=0, description="How often acked offsets are committed")
+    stream_fetch_partition_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="Max bytes per partition per Kafka fetch (bulk consumer)")
+    stream_commit_interval_s: float = Field(
+        1.0, gt=0, description="Unused (kept for compatibility): offsets are committed after each raw flush")
     stream_log_level: str = Field("info", description="Worker log level")
     stream_naive_per_event: bool = Field(
         False, description="Benchmark reference only: one Redis round trip per event instead of per batch")

@@ -3,7 +3,7 @@
 :class:`TileWriter` pre-aggregates a batch and applies it with the optimistic Lua script of
 :mod:`fstore.speed_lua` — one pipelined round trip, plus one for the subgroups that held a duplicate.
 :class:`RawSink` buffers valid copies and appends them to Delta ``raw_events`` in micro-batches bounded by
-size and age; whoever acknowledges Kafka messages does it only after the flush that holds them.
+size and age; whoever commits Kafka offsets does it only after the flush that holds them.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class TileWriter:
             retry: dict[int, tuple[Subgroup, set[str]]] = {}
             for call, reply in zip(calls, replies, strict=True):
                 for idx in reply:
-                    sub, event_id = call.markers[int(idx)]
+                    sub, event_id = call.owner(int(idx))
                     retry.setdefault(id(sub), (sub, set()))[1].add(event_id)
             pending = []
             for sub, drop in retry.values():
@@ -89,7 +89,7 @@ class RawSink:
     """Buffers valid event copies and appends them to ``raw_events`` in micro-batches.
 
     Each buffered chunk carries opaque *tokens* (the Kafka messages it came from); :meth:`flush` returns
-    the tokens of what it wrote, in order, so the caller acknowledges them only once the rows are stored.
+    the tokens of what it wrote, in order, so the caller commits them only once the rows are stored.
 
     Args:
         uri: the ``raw_events`` table.

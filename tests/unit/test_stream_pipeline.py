@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import orjson
 import pytest
 
 from fstore.core.events import Event
@@ -80,3 +81,62 @@ def test_group_events_matches_core_build_tiles() -> None:
         want = build_tiles(view, events)
         got = {k: t for (v, _), sub in groups.items() if v == view.name for k, t in sub.tiles.items()}
         assert got == want
+
+
+def test_script_payload_keys_fields_and_marker_owners() -> None:
+    kinds = ["page_view", "impression", "click", "add_to_cart", "purchase"]
+    events = [Event(f"e{i}", kinds[i % 5], f"u{i % 3}", f"p{i % 2}", NOW - i * 97 * MINUTE,
+                    2.5 * i if i % 5 == 4 else None, 1 + i % 3, None) for i in range(40)]
+    groups = group_events([USER_ACTIVITY, PRODUCT_ENGAGEMENT], events)
+    calls = list(plan_calls(list(groups.values()), 100, 200, cluster=False, chunk=7))
+    assert len(calls) > 1
+    for call in calls:
+        markers = call.markers
+        assert {i: call.owner(i) for i in markers} == markers  # what the reply handler maps back
+        data = orjson.loads(call.argv[3])
+        a, k = 0, 0
+        for _, sub in call.subs:
+            nm, nk, nd = data[a:a + 3]
+            a += 3
+            assert nm == len(sub.events)
+            hashes = call.keys[k + nm:k + nm + nk]
+            want: dict[tuple[str, str], tuple[float, ...]] = {}
+            for tk, tile in sub.tiles.items():
+                for m, p in tile.items():
+                    prefix = partial_fields(tk.size, tk.start, m, p)
+                    key = speed_key(sub.view.name, sub.entity, tk.start)
+                    stats = tuple(float(prefix[f]) for f in sorted(prefix))  # c, n, s, x
+                    want[(key, next(iter(prefix))[:-2])] = stats
+            got: dict[tuple[str, str], tuple[float, ...]] = {}
+            for _ in range(nd):
+                i = data[a]
+                if i < 0:  # count-style: sum = count, min = max = 1
+                    n = data[a + 2]
+                    got[(hashes[-1 - i], data[a + 1])] = (n, 1.0, float(n), 1.0)
+                    a += 3
+                else:
+                    n, s, lo, hi = data[a + 2:a + 6]
+                    got[(hashes[i], data[a + 1])] = (n, float(lo), float(s), float(hi))
+                    a += 6
+            assert got == want
+            k += nm + nk
+        assert a == len(data) and k == len(call.keys)
+
+
+def test_observe_many_matches_observe() -> None:
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from jobs.stream.metrics import observe_many
+
+    reg = CollectorRegistry()
+    one = Histogram("one", "x", registry=reg, buckets=(0.1, 0.5, 1.0))
+    many = Histogram("many", "x", registry=reg, buckets=(0.1, 0.5, 1.0))
+    for v, n in [(0.05, 3), (0.1, 2), (0.7, 1), (5.0, 4)]:
+        for _ in range(n):
+            one.observe(v)
+        observe_many(many, v, n)
+    samples = {(s.name.replace("one", "many"), tuple(s.labels.items())): s.value
+               for m in reg.collect() if m.name == "one" for s in m.samples if not s.name.endswith("_created")}
+    other = {(s.name, tuple(s.labels.items())): s.value
+             for m in reg.collect() if m.name == "many" for s in m.samples if not s.name.endswith("_created")}
+    assert samples == other
