@@ -173,3 +173,28 @@ class BatchPointer:
             return None
         obj = json.loads(raw)
         return cls(str(obj["version"]), int(obj["cutover"]))
+
+
+#: Written by the stream worker after committing tiles (at most once a second): how fresh the speed view is.
+HEARTBEAT_KEY = f"{PREFIX}:stream:heartbeat"
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """The speed layer's last tile commit: when it happened and the newest event time it held (epoch us)."""
+
+    committed_at: int
+    newest_event_time: int | None
+
+    def dumps(self) -> str:
+        """JSON for :data:`HEARTBEAT_KEY`."""
+        return json.dumps({"committed_at": self.committed_at, "newest_event_time": self.newest_event_time})
+
+    @classmethod
+    def loads(cls, raw: bytes | str | None) -> Heartbeat | None:
+        """Parse :data:`HEARTBEAT_KEY`; ``None`` when no worker ever committed (or it expired)."""
+        if raw is None:
+            return None
+        obj = json.loads(raw)
+        newest = obj.get("newest_event_time")
+        return cls(int(obj["committed_at"]), None if newest is None else int(newest))

@@ -42,7 +42,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from fstore.core.features import VIEWS
 from fstore.core.timeutil import iso
 from fstore.ingest import wall_clock
-from fstore.redis_layout import POINTER_KEY, BatchPointer
+from fstore.redis_layout import HEARTBEAT_KEY, POINTER_KEY, BatchPointer, Heartbeat
 from fstore.settings import STATE_DIR
 from jobs.stream import metrics
 from jobs.stream.pipeline import Prepared, prepare
@@ -134,9 +134,26 @@ class SpeedLayer:
         self.pending: Offsets = {}  # flushed to raw_events, not yet committed
         self._cutover: int | None = None
         self._cutover_read = float("-inf")
+        self._heartbeat_at = float("-inf")
+        self._newest_event: int | None = None
         self._batch_lock = asyncio.Lock()  # a batch in progress vs. a rebalance
         self._commit_lock = asyncio.Lock()
         self._flushing: asyncio.Task[None] | None = None
+
+    async def heartbeat(self, prep: Prepared | None, committed: float, force: bool = False) -> None:
+        """Tell readers (GET /health) how fresh the speed view is; at most once a second (and at shutdown),
+        best effort."""
+        if prep is not None and prep.valid:
+            newest = max(ev.event_time for ev in prep.valid)
+            self._newest_event = newest if self._newest_event is None else max(self._newest_event, newest)
+        if not force and committed - self._heartbeat_at < 1.0:
+            return
+        self._heartbeat_at = committed
+        beat = Heartbeat(int(committed * 1_000_000), self._newest_event)
+        try:
+            await self.redis.set(HEARTBEAT_KEY, beat.dumps(), ex=86_400)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:  # tiles are committed; this can wait
+            log.warning("heartbeat not written: %s", exc)
 
     async def cutover(self) -> int | None:
         """The serving batch view's cutover C, re-read at most every ``stream_pointer_cache_s``."""
@@ -255,6 +272,7 @@ class SpeedLayer:
                 skipped = await self._redis(lambda: self.tiles.apply(prep.fresh))
             metrics.DUPLICATES.inc(len(skipped) + prep.batch_duplicates)
             committed = time.time()
+            await self.heartbeat(prep, committed)
             for ts, n in Counter([r.timestamp for r in b.records]).items():  # Kafka timestamps: epoch ms
                 metrics.observe_many(metrics.FRESHNESS, committed - ts / 1000, n)
             self.next_offset.update(b.offsets)
@@ -360,6 +378,8 @@ class SpeedLayer:
             await self.commit()
         except Exception:
             log.exception("raw sink: final flush failed; the messages stay uncommitted")
+        if self._newest_event is not None:
+            await self.heartbeat(None, time.time(), force=True)
         if self.consumer is not None:
             try:
                 await self.consumer.stop()

@@ -32,6 +32,7 @@ from fstore.core.events import Event, parse
 from fstore.core.features import VIEWS, WindowedFeature
 from fstore.core.generator import MALFORMED, GeneratorConfig, generate
 from fstore.localsvc import Broker, RedisServer, free_port
+from fstore.redis_layout import HEARTBEAT_KEY, Heartbeat
 from tests.bruteforce import hop_by_table
 
 pytestmark = pytest.mark.integration
@@ -265,6 +266,9 @@ def test_tiles_dlq_and_raw_log_are_exact(kafka_broker: Broker, redis_client: red
     assert w.proc is not None and w.proc.returncode == 0, w.log_tail()
     assert_tiles_exact(redis_client, traffic)
     assert_raw_and_dlq(kafka_broker, w.dlq, tmp_path / "data", traffic, exact_dlq=True)
+    beat = Heartbeat.loads(redis_client.get(HEARTBEAT_KEY))
+    assert beat is not None and beat.newest_event_time == max(e.event_time for e in traffic.first_copies)
+    assert abs(beat.committed_at - time.time_ns() // 1000) < 300 * SECOND
 
 
 def test_kill_9_mid_run_then_restart_keeps_tiles_exact(kafka_broker: Broker, redis_client: redis.Redis,
