@@ -23,5 +23,6 @@ def serve(host: str | None, port: int | None, workers: int, log_level: str) -> N
     cfg = get_api_settings()
     h, p = host or cfg.api_host, port if port is not None else cfg.api_port
     click.echo(f"fstore serve: http://{h}:{p}/docs (Redis {cfg.redis_url})", err=True)
+    # uvloop + httptools (C event loop and HTTP parser) and no access log: the serving hot path.
     uvicorn.run("services.online_api.main:app", host=h, port=p, workers=workers, log_level=log_level,
-                factory=False)
+                factory=False, loop="uvloop", http="httptools", access_log=False)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from fstore.core.features import ENTITIES, Feature, FeatureView, resolve
-from fstore.core.timeutil import SECOND, iso
-from fstore.online import EntityRead, OnlineReader, Snapshot
-from services.online_api.schemas import FeatureRow, FeaturesResponse, Freshness
+from fstore.core.timeutil import SECOND
+from fstore.online import EntityRead, OnlineReader, Snapshot, iso_cached
 
 JOIN_KEYS = tuple(e.join_key for e in ENTITIES.values())
 _ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
@@ -61,8 +61,8 @@ def entity_reads(row: Mapping[str, str], refs: list[tuple[FeatureView, Feature]]
 
 
 async def read_features(reader: OnlineReader, rows: Sequence[Mapping[str, str]], features: Sequence[str],
-                        max_entities: int) -> FeaturesResponse:
-    """Resolve, read (one round trip) and shape the answer for entity rows."""
+                        max_entities: int) -> dict[str, Any]:
+    """Resolve, read (one round trip) and shape the answer for entity rows (a ``FeaturesResponse`` dict)."""
     if len(rows) > max_entities:
         raise RequestError(413, f"{len(rows)} entities requested; the limit is {max_entities} per request "
                                 "(FSTORE_API_MAX_ENTITIES)")
@@ -74,23 +74,28 @@ async def read_features(reader: OnlineReader, rows: Sequence[Mapping[str, str]],
     return shape(snap, rows, plan)
 
 
-def shape(snap: Snapshot, rows: Sequence[Mapping[str, str]], plan: list[list[EntityRead]]) -> FeaturesResponse:
-    """Turn a snapshot into the response model (values keyed ``view:feature``)."""
+def shape(snap: Snapshot, rows: Sequence[Mapping[str, str]], plan: list[list[EntityRead]]) -> dict[str, Any]:
+    """Turn a snapshot into the JSON-able body of :class:`~services.online_api.schemas.FeaturesResponse`
+    (values keyed ``view:feature``); plain dicts, same fields and order as the model."""
     results = iter(snap.results)
     out_rows = []
+    as_of = snap.as_of
     for row, reads in zip(rows, plan, strict=True):
         values: dict[str, int | float | None] = {}
-        fresh: dict[str, Freshness] = {}
+        fresh: dict[str, dict[str, Any]] = {}
         for r in reads:
             res = next(results)
-            values.update({f"{r.view.name}:{n}": res.values[n] for n in r.names})
+            prefix = r.view.name + ":"
+            got = res.values
+            for n in r.names:
+                values[prefix + n] = got[n]
             newest = res.newest_speed_tile
-            fresh[r.view.name] = Freshness(
-                newest_speed_tile=iso(newest) if newest is not None else None,
-                speed_tile_age_s=(snap.as_of - newest) / SECOND if newest is not None else None,
-            )
-        out_rows.append(FeatureRow(entity=dict(row), values=values, freshness=fresh))
-    return FeaturesResponse(**snap.meta(), rows=out_rows)
+            fresh[r.view.name] = {
+                "newest_speed_tile": iso_cached(newest) if newest is not None else None,
+                "speed_tile_age_s": (as_of - newest) / SECOND if newest is not None else None,
+            }
+        out_rows.append({"entity": dict(row), "values": values, "freshness": fresh})
+    return {**snap.meta(), "rows": out_rows}
 
 
 def historical_features(rows: Sequence[Mapping[str, object]], features: Sequence[str], full_feature_names: bool,

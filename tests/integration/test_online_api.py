@@ -118,6 +118,14 @@ def test_api_key(redis_client: redis.Redis, redis_server: RedisServer) -> None:
         assert client.get("/features", params=params, headers={"X-API-Key": "wrong"}).status_code == 401
         assert client.get("/features", params=params, headers={"X-API-Key": "s3cret"}).status_code == 200
         assert client.get("/health").status_code == 200
+        # auth is checked before parameter validation, with or without the key
+        assert client.get("/features", params={"user_id": "u1"}).status_code == 401
+        r = client.get("/features", params={"user_id": "u1"}, headers={"X-API-Key": "s3cret"})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "features"]
+        metrics = client.get("/metrics", headers={"X-API-Key": "s3cret"}).text
+        assert 'fstore_api_requests_total{method="GET",route="/features",status="200"} 1.0' in metrics
+        assert 'fstore_api_requests_total{method="GET",route="/features",status="401"} 3.0' in metrics
+        assert 'fstore_api_requests_total{method="GET",route="/features",status="422"} 1.0' in metrics
 
 
 def test_cutover_during_reads_never_mixes_versions(redis_client: redis.Redis, redis_server: RedisServer) -> None:
@@ -185,3 +193,100 @@ def test_redis_outage_gives_503_fast_and_recovers(tmp_path: Path) -> None:
             assert 'fstore_api_requests_total{method="GET",route="/features",status="503"} 1.0' in metrics
     finally:
         server.stop()
+
+
+def test_fast_merge_is_bit_identical_to_core_evaluate() -> None:
+    """fstore.online's series merge (and its cached-batch path) equals fstore.core.tiles.evaluate over
+    parse_tiles exactly, for both field forms, with and without a batch view, for any feature subset."""
+    from fstore.core.aggregates import Partial
+    from fstore.core.tiles import evaluate
+    from fstore.online import EntityRead, _finish, decode_batch, merge, speed_days
+    from fstore.redis_layout import packed_fields, parse_tiles
+
+    rng = random.Random(11)
+    for trial in range(60):
+        as_of = C + rng.randrange(0, 2 * DAY)
+        events = [e for e in make_events(100 + trial, 150) if e.event_time < as_of]
+        ptr = None if trial % 5 == 0 else BatchPointer("v", C if trial % 2 else C - DAY)
+        for view in VIEWS.values():
+            entity = "u1" if view.entity.join_key == "user_id" else "p1"
+            batch: dict[bytes, bytes] = {}
+            speed: dict[int, dict[bytes, bytes]] = {}
+            for (e, size, start), tile in build_tiles(view, events).items():
+                if e != entity:
+                    continue
+                for m, p in tile.items():
+                    if ptr is not None and start < ptr.cutover:
+                        fields = (packed_fields if trial % 3 else partial_fields)(size, start, m, p)
+                        batch.update({k.encode(): v.encode() for k, v in fields.items()})
+                    else:
+                        fields = partial_fields(size, start, m, p)
+                        speed.setdefault(start - start % DAY, {}).update(
+                            {k.encode(): v.encode() for k, v in fields.items()})
+            speed_hashes = [speed.get(d, {}) for d in speed_days(view, ptr, as_of)]
+            tiles: dict[tuple[int, int], dict[str, Partial]] = {}
+            for i, raw in enumerate(([batch] if ptr else []) + speed_hashes):
+                for key, partials in parse_tiles(raw).items():
+                    if ptr is not None and (key[1] < ptr.cutover) != (ptr is not None and i == 0):
+                        continue
+                    slot = tiles.setdefault(key, {})
+                    for m, p in partials.items():
+                        slot.setdefault(m, Partial()).merge(p)
+            newest = max((s for (_, s) in tiles if ptr is None or s >= ptr.cutover), default=None)
+            for names in (view.feature_names, tuple(rng.sample(view.feature_names, 3))):
+                want = evaluate(view, lambda size, start, tiles=tiles: tiles.get((size, start)), as_of, names)
+                read = EntityRead(view, entity, names)
+                got = merge(read, ptr, ([batch] if ptr else []) + speed_hashes, as_of)
+                assert got.values == want and got.newest_speed_tile == newest, (trial, view.name)
+                if ptr is not None:
+                    cached = decode_batch(view, batch, ptr.cutover, ptr.cutover)
+                    got = _finish(read, ptr, cached, speed_hashes, as_of)
+                    assert got.values == want and got.newest_speed_tile == newest, (trial, view.name)
+
+
+def test_decode_speed_matches_parse_tiles() -> None:
+    """The bytes fast path decodes exactly what parse_tiles does: both forms, mixed, junk, count 0."""
+    from fstore.online import decode_speed
+    from fstore.redis_layout import packed_field, parse_tiles
+
+    raw = {b"300:1700000100:click:c": b"2", b"300:1700000100:click:s": b"2.0",
+           b"300:1700000100:click:n": b"1.0", b"300:1700000100:click:x": b"1.0",
+           packed_field(3600 * 10**6, 1700002800 * 10**6, "purchase").encode(): b"3 70.5 1.25 40.0",
+           packed_field(300 * 10**6, 1700000400 * 10**6, "click").encode(): b"1 1.0 None None",
+           b"300:1700000700:click:c": b"0", b"300:1700000700:click:s": b"0.0",
+           b"300:1700000000:page_view:c": b"1",
+           b"junk": b"1", b"a:b": b"x", b"300:1700000100:click:q": b"9", b"3600:1:purchase": b"1 2"}
+    tiles = parse_tiles(raw)
+    cols, newest = decode_speed(raw, None)
+    flat = {(size, start, m): stats for (size, m), (starts, all_stats) in cols.items()
+            for start, stats in zip(starts, all_stats, strict=True)}
+    want = {(size, start, m): p.to_tuple() for (size, start), ps in tiles.items() for m, p in ps.items()}
+    assert flat == want
+    assert newest == max(start for (_, start) in tiles)
+    cols, newest = decode_speed(raw, 1700000400 * 10**6)
+    assert newest == 1700002800 * 10**6 and all(s >= 1700000400 * 10**6 for starts, _ in cols.values()
+                                                  for s in starts)
+
+
+def test_batch_cache_serves_repeat_reads(redis_client: redis.Redis, redis_server: RedisServer) -> None:
+    """A repeat read of the same entity takes its batch tiles from the reader's cache (keyed by batch
+    version) and answers exactly the same; a new version is read from Redis, never from the old cache."""
+    events = make_events(4)
+    load(redis_client, events, "v1", C)
+    params = {"user_id": "u2", "features": "user_activity"}
+    with app_client(redis_server.url) as client:
+        reader = client.app.state.reader  # type: ignore[attr-defined]
+        first = client.get("/features", params=params).json()
+        misses = reader.cache_misses
+        assert client.get("/features", params=params).json() == first
+        assert reader.cache_hits >= 1 and reader.cache_misses == misses
+        want = expected(USER_ACTIVITY, events, "u2", AS_OF)
+        assert all(isclose(first["rows"][0]["values"][k], want[k]) for k in want)
+        ev2 = make_events(5)
+        load(redis_client, [e for e in ev2 if e.event_time < C], "v2", C)  # publishes v2
+        second = client.get("/features", params=params).json()
+        assert second["batch_version"] == "v2" and reader.cache_misses == misses + 1
+        want2 = expected(USER_ACTIVITY, [e for e in ev2 if e.event_time < C] + [e for e in events
+                                                                               if e.event_time >= C],
+                         "u2", AS_OF)
+        assert all(isclose(second["rows"][0]["values"][k], want2[k]) for k in want2), (second, want2)
