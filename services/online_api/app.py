@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fstore.core.timeutil import iso
 from fstore.online import Clock, OnlineReader, wall_clock
+from fstore.redis_layout import HEARTBEAT_KEY, Heartbeat
 from services.online_api.deps import ReaderDep, Secured, key_ok
 from services.online_api.logic import RequestError, historical_features, read_features
 from services.online_api.schemas import (
@@ -209,16 +210,22 @@ def create_app(settings: ApiSettings | None = None, clock: Clock = wall_clock) -
 
     @app.get("/health", response_model=HealthResponse)
     async def get_health(reader: ReaderDep) -> JSONResponse:
-        """Redis reachability and the serving batch view (no API key needed)."""
+        """Redis reachability, the serving batch view and the speed layer's freshness (no API key needed)."""
         try:
             await reader.client.ping()
             ptr = await reader.refresh_pointer()
+            beat = Heartbeat.loads(await reader.client.get(HEARTBEAT_KEY))
         except RedisError as exc:
             metrics.redis_errors.inc()
             body = HealthResponse(status="unavailable", redis=f"Redis unreachable: {type(exc).__name__}")
             return JSONResponse(body.model_dump(), status_code=503)
+        now = reader.clock()
+        speed: dict[str, Any] = {"last_commit": None, "commit_age_s": None, "newest_event_time": None}
+        if beat is not None:
+            speed = {"last_commit": iso(beat.committed_at), "commit_age_s": (now - beat.committed_at) / 1e6,
+                     "newest_event_time": iso(beat.newest_event_time) if beat.newest_event_time else None}
         body = HealthResponse(status="ok", redis="ok", batch_version=ptr.version if ptr else None,
-                              batch_cutoff=iso(ptr.cutover) if ptr else None)
+                              batch_cutoff=iso(ptr.cutover) if ptr else None, detail={"speed_layer": speed})
         return JSONResponse(body.model_dump())
 
     @app.get("/metrics", dependencies=Secured)

@@ -290,3 +290,19 @@ def test_batch_cache_serves_repeat_reads(redis_client: redis.Redis, redis_server
                                                                                if e.event_time >= C],
                          "u2", AS_OF)
         assert all(isclose(second["rows"][0]["values"][k], want2[k]) for k in want2), (second, want2)
+
+
+def test_health_reports_batch_view_and_speed_freshness(redis_client: redis.Redis, redis_server: RedisServer) -> None:
+    from fstore.redis_layout import HEARTBEAT_KEY, Heartbeat
+
+    with app_client(redis_server.url) as client:
+        body = client.get("/health").json()
+        assert body["status"] == "ok" and body["batch_version"] is None
+        assert body["detail"]["speed_layer"]["last_commit"] is None
+        load(redis_client, make_events(5, 200), "v9", C)
+        redis_client.set(HEARTBEAT_KEY, Heartbeat(AS_OF - 2_500_000, AS_OF - 4_000_000).dumps())
+        body = client.get("/health").json()
+        assert body["batch_version"] == "v9" and body["batch_cutoff"] == "2026-11-21T00:00:00Z"
+        speed = body["detail"]["speed_layer"]
+        assert speed["commit_age_s"] == pytest.approx(2.5)
+        assert speed["newest_event_time"] == "2026-11-21T13:06:56.123456Z"
