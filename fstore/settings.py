@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, TypeVar
 
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -44,15 +45,23 @@ class SettingsError(RuntimeError):
     """Invalid configuration; the message names the variable."""
 
 
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    """Load and validate settings once.
+S = TypeVar("S", bound=Settings)
+
+
+def load_settings(cls: type[S], **overrides: Any) -> S:
+    """Build and validate a settings class (explicit ``overrides`` win over the environment).
 
     Raises:
-        SettingsError: naming the offending ``FSTORE_`` variable.
+        SettingsError: naming every offending ``FSTORE_`` variable and what is wrong with it.
     """
     try:
-        return Settings()
+        return cls(**overrides)
     except ValidationError as exc:
         bad = ", ".join(f"FSTORE_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
         raise SettingsError(f"invalid settings: {bad}") from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Load and validate the shared settings once (see :func:`load_settings`)."""
+    return load_settings(Settings)

@@ -6,9 +6,9 @@ Every threshold of the data-quality gate lives here, so operators tune them with
 
 from __future__ import annotations
 
-from pydantic import Field, ValidationError
+from pydantic import Field
 
-from fstore.settings import Settings, SettingsError
+from fstore.settings import Settings, load_settings
 
 
 class BatchSettings(Settings):
@@ -56,8 +56,4 @@ def load_batch_settings(**overrides: object) -> BatchSettings:
     Raises:
         SettingsError: naming the offending ``FSTORE_`` variable.
     """
-    try:
-        return BatchSettings(**overrides)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        bad = ", ".join(f"FSTORE_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
-        raise SettingsError(f"invalid batch settings: {bad}") from None
+    return load_settings(BatchSettings, **overrides)

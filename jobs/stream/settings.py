@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field, ValidationError
+from pydantic import Field
 
 from fstore.core.features import largest_hop, longest_window
 from fstore.core.timeutil import SECOND
-from fstore.settings import Settings, SettingsError
+from fstore.settings import Settings, load_settings
 
 #: Tiles stay in Redis this long after their last write: longest window + largest hop + a margin.
 DEFAULT_MARGIN_S = 6 * 3600
@@ -69,8 +69,4 @@ def get_stream_settings() -> StreamSettings:
     Raises:
         SettingsError: naming the offending ``FSTORE_`` variable.
     """
-    try:
-        return StreamSettings()
-    except ValidationError as exc:
-        bad = ", ".join(f"FSTORE_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
-        raise SettingsError(f"invalid settings: {bad}") from None
+    return load_settings(StreamSettings)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr
 
-from fstore.settings import Settings, SettingsError
+from fstore.settings import Settings, load_settings
 
 
 class ApiSettings(Settings):
@@ -23,8 +23,4 @@ class ApiSettings(Settings):
 @lru_cache(maxsize=1)
 def get_api_settings() -> ApiSettings:
     """Load and validate once; the error names the offending variable."""
-    try:
-        return ApiSettings()
-    except ValidationError as exc:
-        bad = ", ".join(f"FSTORE_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
-        raise SettingsError(f"invalid settings: {bad}") from None
+    return load_settings(ApiSettings)
