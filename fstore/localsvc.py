@@ -481,8 +481,7 @@ def env_file(state_dir: str | Path = STATE_DIR) -> Path:
 
 def service_env(redis: RedisServer, broker: Broker) -> dict[str, str]:
     """The ``FSTORE_*`` variables that point the settings (and Feast's feature_store.yaml) at these services."""
-    return {"FSTORE_REDIS_URL": redis.url, "FSTORE_KAFKA_BOOTSTRAP": broker.bootstrap,
-            "FSTORE_FEAST_REDIS": f"{HOST}:{redis.port}"}
+    return {"FSTORE_REDIS_URL": redis.url, "FSTORE_KAFKA_BOOTSTRAP": broker.bootstrap}
 
 
 def read_env(state_dir: str | Path = STATE_DIR) -> dict[str, str]:

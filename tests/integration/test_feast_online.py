@@ -54,7 +54,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer) ->
     cfg = yaml.safe_load(cfg_path.read_text())
     cfg["online_store"] = ONLINE_STORE
     cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    env = {**os.environ, "FSTORE_REDIS_URL": redis_server.url, "FSTORE_FEAST_REDIS": "127.0.0.1:1",
+    env = {**os.environ, "FSTORE_REDIS_URL": redis_server.url,
            "FSTORE_DATA_DIR": str(tmp / "data")}
     feast = str(Path(sys.executable).with_name("feast"))
     res = subprocess.run([feast, "apply"], cwd=repo, env=env, capture_output=True, text=True, timeout=300)

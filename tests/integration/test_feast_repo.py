@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_feast_apply_registers_core_definitions(tmp_path: Path) -> None:
     repo = tmp_path / "feature_repo"
     shutil.copytree(ROOT / "feature_repo", repo, ignore=shutil.ignore_patterns("data"))
-    env = {**os.environ, "FSTORE_FEAST_REDIS": "127.0.0.1:1", "FSTORE_DATA_DIR": str(tmp_path / "data")}
+    env = {**os.environ, "FSTORE_REDIS_URL": "redis://127.0.0.1:1/0", "FSTORE_DATA_DIR": str(tmp_path / "data")}
     feast = str(Path(sys.executable).with_name("feast"))
     res = subprocess.run([feast, "apply"], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr

@@ -158,10 +158,8 @@ def test_cli_services_up_status_env_down(tmp_path: Path) -> None:
 
         env = dict(line.split("=", 1) for line in (state / "services.env").read_text().splitlines()
                    if not line.startswith("#"))
-        assert set(env) == {"FSTORE_REDIS_URL", "FSTORE_KAFKA_BOOTSTRAP", "FSTORE_FEAST_REDIS"}
+        assert set(env) == {"FSTORE_REDIS_URL", "FSTORE_KAFKA_BOOTSTRAP"}
         assert redis.Redis.from_url(env["FSTORE_REDIS_URL"]).ping()
-        host, port = env["FSTORE_FEAST_REDIS"].split(":")
-        assert redis.Redis(host=host, port=int(port)).ping()
         assert {"events": 1, "events.dlq": 1}.items() <= list_topics(env["FSTORE_KAFKA_BOOTSTRAP"]).items()
         pids = {s.name: s.pid for s in localsvc.status(state)}
         assert all(pids.values())
