@@ -13,7 +13,6 @@ from fstore.core.tiles import build_tiles
 from fstore.core.timeutil import HOUR, MINUTE
 from fstore.redis_layout import partial_fields, speed_key
 from fstore.speed_lua import group_events, plan_calls
-from fstore.speed_view import decode_speed_tiles, speed_keys
 from jobs.stream.pipeline import prepare
 
 pytestmark = pytest.mark.unit
@@ -58,18 +57,6 @@ def test_subgroup_rebuild_drops_duplicates() -> None:
     sub = group_events([USER_ACTIVITY], events)[("user_activity", "u1")]
     sub.rebuild({"e1"})
     assert sub.tiles == build_tiles(USER_ACTIVITY, [events[0], events[2]])
-
-
-def test_speed_view_decodes_the_layout() -> None:
-    events = [Event("e1", "purchase", "u1", "p1", NOW - HOUR, 4.0, 2, None)]
-    tiles = build_tiles(USER_ACTIVITY, events)
-    raw: dict[str, dict[bytes | str, bytes | str]] = {}
-    for tk, tile in tiles.items():
-        for m, p in tile.items():
-            raw.setdefault(speed_key("user_activity", "u1", tk.start), {}).update(
-                partial_fields(tk.size, tk.start, m, p))
-    assert set(raw) <= set(speed_keys(USER_ACTIVITY, "u1", NOW - 2 * HOUR, NOW))
-    assert decode_speed_tiles("u1", list(raw.values())) == tiles
 
 
 def test_group_events_matches_core_build_tiles() -> None:
