@@ -12,9 +12,10 @@ import json
 import math
 import re
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-from fstore.core.timeutil import MAX_MICROS, MINUTE, parse_timestamp
+from fstore.core.timeutil import EPOCH, MAX_MICROS, MINUTE, parse_timestamp
 
 MAX_MESSAGE_BYTES = 64 * 1024
 FUTURE_TOLERANCE = 5 * MINUTE
@@ -119,7 +120,74 @@ def parse(raw: bytes, now: int, loads: Loads = json_loads) -> Event | Rejection:
         return Rejection("malformed_json")
     if not isinstance(obj, dict):
         return Rejection("malformed_json")
-    return validate(obj, now)
+    return _accept(obj, now) or validate(obj, now)
+
+
+_ID_CLASS = r"[A-Za-z0-9_.:-]{1,128}"
+# Two or three ids joined by "/" (not in the id charset) and matched at once: one regex call, not three.
+_match_ids2 = re.compile(f"{_ID_CLASS}/{_ID_CLASS}").fullmatch
+_match_ids3 = re.compile(f"{_ID_CLASS}/{_ID_CLASS}/{_ID_CLASS}").fullmatch
+_fromisoformat = datetime.fromisoformat
+_ONE_US = timedelta(microseconds=1)
+_PRICE_MAX = 2.0**1023  # an int below it converts to a finite float
+_new_event = tuple.__new__
+
+
+def _accept(obj: dict[str, Any], now: int) -> Event | None:
+    """Fast path of :func:`validate` for the common, well-formed event; ``None`` when unsure.
+
+    It only ever returns the event :func:`validate` would return for ``obj`` (the same checks on exact
+    types; float event times are left to :func:`validate`); anything else — every invalid event
+    included — returns ``None`` and goes through :func:`validate`, which gives the reason. The stream
+    worker spends much of its CPU here, hence the inlined checks.
+    """
+    get = obj.get
+    event_id, event_type, user_id, product_id = get("event_id"), get("event_type"), get("user_id"), get("product_id")
+    if (type(event_id) is not str or type(event_type) is not str or type(user_id) is not str
+            or event_type not in _EVENT_TYPES):
+        return None
+    if product_id is None:
+        if event_type != "page_view" or not _match_ids2(f"{event_id}/{user_id}"):
+            return None
+    elif type(product_id) is not str or not _match_ids3(f"{event_id}/{user_id}/{product_id}"):
+        return None
+    t = get("event_time")
+    if type(t) is str:
+        try:
+            dt = _fromisoformat(t)
+            if dt.tzinfo is None:  # fromisoformat's tzinfo is a fixed offset: never a None utcoffset()
+                return None
+            us = (dt - EPOCH) // _ONE_US
+        except (ValueError, OverflowError):
+            return None
+    elif type(t) is int:
+        us = t * 1000
+    else:
+        return None
+    if not 0 <= us <= MAX_MICROS or us > now + FUTURE_TOLERANCE:
+        return None
+    price = get("price")
+    if price is None:
+        if event_type == "purchase":
+            return None
+    elif type(price) is float:
+        if not 0.0 <= price < math.inf:
+            return None
+    elif type(price) is int:
+        if not 0 <= price < _PRICE_MAX:
+            return None
+        price = float(price)
+    else:
+        return None
+    quantity = get("quantity")
+    if quantity is None:
+        quantity = 1
+    elif type(quantity) is not int or quantity < 1:
+        return None
+    session_id = get("session_id")
+    if session_id is not None and type(session_id) is not str:
+        return None
+    return _new_event(Event, (event_id, event_type, user_id, product_id, us, price, quantity, session_id))
 
 
 def _id(obj: dict[str, Any], field: str, required: bool) -> str | Rejection | None:

@@ -1,53 +1,22 @@
 """The Faust app of the speed layer: ``faust -A jobs.stream.app worker`` or ``fstore stream``.
 
-The app runs one consumer task that reads ``events`` in bulk — an aiokafka consumer in the app's consumer
-group, ``getmany`` batches of raw bytes, manual commits — instead of Faust's per-message stream (whose
-per-event machinery cost more than all the work below). For each batch it:
-
-1. validates every message with the core (:func:`fstore.core.events.parse`, wall clock injected);
-2. sends invalid ones to ``events.dlq`` — value = the original bytes, headers ``fstore-reason`` and
-   ``fstore-ingested-at`` (ISO-8601 UTC), key = the original key — and waits for the broker's ack;
-3. applies the valid, not-yet-counted events to the Redis speed tiles of every feature view in one
-   pipelined round trip (Lua, exactly once per event_id, see :mod:`fstore.speed_lua`);
-4. buffers every valid copy for the Delta ``raw_events`` sink, which a background flush (Delta write in
-   a thread) appends while the next batches are processed.
-
-Offsets are committed only after the raw-sink flush that holds a batch's rows, which happens after steps
-2–3: a crash at any point redelivers them, the markers keep the tiles exact, and the raw log gets them at
-least once. Before partitions are revoked (rebalance) the buffer is flushed and committed; a timer flushes
-an idle buffer; shutdown (SIGTERM) flushes what is left. Faust still provides the worker, the producer of
-the dead-letter topic, the timers and the CLI; its own Kafka consumer is disabled (it would join the
-group with a second, per-message subscription).
+Faust provides the worker, the producer of the dead-letter topic, the timers and the CLI; its own Kafka
+consumer is disabled (it would join the group with a second, per-message subscription). The app's task
+runs :class:`jobs.stream.layer.SpeedLayer`, which consumes ``events`` in bulk: validation, dead letters,
+speed tiles, the raw sink and offset commits (see that module for the flow and its guarantees).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
-import signal
-import time
-from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
 
 import faust
-import redis.asyncio as aredis
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from faust.app.base import BootStrategy
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from fstore.core.features import VIEWS
-from fstore.core.timeutil import iso
-from fstore.ingest import wall_clock
-from fstore.redis_layout import HEARTBEAT_KEY, POINTER_KEY, BatchPointer, Heartbeat
 from fstore.settings import STATE_DIR
 from jobs.stream import metrics
-from jobs.stream.pipeline import Prepared, prepare
+from jobs.stream.layer import SpeedLayer, bootstrap_servers
 from jobs.stream.settings import StreamSettings, get_stream_settings
-from jobs.stream.sinks import RawSink, TileWriter
 
 log = logging.getLogger("fstore.stream")
 
@@ -82,323 +51,11 @@ def make_app(s: StreamSettings) -> faust.App:
     )
 
 
-def bootstrap_servers(s: StreamSettings) -> list[str]:
-    """``FSTORE_KAFKA_BOOTSTRAP`` as a list of ``host:port``."""
-    return [h.strip() for h in s.kafka_bootstrap.split(",") if h.strip()]
-
-
 settings = get_stream_settings()
 app = make_app(settings)
 events_topic = app.topic(settings.events_topic, key_type=bytes, value_type=bytes,
                          partitions=settings.topic_partitions)
 dlq_topic = app.topic(settings.dlq_topic, key_type=bytes, value_type=bytes)
-
-Offsets = dict[TopicPartition, int]
-
-
-@dataclass
-class _Batch:
-    """A consumed, validated batch on its way to the sinks."""
-
-    records: list[Any]
-    values: list[bytes]
-    prep: Prepared
-    now: int
-    offsets: Offsets
-    seconds: float  # time spent so far (for fstore_stream_batch_seconds)
-
-
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, state: SpeedLayer) -> None:
-        self.state = state
-
-    async def on_partitions_revoked(self, revoked: Any) -> None:
-        await self.state.on_revoked()
-
-    async def on_partitions_assigned(self, assigned: Any) -> None:
-        log.info("stream worker: assigned %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
-
-
-class SpeedLayer:
-    """Worker state: consumer, Redis client, sinks, batch pointer cache, ingestion clock, offsets."""
-
-    def __init__(self, s: StreamSettings) -> None:
-        self.s = s
-        self.redis: Any = aredis.Redis.from_url(s.redis_url, socket_timeout=10, socket_connect_timeout=5)
-        self.tiles = TileWriter(self.redis, list(VIEWS.values()), s.marker_ttl_s, s.tile_ttl_s,
-                                cluster=s.stream_redis_cluster, chunk=s.stream_script_chunk)
-        self.raw = RawSink(s.table("raw_events"), s.stream_raw_max_events, s.stream_raw_max_age_s)
-        self.last_at = 0
-        self.consumer: AIOKafkaConsumer | None = None
-        self.next_offset: Offsets = {}
-        self.pending: Offsets = {}  # flushed to raw_events, not yet committed
-        self._cutover: int | None = None
-        self._cutover_read = float("-inf")
-        self._heartbeat_at = float("-inf")
-        self._newest_event: int | None = None
-        self._batch_lock = asyncio.Lock()  # a batch in progress vs. a rebalance
-        self._commit_lock = asyncio.Lock()
-        self._flushing: asyncio.Task[None] | None = None
-
-    async def heartbeat(self, prep: Prepared | None, committed: float, force: bool = False) -> None:
-        """Tell readers (GET /health) how fresh the speed view is; at most once a second (and at shutdown),
-        best effort."""
-        if prep is not None and prep.valid:
-            newest = max(ev.event_time for ev in prep.valid)
-            self._newest_event = newest if self._newest_event is None else max(self._newest_event, newest)
-        if not force and committed - self._heartbeat_at < 1.0:
-            return
-        self._heartbeat_at = committed
-        beat = Heartbeat(int(committed * 1_000_000), self._newest_event)
-        try:
-            await self.redis.set(HEARTBEAT_KEY, beat.dumps(), ex=86_400)
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:  # tiles are committed; this can wait
-            log.warning("heartbeat not written: %s", exc)
-
-    async def cutover(self) -> int | None:
-        """The serving batch view's cutover C, re-read at most every ``stream_pointer_cache_s``."""
-        if time.monotonic() - self._cutover_read >= self.s.stream_pointer_cache_s:
-            pointer = BatchPointer.loads(await self.redis.get(POINTER_KEY))
-            self._cutover = pointer.cutover if pointer else None
-            self._cutover_read = time.monotonic()
-        return self._cutover
-
-    async def _redis(self, op: Any) -> Any:
-        """Run a Redis step until it succeeds (Redis down: wait and retry; the batch is not committed)."""
-        delay = 0.1
-        while True:
-            try:
-                return await op()
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                metrics.REDIS_RETRIES.inc()
-                log.warning("redis unavailable (%s); retrying in %.1f s", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-
-    def make_consumer(self) -> AIOKafkaConsumer:
-        """The bulk consumer: the app's group, manual commits, large fetches."""
-        s = self.s
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap_servers(s),
-            group_id=s.stream_app_id,
-            client_id=f"{s.stream_app_id}-{os.getpid()}",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            session_timeout_ms=int(s.stream_session_timeout_s * 1000),
-            heartbeat_interval_ms=int(s.stream_heartbeat_s * 1000),
-            rebalance_timeout_ms=int(s.stream_rebalance_timeout_s * 1000),
-            request_timeout_ms=int(max(40.0, s.stream_session_timeout_s + 5) * 1000),
-            max_poll_records=s.stream_max_poll_records,
-            max_partition_fetch_bytes=s.stream_fetch_partition_bytes,
-        )
-        consumer.subscribe([s.events_topic], listener=_Rebalance(self))
-        return consumer
-
-    async def run(self) -> None:
-        """Consume until cancelled (worker stop) or a batch fails (then stop the whole worker)."""
-        try:
-            await events_topic.maybe_declare()
-        except Exception as exc:  # the topic may exist already or be managed elsewhere
-            log.info("events topic not declared (%s)", exc)
-        self.consumer = consumer = self.make_consumer()
-        await consumer.start()
-        within_ms = int(self.s.stream_batch_within_s * 1000)
-        inflight: asyncio.Task[None] | None = None
-        try:
-            while True:
-                self.check_flush()
-                records = await consumer.getmany(timeout_ms=within_ms, max_records=self.s.stream_batch_max)
-                if not records:
-                    if inflight is not None:
-                        await inflight
-                        inflight = None
-                    continue
-                # Software pipelining: validate this batch while Redis still runs the previous one's script
-                # calls; its own Redis round trip starts only once the previous batch is completely done
-                # (duplicate retries included), so Redis sees the batches strictly in consumption order.
-                batch = await self.begin(records)
-                if inflight is not None:
-                    await inflight
-                inflight = asyncio.ensure_future(self.finish(batch))
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            # Crash-only: stop the whole worker (a supervisor restarts it) rather than leave a process
-            # whose consumer is dead. Nothing uncommitted is lost: it is redelivered, the markers keep
-            # it exact.
-            log.exception("stream worker: batch failed; stopping the worker")
-            os.kill(os.getpid(), signal.SIGTERM)
-            raise
-        finally:
-            if inflight is not None and not inflight.done():
-                await asyncio.wait([inflight], timeout=30)
-            await self.shutdown()
-
-    async def handle(self, records: dict[TopicPartition, list[Any]]) -> None:
-        """Process one consumed batch (see the module docstring)."""
-        await self.finish(await self.begin(records))
-
-    async def begin(self, records: dict[TopicPartition, list[Any]]) -> _Batch:
-        """Validate and classify a batch (pure CPU apart from the cached cutover read)."""
-        t0 = time.perf_counter()
-        now = wall_clock()
-        cutover = await self._redis(self.cutover)
-        batch = [r for part in records.values() for r in part]
-        values = [b"" if r.value is None else r.value for r in batch]
-        prep = prepare(values, now, self.last_at, cutover, self.s.horizon_us)
-        self.last_at = prep.last_at
-        metrics.EVENTS_IN.inc(len(values))
-        metrics.EVENTS_VALID.inc(len(prep.valid))
-        metrics.BATCH_SIZE.observe(len(values))
-        if prep.late:
-            metrics.LATE.inc(prep.late)
-        if prep.beyond_horizon:
-            metrics.BEYOND_HORIZON.inc(prep.beyond_horizon)
-        offsets = {tp: part[-1].offset + 1 for tp, part in records.items() if part}
-        return _Batch(batch, values, prep, now, offsets, time.perf_counter() - t0)
-
-    async def finish(self, b: _Batch) -> None:
-        """Dead letters, speed tiles, then hand the valid copies and the offsets to the raw sink."""
-        async with self._batch_lock:
-            t0 = time.perf_counter()
-            prep = b.prep
-            if prep.invalid:
-                await self.dead_letter(b.records, b.values, prep.invalid, b.now)
-            if self.s.stream_naive_per_event:  # the benchmark's reference: a round trip per event
-                skipped = set()
-                for one in prep.fresh:
-                    skipped |= await self._redis(lambda one=one: self.tiles.apply([one]))
-            else:
-                skipped = await self._redis(lambda: self.tiles.apply(prep.fresh))
-            metrics.DUPLICATES.inc(len(skipped) + prep.batch_duplicates)
-            committed = time.time()
-            await self.heartbeat(prep, committed)
-            for ts, n in Counter([r.timestamp for r in b.records]).items():  # Kafka timestamps: epoch ms
-                metrics.observe_many(metrics.FRESHNESS, committed - ts / 1000, n)
-            self.next_offset.update(b.offsets)
-            metrics.PROCESSING.observe(b.seconds + time.perf_counter() - t0)
-            metrics.EVENTS_DONE.inc(len(b.values))
-            self.raw.add(prep.valid, prep.hashes, prep.ingested_at, [b.offsets])
-            if self.raw.due():
-                if self.raw.buffered >= 2 * self.s.stream_raw_max_events:
-                    await self.wait_flush()  # back-pressure: never more than ~2 flushes' worth in memory
-                self.start_flush()
-
-    async def dead_letter(self, batch: Sequence[Any], values: Sequence[bytes], invalid: Sequence[tuple[int, str]],
-                          now: int) -> None:
-        """Send invalid messages to the DLQ topic and wait until the broker has them all."""
-        at = iso(now).encode()
-        for _, reason in invalid:
-            metrics.EVENTS_INVALID.labels(reason).inc()
-        todo = list(invalid)
-        delay = 0.1
-        while todo:  # a dead letter is never dropped: resend what the broker did not acknowledge
-            results = []
-            try:
-                for i, reason in todo:
-                    results.append(await dlq_topic.send(
-                        key=batch[i].key, value=values[i],
-                        headers=[("fstore-reason", reason.encode()), ("fstore-ingested-at", at)]))
-                done = await asyncio.gather(*results, return_exceptions=True)
-            except Exception as exc:  # the producer refused outright (e.g. broker unreachable)
-                log.warning("DLQ send failed (%s); retrying in %.1f s", exc, delay)
-                done = [exc] * len(todo)
-            todo = [m for m, r in zip(todo, done, strict=False) if isinstance(r, BaseException)] + todo[len(done):]
-            if todo:
-                metrics.DLQ_RETRIES.inc(len(todo))
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-
-    def start_flush(self) -> None:
-        """Flush the raw sink in the background (at most one flush at a time)."""
-        task = self._flushing
-        if task is not None and (not task.done() or task.cancelled() or task.exception() is not None):
-            return  # still running, or failed: the consumer loop re-raises it (check_flush) and stops
-        self._flushing = asyncio.ensure_future(self.flush())
-
-    def check_flush(self) -> None:
-        """Re-raise the error of a failed background flush (the worker then stops, nothing committed)."""
-        if self._flushing is not None and self._flushing.done():
-            task, self._flushing = self._flushing, None
-            task.result()
-
-    async def wait_flush(self) -> None:
-        """Wait for the background flush in progress, if any."""
-        if self._flushing is not None:
-            await asyncio.shield(self._flushing)
-            self.check_flush()
-
-    async def flush(self) -> None:
-        """Flush the raw sink (Delta write in a thread), then commit the offsets it covered."""
-        t0 = time.perf_counter()
-        tokens, rows = await self.raw.flush()
-        if rows:
-            metrics.RAW_WRITTEN.inc(rows)
-            metrics.RAW_FLUSHES.inc()
-            metrics.RAW_FLUSH_SECONDS.observe(time.perf_counter() - t0)
-        for offsets in tokens:
-            self.pending.update(offsets)
-        await self.commit()
-
-    async def commit(self) -> None:
-        """Commit the offsets of flushed batches; on failure keep them for the next try (if still ours)."""
-        async with self._commit_lock:
-            if not self.pending or self.consumer is None:
-                return
-            offsets, self.pending = self.pending, {}
-            try:
-                await self.consumer.commit(offsets)
-            except Exception as exc:  # broker away, rebalance in progress, partition revoked, ...
-                owned = self.consumer.assignment()
-                for tp, off in offsets.items():
-                    if tp in owned and self.pending.get(tp, -1) < off:
-                        self.pending[tp] = off
-                log.warning("offset commit failed (%s); %d partition(s) kept for the next try", exc,
-                            len(self.pending))
-
-    async def on_revoked(self) -> None:
-        """Before a rebalance: finish the batch in progress, flush the raw sink, commit."""
-        async with self._batch_lock:
-            try:
-                await self.wait_flush()
-                await self.flush()
-            except Exception:
-                log.exception("stream worker: flush before rebalance failed; the batches will be redelivered")
-
-    async def shutdown(self) -> None:
-        """Worker stop: flush what is buffered, commit it, leave the group."""
-        try:
-            if self._flushing is not None and not self._flushing.done():
-                await asyncio.wait([self._flushing], timeout=60)
-            if self.raw.buffered:
-                log.info("stream worker stopping: flushing %d buffered raw events", self.raw.buffered)
-            tokens, _ = self.raw.flush_sync()
-            for offsets in tokens:
-                self.pending.update(offsets)
-            await self.commit()
-        except Exception:
-            log.exception("raw sink: final flush failed; the messages stay uncommitted")
-        if self._newest_event is not None:
-            await self.heartbeat(None, time.time(), force=True)
-        if self.consumer is not None:
-            try:
-                await self.consumer.stop()
-            except Exception:
-                log.exception("stream worker: consumer stop failed")
-
-    def update_lag(self) -> None:
-        """Consumer lag per partition: high watermark minus the next offset to process."""
-        consumer = self.consumer
-        if consumer is None:
-            return
-        for tp in consumer.assignment():
-            try:
-                high = consumer.highwater(tp)
-            except Exception:  # not fetched yet
-                continue
-            if high is not None and tp in self.next_offset:
-                metrics.CONSUMER_LAG.labels(str(tp.partition)).set(max(0, high - self.next_offset[tp]))
-
 
 _layer: SpeedLayer | None = None
 
@@ -407,7 +64,7 @@ def layer() -> SpeedLayer:
     """The worker's :class:`SpeedLayer` (created on first use, inside the worker's event loop)."""
     global _layer
     if _layer is None:
-        _layer = SpeedLayer(settings)
+        _layer = SpeedLayer(settings, events_topic, dlq_topic)
     return _layer
 
 

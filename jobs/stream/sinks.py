@@ -14,20 +14,49 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from fstore import raw_log
 from fstore.core.events import Event
 from fstore.core.features import FeatureView
-from fstore.speed_lua import APPLY_TILES, Subgroup, group_events, plan_calls
+from fstore.speed_lua import APPLY_TILES, APPLY_TILES_SHA, ScriptCall, Subgroup, group_events, plan_calls
 
 log = logging.getLogger(__name__)
 
 MAX_ROUNDS = 20
 
 
+class TilePlan:
+    """A batch's tile updates, packed for Redis ahead of time (:meth:`TileWriter.plan`).
+
+    Holds what is still to apply (the subgroups), the script calls of the next round with their request
+    bytes, and the event_ids found to be duplicates so far; :meth:`TileWriter.send` advances it round by
+    round, so sending the same plan again after a failure resumes where it stopped.
+    """
+
+    __slots__ = ("calls", "packed", "pending", "sent", "skipped")
+
+    def __init__(self, pending: list[Subgroup]) -> None:
+        self.pending = pending
+        self.calls: list[ScriptCall] = []
+        self.packed = b""
+        self.skipped: set[str] = set()
+        self.sent = False  # the first round's request has been written (or there was nothing to send)
+
+    def mark_sent(self, on_sent: Callable[[], None] | None) -> None:
+        """Record that the first request is out; call ``on_sent`` the first time only."""
+        if not self.sent:
+            self.sent = True
+            if on_sent is not None:
+                on_sent()
+
+
 class TileWriter:
     """Applies batches of candidate events to the speed tiles, skipping event_ids already counted.
+
+    Each round is one pipelined request of ``EVALSHA`` calls written straight to a pooled connection:
+    the request bytes are built by :meth:`ScriptCall.packed` (in :meth:`plan`, which the worker runs
+    while Redis still works on the previous batch) instead of redis-py's per-argument packing.
 
     Args:
         client: a ``redis.asyncio`` client (``decode_responses=False``).
@@ -43,46 +72,82 @@ class TileWriter:
         self.client, self.views = client, tuple(views)
         self.marker_ttl, self.tile_ttl = marker_ttl, tile_ttl
         self.cluster, self.chunk = cluster, chunk
-        self._sha: str | None = None
 
-    async def _load(self) -> str:
-        self._sha = str(await self.client.script_load(APPLY_TILES))
-        return self._sha
+    def plan(self, events: Sequence[Event]) -> TilePlan:
+        """Pre-aggregate events (unique by event_id) and pack the first round (pure CPU, no I/O)."""
+        plan = TilePlan(list(group_events(self.views, events).values()))
+        self._pack(plan)
+        return plan
+
+    def _pack(self, plan: TilePlan) -> None:
+        plan.calls = list(plan_calls(plan.pending, self.marker_ttl, self.tile_ttl, cluster=self.cluster,
+                                     chunk=self.chunk))
+        plan.packed = b"".join([c.packed() for c in plan.calls])
 
     async def apply(self, events: Sequence[Event]) -> set[str]:
-        """Apply events (unique by event_id within the call) and return the event_ids skipped as duplicates.
+        """Apply events (unique by event_id within the call) and return the event_ids skipped as duplicates."""
+        return await self.send(self.plan(events))
+
+    async def send(self, plan: TilePlan, on_sent: Callable[[], None] | None = None) -> set[str]:
+        """Apply a plan and return the event_ids skipped as duplicates.
 
         Safe to repeat after any failure: a subgroup is applied with its markers atomically, so a retry
-        reports what already landed as duplicates instead of counting it twice.
+        reports what already landed as duplicates instead of counting it twice. ``on_sent`` is called
+        once, as soon as the plan's first request is written or at once if there is nothing to send (the
+        caller may then start on other work).
         """
-        pending: list[Subgroup] = list(group_events(self.views, events).values())
-        skipped: set[str] = set()
+        if not plan.pending:
+            plan.mark_sent(on_sent)
         for _ in range(MAX_ROUNDS):
-            if not pending:
-                return skipped
-            calls = list(plan_calls(pending, self.marker_ttl, self.tile_ttl, cluster=self.cluster,
-                                    chunk=self.chunk))
-            sha = self._sha or await self._load()
-            pipe = self.client.pipeline(transaction=False)
-            for c in calls:
-                pipe.evalsha(sha, len(c.keys), *c.keys, *c.argv)
+            if not plan.pending:
+                return plan.skipped
             try:
-                replies = await pipe.execute()
-            except NoScriptError:  # Redis restarted or flushed its script cache: load and redo the round
-                await self._load()
+                replies = await self._round(plan, on_sent)
+            except NoScriptError:  # first use, or Redis restarted / flushed its scripts: load, redo the round
+                sha = await self.client.script_load(APPLY_TILES)
+                sha = sha.decode() if isinstance(sha, bytes) else str(sha)
+                if sha != APPLY_TILES_SHA:
+                    raise RuntimeError(f"Redis named the tile script {sha}, expected {APPLY_TILES_SHA}") from None
                 continue
             retry: dict[int, tuple[Subgroup, set[str]]] = {}
-            for call, reply in zip(calls, replies, strict=True):
+            for call, reply in zip(plan.calls, replies, strict=True):
                 for idx in reply:
                     sub, event_id = call.owner(int(idx))
                     retry.setdefault(id(sub), (sub, set()))[1].add(event_id)
-            pending = []
+            plan.pending = []
             for sub, drop in retry.values():
-                skipped |= drop
+                plan.skipped |= drop
                 sub.rebuild(drop)
                 if sub.events:
-                    pending.append(sub)
+                    plan.pending.append(sub)
+            if plan.pending:
+                self._pack(plan)
         raise RuntimeError(f"speed tiles: duplicates still reported after {MAX_ROUNDS} rounds")
+
+    async def _round(self, plan: TilePlan, on_sent: Callable[[], None] | None) -> list[Any]:
+        """Send the plan's packed calls in one write and read every reply (the first error is raised
+        once all replies are read, so the connection stays in step; anything else drops the connection)."""
+        pool = self.client.connection_pool
+        conn = await pool.get_connection()
+        try:
+            await conn.send_packed_command(plan.packed)
+            plan.mark_sent(on_sent)
+            replies: list[Any] = []
+            error: ResponseError | None = None
+            for _ in plan.calls:
+                try:
+                    replies.append(await conn.read_response())
+                except ResponseError as exc:
+                    error = error or exc
+                    replies.append(exc)
+        except BaseException:
+            await conn.disconnect(nowait=True)
+            raise
+        finally:
+            await pool.release(conn)
+        if error is not None:
+            raise error
+        return replies
 
 
 class RawSink:
@@ -122,6 +187,11 @@ class RawSink:
         self._hashes += hashes
         self._at += ingested_at
         self._tokens += tokens
+
+    def warm(self) -> None:
+        """Build a one-row table once, so the first real flush does not pay for lazy imports (pyarrow
+        loads pandas on its first timestamp cast: most of a second of CPU, in the middle of the stream)."""
+        raw_log.events_table([Event("warm-up", "page_view", "warm-up", None, 0, None, 1, None)], ["0"], [0])
 
     def due(self) -> bool:
         """Whether the buffer reached its size or age bound."""

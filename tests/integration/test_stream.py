@@ -271,6 +271,41 @@ def test_tiles_dlq_and_raw_log_are_exact(kafka_broker: Broker, redis_client: red
     assert abs(beat.committed_at - time.time_ns() // 1000) < 300 * SECOND
 
 
+def test_tile_writer_rounds_script_flush_and_replay(redis_server: RedisServer, redis_client: redis.Redis) -> None:
+    """The tile writer alone on a real Redis: batches cut across sessions (so subgroups hit markers that
+    exist and go round again), the script cache flushed in between (NOSCRIPT, reload), whole replays."""
+    import asyncio
+    from functools import partial
+
+    import redis.asyncio as aredis
+
+    from jobs.stream.sinks import TileWriter
+
+    traffic = make_traffic(12_000, seed=14, users=300, products=40)
+    events = [e for e in traffic.first_copies]
+    batches = [events[i:i + 1_500] for i in range(0, len(events), 1_000)]  # overlapping: 500 repeats each
+
+    async def run() -> int:
+        client = aredis.Redis.from_url(redis_server.url, socket_timeout=10)
+        writer = TileWriter(client, list(VIEWS.values()), 8 * 86400, 8 * 86400, chunk=700)
+        skipped = 0
+        try:
+            for i, batch in enumerate(batches):
+                if i % 3 == 1:
+                    await client.script_flush()
+                sent: list[int] = []
+                skipped += len(await writer.send(writer.plan(batch), on_sent=partial(sent.append, 1)))
+                assert sent == [1]
+            assert await writer.apply(events[:2_000]) == {e.event_id for e in events[:2_000]}
+        finally:
+            await client.aclose()
+        return skipped
+
+    skipped = asyncio.run(run())
+    assert skipped == sum(len(b) for b in batches) - len(events)
+    assert_tiles_exact(redis_client, traffic)
+
+
 def test_kill_9_mid_run_then_restart_keeps_tiles_exact(kafka_broker: Broker, redis_client: redis.Redis,
                                                        worker_factory: Factory, tmp_path: Path) -> None:
     traffic = make_traffic(200_000, seed=12, users=20_000, products=1_000)

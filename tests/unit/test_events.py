@@ -129,3 +129,39 @@ def test_first_ingested_wins_then_smaller_hash() -> None:
     assert win["e2"].event.event_id == "e2"
     brute = bruteforce.dedupe((x.ingested_at, x.payload_hash, x.event) for x in copies)
     assert sorted(e.quantity for e in brute) == sorted(x.event.quantity for x in win.values())
+
+
+EDGES = [
+    msg(), msg(price=3), msg(price=0), msg(price=-0.0), msg(price=10**300), msg(price=2**1023),
+    msg(price=True), msg(quantity=True), msg(quantity=2**70), msg(event_time=0), msg(event_time=1.5),
+    msg(event_time=10**400 // 10**380), msg(event_time=253402300799999), msg(event_time=253402300800000),
+    msg(event_time="0001-01-01T00:00:00+00:01"), msg(event_time="9999-12-31T23:59:59.999999-00:01"),
+    msg(event_time="2026-11-21T11:00:00.5+01:00"), msg(event_time="2026-11-21"),
+    msg(event_type="page_view", product_id=None), msg(event_type="click", product_id=None, price=None),
+    msg(event_id="a" * 128), msg(event_id="a" * 129), msg(user_id="a/b"), msg(product_id="p/1/2"),
+    msg(event_id="x/y", product_id=DROP, event_type="page_view"), msg(session_id=None), msg(session_id=["s"]),
+]
+
+
+def test_fast_path_agrees_with_validate() -> None:
+    """``parse`` tries a fast path first; it may only ever return what ``validate`` returns."""
+    from fstore.core.events import _accept, validate
+    from fstore.core.generator import GeneratorConfig, generate
+
+    cfg = GeneratorConfig(start=NOW - 60 * 60 * MINUTE, end=NOW, events=3_000, users=50, products=20,
+                          duplicate_rate=0.05, malformed_rate=0.3, late_rate=0.1, pii_rate=0.1, epoch_ms_rate=0.3)
+    generated = [v for b in generate(cfg, 7, dumps=orjson.dumps) for v in b.values]
+    fast = 0
+    for raw in [r for r, _ in REJECTIONS] + EDGES + generated:
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            continue
+        if not isinstance(obj, dict):
+            continue
+        got = _accept(obj, NOW)
+        if got is not None:
+            fast += 1
+            assert got == validate(obj, NOW), raw
+            assert [type(x) for x in got] == [type(x) for x in validate(obj, NOW)], raw  # type: ignore[union-attr]
+    assert fast > 1_500  # the common case does take the fast path

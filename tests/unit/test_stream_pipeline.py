@@ -6,13 +6,14 @@ import json
 
 import orjson
 import pytest
+from redis.asyncio.connection import Connection
 
 from fstore.core.events import Event
 from fstore.core.features import PRODUCT_ENGAGEMENT, USER_ACTIVITY
 from fstore.core.tiles import build_tiles
 from fstore.core.timeutil import HOUR, MINUTE
 from fstore.redis_layout import partial_fields, speed_key
-from fstore.speed_lua import group_events, plan_calls
+from fstore.speed_lua import APPLY_TILES_SHA, group_events, plan_calls
 from jobs.stream.pipeline import prepare
 
 pytestmark = pytest.mark.unit
@@ -95,7 +96,8 @@ def test_script_payload_keys_fields_and_marker_owners() -> None:
                     stats = tuple(float(prefix[f]) for f in sorted(prefix))  # c, n, s, x
                     want[(key, next(iter(prefix))[:-2])] = stats
             got: dict[tuple[str, str], tuple[float, ...]] = {}
-            for _ in range(nd):
+            end = a + nd  # nd counts array slots: 3 per count-style delta, 6 per other
+            while a < end:
                 i = data[a]
                 if i < 0:  # count-style: sum = count, min = max = 1
                     n = data[a + 2]
@@ -105,7 +107,7 @@ def test_script_payload_keys_fields_and_marker_owners() -> None:
                     n, s, lo, hi = data[a + 2:a + 6]
                     got[(hashes[i], data[a + 1])] = (n, float(lo), float(s), float(hi))
                     a += 6
-            assert got == want
+            assert a == end and got == want
             k += nm + nk
         assert a == len(data) and k == len(call.keys)
 
@@ -127,3 +129,13 @@ def test_observe_many_matches_observe() -> None:
     other = {(s.name, tuple(s.labels.items())): s.value
              for m in reg.collect() if m.name == "many" for s in m.samples if not s.name.endswith("_created")}
     assert samples == other
+
+
+def test_packed_call_is_what_redis_py_sends() -> None:
+    events = [Event(f"e{i}", "purchase", f"u{i % 3}", "p1", NOW - i * MINUTE, 2.5 * i, 1, None) for i in range(9)]
+    events.append(Event("é-1", "click", "ü", "p1", NOW, None, 1, None))  # non-ASCII: bytes, not characters
+    groups = group_events([USER_ACTIVITY, PRODUCT_ENGAGEMENT], events)
+    conn = Connection()
+    for call in plan_calls(list(groups.values()), 100, 200, cluster=False, chunk=4):
+        want = b"".join(conn.pack_command("EVALSHA", APPLY_TILES_SHA, len(call.keys), *call.keys, *call.argv))
+        assert call.packed() == want
