@@ -12,8 +12,9 @@
    concurrency 1 and 32. A minimal keep-alive HTTP/1.1 client keeps the load generator cheap. Each phase
    is bounded by ``--phase-seconds`` and a request count.
 
-Prints one JSON object: per server and phase p50/p99 (ms) and requests/s, the ratios fstore/Feast, and the
-targets (single-entity p99 ≤ 5 ms at concurrency 1; ≥ 3× Feast's requests/s).
+Prints one JSON object: per server and phase p50/p99 (ms), requests/s and the server's CPU ms per request
+(its process tree, from ``/proc``: on a shared machine this moves far less than requests/s), the ratios
+fstore/Feast, and the targets (single-entity p99 ≤ 5 ms at concurrency 1; ≥ 3× Feast's requests/s).
 
 ``--speed-hours H`` puts the cutover H hours back (hour-aligned) instead of at today 00:00 UTC, so the speed
 view holds H hours of tiles whatever the time of day the bench runs (just after midnight it would hold
@@ -97,8 +98,8 @@ def load_tiles(client: redis.Redis, events: list[Event], cutover: int) -> int:
 # -- servers ----------------------------------------------------------------------------------------------
 
 @contextmanager
-def server(cmd: list[str], port: int, cwd: Path, env: dict[str, str], log: Path) -> Iterator[str]:
-    """Run a server subprocess until its port answers; yields its base URL; stops it on exit."""
+def server(cmd: list[str], port: int, cwd: Path, env: dict[str, str], log: Path) -> Iterator[tuple[str, int]]:
+    """Run a server subprocess until its port answers; yields its base URL and pid; stops it on exit."""
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://{HOST}:{port}"
@@ -114,7 +115,7 @@ def server(cmd: list[str], port: int, cwd: Path, env: dict[str, str], log: Path)
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{cmd} did not start: {log.read_text()[-2000:]}") from None
                 time.sleep(0.2)
-        yield base
+        yield base, proc.pid
     finally:
         proc.terminate()
         try:
@@ -217,7 +218,7 @@ async def _run(port: int, make: Maker, concurrency: int, max_requests: int,
         finally:
             writer.close()
 
-    for i in range(20):  # warm-up on one connection
+    for i in range(WARMUP):  # on one connection
         r, w = await asyncio.open_connection(HOST, port)
         await _exchange(r, w, make(i))
         w.close()
@@ -259,19 +260,51 @@ def feast_requests(sample: list[str], batches: list[list[str]],
     return single, batch
 
 
+WARMUP = 20  # requests before each measured phase
+
 PHASES = {"single_c1": (False, 1, 20_000), "single_c32": (False, 32, 200_000),
           "batch100_c1": (True, 1, 5_000), "batch100_c32": (True, 32, 50_000)}
 
 
-def phases(targets: dict[str, tuple[int, Maker, Maker]],
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` and its descendants (Linux ``/proc``; else ``None``)."""
+    try:
+        pids = [d for d in os.listdir("/proc") if d.isdigit()]
+    except OSError:
+        return None
+    procs: dict[int, tuple[int, int]] = {}  # pid -> (parent pid, utime + stime in clock ticks)
+    for d in pids:
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue  # exited meanwhile
+        fields = stat[stat.rindex(")") + 2:].split()  # from field 3 (state) on
+        procs[int(d)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    tree, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        tree.add(p)
+        todo.extend(c for c, (parent, _) in procs.items() if parent == p and c not in tree)
+    return sum(procs[p][1] for p in tree if p in procs) / os.sysconf("SC_CLK_TCK")
+
+
+def phases(targets: dict[str, tuple[int, int, Maker, Maker]],
            seconds: float) -> dict[str, dict[str, Any]]:
     """Every phase against every server, interleaved (fstore, Feast, fstore, ...) so that a change in
-    background load during the run hits both sides alike; each result records the 1-minute load average."""
+    background load during the run hits both sides alike; each result records the 1-minute load average
+    and the server's CPU milliseconds per request (its process tree), which background load changes far
+    less than requests/s."""
     out: dict[str, dict[str, Any]] = {name: {} for name in targets}
     for phase, (is_batch, concurrency, cap) in PHASES.items():
-        for name, (port, single, batch) in targets.items():
+        for name, (port, pid, single, batch) in targets.items():
+            cpu = cpu_seconds(pid)
             res = asyncio.run(_run(port, batch if is_batch else single, concurrency, cap, seconds))
-            out[name][phase] = {**res, "loadavg_1m": round(os.getloadavg()[0], 2)}
+            used = cpu_seconds(pid)
+            per_request = (None if cpu is None or used is None
+                           else round((used - cpu) * 1000 / (res["requests"] + WARMUP), 3))
+            out[name][phase] = {**res, "server_cpu_ms_per_request": per_request,
+                                "loadavg_1m": round(os.getloadavg()[0], 2)}
     return out
 
 
@@ -315,13 +348,13 @@ def main() -> None:
         fstore_cmd = [str(BIN / "fstore"), "serve", "--host", HOST, "--port", str(fport), "--workers", "1"]
         feast_cmd = [str(BIN / "feast"), "serve", "-h", HOST, "-p", str(gport), "-w", "1", "--no-access-log",
                      "--max-requests", "10000000"]
-        with server(fstore_cmd, fport, ROOT, env, tmp / "fstore.log") as fbase:
+        with server(fstore_cmd, fport, ROOT, env, tmp / "fstore.log") as (fbase, fpid):
             values = final_values(fbase, {"user_id": users, "product_id": products})
             t = time.perf_counter()
             repo = feast_repo(tmp, rs.port or 0)
             materialize(repo, values)
             report["feast_materialize_s"] = round(time.perf_counter() - t, 1)
-            with server(feast_cmd, gport, repo, env, tmp / "feast.log") as gbase:
+            with server(feast_cmd, gport, repo, env, tmp / "feast.log") as (gbase, gpid):
                 check = httpx.post(f"{gbase}/get-online-features", timeout=30,
                                    json={"features": feats, "entities": {"user_id": users[:50]}}).json()
                 got = check["results"][check["metadata"]["feature_names"].index("clicks_24h")]["values"]
@@ -329,10 +362,13 @@ def main() -> None:
                 report["feast_values_match_fstore"] = [int(g) for g in got] == [int(w) for w in want]
                 fsingle, fbatch = fstore_requests(sample, batches)
                 gsingle, gbatch = feast_requests(sample, batches, feats)
-                report.update(phases({"fstore": (fport, fsingle, fbatch), "feast": (gport, gsingle, gbatch)},
-                                     args.phase_seconds))
+                targets = {"fstore": (fport, fpid, fsingle, fbatch), "feast": (gport, gpid, gsingle, gbatch)}
+                report.update(phases(targets, args.phase_seconds))
     f, g = report["fstore"], report["feast"]
     report["ratio_rps_fstore_over_feast"] = {k: round(f[k]["rps"] / g[k]["rps"], 2) for k in f}
+    report["ratio_cpu_per_request_feast_over_fstore"] = {
+        k: round(g[k]["server_cpu_ms_per_request"] / f[k]["server_cpu_ms_per_request"], 2) for k in f
+        if g[k]["server_cpu_ms_per_request"] and f[k]["server_cpu_ms_per_request"]}
     report["targets"] = {
         "single_c1_p99_le_5ms": f["single_c1"]["p99_ms"] <= 5.0,
         "rps_ge_3x_feast": {k: v >= 3.0 for k, v in report["ratio_rps_fstore_over_feast"].items()},

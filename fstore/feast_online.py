@@ -10,8 +10,9 @@ Configure it in ``feature_store.yaml``::
 ``FeatureStore("feature_repo").get_online_features(features=[...], entity_rows=[...])`` then returns, for
 each entity, the lambda merge of :mod:`fstore.online` (batch tiles before the cutover C, speed tiles from C
 on) evaluated at ``as_of`` = now — the values ``GET /features`` returns. The row's event timestamp is that
-``as_of``. Nothing here re-implements the merge: reads go through :func:`fstore.online.keys_for` and
-:func:`fstore.online.merge` (sync path) or :class:`fstore.online.OnlineReader` (async path).
+``as_of``. Nothing here re-implements the merge or the pointer re-check: reads go through
+:class:`fstore.online.SyncOnlineReader` (sync path) or :class:`fstore.online.OnlineReader` (async path),
+both driving :class:`fstore.online.ReadCore`, and keep its batch tile cache across calls.
 
 Writes: fstore's stream and batch jobs own the online view, and a Feast row holds *final* values while
 fstore stores *partial aggregates* in tiles, so there is nothing meaningful to write. ``online_write_batch``
@@ -42,15 +43,12 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.repo_config import FeastConfigBaseModel, RepoConfig
 from pydantic import Field
-from redis.exceptions import RedisError
 
 from fstore.core.aggregates import Value
 from fstore.core.features import FeatureView, get_view
-from fstore.online import Clock, EntityRead, OnlineReader, ReadResult, keys_for, merge, wall_clock
-from fstore.redis_layout import POINTER_KEY, BatchPointer
+from fstore.online import Clock, EntityRead, OnlineReader, ReadResult, SyncOnlineReader, wall_clock
 
 ReadRow = tuple[datetime | None, dict[str, ValueProto] | None]
-MAX_POINTER_RETRIES = 5
 
 
 class FstoreReadOnlyError(RuntimeError):
@@ -119,9 +117,8 @@ class FstoreOnlineStore(OnlineStore):
 
     def __init__(self) -> None:
         self.clock: Clock = wall_clock
-        self._client: redis.Redis | None = None
-        self._client_url: str | None = None
-        self._pointer: BatchPointer | None = None
+        self._reader: SyncOnlineReader | None = None
+        self._reader_url: str | None = None
         # One async reader per event loop (a redis.asyncio client is bound to its loop); weak keys, so a
         # closed loop (e.g. after asyncio.run) drops its reader instead of handing it to a new loop.
         self._readers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[str, OnlineReader]] = (
@@ -134,14 +131,15 @@ class FstoreOnlineStore(OnlineStore):
 
     # -- reads ---------------------------------------------------------------------------------------
 
-    def _sync_client(self, config: RepoConfig) -> redis.Redis:
+    def _sync_reader(self, config: RepoConfig) -> SyncOnlineReader:
         url = redis_url_of(config)
-        if self._client is None or self._client_url != url:
+        if self._reader is None or self._reader_url != url:
             timeout = getattr(config.online_store, "timeout_ms", 300) / 1000
-            self._client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
-                                                retry_on_timeout=False)
-            self._client_url = url
-        return self._client
+            client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
+                                          retry_on_timeout=False)
+            self._reader = SyncOnlineReader(client, lambda: self.clock())
+            self._reader_url = url
+        return self._reader
 
     def _reads(self, table: FeastFeatureView, entity_keys: Sequence[EntityKeyProto],
                requested_features: Sequence[str] | None) -> tuple[FeatureView, list[EntityRead]]:
@@ -169,29 +167,8 @@ class FstoreOnlineStore(OnlineStore):
             redis.exceptions.RedisError: Redis unreachable (after ``timeout_ms``) or the pointer kept moving.
         """
         view, reads = self._reads(table, entity_keys, requested_features)
-        client = self._sync_client(config)
-        as_of = self.clock()
-        pointer = self._pointer  # cached; the first read (or a cutover) costs one extra round trip
-        for _ in range(MAX_POINTER_RETRIES + 1):
-            pipe = client.pipeline(transaction=False)
-            pipe.get(POINTER_KEY)
-            layout = []
-            for r in reads:
-                keys = keys_for(r, pointer, as_of)
-                layout.append(len(keys))
-                for k in keys:
-                    pipe.hgetall(k)
-            out = pipe.execute()
-            current = BatchPointer.loads(out[0])
-            if current != pointer:
-                pointer = self._pointer = current  # the batch view moved: read again with the new one
-                continue
-            results, pos = [], 1
-            for r, n in zip(reads, layout, strict=True):
-                results.append(merge(r, pointer, out[pos:pos + n], as_of))
-                pos += n
-            return _rows(view, results, as_of)
-        raise RedisError("the batch view pointer changed five times during one read")
+        snap = self._sync_reader(config).read(reads)
+        return _rows(view, snap.results, snap.as_of)
 
     async def online_read_async(
         self,
@@ -259,9 +236,10 @@ class FstoreOnlineStore(OnlineStore):
 
     async def close(self) -> None:
         """Close the Redis clients."""
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        if self._reader is not None:
+            self._reader.client.close()
+            self._reader = None
         entry = self._readers.pop(asyncio.get_running_loop(), None)
         if entry is not None:
+            await entry[1].aclose()
             await entry[1].client.aclose()

@@ -4,18 +4,23 @@ Run with ``fstore serve`` (uvicorn). Routes: ``GET/POST /features``, ``GET /heal
 OpenAPI at ``/docs``. When ``FSTORE_API_KEY`` is set every route but ``/health`` needs header
 ``X-API-Key``.
 
-Hot path: async dependencies only (no thread-pool hop), metrics in a pure ASGI middleware (no
-``BaseHTTPMiddleware`` task and stream), and ``/features`` returns orjson bytes built from plain dicts
-(:func:`services.online_api.logic.shape`); ``response_model`` still documents the body in OpenAPI, but a
-returned :class:`~fastapi.Response` is not re-validated.
+Hot path: ``GET`` and ``POST /features`` are answered by a pure ASGI fast path
+(:class:`FastPathMiddleware`) whenever the request is one the route would accept unchanged; anything else
+(a missing or wrong API key, a missing parameter, a body to validate) goes to the FastAPI route, which
+answers with its own statuses and bodies. Async dependencies only (no thread-pool hop), metrics in a pure
+ASGI middleware (no ``BaseHTTPMiddleware`` task and stream), and ``/features`` returns orjson bytes built
+from plain dicts (:func:`services.online_api.logic.shape`); ``response_model`` still documents the body
+in OpenAPI, but a returned :class:`~fastapi.Response` is not re-validated.
 """
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
+from urllib.parse import parse_qsl
 
 import orjson
 import redis.asyncio as aioredis
@@ -24,7 +29,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from redis.exceptions import RedisError
-from starlette.datastructures import Headers, QueryParams
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fstore.core.timeutil import iso
@@ -94,22 +99,86 @@ class MetricsMiddleware:
                                  time.perf_counter() - start)
 
 
-class FastPathMiddleware:
-    """Pure ASGI: hands ``method path`` requests to ``handler``, which answers and returns ``True`` or
-    declines (``False``, nothing sent) so that the app handles the request as usual."""
+# fstore exports Prometheus metrics (/metrics). FastAPI's native OpenTelemetry hooks (FastAPI >= 0.16x) would
+# look up the global OTel providers on every request; they are turned off where FastAPI has them.
+NO_OTEL: dict[str, Any] = ({"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+                           if "telemetry" in inspect.signature(FastAPI).parameters else {})
 
-    def __init__(self, app: ASGIApp, method: str, path: str,
-                 handler: Callable[[Scope, Receive, Send], Awaitable[bool]]) -> None:
+Handler = Callable[[Scope, Receive, Send], Awaitable[Receive | None]]
+
+
+class FastPathMiddleware:
+    """Pure ASGI: hands requests for ``path`` to the handler of their method, which answers and returns
+    ``None``, or declines (nothing sent) and returns the ``receive`` for the app (the original one, or one
+    replaying the body it read), so that the app handles the request as usual."""
+
+    def __init__(self, app: ASGIApp, path: str, handlers: dict[str, Handler]) -> None:
         self.app = app
-        self.method = method
         self.path = path
-        self.handler = handler
+        self.handlers = handlers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (scope["type"] == "http" and scope["path"] == self.path and scope["method"] == self.method
-                and not scope.get("root_path") and await self.handler(scope, receive, send)):
-            return
+        if scope["type"] == "http" and scope["path"] == self.path and not scope.get("root_path"):
+            handler = self.handlers.get(scope["method"])
+            if handler is not None:
+                rest = await handler(scope, receive, send)
+                if rest is None:
+                    return
+                receive = rest
         await self.app(scope, receive, send)
+
+
+async def read_body(receive: Receive) -> tuple[bytes | None, Receive]:
+    """The whole request body (``None`` if the client went away) and a ``receive`` that replays it."""
+    messages: list[Message] = []
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request":
+            body = None
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            body = b"".join(chunks)
+            break
+    pending = iter(messages)
+
+    async def replay() -> Message:
+        return next(pending, None) or await receive()
+
+    return body, replay
+
+
+def features_body(body: bytes, content_type: str | None) -> tuple[list[dict[str, str]], list[str]] | None:
+    """``(entities, features)`` of a POST /features body that FastAPI would accept as it is, else ``None``
+    (then FastAPI parses and validates it, with its own errors)."""
+    if content_type is not None and content_type.partition(";")[0].strip().lower() != "application/json":
+        return None
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if type(obj) is not dict or obj.keys() != {"entities", "features"}:
+        return None
+    entities, features = obj["entities"], obj["features"]
+    if (type(entities) is not list or type(features) is not list
+            or not all(type(f) is str for f in features)
+            or not all(type(r) is dict and all(type(v) is str for v in r.values()) for r in entities)):
+        return None
+    return entities, features
+
+
+async def send_json(send: Send, body: bytes, status: int = 200) -> None:
+    """Send a complete JSON response (the headers :class:`~fastapi.Response` would send)."""
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-length", b"%d" % len(body)), (b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def empty_receive() -> Message:
+    """A ``receive`` for responses sent after the request body was read."""
+    return {"type": "http.disconnect"}
 
 
 def json_response(body: Any, status_code: int = 200) -> Response:
@@ -136,10 +205,11 @@ def create_app(settings: ApiSettings | None = None, clock: Clock = wall_clock) -
         app.state.client = client
         app.state.settings = cfg
         yield
+        await app.state.reader.aclose()
         await client.aclose()
 
     app = FastAPI(title="fstore online API", version="0.1.0", lifespan=lifespan,
-                  description="Merged batch + speed feature values (DESIGN.md §4-§5).")
+                  description="Merged batch + speed feature values (DESIGN.md §4-§5).", **NO_OTEL)
 
     def client_error(exc: RequestError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=exc.status)
@@ -149,31 +219,52 @@ def create_app(settings: ApiSettings | None = None, clock: Clock = wall_clock) -
         return JSONResponse({"detail": f"the online store (Redis) is unreachable: {type(exc).__name__}; "
                                        "retry later"}, status_code=503)
 
-    async def fast_get_features(scope: Scope, receive: Receive, send: Send) -> bool:
+    async def answer(scope: Scope, send: Send, route: object, rows: list[dict[str, str]],
+                     features: list[str]) -> None:
+        """Read and send ``/features`` (same body, same errors as the routes' handlers below)."""
+        scope["route"] = route  # the metrics label, as the router would set it
+        try:
+            body = await read_features(scope["app"].state.reader, rows, features, cfg.api_max_entities)
+        except RequestError as exc:
+            await client_error(exc)(scope, empty_receive, send)
+        except RedisError as exc:
+            await redis_unavailable(exc)(scope, empty_receive, send)
+        else:
+            await send_json(send, orjson.dumps(body))
+
+    def key_passes(scope: Scope) -> bool:
+        return cfg.api_key is None or key_ok(cfg, Headers(scope=scope).get("x-api-key"))
+
+    async def fast_get_features(scope: Scope, receive: Receive, send: Send) -> Receive | None:
         """``GET /features`` without FastAPI's per-request parameter solving (about half the CPU of a
         request). Answers only when FastAPI would reach the handler: the API key passes and ``features`` is
-        given; otherwise returns ``False`` and the route answers (401, 422 as documented). Same body, same
-        errors (the shared handlers below), same metrics route label."""
-        if not key_ok(cfg, Headers(scope=scope).get("x-api-key")):
-            return False
-        params = QueryParams(scope["query_string"])
-        features = params.getlist("features")
+        given; otherwise declines and the route answers (401, 422 as documented)."""
+        if not key_passes(scope):
+            return receive
+        # what starlette's QueryParams does (the last value of a repeated key wins), without the multidict
+        params = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+        features = [v for k, v in params if k == "features"]
         if not features:
-            return False
-        scope["route"] = get_route  # the metrics label, as the router would set it
-        row = {k: v for k, v in params.items() if k != "features"}
-        try:
-            response = json_response(await read_features(scope["app"].state.reader, [row], features,
-                                                         cfg.api_max_entities))
-        except RequestError as exc:
-            response = client_error(exc)
-        except RedisError as exc:
-            response = redis_unavailable(exc)
-        await response(scope, receive, send)
-        return True
+            return receive
+        await answer(scope, send, get_route, [{k: v for k, v in params if k != "features"}], features)
+        return None
 
-    app.add_middleware(FastPathMiddleware, method="GET", path="/features", handler=fast_get_features)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: also counts the fast path
+    async def fast_post_features(scope: Scope, receive: Receive, send: Send) -> Receive | None:
+        """``POST /features`` without FastAPI's body parsing, validation and parameter solving. Answers
+        only when the API key passes and the body is exactly what the route accepts
+        (:func:`features_body`); otherwise the route answers, from a replay of the body."""
+        if not key_passes(scope):
+            return receive
+        body, replay = await read_body(receive)
+        parsed = None if body is None else features_body(body, Headers(scope=scope).get("content-type"))
+        if parsed is None:
+            return replay
+        await answer(scope, send, post_route, *parsed)
+        return None
+
+    app.add_middleware(FastPathMiddleware, path="/features",
+                       handlers={"GET": fast_get_features, "POST": fast_post_features})
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: also counts the fast paths
 
     @app.exception_handler(RequestError)
     async def request_error(_: Request, exc: RequestError) -> JSONResponse:
@@ -233,6 +324,6 @@ def create_app(settings: ApiSettings | None = None, clock: Clock = wall_clock) -
         """Prometheus metrics of this process."""
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    get_route = next(r for r in app.routes if getattr(r, "path", None) == "/features"
-                     and "GET" in getattr(r, "methods", ()))
+    get_route, post_route = (next(r for r in app.routes if getattr(r, "path", None) == "/features"
+                                  and method in getattr(r, "methods", ())) for method in ("GET", "POST"))
     return app

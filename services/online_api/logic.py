@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from typing import Any
 
 from fstore.core.features import ENTITIES, Feature, FeatureView, resolve
@@ -37,7 +38,25 @@ def parse_refs(features: Sequence[str]) -> list[tuple[FeatureView, Feature]]:
         raise RequestError(404, str(exc.args[0])) from None
 
 
-def entity_reads(row: Mapping[str, str], refs: list[tuple[FeatureView, Feature]]) -> list[EntityRead]:
+ViewPlan = tuple[tuple[FeatureView, tuple[str, ...], tuple[str, ...]], ...]  # view, names, `view:name`s
+
+
+@lru_cache(maxsize=256)
+def view_plan(features: tuple[str, ...]) -> ViewPlan:
+    """The requested features grouped per view, in request order, with their response keys (memoised:
+    clients repeat the same feature lists).
+
+    Raises:
+        RequestError: as :func:`parse_refs`.
+    """
+    by_view: dict[str, tuple[FeatureView, list[str]]] = {}
+    for view, f in parse_refs(features):
+        by_view.setdefault(view.name, (view, []))[1].append(f.name)
+    return tuple((view, tuple(names), tuple(f"{view.name}:{n}" for n in names))
+                 for view, names in by_view.values())
+
+
+def entity_reads(row: Mapping[str, str], plan: ViewPlan) -> list[EntityRead]:
     """One read per view for an entity row.
 
     Raises:
@@ -48,15 +67,12 @@ def entity_reads(row: Mapping[str, str], refs: list[tuple[FeatureView, Feature]]
             raise RequestError(422, f"unknown entity key '{key}' (known: {', '.join(JOIN_KEYS)})")
         if not isinstance(value, str) or not _ID.fullmatch(value):
             raise RequestError(422, f"entity key {key}={value!r} is not 1-128 characters of [A-Za-z0-9_.:-]")
-    by_view: dict[str, tuple[FeatureView, list[str]]] = {}
-    for view, f in refs:
-        by_view.setdefault(view.name, (view, []))[1].append(f.name)
     reads = []
-    for view, names in by_view.values():
+    for view, names, _ in plan:
         key = view.entity.join_key
         if key not in row:
             raise RequestError(422, f"feature view '{view.name}' needs entity key '{key}'")
-        reads.append(EntityRead(view, row[key], tuple(names)))
+        reads.append(EntityRead(view, row[key], names))
     return reads
 
 
@@ -68,29 +84,26 @@ async def read_features(reader: OnlineReader, rows: Sequence[Mapping[str, str]],
                                 "(FSTORE_API_MAX_ENTITIES)")
     if not rows:
         raise RequestError(422, "no entities given")
-    refs = parse_refs(features)
-    plan = [entity_reads(row, refs) for row in rows]
-    snap = await reader.read([r for reads in plan for r in reads])
-    return shape(snap, rows, plan)
+    plan = view_plan(tuple(features))
+    reads = [r for row in rows for r in entity_reads(row, plan)]
+    return shape(await reader.read(reads), rows, plan)
 
 
-def shape(snap: Snapshot, rows: Sequence[Mapping[str, str]], plan: list[list[EntityRead]]) -> dict[str, Any]:
-    """Turn a snapshot into the JSON-able body of :class:`~services.online_api.schemas.FeaturesResponse`
-    (values keyed ``view:feature``); plain dicts, same fields and order as the model."""
+def shape(snap: Snapshot, rows: Sequence[Mapping[str, str]], plan: ViewPlan) -> dict[str, Any]:
+    """Turn a snapshot (results row by row, view by view in ``plan`` order) into the JSON-able body of
+    :class:`~services.online_api.schemas.FeaturesResponse` (values keyed ``view:feature``); plain dicts,
+    same fields and order as the model."""
     results = iter(snap.results)
     out_rows = []
     as_of = snap.as_of
-    for row, reads in zip(rows, plan, strict=True):
+    for row in rows:
         values: dict[str, int | float | None] = {}
         fresh: dict[str, dict[str, Any]] = {}
-        for r in reads:
+        for view, _, keys in plan:
             res = next(results)
-            prefix = r.view.name + ":"
-            got = res.values
-            for n in r.names:
-                values[prefix + n] = got[n]
+            values.update(zip(keys, res.values.values(), strict=True))  # values come in the order of names
             newest = res.newest_speed_tile
-            fresh[r.view.name] = {
+            fresh[view.name] = {
                 "newest_speed_tile": iso_cached(newest) if newest is not None else None,
                 "speed_tile_age_s": (as_of - newest) / SECOND if newest is not None else None,
             }

@@ -196,11 +196,12 @@ def test_redis_outage_gives_503_fast_and_recovers(tmp_path: Path) -> None:
 
 
 def test_fast_merge_is_bit_identical_to_core_evaluate() -> None:
-    """fstore.online's series merge (and its cached-batch path) equals fstore.core.tiles.evaluate over
-    parse_tiles exactly, for both field forms, with and without a batch view, for any feature subset."""
+    """fstore.online's series merge (and its cached-batch path, whose window folds and batch-only values
+    are memoised across reads) equals fstore.core.tiles.evaluate over parse_tiles exactly, for both field
+    forms, with and without a batch view, for any feature subset, at successive read times."""
     from fstore.core.aggregates import Partial
     from fstore.core.tiles import evaluate
-    from fstore.online import EntityRead, _finish, decode_batch, merge, speed_days
+    from fstore.online import EntityRead, decode_batch, finish, merge, speed_days
     from fstore.redis_layout import packed_fields, parse_tiles
 
     rng = random.Random(11)
@@ -210,10 +211,11 @@ def test_fast_merge_is_bit_identical_to_core_evaluate() -> None:
         ptr = None if trial % 5 == 0 else BatchPointer("v", C if trial % 2 else C - DAY)
         for view in VIEWS.values():
             entity = "u1" if view.entity.join_key == "user_id" else "p1"
+            batch_only = trial % 4 == 3  # no speed tiles: the memoised batch-only values of the cached path
             batch: dict[bytes, bytes] = {}
             speed: dict[int, dict[bytes, bytes]] = {}
             for (e, size, start), tile in build_tiles(view, events).items():
-                if e != entity:
+                if e != entity or (batch_only and start >= C - DAY):
                     continue
                 for m, p in tile.items():
                     if ptr is not None and start < ptr.cutover:
@@ -223,9 +225,9 @@ def test_fast_merge_is_bit_identical_to_core_evaluate() -> None:
                         fields = partial_fields(size, start, m, p)
                         speed.setdefault(start - start % DAY, {}).update(
                             {k.encode(): v.encode() for k, v in fields.items()})
-            speed_hashes = [speed.get(d, {}) for d in speed_days(view, ptr, as_of)]
             tiles: dict[tuple[int, int], dict[str, Partial]] = {}
-            for i, raw in enumerate(([batch] if ptr else []) + speed_hashes):
+            hashes: list[dict[bytes, bytes]] = [batch] if ptr else []
+            for i, raw in enumerate(hashes + list(speed.values())):
                 for key, partials in parse_tiles(raw).items():
                     if ptr is not None and (key[1] < ptr.cutover) != (ptr is not None and i == 0):
                         continue
@@ -233,15 +235,22 @@ def test_fast_merge_is_bit_identical_to_core_evaluate() -> None:
                     for m, p in partials.items():
                         slot.setdefault(m, Partial()).merge(p)
             newest = max((s for (_, s) in tiles if ptr is None or s >= ptr.cutover), default=None)
-            for names in (view.feature_names, tuple(rng.sample(view.feature_names, 3))):
-                want = evaluate(view, lambda size, start, tiles=tiles: tiles.get((size, start)), as_of, names)
-                read = EntityRead(view, entity, names)
-                got = merge(read, ptr, ([batch] if ptr else []) + speed_hashes, as_of)
-                assert got.values == want and got.newest_speed_tile == newest, (trial, view.name)
-                if ptr is not None:
-                    cached = decode_batch(view, batch, ptr.cutover, ptr.cutover)
-                    got = _finish(read, ptr, cached, speed_hashes, as_of)
+            cached = decode_batch(view, batch, ptr.cutover, ptr.cutover) if ptr is not None else None
+            names_sets = (view.feature_names, tuple(rng.sample(view.feature_names, 3)))
+            # successive reads: same grain, next tiles, next hours; the cached batch tiles are reused
+            for t in (as_of, as_of + 1, as_of + 7 * MINUTE, as_of + HOUR + 1, as_of + 5 * HOUR):
+                speed_hashes = [speed.get(d, {}) for d in speed_days(view, ptr, t)]
+                for names in names_sets:
+                    want = evaluate(view, lambda size, start, tiles=tiles: tiles.get((size, start)), t, names)
+                    read = EntityRead(view, entity, names)
+                    got = merge(read, ptr, hashes + speed_hashes, t)
                     assert got.values == want and got.newest_speed_tile == newest, (trial, view.name)
+                    if cached is not None:
+                        got = finish(read, cached.cutover, cached, speed_hashes, t)
+                        assert got.values == want and got.newest_speed_tile == newest, (trial, view.name, t)
+                        flat = [x for h in speed_hashes for k, v in h.items() for x in (k, v)]
+                        got = finish(read, cached.cutover, cached, [flat], t)  # RESP2 flat list replies
+                        assert got.values == want and got.newest_speed_tile == newest, (trial, view.name, t)
 
 
 def test_decode_speed_matches_parse_tiles() -> None:
@@ -306,3 +315,90 @@ def test_health_reports_batch_view_and_speed_freshness(redis_client: redis.Redis
         speed = body["detail"]["speed_layer"]
         assert speed["commit_age_s"] == pytest.approx(2.5)
         assert speed["newest_event_time"] == "2026-11-21T13:06:56.123456Z"
+
+
+def test_post_fast_path_matches_the_route(redis_client: redis.Redis, redis_server: RedisServer) -> None:
+    """POST /features bodies the fast path takes answer as the FastAPI route does; bodies it declines
+    (other content types, invalid JSON, extra or mistyped fields) reach the route with the body intact."""
+    load(redis_client, make_events(6), "v1", C)
+    body = {"entities": [{"user_id": "u1"}, {"user_id": "u2", "product_id": "p1"}],
+            "features": ["user_activity:clicks_1h", "product_engagement:ctr_1h"]}
+    with app_client(redis_server.url) as client:
+        fast = client.post("/features", json={**body, "entities": body["entities"][1:]})
+        assert fast.status_code == 200, fast.text
+        routed = client.post("/features", json={**body, "entities": body["entities"][1:], "extra": 1})
+        assert routed.status_code == 200 and routed.json() == fast.json()  # extra keys: the route ignores them
+        r = client.post("/features", json=body)
+        assert r.status_code == 422 and "product_id" in r.json()["detail"]  # u1 row lacks the product key
+        r = client.post("/features", json={"entities": [{"user_id": 7}], "features": ["user_activity"]})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"][:2] == ["body", "entities"]
+        r = client.post("/features", content=b'{"entities": [', headers={"content-type": "application/json"})
+        assert r.status_code == 422 and r.json()["detail"][0]["type"] == "json_invalid"
+        r = client.post("/features", content=orjson_bytes(body), headers={"content-type": "text/plain"})
+        assert r.status_code == 422
+        r = client.post("/features", content=orjson_bytes({**body, "entities": body["entities"][1:]}),
+                        headers={"content-type": "application/json; charset=utf-8"})
+        assert r.status_code == 200 and r.json()["rows"] == fast.json()["rows"]
+    with app_client(redis_server.url, api_key="k") as client:
+        assert client.post("/features", json=body).status_code == 401
+        r = client.post("/features", json={**body, "entities": body["entities"][1:]}, headers={"X-API-Key": "k"})
+        assert r.status_code == 200 and r.json()["rows"] == fast.json()["rows"]
+        metrics = client.get("/metrics", headers={"X-API-Key": "k"}).text
+        assert 'fstore_api_requests_total{method="POST",route="/features",status="200"} 1.0' in metrics
+        assert 'fstore_api_requests_total{method="POST",route="/features",status="401"} 1.0' in metrics
+
+
+def orjson_bytes(obj: object) -> bytes:
+    import orjson
+
+    return orjson.dumps(obj)
+
+
+def test_reader_round_trips_on_uvloop_survive_a_restart(tmp_path: Path) -> None:
+    """The reader's own connections (fstore.online_wire) under uvloop, as `fstore serve` runs them: values
+    equal the redis-py path; a Redis restart breaks the pooled connection, which is retried on a fresh one;
+    a dead server gives ConnectionError, a silent one TimeoutError within the socket timeout."""
+    import socket
+    import time
+
+    import redis.asyncio as aioredis
+    import uvloop
+
+    from fstore.online import EntityRead, OnlineReader
+
+    server = RedisServer(state_dir=tmp_path / "r").start()
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts connections, never answers
+    events = make_events(8)
+    reads = [EntityRead(USER_ACTIVITY, f"u{i}", USER_ACTIVITY.feature_names) for i in range(5)]
+
+    async def scenario() -> None:
+        client = aioredis.Redis.from_url(server.url, socket_timeout=0.3, socket_connect_timeout=0.3)
+        reader = OnlineReader(client, lambda: AS_OF)
+        assert reader._wire is not None  # the custom wire path, not the fallback
+        plain = OnlineReader(client, lambda: AS_OF)
+        plain._wire = None  # the redis-py fallback path
+        got = await reader.read(reads)
+        assert [r.values for r in got.results] == [r.values for r in (await plain.read(reads)).results]
+        for i, res in enumerate(got.results):
+            want = bruteforce.values(USER_ACTIVITY, events, f"u{i}", AS_OF)
+            assert all(isclose(res.values[k], want[k]) for k in want), (res.values, want)
+        server.stop()
+        with pytest.raises(redis.exceptions.ConnectionError):
+            await reader.read(reads)
+        server.start()
+        load(redis.Redis.from_url(server.url), events, "v1", C)
+        assert [r.values for r in (await reader.read(reads)).results] == [r.values for r in got.results]
+        mute = OnlineReader(aioredis.Redis(host="127.0.0.1", port=silent.getsockname()[1], socket_timeout=0.3))
+        t = time.perf_counter()
+        with pytest.raises(redis.exceptions.TimeoutError):
+            await mute.read(reads)
+        assert time.perf_counter() - t < 1.0
+        await reader.aclose()
+        await client.aclose()
+
+    try:
+        load(redis.Redis.from_url(server.url), events, "v1", C)
+        uvloop.run(scenario())
+    finally:
+        silent.close()
+        server.stop()
