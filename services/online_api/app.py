@@ -71,6 +71,21 @@ class Metrics:
         pair[1].observe(seconds)
 
 
+class StatusSend:
+    """A ``send`` that passes messages on and remembers the response status (0 until it is sent)."""
+
+    __slots__ = ("send", "status")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.status = 0
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        await self.send(message)
+
+
 class MetricsMiddleware:
     """Pure ASGI middleware: request count and latency per matched route, method and status."""
 
@@ -83,19 +98,12 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        status = 500
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        tracked = StatusSend(send)
         try:
-            await self.app(scope, receive, send_status)
+            await self.app(scope, receive, tracked)
         finally:
             route = scope.get("route")  # set on this scope by the router when a route matched
-            self.metrics.observe(getattr(route, "path", "unmatched"), scope["method"], status,
+            self.metrics.observe(getattr(route, "path", "unmatched"), scope["method"], tracked.status or 500,
                                  time.perf_counter() - start)
 
 
@@ -128,23 +136,16 @@ class FeaturesAPI(FastAPI):
             return
         scope["app"] = self
         start = time.perf_counter()
-        status = 0
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        tracked = StatusSend(send)
         try:
-            rest = await handler(scope, receive, send_status)
+            rest = await handler(scope, receive, tracked)
         except Exception:
-            if not status:
+            if not tracked.status:
                 await PlainTextResponse("Internal Server Error", status_code=500)(scope, receive, send)
             self.metrics.observe(self.fast_path, scope["method"], 500, time.perf_counter() - start)
             raise
         if rest is None:
-            self.metrics.observe(self.fast_path, scope["method"], status, time.perf_counter() - start)
+            self.metrics.observe(self.fast_path, scope["method"], tracked.status, time.perf_counter() - start)
             return
         await super().__call__(scope, rest, send)
 

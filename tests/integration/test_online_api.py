@@ -348,6 +348,29 @@ def test_post_fast_path_matches_the_route(redis_client: redis.Redis, redis_serve
         assert 'fstore_api_requests_total{method="POST",route="/features",status="401"} 1.0' in metrics
 
 
+def test_unexpected_error_on_the_fast_path_is_a_counted_500(redis_client: redis.Redis,
+                                                          redis_server: RedisServer) -> None:
+    """A bug under the fast path gets the 500 Starlette's server-error middleware would send (no stack trace
+    in the body), is counted in the metrics, and the next request is served normally."""
+    load(redis_client, make_events(5), "v1", C)
+    app = create_app(ApiSettings(redis_url=redis_server.url), clock=lambda: AS_OF)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        reader = app.state.reader
+        real_read = reader.read
+
+        async def broken(*args: object, **kwargs: object) -> object:
+            raise RuntimeError("a bug")
+
+        reader.read = broken
+        r = client.get("/features", params={"user_id": "u1", "features": "user_activity"})
+        assert r.status_code == 500 and r.text == "Internal Server Error"
+        reader.read = real_read
+        assert client.get("/features", params={"user_id": "u1", "features": "user_activity"}).status_code == 200
+        metrics = client.get("/metrics").text
+        assert 'fstore_api_requests_total{method="GET",route="/features",status="500"} 1.0' in metrics
+        assert 'fstore_api_requests_total{method="GET",route="/features",status="200"} 1.0' in metrics
+
+
 def orjson_bytes(obj: object) -> bytes:
     import orjson
 
