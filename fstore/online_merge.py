@@ -223,23 +223,7 @@ class BatchTiles:
             hit = self._folds.get((size, measure, lo))
             if hit is not None:
                 return hit
-        starts, stats = series
-        c, total = 0, 0.0
-        mn: float | None = None
-        mx: float | None = None
-        for j in range(bisect_left(starts, lo), len(starts)):
-            if starts[j] >= hi:
-                break
-            oc, ot, on, ox = stats[j]
-            if oc == 0:
-                continue
-            c += oc
-            total += ot
-            if mn is None or (on is not None and on < mn):
-                mn = on
-            if mx is None or (ox is not None and ox > mx):
-                mx = ox
-        out = (c, total, mn, mx)
+        out = fold_into(EMPTY, *series, lo, hi)
         if memo:
             if len(self._folds) >= self.MAX_FOLDS:
                 self._folds.clear()
@@ -301,6 +285,24 @@ def _plan(view: FeatureView, names: tuple[str, ...]) -> Plan:
     return tuple((s, win, m, tuple(fs)) for (s, win, m), fs in groups.items()), tuple(outputs), grain
 
 
+def fold_into(acc: Stats, starts: Sequence[int], stats: Sequence[Stats], lo: int, hi: int) -> Stats:
+    """``acc`` merged with the tiles of one series (``starts`` ascending) that start in ``[lo, hi)``."""
+    c, total, mn, mx = acc
+    for j in range(bisect_left(starts, lo), len(starts)):
+        if starts[j] >= hi:
+            break
+        oc, ot, on, ox = stats[j]
+        if oc == 0:
+            continue
+        c += oc
+        total += ot
+        if mn is None or (on is not None and on < mn):
+            mn = on
+        if mx is None or (ox is not None and ox > mx):
+            mx = ox
+    return c, total, mn, mx
+
+
 def _result(agg: Agg, c: int, total: float, mn: float | None, mx: float | None) -> Value:
     """:meth:`Partial.result` on loose fields."""
     if agg is Agg.COUNT:
@@ -327,23 +329,9 @@ def evaluate_columns(view: FeatureView, names: tuple[str, ...], batch: BatchTile
         lo -= lo % size
         head = t - t % size
         hi = head + size if t > head else head
-        c, total, mn, mx = EMPTY if batch is None else batch.fold(size, measure, lo, hi)
+        acc = EMPTY if batch is None else batch.fold(size, measure, lo, hi)
         series = speed.get((size, measure)) if speed else None
-        if series is not None:
-            starts, stats = series
-            for j in range(len(starts)):
-                start = starts[j]
-                if start < lo:
-                    continue
-                if start >= hi:
-                    break
-                oc, ot, on, ox = stats[j]
-                c += oc
-                total += ot
-                if mn is None or (on is not None and on < mn):
-                    mn = on
-                if mx is None or (ox is not None and ox > mx):
-                    mx = ox
+        c, total, mn, mx = acc if series is None else fold_into(acc, *series, lo, hi)
         for name, agg in feats:
             windowed[name] = _result(agg, c, total, mn, mx)
     out: dict[str, Value] = {}
