@@ -18,11 +18,13 @@ def serve(host: str | None, port: int | None, workers: int, log_level: str) -> N
     """
     import uvicorn
 
+    from services.online_api.http import HeadBodyProtocol
     from services.online_api.settings import get_api_settings
 
     cfg = get_api_settings()
     h, p = host or cfg.api_host, port if port is not None else cfg.api_port
     click.echo(f"fstore serve: http://{h}:{p}/docs (Redis {cfg.redis_url})", err=True)
-    # uvloop + httptools (C event loop and HTTP parser) and no access log: the serving hot path.
+    # uvloop + httptools (C event loop and HTTP parser), head and body in one write, no access log: the
+    # serving hot path.
     uvicorn.run("services.online_api.main:app", host=h, port=p, workers=workers, log_level=log_level,
-                factory=False, loop="uvloop", http="httptools", access_log=False)
+                factory=False, loop="uvloop", http=HeadBodyProtocol, access_log=False)
