@@ -30,7 +30,7 @@ setup: system-deps $(STAMP) ## virtualenv, Python packages and system packages
 	@echo "setup done: $$($(BIN)/fstore --version)"
 
 demo: setup ## the whole pipeline end to end on local services
-	@$(BIN)/python -m fstore.demo
+	@$(BIN)/python -m fstore.devsvc.demo
 
 test: setup ## install and run the whole test suite (unit + integration)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from fstore import raw_log
 from fstore.core.events import EVENT_TYPES
 from fstore.core.timeutil import DAY, HOUR, SECOND, day_start
-from fstore.localsvc import RedisServer
+from fstore.delta import raw_log
+from fstore.devsvc.services import RedisServer
 from jobs.batch.rebuild_features import build_spark, rebuild
 from jobs.batch.settings import BatchSettings
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from fstore.commands.generate import write_stream
-from fstore.core.generator import GeneratorConfig
 from fstore.core.timeutil import DAY, parse_timestamp
+from fstore.synth.generator import GeneratorConfig
 
 END = parse_timestamp("2026-01-01T00:00:00Z")  # fixed, so every run writes the same bytes
 

@@ -1,7 +1,7 @@
 """Benchmark: online latency and throughput of the fstore API against Feast's own feature server.
 
 1. Starts a private redis-server and loads realistic tiles: ``--days`` of synthetic traffic for
-   ``--users`` users and ``--products`` products (:mod:`fstore.core.generator`, parsed and tiled with the
+   ``--users`` users and ``--products`` products (:mod:`fstore.synth.generator`, parsed and tiled with the
    core), batch tiles before the cutover C (today 00:00 UTC) under a published batch version, speed tiles
    from C on — as the batch and stream layers write them.
 2. Starts ``fstore serve`` (uvicorn, 1 worker) on 127.0.0.1 and reads the final values of every entity.
@@ -46,14 +46,14 @@ import pandas as pd
 import redis
 import yaml
 
+from fstore.clock import wall_clock
 from fstore.core.events import Event, parse
 from fstore.core.features import PRODUCT_ENGAGEMENT, USER_ACTIVITY, VIEWS
-from fstore.core.generator import GeneratorConfig, generate
 from fstore.core.tiles import build_tiles
 from fstore.core.timeutil import DAY, HOUR, MINUTE, floor_to
-from fstore.localsvc import HOST, RedisServer, free_port
-from fstore.online import wall_clock
-from fstore.redis_layout import POINTER_KEY, BatchPointer, batch_key, partial_fields, speed_key
+from fstore.devsvc.services import HOST, RedisServer, free_port
+from fstore.redis.layout import POINTER_KEY, BatchPointer, batch_key, partial_fields, speed_key
+from fstore.synth.generator import GeneratorConfig, generate
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

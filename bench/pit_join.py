@@ -12,7 +12,7 @@ Usage: ``python bench/pit_join.py [--events 10000000] [--rows 1000000] [--feast-
 * the Spark engine on a smaller case (``spark_rows`` rows in a 2-day range).
 
 ``raw_events`` is synthesised with numpy (Zipf-popular products, the funnel's event-type mix, 1% duplicate
-copies ingested later) and written through :mod:`fstore.raw_log`; it is kept in ``--data-dir`` and reused.
+copies ingested later) and written through :mod:`fstore.delta.raw_log`; it is kept in ``--data-dir`` and reused.
 """
 
 from __future__ import annotations
@@ -31,10 +31,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from fstore import offline, raw_log
 from fstore.core import pit
 from fstore.core.features import VIEWS
 from fstore.core.timeutil import DAY, parse_timestamp
+from fstore.delta import raw_log
+from fstore.offline import local as offline
 
 END = parse_timestamp("2026-01-01T00:00:00Z")
 DAYS = 30
@@ -89,7 +90,7 @@ def feast_dask(df: pd.DataFrame, uri: str, work: Path, users: int, products: int
     """Feast's file (dask) offline store: as-of join of ``df`` over daily snapshots (TTL 1 day)."""
     from feast import FeatureStore
 
-    from fstore.feast_defs import feast_objects
+    from fstore.feast.defs import feast_objects
 
     began = time.perf_counter()
     days = pd.date_range(pd.Timestamp(END - 21 * DAY, unit="us", tz="UTC"), periods=22, freq="D")
@@ -158,7 +159,7 @@ def run(events: int, rows: int, feast_rows: int, spark_rows: int, data_dir: str 
         figures["feast_dask"]["ratio_dask_over_local"] = round(figures["feast_dask"]["seconds"] / local_same, 1)
     print(json.dumps(figures), file=sys.stderr, flush=True)
     if spark_rows:
-        from fstore.offline_spark import spark_session
+        from fstore.offline.spark import spark_session
 
         sdf = entity_frame(spark_rows, users, products, END - 3 * DAY, END - DAY, seed=3)
         spark = spark_session("fstore-bench-pit")

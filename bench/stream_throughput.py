@@ -37,9 +37,10 @@ from redis import Redis as RedisClient
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fstore import kafka_io  # noqa: E402
-from fstore.core.generator import GeneratorConfig, generate  # noqa: E402
-from fstore.localsvc import Broker, RedisServer, free_port  # noqa: E402
+from fstore.devsvc.services import Broker, RedisServer, free_port  # noqa: E402
+from fstore.kafka import client as kafka_io  # noqa: E402
+from fstore.synth import live  # noqa: E402
+from fstore.synth.generator import GeneratorConfig, generate  # noqa: E402
 
 SECOND = 1_000_000
 
@@ -152,11 +153,11 @@ def backlog(run: Run, events: int, seed: int) -> dict[str, float | None]:
 
 def freshness(run: Run, rate: float, duration: float, seed: int) -> dict[str, float | None]:
     """Steady live traffic; lag quantiles over the events sent after the warm-up."""
-    warm = kafka_io.publish_live(kafka_io.live_plan(rate, 3.0, time.time_ns() // 1000, users=50_000,
+    warm = live.publish_live(live.live_plan(rate, 3.0, time.time_ns() // 1000, users=50_000,
                                                     products=5_000), seed, run.broker.bootstrap, run.topic)
     _, body = run.wait_events(warm.sent, 120)
     before = buckets(body, "fstore_stream_freshness_lag_seconds")
-    rep = kafka_io.publish_live(kafka_io.live_plan(rate, duration, time.time_ns() // 1000, users=50_000,
+    rep = live.publish_live(live.live_plan(rate, duration, time.time_ns() // 1000, users=50_000,
                                                    products=5_000), seed + 1, run.broker.bootstrap, run.topic)
     _, body = run.wait_events(warm.sent + rep.sent, 60)
     after = buckets(body, "fstore_stream_freshness_lag_seconds")

@@ -6,7 +6,7 @@ core definition here, so adding a feature there is all it takes to register it.
 
 from pathlib import Path
 
-from fstore.feast_defs import feast_objects
+from fstore.feast.defs import feast_objects
 from fstore.settings import get_settings
 
 # A relative FSTORE_DATA_DIR is relative to the project root, whatever directory `feast` runs in.

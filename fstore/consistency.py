@@ -17,10 +17,10 @@ import httpx
 import pandas as pd
 import pyarrow.compute as pc
 
-from fstore import raw_log
 from fstore.core.aggregates import isclose
 from fstore.core.features import VIEWS, get_view
-from fstore.offline import get_historical_features
+from fstore.delta import raw_log
+from fstore.offline.local import get_historical_features
 
 
 @dataclass

@@ -18,17 +18,11 @@ from pathlib import Path
 
 import orjson
 
-from fstore import raw_log
+from fstore.clock import Clock, wall_clock
 from fstore.core.events import Event, parse, payload_hash, redact_pii
 from fstore.core.timeutil import DAY, day_start, to_date
-from fstore.messages import iter_batches
-
-Clock = Callable[[], int]
-
-
-def wall_clock() -> int:
-    """Current UTC time in epoch microseconds."""
-    return time.time_ns() // 1000
+from fstore.delta import raw_log
+from fstore.kafka.messages import iter_batches
 
 
 @dataclass
@@ -128,7 +122,7 @@ class Ingestor:
         """Ingest every message of a JSONL or Parquet message file.
 
         Args:
-            path: the message file (see :mod:`fstore.messages`).
+            path: the message file (see :mod:`fstore.kafka.messages`).
             batch_size: messages per Delta commit.
             progress: called with the number of messages done after each batch.
         """

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from fstore.localsvc import Broker, RedisServer
+from fstore.devsvc.services import Broker, RedisServer
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ import click
 from fstore.core.timeutil import DAY, day_start, iso, to_micros
 
 if TYPE_CHECKING:
-    from fstore.core.generator import GeneratorConfig
+    from fstore.synth.generator import GeneratorConfig
 
 @dataclass(frozen=True)
 class GenerateSummary:
@@ -57,8 +57,8 @@ def write_stream(cfg: GeneratorConfig, seed: int, out: str | Path,
     import orjson
     from tqdm import tqdm
 
-    from fstore.core.generator import DUPLICATE, LATE, MALFORMED, PII, generate, planned_total
-    from fstore.messages import MessageWriter
+    from fstore.kafka.messages import MessageWriter
+    from fstore.synth.generator import DUPLICATE, LATE, MALFORMED, PII, generate, planned_total
 
     counts = dict.fromkeys((DUPLICATE, LATE, MALFORMED, PII), 0)
     messages = 0
@@ -141,7 +141,7 @@ def generate(out: Path, end_text: str | None, days: float, seed: int, as_json: b
 
     Example: fstore generate --out data/events.parquet --events 1000000 --end 2025-06-01 --late-rate 0.01
     """
-    from fstore.core.generator import GeneratorConfig
+    from fstore.synth.generator import GeneratorConfig
 
     end = parse_end(end_text)
     try:

@@ -22,7 +22,7 @@ def ingest(files: tuple[str, ...], batch_size: int, as_json: bool) -> None:
     from tqdm import tqdm
 
     from fstore.ingest import Ingestor
-    from fstore.messages import count_messages
+    from fstore.kafka.messages import count_messages
     from fstore.settings import get_settings
 
     settings = get_settings()

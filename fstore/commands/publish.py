@@ -59,10 +59,11 @@ def publish(file: Path | None, topic: str | None, rate: float, bootstrap: str | 
 
     from tqdm import tqdm
 
-    from fstore import kafka_io
-    from fstore.localsvc import ServiceError, ensure_topics
-    from fstore.messages import count_messages
+    from fstore.devsvc.services import ServiceError, ensure_topics
+    from fstore.kafka import client as kafka_io
+    from fstore.kafka.messages import count_messages
     from fstore.settings import get_settings
+    from fstore.synth import live as live_traffic
 
     if (file is None) == (not live):
         raise click.UsageError("give either FILE or --live")
@@ -74,7 +75,7 @@ def publish(file: Path | None, topic: str | None, rate: float, bootstrap: str | 
         if rate <= 0:
             raise click.UsageError("--live needs --rate > 0 (events per second)")
         try:
-            plan = kafka_io.live_plan(rate, duration, time.time_ns() // 1000, **live_options)
+            plan = live_traffic.live_plan(rate, duration, time.time_ns() // 1000, **live_options)
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
         total = plan.expected
@@ -95,7 +96,7 @@ def publish(file: Path | None, topic: str | None, rate: float, bootstrap: str | 
     with tqdm(total=total, unit="msg", unit_scale=True, disable=not progress, file=sys.stderr,
               desc=f"publish → {topic}") as bar:
         if live:
-            report = kafka_io.publish_live(plan, seed, bootstrap, topic, config=config, progress=bar.update)
+            report = live_traffic.publish_live(plan, seed, bootstrap, topic, config=config, progress=bar.update)
         else:
             assert file is not None
             report = kafka_io.publish(kafka_io.iter_keyed_batches(file, batch_size), bootstrap, topic,

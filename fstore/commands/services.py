@@ -28,7 +28,7 @@ def services() -> None:
 @click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds to wait for health.")
 def up(state_dir: Path, redis_port: int | None, broker_port: int | None, timeout: float) -> None:
     """Start Redis and the broker (reusing healthy running ones) and create the event topics."""
-    from fstore import localsvc
+    from fstore.devsvc import services as localsvc
     from fstore.settings import get_settings
 
     settings = get_settings()
@@ -50,7 +50,7 @@ def up(state_dir: Path, redis_port: int | None, broker_port: int | None, timeout
 @state_dir_option
 def down(state_dir: Path) -> None:
     """Stop the services started by `up` and remove services.env."""
-    from fstore import localsvc
+    from fstore.devsvc import services as localsvc
 
     for name, pid in localsvc.down(state_dir).items():
         click.echo(f"{name:<7} stopped (pid {pid})" if pid is not None else f"{name:<7} not running")
@@ -61,7 +61,7 @@ def down(state_dir: Path) -> None:
 @state_dir_option
 def status(state_dir: Path) -> None:
     """Show whether each service is running and healthy. Exit status 1 unless both are healthy."""
-    from fstore import localsvc
+    from fstore.devsvc import services as localsvc
 
     rows = localsvc.status(state_dir)
     for st in rows:
@@ -80,7 +80,7 @@ def env(state_dir: Path) -> None:
     """Print `export` lines for the running services: eval "$(fstore services env)"."""
     import shlex
 
-    from fstore import localsvc
+    from fstore.devsvc import services as localsvc
 
     values = localsvc.read_env(state_dir)
     if not values:

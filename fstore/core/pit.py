@@ -5,8 +5,8 @@ features with ``t`` = the row's ``event_timestamp`` (exclusive) and ``tail(t) = 
 
 Row contract: one output row per input row, in input order, every input column kept (labels included),
 duplicate rows kept; an entity without events in the window gets count/sum 0 and avg/min/max/ratio null.
-Naive timestamps are UTC. Adapters (:mod:`fstore.offline`, :mod:`fstore.offline_spark`,
-:mod:`fstore.feast_offline`) only read ``raw_events`` and call this module.
+Naive timestamps are UTC. Adapters (:mod:`fstore.offline.local`, :mod:`fstore.offline.spark`,
+:mod:`fstore.feast.offline_store`) only read ``raw_events`` and call this module.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The batch view in Redis: versioned load from the executors, atomic publish, expiry of the old view.
 
-Layout is :mod:`fstore.redis_layout`: one hash per (view, entity, version) with one packed field per
-tile measure (:func:`~fstore.redis_layout.packed_fields`). A run loads its tiles under a fresh version
-that no reader knows yet, then ONE ``SET`` of :data:`~fstore.redis_layout.POINTER_KEY` (inside WATCH/MULTI, so a newer
+Layout is :mod:`fstore.redis.layout`: one hash per (view, entity, version) with one packed field per
+tile measure (:func:`~fstore.redis.layout.packed_fields`). A run loads its tiles under a fresh version
+that no reader knows yet, then ONE ``SET`` of :data:`~fstore.redis.layout.POINTER_KEY` (inside WATCH/MULTI, so a newer
 cutover is never replaced by an older one) makes the version visible and moves the cutover C. The
 previous version's keys get a short TTL (the grace period) so readers that fetched the old pointer still
 read a complete view. Every key carries a TTL (DESIGN.md §7).
@@ -22,7 +22,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import types as T
 
 from fstore.core.features import VIEWS
-from fstore.redis_layout import POINTER_KEY, PREFIX, BatchPointer, batch_key, packed_arrays
+from fstore.redis.layout import POINTER_KEY, PREFIX, BatchPointer, batch_key, packed_arrays
 
 _PIPELINE_FIELDS = 200_000  # also flush a pipeline after this many fields (bounded client buffers)
 
@@ -38,7 +38,7 @@ def load_view(tiles_df: DataFrame, view_name: str, version: str, redis_url: str,
 
     ``tiles_df`` must hold each entity's tiles in one partition (see :func:`jobs.batch.compute.tiles`),
     so one HSET per entity carries all its fields. Each tile measure becomes one packed field
-    (:func:`fstore.redis_layout.packed_arrays`, built with Arrow compute, no Python loop per tile).
+    (:func:`fstore.redis.layout.packed_arrays`, built with Arrow compute, no Python loop per tile).
 
     Returns:
         (keys written, fields written).

@@ -32,7 +32,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from fstore import raw_log
+from fstore.delta import raw_log
 
 RAW_COLUMNS = ("event_id", "event_type", "user_id", "product_id", "event_time", "price", "quantity",
                "ingested_at", "payload_hash")

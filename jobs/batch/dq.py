@@ -18,8 +18,8 @@ import pyarrow.compute as pc
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from fstore import raw_log
 from fstore.core.timeutil import SECOND
+from fstore.delta import raw_log
 from jobs.batch.compute import is_valid
 from jobs.batch.plan import RunPlan
 from jobs.batch.settings import BatchSettings

@@ -38,7 +38,7 @@ from pyspark.sql import functions as F
 from fstore.core import tiles_frame
 from fstore.core.features import VIEWS
 from fstore.core.timeutil import SECOND, iso
-from fstore.redis_layout import BatchPointer
+from fstore.redis.layout import BatchPointer
 from jobs.batch import batch_view, compute, delta_io, dq
 from jobs.batch.metrics import JobMetrics
 from jobs.batch.plan import RunPlan, plan_run, snapshot_table, tiles_table

@@ -9,7 +9,7 @@ than all the work below). For each batch it:
 2. sends invalid ones to ``events.dlq`` — value = the original bytes, headers ``fstore-reason`` and
    ``fstore-ingested-at`` (ISO-8601 UTC), key = the original key — and waits for the broker's ack;
 3. applies the valid, not-yet-counted events to the Redis speed tiles of every feature view in one
-   pipelined round trip (Lua, exactly once per event_id, see :mod:`fstore.speed_lua`), concurrently
+   pipelined round trip (Lua, exactly once per event_id, see :mod:`jobs.stream.speed_lua`), concurrently
    with step 2;
 4. buffers every valid copy for the Delta ``raw_events`` sink, which a background flush (Delta write in
    a thread) appends while the next batches are processed.
@@ -40,10 +40,10 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from fstore.clock import wall_clock
 from fstore.core.features import VIEWS
 from fstore.core.timeutil import iso
-from fstore.ingest import wall_clock
-from fstore.redis_layout import HEARTBEAT_KEY, POINTER_KEY, BatchPointer, Heartbeat
+from fstore.redis.layout import HEARTBEAT_KEY, POINTER_KEY, BatchPointer, Heartbeat
 from jobs.stream import metrics
 from jobs.stream.pipeline import Prepared, prepare
 from jobs.stream.settings import StreamSettings

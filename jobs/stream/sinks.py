@@ -1,7 +1,7 @@
 """The worker's two sinks: speed tiles in Redis (exactly once per event_id) and the raw event log.
 
 :class:`TileWriter` pre-aggregates a batch and applies it with the optimistic Lua script of
-:mod:`fstore.speed_lua` — one pipelined round trip, plus one for the subgroups that held a duplicate.
+:mod:`jobs.stream.speed_lua` — one pipelined round trip, plus one for the subgroups that held a duplicate.
 :class:`RawSink` buffers valid copies and appends them to Delta ``raw_events`` in micro-batches bounded by
 size and age; whoever commits Kafka offsets does it only after the flush that holds them.
 """
@@ -16,10 +16,10 @@ from typing import Any
 
 from redis.exceptions import NoScriptError, ResponseError
 
-from fstore import raw_log
 from fstore.core.events import Event
 from fstore.core.features import FeatureView
-from fstore.speed_lua import APPLY_TILES, APPLY_TILES_SHA, ScriptCall, Subgroup, group_events, plan_calls
+from fstore.delta import raw_log
+from jobs.stream.speed_lua import APPLY_TILES, APPLY_TILES_SHA, ScriptCall, Subgroup, group_events, plan_calls
 
 log = logging.getLogger(__name__)
 

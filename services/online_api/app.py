@@ -32,9 +32,10 @@ from redis.exceptions import RedisError
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from fstore.clock import Clock, wall_clock
 from fstore.core.timeutil import iso
-from fstore.online import Clock, OnlineReader, wall_clock
-from fstore.redis_layout import HEARTBEAT_KEY, Heartbeat
+from fstore.online.reader import OnlineReader
+from fstore.redis.layout import HEARTBEAT_KEY, Heartbeat
 from services.online_api.deps import ReaderDep, Secured, key_ok
 from services.online_api.logic import RequestError, historical_features, read_features
 from services.online_api.schemas import (

@@ -11,7 +11,7 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
-from fstore.online import OnlineReader
+from fstore.online.reader import OnlineReader
 from services.online_api.logic import RequestError
 from services.online_api.settings import ApiSettings
 

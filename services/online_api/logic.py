@@ -9,7 +9,7 @@ from typing import Any
 
 from fstore.core.features import ENTITIES, Feature, FeatureView, resolve
 from fstore.core.timeutil import SECOND
-from fstore.online import EntityRead, OnlineReader, Snapshot, iso_cached
+from fstore.online.reader import EntityRead, OnlineReader, Snapshot, iso_cached
 
 JOIN_KEYS = tuple(e.join_key for e in ENTITIES.values())
 _ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
@@ -124,7 +124,7 @@ def historical_features(rows: Sequence[Mapping[str, object]], features: Sequence
     import pandas as pd
 
     from fstore.core.pit import TIMESTAMP_COLUMN, PointInTimeError
-    from fstore.offline import get_historical_features
+    from fstore.offline.local import get_historical_features
 
     if len(rows) > max_rows:
         raise RequestError(413, f"{len(rows)} rows requested; the limit is {max_rows} per request "

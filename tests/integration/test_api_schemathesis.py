@@ -24,8 +24,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
-from fstore.localsvc import HOST, RedisServer, free_port
-from tests.integration.test_online_api import C, load, make_events
+from fstore.devsvc.services import HOST, RedisServer, free_port
+from tests.support.online import C, load, make_events
 
 pytestmark = pytest.mark.integration
 

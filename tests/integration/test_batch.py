@@ -15,19 +15,19 @@ import pytest
 import redis
 from click.testing import CliRunner
 
-from fstore import raw_log
 from fstore.commands.batch import batch
 from fstore.core.aggregates import isclose
 from fstore.core.events import Event, Rejection, parse, payload_hash
 from fstore.core.features import VIEWS, FeatureView
-from fstore.core.generator import GeneratorConfig, generate
 from fstore.core.tiles import evaluate
 from fstore.core.timeutil import DAY, MINUTE, day_start
-from fstore.redis_layout import POINTER_KEY, BatchPointer, parse_tiles
+from fstore.delta import raw_log
+from fstore.redis.layout import POINTER_KEY, BatchPointer, parse_tiles
+from fstore.synth.generator import GeneratorConfig, generate
 from jobs.batch.plan import plan_run
 from jobs.batch.rebuild_features import DQFailed, InjectedFailure, build_spark, rebuild
 from jobs.batch.settings import BatchSettings
-from tests import bruteforce
+from tests.support import bruteforce
 
 pytestmark = pytest.mark.integration
 

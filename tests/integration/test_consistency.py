@@ -13,13 +13,13 @@ import httpx
 import pytest
 import redis
 
-from fstore import raw_log
 from fstore.core.events import Event
 from fstore.core.features import USER_ACTIVITY
 from fstore.core.timeutil import DAY, floor_to, iso
-from fstore.localsvc import RedisServer, free_port
-from tests import bruteforce
-from tests.integration.test_online_api import load, make_events
+from fstore.delta import raw_log
+from fstore.devsvc.services import RedisServer, free_port
+from tests.support import bruteforce
+from tests.support.online import load, make_events
 
 pytestmark = pytest.mark.integration
 

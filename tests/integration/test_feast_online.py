@@ -28,17 +28,17 @@ from feast import FeatureStore
 from fstore.core.aggregates import isclose
 from fstore.core.features import PRODUCT_ENGAGEMENT, USER_ACTIVITY, FeatureView
 from fstore.core.timeutil import DAY
-from fstore.feast_online import FstoreOnlineStore, FstoreReadOnlyError
-from fstore.localsvc import RedisServer
+from fstore.devsvc.services import RedisServer
+from fstore.feast.online_store import FstoreOnlineStore, FstoreReadOnlyError
 from services.online_api.app import create_app
 from services.online_api.settings import ApiSettings
-from tests import bruteforce
-from tests.integration.test_online_api import AS_OF, C, load, make_events
+from tests.support import bruteforce
+from tests.support.online import AS_OF, C, load, make_events
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-ONLINE_STORE = {"type": "fstore.feast_online.FstoreOnlineStore", "redis_url": "${FSTORE_REDIS_URL}",
+ONLINE_STORE = {"type": "fstore.feast.online_store.FstoreOnlineStore", "redis_url": "${FSTORE_REDIS_URL}",
                 "timeout_ms": 300}
 USERS = ["u0", "u1", "u3", "nobody"]
 PRODUCTS = ["p0", "p2", "p4", "no-such-product"]

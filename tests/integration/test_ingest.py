@@ -9,11 +9,11 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pytest
 
-from fstore import raw_log
 from fstore.core.dedupe import first_ingested_arrow
 from fstore.core.events import Event, parse, payload_hash
+from fstore.delta import raw_log
 from fstore.ingest import Ingestor
-from fstore.messages import MessageWriter
+from fstore.kafka.messages import MessageWriter
 
 pytestmark = pytest.mark.integration
 

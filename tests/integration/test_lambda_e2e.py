@@ -35,12 +35,12 @@ from fastapi.testclient import TestClient
 from fstore.core.events import Event
 from fstore.core.features import PRODUCT_ENGAGEMENT, USER_ACTIVITY, FeatureView
 from fstore.core.timeutil import DAY, HOUR, floor_to, iso, to_date
-from fstore.localsvc import Broker, RedisServer
-from fstore.redis_layout import POINTER_KEY, BatchPointer
+from fstore.devsvc.services import Broker, RedisServer
+from fstore.redis.layout import POINTER_KEY, BatchPointer
 from services.online_api.app import create_app
 from services.online_api.settings import ApiSettings
-from tests import bruteforce
-from tests.integration.test_stream import Factory, worker_factory  # noqa: F401 - worker_factory is a fixture
+from tests.support import bruteforce
+from tests.support.stream import Factory
 
 pytestmark = pytest.mark.integration
 
@@ -87,7 +87,7 @@ def phase1_events(rng: random.Random, c: int, now: int) -> list[Event]:
 
 
 def publish(broker: Broker, topic: str, msgs: list[tuple[str, bytes]]) -> None:
-    from fstore import kafka_io
+    from fstore.kafka import client as kafka_io
     rep = kafka_io.publish([([k for k, _ in msgs], [v for _, v in msgs])], broker.bootstrap, topic)
     assert rep.ok, rep.summary()
 
@@ -136,7 +136,7 @@ def check_view(client: TestClient, view: FeatureView, key: str, entities: list[s
 
 def test_stream_batch_and_api_end_to_end_equal_brute_force(kafka_broker: Broker, redis_server: RedisServer,
                                                           redis_client: redis.Redis,
-                                                          worker_factory: Factory,  # noqa: F811
+                                                          worker_factory: Factory,
                                                           tmp_path: Path) -> None:
     now = time.time_ns() // 1000
     if now - floor_to(now, DAY) < 10 * SECOND:  # keep a few seconds of "today" for the speed side

@@ -2,7 +2,7 @@
 
 ``raw_events`` is written through :class:`fstore.ingest.Ingestor` and, for the at-least-once raw sink's
 duplicates (same event_id, different payloads, earlier/later/equal ``ingested_at``), through
-:mod:`fstore.raw_log`. Every engine must equal the brute force of DESIGN.md §3 over the brute-force
+:mod:`fstore.delta.raw_log`. Every engine must equal the brute force of DESIGN.md §3 over the brute-force
 de-duplication of everything stored.
 """
 
@@ -21,13 +21,14 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from fstore import offline, raw_log
 from fstore.core.events import Event
 from fstore.core.features import VIEWS
 from fstore.core.timeutil import DAY, iso
+from fstore.delta import raw_log
 from fstore.ingest import Ingestor, IngestReport
-from tests import bruteforce
-from tests.unit.test_pit import BASE, query_times, random_events
+from fstore.offline import local as offline
+from tests.support import bruteforce
+from tests.support.pit import BASE, query_times, random_events
 
 pytestmark = pytest.mark.integration
 
@@ -125,7 +126,7 @@ def test_local_and_spark_engines_equal_brute_force(data: tuple[Path, list[Event]
     assert_equal_brute(local, want, df)
     assert timings.rows_read <= 3300
 
-    from fstore.offline_spark import spark_session
+    from fstore.offline.spark import spark_session
 
     spark = spark_session("fstore-test-offline")
     spark_out = offline.get_historical_features(df, list(VIEWS), raw_uri=uri, engine="spark",
@@ -150,14 +151,14 @@ def feast_repo(root: Path, engine: str) -> Path:
     repo = root / f"feature_repo_{engine}"
     shutil.copytree(ROOT / "feature_repo", repo, ignore=shutil.ignore_patterns("data", "__pycache__"))
     yaml = (repo / "feature_store.yaml").read_text()
-    block = "  type: fstore.feast_offline.FstoreOfflineStore\n  engine: local\n"
+    block = "  type: fstore.feast.offline_store.FstoreOfflineStore\n  engine: local\n"
     assert block in yaml, "feature_store.yaml no longer has the expected offline_store block"
-    yaml = yaml.replace(block, f"  type: fstore.feast_offline.FstoreOfflineStore\n  data_dir: {root / 'data'}\n"
+    yaml = yaml.replace(block, f"  type: fstore.feast.offline_store.FstoreOfflineStore\n  data_dir: {root / 'data'}\n"
                                f"  engine: {engine}\n")
     (repo / "feature_store.yaml").write_text(yaml)
     from feast import FeatureStore
 
-    from fstore.feast_defs import feast_objects
+    from fstore.feast.defs import feast_objects
 
     store = FeatureStore(repo_path=str(repo))
     store.apply(list(feast_objects(str(root / "data")).values()))

@@ -14,47 +14,16 @@ from fstore.core.aggregates import isclose
 from fstore.core.events import Event
 from fstore.core.features import PRODUCT_ENGAGEMENT, USER_ACTIVITY, VIEWS, FeatureView
 from fstore.core.tiles import build_tiles
-from fstore.core.timeutil import DAY, HOUR, MINUTE, parse_timestamp
-from fstore.localsvc import RedisServer
-from fstore.redis_layout import POINTER_KEY, BatchPointer, batch_key, partial_fields, speed_key
+from fstore.core.timeutil import DAY, HOUR, MINUTE
+from fstore.devsvc.services import RedisServer
+from fstore.redis.layout import POINTER_KEY, BatchPointer, partial_fields
 from services.online_api.app import create_app
 from services.online_api.settings import ApiSettings
-from tests import bruteforce
+from tests.support import bruteforce
 
 pytestmark = pytest.mark.integration
 
-C = parse_timestamp("2026-11-21T00:00:00Z")  # the cutover
-AS_OF = C + 13 * HOUR + 7 * MINUTE + 123_456
-
-
-def make_events(seed: int, n: int = 3000) -> list[Event]:
-    rng = random.Random(seed)
-    types = ["page_view", "impression", "click", "add_to_cart", "purchase"]
-    out = []
-    for i in range(n):
-        t = AS_OF - rng.randrange(1, 9 * DAY)  # before as_of, across the cutover
-        if i % 10 == 0:
-            t = C + rng.choice([-1, 0, 1]) * rng.randrange(0, 5)  # right at the cutover
-        out.append(Event(f"e{seed}-{i}", rng.choice(types), f"u{rng.randrange(5)}", f"p{rng.randrange(5)}",
-                         t, round(rng.uniform(1, 90), 2), rng.randint(1, 3), None))
-    return out
-
-
-def load(client: redis.Redis, events: list[Event], version: str | None, cutover: int) -> None:
-    """Write batch tiles (< cutover) under ``version`` and speed tiles (>= cutover), as the layers do."""
-    pipe = client.pipeline(transaction=False)
-    for view in VIEWS.values():
-        for (entity, size, start), tile in build_tiles(view, events).items():
-            for measure, p in tile.items():
-                fields = partial_fields(size, start, measure, p)
-                if start < cutover:
-                    if version is not None:
-                        pipe.hset(batch_key(view.name, entity, version), mapping=fields)
-                else:
-                    pipe.hset(speed_key(view.name, entity, start), mapping=fields)
-    pipe.execute()
-    if version is not None:
-        client.set(POINTER_KEY, BatchPointer(version, cutover).dumps())
+from tests.support.online import AS_OF, C, load, make_events  # noqa: E402
 
 
 def app_client(url: str, **kw: object) -> TestClient:
@@ -196,13 +165,13 @@ def test_redis_outage_gives_503_fast_and_recovers(tmp_path: Path) -> None:
 
 
 def test_fast_merge_is_bit_identical_to_core_evaluate() -> None:
-    """fstore.online's series merge (and its cached-batch path, whose window folds and batch-only values
+    """fstore.online.reader's series merge (and its cached-batch path, whose window folds and batch-only values
     are memoised across reads) equals fstore.core.tiles.evaluate over parse_tiles exactly, for both field
     forms, with and without a batch view, for any feature subset, at successive read times."""
     from fstore.core.aggregates import Partial
     from fstore.core.tiles import evaluate
-    from fstore.online import EntityRead, decode_batch, finish, merge, speed_days
-    from fstore.redis_layout import packed_fields, parse_tiles
+    from fstore.online.reader import EntityRead, decode_batch, finish, merge, speed_days
+    from fstore.redis.layout import packed_fields, parse_tiles
 
     rng = random.Random(11)
     for trial in range(60):
@@ -255,8 +224,8 @@ def test_fast_merge_is_bit_identical_to_core_evaluate() -> None:
 
 def test_decode_speed_matches_parse_tiles() -> None:
     """The bytes fast path decodes exactly what parse_tiles does: both forms, mixed, junk, count 0."""
-    from fstore.online import decode_speed
-    from fstore.redis_layout import packed_field, parse_tiles
+    from fstore.online.reader import decode_speed
+    from fstore.redis.layout import packed_field, parse_tiles
 
     raw = {b"300:1700000100:click:c": b"2", b"300:1700000100:click:s": b"2.0",
            b"300:1700000100:click:n": b"1.0", b"300:1700000100:click:x": b"1.0",
@@ -302,7 +271,7 @@ def test_batch_cache_serves_repeat_reads(redis_client: redis.Redis, redis_server
 
 
 def test_health_reports_batch_view_and_speed_freshness(redis_client: redis.Redis, redis_server: RedisServer) -> None:
-    from fstore.redis_layout import HEARTBEAT_KEY, Heartbeat
+    from fstore.redis.layout import HEARTBEAT_KEY, Heartbeat
 
     with app_client(redis_server.url) as client:
         body = client.get("/health").json()
@@ -378,7 +347,7 @@ def orjson_bytes(obj: object) -> bytes:
 
 
 def test_reader_round_trips_on_uvloop_survive_a_restart(tmp_path: Path) -> None:
-    """The reader's own connections (fstore.online_wire) under uvloop, as `fstore serve` runs them: values
+    """The reader's own connections (fstore.redis.resp) under uvloop, as `fstore serve` runs them: values
     equal the redis-py path; a Redis restart breaks the pooled connection, which is retried on a fresh one;
     a dead server gives ConnectionError, a silent one TimeoutError within the socket timeout."""
     import socket
@@ -387,7 +356,7 @@ def test_reader_round_trips_on_uvloop_survive_a_restart(tmp_path: Path) -> None:
     import redis.asyncio as aioredis
     import uvloop
 
-    from fstore.online import EntityRead, OnlineReader
+    from fstore.online.reader import EntityRead, OnlineReader
 
     server = RedisServer(state_dir=tmp_path / "r").start()
     silent = socket.create_server(("127.0.0.1", 0))  # accepts connections, never answers

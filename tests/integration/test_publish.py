@@ -12,10 +12,10 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from fstore import kafka_io
 from fstore.commands.publish import publish as publish_cmd
-from fstore.localsvc import Broker, ensure_topics, free_port
-from fstore.messages import MessageWriter
+from fstore.devsvc.services import Broker, ensure_topics, free_port
+from fstore.kafka import client as kafka_io
+from fstore.kafka.messages import MessageWriter
 
 pytestmark = pytest.mark.integration
 

@@ -14,9 +14,9 @@ import pytest
 import redis
 from confluent_kafka import Consumer, Producer
 
-from fstore import localsvc
-from fstore.kafka_io import producer_config, read_topic
-from fstore.localsvc import Broker, RedisServer, ServiceError, ensure_topics, list_topics, pid_alive
+from fstore.devsvc import services as localsvc
+from fstore.devsvc.services import Broker, RedisServer, ServiceError, ensure_topics, list_topics, pid_alive
+from fstore.kafka.client import producer_config, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -125,7 +125,7 @@ def test_start_failure_reports_log_tail(tmp_path: Path) -> None:
 
 def test_services_die_with_their_owner(tmp_path: Path) -> None:
     """A service started by a process that is then SIGKILLed does not outlive it."""
-    script = ("import sys, time\nfrom fstore.localsvc import Broker, RedisServer\n"
+    script = ("import sys, time\nfrom fstore.devsvc.services import Broker, RedisServer\n"
               f"r = RedisServer(state_dir={str(tmp_path)!r}).start()\n"
               f"b = Broker(state_dir={str(tmp_path)!r}).start()\n"
               "print(r.pid, b.pid, flush=True)\ntime.sleep(120)\n")

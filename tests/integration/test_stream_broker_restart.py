@@ -17,15 +17,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from fstore.localsvc import Broker, S3Server
-from tests.integration.test_stream import (  # noqa: F401 - worker_factory is a fixture
-    Factory,
-    assert_raw_and_dlq,
-    assert_tiles_exact,
-    make_traffic,
-    publish,
-    worker_factory,
-)
+from fstore.devsvc.services import Broker, S3Server
+from tests.support.stream import Factory, assert_raw_and_dlq, assert_tiles_exact, make_traffic, publish
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +33,7 @@ def durable_broker(tmp_path: Path) -> Iterator[Broker]:
 
 
 def test_broker_killed_mid_run_worker_reconnects_and_tiles_stay_exact(
-        durable_broker: Broker, redis_client: redis.Redis, worker_factory: Factory,  # noqa: F811
+        durable_broker: Broker, redis_client: redis.Redis, worker_factory: Factory,
         tmp_path: Path) -> None:
     traffic = make_traffic(80_000, seed=14, users=5_000, products=500)
     total = len(traffic.values)

@@ -1,0 +1,1 @@
+"""Delta Lake adapters: the raw event log and dead letters."""

@@ -1,0 +1,126 @@
+"""Delta tables of the master dataset: ``raw_events`` and ``dead_letters`` (DESIGN.md §1, §7).
+
+``raw_events`` is append-only and partitioned by ``event_date`` (UTC day of ``event_time``). Each row is
+one ingested copy of a valid event with ``ingested_at`` and ``payload_hash``, so every reader can apply
+the first-ingested-wins rule (:mod:`fstore.core.dedupe`). ``dead_letters`` keeps rejected messages with
+their reason (personal data masked) so nothing invalid vanishes.
+
+Both the backfill path (``fstore ingest``) and the stream job's raw sink write through this module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import date
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import DeltaTable, write_deltalake
+from deltalake.exceptions import TableNotFoundError
+
+from fstore.core.events import Event
+from fstore.core.timeutil import to_date
+
+TS = pa.timestamp("us", tz="UTC")
+
+RAW_SCHEMA = pa.schema([
+    pa.field("event_id", pa.string(), nullable=False),
+    pa.field("event_type", pa.string(), nullable=False),
+    pa.field("user_id", pa.string(), nullable=False),
+    pa.field("product_id", pa.string()),
+    pa.field("event_time", TS, nullable=False),
+    pa.field("price", pa.float64()),
+    pa.field("quantity", pa.int32(), nullable=False),
+    pa.field("session_id", pa.string()),
+    pa.field("ingested_at", TS, nullable=False),
+    pa.field("payload_hash", pa.string(), nullable=False),
+    pa.field("event_date", pa.date32(), nullable=False),
+])
+
+DEAD_LETTER_SCHEMA = pa.schema([
+    pa.field("payload", pa.binary(), nullable=False),
+    pa.field("reason", pa.string(), nullable=False),
+    pa.field("source", pa.string(), nullable=False),
+    pa.field("ingested_at", TS, nullable=False),
+    pa.field("ingest_date", pa.date32(), nullable=False),
+])
+
+
+def events_table(events: Sequence[Event], hashes: Sequence[str], ingested_at: Sequence[int]) -> pa.Table:
+    """Arrow table in the ``raw_events`` schema (``ingested_at`` per row, UTC epoch microseconds)."""
+    if not events:
+        return RAW_SCHEMA.empty_table()
+    (event_id, event_type, user_id, product_id, event_time, price, quantity, session_id) = (
+        [e[i] for e in events] for i in range(8))
+    times = pa.array(event_time, pa.int64()).cast(TS)
+    return pa.Table.from_arrays(
+        [
+            pa.array(event_id, pa.string()), pa.array(event_type, pa.string()),
+            pa.array(user_id, pa.string()), pa.array(product_id, pa.string()), times,
+            pa.array(price, pa.float64()), pa.array(quantity, pa.int32()), pa.array(session_id, pa.string()),
+            pa.array(ingested_at, pa.int64()).cast(TS), pa.array(hashes, pa.string()),
+            pc.cast(times, pa.date32()),
+        ],
+        schema=RAW_SCHEMA,
+    )
+
+
+def append_raw(uri: str, table: pa.Table) -> None:
+    """Append rows to ``raw_events`` (creates the table on first use). One Delta commit."""
+    if table.num_rows:
+        write_deltalake(uri, table, mode="append", partition_by=["event_date"])
+
+
+def dead_letters_table(payloads: Sequence[bytes], reasons: Sequence[str], source: str,
+                       ingested_at: int) -> pa.Table:
+    """Arrow table in the ``dead_letters`` schema."""
+    at = pa.array([ingested_at] * len(payloads), pa.int64()).cast(TS)
+    return pa.Table.from_arrays(
+        [pa.array(payloads, pa.binary()), pa.array(reasons, pa.string()),
+         pa.array([source] * len(payloads), pa.string()), at, pc.cast(at, pa.date32())],
+        schema=DEAD_LETTER_SCHEMA,
+    )
+
+
+def append_dead_letters(uri: str, table: pa.Table) -> None:
+    """Append rejected messages to ``dead_letters``. One Delta commit."""
+    if table.num_rows:
+        write_deltalake(uri, table, mode="append", partition_by=["ingest_date"])
+
+
+def open_table(uri: str) -> DeltaTable | None:
+    """The Delta table at ``uri``, or ``None`` if none exists yet."""
+    try:
+        return DeltaTable(uri)
+    except TableNotFoundError:
+        return None
+
+
+def read_table(uri: str, columns: list[str] | None = None, filter: pc.Expression | None = None) -> pa.Table:
+    """Read (part of) a Delta table into Arrow; empty when the table does not exist."""
+    dt = open_table(uri)
+    if dt is None:
+        schema = RAW_SCHEMA if uri.rstrip("/").endswith("raw_events") else DEAD_LETTER_SCHEMA
+        empty = schema.empty_table()
+        return empty.select(columns) if columns else empty
+    return dt.to_pyarrow_dataset().to_table(columns=columns, filter=filter)
+
+
+def event_ids_on(uri: str, dates: Iterable[date]) -> dict[date, set[str]]:
+    """event_ids already in ``raw_events``, per event_date, for the given dates (partition-pruned)."""
+    wanted = sorted(set(dates))
+    out: dict[date, set[str]] = {d: set() for d in wanted}
+    if not wanted:
+        return out
+    tbl = read_table(uri, ["event_id", "event_date"], pc.field("event_date").isin(wanted))
+    for d, ids in zip(tbl.column("event_date").to_pylist(), tbl.column("event_id").to_pylist(), strict=True):
+        out[d].add(ids)
+    return out
+
+
+def date_range(event_range: tuple[int, int] | None) -> tuple[date, date] | None:
+    """``event_date`` partitions ``(first, last)`` that hold events of ``[start, end)``."""
+    if event_range is None:
+        return None
+    start, end = event_range
+    return to_date(start), to_date(max(start, end - 1))

@@ -1,0 +1,152 @@
+"""``make demo``: the whole pipeline end to end on local services, printing every step.
+
+Run as ``python -m fstore.devsvc.demo [--keep-services] [--users N] [--days N]``. Each step runs the command a
+user would type, echoed with a ``$`` prompt, so the demo doubles as a walkthrough:
+
+services → 30 days of history (generate + ingest) → Feast registry → nightly batch job for yesterday
+(Delta tables, DQ gate, Redis batch view) → stream worker on live Kafka traffic → online API with
+example calls → consistency check of online values against point-in-time training joins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+LOGS = Path(".fstore/demo-logs")
+
+
+def _exe(cmd: list[str]) -> list[str]:
+    return [str(BIN / cmd[0]) if (BIN / cmd[0]).exists() else cmd[0], *cmd[1:]]
+
+
+def echo(cmd: list[str], cwd: Path = ROOT, env_note: str = "") -> None:
+    """Print a command as a user would type it."""
+    where = "" if cwd == ROOT else f"(cd {cwd.relative_to(ROOT)} && "
+    print(f"\n$ {env_note}{where}{shlex.join(cmd)}{')' if where else ''}", flush=True)
+
+
+def run(cmd: list[str], cwd: Path = ROOT, env: dict[str, str] | None = None, env_note: str = "") -> None:
+    """Echo and run one command; stop the demo with its exit status if it fails."""
+    echo(cmd, cwd, env_note)
+    res = subprocess.run(_exe(cmd), cwd=cwd, env=env, check=False)
+    if res.returncode != 0:
+        sys.exit(f"demo: `{shlex.join(cmd)}` failed with exit status {res.returncode}")
+
+
+def start(cmd: list[str], name: str) -> subprocess.Popen[bytes]:
+    """Start a long-running command in the background, output to .fstore/demo-logs/<name>.log."""
+    LOGS.mkdir(parents=True, exist_ok=True)
+    print(f"\n$ {shlex.join(cmd)} > {LOGS / (name + '.log')} 2>&1 &", flush=True)
+    log = open(LOGS / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the process
+    return subprocess.Popen(_exe(cmd), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+
+
+def stop(proc: subprocess.Popen[bytes], name: str) -> None:
+    """SIGTERM (the stream worker flushes its raw sink on it), then wait; no-op if already stopped."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    print(f"stopped {name} (exit {proc.returncode}); log: {LOGS / (name + '.log')}")
+
+
+def show(method: str, url: str, params: dict[str, str] | None = None,
+         body: dict[str, object] | None = None) -> dict[str, object]:
+    """Call the API like curl would and print the call and (a shortened) answer."""
+    if method == "GET":
+        q = "&".join(f"{k}={v}" for k, v in (params or {}).items())
+        print(f"\n$ curl -s '{url}{'?' + q if q else ''}'")
+    else:
+        print(f"\n$ curl -s -X {method} {url} -H 'content-type: application/json' -d '{json.dumps(body)}'")
+    r = httpx.request(method, url, params=params, json=body, timeout=30)
+    answer = r.json()
+    text = json.dumps(answer, indent=1)
+    print(text if len(text) < 2500 else text[:2500] + "\n ...")
+    return dict(answer)
+
+
+def wait_http(url: str, timeout: float = 60) -> None:
+    """Wait until ``url`` answers 200."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    sys.exit(f"demo: {url} did not come up within {timeout:.0f}s (see {LOGS})")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description="fstore end-to-end demo on local services")
+    p.add_argument("--keep-services", action="store_true", help="leave Redis and the broker running")
+    p.add_argument("--users", type=int, default=10_000)
+    p.add_argument("--products", type=int, default=1_000)
+    p.add_argument("--days", type=int, default=30)
+    p.add_argument("--live-seconds", type=int, default=20, help="seconds of live traffic for the stream worker")
+    p.add_argument("--port", type=int, default=8000, help="port of the online API")
+    args = p.parse_args()
+    started = time.perf_counter()
+    history = Path("data/demo/history.parquet")
+    yesterday = (datetime.now(UTC) - timedelta(days=1)).date().isoformat()
+    procs: list[tuple[subprocess.Popen[bytes], str]] = []
+    try:
+        print("fstore demo: services, history, Feast, nightly batch, live stream, online API, consistency")
+        run(["fstore", "services", "up"])
+        from fstore.devsvc.services import read_env
+
+        env = {**os.environ, **read_env()}
+        run(["fstore", "generate", "--out", str(history), "--users", str(args.users), "--products",
+             str(args.products), "--days", str(args.days), "--duplicate-rate", "0.01", "--late-rate", "0.01",
+             "--malformed-rate", "0.001", "--pii-rate", "0.01"])
+        run(["fstore", "ingest", str(history)])
+        run(["feast", "apply"], cwd=ROOT / "feature_repo", env=env, env_note='eval "$(fstore services env)"; ')
+        print("\n# The history was backfilled just now, so every event arrived days after its event_time;")
+        print("# the demo counts an event as late only after 31 days (FSTORE_DQ_LATE_AFTER_S) for this run.")
+        run(["fstore", "batch", "--date", yesterday], env={**env, "FSTORE_DQ_LATE_AFTER_S": str(31 * 86_400)},
+            env_note=f"FSTORE_DQ_LATE_AFTER_S={31 * 86_400} ")
+        worker = start(["fstore", "stream"], "stream")
+        procs.append((worker, "stream"))
+        run(["fstore", "publish", "--live", "--rate", "2000", "--duration", str(args.live_seconds),
+             "--malformed-rate", "0.01", "--duplicate-rate", "0.01", "--no-progress"])
+        api = start(["fstore", "serve", "--port", str(args.port)], "api")
+        procs.append((api, "api"))
+        base = f"http://127.0.0.1:{args.port}"
+        wait_http(f"{base}/health")
+        time.sleep(3)  # let the worker commit its last batch
+        show("GET", f"{base}/health")
+        show("GET", f"{base}/features", params={"user_id": "u000042", "features": "user_activity"})
+        show("GET", f"{base}/features", params={"product_id": "p00001",
+                                                "features": "product_engagement:ctr_1h,product_engagement:ctr_24h"})
+        show("POST", f"{base}/features", body={"entities": [{"user_id": "u000001"}, {"user_id": "u000002"}],
+                                               "features": ["user_activity:clicks_24h", "user_activity:revenue_7d"]})
+        stop(worker, "stream")  # flushes the raw sink: every event up to now is in raw_events
+        run(["fstore", "check-consistency", "--api-url", base, "--sample", "1000"])
+        print(f"\ndemo finished in {time.perf_counter() - started:.0f}s")
+    finally:
+        for proc, name in procs:
+            stop(proc, name)
+        if not args.keep_services:
+            run(["fstore", "services", "down"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""The fstore offline store for Feast (DESIGN.md §6): ``get_historical_features`` from ``raw_events``.
+
+Configure it in ``feature_store.yaml``::
+
+    offline_store:
+      type: fstore.feast.offline_store.FstoreOfflineStore
+      data_dir: ${FSTORE_DATA_DIR}   # optional; default: FSTORE_DATA_DIR / the fstore settings
+      engine: local                  # or spark
+
+``FeatureStore(...).get_historical_features(entity_df, features=[...])`` then returns the values of the
+fstore point-in-time engine (:mod:`fstore.offline.local`), not an as-of join over the daily snapshots: exact
+windows at every ``event_timestamp``, the fstore row contract (input order, duplicates kept, no row
+dropped). ``pull_latest``/``pull_all`` (materialisation, saved datasets) are delegated to Feast's file
+(dask) store, which reads the feature views' snapshot Parquet sources.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+import pyarrow as pa
+from feast import FeatureView
+from feast.data_source import DataSource
+from feast.infra.offline_stores.dask import DaskOfflineStore, DaskOfflineStoreConfig
+from feast.infra.offline_stores.offline_store import OfflineStore, RetrievalJob, RetrievalMetadata
+from feast.infra.offline_stores.offline_utils import infer_event_timestamp_from_entity_df
+from feast.infra.registry.base_registry import BaseRegistry
+from feast.on_demand_feature_view import OnDemandFeatureView
+from feast.repo_config import FeastConfigBaseModel, RepoConfig
+
+from fstore.core import pit
+from fstore.offline import local as offline
+
+
+class FstoreOfflineStoreConfig(FeastConfigBaseModel):
+    """``offline_store:`` block of ``feature_store.yaml``."""
+
+    type: Literal["fstore.feast.offline_store.FstoreOfflineStore"] = "fstore.feast.offline_store.FstoreOfflineStore"
+    data_dir: str | None = None
+    """Root of the Delta tables; relative paths are relative to the project (the repo's parent)."""
+    engine: Literal["local", "spark"] = "local"
+
+
+def raw_events_uri(config: RepoConfig) -> str:
+    """``raw_events`` location for a repo config (yaml ``data_dir``, else the fstore settings)."""
+    store = config.offline_store
+    data_dir = getattr(store, "data_dir", None)
+    if not data_dir:
+        from fstore.settings import get_settings
+
+        data_dir = get_settings().data_dir
+    if "://" not in data_dir and not Path(data_dir).is_absolute():
+        base = Path(config.repo_path).resolve().parent if config.repo_path else Path.cwd()
+        data_dir = str((base / data_dir).resolve())
+    return offline.raw_events_uri(data_dir)
+
+
+class FstoreRetrievalJob(RetrievalJob):
+    """Runs the point-in-time engine when the result is asked for (``to_df``/``to_arrow``)."""
+
+    def __init__(self, run: Callable[[], pa.Table], full_feature_names: bool, metadata: RetrievalMetadata) -> None:
+        self._run = run
+        self._full_feature_names = full_feature_names
+        self._metadata = metadata
+
+    @property
+    def full_feature_names(self) -> bool:
+        """Whether columns are named ``view__feature``."""
+        return self._full_feature_names
+
+    @property
+    def on_demand_feature_views(self) -> list[OnDemandFeatureView]:
+        """fstore defines no on-demand views."""
+        return []
+
+    def _to_arrow_internal(self, timeout: int | None = None) -> pa.Table:
+        return self._run()
+
+    def _to_df_internal(self, timeout: int | None = None) -> pd.DataFrame:
+        return self._run().to_pandas()
+
+    @property
+    def metadata(self) -> RetrievalMetadata | None:
+        """Features, keys and the timestamp range of the request."""
+        return self._metadata
+
+    def persist(self, storage: Any, allow_overwrite: bool = False, timeout: int | None = None) -> None:
+        """Saved datasets are not supported: write ``to_df()`` where you need it."""
+        raise NotImplementedError("the fstore offline store does not persist saved datasets; "
+                                  "call .to_df() / .to_arrow() and write the result yourself")
+
+
+def _as_arrow(entity_df: pd.DataFrame) -> tuple[pa.Table, str]:
+    ts = infer_event_timestamp_from_entity_df(dict(entity_df.dtypes))
+    table = pa.Table.from_pandas(entity_df, preserve_index=False)
+    if ts != pit.TIMESTAMP_COLUMN:
+        table = table.rename_columns([pit.TIMESTAMP_COLUMN if c == ts else c for c in table.column_names])
+    return table, ts
+
+
+class FstoreOfflineStore(OfflineStore):
+    """Feast offline store backed by the fstore point-in-time engine over ``raw_events``."""
+
+    @staticmethod
+    def get_historical_features(config: RepoConfig, feature_views: list[FeatureView], feature_refs: list[str],
+                                entity_df: pd.DataFrame | str | None, registry: BaseRegistry, project: str,
+                                full_feature_names: bool = False, **kwargs: Any) -> RetrievalJob:
+        """Point-in-time correct features for every row of ``entity_df`` (a pandas DataFrame).
+
+        Raises:
+            NotImplementedError: for a SQL string or no entity_df (start/end date mode).
+            fstore.core.pit.PointInTimeError: a missing column or a feature unknown to fstore.
+        """
+        if not isinstance(entity_df, pd.DataFrame):
+            raise NotImplementedError("the fstore offline store needs entity_df as a pandas DataFrame with "
+                                      "event_timestamp and the join keys (SQL and date ranges are not supported)")
+        if kwargs.get("filter_by_created_timestamp"):
+            raise NotImplementedError("filter_by_created_timestamp does not apply to the fstore offline store")
+        refs = list(feature_refs)
+        pit.plan(refs, full_feature_names)  # unknown features fail here, not at to_df()
+        table, ts = _as_arrow(entity_df)
+        store = config.offline_store
+        engine: offline.Engine = "spark" if getattr(store, "engine", "local") == "spark" else "local"
+        uri = raw_events_uri(config)
+        times = table.column(pit.TIMESTAMP_COLUMN) if pit.TIMESTAMP_COLUMN in table.column_names else None
+        lo = hi = datetime.fromtimestamp(0)
+        if times is not None and len(times):
+            down, up = pit.entity_times(times.combine_chunks())
+            lo, hi = (pd.Timestamp(int(down.min()), unit="us", tz="UTC").to_pydatetime(),
+                      pd.Timestamp(int(up.max()), unit="us", tz="UTC").to_pydatetime())
+        keys = list(pit.plan(refs, full_feature_names=True).join_keys)
+        metadata = RetrievalMetadata(features=refs, keys=keys, min_event_timestamp=lo, max_event_timestamp=hi)
+
+        def run() -> pa.Table:
+            out = offline.get_historical_features(table, refs, raw_uri=uri, engine=engine,
+                                                  full_feature_names=full_feature_names)
+            if ts != pit.TIMESTAMP_COLUMN:
+                out = out.rename_columns([ts if c == pit.TIMESTAMP_COLUMN else c for c in out.column_names])
+            return out
+
+        return FstoreRetrievalJob(run, full_feature_names, metadata)
+
+    @staticmethod
+    def _dask_config(config: RepoConfig) -> RepoConfig:
+        dask_config = config.model_copy()
+        dask_config._offline_store = DaskOfflineStoreConfig()  # type: ignore[assignment]
+        return dask_config
+
+    @staticmethod
+    def pull_latest_from_table_or_query(config: RepoConfig, data_source: DataSource, join_key_columns: list[str],
+                                        feature_name_columns: list[str], timestamp_field: str,
+                                        created_timestamp_column: str | None, start_date: datetime,
+                                        end_date: datetime) -> RetrievalJob:
+        """Materialisation reads the snapshot Parquet sources through Feast's file store."""
+        return DaskOfflineStore.pull_latest_from_table_or_query(
+            FstoreOfflineStore._dask_config(config), data_source, join_key_columns, feature_name_columns,
+            timestamp_field, created_timestamp_column, start_date, end_date)
+
+    @staticmethod
+    def pull_all_from_table_or_query(config: RepoConfig, data_source: DataSource, join_key_columns: list[str],
+                                     feature_name_columns: list[str], timestamp_field: str,
+                                     created_timestamp_column: str | None = None,
+                                     start_date: datetime | None = None,
+                                     end_date: datetime | None = None) -> RetrievalJob:
+        """All rows of a snapshot source in a time range, through Feast's file store."""
+        return DaskOfflineStore.pull_all_from_table_or_query(
+            FstoreOfflineStore._dask_config(config), data_source, join_key_columns, feature_name_columns,
+            timestamp_field, created_timestamp_column, start_date, end_date)

@@ -1,0 +1,246 @@
+"""The fstore online store for Feast (DESIGN.md §4, §5): Feast reads the same merged values as the API.
+
+Configure it in ``feature_store.yaml``::
+
+    online_store:
+      type: fstore.feast.online_store.FstoreOnlineStore
+      redis_url: ${FSTORE_REDIS_URL}   # optional; default: FSTORE_REDIS_URL / the fstore settings
+      timeout_ms: 300                  # Redis connect/read timeout
+
+``FeatureStore("feature_repo").get_online_features(features=[...], entity_rows=[...])`` then returns, for
+each entity, the lambda merge of :mod:`fstore.online.reader` (batch tiles before the cutover C, speed tiles from C
+on) evaluated at ``as_of`` = now — the values ``GET /features`` returns. The row's event timestamp is that
+``as_of``. Nothing here re-implements the merge or the pointer re-check: reads go through
+:class:`fstore.online.reader.SyncOnlineReader` (sync path) or :class:`fstore.online.reader.OnlineReader` (async path),
+both driving :class:`fstore.online.reader.ReadCore`, and keep its batch tile cache across calls.
+
+Writes: fstore's stream and batch jobs own the online view, and a Feast row holds *final* values while
+fstore stores *partial aggregates* in tiles, so there is nothing meaningful to write. ``online_write_batch``
+(``feast materialize``, ``write_to_online_store``, push sources) raises :class:`FstoreReadOnlyError`
+instead of silently dropping data. ``update`` and ``teardown`` (``feast apply`` / ``feast teardown``) are
+no-ops: they never create or delete fstore keys.
+
+Limits: each feature view is read in its own round trip (Feast calls ``online_read`` per view), so a
+request spanning two views evaluates each at its own ``as_of`` and, during a batch cutover, may see two
+batch versions across views (never within one view).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import redis
+import redis.asyncio as aioredis
+from feast import Entity
+from feast.feature_view import FeatureView as FeastFeatureView
+from feast.infra.online_stores.online_store import OnlineStore
+from feast.infra.supported_async_methods import SupportedAsyncMethods
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
+from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+from feast.repo_config import FeastConfigBaseModel, RepoConfig
+from pydantic import Field
+
+from fstore.clock import Clock, wall_clock
+from fstore.core.aggregates import Value
+from fstore.core.features import FeatureView, get_view
+from fstore.online.reader import EntityRead, OnlineReader, ReadResult, SyncOnlineReader
+
+ReadRow = tuple[datetime | None, dict[str, ValueProto] | None]
+
+
+class FstoreReadOnlyError(RuntimeError):
+    """Raised by writes: fstore's stream and batch jobs own the online view."""
+
+
+class FstoreOnlineStoreConfig(FeastConfigBaseModel):
+    """``online_store:`` block of ``feature_store.yaml``."""
+
+    type: Literal["fstore.feast.online_store.FstoreOnlineStore"] = "fstore.feast.online_store.FstoreOnlineStore"
+    redis_url: str | None = None
+    """``redis://host:port/db`` of the online views. Unset, empty or an unexpanded ``${VAR}``: the fstore
+    settings (``FSTORE_REDIS_URL``, ``.fstore/services.env``, default)."""
+    timeout_ms: int = Field(300, ge=10, le=10_000)
+    """Redis connect/read timeout in milliseconds (an unreachable Redis fails fast, never hangs)."""
+
+
+def redis_url_of(config: RepoConfig) -> str:
+    """The Redis URL for a repo config (yaml ``redis_url``, else the fstore settings)."""
+    url = getattr(config.online_store, "redis_url", None)
+    if not url or "${" in url or url.startswith("$"):
+        from fstore.settings import get_settings
+
+        url = get_settings().redis_url
+    return url
+
+
+def _entity_id(key: EntityKeyProto, view: FeatureView) -> str:
+    """The join-key value of an entity key proto, as a string.
+
+    Raises:
+        ValueError: when the key does not carry the view's join key.
+    """
+    for name, value in zip(key.join_keys, key.entity_values, strict=True):
+        if name == view.entity.join_key:
+            kind = value.WhichOneof("val")
+            if kind is None:
+                break
+            return str(getattr(value, kind))
+    raise ValueError(f"feature view '{view.name}' needs entity key '{view.entity.join_key}'")
+
+
+def _proto(value: Value, dtype: str) -> ValueProto:
+    """A Feast value proto for a feature value (empty proto = null)."""
+    if value is None:
+        return ValueProto()
+    if dtype == "int64":
+        return ValueProto(int64_val=int(value))
+    return ValueProto(double_val=float(value))
+
+
+def _rows(view: FeatureView, results: Sequence[ReadResult], as_of: int) -> list[ReadRow]:
+    """Feast rows (event timestamp = ``as_of``) for the results of one view."""
+    ts = datetime.fromtimestamp(as_of // 1_000_000, tz=UTC).replace(microsecond=as_of % 1_000_000)
+    dtypes = {f.name: f.dtype for f in view.features}
+    return [(ts, {n: _proto(v, dtypes[n]) for n, v in r.values.items()}) for r in results]
+
+
+class FstoreOnlineStore(OnlineStore):
+    """Feast online store over fstore's Redis layout (read-only; see the module docstring).
+
+    Attributes:
+        clock: time source for ``as_of`` (default: the wall clock). Feast has no clock injection; tests set
+            this attribute on the store instance to compare with an API built with the same fixed clock.
+    """
+
+    def __init__(self) -> None:
+        self.clock: Clock = wall_clock
+        self._reader: SyncOnlineReader | None = None
+        self._reader_url: str | None = None
+        # One async reader per event loop (a redis.asyncio client is bound to its loop); weak keys, so a
+        # closed loop (e.g. after asyncio.run) drops its reader instead of handing it to a new loop.
+        self._readers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[str, OnlineReader]] = (
+            weakref.WeakKeyDictionary())
+
+    @property
+    def async_supported(self) -> SupportedAsyncMethods:
+        """Async reads go through :class:`fstore.online.reader.OnlineReader`; writes are not supported."""
+        return SupportedAsyncMethods(read=True, write=False)
+
+    # -- reads ---------------------------------------------------------------------------------------
+
+    def _sync_reader(self, config: RepoConfig) -> SyncOnlineReader:
+        url = redis_url_of(config)
+        if self._reader is None or self._reader_url != url:
+            timeout = getattr(config.online_store, "timeout_ms", 300) / 1000
+            client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
+                                          retry_on_timeout=False)
+            self._reader = SyncOnlineReader(client, lambda: self.clock())
+            self._reader_url = url
+        return self._reader
+
+    def _reads(self, table: FeastFeatureView, entity_keys: Sequence[EntityKeyProto],
+               requested_features: Sequence[str] | None) -> tuple[FeatureView, list[EntityRead]]:
+        view = get_view(table.name)
+        names = tuple(requested_features) if requested_features else view.feature_names
+        for n in names:
+            view.feature(n)  # KeyError naming an unknown feature
+        return view, [EntityRead(view, _entity_id(k, view), names) for k in entity_keys]
+
+    def online_read(
+        self,
+        config: RepoConfig,
+        table: FeastFeatureView,
+        entity_keys: list[EntityKeyProto],
+        requested_features: list[str] | None = None,
+    ) -> list[ReadRow]:
+        """Merged values of ``entity_keys`` at ``as_of`` = :attr:`clock` (one pipelined round trip).
+
+        The pointer is read in the same pipeline as the hashes; if it moved since it was fetched, the read
+        is repeated with the new pointer, so one call never mixes two batch versions (as
+        :meth:`fstore.online.reader.OnlineReader.read` does).
+
+        Raises:
+            KeyError: unknown feature view or feature.
+            redis.exceptions.RedisError: Redis unreachable (after ``timeout_ms``) or the pointer kept moving.
+        """
+        view, reads = self._reads(table, entity_keys, requested_features)
+        snap = self._sync_reader(config).read(reads)
+        return _rows(view, snap.results, snap.as_of)
+
+    async def online_read_async(
+        self,
+        config: RepoConfig,
+        table: FeastFeatureView,
+        entity_keys: list[EntityKeyProto],
+        requested_features: list[str] | None = None,
+    ) -> list[ReadRow]:
+        """Async read through :class:`fstore.online.reader.OnlineReader` (one reader per event loop)."""
+        view, reads = self._reads(table, entity_keys, requested_features)
+        url, loop = redis_url_of(config), asyncio.get_running_loop()
+        entry = self._readers.get(loop)
+        if entry is None or entry[0] != url:
+            timeout = getattr(config.online_store, "timeout_ms", 300) / 1000
+            client = aioredis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
+                                             retry_on_timeout=False)
+            entry = self._readers[loop] = (url, OnlineReader(client, lambda: self.clock()))
+        reader = entry[1]
+        snap = await reader.read(reads)
+        return _rows(view, snap.results, snap.as_of)
+
+    # -- writes and infrastructure: owned by fstore's layers -----------------------------------------
+
+    def online_write_batch(
+        self,
+        config: RepoConfig,
+        table: FeastFeatureView,
+        data: list[tuple[EntityKeyProto, dict[str, ValueProto], datetime, datetime | None]],
+        progress: Callable[[int], Any] | None,
+    ) -> None:
+        """Refuse: fstore's speed (``fstore stream``) and batch (``fstore batch``) jobs write the online view.
+
+        Raises:
+            FstoreReadOnlyError: always, naming what to run instead.
+        """
+        raise FstoreReadOnlyError(
+            f"the fstore online store is read-only: feature view '{table.name}' is written by fstore's "
+            "stream job (`fstore stream`, speed view) and batch job (`fstore batch`, batch view), which store "
+            "tile partial aggregates, not final values. Do not run `feast materialize` or push/write to the "
+            "online store; ingest events instead (`fstore ingest` / the `events` topic).")
+
+    async def online_write_batch_async(
+        self,
+        config: RepoConfig,
+        table: FeastFeatureView,
+        data: list[tuple[EntityKeyProto, dict[str, ValueProto], datetime, datetime | None]],
+        progress: Callable[[int], Any] | None,
+    ) -> None:
+        """Refuse, as :meth:`online_write_batch`."""
+        self.online_write_batch(config, table, data, progress)
+
+    def update(
+        self,
+        config: RepoConfig,
+        tables_to_delete: Sequence[FeastFeatureView],
+        tables_to_keep: Sequence[FeastFeatureView],
+        entities_to_delete: Sequence[Entity],
+        entities_to_keep: Sequence[Entity],
+        partial: bool,
+    ) -> None:
+        """No-op: fstore's keys carry TTLs and belong to its layers; ``feast apply`` creates nothing."""
+
+    def teardown(self, config: RepoConfig, tables: Sequence[FeastFeatureView], entities: Sequence[Entity]) -> None:
+        """No-op: ``feast teardown`` never deletes fstore's online views (they are rebuilt by its jobs)."""
+
+    async def close(self) -> None:
+        """Close the Redis clients."""
+        if self._reader is not None:
+            self._reader.client.close()
+            self._reader = None
+        entry = self._readers.pop(asyncio.get_running_loop(), None)
+        if entry is not None:
+            await entry[1].aclose()
+            await entry[1].client.aclose()

@@ -1,0 +1,1 @@
+"""Kafka adapters: clients, topics and message files."""

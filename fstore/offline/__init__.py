@@ -1,0 +1,1 @@
+"""The point-in-time engine's adapters: local (Arrow) and Spark."""

@@ -1,0 +1,298 @@
+"""Online reads: the lambda merge of the batch view and the speed view (DESIGN.md §4, §5).
+
+For entity ``e`` of view ``v`` at ``as_of``: tiles before the cutover C come from the batch view
+version that the pointer names, tiles from C on come from the speed view; windows are evaluated over the
+merged tiles by :mod:`fstore.online.merge` (bit-identical to :func:`fstore.core.tiles.evaluate`). One
+pipelined Redis round trip per request reads the pointer and every hash needed. The pointer is cached;
+when the pointer read in the same round trip differs from the cached one, the request is re-read with the
+new pointer, so a response never mixes two batch versions (superseded versions stay readable for a grace
+period).
+
+:class:`ReadCore` holds that logic once, without I/O: :meth:`ReadCore.attempts` yields the commands of a
+round trip and receives their replies. :class:`OnlineReader` drives it over asyncio (the API, Feast's async
+path), :class:`SyncOnlineReader` over a blocking redis-py client (Feast's ``online_read``).
+
+Hot path (docs/serving.md, "Batch tile cache" and "Hot path"): a published batch version is immutable,
+so the reader keeps the decoded batch tiles per (version, cutover, view, entity) in a bounded LRU; on a hit
+the round trip reads only the pointer and the speed hashes. A cached version is used only when the pointer
+read in that same round trip names it. The async reader sends the round trip through
+:mod:`fstore.redis.resp`.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Generator, Sequence
+from contextlib import suppress
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+
+from fstore.clock import Clock, wall_clock
+from fstore.core.features import FeatureView, largest_hop
+from fstore.core.timeutil import DAY, SECOND, floor_to, iso
+from fstore.online.merge import (
+    BatchTiles,
+    EntityRead,
+    ReadResult,
+    decode_batch,
+    decode_speed,
+    decode_speed_hashes,
+    evaluate_columns,
+    finish,
+)
+from fstore.redis.layout import POINTER_KEY, BatchPointer, batch_key, speed_key
+from fstore.redis.resp import RespPool, command, execute_with_pool, hgetall
+
+__all__ = ["BatchTiles", "Clock", "EntityRead", "OnlineReader", "ReadCore", "ReadResult", "Snapshot",
+           "SyncOnlineReader", "decode_batch", "decode_speed", "decode_speed_hashes", "evaluate_columns",
+           "finish", "iso_cached", "merge", "speed_days"]
+
+Attempts = Generator[list[bytes], list[Any], "Snapshot"]  # yields a round trip's commands, gets its replies
+
+DEFAULT_BATCH_CACHE_ENTRIES = 20_000
+MAX_POINTER_RETRIES = 5
+GET_POINTER = command("GET", POINTER_KEY)
+_UNSET = object()
+
+
+@lru_cache(maxsize=4096)
+def iso_cached(us: int) -> str:
+    """:func:`fstore.core.timeutil.iso` memoised, for values that repeat across requests (the cutover,
+    tile starts)."""
+    return iso(us)
+
+
+def iso_fast(us: int) -> str:
+    """:func:`fstore.core.timeutil.iso` with the whole seconds memoised (``as_of`` of successive requests)."""
+    frac = us % SECOND
+    whole = iso_cached(us - frac)  # no fraction in isoformat when the microseconds are 0
+    return f"{whole[:-1]}.{frac:06d}Z" if frac else whole
+
+
+@dataclass
+class Snapshot:
+    """Everything one request returns, read against one batch pointer."""
+
+    as_of: int
+    pointer: BatchPointer | None
+    results: list[ReadResult] = field(default_factory=list)
+
+    def meta(self) -> dict[str, Any]:
+        """JSON-able ``as_of`` / cutover / version block."""
+        return {
+            "as_of": iso_fast(self.as_of),
+            "as_of_us": self.as_of,
+            "batch_cutoff": iso_cached(self.pointer.cutover) if self.pointer else None,
+            "batch_version": self.pointer.version if self.pointer else None,
+        }
+
+
+@lru_cache(maxsize=64)
+def _reach(view: FeatureView) -> int:
+    """How far back a read of ``view`` can need tiles: its longest window plus the largest hop."""
+    return view.longest_window + largest_hop()
+
+
+def speed_days(view: FeatureView, pointer: BatchPointer | None, as_of: int) -> list[int]:
+    """Day starts (epoch us) of the speed hashes a read at ``as_of`` needs."""
+    first = _reach(view)
+    start = as_of - first if pointer is None else max(pointer.cutover, as_of - first)
+    return list(range(floor_to(start, DAY), as_of + 1, DAY))
+
+
+def merge(read: EntityRead, pointer: BatchPointer | None, hashes: Sequence[Any], as_of: int) -> ReadResult:
+    """Merge the batch tiles before C with the speed tiles from C on and evaluate at ``as_of``.
+
+    ``hashes`` are the HGETALL replies of the batch hash of ``pointer``'s version (when there is a pointer)
+    and then of the speed hashes of :func:`speed_days`.
+    """
+    if pointer is None:
+        return finish(read, None, None, hashes, as_of)
+    return finish(read, pointer.cutover, decode_batch(read.view, hashes[0], pointer.cutover, None), hashes[1:],
+                  as_of)
+
+
+class ReadCore:
+    """Pointer cache, batch tile cache and the pointer-rechecking read loop, without I/O.
+
+    Args:
+        clock: time source of ``as_of``.
+        batch_cache_entries: most (version, view, entity) batch tile sets kept decoded (LRU); 0 disables.
+    """
+
+    def __init__(self, clock: Clock = wall_clock, batch_cache_entries: int = DEFAULT_BATCH_CACHE_ENTRIES) -> None:
+        self.clock = clock
+        # (raw value of the pointer key, its parse): one attribute, so threads never see a torn pair
+        self._current: tuple[Any, BatchPointer | None] = (_UNSET, None)
+        self._cache: OrderedDict[tuple[str, int, str, str], BatchTiles] = OrderedDict()
+        self._cache_max = batch_cache_entries
+        self.cache_hits = 0
+        self.cache_misses = 0
+
+    def _parse_pointer(self, raw: Any) -> BatchPointer | None:
+        """The pointer stored as ``raw`` (parsed once per distinct value), remembered as the current one."""
+        known, pointer = self._current
+        if raw != known:
+            pointer = BatchPointer.loads(raw)
+            self._current = (raw, pointer)
+        return pointer
+
+    def _store(self, key: tuple[str, int, str, str], batch: BatchTiles) -> None:
+        self._cache[key] = batch
+        if len(self._cache) > self._cache_max:
+            self._cache.popitem(last=False)
+
+    def attempts(self, reads: Sequence[EntityRead], t: int) -> Attempts:
+        """The read of ``reads`` at ``t``: yields the commands of a round trip (the pointer ``GET`` first),
+        receives their replies; repeats with the new pointer when the pointer read differs from the one
+        the commands were built for. Returns the snapshot.
+
+        Raises:
+            RedisError: the pointer changed :data:`MAX_POINTER_RETRIES` times in a row.
+        """
+        cache = self._cache
+        for _ in range(MAX_POINTER_RETRIES):
+            pointer = self._current[1]
+            cutover = pointer.cutover if pointer is not None else None
+            # Cached batch tiles are kept only for reads at or after the cutover (they omit older tiles).
+            cacheable = cutover is not None and t >= cutover and self._cache_max > 0
+            wire = [GET_POINTER]
+            layout: list[tuple[BatchTiles | None, tuple[str, int, str, str] | None, int]] = []
+            days_of: dict[FeatureView, list[int]] = {}
+            for r in reads:
+                view = r.view
+                days = days_of.get(view)
+                if days is None:
+                    days = days_of[view] = speed_days(view, pointer, t)
+                cached = ckey = None
+                if pointer is not None:
+                    if cacheable:
+                        ckey = (pointer.version, pointer.cutover, view.name, r.entity)
+                        cached = cache.get(ckey)
+                    if cached is None:
+                        wire.append(hgetall(batch_key(view.name, r.entity, pointer.version)))
+                    else:
+                        with suppress(KeyError):  # evicted meanwhile by another thread (Feast's sync path)
+                            cache.move_to_end(ckey)  # type: ignore[arg-type]
+                for d in days:
+                    wire.append(hgetall(speed_key(view.name, r.entity, d)))
+                layout.append((cached, ckey, len(days)))
+            out = yield wire
+            current = self._parse_pointer(out[0])
+            if current is not pointer and current != pointer:
+                continue  # the batch view moved under us: read again with the new one
+            snap = Snapshot(t, pointer)
+            results = snap.results
+            pos = 1
+            for r, (batch, ckey, n) in zip(reads, layout, strict=True):
+                if batch is None and cutover is not None:
+                    self.cache_misses += 1
+                    batch = decode_batch(r.view, out[pos], cutover, cutover if cacheable else None)
+                    pos += 1
+                    if ckey is not None:
+                        self._store(ckey, batch)
+                elif batch is not None:
+                    self.cache_hits += 1
+                results.append(finish(r, cutover, batch, out[pos:pos + n], t))
+                pos += n
+            return snap
+        raise RedisError("the batch view pointer changed five times during one read")
+
+
+class OnlineReader(ReadCore):
+    """Reads merged feature values from Redis (async; one pipelined round trip per call).
+
+    Args:
+        client: async Redis client (bytes responses); its connection settings are used for the read round
+            trips (:class:`fstore.redis.resp.RespPool`), the client itself serves :meth:`refresh_pointer`.
+        clock: time source of ``as_of``.
+        batch_cache_entries: most (version, view, entity) batch tile sets kept decoded (LRU); 0 disables.
+    """
+
+    def __init__(self, client: aioredis.Redis, clock: Clock = wall_clock,
+                 batch_cache_entries: int = DEFAULT_BATCH_CACHE_ENTRIES) -> None:
+        super().__init__(clock, batch_cache_entries)
+        self.client = client
+        self._wire = RespPool.from_client(client)
+
+    async def pointer(self) -> BatchPointer | None:
+        """The serving batch pointer (cached; refreshed by every read)."""
+        known, pointer = self._current
+        return await self.refresh_pointer() if known is _UNSET else pointer
+
+    async def refresh_pointer(self) -> BatchPointer | None:
+        """Re-read the serving batch pointer now."""
+        return self._parse_pointer(await self.client.get(POINTER_KEY))
+
+    async def _execute(self, wire: list[bytes]) -> list[Any]:
+        if self._wire is None:
+            return await execute_with_pool(self.client, wire)
+        return await self._wire.execute(b"".join(wire), len(wire))
+
+    async def read(self, reads: Sequence[EntityRead], as_of: int | None = None) -> Snapshot:
+        """Values of every read at ``as_of`` (default: now), all against the same batch pointer."""
+        gen = self.attempts(reads, self.clock() if as_of is None else as_of)
+        wire = next(gen)
+        while True:
+            out = await self._execute(wire)
+            try:
+                wire = gen.send(out)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+
+    async def aclose(self) -> None:
+        """Close the read connections (not the client, which belongs to the caller)."""
+        if self._wire is not None:
+            self._wire.close()
+
+
+class SyncOnlineReader(ReadCore):
+    """:class:`OnlineReader` over a blocking redis-py client (for callers without an event loop).
+
+    Args:
+        client: Redis client (bytes responses).
+        clock: time source of ``as_of``.
+        batch_cache_entries: most (version, view, entity) batch tile sets kept decoded (LRU); 0 disables.
+    """
+
+    def __init__(self, client: redis.Redis, clock: Clock = wall_clock,
+                 batch_cache_entries: int = DEFAULT_BATCH_CACHE_ENTRIES) -> None:
+        super().__init__(clock, batch_cache_entries)
+        self.client = client
+
+    def _execute(self, wire: list[bytes]) -> list[Any]:
+        """One round trip on a pooled connection (dropped on any error; a broken pooled connection is
+        retried once on a fresh one, timeouts are not)."""
+        pool = self.client.connection_pool
+        payload = b"".join(wire)
+        for attempt in (0, 1):
+            conn = pool.get_connection()
+            try:
+                conn.send_packed_command([payload], check_health=False)  # type: ignore[no-untyped-call]
+                return [conn.read_response() for _ in wire]
+            except RedisConnectionError:
+                conn.disconnect()  # type: ignore[no-untyped-call]
+                if attempt:
+                    raise
+            except BaseException:
+                conn.disconnect()  # type: ignore[no-untyped-call]
+                raise
+            finally:
+                pool.release(conn)
+        raise AssertionError("unreachable")
+
+    def read(self, reads: Sequence[EntityRead], as_of: int | None = None) -> Snapshot:
+        """Values of every read at ``as_of`` (default: now), all against the same batch pointer."""
+        gen = self.attempts(reads, self.clock() if as_of is None else as_of)
+        wire = next(gen)
+        while True:
+            try:
+                wire = gen.send(self._execute(wire))
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]

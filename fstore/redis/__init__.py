@@ -1,0 +1,1 @@
+"""Redis adapters: the key layout and the RESP wire helpers."""

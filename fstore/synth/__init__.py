@@ -1,0 +1,1 @@
+"""Synthetic traffic for demos, tests and benchmarks (not a rule of the store)."""

@@ -1,0 +1,46 @@
+"""Serving-layer test data: events around a cutover and a loader that writes both views as the layers do."""
+
+from __future__ import annotations
+
+import random
+
+import redis
+
+from fstore.core.events import Event
+from fstore.core.features import VIEWS
+from fstore.core.tiles import build_tiles
+from fstore.core.timeutil import DAY, HOUR, MINUTE, parse_timestamp
+from fstore.redis.layout import POINTER_KEY, BatchPointer, batch_key, partial_fields, speed_key
+
+C = parse_timestamp("2026-11-21T00:00:00Z")  # the cutover
+AS_OF = C + 13 * HOUR + 7 * MINUTE + 123_456
+
+
+def make_events(seed: int, n: int = 3000) -> list[Event]:
+    rng = random.Random(seed)
+    types = ["page_view", "impression", "click", "add_to_cart", "purchase"]
+    out = []
+    for i in range(n):
+        t = AS_OF - rng.randrange(1, 9 * DAY)  # before as_of, across the cutover
+        if i % 10 == 0:
+            t = C + rng.choice([-1, 0, 1]) * rng.randrange(0, 5)  # right at the cutover
+        out.append(Event(f"e{seed}-{i}", rng.choice(types), f"u{rng.randrange(5)}", f"p{rng.randrange(5)}",
+                         t, round(rng.uniform(1, 90), 2), rng.randint(1, 3), None))
+    return out
+
+
+def load(client: redis.Redis, events: list[Event], version: str | None, cutover: int) -> None:
+    """Write batch tiles (< cutover) under ``version`` and speed tiles (>= cutover), as the layers do."""
+    pipe = client.pipeline(transaction=False)
+    for view in VIEWS.values():
+        for (entity, size, start), tile in build_tiles(view, events).items():
+            for measure, p in tile.items():
+                fields = partial_fields(size, start, measure, p)
+                if start < cutover:
+                    if version is not None:
+                        pipe.hset(batch_key(view.name, entity, version), mapping=fields)
+                else:
+                    pipe.hset(speed_key(view.name, entity, start), mapping=fields)
+    pipe.execute()
+    if version is not None:
+        client.set(POINTER_KEY, BatchPointer(version, cutover).dumps())

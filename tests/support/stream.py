@@ -1,0 +1,230 @@
+"""The speed layer under test: generated traffic, its brute-force tiles, and the worker as a process."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+import pyarrow.compute as pc
+import redis
+from confluent_kafka import Consumer, TopicPartition
+
+from fstore.core.events import Event, parse
+from fstore.core.features import VIEWS, WindowedFeature
+from fstore.delta import raw_log
+from fstore.devsvc.services import Broker, free_port
+from fstore.kafka import client as kafka_io
+from fstore.synth.generator import MALFORMED, GeneratorConfig, generate
+from tests.support.bruteforce import hop_by_table
+
+ROOT = Path(__file__).resolve().parents[2]
+SECOND = 1_000_000
+PARTITIONS = 2
+
+
+@dataclass
+class Traffic:
+    """Generated messages in publish order and what the pipeline must make of them."""
+
+    keys: list[str | None]
+    values: list[bytes]
+    malformed: Counter[tuple[bytes, str]]
+    valid_ids: set[str]
+    first_copies: list[Event]
+
+
+def make_traffic(events: int, seed: int, users: int = 2_000, products: int = 300) -> Traffic:
+    """Traffic over the last 2 hours with 3% duplicates, 3% late and 2% malformed messages."""
+    now = time.time_ns() // 1000
+    cfg = GeneratorConfig(start=now - 2 * 3600 * SECOND, end=now, events=events, users=users, products=products,
+                          duplicate_rate=0.03, late_rate=0.03, malformed_rate=0.02, pii_rate=0.01)
+    keys: list[str | None] = []
+    values: list[bytes] = []
+    malformed: Counter[tuple[bytes, str]] = Counter()
+    first: dict[str, Event] = {}
+    for b in generate(cfg, seed, dumps=orjson.dumps):
+        keys += b.keys
+        values += b.values
+        for v, flag, reason in zip(b.values, b.flags.tolist(), b.reasons, strict=True):
+            if flag & MALFORMED:
+                malformed[(v, str(reason))] += 1
+                continue
+            ev = parse(v, now, orjson.loads)
+            assert isinstance(ev, Event), (v, ev)
+            first.setdefault(ev.event_id, ev)  # publish order = log order per key (= per partition)
+    return Traffic(keys, values, malformed, set(first), list(first.values()))
+
+
+def expected_fields(events: list[Event]) -> dict[str, dict[str, float]]:
+    """Independent tiles: Redis key → {field: value} (hop table and keys restated, not imported)."""
+    cells: dict[tuple[str, str, int, int, str], list[float]] = {}
+    for view in VIEWS.values():
+        wanted: set[tuple[int, str, str, str]] = set()
+        for f in view.features:
+            if isinstance(f, WindowedFeature):
+                wanted.add((hop_by_table(f.window), f.measure.name, f.measure.event_type, str(f.measure.value)))
+        for ev in events:
+            entity = ev.user_id if view.entity.join_key == "user_id" else ev.product_id
+            if entity is None:
+                continue
+            for size, measure, etype, kind in wanted:
+                if ev.event_type != etype:
+                    continue
+                x = (ev.price or 0.0) * ev.quantity if kind == "revenue" else 1.0
+                start = ev.event_time - ev.event_time % size
+                c = cells.setdefault((view.name, entity, size, start, measure), [0, 0.0, math.inf, -math.inf])
+                c[0] += 1
+                c[1] += x
+                c[2] = min(c[2], x)
+                c[3] = max(c[3], x)
+    out: dict[str, dict[str, float]] = {}
+    for (view_name, entity, size, start, measure), (n, s, lo, hi) in cells.items():
+        day = time.strftime("%Y%m%d", time.gmtime(start // SECOND))
+        prefix = f"{size // SECOND}:{start // SECOND}:{measure}"
+        out.setdefault(f"fs:{{{view_name}|{entity}}}:s:{day}", {}).update(
+            {f"{prefix}:c": n, f"{prefix}:s": s, f"{prefix}:n": lo, f"{prefix}:x": hi})
+    return out
+
+
+def redis_fields(client: redis.Redis) -> dict[str, dict[str, float]]:
+    out = {}
+    for key in client.scan_iter(match="fs:*:s:*", count=5000):
+        out[key.decode()] = {k.decode(): float(v) for k, v in client.hgetall(key).items()}  # type: ignore[union-attr]
+    return out
+
+
+def assert_tiles_exact(client: redis.Redis, traffic: Traffic) -> None:
+    want, got = expected_fields(traffic.first_copies), redis_fields(client)
+    assert set(got) == set(want), f"keys differ: missing {len(set(want) - set(got))}, extra {len(set(got) - set(want))}"
+    bad: list[tuple[object, ...]] = []
+    for key, fields in want.items():
+        if set(fields) != set(got[key]):
+            bad.append((key, "fields", sorted(set(fields) ^ set(got[key]))[:4]))
+            continue
+        for f, v in fields.items():
+            ok = math.isclose(got[key][f], v, rel_tol=1e-9, abs_tol=1e-9) if f.endswith(":s") else got[key][f] == v
+            if not ok:
+                bad.append((key, f, v, got[key][f]))
+    assert not bad, f"{len(bad)} differing fields, e.g. {bad[:5]}"
+    ttl = client.ttl(next(iter(got)))
+    assert 7 * 86400 < ttl <= 8 * 86400
+    marker = next(client.scan_iter(match="fs:*:seen:*", count=1000))
+    assert 7 * 86400 < client.ttl(marker) <= 8 * 86400
+
+
+def assert_raw_and_dlq(broker: Broker, dlq: str, data_dir: Path, traffic: Traffic, exact_dlq: bool) -> None:
+    raw = raw_log.read_table(str(data_dir / "raw_events"), ["event_id"])
+    ids = set(pc.unique(raw.column("event_id")).to_pylist())
+    assert ids == traffic.valid_ids
+    records = kafka_io.read_topic(broker.bootstrap, dlq, timeout=60)
+    got = Counter((r.value, reason) for r, reason in dlq_reasons(broker, dlq, records))
+    if exact_dlq:
+        assert got == traffic.malformed
+    else:  # after a crash the DLQ is at-least-once
+        assert set(got) == set(traffic.malformed)
+
+
+def dlq_reasons(broker: Broker, topic: str, records: list[kafka_io.Record]) -> list[tuple[kafka_io.Record, str]]:
+    """Pair DLQ records with their ``fstore-reason`` header (read with headers)."""
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": f"h-{uuid.uuid4().hex[:6]}",
+                         "enable.auto.commit": False, "enable.partition.eof": True})
+    out: dict[tuple[int, int], str] = {}
+    try:
+        parts = sorted(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
+        consumer.assign([TopicPartition(topic, p, 0) for p in parts])
+        todo, deadline = set(parts), time.monotonic() + 60
+        while todo and time.monotonic() < deadline:
+            for m in consumer.consume(5000, 0.5):
+                if m.error() is not None:
+                    todo.discard(m.partition())
+                    continue
+                headers = {k: bytes(v or b"") for k, v in m.headers() or []}  # type: ignore[str-unpack, arg-type]
+                assert re.fullmatch(rb"\d{4}-\d\d-\d\dT[\d:.]+Z", headers["fstore-ingested-at"])
+                out[(m.partition() or 0, m.offset() or 0)] = headers["fstore-reason"].decode()
+    finally:
+        consumer.close()
+    return [(r, out[(r.partition, r.offset)]) for r in records]
+
+
+class WorkerProcess:
+    """``python -m jobs.stream`` with its own group, topics, data dir and metrics port."""
+
+    def __init__(self, tmp: Path, broker: Broker, redis_url: str, **extra: str) -> None:
+        tag = uuid.uuid4().hex[:8]
+        self.topic, self.dlq, self.group = f"events-{tag}", f"dlq-{tag}", f"fstore-stream-{tag}"
+        self.tmp, self.broker = tmp, broker
+        self.port = free_port()
+        self.env = {**os.environ, "PYTHONPATH": str(ROOT), "FSTORE_KAFKA_BOOTSTRAP": broker.bootstrap,
+                    "FSTORE_REDIS_URL": redis_url, "FSTORE_DATA_DIR": str(tmp / "data"),
+                    "FSTORE_EVENTS_TOPIC": self.topic, "FSTORE_DLQ_TOPIC": self.dlq,
+                    "FSTORE_TOPIC_PARTITIONS": str(PARTITIONS), "FSTORE_STREAM_APP_ID": self.group,
+                    "FSTORE_STREAM_METRICS_PORT": str(self.port), "FSTORE_STREAM_SESSION_TIMEOUT_S": "6",
+                    "FSTORE_STREAM_REBALANCE_TIMEOUT_S": "6", "FSTORE_STREAM_LOG_LEVEL": "warning", **extra}
+        broker.ensure_topics({self.topic: PARTITIONS, self.dlq: 1})
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.runs = 0
+
+    def start(self) -> None:
+        self.runs += 1
+        log = open(self.tmp / f"worker-{self.runs}.log", "wb")  # noqa: SIM115 - owned by the process
+        self.proc = subprocess.Popen([sys.executable, "-m", "jobs.stream"], cwd=self.tmp, env=self.env,
+                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        self.proc.wait(30)
+
+    def metric(self, name: str) -> float:
+        try:
+            body = urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2).read().decode()
+        except OSError:
+            return 0.0
+        m = re.search(rf"^{name} (\S+)$", body, re.M)
+        return float(m.group(1)) if m else 0.0
+
+    def committed(self) -> int:
+        """Offsets committed by the worker's group, summed over partitions (= messages done)."""
+        c = Consumer({"bootstrap.servers": self.broker.bootstrap, "group.id": self.group,
+                      "enable.auto.commit": False})
+        try:
+            tps = c.committed([TopicPartition(self.topic, p) for p in range(PARTITIONS)], timeout=10)
+            return sum(max(tp.offset, 0) for tp in tps)
+        finally:
+            c.close()
+
+    def wait_done(self, total: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None and self.proc.poll() is None, self.log_tail()
+            if self.committed() >= total:
+                return
+            time.sleep(1)
+        raise AssertionError(f"committed {self.committed()} of {total} after {timeout} s\n{self.log_tail()}")
+
+    def log_tail(self) -> str:
+        return (self.tmp / f"worker-{self.runs}.log").read_text(errors="replace")[-3000:]
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.kill(signal.SIGTERM)
+
+
+Factory = Callable[..., WorkerProcess]
+
+
+def publish(broker: Broker, topic: str, traffic: Traffic, lo: int = 0, hi: int | None = None) -> None:
+    rep = kafka_io.publish([(traffic.keys[lo:hi], traffic.values[lo:hi])], broker.bootstrap, topic)
+    assert rep.ok, rep.summary()

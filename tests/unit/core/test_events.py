@@ -1,0 +1,167 @@
+"""The event contract (DESIGN.md §2): every rejection reason, normalisation, PII, de-duplication."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+
+from fstore.core.dedupe import first_ingested
+from fstore.core.events import (
+    REASONS,
+    Event,
+    Rejection,
+    json_loads,
+    parse,
+    payload_hash,
+    reason_family,
+    redact_pii,
+)
+from fstore.core.timeutil import MINUTE, to_micros
+from tests.support import bruteforce
+
+pytestmark = pytest.mark.unit
+
+NOW = to_micros(datetime(2026, 11, 21, 12, 0, tzinfo=UTC))
+BASE = {"event_id": "e1", "event_type": "purchase", "user_id": "u1", "product_id": "p1",
+        "event_time": "2026-11-21T11:00:00.5+01:00", "price": 9.5, "quantity": 2, "session_id": "s1"}
+
+
+def msg(**changes: object) -> bytes:
+    obj = {**BASE, **changes}
+    return json.dumps({k: v for k, v in obj.items() if v is not DROP}).encode()
+
+
+DROP = object()
+
+REJECTIONS = [
+    (b"{not json", "malformed_json"),
+    (b"[1, 2]", "malformed_json"),
+    (b"\xff\xfe", "malformed_json"),
+    (b'{"event_id": NaN}', "malformed_json"),
+    (b"", "malformed_json"),
+    (msg(price=10**400), "malformed_json"),  # overflows a double in both decoders
+    (msg(price="1e400").replace(b'"1e400"', b"1e400"), "malformed_json"),
+    (msg(pad="x" * 70_000), "oversized"),
+    (msg(event_id=DROP), "missing_field:event_id"),
+    (msg(event_id=None), "missing_field:event_id"),
+    (msg(event_type=DROP), "missing_field:event_type"),
+    (msg(user_id=DROP), "missing_field:user_id"),
+    (msg(product_id=DROP), "missing_field:product_id"),
+    (msg(event_time=DROP), "missing_field:event_time"),
+    (msg(price=DROP), "missing_field:price"),
+    (msg(event_id=12), "invalid_type:event_id"),
+    (msg(event_type=["click"]), "invalid_type:event_type"),
+    (msg(user_id=True), "invalid_type:user_id"),
+    (msg(product_id=7), "invalid_type:product_id"),
+    (msg(event_time="yesterday"), "invalid_type:event_time"),
+    (msg(event_time="2026-11-21T11:00:00"), "invalid_type:event_time"),  # no offset
+    (msg(event_time=True), "invalid_type:event_time"),
+    (msg(event_time=-5), "invalid_type:event_time"),
+    (msg(price="9.50"), "invalid_type:price"),
+    (msg(quantity=1.5), "invalid_type:quantity"),
+    (msg(session_id=5), "invalid_type:session_id"),
+    (msg(event_id="has space"), "invalid_id:event_id"),
+    (msg(user_id="u" * 129), "invalid_id:user_id"),
+    (msg(product_id=""), "invalid_id:product_id"),
+    (msg(event_id="é"), "invalid_id:event_id"),
+    (msg(event_type="hover"), "unknown_event_type"),
+    (msg(price=-0.01), "negative_amount"),
+    (msg(quantity=0), "negative_amount"),
+    (msg(event_type="click", price=-1), "negative_amount"),
+    (msg(event_time="2026-11-21T12:05:00.000001Z"), "future_timestamp"),
+    (msg(event_time=(NOW + 5 * MINUTE) // 1000 + 1), "future_timestamp"),
+]
+
+
+@pytest.mark.parametrize(("raw", "reason"), REJECTIONS, ids=[r for _, r in REJECTIONS])
+@pytest.mark.parametrize("loads", [json_loads, orjson.loads], ids=["stdlib", "orjson"])
+def test_rejections(raw: bytes, reason: str, loads: object) -> None:
+    assert parse(raw, NOW, loads) == Rejection(reason)  # type: ignore[arg-type]
+
+
+def test_every_reason_family_is_covered() -> None:
+    assert {reason_family(r) for _, r in REJECTIONS} == set(REASONS)
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    (msg(), Event("e1", "purchase", "u1", "p1", NOW - 2 * 60 * MINUTE + 500_000, 9.5, 2, "s1")),
+    (msg(event_type="page_view", product_id=DROP, price=DROP, quantity=DROP, session_id=DROP,
+         event_time=1763722800123),
+     Event("e1", "page_view", "u1", None, 1763722800123000, None, 1, None)),
+    (msg(event_time=1763722800123.4), Event("e1", "purchase", "u1", "p1", 1763722800123400, 9.5, 2, "s1")),
+    (msg(event_time="2026-11-21T12:05:00Z", price=0), Event("e1", "purchase", "u1", "p1", NOW + 5 * MINUTE,
+                                                             0.0, 2, "s1")),
+    (msg(email="a@b.c", ip="1.2.3.4", extra={"x": 1}),
+     Event("e1", "purchase", "u1", "p1", NOW - 2 * 60 * MINUTE + 500_000, 9.5, 2, "s1")),
+])
+def test_valid_events_are_normalised(raw: bytes, expected: Event) -> None:
+    assert parse(raw, NOW) == expected
+    assert parse(raw, NOW, orjson.loads) == expected
+
+
+def test_pii_never_survives_validation_and_is_masked_in_dead_letters() -> None:
+    raw = msg(email="alice@example.com", phone="+4912345", event_type="hover")
+    assert parse(raw, NOW) == Rejection("unknown_event_type")
+    red = redact_pii(raw)
+    assert b"alice" not in red and b"+4912345" not in red and b"hover" in red
+    assert redact_pii(b"{broken") == b"{broken"
+    clean = msg(event_type="hover")
+    assert redact_pii(clean) == clean  # nothing to mask: original bytes kept
+
+
+def test_first_ingested_wins_then_smaller_hash() -> None:
+    class Copy:
+        def __init__(self, raw: bytes, ingested_at: int) -> None:
+            self.raw, self.ingested_at, self.payload_hash = raw, ingested_at, payload_hash(raw)
+            ev = parse(raw, NOW)
+            assert isinstance(ev, Event)
+            self.event = ev
+            self.event_id = ev.event_id
+
+    a, b, c = msg(quantity=1), msg(quantity=2), msg(quantity=3)
+    copies = [Copy(b, 10), Copy(a, 11), Copy(c, 10), Copy(msg(event_id="e2"), 5)]
+    win = first_ingested(copies)
+    same_time = sorted([Copy(b, 10), Copy(c, 10)], key=lambda x: x.payload_hash)[0]
+    assert win["e1"].raw == same_time.raw  # ingested_at 10 beats 11; the tie goes to the smaller hash
+    assert win["e2"].event.event_id == "e2"
+    brute = bruteforce.dedupe((x.ingested_at, x.payload_hash, x.event) for x in copies)
+    assert sorted(e.quantity for e in brute) == sorted(x.event.quantity for x in win.values())
+
+
+EDGES = [
+    msg(), msg(price=3), msg(price=0), msg(price=-0.0), msg(price=10**300), msg(price=2**1023),
+    msg(price=True), msg(quantity=True), msg(quantity=2**70), msg(event_time=0), msg(event_time=1.5),
+    msg(event_time=10**400 // 10**380), msg(event_time=253402300799999), msg(event_time=253402300800000),
+    msg(event_time="0001-01-01T00:00:00+00:01"), msg(event_time="9999-12-31T23:59:59.999999-00:01"),
+    msg(event_time="2026-11-21T11:00:00.5+01:00"), msg(event_time="2026-11-21"),
+    msg(event_type="page_view", product_id=None), msg(event_type="click", product_id=None, price=None),
+    msg(event_id="a" * 128), msg(event_id="a" * 129), msg(user_id="a/b"), msg(product_id="p/1/2"),
+    msg(event_id="x/y", product_id=DROP, event_type="page_view"), msg(session_id=None), msg(session_id=["s"]),
+]
+
+
+def test_fast_path_agrees_with_validate() -> None:
+    """``parse`` tries a fast path first; it may only ever return what ``validate`` returns."""
+    from fstore.core.events import _accept, validate
+    from fstore.synth.generator import GeneratorConfig, generate
+
+    cfg = GeneratorConfig(start=NOW - 60 * 60 * MINUTE, end=NOW, events=3_000, users=50, products=20,
+                          duplicate_rate=0.05, malformed_rate=0.3, late_rate=0.1, pii_rate=0.1, epoch_ms_rate=0.3)
+    generated = [v for b in generate(cfg, 7, dumps=orjson.dumps) for v in b.values]
+    fast = 0
+    for raw in [r for r, _ in REJECTIONS] + EDGES + generated:
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            continue
+        if not isinstance(obj, dict):
+            continue
+        got = _accept(obj, NOW)
+        if got is not None:
+            fast += 1
+            assert got == validate(obj, NOW), raw
+            assert [type(x) for x in got] == [type(x) for x in validate(obj, NOW)], raw  # type: ignore[union-attr]
+    assert fast > 1_500  # the common case does take the fast path

@@ -1,0 +1,141 @@
+"""Pure parts of the stream worker: batch classification and the Lua call packing (no services)."""
+
+from __future__ import annotations
+
+import json
+
+import orjson
+import pytest
+from redis.asyncio.connection import Connection
+
+from fstore.core.events import Event
+from fstore.core.features import PRODUCT_ENGAGEMENT, USER_ACTIVITY
+from fstore.core.tiles import build_tiles
+from fstore.core.timeutil import HOUR, MINUTE
+from fstore.redis.layout import partial_fields, speed_key
+from jobs.stream.pipeline import prepare
+from jobs.stream.speed_lua import APPLY_TILES_SHA, group_events, plan_calls
+
+pytestmark = pytest.mark.unit
+
+NOW = 1_763_700_000_000_000
+
+
+def msg(i: int, t: int = NOW - HOUR, etype: str = "click", **kw: object) -> bytes:
+    body = {"event_id": f"e{i}", "event_type": etype, "user_id": f"u{i % 3}", "product_id": f"p{i % 2}",
+            "event_time": t // 1000, **kw}
+    return json.dumps(body).encode()
+
+
+def test_prepare_classifies_and_keeps_first_copy() -> None:
+    values = [msg(1), b"{oops", msg(2, t=NOW + 10 * MINUTE), msg(1, quantity=3), msg(3, t=NOW - 30 * 24 * HOUR),
+              msg(4, t=NOW - 2 * HOUR)]
+    p = prepare(values, NOW, last_at=NOW + 5, cutover=NOW - 90 * MINUTE, horizon_us=8 * 24 * HOUR)
+    assert p.invalid == [(1, "malformed_json"), (2, "future_timestamp")]
+    assert [e.event_id for e in p.valid] == ["e1", "e1", "e3", "e4"]
+    assert p.ingested_at == [NOW + 6, NOW + 7, NOW + 8, NOW + 9] and p.last_at == NOW + 9
+    assert [e.event_id for e in p.fresh] == ["e1", "e4"] and p.fresh[0].quantity == 1
+    assert (p.batch_duplicates, p.beyond_horizon, p.late) == (1, 1, 2)
+
+
+def test_plan_calls_packs_markers_and_deltas() -> None:
+    events = [Event(f"e{i}", "purchase", f"u{i % 2}", "p1", NOW - i * MINUTE, 2.5 * i, 1, None) for i in range(4)]
+    groups = group_events([USER_ACTIVITY, PRODUCT_ENGAGEMENT], events)
+    assert set(groups) == {("user_activity", "u0"), ("user_activity", "u1"), ("product_engagement", "p1")}
+    calls = list(plan_calls(list(groups.values()), 100, 200, cluster=True, chunk=1))
+    assert len(calls) == 3  # one hash slot each
+    for call in calls:
+        assert call.argv[:3] == [100, 200, 1]
+        tags = {k[k.index("{"):k.index("}") + 1] for k in call.keys}
+        assert len(tags) == 1
+        assert all(call.keys[i - 1].endswith(":seen:" + eid) for i, (_, eid) in call.markers.items())
+    packed = list(plan_calls(list(groups.values()), 100, 200, cluster=False, chunk=10_000))
+    assert len(packed) == 1 and packed[0].argv[2] == 3
+
+
+def test_subgroup_rebuild_drops_duplicates() -> None:
+    events = [Event(f"e{i}", "click", "u1", "p1", NOW - i * MINUTE, None, 1, None) for i in range(3)]
+    sub = group_events([USER_ACTIVITY], events)[("user_activity", "u1")]
+    sub.rebuild({"e1"})
+    assert sub.tiles == build_tiles(USER_ACTIVITY, [events[0], events[2]])
+
+
+def test_group_events_matches_core_build_tiles() -> None:
+    kinds = ["page_view", "impression", "click", "add_to_cart", "purchase"]
+    events = [Event(f"e{i}", kinds[i % 5], f"u{i % 4}", None if i % 10 == 0 else f"p{i % 3}",
+                    NOW - i * 7 * MINUTE, 1.5 * i if i % 5 == 4 else None, 1 + i % 2, None) for i in range(200)]
+    groups = group_events([USER_ACTIVITY, PRODUCT_ENGAGEMENT], events)
+    for view in (USER_ACTIVITY, PRODUCT_ENGAGEMENT):
+        want = build_tiles(view, events)
+        got = {k: t for (v, _), sub in groups.items() if v == view.name for k, t in sub.tiles.items()}
+        assert got == want
+
+
+def test_script_payload_keys_fields_and_marker_owners() -> None:
+    kinds = ["page_view", "impression", "click", "add_to_cart", "purchase"]
+    events = [Event(f"e{i}", kinds[i % 5], f"u{i % 3}", f"p{i % 2}", NOW - i * 97 * MINUTE,
+                    2.5 * i if i % 5 == 4 else None, 1 + i % 3, None) for i in range(40)]
+    groups = group_events([USER_ACTIVITY, PRODUCT_ENGAGEMENT], events)
+    calls = list(plan_calls(list(groups.values()), 100, 200, cluster=False, chunk=7))
+    assert len(calls) > 1
+    for call in calls:
+        markers = call.markers
+        assert {i: call.owner(i) for i in markers} == markers  # what the reply handler maps back
+        data = orjson.loads(call.argv[3])
+        a, k = 0, 0
+        for _, sub in call.subs:
+            nm, nk, nd = data[a:a + 3]
+            a += 3
+            assert nm == len(sub.events)
+            hashes = call.keys[k + nm:k + nm + nk]
+            want: dict[tuple[str, str], tuple[float, ...]] = {}
+            for tk, tile in sub.tiles.items():
+                for m, p in tile.items():
+                    prefix = partial_fields(tk.size, tk.start, m, p)
+                    key = speed_key(sub.view.name, sub.entity, tk.start)
+                    stats = tuple(float(prefix[f]) for f in sorted(prefix))  # c, n, s, x
+                    want[(key, next(iter(prefix))[:-2])] = stats
+            got: dict[tuple[str, str], tuple[float, ...]] = {}
+            end = a + nd  # nd counts array slots: 3 per count-style delta, 6 per other
+            while a < end:
+                i = data[a]
+                if i < 0:  # count-style: sum = count, min = max = 1
+                    n = data[a + 2]
+                    got[(hashes[-1 - i], data[a + 1])] = (n, 1.0, float(n), 1.0)
+                    a += 3
+                else:
+                    n, s, lo, hi = data[a + 2:a + 6]
+                    got[(hashes[i], data[a + 1])] = (n, float(lo), float(s), float(hi))
+                    a += 6
+            assert a == end and got == want
+            k += nm + nk
+        assert a == len(data) and k == len(call.keys)
+
+
+def test_observe_many_matches_observe() -> None:
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from jobs.stream.metrics import observe_many
+
+    reg = CollectorRegistry()
+    one = Histogram("one", "x", registry=reg, buckets=(0.1, 0.5, 1.0))
+    many = Histogram("many", "x", registry=reg, buckets=(0.1, 0.5, 1.0))
+    for v, n in [(0.05, 3), (0.1, 2), (0.7, 1), (5.0, 4)]:
+        for _ in range(n):
+            one.observe(v)
+        observe_many(many, v, n)
+    samples = {(s.name.replace("one", "many"), tuple(s.labels.items())): s.value
+               for m in reg.collect() if m.name == "one" for s in m.samples if not s.name.endswith("_created")}
+    other = {(s.name, tuple(s.labels.items())): s.value
+             for m in reg.collect() if m.name == "many" for s in m.samples if not s.name.endswith("_created")}
+    assert samples == other
+
+
+def test_packed_call_is_what_redis_py_sends() -> None:
+    events = [Event(f"e{i}", "purchase", f"u{i % 3}", "p1", NOW - i * MINUTE, 2.5 * i, 1, None) for i in range(9)]
+    events.append(Event("é-1", "click", "ü", "p1", NOW, None, 1, None))  # non-ASCII: bytes, not characters
+    groups = group_events([USER_ACTIVITY, PRODUCT_ENGAGEMENT], events)
+    conn = Connection()
+    for call in plan_calls(list(groups.values()), 100, 200, cluster=False, chunk=4):
+        want = b"".join(conn.pack_command("EVALSHA", APPLY_TILES_SHA, len(call.keys), *call.keys, *call.argv))
+        assert call.packed() == want
