@@ -52,14 +52,22 @@ def day_table(day: date, n: int, users: int, products: int, rng: np.random.Gener
     ids = np.char.add(f"e{day:%Y%m%d}-", np.arange(n).astype("U9"))[idx]
     hashes = np.char.mod("%032x", rng.integers(0, 2**62, len(idx)))
     tt = pa.array(times[idx]).cast(raw_log.TS)
-    return pa.Table.from_arrays([
-        pa.array(ids, pa.string()), pa.array(np.array(EVENT_TYPES)[etype[idx]], pa.string()),
-        pa.array(np.char.add("u", user[idx].astype("U7")), pa.string()),
-        pa.array(np.char.add("p", product[idx].astype("U6")), pa.string(), mask=no_product[idx]),
-        tt, pa.array(price[idx], pa.float64(), from_pandas=True), pa.array(qty[idx], pa.int32()),
-        pa.nulls(len(idx), pa.string()), pa.array(ingested).cast(raw_log.TS), pa.array(hashes, pa.string()),
-        pa.array([day] * len(idx), pa.date32()),
-    ], schema=raw_log.RAW_SCHEMA)
+    return pa.Table.from_arrays(
+        [
+            pa.array(ids, pa.string()),
+            pa.array(np.array(EVENT_TYPES)[etype[idx]], pa.string()),
+            pa.array(np.char.add("u", user[idx].astype("U7")), pa.string()),
+            pa.array(np.char.add("p", product[idx].astype("U6")), pa.string(), mask=no_product[idx]),
+            tt,
+            pa.array(price[idx], pa.float64(), from_pandas=True),
+            pa.array(qty[idx], pa.int32()),
+            pa.nulls(len(idx), pa.string()),
+            pa.array(ingested).cast(raw_log.TS),
+            pa.array(hashes, pa.string()),
+            pa.array([day] * len(idx), pa.date32()),
+        ],
+        schema=raw_log.RAW_SCHEMA,
+    )
 
 
 def write_raw(root: str, days: int, per_day: int, users: int, products: int) -> int:
@@ -73,8 +81,9 @@ def write_raw(root: str, days: int, per_day: int, users: int, products: int) -> 
     return total
 
 
-def run(events_per_day: int, days: int, users: int, products: int, data_dir: str,
-        redis_url: str | None) -> dict[str, Any]:
+def run(
+    events_per_day: int, days: int, users: int, products: int, data_dir: str, redis_url: str | None
+) -> dict[str, Any]:
     """Generate (if raw_events is missing), run the job once, return the figures."""
     out: dict[str, Any] = {"events_per_day": events_per_day, "days": days, "cpus": os.cpu_count()}
     t0 = time.perf_counter()
@@ -85,8 +94,13 @@ def run(events_per_day: int, days: int, users: int, products: int, data_dir: str
         server = None if redis_url else RedisServer(state_dir=Path(state)).__enter__()
         try:
             url = redis_url or (server.url if server else "")
-            settings = BatchSettings(data_dir=data_dir, redis_url=url, spark_driver_memory="8g",
-                                     spark_shuffle_partitions=8, dq_late_rate_fail=0.9)
+            settings = BatchSettings(
+                data_dir=data_dir,
+                redis_url=url,
+                spark_driver_memory="8g",
+                spark_shuffle_partitions=8,
+                dq_late_rate_fail=0.9,
+            )
             t1 = time.perf_counter()
             spark = build_spark(settings)
             out["spark_start_s"] = round(time.perf_counter() - t1, 2)
@@ -114,8 +128,9 @@ def main() -> None:
     p.add_argument("--redis-url", default=None, help="use this Redis instead of a private redis-server")
     a = p.parse_args()
     if a.data_dir:
-        print(json.dumps(run(a.events_per_day, a.days, a.users, a.products, str(Path(a.data_dir).resolve()),
-                             a.redis_url)))
+        print(
+            json.dumps(run(a.events_per_day, a.days, a.users, a.products, str(Path(a.data_dir).resolve()), a.redis_url))
+        )
         return
     with tempfile.TemporaryDirectory() as d:
         print(json.dumps(run(a.events_per_day, a.days, a.users, a.products, d, a.redis_url)))

@@ -36,8 +36,7 @@ def run(events: int = 1_000_000, out_dir: str | Path | None = None, seed: int = 
     cfg = GeneratorConfig(start=END - 30 * DAY, end=END, events=events)
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(out_dir) if out_dir is not None else Path(tmp)
-        figures: dict[str, Any] = {"events": events, "cpus": os.cpu_count(),
-                                   "python": platform.python_version()}
+        figures: dict[str, Any] = {"events": events, "cpus": os.cpu_count(), "python": platform.python_version()}
         for ext in ("parquet", "jsonl"):
             summary = write_stream(cfg, seed, directory / f"bench_events.{ext}", progress=False)
             figures[ext] = summary.as_dict()

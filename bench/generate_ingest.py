@@ -28,10 +28,21 @@ TARGET = 100_000
 
 def run(events: int) -> dict[str, Any]:
     """Run every step once on ``events`` messages and return the figures."""
-    cfg = GeneratorConfig(start=END - 30 * DAY, end=END, events=events, duplicate_rate=0.01, late_rate=0.01,
-                          malformed_rate=0.001, pii_rate=0.01)
-    out: dict[str, Any] = {"events": events, "cpus": os.cpu_count(), "python": platform.python_version(),
-                           "machine": platform.machine()}
+    cfg = GeneratorConfig(
+        start=END - 30 * DAY,
+        end=END,
+        events=events,
+        duplicate_rate=0.01,
+        late_rate=0.01,
+        malformed_rate=0.001,
+        pii_rate=0.01,
+    )
+    out: dict[str, Any] = {
+        "events": events,
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         for ext in ("parquet", "jsonl"):

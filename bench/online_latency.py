@@ -64,6 +64,7 @@ Maker = Callable[[int], Request]  # i-th request of a phase
 
 # -- data -------------------------------------------------------------------------------------------------
 
+
 def make_events(users: int, products: int, days: int, now: int) -> list[Event]:
     """Valid events of the synthetic stream over ``[now - days, now - 1 min)``."""
     cfg = GeneratorConfig(start=now - days * DAY, end=now - MINUTE, users=users, products=products)
@@ -96,6 +97,7 @@ def load_tiles(client: redis.Redis, events: list[Event], cutover: int) -> int:
 
 
 # -- servers ----------------------------------------------------------------------------------------------
+
 
 @contextmanager
 def server(cmd: list[str], port: int, cwd: Path, env: dict[str, str], log: Path) -> Iterator[tuple[str, int]]:
@@ -134,8 +136,7 @@ def feast_repo(tmp: Path, redis_port: int) -> Path:
     cfg["offline_store"] = {"type": "file"}
     (repo / "feature_store.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     env = {**os.environ, "FSTORE_DATA_DIR": str(tmp / "data")}
-    res = subprocess.run([str(BIN / "feast"), "apply"], cwd=repo, env=env, capture_output=True, text=True,
-                         timeout=300)
+    res = subprocess.run([str(BIN / "feast"), "apply"], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
     if res.returncode:
         raise RuntimeError(res.stdout + res.stderr)
     return repo
@@ -158,7 +159,7 @@ def final_values(base: str, entities: dict[str, list[str]]) -> dict[str, pd.Data
             key, rows = view.entity.join_key, []
             ids = entities[key]
             for lo in range(0, len(ids), 1000):
-                body = {"entities": [{key: e} for e in ids[lo:lo + 1000]], "features": [view.name]}
+                body = {"entities": [{key: e} for e in ids[lo : lo + 1000]], "features": [view.name]}
                 resp = client.post("/features", json=body)
                 resp.raise_for_status()
                 ts = pd.Timestamp(resp.json()["as_of"])
@@ -173,6 +174,7 @@ def final_values(base: str, entities: dict[str, list[str]]) -> dict[str, pd.Data
 
 
 # -- load generator -------------------------------------------------------------------------------------
+
 
 def http_get(path: str) -> Request:
     return f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode()
@@ -197,8 +199,7 @@ async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
     return status
 
 
-async def _run(port: int, make: Maker, concurrency: int, max_requests: int,
-               seconds: float) -> dict[str, Any]:
+async def _run(port: int, make: Maker, concurrency: int, max_requests: int, seconds: float) -> dict[str, Any]:
     lat: list[float] = []
     errors = 0
     counter = iter(range(max_requests))
@@ -230,12 +231,19 @@ async def _run(port: int, make: Maker, concurrency: int, max_requests: int,
     n = len(lat)
     if not n:
         raise RuntimeError(f"no request completed against port {port}")
-    return {"requests": n, "errors": errors, "seconds": round(elapsed, 2), "rps": round(n / elapsed, 1),
-            "p50_ms": round(lat[n // 2] * 1000, 3), "p99_ms": round(lat[min(n - 1, int(n * 0.99))] * 1000, 3)}
+    return {
+        "requests": n,
+        "errors": errors,
+        "seconds": round(elapsed, 2),
+        "rps": round(n / elapsed, 1),
+        "p50_ms": round(lat[n // 2] * 1000, 3),
+        "p99_ms": round(lat[min(n - 1, int(n * 0.99))] * 1000, 3),
+    }
 
 
 def fstore_requests(sample: list[str], batches: list[list[str]]) -> tuple[Maker, Maker]:
     """Request makers for the fstore API: single entity (GET) and 100 entities (POST), whole view."""
+
     def single(i: int) -> Request:
         return http_get(f"/features?user_id={sample[i % len(sample)]}&features=user_activity")
 
@@ -246,24 +254,30 @@ def fstore_requests(sample: list[str], batches: list[list[str]]) -> tuple[Maker,
     return single, batch
 
 
-def feast_requests(sample: list[str], batches: list[list[str]],
-                   feats: list[str]) -> tuple[Maker, Maker]:
+def feast_requests(sample: list[str], batches: list[list[str]], feats: list[str]) -> tuple[Maker, Maker]:
     """The same requests for Feast's feature server (POST /get-online-features)."""
+
     def single(i: int) -> Request:
-        return http_post("/get-online-features",
-                         {"features": feats, "entities": {"user_id": [sample[i % len(sample)]]}})
+        return http_post(
+            "/get-online-features", {"features": feats, "entities": {"user_id": [sample[i % len(sample)]]}}
+        )
 
     def batch(i: int) -> Request:
-        return http_post("/get-online-features",
-                         {"features": feats, "entities": {"user_id": batches[i % len(batches)]}})
+        return http_post(
+            "/get-online-features", {"features": feats, "entities": {"user_id": batches[i % len(batches)]}}
+        )
 
     return single, batch
 
 
 WARMUP = 20  # requests before each measured phase
 
-PHASES = {"single_c1": (False, 1, 20_000), "single_c32": (False, 32, 200_000),
-          "batch100_c1": (True, 1, 5_000), "batch100_c32": (True, 32, 50_000)}
+PHASES = {
+    "single_c1": (False, 1, 20_000),
+    "single_c32": (False, 32, 200_000),
+    "batch100_c1": (True, 1, 5_000),
+    "batch100_c32": (True, 32, 50_000),
+}
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -279,7 +293,7 @@ def cpu_seconds(pid: int) -> float | None:
                 stat = f.read()
         except OSError:
             continue  # exited meanwhile
-        fields = stat[stat.rindex(")") + 2:].split()  # from field 3 (state) on
+        fields = stat[stat.rindex(")") + 2 :].split()  # from field 3 (state) on
         procs[int(d)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
     tree, todo = set(), [pid]
     while todo:
@@ -289,8 +303,7 @@ def cpu_seconds(pid: int) -> float | None:
     return sum(procs[p][1] for p in tree if p in procs) / os.sysconf("SC_CLK_TCK")
 
 
-def phases(targets: dict[str, tuple[int, int, Maker, Maker]],
-           seconds: float) -> dict[str, dict[str, Any]]:
+def phases(targets: dict[str, tuple[int, int, Maker, Maker]], seconds: float) -> dict[str, dict[str, Any]]:
     """Every phase against every server, interleaved (fstore, Feast, fstore, ...) so that a change in
     background load during the run hits both sides alike; each result records the 1-minute load average
     and the server's CPU milliseconds per request (its process tree), which background load changes far
@@ -301,10 +314,14 @@ def phases(targets: dict[str, tuple[int, int, Maker, Maker]],
             cpu = cpu_seconds(pid)
             res = asyncio.run(_run(port, batch if is_batch else single, concurrency, cap, seconds))
             used = cpu_seconds(pid)
-            per_request = (None if cpu is None or used is None
-                           else round((used - cpu) * 1000 / (res["requests"] + WARMUP), 3))
-            out[name][phase] = {**res, "server_cpu_ms_per_request": per_request,
-                                "loadavg_1m": round(os.getloadavg()[0], 2)}
+            per_request = (
+                None if cpu is None or used is None else round((used - cpu) * 1000 / (res["requests"] + WARMUP), 3)
+            )
+            out[name][phase] = {
+                **res,
+                "server_cpu_ms_per_request": per_request,
+                "loadavg_1m": round(os.getloadavg()[0], 2),
+            }
     return out
 
 
@@ -314,17 +331,23 @@ def main() -> None:
     ap.add_argument("--products", type=int, default=1_000)
     ap.add_argument("--days", type=int, default=8)
     ap.add_argument("--phase-seconds", type=float, default=10.0)
-    ap.add_argument("--speed-hours", type=float, default=0.0,
-                    help="cutover this many hours back (hour-aligned); 0: today 00:00 UTC")
+    ap.add_argument(
+        "--speed-hours", type=float, default=0.0, help="cutover this many hours back (hour-aligned); 0: today 00:00 UTC"
+    )
     args = ap.parse_args()
     now = wall_clock()
     cutover = floor_to(now, DAY) if args.speed_hours <= 0 else floor_to(now - int(args.speed_hours * HOUR), HOUR)
     report_cutover_age_h = round((now - cutover) / HOUR, 2)
-    report: dict[str, Any] = {"config": vars(args), "cpus": os.cpu_count(),
-                              "loadavg_1m_at_start": round(os.getloadavg()[0], 2),
-                              "speed_view_hours": report_cutover_age_h}
-    with tempfile.TemporaryDirectory(prefix="fstore-bench-") as tmpdir, \
-            RedisServer(state_dir=Path(tmpdir) / "redis") as rs:
+    report: dict[str, Any] = {
+        "config": vars(args),
+        "cpus": os.cpu_count(),
+        "loadavg_1m_at_start": round(os.getloadavg()[0], 2),
+        "speed_view_hours": report_cutover_age_h,
+    }
+    with (
+        tempfile.TemporaryDirectory(prefix="fstore-bench-") as tmpdir,
+        RedisServer(state_dir=Path(tmpdir) / "redis") as rs,
+    ):
         tmp = Path(tmpdir)
         client = redis.Redis.from_url(rs.url)
         t = time.perf_counter()
@@ -346,8 +369,19 @@ def main() -> None:
 
         fport, gport = free_port(), free_port()
         fstore_cmd = [str(BIN / "fstore"), "serve", "--host", HOST, "--port", str(fport), "--workers", "1"]
-        feast_cmd = [str(BIN / "feast"), "serve", "-h", HOST, "-p", str(gport), "-w", "1", "--no-access-log",
-                     "--max-requests", "10000000"]
+        feast_cmd = [
+            str(BIN / "feast"),
+            "serve",
+            "-h",
+            HOST,
+            "-p",
+            str(gport),
+            "-w",
+            "1",
+            "--no-access-log",
+            "--max-requests",
+            "10000000",
+        ]
         with server(fstore_cmd, fport, ROOT, env, tmp / "fstore.log") as (fbase, fpid):
             values = final_values(fbase, {"user_id": users, "product_id": products})
             t = time.perf_counter()
@@ -355,8 +389,11 @@ def main() -> None:
             materialize(repo, values)
             report["feast_materialize_s"] = round(time.perf_counter() - t, 1)
             with server(feast_cmd, gport, repo, env, tmp / "feast.log") as (gbase, gpid):
-                check = httpx.post(f"{gbase}/get-online-features", timeout=30,
-                                   json={"features": feats, "entities": {"user_id": users[:50]}}).json()
+                check = httpx.post(
+                    f"{gbase}/get-online-features",
+                    timeout=30,
+                    json={"features": feats, "entities": {"user_id": users[:50]}},
+                ).json()
                 got = check["results"][check["metadata"]["feature_names"].index("clicks_24h")]["values"]
                 want = values["user_activity"].set_index("user_id").loc[users[:50], "clicks_24h"].tolist()
                 report["feast_values_match_fstore"] = [int(g) for g in got] == [int(w) for w in want]
@@ -367,8 +404,10 @@ def main() -> None:
     f, g = report["fstore"], report["feast"]
     report["ratio_rps_fstore_over_feast"] = {k: round(f[k]["rps"] / g[k]["rps"], 2) for k in f}
     report["ratio_cpu_per_request_feast_over_fstore"] = {
-        k: round(g[k]["server_cpu_ms_per_request"] / f[k]["server_cpu_ms_per_request"], 2) for k in f
-        if g[k]["server_cpu_ms_per_request"] and f[k]["server_cpu_ms_per_request"]}
+        k: round(g[k]["server_cpu_ms_per_request"] / f[k]["server_cpu_ms_per_request"], 2)
+        for k in f
+        if g[k]["server_cpu_ms_per_request"] and f[k]["server_cpu_ms_per_request"]
+    }
     report["targets"] = {
         "single_c1_p99_le_5ms": f["single_c1"]["p99_ms"] <= 5.0,
         "rps_ge_3x_feast": {k: v >= 3.0 for k, v in report["ratio_rps_fstore_over_feast"].items()},

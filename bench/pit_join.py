@@ -60,18 +60,20 @@ def build_raw_events(uri: str, events: int, users: int, products: int, seed: int
         ids = np.char.add("e", np.arange(n, n + k).astype(str))
         n += k
         dup = rng.random(k) < 0.01
-        table = pa.table({
-            "event_id": pa.array(np.concatenate([ids, ids[dup]])),
-            "event_type": pa.array(np.concatenate([etype, etype[dup]])),
-            "user_id": pa.concat_arrays([user_ids, user_ids.filter(pa.array(dup))]),
-            "product_id": pa.concat_arrays([product_ids, product_ids.filter(pa.array(dup))]),
-            "event_time": pa.array(np.concatenate([times, times[dup]])).cast(raw_log.TS),
-            "price": pa.array(np.concatenate([price, price[dup] + 1]), from_pandas=True),
-            "quantity": pa.array(np.concatenate([rng.integers(1, 4, k), np.full(dup.sum(), 7)]), pa.int32()),
-            "session_id": pa.nulls(k + int(dup.sum()), pa.string()),
-            "ingested_at": pa.array(np.concatenate([times + 10**6, times[dup] + 10**8])).cast(raw_log.TS),
-            "payload_hash": pa.array(np.char.add("h", np.arange(k + int(dup.sum())).astype(str))),
-        })
+        table = pa.table(
+            {
+                "event_id": pa.array(np.concatenate([ids, ids[dup]])),
+                "event_type": pa.array(np.concatenate([etype, etype[dup]])),
+                "user_id": pa.concat_arrays([user_ids, user_ids.filter(pa.array(dup))]),
+                "product_id": pa.concat_arrays([product_ids, product_ids.filter(pa.array(dup))]),
+                "event_time": pa.array(np.concatenate([times, times[dup]])).cast(raw_log.TS),
+                "price": pa.array(np.concatenate([price, price[dup] + 1]), from_pandas=True),
+                "quantity": pa.array(np.concatenate([rng.integers(1, 4, k), np.full(dup.sum(), 7)]), pa.int32()),
+                "session_id": pa.nulls(k + int(dup.sum()), pa.string()),
+                "ingested_at": pa.array(np.concatenate([times + 10**6, times[dup] + 10**8])).cast(raw_log.TS),
+                "payload_hash": pa.array(np.char.add("h", np.arange(k + int(dup.sum())).astype(str))),
+            }
+        )
         table = table.append_column("event_date", table.column("event_time").cast(pa.date32()))
         raw_log.append_raw(uri, table.cast(raw_log.RAW_SCHEMA))
 
@@ -79,11 +81,13 @@ def build_raw_events(uri: str, events: int, users: int, products: int, seed: int
 def entity_frame(rows: int, users: int, products: int, first: int, last: int, seed: int = 2) -> pd.DataFrame:
     """Random (user, product, time) rows with times in ``[first, last)``."""
     rng = np.random.default_rng(seed)
-    return pd.DataFrame({
-        "user_id": np.char.add("u", rng.integers(0, users, rows).astype(str)),
-        "product_id": np.char.add("p", ((rng.zipf(1.3, rows) - 1) % products).astype(str)),
-        "event_timestamp": pd.to_datetime(rng.integers(first, last, rows), unit="us", utc=True),
-    })
+    return pd.DataFrame(
+        {
+            "user_id": np.char.add("u", rng.integers(0, users, rows).astype(str)),
+            "product_id": np.char.add("p", ((rng.zipf(1.3, rows) - 1) % products).astype(str)),
+            "event_timestamp": pd.to_datetime(rng.integers(first, last, rows), unit="us", utc=True),
+        }
+    )
 
 
 def feast_dask(df: pd.DataFrame, uri: str, work: Path, users: int, products: int) -> dict[str, Any]:
@@ -109,19 +113,31 @@ def feast_dask(df: pd.DataFrame, uri: str, work: Path, users: int, products: int
     (repo / "feature_store.yaml").write_text(
         f"project: bench\nprovider: local\nregistry: {repo / 'registry.db'}\n"
         f"online_store:\n  type: sqlite\n  path: {repo / 'online.db'}\noffline_store:\n  type: file\n"
-        "entity_key_serialization_version: 3\n")
+        "entity_key_serialization_version: 3\n"
+    )
     store = FeatureStore(repo_path=str(repo))
     store.apply(list(feast_objects(str(snap_dir)).values()))
     refs = [f"{v.name}:{f}" for v in VIEWS.values() for f in v.feature_names]
     began = time.perf_counter()
     out = store.get_historical_features(entity_df=df, features=refs, full_feature_names=True).to_df()
     seconds = time.perf_counter() - began
-    return {"seconds": round(seconds, 2), "rows_returned": len(out), "rows_per_s": round(len(df) / seconds),
-            "snapshot_build_seconds": round(build, 2)}
+    return {
+        "seconds": round(seconds, 2),
+        "rows_returned": len(out),
+        "rows_per_s": round(len(df) / seconds),
+        "snapshot_build_seconds": round(build, 2),
+    }
 
 
-def run(events: int, rows: int, feast_rows: int, spark_rows: int, data_dir: str | None,
-        users: int = 100_000, products: int = 10_000) -> dict[str, Any]:
+def run(
+    events: int,
+    rows: int,
+    feast_rows: int,
+    spark_rows: int,
+    data_dir: str | None,
+    users: int = 100_000,
+    products: int = 10_000,
+) -> dict[str, Any]:
     """Run every measurement and return the figures (see the module docstring)."""
     work = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="fstore-bench-pit-"))
     uri = str(work / "raw_events")
@@ -142,11 +158,16 @@ def run(events: int, rows: int, feast_rows: int, spark_rows: int, data_dir: str 
     total, cpu = time.perf_counter() - began, time.process_time() - began_cpu
     assert len(out) == rows
     figures["local"] = {
-        "read_seconds": round(timings.read, 2), "dedupe_seconds": round(timings.dedupe, 2),
-        "join_seconds": round(timings.join, 2), "total_seconds": round(total, 2),
-        "cpu_seconds": round(cpu, 2), "load_average_1m_before": round(load, 1),
-        "events_read": timings.rows_read, "join_rows_per_s": round(rows / timings.join),
-        "end_to_end_rows_per_s": round(rows / total), "features": len(out.columns) - len(df.columns),
+        "read_seconds": round(timings.read, 2),
+        "dedupe_seconds": round(timings.dedupe, 2),
+        "join_seconds": round(timings.join, 2),
+        "total_seconds": round(total, 2),
+        "cpu_seconds": round(cpu, 2),
+        "load_average_1m_before": round(load, 1),
+        "events_read": timings.rows_read,
+        "join_rows_per_s": round(rows / timings.join),
+        "end_to_end_rows_per_s": round(rows / total),
+        "features": len(out.columns) - len(df.columns),
     }
     print(json.dumps(figures), file=sys.stderr, flush=True)
     if feast_rows:
@@ -164,15 +185,21 @@ def run(events: int, rows: int, feast_rows: int, spark_rows: int, data_dir: str 
         sdf = entity_frame(spark_rows, users, products, END - 3 * DAY, END - DAY, seed=3)
         spark = spark_session("fstore-bench-pit")
         began = time.perf_counter()
-        got = offline.get_historical_features(sdf, refs, raw_uri=uri, engine="spark", full_feature_names=True,
-                                              spark=spark)
+        got = offline.get_historical_features(
+            sdf, refs, raw_uri=uri, engine="spark", full_feature_names=True, spark=spark
+        )
         spark_s = time.perf_counter() - began
         began = time.perf_counter()
         local = offline.get_historical_features(sdf, refs, raw_uri=uri, full_feature_names=True)
         local_s = time.perf_counter() - began
         pd.testing.assert_frame_equal(got, local)
-        figures["spark"] = {"rows": spark_rows, "seconds": round(spark_s, 2), "local_seconds": round(local_s, 2),
-                            "ratio_spark_over_local": round(spark_s / local_s, 1), "equal_to_local": True}
+        figures["spark"] = {
+            "rows": spark_rows,
+            "seconds": round(spark_s, 2),
+            "local_seconds": round(local_s, 2),
+            "ratio_spark_over_local": round(spark_s / local_s, 1),
+            "equal_to_local": True,
+        }
         spark.stop()
     return figures
 

@@ -87,17 +87,32 @@ class Run:
         self.topic, self.port, self.broker = f"bench-{name}-{tag}", free_port(), broker
         self.redis_url = redis.url
         broker.ensure_topics({self.topic: 1, f"{self.topic}.dlq": 1})
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "FSTORE_KAFKA_BOOTSTRAP": broker.bootstrap,
-               "FSTORE_REDIS_URL": redis.url, "FSTORE_DATA_DIR": str(tmp / name), "FSTORE_EVENTS_TOPIC": self.topic,
-               "FSTORE_DLQ_TOPIC": f"{self.topic}.dlq", "FSTORE_STREAM_APP_ID": f"bench-{name}-{tag}",
-               "FSTORE_STREAM_METRICS_PORT": str(self.port), "FSTORE_STREAM_LOG_LEVEL": "warning",
-               "FSTORE_STREAM_SESSION_TIMEOUT_S": "6", "FSTORE_STREAM_REBALANCE_TIMEOUT_S": "6", **extra}
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "FSTORE_KAFKA_BOOTSTRAP": broker.bootstrap,
+            "FSTORE_REDIS_URL": redis.url,
+            "FSTORE_DATA_DIR": str(tmp / name),
+            "FSTORE_EVENTS_TOPIC": self.topic,
+            "FSTORE_DLQ_TOPIC": f"{self.topic}.dlq",
+            "FSTORE_STREAM_APP_ID": f"bench-{name}-{tag}",
+            "FSTORE_STREAM_METRICS_PORT": str(self.port),
+            "FSTORE_STREAM_LOG_LEVEL": "warning",
+            "FSTORE_STREAM_SESSION_TIMEOUT_S": "6",
+            "FSTORE_STREAM_REBALANCE_TIMEOUT_S": "6",
+            **extra,
+        }
         self.log = open(tmp / f"{name}.log", "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen([sys.executable, "-m", "jobs.stream"], cwd=tmp, env=env, stdout=self.log,
-                                     stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "jobs.stream"], cwd=tmp, env=env, stdout=self.log, stderr=subprocess.STDOUT
+        )
 
-    def wait_events(self, n: float, timeout: float, name: str = "fstore_stream_events_processed_total",
-                    ) -> tuple[float, str]:
+    def wait_events(
+        self,
+        n: float,
+        timeout: float,
+        name: str = "fstore_stream_events_processed_total",
+    ) -> tuple[float, str]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             body = scrape(self.port)
@@ -131,8 +146,9 @@ def redis_cpu(url: str) -> float:
 def backlog(run: Run, events: int, seed: int) -> dict[str, float | None]:
     """Publish a backlog first, then time the worker through it."""
     now = time.time_ns() // 1000
-    cfg = GeneratorConfig(start=now - 6 * 3600 * SECOND, end=now, events=events, users=50_000, products=5_000,
-                          duplicate_rate=0.02)
+    cfg = GeneratorConfig(
+        start=now - 6 * 3600 * SECOND, end=now, events=events, users=50_000, products=5_000, duplicate_rate=0.02
+    )
     batches = [(b.keys, b.values) for b in generate(cfg, seed, dumps=orjson.dumps)]
     rep = kafka_io.publish(batches, run.broker.bootstrap, run.topic)
     assert rep.ok, rep.summary()
@@ -142,29 +158,48 @@ def backlog(run: Run, events: int, seed: int) -> dict[str, float | None]:
     t1, body = run.wait_events(events, 900)  # the last one is in Redis (and its dead letters in the DLQ)
     valid = metric(body, "fstore_stream_events_valid_total")
     cpu, steady, rcpu = run.cpu_seconds(), run.cpu_seconds() - c0, redis_cpu(run.redis_url) - r0
-    return {"events": events, "seconds": round(t1 - t0, 2), "valid_events_per_s": round(valid / (t1 - t0)),
-            "worker_cpu_s": round(cpu, 1), "valid_events_per_worker_cpu_s": round(valid / cpu) if cpu else None,
-            # from the first batch on (start-up and group join excluded)
-            "worker_cpu_s_processing": round(steady, 2),
-            "valid_events_per_worker_cpu_s_processing": round(valid / steady) if steady else None,
-            "redis_cpu_s": round(rcpu, 2), "valid_events_per_redis_cpu_s": round(valid / rcpu) if rcpu else None,
-            "load_avg_1m": round(os.getloadavg()[0], 2)}
+    return {
+        "events": events,
+        "seconds": round(t1 - t0, 2),
+        "valid_events_per_s": round(valid / (t1 - t0)),
+        "worker_cpu_s": round(cpu, 1),
+        "valid_events_per_worker_cpu_s": round(valid / cpu) if cpu else None,
+        # from the first batch on (start-up and group join excluded)
+        "worker_cpu_s_processing": round(steady, 2),
+        "valid_events_per_worker_cpu_s_processing": round(valid / steady) if steady else None,
+        "redis_cpu_s": round(rcpu, 2),
+        "valid_events_per_redis_cpu_s": round(valid / rcpu) if rcpu else None,
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+    }
 
 
 def freshness(run: Run, rate: float, duration: float, seed: int) -> dict[str, float | None]:
     """Steady live traffic; lag quantiles over the events sent after the warm-up."""
-    warm = live.publish_live(live.live_plan(rate, 3.0, time.time_ns() // 1000, users=50_000,
-                                                    products=5_000), seed, run.broker.bootstrap, run.topic)
+    warm = live.publish_live(
+        live.live_plan(rate, 3.0, time.time_ns() // 1000, users=50_000, products=5_000),
+        seed,
+        run.broker.bootstrap,
+        run.topic,
+    )
     _, body = run.wait_events(warm.sent, 120)
     before = buckets(body, "fstore_stream_freshness_lag_seconds")
-    rep = live.publish_live(live.live_plan(rate, duration, time.time_ns() // 1000, users=50_000,
-                                                   products=5_000), seed + 1, run.broker.bootstrap, run.topic)
+    rep = live.publish_live(
+        live.live_plan(rate, duration, time.time_ns() // 1000, users=50_000, products=5_000),
+        seed + 1,
+        run.broker.bootstrap,
+        run.topic,
+    )
     _, body = run.wait_events(warm.sent + rep.sent, 60)
     after = buckets(body, "fstore_stream_freshness_lag_seconds")
     diff = [(le, c - b) for (le, c), (_, b) in zip(after, before, strict=True)]
-    return {"rate_target": rate, "rate_achieved": round(rep.rate), "events": rep.sent,
-            "lag_p50_s": round(quantile(diff, 0.5) or 0, 3), "lag_p99_s": round(quantile(diff, 0.99) or 0, 3),
-            "lag_max_bucket_le_s": next((le for le, c in diff if c >= diff[-1][1]), None)}
+    return {
+        "rate_target": rate,
+        "rate_achieved": round(rep.rate),
+        "events": rep.sent,
+        "lag_p50_s": round(quantile(diff, 0.5) or 0, 3),
+        "lag_p99_s": round(quantile(diff, 0.99) or 0, 3),
+        "lag_max_bucket_le_s": next((le for le, c in diff if c >= diff[-1][1]), None),
+    }
 
 
 def main() -> None:
@@ -180,10 +215,12 @@ def main() -> None:
         with RedisServer(state_dir=tmp / "svc") as redis, Broker(state_dir=tmp / "svc") as broker:
             steps: list[tuple[str, Callable[[Run], dict[str, float | None]], dict[str, str]]] = [
                 ("throughput", lambda r: backlog(r, args.events, 1), {}),
-                ("naive_per_event", lambda r: backlog(r, args.naive_events, 2),
-                 {"FSTORE_STREAM_NAIVE_PER_EVENT": "1"}),
-                ("freshness", lambda r: freshness(r, args.rate, args.duration, 3),
-                 {"FSTORE_STREAM_BATCH_WITHIN_S": "0.05"}),
+                ("naive_per_event", lambda r: backlog(r, args.naive_events, 2), {"FSTORE_STREAM_NAIVE_PER_EVENT": "1"}),
+                (
+                    "freshness",
+                    lambda r: freshness(r, args.rate, args.duration, 3),
+                    {"FSTORE_STREAM_BATCH_WITHIN_S": "0.05"},
+                ),
             ]
             for name, fn, extra in steps:
                 run = Run(tmp, redis, broker, name, **extra)

@@ -46,8 +46,15 @@ def sample_entities(raw_uri: str, join_key: str, n: int, seed: int) -> list[str]
     return keys[:n]
 
 
-def check(api_url: str, raw_uri: str, sample: int = 1000, seed: int = 0, views: Sequence[str] = tuple(VIEWS),
-          api_key: str | None = None, progress: Callable[[int], object] | None = None) -> ConsistencyReport:
+def check(
+    api_url: str,
+    raw_uri: str,
+    sample: int = 1000,
+    seed: int = 0,
+    views: Sequence[str] = tuple(VIEWS),
+    api_key: str | None = None,
+    progress: Callable[[int], object] | None = None,
+) -> ConsistencyReport:
     """Compare the API with the offline engine for ``sample`` entities per view.
 
     Args:
@@ -75,8 +82,12 @@ def check(api_url: str, raw_uri: str, sample: int = 1000, seed: int = 0, views: 
                     progress(1)
             if not online:
                 continue
-            df = pd.DataFrame({key: [e for e, _, _ in online],
-                               "event_timestamp": pd.to_datetime([t * 1000 for _, t, _ in online], utc=True)})
+            df = pd.DataFrame(
+                {
+                    key: [e for e, _, _ in online],
+                    "event_timestamp": pd.to_datetime([t * 1000 for _, t, _ in online], utc=True),
+                }
+            )
             offline = get_historical_features(df, [view.name], raw_uri=raw_uri)
             report.entities += len(online)
             for i, (entity, as_of, values) in enumerate(online):
@@ -88,6 +99,14 @@ def check(api_url: str, raw_uri: str, sample: int = 1000, seed: int = 0, views: 
                     if not isclose(got, want):
                         report.mismatches[f"{view.name}:{f}"] += 1
                         if len(report.examples) < 10:
-                            report.examples.append({"view": view.name, key: entity, "as_of_us": as_of,
-                                                    "feature": f, "online": got, "offline": want})
+                            report.examples.append(
+                                {
+                                    "view": view.name,
+                                    key: entity,
+                                    "as_of_us": as_of,
+                                    "feature": f,
+                                    "online": got,
+                                    "offline": want,
+                                }
+                            )
     return report

@@ -51,9 +51,14 @@ class IngestReport:
     def summary(self) -> dict[str, object]:
         """JSON-able figures."""
         return {
-            "source": self.source, "messages": self.messages, "valid": self.valid, "written": self.written,
-            "duplicates": self.duplicates, "already_present": self.already_present,
-            "invalid": self.invalid, "rejected_by_reason": dict(sorted(self.rejected.items())),
+            "source": self.source,
+            "messages": self.messages,
+            "valid": self.valid,
+            "written": self.written,
+            "duplicates": self.duplicates,
+            "already_present": self.already_present,
+            "invalid": self.invalid,
+            "rejected_by_reason": dict(sorted(self.rejected.items())),
             "seconds": round(self.seconds, 3),
             "messages_per_s": round(self.messages / self.seconds) if self.seconds else None,
         }
@@ -117,8 +122,9 @@ class Ingestor:
         raw_log.append_dead_letters(self.dead_uri, raw_log.dead_letters_table(bad_payloads, bad_reasons, source, at))
         report.written += len(events)
 
-    def ingest_file(self, path: str | Path, batch_size: int = 200_000,
-                    progress: Callable[[int], object] | None = None) -> IngestReport:
+    def ingest_file(
+        self, path: str | Path, batch_size: int = 200_000, progress: Callable[[int], object] | None = None
+    ) -> IngestReport:
         """Ingest every message of a JSONL or Parquet message file.
 
         Args:

@@ -13,15 +13,26 @@ def _day(_ctx: click.Context, _param: click.Parameter, value: datetime | None) -
 
 
 @click.command("batch")
-@click.option("--date", "run_date", type=click.DateTime(["%Y-%m-%d"]), callback=_day,
-              help="Run date D (UTC); the cutover is D+1 00:00 UTC.")
+@click.option(
+    "--date",
+    "run_date",
+    type=click.DateTime(["%Y-%m-%d"]),
+    callback=_day,
+    help="Run date D (UTC); the cutover is D+1 00:00 UTC.",
+)
 @click.option("--from", "first", type=click.DateTime(["%Y-%m-%d"]), callback=_day, help="First date of a backfill.")
 @click.option("--to", "last", type=click.DateTime(["%Y-%m-%d"]), callback=_day, help="Last date of a backfill.")
 @click.option("--master", default=None, help="Spark master (default: FSTORE_SPARK_MASTER, local[*]).")
 @click.option("--allow-older", is_flag=True, help="Publish the batch view even if a later cutover is serving.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when a terminal).")
-def batch(run_date: date | None, first: date | None, last: date | None, master: str | None, allow_older: bool,
-          progress: bool | None) -> None:
+def batch(
+    run_date: date | None,
+    first: date | None,
+    last: date | None,
+    master: str | None,
+    allow_older: bool,
+    progress: bool | None,
+) -> None:
     """Rebuild tiles and feature snapshots in Delta, gate on data quality and publish the Redis batch view.
 
     One date: `fstore batch --date 2026-11-20`. A range, oldest first: `fstore batch --from 2026-11-01

@@ -32,14 +32,19 @@ def check_consistency(api_url: str, sample: int, seed: int, views: tuple[str, ..
     key = cfg.api_key.get_secret_value() if cfg.api_key else None
     with tqdm(total=sample * len(chosen), unit="entity", file=sys.stderr, disable=None) as bar:
         report = check(api_url, cfg.table("raw_events"), sample, seed, chosen, key, progress=bar.update)
-    summary = {"entities": report.entities, "values_compared": report.compared,
-               "mismatches": sum(report.mismatches.values()), "by_feature": dict(report.mismatches),
-               "examples": report.examples}
+    summary = {
+        "entities": report.entities,
+        "values_compared": report.compared,
+        "mismatches": sum(report.mismatches.values()),
+        "by_feature": dict(report.mismatches),
+        "examples": report.examples,
+    }
     if as_json:
         click.echo(json.dumps(summary))
     else:
-        click.echo(f"checked {report.entities:,} entities, {report.compared:,} values: "
-                   f"{summary['mismatches']} mismatches")
+        click.echo(
+            f"checked {report.entities:,} entities, {report.compared:,} values: {summary['mismatches']} mismatches"
+        )
         for f, n in sorted(report.mismatches.items()):
             click.echo(f"  {f:<40} {n}")
         for ex in report.examples[:5]:

@@ -28,8 +28,14 @@ def ingest(files: tuple[str, ...], batch_size: int, as_json: bool) -> None:
     settings = get_settings()
     ingestor = Ingestor(settings.table("raw_events"), settings.table("dead_letters"))
     for path in files:
-        with tqdm(total=count_messages(path), unit="msg", unit_scale=True, desc=f"ingest {path}",
-                  file=sys.stderr, disable=None) as bar:
+        with tqdm(
+            total=count_messages(path),
+            unit="msg",
+            unit_scale=True,
+            desc=f"ingest {path}",
+            file=sys.stderr,
+            disable=None,
+        ) as bar:
             report = ingestor.ingest_file(path, batch_size, progress=bar.update)
         s = report.summary()
         if as_json:
@@ -37,8 +43,7 @@ def ingest(files: tuple[str, ...], batch_size: int, as_json: bool) -> None:
             continue
         click.echo(f"{path}: {s['messages']:,} messages in {s['seconds']}s ({s['messages_per_s'] or 0:,}/s)")
         click.echo(f"  written to {settings.table('raw_events')}: {report.written:,}")
-        click.echo(f"  duplicates skipped: {report.duplicates:,}; "
-                   f"already in raw_events: {report.already_present:,}")
+        click.echo(f"  duplicates skipped: {report.duplicates:,}; already in raw_events: {report.already_present:,}")
         click.echo(f"  rejected to {settings.table('dead_letters')}: {report.invalid:,}")
         for reason, n in sorted(report.rejected.items()):
             click.echo(f"    {reason:<28} {n:,}")

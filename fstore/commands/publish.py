@@ -13,31 +13,76 @@ COMPRESSION = ["none", "gzip", "snappy", "lz4", "zstd"]
 @click.command()
 @click.argument("file", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--topic", default=None, help="Destination topic  [default: FSTORE_EVENTS_TOPIC, 'events']")
-@click.option("--rate", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="Target events per second; 0 = as fast as possible.")
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Target events per second; 0 = as fast as possible.",
+)
 @click.option("--bootstrap", default=None, help="Kafka bootstrap servers  [default: FSTORE_KAFKA_BOOTSTRAP]")
-@click.option("--batch-size", type=click.IntRange(min=1), default=10_000, show_default=True,
-              help="Messages read from the file at a time.")
-@click.option("--compression", type=click.Choice(COMPRESSION), default="none", show_default=True,
-              help="Producer compression (consumers on aiokafka need extra packages for lz4/zstd/snappy).")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=10_000,
+    show_default=True,
+    help="Messages read from the file at a time.",
+)
+@click.option(
+    "--compression",
+    type=click.Choice(COMPRESSION),
+    default="none",
+    show_default=True,
+    help="Producer compression (consumers on aiokafka need extra packages for lz4/zstd/snappy).",
+)
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
-@click.option("--live", is_flag=True,
-              help="Instead of FILE, generate traffic now (event times = now) for --duration seconds.")
-@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
-              help="--live: seconds of traffic.")
+@click.option(
+    "--live", is_flag=True, help="Instead of FILE, generate traffic now (event times = now) for --duration seconds."
+)
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60.0,
+    show_default=True,
+    help="--live: seconds of traffic.",
+)
 @click.option("--seed", type=click.IntRange(min=0), default=7, show_default=True, help="--live: random seed.")
 @click.option("--users", type=click.IntRange(min=1), default=10_000, show_default=True, help="--live: users.")
-@click.option("--products", type=click.IntRange(min=1), default=1_000, show_default=True,
-              help="--live: products.")
-@click.option("--duplicate-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True,
-              help="--live: share of re-sent events.")
-@click.option("--malformed-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True,
-              help="--live: share of invalid messages.")
-@click.option("--pii-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True,
-              help="--live: share of events carrying personal data.")
-def publish(file: Path | None, topic: str | None, rate: float, bootstrap: str | None, batch_size: int,
-            compression: str, progress: bool, live: bool, duration: float, seed: int, **live_options: Any,
-            ) -> None:
+@click.option("--products", type=click.IntRange(min=1), default=1_000, show_default=True, help="--live: products.")
+@click.option(
+    "--duplicate-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="--live: share of re-sent events.",
+)
+@click.option(
+    "--malformed-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="--live: share of invalid messages.",
+)
+@click.option(
+    "--pii-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="--live: share of events carrying personal data.",
+)
+def publish(
+    file: Path | None,
+    topic: str | None,
+    rate: float,
+    bootstrap: str | None,
+    batch_size: int,
+    compression: str,
+    progress: bool,
+    live: bool,
+    duration: float,
+    seed: int,
+    **live_options: Any,
+) -> None:
     """Send the messages of FILE (.jsonl or .parquet) to Kafka, in file order and byte-for-byte.
 
     The key is the Parquet `key` column, or for JSONL the event's user_id when the line is JSON with a
@@ -89,18 +134,26 @@ def publish(file: Path | None, topic: str | None, rate: float, bootstrap: str | 
     try:
         created = ensure_topics(bootstrap, {topic: partitions})
     except ServiceError as exc:
-        raise click.ClickException(f"{exc}\nStart local services with `fstore services up`, or set "
-                                   "FSTORE_KAFKA_BOOTSTRAP.") from None
+        raise click.ClickException(
+            f"{exc}\nStart local services with `fstore services up`, or set FSTORE_KAFKA_BOOTSTRAP."
+        ) from None
     if created:
         click.echo(f"created topic {topic!r} with {partitions} partition(s) on {bootstrap}")
-    with tqdm(total=total, unit="msg", unit_scale=True, disable=not progress, file=sys.stderr,
-              desc=f"publish → {topic}") as bar:
+    with tqdm(
+        total=total, unit="msg", unit_scale=True, disable=not progress, file=sys.stderr, desc=f"publish → {topic}"
+    ) as bar:
         if live:
             report = live_traffic.publish_live(plan, seed, bootstrap, topic, config=config, progress=bar.update)
         else:
             assert file is not None
-            report = kafka_io.publish(kafka_io.iter_keyed_batches(file, batch_size), bootstrap, topic,
-                                      rate=rate, config=config, progress=bar.update)
+            report = kafka_io.publish(
+                kafka_io.iter_keyed_batches(file, batch_size),
+                bootstrap,
+                topic,
+                rate=rate,
+                config=config,
+                progress=bar.update,
+            )
     click.echo(report.summary())
     if not report.ok:
         raise SystemExit(1)

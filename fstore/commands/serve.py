@@ -26,5 +26,14 @@ def serve(host: str | None, port: int | None, workers: int, log_level: str) -> N
     click.echo(f"fstore serve: http://{h}:{p}/docs (Redis {cfg.redis_url})", err=True)
     # uvloop + httptools (C event loop and HTTP parser), head and body in one write, no access log: the
     # serving hot path.
-    uvicorn.run("services.online_api.main:app", host=h, port=p, workers=workers, log_level=log_level,
-                factory=False, loop="uvloop", http=HeadBodyProtocol, access_log=False)
+    uvicorn.run(
+        "services.online_api.main:app",
+        host=h,
+        port=p,
+        workers=workers,
+        log_level=log_level,
+        factory=False,
+        loop="uvloop",
+        http=HeadBodyProtocol,
+        access_log=False,
+    )

@@ -9,8 +9,12 @@ import click
 from fstore.settings import STATE_DIR
 
 state_dir_option = click.option(
-    "--state-dir", type=click.Path(file_okay=False, path_type=Path), default=STATE_DIR, show_default=True,
-    help="Directory of the pid files, logs and services.env.")
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=STATE_DIR,
+    show_default=True,
+    help="Directory of the pid files, logs and services.env.",
+)
 
 
 @click.group()
@@ -34,8 +38,9 @@ def up(state_dir: Path, redis_port: int | None, broker_port: int | None, timeout
     settings = get_settings()
     topics = {settings.events_topic: settings.topic_partitions, settings.dlq_topic: 1}
     try:
-        redis, broker, reused = localsvc.up(state_dir, redis_port=redis_port, broker_port=broker_port,
-                                            topics=topics, start_timeout=timeout)
+        redis, broker, reused = localsvc.up(
+            state_dir, redis_port=redis_port, broker_port=broker_port, topics=topics, start_timeout=timeout
+        )
     except localsvc.ServiceError as exc:
         raise click.ClickException(str(exc)) from None
     for svc in (redis, broker):

@@ -53,8 +53,7 @@ def first_ingested_arrow(table: pa.Table) -> pa.Table:
     """
     if table.num_rows == 0:
         return table
-    ordered = table.sort_by([("event_id", "ascending"), ("ingested_at", "ascending"),
-                             ("payload_hash", "ascending")])
+    ordered = table.sort_by([("event_id", "ascending"), ("ingested_at", "ascending"), ("payload_hash", "ascending")])
     ids = ordered.column("event_id").combine_chunks()
     if len(ids) == 1:
         return ordered

@@ -39,8 +39,25 @@ REASONS = (
 
 #: Keys that are personal data. Valid events drop every unknown key anyway; dead letters mask these.
 PII_KEYS = frozenset(
-    {"email", "e_mail", "phone", "phone_number", "ip", "ip_address", "name", "first_name", "last_name",
-     "address", "street", "postcode", "zip", "birth_date", "dob", "credit_card", "card_number"}
+    {
+        "email",
+        "e_mail",
+        "phone",
+        "phone_number",
+        "ip",
+        "ip_address",
+        "name",
+        "first_name",
+        "last_name",
+        "address",
+        "street",
+        "postcode",
+        "zip",
+        "birth_date",
+        "dob",
+        "credit_card",
+        "card_number",
+    }
 )
 
 
@@ -143,8 +160,12 @@ def _accept(obj: dict[str, Any], now: int) -> Event | None:
     """
     get = obj.get
     event_id, event_type, user_id, product_id = get("event_id"), get("event_type"), get("user_id"), get("product_id")
-    if (type(event_id) is not str or type(event_type) is not str or type(user_id) is not str
-            or event_type not in _EVENT_TYPES):
+    if (
+        type(event_id) is not str
+        or type(event_type) is not str
+        or type(user_id) is not str
+        or event_type not in _EVENT_TYPES
+    ):
         return None
     if product_id is None:
         if event_type != "page_view" or not _match_ids2(f"{event_id}/{user_id}"):
@@ -279,8 +300,14 @@ def validate(obj: dict[str, Any], now: int) -> Event | Rejection:
         return Rejection("future_timestamp")
     assert event_id is not None and user_id is not None
     return Event(
-        event_id, event_type, user_id, product_id, event_time,
-        None if price is None else float(price), quantity, session_id,
+        event_id,
+        event_type,
+        user_id,
+        product_id,
+        event_time,
+        None if price is None else float(price),
+        quantity,
+        session_id,
     )
 
 

@@ -91,8 +91,10 @@ def plan(refs: Sequence[str], full_feature_names: bool = False) -> Request:
     names = tuple(f"{v.name}__{f.name}" if full_feature_names else f.name for v, f in features)
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
-        raise PointInTimeError(f"feature name(s) {', '.join(dup)} requested from several views; "
-                               "pass full_feature_names=True to get view__feature columns")
+        raise PointInTimeError(
+            f"feature name(s) {', '.join(dup)} requested from several views; "
+            "pass full_feature_names=True to get view__feature columns"
+        )
     return Request(tuple(features), names)
 
 
@@ -179,7 +181,10 @@ def first_ingested_mask(raw: pa.Table) -> tuple[Bool, pa.Array]:
     rows = order.to_numpy()[repeated]  # grouped by event_id
     group = np.cumsum(np.concatenate([[True], ~same])[repeated])  # group number per repeated row
     cols: dict[str, pa.Array | np.ndarray] = {
-        "group": group, "ingested_at": raw.column("ingested_at").take(rows).cast(pa.int64()), "row": rows}
+        "group": group,
+        "ingested_at": raw.column("ingested_at").take(rows).cast(pa.int64()),
+        "row": rows,
+    }
     has_hash = "payload_hash" in raw.column_names
     if has_hash:
         cols["payload_hash"] = raw.column("payload_hash").take(rows)
@@ -290,8 +295,9 @@ class _ViewEvents:
 Column = tuple[np.ndarray, Bool | None]  # values, null mask (None: no nulls)
 
 
-def _windowed_values(view: FeatureView, request: Request, ev: _ViewEvents, codes: I64, down: I64,
-                     up: I64) -> dict[str, Column]:
+def _windowed_values(
+    view: FeatureView, request: Request, ev: _ViewEvents, codes: I64, down: I64, up: I64
+) -> dict[str, Column]:
     """Every windowed feature the request needs from ``view``, for rows sorted by ``(code, t)``."""
     needed = {w.name: w for v, f in request.features if v is view for w in _windowed_of(v, f)}
     out: dict[str, Column] = {}
@@ -379,8 +385,9 @@ def _row_order(codes: I64, times: I64) -> I64:
     return by_pair
 
 
-def compute_arrays(keys: dict[str, pa.Array], down: I64, up: I64, request: Request,
-                   events: pa.Table) -> dict[str, Column]:
+def compute_arrays(
+    keys: dict[str, pa.Array], down: I64, up: I64, request: Request, events: pa.Table
+) -> dict[str, Column]:
     """:func:`compute` on already normalised inputs (engines that ship rows elsewhere call this).
 
     Args:
@@ -429,8 +436,9 @@ def _arrow(col: Column, dtype: str) -> pa.Array:
     return pa.array(values.astype(dtype), typ, mask=null)
 
 
-def point_in_time(entity_rows: Frame, refs: Sequence[str], events: pa.Table, *,
-                  full_feature_names: bool = False) -> Frame:
+def point_in_time(
+    entity_rows: Frame, refs: Sequence[str], events: pa.Table, *, full_feature_names: bool = False
+) -> Frame:
     """Point-in-time correct feature values for every entity row (DESIGN.md §3, §6).
 
     Args:

@@ -34,22 +34,26 @@ STAT_COLUMNS = ("count", "sum", "min", "max")
 
 def tile_schema(view: FeatureView) -> pa.Schema:
     """Arrow schema of the tiles of ``view`` (times as int64 epoch µs)."""
-    return pa.schema([
-        pa.field(view.entity.join_key, pa.string(), nullable=False),
-        pa.field("size", pa.int64(), nullable=False),
-        pa.field("tile_start", pa.int64(), nullable=False),
-        pa.field("measure", pa.string(), nullable=False),
-        pa.field("count", pa.int64(), nullable=False),
-        pa.field("sum", pa.float64(), nullable=False),
-        pa.field("min", pa.float64()),
-        pa.field("max", pa.float64()),
-    ])
+    return pa.schema(
+        [
+            pa.field(view.entity.join_key, pa.string(), nullable=False),
+            pa.field("size", pa.int64(), nullable=False),
+            pa.field("tile_start", pa.int64(), nullable=False),
+            pa.field("measure", pa.string(), nullable=False),
+            pa.field("count", pa.int64(), nullable=False),
+            pa.field("sum", pa.float64(), nullable=False),
+            pa.field("min", pa.float64()),
+            pa.field("max", pa.float64()),
+        ]
+    )
 
 
 def snapshot_schema(view: FeatureView) -> pa.Schema:
     """Arrow schema of a feature snapshot: ``event_timestamp`` (int64 µs), the join key, every feature."""
-    fields = [pa.field("event_timestamp", pa.int64(), nullable=False),
-              pa.field(view.entity.join_key, pa.string(), nullable=False)]
+    fields = [
+        pa.field("event_timestamp", pa.int64(), nullable=False),
+        pa.field(view.entity.join_key, pa.string(), nullable=False),
+    ]
     for f in view.features:
         counted = not isinstance(f, RatioFeature) and f.agg is Agg.COUNT
         fields.append(pa.field(f.name, pa.int64() if counted else pa.float64(), nullable=not counted))
@@ -60,8 +64,9 @@ def _frame(data: pa.Table | pd.DataFrame) -> pd.DataFrame:
     return data.to_pandas() if isinstance(data, pa.Table) else data
 
 
-def measured_values(view: FeatureView, events: pa.Table | pd.DataFrame, horizons: Mapping[int, int],
-                    end: int) -> pd.DataFrame:
+def measured_values(
+    view: FeatureView, events: pa.Table | pd.DataFrame, horizons: Mapping[int, int], end: int
+) -> pd.DataFrame:
     """One row per (event, tile size, measure) the event feeds: the measured value of the event.
 
     Args:
@@ -90,20 +95,35 @@ def measured_values(view: FeatureView, events: pa.Table | pd.DataFrame, horizons
             for m in measures:
                 if m.value is ValueKind.REVENUE:
                     value = sub["price"].fillna(0.0).to_numpy(dtype=np.float64) * sub["quantity"].to_numpy(
-                        dtype=np.float64)
+                        dtype=np.float64
+                    )
                 else:
                     value = np.ones(len(sub), dtype=np.float64)
-                parts.append(pd.DataFrame({key: sub[key].to_numpy(dtype=object), "size": np.int64(size),
-                                           "tile_start": starts[mask], "measure": m.name, "value": value}))
+                parts.append(
+                    pd.DataFrame(
+                        {
+                            key: sub[key].to_numpy(dtype=object),
+                            "size": np.int64(size),
+                            "tile_start": starts[mask],
+                            "measure": m.name,
+                            "value": value,
+                        }
+                    )
+                )
     if not parts:
-        return pd.DataFrame({key: pd.Series(dtype=object), "size": pd.Series(dtype=np.int64),
-                             "tile_start": pd.Series(dtype=np.int64), "measure": pd.Series(dtype=object),
-                             "value": pd.Series(dtype=np.float64)})
+        return pd.DataFrame(
+            {
+                key: pd.Series(dtype=object),
+                "size": pd.Series(dtype=np.int64),
+                "tile_start": pd.Series(dtype=np.int64),
+                "measure": pd.Series(dtype=object),
+                "value": pd.Series(dtype=np.float64),
+            }
+        )
     return pd.concat(parts, ignore_index=True)
 
 
-def build_tiles(view: FeatureView, events: pa.Table | pd.DataFrame, horizons: Mapping[int, int],
-                end: int) -> pa.Table:
+def build_tiles(view: FeatureView, events: pa.Table | pd.DataFrame, horizons: Mapping[int, int], end: int) -> pa.Table:
     """Tiles of ``view`` from a frame of events: the vectorised :func:`fstore.core.tiles.build_tiles`.
 
     Every entity's events must be in ``events`` (a partition holding all events of its entities), else
@@ -146,11 +166,16 @@ def snapshot(view: FeatureView, tiles: pa.Table | pd.DataFrame, t: int) -> pa.Ta
     key = view.entity.join_key
     partials: dict[str, pd.DataFrame] = {}
     for f in view.windowed:
-        sel = tl[(tl["size"] == f.hop) & (tl["measure"] == f.measure.name)
-                 & (tl["tile_start"] >= tail(t, f.window)) & (tl["tile_start"] < t)]
+        sel = tl[
+            (tl["size"] == f.hop)
+            & (tl["measure"] == f.measure.name)
+            & (tl["tile_start"] >= tail(t, f.window))
+            & (tl["tile_start"] < t)
+        ]
         sel = sel.sort_values([key, "tile_start"], kind="mergesort")
-        agg = sel.groupby(key, sort=True).agg(count=("count", "sum"), total=("sum", "sum"),
-                                              minimum=("min", "min"), maximum=("max", "max"))
+        agg = sel.groupby(key, sort=True).agg(
+            count=("count", "sum"), total=("sum", "sum"), minimum=("min", "min"), maximum=("max", "max")
+        )
         partials[f.name] = agg[agg["count"] > 0]
     entities = sorted(set().union(*(p.index for p in partials.values()))) if partials else []
     index = pd.Index(entities, dtype=object, name=key)

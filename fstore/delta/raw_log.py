@@ -23,27 +23,31 @@ from fstore.core.timeutil import to_date
 
 TS = pa.timestamp("us", tz="UTC")
 
-RAW_SCHEMA = pa.schema([
-    pa.field("event_id", pa.string(), nullable=False),
-    pa.field("event_type", pa.string(), nullable=False),
-    pa.field("user_id", pa.string(), nullable=False),
-    pa.field("product_id", pa.string()),
-    pa.field("event_time", TS, nullable=False),
-    pa.field("price", pa.float64()),
-    pa.field("quantity", pa.int32(), nullable=False),
-    pa.field("session_id", pa.string()),
-    pa.field("ingested_at", TS, nullable=False),
-    pa.field("payload_hash", pa.string(), nullable=False),
-    pa.field("event_date", pa.date32(), nullable=False),
-])
+RAW_SCHEMA = pa.schema(
+    [
+        pa.field("event_id", pa.string(), nullable=False),
+        pa.field("event_type", pa.string(), nullable=False),
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("product_id", pa.string()),
+        pa.field("event_time", TS, nullable=False),
+        pa.field("price", pa.float64()),
+        pa.field("quantity", pa.int32(), nullable=False),
+        pa.field("session_id", pa.string()),
+        pa.field("ingested_at", TS, nullable=False),
+        pa.field("payload_hash", pa.string(), nullable=False),
+        pa.field("event_date", pa.date32(), nullable=False),
+    ]
+)
 
-DEAD_LETTER_SCHEMA = pa.schema([
-    pa.field("payload", pa.binary(), nullable=False),
-    pa.field("reason", pa.string(), nullable=False),
-    pa.field("source", pa.string(), nullable=False),
-    pa.field("ingested_at", TS, nullable=False),
-    pa.field("ingest_date", pa.date32(), nullable=False),
-])
+DEAD_LETTER_SCHEMA = pa.schema(
+    [
+        pa.field("payload", pa.binary(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("ingested_at", TS, nullable=False),
+        pa.field("ingest_date", pa.date32(), nullable=False),
+    ]
+)
 
 
 def events_table(events: Sequence[Event], hashes: Sequence[str], ingested_at: Sequence[int]) -> pa.Table:
@@ -51,14 +55,21 @@ def events_table(events: Sequence[Event], hashes: Sequence[str], ingested_at: Se
     if not events:
         return RAW_SCHEMA.empty_table()
     (event_id, event_type, user_id, product_id, event_time, price, quantity, session_id) = (
-        [e[i] for e in events] for i in range(8))
+        [e[i] for e in events] for i in range(8)
+    )
     times = pa.array(event_time, pa.int64()).cast(TS)
     return pa.Table.from_arrays(
         [
-            pa.array(event_id, pa.string()), pa.array(event_type, pa.string()),
-            pa.array(user_id, pa.string()), pa.array(product_id, pa.string()), times,
-            pa.array(price, pa.float64()), pa.array(quantity, pa.int32()), pa.array(session_id, pa.string()),
-            pa.array(ingested_at, pa.int64()).cast(TS), pa.array(hashes, pa.string()),
+            pa.array(event_id, pa.string()),
+            pa.array(event_type, pa.string()),
+            pa.array(user_id, pa.string()),
+            pa.array(product_id, pa.string()),
+            times,
+            pa.array(price, pa.float64()),
+            pa.array(quantity, pa.int32()),
+            pa.array(session_id, pa.string()),
+            pa.array(ingested_at, pa.int64()).cast(TS),
+            pa.array(hashes, pa.string()),
             pc.cast(times, pa.date32()),
         ],
         schema=RAW_SCHEMA,
@@ -71,13 +82,17 @@ def append_raw(uri: str, table: pa.Table) -> None:
         write_deltalake(uri, table, mode="append", partition_by=["event_date"])
 
 
-def dead_letters_table(payloads: Sequence[bytes], reasons: Sequence[str], source: str,
-                       ingested_at: int) -> pa.Table:
+def dead_letters_table(payloads: Sequence[bytes], reasons: Sequence[str], source: str, ingested_at: int) -> pa.Table:
     """Arrow table in the ``dead_letters`` schema."""
     at = pa.array([ingested_at] * len(payloads), pa.int64()).cast(TS)
     return pa.Table.from_arrays(
-        [pa.array(payloads, pa.binary()), pa.array(reasons, pa.string()),
-         pa.array([source] * len(payloads), pa.string()), at, pc.cast(at, pa.date32())],
+        [
+            pa.array(payloads, pa.binary()),
+            pa.array(reasons, pa.string()),
+            pa.array([source] * len(payloads), pa.string()),
+            at,
+            pc.cast(at, pa.date32()),
+        ],
         schema=DEAD_LETTER_SCHEMA,
     )
 

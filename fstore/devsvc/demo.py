@@ -67,8 +67,9 @@ def stop(proc: subprocess.Popen[bytes], name: str) -> None:
     print(f"stopped {name} (exit {proc.returncode}); log: {LOGS / (name + '.log')}")
 
 
-def show(method: str, url: str, params: dict[str, str] | None = None,
-         body: dict[str, object] | None = None) -> dict[str, object]:
+def show(
+    method: str, url: str, params: dict[str, str] | None = None, body: dict[str, object] | None = None
+) -> dict[str, object]:
     """Call the API like curl would and print the call and (a shortened) answer."""
     if method == "GET":
         q = "&".join(f"{k}={v}" for k, v in (params or {}).items())
@@ -114,19 +115,55 @@ def main() -> None:
         from fstore.devsvc.services import read_env
 
         env = {**os.environ, **read_env()}
-        run(["fstore", "generate", "--out", str(history), "--users", str(args.users), "--products",
-             str(args.products), "--days", str(args.days), "--duplicate-rate", "0.01", "--late-rate", "0.01",
-             "--malformed-rate", "0.001", "--pii-rate", "0.01"])
+        run(
+            [
+                "fstore",
+                "generate",
+                "--out",
+                str(history),
+                "--users",
+                str(args.users),
+                "--products",
+                str(args.products),
+                "--days",
+                str(args.days),
+                "--duplicate-rate",
+                "0.01",
+                "--late-rate",
+                "0.01",
+                "--malformed-rate",
+                "0.001",
+                "--pii-rate",
+                "0.01",
+            ]
+        )
         run(["fstore", "ingest", str(history)])
         run(["feast", "apply"], cwd=ROOT / "feature_repo", env=env, env_note='eval "$(fstore services env)"; ')
         print("\n# The history was backfilled just now, so every event arrived days after its event_time;")
         print("# the demo counts an event as late only after 31 days (FSTORE_DQ_LATE_AFTER_S) for this run.")
-        run(["fstore", "batch", "--date", yesterday], env={**env, "FSTORE_DQ_LATE_AFTER_S": str(31 * 86_400)},
-            env_note=f"FSTORE_DQ_LATE_AFTER_S={31 * 86_400} ")
+        run(
+            ["fstore", "batch", "--date", yesterday],
+            env={**env, "FSTORE_DQ_LATE_AFTER_S": str(31 * 86_400)},
+            env_note=f"FSTORE_DQ_LATE_AFTER_S={31 * 86_400} ",
+        )
         worker = start(["fstore", "stream"], "stream")
         procs.append((worker, "stream"))
-        run(["fstore", "publish", "--live", "--rate", "2000", "--duration", str(args.live_seconds),
-             "--malformed-rate", "0.01", "--duplicate-rate", "0.01", "--no-progress"])
+        run(
+            [
+                "fstore",
+                "publish",
+                "--live",
+                "--rate",
+                "2000",
+                "--duration",
+                str(args.live_seconds),
+                "--malformed-rate",
+                "0.01",
+                "--duplicate-rate",
+                "0.01",
+                "--no-progress",
+            ]
+        )
         api = start(["fstore", "serve", "--port", str(args.port)], "api")
         procs.append((api, "api"))
         base = f"http://127.0.0.1:{args.port}"
@@ -134,10 +171,19 @@ def main() -> None:
         time.sleep(3)  # let the worker commit its last batch
         show("GET", f"{base}/health")
         show("GET", f"{base}/features", params={"user_id": "u000042", "features": "user_activity"})
-        show("GET", f"{base}/features", params={"product_id": "p00001",
-                                                "features": "product_engagement:ctr_1h,product_engagement:ctr_24h"})
-        show("POST", f"{base}/features", body={"entities": [{"user_id": "u000001"}, {"user_id": "u000002"}],
-                                               "features": ["user_activity:clicks_24h", "user_activity:revenue_7d"]})
+        show(
+            "GET",
+            f"{base}/features",
+            params={"product_id": "p00001", "features": "product_engagement:ctr_1h,product_engagement:ctr_24h"},
+        )
+        show(
+            "POST",
+            f"{base}/features",
+            body={
+                "entities": [{"user_id": "u000001"}, {"user_id": "u000002"}],
+                "features": ["user_activity:clicks_24h", "user_activity:revenue_7d"],
+            },
+        )
         stop(worker, "stream")  # flushes the raw sink: every event up to now is in raw_events
         run(["fstore", "check-consistency", "--api-url", base, "--sample", "1000"])
         print(f"\ndemo finished in {time.perf_counter() - started:.0f}s")

@@ -94,8 +94,14 @@ class LocalService:
     name: ClassVar[str] = "service"
     stop_signal: ClassVar[signal.Signals] = signal.SIGTERM
 
-    def __init__(self, port: int | None = None, state_dir: str | Path = STATE_DIR, *,
-                 start_timeout: float = 30.0, die_with_parent: bool = True) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        state_dir: str | Path = STATE_DIR,
+        *,
+        start_timeout: float = 30.0,
+        die_with_parent: bool = True,
+    ) -> None:
         self.port = port
         self.state_dir = Path(state_dir)
         self.start_timeout = start_timeout
@@ -218,9 +224,15 @@ class LocalService:
             log.flush()
             self._log_offset = log.tell()
             self._proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.state_dir,
-                env=self.environ(), start_new_session=True,
-                preexec_fn=_pdeathsig_hook() if self.die_with_parent else None)
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.state_dir,
+                env=self.environ(),
+                start_new_session=True,
+                preexec_fn=_pdeathsig_hook() if self.die_with_parent else None,
+            )
         self.pid = self._proc.pid
         info = {"pid": self.pid, "port": self.port, "address": self.address, "bin": argv[0], "cmd": argv}
         self.pid_file.write_text(json.dumps(info) + "\n")
@@ -230,12 +242,13 @@ class LocalService:
         last: Exception | None = None
         while True:
             if not self.is_running():
-                raise ServiceError(f"{self.name} exited during start-up (log {self.log_path}):\n"
-                                   f"{self.log_tail()}")
+                raise ServiceError(f"{self.name} exited during start-up (log {self.log_path}):\n{self.log_tail()}")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise ServiceError(f"{self.name} on port {self.port} not healthy after {self.start_timeout:.0f}"
-                                   f" s ({last}); log {self.log_path}:\n{self.log_tail()}")
+                raise ServiceError(
+                    f"{self.name} on port {self.port} not healthy after {self.start_timeout:.0f}"
+                    f" s ({last}); log {self.log_path}:\n{self.log_tail()}"
+                )
             try:
                 if port_open(HOST, self.port or 0):
                     self.check(min(remaining, 5.0))
@@ -276,8 +289,9 @@ class LocalService:
     def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
     def __repr__(self) -> str:

@@ -31,8 +31,24 @@ from typing import Self, TypeVar
 from fstore.devsvc.process import HOST, LocalService, ServiceError, free_port, pid_alive, port_open
 from fstore.settings import SERVICES_ENV, STATE_DIR
 
-__all__ = ["HOST", "Broker", "LocalService", "RedisServer", "S3Server", "ServiceError", "ServiceStatus", "down",
-           "ensure_topics", "free_port", "list_topics", "pid_alive", "port_open", "read_env", "status", "up"]
+__all__ = [
+    "HOST",
+    "Broker",
+    "LocalService",
+    "RedisServer",
+    "S3Server",
+    "ServiceError",
+    "ServiceStatus",
+    "down",
+    "ensure_topics",
+    "free_port",
+    "list_topics",
+    "pid_alive",
+    "port_open",
+    "read_env",
+    "status",
+    "up",
+]
 
 
 def redis_server_bin() -> str:
@@ -80,16 +96,31 @@ class RedisServer(LocalService):
 
     def command(self) -> list[str]:
         """``redis-server`` bound to 127.0.0.1 on :attr:`port`, logging to stdout, no persistence."""
-        return [redis_server_bin(), "--port", str(self.port), "--bind", HOST, "--save", "",
-                "--appendonly", "no", "--dir", str(self.state_dir.resolve()), "--daemonize", "no",
-                "--logfile", "", "--protected-mode", "yes"]
+        return [
+            redis_server_bin(),
+            "--port",
+            str(self.port),
+            "--bind",
+            HOST,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.state_dir.resolve()),
+            "--daemonize",
+            "no",
+            "--logfile",
+            "",
+            "--protected-mode",
+            "yes",
+        ]
 
     def check(self, timeout: float) -> None:
         """PING through the redis client, and check the answer comes from our process."""
         import redis
 
-        client = redis.Redis(host=HOST, port=self.port or 0, socket_timeout=timeout,
-                             socket_connect_timeout=timeout)
+        client = redis.Redis(host=HOST, port=self.port or 0, socket_timeout=timeout, socket_connect_timeout=timeout)
         try:
             if not client.ping():
                 raise ServiceError("redis PING failed")
@@ -115,9 +146,16 @@ class Broker(LocalService):
     name = "broker"
     stop_signal = signal.SIGINT
 
-    def __init__(self, port: int | None = None, state_dir: str | Path = STATE_DIR, *,
-                 start_timeout: float = 30.0, die_with_parent: bool = True,
-                 storage: str = "memory://tansu/", s3: S3Server | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        state_dir: str | Path = STATE_DIR,
+        *,
+        start_timeout: float = 30.0,
+        die_with_parent: bool = True,
+        storage: str = "memory://tansu/",
+        s3: S3Server | None = None,
+    ) -> None:
         super().__init__(port, state_dir, start_timeout=start_timeout, die_with_parent=die_with_parent)
         if storage.startswith("s3://") and s3 is None:
             raise ValueError(f"storage {storage!r} needs the S3 endpoint that holds the bucket (s3=S3Server)")
@@ -144,8 +182,16 @@ class Broker(LocalService):
     def command(self) -> list[str]:
         """``tansu broker`` listening and advertising on 127.0.0.1:PORT."""
         url = f"tcp://{HOST}:{self.port}"
-        return [broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-                "--storage-engine", self.storage]
+        return [
+            broker_bin(),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            self.storage,
+        ]
 
     def check(self, timeout: float) -> None:
         """A metadata request must list this broker."""
@@ -217,8 +263,14 @@ class S3Server(LocalService):
 
     def client_env(self) -> dict[str, str]:
         """``AWS_*`` variables that point an S3 client (Tansu's object_store) at this endpoint."""
-        return {"AWS_ENDPOINT": self.url, "AWS_ALLOW_HTTP": "true", "AWS_ACCESS_KEY_ID": "fstore",
-                "AWS_SECRET_ACCESS_KEY": "fstore", "AWS_DEFAULT_REGION": self.region, "AWS_REGION": self.region}
+        return {
+            "AWS_ENDPOINT": self.url,
+            "AWS_ALLOW_HTTP": "true",
+            "AWS_ACCESS_KEY_ID": "fstore",
+            "AWS_SECRET_ACCESS_KEY": "fstore",
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_REGION": self.region,
+        }
 
 
 def list_topics(bootstrap: str, timeout: float = 5.0) -> dict[str, int]:
@@ -306,9 +358,14 @@ def read_env(state_dir: str | Path = STATE_DIR) -> dict[str, str]:
     return {k.strip(): v.strip() for k, v in pairs}
 
 
-def up(state_dir: str | Path = STATE_DIR, *, redis_port: int | None = None, broker_port: int | None = None,
-       topics: Mapping[str, int] | None = None, start_timeout: float = 30.0,
-       ) -> tuple[RedisServer, Broker, dict[str, bool]]:
+def up(
+    state_dir: str | Path = STATE_DIR,
+    *,
+    redis_port: int | None = None,
+    broker_port: int | None = None,
+    topics: Mapping[str, int] | None = None,
+    start_timeout: float = 30.0,
+) -> tuple[RedisServer, Broker, dict[str, bool]]:
     """Start (or reuse) the local Redis and broker, create ``topics`` and write ``services.env``.
 
     A service recorded in ``state_dir`` whose process is alive and healthy is reused (its port wins
@@ -335,8 +392,9 @@ def up(state_dir: str | Path = STATE_DIR, *, redis_port: int | None = None, brok
 _S = TypeVar("_S", bound=LocalService)
 
 
-def _up_one(cls: type[_S], state_dir: str | Path, port: int | None, start_timeout: float,
-            reused: dict[str, bool]) -> _S:
+def _up_one(
+    cls: type[_S], state_dir: str | Path, port: int | None, start_timeout: float, reused: dict[str, bool]
+) -> _S:
     svc = cls.attach(state_dir, start_timeout=start_timeout, die_with_parent=False)
     if svc is not None and svc.healthy():
         reused[cls.name] = True

@@ -90,8 +90,10 @@ class FstoreRetrievalJob(RetrievalJob):
 
     def persist(self, storage: Any, allow_overwrite: bool = False, timeout: int | None = None) -> None:
         """Saved datasets are not supported: write ``to_df()`` where you need it."""
-        raise NotImplementedError("the fstore offline store does not persist saved datasets; "
-                                  "call .to_df() / .to_arrow() and write the result yourself")
+        raise NotImplementedError(
+            "the fstore offline store does not persist saved datasets; "
+            "call .to_df() / .to_arrow() and write the result yourself"
+        )
 
 
 def _as_arrow(entity_df: pd.DataFrame) -> tuple[pa.Table, str]:
@@ -106,9 +108,16 @@ class FstoreOfflineStore(OfflineStore):
     """Feast offline store backed by the fstore point-in-time engine over ``raw_events``."""
 
     @staticmethod
-    def get_historical_features(config: RepoConfig, feature_views: list[FeatureView], feature_refs: list[str],
-                                entity_df: pd.DataFrame | str | None, registry: BaseRegistry, project: str,
-                                full_feature_names: bool = False, **kwargs: Any) -> RetrievalJob:
+    def get_historical_features(
+        config: RepoConfig,
+        feature_views: list[FeatureView],
+        feature_refs: list[str],
+        entity_df: pd.DataFrame | str | None,
+        registry: BaseRegistry,
+        project: str,
+        full_feature_names: bool = False,
+        **kwargs: Any,
+    ) -> RetrievalJob:
         """Point-in-time correct features for every row of ``entity_df`` (a pandas DataFrame).
 
         Raises:
@@ -116,8 +125,10 @@ class FstoreOfflineStore(OfflineStore):
             fstore.core.pit.PointInTimeError: a missing column or a feature unknown to fstore.
         """
         if not isinstance(entity_df, pd.DataFrame):
-            raise NotImplementedError("the fstore offline store needs entity_df as a pandas DataFrame with "
-                                      "event_timestamp and the join keys (SQL and date ranges are not supported)")
+            raise NotImplementedError(
+                "the fstore offline store needs entity_df as a pandas DataFrame with "
+                "event_timestamp and the join keys (SQL and date ranges are not supported)"
+            )
         if kwargs.get("filter_by_created_timestamp"):
             raise NotImplementedError("filter_by_created_timestamp does not apply to the fstore offline store")
         refs = list(feature_refs)
@@ -130,14 +141,17 @@ class FstoreOfflineStore(OfflineStore):
         lo = hi = datetime.fromtimestamp(0)
         if times is not None and len(times):
             down, up = pit.entity_times(times.combine_chunks())
-            lo, hi = (pd.Timestamp(int(down.min()), unit="us", tz="UTC").to_pydatetime(),
-                      pd.Timestamp(int(up.max()), unit="us", tz="UTC").to_pydatetime())
+            lo, hi = (
+                pd.Timestamp(int(down.min()), unit="us", tz="UTC").to_pydatetime(),
+                pd.Timestamp(int(up.max()), unit="us", tz="UTC").to_pydatetime(),
+            )
         keys = list(pit.plan(refs, full_feature_names=True).join_keys)
         metadata = RetrievalMetadata(features=refs, keys=keys, min_event_timestamp=lo, max_event_timestamp=hi)
 
         def run() -> pa.Table:
-            out = offline.get_historical_features(table, refs, raw_uri=uri, engine=engine,
-                                                  full_feature_names=full_feature_names)
+            out = offline.get_historical_features(
+                table, refs, raw_uri=uri, engine=engine, full_feature_names=full_feature_names
+            )
             if ts != pit.TIMESTAMP_COLUMN:
                 out = out.rename_columns([ts if c == pit.TIMESTAMP_COLUMN else c for c in out.column_names])
             return out
@@ -151,22 +165,47 @@ class FstoreOfflineStore(OfflineStore):
         return dask_config
 
     @staticmethod
-    def pull_latest_from_table_or_query(config: RepoConfig, data_source: DataSource, join_key_columns: list[str],
-                                        feature_name_columns: list[str], timestamp_field: str,
-                                        created_timestamp_column: str | None, start_date: datetime,
-                                        end_date: datetime) -> RetrievalJob:
+    def pull_latest_from_table_or_query(
+        config: RepoConfig,
+        data_source: DataSource,
+        join_key_columns: list[str],
+        feature_name_columns: list[str],
+        timestamp_field: str,
+        created_timestamp_column: str | None,
+        start_date: datetime,
+        end_date: datetime,
+    ) -> RetrievalJob:
         """Materialisation reads the snapshot Parquet sources through Feast's file store."""
         return DaskOfflineStore.pull_latest_from_table_or_query(
-            FstoreOfflineStore._dask_config(config), data_source, join_key_columns, feature_name_columns,
-            timestamp_field, created_timestamp_column, start_date, end_date)
+            FstoreOfflineStore._dask_config(config),
+            data_source,
+            join_key_columns,
+            feature_name_columns,
+            timestamp_field,
+            created_timestamp_column,
+            start_date,
+            end_date,
+        )
 
     @staticmethod
-    def pull_all_from_table_or_query(config: RepoConfig, data_source: DataSource, join_key_columns: list[str],
-                                     feature_name_columns: list[str], timestamp_field: str,
-                                     created_timestamp_column: str | None = None,
-                                     start_date: datetime | None = None,
-                                     end_date: datetime | None = None) -> RetrievalJob:
+    def pull_all_from_table_or_query(
+        config: RepoConfig,
+        data_source: DataSource,
+        join_key_columns: list[str],
+        feature_name_columns: list[str],
+        timestamp_field: str,
+        created_timestamp_column: str | None = None,
+        start_date: datetime | None = None,
+        end_date: datetime | None = None,
+    ) -> RetrievalJob:
         """All rows of a snapshot source in a time range, through Feast's file store."""
         return DaskOfflineStore.pull_all_from_table_or_query(
-            FstoreOfflineStore._dask_config(config), data_source, join_key_columns, feature_name_columns,
-            timestamp_field, created_timestamp_column, start_date, end_date)
+            FstoreOfflineStore._dask_config(config),
+            data_source,
+            join_key_columns,
+            feature_name_columns,
+            timestamp_field,
+            created_timestamp_column,
+            start_date,
+            end_date,
+        )

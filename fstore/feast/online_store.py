@@ -123,7 +123,8 @@ class FstoreOnlineStore(OnlineStore):
         # One async reader per event loop (a redis.asyncio client is bound to its loop); weak keys, so a
         # closed loop (e.g. after asyncio.run) drops its reader instead of handing it to a new loop.
         self._readers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[str, OnlineReader]] = (
-            weakref.WeakKeyDictionary())
+            weakref.WeakKeyDictionary()
+        )
 
     @property
     def async_supported(self) -> SupportedAsyncMethods:
@@ -136,14 +137,16 @@ class FstoreOnlineStore(OnlineStore):
         url = redis_url_of(config)
         if self._reader is None or self._reader_url != url:
             timeout = getattr(config.online_store, "timeout_ms", 300) / 1000
-            client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
-                                          retry_on_timeout=False)
+            client = redis.Redis.from_url(
+                url, socket_timeout=timeout, socket_connect_timeout=timeout, retry_on_timeout=False
+            )
             self._reader = SyncOnlineReader(client, lambda: self.clock())
             self._reader_url = url
         return self._reader
 
-    def _reads(self, table: FeastFeatureView, entity_keys: Sequence[EntityKeyProto],
-               requested_features: Sequence[str] | None) -> tuple[FeatureView, list[EntityRead]]:
+    def _reads(
+        self, table: FeastFeatureView, entity_keys: Sequence[EntityKeyProto], requested_features: Sequence[str] | None
+    ) -> tuple[FeatureView, list[EntityRead]]:
         view = get_view(table.name)
         names = tuple(requested_features) if requested_features else view.feature_names
         for n in names:
@@ -184,8 +187,9 @@ class FstoreOnlineStore(OnlineStore):
         entry = self._readers.get(loop)
         if entry is None or entry[0] != url:
             timeout = getattr(config.online_store, "timeout_ms", 300) / 1000
-            client = aioredis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
-                                             retry_on_timeout=False)
+            client = aioredis.Redis.from_url(
+                url, socket_timeout=timeout, socket_connect_timeout=timeout, retry_on_timeout=False
+            )
             entry = self._readers[loop] = (url, OnlineReader(client, lambda: self.clock()))
         reader = entry[1]
         snap = await reader.read(reads)
@@ -209,7 +213,8 @@ class FstoreOnlineStore(OnlineStore):
             f"the fstore online store is read-only: feature view '{table.name}' is written by fstore's "
             "stream job (`fstore stream`, speed view) and batch job (`fstore batch`, batch view), which store "
             "tile partial aggregates, not final values. Do not run `feast materialize` or push/write to the "
-            "online store; ingest events instead (`fstore ingest` / the `events` topic).")
+            "online store; ingest events instead (`fstore ingest` / the `events` topic)."
+        )
 
     async def online_write_batch_async(
         self,

@@ -100,8 +100,10 @@ class PublishReport:
     def summary(self) -> str:
         """One line for humans: counts, achieved and target rate, errors by reason."""
         target = f"target {self.target_rate:,.0f}/s" if self.target_rate > 0 else "no rate limit"
-        line = (f"published {self.sent:,} messages to {self.topic!r} in {self.elapsed:.2f} s "
-                f"({self.rate:,.0f} msg/s, {target}): {self.delivered:,} delivered, {self.failed:,} failed")
+        line = (
+            f"published {self.sent:,} messages to {self.topic!r} in {self.elapsed:.2f} s "
+            f"({self.rate:,.0f} msg/s, {target}): {self.delivered:,} delivered, {self.failed:,} failed"
+        )
         if self.errors:
             line += " [" + ", ".join(f"{k}: {v:,}" for k, v in self.errors.most_common()) + "]"
         return line
@@ -143,8 +145,9 @@ class Publisher:
         config: librdkafka overrides on top of :data:`PRODUCER_DEFAULTS`.
     """
 
-    def __init__(self, bootstrap: str, topic: str, *, rate: float = 0.0,
-                 config: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self, bootstrap: str, topic: str, *, rate: float = 0.0, config: Mapping[str, Any] | None = None
+    ) -> None:
         self.config = producer_config(bootstrap, config)
         self.topic = topic
         self.report = PublishReport(topic=topic, target_rate=rate)
@@ -159,8 +162,15 @@ class Publisher:
             self.report.failed += 1
             self.report.errors[err.name()] += 1
 
-    def send(self, keys: Sequence[str | None], values: Sequence[bytes], *, due: Sequence[float] | None = None,
-             deadline: float | None = None, progress: Callable[[int], object] | None = None) -> bool:
+    def send(
+        self,
+        keys: Sequence[str | None],
+        values: Sequence[bytes],
+        *,
+        due: Sequence[float] | None = None,
+        deadline: float | None = None,
+        progress: Callable[[int], object] | None = None,
+    ) -> bool:
         """Produce messages in order, paced to the target rate or to a schedule.
 
         Args:
@@ -240,9 +250,16 @@ class Publisher:
         self.close()
 
 
-def publish(batches: Iterable[Batch], bootstrap: str, topic: str, *, rate: float = 0.0,
-            duration: float | None = None, config: Mapping[str, Any] | None = None,
-            progress: Callable[[int], object] | None = None) -> PublishReport:
+def publish(
+    batches: Iterable[Batch],
+    bootstrap: str,
+    topic: str,
+    *,
+    rate: float = 0.0,
+    duration: float | None = None,
+    config: Mapping[str, Any] | None = None,
+    progress: Callable[[int], object] | None = None,
+) -> PublishReport:
     """Send ``(keys, values)`` batches to ``topic`` in order at ``rate`` messages/s, then flush.
 
     Args:
@@ -292,22 +309,29 @@ def read_topic(bootstrap: str, topic: str, *, timeout: float = 30.0) -> list[Rec
     """
     from confluent_kafka import Consumer, TopicPartition
 
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "fstore-read-topic",
-                         "enable.auto.commit": False, "enable.partition.eof": True})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "fstore-read-topic",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+    )
     try:
         meta = consumer.list_topics(topic, timeout=timeout).topics[topic]
         if meta.error is not None:
             raise KafkaException(meta.error)
         parts = sorted(meta.partitions)
-        todo = {p for p in parts
-                if consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1] > 0}
+        todo = {p for p in parts if consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1] > 0}
         consumer.assign([TopicPartition(topic, p, 0) for p in sorted(todo)])
         got: dict[int, list[Record]] = {p: [] for p in parts}
         deadline = time.monotonic() + timeout
         while todo:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"read {sum(map(len, got.values()))} messages of {topic!r}, "
-                                   f"partitions {sorted(todo)} unfinished after {timeout} s")
+                raise TimeoutError(
+                    f"read {sum(map(len, got.values()))} messages of {topic!r}, "
+                    f"partitions {sorted(todo)} unfinished after {timeout} s"
+                )
             for msg in consumer.consume(10_000, 0.2):
                 err, p = msg.error(), msg.partition()
                 if err is not None:
@@ -315,8 +339,7 @@ def read_topic(bootstrap: str, topic: str, *, timeout: float = 30.0) -> list[Rec
                         raise KafkaException(err)
                     todo.discard(p if p is not None else -1)
                 elif p is not None:
-                    got[p].append(Record(p, msg.offset() or 0, msg.key(), msg.value() or b"",
-                                         msg.timestamp()[1]))
+                    got[p].append(Record(p, msg.offset() or 0, msg.key(), msg.value() or b"", msg.timestamp()[1]))
         return [r for p in parts for r in got[p]]
     finally:
         consumer.close()

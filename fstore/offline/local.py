@@ -92,7 +92,8 @@ def read_events(raw_uri: str, event_range: tuple[int, int] | None, timings: Timi
         return raw_log.RAW_SCHEMA.empty_table().select(list(pit.EVENT_COLUMNS))
     dataset = table.to_pyarrow_dataset(parquet_read_options=ds.ParquetReadOptions(dictionary_columns=DICT_COLUMNS))
     flt = (pc.field("event_date") >= pa.scalar(days[0], pa.date32())) & (
-        pc.field("event_date") <= pa.scalar(days[1], pa.date32()))
+        pc.field("event_date") <= pa.scalar(days[1], pa.date32())
+    )
     raw = dataset.to_table(columns=[*pit.EVENT_COLUMNS, "event_id", "ingested_at"], filter=flt)
     raw = _in_time_order(raw)
     timings.read = time.perf_counter() - began
@@ -103,8 +104,9 @@ def read_events(raw_uri: str, event_range: tuple[int, int] | None, timings: Timi
     keep &= (t >= event_range[0]) & (t < event_range[1])
     events = raw.select(list(pit.EVENT_COLUMNS)).filter(pa.array(keep))
     if len(tied):  # copies ingested at the same instant: the smaller payload_hash wins
-        copies = dataset.to_table(columns=[*pit.EVENT_COLUMNS, *pit.DEDUPE_COLUMNS],
-                                  filter=flt & pc.field("event_id").isin(tied))
+        copies = dataset.to_table(
+            columns=[*pit.EVENT_COLUMNS, *pit.DEDUPE_COLUMNS], filter=flt & pc.field("event_id").isin(tied)
+        )
         winners = pit.dedupe(copies)
         t = winners.column("event_time").cast(pa.int64())
         winners = winners.filter(pc.and_(pc.greater_equal(t, event_range[0]), pc.less(t, event_range[1])))
@@ -113,9 +115,16 @@ def read_events(raw_uri: str, event_range: tuple[int, int] | None, timings: Timi
     return events
 
 
-def get_historical_features(entity_df: pit.Frame, features: Sequence[str], *, raw_uri: str | None = None,
-                            engine: Engine = "local", full_feature_names: bool = False,
-                            timings: Timings | None = None, **engine_options: Any) -> pit.Frame:
+def get_historical_features(
+    entity_df: pit.Frame,
+    features: Sequence[str],
+    *,
+    raw_uri: str | None = None,
+    engine: Engine = "local",
+    full_feature_names: bool = False,
+    timings: Timings | None = None,
+    **engine_options: Any,
+) -> pit.Frame:
     """Point-in-time correct features for every row of ``entity_df``, computed from ``raw_events``.
 
     Args:
@@ -140,8 +149,9 @@ def get_historical_features(entity_df: pit.Frame, features: Sequence[str], *, ra
     if engine == "spark":
         from fstore.offline import spark as offline_spark
 
-        return offline_spark.get_historical_features(entity_df, features, raw_uri=uri,
-                                                     full_feature_names=full_feature_names, **engine_options)
+        return offline_spark.get_historical_features(
+            entity_df, features, raw_uri=uri, full_feature_names=full_feature_names, **engine_options
+        )
     if engine != "local":
         raise ValueError(f"unknown engine '{engine}' (use 'local' or 'spark')")
     if engine_options:

@@ -28,8 +28,16 @@ from fstore.delta import raw_log
 ROW = "__row"
 DOWN, UP = "__t_down", "__t_up"
 BUCKET = "__bucket"
-_EVENT_SCHEMA = pa.schema([("event_type", pa.string()), ("user_id", pa.string()), ("product_id", pa.string()),
-                           ("event_time", pa.int64()), ("price", pa.float64()), ("quantity", pa.int64())])
+_EVENT_SCHEMA = pa.schema(
+    [
+        ("event_type", pa.string()),
+        ("user_id", pa.string()),
+        ("product_id", pa.string()),
+        ("event_time", pa.int64()),
+        ("price", pa.float64()),
+        ("quantity", pa.int64()),
+    ]
+)
 
 
 def spark_session(app: str = "fstore-pit", master: str = "local[2]") -> SparkSession:
@@ -39,16 +47,19 @@ def spark_session(app: str = "fstore-pit", master: str = "local[2]") -> SparkSes
     the same packages as the driver.
     """
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # read by SparkContext for its workers
-    return (SparkSession.builder.master(master).appName(app)
-            .config("spark.sql.shuffle.partitions", "4")
-            .config("spark.ui.enabled", "false")
-            .config("spark.ui.showConsoleProgress", "false")
-            .config("spark.sql.session.timeZone", "UTC")
-            .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-            .config("spark.driver.memory", "4g")
-            .config("spark.pyspark.python", sys.executable)  # workers run this interpreter (its packages)
-            .config("spark.pyspark.driver.python", sys.executable)
-            .getOrCreate())
+    return (
+        SparkSession.builder.master(master)
+        .appName(app)
+        .config("spark.sql.shuffle.partitions", "4")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .config("spark.driver.memory", "4g")
+        .config("spark.pyspark.python", sys.executable)  # workers run this interpreter (its packages)
+        .config("spark.pyspark.driver.python", sys.executable)
+        .getOrCreate()
+    )
 
 
 def read_events(spark: SparkSession, raw_uri: str, event_range: tuple[int, int] | None) -> DataFrame:
@@ -61,17 +72,27 @@ def read_events(spark: SparkSession, raw_uri: str, event_range: tuple[int, int] 
         table = DeltaTable(raw_uri)
     except Exception:  # no table yet: nothing happened
         return spark.createDataFrame([], schema)
-    files = table.file_uris(file_pruning_predicate=[("event_date", ">=", days[0].isoformat()),
-                                               ("event_date", "<=", days[1].isoformat())])
+    files = table.file_uris(
+        file_pruning_predicate=[("event_date", ">=", days[0].isoformat()), ("event_date", "<=", days[1].isoformat())]
+    )
     if not files:
         return spark.createDataFrame([], schema)
     raw = spark.read.parquet(*files)
     first = Window.partitionBy("event_id").orderBy("ingested_at", "payload_hash")
     assert event_range is not None
-    return (raw.withColumn("__rank", F.row_number().over(first)).where(F.col("__rank") == 1)
-            .select("event_type", "user_id", "product_id", F.unix_micros("event_time").alias("event_time"),
-                    "price", F.col("quantity").cast("long").alias("quantity"))
-            .where((F.col("event_time") >= event_range[0]) & (F.col("event_time") < event_range[1])))
+    return (
+        raw.withColumn("__rank", F.row_number().over(first))
+        .where(F.col("__rank") == 1)
+        .select(
+            "event_type",
+            "user_id",
+            "product_id",
+            F.unix_micros("event_time").alias("event_time"),
+            "price",
+            F.col("quantity").cast("long").alias("quantity"),
+        )
+        .where((F.col("event_time") >= event_range[0]) & (F.col("event_time") < event_range[1]))
+    )
 
 
 def _bucket_fn(request: pit.Request, join_key: str, names: list[str]) -> Any:
@@ -84,12 +105,19 @@ def _bucket_fn(request: pit.Request, join_key: str, names: list[str]) -> Any:
             values, null = cols[name]
             out[name] = values if null is None else np.where(null, np.nan, values)
         return out
+
     return run
 
 
-def get_historical_features(entity_df: pit.Frame, features: Sequence[str], *, raw_uri: str,
-                            full_feature_names: bool = False, spark: SparkSession | None = None,
-                            buckets: int = 8) -> pit.Frame:
+def get_historical_features(
+    entity_df: pit.Frame,
+    features: Sequence[str],
+    *,
+    raw_uri: str,
+    full_feature_names: bool = False,
+    spark: SparkSession | None = None,
+    buckets: int = 8,
+) -> pit.Frame:
     """Spark version of :func:`fstore.offline.local.get_historical_features` (identical values and row contract).
 
     Args:
@@ -105,8 +133,11 @@ def get_historical_features(entity_df: pit.Frame, features: Sequence[str], *, ra
     spark = spark or spark_session()
     events = read_events(spark, raw_uri, pit.event_range(entity_df, features))
     rows = pa.table({ROW: np.arange(len(down), dtype=np.int64), DOWN: down, UP: up, **keys})
-    rows_df = spark.createDataFrame(rows.to_pandas()) if len(down) else spark.createDataFrame(
-        [], f"{ROW} long, {DOWN} long, {UP} long, " + ", ".join(f"{k} string" for k in keys))
+    rows_df = (
+        spark.createDataFrame(rows.to_pandas())
+        if len(down)
+        else spark.createDataFrame([], f"{ROW} long, {DOWN} long, {UP} long, " + ", ".join(f"{k} string" for k in keys))
+    )
     result = rows_df.select(ROW)
     dtypes = {n: f.dtype for (_, f), n in zip(request.features, request.names, strict=True)}
     for view in request.views:
@@ -114,12 +145,13 @@ def get_historical_features(entity_df: pit.Frame, features: Sequence[str], *, ra
         pairs = [(vf, n) for vf, n in zip(request.features, request.names, strict=True) if vf[0] is view]
         sub = pit.Request(tuple(vf for vf, _ in pairs), tuple(n for _, n in pairs))
         names = list(sub.names)
-        schema = T.StructType([T.StructField(ROW, T.LongType(), False)] + [
-            T.StructField(n, T.LongType() if dtypes[n] == "int64" else T.DoubleType(), True) for n in names])
+        schema = T.StructType(
+            [T.StructField(ROW, T.LongType(), False)]
+            + [T.StructField(n, T.LongType() if dtypes[n] == "int64" else T.DoubleType(), True) for n in names]
+        )
         ents = rows_df.select(ROW, DOWN, UP, key).withColumn(BUCKET, F.pmod(F.hash(key), F.lit(buckets)))
         evs = events.where(F.col(key).isNotNull()).withColumn(BUCKET, F.pmod(F.hash(key), F.lit(buckets)))
-        per_view = (ents.groupBy(BUCKET).cogroup(evs.groupBy(BUCKET))
-                    .applyInPandas(_bucket_fn(sub, key, names), schema))
+        per_view = ents.groupBy(BUCKET).cogroup(evs.groupBy(BUCKET)).applyInPandas(_bucket_fn(sub, key, names), schema)
         result = result.join(per_view, on=ROW, how="left")
     got = result.orderBy(ROW).toArrow()
     if got.num_rows != len(down):
@@ -128,8 +160,11 @@ def get_historical_features(entity_df: pit.Frame, features: Sequence[str], *, ra
         out = entity_df.copy()
         for name in request.names:
             col = got.column(name)
-            out[name] = col.to_numpy(zero_copy_only=False).astype(dtypes[name]) if dtypes[name] == "int64" else \
-                col.to_pandas().to_numpy(np.float64)
+            out[name] = (
+                col.to_numpy(zero_copy_only=False).astype(dtypes[name])
+                if dtypes[name] == "int64"
+                else col.to_pandas().to_numpy(np.float64)
+            )
         return out
     table = entity_df
     for name in request.names:

@@ -231,8 +231,7 @@ class BatchTiles:
         return out
 
 
-def decode_batch(view: FeatureView, raw: Mapping[Any, Any] | list[Any], cutover: int,
-                 since: int | None) -> BatchTiles:
+def decode_batch(view: FeatureView, raw: Mapping[Any, Any] | list[Any], cutover: int, since: int | None) -> BatchTiles:
     """The batch tiles before ``cutover`` that a read at any ``t >= since`` can use.
 
     ``since`` ``None``: every batch tile before the cutover (no assumption about ``t``).
@@ -318,8 +317,9 @@ def _result(agg: Agg, c: int, total: float, mn: float | None, mx: float | None) 
     return mx
 
 
-def evaluate_columns(view: FeatureView, names: tuple[str, ...], batch: BatchTiles | None, speed: Columns,
-                     t: int) -> dict[str, Value]:
+def evaluate_columns(
+    view: FeatureView, names: tuple[str, ...], batch: BatchTiles | None, speed: Columns, t: int
+) -> dict[str, Value]:
     """Feature values at ``t`` from an entity's batch tiles (all before the cutover) and speed tiles (all
     from it on). Same results as :func:`fstore.core.tiles.evaluate` over the union of the tiles."""
     groups, outputs, _ = _plan(view, names)
@@ -344,8 +344,9 @@ def evaluate_columns(view: FeatureView, names: tuple[str, ...], batch: BatchTile
     return out
 
 
-def finish(read: EntityRead, cutover: int | None, batch: BatchTiles | None, speed_hashes: Sequence[Any],
-           as_of: int) -> ReadResult:
+def finish(
+    read: EntityRead, cutover: int | None, batch: BatchTiles | None, speed_hashes: Sequence[Any], as_of: int
+) -> ReadResult:
     """Evaluate ``read`` at ``as_of`` over its batch tiles and its speed hashes (replies, ascending days)."""
     speed, newest = decode_speed_hashes(speed_hashes, cutover)
     if not speed and batch is not None and as_of >= batch.cutover:

@@ -49,9 +49,24 @@ from fstore.online.merge import (
 from fstore.redis.layout import POINTER_KEY, BatchPointer, batch_key, speed_key
 from fstore.redis.resp import RespPool, command, execute_with_pool, hgetall
 
-__all__ = ["BatchTiles", "Clock", "EntityRead", "OnlineReader", "ReadCore", "ReadResult", "Snapshot",
-           "SyncOnlineReader", "decode_batch", "decode_speed", "decode_speed_hashes", "evaluate_columns",
-           "finish", "iso_cached", "merge", "speed_days"]
+__all__ = [
+    "BatchTiles",
+    "Clock",
+    "EntityRead",
+    "OnlineReader",
+    "ReadCore",
+    "ReadResult",
+    "Snapshot",
+    "SyncOnlineReader",
+    "decode_batch",
+    "decode_speed",
+    "decode_speed_hashes",
+    "evaluate_columns",
+    "finish",
+    "iso_cached",
+    "merge",
+    "speed_days",
+]
 
 Attempts = Generator[list[bytes], list[Any], "Snapshot"]  # yields a round trip's commands, gets its replies
 
@@ -114,8 +129,7 @@ def merge(read: EntityRead, pointer: BatchPointer | None, hashes: Sequence[Any],
     """
     if pointer is None:
         return finish(read, None, None, hashes, as_of)
-    return finish(read, pointer.cutover, decode_batch(read.view, hashes[0], pointer.cutover, None), hashes[1:],
-                  as_of)
+    return finish(read, pointer.cutover, decode_batch(read.view, hashes[0], pointer.cutover, None), hashes[1:], as_of)
 
 
 class ReadCore:
@@ -199,7 +213,7 @@ class ReadCore:
                         self._store(ckey, batch)
                 elif batch is not None:
                     self.cache_hits += 1
-                results.append(finish(r, cutover, batch, out[pos:pos + n], t))
+                results.append(finish(r, cutover, batch, out[pos : pos + n], t))
                 pos += n
             return snap
         raise RedisError("the batch view pointer changed five times during one read")
@@ -215,8 +229,9 @@ class OnlineReader(ReadCore):
         batch_cache_entries: most (version, view, entity) batch tile sets kept decoded (LRU); 0 disables.
     """
 
-    def __init__(self, client: aioredis.Redis, clock: Clock = wall_clock,
-                 batch_cache_entries: int = DEFAULT_BATCH_CACHE_ENTRIES) -> None:
+    def __init__(
+        self, client: aioredis.Redis, clock: Clock = wall_clock, batch_cache_entries: int = DEFAULT_BATCH_CACHE_ENTRIES
+    ) -> None:
         super().__init__(clock, batch_cache_entries)
         self.client = client
         self._wire = RespPool.from_client(client)
@@ -261,8 +276,9 @@ class SyncOnlineReader(ReadCore):
         batch_cache_entries: most (version, view, entity) batch tile sets kept decoded (LRU); 0 disables.
     """
 
-    def __init__(self, client: redis.Redis, clock: Clock = wall_clock,
-                 batch_cache_entries: int = DEFAULT_BATCH_CACHE_ENTRIES) -> None:
+    def __init__(
+        self, client: redis.Redis, clock: Clock = wall_clock, batch_cache_entries: int = DEFAULT_BATCH_CACHE_ENTRIES
+    ) -> None:
         super().__init__(clock, batch_cache_entries)
         self.client = client
 

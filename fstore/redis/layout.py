@@ -98,8 +98,15 @@ def packed_fields(size: int, start: int, measure: str, p: Partial) -> dict[str, 
     return {packed_field(size, start, measure): packed_value(p)}
 
 
-def packed_arrays(size: pa.Array, start: pa.Array, measure: pa.Array, count: pa.Array, total: pa.Array,
-                  minimum: pa.Array, maximum: pa.Array) -> tuple[pa.Array, pa.Array]:
+def packed_arrays(
+    size: pa.Array,
+    start: pa.Array,
+    measure: pa.Array,
+    count: pa.Array,
+    total: pa.Array,
+    minimum: pa.Array,
+    maximum: pa.Array,
+) -> tuple[pa.Array, pa.Array]:
     """Vectorised :func:`packed_field` / :func:`packed_value` over Arrow columns (one row per tile measure).
 
     Args:

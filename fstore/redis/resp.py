@@ -97,8 +97,7 @@ class _Conn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self._fail(rex.ConnectionError(f"connection to Redis at {self._where} lost"
-                                       + (f": {exc}" if exc else "")))
+        self._fail(rex.ConnectionError(f"connection to Redis at {self._where} lost" + (f": {exc}" if exc else "")))
 
     def _fail(self, exc: Exception) -> None:
         waiter = self._waiter
@@ -168,9 +167,18 @@ class RespPool:
         connect_timeout: seconds a connect (and its ``AUTH``/``SELECT``) may take.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 6379, *, path: str | None = None, db: int = 0,
-                 username: str | None = None, password: str | None = None, timeout: float | None = None,
-                 connect_timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 6379,
+        *,
+        path: str | None = None,
+        db: int = 0,
+        username: str | None = None,
+        password: str | None = None,
+        timeout: float | None = None,
+        connect_timeout: float | None = None,
+    ) -> None:
         self.host, self.port, self.path = host, port, path
         self.timeout = timeout
         self.connect_timeout = connect_timeout
@@ -192,9 +200,16 @@ class RespPool:
         kw = pool.connection_kwargs
         if pool.connection_class not in (Connection, UnixDomainSocketConnection) or kw.get("credential_provider"):
             return None
-        return cls(str(kw.get("host", "localhost")), int(kw.get("port", 6379)), path=kw.get("path"),
-                   db=int(kw.get("db") or 0), username=kw.get("username"), password=kw.get("password"),
-                   timeout=kw.get("socket_timeout"), connect_timeout=kw.get("socket_connect_timeout"))
+        return cls(
+            str(kw.get("host", "localhost")),
+            int(kw.get("port", 6379)),
+            path=kw.get("path"),
+            db=int(kw.get("db") or 0),
+            username=kw.get("username"),
+            password=kw.get("password"),
+            timeout=kw.get("socket_timeout"),
+            connect_timeout=kw.get("socket_connect_timeout"),
+        )
 
     async def _connect(self) -> _Conn:
         loop = asyncio.get_running_loop()

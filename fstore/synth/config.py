@@ -39,8 +39,17 @@ class GeneratorConfig:
     batch_size: int = 100_000  #: target messages per slice and per yielded batch
 
     def __post_init__(self) -> None:
-        rates = ("product_page_rate", "click_rate", "cart_rate", "purchase_rate", "epoch_ms_rate",
-                 "duplicate_rate", "late_rate", "malformed_rate", "pii_rate")
+        rates = (
+            "product_page_rate",
+            "click_rate",
+            "cart_rate",
+            "purchase_rate",
+            "epoch_ms_rate",
+            "duplicate_rate",
+            "late_rate",
+            "malformed_rate",
+            "pii_rate",
+        )
         checks = [(f, 0.0 <= getattr(self, f) <= 1.0, "must be in [0, 1]") for f in rates] + [
             ("start", self.start >= 0, "must be >= 0 (after 1970)"),
             ("end", self.end > self.start, "must be after start"),

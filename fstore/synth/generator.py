@@ -133,15 +133,19 @@ class _Pending(NamedTuple):
 
     @staticmethod
     def concat(parts: list[_Pending]) -> _Pending:
-        return _Pending(pa.concat_arrays([p.keys for p in parts]),
-                        pa.concat_arrays([p.values for p in parts]),
-                        np.concatenate([p.arrival for p in parts]), np.concatenate([p.flags for p in parts]),
-                        np.concatenate([p.reasons for p in parts]))
+        return _Pending(
+            pa.concat_arrays([p.keys for p in parts]),
+            pa.concat_arrays([p.values for p in parts]),
+            np.concatenate([p.arrival for p in parts]),
+            np.concatenate([p.flags for p in parts]),
+            np.concatenate([p.reasons for p in parts]),
+        )
 
     def take(self, idx: I64) -> _Pending:
         arr = pa.array(idx, pa.int64())
-        return _Pending(self.keys.take(arr), self.values.take(arr), self.arrival[idx], self.flags[idx],
-                        self.reasons[idx])
+        return _Pending(
+            self.keys.take(arr), self.values.take(arr), self.arrival[idx], self.flags[idx], self.reasons[idx]
+        )
 
 
 class _Run:
@@ -205,8 +209,13 @@ class _Run:
         n_dups, n_bad = self.quotas(k, n)
         dup = self._duplicates(rng, fr, n_dups)
         rows = Frame.concat([fr, dup])
-        valid = _Pending(self.users.take(pa.array(rows.user)), self.encoder.encode(rows), rows.arrival,
-                         rows.flags, np.full(len(rows), None, dtype=object))
+        valid = _Pending(
+            self.users.take(pa.array(rows.user)),
+            self.encoder.encode(rows),
+            rows.arrival,
+            rows.flags,
+            np.full(len(rows), None, dtype=object),
+        )
         bad = self._malformed(rng, k, n_bad, self.next_num + n, n_sessions)
         self.next_num += n + n_bad
         self.next_session += n_sessions
@@ -226,8 +235,7 @@ class _Run:
         dup.session[changed & ~has_qty] += 1
         return dup
 
-    def _malformed(self, rng: np.random.Generator, k: int, n: int, first_num: int,
-                   n_sessions: int) -> _Pending:
+    def _malformed(self, rng: np.random.Generator, k: int, n: int, first_num: int, n_sessions: int) -> _Pending:
         """``n`` invalid messages timed like slice ``k``'s sessions, numbered from ``first_num``."""
         users = rng.integers(0, self.cfg.users, n)
         products = self.catalog.sample(rng, n)
@@ -243,14 +251,24 @@ class _Run:
         products_s = self.encoder.product_ids.take(pa.array(products)).to_pylist()
         msgs = []
         for i in range(n):
-            base = malformed.base_event(eids[i], EVENT_TYPES[etypes[i]], users_s[i], products_s[i], sids[i],
-                                        int(times[i]), int(self.catalog.base_cents[products[i]]))
+            base = malformed.base_event(
+                eids[i],
+                EVENT_TYPES[etypes[i]],
+                users_s[i],
+                products_s[i],
+                sids[i],
+                int(times[i]),
+                int(self.catalog.base_cents[products[i]]),
+            )
             msgs.append(malformed.build(self.bad_index + i, base, self.last_ms + 1, rng, self.dumps))
         self.bad_index += n
-        return _Pending(pa.array([m.key for m in msgs], pa.string()),
-                        pa.array([m.value for m in msgs], pa.binary()),
-                        times * MILLISECOND + lags, np.full(n, MALFORMED, dtype=np.uint8),
-                        np.array([m.reason for m in msgs], dtype=object).reshape(n))
+        return _Pending(
+            pa.array([m.key for m in msgs], pa.string()),
+            pa.array([m.value for m in msgs], pa.binary()),
+            times * MILLISECOND + lags,
+            np.full(n, MALFORMED, dtype=np.uint8),
+            np.array([m.reason for m in msgs], dtype=object).reshape(n),
+        )
 
 
 def generate(cfg: GeneratorConfig, seed: int, dumps: Dumps = compact_dumps) -> Iterator[Batch]:
@@ -281,13 +299,20 @@ def generate(cfg: GeneratorConfig, seed: int, dumps: Dumps = compact_dumps) -> I
         del new, merged, order  # hold only the pending events and this slice's output while yielding
         for lo in range(0, cut, cfg.batch_size):
             hi = min(lo + cfg.batch_size, cut)
-            yield Batch(ready.keys[lo:hi].to_pylist(), ready.values[lo:hi].to_pylist(), ready.arrival[lo:hi],
-                        ready.flags[lo:hi], ready.reasons[lo:hi].tolist())
+            yield Batch(
+                ready.keys[lo:hi].to_pylist(),
+                ready.values[lo:hi].to_pylist(),
+                ready.arrival[lo:hi],
+                ready.flags[lo:hi],
+                ready.reasons[lo:hi].tolist(),
+            )
 
 
-def generate_batches(cfg: GeneratorConfig, seed: int, dumps: Dumps = compact_dumps,
-                     ) -> Iterator[tuple[list[str | None], list[bytes]]]:
+def generate_batches(
+    cfg: GeneratorConfig,
+    seed: int,
+    dumps: Dumps = compact_dumps,
+) -> Iterator[tuple[list[str | None], list[bytes]]]:
     """:func:`generate` without the labels: ``(kafka keys, message bytes)`` per batch."""
     for batch in generate(cfg, seed, dumps):
         yield batch.keys, batch.values
-

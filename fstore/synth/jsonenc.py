@@ -56,7 +56,7 @@ class Encoder:
         self._cents = pa.array([f"{c:02d}" for c in range(100)], pa.string())
         self._octet = pa.array([str(i) for i in range(256)], pa.string())
         self._hm = pa.array([f"{m // 60:02d}:{m % 60:02d}:" for m in range(1440)], pa.string())
-        self._sms = pa.array([f"{ms // 1000:02d}.{ms % 1000:03d}Z\"" for ms in range(60_000)], pa.string())
+        self._sms = pa.array([f'{ms // 1000:02d}.{ms % 1000:03d}Z"' for ms in range(60_000)], pa.string())
 
     def number(self, prefix: str, num: NDArray[np.int64]) -> pa.Array:
         """``prefix + run + '-' + num`` zero-padded to 10 digits (``num`` < 10**10)."""
@@ -69,33 +69,45 @@ class Encoder:
         days, in_day = np.divmod(time_ms, DAY_MS)
         uniq, inv = np.unique(days, return_inverse=True)
         epoch = datetime(1970, 1, 1, tzinfo=UTC)
-        dates = pa.array([f'"{(epoch + timedelta(days=int(d))).date().isoformat()}T' for d in uniq],
-                         pa.string())
+        dates = pa.array([f'"{(epoch + timedelta(days=int(d))).date().isoformat()}T' for d in uniq], pa.string())
         minute, in_minute = np.divmod(in_day, 60_000)
-        return _join(dates.take(pa.array(inv.reshape(-1))), self._hm.take(pa.array(minute)),
-                     self._sms.take(pa.array(in_minute)))
+        return _join(
+            dates.take(pa.array(inv.reshape(-1))), self._hm.take(pa.array(minute)), self._sms.take(pa.array(in_minute))
+        )
 
     def encode(self, fr: Frame) -> pa.Array:
         """One compact JSON object per row, as an Arrow binary array."""
         if len(fr) == 0:
             return pa.array([], pa.binary())
-        event_time = pc.if_else(pa.array(fr.epoch_ms), pc.cast(pa.array(fr.time_ms), pa.string()),
-                                self._iso(fr.time_ms))
+        event_time = pc.if_else(
+            pa.array(fr.epoch_ms), pc.cast(pa.array(fr.time_ms), pa.string()), self._iso(fr.time_ms)
+        )
         has_price = fr.price >= 0
         cents = np.where(has_price, fr.price, 0)
-        price = _join(_lit(',"price":'), pc.cast(_masked(cents // 100, ~has_price), pa.string()), _lit("."),
-                      self._cents.take(pa.array(cents % 100)))
+        price = _join(
+            _lit(',"price":'),
+            pc.cast(_masked(cents // 100, ~has_price), pa.string()),
+            _lit("."),
+            self._cents.take(pa.array(cents % 100)),
+        )
         quantity = _join(_lit(',"quantity":'), pc.cast(_masked(fr.quantity, fr.quantity <= 0), pa.string()))
-        product = _join(_lit(',"product_id":"'), self.product_ids.take(_masked(fr.product, fr.product < 0)),
-                        _lit('"'))
+        product = _join(_lit(',"product_id":"'), self.product_ids.take(_masked(fr.product, fr.product < 0)), _lit('"'))
         return _join(
-            _lit('{"event_id":"'), self.number("e", fr.num),
-            _lit('","event_type":"'), self._types.take(pa.array(fr.etype)),
-            _lit('","user_id":"'), self.user_ids.take(pa.array(fr.user)), _lit('"'),
+            _lit('{"event_id":"'),
+            self.number("e", fr.num),
+            _lit('","event_type":"'),
+            self._types.take(pa.array(fr.etype)),
+            _lit('","user_id":"'),
+            self.user_ids.take(pa.array(fr.user)),
+            _lit('"'),
             product,
-            _lit(',"session_id":"'), self.number("s", fr.session),
-            _lit('","event_time":'), event_time,
-            price, quantity, self._pii(fr),
+            _lit(',"session_id":"'),
+            self.number("s", fr.session),
+            _lit('","event_time":'),
+            event_time,
+            price,
+            quantity,
+            self._pii(fr),
             _lit("}"),
             skip_nulls=True,
         ).cast(pa.binary())
@@ -106,7 +118,16 @@ class Encoder:
         phone = (fr.user * 7919 + 1_234_567) % 10_000_000
         octets = [self._octet.take(_masked((fr.user >> s) & 255, ~fr.pii)) for s in (16, 8, 0)]
         return _join(
-            _lit(',"email":"'), self.user_ids.take(user), _lit('@example.com","phone":"+1-555-'),
-            self._pad5.take(_masked(phone // 100, ~fr.pii)), self._cents.take(pa.array(phone % 100)),
-            _lit('","ip":"10.'), octets[0], _lit("."), octets[1], _lit("."), octets[2], _lit('"'),
+            _lit(',"email":"'),
+            self.user_ids.take(user),
+            _lit('@example.com","phone":"+1-555-'),
+            self._pad5.take(_masked(phone // 100, ~fr.pii)),
+            self._cents.take(pa.array(phone % 100)),
+            _lit('","ip":"10.'),
+            octets[0],
+            _lit("."),
+            octets[1],
+            _lit("."),
+            octets[2],
+            _lit('"'),
         )

@@ -53,15 +53,25 @@ def live_plan(rate: float, duration: float, now_us: int, **options: Any) -> Live
         raise ValueError("live traffic needs a rate > 0 and a duration > 0")
     margin = min(LIVE_MARGIN_S, max(1.0, LIVE_MARGIN_MESSAGES / rate))
     span = duration + 2 * margin
-    cfg = GeneratorConfig(start=now_us - round(margin * 1e6), end=now_us + round((duration + margin) * 1e6),
-                          events=max(1, round(rate * span)), batch_size=max(1_000, min(100_000, int(rate))),
-                          **options)
+    cfg = GeneratorConfig(
+        start=now_us - round(margin * 1e6),
+        end=now_us + round((duration + margin) * 1e6),
+        events=max(1, round(rate * span)),
+        batch_size=max(1_000, min(100_000, int(rate))),
+        **options,
+    )
     return LivePlan(cfg, now_us, duration, rate)
 
 
-def publish_live(plan: LivePlan, seed: int, bootstrap: str, topic: str, *,
-                 config: Mapping[str, Any] | None = None,
-                 progress: Callable[[int], object] | None = None) -> PublishReport:
+def publish_live(
+    plan: LivePlan,
+    seed: int,
+    bootstrap: str,
+    topic: str,
+    *,
+    config: Mapping[str, Any] | None = None,
+    progress: Callable[[int], object] | None = None,
+) -> PublishReport:
     """Generate traffic and send each message of the window when the clock reaches its arrival time.
 
     The schedule starts when the first message of the window is generated (after the warm-up margin):
@@ -85,7 +95,8 @@ def publish_live(plan: LivePlan, seed: int, bootstrap: str, topic: str, *,
             if origin is None:
                 origin = pub.restart_clock()  # nothing was sent yet: time the run from here
             due = ((arrival[lo:hi] - plan.now_us) / 1e6 + origin).tolist()
-            if not pub.send(batch.keys[lo:hi], batch.values[lo:hi], due=due, deadline=origin + plan.duration,
-                            progress=progress) or hi < len(arrival):
+            if not pub.send(
+                batch.keys[lo:hi], batch.values[lo:hi], due=due, deadline=origin + plan.duration, progress=progress
+            ) or hi < len(arrival):
                 break
     return pub.report

@@ -43,11 +43,18 @@ class Malformed(NamedTuple):
     reason: str
 
 
-def base_event(event_id: str, event_type: str, user_id: str, product_id: str, session_id: str,
-               time_ms: int, price_cents: int) -> dict[str, Any]:
+def base_event(
+    event_id: str, event_type: str, user_id: str, product_id: str, session_id: str, time_ms: int, price_cents: int
+) -> dict[str, Any]:
     """A valid event as a dict (price and quantity only for add_to_cart and purchase)."""
-    obj: dict[str, Any] = {"event_id": event_id, "event_type": event_type, "user_id": user_id,
-                           "product_id": product_id, "session_id": session_id, "event_time": iso_ms(time_ms)}
+    obj: dict[str, Any] = {
+        "event_id": event_id,
+        "event_type": event_type,
+        "user_id": user_id,
+        "product_id": product_id,
+        "session_id": session_id,
+        "event_time": iso_ms(time_ms),
+    }
     if event_type in ("add_to_cart", "purchase"):
         obj["price"] = price_cents / 100
         obj["quantity"] = 1
@@ -77,9 +84,14 @@ def _oversized(obj: dict[str, Any], v: int, rng: np.random.Generator, dumps: Dum
 
 _MISSING = ("event_id", "event_type", "user_id", "product_id", "event_time", "price")
 _BAD_TYPES: tuple[tuple[str, Any], ...] = (
-    ("event_id", 12345), ("event_type", 3), ("user_id", ["u1"]), ("product_id", 42),
+    ("event_id", 12345),
+    ("event_type", 3),
+    ("user_id", ["u1"]),
+    ("product_id", 42),
     ("event_time", "2024-01-01T00:00:00"),  # no offset: not a valid timestamp
-    ("price", "19.99"), ("quantity", 2.5), ("session_id", 1234),
+    ("price", "19.99"),
+    ("quantity", 2.5),
+    ("session_id", 1234),
 )
 _BAD_IDS = ("event_id", "user_id", "product_id")
 _UNKNOWN_TYPES = ("checkout", "PageView", "view_item")
@@ -105,8 +117,11 @@ def _invalid_type(obj: dict[str, Any], v: int) -> str:
 
 def _invalid_id(obj: dict[str, Any], v: int) -> str:
     field = _BAD_IDS[v % len(_BAD_IDS)]
-    obj[field] = {"event_id": obj["event_id"] + " copy", "user_id": "user#" + obj["user_id"][1:],
-                  "product_id": obj["product_id"] + "0" * 128}[field]  # a space, a '#', > 128 characters
+    obj[field] = {
+        "event_id": obj["event_id"] + " copy",
+        "user_id": "user#" + obj["user_id"][1:],
+        "product_id": obj["product_id"] + "0" * 128,
+    }[field]  # a space, a '#', > 128 characters
     return f"invalid_id:{field}"
 
 
@@ -118,8 +133,9 @@ def _negative(obj: dict[str, Any], v: int) -> None:
         obj["quantity"] = -(v % 3 - 1)  # 0 or -1
 
 
-def build(j: int, obj: dict[str, Any], end_ms: int, rng: np.random.Generator,
-          dumps: Dumps = compact_dumps) -> Malformed:
+def build(
+    j: int, obj: dict[str, Any], end_ms: int, rng: np.random.Generator, dumps: Dumps = compact_dumps
+) -> Malformed:
     """Make invalid message number ``j`` from the valid event ``obj`` (which it may modify).
 
     Args:

@@ -241,8 +241,13 @@ def simulate(
     bu = np.flatnonzero(_rank_in_session(ca_sess, n_cart) < n_buy[ca_sess])
     bu_off = ca_off[bu] + 1000.0 + rng.exponential(BUY_GAP_MS, len(bu))
 
-    kinds = [(PAGE_VIEW, pv_sess), (IMPRESSION, im_sess), (CLICK, ck_sess), (ADD_TO_CART, ca_sess),
-             (PURCHASE, ca_sess[bu])]
+    kinds = [
+        (PAGE_VIEW, pv_sess),
+        (IMPRESSION, im_sess),
+        (CLICK, ck_sess),
+        (ADD_TO_CART, ca_sess),
+        (PURCHASE, ca_sess[bu]),
+    ]
     etype = np.concatenate([np.full(len(s), k, dtype=np.int64) for k, s in kinds])
     session = np.concatenate([s for _, s in kinds])
     product = np.concatenate([pv_prod, im_prod, ck_prod, ca_prod, ca_prod[bu]])
@@ -262,6 +267,17 @@ def simulate(
         time_ms = starts_ms[session] + offset
     n = len(etype)
     zeros = np.zeros(n, dtype=np.int64)
-    return Frame(etype, users[session], product, session, time_ms, price, quantity,
-                 np.zeros(n, dtype=np.bool_), np.zeros(n, dtype=np.bool_), zeros, zeros.copy(),
-                 np.zeros(n, dtype=np.uint8))
+    return Frame(
+        etype,
+        users[session],
+        product,
+        session,
+        time_ms,
+        price,
+        quantity,
+        np.zeros(n, dtype=np.bool_),
+        np.zeros(n, dtype=np.bool_),
+        zeros,
+        zeros.copy(),
+        np.zeros(n, dtype=np.uint8),
+    )

@@ -32,8 +32,9 @@ def version_pattern(version: str) -> str:
     return f"{PREFIX}:*:b:{version}"
 
 
-def load_view(tiles_df: DataFrame, view_name: str, version: str, redis_url: str, ttl_s: int,
-              chunk: int) -> tuple[int, int]:
+def load_view(
+    tiles_df: DataFrame, view_name: str, version: str, redis_url: str, ttl_s: int, chunk: int
+) -> tuple[int, int]:
     """Write a view's tiles into Redis under ``version`` from the executors, pipelined in chunks.
 
     ``tiles_df`` must hold each entity's tiles in one partition (see :func:`jobs.batch.compute.tiles`),
@@ -50,24 +51,32 @@ def load_view(tiles_df: DataFrame, view_name: str, version: str, redis_url: str,
         if not parts:
             return
         table = pa.Table.from_batches(parts)
-        table = table.take(pc.sort_indices(table, [(key, "ascending"), ("size", "ascending"),
-                                                   ("tile_start", "ascending"), ("measure", "ascending")]))
-        fields, values = packed_arrays(*(table.column(c) for c in ("size", "tile_start", "measure", "count",
-                                                                    "sum", "min", "max")))
+        table = table.take(
+            pc.sort_indices(
+                table,
+                [(key, "ascending"), ("size", "ascending"), ("tile_start", "ascending"), ("measure", "ascending")],
+            )
+        )
+        fields, values = packed_arrays(
+            *(table.column(c) for c in ("size", "tile_start", "measure", "count", "sum", "min", "max"))
+        )
         n = table.num_rows
         args = np.empty(2 * n, dtype=object)
         args[0::2] = fields.to_numpy(zero_copy_only=False)
         args[1::2] = values.to_numpy(zero_copy_only=False)
         entities = table.column(key).combine_chunks()
-        bounds = [0, *(np.flatnonzero(pc.not_equal(entities[1:], entities[:-1]).to_numpy(
-            zero_copy_only=False)) + 1).tolist(), n]
+        bounds = [
+            0,
+            *(np.flatnonzero(pc.not_equal(entities[1:], entities[:-1]).to_numpy(zero_copy_only=False)) + 1).tolist(),
+            n,
+        ]
         names = entities.take(bounds[:-1]).to_pylist()
         client = redis.Redis.from_url(redis_url)
         pipe = client.pipeline(transaction=False)
         pending = pending_fields = 0
         for entity, (lo, hi) in zip(names, itertools.pairwise(bounds), strict=True):
             bkey = batch_key(view_name, entity, version)
-            pipe.execute_command("HSET", bkey, *args[2 * lo:2 * hi].tolist())  # type: ignore[no-untyped-call]
+            pipe.execute_command("HSET", bkey, *args[2 * lo : 2 * hi].tolist())  # type: ignore[no-untyped-call]
             pipe.expire(bkey, ttl_s)
             pending, pending_fields = pending + 1, pending_fields + hi - lo
             if pending >= chunk or pending_fields >= _PIPELINE_FIELDS:
@@ -91,8 +100,9 @@ class PublishResult:
     retired_keys: int
 
 
-def publish(client: redis.Redis, pointer: BatchPointer, ttl_s: int, grace_s: int,
-            allow_older: bool = False) -> PublishResult:
+def publish(
+    client: redis.Redis, pointer: BatchPointer, ttl_s: int, grace_s: int, allow_older: bool = False
+) -> PublishResult:
     """Make ``pointer.version`` the serving batch view in one atomic step, then retire the previous one.
 
     Args:

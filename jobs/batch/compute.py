@@ -38,11 +38,15 @@ def is_valid() -> Column:
     price = F.col("price")
     price_ok = price.isNull() | (~F.isnan(price) & (price >= 0) & (price < float("inf")))
     return (
-        F.col("event_id").rlike(_ID_RE) & F.col("user_id").rlike(_ID_RE)
-        & F.col("event_type").isin(list(EVENT_TYPES)) & F.col("event_time").isNotNull()
+        F.col("event_id").rlike(_ID_RE)
+        & F.col("user_id").rlike(_ID_RE)
+        & F.col("event_type").isin(list(EVENT_TYPES))
+        & F.col("event_time").isNotNull()
         & F.coalesce(F.col("product_id").rlike(_ID_RE), F.col("event_type") == "page_view")
-        & price_ok & ((F.col("event_type") != "purchase") | price.isNotNull())
-        & F.col("quantity").isNotNull() & (F.col("quantity") >= 1)
+        & price_ok
+        & ((F.col("event_type") != "purchase") | price.isNotNull())
+        & F.col("quantity").isNotNull()
+        & (F.col("quantity") >= 1)
     )
 
 
@@ -52,9 +56,9 @@ def events_for(events: DataFrame, view_name: str, start: int, end: int) -> DataF
     key = view.entity.join_key
     types = sorted({t for _, by_type in tile_plan(view) for t in by_type})
     micros = F.unix_micros(F.col("event_time"))
-    return (events.where(F.col(key).isNotNull() & F.col("event_type").isin(types)
-                         & (micros >= F.lit(start)) & (micros < F.lit(end)))
-            .select(F.col(key), "event_type", micros.alias("event_time"), "price", "quantity"))
+    return events.where(
+        F.col(key).isNotNull() & F.col("event_type").isin(types) & (micros >= F.lit(start)) & (micros < F.lit(end))
+    ).select(F.col(key), "event_type", micros.alias("event_time"), "price", "quantity")
 
 
 def tiles(events: DataFrame, view_name: str, horizons: dict[int, int], cutover: int, partitions: int) -> DataFrame:

@@ -34,13 +34,27 @@ from pyspark.sql import types as T
 
 from fstore.delta import raw_log
 
-RAW_COLUMNS = ("event_id", "event_type", "user_id", "product_id", "event_time", "price", "quantity",
-               "ingested_at", "payload_hash")
+RAW_COLUMNS = (
+    "event_id",
+    "event_type",
+    "user_id",
+    "product_id",
+    "event_time",
+    "price",
+    "quantity",
+    "ingested_at",
+    "payload_hash",
+)
 
 _SPARK_TYPES: dict[pa.DataType, T.DataType] = {
-    pa.string(): T.StringType(), pa.large_string(): T.StringType(), pa.int64(): T.LongType(),
-    pa.int32(): T.IntegerType(), pa.float64(): T.DoubleType(), pa.date32(): T.DateType(),
-    pa.timestamp("us", tz="UTC"): T.TimestampType(), pa.binary(): T.BinaryType(),
+    pa.string(): T.StringType(),
+    pa.large_string(): T.StringType(),
+    pa.int64(): T.LongType(),
+    pa.int32(): T.IntegerType(),
+    pa.float64(): T.DoubleType(),
+    pa.date32(): T.DateType(),
+    pa.timestamp("us", tz="UTC"): T.TimestampType(),
+    pa.binary(): T.BinaryType(),
 }
 
 
@@ -68,8 +82,12 @@ def read_raw(spark: SparkSession, uri: str, dates: list[date], delta_spark: bool
     schema = spark_schema(raw_log.RAW_SCHEMA)
     cols = list(RAW_COLUMNS)
     if delta_spark:
-        return (spark.read.format("delta").load(uri)
-                .where(F.col("event_date").isin([d.isoformat() for d in dates])).select(*cols))
+        return (
+            spark.read.format("delta")
+            .load(uri)
+            .where(F.col("event_date").isin([d.isoformat() for d in dates]))
+            .select(*cols)
+        )
     dt = raw_log.open_table(uri)
     if dt is None:
         return spark.createDataFrame([], schema).select(*cols)
@@ -92,8 +110,9 @@ def daily_copies(uri: str) -> dict[date, int]:
         return {}
     actions = pa.table(dt.get_add_actions(flatten=True))
     out: dict[date, int] = {}
-    for d, n in zip(actions.column("partition.event_date").to_pylist(),
-                    actions.column("num_records").to_pylist(), strict=True):
+    for d, n in zip(
+        actions.column("partition.event_date").to_pylist(), actions.column("num_records").to_pylist(), strict=True
+    ):
         day = d if isinstance(d, date) else date.fromisoformat(str(d))
         out[day] = out.get(day, 0) + int(n or 0)
     return out
@@ -110,8 +129,9 @@ def copies_in(uri: str, dates: list[date]) -> int | None:
     actions = pa.table(dt.get_add_actions(flatten=True))
     wanted = set(dates)
     total = 0
-    for d, n in zip(actions.column("partition.event_date").to_pylist(),
-                    actions.column("num_records").to_pylist(), strict=True):
+    for d, n in zip(
+        actions.column("partition.event_date").to_pylist(), actions.column("num_records").to_pylist(), strict=True
+    ):
         day = d if isinstance(d, date) else date.fromisoformat(str(d))
         if day in wanted:
             if n is None:
@@ -129,8 +149,9 @@ def _stage_files(df: DataFrame, uri: str, schema: pa.Schema, rel_dir: str, run_i
         rows = sum(b.num_rows for b in parts)
         if rows:
             table = pa.Table.from_batches(parts).select(names)
-            table = pa.Table.from_arrays([c.cast(f.type) for c, f in zip(table.columns, schema, strict=True)],
-                                         schema=schema)
+            table = pa.Table.from_arrays(
+                [c.cast(f.type) for c, f in zip(table.columns, schema, strict=True)], schema=schema
+            )
             fs, root = pafs.FileSystem.from_uri(uri)
             rel = f"{rel_dir}/part-{run_id}-{uuid.uuid4().hex}.parquet"
             fs.create_dir(f"{root}/{rel_dir}", recursive=True)
@@ -138,13 +159,26 @@ def _stage_files(df: DataFrame, uri: str, schema: pa.Schema, rel_dir: str, run_i
             size = fs.get_file_info(f"{root}/{rel}").size
             yield pa.RecordBatch.from_pydict({"path": [rel], "size": [size], "rows": [rows]})
 
-    out = T.StructType([T.StructField("path", T.StringType()), T.StructField("size", T.LongType()),
-                        T.StructField("rows", T.LongType())])
+    out = T.StructType(
+        [
+            T.StructField("path", T.StringType()),
+            T.StructField("size", T.LongType()),
+            T.StructField("rows", T.LongType()),
+        ]
+    )
     return [(r["path"], r["size"], r["rows"]) for r in df.mapInArrow(write, out).collect()]
 
 
-def overwrite_partition(df: DataFrame, uri: str, schema: pa.Schema, column: str, value: date,
-                        delta_spark: bool, run_id: str, before_commit: Callable[[], None] | None = None) -> int:
+def overwrite_partition(
+    df: DataFrame,
+    uri: str,
+    schema: pa.Schema,
+    column: str,
+    value: date,
+    delta_spark: bool,
+    run_id: str,
+    before_commit: Callable[[], None] | None = None,
+) -> int:
     """Replace partition ``column = value`` of the Delta table at ``uri`` with the rows of ``df``.
 
     Args:
@@ -161,11 +195,14 @@ def overwrite_partition(df: DataFrame, uri: str, schema: pa.Schema, column: str,
         Rows written.
     """
     if delta_spark:
-        cols = [F.timestamp_micros(F.col(f.name)).alias(f.name) if pa.types.is_timestamp(f.type)
-                else F.col(f.name) for f in schema]
+        cols = [
+            F.timestamp_micros(F.col(f.name)).alias(f.name) if pa.types.is_timestamp(f.type) else F.col(f.name)
+            for f in schema
+        ]
         out = df.select(*cols).withColumn(column, F.lit(value))
         out.write.format("delta").mode("overwrite").partitionBy(column).option(
-            "replaceWhere", f"{column} = '{value.isoformat()}'").save(uri)
+            "replaceWhere", f"{column} = '{value.isoformat()}'"
+        ).save(uri)
         return int(spark_count(uri, column, value, df.sparkSession))
     staged = _stage_files(df, uri, schema, f"{column}={value.isoformat()}", run_id)
     if before_commit is not None:
@@ -179,15 +216,22 @@ def commit_files(uri: str, schema: pa.Schema, column: str, value: date, staged: 
     part = {column: value.isoformat()}
     actions: list[AddAction | RemoveAction] = [
         AddAction(path, size, part, now_ms, True, json.dumps({"numRecords": rows}))
-        for path, size, rows in sorted(staged)]
+        for path, size, rows in sorted(staged)
+    ]
     full = Schema.from_arrow(schema.append(pa.field(column, pa.date32(), nullable=False)))
     dt = raw_log.open_table(uri)
     if dt is None:
-        create_table_with_add_actions(uri, full, [a for a in actions if isinstance(a, AddAction)], mode="error",
-                                      partition_by=[column])
+        create_table_with_add_actions(
+            uri, full, [a for a in actions if isinstance(a, AddAction)], mode="error", partition_by=[column]
+        )
     else:
-        dt.create_write_transaction(actions, mode="overwrite", schema=full, partition_by=[column],
-                                    partition_filters=[(column, "=", value.isoformat())])
+        dt.create_write_transaction(
+            actions,
+            mode="overwrite",
+            schema=full,
+            partition_by=[column],
+            partition_filters=[(column, "=", value.isoformat())],
+        )
     return sum(rows for _, _, rows in staged)
 
 
@@ -198,5 +242,4 @@ def spark_count(uri: str, column: str, value: date, spark: SparkSession) -> int:
 
 def overwrite_small(uri: str, table: pa.Table, column: str, value: date) -> None:
     """Replace one partition of a small driver-side table (e.g. ``dq_reports``) in one delta-rs commit."""
-    write_deltalake(uri, table, mode="overwrite", partition_by=[column],
-                    predicate=f"{column} = '{value.isoformat()}'")
+    write_deltalake(uri, table, mode="overwrite", partition_by=[column], predicate=f"{column} = '{value.isoformat()}'")

@@ -27,17 +27,19 @@ from jobs.batch.settings import BatchSettings
 KEY_COLUMNS = ("event_id", "event_type", "user_id", "event_time")
 OK, WARN, FAIL, SKIPPED = "ok", "warn", "fail", "skipped"
 
-REPORT_SCHEMA = pa.schema([
-    pa.field("check", pa.string(), nullable=False),
-    pa.field("status", pa.string(), nullable=False),
-    pa.field("value", pa.float64()),
-    pa.field("warn_threshold", pa.float64()),
-    pa.field("fail_threshold", pa.float64()),
-    pa.field("detail", pa.string()),
-    pa.field("cutover", pa.timestamp("us", tz="UTC"), nullable=False),
-    pa.field("run_id", pa.string(), nullable=False),
-    pa.field("run_date", pa.date32(), nullable=False),
-])
+REPORT_SCHEMA = pa.schema(
+    [
+        pa.field("check", pa.string(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("value", pa.float64()),
+        pa.field("warn_threshold", pa.float64()),
+        pa.field("fail_threshold", pa.float64()),
+        pa.field("detail", pa.string()),
+        pa.field("cutover", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("run_date", pa.date32(), nullable=False),
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -82,19 +84,29 @@ class DQReport:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly form for the job metrics."""
-        return {"hard_failure": self.hard_failure, "figures": self.figures,
-                "checks": {c.name: {"status": c.status, "value": c.value} for c in self.checks}}
+        return {
+            "hard_failure": self.hard_failure,
+            "figures": self.figures,
+            "checks": {c.name: {"status": c.status, "value": c.value} for c in self.checks},
+        }
 
     def table(self, plan: RunPlan, run_id: str) -> pa.Table:
         """Rows for the ``dq_reports`` Delta table (partition ``run_date``)."""
         n = len(self.checks)
-        return pa.table({
-            "check": [c.name for c in self.checks], "status": [c.status for c in self.checks],
-            "value": [c.value for c in self.checks], "warn_threshold": [c.warn for c in self.checks],
-            "fail_threshold": [c.fail for c in self.checks], "detail": [c.detail for c in self.checks],
-            "cutover": pa.array([plan.cutover] * n, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
-            "run_id": [run_id] * n, "run_date": pa.array([plan.run_date] * n, pa.date32()),
-        }, schema=REPORT_SCHEMA)
+        return pa.table(
+            {
+                "check": [c.name for c in self.checks],
+                "status": [c.status for c in self.checks],
+                "value": [c.value for c in self.checks],
+                "warn_threshold": [c.warn for c in self.checks],
+                "fail_threshold": [c.fail for c in self.checks],
+                "detail": [c.detail for c in self.checks],
+                "cutover": pa.array([plan.cutover] * n, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+                "run_id": [run_id] * n,
+                "run_date": pa.array([plan.run_date] * n, pa.date32()),
+            },
+            schema=REPORT_SCHEMA,
+        )
 
 
 def day_figures(winners: DataFrame, plan: RunPlan, late_after_us: int, valid: Column | None = None) -> dict[str, Any]:
@@ -107,12 +119,15 @@ def day_figures(winners: DataFrame, plan: RunPlan, late_after_us: int, valid: Co
     in_day = (micros >= F.lit(plan.day_start)) & (micros < F.lit(plan.cutover))
     valid = is_valid() if valid is None else valid
     late = (F.unix_micros(F.col("ingested_at")) - micros) > F.lit(late_after_us)
-    aggs = [F.sum(F.when(in_day, 1).otherwise(0)).alias("events"),
-            F.sum(F.when(in_day & ~valid, 1).otherwise(0)).alias("invalid_rows"),
-            F.sum(F.when(in_day & valid & late, 1).otherwise(0)).alias("late"),
-            F.max(F.when(micros < F.lit(plan.cutover), micros)).alias("latest_event_us"),
-            F.sum(F.when(in_day & (F.col("event_type") != "page_view") & F.col("product_id").isNull(), 1)
-                  .otherwise(0)).alias("null_product_id")]
+    aggs = [
+        F.sum(F.when(in_day, 1).otherwise(0)).alias("events"),
+        F.sum(F.when(in_day & ~valid, 1).otherwise(0)).alias("invalid_rows"),
+        F.sum(F.when(in_day & valid & late, 1).otherwise(0)).alias("late"),
+        F.max(F.when(micros < F.lit(plan.cutover), micros)).alias("latest_event_us"),
+        F.sum(
+            F.when(in_day & (F.col("event_type") != "page_view") & F.col("product_id").isNull(), 1).otherwise(0)
+        ).alias("null_product_id"),
+    ]
     aggs += [F.sum(F.when(in_day & F.col(c).isNull(), 1).otherwise(0)).alias(f"null_{c}") for c in KEY_COLUMNS]
     row = winners.agg(*aggs).collect()[0].asDict()
     return {k: (int(v) if v is not None else None) for k, v in row.items()}
@@ -124,8 +139,9 @@ def dead_letters_on(uri: str, day: date) -> int:
     return int(table.num_rows)
 
 
-def evaluate(s: BatchSettings, plan: RunPlan, figures: dict[str, Any], copies_by_day: dict[date, int],
-             dead_letters: int) -> DQReport:
+def evaluate(
+    s: BatchSettings, plan: RunPlan, figures: dict[str, Any], copies_by_day: dict[date, int], dead_letters: int
+) -> DQReport:
     """Grade the figures of one run against the thresholds of ``s``."""
     day = plan.run_date
     events = figures["events"] or 0
@@ -134,34 +150,88 @@ def evaluate(s: BatchSettings, plan: RunPlan, figures: dict[str, Any], copies_by
     latest = figures.get("latest_event_us")
     lag = None if latest is None else (plan.cutover - latest) / SECOND
     if lag is None:
-        checks.append(Check("freshness_lag_s", FAIL, None, s.dq_freshness_warn_s, s.dq_freshness_fail_s,
-                            "no events before the cutover"))
+        checks.append(
+            Check(
+                "freshness_lag_s",
+                FAIL,
+                None,
+                s.dq_freshness_warn_s,
+                s.dq_freshness_fail_s,
+                "no events before the cutover",
+            )
+        )
     else:
         checks.append(grade("freshness_lag_s", lag, s.dq_freshness_warn_s, s.dq_freshness_fail_s))
     first = min(copies_by_day, default=day)
-    history = [copies_by_day.get(day - timedelta(days=i), 0) for i in range(1, s.dq_volume_history_days + 1)
-               if day - timedelta(days=i) >= first]
+    history = [
+        copies_by_day.get(day - timedelta(days=i), 0)
+        for i in range(1, s.dq_volume_history_days + 1)
+        if day - timedelta(days=i) >= first
+    ]
     if len(history) >= s.dq_volume_min_history:
         mean, sd = statistics.fmean(history), statistics.stdev(history)
         z = (copies - mean) / max(sd, 1.0, 0.01 * mean)
-        checks.append(grade("volume_abs_zscore", abs(z), s.dq_volume_z_warn, s.dq_volume_z_fail,
-                            f"rows={copies} mean={mean:.0f} sd={sd:.0f} days={len(history)}"))
+        checks.append(
+            grade(
+                "volume_abs_zscore",
+                abs(z),
+                s.dq_volume_z_warn,
+                s.dq_volume_z_fail,
+                f"rows={copies} mean={mean:.0f} sd={sd:.0f} days={len(history)}",
+            )
+        )
     else:
-        checks.append(grade("volume_abs_zscore", None, s.dq_volume_z_warn, s.dq_volume_z_fail,
-                            f"only {len(history)} days of history"))
+        checks.append(
+            grade(
+                "volume_abs_zscore",
+                None,
+                s.dq_volume_z_warn,
+                s.dq_volume_z_fail,
+                f"only {len(history)} days of history",
+            )
+        )
     for col in (*KEY_COLUMNS, "product_id"):
         nulls = figures[f"null_{col}"] or 0
-        checks.append(grade(f"null_rate_{col}", nulls / events if events else 0.0, s.dq_null_rate_warn,
-                            s.dq_null_rate_fail, f"{nulls} nulls"))
+        checks.append(
+            grade(
+                f"null_rate_{col}",
+                nulls / events if events else 0.0,
+                s.dq_null_rate_warn,
+                s.dq_null_rate_fail,
+                f"{nulls} nulls",
+            )
+        )
     dups = max(copies - events, 0)
-    checks.append(grade("duplicate_rate", dups / copies if copies else 0.0, s.dq_duplicate_rate_warn,
-                        s.dq_duplicate_rate_fail, f"{dups} duplicate copies of {copies}"))
+    checks.append(
+        grade(
+            "duplicate_rate",
+            dups / copies if copies else 0.0,
+            s.dq_duplicate_rate_warn,
+            s.dq_duplicate_rate_fail,
+            f"{dups} duplicate copies of {copies}",
+        )
+    )
     invalid = dead_letters + (figures["invalid_rows"] or 0)
     total = dead_letters + copies
-    checks.append(grade("invalid_rate", invalid / total if total else 0.0, s.dq_invalid_rate_warn,
-                        s.dq_invalid_rate_fail, f"{dead_letters} dead letters, {figures['invalid_rows']} invalid rows"))
+    checks.append(
+        grade(
+            "invalid_rate",
+            invalid / total if total else 0.0,
+            s.dq_invalid_rate_warn,
+            s.dq_invalid_rate_fail,
+            f"{dead_letters} dead letters, {figures['invalid_rows']} invalid rows",
+        )
+    )
     late = figures["late"] or 0
-    checks.append(grade("late_rate", late / events if events else 0.0, s.dq_late_rate_warn, s.dq_late_rate_fail,
-                        f"{late} events ingested > {s.dq_late_after_s}s after event_time"))
-    return DQReport(tuple(checks), {**figures, "copies": copies, "dead_letters": dead_letters,
-                                    "volume_history": history})
+    checks.append(
+        grade(
+            "late_rate",
+            late / events if events else 0.0,
+            s.dq_late_rate_warn,
+            s.dq_late_rate_fail,
+            f"{late} events ingested > {s.dq_late_after_s}s after event_time",
+        )
+    )
+    return DQReport(
+        tuple(checks), {**figures, "copies": copies, "dead_letters": dead_letters, "volume_history": history}
+    )

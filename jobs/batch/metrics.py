@@ -34,8 +34,12 @@ class JobMetrics:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly figures."""
-        return {**self.info, "stages_s": {k: round(v, 3) for k, v in self.stages.items()},
-                "total_s": round(sum(self.stages.values()), 3), "counters": self.counters}
+        return {
+            **self.info,
+            "stages_s": {k: round(v, 3) for k, v in self.stages.items()},
+            "total_s": round(sum(self.stages.values()), 3),
+            "counters": self.counters,
+        }
 
     def write_prometheus(self, path: str, run_date: str, success: bool) -> None:
         """Write the figures as a Prometheus textfile (node-exporter textfile collector format)."""
@@ -46,8 +50,9 @@ class JobMetrics:
         g_count = Gauge("fstore_batch_rows", "Row/key counters of the last batch run", ["counter"], registry=reg)
         for k, v in self.counters.items():
             g_count.labels(k).set(v)
-        Gauge("fstore_batch_success", "1 if the last batch run published", ["run_date"],
-              registry=reg).labels(run_date).set(1 if success else 0)
+        Gauge("fstore_batch_success", "1 if the last batch run published", ["run_date"], registry=reg).labels(
+            run_date
+        ).set(1 if success else 0)
         Gauge("fstore_batch_last_run_timestamp_seconds", "End of the last batch run", registry=reg).set(time.time())
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         write_to_textfile(path, reg)

@@ -46,8 +46,12 @@ def size_horizons(view: FeatureView, cutover: int) -> dict[int, int]:
 def plan_run(run_date: date) -> RunPlan:
     """The plan of the run for ``run_date``."""
     cutover = day_start(run_date + timedelta(days=1))
-    return RunPlan(run_date, cutover, cutover - longest_window() - largest_hop(),
-                   {name: size_horizons(v, cutover) for name, v in VIEWS.items()})
+    return RunPlan(
+        run_date,
+        cutover,
+        cutover - longest_window() - largest_hop(),
+        {name: size_horizons(v, cutover) for name, v in VIEWS.items()},
+    )
 
 
 def tiles_table(view: str) -> str:

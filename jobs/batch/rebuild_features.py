@@ -83,17 +83,23 @@ def build_spark(s: BatchSettings, own_session: bool = True) -> SparkSession:
     if own_session:
         # Local Python workers must run this interpreter (with pandas/pyarrow), not whatever python3 is on PATH.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-        builder = (builder.master(s.spark_master).config("spark.driver.memory", s.spark_driver_memory)
-                   .config("spark.ui.enabled", str(s.spark_ui).lower())
-                   .config("spark.ui.showConsoleProgress", str(s.spark_ui).lower())
-                   .config("spark.pyspark.python", sys.executable)
-                   .config("spark.pyspark.driver.python", sys.executable))
+        builder = (
+            builder.master(s.spark_master)
+            .config("spark.driver.memory", s.spark_driver_memory)
+            .config("spark.ui.enabled", str(s.spark_ui).lower())
+            .config("spark.ui.showConsoleProgress", str(s.spark_ui).lower())
+            .config("spark.pyspark.python", sys.executable)
+            .config("spark.pyspark.driver.python", sys.executable)
+        )
     spark = builder.getOrCreate()
     # windowGroupLimitThreshold=-1: the de-duplication's row_number() == 1 would otherwise get a partial
     # group limit, i.e. a full sort of every copy BEFORE the shuffle, useless when almost all ids are unique.
-    for k, v in {"spark.sql.session.timeZone": "UTC", "spark.sql.shuffle.partitions": str(s.spark_shuffle_partitions),
-                 "spark.sql.execution.arrow.maxRecordsPerBatch": "200000",
-                 "spark.sql.optimizer.windowGroupLimitThreshold": "-1"}.items():
+    for k, v in {
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.shuffle.partitions": str(s.spark_shuffle_partitions),
+        "spark.sql.execution.arrow.maxRecordsPerBatch": "200000",
+        "spark.sql.optimizer.windowGroupLimitThreshold": "-1",
+    }.items():
         spark.conf.set(k, v)
     return spark
 
@@ -108,8 +114,13 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + uuid.uuid4().hex[:6]
 
 
-def rebuild(spark: SparkSession, s: BatchSettings, run_date: date, allow_older: bool = False,
-            log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> RunResult:
+def rebuild(
+    spark: SparkSession,
+    s: BatchSettings,
+    run_date: date,
+    allow_older: bool = False,
+    log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
+) -> RunResult:
     """Run the nightly job for ``run_date`` (see the module docstring).
 
     Raises:
@@ -134,9 +145,12 @@ def rebuild(spark: SparkSession, s: BatchSettings, run_date: date, allow_older: 
             # Materialised once as rows (cheaper to build than the columnar cache of persist()), with the
             # validity checks (regexes) evaluated once; DQ and both views read it. payload_hash only breaks
             # ties of the de-duplication.
-            winners = (compute.first_ingested(copies).drop("payload_hash")
-                       .withColumn(VALID, compute.is_valid())
-                       .localCheckpoint(eager=True, storageLevel=StorageLevel.MEMORY_AND_DISK))
+            winners = (
+                compute.first_ingested(copies)
+                .drop("payload_hash")
+                .withColumn(VALID, compute.is_valid())
+                .localCheckpoint(eager=True, storageLevel=StorageLevel.MEMORY_AND_DISK)
+            )
             rows_read = delta_io.copies_in(s.table("raw_events"), plan.dates)
             m.count("rows_read", copies.count() if rows_read is None else rows_read)
             m.count("events_deduplicated", winners.count())
@@ -148,8 +162,11 @@ def rebuild(spark: SparkSession, s: BatchSettings, run_date: date, allow_older: 
         if report.hard_failure:
             raise DQFailed(report)
         checkpoint("dq")
-        events = winners.where(F.col(VALID) & (F.unix_micros("event_time") >= plan.read_from)
-                               & (F.unix_micros("event_time") < plan.cutover))
+        events = winners.where(
+            F.col(VALID)
+            & (F.unix_micros("event_time") >= plan.read_from)
+            & (F.unix_micros("event_time") < plan.cutover)
+        )
         tiles: dict[str, Any] = {}
         for name in VIEWS:
             tiles[name] = _write_view(s, plan, name, events, run_id, delta_spark, m, checkpoint)
@@ -170,14 +187,27 @@ def rebuild(spark: SparkSession, s: BatchSettings, run_date: date, allow_older: 
 
 def _quality(spark: SparkSession, s: BatchSettings, plan: RunPlan, winners: Any, run_id: str) -> dq.DQReport:
     figures = dq.day_figures(winners, plan, s.dq_late_after_s * SECOND, F.col(VALID))
-    report = dq.evaluate(s, plan, figures, delta_io.daily_copies(s.table("raw_events")),
-                         dq.dead_letters_on(s.table("dead_letters"), plan.run_date))
+    report = dq.evaluate(
+        s,
+        plan,
+        figures,
+        delta_io.daily_copies(s.table("raw_events")),
+        dq.dead_letters_on(s.table("dead_letters"), plan.run_date),
+    )
     delta_io.overwrite_small(s.table("dq_reports"), report.table(plan, run_id), "run_date", plan.run_date)
     return report
 
 
-def _write_view(s: BatchSettings, plan: RunPlan, name: str, events: Any, run_id: str, delta_spark: bool,
-                m: JobMetrics, checkpoint: Callable[[str], None]) -> Any:
+def _write_view(
+    s: BatchSettings,
+    plan: RunPlan,
+    name: str,
+    events: Any,
+    run_id: str,
+    delta_spark: bool,
+    m: JobMetrics,
+    checkpoint: Callable[[str], None],
+) -> Any:
     """Tiles and snapshot of one view into Delta; returns the materialised tiles frame for the Redis load."""
     view = VIEWS[name]
     with m.stage(f"tiles:{name}"):
@@ -185,23 +215,42 @@ def _write_view(s: BatchSettings, plan: RunPlan, name: str, events: Any, run_id:
         tiles = tiles.localCheckpoint(eager=True, storageLevel=StorageLevel.MEMORY_AND_DISK)
         m.count(f"tiles:{name}", tiles.count())
     with m.stage(f"write:{tiles_table(name)}"):
-        delta_io.overwrite_partition(tiles, s.table(tiles_table(name)),
-                                     _delta_schema(tiles_frame.tile_schema(view), ("tile_start",)), "run_date",
-                                     plan.run_date, delta_spark, run_id,
-                                     before_commit=lambda: checkpoint(f"staged:{tiles_table(name)}"))
+        delta_io.overwrite_partition(
+            tiles,
+            s.table(tiles_table(name)),
+            _delta_schema(tiles_frame.tile_schema(view), ("tile_start",)),
+            "run_date",
+            plan.run_date,
+            delta_spark,
+            run_id,
+            before_commit=lambda: checkpoint(f"staged:{tiles_table(name)}"),
+        )
     checkpoint(f"write:{tiles_table(name)}")
     with m.stage(f"write:snapshot:{name}"):
         snap = compute.snapshots(tiles, name, plan.cutover)
-        rows = delta_io.overwrite_partition(snap, s.table(snapshot_table(name)),
-                                            _delta_schema(tiles_frame.snapshot_schema(view), ("event_timestamp",)),
-                                            "run_date", plan.run_date, delta_spark, run_id)
+        rows = delta_io.overwrite_partition(
+            snap,
+            s.table(snapshot_table(name)),
+            _delta_schema(tiles_frame.snapshot_schema(view), ("event_timestamp",)),
+            "run_date",
+            plan.run_date,
+            delta_spark,
+            run_id,
+        )
         m.count(f"snapshot_rows:{name}", rows)
     checkpoint(f"write:snapshot:{name}")
     return tiles
 
 
-def _publish(s: BatchSettings, plan: RunPlan, version: str, tiles: dict[str, Any], allow_older: bool,
-             m: JobMetrics, checkpoint: Callable[[str], None]) -> bool:
+def _publish(
+    s: BatchSettings,
+    plan: RunPlan,
+    version: str,
+    tiles: dict[str, Any],
+    allow_older: bool,
+    m: JobMetrics,
+    checkpoint: Callable[[str], None],
+) -> bool:
     """Load every view under ``version`` and swap the pointer; on failure drop the half-loaded version."""
     import redis
 
@@ -212,8 +261,9 @@ def _publish(s: BatchSettings, plan: RunPlan, version: str, tiles: dict[str, Any
             m.count(f"redis_keys:{name}", keys)
             m.count(f"redis_fields:{name}", fields)
             checkpoint(f"load:{name}")
-        result = batch_view.publish(client, BatchPointer(version, plan.cutover), s.batch_view_ttl_s,
-                                    s.batch_view_grace_s, allow_older)
+        result = batch_view.publish(
+            client, BatchPointer(version, plan.cutover), s.batch_view_ttl_s, s.batch_view_grace_s, allow_older
+        )
     except BaseException:
         batch_view.expire_version(client, version, 0)
         raise

@@ -53,8 +53,7 @@ def make_app(s: StreamSettings) -> faust.App:
 
 settings = get_stream_settings()
 app = make_app(settings)
-events_topic = app.topic(settings.events_topic, key_type=bytes, value_type=bytes,
-                         partitions=settings.topic_partitions)
+events_topic = app.topic(settings.events_topic, key_type=bytes, value_type=bytes, partitions=settings.topic_partitions)
 dlq_topic = app.topic(settings.dlq_topic, key_type=bytes, value_type=bytes)
 
 _layer: SpeedLayer | None = None
@@ -72,8 +71,13 @@ def layer() -> SpeedLayer:
 async def start_metrics() -> None:
     """Serve Prometheus metrics once the worker starts."""
     metrics.serve(settings.stream_metrics_port)
-    log.info("stream worker: %s -> redis %s, raw_events %s, metrics port %s", settings.events_topic,
-             settings.redis_url, settings.table("raw_events"), settings.stream_metrics_port or "off")
+    log.info(
+        "stream worker: %s -> redis %s, raw_events %s, metrics port %s",
+        settings.events_topic,
+        settings.redis_url,
+        settings.table("raw_events"),
+        settings.stream_metrics_port or "off",
+    )
 
 
 @app.task  # type: ignore[untyped-decorator]
@@ -99,6 +103,7 @@ def run_worker(loglevel: str | None = None) -> None:
     """Run the worker in this process until SIGTERM/SIGINT (what ``fstore stream`` calls)."""
     from faust.worker import Worker
 
-    logging.basicConfig(level=(loglevel or settings.stream_log_level).upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=(loglevel or settings.stream_log_level).upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     Worker(app, loglevel=loglevel or settings.stream_log_level, quiet=True).execute_from_commandline()

@@ -111,8 +111,14 @@ class SpeedLayer:
         self.s = s
         self.events_topic, self.dlq_topic = events_topic, dlq_topic  # Faust topics (declare; DLQ producer)
         self.redis: Any = aredis.Redis.from_url(s.redis_url, socket_timeout=10, socket_connect_timeout=5)
-        self.tiles = TileWriter(self.redis, list(VIEWS.values()), s.marker_ttl_s, s.tile_ttl_s,
-                                cluster=s.stream_redis_cluster, chunk=s.stream_script_chunk)
+        self.tiles = TileWriter(
+            self.redis,
+            list(VIEWS.values()),
+            s.marker_ttl_s,
+            s.tile_ttl_s,
+            cluster=s.stream_redis_cluster,
+            chunk=s.stream_script_chunk,
+        )
         self.raw = RawSink(s.table("raw_events"), s.stream_raw_max_events, s.stream_raw_max_age_s)
         self.last_at = 0
         self.consumer: AIOKafkaConsumer | None = None
@@ -256,8 +262,11 @@ class SpeedLayer:
             async with self._batch_lock:
                 t0 = time.perf_counter()
                 prep = b.prep
-                dead = asyncio.ensure_future(self.dead_letter(b.records, b.values, prep.invalid, b.now)) \
-                    if prep.invalid else None
+                dead = (
+                    asyncio.ensure_future(self.dead_letter(b.records, b.values, prep.invalid, b.now))
+                    if prep.invalid
+                    else None
+                )
                 try:
                     skipped = await self.apply_tiles(b)
                 except BaseException:
@@ -294,8 +303,9 @@ class SpeedLayer:
         skipped = await self._redis(lambda: self.tiles.send(plan, on_sent=b.mark_sent))
         return skipped
 
-    async def dead_letter(self, batch: Sequence[Any], values: Sequence[bytes], invalid: Sequence[tuple[int, str]],
-                          now: int) -> None:
+    async def dead_letter(
+        self, batch: Sequence[Any], values: Sequence[bytes], invalid: Sequence[tuple[int, str]], now: int
+    ) -> None:
         """Send invalid messages to the DLQ topic and wait until the broker has them all."""
         at = iso(now).encode()
         for _, reason in invalid:
@@ -306,14 +316,18 @@ class SpeedLayer:
             results = []
             try:
                 for i, reason in todo:
-                    results.append(await self.dlq_topic.send(
-                        key=batch[i].key, value=values[i],
-                        headers=[("fstore-reason", reason.encode()), ("fstore-ingested-at", at)]))
+                    results.append(
+                        await self.dlq_topic.send(
+                            key=batch[i].key,
+                            value=values[i],
+                            headers=[("fstore-reason", reason.encode()), ("fstore-ingested-at", at)],
+                        )
+                    )
                 done = await asyncio.gather(*results, return_exceptions=True)
             except Exception as exc:  # the producer refused outright (e.g. broker unreachable)
                 log.warning("DLQ send failed (%s); retrying in %.1f s", exc, delay)
                 done = [exc] * len(todo)
-            todo = [m for m, r in zip(todo, done, strict=False) if isinstance(r, BaseException)] + todo[len(done):]
+            todo = [m for m, r in zip(todo, done, strict=False) if isinstance(r, BaseException)] + todo[len(done) :]
             if todo:
                 metrics.DLQ_RETRIES.inc(len(todo))
                 await asyncio.sleep(delay)
@@ -363,8 +377,7 @@ class SpeedLayer:
                 for tp, off in offsets.items():
                     if tp in owned and self.pending.get(tp, -1) < off:
                         self.pending[tp] = off
-                log.warning("offset commit failed (%s); %d partition(s) kept for the next try", exc,
-                            len(self.pending))
+                log.warning("offset commit failed (%s); %d partition(s) kept for the next try", exc, len(self.pending))
 
     async def on_revoked(self) -> None:
         """Before a rebalance: finish the batch in progress, flush the raw sink, commit."""

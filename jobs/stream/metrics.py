@@ -9,37 +9,88 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 REGISTRY = CollectorRegistry()
 
 EVENTS_IN = Counter("fstore_stream_events_in_total", "Messages consumed from the events topic", registry=REGISTRY)
-EVENTS_DONE = Counter("fstore_stream_events_processed_total",
-                      "Messages fully processed: dead-lettered or applied to the tiles (raw sink pending)",
-                      registry=REGISTRY)
+EVENTS_DONE = Counter(
+    "fstore_stream_events_processed_total",
+    "Messages fully processed: dead-lettered or applied to the tiles (raw sink pending)",
+    registry=REGISTRY,
+)
 EVENTS_VALID = Counter("fstore_stream_events_valid_total", "Valid events (every copy)", registry=REGISTRY)
-EVENTS_INVALID = Counter("fstore_stream_events_invalid_total", "Messages dead-lettered, by reason", ["reason"],
-                         registry=REGISTRY)
-DUPLICATES = Counter("fstore_stream_duplicates_skipped_total",
-                     "Valid copies not applied to tiles because their event_id was already counted",
-                     registry=REGISTRY)
+EVENTS_INVALID = Counter(
+    "fstore_stream_events_invalid_total", "Messages dead-lettered, by reason", ["reason"], registry=REGISTRY
+)
+DUPLICATES = Counter(
+    "fstore_stream_duplicates_skipped_total",
+    "Valid copies not applied to tiles because their event_id was already counted",
+    registry=REGISTRY,
+)
 LATE = Counter("late_events_total", "Valid events with event_time before the batch cutover C", registry=REGISTRY)
-BEYOND_HORIZON = Counter("fstore_stream_beyond_horizon_events_total",
-                         "Valid events older than the late horizon: raw_events only, no tiles", registry=REGISTRY)
+BEYOND_HORIZON = Counter(
+    "fstore_stream_beyond_horizon_events_total",
+    "Valid events older than the late horizon: raw_events only, no tiles",
+    registry=REGISTRY,
+)
 RAW_WRITTEN = Counter("fstore_stream_raw_events_written_total", "Rows appended to raw_events", registry=REGISTRY)
 RAW_FLUSHES = Counter("fstore_stream_raw_flushes_total", "Delta commits of the raw sink", registry=REGISTRY)
-BATCH_SIZE = Histogram("fstore_stream_batch_size", "Messages per processed batch", registry=REGISTRY,
-                       buckets=(1, 10, 100, 500, 1_000, 2_500, 5_000, 10_000, 20_000, 50_000))
-PROCESSING = Histogram("fstore_stream_batch_seconds", "Validate + aggregate + Redis time per batch",
-                       registry=REGISTRY, buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
-RAW_FLUSH_SECONDS = Histogram("fstore_stream_raw_flush_seconds", "Time of one raw_events commit",
-                              registry=REGISTRY, buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
-FRESHNESS = Histogram(
-    "fstore_stream_freshness_lag_seconds", "Wall clock at tile commit minus the Kafka record timestamp",
+BATCH_SIZE = Histogram(
+    "fstore_stream_batch_size",
+    "Messages per processed batch",
     registry=REGISTRY,
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.75, 1.0, 1.25, 1.5, 2.0,
-             3.0, 5.0, 10.0, 30.0, 60.0, 300.0))
-CONSUMER_LAG = Gauge("fstore_stream_consumer_lag", "High watermark minus next offset to read, per partition",
-                     ["partition"], registry=REGISTRY)
-REDIS_RETRIES = Counter("fstore_stream_redis_errors_total", "Redis round trips that failed and were retried",
-                        registry=REGISTRY)
-DLQ_RETRIES = Counter("fstore_stream_dlq_retries_total", "Dead letters re-sent after a failed produce",
-                      registry=REGISTRY)
+    buckets=(1, 10, 100, 500, 1_000, 2_500, 5_000, 10_000, 20_000, 50_000),
+)
+PROCESSING = Histogram(
+    "fstore_stream_batch_seconds",
+    "Validate + aggregate + Redis time per batch",
+    registry=REGISTRY,
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+RAW_FLUSH_SECONDS = Histogram(
+    "fstore_stream_raw_flush_seconds",
+    "Time of one raw_events commit",
+    registry=REGISTRY,
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+FRESHNESS = Histogram(
+    "fstore_stream_freshness_lag_seconds",
+    "Wall clock at tile commit minus the Kafka record timestamp",
+    registry=REGISTRY,
+    buckets=(
+        0.005,
+        0.01,
+        0.025,
+        0.05,
+        0.075,
+        0.1,
+        0.15,
+        0.2,
+        0.3,
+        0.4,
+        0.5,
+        0.6,
+        0.75,
+        1.0,
+        1.25,
+        1.5,
+        2.0,
+        3.0,
+        5.0,
+        10.0,
+        30.0,
+        60.0,
+        300.0,
+    ),
+)
+CONSUMER_LAG = Gauge(
+    "fstore_stream_consumer_lag",
+    "High watermark minus next offset to read, per partition",
+    ["partition"],
+    registry=REGISTRY,
+)
+REDIS_RETRIES = Counter(
+    "fstore_stream_redis_errors_total", "Redis round trips that failed and were retried", registry=REGISTRY
+)
+DLQ_RETRIES = Counter(
+    "fstore_stream_dlq_retries_total", "Dead letters re-sent after a failed produce", registry=REGISTRY
+)
 
 
 def observe_many(hist: Histogram, value: float, n: int) -> None:

@@ -29,7 +29,8 @@ class StreamSettings(Settings):
     stream_metrics_port: int = Field(9108, ge=0, description="Prometheus HTTP port (0 = no server)")
     stream_pointer_cache_s: float = Field(5.0, ge=0, description="Cache of the batch pointer (cutover C)")
     stream_late_horizon_s: int | None = Field(
-        None, ge=60, description="Events older than now - this go to raw_events only (default: key TTL)")
+        None, ge=60, description="Events older than now - this go to raw_events only (default: key TTL)"
+    )
     stream_key_ttl_margin_s: int = Field(DEFAULT_MARGIN_S, ge=0, description="Margin added to the tile TTL")
     stream_marker_ttl_s: int | None = Field(None, ge=60, description="TTL of dedupe markers (default: tile TTL)")
     stream_redis_cluster: bool = Field(False, description="Group Lua calls by hash slot (Redis Cluster)")
@@ -39,12 +40,15 @@ class StreamSettings(Settings):
     stream_rebalance_timeout_s: float = Field(10.0, gt=0, description="Kafka consumer rebalance timeout")
     stream_max_poll_records: int = Field(10_000, ge=1, description="Records per Kafka fetch")
     stream_fetch_partition_bytes: int = Field(
-        8 * 1024 * 1024, ge=1024, description="Max bytes per partition per Kafka fetch (bulk consumer)")
+        8 * 1024 * 1024, ge=1024, description="Max bytes per partition per Kafka fetch (bulk consumer)"
+    )
     stream_commit_interval_s: float = Field(
-        1.0, gt=0, description="Unused (kept for compatibility): offsets are committed after each raw flush")
+        1.0, gt=0, description="Unused (kept for compatibility): offsets are committed after each raw flush"
+    )
     stream_log_level: str = Field("info", description="Worker log level")
     stream_naive_per_event: bool = Field(
-        False, description="Benchmark reference only: one Redis round trip per event instead of per batch")
+        False, description="Benchmark reference only: one Redis round trip per event instead of per batch"
+    )
 
     @property
     def tile_ttl_s(self) -> int:

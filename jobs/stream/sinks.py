@@ -67,8 +67,16 @@ class TileWriter:
         chunk: max markers per script call otherwise.
     """
 
-    def __init__(self, client: Any, views: Sequence[FeatureView], marker_ttl: int, tile_ttl: int, *,
-                 cluster: bool = False, chunk: int = 4_000) -> None:
+    def __init__(
+        self,
+        client: Any,
+        views: Sequence[FeatureView],
+        marker_ttl: int,
+        tile_ttl: int,
+        *,
+        cluster: bool = False,
+        chunk: int = 4_000,
+    ) -> None:
         self.client, self.views = client, tuple(views)
         self.marker_ttl, self.tile_ttl = marker_ttl, tile_ttl
         self.cluster, self.chunk = cluster, chunk
@@ -80,8 +88,9 @@ class TileWriter:
         return plan
 
     def _pack(self, plan: TilePlan) -> None:
-        plan.calls = list(plan_calls(plan.pending, self.marker_ttl, self.tile_ttl, cluster=self.cluster,
-                                     chunk=self.chunk))
+        plan.calls = list(
+            plan_calls(plan.pending, self.marker_ttl, self.tile_ttl, cluster=self.cluster, chunk=self.chunk)
+        )
         plan.packed = b"".join([c.packed() for c in plan.calls])
 
     async def apply(self, events: Sequence[Event]) -> set[str]:
@@ -163,8 +172,9 @@ class RawSink:
         clock: monotonic seconds (injectable).
     """
 
-    def __init__(self, uri: str, max_events: int, max_age_s: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, uri: str, max_events: int, max_age_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.uri, self.max_events, self.max_age_s, self.clock = uri, max_events, max_age_s, clock
         self._events: list[Event] = []
         self._hashes: list[str] = []
@@ -178,8 +188,9 @@ class RawSink:
         """Rows waiting for the next flush."""
         return len(self._events)
 
-    def add(self, events: Sequence[Event], hashes: Sequence[str], ingested_at: Sequence[int],
-            tokens: Sequence[Any]) -> None:
+    def add(
+        self, events: Sequence[Event], hashes: Sequence[str], ingested_at: Sequence[int], tokens: Sequence[Any]
+    ) -> None:
         """Buffer rows (possibly none) and the tokens to release once they are written."""
         if self._since is None:
             self._since = self.clock()

@@ -322,8 +322,10 @@ class ScriptCall:
         if not body.isascii():  # lengths above are in characters; RESP wants bytes
             return pack("EVALSHA", sha, len(keys), *keys, *self.argv)
         nkeys = str(len(keys))
-        head = (f"*{3 + len(keys) + len(self.argv)}\r\n$7\r\nEVALSHA\r\n${len(sha)}\r\n{sha}\r\n"
-                f"${len(nkeys)}\r\n{nkeys}\r\n")
+        head = (
+            f"*{3 + len(keys) + len(self.argv)}\r\n$7\r\nEVALSHA\r\n${len(sha)}\r\n{sha}\r\n"
+            f"${len(nkeys)}\r\n{nkeys}\r\n"
+        )
         return b"".join([head.encode(), body.encode(), *(_bulk(a) for a in self.argv)])
 
 
@@ -345,8 +347,9 @@ def pack(*args: str | int | float | bytes) -> bytes:
     return b"*%d\r\n" % len(args) + b"".join([_bulk(a) for a in args])
 
 
-def plan_calls(subgroups: Sequence[Subgroup], marker_ttl: int, tile_ttl: int, *, cluster: bool,
-               chunk: int) -> Iterator[ScriptCall]:
+def plan_calls(
+    subgroups: Sequence[Subgroup], marker_ttl: int, tile_ttl: int, *, cluster: bool, chunk: int
+) -> Iterator[ScriptCall]:
     """Pack subgroups into script calls.
 
     Args:

@@ -53,11 +53,16 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("fstore_api_requests_total", "Requests", ["route", "method", "status"],
-                                registry=self.registry)
-        self.latency = Histogram("fstore_api_request_seconds", "Request latency", ["route", "method"],
-                                 buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 2.5),
-                                 registry=self.registry)
+        self.requests = Counter(
+            "fstore_api_requests_total", "Requests", ["route", "method", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "fstore_api_request_seconds",
+            "Request latency",
+            ["route", "method"],
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 2.5),
+            registry=self.registry,
+        )
         self.redis_errors = Counter("fstore_api_redis_errors_total", "Redis errors", registry=self.registry)
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
@@ -66,8 +71,10 @@ class Metrics:
         key = (route, method, status)
         pair = self._children.get(key)
         if pair is None:
-            pair = self._children[key] = (self.requests.labels(route, method, str(status)),
-                                          self.latency.labels(route, method))
+            pair = self._children[key] = (
+                self.requests.labels(route, method, str(status)),
+                self.latency.labels(route, method),
+            )
         pair[0].inc()
         pair[1].observe(seconds)
 
@@ -104,14 +111,18 @@ class MetricsMiddleware:
             await self.app(scope, receive, tracked)
         finally:
             route = scope.get("route")  # set on this scope by the router when a route matched
-            self.metrics.observe(getattr(route, "path", "unmatched"), scope["method"], tracked.status or 500,
-                                 time.perf_counter() - start)
+            self.metrics.observe(
+                getattr(route, "path", "unmatched"), scope["method"], tracked.status or 500, time.perf_counter() - start
+            )
 
 
 # fstore exports Prometheus metrics (/metrics). FastAPI's native OpenTelemetry hooks (FastAPI >= 0.16x) would
 # look up the global OTel providers on every request; they are turned off where FastAPI has them.
-NO_OTEL: dict[str, Any] = ({"telemetry": {"tracing": False, "metrics": False, "logs": False}}
-                           if "telemetry" in inspect.signature(FastAPI).parameters else {})
+NO_OTEL: dict[str, Any] = (
+    {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+    if "telemetry" in inspect.signature(FastAPI).parameters
+    else {}
+)
 
 Handler = Callable[[Scope, Receive, Send], Awaitable[Receive | None]]
 
@@ -185,17 +196,25 @@ def features_body(body: bytes, content_type: str | None) -> tuple[list[dict[str,
     if type(obj) is not dict or obj.keys() != {"entities", "features"}:
         return None
     entities, features = obj["entities"], obj["features"]
-    if (type(entities) is not list or type(features) is not list
-            or not all(type(f) is str for f in features)
-            or not all(type(r) is dict and all(type(v) is str for v in r.values()) for r in entities)):
+    if (
+        type(entities) is not list
+        or type(features) is not list
+        or not all(type(f) is str for f in features)
+        or not all(type(r) is dict and all(type(v) is str for v in r.values()) for r in entities)
+    ):
         return None
     return entities, features
 
 
 async def send_json(send: Send, body: bytes, status: int = 200) -> None:
     """Send a complete JSON response (the headers :class:`~fastapi.Response` would send)."""
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-length", b"%d" % len(body)), (b"content-type", b"application/json")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-length", b"%d" % len(body)), (b"content-type", b"application/json")],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -222,8 +241,13 @@ def create_app(settings: ApiSettings | None = None, clock: Clock = wall_clock) -
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        client = aioredis.Redis.from_url(cfg.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout,
-                                         retry_on_timeout=False, health_check_interval=0)
+        client = aioredis.Redis.from_url(
+            cfg.redis_url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry_on_timeout=False,
+            health_check_interval=0,
+        )
         app.state.reader = OnlineReader(client, clock)
         app.state.client = client
         app.state.settings = cfg
@@ -231,16 +255,22 @@ def create_app(settings: ApiSettings | None = None, clock: Clock = wall_clock) -
         await app.state.reader.aclose()
         await client.aclose()
 
-    app = FeaturesAPI(title="fstore online API", version="0.1.0", lifespan=lifespan,
-                  description="Merged batch + speed feature values (DESIGN.md §4-§5).", **NO_OTEL)
+    app = FeaturesAPI(
+        title="fstore online API",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Merged batch + speed feature values (DESIGN.md §4-§5).",
+        **NO_OTEL,
+    )
 
     def client_error(exc: RequestError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=exc.status)
 
     def redis_unavailable(exc: RedisError) -> JSONResponse:
         metrics.redis_errors.inc()
-        return JSONResponse({"detail": f"the online store (Redis) is unreachable: {type(exc).__name__}; "
-                                       "retry later"}, status_code=503)
+        return JSONResponse(
+            {"detail": f"the online store (Redis) is unreachable: {type(exc).__name__}; retry later"}, status_code=503
+        )
 
     async def answer(scope: Scope, send: Send, rows: list[dict[str, str]], features: list[str]) -> None:
         """Read and send ``/features`` (same body, same errors as the routes' handlers below)."""
@@ -316,8 +346,14 @@ def create_app(settings: ApiSettings | None = None, clock: Clock = wall_clock) -
     @app.post("/historical-features", response_model=HistoricalResponse, dependencies=Secured)
     async def post_historical_features(body: HistoricalRequest) -> HistoricalResponse:
         """Point-in-time correct values per entity row from raw_events (limit FSTORE_API_MAX_ROWS)."""
-        rows = await run_in_threadpool(historical_features, body.entity_rows, body.features,
-                                       body.full_feature_names, cfg.table("raw_events"), cfg.api_max_rows)
+        rows = await run_in_threadpool(
+            historical_features,
+            body.entity_rows,
+            body.features,
+            body.full_feature_names,
+            cfg.table("raw_events"),
+            cfg.api_max_rows,
+        )
         return HistoricalResponse(rows=rows)
 
     @app.get("/health", response_model=HealthResponse)
@@ -334,10 +370,18 @@ def create_app(settings: ApiSettings | None = None, clock: Clock = wall_clock) -
         now = reader.clock()
         speed: dict[str, Any] = {"last_commit": None, "commit_age_s": None, "newest_event_time": None}
         if beat is not None:
-            speed = {"last_commit": iso(beat.committed_at), "commit_age_s": (now - beat.committed_at) / 1e6,
-                     "newest_event_time": iso(beat.newest_event_time) if beat.newest_event_time else None}
-        body = HealthResponse(status="ok", redis="ok", batch_version=ptr.version if ptr else None,
-                              batch_cutoff=iso(ptr.cutover) if ptr else None, detail={"speed_layer": speed})
+            speed = {
+                "last_commit": iso(beat.committed_at),
+                "commit_age_s": (now - beat.committed_at) / 1e6,
+                "newest_event_time": iso(beat.newest_event_time) if beat.newest_event_time else None,
+            }
+        body = HealthResponse(
+            status="ok",
+            redis="ok",
+            batch_version=ptr.version if ptr else None,
+            batch_cutoff=iso(ptr.cutover) if ptr else None,
+            detail={"speed_layer": speed},
+        )
         return JSONResponse(body.model_dump())
 
     @app.get("/metrics", dependencies=Secured)

@@ -52,8 +52,7 @@ def view_plan(features: tuple[str, ...]) -> ViewPlan:
     by_view: dict[str, tuple[FeatureView, list[str]]] = {}
     for view, f in parse_refs(features):
         by_view.setdefault(view.name, (view, []))[1].append(f.name)
-    return tuple((view, tuple(names), tuple(f"{view.name}:{n}" for n in names))
-                 for view, names in by_view.values())
+    return tuple((view, tuple(names), tuple(f"{view.name}:{n}" for n in names)) for view, names in by_view.values())
 
 
 def entity_reads(row: Mapping[str, str], plan: ViewPlan) -> list[EntityRead]:
@@ -76,12 +75,14 @@ def entity_reads(row: Mapping[str, str], plan: ViewPlan) -> list[EntityRead]:
     return reads
 
 
-async def read_features(reader: OnlineReader, rows: Sequence[Mapping[str, str]], features: Sequence[str],
-                        max_entities: int) -> dict[str, Any]:
+async def read_features(
+    reader: OnlineReader, rows: Sequence[Mapping[str, str]], features: Sequence[str], max_entities: int
+) -> dict[str, Any]:
     """Resolve, read (one round trip) and shape the answer for entity rows (a ``FeaturesResponse`` dict)."""
     if len(rows) > max_entities:
-        raise RequestError(413, f"{len(rows)} entities requested; the limit is {max_entities} per request "
-                                "(FSTORE_API_MAX_ENTITIES)")
+        raise RequestError(
+            413, f"{len(rows)} entities requested; the limit is {max_entities} per request (FSTORE_API_MAX_ENTITIES)"
+        )
     if not rows:
         raise RequestError(422, "no entities given")
     plan = view_plan(tuple(features))
@@ -111,8 +112,9 @@ def shape(snap: Snapshot, rows: Sequence[Mapping[str, str]], plan: ViewPlan) -> 
     return {**snap.meta(), "rows": out_rows}
 
 
-def historical_features(rows: Sequence[Mapping[str, object]], features: Sequence[str], full_feature_names: bool,
-                        raw_uri: str, max_rows: int) -> list[dict[str, object]]:
+def historical_features(
+    rows: Sequence[Mapping[str, object]], features: Sequence[str], full_feature_names: bool, raw_uri: str, max_rows: int
+) -> list[dict[str, object]]:
     """Point-in-time values per entity row from ``raw_events`` (blocking: run it in a worker thread).
 
     Raises:
@@ -127,8 +129,9 @@ def historical_features(rows: Sequence[Mapping[str, object]], features: Sequence
     from fstore.offline.local import get_historical_features
 
     if len(rows) > max_rows:
-        raise RequestError(413, f"{len(rows)} rows requested; the limit is {max_rows} per request "
-                                "(FSTORE_API_MAX_ROWS)")
+        raise RequestError(
+            413, f"{len(rows)} rows requested; the limit is {max_rows} per request (FSTORE_API_MAX_ROWS)"
+        )
     refs = [r.strip() for item in features for r in item.split(",") if r.strip()]
     df = pd.DataFrame(list(rows))
     if TIMESTAMP_COLUMN in df.columns:

@@ -37,7 +37,7 @@ class FeaturesResponse(BaseModel):
 class FeaturesRequest(BaseModel):
     """Body of POST /features."""
 
-    entities: list[dict[str, str]] = Field(description="Entity rows, e.g. [{\"user_id\": \"u1\"}]")
+    entities: list[dict[str, str]] = Field(description='Entity rows, e.g. [{"user_id": "u1"}]')
     features: list[str] = Field(description="`view:feature` references or whole views")
 
 
@@ -56,7 +56,8 @@ class HistoricalRequest(BaseModel):
 
     entity_rows: list[dict[str, Any]] = Field(
         description="Rows with the join key(s) and `event_timestamp` (ISO-8601; naive means UTC); other "
-                    "columns (labels) are returned unchanged")
+        "columns (labels) are returned unchanged"
+    )
     features: list[str] = Field(description="`view:feature` references or whole views")
     full_feature_names: bool = Field(False, description="Name columns `view__feature`")
 

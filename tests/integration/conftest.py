@@ -13,8 +13,11 @@ from tests.support.stream import WorkerProcess
 
 
 @pytest.fixture
-def worker_factory(tmp_path: Path, redis_server: RedisServer, redis_client: redis.Redis,
-                   ) -> Iterator[Callable[..., WorkerProcess]]:
+def worker_factory(
+    tmp_path: Path,
+    redis_server: RedisServer,
+    redis_client: redis.Redis,
+) -> Iterator[Callable[..., WorkerProcess]]:
     made: list[WorkerProcess] = []
 
     def make(broker: Broker, **extra: str) -> WorkerProcess:

@@ -46,8 +46,13 @@ def api_url(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory)
     log = tmp_path_factory.mktemp("api") / "serve.log"
     fstore = str(Path(sys.executable).with_name("fstore"))
     with open(log, "wb") as out:
-        proc = subprocess.Popen([fstore, "serve", "--host", HOST, "--port", str(port)], cwd=ROOT, env=env,
-                                stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [fstore, "serve", "--host", HOST, "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     base = f"http://{HOST}:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -84,11 +89,14 @@ def test_schema_lists_the_operations(api_schema: schemathesis.BaseSchema) -> Non
 # Hypothesis drives schemathesis' strategies directly: schemathesis' own pytest loader
 # (`schemathesis.pytest.from_fixture`) fails under pytest 9 (`Function` has no `_nodeid`).
 # Operations without inputs have no negative cases and only one positive one.
-@pytest.mark.parametrize(("method", "path", "mode"), [
-    *((m, p, mode) for m, p in OPERATIONS[:2] for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)),
-    *((m, p, GenerationMode.POSITIVE) for m, p in OPERATIONS[2:])])
-def test_no_server_errors(api_schema: schemathesis.BaseSchema, method: str, path: str,
-                          mode: GenerationMode) -> None:
+@pytest.mark.parametrize(
+    ("method", "path", "mode"),
+    [
+        *((m, p, mode) for m, p in OPERATIONS[:2] for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)),
+        *((m, p, GenerationMode.POSITIVE) for m, p in OPERATIONS[2:]),
+    ],
+)
+def test_no_server_errors(api_schema: schemathesis.BaseSchema, method: str, path: str, mode: GenerationMode) -> None:
     operation = api_schema[path][method]
     seen: dict[int, int] = {}
 
@@ -104,11 +112,24 @@ def test_no_server_errors(api_schema: schemathesis.BaseSchema, method: str, path
     assert sum(seen.values()) >= (10 if path == "/features" else 1), seen
 
 
-IDS = st.one_of(st.sampled_from([f"u{i}" for i in range(5)] + [f"p{i}" for i in range(5)]),
-                st.from_regex(r"[A-Za-z0-9_.:-]{1,128}", fullmatch=True), st.text(max_size=16))
-FEATURES = st.lists(st.sampled_from(["user_activity", "product_engagement", "user_activity:clicks_1h",
-                                     "product_engagement:ctr_1h", "product_engagement:conversion_rate_7d"]),
-                    min_size=1, max_size=3)
+IDS = st.one_of(
+    st.sampled_from([f"u{i}" for i in range(5)] + [f"p{i}" for i in range(5)]),
+    st.from_regex(r"[A-Za-z0-9_.:-]{1,128}", fullmatch=True),
+    st.text(max_size=16),
+)
+FEATURES = st.lists(
+    st.sampled_from(
+        [
+            "user_activity",
+            "product_engagement",
+            "user_activity:clicks_1h",
+            "product_engagement:ctr_1h",
+            "product_engagement:conversion_rate_7d",
+        ]
+    ),
+    min_size=1,
+    max_size=3,
+)
 
 
 def test_no_server_errors_with_valid_features(api_schema: schemathesis.BaseSchema) -> None:
@@ -121,8 +142,10 @@ def test_no_server_errors_with_valid_features(api_schema: schemathesis.BaseSchem
     @settings(max_examples=MAX_EXAMPLES, deadline=2000, suppress_health_check=list(HealthCheck), database=None)
     def check(user: str, product: str, features: list[str], rows: list[tuple[str, str]]) -> None:
         body: dict[str, Any] = {"entities": [{"user_id": u, "product_id": p} for u, p in rows], "features": features}
-        cases = [get_op.Case(query={"features": ",".join(features), "user_id": user, "product_id": product}),
-                 post_op.Case(body=body, media_type="application/json")]
+        cases = [
+            get_op.Case(query={"features": ",".join(features), "user_id": user, "product_id": product}),
+            post_op.Case(body=body, media_type="application/json"),
+        ]
         for case in cases:
             response = case.call(timeout=5)
             seen[response.status_code] = seen.get(response.status_code, 0) + 1

@@ -38,8 +38,9 @@ Copies = list[tuple[int, str, Event]]  # (ingested_at, payload_hash, event)
 
 
 def write_raw(uri: str, copies: Copies) -> None:
-    raw_log.append_raw(uri, raw_log.events_table([c[2] for c in copies], [c[1] for c in copies],
-                                                 [c[0] for c in copies]))
+    raw_log.append_raw(
+        uri, raw_log.events_table([c[2] for c in copies], [c[1] for c in copies], [c[0] for c in copies])
+    )
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +50,17 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     Every copy goes to raw_events (an at-least-once sink), so the job itself must de-duplicate.
     """
     root = tmp_path_factory.mktemp("batch") / "data"
-    cfg = GeneratorConfig(start=START, end=END, events=40_000, users=300, products=80, duplicate_rate=0.04,
-                          late_rate=0.03, malformed_rate=0.01, batch_size=20_000)
+    cfg = GeneratorConfig(
+        start=START,
+        end=END,
+        events=40_000,
+        users=300,
+        products=80,
+        duplicate_rate=0.04,
+        late_rate=0.03,
+        malformed_rate=0.01,
+        batch_size=20_000,
+    )
     copies: Copies = []
     dead: list[tuple[bytes, str, int]] = []
     for b in generate(cfg, seed=11):
@@ -70,8 +80,10 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     for raw, reason, arrival in dead:
         by_day[arrival // DAY * DAY].append((raw, reason))
     for day, msgs in sorted(by_day.items()):
-        raw_log.append_dead_letters(str(root / "dead_letters"), raw_log.dead_letters_table(
-            [m[0] for m in msgs], [m[1] for m in msgs], "test", day + 1))
+        raw_log.append_dead_letters(
+            str(root / "dead_letters"),
+            raw_log.dead_letters_table([m[0] for m in msgs], [m[1] for m in msgs], "test", day + 1),
+        )
     return {"root": str(root), "copies": copies}
 
 
@@ -86,9 +98,16 @@ def redis_url(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(scope="module")
 def settings(data: dict[str, Any], redis_url: str) -> BatchSettings:
-    return BatchSettings(data_dir=data["root"], redis_url=redis_url, spark_master="local[2]",
-                         spark_driver_memory="2g", spark_shuffle_partitions=4, spark_ui=False,
-                         dq_late_rate_fail=0.9, dq_duplicate_rate_fail=0.5)
+    return BatchSettings(
+        data_dir=data["root"],
+        redis_url=redis_url,
+        spark_master="local[2]",
+        spark_driver_memory="2g",
+        spark_shuffle_partitions=4,
+        spark_ui=False,
+        dq_late_rate_fail=0.9,
+        dq_duplicate_rate_fail=0.5,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -115,8 +134,10 @@ def content_hash(table: pa.Table) -> str:
 
 
 def batch_view(client: redis.Redis, version: str) -> dict[str, dict[bytes, bytes]]:
-    return {k.decode().rsplit(":b:", 1)[0]: client.hgetall(k)
-            for k in client.scan_iter(match=f"fs:*:b:{version}", count=1000)}
+    return {
+        k.decode().rsplit(":b:", 1)[0]: client.hgetall(k)
+        for k in client.scan_iter(match=f"fs:*:b:{version}", count=1000)
+    }
 
 
 def winners(copies: Copies) -> list[Event]:
@@ -148,8 +169,15 @@ def check_against_brute_force(root: str, copies: Copies, run_date: date) -> None
         key = view.entity.join_key
         got = delta_partition(f"{root}/tiles_{name}", run_date)
         assert got.num_rows > 100
-        got_rows = {(r[key], r["size"], int(r["tile_start"].timestamp() * 1e6), r["measure"]):
-                    (r["count"], r["sum"], r["min"], r["max"]) for r in got.to_pylist()}
+        got_rows = {
+            (r[key], r["size"], int(r["tile_start"].timestamp() * 1e6), r["measure"]): (
+                r["count"],
+                r["sum"],
+                r["min"],
+                r["max"],
+            )
+            for r in got.to_pylist()
+        }
         want = brute_tiles(view, events, cutover)
         assert set(got_rows) == set(want)
         for k, (c, s, lo, hi) in want.items():
@@ -162,9 +190,15 @@ def check_against_brute_force(root: str, copies: Copies, run_date: date) -> None
             if getattr(e, key) is not None:
                 per_entity[getattr(e, key)].append(e)
         rows = {r[key]: r for r in snap.to_pylist()}
-        expected_entities = {ent for ent, evs in per_entity.items() if any(
-            e.event_type == f.measure.event_type for f in view.windowed
-            for e in bruteforce.window_events(evs, key, ent, cutover, f.window))}
+        expected_entities = {
+            ent
+            for ent, evs in per_entity.items()
+            if any(
+                e.event_type == f.measure.event_type
+                for f in view.windowed
+                for e in bruteforce.window_events(evs, key, ent, cutover, f.window)
+            )
+        }
         assert set(rows) == expected_entities and len(rows) > 10
         for ent in expected_entities:
             assert int(rows[ent]["event_timestamp"].timestamp() * 1e6) == cutover
@@ -190,12 +224,12 @@ def check_redis_view(client: redis.Redis, copies: Copies, pointer: BatchPointer)
     assert checked > 100
 
 
-def test_rebuild_matches_brute_force_and_is_idempotent(spark: Any, settings: BatchSettings,
-                                                       data: dict[str, Any], rdb: redis.Redis) -> None:
+def test_rebuild_matches_brute_force_and_is_idempotent(
+    spark: Any, settings: BatchSettings, data: dict[str, Any], rdb: redis.Redis
+) -> None:
     root, copies = data["root"], data["copies"]
     first = rebuild(spark, settings, D1)
-    assert first.published and first.metrics["counters"]["rows_read"] > first.metrics["counters"][
-        "events_deduplicated"]
+    assert first.published and first.metrics["counters"]["rows_read"] > first.metrics["counters"]["events_deduplicated"]
     check_against_brute_force(root, copies, D1)
     pointer = BatchPointer.loads(rdb.get(POINTER_KEY))
     assert pointer == BatchPointer(first.version, plan_run(D1).cutover)
@@ -215,8 +249,9 @@ def test_rebuild_matches_brute_force_and_is_idempotent(spark: Any, settings: Bat
     assert 0 < rdb.ttl(old_key) <= settings.batch_view_grace_s  # old view lingers for readers, then expires
 
 
-def test_failed_run_leaves_tables_whole_and_old_view_serving(spark: Any, settings: BatchSettings,
-                                                               data: dict[str, Any], rdb: redis.Redis) -> None:
+def test_failed_run_leaves_tables_whole_and_old_view_serving(
+    spark: Any, settings: BatchSettings, data: dict[str, Any], rdb: redis.Redis
+) -> None:
     root, copies = data["root"], data["copies"]
     before = rdb.get(POINTER_KEY)
     assert before is not None
@@ -224,9 +259,23 @@ def test_failed_run_leaves_tables_whole_and_old_view_serving(spark: Any, setting
     old = {k: content_hash(delta_partition(t, D1)) for k, t in tables.items()}
     # Late events for D1 arrive (and one extra copy of an existing event, ingested later: must not count).
     c1 = plan_run(D1).cutover
-    late = [(END + i, f"{i:032x}", Event(f"late{i}", et, f"u{i % 5}", f"p{i % 7}", c1 - (i + 1) * 7 * MINUTE,
-                                         12.5 if et == "purchase" else None, 2, None))
-            for i, et in enumerate(["click", "impression", "purchase", "add_to_cart", "page_view"] * 8)]
+    late = [
+        (
+            END + i,
+            f"{i:032x}",
+            Event(
+                f"late{i}",
+                et,
+                f"u{i % 5}",
+                f"p{i % 7}",
+                c1 - (i + 1) * 7 * MINUTE,
+                12.5 if et == "purchase" else None,
+                2,
+                None,
+            ),
+        )
+        for i, et in enumerate(["click", "impression", "purchase", "add_to_cart", "page_view"] * 8)
+    ]
     extra = [(END + 999, "f" * 32, copies[5][2]._replace(quantity=9))]
     write_raw(f"{root}/raw_events", late + extra)
     copies.extend(late + extra)
@@ -254,8 +303,9 @@ def test_failed_run_leaves_tables_whole_and_old_view_serving(spark: Any, setting
     check_against_brute_force(root, copies, D1)
 
 
-def test_dq_failure_publishes_nothing(spark: Any, settings: BatchSettings, data: dict[str, Any],
-                                      rdb: redis.Redis) -> None:
+def test_dq_failure_publishes_nothing(
+    spark: Any, settings: BatchSettings, data: dict[str, Any], rdb: redis.Redis
+) -> None:
     root = data["root"]
     before = rdb.get(POINTER_KEY)
     strict = settings.model_copy(update={"dq_duplicate_rate_fail": 0.001})
@@ -268,10 +318,16 @@ def test_dq_failure_publishes_nothing(spark: Any, settings: BatchSettings, data:
     assert {r["check"]: r["status"] for r in report}["duplicate_rate"] == "fail"
 
 
-def test_cli_backfill_publishes_forward_only(spark: Any, settings: BatchSettings, data: dict[str, Any],
-                                             rdb: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
-    for k, v in {"DATA_DIR": settings.data_dir, "REDIS_URL": settings.redis_url, "DQ_LATE_RATE_FAIL": "0.9",
-                 "DQ_DUPLICATE_RATE_FAIL": "0.5", "SPARK_SHUFFLE_PARTITIONS": "4"}.items():
+def test_cli_backfill_publishes_forward_only(
+    spark: Any, settings: BatchSettings, data: dict[str, Any], rdb: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for k, v in {
+        "DATA_DIR": settings.data_dir,
+        "REDIS_URL": settings.redis_url,
+        "DQ_LATE_RATE_FAIL": "0.9",
+        "DQ_DUPLICATE_RATE_FAIL": "0.5",
+        "SPARK_SHUFFLE_PARTITIONS": "4",
+    }.items():
         monkeypatch.setenv(f"FSTORE_{k}", v)
     res = CliRunner().invoke(batch, ["--from", D1.isoformat(), "--to", D2.isoformat(), "--no-progress"])
     assert res.exit_code == 0, res.output

@@ -18,8 +18,10 @@ COMPOSE = Path(__file__).resolve().parents[2] / "infra" / "docker-compose.yml"
 
 
 def test_compose_config_validates() -> None:
-    if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True,
-                                                 check=False).returncode == 0:
+    if (
+        shutil.which("docker")
+        and subprocess.run(["docker", "compose", "version"], capture_output=True, check=False).returncode == 0
+    ):
         cmd = ["docker", "compose", "-f", str(COMPOSE), "config", "-q"]
     else:
         exe = shutil.which("docker-compose")

@@ -35,15 +35,17 @@ def api(tmp_path: Path, redis_server: RedisServer) -> Iterator[tuple[str, str, l
     now = time.time_ns() // 1000
     events = shifted(make_events(7, 4000), now)
     raw_uri = str(tmp_path / "data" / "raw_events")
-    raw_log.append_raw(raw_uri, raw_log.events_table(events, [f"h{i}" for i in range(len(events))],
-                                                     [now] * len(events)))
+    raw_log.append_raw(
+        raw_uri, raw_log.events_table(events, [f"h{i}" for i in range(len(events))], [now] * len(events))
+    )
     client = redis.Redis.from_url(redis_server.url)
     client.flushdb()
     load(client, events, "v1", floor_to(now, DAY))
     port = free_port()
     env = {**os.environ, "FSTORE_REDIS_URL": redis_server.url, "FSTORE_DATA_DIR": str(tmp_path / "data")}
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("fstore")), "serve", "--port", str(port)],
-                            env=env, cwd=tmp_path)
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("fstore")), "serve", "--port", str(port)], env=env, cwd=tmp_path
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(100):
@@ -61,9 +63,22 @@ def api(tmp_path: Path, redis_server: RedisServer) -> Iterator[tuple[str, str, l
 def test_check_consistency_reports_zero_mismatches(api: tuple[str, str, list[Event]]) -> None:
     url, data_dir, _ = api
     env = {**os.environ, "FSTORE_DATA_DIR": data_dir}
-    res = subprocess.run([str(Path(sys.executable).with_name("fstore")), "check-consistency", "--api-url", url,
-                          "--sample", "50", "--json"], capture_output=True, text=True, env=env, timeout=300,
-                         check=False)
+    res = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("fstore")),
+            "check-consistency",
+            "--api-url",
+            url,
+            "--sample",
+            "50",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     assert '"mismatches": 0' in res.stdout and '"entities": 10' in res.stdout  # 5 users + 5 products
 
@@ -81,9 +96,11 @@ def test_check_consistency_catches_a_missing_event(api: tuple[str, str, list[Eve
 def test_post_historical_features(api: tuple[str, str, list[Event]]) -> None:
     url, _, events = api
     t0 = max(e.event_time for e in events) - DAY // 2
-    rows = [{"user_id": "u1", "event_timestamp": iso(t0), "label": 1},
-            {"user_id": "u1", "event_timestamp": iso(t0), "label": 1},
-            {"user_id": "ghost", "event_timestamp": iso(t0).replace("Z", ""), "label": 0}]
+    rows = [
+        {"user_id": "u1", "event_timestamp": iso(t0), "label": 1},
+        {"user_id": "u1", "event_timestamp": iso(t0), "label": 1},
+        {"user_id": "ghost", "event_timestamp": iso(t0).replace("Z", ""), "label": 0},
+    ]
     r = httpx.post(f"{url}/historical-features", json={"entity_rows": rows, "features": ["user_activity"]})
     assert r.status_code == 200, r.text
     out = r.json()["rows"]
@@ -92,9 +109,9 @@ def test_post_historical_features(api: tuple[str, str, list[Event]]) -> None:
     for k, v in want.items():
         assert out[0][k] == pytest.approx(v) if v is not None else out[0][k] is None
     assert out[2]["clicks_1h"] == 0 and out[2]["avg_order_value_7d"] is None
-    bad = httpx.post(f"{url}/historical-features", json={"entity_rows": [{"user_id": "u1"}],
-                                                         "features": ["user_activity"]})
+    bad = httpx.post(
+        f"{url}/historical-features", json={"entity_rows": [{"user_id": "u1"}], "features": ["user_activity"]}
+    )
     assert bad.status_code == 422 and "event_timestamp" in bad.text
     bad = httpx.post(f"{url}/historical-features", json={"entity_rows": rows, "features": ["user_activity:x"]})
     assert bad.status_code == 422 and "'x'" in bad.text
-

@@ -38,8 +38,11 @@ from tests.support.online import AS_OF, C, load, make_events
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-ONLINE_STORE = {"type": "fstore.feast.online_store.FstoreOnlineStore", "redis_url": "${FSTORE_REDIS_URL}",
-                "timeout_ms": 300}
+ONLINE_STORE = {
+    "type": "fstore.feast.online_store.FstoreOnlineStore",
+    "redis_url": "${FSTORE_REDIS_URL}",
+    "timeout_ms": 300,
+}
 USERS = ["u0", "u1", "u3", "nobody"]
 PRODUCTS = ["p0", "p2", "p4", "no-such-product"]
 
@@ -54,8 +57,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer) ->
     cfg = yaml.safe_load(cfg_path.read_text())
     cfg["online_store"] = ONLINE_STORE
     cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    env = {**os.environ, "FSTORE_REDIS_URL": redis_server.url,
-           "FSTORE_DATA_DIR": str(tmp / "data")}
+    env = {**os.environ, "FSTORE_REDIS_URL": redis_server.url, "FSTORE_DATA_DIR": str(tmp / "data")}
     feast = str(Path(sys.executable).with_name("feast"))
     res = subprocess.run([feast, "apply"], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
@@ -81,8 +83,13 @@ def api_rows(url: str, rows: list[dict[str, str]], features: list[str]) -> list[
         return [row["values"] for row in r.json()["rows"]]
 
 
-def assert_same(feast_out: dict[str, list[Any]], api: list[dict[str, Any]], views: list[FeatureView],
-                rows: list[dict[str, str]], events: list[Any]) -> int:
+def assert_same(
+    feast_out: dict[str, list[Any]],
+    api: list[dict[str, Any]],
+    views: list[FeatureView],
+    rows: list[dict[str, str]],
+    events: list[Any],
+) -> int:
     """Feast == API == brute force for every row and feature; returns the number of nulls seen."""
     nulls = 0
     for i, row in enumerate(rows):
@@ -98,8 +105,9 @@ def assert_same(feast_out: dict[str, list[Any]], api: list[dict[str, Any]], view
 
 
 @pytest.mark.parametrize("history", ["batch_only", "mixed"])
-def test_get_online_features_equals_api_and_brute_force(store: FeatureStore, redis_client: redis.Redis,
-                                                        redis_server: RedisServer, history: str) -> None:
+def test_get_online_features_equals_api_and_brute_force(
+    store: FeatureStore, redis_client: redis.Redis, redis_server: RedisServer, history: str
+) -> None:
     events = make_events(11)
     if history == "batch_only":
         events = [e for e in events if e.event_time < C]
@@ -118,8 +126,9 @@ def test_get_online_features_equals_api_and_brute_force(store: FeatureStore, red
     sub = ["product_engagement:ctr_1h", "product_engagement:conversion_rate_7d", "product_engagement:clicks_7d"]
     rows2 = [{"product_id": p} for p in ["p4", "no-such-product", "p4", "p0"]]
     out2 = store.get_online_features(features=sub, entity_rows=rows2, full_feature_names=True).to_dict()
-    out3 = asyncio.run(store.get_online_features_async(features=sub, entity_rows=rows2,
-                                                       full_feature_names=True)).to_dict()
+    out3 = asyncio.run(
+        store.get_online_features_async(features=sub, entity_rows=rows2, full_feature_names=True)
+    ).to_dict()
     assert out2 == out3
     assert set(out2) == {"product_id", *(r.replace(":", "__") for r in sub)}
     api2 = api_rows(redis_server.url, rows2, sub)
@@ -149,8 +158,13 @@ def test_follows_a_batch_cutover(store: FeatureStore, redis_client: redis.Redis)
 def test_writes_are_refused_and_teardown_keeps_the_view(store: FeatureStore, redis_client: redis.Redis) -> None:
     load(redis_client, make_events(12, 300), "v1", C)
     keys = redis_client.dbsize()
-    df = pd.DataFrame({"user_id": ["u1"], "event_timestamp": [pd.Timestamp.now(tz="UTC")],
-                       **{n: [1.0] for n in USER_ACTIVITY.feature_names}})
+    df = pd.DataFrame(
+        {
+            "user_id": ["u1"],
+            "event_timestamp": [pd.Timestamp.now(tz="UTC")],
+            **{n: [1.0] for n in USER_ACTIVITY.feature_names},
+        }
+    )
     with pytest.raises(FstoreReadOnlyError, match="fstore stream"):
         store.write_to_online_store("user_activity", df)
     online = store._get_provider().online_store

@@ -24,8 +24,9 @@ def test_feast_apply_registers_core_definitions(tmp_path: Path) -> None:
     feast = str(Path(sys.executable).with_name("feast"))
     res = subprocess.run([feast, "apply"], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
-    listed = subprocess.run([feast, "feature-views", "list"], cwd=repo, env=env, capture_output=True, text=True,
-                            timeout=300)
+    listed = subprocess.run(
+        [feast, "feature-views", "list"], cwd=repo, env=env, capture_output=True, text=True, timeout=300
+    )
     assert {"user_activity", "product_engagement"} <= set(listed.stdout.split())
 
     from feast import FeatureStore

@@ -18,8 +18,13 @@ def test_one_million_events_same_sha256_twice(tmp_path: Path) -> None:
     digests = []
     for name in ("a.parquet", "b.parquet"):
         out = tmp_path / name
-        res = subprocess.run([fstore, "generate", "--events", "1000000", "--seed", "7", "--end", "2026-11-01",
-                              "--out", str(out)], capture_output=True, text=True, timeout=300, check=False)
+        res = subprocess.run(
+            [fstore, "generate", "--events", "1000000", "--seed", "7", "--end", "2026-11-01", "--out", str(out)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
         assert res.returncode == 0, res.stderr
         assert "1,000,000 messages" in res.stdout
         digests.append(hashlib.sha256(out.read_bytes()).hexdigest())

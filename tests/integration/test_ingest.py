@@ -21,8 +21,13 @@ NOW = 1_800_000_000_000_000  # 2027-01-15, after every event below
 
 
 def message(i: int, **kw: object) -> bytes:
-    obj: dict[str, object] = {"event_id": f"e{i}", "event_type": "click", "user_id": f"u{i % 7}",
-                              "product_id": f"p{i % 5}", "event_time": 1_763_700_000_000 + i * 997_000}
+    obj: dict[str, object] = {
+        "event_id": f"e{i}",
+        "event_type": "click",
+        "user_id": f"u{i % 7}",
+        "product_id": f"p{i % 5}",
+        "event_time": 1_763_700_000_000 + i * 997_000,
+    }
     obj.update(kw)
     return json.dumps(obj).encode()
 
@@ -30,10 +35,13 @@ def message(i: int, **kw: object) -> bytes:
 def build_messages() -> tuple[list[bytes], Counter[str]]:
     msgs = [message(i) for i in range(3000)]
     msgs += [message(5, quantity=3), message(6, email="x@y.z")]  # conflicting duplicate, duplicate with PII
-    bad = {b"{oops": "malformed_json", message(9000, event_type="hover"): "unknown_event_type",
-           message(9001, price=-1, event_type="purchase"): "negative_amount",
-           message(9002, user_id="bad id"): "invalid_id:user_id",
-           message(9003, event_time=NOW // 1000 + 3_600_000, email="leak@example.com"): "future_timestamp"}
+    bad = {
+        b"{oops": "malformed_json",
+        message(9000, event_type="hover"): "unknown_event_type",
+        message(9001, price=-1, event_type="purchase"): "negative_amount",
+        message(9002, user_id="bad id"): "invalid_id:user_id",
+        message(9003, event_time=NOW // 1000 + 3_600_000, email="leak@example.com"): "future_timestamp",
+    }
     msgs += list(bad)
     return msgs, Counter(bad.values())
 

@@ -58,9 +58,14 @@ def event(rng: random.Random, i: int, user: str, t: int, tag: str) -> Event:
 
 
 def message(ev: Event) -> tuple[str, bytes]:
-    body: dict[str, object] = {"event_id": ev.event_id, "event_type": ev.event_type, "user_id": ev.user_id,
-                               "event_time": iso(ev.event_time), "quantity": ev.quantity,
-                               "session_id": ev.session_id}
+    body: dict[str, object] = {
+        "event_id": ev.event_id,
+        "event_type": ev.event_type,
+        "user_id": ev.user_id,
+        "event_time": iso(ev.event_time),
+        "quantity": ev.quantity,
+        "session_id": ev.session_id,
+    }
     if ev.product_id is not None:
         body["product_id"] = ev.product_id
     if ev.price is not None:
@@ -88,17 +93,28 @@ def phase1_events(rng: random.Random, c: int, now: int) -> list[Event]:
 
 def publish(broker: Broker, topic: str, msgs: list[tuple[str, bytes]]) -> None:
     from fstore.kafka import client as kafka_io
+
     rep = kafka_io.publish([([k for k, _ in msgs], [v for _, v in msgs])], broker.bootstrap, topic)
     assert rep.ok, rep.summary()
 
 
 def run_batch(run_date: str, data_dir: Path, redis_url: str) -> None:
-    env = {**os.environ, "FSTORE_DATA_DIR": str(data_dir), "FSTORE_REDIS_URL": redis_url,
-           "FSTORE_DQ_LATE_AFTER_S": str(10 * 86_400),  # the test's history is ingested days "late"
-           "FSTORE_SPARK_SHUFFLE_PARTITIONS": "2", "FSTORE_SPARK_DRIVER_MEMORY": "2g"}
-    proc = subprocess.run([str(Path(sys.executable).with_name("fstore")), "batch", "--date", run_date,
-                           "--no-progress"], env=env, cwd=data_dir.parent, capture_output=True, text=True,
-                          timeout=600)
+    env = {
+        **os.environ,
+        "FSTORE_DATA_DIR": str(data_dir),
+        "FSTORE_REDIS_URL": redis_url,
+        "FSTORE_DQ_LATE_AFTER_S": str(10 * 86_400),  # the test's history is ingested days "late"
+        "FSTORE_SPARK_SHUFFLE_PARTITIONS": "2",
+        "FSTORE_SPARK_DRIVER_MEMORY": "2g",
+    }
+    proc = subprocess.run(
+        [str(Path(sys.executable).with_name("fstore")), "batch", "--date", run_date, "--no-progress"],
+        env=env,
+        cwd=data_dir.parent,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
 
@@ -108,8 +124,9 @@ def close(a: object, b: object) -> bool:
     return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-9)  # type: ignore[arg-type]
 
 
-def check_view(client: TestClient, view: FeatureView, key: str, entities: list[str], events: list[Event],
-               c: int) -> int:
+def check_view(
+    client: TestClient, view: FeatureView, key: str, entities: list[str], events: list[Event], c: int
+) -> int:
     """POST /features for the entities (and GET for the first), compared with brute force; returns #values."""
     r = client.post("/features", json={"entities": [{key: e} for e in entities], "features": [view.name]})
     assert r.status_code == 200, r.text
@@ -134,10 +151,9 @@ def check_view(client: TestClient, view: FeatureView, key: str, entities: list[s
     return checked
 
 
-def test_stream_batch_and_api_end_to_end_equal_brute_force(kafka_broker: Broker, redis_server: RedisServer,
-                                                          redis_client: redis.Redis,
-                                                          worker_factory: Factory,
-                                                          tmp_path: Path) -> None:
+def test_stream_batch_and_api_end_to_end_equal_brute_force(
+    kafka_broker: Broker, redis_server: RedisServer, redis_client: redis.Redis, worker_factory: Factory, tmp_path: Path
+) -> None:
     now = time.time_ns() // 1000
     if now - floor_to(now, DAY) < 10 * SECOND:  # keep a few seconds of "today" for the speed side
         time.sleep(10)
@@ -161,8 +177,10 @@ def test_stream_batch_and_api_end_to_end_equal_brute_force(kafka_broker: Broker,
     assert pointer is not None and pointer.cutover == c
 
     now2 = time.time_ns() // 1000
-    more = [event(rng, i, f"{rng.choice('sm')}{rng.randrange(30)}", c + rng.randrange(0, now2 - c + 1), "f")
-            for i in range(300)]
+    more = [
+        event(rng, i, f"{rng.choice('sm')}{rng.randrange(30)}", c + rng.randrange(0, now2 - c + 1), "f")
+        for i in range(300)
+    ]
     late = [event(rng, i, f"m{rng.randrange(30)}", c - rng.randrange(1, HOUR), "late") for i in range(100)]
     resent = [e._replace(price=999.0, quantity=7) for e in rng.sample([e for e in first if e.event_time >= c], 50)]
     msgs2 = [message(e) for e in more + late + resent]
@@ -184,7 +202,13 @@ def test_stream_batch_and_api_end_to_end_equal_brute_force(kafka_broker: Broker,
     # values, so a merge that used speed tiles before C, or a second copy, would have failed.
     t = time.time_ns() // 1000
     mixed = [f"m{u}" for u in range(30)]
-    assert any(bruteforce.values(USER_ACTIVITY, expected_events + late, m, t)
-               != bruteforce.values(USER_ACTIVITY, expected_events, m, t) for m in mixed)
-    assert any(bruteforce.values(PRODUCT_ENGAGEMENT, expected_events + resent, p, t)
-               != bruteforce.values(PRODUCT_ENGAGEMENT, expected_events, p, t) for p in PRODUCTS)
+    assert any(
+        bruteforce.values(USER_ACTIVITY, expected_events + late, m, t)
+        != bruteforce.values(USER_ACTIVITY, expected_events, m, t)
+        for m in mixed
+    )
+    assert any(
+        bruteforce.values(PRODUCT_ENGAGEMENT, expected_events + resent, p, t)
+        != bruteforce.values(PRODUCT_ENGAGEMENT, expected_events, p, t)
+        for p in PRODUCTS
+    )

@@ -38,8 +38,15 @@ SPAN = 10 * DAY
 
 
 def message(e: Event, **changes: object) -> bytes:
-    obj = {"event_id": e.event_id, "event_type": e.event_type, "user_id": e.user_id, "product_id": e.product_id,
-           "event_time": iso(e.event_time), "price": e.price, "quantity": e.quantity}
+    obj = {
+        "event_id": e.event_id,
+        "event_type": e.event_type,
+        "user_id": e.user_id,
+        "product_id": e.product_id,
+        "event_time": iso(e.event_time),
+        "price": e.price,
+        "quantity": e.quantity,
+    }
     obj.update(changes)
     return json.dumps({k: v for k, v in obj.items() if v is not None}).encode()
 
@@ -56,7 +63,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, list[
     msgs = [message(e) for e in events]
     report = IngestReport(source="test")
     for lo in range(0, len(msgs), 1000):
-        ing.ingest_batch(msgs[lo:lo + 1000], "test", report)
+        ing.ingest_batch(msgs[lo : lo + 1000], "test", report)
     ing.ingest_batch([message(e, quantity=9) for e in events[:50]], "test", report)  # skipped: already present
     assert report.written == 3000 and report.duplicates == 50
     # The raw sink's copies: changed payloads ingested before (win), with (tie → hash) and after (lose) Ingestor.
@@ -72,8 +79,16 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, list[
     assert stored.num_rows == 3300
     copies = []
     for r in stored.to_pylist():
-        ev = Event(r["event_id"], r["event_type"], r["user_id"], r["product_id"],
-                   int(pd.Timestamp(r["event_time"]).value // 1000), r["price"], r["quantity"], r["session_id"])
+        ev = Event(
+            r["event_id"],
+            r["event_type"],
+            r["user_id"],
+            r["product_id"],
+            int(pd.Timestamp(r["event_time"]).value // 1000),
+            r["price"],
+            r["quantity"],
+            r["session_id"],
+        )
         copies.append((int(pd.Timestamp(r["ingested_at"]).value // 1000), r["payload_hash"], ev))
     winners = bruteforce.dedupe(copies)
     assert sum(w != e for w, e in zip(sorted(winners), sorted(events), strict=True)) > 50  # copies won
@@ -86,8 +101,14 @@ def entity_frame(events: list[Event], n: int, seed: int) -> pd.DataFrame:
     users = [f"u{rng.integers(24)}" for _ in range(n)]
     products = [f"p{rng.integers(12)}" for _ in range(n)]
     users[5:10], products[5:10], times[5:10] = users[0:5], products[0:5], times[0:5]  # duplicate rows
-    return pd.DataFrame({"user_id": users, "product_id": products, "label": rng.integers(0, 2, n),
-                         "event_timestamp": pd.to_datetime(times, unit="us", utc=True)})
+    return pd.DataFrame(
+        {
+            "user_id": users,
+            "product_id": products,
+            "label": rng.integers(0, 2, n),
+            "event_timestamp": pd.to_datetime(times, unit="us", utc=True),
+        }
+    )
 
 
 def brute(events: list[Event], df: pd.DataFrame) -> dict[str, list[object]]:
@@ -107,13 +128,15 @@ def brute(events: list[Event], df: pd.DataFrame) -> dict[str, list[object]]:
 
 def assert_equal_brute(got: pd.DataFrame, want: dict[str, list[object]], df: pd.DataFrame) -> None:
     assert len(got) == len(df)
-    pd.testing.assert_frame_equal(got[list(df.columns)].reset_index(drop=True), df.reset_index(drop=True),
-                                  check_dtype=False)
+    pd.testing.assert_frame_equal(
+        got[list(df.columns)].reset_index(drop=True), df.reset_index(drop=True), check_dtype=False
+    )
     for name, expected in want.items():
         for i, (g, w) in enumerate(zip(got[name].tolist(), expected, strict=True)):
             g = None if isinstance(g, float) and np.isnan(g) else g
-            assert (w is None and g is None) or (w is not None and g is not None and np.isclose(
-                float(g), float(w), rtol=1e-9, atol=1e-12)), f"{name} row {i}: {g!r} != {w!r}"
+            assert (w is None and g is None) or (
+                w is not None and g is not None and np.isclose(float(g), float(w), rtol=1e-9, atol=1e-12)
+            ), f"{name} row {i}: {g!r} != {w!r}"
 
 
 def test_local_and_spark_engines_equal_brute_force(data: tuple[Path, list[Event]]) -> None:
@@ -129,8 +152,9 @@ def test_local_and_spark_engines_equal_brute_force(data: tuple[Path, list[Event]
     from fstore.offline.spark import spark_session
 
     spark = spark_session("fstore-test-offline")
-    spark_out = offline.get_historical_features(df, list(VIEWS), raw_uri=uri, engine="spark",
-                                                full_feature_names=True, spark=spark, buckets=3)
+    spark_out = offline.get_historical_features(
+        df, list(VIEWS), raw_uri=uri, engine="spark", full_feature_names=True, spark=spark, buckets=3
+    )
     assert_equal_brute(spark_out, want, df)
     pd.testing.assert_frame_equal(spark_out, local)  # identical to the default engine, dtypes included
 
@@ -140,8 +164,9 @@ def test_partition_pruning_reads_only_needed_days(data: tuple[Path, list[Event]]
     t = BASE + 2 * DAY
     df = pd.DataFrame({"user_id": ["u1"], "event_timestamp": [pd.Timestamp(t, unit="us", tz="UTC")]})
     timings = offline.Timings()
-    got = offline.get_historical_features(df, ["user_activity:clicks_1h"], raw_uri=str(root / "data" / "raw_events"),
-                                          timings=timings)
+    got = offline.get_historical_features(
+        df, ["user_activity:clicks_1h"], raw_uri=str(root / "data" / "raw_events"), timings=timings
+    )
     day_rows = sum(1 for e in events if BASE + DAY <= e.event_time < BASE + 3 * DAY)  # 2 partitions (±1 µs)
     assert 0 < timings.rows_read < day_rows + 200
     assert got["clicks_1h"].tolist() == [bruteforce.value(VIEWS["user_activity"], "clicks_1h", events, "u1", t)]
@@ -153,8 +178,10 @@ def feast_repo(root: Path, engine: str) -> Path:
     yaml = (repo / "feature_store.yaml").read_text()
     block = "  type: fstore.feast.offline_store.FstoreOfflineStore\n  engine: local\n"
     assert block in yaml, "feature_store.yaml no longer has the expected offline_store block"
-    yaml = yaml.replace(block, f"  type: fstore.feast.offline_store.FstoreOfflineStore\n  data_dir: {root / 'data'}\n"
-                               f"  engine: {engine}\n")
+    yaml = yaml.replace(
+        block,
+        f"  type: fstore.feast.offline_store.FstoreOfflineStore\n  data_dir: {root / 'data'}\n  engine: {engine}\n",
+    )
     (repo / "feature_store.yaml").write_text(yaml)
     from feast import FeatureStore
 
@@ -178,8 +205,9 @@ def test_feast_get_historical_features(data: tuple[Path, list[Event]]) -> None:
     assert_equal_brute(job.to_df(), want, df)
     table = job.to_arrow()
     assert isinstance(table, pa.Table) and table.num_rows == len(df)
-    short = store.get_historical_features(entity_df=df[["user_id", "event_timestamp"]],
-                                          features=["user_activity:clicks_1h", "user_activity:revenue_7d"]).to_df()
+    short = store.get_historical_features(
+        entity_df=df[["user_id", "event_timestamp"]], features=["user_activity:clicks_1h", "user_activity:revenue_7d"]
+    ).to_df()
     assert list(short.columns) == ["user_id", "event_timestamp", "clicks_1h", "revenue_7d"]
     assert short["clicks_1h"].tolist() == want["user_activity__clicks_1h"]
 
@@ -191,8 +219,9 @@ def test_notebook_executes(tmp_path: Path) -> None:
     env_dir = tmp_path / "work"
     os.environ["FSTORE_EXAMPLE_DIR"] = str(env_dir)
     try:
-        nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
-                                resources={"metadata": {"path": str(ROOT / "examples")}}).execute()
+        nbclient.NotebookClient(
+            nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "examples")}}
+        ).execute()
     finally:
         os.environ.pop("FSTORE_EXAMPLE_DIR", None)
     outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))

@@ -55,14 +55,16 @@ def test_values_equal_brute_force(redis_client: redis.Redis, redis_server: Redis
             assert set(got) == set(want)
             assert all(isclose(got[k], want[k]) for k in want), (got, want)
         rows = [{"product_id": f"p{i}", "user_id": "u1"} for i in range(5)]
-        r = client.post("/features", json={"entities": rows,
-                                           "features": ["product_engagement", "user_activity:clicks_1h"]})
+        r = client.post(
+            "/features", json={"entities": rows, "features": ["product_engagement", "user_activity:clicks_1h"]}
+        )
         assert r.status_code == 200, r.text
         for row, out in zip(rows, r.json()["rows"], strict=True):
             want = expected(PRODUCT_ENGAGEMENT, events, row["product_id"], AS_OF)
             assert all(isclose(out["values"][k], want[k]) for k in want)
             assert out["values"]["user_activity:clicks_1h"] == bruteforce.value(
-                USER_ACTIVITY, "clicks_1h", events, "u1", AS_OF)
+                USER_ACTIVITY, "clicks_1h", events, "u1", AS_OF
+            )
 
 
 def test_client_errors_name_the_problem(redis_client: redis.Redis, redis_server: RedisServer) -> None:
@@ -75,8 +77,9 @@ def test_client_errors_name_the_problem(redis_client: redis.Redis, redis_server:
         assert r.status_code == 422 and "customer" in r.json()["detail"]
         r = client.get("/features", params={"product_id": "p1", "features": "user_activity"})
         assert r.status_code == 422 and "user_id" in r.json()["detail"]
-        r = client.post("/features", json={"entities": [{"user_id": f"u{i}"} for i in range(4)],
-                                           "features": ["user_activity"]})
+        r = client.post(
+            "/features", json={"entities": [{"user_id": f"u{i}"} for i in range(4)], "features": ["user_activity"]}
+        )
         assert r.status_code == 413 and "limit is 3" in r.json()["detail"]
 
 
@@ -129,8 +132,9 @@ def test_cutover_during_reads_never_mixes_versions(redis_client: redis.Redis, re
             for _ in range(300):
                 body = client.get("/features", params={"user_id": "u1", "features": "user_activity"}).json()
                 want = want_a if body["batch_version"] == "A" else want_b
-                assert body["batch_cutoff"] == ("2026-11-21T00:00:00Z" if body["batch_version"] == "A"
-                                                else "2026-11-20T00:00:00Z")
+                assert body["batch_cutoff"] == (
+                    "2026-11-21T00:00:00Z" if body["batch_version"] == "A" else "2026-11-20T00:00:00Z"
+                )
                 assert all(isclose(body["rows"][0]["values"][k], want[k]) for k in want), body
                 seen[body["batch_version"]] += 1
         finally:
@@ -193,7 +197,8 @@ def test_fast_merge_is_bit_identical_to_core_evaluate() -> None:
                     else:
                         fields = partial_fields(size, start, m, p)
                         speed.setdefault(start - start % DAY, {}).update(
-                            {k.encode(): v.encode() for k, v in fields.items()})
+                            {k.encode(): v.encode() for k, v in fields.items()}
+                        )
             tiles: dict[tuple[int, int], dict[str, Partial]] = {}
             hashes: list[dict[bytes, bytes]] = [batch] if ptr else []
             for i, raw in enumerate(hashes + list(speed.values())):
@@ -227,23 +232,33 @@ def test_decode_speed_matches_parse_tiles() -> None:
     from fstore.online.reader import decode_speed
     from fstore.redis.layout import packed_field, parse_tiles
 
-    raw = {b"300:1700000100:click:c": b"2", b"300:1700000100:click:s": b"2.0",
-           b"300:1700000100:click:n": b"1.0", b"300:1700000100:click:x": b"1.0",
-           packed_field(3600 * 10**6, 1700002800 * 10**6, "purchase").encode(): b"3 70.5 1.25 40.0",
-           packed_field(300 * 10**6, 1700000400 * 10**6, "click").encode(): b"1 1.0 None None",
-           b"300:1700000700:click:c": b"0", b"300:1700000700:click:s": b"0.0",
-           b"300:1700000000:page_view:c": b"1",
-           b"junk": b"1", b"a:b": b"x", b"300:1700000100:click:q": b"9", b"3600:1:purchase": b"1 2"}
+    raw = {
+        b"300:1700000100:click:c": b"2",
+        b"300:1700000100:click:s": b"2.0",
+        b"300:1700000100:click:n": b"1.0",
+        b"300:1700000100:click:x": b"1.0",
+        packed_field(3600 * 10**6, 1700002800 * 10**6, "purchase").encode(): b"3 70.5 1.25 40.0",
+        packed_field(300 * 10**6, 1700000400 * 10**6, "click").encode(): b"1 1.0 None None",
+        b"300:1700000700:click:c": b"0",
+        b"300:1700000700:click:s": b"0.0",
+        b"300:1700000000:page_view:c": b"1",
+        b"junk": b"1",
+        b"a:b": b"x",
+        b"300:1700000100:click:q": b"9",
+        b"3600:1:purchase": b"1 2",
+    }
     tiles = parse_tiles(raw)
     cols, newest = decode_speed(raw, None)
-    flat = {(size, start, m): stats for (size, m), (starts, all_stats) in cols.items()
-            for start, stats in zip(starts, all_stats, strict=True)}
+    flat = {
+        (size, start, m): stats
+        for (size, m), (starts, all_stats) in cols.items()
+        for start, stats in zip(starts, all_stats, strict=True)
+    }
     want = {(size, start, m): p.to_tuple() for (size, start), ps in tiles.items() for m, p in ps.items()}
     assert flat == want
     assert newest == max(start for (_, start) in tiles)
     cols, newest = decode_speed(raw, 1700000400 * 10**6)
-    assert newest == 1700002800 * 10**6 and all(s >= 1700000400 * 10**6 for starts, _ in cols.values()
-                                                  for s in starts)
+    assert newest == 1700002800 * 10**6 and all(s >= 1700000400 * 10**6 for starts, _ in cols.values() for s in starts)
 
 
 def test_batch_cache_serves_repeat_reads(redis_client: redis.Redis, redis_server: RedisServer) -> None:
@@ -264,9 +279,9 @@ def test_batch_cache_serves_repeat_reads(redis_client: redis.Redis, redis_server
         load(redis_client, [e for e in ev2 if e.event_time < C], "v2", C)  # publishes v2
         second = client.get("/features", params=params).json()
         assert second["batch_version"] == "v2" and reader.cache_misses == misses + 1
-        want2 = expected(USER_ACTIVITY, [e for e in ev2 if e.event_time < C] + [e for e in events
-                                                                               if e.event_time >= C],
-                         "u2", AS_OF)
+        want2 = expected(
+            USER_ACTIVITY, [e for e in ev2 if e.event_time < C] + [e for e in events if e.event_time >= C], "u2", AS_OF
+        )
         assert all(isclose(second["rows"][0]["values"][k], want2[k]) for k in want2), (second, want2)
 
 
@@ -290,8 +305,10 @@ def test_post_fast_path_matches_the_route(redis_client: redis.Redis, redis_serve
     """POST /features bodies the fast path takes answer as the FastAPI route does; bodies it declines
     (other content types, invalid JSON, extra or mistyped fields) reach the route with the body intact."""
     load(redis_client, make_events(6), "v1", C)
-    body = {"entities": [{"user_id": "u1"}, {"user_id": "u2", "product_id": "p1"}],
-            "features": ["user_activity:clicks_1h", "product_engagement:ctr_1h"]}
+    body = {
+        "entities": [{"user_id": "u1"}, {"user_id": "u2", "product_id": "p1"}],
+        "features": ["user_activity:clicks_1h", "product_engagement:ctr_1h"],
+    }
     with app_client(redis_server.url) as client:
         fast = client.post("/features", json={**body, "entities": body["entities"][1:]})
         assert fast.status_code == 200, fast.text
@@ -305,8 +322,11 @@ def test_post_fast_path_matches_the_route(redis_client: redis.Redis, redis_serve
         assert r.status_code == 422 and r.json()["detail"][0]["type"] == "json_invalid"
         r = client.post("/features", content=orjson_bytes(body), headers={"content-type": "text/plain"})
         assert r.status_code == 422
-        r = client.post("/features", content=orjson_bytes({**body, "entities": body["entities"][1:]}),
-                        headers={"content-type": "application/json; charset=utf-8"})
+        r = client.post(
+            "/features",
+            content=orjson_bytes({**body, "entities": body["entities"][1:]}),
+            headers={"content-type": "application/json; charset=utf-8"},
+        )
         assert r.status_code == 200 and r.json()["rows"] == fast.json()["rows"]
     with app_client(redis_server.url, api_key="k") as client:
         assert client.post("/features", json=body).status_code == 401
@@ -317,8 +337,9 @@ def test_post_fast_path_matches_the_route(redis_client: redis.Redis, redis_serve
         assert 'fstore_api_requests_total{method="POST",route="/features",status="401"} 1.0' in metrics
 
 
-def test_unexpected_error_on_the_fast_path_is_a_counted_500(redis_client: redis.Redis,
-                                                          redis_server: RedisServer) -> None:
+def test_unexpected_error_on_the_fast_path_is_a_counted_500(
+    redis_client: redis.Redis, redis_server: RedisServer
+) -> None:
     """A bug under the fast path gets the 500 Starlette's server-error middleware would send (no stack trace
     in the body), is counted in the metrics, and the next request is served normally."""
     load(redis_client, make_events(5), "v1", C)

@@ -21,8 +21,15 @@ pytestmark = pytest.mark.integration
 
 
 def event(i: int) -> bytes:
-    return json.dumps({"event_id": f"e{i}", "event_type": "click", "user_id": f"u{i % 5}",
-                       "product_id": f"p{i % 3}", "event_time": 1_763_700_000_000 + i}).encode()
+    return json.dumps(
+        {
+            "event_id": f"e{i}",
+            "event_type": "click",
+            "user_id": f"u{i % 5}",
+            "product_id": f"p{i % 3}",
+            "event_time": 1_763_700_000_000 + i,
+        }
+    ).encode()
 
 
 def messages() -> tuple[list[str | None], list[bytes]]:
@@ -43,8 +50,10 @@ def test_publish_file_round_trip(tmp_path: Path, kafka_broker: Broker, ext: str)
         writer.write(file_keys[100:], values[100:])
     topic = f"pub-{uuid.uuid4().hex[:8]}"
 
-    result = CliRunner().invoke(publish_cmd, [str(path), "--topic", topic, "--bootstrap", kafka_broker.bootstrap,
-                                              "--no-progress", "--batch-size", "64"])
+    result = CliRunner().invoke(
+        publish_cmd,
+        [str(path), "--topic", topic, "--bootstrap", kafka_broker.bootstrap, "--no-progress", "--batch-size", "64"],
+    )
     assert result.exit_code == 0, result.output
     assert f"published {len(values)} messages to '{topic}'" in result.output
     assert f"{len(values)} delivered, 0 failed" in result.output
@@ -58,7 +67,7 @@ def test_publish_paces_to_the_rate(kafka_broker: Broker) -> None:
     topic = f"rate-{uuid.uuid4().hex[:8]}"
     ensure_topics(kafka_broker.bootstrap, {topic: 1})
     values = [event(i) for i in range(600)]
-    batches = [([None] * 200, values[i:i + 200]) for i in range(0, 600, 200)]
+    batches = [([None] * 200, values[i : i + 200]) for i in range(0, 600, 200)]
     report = kafka_io.publish(batches, kafka_broker.bootstrap, topic, rate=1000)
     assert report.ok and report.sent == report.delivered == 600
     assert 0.55 <= report.elapsed < 2.0
@@ -70,8 +79,9 @@ def test_delivery_failures_are_counted(kafka_broker: Broker) -> None:
     topic = f"big-{uuid.uuid4().hex[:8]}"
     ensure_topics(kafka_broker.bootstrap, {topic: 1})
     values = [b"a", b"x" * 20_000, b"b"]
-    report = kafka_io.publish([([None] * 3, values)], kafka_broker.bootstrap, topic,
-                              config={"message.max.bytes": 10_000})
+    report = kafka_io.publish(
+        [([None] * 3, values)], kafka_broker.bootstrap, topic, config={"message.max.bytes": 10_000}
+    )
     assert (report.sent, report.rejected, report.delivered, report.failed) == (2, 1, 2, 1)
     assert report.errors == {"MSG_SIZE_TOO_LARGE": 1} and not report.ok
     assert "1 failed" in report.summary()
@@ -84,8 +94,21 @@ def test_delivery_failures_are_counted(kafka_broker: Broker) -> None:
 
 def test_publish_live(kafka_broker: Broker) -> None:
     topic = f"live-{uuid.uuid4().hex[:8]}"
-    result = CliRunner().invoke(publish_cmd, ["--live", "--rate", "400", "--duration", "2", "--topic", topic,
-                                              "--bootstrap", kafka_broker.bootstrap, "--no-progress"])
+    result = CliRunner().invoke(
+        publish_cmd,
+        [
+            "--live",
+            "--rate",
+            "400",
+            "--duration",
+            "2",
+            "--topic",
+            topic,
+            "--bootstrap",
+            kafka_broker.bootstrap,
+            "--no-progress",
+        ],
+    )
     assert result.exit_code == 0, result.output
     records = kafka_io.read_topic(kafka_broker.bootstrap, topic)
     assert 500 < len(records) < 1100

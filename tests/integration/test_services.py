@@ -25,8 +25,9 @@ def topic_name() -> str:
     return f"t-{uuid.uuid4().hex[:10]}"
 
 
-def produce(bootstrap: str, topic: str, items: Sequence[tuple[bytes | None, bytes]],
-            producer: Producer | None = None) -> None:
+def produce(
+    bootstrap: str, topic: str, items: Sequence[tuple[bytes | None, bytes]], producer: Producer | None = None
+) -> None:
     """Produce and assert every message was delivered."""
     prod = producer or Producer(producer_config(bootstrap))
     errors: list[object] = []
@@ -66,9 +67,15 @@ def test_consumer_group_subscribe(kafka_broker: Broker) -> None:
     ensure_topics(kafka_broker.bootstrap, {topic: 2})
     items = [(f"k{i}".encode(), f"v{i}".encode()) for i in range(100)]
     produce(kafka_broker.bootstrap, topic, items)
-    consumer = Consumer({"bootstrap.servers": kafka_broker.bootstrap, "group.id": f"g-{topic}",
-                         "auto.offset.reset": "earliest", "session.timeout.ms": 6000,
-                         "heartbeat.interval.ms": 1000})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": kafka_broker.bootstrap,
+            "group.id": f"g-{topic}",
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": 6000,
+            "heartbeat.interval.ms": 1000,
+        }
+    )
     try:
         consumer.subscribe([topic])
         got: list[bytes] = []
@@ -125,10 +132,12 @@ def test_start_failure_reports_log_tail(tmp_path: Path) -> None:
 
 def test_services_die_with_their_owner(tmp_path: Path) -> None:
     """A service started by a process that is then SIGKILLed does not outlive it."""
-    script = ("import sys, time\nfrom fstore.devsvc.services import Broker, RedisServer\n"
-              f"r = RedisServer(state_dir={str(tmp_path)!r}).start()\n"
-              f"b = Broker(state_dir={str(tmp_path)!r}).start()\n"
-              "print(r.pid, b.pid, flush=True)\ntime.sleep(120)\n")
+    script = (
+        "import sys, time\nfrom fstore.devsvc.services import Broker, RedisServer\n"
+        f"r = RedisServer(state_dir={str(tmp_path)!r}).start()\n"
+        f"b = Broker(state_dir={str(tmp_path)!r}).start()\n"
+        "print(r.pid, b.pid, flush=True)\ntime.sleep(120)\n"
+    )
     owner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
         assert owner.stdout is not None
@@ -145,8 +154,14 @@ def test_services_die_with_their_owner(tmp_path: Path) -> None:
 
 def fstore_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FSTORE_")}
-    return subprocess.run([sys.executable, "-c", "from fstore.cli import main; main()", *args], cwd=cwd,
-                          env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", "from fstore.cli import main; main()", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_cli_services_up_status_env_down(tmp_path: Path) -> None:
@@ -156,8 +171,9 @@ def test_cli_services_up_status_env_down(tmp_path: Path) -> None:
         assert up.returncode == 0, up.stderr
         assert "redis   started" in up.stdout and "broker  started" in up.stdout
 
-        env = dict(line.split("=", 1) for line in (state / "services.env").read_text().splitlines()
-                   if not line.startswith("#"))
+        env = dict(
+            line.split("=", 1) for line in (state / "services.env").read_text().splitlines() if not line.startswith("#")
+        )
         assert set(env) == {"FSTORE_REDIS_URL", "FSTORE_KAFKA_BOOTSTRAP"}
         assert redis.Redis.from_url(env["FSTORE_REDIS_URL"]).ping()
         assert {"events": 1, "events.dlq": 1}.items() <= list_topics(env["FSTORE_KAFKA_BOOTSTRAP"]).items()

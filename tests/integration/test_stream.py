@@ -30,8 +30,10 @@ from tests.support.stream import (
 
 pytestmark = pytest.mark.integration
 
-def test_tiles_dlq_and_raw_log_are_exact(kafka_broker: Broker, redis_client: redis.Redis, worker_factory: Factory,
-                                         tmp_path: Path) -> None:
+
+def test_tiles_dlq_and_raw_log_are_exact(
+    kafka_broker: Broker, redis_client: redis.Redis, worker_factory: Factory, tmp_path: Path
+) -> None:
     traffic = make_traffic(30_000, seed=11)
     w = worker_factory(kafka_broker)
     w.start()
@@ -58,7 +60,7 @@ def test_tile_writer_rounds_script_flush_and_replay(redis_server: RedisServer, r
 
     traffic = make_traffic(12_000, seed=14, users=300, products=40)
     events = [e for e in traffic.first_copies]
-    batches = [events[i:i + 1_500] for i in range(0, len(events), 1_000)]  # overlapping: 500 repeats each
+    batches = [events[i : i + 1_500] for i in range(0, len(events), 1_000)]  # overlapping: 500 repeats each
 
     async def run() -> int:
         client = aredis.Redis.from_url(redis_server.url, socket_timeout=10)
@@ -81,8 +83,9 @@ def test_tile_writer_rounds_script_flush_and_replay(redis_server: RedisServer, r
     assert_tiles_exact(redis_client, traffic)
 
 
-def test_kill_9_mid_run_then_restart_keeps_tiles_exact(kafka_broker: Broker, redis_client: redis.Redis,
-                                                       worker_factory: Factory, tmp_path: Path) -> None:
+def test_kill_9_mid_run_then_restart_keeps_tiles_exact(
+    kafka_broker: Broker, redis_client: redis.Redis, worker_factory: Factory, tmp_path: Path
+) -> None:
     traffic = make_traffic(200_000, seed=12, users=20_000, products=1_000)
     w = worker_factory(kafka_broker, FSTORE_STREAM_RAW_MAX_AGE_S="5")
     w.start()
@@ -101,8 +104,9 @@ def test_kill_9_mid_run_then_restart_keeps_tiles_exact(kafka_broker: Broker, red
     assert_raw_and_dlq(kafka_broker, w.dlq, tmp_path / "data", traffic, exact_dlq=False)
 
 
-def test_broker_restart_worker_reconnects_and_replay_counts_once(private_broker: Broker, redis_client: redis.Redis,
-                                                                  worker_factory: Factory, tmp_path: Path) -> None:
+def test_broker_restart_worker_reconnects_and_replay_counts_once(
+    private_broker: Broker, redis_client: redis.Redis, worker_factory: Factory, tmp_path: Path
+) -> None:
     """A broker that loses its whole state (in-memory storage) restarts under a running worker.
 
     The worker has caught up with the first half; the broker restarts empty (topics re-created,

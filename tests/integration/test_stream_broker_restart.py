@@ -33,8 +33,8 @@ def durable_broker(tmp_path: Path) -> Iterator[Broker]:
 
 
 def test_broker_killed_mid_run_worker_reconnects_and_tiles_stay_exact(
-        durable_broker: Broker, redis_client: redis.Redis, worker_factory: Factory,
-        tmp_path: Path) -> None:
+    durable_broker: Broker, redis_client: redis.Redis, worker_factory: Factory, tmp_path: Path
+) -> None:
     traffic = make_traffic(80_000, seed=14, users=5_000, products=500)
     total = len(traffic.values)
     w = worker_factory(durable_broker)

@@ -45,8 +45,11 @@ def value(view: FeatureView, name: str, events: list[Event], entity: str, t: int
         num = value(view, f.numerator, events, entity, t)
         den = value(view, f.denominator, events, entity, t)
         return None if not den or num is None else float(num) / float(den)
-    evs = [e for e in window_events(events, view.entity.join_key, entity, t, f.window)
-           if e.event_type == f.measure.event_type]
+    evs = [
+        e
+        for e in window_events(events, view.entity.join_key, entity, t, f.window)
+        if e.event_type == f.measure.event_type
+    ]
     xs = [measure(f, e) for e in evs]
     agg = str(f.agg)
     if agg == "count":

@@ -24,8 +24,18 @@ def make_events(seed: int, n: int = 3000) -> list[Event]:
         t = AS_OF - rng.randrange(1, 9 * DAY)  # before as_of, across the cutover
         if i % 10 == 0:
             t = C + rng.choice([-1, 0, 1]) * rng.randrange(0, 5)  # right at the cutover
-        out.append(Event(f"e{seed}-{i}", rng.choice(types), f"u{rng.randrange(5)}", f"p{rng.randrange(5)}",
-                         t, round(rng.uniform(1, 90), 2), rng.randint(1, 3), None))
+        out.append(
+            Event(
+                f"e{seed}-{i}",
+                rng.choice(types),
+                f"u{rng.randrange(5)}",
+                f"p{rng.randrange(5)}",
+                t,
+                round(rng.uniform(1, 90), 2),
+                rng.randint(1, 3),
+                None,
+            )
+        )
     return out
 
 

@@ -22,12 +22,17 @@ HOPS = {w: bruteforce.hop_by_table(w) for w in WINDOWS}
 def events_table(events: list[Event]) -> pa.Table:
     """The engine's input columns, built directly (no Delta, no fstore adapter)."""
     cols = list(zip(*events, strict=True)) if events else [[] for _ in range(8)]
-    return pa.table({
-        "event_id": pa.array(cols[0], pa.string()), "event_type": pa.array(cols[1], pa.string()),
-        "user_id": pa.array(cols[2], pa.string()), "product_id": pa.array(cols[3], pa.string()),
-        "event_time": pa.array(cols[4], pa.int64()).cast(pa.timestamp("us", tz="UTC")),
-        "price": pa.array(cols[5], pa.float64()), "quantity": pa.array(cols[6], pa.int32()),
-    })
+    return pa.table(
+        {
+            "event_id": pa.array(cols[0], pa.string()),
+            "event_type": pa.array(cols[1], pa.string()),
+            "user_id": pa.array(cols[2], pa.string()),
+            "product_id": pa.array(cols[3], pa.string()),
+            "event_time": pa.array(cols[4], pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+            "price": pa.array(cols[5], pa.float64()),
+            "quantity": pa.array(cols[6], pa.int32()),
+        }
+    )
 
 
 def random_events(rng: np.random.Generator, n: int, users: int, products: int, span: int) -> list[Event]:
@@ -42,8 +47,7 @@ def random_events(rng: np.random.Generator, n: int, users: int, products: int, s
             t = BASE + int(rng.integers(span))
         product = None if etype == "page_view" and rng.random() < 0.4 else f"p{rng.integers(products)}"
         price = round(float(rng.uniform(0, 300)), 2) if etype == "purchase" or rng.random() < 0.1 else None
-        out.append(Event(f"e{i}", etype, f"u{rng.integers(users)}", product, t, price,
-                         int(rng.integers(1, 4)), None))
+        out.append(Event(f"e{i}", etype, f"u{rng.integers(users)}", product, t, price, int(rng.integers(1, 4)), None))
     return out
 
 
@@ -74,8 +78,9 @@ def expected(view: FeatureView, events: list[Event], keys: list[str | None], tim
         k = getattr(e, view.entity.join_key)
         if k is not None:
             by_entity[k].append(e)
-    return [bruteforce.values(view, by_entity.get(k, []) if k else [], k or "", t)
-            for k, t in zip(keys, times, strict=True)]
+    return [
+        bruteforce.values(view, by_entity.get(k, []) if k else [], k or "", t) for k, t in zip(keys, times, strict=True)
+    ]
 
 
 def assert_frame_matches(got: pd.DataFrame, view: FeatureView, want: list[dict], prefix: str = "") -> None:

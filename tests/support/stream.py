@@ -48,8 +48,17 @@ class Traffic:
 def make_traffic(events: int, seed: int, users: int = 2_000, products: int = 300) -> Traffic:
     """Traffic over the last 2 hours with 3% duplicates, 3% late and 2% malformed messages."""
     now = time.time_ns() // 1000
-    cfg = GeneratorConfig(start=now - 2 * 3600 * SECOND, end=now, events=events, users=users, products=products,
-                          duplicate_rate=0.03, late_rate=0.03, malformed_rate=0.02, pii_rate=0.01)
+    cfg = GeneratorConfig(
+        start=now - 2 * 3600 * SECOND,
+        end=now,
+        events=events,
+        users=users,
+        products=products,
+        duplicate_rate=0.03,
+        late_rate=0.03,
+        malformed_rate=0.02,
+        pii_rate=0.01,
+    )
     keys: list[str | None] = []
     values: list[bytes] = []
     malformed: Counter[tuple[bytes, str]] = Counter()
@@ -94,7 +103,8 @@ def expected_fields(events: list[Event]) -> dict[str, dict[str, float]]:
         day = time.strftime("%Y%m%d", time.gmtime(start // SECOND))
         prefix = f"{size // SECOND}:{start // SECOND}:{measure}"
         out.setdefault(f"fs:{{{view_name}|{entity}}}:s:{day}", {}).update(
-            {f"{prefix}:c": n, f"{prefix}:s": s, f"{prefix}:n": lo, f"{prefix}:x": hi})
+            {f"{prefix}:c": n, f"{prefix}:s": s, f"{prefix}:n": lo, f"{prefix}:x": hi}
+        )
     return out
 
 
@@ -138,8 +148,14 @@ def assert_raw_and_dlq(broker: Broker, dlq: str, data_dir: Path, traffic: Traffi
 
 def dlq_reasons(broker: Broker, topic: str, records: list[kafka_io.Record]) -> list[tuple[kafka_io.Record, str]]:
     """Pair DLQ records with their ``fstore-reason`` header (read with headers)."""
-    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": f"h-{uuid.uuid4().hex[:6]}",
-                         "enable.auto.commit": False, "enable.partition.eof": True})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": broker.bootstrap,
+            "group.id": f"h-{uuid.uuid4().hex[:6]}",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+    )
     out: dict[tuple[int, int], str] = {}
     try:
         parts = sorted(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
@@ -166,12 +182,22 @@ class WorkerProcess:
         self.topic, self.dlq, self.group = f"events-{tag}", f"dlq-{tag}", f"fstore-stream-{tag}"
         self.tmp, self.broker = tmp, broker
         self.port = free_port()
-        self.env = {**os.environ, "PYTHONPATH": str(ROOT), "FSTORE_KAFKA_BOOTSTRAP": broker.bootstrap,
-                    "FSTORE_REDIS_URL": redis_url, "FSTORE_DATA_DIR": str(tmp / "data"),
-                    "FSTORE_EVENTS_TOPIC": self.topic, "FSTORE_DLQ_TOPIC": self.dlq,
-                    "FSTORE_TOPIC_PARTITIONS": str(PARTITIONS), "FSTORE_STREAM_APP_ID": self.group,
-                    "FSTORE_STREAM_METRICS_PORT": str(self.port), "FSTORE_STREAM_SESSION_TIMEOUT_S": "6",
-                    "FSTORE_STREAM_REBALANCE_TIMEOUT_S": "6", "FSTORE_STREAM_LOG_LEVEL": "warning", **extra}
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "FSTORE_KAFKA_BOOTSTRAP": broker.bootstrap,
+            "FSTORE_REDIS_URL": redis_url,
+            "FSTORE_DATA_DIR": str(tmp / "data"),
+            "FSTORE_EVENTS_TOPIC": self.topic,
+            "FSTORE_DLQ_TOPIC": self.dlq,
+            "FSTORE_TOPIC_PARTITIONS": str(PARTITIONS),
+            "FSTORE_STREAM_APP_ID": self.group,
+            "FSTORE_STREAM_METRICS_PORT": str(self.port),
+            "FSTORE_STREAM_SESSION_TIMEOUT_S": "6",
+            "FSTORE_STREAM_REBALANCE_TIMEOUT_S": "6",
+            "FSTORE_STREAM_LOG_LEVEL": "warning",
+            **extra,
+        }
         broker.ensure_topics({self.topic: PARTITIONS, self.dlq: 1})
         self.proc: subprocess.Popen[bytes] | None = None
         self.runs = 0
@@ -179,8 +205,14 @@ class WorkerProcess:
     def start(self) -> None:
         self.runs += 1
         log = open(self.tmp / f"worker-{self.runs}.log", "wb")  # noqa: SIM115 - owned by the process
-        self.proc = subprocess.Popen([sys.executable, "-m", "jobs.stream"], cwd=self.tmp, env=self.env,
-                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "jobs.stream"],
+            cwd=self.tmp,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         assert self.proc is not None
@@ -197,8 +229,7 @@ class WorkerProcess:
 
     def committed(self) -> int:
         """Offsets committed by the worker's group, summed over partitions (= messages done)."""
-        c = Consumer({"bootstrap.servers": self.broker.bootstrap, "group.id": self.group,
-                      "enable.auto.commit": False})
+        c = Consumer({"bootstrap.servers": self.broker.bootstrap, "group.id": self.group, "enable.auto.commit": False})
         try:
             tps = c.committed([TopicPartition(self.topic, p) for p in range(PARTITIONS)], timeout=10)
             return sum(max(tp.offset, 0) for tp in tps)

@@ -129,15 +129,18 @@ def test_packages_form_layers() -> None:
 
 
 def test_nothing_below_the_application_imports_it() -> None:
-    bad = [(m, d) for m, deps in graph().items() for d in deps
-           if d.startswith(TOP) and not m.startswith(TOP)]
+    bad = [(m, d) for m, deps in graph().items() for d in deps if d.startswith(TOP) and not m.startswith(TOP)]
     assert bad == []
 
 
 def test_adapters_never_import_the_deployables() -> None:
     """fstore is a library for jobs/ and services/; only its command layer starts them."""
-    bad = [(m, d) for m, deps in graph().items() for d in deps
-           if m.startswith("fstore") and not m.startswith(TOP) and d.startswith(("jobs", "services"))]
+    bad = [
+        (m, d)
+        for m, deps in graph().items()
+        for d in deps
+        if m.startswith("fstore") and not m.startswith(TOP) and d.startswith(("jobs", "services"))
+    ]
     assert bad == []
 
 

@@ -25,8 +25,16 @@ from tests.support import bruteforce
 pytestmark = pytest.mark.unit
 
 NOW = to_micros(datetime(2026, 11, 21, 12, 0, tzinfo=UTC))
-BASE = {"event_id": "e1", "event_type": "purchase", "user_id": "u1", "product_id": "p1",
-        "event_time": "2026-11-21T11:00:00.5+01:00", "price": 9.5, "quantity": 2, "session_id": "s1"}
+BASE = {
+    "event_id": "e1",
+    "event_type": "purchase",
+    "user_id": "u1",
+    "product_id": "p1",
+    "event_time": "2026-11-21T11:00:00.5+01:00",
+    "price": 9.5,
+    "quantity": 2,
+    "session_id": "s1",
+}
 
 
 def msg(**changes: object) -> bytes:
@@ -86,17 +94,32 @@ def test_every_reason_family_is_covered() -> None:
     assert {reason_family(r) for _, r in REJECTIONS} == set(REASONS)
 
 
-@pytest.mark.parametrize(("raw", "expected"), [
-    (msg(), Event("e1", "purchase", "u1", "p1", NOW - 2 * 60 * MINUTE + 500_000, 9.5, 2, "s1")),
-    (msg(event_type="page_view", product_id=DROP, price=DROP, quantity=DROP, session_id=DROP,
-         event_time=1763722800123),
-     Event("e1", "page_view", "u1", None, 1763722800123000, None, 1, None)),
-    (msg(event_time=1763722800123.4), Event("e1", "purchase", "u1", "p1", 1763722800123400, 9.5, 2, "s1")),
-    (msg(event_time="2026-11-21T12:05:00Z", price=0), Event("e1", "purchase", "u1", "p1", NOW + 5 * MINUTE,
-                                                             0.0, 2, "s1")),
-    (msg(email="a@b.c", ip="1.2.3.4", extra={"x": 1}),
-     Event("e1", "purchase", "u1", "p1", NOW - 2 * 60 * MINUTE + 500_000, 9.5, 2, "s1")),
-])
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (msg(), Event("e1", "purchase", "u1", "p1", NOW - 2 * 60 * MINUTE + 500_000, 9.5, 2, "s1")),
+        (
+            msg(
+                event_type="page_view",
+                product_id=DROP,
+                price=DROP,
+                quantity=DROP,
+                session_id=DROP,
+                event_time=1763722800123,
+            ),
+            Event("e1", "page_view", "u1", None, 1763722800123000, None, 1, None),
+        ),
+        (msg(event_time=1763722800123.4), Event("e1", "purchase", "u1", "p1", 1763722800123400, 9.5, 2, "s1")),
+        (
+            msg(event_time="2026-11-21T12:05:00Z", price=0),
+            Event("e1", "purchase", "u1", "p1", NOW + 5 * MINUTE, 0.0, 2, "s1"),
+        ),
+        (
+            msg(email="a@b.c", ip="1.2.3.4", extra={"x": 1}),
+            Event("e1", "purchase", "u1", "p1", NOW - 2 * 60 * MINUTE + 500_000, 9.5, 2, "s1"),
+        ),
+    ],
+)
 def test_valid_events_are_normalised(raw: bytes, expected: Event) -> None:
     assert parse(raw, NOW) == expected
     assert parse(raw, NOW, orjson.loads) == expected
@@ -132,14 +155,33 @@ def test_first_ingested_wins_then_smaller_hash() -> None:
 
 
 EDGES = [
-    msg(), msg(price=3), msg(price=0), msg(price=-0.0), msg(price=10**300), msg(price=2**1023),
-    msg(price=True), msg(quantity=True), msg(quantity=2**70), msg(event_time=0), msg(event_time=1.5),
-    msg(event_time=10**400 // 10**380), msg(event_time=253402300799999), msg(event_time=253402300800000),
-    msg(event_time="0001-01-01T00:00:00+00:01"), msg(event_time="9999-12-31T23:59:59.999999-00:01"),
-    msg(event_time="2026-11-21T11:00:00.5+01:00"), msg(event_time="2026-11-21"),
-    msg(event_type="page_view", product_id=None), msg(event_type="click", product_id=None, price=None),
-    msg(event_id="a" * 128), msg(event_id="a" * 129), msg(user_id="a/b"), msg(product_id="p/1/2"),
-    msg(event_id="x/y", product_id=DROP, event_type="page_view"), msg(session_id=None), msg(session_id=["s"]),
+    msg(),
+    msg(price=3),
+    msg(price=0),
+    msg(price=-0.0),
+    msg(price=10**300),
+    msg(price=2**1023),
+    msg(price=True),
+    msg(quantity=True),
+    msg(quantity=2**70),
+    msg(event_time=0),
+    msg(event_time=1.5),
+    msg(event_time=10**400 // 10**380),
+    msg(event_time=253402300799999),
+    msg(event_time=253402300800000),
+    msg(event_time="0001-01-01T00:00:00+00:01"),
+    msg(event_time="9999-12-31T23:59:59.999999-00:01"),
+    msg(event_time="2026-11-21T11:00:00.5+01:00"),
+    msg(event_time="2026-11-21"),
+    msg(event_type="page_view", product_id=None),
+    msg(event_type="click", product_id=None, price=None),
+    msg(event_id="a" * 128),
+    msg(event_id="a" * 129),
+    msg(user_id="a/b"),
+    msg(product_id="p/1/2"),
+    msg(event_id="x/y", product_id=DROP, event_type="page_view"),
+    msg(session_id=None),
+    msg(session_id=["s"]),
 ]
 
 
@@ -148,8 +190,18 @@ def test_fast_path_agrees_with_validate() -> None:
     from fstore.core.events import _accept, validate
     from fstore.synth.generator import GeneratorConfig, generate
 
-    cfg = GeneratorConfig(start=NOW - 60 * 60 * MINUTE, end=NOW, events=3_000, users=50, products=20,
-                          duplicate_rate=0.05, malformed_rate=0.3, late_rate=0.1, pii_rate=0.1, epoch_ms_rate=0.3)
+    cfg = GeneratorConfig(
+        start=NOW - 60 * 60 * MINUTE,
+        end=NOW,
+        events=3_000,
+        users=50,
+        products=20,
+        duplicate_rate=0.05,
+        malformed_rate=0.3,
+        late_rate=0.1,
+        pii_rate=0.1,
+        epoch_ms_rate=0.3,
+    )
     generated = [v for b in generate(cfg, 7, dumps=orjson.dumps) for v in b.values]
     fast = 0
     for raw in [r for r, _ in REJECTIONS] + EDGES + generated:

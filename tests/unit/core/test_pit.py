@@ -29,7 +29,6 @@ from tests.support.pit import (
 pytestmark = pytest.mark.unit
 
 
-
 @pytest.mark.parametrize(("seed", "users", "products"), [(1, 25, 12), (2, 3, 2), (3, 60, 40)])
 def test_engine_equals_brute_force(seed: int, users: int, products: int) -> None:
     """Sparse and dense windows (3 users: hundreds of events per 7-day window, deep sparse tables)."""
@@ -42,17 +41,23 @@ def test_engine_equals_brute_force(seed: int, users: int, products: int) -> None
     products = [f"p{rng.integers(products + 3)}" if rng.random() > 0.02 else None for _ in range(n)]
     users[10:20] = users[0:10]  # duplicate entity rows (same key and time)
     times[10:20] = times[0:10]
-    entity_df = pd.DataFrame({
-        "user_id": users, "product_id": products,
-        "event_timestamp": pd.to_datetime(times, unit="us", utc=True), "label": np.arange(n) % 2,
-    })
-    got = pit.point_in_time(entity_df, ["user_activity", "product_engagement"], events_table(events),
-                            full_feature_names=True)
+    entity_df = pd.DataFrame(
+        {
+            "user_id": users,
+            "product_id": products,
+            "event_timestamp": pd.to_datetime(times, unit="us", utc=True),
+            "label": np.arange(n) % 2,
+        }
+    )
+    got = pit.point_in_time(
+        entity_df, ["user_activity", "product_engagement"], events_table(events), full_feature_names=True
+    )
     assert len(got) == n and list(got.columns[:4]) == list(entity_df.columns)
     pd.testing.assert_frame_equal(got[entity_df.columns], entity_df)
     assert_frame_matches(got, USER_ACTIVITY, expected(USER_ACTIVITY, events, users, times), "user_activity__")
-    assert_frame_matches(got, PRODUCT_ENGAGEMENT, expected(PRODUCT_ENGAGEMENT, events, products, times),
-                         "product_engagement__")
+    assert_frame_matches(
+        got, PRODUCT_ENGAGEMENT, expected(PRODUCT_ENGAGEMENT, events, products, times), "product_engagement__"
+    )
     assert got["user_activity__clicks_1h"].dtype == np.int64
 
 
@@ -63,12 +68,22 @@ def test_arrow_input_naive_times_and_single_features() -> None:
     users = [f"u{rng.integers(8)}" for _ in times]
     naive = pa.array(times, pa.int64()).cast(pa.timestamp("us"))  # naive → UTC
     table = pa.table({"user_id": users, "event_timestamp": naive})
-    refs = ["user_activity:revenue_7d", "user_activity:clicks_1h", "user_activity:max_order_value_7d",
-            "user_activity:avg_order_value_7d"]
+    refs = [
+        "user_activity:revenue_7d",
+        "user_activity:clicks_1h",
+        "user_activity:max_order_value_7d",
+        "user_activity:avg_order_value_7d",
+    ]
     got = pit.point_in_time(table, refs, events_table(events))
     assert isinstance(got, pa.Table)
-    assert got.column_names == ["user_id", "event_timestamp", "revenue_7d", "clicks_1h", "max_order_value_7d",
-                                "avg_order_value_7d"]
+    assert got.column_names == [
+        "user_id",
+        "event_timestamp",
+        "revenue_7d",
+        "clicks_1h",
+        "max_order_value_7d",
+        "avg_order_value_7d",
+    ]
     want = expected(USER_ACTIVITY, events, users, times)
     for name in refs:
         feat = name.split(":")[1]
@@ -79,8 +94,16 @@ def test_arrow_input_naive_times_and_single_features() -> None:
 def test_nanosecond_times_keep_the_exclusive_head_and_the_tail() -> None:
     t_event = BASE + HOUR  # a click of u1 at exactly 01:00
     events = [Event("a", "click", "u1", "p1", t_event, None, 1, None)]
-    ns = np.array([t_event * 1000, t_event * 1000 + 1, (t_event + HOUR) * 1000, (t_event + HOUR + 5 * MINUTE) * 1000
-                   - 1, (t_event + HOUR + 5 * MINUTE) * 1000], dtype="datetime64[ns]")
+    ns = np.array(
+        [
+            t_event * 1000,
+            t_event * 1000 + 1,
+            (t_event + HOUR) * 1000,
+            (t_event + HOUR + 5 * MINUTE) * 1000 - 1,
+            (t_event + HOUR + 5 * MINUTE) * 1000,
+        ],
+        dtype="datetime64[ns]",
+    )
     df = pd.DataFrame({"user_id": ["u1"] * 5, "event_timestamp": ns})
     got = pit.point_in_time(df, ["user_activity:clicks_1h"], events_table(events))
     # at t: excluded; 1 ns later: counted; t+1h: tail = t, counted; just before t+1h05: tail still t; at it: gone
@@ -88,8 +111,9 @@ def test_nanosecond_times_keep_the_exclusive_head_and_the_tail() -> None:
 
 
 def test_empty_inputs_and_no_events() -> None:
-    df = pd.DataFrame({"user_id": pd.Series([], dtype=object),
-                       "event_timestamp": pd.Series([], dtype="datetime64[ns]")})
+    df = pd.DataFrame(
+        {"user_id": pd.Series([], dtype=object), "event_timestamp": pd.Series([], dtype="datetime64[ns]")}
+    )
     assert len(pit.point_in_time(df, ["user_activity"], events_table([]))) == 0
     one = pd.DataFrame({"user_id": ["u1", "u1"], "event_timestamp": [datetime(2026, 1, 1, tzinfo=UTC)] * 2})
     got = pit.point_in_time(one, ["user_activity"], events_table([]))
@@ -97,19 +121,35 @@ def test_empty_inputs_and_no_events() -> None:
     assert got["avg_order_value_7d"].isna().all() and got["max_order_value_7d"].isna().all()
 
 
-@pytest.mark.parametrize(("frame", "refs", "message"), [
-    (pd.DataFrame({"event_timestamp": [from_micros(BASE)]}), ["user_activity"], "no column 'user_id'"),
-    (pd.DataFrame({"user_id": ["u"]}), ["user_activity"], "no column 'event_timestamp'"),
-    (pd.DataFrame({"user_id": ["u"], "event_timestamp": [from_micros(BASE)]}), ["nope"], "unknown feature view 'nope'"),
-    (pd.DataFrame({"user_id": ["u"], "event_timestamp": [from_micros(BASE)]}), ["user_activity:nope"],
-     "has no feature 'nope'"),
-    (pd.DataFrame({"user_id": ["u"], "product_id": ["p"], "event_timestamp": [from_micros(BASE)]}),
-     ["user_activity:clicks_1h", "product_engagement:clicks_1h"], "full_feature_names=True"),
-    (pd.DataFrame({"user_id": ["u"], "event_timestamp": [None]}), ["user_activity"], "null"),
-    (pd.DataFrame({"user_id": ["u"], "event_timestamp": [from_micros(BASE)], "clicks_1h": [1]}),
-     ["user_activity"], "already has column"),
-    (pd.DataFrame({"user_id": ["u"], "event_timestamp": [from_micros(BASE)]}), [], "no features requested"),
-])
+@pytest.mark.parametrize(
+    ("frame", "refs", "message"),
+    [
+        (pd.DataFrame({"event_timestamp": [from_micros(BASE)]}), ["user_activity"], "no column 'user_id'"),
+        (pd.DataFrame({"user_id": ["u"]}), ["user_activity"], "no column 'event_timestamp'"),
+        (
+            pd.DataFrame({"user_id": ["u"], "event_timestamp": [from_micros(BASE)]}),
+            ["nope"],
+            "unknown feature view 'nope'",
+        ),
+        (
+            pd.DataFrame({"user_id": ["u"], "event_timestamp": [from_micros(BASE)]}),
+            ["user_activity:nope"],
+            "has no feature 'nope'",
+        ),
+        (
+            pd.DataFrame({"user_id": ["u"], "product_id": ["p"], "event_timestamp": [from_micros(BASE)]}),
+            ["user_activity:clicks_1h", "product_engagement:clicks_1h"],
+            "full_feature_names=True",
+        ),
+        (pd.DataFrame({"user_id": ["u"], "event_timestamp": [None]}), ["user_activity"], "null"),
+        (
+            pd.DataFrame({"user_id": ["u"], "event_timestamp": [from_micros(BASE)], "clicks_1h": [1]}),
+            ["user_activity"],
+            "already has column",
+        ),
+        (pd.DataFrame({"user_id": ["u"], "event_timestamp": [from_micros(BASE)]}), [], "no features requested"),
+    ],
+)
 def test_invalid_requests_name_the_problem(frame: pd.DataFrame, refs: list[str], message: str) -> None:
     with pytest.raises(pit.PointInTimeError, match=message):
         pit.point_in_time(frame, refs, events_table([]))
@@ -119,8 +159,14 @@ def test_event_range_and_dedupe() -> None:
     df = pd.DataFrame({"user_id": ["u"], "event_timestamp": [from_micros(BASE + DAY)]})
     assert pit.event_range(df, ["user_activity"]) == (BASE + DAY - 7 * DAY - HOUR, BASE + DAY)
     assert pit.event_range(df, ["user_activity:clicks_1h"]) == (BASE + DAY - HOUR - 5 * MINUTE, BASE + DAY)
-    raw = pa.table({"event_id": ["a", "b", "a", "a"], "ingested_at": [5, 1, 3, 3],
-                    "payload_hash": ["x", "y", "z", "w"], "quantity": [1, 2, 3, 4]})
+    raw = pa.table(
+        {
+            "event_id": ["a", "b", "a", "a"],
+            "ingested_at": [5, 1, 3, 3],
+            "payload_hash": ["x", "y", "z", "w"],
+            "quantity": [1, 2, 3, 4],
+        }
+    )
     got = pit.dedupe(raw).sort_by("event_id").to_pylist()
     assert [(r["event_id"], r["quantity"]) for r in got] == [("a", 4), ("b", 2)]
 
@@ -132,16 +178,22 @@ def dictionary_chunks(table: pa.Table, pieces: int) -> pa.Table:
     batches = []
     for lo, hi in pairwise(bounds):
         part = table.slice(lo, hi - lo)
-        cols = {n: (part.column(n).combine_chunks().dictionary_encode()
-                    if n in ("event_type", "user_id", "product_id") else part.column(n).combine_chunks())
-                for n in part.column_names}
+        cols = {
+            n: (
+                part.column(n).combine_chunks().dictionary_encode()
+                if n in ("event_type", "user_id", "product_id")
+                else part.column(n).combine_chunks()
+            )
+            for n in part.column_names
+        }
         batches.append(pa.record_batch(cols))
     return pa.Table.from_batches(batches)
 
 
 @pytest.mark.parametrize("in_time_order", [True, False])
 def test_dictionary_events_threads_and_time_ordered_input_equal_brute_force(
-        monkeypatch: pytest.MonkeyPatch, in_time_order: bool) -> None:
+    monkeypatch: pytest.MonkeyPatch, in_time_order: bool
+) -> None:
     """Dictionary-encoded, multi-chunk events (the Delta reader's shape), sorted by time or not (the radix
     and the comparison sort of the kernels), with both views computed in threads."""
     monkeypatch.setattr(pit, "_PARALLEL_ROWS", 0)
@@ -154,16 +206,19 @@ def test_dictionary_events_threads_and_time_ordered_input_equal_brute_force(
     times = query_times(rng, events, n, span)
     users = [f"u{rng.integers(33)}" for _ in range(n)]
     products = [f"p{rng.integers(17)}" for _ in range(n)]
-    entity_df = pd.DataFrame({"user_id": users, "product_id": products,
-                              "event_timestamp": pd.to_datetime(times, unit="us", utc=True)})
+    entity_df = pd.DataFrame(
+        {"user_id": users, "product_id": products, "event_timestamp": pd.to_datetime(times, unit="us", utc=True)}
+    )
     table = dictionary_chunks(events_table(events), pieces=7)
     assert pa.types.is_dictionary(table.schema.field("user_id").type) and table.column("user_id").num_chunks == 7
     got = pit.point_in_time(entity_df, ["user_activity", "product_engagement"], table, full_feature_names=True)
     assert_frame_matches(got, USER_ACTIVITY, expected(USER_ACTIVITY, events, users, times), "user_activity__")
-    assert_frame_matches(got, PRODUCT_ENGAGEMENT, expected(PRODUCT_ENGAGEMENT, events, products, times),
-                         "product_engagement__")
-    plain = pit.point_in_time(entity_df, ["user_activity", "product_engagement"], events_table(events),
-                              full_feature_names=True)
+    assert_frame_matches(
+        got, PRODUCT_ENGAGEMENT, expected(PRODUCT_ENGAGEMENT, events, products, times), "product_engagement__"
+    )
+    plain = pit.point_in_time(
+        entity_df, ["user_activity", "product_engagement"], events_table(events), full_feature_names=True
+    )
     pd.testing.assert_frame_equal(got, plain)
 
 
@@ -178,8 +233,9 @@ def test_kernel_order_is_the_stable_key_order(n_codes: int) -> None:
     want = np.argsort(keys, kind="stable")
     np.testing.assert_array_equal(_order(codes, times, keys, n_codes), want)
     shuffled = rng.permutation(20_000)
-    np.testing.assert_array_equal(_order(codes[shuffled], times[shuffled], keys[shuffled], n_codes),
-                                  np.argsort(keys[shuffled], kind="stable"))
+    np.testing.assert_array_equal(
+        _order(codes[shuffled], times[shuffled], keys[shuffled], n_codes), np.argsort(keys[shuffled], kind="stable")
+    )
 
 
 def test_first_ingested_mask_equals_brute_force_and_reports_unresolved_ties() -> None:
@@ -187,10 +243,18 @@ def test_first_ingested_mask_equals_brute_force_and_reports_unresolved_ties() ->
     ids = [f"e{int(i)}" for i in rng.integers(0, 400, 1500)]  # most ids repeated, some 5 times or more
     ats = [int(a) for a in rng.integers(0, 6, len(ids))]  # few instants: many ties
     hashes = [f"{int(h):08x}" for h in rng.permutation(len(ids))]
-    raw = pa.table({"event_id": ids, "ingested_at": pa.array(ats, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
-                    "payload_hash": hashes, "row": np.arange(len(ids))})
-    copies = [(a, h, Event(i, "click", "u", None, 0, None, r, None))
-              for i, a, h, r in zip(ids, ats, hashes, range(len(ids)), strict=True)]
+    raw = pa.table(
+        {
+            "event_id": ids,
+            "ingested_at": pa.array(ats, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+            "payload_hash": hashes,
+            "row": np.arange(len(ids)),
+        }
+    )
+    copies = [
+        (a, h, Event(i, "click", "u", None, 0, None, r, None))
+        for i, a, h, r in zip(ids, ats, hashes, range(len(ids)), strict=True)
+    ]
     want = {e.event_id: e.quantity for e in bruteforce.dedupe(copies)}  # event_id → winning row
     keep, unresolved = pit.first_ingested_mask(raw)
     assert len(unresolved) == 0
@@ -204,6 +268,7 @@ def test_first_ingested_mask_equals_brute_force_and_reports_unresolved_ties() ->
     tied = {i for i, a in earliest.items() if a.count(min(a)) > 1}
     assert tied and set(unresolved.to_pylist()) == tied and len(unresolved) == len(tied)
     assert dict(zip(np.array(ids)[keep], np.flatnonzero(keep), strict=True)) == {
-        i: r for i, r in want.items() if i not in tied}
+        i: r for i, r in want.items() if i not in tied
+    }
     with pytest.raises(pit.PointInTimeError, match="payload_hash"):
         pit.dedupe(raw.drop_columns(["payload_hash"]))

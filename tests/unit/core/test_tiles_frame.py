@@ -26,8 +26,16 @@ def random_events(n: int, seed: int) -> list[Event]:
     for i in range(n):
         et = rng.choice(EVENT_TYPES)
         # bias towards the last day and exact tile boundaries, including t = C itself (excluded)
-        offset = rng.choice([rng.randrange(0, 8 * DAY), rng.randrange(0, 2 * HOUR), rng.randrange(0, 30) * 5 * MINUTE,
-                             0, 7 * DAY, 7 * DAY + HOUR])
+        offset = rng.choice(
+            [
+                rng.randrange(0, 8 * DAY),
+                rng.randrange(0, 2 * HOUR),
+                rng.randrange(0, 30) * 5 * MINUTE,
+                0,
+                7 * DAY,
+                7 * DAY + HOUR,
+            ]
+        )
         price = round(rng.uniform(0, 300), 2) if et == "purchase" else rng.choice([None, 1.5])
         pid = None if et == "page_view" and rng.random() < 0.4 else f"p{rng.randrange(6)}"
         out.append(Event(f"e{i}", et, f"u{rng.randrange(8)}", pid, C - offset, price, rng.randrange(1, 4), None))
@@ -36,10 +44,15 @@ def random_events(n: int, seed: int) -> list[Event]:
 
 def events_frame(view: FeatureView, events: list[Event]) -> pa.Table:
     key = view.entity.join_key
-    return pa.table({
-        key: [getattr(e, key) for e in events], "event_type": [e.event_type for e in events],
-        "event_time": pa.array([e.event_time for e in events], pa.int64()),
-        "price": pa.array([e.price for e in events], pa.float64()), "quantity": [e.quantity for e in events]})
+    return pa.table(
+        {
+            key: [getattr(e, key) for e in events],
+            "event_type": [e.event_type for e in events],
+            "event_time": pa.array([e.event_time for e in events], pa.int64()),
+            "price": pa.array([e.price for e in events], pa.float64()),
+            "quantity": [e.quantity for e in events],
+        }
+    )
 
 
 def horizons(view: FeatureView) -> dict[int, int]:
@@ -54,11 +67,16 @@ def test_tiles_match_the_scalar_core(name: str, seed: int) -> None:
     hz = horizons(view)
     got = tiles_frame.build_tiles(view, events_frame(view, list(reversed(events))), hz, C)
     want = core_tiles.build_tiles(view, [e for e in events if e.event_time < C])
-    want_rows = {(k.entity, k.size, k.start, m): p.to_tuple() for k, tile in want.items() for m, p in tile.items()
-                 if k.start >= hz[k.size]}
-    got_rows = {(r[view.entity.join_key], r["size"], r["tile_start"], r["measure"]): (r["count"], r["sum"], r["min"],
-                                                                                      r["max"])
-                for r in got.to_pylist()}
+    want_rows = {
+        (k.entity, k.size, k.start, m): p.to_tuple()
+        for k, tile in want.items()
+        for m, p in tile.items()
+        if k.start >= hz[k.size]
+    }
+    got_rows = {
+        (r[view.entity.join_key], r["size"], r["tile_start"], r["measure"]): (r["count"], r["sum"], r["min"], r["max"])
+        for r in got.to_pylist()
+    }
     assert set(got_rows) == set(want_rows) and len(got_rows) > 20
     for k, (c, s, lo, hi) in got_rows.items():
         wc, ws, wlo, whi = want_rows[k]
@@ -78,8 +96,11 @@ def test_snapshot_matches_brute_force(name: str) -> None:
     nonzero = 0
     for ent in sorted(entities):
         want = bruteforce.values(view, events, ent, C)
-        counted = any(e.event_type == f.measure.event_type
-                      for f in view.windowed for e in bruteforce.window_events(events, key, ent, C, f.window))
+        counted = any(
+            e.event_type == f.measure.event_type
+            for f in view.windowed
+            for e in bruteforce.window_events(events, key, ent, C, f.window)
+        )
         assert (ent in rows) == counted, ent
         if ent in rows:
             nonzero += 1

@@ -31,8 +31,9 @@ T0 = to_micros(datetime(2026, 11, 20, tzinfo=UTC))
 _n = 0
 
 
-def ev(etype: str, at: int, user: str = "u1", product: str | None = "p1", price: float | None = None,
-       qty: int = 1) -> Event:
+def ev(
+    etype: str, at: int, user: str = "u1", product: str | None = "p1", price: float | None = None, qty: int = 1
+) -> Event:
     global _n
     _n += 1
     if etype == "purchase" and price is None:
@@ -41,7 +42,8 @@ def ev(etype: str, at: int, user: str = "u1", product: str | None = "p1", price:
 
 
 LONG_VIEW = FeatureView(
-    "long_view", USER,
+    "long_view",
+    USER,
     (
         WindowedFeature("clicks_30d", CLICK, Agg.COUNT, 30 * DAY),
         WindowedFeature("clicks_12h", CLICK, Agg.COUNT, 12 * HOUR),
@@ -52,57 +54,129 @@ LONG_VIEW = FeatureView(
     ),
 )
 
-t1 = T0 + HOUR + 7 * MINUTE          # 1h window: tail = T0 + 5 min
-t24 = T0 + 30 * HOUR + 30 * MINUTE   # 24h window: tail = T0 + 6 h
-t7 = T0 + 8 * DAY + 1                # 7d window: tail = T0 + 1 d
-t30 = T0 + 40 * DAY + 5 * HOUR       # 30d window: tail = T0 + 10 d
+t1 = T0 + HOUR + 7 * MINUTE  # 1h window: tail = T0 + 5 min
+t24 = T0 + 30 * HOUR + 30 * MINUTE  # 24h window: tail = T0 + 6 h
+t7 = T0 + 8 * DAY + 1  # 7d window: tail = T0 + 1 d
+t30 = T0 + 40 * DAY + 5 * HOUR  # 30d window: tail = T0 + 10 d
 
 CASES = [
     # (id, view, events, entity, t, expected subset)
-    ("5min-hop: event at tail in, just before tail out, at t out", USER_ACTIVITY,
-     [ev("click", T0 + 5 * MINUTE), ev("click", T0 + 5 * MINUTE - 1), ev("click", t1 - 1), ev("click", t1)],
-     "u1", t1, {"clicks_1h": 2, "clicks_24h": 3}),
-    ("1h-hop: 24h window boundaries", USER_ACTIVITY,
-     [ev("page_view", T0 + 6 * HOUR), ev("page_view", T0 + 6 * HOUR - 1), ev("page_view", t24 - 1),
-      ev("page_view", t24)],
-     "u1", t24, {"page_views_24h": 2, "page_views_1h": 1}),
-    ("1h-hop: 7d window with revenue avg/max", USER_ACTIVITY,
-     [ev("purchase", T0 + DAY, price=5.0, qty=2), ev("purchase", T0 + DAY - 1, price=100.0),
-      ev("purchase", t7 - 1, price=2.5), ev("purchase", t7, price=1000.0)],
-     "u1", t7, {"purchases_7d": 2, "revenue_7d": 12.5, "avg_order_value_7d": 6.25, "max_order_value_7d": 10.0}),
-    ("1-day hop: 30d window", LONG_VIEW,
-     [ev("click", T0 + 10 * DAY), ev("click", T0 + 10 * DAY - 1), ev("click", t30 - 1), ev("click", t30),
-      ev("purchase", T0 + 11 * DAY, price=3.0), ev("purchase", T0 + 12 * DAY, price=1.5, qty=3)],
-     "u1", t30, {"clicks_30d": 2, "min_order_30d": 3.0}),
-    ("hop class boundaries at 12h and 12d", LONG_VIEW,
-     # t = T0+13d+2h33m. 12h tail: 5-min grid T0+12d+14h30m, 1-h grid (12h+1us) T0+12d+14h.
-     # 12d tail: 1-h grid T0+1d+2h, 1-day grid (12d+1us) T0+1d.
-     [ev("click", T0 + 12 * DAY + 14 * HOUR + 40 * MINUTE), ev("click", T0 + 12 * DAY + 14 * HOUR + 10 * MINUTE),
-      ev("click", T0 + 12 * DAY + 13 * HOUR + 59 * MINUTE), ev("click", T0 + DAY + 1 * HOUR)],
-     "u1", T0 + 13 * DAY + 2 * HOUR + 33 * MINUTE,
-     {"clicks_12h": 1, "clicks_12h_1us": 2, "clicks_12d": 3, "clicks_12d_1us": 4}),
-    ("empty window: count/sum 0, avg/min/max null", USER_ACTIVITY, [ev("click", T0, user="other")], "u1", t7,
-     {"clicks_1h": 0, "revenue_7d": 0.0, "avg_order_value_7d": None, "max_order_value_7d": None}),
-    ("ratio with zero denominator is null; zero numerator is 0.0", PRODUCT_ENGAGEMENT,
-     [ev("click", t1 - MINUTE), ev("impression", t24 - 2 * HOUR)], "p1", t24,
-     {"ctr_1h": None, "ctr_24h": 0.0, "impressions_24h": 1, "clicks_7d": 1, "conversion_rate_7d": 0.0}),
-    ("ratio and conversion", PRODUCT_ENGAGEMENT,
-     [ev("impression", t1 - MINUTE), ev("impression", t1 - 2 * MINUTE), ev("click", t1 - 30 * MINUTE),
-      ev("purchase", t1 - 10, price=4.0, qty=2)],
-     "p1", t1, {"ctr_1h": 0.5, "conversion_rate_7d": 1.0, "revenue_24h": 8.0, "purchases_24h": 1}),
-    ("t on the hop grid: head tile empty", USER_ACTIVITY,
-     [ev("click", T0 + 2 * HOUR), ev("click", T0 + 2 * HOUR - 1), ev("click", T0 + HOUR)],
-     "u1", T0 + 2 * HOUR, {"clicks_1h": 2, "clicks_24h": 2}),
-    ("page_view without product does not feed product views", PRODUCT_ENGAGEMENT,
-     [ev("page_view", t1 - 1, product=None), ev("click", t1 - 1, product="p2")], "p2", t1,
-     {"clicks_1h": 1, "impressions_1h": 0}),
+    (
+        "5min-hop: event at tail in, just before tail out, at t out",
+        USER_ACTIVITY,
+        [ev("click", T0 + 5 * MINUTE), ev("click", T0 + 5 * MINUTE - 1), ev("click", t1 - 1), ev("click", t1)],
+        "u1",
+        t1,
+        {"clicks_1h": 2, "clicks_24h": 3},
+    ),
+    (
+        "1h-hop: 24h window boundaries",
+        USER_ACTIVITY,
+        [
+            ev("page_view", T0 + 6 * HOUR),
+            ev("page_view", T0 + 6 * HOUR - 1),
+            ev("page_view", t24 - 1),
+            ev("page_view", t24),
+        ],
+        "u1",
+        t24,
+        {"page_views_24h": 2, "page_views_1h": 1},
+    ),
+    (
+        "1h-hop: 7d window with revenue avg/max",
+        USER_ACTIVITY,
+        [
+            ev("purchase", T0 + DAY, price=5.0, qty=2),
+            ev("purchase", T0 + DAY - 1, price=100.0),
+            ev("purchase", t7 - 1, price=2.5),
+            ev("purchase", t7, price=1000.0),
+        ],
+        "u1",
+        t7,
+        {"purchases_7d": 2, "revenue_7d": 12.5, "avg_order_value_7d": 6.25, "max_order_value_7d": 10.0},
+    ),
+    (
+        "1-day hop: 30d window",
+        LONG_VIEW,
+        [
+            ev("click", T0 + 10 * DAY),
+            ev("click", T0 + 10 * DAY - 1),
+            ev("click", t30 - 1),
+            ev("click", t30),
+            ev("purchase", T0 + 11 * DAY, price=3.0),
+            ev("purchase", T0 + 12 * DAY, price=1.5, qty=3),
+        ],
+        "u1",
+        t30,
+        {"clicks_30d": 2, "min_order_30d": 3.0},
+    ),
+    (
+        "hop class boundaries at 12h and 12d",
+        LONG_VIEW,
+        # t = T0+13d+2h33m. 12h tail: 5-min grid T0+12d+14h30m, 1-h grid (12h+1us) T0+12d+14h.
+        # 12d tail: 1-h grid T0+1d+2h, 1-day grid (12d+1us) T0+1d.
+        [
+            ev("click", T0 + 12 * DAY + 14 * HOUR + 40 * MINUTE),
+            ev("click", T0 + 12 * DAY + 14 * HOUR + 10 * MINUTE),
+            ev("click", T0 + 12 * DAY + 13 * HOUR + 59 * MINUTE),
+            ev("click", T0 + DAY + 1 * HOUR),
+        ],
+        "u1",
+        T0 + 13 * DAY + 2 * HOUR + 33 * MINUTE,
+        {"clicks_12h": 1, "clicks_12h_1us": 2, "clicks_12d": 3, "clicks_12d_1us": 4},
+    ),
+    (
+        "empty window: count/sum 0, avg/min/max null",
+        USER_ACTIVITY,
+        [ev("click", T0, user="other")],
+        "u1",
+        t7,
+        {"clicks_1h": 0, "revenue_7d": 0.0, "avg_order_value_7d": None, "max_order_value_7d": None},
+    ),
+    (
+        "ratio with zero denominator is null; zero numerator is 0.0",
+        PRODUCT_ENGAGEMENT,
+        [ev("click", t1 - MINUTE), ev("impression", t24 - 2 * HOUR)],
+        "p1",
+        t24,
+        {"ctr_1h": None, "ctr_24h": 0.0, "impressions_24h": 1, "clicks_7d": 1, "conversion_rate_7d": 0.0},
+    ),
+    (
+        "ratio and conversion",
+        PRODUCT_ENGAGEMENT,
+        [
+            ev("impression", t1 - MINUTE),
+            ev("impression", t1 - 2 * MINUTE),
+            ev("click", t1 - 30 * MINUTE),
+            ev("purchase", t1 - 10, price=4.0, qty=2),
+        ],
+        "p1",
+        t1,
+        {"ctr_1h": 0.5, "conversion_rate_7d": 1.0, "revenue_24h": 8.0, "purchases_24h": 1},
+    ),
+    (
+        "t on the hop grid: head tile empty",
+        USER_ACTIVITY,
+        [ev("click", T0 + 2 * HOUR), ev("click", T0 + 2 * HOUR - 1), ev("click", T0 + HOUR)],
+        "u1",
+        T0 + 2 * HOUR,
+        {"clicks_1h": 2, "clicks_24h": 2},
+    ),
+    (
+        "page_view without product does not feed product views",
+        PRODUCT_ENGAGEMENT,
+        [ev("page_view", t1 - 1, product=None), ev("click", t1 - 1, product="p2")],
+        "p2",
+        t1,
+        {"clicks_1h": 1, "impressions_1h": 0},
+    ),
 ]
 
 
-@pytest.mark.parametrize(("view", "events", "entity", "t", "expected"),
-                         [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_window_cases(view: FeatureView, events: list[Event], entity: str, t: int,
-                      expected: dict[str, object]) -> None:
+@pytest.mark.parametrize(
+    ("view", "events", "entity", "t", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_window_cases(view: FeatureView, events: list[Event], entity: str, t: int, expected: dict[str, object]) -> None:
     got_tiles = values_at(view, events, entity, t)
     got_brute = bruteforce.values(view, events, entity, t)
     for name, want in expected.items():
@@ -111,10 +185,18 @@ def test_window_cases(view: FeatureView, events: list[Event], entity: str, t: in
     assert set(got_tiles) == set(view.feature_names)
 
 
-@pytest.mark.parametrize(("window", "expected"), [
-    (HOUR, 5 * MINUTE), (12 * HOUR, 5 * MINUTE), (12 * HOUR + 1, HOUR), (12 * DAY, HOUR),
-    (12 * DAY + 1, DAY), (30 * DAY, DAY), (1, 5 * MINUTE),
-])
+@pytest.mark.parametrize(
+    ("window", "expected"),
+    [
+        (HOUR, 5 * MINUTE),
+        (12 * HOUR, 5 * MINUTE),
+        (12 * HOUR + 1, HOUR),
+        (12 * DAY, HOUR),
+        (12 * DAY + 1, DAY),
+        (30 * DAY, DAY),
+        (1, 5 * MINUTE),
+    ],
+)
 def test_hop_table(window: int, expected: int) -> None:
     assert hop(window) == expected == bruteforce.hop_by_table(window)
 
@@ -133,11 +215,21 @@ def test_span_decomposition() -> None:
     assert aligned.head_start == T0 + 2 * HOUR not in aligned.all_tiles()
 
 
-@pytest.mark.parametrize(("xs", "agg", "want"), [
-    ([], Agg.COUNT, 0), ([], Agg.SUM, 0.0), ([], Agg.AVG, None), ([], Agg.MIN, None), ([], Agg.MAX, None),
-    ([2.0, 4.0, 9.0], Agg.COUNT, 3), ([2.0, 4.0, 9.0], Agg.SUM, 15.0), ([2.0, 4.0, 9.0], Agg.AVG, 5.0),
-    ([2.0, 4.0, 9.0], Agg.MIN, 2.0), ([2.0, 4.0, 9.0], Agg.MAX, 9.0),
-])
+@pytest.mark.parametrize(
+    ("xs", "agg", "want"),
+    [
+        ([], Agg.COUNT, 0),
+        ([], Agg.SUM, 0.0),
+        ([], Agg.AVG, None),
+        ([], Agg.MIN, None),
+        ([], Agg.MAX, None),
+        ([2.0, 4.0, 9.0], Agg.COUNT, 3),
+        ([2.0, 4.0, 9.0], Agg.SUM, 15.0),
+        ([2.0, 4.0, 9.0], Agg.AVG, 5.0),
+        ([2.0, 4.0, 9.0], Agg.MIN, 2.0),
+        ([2.0, 4.0, 9.0], Agg.MAX, 9.0),
+    ],
+)
 def test_partial_results(xs: list[float], agg: Agg, want: object) -> None:
     p = Partial()
     for x in xs:
@@ -180,20 +272,44 @@ def test_resolve_references() -> None:
 
 def test_public_feature_names() -> None:
     assert VIEWS["user_activity"].feature_names == (
-        "page_views_1h", "page_views_24h", "clicks_1h", "clicks_24h", "add_to_carts_24h", "purchases_7d",
-        "revenue_7d", "avg_order_value_7d", "max_order_value_7d")
+        "page_views_1h",
+        "page_views_24h",
+        "clicks_1h",
+        "clicks_24h",
+        "add_to_carts_24h",
+        "purchases_7d",
+        "revenue_7d",
+        "avg_order_value_7d",
+        "max_order_value_7d",
+    )
     assert VIEWS["product_engagement"].feature_names == (
-        "impressions_1h", "impressions_24h", "clicks_1h", "clicks_24h", "ctr_1h", "ctr_24h",
-        "add_to_carts_24h", "purchases_24h", "revenue_24h", "clicks_7d", "purchases_7d", "conversion_rate_7d")
+        "impressions_1h",
+        "impressions_24h",
+        "clicks_1h",
+        "clicks_24h",
+        "ctr_1h",
+        "ctr_24h",
+        "add_to_carts_24h",
+        "purchases_24h",
+        "revenue_24h",
+        "clicks_7d",
+        "purchases_7d",
+        "conversion_rate_7d",
+    )
 
 
 def test_randomised_tiles_equal_brute_force() -> None:
     rng = random.Random(11)
     types = ["page_view", "impression", "click", "add_to_cart", "purchase"]
     events = [
-        ev(rng.choice(types), T0 + rng.randrange(0, 10 * DAY // MINUTE) * MINUTE + rng.choice([0, 1, 999_999]),
-           user=f"u{rng.randrange(4)}", product=f"p{rng.randrange(4)}", price=round(rng.uniform(0, 50), 2),
-           qty=rng.randint(1, 3))
+        ev(
+            rng.choice(types),
+            T0 + rng.randrange(0, 10 * DAY // MINUTE) * MINUTE + rng.choice([0, 1, 999_999]),
+            user=f"u{rng.randrange(4)}",
+            product=f"p{rng.randrange(4)}",
+            price=round(rng.uniform(0, 50), 2),
+            qty=rng.randint(1, 3),
+        )
         for _ in range(2000)
     ]
     times = [T0 + rng.randrange(0, 11 * DAY) for _ in range(40)]

@@ -63,15 +63,22 @@ def test_decoding_flat_replies_equals_mappings_and_parse_tiles() -> None:
     rng = random.Random(1)
     day1, day2 = random_tiles(rng, C, C + DAY, 40), random_tiles(rng, C + DAY, C + DAY + 5 * HOUR, 20)
     h1, h2 = as_hash(day1, False), as_hash(day2, True)
-    want = {(size, start, m): p.to_tuple() for tiles in (parse_tiles(dict(h1)), parse_tiles(dict(h2)))
-            for (size, start), ps in tiles.items() for m, p in ps.items()}
+    want = {
+        (size, start, m): p.to_tuple()
+        for tiles in (parse_tiles(dict(h1)), parse_tiles(dict(h2)))
+        for (size, start), ps in tiles.items()
+        for m, p in ps.items()
+    }
     h1.update({b"junk": b"1", b"300:abc:click:c": b"1", b"300:1:click": b"1 2"})  # other shapes: ignored
     from_maps = decode_speed_hashes([h1, h2], C)
     assert decode_speed_hashes([flat(h1), flat(h2)], C) == from_maps
     assert decode_speed_hashes([{k.decode(): v.decode() for k, v in h1.items()}, h2], C) == from_maps
     cols, newest = from_maps
-    got = {(size, start, m): st for (size, m), (starts, stats) in cols.items()
-           for start, st in zip(starts, stats, strict=True)}
+    got = {
+        (size, start, m): st
+        for (size, m), (starts, stats) in cols.items()
+        for start, st in zip(starts, stats, strict=True)
+    }
     assert got == want and newest == max(start for (_, start, _) in want)
     assert all(list(starts) == sorted(starts) for starts, _ in cols.values())
     assert decode_speed_hashes([[], {}], C) == ({}, None)
@@ -93,8 +100,13 @@ def test_batch_folds_and_values_are_memoised_exactly() -> None:
             for names in (USER_ACTIVITY.feature_names, ("clicks_1h", "revenue_7d"), ("max_order_value_7d",)):
                 want = evaluate(USER_ACTIVITY, lookup(union), t, names)
                 got = finish(EntityRead(USER_ACTIVITY, "u", names), C, cached, [speed_hash], t)
-                fresh = evaluate_columns(USER_ACTIVITY, names, decode_batch(USER_ACTIVITY, raw, C, None),
-                                         decode_speed_hashes([speed_hash], C)[0], t)
+                fresh = evaluate_columns(
+                    USER_ACTIVITY,
+                    names,
+                    decode_batch(USER_ACTIVITY, raw, C, None),
+                    decode_speed_hashes([speed_hash], C)[0],
+                    t,
+                )
                 assert got.values == want == fresh, (trial, t, names)
 
 
@@ -117,33 +129,39 @@ def test_iso_fast_equals_iso() -> None:
     from fstore.online.reader import iso_fast
 
     rng = random.Random(3)
-    for us in [0, 1, SECOND, C, C + 123_456, -1, *(rng.randrange(-10**16, 10**17) for _ in range(2000))]:
+    for us in [0, 1, SECOND, C, C + 123_456, -1, *(rng.randrange(-(10**16), 10**17) for _ in range(2000))]:
         assert iso_fast(us) == iso(us)
 
 
-@pytest.mark.parametrize(("body", "content_type", "taken"), [
-    (b'{"entities": [{"user_id": "u1"}], "features": ["user_activity"]}', None, True),
-    (b'{"entities": [{"user_id": "u1"}], "features": ["user_activity"]}', "application/json", True),
-    (b'{"entities": [], "features": []}', "Application/JSON; charset=utf-8", True),
-    (b'{"entities": [{"user_id": "u1"}], "features": ["user_activity"]}', "text/plain", False),
-    (b'{"entities": [{"user_id": "u1"}], "features": ["user_activity"]}', "application/vnd.x+json", False),
-    (b'{"entities": [{"user_id": "u1"}], "features": ["user_activity"], "x": 1}', None, False),
-    (b'{"entities": [{"user_id": 1}], "features": ["user_activity"]}', None, False),
-    (b'{"entities": [["u1"]], "features": ["user_activity"]}', None, False),
-    (b'{"entities": [{"user_id": "u1"}], "features": "user_activity"}', None, False),
-    (b'{"entities": [{"user_id": "u1"}]}', None, False),
-    (b'[1, 2]', None, False),
-    (b'{"entities": [', None, False),
-    (b'NaN', None, False),
-])
-def test_post_fast_path_takes_only_bodies_the_route_accepts_unchanged(body: bytes, content_type: str | None,
-                                                                      taken: bool) -> None:
+@pytest.mark.parametrize(
+    ("body", "content_type", "taken"),
+    [
+        (b'{"entities": [{"user_id": "u1"}], "features": ["user_activity"]}', None, True),
+        (b'{"entities": [{"user_id": "u1"}], "features": ["user_activity"]}', "application/json", True),
+        (b'{"entities": [], "features": []}', "Application/JSON; charset=utf-8", True),
+        (b'{"entities": [{"user_id": "u1"}], "features": ["user_activity"]}', "text/plain", False),
+        (b'{"entities": [{"user_id": "u1"}], "features": ["user_activity"]}', "application/vnd.x+json", False),
+        (b'{"entities": [{"user_id": "u1"}], "features": ["user_activity"], "x": 1}', None, False),
+        (b'{"entities": [{"user_id": 1}], "features": ["user_activity"]}', None, False),
+        (b'{"entities": [["u1"]], "features": ["user_activity"]}', None, False),
+        (b'{"entities": [{"user_id": "u1"}], "features": "user_activity"}', None, False),
+        (b'{"entities": [{"user_id": "u1"}]}', None, False),
+        (b"[1, 2]", None, False),
+        (b'{"entities": [', None, False),
+        (b"NaN", None, False),
+    ],
+)
+def test_post_fast_path_takes_only_bodies_the_route_accepts_unchanged(
+    body: bytes, content_type: str | None, taken: bool
+) -> None:
     from services.online_api.app import features_body
 
     assert (features_body(body, content_type) is not None) == taken
 
 
 def test_online_merge_loads_no_client() -> None:
-    code = ("import sys, fstore.online.merge\n"
-            "sys.exit(1 if [m for m in sys.modules if m.split('.')[0] in ('redis', 'fastapi', 'feast')] else 0)")
+    code = (
+        "import sys, fstore.online.merge\n"
+        "sys.exit(1 if [m for m in sys.modules if m.split('.')[0] in ('redis', 'fastapi', 'feast')] else 0)"
+    )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

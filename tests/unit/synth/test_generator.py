@@ -52,10 +52,14 @@ class Stream(NamedTuple):
 def collect(cfg: GeneratorConfig, seed: int = 7) -> Stream:
     batches = list(generate(cfg, seed))
     values = [v for b in batches for v in b.values]
-    return Stream(values, [k for b in batches for k in b.keys],
-                  np.concatenate([b.arrival for b in batches]) if batches else np.zeros(0, np.int64),
-                  np.concatenate([b.flags for b in batches]) if batches else np.zeros(0, np.uint8),
-                  [r for b in batches for r in b.reasons], [parse(v, cfg.end) for v in values])
+    return Stream(
+        values,
+        [k for b in batches for k in b.keys],
+        np.concatenate([b.arrival for b in batches]) if batches else np.zeros(0, np.int64),
+        np.concatenate([b.flags for b in batches]) if batches else np.zeros(0, np.uint8),
+        [r for b in batches for r in b.reasons],
+        [parse(v, cfg.end) for v in values],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +69,9 @@ def stream() -> Stream:
 
 
 def valid_events(s: Stream, distinct: bool = True) -> list[Event]:
-    return [p for p, f in zip(s.parsed, s.flags, strict=True)
-            if isinstance(p, Event) and not (distinct and f & DUPLICATE)]
+    return [
+        p for p, f in zip(s.parsed, s.flags, strict=True) if isinstance(p, Event) and not (distinct and f & DUPLICATE)
+    ]
 
 
 def stream_bytes(cfg: GeneratorConfig, seed: int, **kw: Any) -> bytes:
@@ -74,6 +79,7 @@ def stream_bytes(cfg: GeneratorConfig, seed: int, **kw: Any) -> bytes:
 
 
 # -- determinism and counts ------------------------------------------------------------------------
+
 
 def test_same_seed_same_bytes_and_different_seed_differs() -> None:
     cfg = config(events=20_000, batch_size=7_000, **INJECT)
@@ -107,6 +113,7 @@ def test_arrival_order_is_global_across_slices(stream: Stream) -> None:
 
 
 # -- the event contract ----------------------------------------------------------------------------
+
 
 def test_every_valid_message_parses_inside_the_range(stream: Stream) -> None:
     for p, f, r in zip(stream.parsed, stream.flags, stream.reasons, strict=True):
@@ -206,6 +213,7 @@ def test_late_events_arrive_hours_after_their_event_time(stream: Stream) -> None
 
 # -- realistic traffic -----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(("click", "cart", "buy"), [(0.1, 0.3, 0.5), (0.25, 0.5, 0.2)])
 def test_funnel_rates(click: float, cart: float, buy: float) -> None:
     s = collect(config(events=80_000, click_rate=click, cart_rate=cart, purchase_rate=buy))
@@ -247,14 +255,14 @@ def test_invalid_config_names_the_field() -> None:
 
 # -- the command -----------------------------------------------------------------------------------
 
+
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.mark.parametrize("ext", ["parquet", "jsonl"])
 def test_cli_output_is_reproducible(tmp_path: Path, ext: str) -> None:
-    rates = ["--malformed-rate", "0.01", "--duplicate-rate", "0.01",
-             "--late-rate", "0.01", "--pii-rate", "0.01"]
+    rates = ["--malformed-rate", "0.01", "--duplicate-rate", "0.01", "--late-rate", "0.01", "--pii-rate", "0.01"]
     args = ["--events", "5000", "--days", "2", "--end", "2026-01-01", "--seed", "11", *rates]
     runner = CliRunner()
     for name in ("a", "b"):
@@ -263,8 +271,15 @@ def test_cli_output_is_reproducible(tmp_path: Path, ext: str) -> None:
         assert "wrote 5,000 messages" in res.output
     assert sha256(tmp_path / f"a.{ext}") == sha256(tmp_path / f"b.{ext}")
     values = [v for batch in iter_batches(tmp_path / f"a.{ext}") for v in batch]
-    cfg = GeneratorConfig(start=END - 2 * DAY, end=END, events=5000, malformed_rate=0.01, duplicate_rate=0.01,
-                          late_rate=0.01, pii_rate=0.01)
+    cfg = GeneratorConfig(
+        start=END - 2 * DAY,
+        end=END,
+        events=5000,
+        malformed_rate=0.01,
+        duplicate_rate=0.01,
+        late_rate=0.01,
+        pii_rate=0.01,
+    )
     assert values == [v for _, vs in generate_batches(cfg, 11) for v in vs]
 
 

@@ -22,14 +22,26 @@ NOW = 1_763_700_000_000_000
 
 
 def msg(i: int, t: int = NOW - HOUR, etype: str = "click", **kw: object) -> bytes:
-    body = {"event_id": f"e{i}", "event_type": etype, "user_id": f"u{i % 3}", "product_id": f"p{i % 2}",
-            "event_time": t // 1000, **kw}
+    body = {
+        "event_id": f"e{i}",
+        "event_type": etype,
+        "user_id": f"u{i % 3}",
+        "product_id": f"p{i % 2}",
+        "event_time": t // 1000,
+        **kw,
+    }
     return json.dumps(body).encode()
 
 
 def test_prepare_classifies_and_keeps_first_copy() -> None:
-    values = [msg(1), b"{oops", msg(2, t=NOW + 10 * MINUTE), msg(1, quantity=3), msg(3, t=NOW - 30 * 24 * HOUR),
-              msg(4, t=NOW - 2 * HOUR)]
+    values = [
+        msg(1),
+        b"{oops",
+        msg(2, t=NOW + 10 * MINUTE),
+        msg(1, quantity=3),
+        msg(3, t=NOW - 30 * 24 * HOUR),
+        msg(4, t=NOW - 2 * HOUR),
+    ]
     p = prepare(values, NOW, last_at=NOW + 5, cutover=NOW - 90 * MINUTE, horizon_us=8 * 24 * HOUR)
     assert p.invalid == [(1, "malformed_json"), (2, "future_timestamp")]
     assert [e.event_id for e in p.valid] == ["e1", "e1", "e3", "e4"]
@@ -46,7 +58,7 @@ def test_plan_calls_packs_markers_and_deltas() -> None:
     assert len(calls) == 3  # one hash slot each
     for call in calls:
         assert call.argv[:3] == [100, 200, 1]
-        tags = {k[k.index("{"):k.index("}") + 1] for k in call.keys}
+        tags = {k[k.index("{") : k.index("}") + 1] for k in call.keys}
         assert len(tags) == 1
         assert all(call.keys[i - 1].endswith(":seen:" + eid) for i, (_, eid) in call.markers.items())
     packed = list(plan_calls(list(groups.values()), 100, 200, cluster=False, chunk=10_000))
@@ -62,8 +74,19 @@ def test_subgroup_rebuild_drops_duplicates() -> None:
 
 def test_group_events_matches_core_build_tiles() -> None:
     kinds = ["page_view", "impression", "click", "add_to_cart", "purchase"]
-    events = [Event(f"e{i}", kinds[i % 5], f"u{i % 4}", None if i % 10 == 0 else f"p{i % 3}",
-                    NOW - i * 7 * MINUTE, 1.5 * i if i % 5 == 4 else None, 1 + i % 2, None) for i in range(200)]
+    events = [
+        Event(
+            f"e{i}",
+            kinds[i % 5],
+            f"u{i % 4}",
+            None if i % 10 == 0 else f"p{i % 3}",
+            NOW - i * 7 * MINUTE,
+            1.5 * i if i % 5 == 4 else None,
+            1 + i % 2,
+            None,
+        )
+        for i in range(200)
+    ]
     groups = group_events([USER_ACTIVITY, PRODUCT_ENGAGEMENT], events)
     for view in (USER_ACTIVITY, PRODUCT_ENGAGEMENT):
         want = build_tiles(view, events)
@@ -73,8 +96,19 @@ def test_group_events_matches_core_build_tiles() -> None:
 
 def test_script_payload_keys_fields_and_marker_owners() -> None:
     kinds = ["page_view", "impression", "click", "add_to_cart", "purchase"]
-    events = [Event(f"e{i}", kinds[i % 5], f"u{i % 3}", f"p{i % 2}", NOW - i * 97 * MINUTE,
-                    2.5 * i if i % 5 == 4 else None, 1 + i % 3, None) for i in range(40)]
+    events = [
+        Event(
+            f"e{i}",
+            kinds[i % 5],
+            f"u{i % 3}",
+            f"p{i % 2}",
+            NOW - i * 97 * MINUTE,
+            2.5 * i if i % 5 == 4 else None,
+            1 + i % 3,
+            None,
+        )
+        for i in range(40)
+    ]
     groups = group_events([USER_ACTIVITY, PRODUCT_ENGAGEMENT], events)
     calls = list(plan_calls(list(groups.values()), 100, 200, cluster=False, chunk=7))
     assert len(calls) > 1
@@ -84,10 +118,10 @@ def test_script_payload_keys_fields_and_marker_owners() -> None:
         data = orjson.loads(call.argv[3])
         a, k = 0, 0
         for _, sub in call.subs:
-            nm, nk, nd = data[a:a + 3]
+            nm, nk, nd = data[a : a + 3]
             a += 3
             assert nm == len(sub.events)
-            hashes = call.keys[k + nm:k + nm + nk]
+            hashes = call.keys[k + nm : k + nm + nk]
             want: dict[tuple[str, str], tuple[float, ...]] = {}
             for tk, tile in sub.tiles.items():
                 for m, p in tile.items():
@@ -104,7 +138,7 @@ def test_script_payload_keys_fields_and_marker_owners() -> None:
                     got[(hashes[-1 - i], data[a + 1])] = (n, 1.0, float(n), 1.0)
                     a += 3
                 else:
-                    n, s, lo, hi = data[a + 2:a + 6]
+                    n, s, lo, hi = data[a + 2 : a + 6]
                     got[(hashes[i], data[a + 1])] = (n, float(lo), float(s), float(hi))
                     a += 6
             assert a == end and got == want
@@ -124,10 +158,20 @@ def test_observe_many_matches_observe() -> None:
         for _ in range(n):
             one.observe(v)
         observe_many(many, v, n)
-    samples = {(s.name.replace("one", "many"), tuple(s.labels.items())): s.value
-               for m in reg.collect() if m.name == "one" for s in m.samples if not s.name.endswith("_created")}
-    other = {(s.name, tuple(s.labels.items())): s.value
-             for m in reg.collect() if m.name == "many" for s in m.samples if not s.name.endswith("_created")}
+    samples = {
+        (s.name.replace("one", "many"), tuple(s.labels.items())): s.value
+        for m in reg.collect()
+        if m.name == "one"
+        for s in m.samples
+        if not s.name.endswith("_created")
+    }
+    other = {
+        (s.name, tuple(s.labels.items())): s.value
+        for m in reg.collect()
+        if m.name == "many"
+        for s in m.samples
+        if not s.name.endswith("_created")
+    }
     assert samples == other
 
 
