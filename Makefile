@@ -41,10 +41,10 @@ test-unit: setup ## fast tests of the pure core
 test-integration: setup ## tests against real Redis, broker, Spark and Delta files
 	$(BIN)/python -m pytest -m integration $(PYTEST_ARGS)
 
-lint: setup ## ruff and mypy
+lint: setup ## ruff (lint and format) and mypy --strict over the code, the benchmarks and the tests
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check . || true
-	$(BIN)/mypy fstore jobs services bench
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy fstore jobs services bench tests
 
 bench: setup ## benchmarks (figures go to stdout; see docs/benchmarks.md)
 	$(BIN)/python bench/generate_ingest.py

@@ -28,6 +28,7 @@ from jobs.batch.plan import plan_run
 from jobs.batch.rebuild_features import DQFailed, InjectedFailure, build_spark, rebuild
 from jobs.batch.settings import BatchSettings
 from tests.support import bruteforce
+from tests.support.tiles import lookup_in_dict
 
 pytestmark = pytest.mark.integration
 
@@ -93,7 +94,7 @@ def redis_url(request: pytest.FixtureRequest) -> str:
     server = request.getfixturevalue("redis_server")
     url = server.url.rsplit("/", 1)[0] + "/13"
     redis.Redis.from_url(url).flushdb()
-    return url
+    return str(url)
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +134,7 @@ def content_hash(table: pa.Table) -> str:
     return hashlib.sha256("\n".join(rows).encode()).hexdigest()
 
 
-def batch_view(client: redis.Redis, version: str) -> dict[str, dict[bytes, bytes]]:
+def batch_view(client: redis.Redis, version: str) -> dict[str, dict[Any, Any]]:
     return {
         k.decode().rsplit(":b:", 1)[0]: client.hgetall(k)
         for k in client.scan_iter(match=f"fs:*:b:{version}", count=1000)
@@ -217,7 +218,7 @@ def check_redis_view(client: redis.Redis, copies: Copies, pointer: BatchPointer)
             tiles = parse_tiles(client.hgetall(f"fs:{{{name}|{ent}}}:b:{pointer.version}"))
             evs = [e for e in events if getattr(e, key) == ent]
             for t in (pointer.cutover, pointer.cutover + 37 * MINUTE, pointer.cutover + 23 * 60 * MINUTE):
-                got = evaluate(view, lambda size, start, tl=tiles: tl.get((size, start)), t)
+                got = evaluate(view, lookup_in_dict(tiles), t)
                 want = bruteforce.values(view, evs, ent, t)
                 assert all(isclose(got[n], want[n]) for n in want), (name, ent, t, got, want)
                 checked += 1

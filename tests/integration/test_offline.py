@@ -38,7 +38,7 @@ SPAN = 10 * DAY
 
 
 def message(e: Event, **changes: object) -> bytes:
-    obj = {
+    obj: dict[str, object] = {
         "event_id": e.event_id,
         "event_type": e.event_type,
         "user_id": e.user_id,
@@ -135,7 +135,7 @@ def assert_equal_brute(got: pd.DataFrame, want: dict[str, list[object]], df: pd.
         for i, (g, w) in enumerate(zip(got[name].tolist(), expected, strict=True)):
             g = None if isinstance(g, float) and np.isnan(g) else g
             assert (w is None and g is None) or (
-                w is not None and g is not None and np.isclose(float(g), float(w), rtol=1e-9, atol=1e-12)
+                w is not None and g is not None and np.isclose(float(g), float(w), rtol=1e-9, atol=1e-12)  # type: ignore[arg-type]
             ), f"{name} row {i}: {g!r} != {w!r}"
 
 

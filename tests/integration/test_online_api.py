@@ -5,12 +5,13 @@ from __future__ import annotations
 import random
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from fstore.core.aggregates import isclose
+from fstore.core.aggregates import Value, isclose
 from fstore.core.events import Event
 from fstore.core.features import PRODUCT_ENGAGEMENT, USER_ACTIVITY, VIEWS, FeatureView
 from fstore.core.tiles import build_tiles
@@ -20,10 +21,10 @@ from fstore.redis.layout import POINTER_KEY, BatchPointer, partial_fields
 from services.online_api.app import create_app
 from services.online_api.settings import ApiSettings
 from tests.support import bruteforce
+from tests.support.online import AS_OF, C, load, make_events
+from tests.support.tiles import lookup_in_dict
 
 pytestmark = pytest.mark.integration
-
-from tests.support.online import AS_OF, C, load, make_events  # noqa: E402
 
 
 def app_client(url: str, **kw: object) -> TestClient:
@@ -31,7 +32,7 @@ def app_client(url: str, **kw: object) -> TestClient:
     return TestClient(create_app(settings, clock=lambda: AS_OF))
 
 
-def expected(view: FeatureView, events: list[Event], entity: str, t: int) -> dict[str, object]:
+def expected(view: FeatureView, events: list[Event], entity: str, t: int) -> dict[str, Value]:
     return {f"{view.name}:{k}": v for k, v in bruteforce.values(view, events, entity, t).items()}
 
 
@@ -215,7 +216,7 @@ def test_fast_merge_is_bit_identical_to_core_evaluate() -> None:
             for t in (as_of, as_of + 1, as_of + 7 * MINUTE, as_of + HOUR + 1, as_of + 5 * HOUR):
                 speed_hashes = [speed.get(d, {}) for d in speed_days(view, ptr, t)]
                 for names in names_sets:
-                    want = evaluate(view, lambda size, start, tiles=tiles: tiles.get((size, start)), t, names)
+                    want = evaluate(view, lookup_in_dict(tiles), t, names)
                     read = EntityRead(view, entity, names)
                     got = merge(read, ptr, hashes + speed_hashes, t)
                     assert got.values == want and got.newest_speed_tile == newest, (trial, view.name)
@@ -305,7 +306,7 @@ def test_post_fast_path_matches_the_route(redis_client: redis.Redis, redis_serve
     """POST /features bodies the fast path takes answer as the FastAPI route does; bodies it declines
     (other content types, invalid JSON, extra or mistyped fields) reach the route with the body intact."""
     load(redis_client, make_events(6), "v1", C)
-    body = {
+    body: dict[str, Any] = {
         "entities": [{"user_id": "u1"}, {"user_id": "u2", "product_id": "p1"}],
         "features": ["user_activity:clicks_1h", "product_engagement:ctr_1h"],
     }

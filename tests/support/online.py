@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import redis
 
@@ -48,9 +49,9 @@ def load(client: redis.Redis, events: list[Event], version: str | None, cutover:
                 fields = partial_fields(size, start, measure, p)
                 if start < cutover:
                     if version is not None:
-                        pipe.hset(batch_key(view.name, entity, version), mapping=fields)
+                        pipe.hset(batch_key(view.name, entity, version), mapping=dict[Any, Any](fields))
                 else:
-                    pipe.hset(speed_key(view.name, entity, start), mapping=fields)
+                    pipe.hset(speed_key(view.name, entity, start), mapping=dict[Any, Any](fields))
     pipe.execute()
     if version is not None:
         client.set(POINTER_KEY, BatchPointer(version, cutover).dumps())

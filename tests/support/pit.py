@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from fstore.core.aggregates import isclose
+from fstore.core.aggregates import Value, isclose
 from fstore.core.events import EVENT_TYPES, Event
 from fstore.core.features import VIEWS, FeatureView
 from fstore.core.timeutil import DAY, HOUR, MINUTE
@@ -21,7 +23,7 @@ HOPS = {w: bruteforce.hop_by_table(w) for w in WINDOWS}
 
 def events_table(events: list[Event]) -> pa.Table:
     """The engine's input columns, built directly (no Delta, no fstore adapter)."""
-    cols = list(zip(*events, strict=True)) if events else [[] for _ in range(8)]
+    cols: list[tuple[Any, ...]] = list(zip(*events, strict=True)) if events else [() for _ in range(8)]
     return pa.table(
         {
             "event_id": pa.array(cols[0], pa.string()),
@@ -72,7 +74,9 @@ def query_times(rng: np.random.Generator, events: list[Event], n: int, span: int
     return times
 
 
-def expected(view: FeatureView, events: list[Event], keys: list[str | None], times: list[int]) -> list[dict]:
+def expected(
+    view: FeatureView, events: list[Event], keys: Sequence[str | None], times: list[int]
+) -> list[dict[str, Value]]:
     by_entity: dict[str, list[Event]] = defaultdict(list)
     for e in events:
         k = getattr(e, view.entity.join_key)
@@ -83,7 +87,7 @@ def expected(view: FeatureView, events: list[Event], keys: list[str | None], tim
     ]
 
 
-def assert_frame_matches(got: pd.DataFrame, view: FeatureView, want: list[dict], prefix: str = "") -> None:
+def assert_frame_matches(got: pd.DataFrame, view: FeatureView, want: list[dict[str, Value]], prefix: str = "") -> None:
     for name in view.feature_names:
         col = got[prefix + name].tolist()
         for i, (g, w) in enumerate(zip(col, (row[name] for row in want), strict=True)):

@@ -215,5 +215,5 @@ def test_fast_path_agrees_with_validate() -> None:
         if got is not None:
             fast += 1
             assert got == validate(obj, NOW), raw
-            assert [type(x) for x in got] == [type(x) for x in validate(obj, NOW)], raw  # type: ignore[union-attr]
+            assert [type(x) for x in got] == [type(x) for x in validate(obj, NOW)], raw
     assert fast > 1_500  # the common case does take the fast path

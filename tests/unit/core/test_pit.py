@@ -29,16 +29,16 @@ from tests.support.pit import (
 pytestmark = pytest.mark.unit
 
 
-@pytest.mark.parametrize(("seed", "users", "products"), [(1, 25, 12), (2, 3, 2), (3, 60, 40)])
-def test_engine_equals_brute_force(seed: int, users: int, products: int) -> None:
+@pytest.mark.parametrize(("seed", "n_users", "n_products"), [(1, 25, 12), (2, 3, 2), (3, 60, 40)])
+def test_engine_equals_brute_force(seed: int, n_users: int, n_products: int) -> None:
     """Sparse and dense windows (3 users: hundreds of events per 7-day window, deep sparse tables)."""
     rng = np.random.default_rng(seed)
     span = 10 * DAY
-    events = random_events(rng, 2500, users=users, products=products, span=span)
+    events = random_events(rng, 2500, users=n_users, products=n_products, span=span)
     n = 1500
     times = query_times(rng, events, n, span)
-    users = [f"u{rng.integers(users + 5)}" for _ in range(n)]  # the last 5 never appear in events
-    products = [f"p{rng.integers(products + 3)}" if rng.random() > 0.02 else None for _ in range(n)]
+    users = [f"u{rng.integers(n_users + 5)}" for _ in range(n)]  # the last 5 never appear in events
+    products: list[str | None] = [f"p{rng.integers(n_products + 3)}" if rng.random() > 0.02 else None for _ in range(n)]
     users[10:20] = users[0:10]  # duplicate entity rows (same key and time)
     times[10:20] = times[0:10]
     entity_df = pd.DataFrame(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 import subprocess
 import sys
-from collections.abc import Callable
 
 import pytest
 
@@ -23,6 +22,7 @@ from fstore.online.merge import (
     finish,
 )
 from fstore.redis.layout import packed_fields, parse_tiles, partial_fields
+from tests.support.tiles import lookup_in_dict
 
 pytestmark = pytest.mark.unit
 
@@ -49,10 +49,6 @@ def as_hash(tiles: dict[tuple[int, int], dict[str, Partial]], packed: bool) -> d
             fields = (packed_fields if packed else partial_fields)(size, start, m, p)
             out.update({k.encode(): v.encode() for k, v in fields.items()})
     return out
-
-
-def lookup(tiles: dict[tuple[int, int], dict[str, Partial]]) -> Callable[[int, int], dict[str, Partial] | None]:
-    return lambda size, start: tiles.get((size, start))
 
 
 def flat(h: dict[bytes, bytes]) -> list[bytes]:
@@ -98,7 +94,7 @@ def test_batch_folds_and_values_are_memoised_exactly() -> None:
             speed_hash = as_hash({k: v for k, v in speed.items() if k[1] < t}, False)
             union = {**tiles, **{k: v for k, v in speed.items() if k[1] < t}}
             for names in (USER_ACTIVITY.feature_names, ("clicks_1h", "revenue_7d"), ("max_order_value_7d",)):
-                want = evaluate(USER_ACTIVITY, lookup(union), t, names)
+                want = evaluate(USER_ACTIVITY, lookup_in_dict(union), t, names)
                 got = finish(EntityRead(USER_ACTIVITY, "u", names), C, cached, [speed_hash], t)
                 fresh = evaluate_columns(
                     USER_ACTIVITY,

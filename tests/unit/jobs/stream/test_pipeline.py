@@ -115,7 +115,9 @@ def test_script_payload_keys_fields_and_marker_owners() -> None:
     for call in calls:
         markers = call.markers
         assert {i: call.owner(i) for i in markers} == markers  # what the reply handler maps back
-        data = orjson.loads(call.argv[3])
+        arg = call.argv[3]
+        assert isinstance(arg, bytes)
+        data = orjson.loads(arg)
         a, k = 0, 0
         for _, sub in call.subs:
             nm, nk, nd = data[a : a + 3]
