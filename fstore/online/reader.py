@@ -30,7 +30,6 @@ from typing import Any
 
 import redis
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from fstore.clock import Clock, wall_clock
@@ -47,7 +46,7 @@ from fstore.online.merge import (
     finish,
 )
 from fstore.redis.layout import POINTER_KEY, BatchPointer, batch_key, speed_key
-from fstore.redis.resp import RespPool, command, execute_with_pool, hgetall
+from fstore.redis.resp import RespPool, command, hgetall, round_trip, round_trip_sync
 
 __all__ = [
     "BatchTiles",
@@ -247,7 +246,7 @@ class OnlineReader(ReadCore):
 
     async def _execute(self, wire: list[bytes]) -> list[Any]:
         if self._wire is None:
-            return await execute_with_pool(self.client, wire)
+            return await round_trip(self.client, b"".join(wire), len(wire))
         return await self._wire.execute(b"".join(wire), len(wire))
 
     async def read(self, reads: Sequence[EntityRead], as_of: int | None = None) -> Snapshot:
@@ -283,25 +282,7 @@ class SyncOnlineReader(ReadCore):
         self.client = client
 
     def _execute(self, wire: list[bytes]) -> list[Any]:
-        """One round trip on a pooled connection (dropped on any error; a broken pooled connection is
-        retried once on a fresh one, timeouts are not)."""
-        pool = self.client.connection_pool
-        payload = b"".join(wire)
-        for attempt in (0, 1):
-            conn = pool.get_connection()
-            try:
-                conn.send_packed_command([payload], check_health=False)  # type: ignore[no-untyped-call]
-                return [conn.read_response() for _ in wire]
-            except RedisConnectionError:
-                conn.disconnect()  # type: ignore[no-untyped-call]
-                if attempt:
-                    raise
-            except BaseException:
-                conn.disconnect()  # type: ignore[no-untyped-call]
-                raise
-            finally:
-                pool.release(conn)
-        raise AssertionError("unreachable")
+        return round_trip_sync(self.client, b"".join(wire), len(wire))
 
     def read(self, reads: Sequence[EntityRead], as_of: int | None = None) -> Snapshot:
         """Values of every read at ``as_of`` (default: now), all against the same batch pointer."""

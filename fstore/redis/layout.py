@@ -141,7 +141,9 @@ def _number(text: str) -> float | None:
     return None if text == "None" else float(text)
 
 
-def parse_tiles(raw: Mapping[bytes, bytes] | Mapping[str, str] | Mapping[bytes | str, bytes | str]) -> dict[tuple[int, int], dict[str, Partial]]:
+def parse_tiles(
+    raw: Mapping[bytes, bytes] | Mapping[str, str] | Mapping[bytes | str, bytes | str],
+) -> dict[tuple[int, int], dict[str, Partial]]:
     """Decode an HGETALL result into ``{(size_us, start_us): {measure: Partial}}``.
 
     Accepts both field forms (module docstring), also mixed in one hash. Fields of other shapes are

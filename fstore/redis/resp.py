@@ -11,7 +11,7 @@ lists for ``HGETALL``).
 Connection settings (host, port or Unix socket path, database, username, password, timeouts) come from
 the redis-py client the reader is given (:meth:`RespPool.from_client`); a client this module cannot mirror
 (TLS, a credential provider) makes :func:`from_client` return ``None`` and the reader uses
-:func:`execute_with_pool`, the same round trip on redis-py's own connections.
+:func:`round_trip`, the same round trip on redis-py's own connections.
 
 Failure behaviour (DESIGN.md §5, "never a hang"): a connect that exceeds its timeout, or a round trip that
 receives nothing for the socket timeout (as redis-py's per-read timeout), raises
@@ -24,10 +24,11 @@ error or cancellation it is closed, never returned half-read. A pooled connectio
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable
 from typing import Any, cast
 
 import hiredis
+import redis
 import redis.asyncio as aioredis
 import redis.exceptions as rex
 from redis.asyncio.connection import Connection, UnixDomainSocketConnection
@@ -35,13 +36,25 @@ from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 MAX_IDLE = 64  # connections kept open between requests (one per concurrently served request)
 
 
-def command(*args: str | bytes) -> bytes:
-    """One Redis command in RESP (what redis-py's ``pack_command`` sends)."""
-    out = [b"*%d\r\n" % len(args)]
-    for a in args:
-        b = a.encode() if isinstance(a, str) else a
-        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
-    return b"".join(out)
+Arg = str | int | float | bytes
+
+
+def bulk(arg: Arg) -> bytes:
+    """One RESP bulk string, encoded as redis-py encodes arguments (ints and floats as ``repr``)."""
+    if isinstance(arg, bytes):
+        b = arg
+    elif isinstance(arg, str):
+        b = arg.encode()
+    elif isinstance(arg, int | float) and not isinstance(arg, bool):
+        b = repr(arg).encode()
+    else:
+        raise TypeError(f"cannot send {type(arg).__name__} to Redis")
+    return b"$%d\r\n%s\r\n" % (len(b), b)
+
+
+def command(*args: Arg) -> bytes:
+    """One Redis command in RESP (what redis-py's ``pack_command`` sends): an array of bulk strings."""
+    return b"*%d\r\n" % len(args) + b"".join([bulk(a) for a in args])
 
 
 _HGETALL = b"*2\r\n$7\r\nHGETALL\r\n"
@@ -271,26 +284,77 @@ class RespPool:
             self._idle.pop().close()
 
 
-async def execute_with_pool(client: aioredis.Redis, wire: Sequence[bytes]) -> list[Any]:
-    """:meth:`RespPool.execute` on redis-py's own connections (any connection class it supports).
+async def round_trip(
+    client: aioredis.Redis,
+    payload: bytes,
+    replies: int,
+    *,
+    retry_broken: bool = True,
+    on_sent: Callable[[], None] | None = None,
+) -> list[Any]:
+    """Send pre-encoded commands in one write on one of ``client``'s pooled connections and read ``replies``
+    replies (any connection class redis-py supports; :class:`RespPool` is the faster path for plain TCP).
 
-    A connection is dropped on any error or cancellation (never returned half-read); a broken pooled
-    connection is retried once on a fresh one; timeouts are not retried.
+    Error replies do not break the connection: every reply is read, then the first error is raised. Any
+    other failure or a cancellation drops the connection (never returned half-read). A broken pooled
+    connection (``ConnectionError``) is retried once on a fresh one when ``retry_broken``; timeouts are not.
+
+    Args:
+        client: the redis-py asyncio client whose pool lends the connection.
+        payload: the commands, RESP-encoded and concatenated.
+        replies: how many replies they produce.
+        retry_broken: retry once after a ``ConnectionError`` (only for commands safe to send twice).
+        on_sent: called once the payload is written, before the replies are read.
     """
     pool = client.connection_pool
-    payload = b"".join(wire)
     for attempt in (0, 1):
         conn = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
             await conn.send_packed_command(payload, check_health=False)
-            return [await conn.read_response() for _ in wire]
+            if on_sent is not None:
+                on_sent()
+            out: list[Any] = []
+            for _ in range(replies):
+                try:
+                    out.append(await conn.read_response())
+                except rex.ResponseError as exc:
+                    out.append(exc)
+            return _raise_errors(out)
         except rex.ConnectionError:
-            await conn.disconnect()
-            if attempt:
+            await conn.disconnect(nowait=True)
+            if attempt or not retry_broken:
                 raise
-        except BaseException:
-            await conn.disconnect()
+        except BaseException as exc:
+            if not isinstance(exc, rex.ResponseError):
+                await conn.disconnect(nowait=True)
             raise
         finally:
             await pool.release(conn)
+    raise AssertionError("unreachable")
+
+
+def round_trip_sync(client: redis.Redis, payload: bytes, replies: int, *, retry_broken: bool = True) -> list[Any]:
+    """:func:`round_trip` for a synchronous redis-py client (same failure rules)."""
+    pool = client.connection_pool
+    for attempt in (0, 1):
+        conn = pool.get_connection()
+        try:
+            conn.send_packed_command([payload], check_health=False)  # type: ignore[no-untyped-call]
+            out: list[Any] = []
+            for _ in range(replies):
+                try:
+                    out.append(conn.read_response())
+                except rex.ResponseError as exc:
+                    out.append(exc)
+            return _raise_errors(out)
+        except rex.ConnectionError:
+            conn.disconnect()  # type: ignore[no-untyped-call]
+            if attempt or not retry_broken:
+                raise
+        except BaseException as exc:
+            if not isinstance(exc, rex.ResponseError):
+                conn.disconnect()  # type: ignore[no-untyped-call]
+            raise
+        finally:
+            pool.release(conn)
     raise AssertionError("unreachable")

@@ -14,11 +14,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError
 
 from fstore.core.events import Event
 from fstore.core.features import FeatureView
 from fstore.delta import raw_log
+from fstore.redis.resp import round_trip
 from jobs.stream.speed_lua import APPLY_TILES, APPLY_TILES_SHA, ScriptCall, Subgroup, group_events, plan_calls
 
 log = logging.getLogger(__name__)
@@ -134,29 +135,12 @@ class TileWriter:
         raise RuntimeError(f"speed tiles: duplicates still reported after {MAX_ROUNDS} rounds")
 
     async def _round(self, plan: TilePlan, on_sent: Callable[[], None] | None) -> list[Any]:
-        """Send the plan's packed calls in one write and read every reply (the first error is raised
-        once all replies are read, so the connection stays in step; anything else drops the connection)."""
-        pool = self.client.connection_pool
-        conn = await pool.get_connection()
-        try:
-            await conn.send_packed_command(plan.packed)
-            plan.mark_sent(on_sent)
-            replies: list[Any] = []
-            error: ResponseError | None = None
-            for _ in plan.calls:
-                try:
-                    replies.append(await conn.read_response())
-                except ResponseError as exc:
-                    error = error or exc
-                    replies.append(exc)
-        except BaseException:
-            await conn.disconnect(nowait=True)
-            raise
-        finally:
-            await pool.release(conn)
-        if error is not None:
-            raise error
-        return replies
+        """Send the plan's packed calls in one write and read every reply (the first error is raised once
+        all replies are read, so the connection stays in step; anything else drops the connection). Not
+        retried here: :meth:`apply` decides what to send again."""
+        return await round_trip(
+            self.client, plan.packed, len(plan.calls), retry_broken=False, on_sent=lambda: plan.mark_sent(on_sent)
+        )
 
 
 class RawSink:

@@ -49,6 +49,7 @@ from fstore.core.features import FeatureView, Measure, ValueKind
 from fstore.core.tiles import Tile, TileKey, tile_plan
 from fstore.core.timeutil import DAY, SECOND
 from fstore.redis.layout import entity_tag, seen_key, speed_key
+from fstore.redis.resp import bulk, command
 
 APPLY_TILES = r"""
 local mttl, tttl = ARGV[1], ARGV[2]
@@ -320,31 +321,13 @@ class ScriptCall:
         keys = self.keys
         body = "".join([f"${len(k)}\r\n{k}\r\n" for k in keys])
         if not body.isascii():  # lengths above are in characters; RESP wants bytes
-            return pack("EVALSHA", sha, len(keys), *keys, *self.argv)
+            return command("EVALSHA", sha, len(keys), *keys, *self.argv)
         nkeys = str(len(keys))
         head = (
             f"*{3 + len(keys) + len(self.argv)}\r\n$7\r\nEVALSHA\r\n${len(sha)}\r\n{sha}\r\n"
             f"${len(nkeys)}\r\n{nkeys}\r\n"
         )
-        return b"".join([head.encode(), body.encode(), *(_bulk(a) for a in self.argv)])
-
-
-def _bulk(arg: str | int | float | bytes) -> bytes:
-    """One RESP bulk string, encoded as redis-py encodes arguments (ints and floats as ``repr``)."""
-    if isinstance(arg, bytes):
-        b = arg
-    elif isinstance(arg, str):
-        b = arg.encode()
-    elif isinstance(arg, int | float) and not isinstance(arg, bool):
-        b = repr(arg).encode()
-    else:
-        raise TypeError(f"cannot send {type(arg).__name__} to Redis")
-    return b"$%d\r\n%s\r\n" % (len(b), b)
-
-
-def pack(*args: str | int | float | bytes) -> bytes:
-    """A command as one RESP request (array of bulk strings)."""
-    return b"*%d\r\n" % len(args) + b"".join([_bulk(a) for a in args])
+        return b"".join([head.encode(), body.encode(), *(bulk(a) for a in self.argv)])
 
 
 def plan_calls(
