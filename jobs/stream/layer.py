@@ -40,14 +40,15 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from fstore.clock import wall_clock
+from fstore.clock import Clock, wall_clock
 from fstore.core.features import VIEWS
 from fstore.core.timeutil import iso
 from fstore.redis.layout import HEARTBEAT_KEY, POINTER_KEY, BatchPointer, Heartbeat
 from jobs.stream import metrics
 from jobs.stream.pipeline import Prepared, prepare
+from jobs.stream.ports import DeadLetterSink, KeyValue, RawEventSink, TileSink
 from jobs.stream.settings import StreamSettings
-from jobs.stream.sinks import RawSink, TilePlan, TileWriter
+from jobs.stream.sinks import RawSink, TileWriter
 
 log = logging.getLogger("fstore.stream")
 
@@ -67,7 +68,7 @@ class _Batch:
     records: list[Any]
     values: list[bytes]
     prep: Prepared
-    tiles: TilePlan | None  # None: the naive reference mode plans per event
+    tiles: Any  # the tile sink's plan; None: the naive reference mode plans per event
     now: int
     offsets: Offsets
     seconds: float  # time spent so far (for fstore_stream_batch_seconds)
@@ -107,19 +108,45 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 class SpeedLayer:
     """Worker state: consumer, Redis client, sinks, batch pointer cache, ingestion clock, offsets."""
 
-    def __init__(self, s: StreamSettings, events_topic: Any, dlq_topic: Any) -> None:
-        self.s = s
-        self.events_topic, self.dlq_topic = events_topic, dlq_topic  # Faust topics (declare; DLQ producer)
-        self.redis: Any = aredis.Redis.from_url(s.redis_url, socket_timeout=10, socket_connect_timeout=5)
-        self.tiles = TileWriter(
-            self.redis,
-            list(VIEWS.values()),
-            s.marker_ttl_s,
-            s.tile_ttl_s,
-            cluster=s.stream_redis_cluster,
-            chunk=s.stream_script_chunk,
+    def __init__(
+        self,
+        s: StreamSettings,
+        events_topic: Any,
+        dlq_topic: DeadLetterSink,
+        *,
+        kv: KeyValue | None = None,
+        tiles: TileSink | None = None,
+        raw: RawEventSink | None = None,
+        clock: Clock = wall_clock,
+    ) -> None:
+        """Args:
+        s: the worker settings.
+        events_topic: the Faust topic of ``events`` (declared at start-up; ``None`` in tests).
+        dlq_topic: where dead letters go (the Faust topic of ``events.dlq``).
+        kv, tiles, raw: the Redis client, the speed-tile sink and the raw sink; built from ``s`` when
+            omitted (tests pass the fakes of :mod:`jobs.stream.fakes`).
+        clock: the processing clock (UTC epoch µs) that validation and ``ingested_at`` use.
+        """
+        self.s, self.clock = s, clock
+        self.events_topic, self.dlq_topic = events_topic, dlq_topic
+        self.redis: Any = (  # a redis.asyncio.Redis, or a KeyValue fake when the tile sink is one too
+            kv if kv is not None else aredis.Redis.from_url(s.redis_url, socket_timeout=10, socket_connect_timeout=5)
         )
-        self.raw = RawSink(s.table("raw_events"), s.stream_raw_max_events, s.stream_raw_max_age_s)
+        self.tiles: TileSink = (
+            tiles
+            if tiles is not None
+            else TileWriter(
+                self.redis,
+                list(VIEWS.values()),
+                s.marker_ttl_s,
+                s.tile_ttl_s,
+                cluster=s.stream_redis_cluster,
+                chunk=s.stream_script_chunk,
+            )
+        )
+        self.raw: RawEventSink = (
+            raw if raw is not None else RawSink(s.table("raw_events"), s.stream_raw_max_events, s.stream_raw_max_age_s)
+        )
         self.last_at = 0
         self.consumer: AIOKafkaConsumer | None = None
         self.next_offset: Offsets = {}
@@ -238,7 +265,7 @@ class SpeedLayer:
     async def begin(self, records: dict[TopicPartition, list[Any]]) -> _Batch:
         """Validate and classify a batch (pure CPU apart from the cached cutover read)."""
         t0 = time.perf_counter()
-        now = wall_clock()
+        now = self.clock()
         cutover = await self._redis(self.cutover)
         batch = [r for part in records.values() for r in part]
         values = [b"" if r.value is None else r.value for r in batch]

@@ -9,7 +9,8 @@ from typing import Any
 
 from fstore.core.features import ENTITIES, Feature, FeatureView, resolve
 from fstore.core.timeutil import SECOND
-from fstore.online.reader import EntityRead, OnlineReader, Snapshot, iso_cached
+from fstore.online.ports import FeatureReader
+from fstore.online.reader import EntityRead, Snapshot, iso_cached
 
 JOIN_KEYS = tuple(e.join_key for e in ENTITIES.values())
 _ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
@@ -76,7 +77,7 @@ def entity_reads(row: Mapping[str, str], plan: ViewPlan) -> list[EntityRead]:
 
 
 async def read_features(
-    reader: OnlineReader, rows: Sequence[Mapping[str, str]], features: Sequence[str], max_entities: int
+    reader: FeatureReader, rows: Sequence[Mapping[str, str]], features: Sequence[str], max_entities: int
 ) -> dict[str, Any]:
     """Resolve, read (one round trip) and shape the answer for entity rows (a ``FeaturesResponse`` dict)."""
     if len(rows) > max_entities:

@@ -1,0 +1,89 @@
+"""What the speed layer (:class:`jobs.stream.layer.SpeedLayer`) needs from the outside world.
+
+The worker talks to four things; each is a Protocol here, with the production adapter named and an
+in-memory fake in :mod:`jobs.stream.fakes`, so a pipeline test runs in-process in a few lines:
+
+* :class:`TileSink` — the speed tiles, exactly once per event_id (production: :class:`jobs.stream.sinks.TileWriter`,
+  Lua in Redis);
+* :class:`RawEventSink` — the buffered append of every valid copy to Delta ``raw_events``
+  (:class:`jobs.stream.sinks.RawSink`);
+* :class:`DeadLetterSink` — the dead-letter topic (the Faust topic of ``events.dlq``: its ``send`` returns
+  an awaitable that resolves once the broker has the record);
+* :class:`KeyValue` — the two small Redis keys the worker reads and writes: the batch pointer (for the
+  cutover C) and its heartbeat (a ``redis.asyncio.Redis`` client).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
+
+from fstore.core.events import Event
+
+
+class TileSink(Protocol):
+    """Applies candidate events to the speed tiles, skipping event_ids already counted."""
+
+    def plan(self, events: Sequence[Event]) -> Any:
+        """Prepare a batch (pure CPU; the worker runs it while the previous batch's request is in flight)."""
+        ...
+
+    async def send(self, plan: Any, on_sent: Callable[[], None] | None = None) -> set[str]:
+        """Apply a plan (safe to repeat after a failure); returns the event_ids skipped as duplicates.
+        ``on_sent`` is called once the request is written."""
+        ...
+
+    async def apply(self, events: Sequence[Event]) -> set[str]:
+        """``send(plan(events))``."""
+        ...
+
+
+class RawEventSink(Protocol):
+    """Buffers valid copies with release tokens; a flush writes them and hands the tokens back in order."""
+
+    @property
+    def buffered(self) -> int:
+        """Rows waiting for the next flush."""
+        ...
+
+    def add(
+        self, events: Sequence[Event], hashes: Sequence[str], ingested_at: Sequence[int], tokens: Sequence[Any]
+    ) -> None:
+        """Buffer rows (possibly none) and the tokens to release once they are written."""
+        ...
+
+    def warm(self) -> None:
+        """Pay one-off costs (lazy imports) before the first batch."""
+        ...
+
+    def due(self) -> bool:
+        """Whether the buffer reached its size or age bound."""
+        ...
+
+    async def flush(self) -> tuple[list[Any], int]:
+        """Write what is buffered; returns ``(tokens, rows)``. On error nothing is released."""
+        ...
+
+    def flush_sync(self) -> tuple[list[Any], int]:
+        """Blocking :meth:`flush` for shutdown."""
+        ...
+
+
+class DeadLetterSink(Protocol):
+    """The dead-letter topic."""
+
+    async def send(self, *, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> Awaitable[Any]:
+        """Queue one record; the returned awaitable resolves once the broker acknowledged it."""
+        ...
+
+
+class KeyValue(Protocol):
+    """The worker's reads and writes of single Redis keys."""
+
+    async def get(self, key: str) -> Any:
+        """The value of ``key`` (``None`` when missing)."""
+        ...
+
+    async def set(self, key: str, value: bytes | str, ex: int | None = None) -> Any:
+        """Write ``key`` (expiring after ``ex`` seconds)."""
+        ...

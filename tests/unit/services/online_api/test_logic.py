@@ -1,0 +1,61 @@
+"""Request handling (resolve, read, shape) over the in-memory reader: values keyed ``view:feature``, the
+lambda merge across the cutover equal to the brute force, and client errors named."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from fstore.core.aggregates import isclose
+from fstore.core.features import PRODUCT_ENGAGEMENT, USER_ACTIVITY
+from fstore.core.tiles import build_tiles
+from fstore.online.fakes import MemoryReader
+from fstore.redis.layout import BatchPointer
+from services.online_api.logic import RequestError, read_features
+from tests.support import bruteforce
+from tests.support.online import AS_OF, C, make_events
+
+pytestmark = pytest.mark.unit
+
+
+def test_read_features_merges_batch_before_c_and_speed_after() -> None:
+    events = make_events(3)
+    before, after = [e for e in events if e.event_time < C], [e for e in events if e.event_time >= C]
+    views = (USER_ACTIVITY, PRODUCT_ENGAGEMENT)
+    reader = MemoryReader(
+        speed={v.name: build_tiles(v, after) for v in views},
+        batch={v.name: build_tiles(v, before) for v in views},
+        pointer=BatchPointer("v1", C),
+        clock=lambda: AS_OF,
+    )
+    rows = [{"user_id": f"u{i}", "product_id": f"p{i}"} for i in range(8)]
+    body = asyncio.run(read_features(reader, rows, ["user_activity", "product_engagement:ctr_24h"], 100))
+    assert body["batch_cutoff"] == "2026-11-21T00:00:00Z" and body["as_of_us"] == AS_OF
+    for row, out in zip(rows, body["rows"], strict=True):
+        want = bruteforce.values(USER_ACTIVITY, events, row["user_id"], AS_OF)
+        want_p = bruteforce.values(PRODUCT_ENGAGEMENT, events, row["product_id"], AS_OF)
+        got = out["values"]
+        assert all(isclose(got[f"user_activity:{k}"], v) for k, v in want.items()), (row, got, want)
+        assert isclose(got["product_engagement:ctr_24h"], want_p["ctr_24h"])
+
+
+@pytest.mark.parametrize(
+    ("rows", "features", "status", "needle"),
+    [
+        ([{"user_id": "u1"}], ["nope"], 404, "nope"),
+        ([{"user_id": "u1"}], ["user_activity:nope"], 404, "nope"),
+        ([{"shop_id": "s1"}], ["user_activity"], 422, "shop_id"),
+        ([{"user_id": "u1"}], ["product_engagement"], 422, "product_id"),
+        ([{"user_id": "bad id!"}], ["user_activity"], 422, "user_id"),
+        ([], ["user_activity"], 422, "no entities"),
+        ([{"user_id": "u1"}] * 3, ["user_activity"], 413, "limit is 2"),
+    ],
+)
+def test_client_errors_name_the_problem(
+    rows: list[dict[str, str]], features: list[str], status: int, needle: str
+) -> None:
+    reader = MemoryReader(speed={}, clock=lambda: AS_OF)
+    with pytest.raises(RequestError) as err:
+        asyncio.run(read_features(reader, rows, features, 2))
+    assert err.value.status == status and needle in str(err.value)
