@@ -19,7 +19,7 @@ from pathlib import Path
 import orjson
 
 from fstore.clock import Clock, wall_clock
-from fstore.core.events import Event, parse, payload_hash, redact_pii
+from fstore.core.events import Event, mask_dead_letter, parse, payload_hash
 from fstore.core.timeutil import DAY, day_start, to_date
 from fstore.delta import raw_log
 from fstore.kafka.messages import iter_batches
@@ -67,8 +67,9 @@ class IngestReport:
 class Ingestor:
     """Validates, de-duplicates and appends batches of messages (reusable across files)."""
 
-    def __init__(self, raw_uri: str, dead_uri: str, clock: Clock = wall_clock) -> None:
+    def __init__(self, raw_uri: str, dead_uri: str, clock: Clock = wall_clock, keep_unparseable: bool = False) -> None:
         self.raw_uri, self.dead_uri, self.clock = raw_uri, dead_uri, clock
+        self.keep_unparseable = keep_unparseable  # dead letters that are not JSON objects: bytes, not a summary
         self._known: dict[int, set[str]] = {}  # UTC day number -> event_ids stored on that event_date
         self._last_at = 0
 
@@ -98,7 +99,7 @@ class Ingestor:
                     if h < cur[0]:
                         best[res.event_id] = (h, res)
             else:
-                bad_payloads.append(redact_pii(raw, loads))
+                bad_payloads.append(mask_dead_letter(raw, loads, self.keep_unparseable))
                 bad_reasons.append(res.reason)
         report.messages += len(messages)
         report.valid += len(messages) - len(bad_payloads)

@@ -29,6 +29,11 @@ class Settings(BaseSettings):
     events_topic: str = Field("events", description="Topic of raw events")
     dlq_topic: str = Field("events.dlq", description="Dead-letter topic")
     topic_partitions: int = Field(1, ge=1, description="Partitions of the events topic when created")
+    dead_letter_keep_unparseable: bool = Field(
+        False,
+        description="Keep the bytes of dead letters that are not JSON objects in the dead_letters table "
+        "(default: only their size and hash, since nothing can be masked in them)",
+    )
 
     def data_root(self) -> str:
         """The data root as jobs use it: an object-store URI as given, a local path made absolute (against

@@ -26,7 +26,11 @@ def ingest(files: tuple[str, ...], batch_size: int, as_json: bool) -> None:
     from fstore.settings import get_settings
 
     settings = get_settings()
-    ingestor = Ingestor(settings.table("raw_events"), settings.table("dead_letters"))
+    ingestor = Ingestor(
+        settings.table("raw_events"),
+        settings.table("dead_letters"),
+        keep_unparseable=settings.dead_letter_keep_unparseable,
+    )
     for path in files:
         with tqdm(
             total=count_messages(path),

@@ -1,4 +1,4 @@
-"""The event contract of DESIGN.md §2: decoding, validation, normalisation and PII dropping.
+"""The event contract of DESIGN.md §2: decoding, validation, normalisation, and masking of dead letters.
 
 :func:`parse` turns the original message bytes into either a normalised :class:`Event` or a
 :class:`Rejection` carrying exactly one reason from the closed list :data:`REASONS`. Nothing raises on
@@ -34,31 +34,20 @@ REASONS = (
     "invalid_id:<f>",
     "unknown_event_type",
     "negative_amount",
+    "out_of_range:<f>",
     "future_timestamp",
 )
 
-#: Keys that are personal data. Valid events drop every unknown key anyway; dead letters mask these.
-PII_KEYS = frozenset(
-    {
-        "email",
-        "e_mail",
-        "phone",
-        "phone_number",
-        "ip",
-        "ip_address",
-        "name",
-        "first_name",
-        "last_name",
-        "address",
-        "street",
-        "postcode",
-        "zip",
-        "birth_date",
-        "dob",
-        "credit_card",
-        "card_number",
-    }
-)
+#: Bounds that keep every accepted value representable in every sink: ``quantity`` is an Arrow int32
+#: in ``raw_events``; ``price`` up to 1e15 keeps ``price × quantity`` (≤ 2.2e24) and any sum of such
+#: amounts finite in Redis (``HINCRBYFLOAT``), Arrow, Delta and Spark.
+MAX_QUANTITY = 2**31 - 1
+MAX_PRICE = 1e15
+#: Epoch numbers are milliseconds (DESIGN §2). A number below this (1973-03-03T09:46:40Z in ms) is far
+#: more likely epoch *seconds* of today than a millisecond stamp of 1970–73: it is rejected as
+#: ``out_of_range:event_time`` instead of being read as a date in 1970, as is one past 9999-12-31
+#: (epoch microseconds or nanoseconds sent as milliseconds).
+MIN_EPOCH_MS = 100_000_000_000
 
 
 class Event(NamedTuple):
@@ -113,6 +102,12 @@ def json_loads(raw: bytes) -> Any:
     return json.loads(raw, parse_constant=_reject_constant, parse_float=_parse_float, parse_int=_parse_int)
 
 
+def hashed(text: str) -> str:
+    """A free-text value replaced by its hash (``h:`` + 32 hex digits, inside the id charset): the same
+    text always gives the same id, and the text itself is never stored."""
+    return "h:" + hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+
+
 def payload_hash(raw: bytes) -> str:
     """Hash of the original message bytes; breaks ties between duplicates ingested at the same instant."""
     return hashlib.blake2b(raw, digest_size=16).hexdigest()
@@ -146,7 +141,7 @@ _match_ids2 = re.compile(f"{_ID_CLASS}/{_ID_CLASS}").fullmatch
 _match_ids3 = re.compile(f"{_ID_CLASS}/{_ID_CLASS}/{_ID_CLASS}").fullmatch
 _fromisoformat = datetime.fromisoformat
 _ONE_US = timedelta(microseconds=1)
-_PRICE_MAX = 2.0**1023  # an int below it converts to a finite float
+_match_id = re.compile(_ID_CLASS).fullmatch
 _new_event = tuple.__new__
 
 
@@ -182,6 +177,8 @@ def _accept(obj: dict[str, Any], now: int) -> Event | None:
         except (ValueError, OverflowError):
             return None
     elif type(t) is int:
+        if t < MIN_EPOCH_MS:
+            return None
         us = t * 1000
     else:
         return None
@@ -192,10 +189,10 @@ def _accept(obj: dict[str, Any], now: int) -> Event | None:
         if event_type == "purchase":
             return None
     elif type(price) is float:
-        if not 0.0 <= price < math.inf:
+        if not 0.0 <= price <= MAX_PRICE:
             return None
     elif type(price) is int:
-        if not 0 <= price < _PRICE_MAX:
+        if not 0 <= price <= MAX_PRICE:
             return None
         price = float(price)
     else:
@@ -203,10 +200,10 @@ def _accept(obj: dict[str, Any], now: int) -> Event | None:
     quantity = get("quantity")
     if quantity is None:
         quantity = 1
-    elif type(quantity) is not int or quantity < 1:
+    elif type(quantity) is not int or not 1 <= quantity <= MAX_QUANTITY:
         return None
     session_id = get("session_id")
-    if session_id is not None and type(session_id) is not str:
+    if session_id is not None and (type(session_id) is not str or not _match_id(session_id)):
         return None
     return _new_event(Event, (event_id, event_type, user_id, product_id, us, price, quantity, session_id))
 
@@ -239,6 +236,8 @@ def _event_time(v: Any) -> int | Rejection:
         if isinstance(v, str):
             us = parse_timestamp(v)
         elif _finite(v):
+            if not MIN_EPOCH_MS <= v <= MAX_MICROS // 1000:
+                return Rejection("out_of_range:event_time")
             us = v * 1000 if isinstance(v, int) else round(v * 1000)
         else:
             return Rejection("invalid_type:event_time")
@@ -286,6 +285,8 @@ def validate(obj: dict[str, Any], now: int) -> Event | Rejection:
         return Rejection("invalid_type:price")
     elif price < 0:
         return Rejection("negative_amount")
+    elif price > MAX_PRICE:
+        return Rejection("out_of_range:price")
     quantity = obj.get("quantity")
     if quantity is None:
         quantity = 1
@@ -293,9 +294,14 @@ def validate(obj: dict[str, Any], now: int) -> Event | Rejection:
         return Rejection("invalid_type:quantity")
     elif quantity < 1:
         return Rejection("negative_amount")
+    elif quantity > MAX_QUANTITY:
+        return Rejection("out_of_range:quantity")
     session_id = obj.get("session_id")
-    if session_id is not None and not isinstance(session_id, str):
-        return Rejection("invalid_type:session_id")
+    if session_id is not None:
+        if not isinstance(session_id, str):
+            return Rejection("invalid_type:session_id")
+        if not _ID.fullmatch(session_id):
+            session_id = hashed(session_id)  # free text may carry personal data: never stored as is
     if event_time > now + FUTURE_TOLERANCE:
         return Rejection("future_timestamp")
     assert event_id is not None and user_id is not None
@@ -317,17 +323,38 @@ def reason_family(reason: str) -> str:
     return f"{head}:<f>" if sep else reason
 
 
-def redact_pii(raw: bytes, loads: Loads = json_loads) -> bytes:
-    """Mask personal data in a dead-lettered payload that is still a JSON object.
+#: The declared fields of the event schema (what a dead letter may keep, masked).
+FIELDS = Event._fields
+_SAFE_TEXT = re.compile(r"[A-Za-z0-9_.:+-]{0,128}")  # ids, event types, ISO-8601 times
 
-    The payload is kept byte-for-byte unless it parses and holds a key from :data:`PII_KEYS`; then those
-    values become ``"[redacted]"``. Unparseable payloads are kept as they are.
+
+def mask_dead_letter(raw: bytes, loads: Loads = json_loads, keep_unparseable: bool = False) -> bytes:
+    """What the ``dead_letters`` table keeps of a rejected message: personal data never, by schema.
+
+    A JSON object keeps only the declared fields (:data:`FIELDS`); every other key is dropped, nested or
+    not. Their values are kept when they are numbers, booleans, null or short id-like text; other text
+    and nested values become :func:`hashed`. Anything else (not JSON, not an object) is kept only as
+    ``{"unparseable": true, "size": N, "blake2b": H}`` unless ``keep_unparseable`` (an operator's
+    choice, ``FSTORE_DEAD_LETTER_KEEP_UNPARSEABLE``).
     """
     try:
         obj = loads(raw)
     except (ValueError, TypeError, RecursionError):
-        return raw
-    if not isinstance(obj, dict) or not PII_KEYS.intersection(obj):
-        return raw
-    masked = {k: ("[redacted]" if k in PII_KEYS else v) for k, v in obj.items()}
-    return json.dumps(masked, separators=(",", ":"), ensure_ascii=False).encode()
+        obj = None
+    if not isinstance(obj, dict):
+        if keep_unparseable:
+            return raw
+        return json.dumps({"unparseable": True, "size": len(raw), "blake2b": payload_hash(raw)}).encode()
+    kept: dict[str, Any] = {}
+    for key in FIELDS:
+        if key not in obj:
+            continue
+        v = obj[key]
+        if v is None or isinstance(v, bool | int | float) or (isinstance(v, str) and _SAFE_TEXT.fullmatch(v)):
+            kept[key] = v
+        else:
+            kept[key] = hashed(v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str))
+    dropped = len(obj) - len(kept)
+    if dropped:
+        kept["dropped_fields"] = dropped
+    return json.dumps(kept, separators=(",", ":")).encode()

@@ -1,7 +1,8 @@
 """Invalid messages for the generator: one per rejection reason family, cycling evenly.
 
-Message ``j`` of a run belongs to family ``REASONS[j % 8]`` and, inside the family, to variant
-``(j // 8) % len(variants)``, so every family and every variant occurs once enough messages are made.
+Message ``j`` of a run belongs to family ``REASONS[j % len(REASONS)]`` and, inside the family, to variant
+``(j // len(REASONS)) % len(variants)``, so every family and every variant occurs once enough messages are
+made.
 Each message is built from an otherwise valid event and carries the exact reason that
 :func:`fstore.core.events.parse` gives it (with ``now`` = the end of the generated range); the unit
 tests check that. Every message is a single line (no newline inside).
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -133,6 +135,23 @@ def _negative(obj: dict[str, Any], v: int) -> None:
         obj["quantity"] = -(v % 3 - 1)  # 0 or -1
 
 
+def _out_of_range(obj: dict[str, Any], v: int) -> str:
+    """A number the schema's types accept but no sink can hold (or epoch seconds sent as milliseconds)."""
+    kind = v % 3
+    if kind == 0:
+        _purchase(obj)
+        obj["quantity"] = 3_000_000_000  # beyond raw_events' int32
+        return "out_of_range:quantity"
+    if kind == 1:
+        _purchase(obj)
+        obj["price"] = 1e300  # price × quantity would overflow the sums
+        return "out_of_range:price"
+    t = obj["event_time"]
+    ms = t if isinstance(t, int) else round(datetime.fromisoformat(t).timestamp() * 1000)
+    obj["event_time"] = ms // 1000  # epoch seconds
+    return "out_of_range:event_time"
+
+
 def build(
     j: int, obj: dict[str, Any], end_ms: int, rng: np.random.Generator, dumps: Dumps = compact_dumps
 ) -> Malformed:
@@ -165,6 +184,8 @@ def build(
     elif family == "negative_amount":
         _negative(obj, v)
         reason = family
+    elif family == "out_of_range:<f>":
+        reason = _out_of_range(obj, v)
     else:
         future = end_ms + FUTURE_OFFSET_MS + int(rng.integers(0, 86_400_000))
         obj["event_time"], reason = (iso_ms(future) if v % 2 == 0 else future), family

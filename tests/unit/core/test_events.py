@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import json
+import math
 from datetime import UTC, datetime
 
 import orjson
+import pyarrow as pa
 import pytest
 
 from fstore.core.dedupe import first_ingested
 from fstore.core.events import (
+    MAX_PRICE,
+    MAX_QUANTITY,
     REASONS,
     Event,
+    Loads,
     Rejection,
+    hashed,
     json_loads,
+    mask_dead_letter,
     parse,
     payload_hash,
     reason_family,
-    redact_pii,
 )
 from fstore.core.timeutil import MINUTE, to_micros
 from tests.support import bruteforce
@@ -67,7 +73,7 @@ REJECTIONS = [
     (msg(event_time="yesterday"), "invalid_type:event_time"),
     (msg(event_time="2026-11-21T11:00:00"), "invalid_type:event_time"),  # no offset
     (msg(event_time=True), "invalid_type:event_time"),
-    (msg(event_time=-5), "invalid_type:event_time"),
+    (msg(event_time=-5), "out_of_range:event_time"),
     (msg(price="9.50"), "invalid_type:price"),
     (msg(quantity=1.5), "invalid_type:quantity"),
     (msg(session_id=5), "invalid_type:session_id"),
@@ -78,6 +84,13 @@ REJECTIONS = [
     (msg(event_type="hover"), "unknown_event_type"),
     (msg(price=-0.01), "negative_amount"),
     (msg(quantity=0), "negative_amount"),
+    (msg(quantity=3_000_000_000), "out_of_range:quantity"),  # beyond raw_events' int32
+    (msg(quantity=2**31), "out_of_range:quantity"),
+    (msg(price=1e15 * 1.0000001), "out_of_range:price"),
+    (msg(price=10**300), "out_of_range:price"),  # an int that would overflow price × quantity
+    (msg(event_time=1_763_726_400), "out_of_range:event_time"),  # epoch seconds of 2025-11-21: not ms
+    (msg(event_time=99_999_999_999), "out_of_range:event_time"),
+    (msg(event_time=1_763_726_400.5), "out_of_range:event_time"),
     (msg(event_type="click", price=-1), "negative_amount"),
     (msg(event_time="2026-11-21T12:05:00.000001Z"), "future_timestamp"),
     (msg(event_time=(NOW + 5 * MINUTE) // 1000 + 1), "future_timestamp"),
@@ -88,6 +101,55 @@ REJECTIONS = [
 @pytest.mark.parametrize("loads", [json_loads, orjson.loads], ids=["stdlib", "orjson"])
 def test_rejections(raw: bytes, reason: str, loads: object) -> None:
     assert parse(raw, NOW, loads) == Rejection(reason)  # type: ignore[arg-type]
+
+
+E1 = to_micros(datetime(2026, 11, 21, 11, 0, tzinfo=UTC))  # 2026-11-21T11:00:00Z
+TIME_FORMATS: list[tuple[object, int | str]] = [  # event_time as sent -> stored µs, or the rejection reason
+    ("2026-11-21T11:00:00Z", E1),
+    ("2026-11-21T11:00:00+00:00", E1),
+    ("2026-11-21T12:30:00+01:30", E1),
+    ("2026-11-21T06:00:00-05:00", E1),
+    ("2026-11-21T11:00:00.123456Z", E1 + 123_456),
+    ("2026-11-21T11:00:00.5Z", E1 + 500_000),
+    ("2026-11-21 11:00:00Z", E1),  # RFC 3339 allows a space for the T
+    (E1 // 1000, E1),  # epoch milliseconds
+    (E1 // 1000 + 0.25, E1 + 250),  # fractional milliseconds: rounded to µs
+    (100_000_000_000, 100_000_000_000_000),  # the smallest epoch number taken as milliseconds (1973-03-03)
+    ("2026-11-21T11:00:00", "invalid_type:event_time"),  # no offset: ambiguous
+    ("2026-11-21", "invalid_type:event_time"),
+    ("11:00:00Z", "invalid_type:event_time"),
+    (str(E1 // 1000), "invalid_type:event_time"),  # a number in a string
+    ("yesterday", "invalid_type:event_time"),
+    ("", "invalid_type:event_time"),
+    (True, "invalid_type:event_time"),
+    ([E1 // 1000], "invalid_type:event_time"),
+    (E1 // 1_000_000, "out_of_range:event_time"),  # epoch seconds
+    (E1 / 1_000_000, "out_of_range:event_time"),  # epoch seconds with a fraction
+    (E1, "out_of_range:event_time"),  # epoch microseconds
+    (E1 * 1000, "out_of_range:event_time"),  # epoch nanoseconds
+    (99_999_999_999, "out_of_range:event_time"),
+    (-1, "out_of_range:event_time"),
+    (None, "missing_field:event_time"),
+]
+
+
+@pytest.mark.parametrize(("sent", "want"), TIME_FORMATS, ids=[repr(t) for t, _ in TIME_FORMATS])
+@pytest.mark.parametrize("loads", [json_loads, orjson.loads], ids=["stdlib", "orjson"])
+def test_time_formats(sent: object, want: int | str, loads: Loads) -> None:
+    got = parse(msg(event_time=sent), NOW, loads)
+    if isinstance(want, str):
+        assert got == Rejection(want)
+    else:
+        assert isinstance(got, Event) and got.event_time == want
+
+
+def test_the_largest_accepted_amounts_fit_every_sink() -> None:
+    ev = parse(msg(price=MAX_PRICE, quantity=MAX_QUANTITY), NOW)
+    assert isinstance(ev, Event) and ev == parse(msg(price=MAX_PRICE, quantity=MAX_QUANTITY), NOW, orjson.loads)
+    assert ev.price is not None and math.isfinite(
+        ev.price * ev.quantity * 1e9
+    )  # a billion of them still sum to a finite float
+    assert pa.array([ev.quantity], pa.int32()).to_pylist() == [MAX_QUANTITY]  # raw_events' quantity column
 
 
 def test_every_reason_family_is_covered() -> None:
@@ -126,13 +188,36 @@ def test_valid_events_are_normalised(raw: bytes, expected: Event) -> None:
 
 
 def test_pii_never_survives_validation_and_is_masked_in_dead_letters() -> None:
-    raw = msg(email="alice@example.com", phone="+4912345", event_type="hover")
+    raw = json.dumps(
+        {
+            **BASE,
+            "event_type": "hover",
+            "email": "alice@example.com",
+            "customer_email": "bob@example.com",
+            "user": {"email": "carol@example.com"},
+            "session_id": "mail dave@example.com",
+            "product_id": {"owner": "erin@example.com"},
+        }
+    ).encode()
     assert parse(raw, NOW) == Rejection("unknown_event_type")
-    red = redact_pii(raw)
-    assert b"alice" not in red and b"+4912345" not in red and b"hover" in red
-    assert redact_pii(b"{broken") == b"{broken"
-    clean = msg(event_type="hover")
-    assert redact_pii(clean) == clean  # nothing to mask: original bytes kept
+    masked = mask_dead_letter(raw)
+    for secret in (b"alice", b"bob", b"carol", b"dave", b"erin", b"example.com"):
+        assert secret not in masked
+    kept = json.loads(masked)
+    assert kept["event_type"] == "hover" and kept["event_id"] == "e1" and kept["price"] == 9.5
+    assert kept["session_id"].startswith("h:") and kept["product_id"].startswith("h:")
+    assert kept["dropped_fields"] == 3 and set(kept) <= {*Event._fields, "dropped_fields"}
+    for unparseable in (b"{broken alice@example.com", b'["alice@example.com"]', b"\xff"):
+        summary = json.loads(mask_dead_letter(unparseable))
+        assert summary == {"unparseable": True, "size": len(unparseable), "blake2b": payload_hash(unparseable)}
+        assert mask_dead_letter(unparseable, keep_unparseable=True) == unparseable  # the operator's opt-in
+
+
+def test_free_text_session_id_is_stored_as_a_hash() -> None:
+    ev = parse(msg(session_id="mail alice@example.com"), NOW)
+    assert isinstance(ev, Event) and ev.session_id == hashed("mail alice@example.com")
+    assert ev == parse(msg(session_id="mail alice@example.com"), NOW, orjson.loads)
+    assert isinstance(ev2 := parse(msg(session_id="s-1.2:3"), NOW), Event) and ev2.session_id == "s-1.2:3"
 
 
 def test_first_ingested_wins_then_smaller_hash() -> None:
