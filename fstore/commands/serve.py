@@ -36,4 +36,5 @@ def serve(host: str | None, port: int | None, workers: int, log_level: str) -> N
         loop="uvloop",
         http=HeadBodyProtocol,
         access_log=False,
+        server_header=False,  # no version banner
     )

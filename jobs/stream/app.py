@@ -70,7 +70,7 @@ def layer() -> SpeedLayer:
 @app.task  # type: ignore[untyped-decorator]
 async def start_metrics() -> None:
     """Serve Prometheus metrics once the worker starts."""
-    metrics.serve(settings.stream_metrics_port)
+    metrics.serve(settings.stream_metrics_port, settings.stream_metrics_host)
     log.info(
         "stream worker: %s -> redis %s, raw_events %s, metrics port %s",
         settings.events_topic,

@@ -104,7 +104,7 @@ def observe_many(hist: Histogram, value: float, n: int) -> None:
     counts[bisect_left(bounds, value)].inc(n)
 
 
-def serve(port: int) -> None:
-    """Start the metrics HTTP server on ``port`` (0: none)."""
+def serve(port: int, host: str = "127.0.0.1") -> None:
+    """Start the metrics HTTP server on ``host:port`` (port 0: none)."""
     if port:
-        start_http_server(port, registry=REGISTRY)
+        start_http_server(port, addr=host, registry=REGISTRY)

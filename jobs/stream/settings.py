@@ -27,6 +27,7 @@ class StreamSettings(Settings):
     stream_raw_max_events: int = Field(100_000, ge=1, description="Raw sink: flush after this many events")
     stream_raw_max_age_s: float = Field(2.0, gt=0, description="Raw sink: flush when the oldest is this old")
     stream_metrics_port: int = Field(9108, ge=0, description="Prometheus HTTP port (0 = no server)")
+    stream_metrics_host: str = Field("127.0.0.1", description="Bind address of the metrics server (0.0.0.0: all)")
     stream_pointer_cache_s: float = Field(5.0, ge=0, description="Cache of the batch pointer (cutover C)")
     stream_late_horizon_s: int | None = Field(
         None, ge=60, description="Events older than now - this go to raw_events only (default: key TTL)"

@@ -1,8 +1,8 @@
 """FastAPI app of the serving layer: thin routes over :mod:`services.online_api.logic`.
 
 Run with ``fstore serve`` (uvicorn). Routes: ``GET/POST /features``, ``GET /health``, ``GET /metrics``,
-OpenAPI at ``/docs``. When ``FSTORE_API_KEY`` is set every route but ``/health`` needs header
-``X-API-Key``.
+OpenAPI at ``/docs``, ``/redoc`` and ``/openapi.json``. When ``FSTORE_API_KEY`` is set every route but
+``/health`` needs header ``X-API-Key`` — the docs and the schema too.
 
 Hot path: ``GET`` and ``POST /features`` are answered by a pure ASGI fast path (:class:`FeaturesAPI`,
 ahead of Starlette's middleware stack) whenever the request is one the route would accept unchanged;
@@ -16,6 +16,7 @@ documents the body in OpenAPI, but a returned :class:`~fastapi.Response` is not 
 from __future__ import annotations
 
 import inspect
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -26,6 +27,9 @@ import orjson
 import redis.asyncio as aioredis
 from fastapi import FastAPI, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from redis.exceptions import RedisError
@@ -223,6 +227,17 @@ async def empty_receive() -> Message:
     return {"type": "http.disconnect"}
 
 
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite float replaced by its text (``"nan"``, ``"inf"``): valid JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 def json_response(body: Any, status_code: int = 200) -> Response:
     """A JSON response serialised by orjson (no model validation)."""
     return Response(orjson.dumps(body), status_code=status_code, media_type="application/json")
@@ -255,11 +270,15 @@ def create_app(settings: ApiSettings | None = None, clock: Clock = wall_clock) -
         await app.state.reader.aclose()
         await client.aclose()
 
+    open_docs = cfg.api_key is None  # with a key, the docs are served by secured routes below
     app = FeaturesAPI(
         title="fstore online API",
         version="0.1.0",
         lifespan=lifespan,
         description="Merged batch + speed feature values (DESIGN.md §4-§5).",
+        docs_url="/docs" if open_docs else None,
+        redoc_url="/redoc" if open_docs else None,
+        openapi_url="/openapi.json" if open_docs else None,
         **NO_OTEL,
     )
 
@@ -320,6 +339,26 @@ def create_app(settings: ApiSettings | None = None, clock: Clock = wall_clock) -
     @app.exception_handler(RequestError)
     async def request_error(_: Request, exc: RequestError) -> JSONResponse:
         return client_error(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        """422 naming the field, as FastAPI's own handler, but JSON-safe: a NaN or ±Infinity that Python's
+        JSON parser let through is echoed as text instead of failing the response with a 500."""
+        return JSONResponse({"detail": json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
+
+    if not open_docs:
+
+        @app.get("/openapi.json", include_in_schema=False, dependencies=Secured)
+        async def get_openapi() -> JSONResponse:
+            return JSONResponse(app.openapi())
+
+        @app.get("/docs", include_in_schema=False, dependencies=Secured)
+        async def get_docs() -> Response:
+            return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - docs")
+
+        @app.get("/redoc", include_in_schema=False, dependencies=Secured)
+        async def get_redoc() -> Response:
+            return get_redoc_html(openapi_url="/openapi.json", title=f"{app.title} - ReDoc")
 
     @app.exception_handler(RedisError)
     async def redis_down(_: Request, exc: RedisError) -> JSONResponse:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 FeatureValue = int | float | None
 
@@ -60,6 +61,16 @@ class HistoricalRequest(BaseModel):
     )
     features: list[str] = Field(description="`view:feature` references or whole views")
     full_feature_names: bool = Field(False, description="Name columns `view__feature`")
+
+    @field_validator("entity_rows")
+    @classmethod
+    def finite_numbers(cls, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """NaN and ±Infinity are not JSON numbers: a row carrying one is refused, naming its column."""
+        for i, row in enumerate(rows):
+            for key, value in row.items():
+                if isinstance(value, float) and not math.isfinite(value):
+                    raise ValueError(f"entity_rows[{i}].{key} is {value}, which is not a JSON number")
+        return rows
 
 
 class HistoricalResponse(BaseModel):

@@ -81,6 +81,12 @@ def api_schema(api_url: str) -> schemathesis.BaseSchema:
     return schemathesis.openapi.from_url(f"{api_url}/openapi.json")
 
 
+def test_no_version_banner(api_url: str) -> None:
+    """`fstore serve` answers without a Server header (no software or version for scanners)."""
+    r = httpx.get(f"{api_url}/health", timeout=5)
+    assert r.status_code == 200 and "server" not in r.headers
+
+
 def test_schema_lists_the_operations(api_schema: schemathesis.BaseSchema) -> None:
     found = {(r.ok().method.upper(), r.ok().path) for r in api_schema.get_all_operations()}  # type: ignore[union-attr]
     assert set(OPERATIONS) <= found

@@ -99,6 +99,34 @@ def test_api_key(redis_client: redis.Redis, redis_server: RedisServer) -> None:
         assert 'fstore_api_requests_total{method="GET",route="/features",status="200"} 1.0' in metrics
         assert 'fstore_api_requests_total{method="GET",route="/features",status="401"} 3.0' in metrics
         assert 'fstore_api_requests_total{method="GET",route="/features",status="422"} 1.0' in metrics
+        for path in ("/docs", "/redoc", "/openapi.json"):  # the docs follow the data's auth rule
+            assert client.get(path).status_code == 401, path
+            assert client.get(path, headers={"X-API-Key": "s3cret"}).status_code == 200, path
+        assert "/features" in client.get("/openapi.json", headers={"X-API-Key": "s3cret"}).json()["paths"]
+    with app_client(redis_server.url) as client:  # no key set: everything open
+        assert all(client.get(path).status_code == 200 for path in ("/docs", "/redoc", "/openapi.json"))
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_numbers_are_422_naming_the_field(
+    redis_client: redis.Redis, redis_server: RedisServer, constant: str
+) -> None:
+    """Python's JSON parser accepts NaN and ±Infinity; the API refuses them with a 422 that names the
+    field (never a 500 from serialising the error)."""
+    load(redis_client, make_events(1), "v1", C)
+    json_ct = {"content-type": "application/json"}
+    with app_client(redis_server.url) as client:
+        body = '{"entities": [{"user_id": X}], "features": ["user_activity"]}'.replace("X", constant)
+        r = client.post("/features", content=body, headers=json_ct)
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"][:2] == ["body", "entities"], r.text
+        body = '{"entity_rows": [{"user_id": "u1", "event_timestamp": "2026-11-21T10:00:00Z", "label": X}], '
+        body = (body + '"features": ["user_activity:clicks_1h"]}').replace("X", constant)
+        r = client.post("/historical-features", content=body, headers=json_ct)
+        assert r.status_code == 422 and "entity_rows[0].label" in r.text, r.text
+        body = '{"entity_rows": [{"user_id": "u1", "event_timestamp": X}], "features": ["user_activity"]}'
+        body = body.replace("X", constant)
+        r = client.post("/historical-features", content=body, headers=json_ct)
+        assert r.status_code == 422 and "entity_rows[0].event_timestamp" in r.text, r.text
 
 
 def test_cutover_during_reads_never_mixes_versions(redis_client: redis.Redis, redis_server: RedisServer) -> None:
