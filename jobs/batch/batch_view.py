@@ -6,11 +6,17 @@ that no reader knows yet, then ONE ``SET`` of :data:`~fstore.redis.layout.POINTE
 cutover is never replaced by an older one) makes the version visible and moves the cutover C. The
 previous version's keys get a short TTL (the grace period) so readers that fetched the old pointer still
 read a complete view. Every key carries a TTL (DESIGN.md §7).
+
+A run that dies while loading (kill -9, lost executor) cannot clean up after itself: its version is in
+the set :data:`LOADING_KEY` with a lease key that the run keeps alive (:class:`LoadingLease`). The next
+run (:func:`remove_abandoned`) deletes every version whose lease lapsed and that is not serving, so no
+unpublished keys linger until their TTL; a run still loading keeps its lease and is left alone.
 """
 
 from __future__ import annotations
 
 import itertools
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -25,6 +31,63 @@ from fstore.core.features import VIEWS
 from fstore.redis.layout import POINTER_KEY, PREFIX, BatchPointer, batch_key, packed_arrays
 
 _PIPELINE_FIELDS = 200_000  # also flush a pipeline after this many fields (bounded client buffers)
+LOADING_KEY = f"{PREFIX}:batch:loading"  # set of versions being loaded (removed once published or dropped)
+LEASE_S = 120  # a loading run renews its lease every LEASE_S / 4 seconds
+
+
+def lease_key(version: str) -> str:
+    """The key whose existence says that the run loading ``version`` is alive."""
+    return f"{PREFIX}:batch:lease:{version}"
+
+
+class LoadingLease:
+    """Registers ``version`` as loading and renews its lease from a daemon thread until closed.
+
+    ``close(keep=False)`` (the run failed or did not publish) deletes the version's keys as well.
+    """
+
+    def __init__(self, client: redis.Redis, version: str, lease_s: int = LEASE_S) -> None:
+        self.client, self.version, self.lease_s = client, version, lease_s
+        self._stop = threading.Event()
+        client.sadd(LOADING_KEY, version)
+        client.set(lease_key(version), b"1", ex=lease_s)
+        self._thread = threading.Thread(target=self._renew, name=f"lease-{version}", daemon=True)
+        self._thread.start()
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.lease_s / 4):
+            try:
+                self.client.set(lease_key(self.version), b"1", ex=self.lease_s)
+            except redis.RedisError:  # the load itself will fail loudly if Redis is gone
+                continue
+
+    def close(self, keep: bool) -> None:
+        """Stop renewing; forget the version (and delete its keys unless ``keep``: it was published)."""
+        self._stop.set()
+        self._thread.join(5)
+        if not keep:
+            expire_version(self.client, self.version, 0)
+        self.client.delete(lease_key(self.version))
+        self.client.srem(LOADING_KEY, self.version)
+
+
+def remove_abandoned(client: redis.Redis) -> list[str]:
+    """Delete the keys of every loading version whose run is gone (lease lapsed) and that is not serving.
+
+    Returns:
+        The versions removed.
+    """
+    serving = BatchPointer.loads(client.get(POINTER_KEY))
+    removed = []
+    for raw in client.smembers(LOADING_KEY):
+        version = raw.decode() if isinstance(raw, bytes) else str(raw)
+        if client.exists(lease_key(version)):
+            continue  # another run is loading it right now
+        if serving is None or serving.version != version:
+            expire_version(client, version, 0)
+            removed.append(version)
+        client.srem(LOADING_KEY, version)
+    return removed
 
 
 def version_pattern(version: str) -> str:

@@ -255,6 +255,9 @@ def _publish(
     import redis
 
     client = redis.Redis.from_url(s.redis_url)
+    abandoned = batch_view.remove_abandoned(client)  # versions of runs killed while loading
+    m.info["abandoned_versions_removed"] = abandoned
+    lease = batch_view.LoadingLease(client, version)
     try:
         for name, df in tiles.items():
             keys, fields = batch_view.load_view(df, name, version, s.redis_url, s.batch_view_ttl_s, s.redis_chunk)
@@ -265,10 +268,9 @@ def _publish(
             client, BatchPointer(version, plan.cutover), s.batch_view_ttl_s, s.batch_view_grace_s, allow_older
         )
     except BaseException:
-        batch_view.expire_version(client, version, 0)
+        lease.close(keep=False)
         raise
-    if not result.published:
-        batch_view.expire_version(client, version, 0)
+    lease.close(keep=result.published)
     m.info["published"] = result.published
     m.info["previous_version"] = result.previous.version if result.previous else None
     m.count("redis_retired_keys", result.retired_keys)

@@ -24,6 +24,7 @@ from fstore.core.timeutil import DAY, MINUTE, day_start
 from fstore.delta import raw_log
 from fstore.redis.layout import POINTER_KEY, BatchPointer, parse_tiles
 from fstore.synth.generator import GeneratorConfig, generate
+from jobs.batch import batch_view as batch_view_mod
 from jobs.batch.plan import plan_run
 from jobs.batch.rebuild_features import DQFailed, InjectedFailure, build_spark, rebuild
 from jobs.batch.settings import BatchSettings
@@ -302,6 +303,29 @@ def test_failed_run_leaves_tables_whole_and_old_view_serving(
     ok = rebuild(spark, settings, D1)
     assert ok.published
     check_against_brute_force(root, copies, D1)
+
+
+def test_next_run_removes_the_keys_of_a_run_killed_while_loading(
+    spark: Any, settings: BatchSettings, data: dict[str, Any], rdb: redis.Redis
+) -> None:
+    """A run killed -9 during the Redis load leaves its version registered as loading with a lease that
+    lapses; the next run deletes those keys. A version whose lease is alive (a concurrent run) stays."""
+    dead, alive = "20261120-killed", "20261120-concurrent"
+    for version in (dead, alive):
+        for i in range(510):
+            rdb.hset(f"fs:{{user_activity|u{i}}}:b:{version}", "3600:0:click:p", "1|1|1|1")
+            rdb.expire(f"fs:{{user_activity|u{i}}}:b:{version}", 3 * 86_400)
+        rdb.sadd(batch_view_mod.LOADING_KEY, version)
+    rdb.set(batch_view_mod.lease_key(alive), b"1", ex=600)  # the other run is still loading
+    result = rebuild(spark, settings, D1)
+    assert result.published and result.metrics["abandoned_versions_removed"] == [dead]
+    assert not list(rdb.scan_iter(match=f"fs:*:b:{dead}"))
+    assert len(list(rdb.scan_iter(match=f"fs:*:b:{alive}"))) == 510
+    assert rdb.smembers(batch_view_mod.LOADING_KEY) == {alive.encode()}  # this run's own entry is gone
+    assert not rdb.exists(batch_view_mod.lease_key(result.version))  # its lease is released
+    rdb.delete(batch_view_mod.lease_key(alive))
+    batch_view_mod.remove_abandoned(rdb)
+    assert not list(rdb.scan_iter(match=f"fs:*:b:{alive}")) and not rdb.smembers(batch_view_mod.LOADING_KEY)
 
 
 def test_dq_failure_publishes_nothing(
