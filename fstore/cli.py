@@ -14,6 +14,7 @@ from fstore.commands.check_consistency import check_consistency
 from fstore.commands.generate import generate
 from fstore.commands.ingest import ingest
 from fstore.commands.publish import publish
+from fstore.commands.repair import repair
 from fstore.commands.serve import serve
 from fstore.commands.services import services
 from fstore.commands.stream import stream
@@ -30,5 +31,5 @@ def main() -> None:
     """
 
 
-for _cmd in (services, generate, publish, ingest, stream, batch, serve, check_consistency):
+for _cmd in (services, generate, publish, ingest, stream, batch, serve, check_consistency, repair):
     main.add_command(_cmd)

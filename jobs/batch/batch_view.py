@@ -95,59 +95,76 @@ def version_pattern(version: str) -> str:
     return f"{PREFIX}:*:b:{version}"
 
 
-def load_view(
-    tiles_df: DataFrame, view_name: str, version: str, redis_url: str, ttl_s: int, chunk: int
+def load_tiles(
+    table: pa.Table, view_name: str, version: str, client: redis.Redis, ttl_s: int, chunk: int
 ) -> tuple[int, int]:
-    """Write a view's tiles into Redis under ``version`` from the executors, pipelined in chunks.
+    """Write tiles (the ``tiles_<view>`` columns) into Redis under ``version``, pipelined in chunks.
 
-    ``tiles_df`` must hold each entity's tiles in one partition (see :func:`jobs.batch.compute.tiles`),
-    so one HSET per entity carries all its fields. Each tile measure becomes one packed field
-    (:func:`fstore.redis.layout.packed_arrays`, built with Arrow compute, no Python loop per tile).
+    ``table`` must hold each of its entities' tiles completely (one HSET per entity carries all its
+    fields). Each tile measure becomes one packed field (:func:`fstore.redis.layout.packed_arrays`, built
+    with Arrow compute, no Python loop per tile). Used by the Spark job per partition
+    (:func:`load_view`) and by ``fstore repair`` on tiles read back from Delta.
 
     Returns:
         (keys written, fields written).
     """
+    if table.num_rows == 0:
+        return 0, 0
     key = VIEWS[view_name].entity.join_key
+    table = table.take(
+        pc.sort_indices(
+            table, [(key, "ascending"), ("size", "ascending"), ("tile_start", "ascending"), ("measure", "ascending")]
+        )
+    )
+    fields, values = packed_arrays(
+        *(table.column(c) for c in ("size", "tile_start", "measure", "count", "sum", "min", "max"))
+    )
+    n = table.num_rows
+    args = np.empty(2 * n, dtype=object)
+    args[0::2] = fields.to_numpy(zero_copy_only=False)
+    args[1::2] = values.to_numpy(zero_copy_only=False)
+    entities = table.column(key).combine_chunks()
+    bounds = [
+        0,
+        *(np.flatnonzero(pc.not_equal(entities[1:], entities[:-1]).to_numpy(zero_copy_only=False)) + 1).tolist(),
+        n,
+    ]
+    names = entities.take(bounds[:-1]).to_pylist()
+    pipe = client.pipeline(transaction=False)
+    pending = pending_fields = 0
+    for entity, (lo, hi) in zip(names, itertools.pairwise(bounds), strict=True):
+        bkey = batch_key(view_name, entity, version)
+        pipe.execute_command("HSET", bkey, *args[2 * lo : 2 * hi].tolist())  # type: ignore[no-untyped-call]
+        pipe.expire(bkey, ttl_s)
+        pending, pending_fields = pending + 1, pending_fields + hi - lo
+        if pending >= chunk or pending_fields >= _PIPELINE_FIELDS:
+            pipe.execute()
+            pending = pending_fields = 0
+    pipe.execute()
+    return len(bounds) - 1, n
+
+
+def load_view(
+    tiles_df: DataFrame, view_name: str, version: str, redis_url: str, ttl_s: int, chunk: int
+) -> tuple[int, int]:
+    """Write a view's tiles into Redis under ``version`` from the executors (:func:`load_tiles` per
+    partition). ``tiles_df`` must hold each entity's tiles in one partition (see
+    :func:`jobs.batch.compute.tiles`).
+
+    Returns:
+        (keys written, fields written).
+    """
 
     def load(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         parts = [b for b in batches if b.num_rows]
         if not parts:
             return
-        table = pa.Table.from_batches(parts)
-        table = table.take(
-            pc.sort_indices(
-                table,
-                [(key, "ascending"), ("size", "ascending"), ("tile_start", "ascending"), ("measure", "ascending")],
-            )
-        )
-        fields, values = packed_arrays(
-            *(table.column(c) for c in ("size", "tile_start", "measure", "count", "sum", "min", "max"))
-        )
-        n = table.num_rows
-        args = np.empty(2 * n, dtype=object)
-        args[0::2] = fields.to_numpy(zero_copy_only=False)
-        args[1::2] = values.to_numpy(zero_copy_only=False)
-        entities = table.column(key).combine_chunks()
-        bounds = [
-            0,
-            *(np.flatnonzero(pc.not_equal(entities[1:], entities[:-1]).to_numpy(zero_copy_only=False)) + 1).tolist(),
-            n,
-        ]
-        names = entities.take(bounds[:-1]).to_pylist()
         client = redis.Redis.from_url(redis_url)
-        pipe = client.pipeline(transaction=False)
-        pending = pending_fields = 0
-        for entity, (lo, hi) in zip(names, itertools.pairwise(bounds), strict=True):
-            bkey = batch_key(view_name, entity, version)
-            pipe.execute_command("HSET", bkey, *args[2 * lo : 2 * hi].tolist())  # type: ignore[no-untyped-call]
-            pipe.expire(bkey, ttl_s)
-            pending, pending_fields = pending + 1, pending_fields + hi - lo
-            if pending >= chunk or pending_fields >= _PIPELINE_FIELDS:
-                pipe.execute()
-                pending = pending_fields = 0
-        pipe.execute()
-        client.close()
-        yield pa.RecordBatch.from_pydict({"keys": [len(bounds) - 1], "fields": [n]})
+        try:
+            keys, fields = load_tiles(pa.Table.from_batches(parts), view_name, version, client, ttl_s, chunk)
+        finally:
+            client.close()
+        yield pa.RecordBatch.from_pydict({"keys": [keys], "fields": [fields]})
 
     schema = T.StructType([T.StructField("keys", T.LongType()), T.StructField("fields", T.LongType())])
     rows = tiles_df.mapInArrow(load, schema).collect()

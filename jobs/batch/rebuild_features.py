@@ -35,9 +35,11 @@ from pyspark import StorageLevel
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
+from fstore.clock import wall_clock
 from fstore.core import tiles_frame
 from fstore.core.features import VIEWS
 from fstore.core.timeutil import SECOND, iso
+from fstore.delta import batch_views
 from fstore.redis.layout import BatchPointer
 from jobs.batch import batch_view, compute, delta_io, dq
 from jobs.batch.metrics import JobMetrics
@@ -173,6 +175,10 @@ def rebuild(
             cached.append(tiles[name])
         with m.stage("redis_load"):
             published = _publish(s, plan, version, tiles, allow_older, m, checkpoint)
+        if published:  # the durable record that outlives Redis (fstore repair, the API's 503 on a lost view)
+            batch_views.record(
+                s.table("batch_views"), batch_views.PublishedView(version, plan.cutover, run_date, wall_clock())
+            )
         success = True
         return RunResult(run_date, plan.cutover, version, published, m.as_dict())
     finally:

@@ -42,6 +42,7 @@ from fstore.online.reader import OnlineReader
 from fstore.redis.layout import HEARTBEAT_KEY, Heartbeat
 from services.online_api.deps import ReaderDep, Secured, key_ok
 from services.online_api.logic import RequestError, historical_features, read_features
+from services.online_api.published import PublishedBatch, missing_message
 from services.online_api.schemas import (
     FeaturesRequest,
     FeaturesResponse,
@@ -252,6 +253,7 @@ def create_app(settings: ApiSettings | None = None, clock: Clock = wall_clock) -
     """
     cfg = settings or get_api_settings()
     metrics = Metrics()
+    published = PublishedBatch(cfg.table("batch_views"))
     timeout = cfg.redis_timeout_ms / 1000
 
     @asynccontextmanager
@@ -294,7 +296,7 @@ def create_app(settings: ApiSettings | None = None, clock: Clock = wall_clock) -
     async def answer(scope: Scope, send: Send, rows: list[dict[str, str]], features: list[str]) -> None:
         """Read and send ``/features`` (same body, same errors as the routes' handlers below)."""
         try:
-            body = await read_features(scope["app"].state.reader, rows, features, cfg.api_max_entities)
+            body = await read_features(scope["app"].state.reader, rows, features, cfg.api_max_entities, published.check)
         except RequestError as exc:
             await client_error(exc)(scope, empty_receive, send)
         except RedisError as exc:
@@ -374,13 +376,15 @@ def create_app(settings: ApiSettings | None = None, clock: Clock = wall_clock) -
         """Feature values of one entity row at `as_of` = now."""
         row = {k: v for k, v in request.query_params.items() if k != "features"}
         reader: OnlineReader = request.app.state.reader  # not a dependency: one less solving pass
-        return json_response(await read_features(reader, [row], features, cfg.api_max_entities))
+        return json_response(await read_features(reader, [row], features, cfg.api_max_entities, published.check))
 
     @app.post("/features", response_model=FeaturesResponse, dependencies=Secured)
     async def post_features(request: Request, body: FeaturesRequest) -> Response:
         """Feature values of many entity rows, all at the same `as_of` (limit FSTORE_API_MAX_ENTITIES)."""
         reader: OnlineReader = request.app.state.reader
-        return json_response(await read_features(reader, body.entities, body.features, cfg.api_max_entities))
+        return json_response(
+            await read_features(reader, body.entities, body.features, cfg.api_max_entities, published.check)
+        )
 
     @app.post("/historical-features", response_model=HistoricalResponse, dependencies=Secured)
     async def post_historical_features(body: HistoricalRequest) -> HistoricalResponse:
@@ -414,14 +418,24 @@ def create_app(settings: ApiSettings | None = None, clock: Clock = wall_clock) -
                 "commit_age_s": (now - beat.committed_at) / 1e6,
                 "newest_event_time": iso(beat.newest_event_time) if beat.newest_event_time else None,
             }
+        detail: dict[str, Any] = {"speed_layer": speed}
+        status, code = "ok", 200
+        if ptr is None:
+            try:
+                lost = await published.latest()
+            except RequestError as exc:
+                status, code, detail["batch_view"] = "degraded", 503, str(exc)
+            else:
+                if lost is not None:  # Redis lost a published batch view: /features answers 503 until repaired
+                    status, code, detail["batch_view"] = "degraded", 503, missing_message(lost)
         body = HealthResponse(
-            status="ok",
+            status=status,
             redis="ok",
             batch_version=ptr.version if ptr else None,
             batch_cutoff=iso(ptr.cutover) if ptr else None,
-            detail={"speed_layer": speed},
+            detail=detail,
         )
-        return JSONResponse(body.model_dump())
+        return JSONResponse(body.model_dump(), status_code=code)
 
     @app.get("/metrics", dependencies=Secured)
     async def get_metrics() -> Response:

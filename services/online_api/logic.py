@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -77,9 +77,18 @@ def entity_reads(row: Mapping[str, str], plan: ViewPlan) -> list[EntityRead]:
 
 
 async def read_features(
-    reader: FeatureReader, rows: Sequence[Mapping[str, str]], features: Sequence[str], max_entities: int
+    reader: FeatureReader,
+    rows: Sequence[Mapping[str, str]],
+    features: Sequence[str],
+    max_entities: int,
+    without_batch: Callable[[], Awaitable[None]] | None = None,
 ) -> dict[str, Any]:
-    """Resolve, read (one round trip) and shape the answer for entity rows (a ``FeaturesResponse`` dict)."""
+    """Resolve, read (one round trip) and shape the answer for entity rows (a ``FeaturesResponse`` dict).
+
+    ``without_batch`` is awaited when Redis has no batch pointer; it raises when serving speed tiles
+    alone would be wrong (a published batch view was lost: see
+    :class:`services.online_api.published.PublishedBatch`).
+    """
     if len(rows) > max_entities:
         raise RequestError(
             413, f"{len(rows)} entities requested; the limit is {max_entities} per request (FSTORE_API_MAX_ENTITIES)"
@@ -88,7 +97,10 @@ async def read_features(
         raise RequestError(422, "no entities given")
     plan = view_plan(tuple(features))
     reads = [r for row in rows for r in entity_reads(row, plan)]
-    return shape(await reader.read(reads), rows, plan)
+    snap = await reader.read(reads)
+    if snap.pointer is None and without_batch is not None:
+        await without_batch()
+    return shape(snap, rows, plan)
 
 
 def shape(snap: Snapshot, rows: Sequence[Mapping[str, str]], plan: ViewPlan) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections import defaultdict
 from collections.abc import Iterator
@@ -13,14 +14,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 import redis
+import redis.asyncio as aioredis
 from click.testing import CliRunner
+from fastapi.testclient import TestClient
 
 from fstore.commands.batch import batch
+from fstore.commands.repair import repair as repair_cmd
 from fstore.core.aggregates import isclose
 from fstore.core.events import Event, Rejection, parse, payload_hash
 from fstore.core.features import VIEWS, FeatureView
 from fstore.core.tiles import evaluate
-from fstore.core.timeutil import DAY, MINUTE, day_start
+from fstore.core.timeutil import DAY, HOUR, MINUTE, SECOND, day_start
 from fstore.delta import raw_log
 from fstore.redis.layout import POINTER_KEY, BatchPointer, parse_tiles
 from fstore.synth.generator import GeneratorConfig, generate
@@ -28,6 +32,10 @@ from jobs.batch import batch_view as batch_view_mod
 from jobs.batch.plan import plan_run
 from jobs.batch.rebuild_features import DQFailed, InjectedFailure, build_spark, rebuild
 from jobs.batch.settings import BatchSettings
+from jobs.stream.settings import StreamSettings
+from jobs.stream.sinks import TileWriter
+from services.online_api.app import create_app
+from services.online_api.settings import ApiSettings
 from tests.support import bruteforce
 from tests.support.tiles import lookup_in_dict
 
@@ -364,3 +372,75 @@ def test_cli_backfill_publishes_forward_only(
     assert BatchPointer.loads(rdb.get(POINTER_KEY)) == ptr
     bad = CliRunner().invoke(batch, ["--date", D2.isoformat()], env={"FSTORE_DQ_DUPLICATE_RATE_FAIL": "0.001"})
     assert bad.exit_code == 2 and BatchPointer.loads(rdb.get(POINTER_KEY)) == ptr
+
+
+def test_redis_loss_is_503_until_fstore_repair_restores_exact_values(
+    data: dict[str, Any], rdb: redis.Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis restarted empty after a published batch run and live speed traffic: the API refuses (503,
+    /health degraded) instead of serving values without the batch view; `fstore repair` reloads the batch
+    view from Delta and the speed view from raw_events, and every value equals the brute force again,
+    also after a second repair (exactly once)."""
+    root, copies = data["root"], data["copies"]
+    ptr = BatchPointer.loads(rdb.get(POINTER_KEY))
+    assert ptr is not None  # published by the backfill test above
+    c = ptr.cutover
+    kinds = ["click", "impression", "purchase", "add_to_cart", "page_view"]
+    speed = [
+        (
+            c + DAY + i,
+            f"{i:032x}",
+            Event(
+                f"speed{i}",
+                kinds[i % 5],
+                f"u{i % 6}",
+                f"p{i % 4}",
+                c + i * 89 * SECOND,  # all before as_of
+                7.25 if i % 5 == 2 else None,
+                1 + i % 3,
+                None,
+            ),
+        )
+        for i in range(120)
+    ]
+    write_raw(f"{root}/raw_events", speed)  # the worker's raw sink ...
+    stream = StreamSettings(redis_url=redis_url, data_dir=root)
+    applied = asyncio.run(apply_as_the_worker(stream, [e for _, _, e in speed]))  # ... and its tile writer
+    assert applied == 120
+    events = bruteforce.dedupe(copies + speed)
+    as_of = c + 3 * HOUR + 17 * SECOND
+    api = ApiSettings(redis_url=redis_url, data_dir=root)
+    for k, v in {"DATA_DIR": root, "REDIS_URL": redis_url, "SPARK_MASTER": "local[2]"}.items():
+        monkeypatch.setenv(f"FSTORE_{k}", v)
+
+    def assert_exact(client: TestClient) -> None:
+        for u in (f"u{i}" for i in range(8)):
+            r = client.get("/features", params={"user_id": u, "features": "user_activity"})
+            assert r.status_code == 200, r.text
+            got, want = r.json()["rows"][0]["values"], bruteforce.values(VIEWS["user_activity"], events, u, as_of)
+            assert all(isclose(got[f"user_activity:{k}"], v) for k, v in want.items()), (u, got, want)
+
+    with TestClient(create_app(api, clock=lambda: as_of)) as client:
+        assert_exact(client)
+        rdb.flushdb()  # Redis restarted without persistence
+        r = client.get("/features", params={"user_id": "u1", "features": "user_activity"})
+        assert r.status_code == 503 and "fstore repair" in r.json()["detail"] and ptr.version in r.json()["detail"]
+        health = client.get("/health")
+        assert health.status_code == 503 and health.json()["status"] == "degraded"
+        res = CliRunner().invoke(repair_cmd, ["--no-progress"])
+        assert res.exit_code == 0, res.output
+        assert f"batch view {ptr.version} reloaded" in res.output and "120 events applied" in res.output
+        assert client.get("/health").status_code == 200
+        assert_exact(client)
+        again = CliRunner().invoke(repair_cmd, ["--no-progress"])
+        assert again.exit_code == 0 and "0 events applied, 120 already counted" in again.output, again.output
+        assert_exact(client)
+
+
+async def apply_as_the_worker(s: StreamSettings, events: list[Event]) -> int:
+    client = aioredis.Redis.from_url(s.redis_url)
+    try:
+        writer = TileWriter(client, list(VIEWS.values()), s.marker_ttl_s, s.tile_ttl_s)
+        return len(events) - len(await writer.apply(events))
+    finally:
+        await client.aclose()

@@ -1,0 +1,34 @@
+"""``fstore repair``: rebuild the Redis views after Redis lost its data (from Delta, no Spark run)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+
+@click.command("repair")
+@click.option("--force", is_flag=True, help="Run even though a stream worker committed in the last 30 s.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when a terminal).")
+def repair(force: bool, progress: bool | None) -> None:
+    """Reload the batch view of the last published run from its Delta tiles, then rebuild the speed view
+    since its cutover from raw_events (exactly once: the stream's de-duplication markers).
+
+    Use it when the API answers 503 "the batch view is missing from Redis" or after Redis restarted
+    empty. Stop the stream worker first (SIGTERM; it flushes and commits), run this, start the worker
+    again. Exit code 1 when refused or on an error. Runbook: docs/runbook.md, "Redis lost its data".
+    """
+    from tqdm import tqdm
+
+    from jobs.batch.settings import load_batch_settings
+    from jobs.repair import RepairRefused
+    from jobs.repair import repair as run_repair
+    from jobs.stream.settings import get_stream_settings
+
+    show = sys.stderr.isatty() if progress is None else progress
+    with tqdm(desc="speed view", unit="event", disable=not show, file=sys.stderr) as bar:
+        try:
+            report = run_repair(load_batch_settings(), get_stream_settings(), force=force, progress=bar.update)
+        except RepairRefused as exc:
+            raise click.ClickException(str(exc)) from None
+    click.echo(report.summary())

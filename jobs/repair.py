@@ -1,0 +1,138 @@
+"""``fstore repair``: rebuild Redis after it lost its data, from Delta alone (no Spark run).
+
+Redis holds only derived state (DESIGN §7): the batch view is reloaded from the Delta tile partition of
+the last published run (``batch_views`` says which version, cutover C and run date) under its own
+version, then published; the speed view is rebuilt from ``raw_events``: the first-ingested copy of every
+event_id (copies read back as far as the de-duplication markers reach) whose event_time is at or after
+C, applied through the stream worker's own tile writer, so the markers make it exactly once.
+
+Run it with the stream worker stopped (SIGTERM: the worker flushes and commits what it consumed, so
+``raw_events`` holds it all); restart the worker afterwards and it resumes from its committed offsets.
+A worker that committed within the last ``FRESH_HEARTBEAT_S`` seconds makes the command refuse
+(``--force`` overrides): a running worker could apply a later copy of an event before the repair applies
+the first one. See docs/runbook.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import redis
+import redis.asyncio as aioredis
+
+from fstore.clock import Clock, wall_clock
+from fstore.core.dedupe import first_ingested_arrow
+from fstore.core.events import Event
+from fstore.core.features import VIEWS, largest_hop, longest_window
+from fstore.core.timeutil import SECOND, to_date
+from fstore.delta import batch_views, raw_log
+from fstore.redis.layout import HEARTBEAT_KEY, BatchPointer, Heartbeat
+from jobs.batch import batch_view
+from jobs.batch.plan import tiles_table
+from jobs.batch.settings import BatchSettings
+from jobs.stream.settings import StreamSettings
+from jobs.stream.sinks import TileWriter
+
+FRESH_HEARTBEAT_S = 30
+CHUNK = 20_000  # events per tile-writer call
+
+
+class RepairRefused(RuntimeError):
+    """The repair would not be exact now (a live worker); the message says what to do."""
+
+
+@dataclass
+class RepairReport:
+    """What one repair did."""
+
+    batch_version: str | None = None
+    cutover: int | None = None
+    batch_keys: dict[str, int] = field(default_factory=dict)
+    speed_events: int = 0
+    speed_skipped: int = 0  # already counted (markers): e.g. a second repair
+
+    def summary(self) -> str:
+        batch = (
+            f"batch view {self.batch_version} reloaded ({sum(self.batch_keys.values())} keys)"
+            if self.batch_version
+            else "no batch view was ever published"
+        )
+        return f"{batch}; speed view: {self.speed_events} events applied, {self.speed_skipped} already counted"
+
+
+def repair(
+    batch: BatchSettings,
+    stream: StreamSettings,
+    *,
+    force: bool = False,
+    clock: Clock = wall_clock,
+    progress: Callable[[int], object] | None = None,
+) -> RepairReport:
+    """Reload the batch view and rebuild the speed view (see the module docstring).
+
+    Raises:
+        RepairRefused: a stream worker committed within :data:`FRESH_HEARTBEAT_S` s (unless ``force``).
+    """
+    client = redis.Redis.from_url(batch.redis_url)
+    try:
+        now = clock()
+        beat = Heartbeat.loads(client.get(HEARTBEAT_KEY))
+        if beat is not None and now - beat.committed_at < FRESH_HEARTBEAT_S * SECOND and not force:
+            raise RepairRefused(
+                "a stream worker committed tiles in the last 30 s: stop it (SIGTERM) before `fstore repair`, "
+                "then start it again (or pass --force if you know it is stopped)"
+            )
+        report = RepairReport()
+        last = batch_views.latest(batch.table("batch_views"))
+        if last is not None:
+            for name in VIEWS:
+                tiles = raw_log.read_table(
+                    batch.table(tiles_table(name)), filter=pc.field("run_date") == pa.scalar(last.run_date, pa.date32())
+                )
+                keys, _ = batch_view.load_tiles(
+                    tiles, name, last.version, client, batch.batch_view_ttl_s, batch.redis_chunk
+                )
+                report.batch_keys[name] = keys
+            batch_view.publish(
+                client, BatchPointer(last.version, last.cutover), batch.batch_view_ttl_s, batch.batch_view_grace_s
+            )
+            report.batch_version, report.cutover = last.version, last.cutover
+        since = last.cutover if last is not None else now - longest_window() - largest_hop()
+        events = speed_events(stream.table("raw_events"), since, now - stream.marker_ttl_s * SECOND)
+        applied, skipped = asyncio.run(_apply(stream, events, progress))
+        report.speed_events, report.speed_skipped = applied, skipped
+        return report
+    finally:
+        client.close()
+
+
+def speed_events(raw_uri: str, since: int, reach: int) -> list[Event]:
+    """The first-ingested copy of every event_id stored from ``reach`` on whose event_time is ``>= since``."""
+    first = to_date(min(since, reach))
+    copies = raw_log.read_table(raw_uri, filter=pc.field("event_date") >= pa.scalar(first, pa.date32()))
+    winners = first_ingested_arrow(copies)
+    micros = pc.cast(pc.cast(winners.column("event_time"), pa.timestamp("us", tz="UTC")), pa.int64())
+    winners = winners.filter(pc.greater_equal(micros, since))
+    cols = [winners.column(c).to_pylist() for c in Event._fields]
+    cols[4] = pc.cast(pc.cast(winners.column("event_time"), pa.timestamp("us", tz="UTC")), pa.int64()).to_pylist()
+    return [Event(*row) for row in zip(*cols, strict=True)]
+
+
+async def _apply(s: StreamSettings, events: list[Event], progress: Callable[[int], object] | None) -> tuple[int, int]:
+    client = aioredis.Redis.from_url(s.redis_url, socket_timeout=30)
+    writer = TileWriter(client, list(VIEWS.values()), s.marker_ttl_s, s.tile_ttl_s, cluster=s.stream_redis_cluster)
+    skipped = 0
+    try:
+        for lo in range(0, len(events), CHUNK):
+            chunk = events[lo : lo + CHUNK]
+            skipped += len(await writer.apply(chunk))
+            if progress is not None:
+                progress(len(chunk))
+    finally:
+        await client.aclose()
+    return len(events) - skipped, skipped
+
