@@ -1,4 +1,4 @@
-"""Benchmark: point-in-time training joins (DESIGN.md §6).
+"""Benchmark: point-in-time training joins (docs/design.md §6).
 
 Usage: ``python bench/pit_join.py [--events 10000000] [--rows 1000000] [--feast-rows N] [--spark-rows N]
 [--data-dir DIR]``. Prints one JSON line of figures:

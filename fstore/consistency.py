@@ -1,4 +1,4 @@
-"""Online/offline consistency check (DESIGN.md §5): GET /features vs get_historical_features at as_of.
+"""Online/offline consistency check (docs/design.md §5): GET /features vs get_historical_features at as_of.
 
 Samples entities from ``raw_events``, reads each one's features from the running API, then computes the
 same features offline with ``event_timestamp`` = the ``as_of`` of each response, and counts mismatches

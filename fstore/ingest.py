@@ -1,4 +1,4 @@
-"""Backfill path: append the valid events of a message file to ``raw_events`` (DESIGN.md §1, §2).
+"""Backfill path: append the valid events of a message file to ``raw_events`` (docs/design.md §1, §2).
 
 Messages are validated by the core exactly as the stream job does; invalid ones go to ``dead_letters``
 with their reason. Each batch of the file is one ingestion instant (``ingested_at``), strictly later than

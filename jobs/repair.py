@@ -1,6 +1,6 @@
 """``fstore repair``: rebuild Redis after it lost its data, from Delta alone (no Spark run).
 
-Redis holds only derived state (DESIGN §7): the batch view is reloaded from the Delta tile partition of
+Redis holds only derived state (docs/design.md §7): the batch view is reloaded from the Delta tile partition of
 the last published run (``batch_views`` says which version, cutover C and run date) under its own
 version, then published; the speed view is rebuilt from ``raw_events``: the first-ingested copy of every
 event_id (copies read back as far as the de-duplication markers reach) whose event_time is at or after

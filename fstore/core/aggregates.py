@@ -14,7 +14,7 @@ from enum import StrEnum
 
 
 class Agg(StrEnum):
-    """The aggregations of DESIGN.md §3."""
+    """The aggregations of docs/design.md §3."""
 
     COUNT = "count"
     SUM = "sum"

@@ -1,4 +1,4 @@
-"""De-duplication by event_id (DESIGN.md §2): the first ingested copy wins.
+"""De-duplication by event_id (docs/design.md §2): the first ingested copy wins.
 
 Copies are ordered by ``(ingested_at, payload_hash)``: the earliest ingestion wins and, between copies
 ingested at the same instant, the smaller hash of the original bytes does. Every reader of

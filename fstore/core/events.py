@@ -1,4 +1,4 @@
-"""The event contract of DESIGN.md §2: decoding, validation, normalisation, and masking of dead letters.
+"""The event contract of docs/design.md §2: decoding, validation, normalisation, and masking of dead letters.
 
 :func:`parse` turns the original message bytes into either a normalised :class:`Event` or a
 :class:`Rejection` carrying exactly one reason from the closed list :data:`REASONS`. Nothing raises on
@@ -43,7 +43,7 @@ REASONS = (
 #: amounts finite in Redis (``HINCRBYFLOAT``), Arrow, Delta and Spark.
 MAX_QUANTITY = 2**31 - 1
 MAX_PRICE = 1e15
-#: Epoch numbers are milliseconds (DESIGN §2). A number below this (1973-03-03T09:46:40Z in ms) is far
+#: Epoch numbers are milliseconds (docs/design.md §2). A number below this (1973-03-03T09:46:40Z in ms) is far
 #: more likely epoch *seconds* of today than a millisecond stamp of 1970–73: it is rejected as
 #: ``out_of_range:event_time`` instead of being read as a date in 1970, as is one past 9999-12-31
 #: (epoch microseconds or nanoseconds sent as milliseconds).

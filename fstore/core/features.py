@@ -1,4 +1,4 @@
-"""The feature definitions of DESIGN.md §3 — the one and only place features are listed.
+"""The feature definitions of docs/design.md §3 — the one and only place features are listed.
 
 The Feast repo, the stream job, the batch job, the serving layer and the point-in-time engine all read
 these objects. A windowed feature is (entity, event filter, measure, aggregation, window); a derived

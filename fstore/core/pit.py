@@ -1,4 +1,4 @@
-"""Point-in-time engine for training data (DESIGN.md §3 and §6), pure numpy/pandas/pyarrow.
+"""Point-in-time engine for training data (docs/design.md §3 and §6), pure numpy/pandas/pyarrow.
 
 :func:`point_in_time` returns, for every row of an entity dataframe, ``value(e, t)`` of the requested
 features with ``t`` = the row's ``event_timestamp`` (exclusive) and ``tail(t) = floor(t - W, hop(W))``.
@@ -439,7 +439,7 @@ def _arrow(col: Column, dtype: str) -> pa.Array:
 def point_in_time(
     entity_rows: Frame, refs: Sequence[str], events: pa.Table, *, full_feature_names: bool = False
 ) -> Frame:
-    """Point-in-time correct feature values for every entity row (DESIGN.md §3, §6).
+    """Point-in-time correct feature values for every entity row (docs/design.md §3, §6).
 
     Args:
         entity_rows: pandas DataFrame or Arrow table with ``event_timestamp`` (naive = UTC) and the join

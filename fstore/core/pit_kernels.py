@@ -1,4 +1,4 @@
-"""Vectorised kernels of the point-in-time engine (DESIGN.md §3), numpy only.
+"""Vectorised kernels of the point-in-time engine (docs/design.md §3), numpy only.
 
 The events of one measure are sorted by ``(entity code, event_time)`` once. A window query for entity
 ``e`` and bounds ``[lo_time, hi_time)`` is then two binary searches that give an index range ``[lo, hi)``

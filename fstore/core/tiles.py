@@ -1,4 +1,4 @@
-"""Tiles: partial aggregates of one entity's events over one hop-sized interval (DESIGN.md §4).
+"""Tiles: partial aggregates of one entity's events over one hop-sized interval (docs/design.md §4).
 
 A tile is addressed by ``(entity key, size, start)`` and holds one :class:`Partial` per measure that the
 view needs at that size. Both layers build tiles with :func:`add_event` and every reader turns tiles into

@@ -1,4 +1,4 @@
-"""Vectorised tiles and feature snapshots over Arrow/pandas frames (DESIGN.md §3, §4).
+"""Vectorised tiles and feature snapshots over Arrow/pandas frames (docs/design.md §3, §4).
 
 The same arithmetic as :mod:`fstore.core.tiles` (``add_event`` / ``evaluate``), for whole partitions of
 events at once: the batch job calls these functions on its executors and the point-in-time engine may

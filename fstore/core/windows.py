@@ -1,4 +1,4 @@
-"""Window, hop, tail and tile arithmetic (DESIGN.md §3).
+"""Window, hop, tail and tile arithmetic (docs/design.md §3).
 
 For a window ``W`` evaluated at time ``t`` the events that count are those with
 ``tail(t) <= event_time < t`` where ``tail(t) = floor(t - W, hop(W))``. The head is exact, the tail is

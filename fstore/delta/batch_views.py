@@ -1,6 +1,6 @@
 """Delta table ``batch_views``: the durable record of every batch view the nightly job published.
 
-Redis holds only rebuildable state (DESIGN §7); this small append-only table is what survives it: one
+Redis holds only rebuildable state (docs/design.md §7); this small append-only table is what survives it: one
 row per published version (version, cutover C, run date, when). The serving layer reads it to tell "no
 batch view was ever published" (speed tiles alone are the answer) from "Redis lost the batch view" (an
 answer would undercount: 503 until ``fstore repair`` reloads it), and ``fstore repair`` reads it to know

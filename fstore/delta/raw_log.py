@@ -1,4 +1,4 @@
-"""Delta tables of the master dataset: ``raw_events`` and ``dead_letters`` (DESIGN.md §1, §7).
+"""Delta tables of the master dataset: ``raw_events`` and ``dead_letters`` (docs/design.md §1, §7).
 
 ``raw_events`` is append-only and partitioned by ``event_date`` (UTC day of ``event_time``). Each row is
 one ingested copy of a valid event with ``ingested_at`` and ``payload_hash``, so every reader can apply

@@ -80,7 +80,7 @@ def broker_bin() -> str:
 
 
 class RedisServer(LocalService):
-    """``redis-server`` on 127.0.0.1 without persistence (no RDB, no AOF): a cache, as DESIGN §7 wants."""
+    """``redis-server`` on 127.0.0.1 without persistence (no RDB, no AOF): a cache, as docs/design.md §7 wants."""
 
     name = "redis"
 

@@ -1,4 +1,4 @@
-"""The fstore offline store for Feast (DESIGN.md §6): ``get_historical_features`` from ``raw_events``.
+"""The fstore offline store for Feast (docs/design.md §6): ``get_historical_features`` from ``raw_events``.
 
 Configure it in ``feature_store.yaml``::
 

@@ -1,4 +1,4 @@
-"""The fstore online store for Feast (DESIGN.md §4, §5): Feast reads the same merged values as the API.
+"""The fstore online store for Feast (docs/design.md §4, §5): Feast reads the same merged values as the API.
 
 Configure it in ``feature_store.yaml``::
 

@@ -1,4 +1,4 @@
-"""Training data from ``raw_events`` (DESIGN.md §6): the Delta adapter of the point-in-time engine.
+"""Training data from ``raw_events`` (docs/design.md §6): the Delta adapter of the point-in-time engine.
 
 :func:`get_historical_features` reads only the ``raw_events`` partitions a request can touch
 (``event_date`` from ``min t - longest window - largest hop`` to ``max t``), de-duplicates them (first

@@ -1,4 +1,4 @@
-"""The point-in-time engine on Spark (DESIGN.md §6: same answer, for data that outgrows one machine).
+"""The point-in-time engine on Spark (docs/design.md §6: same answer, for data that outgrows one machine).
 
 Spark reads the ``raw_events`` Parquet files of the needed partitions (the file list comes from the
 Delta log through delta-rs, so no delta-spark jars are needed), de-duplicates them with a window

@@ -1,6 +1,6 @@
 """An in-memory :class:`~fstore.online.ports.FeatureReader`: the lambda merge over tile dicts.
 
-Batch tiles serve ``[tail, C)`` and speed tiles ``[C, as_of)`` (DESIGN §4, docs/design.md), evaluated with
+Batch tiles serve ``[tail, C)`` and speed tiles ``[C, as_of)`` (docs/design.md §4), evaluated with
 the core's :func:`~fstore.core.tiles.evaluate` — the reference the Redis reader is tested against. The
 speed tiles can be those of the stream worker's fake (:class:`jobs.stream.fakes.MemoryTiles`).
 """

@@ -1,4 +1,4 @@
-"""The lambda merge of one entity read (DESIGN.md §4): decode tile hashes, fold windows, evaluate features.
+"""The lambda merge of one entity read (docs/design.md §4): decode tile hashes, fold windows, evaluate features.
 
 Pure (no client imports): :mod:`fstore.online.reader` feeds it the replies of its Redis round trip, the Feast
 online store the replies of its own. Values are bit-identical to :func:`fstore.core.tiles.evaluate` over

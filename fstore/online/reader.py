@@ -1,4 +1,4 @@
-"""Online reads: the lambda merge of the batch view and the speed view (DESIGN.md §4, §5).
+"""Online reads: the lambda merge of the batch view and the speed view (docs/design.md §4, §5).
 
 For entity ``e`` of view ``v`` at ``as_of``: tiles before the cutover C come from the batch view
 version that the pointer names, tiles from C on come from the speed view; windows are evaluated over the

@@ -1,4 +1,4 @@
-"""Key and field layout of the online views in Redis (DESIGN.md §4, §7, §8) — pure, no client imports.
+"""Key and field layout of the online views in Redis (docs/design.md §4, §7, §8) — pure, no client imports.
 
 Every layer that touches Redis (stream job, batch loader, serving layer, Feast online store) builds its
 keys here, so they cannot disagree.

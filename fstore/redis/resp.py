@@ -13,7 +13,7 @@ the redis-py client the reader is given (:meth:`RespPool.from_client`); a client
 (TLS, a credential provider) makes :func:`from_client` return ``None`` and the reader uses
 :func:`round_trip`, the same round trip on redis-py's own connections.
 
-Failure behaviour (DESIGN.md §5, "never a hang"): a connect that exceeds its timeout, or a round trip that
+Failure behaviour (docs/design.md §5, "never a hang"): a connect that exceeds its timeout, or a round trip that
 receives nothing for the socket timeout (as redis-py's per-read timeout), raises
 :class:`redis.exceptions.TimeoutError` and is not retried; a refused or dropped connection raises
 :class:`redis.exceptions.ConnectionError`. A connection is reused only after a complete round trip; on any

@@ -1,4 +1,4 @@
 """Nightly batch layer: tiles and feature snapshots in Delta, a data-quality gate, the Redis batch view.
 
-See DESIGN.md §4, §7 and docs/batch.md.
+See docs/design.md §4, §7 and docs/batch.md.
 """

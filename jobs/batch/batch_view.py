@@ -5,7 +5,7 @@ tile measure (:func:`~fstore.redis.layout.packed_fields`). A run loads its tiles
 that no reader knows yet, then ONE ``SET`` of :data:`~fstore.redis.layout.POINTER_KEY` (inside WATCH/MULTI, so a newer
 cutover is never replaced by an older one) makes the version visible and moves the cutover C. The
 previous version's keys get a short TTL (the grace period) so readers that fetched the old pointer still
-read a complete view. Every key carries a TTL (DESIGN.md §7).
+read a complete view. Every key carries a TTL (docs/design.md §7).
 
 A run that dies while loading (kill -9, lost executor) cannot clean up after itself: its version is in
 the set :data:`LOADING_KEY` with a lease key that the run keeps alive (:class:`LoadingLease`). The next

@@ -23,7 +23,7 @@ _ID_RE = r"^[A-Za-z0-9_.:-]{1,128}$"
 
 
 def first_ingested(copies: DataFrame) -> DataFrame:
-    """One row per event_id: the copy with the smallest ``(ingested_at, payload_hash)`` (DESIGN.md §2)."""
+    """One row per event_id: the copy with the smallest ``(ingested_at, payload_hash)`` (docs/design.md §2)."""
     order = Window.partitionBy("event_id").orderBy(F.col("ingested_at").asc(), F.col("payload_hash").asc())
     return copies.withColumn("_rank", F.row_number().over(order)).where(F.col("_rank") == 1).drop("_rank")
 

@@ -1,4 +1,4 @@
-"""The Lua script that applies speed-tile deltas to Redis exactly once per event (DESIGN.md §2, §4, §8).
+"""The Lua script that applies speed-tile deltas to Redis exactly once per event (docs/design.md §2, §4, §8).
 
 The stream worker pre-aggregates a batch in memory as if every event were new, grouped by
 ``(view, entity)`` — a *subgroup*: the events' de-duplication markers plus the summed tile deltas of

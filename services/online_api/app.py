@@ -277,7 +277,7 @@ def create_app(settings: ApiSettings | None = None, clock: Clock = wall_clock) -
         title="fstore online API",
         version="0.1.0",
         lifespan=lifespan,
-        description="Merged batch + speed feature values (DESIGN.md §4-§5).",
+        description="Merged batch + speed feature values (docs/design.md §4-§5).",
         docs_url="/docs" if open_docs else None,
         redoc_url="/redoc" if open_docs else None,
         openapi_url="/openapi.json" if open_docs else None,

@@ -21,7 +21,7 @@ class FeatureRow(BaseModel):
     """Values for one entity row."""
 
     entity: dict[str, str]
-    values: dict[str, FeatureValue] = Field(description="`view:feature` → value (null per DESIGN.md §3)")
+    values: dict[str, FeatureValue] = Field(description="`view:feature` → value (null per docs/design.md §3)")
     freshness: dict[str, Freshness] = Field(description="per feature view")
 
 

@@ -9,10 +9,10 @@ real Delta tables), and the values from the API's ``GET``/``POST /features`` ove
    speed-only (events from C on) and mixed (both, many within an hour of C, some exactly at C).
 2. ``fstore batch --date C-1`` rebuilds from raw_events and publishes the batch view with cutover C.
 3. The worker runs again on more traffic: events from C on, re-sent copies with different payloads
-   (the first copy must win) and late events before C (DESIGN §4: the next batch corrects those, so
+   (the first copy must win) and late events before C (docs/design.md §4: the next batch corrects those, so
    the view must not count them yet).
 4. Every user and product is read through the API; each value must equal the brute force of
-   DESIGN §3 at the response's ``as_of`` over batch-side events (before C, phase 1) plus speed-side
+   docs/design.md §3 at the response's ``as_of`` over batch-side events (before C, phase 1) plus speed-side
    events (from C on, first copy of each event_id).
 """
 

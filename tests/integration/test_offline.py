@@ -2,7 +2,7 @@
 
 ``raw_events`` is written through :class:`fstore.ingest.Ingestor` and, for the at-least-once raw sink's
 duplicates (same event_id, different payloads, earlier/later/equal ``ingested_at``), through
-:mod:`fstore.delta.raw_log`. Every engine must equal the brute force of DESIGN.md §3 over the brute-force
+:mod:`fstore.delta.raw_log`. Every engine must equal the brute force of docs/design.md §3 over the brute-force
 de-duplication of everything stored.
 """
 

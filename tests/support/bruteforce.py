@@ -1,4 +1,4 @@
-"""An independent, deliberately naive implementation of the DESIGN.md §3 contract.
+"""An independent, deliberately naive implementation of the docs/design.md §3 contract.
 
 It shares nothing with fstore.core's window/tile code: hop classes are restated from the table in the
 design, and each value is a direct scan over the events. Tests of every engine compare against it.
@@ -17,7 +17,7 @@ DAY = 24 * HOUR
 
 
 def hop_by_table(window: int) -> int:
-    """DESIGN.md §3 hop table."""
+    """docs/design.md §3 hop table."""
     if window <= 12 * HOUR:
         return 5 * MIN
     if window <= 12 * DAY:

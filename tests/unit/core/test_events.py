@@ -1,4 +1,4 @@
-"""The event contract (DESIGN.md §2): every rejection reason, normalisation, PII, de-duplication."""
+"""The event contract (docs/design.md §2): every rejection reason, normalisation, PII, de-duplication."""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""The point-in-time engine (fstore.core.pit) against the brute force of DESIGN.md §3 (tests/support/bruteforce.py)."""
+"""The point-in-time engine (fstore.core.pit) against the brute force of docs/design.md §3.
+
+The brute force is tests/support/bruteforce.py.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Table-driven tests of the window/tile contract (DESIGN.md §3), checked against the brute force."""
+"""Table-driven tests of the window/tile contract (docs/design.md §3), checked against the brute force."""
 
 from __future__ import annotations
 

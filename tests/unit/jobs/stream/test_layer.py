@@ -2,7 +2,7 @@
 
 Generated traffic (duplicates with other payloads, late and malformed messages) goes through
 ``SpeedLayer.handle`` exactly as the consumer loop hands it over; the fake sinks must then hold the
-DESIGN contract: every feature value from the tiles equals the brute force over the first copy of each
+contract (docs/design.md §3): every feature value from the tiles equals the brute force over the first copy of each
 valid event_id, every valid copy reached the raw sink, every malformed message was dead-lettered once
 with its reason.
 """
