@@ -28,7 +28,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import orjson
@@ -82,7 +82,18 @@ def quantile(hist: list[tuple[float, float]], q: float) -> float | None:
 class Run:
     """One worker process with its own topic, group and metrics port."""
 
-    def __init__(self, tmp: Path, redis: RedisServer, broker: Broker, name: str, **extra: str) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        redis: RedisServer,
+        broker: Broker,
+        name: str,
+        extra: Mapping[str, str] | None = None,
+        *,
+        command: Sequence[str] = ("-m", "jobs.stream"),
+        start: bool = True,
+    ) -> None:
+        """Create the run's topics and start ``python COMMAND`` (or only prepare it: :meth:`start` later)."""
         tag = uuid.uuid4().hex[:6]
         self.topic, self.port, self.broker = f"bench-{name}-{tag}", free_port(), broker
         self.redis_url = redis.url
@@ -100,12 +111,16 @@ class Run:
             "FSTORE_STREAM_LOG_LEVEL": "warning",
             "FSTORE_STREAM_SESSION_TIMEOUT_S": "6",
             "FSTORE_STREAM_REBALANCE_TIMEOUT_S": "6",
-            **extra,
+            **(extra or {}),
         }
         self.log = open(tmp / f"{name}.log", "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "jobs.stream"], cwd=tmp, env=env, stdout=self.log, stderr=subprocess.STDOUT
-        )
+        self.argv, self.cwd, self.env = [sys.executable, *command], tmp, env
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        """Start the worker process."""
+        self.proc = subprocess.Popen(self.argv, cwd=self.cwd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
 
     def wait_events(
         self,
@@ -223,7 +238,7 @@ def main() -> None:
                 ),
             ]
             for name, fn, extra in steps:
-                run = Run(tmp, redis, broker, name, **extra)
+                run = Run(tmp, redis, broker, name, extra)
                 try:
                     out[name] = fn(run)
                 finally:

@@ -9,6 +9,7 @@ speed tiles, the raw sink and offset commits (see that module for the flow and i
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import faust
 from faust.app.base import BootStrategy
@@ -33,22 +34,27 @@ class StreamApp(faust.App):
     BootStrategy = _Boot
 
 
+def app_options(s: StreamSettings) -> dict[str, Any]:
+    """The options of the worker's Faust app (id, broker, raw serializers, DLQ producer acks, no web server)."""
+    (STATE_DIR / "faust").mkdir(parents=True, exist_ok=True)
+    return {
+        "id": s.stream_app_id,
+        "broker": [f"kafka://{h}" for h in bootstrap_servers(s)],
+        "store": "memory://",
+        "datadir": str(STATE_DIR / "faust" / s.stream_app_id),
+        "key_serializer": "raw",
+        "value_serializer": "raw",
+        "topic_partitions": s.topic_partitions,
+        "topic_replication_factor": 1,
+        "web_enabled": False,
+        "producer_acks": -1,
+        "logging_config": None,
+    }
+
+
 def make_app(s: StreamSettings) -> faust.App:
     """The Faust app configured from settings (producer for the DLQ, timers, the consumer task)."""
-    (STATE_DIR / "faust").mkdir(parents=True, exist_ok=True)
-    return StreamApp(
-        s.stream_app_id,
-        broker=[f"kafka://{h}" for h in bootstrap_servers(s)],
-        store="memory://",
-        datadir=str(STATE_DIR / "faust" / s.stream_app_id),
-        key_serializer="raw",
-        value_serializer="raw",
-        topic_partitions=s.topic_partitions,
-        topic_replication_factor=1,
-        web_enabled=False,
-        producer_acks=-1,
-        logging_config=None,
-    )
+    return StreamApp(**app_options(s))
 
 
 settings = get_stream_settings()

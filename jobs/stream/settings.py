@@ -44,7 +44,10 @@ class StreamSettings(Settings):
         8 * 1024 * 1024, ge=1024, description="Max bytes per partition per Kafka fetch (bulk consumer)"
     )
     stream_commit_interval_s: float = Field(
-        1.0, gt=0, description="Unused (kept for compatibility): offsets are committed after each raw flush"
+        1.0,
+        gt=0,
+        description="Faust's commit interval for bench/faust_native_worker.py (ADR 0009); the worker itself "
+        "commits after each raw flush",
     )
     stream_log_level: str = Field("info", description="Worker log level")
     stream_naive_per_event: bool = Field(
