@@ -135,4 +135,3 @@ async def _apply(s: StreamSettings, events: list[Event], progress: Callable[[int
     finally:
         await client.aclose()
     return len(events) - skipped, skipped
-
