@@ -97,7 +97,7 @@ def layer() -> FaustNativeLayer:
 @app.task  # type: ignore[untyped-decorator]
 async def start_metrics() -> None:
     """Serve the speed layer's Prometheus metrics (the benchmark reads them)."""
-    metrics.serve(settings.stream_metrics_port)
+    metrics.serve(settings.stream_metrics_port, settings.stream_metrics_host)
 
 
 @app.agent(events_topic)
