@@ -1,8 +1,9 @@
 """The compiled plan: every definition the engines run from, as plain frozen data (DESIGN.md §2, §3).
 
 A user's Feast repository is compiled once (:mod:`fstore.feast.compile`) into a :class:`Plan`: the event
-schema, the entities, and per feature view its measures (a declared filter and value), its windowed
-features (measure, function, window, hop), its ratios and the tiles each hop needs. Nothing here knows
+schema (:mod:`fstore.core.event_schema`), the entities, and per feature view its measures (a declared
+filter and value), its windowed features (measure, function, window, hop), its ratios and the tiles
+each hop needs. Nothing here knows
 Feast or any engine; the plan names no feature by itself. Invariants that hold for any plan (names
 unique, references resolved, hops dividing a day) are checked on construction and raise
 :class:`PlanError`; the compiler reports the user-facing mistakes before it gets that far.
@@ -10,105 +11,15 @@ unique, references resolved, hops dividing a day) are checked on construction an
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from enum import StrEnum
 
-from fstore.core.expr import Column, Expr, Kind, unparse_measure
-from fstore.core.timeutil import DAY, MINUTE, SECOND
+from fstore.core.event_schema import EventSchema
+from fstore.core.expr import Expr, Kind, unparse_measure
+from fstore.core.functions import Function, State, states_of
+from fstore.core.plan_error import PlanError, require_unique
+from fstore.core.window_limits import window_problem
 from fstore.core.windows import hop as default_hop
-
-
-class PlanError(ValueError):
-    """Definitions that cannot be compiled; ``problems`` holds one message per mistake, each naming the
-    object and saying what to do."""
-
-    def __init__(self, problems: Iterable[str]) -> None:
-        self.problems = tuple(problems)
-        super().__init__("\n".join(f"- {p}" for p in self.problems) or "invalid definitions")
-
-
-class FieldType(StrEnum):
-    """Types of event fields."""
-
-    STRING = "string"
-    INT = "int"
-    FLOAT = "float"
-    BOOL = "bool"
-    TIMESTAMP = "timestamp"
-
-    @property
-    def kind(self) -> Kind | None:
-        """The expression kind of the field (``None``: not usable in expressions)."""
-        return _KINDS.get(self)
-
-
-_KINDS = {
-    FieldType.STRING: Kind.STRING,
-    FieldType.INT: Kind.NUMBER,
-    FieldType.FLOAT: Kind.NUMBER,
-    FieldType.BOOL: Kind.BOOL,
-}
-
-Scalar = str | int | float | bool
-
-
-@dataclass(frozen=True)
-class EventField:
-    """One declared field of the event schema.
-
-    ``required``: every event carries it; ``required_when``: a condition under which it is required;
-    ``values``: the allowed values of a string field (empty: any); ``minimum``/``maximum``: inclusive
-    bounds of a number; ``default``: the value of an absent optional field.
-    """
-
-    name: str
-    type: FieldType
-    required: bool = False
-    required_when: Expr | None = None
-    values: tuple[str, ...] = ()
-    minimum: float | None = None
-    maximum: float | None = None
-    default: Scalar | None = None
-    description: str = ""
-
-
-@dataclass(frozen=True)
-class EventSchema:
-    """The declared event schema: fields (in declaration order), the id field and the timestamp field."""
-
-    fields: tuple[EventField, ...]
-    id_field: str
-    timestamp_field: str
-
-    def __post_init__(self) -> None:
-        names = [f.name for f in self.fields]
-        _unique(names, "event field")
-        for special in (self.id_field, self.timestamp_field):
-            if special not in names:
-                raise PlanError([f"event schema: field '{special}' is not declared"])
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        """Field names in declaration order."""
-        return tuple(f.name for f in self.fields)
-
-    def field(self, name: str) -> EventField:
-        """The field called ``name`` (``KeyError`` naming it when there is none)."""
-        for f in self.fields:
-            if f.name == name:
-                return f
-        raise KeyError(f"event schema has no field '{name}'")
-
-    def columns(self) -> dict[str, Column]:
-        """What the expression type checker may read: every field but timestamps."""
-        return expr_columns(self.fields)
-
-
-def expr_columns(fields: Iterable[EventField]) -> dict[str, Column]:
-    """The fields an expression may read (timestamps may not), with their kinds and declared values."""
-    return {f.name: Column(k, frozenset(f.values)) for f in fields if (k := f.type.kind) is not None}
 
 
 @dataclass(frozen=True)
@@ -137,98 +48,6 @@ class Measure:
     def text(self) -> str:
         """The canonical text of the measure (``VALUE [if CONDITION]``)."""
         return unparse_measure(self.value, self.where)
-
-
-class Function(StrEnum):
-    """The aggregation functions of Feast's ``Aggregation`` that fstore serves (DESIGN.md §3)."""
-
-    COUNT = "count"
-    SUM = "sum"
-    MEAN = "mean"
-    MIN = "min"
-    MAX = "max"
-    STD = "std"
-    VAR = "var"
-    COUNT_DISTINCT = "count_distinct"
-
-    @property
-    def dtype(self) -> str:
-        """``int64`` for counts, ``float64`` otherwise."""
-        return "int64" if self in (Function.COUNT, Function.COUNT_DISTINCT) else "float64"
-
-    @property
-    def numeric(self) -> bool:
-        """Whether the function needs a numeric measure."""
-        return self not in (Function.COUNT, Function.COUNT_DISTINCT)
-
-
-class State(StrEnum):
-    """Parts of a tile's partial aggregate of one measure (DESIGN.md §4)."""
-
-    COUNT = "count"
-    SUM = "sum"
-    MIN = "min"
-    MAX = "max"
-    M2 = "m2"  # sum of squared deviations from the mean, merged with the parallel (Chan et al.) formula
-    DISTINCT = "distinct"  # the distinct values themselves (exact count_distinct)
-    SKETCH = "sketch"  # a declared approximate distinct-count sketch
-
-
-_STATES = {
-    Function.COUNT: (State.COUNT,),
-    Function.SUM: (State.SUM,),
-    Function.MEAN: (State.COUNT, State.SUM),
-    Function.MIN: (State.MIN,),
-    Function.MAX: (State.MAX,),
-    Function.STD: (State.COUNT, State.SUM, State.M2),
-    Function.VAR: (State.COUNT, State.SUM, State.M2),
-}
-
-#: Sketches a count_distinct feature may declare instead of exact members.
-SKETCHES = ("hll",)
-#: The longest window fstore serves: the nightly batch rebuilds ``longest window + largest hop`` of tiles.
-MAX_WINDOW = 366 * DAY
-#: The smallest declared hop (one tile per entity and measure every minute is the finest Redis keeps).
-MIN_HOP = MINUTE
-#: The most tiles one value may read (the default hop table never needs more than 366).
-MAX_TILES = 1000
-
-
-def duration_text(us: int) -> str:
-    """``90 * MINUTE`` → ``"90m"``, ``2 * DAY`` → ``"2d"``: the largest unit that divides the duration."""
-    for unit, suffix in ((DAY, "d"), (3600 * SECOND, "h"), (MINUTE, "m"), (SECOND, "s")):
-        if us and us % unit == 0:
-            return f"{us // unit}{suffix}"
-    return f"{us}us"
-
-
-def window_problem(window: int, slide: int | None) -> str | None:
-    """Why fstore cannot serve a window with this declared hop (``None``: it can).
-
-    A window must be positive and at most :data:`MAX_WINDOW`; a declared hop at least :data:`MIN_HOP`,
-    dividing a day (so 00:00 UTC, the batch cutover, is a tile boundary of every hop), at most the
-    window, and such that a value reads at most :data:`MAX_TILES` tiles.
-    """
-    if window <= 0:
-        return "time_window must be positive"
-    if window > MAX_WINDOW:
-        return f"time_window {duration_text(window)} is longer than the longest window fstore serves (366d)"
-    if slide is None:
-        return None
-    if slide < MIN_HOP or DAY % slide:
-        return (
-            f"slide_interval {duration_text(slide)} must be at least 1 minute and divide a day "
-            "(e.g. 5 minutes, 15 minutes, 1 hour, 6 hours, 1 day)"
-        )
-    if slide > window:
-        return f"slide_interval {duration_text(slide)} is longer than time_window {duration_text(window)}"
-    tiles = -(-window // slide) + 1
-    if tiles > MAX_TILES:
-        return (
-            f"a value would read {tiles} tiles of {duration_text(slide)} (at most {MAX_TILES}): "
-            "declare a larger slide_interval"
-        )
-    return None
 
 
 @dataclass(frozen=True)
@@ -261,9 +80,7 @@ class WindowedFeature:
     @property
     def states(self) -> tuple[State, ...]:
         """The partial-aggregate parts this feature reads from its tiles."""
-        if self.function is Function.COUNT_DISTINCT:
-            return (State.SKETCH,) if self.sketch else (State.DISTINCT,)
-        return _STATES[self.function]
+        return states_of(self.function, self.sketch)
 
 
 @dataclass(frozen=True)
@@ -312,8 +129,8 @@ class View:
     description: str = ""
 
     def __post_init__(self) -> None:
-        _unique([m.name for m in self.measures], f"view {self.name}: measure")
-        _unique(self.feature_names, f"view {self.name}: feature")
+        require_unique([m.name for m in self.measures], f"view {self.name}: measure")
+        require_unique(self.feature_names, f"view {self.name}: feature")
         measures = {m.name: m for m in self.measures}
         windowed = {f.name for f in self.windowed}
         problems = []
@@ -395,8 +212,8 @@ class Plan:
     topic: str = ""
 
     def __post_init__(self) -> None:
-        _unique([e.name for e in self.entities], "entity")
-        _unique([v.name for v in self.views], "feature view")
+        require_unique([e.name for e in self.entities], "entity")
+        require_unique([v.name for v in self.views], "feature view")
         names = {e.name for e in self.entities}
         fields = set(self.schema.names)
         problems = []
@@ -442,9 +259,3 @@ class Plan:
     def longest_window(self) -> int:
         """The longest window of any view."""
         return max(v.longest_window for v in self.views)
-
-
-def _unique(names: Iterable[str], what: str) -> None:
-    dups = sorted(n for n, k in Counter(names).items() if k > 1)
-    if dups:
-        raise PlanError([f"{what} names must be unique; repeated: {', '.join(dups)}"])

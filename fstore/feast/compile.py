@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +22,8 @@ from feast import Entity, FeatureStore, FeatureView, KafkaSource, OnDemandFeatur
 from feast.repo_operations import get_repo_files
 
 from fstore.core.plan import Entity as PlanEntity
-from fstore.core.plan import Plan, PlanError
+from fstore.core.plan import Plan
+from fstore.core.plan_error import PlanError
 from fstore.feast.compile_source import entities, event_schema, source_name
 from fstore.feast.compile_view import compile_view
 from fstore.feast.problems import Problems
@@ -173,7 +174,7 @@ def compile_objects(objects: RepoObjects) -> Plan:
     )
 
 
-def _repeated(names: Iterator[str] | Any) -> list[str]:
+def _repeated(names: Iterable[str]) -> list[str]:
     seen: set[str] = set()
     out = []
     for n in names:

@@ -25,8 +25,11 @@ from feast import Entity as FeastEntity
 from feast import KafkaSource, ValueType
 from feast.data_format import JsonFormat
 
-from fstore.core.expr import ExprError, check_condition, parse_condition
-from fstore.core.plan import Entity, EventField, EventSchema, FieldType, Scalar, expr_columns
+from fstore.core.event_schema import EventField, EventSchema, FieldType, Scalar, expr_columns
+from fstore.core.expr import ExprError
+from fstore.core.expr_check import check_condition
+from fstore.core.expr_parse import parse_condition
+from fstore.core.plan import Entity
 from fstore.feast.problems import Problems, fstore_tags
 from fstore.feast.schema_json import parse_schema_json
 

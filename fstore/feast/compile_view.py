@@ -24,19 +24,13 @@ from feast import Field, StreamFeatureView
 from feast.aggregation import Aggregation
 from feast.types import Float64, Int64
 
-from fstore.core.expr import Col, ExprError, Kind, check_measure, parse_measure
-from fstore.core.plan import (
-    SKETCHES,
-    Entity,
-    EventSchema,
-    Feature,
-    Function,
-    Measure,
-    RatioFeature,
-    View,
-    WindowedFeature,
-    window_problem,
-)
+from fstore.core.event_schema import EventSchema
+from fstore.core.expr import Col, ExprError, Kind
+from fstore.core.expr_check import check_measure
+from fstore.core.expr_parse import parse_measure
+from fstore.core.functions import SKETCHES, Function
+from fstore.core.plan import Entity, Feature, Measure, RatioFeature, View, WindowedFeature
+from fstore.core.window_limits import window_problem
 from fstore.feast.problems import Problems, fstore_tags
 
 FUNCTIONS = {f.value: f for f in Function} | {"avg": Function.MEAN, "stddev": Function.STD, "variance": Function.VAR}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 
-from fstore.core.plan import PlanError
+from fstore.core.plan_error import PlanError
 
 #: Prefix of the Feast tags that carry fstore declarations.
 PREFIX = "fstore."

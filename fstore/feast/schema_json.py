@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
-from fstore.core.plan import FieldType
+from fstore.core.event_schema import FieldType
 
 _TYPES = {
     "STRING": FieldType.STRING,

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import redis
 
-from fstore.core.expr import parse_measure
 from fstore.core.expr_eval import measure_fn
+from fstore.core.expr_parse import parse_measure
 from fstore.core.expr_render import LUA_PRELUDE, measure_lua, measure_sql
 from tests.support.expr_cases import CASES, ROWS, SCHEMA, random_measures, random_rows
 

@@ -19,14 +19,13 @@ from fstore.core.expr import (
     Logic,
     Num,
     Str,
-    check_measure,
     columns,
-    parse_condition,
-    parse_measure,
     unparse,
     unparse_measure,
 )
+from fstore.core.expr_check import check_measure
 from fstore.core.expr_eval import compile_row, measure_arrow, measure_fn, truth_arrow
+from fstore.core.expr_parse import parse_condition, parse_measure
 from tests.support.expr_cases import CASES, ROWS, SCHEMA, random_measures, random_rows
 
 pytestmark = pytest.mark.unit

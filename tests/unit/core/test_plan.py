@@ -4,26 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from fstore.core.expr import Kind, parse_measure
-from fstore.core.plan import (
-    Entity,
-    EventField,
-    EventSchema,
-    FieldType,
-    Function,
-    Measure,
-    Plan,
-    PlanError,
-    RatioFeature,
-    State,
-    TileGroup,
-    TileMeasure,
-    View,
-    WindowedFeature,
-    duration_text,
-    window_problem,
-)
+from fstore.core.event_schema import EventField, EventSchema, FieldType
+from fstore.core.expr import Kind
+from fstore.core.expr_parse import parse_measure
+from fstore.core.functions import Function, State
+from fstore.core.plan import Entity, Measure, Plan, RatioFeature, TileGroup, TileMeasure, View, WindowedFeature
+from fstore.core.plan_error import PlanError
 from fstore.core.timeutil import DAY, HOUR, MINUTE, SECOND
+from fstore.core.window_limits import duration_text, window_problem
 
 pytestmark = pytest.mark.unit
 
