@@ -1,4 +1,4 @@
-"""The declared event schema of a plan (DESIGN.md §2): fields, types, requirements, id and time fields.
+"""The declared event schema of a plan (docs/design.md §2): fields, types, requirements, id and time fields.
 
 The compiler fills it from the user's stream source; the event contract (validation, dead letters,
 ``raw_events`` columns) and the expression type checker read it.

@@ -1,4 +1,4 @@
-"""The declared expression language of filters and measures (DESIGN.md §3, docs/adr/0012).
+"""The declared expression language of filters and measures (docs/design.md §3, docs/adr/0012).
 
 A measure is declared as one line, ``VALUE [if CONDITION]``, e.g. ``price * quantity if event_type ==
 'purchase'`` or ``1 if event_type in ('click', 'tap')``. The language is deliberately small so that

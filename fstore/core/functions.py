@@ -1,5 +1,5 @@
 """The aggregation functions fstore serves — every one of Feast's ``Aggregation`` — and the parts of a
-tile's partial aggregate each one reads (DESIGN.md §3, §4)."""
+tile's partial aggregate each one reads (docs/design.md §3, §4)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from enum import StrEnum
 
 
 class Function(StrEnum):
-    """The aggregation functions of Feast's ``Aggregation`` that fstore serves (DESIGN.md §3)."""
+    """The aggregation functions of Feast's ``Aggregation`` that fstore serves (docs/design.md §3)."""
 
     COUNT = "count"
     SUM = "sum"
@@ -30,7 +30,7 @@ class Function(StrEnum):
 
 
 class State(StrEnum):
-    """Parts of a tile's partial aggregate of one measure (DESIGN.md §4)."""
+    """Parts of a tile's partial aggregate of one measure (docs/design.md §4)."""
 
     COUNT = "count"
     SUM = "sum"

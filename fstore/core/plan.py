@@ -1,4 +1,4 @@
-"""The compiled plan: every definition the engines run from, as plain frozen data (DESIGN.md §2, §3).
+"""The compiled plan: every definition the engines run from, as plain frozen data (docs/design.md §2, §3).
 
 A user's Feast repository is compiled once (:mod:`fstore.feast.compile`) into a :class:`Plan`: the event
 schema (:mod:`fstore.core.event_schema`), the entities, and per feature view its measures (a declared
@@ -55,7 +55,7 @@ class WindowedFeature:
     """``function`` of a measure over ``[tail(t), t)``, ``tail(t) = floor(t - window, hop)``.
 
     ``slide`` is the hop the user declared (Feast's ``slide_interval``); ``None`` applies the default
-    table of DESIGN.md §3. Times are microseconds. ``sketch`` names a declared approximate sketch of a
+    table of docs/design.md §3. Times are microseconds. ``sketch`` names a declared approximate sketch of a
     count_distinct feature (``None``: exact).
     """
 

@@ -1,4 +1,4 @@
-"""Which windows and declared hops fstore can serve (DESIGN.md §3), and durations as short text."""
+"""Which windows and declared hops fstore can serve (docs/design.md §3), and durations as short text."""
 
 from __future__ import annotations
 

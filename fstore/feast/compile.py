@@ -1,4 +1,4 @@
-"""Compile a Feast repository into fstore's plan, all or nothing (DESIGN.md §3, docs/adr/0012).
+"""Compile a Feast repository into fstore's plan, all or nothing (docs/design.md §3, docs/adr/0012).
 
 :func:`compile_repo` reads the Python files of a repository directory the way ``feast apply`` does;
 :func:`compile_registry` reads what ``feast apply`` registered; both hand the Feast objects to

@@ -1,4 +1,4 @@
-"""Compiling the event source and the entities of a Feast repository (DESIGN.md §2).
+"""Compiling the event source and the entities of a Feast repository (docs/design.md §2).
 
 The event schema is the ``KafkaSource``'s ``JsonFormat(schema_json=...)`` (field names, types, ``NOT
 NULL`` = required) plus ``fstore.*`` tags on the source for what Spark DDL cannot say:

@@ -1,4 +1,4 @@
-"""Compiling one ``StreamFeatureView`` into a plan :class:`~fstore.core.plan.View` (DESIGN.md §3).
+"""Compiling one ``StreamFeatureView`` into a plan :class:`~fstore.core.plan.View` (docs/design.md §3).
 
 A view declares, in Feast's own objects:
 
@@ -6,7 +6,7 @@ A view declares, in Feast's own objects:
   feature each. ``column`` is a measure declared in the view's tags or an event field; ``function`` one
   of Feast's (``count, sum, mean|avg, min, max, std|stddev, var|variance, count_distinct``);
   ``slide_interval`` the hop (Feast fills it with ``time_window`` when it is left out: that, like
-  ``None``, means the default hop of DESIGN.md §3);
+  ``None``, means the default hop of docs/design.md §3);
 - ``tags={"fstore.measure.<name>": "VALUE [if CONDITION]"}``: the measures (:mod:`fstore.core.expr`);
 - ``schema=[Field(...)]``: one field per feature, in the order features are listed, with Feast's dtype
   (``Int64`` for count and count_distinct, ``Float64`` otherwise); a derived ratio is a ``Float64``

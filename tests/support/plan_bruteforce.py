@@ -1,4 +1,4 @@
-"""A naive evaluation of any compiled plan, straight from the DESIGN.md §3 contract (no tiles).
+"""A naive evaluation of any compiled plan, straight from the docs/design.md §3 contract (no tiles).
 
 ``value(e, t) = AGG { measure(ev) : ev.entity = e, filter(ev), tail(t) <= ev.event_time < t }`` with
 ``tail(t) = floor(t - W, hop)``: each value is a scan over every event. The hop is the declared slide or

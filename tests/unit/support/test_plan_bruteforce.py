@@ -1,4 +1,4 @@
-"""The plan brute force on hand-computed cases (DESIGN.md §3), then against the core's brute force.
+"""The plan brute force on hand-computed cases (docs/design.md §3), then against the core's brute force.
 
 Every expected number below is worked out by hand from the contract; the last test checks that the
 example repository's plan, evaluated by :mod:`tests.support.plan_bruteforce`, gives exactly the values
