@@ -1,8 +1,15 @@
 """Mergeable partial aggregates (initialize / add / merge / result).
 
-Every layer stores :class:`Partial` values, never final feature values, so tiles written by the stream
-job, the batch job or computed by the point-in-time engine merge with the same code. A partial carries
-count, sum, min and max of one measure; ``result`` derives any of the five aggregations from it.
+Every layer stores partial aggregates, never final feature values, so tiles written by the stream job,
+the batch job or computed by the point-in-time engine merge with the same code. A partial carries count,
+sum, min and max of one measure; ``result`` derives any of the five aggregations from it.
+
+The algebra is written once, on plain tuples (:data:`Stats`): :func:`fold` adds measured values,
+:func:`merge_stats` merges partials, :func:`result` applies the empty-window rules. :class:`Partial` is
+the mutable object form and calls those functions; the hot scalar paths (the online merge per request,
+the stream's pre-aggregation per batch) call them directly on tuples. Vectorised engines (pandas, numpy,
+Spark, the Lua script inside Redis) are separate algorithms, held to the same results by the boundary
+table of the tests.
 """
 
 from __future__ import annotations
@@ -25,6 +32,61 @@ class Agg(StrEnum):
 
 Value = int | float | None
 
+#: A partial aggregate as a tuple: ``(count, sum, min, max)``; min and max are ``None`` while count is 0.
+Stats = tuple[int, float, float | None, float | None]
+#: The partial of no events.
+EMPTY: Stats = (0, 0.0, None, None)
+
+
+def fold(acc: Stats, values: Iterable[float]) -> Stats:
+    """``acc`` with the measured ``values`` added, in order (the sum is accumulated left to right)."""
+    c, total, mn, mx = acc
+    for x in values:
+        c += 1
+        total += x
+        if mn is None or x < mn:
+            mn = x
+        if mx is None or x > mx:
+            mx = x
+    return c, total, mn, mx
+
+
+def merge_stats(acc: Stats, others: Iterable[Stats]) -> Stats:
+    """``acc`` merged with ``others``, in order (associative and commutative up to float rounding of the
+    sum: merging in the same order gives bit-identical sums). Empty partials are skipped."""
+    c, total, mn, mx = acc
+    for oc, ot, on, ox in others:
+        if oc == 0:
+            continue
+        c += oc
+        total += ot
+        if mn is None or (on is not None and on < mn):
+            mn = on
+        if mx is None or (ox is not None and ox > mx):
+            mx = ox
+    return c, total, mn, mx
+
+
+def ones(n: int) -> Stats:
+    """The partial of ``n`` values that are all 1 (count-style measures store only ``n``)."""
+    return (n, float(n), 1.0, 1.0) if n else EMPTY
+
+
+def result(agg: Agg, stats: Stats) -> Value:
+    """The final value of a partial; empty → 0 for count and sum, ``None`` for avg, min and max."""
+    c = stats[0]
+    if agg is Agg.COUNT:
+        return c
+    if agg is Agg.SUM:
+        return stats[1] if c else 0.0
+    if c == 0:
+        return None
+    if agg is Agg.AVG:
+        return stats[1] / c
+    if agg is Agg.MIN:
+        return stats[2]
+    return stats[3]
+
 
 @dataclass(slots=True)
 class Partial:
@@ -39,55 +101,30 @@ class Partial:
     maximum: float | None = None
 
     def add(self, x: float) -> None:
-        """Fold one measured value in."""
-        self.count += 1
-        self.total += x
-        if self.minimum is None or x < self.minimum:
-            self.minimum = x
-        if self.maximum is None or x > self.maximum:
-            self.maximum = x
+        """Fold one measured value in (:func:`fold`)."""
+        self.count, self.total, self.minimum, self.maximum = fold(self.to_tuple(), (x,))
 
     def merge(self, other: Partial) -> None:
-        """Fold another partial in (associative and commutative)."""
-        if other.count == 0:
-            return
-        self.count += other.count
-        self.total += other.total
-        if self.minimum is None or (other.minimum is not None and other.minimum < self.minimum):
-            self.minimum = other.minimum
-        if self.maximum is None or (other.maximum is not None and other.maximum > self.maximum):
-            self.maximum = other.maximum
+        """Fold another partial in (:func:`merge_stats`)."""
+        self.count, self.total, self.minimum, self.maximum = merge_stats(self.to_tuple(), (other.to_tuple(),))
 
     def result(self, agg: Agg) -> Value:
-        """The final value; empty → 0 for count and sum, ``None`` for avg, min and max."""
-        if agg is Agg.COUNT:
-            return self.count
-        if agg is Agg.SUM:
-            return self.total if self.count else 0.0
-        if self.count == 0:
-            return None
-        if agg is Agg.AVG:
-            return self.total / self.count
-        if agg is Agg.MIN:
-            return self.minimum
-        return self.maximum
+        """The final value (:func:`result`): empty → 0 for count and sum, ``None`` for avg, min and max."""
+        return result(agg, self.to_tuple())
 
-    def to_tuple(self) -> tuple[int, float, float | None, float | None]:
-        """Compact form used by storage adapters."""
+    def to_tuple(self) -> Stats:
+        """The tuple form (:data:`Stats`), also used by storage adapters."""
         return (self.count, self.total, self.minimum, self.maximum)
 
     @classmethod
-    def from_tuple(cls, t: tuple[int, float, float | None, float | None]) -> Partial:
+    def from_tuple(cls, t: Stats) -> Partial:
         """Inverse of :meth:`to_tuple`."""
         return cls(int(t[0]), float(t[1]), t[2], t[3])
 
 
 def merge_all(partials: Iterable[Partial]) -> Partial:
     """Merge any number of partials into a fresh one."""
-    out = Partial()
-    for p in partials:
-        out.merge(p)
-    return out
+    return Partial(*merge_stats(EMPTY, (p.to_tuple() for p in partials)))
 
 
 def ratio(numerator: Value, denominator: Value) -> float | None:

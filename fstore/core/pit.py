@@ -26,6 +26,7 @@ from fstore.core.aggregates import Agg
 from fstore.core.features import Feature, FeatureView, RatioFeature, ValueKind, WindowedFeature, resolve
 from fstore.core.pit_kernels import F64, I64, Bool, SortedMeasure
 from fstore.core.timeutil import MILLISECOND, SECOND
+from fstore.core.windows import tail
 
 TIMESTAMP_COLUMN = "event_timestamp"
 #: Columns of ``raw_events`` the engine reads (after de-duplication).
@@ -310,9 +311,7 @@ def _windowed_values(
         hi = hi_cache[f.measure.name]
         lk = (f.measure.name, f.window)
         if lk not in lo_cache:
-            tails = down - f.window
-            tails -= tails % f.hop  # tail(t) = floor(t - W, hop(W)), floored division on int64
-            lo_cache[lk] = sm.position(codes, tails)
+            lo_cache[lk] = sm.position(codes, tail(down, f.window, f.hop))  # the core's tail, on int64 arrays
         lo = lo_cache[lk]
         count = hi - lo
         if f.agg is Agg.COUNT:

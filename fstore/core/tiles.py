@@ -7,15 +7,15 @@ feature values with :func:`evaluate`, so stream, batch and serving cannot disagr
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import cache
 from typing import NamedTuple
 
-from fstore.core.aggregates import Partial, Value, ratio
+from fstore.core.aggregates import Partial, Stats, Value, merge_stats, ratio
 from fstore.core.events import Event
 from fstore.core.features import FeatureView, Measure, RatioFeature, WindowedFeature
-from fstore.core.timeutil import floor_to
-from fstore.core.windows import span
+from fstore.core.windows import tile_bounds, tile_start
 
 Tile = dict[str, Partial]  # measure name -> partial
 
@@ -57,7 +57,7 @@ def add_event(tiles: dict[TileKey, Tile], view: FeatureView, ev: Event) -> None:
         measures = by_type.get(ev.event_type)
         if not measures:
             continue
-        tkey = TileKey(key, size, floor_to(ev.event_time, size))
+        tkey = TileKey(key, size, tile_start(ev.event_time, size))
         tile = tiles.get(tkey)
         if tile is None:
             tile = tiles[tkey] = {}
@@ -89,15 +89,29 @@ def window_partial(lookup: TileLookup, f: WindowedFeature, t: int) -> Partial:
 
     The caller guarantees that the head tile (the one containing ``t``) holds only events before ``t``.
     """
-    sp = span(t, f.window)
+    size = f.hop
+    lo, hi = tile_bounds(t, f.window, size)
     out = Partial()
-    for start in sp.all_tiles():
-        tile = lookup(sp.size, start)
+    for start in range(lo, hi, size):
+        tile = lookup(size, start)
         if tile:
             p = tile.get(f.measure.name)
             if p is not None:
                 out.merge(p)
     return out
+
+
+def merge_series(acc: Stats, starts: Sequence[int], stats: Sequence[Stats], lo: int, hi: int) -> Stats:
+    """``acc`` merged with the tiles of one series that start in ``[lo, hi)`` (bounds from
+    :func:`fstore.core.windows.tile_bounds`), in ascending start order.
+
+    A series is one measure's tiles of one size as parallel sequences, ``starts`` ascending; it holds only
+    the tiles that exist, so a window visits the few tiles an entity has instead of probing every slot.
+    Merged in the order of :func:`window_partial`, so sums are bit-identical to it.
+    """
+    i = bisect_left(starts, lo)
+    j = bisect_left(starts, hi, i)
+    return merge_stats(acc, stats[i:j]) if i < j else acc
 
 
 def evaluate(view: FeatureView, lookup: TileLookup, t: int, names: Iterable[str] | None = None) -> dict[str, Value]:

@@ -26,7 +26,7 @@ import pyarrow as pa
 from fstore.core.aggregates import Agg
 from fstore.core.features import FeatureView, RatioFeature, ValueKind
 from fstore.core.tiles import tile_plan
-from fstore.core.windows import tail
+from fstore.core.windows import tile_bounds, tile_start
 
 TILE_KEYS = ("size", "tile_start", "measure")
 STAT_COLUMNS = ("count", "sum", "min", "max")
@@ -86,7 +86,7 @@ def measured_values(
     for size, by_type in tile_plan(view):
         lo = horizons[size]
         in_range = has_key & (times >= lo) & (times < end)
-        starts = times - times % size
+        starts = tile_start(times, size)
         for event_type, measures in by_type.items():
             mask = in_range & (ev["event_type"] == event_type).to_numpy()
             if not mask.any():
@@ -166,11 +166,12 @@ def snapshot(view: FeatureView, tiles: pa.Table | pd.DataFrame, t: int) -> pa.Ta
     key = view.entity.join_key
     partials: dict[str, pd.DataFrame] = {}
     for f in view.windowed:
+        lo, hi = tile_bounds(t, f.window, f.hop)  # hi == t: t is on the grid
         sel = tl[
             (tl["size"] == f.hop)
             & (tl["measure"] == f.measure.name)
-            & (tl["tile_start"] >= tail(t, f.window))
-            & (tl["tile_start"] < t)
+            & (tl["tile_start"] >= lo)
+            & (tl["tile_start"] < hi)
         ]
         sel = sel.sort_values([key, "tile_start"], kind="mergesort")
         agg = sel.groupby(key, sort=True).agg(

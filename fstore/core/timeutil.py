@@ -7,6 +7,11 @@ tile boundaries exact (no float rounding) and are what Parquet/Delta store for `
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
 
 MICROS = 1
 MILLISECOND = 1_000
@@ -17,6 +22,9 @@ DAY = 24 * HOUR
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_US = timedelta(microseconds=1)
+#: Epoch microseconds: one instant, or an int64 array of them (the vectorised engines use the same grid
+#: arithmetic; numpy's ``%`` on integers is floored like Python's, so both align alike, also before 1970).
+Micros = TypeVar("Micros", int, "NDArray[np.int64]")
 #: Latest representable event time (9999-12-31T23:59:59.999999Z).
 MAX_MICROS = (datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC) - EPOCH) // _ONE_US
 
@@ -42,9 +50,14 @@ def iso(us: int) -> str:
     return from_micros(us).isoformat().replace("+00:00", "Z")
 
 
-def floor_to(us: int, step: int) -> int:
+def floor_to(us: Micros, step: int) -> Micros:
     """Align ``us`` down to the grid of ``step`` microseconds anchored at the UTC epoch."""
     return us - us % step
+
+
+def ceil_to(us: Micros, step: int) -> Micros:
+    """Align ``us`` up to the grid of ``step`` microseconds (``us`` itself when it is on the grid)."""
+    return us + -us % step
 
 
 def day_start(d: date) -> int:

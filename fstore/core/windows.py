@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from fstore.core.timeutil import DAY, HOUR, MINUTE, floor_to
+from fstore.core.timeutil import DAY, HOUR, MINUTE, Micros, ceil_to, floor_to
 
 HOP_SHORT = 5 * MINUTE
 HOP_MEDIUM = HOUR
@@ -34,9 +34,31 @@ def hop(window: int) -> int:
     return HOP_LONG
 
 
-def tail(t: int, window: int) -> int:
-    """First included instant of the window ending (exclusively) at ``t``."""
-    return floor_to(t - window, hop(window))
+def tail(t: Micros, window: int, size: int | None = None) -> Micros:
+    """First included instant of the window ending (exclusively) at ``t``: ``floor(t - W, hop(W))``.
+
+    Args:
+        t: evaluation time(s), UTC epoch µs (an int, or an int64 array for the vectorised engines).
+        window: ``W`` in µs.
+        size: the hop grid to align to (default: :func:`hop` of the window).
+    """
+    return floor_to(t - window, hop(window) if size is None else size)
+
+
+def tile_bounds(t: int, window: int, size: int | None = None) -> tuple[int, int]:
+    """``(lo, hi)``: the tiles of ``size`` that serve the window ``[tail(t), t)`` are those starting in
+    ``[lo, hi)`` — the full tiles from the tail, then the head tile ``[floor(t), t)`` unless ``t`` is on
+    the grid. Every reader of tiles takes its bounds from here.
+
+    Args:
+        t: evaluation time, UTC epoch µs (exclusive).
+        window: ``W`` in µs.
+        size: tile size (default: :func:`hop` of the window).
+    """
+    if size is None:
+        size = hop(window)
+    lo = t - window  # (tail(t, window, size), ceil_to(t, size)) inlined: this runs per window per online read
+    return lo - lo % size, t + -t % size
 
 
 class TileSpan(NamedTuple):
@@ -57,16 +79,15 @@ class TileSpan(NamedTuple):
 
     def all_tiles(self) -> range:
         """Start times of every tile that may hold a counted event (full tiles and the head tile)."""
-        end = self.head_start + (self.size if self.t > self.head_start else 0)
-        return range(self.full_start, end, self.size)
+        return range(self.full_start, ceil_to(self.t, self.size), self.size)
 
 
 def span(t: int, window: int) -> TileSpan:
     """Decompose the window ending at ``t`` into tiles of ``hop(window)``."""
     size = hop(window)
-    return TileSpan(size=size, full_start=tail(t, window), head_start=floor_to(t, size), t=t)
+    return TileSpan(size=size, full_start=tail(t, window, size), head_start=floor_to(t, size), t=t)
 
 
-def tile_start(event_time: int, size: int) -> int:
-    """Start of the tile of ``size`` that contains ``event_time``."""
-    return floor_to(event_time, size)
+#: ``tile_start(event_time, size)``: start of the tile of ``size`` that contains ``event_time`` (tiles lie
+#: on the epoch-anchored grid; an alias, so the stream's per-event fold pays one call, not two).
+tile_start = floor_to

@@ -7,8 +7,10 @@ online store the replies of its own. Values are bit-identical to :func:`fstore.c
 * Tiles are held per (tile size, measure) as start-sorted series of ``(count, sum, min, max)`` holding
   only the tiles that exist, so a window visits the few tiles an entity has instead of probing every tile
   slot; each (measure, window) is merged once per entity even when several aggregations use it.
-* Merge order and arithmetic are those of :meth:`fstore.core.aggregates.Partial.merge` (ascending tile
-  start, batch tiles before speed tiles), so sums are bit-identical.
+* The arithmetic is the core's: window bounds from :func:`fstore.core.windows.tile_bounds`, merges by
+  :func:`fstore.core.tiles.merge_series` (ascending tile start, batch tiles before speed tiles, so sums
+  are bit-identical to :func:`fstore.core.tiles.evaluate`), values by :func:`fstore.core.aggregates.result`
+  and :func:`fstore.core.aggregates.ratio`.
 * A speed hash's field names repeat across entities and requests (same tile starts, same measures), so
   each distinct name is parsed once (:func:`_field`); decoding a hash is then a dictionary lookup and a
   ``float`` per field.
@@ -19,26 +21,25 @@ online store the replies of its own. Values are bit-identical to :func:`fstore.c
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from math import gcd
 from typing import Any, NamedTuple
 
-from fstore.core.aggregates import Agg, Partial, Value
+from fstore.core.aggregates import EMPTY, Agg, Partial, Stats, Value, ratio, result
 from fstore.core.features import FeatureView, RatioFeature
+from fstore.core.tiles import merge_series
 from fstore.core.timeutil import SECOND, floor_to
+from fstore.core.windows import tail, tile_bounds
 from fstore.redis.layout import parse_tiles
 
-Stats = tuple[int, float, float | None, float | None]  # count, sum, min, max of one measure of one tile
 # Tile starts (ascending) and their stats. Tuples of tuples of numbers: the garbage collector untracks
 # them, so a full batch cache adds nothing to the cost (and pauses) of collections.
 Series = tuple[tuple[int, ...], tuple[Stats, ...]]
 ColumnKey = tuple[int, str]  # (tile size, measure)
 Columns = dict[ColumnKey, Series]
 Tiles = dict[tuple[int, int], dict[str, Partial]]
-EMPTY: Stats = (0, 0.0, None, None)
 
 
 class EntityRead(NamedTuple):
@@ -164,7 +165,7 @@ def _columns(tiles: Tiles, keep: Callable[[int, int, str], bool]) -> Columns:
     for (size, start), partials in tiles.items():
         for m, p in partials.items():
             if keep(size, start, m):
-                acc.setdefault((size, m), []).append((start, (p.count, p.total, p.minimum, p.maximum)))
+                acc.setdefault((size, m), []).append((start, p.to_tuple()))
     out: Columns = {}
     for k, items in acc.items():
         items.sort(key=lambda it: it[0])
@@ -204,7 +205,7 @@ class BatchTiles:
         """The values of ``names`` at ``t >= cutover`` from these tiles alone (an entity without speed
         tiles), memoised per grain of ``t`` (:func:`_plan`): within one grain every window covers the same
         batch tiles. Returns a new dict."""
-        key = (names, t - t % _plan(view, names)[2])
+        key = (names, floor_to(t, _plan(view, names)[2]))
         hit = self._values.get(key)
         if hit is None:
             hit = evaluate_columns(view, names, self, {}, t)
@@ -223,7 +224,7 @@ class BatchTiles:
             hit = self._folds.get((size, measure, lo))
             if hit is not None:
                 return hit
-        out = fold_into(EMPTY, *series, lo, hi)
+        out = merge_series(EMPTY, *series, lo, hi)
         if memo:
             if len(self._folds) >= self.MAX_FOLDS:
                 self._folds.clear()
@@ -244,7 +245,7 @@ def decode_batch(view: FeatureView, raw: Mapping[Any, Any] | list[Any], cutover:
         if since is None:
             return True
         window = retention.get((size, measure))
-        return window is not None and start >= floor_to(since - window, size)
+        return window is not None and start >= tail(since, window, size)
 
     mapping = dict(_pairs(raw)) if isinstance(raw, list) else raw
     return BatchTiles(_columns(parse_tiles(mapping), keep), cutover)
@@ -284,39 +285,6 @@ def _plan(view: FeatureView, names: tuple[str, ...]) -> Plan:
     return tuple((s, win, m, tuple(fs)) for (s, win, m), fs in groups.items()), tuple(outputs), grain
 
 
-def fold_into(acc: Stats, starts: Sequence[int], stats: Sequence[Stats], lo: int, hi: int) -> Stats:
-    """``acc`` merged with the tiles of one series (``starts`` ascending) that start in ``[lo, hi)``."""
-    c, total, mn, mx = acc
-    for j in range(bisect_left(starts, lo), len(starts)):
-        if starts[j] >= hi:
-            break
-        oc, ot, on, ox = stats[j]
-        if oc == 0:
-            continue
-        c += oc
-        total += ot
-        if mn is None or (on is not None and on < mn):
-            mn = on
-        if mx is None or (ox is not None and ox > mx):
-            mx = ox
-    return c, total, mn, mx
-
-
-def _result(agg: Agg, c: int, total: float, mn: float | None, mx: float | None) -> Value:
-    """:meth:`Partial.result` on loose fields."""
-    if agg is Agg.COUNT:
-        return c
-    if agg is Agg.SUM:
-        return total if c else 0.0
-    if c == 0:
-        return None
-    if agg is Agg.AVG:
-        return total / c
-    if agg is Agg.MIN:
-        return mn
-    return mx
-
-
 def evaluate_columns(
     view: FeatureView, names: tuple[str, ...], batch: BatchTiles | None, speed: Columns, t: int
 ) -> dict[str, Value]:
@@ -325,23 +293,17 @@ def evaluate_columns(
     groups, outputs, _ = _plan(view, names)
     windowed: dict[str, Value] = {}
     for size, window, measure, feats in groups:
-        lo = t - window
-        lo -= lo % size
-        head = t - t % size
-        hi = head + size if t > head else head
+        lo, hi = tile_bounds(t, window, size)
         acc = EMPTY if batch is None else batch.fold(size, measure, lo, hi)
         series = speed.get((size, measure)) if speed else None
-        c, total, mn, mx = acc if series is None else fold_into(acc, *series, lo, hi)
+        if series is not None:
+            acc = merge_series(acc, *series, lo, hi)
         for name, agg in feats:
-            windowed[name] = _result(agg, c, total, mn, mx)
-    out: dict[str, Value] = {}
-    for name, num, den in outputs:
-        if num is None or den is None:
-            out[name] = windowed[name]
-        else:
-            a, b = windowed[num], windowed[den]
-            out[name] = None if a is None or b is None or b == 0 else float(a) / float(b)
-    return out
+            windowed[name] = result(agg, acc)
+    return {
+        name: windowed[name] if num is None or den is None else ratio(windowed[num], windowed[den])
+        for name, num, den in outputs
+    }
 
 
 def finish(

@@ -43,11 +43,12 @@ from typing import Any
 import orjson
 from redis.crc import key_slot
 
-from fstore.core.aggregates import Partial
+from fstore.core.aggregates import EMPTY, Partial, Stats, fold, ones
 from fstore.core.events import Event
 from fstore.core.features import FeatureView, Measure, ValueKind
 from fstore.core.tiles import Tile, TileKey, tile_plan
 from fstore.core.timeutil import DAY, SECOND
+from fstore.core.windows import tile_start
 from fstore.redis.layout import entity_tag, seen_key, speed_key
 from fstore.redis.resp import bulk, command
 
@@ -143,8 +144,8 @@ return dups
 #: What ``EVALSHA`` calls the script (Redis names a script by the SHA-1 of its text).
 APPLY_TILES_SHA = hashlib.sha1(APPLY_TILES.encode()).hexdigest()
 
-#: A cell of a subgroup: ``(size, start, measure)`` → the count (count-style measure) or
-#: ``[count, sum, min, max]`` (any other measure).
+#: A cell of a subgroup: ``(size, start, measure)`` → the count (count-style measure: every value is 1) or
+#: the list of measured values in event order (any other measure), folded by the core (:func:`_stats`).
 Cells = dict[tuple[int, int, str], Any]
 
 # Day-hash suffixes and field prefixes repeat across batches; formatting them was the costly part.
@@ -185,24 +186,24 @@ def fast_plan(view: FeatureView) -> dict[str, tuple[tuple[int, str, Measure | No
 
 
 def _fold(cells: Cells, steps: tuple[tuple[int, str, Measure | None], ...], ev: Event) -> None:
-    """Add one event to a subgroup's cells (same arithmetic, same order as ``Partial.add``)."""
+    """Add one event to a subgroup's cells: count it, or keep its measured value for :func:`_stats`."""
     t = ev.event_time
     for size, name, m in steps:
-        key = (size, t - t % size, name)
+        key = (size, tile_start(t, size), name)
         if m is None:
             cells[key] = cells.get(key, 0) + 1
             continue
-        x = m.of(ev.price, ev.quantity)
-        c = cells.get(key)
-        if c is None:
-            cells[key] = [1, 0.0 + x, x, x]
+        values = cells.get(key)
+        if values is None:
+            cells[key] = [m.of(ev.price, ev.quantity)]
         else:
-            c[0] += 1
-            c[1] += x
-            if x < c[2]:
-                c[2] = x
-            if x > c[3]:
-                c[3] = x
+            values.append(m.of(ev.price, ev.quantity))
+
+
+def _stats(cell: int | list[float]) -> Stats:
+    """The partial aggregate of a cell: the core's :func:`~fstore.core.aggregates.fold` of its values in
+    event order (so the sums are those of ``Partial.add``), or :func:`~fstore.core.aggregates.ones`."""
+    return ones(cell) if isinstance(cell, int) else fold(EMPTY, cell)
 
 
 class Subgroup:
@@ -225,8 +226,7 @@ class Subgroup:
         """The cells in the core tile form (``{TileKey: {measure: Partial}}``)."""
         out: dict[TileKey, Tile] = {}
         for (size, start, name), c in self.cells.items():
-            p = Partial(c, float(c), 1.0, 1.0) if isinstance(c, int) else Partial(*c)
-            out.setdefault(TileKey(self.entity, size, start), {})[name] = p
+            out.setdefault(TileKey(self.entity, size, start), {})[name] = Partial(*_stats(c))
         return out
 
     def rebuild(self, drop: set[str]) -> None:
@@ -254,7 +254,8 @@ class Subgroup:
             if c.__class__ is int:
                 deltas += (-1 - idx, _prefix(cell), c)
             else:
-                deltas += (idx, _prefix(cell), c[0], repr(c[1]), repr(c[2]), repr(c[3]))
+                n, total, lo, hi = fold(EMPTY, c)
+                deltas += (idx, _prefix(cell), n, repr(total), repr(lo), repr(hi))
         keys += hashes
         data += (len(self.events), len(hashes), sum(map(len, hashes.values())) - len(hashes))
         for deltas in hashes.values():
