@@ -15,7 +15,7 @@ from pyspark.sql import functions as F
 
 from fstore.core import tiles_frame
 from fstore.core.events import EVENT_TYPES
-from fstore.core.features import VIEWS
+from fstore.core.features import FeatureView
 from fstore.core.tiles import tile_plan
 from jobs.batch.delta_io import spark_schema
 
@@ -50,9 +50,8 @@ def is_valid() -> Column:
     )
 
 
-def events_for(events: DataFrame, view_name: str, start: int, end: int) -> DataFrame:
+def events_for(events: DataFrame, view: FeatureView, start: int, end: int) -> DataFrame:
     """The columns a view's tiles need, for events in ``[start, end)`` of the types the view measures."""
-    view = VIEWS[view_name]
     key = view.entity.join_key
     types = sorted({t for _, by_type in tile_plan(view) for t in by_type})
     micros = F.unix_micros(F.col("event_time"))
@@ -61,12 +60,12 @@ def events_for(events: DataFrame, view_name: str, start: int, end: int) -> DataF
     ).select(F.col(key), "event_type", micros.alias("event_time"), "price", "quantity")
 
 
-def tiles(events: DataFrame, view_name: str, horizons: dict[int, int], cutover: int, partitions: int) -> DataFrame:
+def tiles(events: DataFrame, view: FeatureView, horizons: dict[int, int], cutover: int, partitions: int) -> DataFrame:
     """Tiles of a view (columns of :func:`fstore.core.tiles_frame.tile_schema`), one partition per key hash.
 
     Every entity's tiles end up in one partition, which :func:`snapshots` and the Redis loader rely on.
+    The view travels to the executors with the function (any view, not only the registered ones).
     """
-    view = VIEWS[view_name]
     key = view.entity.join_key
     start = min(horizons.values())
 
@@ -74,21 +73,20 @@ def tiles(events: DataFrame, view_name: str, horizons: dict[int, int], cutover: 
         parts = list(batches)
         if not any(b.num_rows for b in parts):
             return
-        out = tiles_frame.build_tiles(VIEWS[view_name], pa.Table.from_batches(parts), horizons, cutover)
+        out = tiles_frame.build_tiles(view, pa.Table.from_batches(parts), horizons, cutover)
         yield from out.to_batches(max_chunksize=65_536)
 
-    part = events_for(events, view_name, start, cutover).repartition(partitions, key)
+    part = events_for(events, view, start, cutover).repartition(partitions, key)
     return part.mapInArrow(build, spark_schema(tiles_frame.tile_schema(view)))
 
 
-def snapshots(tiles_df: DataFrame, view_name: str, t: int) -> DataFrame:
+def snapshots(tiles_df: DataFrame, view: FeatureView, t: int) -> DataFrame:
     """Feature values at ``t`` per entity from a tiles frame partitioned by entity (see :func:`tiles`)."""
-    view = VIEWS[view_name]
 
     def snap(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         parts = list(batches)
         if not any(b.num_rows for b in parts):
             return
-        yield from tiles_frame.snapshot(VIEWS[view_name], pa.Table.from_batches(parts), t).to_batches()
+        yield from tiles_frame.snapshot(view, pa.Table.from_batches(parts), t).to_batches()
 
     return tiles_df.mapInArrow(snap, spark_schema(tiles_frame.snapshot_schema(view)))

@@ -217,7 +217,7 @@ def _write_view(
     """Tiles and snapshot of one view into Delta; returns the materialised tiles frame for the Redis load."""
     view = VIEWS[name]
     with m.stage(f"tiles:{name}"):
-        tiles = compute.tiles(events, name, plan.horizons[name], plan.cutover, s.spark_shuffle_partitions)
+        tiles = compute.tiles(events, view, plan.horizons[name], plan.cutover, s.spark_shuffle_partitions)
         tiles = tiles.localCheckpoint(eager=True, storageLevel=StorageLevel.MEMORY_AND_DISK)
         m.count(f"tiles:{name}", tiles.count())
     with m.stage(f"write:{tiles_table(name)}"):
@@ -233,7 +233,7 @@ def _write_view(
         )
     checkpoint(f"write:{tiles_table(name)}")
     with m.stage(f"write:snapshot:{name}"):
-        snap = compute.snapshots(tiles, name, plan.cutover)
+        snap = compute.snapshots(tiles, view, plan.cutover)
         rows = delta_io.overwrite_partition(
             snap,
             s.table(snapshot_table(name)),
