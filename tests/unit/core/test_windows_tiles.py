@@ -1,28 +1,23 @@
-"""Table-driven tests of the window/tile contract (docs/design.md §3), checked against the brute force."""
+"""Windows, tiles and partial aggregates of the core (docs/design.md §3, §4), checked against the brute force."""
 
 from __future__ import annotations
 
 import random
 from datetime import UTC, datetime
 
+import numpy as np
 import pytest
 
-from fstore.core.aggregates import Agg, Partial, isclose, ratio
+from fstore.core.aggregates import EMPTY, Agg, Partial, fold, isclose, merge_all, merge_stats, ones, ratio, result
 from fstore.core.events import Event
 from fstore.core.features import (
-    CLICK,
     PRODUCT_ENGAGEMENT,
-    PURCHASE,
-    USER,
-    USER_ACTIVITY,
     VIEWS,
-    FeatureView,
-    WindowedFeature,
     resolve,
 )
-from fstore.core.tiles import build_tiles, evaluate, lookup_in, values_at
-from fstore.core.timeutil import DAY, HOUR, MINUTE, to_micros
-from fstore.core.windows import hop, span, tail
+from fstore.core.tiles import build_tiles, evaluate, lookup_in, merge_series, values_at
+from fstore.core.timeutil import DAY, HOUR, MINUTE, ceil_to, to_micros
+from fstore.core.windows import hop, span, tail, tile_bounds, tile_start
 from tests.support import bruteforce
 
 pytestmark = pytest.mark.unit
@@ -41,148 +36,10 @@ def ev(
     return Event(f"e{_n}", etype, user, product, at, price, qty, None)
 
 
-LONG_VIEW = FeatureView(
-    "long_view",
-    USER,
-    (
-        WindowedFeature("clicks_30d", CLICK, Agg.COUNT, 30 * DAY),
-        WindowedFeature("clicks_12h", CLICK, Agg.COUNT, 12 * HOUR),
-        WindowedFeature("clicks_12h_1us", CLICK, Agg.COUNT, 12 * HOUR + 1),
-        WindowedFeature("clicks_12d", CLICK, Agg.COUNT, 12 * DAY),
-        WindowedFeature("clicks_12d_1us", CLICK, Agg.COUNT, 12 * DAY + 1),
-        WindowedFeature("min_order_30d", PURCHASE, Agg.MIN, 30 * DAY),
-    ),
-)
-
 t1 = T0 + HOUR + 7 * MINUTE  # 1h window: tail = T0 + 5 min
-t24 = T0 + 30 * HOUR + 30 * MINUTE  # 24h window: tail = T0 + 6 h
-t7 = T0 + 8 * DAY + 1  # 7d window: tail = T0 + 1 d
-t30 = T0 + 40 * DAY + 5 * HOUR  # 30d window: tail = T0 + 10 d
 
-CASES = [
-    # (id, view, events, entity, t, expected subset)
-    (
-        "5min-hop: event at tail in, just before tail out, at t out",
-        USER_ACTIVITY,
-        [ev("click", T0 + 5 * MINUTE), ev("click", T0 + 5 * MINUTE - 1), ev("click", t1 - 1), ev("click", t1)],
-        "u1",
-        t1,
-        {"clicks_1h": 2, "clicks_24h": 3},
-    ),
-    (
-        "1h-hop: 24h window boundaries",
-        USER_ACTIVITY,
-        [
-            ev("page_view", T0 + 6 * HOUR),
-            ev("page_view", T0 + 6 * HOUR - 1),
-            ev("page_view", t24 - 1),
-            ev("page_view", t24),
-        ],
-        "u1",
-        t24,
-        {"page_views_24h": 2, "page_views_1h": 1},
-    ),
-    (
-        "1h-hop: 7d window with revenue avg/max",
-        USER_ACTIVITY,
-        [
-            ev("purchase", T0 + DAY, price=5.0, qty=2),
-            ev("purchase", T0 + DAY - 1, price=100.0),
-            ev("purchase", t7 - 1, price=2.5),
-            ev("purchase", t7, price=1000.0),
-        ],
-        "u1",
-        t7,
-        {"purchases_7d": 2, "revenue_7d": 12.5, "avg_order_value_7d": 6.25, "max_order_value_7d": 10.0},
-    ),
-    (
-        "1-day hop: 30d window",
-        LONG_VIEW,
-        [
-            ev("click", T0 + 10 * DAY),
-            ev("click", T0 + 10 * DAY - 1),
-            ev("click", t30 - 1),
-            ev("click", t30),
-            ev("purchase", T0 + 11 * DAY, price=3.0),
-            ev("purchase", T0 + 12 * DAY, price=1.5, qty=3),
-        ],
-        "u1",
-        t30,
-        {"clicks_30d": 2, "min_order_30d": 3.0},
-    ),
-    (
-        "hop class boundaries at 12h and 12d",
-        LONG_VIEW,
-        # t = T0+13d+2h33m. 12h tail: 5-min grid T0+12d+14h30m, 1-h grid (12h+1us) T0+12d+14h.
-        # 12d tail: 1-h grid T0+1d+2h, 1-day grid (12d+1us) T0+1d.
-        [
-            ev("click", T0 + 12 * DAY + 14 * HOUR + 40 * MINUTE),
-            ev("click", T0 + 12 * DAY + 14 * HOUR + 10 * MINUTE),
-            ev("click", T0 + 12 * DAY + 13 * HOUR + 59 * MINUTE),
-            ev("click", T0 + DAY + 1 * HOUR),
-        ],
-        "u1",
-        T0 + 13 * DAY + 2 * HOUR + 33 * MINUTE,
-        {"clicks_12h": 1, "clicks_12h_1us": 2, "clicks_12d": 3, "clicks_12d_1us": 4},
-    ),
-    (
-        "empty window: count/sum 0, avg/min/max null",
-        USER_ACTIVITY,
-        [ev("click", T0, user="other")],
-        "u1",
-        t7,
-        {"clicks_1h": 0, "revenue_7d": 0.0, "avg_order_value_7d": None, "max_order_value_7d": None},
-    ),
-    (
-        "ratio with zero denominator is null; zero numerator is 0.0",
-        PRODUCT_ENGAGEMENT,
-        [ev("click", t1 - MINUTE), ev("impression", t24 - 2 * HOUR)],
-        "p1",
-        t24,
-        {"ctr_1h": None, "ctr_24h": 0.0, "impressions_24h": 1, "clicks_7d": 1, "conversion_rate_7d": 0.0},
-    ),
-    (
-        "ratio and conversion",
-        PRODUCT_ENGAGEMENT,
-        [
-            ev("impression", t1 - MINUTE),
-            ev("impression", t1 - 2 * MINUTE),
-            ev("click", t1 - 30 * MINUTE),
-            ev("purchase", t1 - 10, price=4.0, qty=2),
-        ],
-        "p1",
-        t1,
-        {"ctr_1h": 0.5, "conversion_rate_7d": 1.0, "revenue_24h": 8.0, "purchases_24h": 1},
-    ),
-    (
-        "t on the hop grid: head tile empty",
-        USER_ACTIVITY,
-        [ev("click", T0 + 2 * HOUR), ev("click", T0 + 2 * HOUR - 1), ev("click", T0 + HOUR)],
-        "u1",
-        T0 + 2 * HOUR,
-        {"clicks_1h": 2, "clicks_24h": 2},
-    ),
-    (
-        "page_view without product does not feed product views",
-        PRODUCT_ENGAGEMENT,
-        [ev("page_view", t1 - 1, product=None), ev("click", t1 - 1, product="p2")],
-        "p2",
-        t1,
-        {"clicks_1h": 1, "impressions_1h": 0},
-    ),
-]
-
-
-@pytest.mark.parametrize(
-    ("view", "events", "entity", "t", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
-)
-def test_window_cases(view: FeatureView, events: list[Event], entity: str, t: int, expected: dict[str, object]) -> None:
-    got_tiles = values_at(view, events, entity, t)
-    got_brute = bruteforce.values(view, events, entity, t)
-    for name, want in expected.items():
-        assert got_tiles[name] == want, (name, got_tiles[name], want)
-        assert got_brute[name] == want, (name, "brute force disagrees with the table", got_brute[name])
-    assert set(got_tiles) == set(view.feature_names)
+# The window cases (tails, heads, hop edges, empty windows, ratios, duplicates) are the boundary table of
+# tests/support/boundary.py, run through every implementation by tests/unit/core/test_boundary.py and others.
 
 
 @pytest.mark.parametrize(
@@ -213,6 +70,45 @@ def test_span_decomposition() -> None:
     assert list(sp.all_tiles())[-1] == sp.head_start
     aligned = span(T0 + 2 * HOUR, HOUR)
     assert aligned.head_start == T0 + 2 * HOUR not in aligned.all_tiles()
+
+
+@pytest.mark.parametrize("size", [5 * MINUTE, HOUR, DAY])
+@pytest.mark.parametrize("window", [HOUR, 12 * HOUR, 12 * HOUR + 1, 7 * DAY, 12 * DAY + 1])
+def test_tile_bounds_are_the_tail_and_the_head_tile(window: int, size: int) -> None:
+    """tile_bounds (its own arithmetic, for the online merge) agrees with tail and ceil_to, on and off the
+    grid and before 1970; tail and tile_start give the same on int64 arrays (the vectorised engines)."""
+    times = [T0 + d for d in (0, 1, size - 1, size, size + 1, 7 * size + 3)] + [-size - 1, -size, -1, 0, 1]
+    for t in times:
+        lo, hi = tile_bounds(t, window, size)
+        assert lo == tail(t, window, size) == (t - window) // size * size
+        assert hi == ceil_to(t, size) == -((-t) // size) * size
+        assert tile_bounds(t, window) == (tail(t, window), ceil_to(t, hop(window)))
+    arr = np.array(times, dtype=np.int64)
+    assert tail(arr, window, size).tolist() == [tail(t, window, size) for t in times]
+    assert tile_start(arr, size).tolist() == [tile_start(t, size) for t in times]
+
+
+def test_fold_merge_and_result_on_tuples() -> None:
+    xs = [3.5, -2.0, 7.25, -2.0]
+    stats = fold(EMPTY, xs)
+    assert stats == (4, 6.75, -2.0, 7.25)
+    assert merge_stats(fold(EMPTY, xs[:1]), [EMPTY, fold(EMPTY, xs[1:]), EMPTY]) == stats
+    assert merge_stats(EMPTY, []) == EMPTY and fold(EMPTY, []) == EMPTY
+    assert ones(3) == fold(EMPTY, [1.0, 1.0, 1.0]) and ones(0) == EMPTY
+    assert [result(a, stats) for a in Agg] == [4, 6.75, 6.75 / 4, -2.0, 7.25]
+    assert [result(a, EMPTY) for a in Agg] == [0, 0.0, None, None, None]
+    p = Partial()
+    for x in xs:
+        p.add(x)
+    assert p.to_tuple() == stats and merge_all([p, Partial(), p]).to_tuple() == merge_stats(stats, [stats])
+
+
+def test_merge_series_takes_the_tiles_starting_in_the_bounds() -> None:
+    starts = (0, 300, 900, 1200)
+    stats = tuple(fold(EMPTY, [float(s), -float(s)]) for s in starts)
+    assert merge_series(EMPTY, starts, stats, 300, 1200) == merge_stats(EMPTY, stats[1:3])
+    assert merge_series(EMPTY, starts, stats, 301, 900) == EMPTY
+    assert merge_series(stats[0], starts, stats, 1200, 1201) == merge_stats(stats[0], stats[3:])
 
 
 @pytest.mark.parametrize(
