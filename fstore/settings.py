@@ -34,12 +34,25 @@ class Settings(BaseSettings):
         description="Keep the bytes of dead letters that are not JSON objects in the dead_letters table "
         "(default: only their size and hash, since nothing can be masked in them)",
     )
+    samples_dir: str | None = Field(
+        None, description="Local folder of the API's served-response samples (default <data_dir>/served_samples)"
+    )
 
     def data_root(self) -> str:
         """The data root as jobs use it: an object-store URI as given, a local path made absolute (against
         the working directory), so Spark executors and Arrow file systems see the same location."""
         root = self.data_dir.rstrip("/") or "."
         return root if "://" in root else str(Path(root).resolve())
+
+    def samples_path(self) -> Path | None:
+        """Folder of the served-response samples (:mod:`fstore.samples`): ``samples_dir``, else
+        ``served_samples`` under a local data root; ``None`` for an object-store data root without one."""
+        if self.samples_dir:
+            return Path(self.samples_dir).resolve()
+        root = self.data_root()
+        if "://" in root:
+            return Path(root.removeprefix("file://")) / "served_samples" if root.startswith("file://") else None
+        return Path(root) / "served_samples"
 
     def table(self, name: str) -> str:
         """Location of the Delta table ``name`` under the data root."""

@@ -15,7 +15,9 @@ documents the body in OpenAPI, but a returned :class:`~fastapi.Response` is not 
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import logging
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -31,17 +33,18 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import JSONResponse, PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 from starlette.datastructures import Headers
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from fstore.clock import Clock, wall_clock
 from fstore.core.timeutil import iso
 from fstore.online.reader import OnlineReader
-from fstore.redis.layout import HEARTBEAT_KEY, Heartbeat
+from fstore.samples import ResponseSampler
 from services.online_api.deps import ReaderDep, Secured, key_ok
 from services.online_api.logic import RequestError, historical_features, read_features
+from services.online_api.metrics import Metrics, MetricsMiddleware, StatusSend, StoreProbe
 from services.online_api.published import PublishedBatch, missing_message
 from services.online_api.schemas import (
     FeaturesRequest,
@@ -52,73 +55,8 @@ from services.online_api.schemas import (
 )
 from services.online_api.settings import ApiSettings, get_api_settings
 
-
-class Metrics:
-    """Prometheus metrics of one app instance (own registry, so several apps can live in one process)."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "fstore_api_requests_total", "Requests", ["route", "method", "status"], registry=self.registry
-        )
-        self.latency = Histogram(
-            "fstore_api_request_seconds",
-            "Request latency",
-            ["route", "method"],
-            buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 2.5),
-            registry=self.registry,
-        )
-        self.redis_errors = Counter("fstore_api_redis_errors_total", "Redis errors", registry=self.registry)
-        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-
-    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
-        """Count one request and record its latency (labelled children cached per route/method/status)."""
-        key = (route, method, status)
-        pair = self._children.get(key)
-        if pair is None:
-            pair = self._children[key] = (
-                self.requests.labels(route, method, str(status)),
-                self.latency.labels(route, method),
-            )
-        pair[0].inc()
-        pair[1].observe(seconds)
-
-
-class StatusSend:
-    """A ``send`` that passes messages on and remembers the response status (0 until it is sent)."""
-
-    __slots__ = ("send", "status")
-
-    def __init__(self, send: Send) -> None:
-        self.send = send
-        self.status = 0
-
-    async def __call__(self, message: Message) -> None:
-        if message["type"] == "http.response.start":
-            self.status = message["status"]
-        await self.send(message)
-
-
-class MetricsMiddleware:
-    """Pure ASGI middleware: request count and latency per matched route, method and status."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        tracked = StatusSend(send)
-        try:
-            await self.app(scope, receive, tracked)
-        finally:
-            route = scope.get("route")  # set on this scope by the router when a route matched
-            self.metrics.observe(
-                getattr(route, "path", "unmatched"), scope["method"], tracked.status or 500, time.perf_counter() - start
-            )
+log = logging.getLogger("fstore.api")
+SAMPLE_FLUSH_S = 1.0
 
 
 # fstore exports Prometheus metrics (/metrics). FastAPI's native OpenTelemetry hooks (FastAPI >= 0.16x) would
@@ -252,9 +190,39 @@ def create_app(settings: ApiSettings | None = None, clock: Clock = wall_clock) -
         clock: the time source for ``as_of`` (tests inject a fixed one).
     """
     cfg = settings or get_api_settings()
-    metrics = Metrics()
+    metrics = Metrics(cfg.metrics_multiproc_dir)
     published = PublishedBatch(cfg.table("batch_views"))
     timeout = cfg.redis_timeout_ms / 1000
+    samples_dir = cfg.samples_path()
+    sampler = (
+        ResponseSampler(samples_dir, cfg.api_sample_rate, cfg.api_sample_rows)
+        if cfg.api_sample_rate > 0 and samples_dir is not None
+        else None
+    )
+
+    async def write_samples(lines: list[tuple[int, bytes]]) -> None:
+        """Append taken samples off the event loop; a failed write drops them (counted, logged), never
+        disturbs serving."""
+        if not lines or sampler is None:
+            return
+        try:
+            await asyncio.to_thread(sampler.write, lines)
+        except OSError as exc:
+            metrics.sample_errors.inc(len(lines))
+            log.warning("served-response samples not written (%d dropped): %s", len(lines), exc)
+
+    async def flush_samples() -> None:
+        while sampler is not None:
+            await asyncio.sleep(SAMPLE_FLUSH_S)
+            await write_samples(sampler.take())
+
+    def served(body: dict[str, Any]) -> dict[str, Any]:
+        """The hot-path hook of every /features answer: keep it when the sampler says so."""
+        if sampler is not None and sampler.tick():
+            before = sampler.kept
+            sampler.add(body)
+            metrics.samples.inc(sampler.kept - before)
+        return body
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -268,7 +236,12 @@ def create_app(settings: ApiSettings | None = None, clock: Clock = wall_clock) -
         app.state.reader = OnlineReader(client, clock)
         app.state.client = client
         app.state.settings = cfg
+        app.state.sampler = sampler
+        flusher = asyncio.ensure_future(flush_samples()) if sampler is not None else None
         yield
+        if flusher is not None and sampler is not None:
+            flusher.cancel()
+            await write_samples(sampler.take())
         await app.state.reader.aclose()
         await client.aclose()
 
@@ -302,7 +275,7 @@ def create_app(settings: ApiSettings | None = None, clock: Clock = wall_clock) -
         except RedisError as exc:
             await redis_unavailable(exc)(scope, empty_receive, send)
         else:
-            await send_json(send, orjson.dumps(body))
+            await send_json(send, orjson.dumps(served(body)))
 
     def key_passes(scope: Scope) -> bool:
         return cfg.api_key is None or key_ok(cfg, Headers(scope=scope).get("x-api-key"))
@@ -376,14 +349,16 @@ def create_app(settings: ApiSettings | None = None, clock: Clock = wall_clock) -
         """Feature values of one entity row at `as_of` = now."""
         row = {k: v for k, v in request.query_params.items() if k != "features"}
         reader: OnlineReader = request.app.state.reader  # not a dependency: one less solving pass
-        return json_response(await read_features(reader, [row], features, cfg.api_max_entities, published.check))
+        return json_response(
+            served(await read_features(reader, [row], features, cfg.api_max_entities, published.check))
+        )
 
     @app.post("/features", response_model=FeaturesResponse, dependencies=Secured)
     async def post_features(request: Request, body: FeaturesRequest) -> Response:
         """Feature values of many entity rows, all at the same `as_of` (limit FSTORE_API_MAX_ENTITIES)."""
         reader: OnlineReader = request.app.state.reader
         return json_response(
-            await read_features(reader, body.entities, body.features, cfg.api_max_entities, published.check)
+            served(await read_features(reader, body.entities, body.features, cfg.api_max_entities, published.check))
         )
 
     @app.post("/historical-features", response_model=HistoricalResponse, dependencies=Secured)
@@ -402,14 +377,12 @@ def create_app(settings: ApiSettings | None = None, clock: Clock = wall_clock) -
     @app.get("/health", response_model=HealthResponse)
     async def get_health(reader: ReaderDep) -> JSONResponse:
         """Redis reachability, the serving batch view and the speed layer's freshness (no API key needed)."""
-        try:
-            await reader.client.ping()
-            ptr = await reader.refresh_pointer()
-            beat = Heartbeat.loads(await reader.client.get(HEARTBEAT_KEY))
-        except RedisError as exc:
+        probe = await StoreProbe.read(reader)
+        if not probe.redis_up:
             metrics.redis_errors.inc()
-            body = HealthResponse(status="unavailable", redis=f"Redis unreachable: {type(exc).__name__}")
+            body = HealthResponse(status="unavailable", redis=f"Redis unreachable: {probe.error}")
             return JSONResponse(body.model_dump(), status_code=503)
+        ptr, beat = probe.pointer, probe.heartbeat
         now = reader.clock()
         speed: dict[str, Any] = {"last_commit": None, "commit_age_s": None, "newest_event_time": None}
         if beat is not None:
@@ -438,8 +411,12 @@ def create_app(settings: ApiSettings | None = None, clock: Clock = wall_clock) -
         return JSONResponse(body.model_dump(), status_code=code)
 
     @app.get("/metrics", dependencies=Secured)
-    async def get_metrics() -> Response:
-        """Prometheus metrics of this process."""
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    async def get_metrics(reader: ReaderDep) -> Response:
+        """Prometheus metrics of every worker process, and a probe of the store (Redis up, batch view
+        cutover, speed layer's last commit)."""
+        probe = await StoreProbe.read(reader)
+        if not probe.redis_up:
+            metrics.redis_errors.inc()
+        return Response(metrics.exposition(probe), media_type=CONTENT_TYPE_LATEST)
 
     return app

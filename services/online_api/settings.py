@@ -18,6 +18,15 @@ class ApiSettings(Settings):
     redis_timeout_ms: int = Field(300, ge=10, le=10_000, description="Redis connect/read timeout")
     api_host: str = Field("127.0.0.1", description="Bind address of `fstore serve`")
     api_port: int = Field(8000, ge=0, le=65535, description="Port of `fstore serve`")
+    api_sample_rate: float = Field(
+        0.001, ge=0, le=1, description="Share of /features answers kept for the consistency replay (0: none)"
+    )
+    api_sample_rows: int = Field(5, ge=1, description="Rows kept from one sampled answer")
+    metrics_multiproc_dir: str | None = Field(
+        None,
+        validation_alias="PROMETHEUS_MULTIPROC_DIR",
+        description="prometheus_client multiprocess folder; `fstore serve --workers N>1` sets it",
+    )
 
 
 @lru_cache(maxsize=1)

@@ -1,0 +1,158 @@
+"""Prometheus metrics of the online API: request counters, the ASGI middleware that feeds them, and the
+``/metrics`` exposition.
+
+With several uvicorn workers (``fstore serve --workers N``) each worker is its own process: a scrape
+reaches one of them. ``fstore serve`` then sets ``PROMETHEUS_MULTIPROC_DIR`` before the workers start, so
+``prometheus_client`` keeps every counter in a memory-mapped file per process, and :meth:`Metrics.exposition`
+sums the files of all workers (``MultiProcessCollector``): the answer is the same whichever worker takes
+the scrape. With one worker the counters live in the app's own registry, as before.
+
+Besides the counters, each scrape probes the store (:class:`StoreProbe`, one Redis round trip): Redis
+reachability, the serving batch view's cutover and the speed layer's last commit, as gauges built for
+that scrape only (they describe the store, not a process, so nothing to sum across workers).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+from redis.exceptions import RedisError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from fstore.online.reader import OnlineReader
+from fstore.redis.layout import HEARTBEAT_KEY, BatchPointer, Heartbeat
+
+
+class Metrics:
+    """Prometheus metrics of one app instance (own registry, so several apps can live in one process).
+
+    Args:
+        multiproc_dir: the ``PROMETHEUS_MULTIPROC_DIR`` the process was started with (the values then live
+            in files there, and :meth:`exposition` reads every worker's files), or ``None``.
+    """
+
+    def __init__(self, multiproc_dir: str | None = None) -> None:
+        self.multiproc_dir = multiproc_dir
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "fstore_api_requests_total", "Requests", ["route", "method", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "fstore_api_request_seconds",
+            "Request latency",
+            ["route", "method"],
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 2.5),
+            registry=self.registry,
+        )
+        self.redis_errors = Counter("fstore_api_redis_errors_total", "Redis errors", registry=self.registry)
+        self.samples = Counter(
+            "fstore_api_samples_total", "Served entity rows kept for the consistency replay", registry=self.registry
+        )
+        self.sample_errors = Counter(
+            "fstore_api_sample_write_errors_total",
+            "Sample writes that failed (samples dropped)",
+            registry=self.registry,
+        )
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one request and record its latency (labelled children cached per route/method/status)."""
+        key = (route, method, status)
+        pair = self._children.get(key)
+        if pair is None:
+            pair = self._children[key] = (
+                self.requests.labels(route, method, str(status)),
+                self.latency.labels(route, method),
+            )
+        pair[0].inc()
+        pair[1].observe(seconds)
+
+    def exposition(self, probe: StoreProbe | None = None) -> bytes:
+        """The text format of every worker's metrics, then the probe's gauges."""
+        if self.multiproc_dir:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, path=self.multiproc_dir)  # type: ignore[no-untyped-call]
+            out = generate_latest(registry)
+        else:
+            out = generate_latest(self.registry)
+        return out + (probe.exposition() if probe is not None else b"")
+
+
+@dataclass(frozen=True)
+class StoreProbe:
+    """What one Redis round trip says about the store: reachable, the serving batch view, the speed layer."""
+
+    redis_up: bool
+    pointer: BatchPointer | None = None
+    heartbeat: Heartbeat | None = None
+    error: str | None = None
+
+    @classmethod
+    async def read(cls, reader: OnlineReader) -> StoreProbe:
+        """Ping Redis and read the batch pointer and the speed layer's heartbeat (never raises RedisError)."""
+        try:
+            await reader.client.ping()
+            pointer = await reader.refresh_pointer()
+            beat = Heartbeat.loads(await reader.client.get(HEARTBEAT_KEY))
+        except RedisError as exc:
+            return cls(False, error=type(exc).__name__)
+        return cls(True, pointer, beat)
+
+    def exposition(self) -> bytes:
+        """Gauges of this probe in the Prometheus text format."""
+        reg = CollectorRegistry()
+        Gauge("fstore_api_redis_up", "1 if Redis answered the scrape's ping", registry=reg).set(int(self.redis_up))
+        if self.pointer is not None:
+            Gauge(
+                "fstore_batch_view_cutover_timestamp_seconds",
+                "Cutover C of the serving batch view (batch tiles before it)",
+                registry=reg,
+            ).set(self.pointer.cutover / 1e6)
+        if self.heartbeat is not None:
+            Gauge(
+                "fstore_speed_last_commit_timestamp_seconds",
+                "Last speed-tile commit of the stream worker (its heartbeat in Redis)",
+                registry=reg,
+            ).set(self.heartbeat.committed_at / 1e6)
+        return generate_latest(reg)
+
+
+class StatusSend:
+    """A ``send`` that passes messages on and remembers the response status (0 until it is sent)."""
+
+    __slots__ = ("send", "status")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.status = 0
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        await self.send(message)
+
+
+class MetricsMiddleware:
+    """Pure ASGI middleware: request count and latency per matched route, method and status."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        tracked = StatusSend(send)
+        try:
+            await self.app(scope, receive, tracked)
+        finally:
+            route = scope.get("route")  # set on this scope by the router when a route matched
+            self.metrics.observe(
+                getattr(route, "path", "unmatched"), scope["method"], tracked.status or 500, time.perf_counter() - start
+            )
