@@ -15,6 +15,7 @@ from fstore.commands.generate import generate
 from fstore.commands.ingest import ingest
 from fstore.commands.publish import publish
 from fstore.commands.repair import repair
+from fstore.commands.schedule import schedule
 from fstore.commands.serve import serve
 from fstore.commands.services import services
 from fstore.commands.stream import stream
@@ -31,5 +32,5 @@ def main() -> None:
     """
 
 
-for _cmd in (services, generate, publish, ingest, stream, batch, serve, check_consistency, repair):
+for _cmd in (services, generate, publish, ingest, stream, batch, serve, check_consistency, repair, schedule):
     main.add_command(_cmd)

@@ -4,15 +4,37 @@ from __future__ import annotations
 
 import sys
 from datetime import date, datetime, timedelta
+from typing import Any
 
 import click
+
+from jobs.batch.exit_codes import CONFIG, DQ_FAILED, USAGE
+
+
+class BatchCommand(click.Command):
+    """A click command whose usage errors exit with 64 (EX_USAGE), not click's 2, which here means "the
+    data-quality gate failed": a scheduler must be able to tell the two apart."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as exc:
+            exc.exit_code = USAGE
+            raise
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            exc.exit_code = USAGE
+            raise
 
 
 def _day(_ctx: click.Context, _param: click.Parameter, value: datetime | None) -> date | None:
     return None if value is None else value.date()
 
 
-@click.command("batch")
+@click.command("batch", cls=BatchCommand)
 @click.option(
     "--date",
     "run_date",
@@ -37,8 +59,15 @@ def batch(
 
     One date: `fstore batch --date 2026-11-20`. A range, oldest first: `fstore batch --from 2026-11-01
     --to 2026-11-20` (each date publishes only if its cutover is not older than the serving one, so the
-    view ends at the last date). Prints one JSON line of metrics per date. Exit code 2: a data-quality
-    gate failed (the range stops there). For a cluster use `spark-submit jobs/batch/rebuild_features.py`.
+    view ends at the last date). Prints one JSON line of metrics per date. For a cluster use
+    `spark-submit jobs/batch/rebuild_features.py`.
+
+    \b
+    Exit codes (what a scheduler acts on):
+      0   published, or rebuilt without publishing because a later cutover serves
+      1   the run failed (Spark, Delta, Redis, ...): retry
+      2   the data-quality gate failed (the range stops there): fix the data, no retry
+      64  usage error; 78 invalid configuration (FSTORE_* variables): no retry
     """
     from tqdm import tqdm
 
@@ -58,7 +87,8 @@ def batch(
     try:
         settings = load_batch_settings(**({"spark_master": master} if master else {}))
     except SettingsError as exc:
-        raise click.ClickException(str(exc)) from None
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(CONFIG)
     spark = build_spark(settings)
     show = sys.stderr.isatty() if progress is None else progress
     with tqdm(dates, desc="batch", unit="day", disable=not show, file=sys.stderr) as bar:
@@ -68,6 +98,6 @@ def batch(
                 res = rebuild(spark, settings, d, allow_older=allow_older)
             except DQFailed as exc:
                 click.echo(f"{d}: {exc}", err=True)
-                sys.exit(2)
+                sys.exit(DQ_FAILED)
             if not res.published:
                 click.echo(f"{d}: tables rebuilt; batch view not published (a later cutover is serving)", err=True)

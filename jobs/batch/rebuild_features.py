@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
-from typing import Any
+from typing import Any, NoReturn
 
 import pyarrow as pa
 from pyspark import StorageLevel
@@ -41,7 +41,8 @@ from fstore.core.features import VIEWS
 from fstore.core.timeutil import SECOND, iso
 from fstore.delta import batch_views
 from fstore.redis.layout import BatchPointer
-from jobs.batch import batch_view, compute, delta_io, dq
+from fstore.settings import SettingsError
+from jobs.batch import batch_view, compute, delta_io, dq, exit_codes
 from jobs.batch.metrics import JobMetrics
 from jobs.batch.plan import RunPlan, plan_run, snapshot_table, tiles_table
 from jobs.batch.settings import BatchSettings, load_batch_settings
@@ -188,7 +189,7 @@ def rebuild(
         print(json.dumps(m.as_dict(), default=str))
         path = s.metrics_path()
         if path:
-            m.write_prometheus(path, run_date.isoformat(), success)
+            m.write_prometheus(path, run_date.isoformat(), success, plan.cutover / SECOND)
 
 
 def _quality(spark: SparkSession, s: BatchSettings, plan: RunPlan, winners: Any, run_id: str) -> dq.DQReport:
@@ -284,21 +285,33 @@ def _publish(
     return result.published
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on a usage error; 2 means a data-quality failure here (:mod:`jobs.batch.exit_codes`)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(exit_codes.USAGE, f"{self.prog}: error: {message}\n")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``spark-submit`` entry point; returns the exit code (2: data-quality failure)."""
-    parser = argparse.ArgumentParser(description="fstore nightly batch job (one run date)")
+    """``spark-submit`` entry point; returns the exit code (:mod:`jobs.batch.exit_codes`)."""
+    parser = _Parser(description="fstore nightly batch job (one run date)")
     parser.add_argument("--date", required=True, type=date.fromisoformat, help="run date D (UTC), cutover D+1")
     parser.add_argument("--allow-older", action="store_true", help="publish even if a later cutover serves")
     args = parser.parse_args(argv)
-    s = load_batch_settings()
+    try:
+        s = load_batch_settings()
+    except SettingsError as exc:
+        print(exc, file=sys.stderr)
+        return exit_codes.CONFIG
     spark = build_spark(s, own_session=False)
     try:
         rebuild(spark, s, args.date, allow_older=args.allow_older)
     except DQFailed:
-        return 2
+        return exit_codes.DQ_FAILED
     finally:
         spark.stop()
-    return 0
+    return exit_codes.OK
 
 
 if __name__ == "__main__":

@@ -349,6 +349,9 @@ def test_dq_failure_publishes_nothing(
     assert delta_partition(f"{root}/tiles_user_activity", D2).num_rows == 0
     report = delta_partition(f"{root}/dq_reports", D2).to_pylist()
     assert {r["check"]: r["status"] for r in report}["duplicate_rate"] == "fail"
+    text = Path(strict.metrics_path() or "").read_text()  # what the scheduler serves to Prometheus
+    assert "fstore_batch_dq_status 2.0" in text and "fstore_batch_last_run_success 0.0" in text
+    assert 'fstore_batch_dq_check_status{check="duplicate_rate"} 2.0' in text
 
 
 def test_cli_backfill_publishes_forward_only(
