@@ -20,14 +20,20 @@ fstore/Feast, and the targets (single-entity p99 ≤ 5 ms at concurrency 1; ≥ 
 view holds H hours of tiles whatever the time of day the bench runs (just after midnight it would hold
 minutes only, which flatters the per-request speed-hash decoding).
 
+``--no-feast --variant NAME:VAR=VALUE,...`` compares fstore servers that differ only in their environment
+(same data, phases interleaved), e.g. the cost of the served-response sampling and of Prometheus
+multiprocess mode: ``--variant off:FSTORE_API_SAMPLE_RATE=0 --variant mp:PROMETHEUS_MULTIPROC_DIR={tmp}``;
+the report then has each variant's CPU per request over the default server's.
+
 Usage: ``python bench/online_latency.py [--users 10000] [--products 1000] [--days 8] [--phase-seconds 10]
-[--speed-hours 13]``.
+[--speed-hours 13] [--no-feast] [--variant NAME:VAR=VALUE ...]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -334,6 +340,14 @@ def main() -> None:
     ap.add_argument(
         "--speed-hours", type=float, default=0.0, help="cutover this many hours back (hour-aligned); 0: today 00:00 UTC"
     )
+    ap.add_argument("--no-feast", action="store_true", help="skip Feast: compare fstore variants only")
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:VAR=VALUE[,VAR=VALUE...]",
+        help="also serve with these environment variables ({tmp}: a scratch folder), same data, phases interleaved",
+    )
     args = ap.parse_args()
     now = wall_clock()
     cutover = floor_to(now, DAY) if args.speed_hours <= 0 else floor_to(now - int(args.speed_hours * HOUR), HOUR)
@@ -367,28 +381,46 @@ def main() -> None:
         batches = [[rng.choice(users) for _ in range(100)] for _ in range(256)]
         feats = [f"user_activity:{n}" for n in USER_ACTIVITY.feature_names]
 
-        fport, gport = free_port(), free_port()
-        fstore_cmd = [str(BIN / "fstore"), "serve", "--host", HOST, "--port", str(fport), "--workers", "1"]
-        feast_cmd = [
-            str(BIN / "feast"),
-            "serve",
-            "-h",
-            HOST,
-            "-p",
-            str(gport),
-            "-w",
-            "1",
-            "--no-access-log",
-            "--max-requests",
-            "10000000",
-        ]
-        with server(fstore_cmd, fport, ROOT, env, tmp / "fstore.log") as (fbase, fpid):
-            values = final_values(fbase, {"user_id": users, "product_id": products})
-            t = time.perf_counter()
-            repo = feast_repo(tmp, rs.port or 0)
-            materialize(repo, values)
-            report["feast_materialize_s"] = round(time.perf_counter() - t, 1)
-            with server(feast_cmd, gport, repo, env, tmp / "feast.log") as (gbase, gpid):
+        env["FSTORE_SAMPLES_DIR"] = str(tmp / "samples")
+        variants = {"fstore": env}
+        for spec in args.variant:
+            name, _, assigns = spec.partition(":")
+            extra = dict(a.split("=", 1) for a in assigns.split(",") if a)
+            variants[name] = {**env, **{k: v.replace("{tmp}", str(tmp / name)) for k, v in extra.items()}}
+            for v in extra.values():
+                if "{tmp}" in v:
+                    (tmp / name).mkdir(exist_ok=True)
+        fsingle, fbatch = fstore_requests(sample, batches)
+        targets: dict[str, tuple[int, int, Maker, Maker]] = {}
+        with contextlib.ExitStack() as stack:
+            for name, venv in variants.items():
+                port = free_port()
+                cmd = [str(BIN / "fstore"), "serve", "--host", HOST, "--port", str(port), "--workers", "1"]
+                _, pid = stack.enter_context(server(cmd, port, ROOT, venv, tmp / f"{name}.log"))
+                targets[name] = (port, pid, fsingle, fbatch)
+            if not args.no_feast:
+                values = final_values(
+                    f"http://{HOST}:{targets['fstore'][0]}", {"user_id": users, "product_id": products}
+                )
+                t = time.perf_counter()
+                repo = feast_repo(tmp, rs.port or 0)
+                materialize(repo, values)
+                report["feast_materialize_s"] = round(time.perf_counter() - t, 1)
+                gport = free_port()
+                feast_cmd = [
+                    str(BIN / "feast"),
+                    "serve",
+                    "-h",
+                    HOST,
+                    "-p",
+                    str(gport),
+                    "-w",
+                    "1",
+                    "--no-access-log",
+                    "--max-requests",
+                    "10000000",
+                ]
+                gbase, gpid = stack.enter_context(server(feast_cmd, gport, repo, env, tmp / "feast.log"))
                 check = httpx.post(
                     f"{gbase}/get-online-features",
                     timeout=30,
@@ -397,11 +429,22 @@ def main() -> None:
                 got = check["results"][check["metadata"]["feature_names"].index("clicks_24h")]["values"]
                 want = values["user_activity"].set_index("user_id").loc[users[:50], "clicks_24h"].tolist()
                 report["feast_values_match_fstore"] = [int(g) for g in got] == [int(w) for w in want]
-                fsingle, fbatch = fstore_requests(sample, batches)
                 gsingle, gbatch = feast_requests(sample, batches, feats)
-                targets = {"fstore": (fport, fpid, fsingle, fbatch), "feast": (gport, gpid, gsingle, gbatch)}
-                report.update(phases(targets, args.phase_seconds))
-    f, g = report["fstore"], report["feast"]
+                targets["feast"] = (gport, gpid, gsingle, gbatch)
+            report.update(phases(targets, args.phase_seconds))
+    f = report["fstore"]
+    for name in variants:
+        if name != "fstore":
+            v = report[name]
+            report[f"ratio_cpu_per_request_{name}_over_fstore"] = {
+                k: round(v[k]["server_cpu_ms_per_request"] / f[k]["server_cpu_ms_per_request"], 3)
+                for k in f
+                if v[k]["server_cpu_ms_per_request"] and f[k]["server_cpu_ms_per_request"]
+            }
+    if args.no_feast:
+        print(json.dumps(report, indent=2))
+        return
+    g = report["feast"]
     report["ratio_rps_fstore_over_feast"] = {k: round(f[k]["rps"] / g[k]["rps"], 2) for k in f}
     report["ratio_cpu_per_request_feast_over_fstore"] = {
         k: round(g[k]["server_cpu_ms_per_request"] / f[k]["server_cpu_ms_per_request"], 2)

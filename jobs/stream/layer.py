@@ -304,6 +304,8 @@ class SpeedLayer:
                     await dead
                 metrics.DUPLICATES.inc(len(skipped) + prep.batch_duplicates)
                 committed = time.time()
+                metrics.TILE_COMMITS.inc()
+                metrics.LAST_TILE_COMMIT.set(committed)
                 await self.heartbeat(prep, committed)
                 for ts, n in Counter([r.timestamp for r in b.records]).items():  # Kafka timestamps: epoch ms
                     metrics.observe_many(metrics.FRESHNESS, committed - ts / 1000, n)

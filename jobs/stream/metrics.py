@@ -88,6 +88,14 @@ CONSUMER_LAG = Gauge(
 REDIS_RETRIES = Counter(
     "fstore_stream_redis_errors_total", "Redis round trips that failed and were retried", registry=REGISTRY
 )
+TILE_COMMITS = Counter(
+    "fstore_stream_tile_commits_total",
+    "Batches whose speed-tile updates Redis has applied (one pipelined round trip each)",
+    registry=REGISTRY,
+)
+LAST_TILE_COMMIT = Gauge(
+    "fstore_stream_last_tile_commit_timestamp_seconds", "Wall clock of the last speed-tile commit", registry=REGISTRY
+)
 DLQ_RETRIES = Counter(
     "fstore_stream_dlq_retries_total", "Dead letters re-sent after a failed produce", registry=REGISTRY
 )
