@@ -4,7 +4,7 @@ The online API keeps about one answer in ``1 / rate`` (:class:`ResponseSampler`)
 JSON lines — ``{"as_of_us", "batch_version", "entity", "values"}`` — to one file per process and UTC day,
 ``<dir>/<YYYY-MM-DD>/<host>-<pid>.jsonl``. :func:`read_samples` reads them back for a time window;
 ``fstore check-consistency --from-samples`` recomputes each row with the point-in-time engine at its
-``as_of`` (:func:`fstore.consistency.replay`), which is the consistency promise of DESIGN.md §5 measured
+``as_of`` (:func:`fstore.consistency.replay`), which is the consistency promise of docs/design.md §5 measured
 on production traffic.
 
 Cost on the request path: :meth:`ResponseSampler.tick` is one decrement and one comparison; a sampled

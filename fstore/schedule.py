@@ -19,11 +19,11 @@ in a small JSON file, so a restarted scheduler still knows how old the last succ
 it missed while it was down (``catch_up``). Placeholders ``{date}`` and ``{yesterday}`` in the command
 become the slot's UTC date and the day before (the nightly batch runs ``--date {yesterday}``).
 
-Metrics (labels ``job``): ``fstore_job_runs_total{outcome}`` (success / retry / failed),
-``fstore_job_last_exit_code``, ``fstore_job_last_run_timestamp_seconds``,
-``fstore_job_last_success_timestamp_seconds``, ``fstore_job_last_duration_seconds``,
-``fstore_job_attempts`` (of the last slot), ``fstore_job_running``,
-``fstore_job_next_run_timestamp_seconds``; plus the content of the job's own Prometheus textfiles
+Metrics (label ``task``, the job's name): ``fstore_schedule_runs_total{outcome}`` (success / retry / failed),
+``fstore_schedule_last_exit_code``, ``fstore_schedule_last_run_timestamp_seconds``,
+``fstore_schedule_last_success_timestamp_seconds``, ``fstore_schedule_last_duration_seconds``,
+``fstore_schedule_attempts`` (of the last slot), ``fstore_schedule_running``,
+``fstore_schedule_next_run_timestamp_seconds``; plus the content of the job's own Prometheus textfiles
 (``textfiles``: the batch writes ``metrics/batch.prom``), read at each scrape.
 """
 
@@ -161,17 +161,22 @@ class JobMetrics:
 
     def __init__(self, job: str, textfiles: Iterable[Path] = ()) -> None:
         self.registry = CollectorRegistry()
-        r, labels = self.registry, ["job"]
-        self.runs = Counter("fstore_job_runs_total", "Attempts by outcome", ["job", "outcome"], registry=r)
-        self.exit_code = Gauge("fstore_job_last_exit_code", "Exit code of the last attempt", labels, registry=r)
-        self.last_run = Gauge("fstore_job_last_run_timestamp_seconds", "End of the last attempt", labels, registry=r)
-        self.last_success = Gauge(
-            "fstore_job_last_success_timestamp_seconds", "End of the last successful run", labels, registry=r
+        # label `task`, not `job`: Prometheus sets `job` to the scrape job's name
+        r, labels = self.registry, ["task"]
+        self.runs = Counter("fstore_schedule_runs_total", "Attempts by outcome", ["task", "outcome"], registry=r)
+        self.exit_code = Gauge("fstore_schedule_last_exit_code", "Exit code of the last attempt", labels, registry=r)
+        self.last_run = Gauge(
+            "fstore_schedule_last_run_timestamp_seconds", "End of the last attempt", labels, registry=r
         )
-        self.duration = Gauge("fstore_job_last_duration_seconds", "Duration of the last attempt", labels, registry=r)
-        self.attempts = Gauge("fstore_job_attempts", "Attempts made for the last slot", labels, registry=r)
-        self.running = Gauge("fstore_job_running", "1 while an attempt runs", labels, registry=r)
-        self.next_run = Gauge("fstore_job_next_run_timestamp_seconds", "Next scheduled slot", labels, registry=r)
+        self.last_success = Gauge(
+            "fstore_schedule_last_success_timestamp_seconds", "End of the last successful run", labels, registry=r
+        )
+        self.duration = Gauge(
+            "fstore_schedule_last_duration_seconds", "Duration of the last attempt", labels, registry=r
+        )
+        self.attempts = Gauge("fstore_schedule_attempts", "Attempts made for the last slot", labels, registry=r)
+        self.running = Gauge("fstore_schedule_running", "1 while an attempt runs", labels, registry=r)
+        self.next_run = Gauge("fstore_schedule_next_run_timestamp_seconds", "Next scheduled slot", labels, registry=r)
         for outcome in ("success", "retry", "failed"):
             self.runs.labels(job, outcome)
         self.job = job

@@ -19,7 +19,7 @@ def _times(_ctx: click.Context, _param: click.Parameter, value: tuple[str, ...])
 
 
 @click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
-@click.option("--job", default=None, help="Job name (metric label)  [default: the command's second word]")
+@click.option("--job", default=None, help="Job name (metric label `task`)  [default: the command's second word]")
 @click.option("--at", "at", multiple=True, callback=_times, help="UTC time of day HH:MM (repeatable).")
 @click.option("--every", type=click.FloatRange(min=1), default=None, help="Or: run every SECONDS.")
 @click.option("--retries", type=click.IntRange(min=0), default=3, show_default=True, help="Retries of a slot.")
@@ -59,7 +59,7 @@ def schedule(
     """Run COMMAND at the --at times (UTC) or --every N seconds, forever, and retry a failed attempt when
     its exit code is in --retry-on (default 1 and 124 = timeout; `fstore batch` exits 2 when its
     data-quality gate fails, which no retry fixes). {date} and {yesterday} in COMMAND become the slot's
-    UTC date and the day before. Metrics (fstore_job_*, and the --textfile contents) are served on
+    UTC date and the day before. Metrics (fstore_schedule_*, and the --textfile contents) are served on
     --metrics-port; docs/operations.md lists them.
 
     \b
@@ -76,7 +76,7 @@ def schedule(
         slots = Slots(at, every)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    name = job or (command[1] if len(command) > 1 and command[0] == "fstore" else Path(command[0]).name)
+    name = job or (command[1] if len(command) > 1 and Path(command[0]).name == "fstore" else Path(command[0]).name)
     metrics = JobMetrics(name, textfile)
     policy = Policy(retries, retry_delay, max(retry_delay, 3600.0), frozenset(retry_on))
     sched = Scheduler(

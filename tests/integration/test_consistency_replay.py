@@ -89,7 +89,8 @@ def test_replay_of_served_samples_is_clean_then_catches_a_corrupted_speed_tile(
     )
     key = next(k for k in redis_client.scan_iter(match=f"fs:{{user_activity|{victim}}}:s:*"))
     # an hour tile: read by clicks_24h (hop 1 h), not by clicks_1h (5-minute tiles)
-    field = next(f for f in redis_client.hkeys(key) if f.startswith(b"3600:") and f.endswith(b":click:c"))
+    fields: list[bytes] = redis_client.hkeys(key)  # type: ignore[assignment]
+    field = next(f for f in fields if f.startswith(b"3600:") and f.endswith(b":click:c"))
     redis_client.hincrby(key, field, 1)
     for f in (tmp_path / "samples").rglob("*.jsonl"):
         f.unlink()  # replay only what is served from now on

@@ -58,7 +58,7 @@ def scheduler(fake: Fake, tmp_path: Path, **kw: object) -> Scheduler:
 
 def value(s: Scheduler, name: str, **labels: str) -> float | None:
     assert s.metrics is not None
-    return s.metrics.registry.get_sample_value(name, {"job": "batch", **labels})
+    return s.metrics.registry.get_sample_value(name, {"task": "batch", **labels})
 
 
 def test_slots() -> None:
@@ -84,10 +84,10 @@ def test_exit_code_1_is_retried_with_backoff_until_success(tmp_path: Path) -> No
     s.run(max_slots=1)
     assert fake.commands == [["fstore", "batch", "--date", "2026-11-26"]] * 3
     assert fake.sleeps == [60.0] * 30 + [300, 600]  # until 01:00 (a clock check a minute), then the backoff
-    assert value(s, "fstore_job_runs_total", outcome="retry") == 2
-    assert value(s, "fstore_job_runs_total", outcome="success") == 1
-    assert value(s, "fstore_job_last_exit_code") == 0 and value(s, "fstore_job_attempts") == 3
-    assert s.state.last_success == fake.now == value(s, "fstore_job_last_success_timestamp_seconds")
+    assert value(s, "fstore_schedule_runs_total", outcome="retry") == 2
+    assert value(s, "fstore_schedule_runs_total", outcome="success") == 1
+    assert value(s, "fstore_schedule_last_exit_code") == 0 and value(s, "fstore_schedule_attempts") == 3
+    assert s.state.last_success == fake.now == value(s, "fstore_schedule_last_success_timestamp_seconds")
 
 
 @pytest.mark.parametrize("code", [2, 64, 78])
@@ -96,7 +96,8 @@ def test_a_data_quality_or_usage_failure_is_not_retried(code: int, tmp_path: Pat
     s = scheduler(fake, tmp_path)
     s.run(max_slots=1)
     assert len(fake.commands) == 1
-    assert value(s, "fstore_job_runs_total", outcome="failed") == 1 and value(s, "fstore_job_last_exit_code") == code
+    assert value(s, "fstore_schedule_runs_total", outcome="failed") == 1
+    assert value(s, "fstore_schedule_last_exit_code") == code
     assert s.state.last_success is None and s.state.last_slot == T0 + 1800
 
 
@@ -105,8 +106,8 @@ def test_retries_are_bounded_and_signals_are_retried(tmp_path: Path) -> None:
     s = scheduler(fake, tmp_path)
     assert s.run_slot(T0) == 1
     assert len(fake.commands) == 4 and fake.sleeps == [300, 600, 1200]
-    assert value(s, "fstore_job_runs_total", outcome="failed") == 1
-    assert value(s, "fstore_job_runs_total", outcome="retry") == 3
+    assert value(s, "fstore_schedule_runs_total", outcome="failed") == 1
+    assert value(s, "fstore_schedule_runs_total", outcome="retry") == 3
 
 
 def test_state_survives_a_restart_and_a_missed_slot_is_caught_up(tmp_path: Path) -> None:
@@ -116,7 +117,7 @@ def test_state_survives_a_restart_and_a_missed_slot_is_caught_up(tmp_path: Path)
     done = s.state.last_success
     fake.now = T0 + 25 * 3600  # down through the next 01:00 slot, back at 01:30 the day after
     again = scheduler(fake, tmp_path)
-    assert again.state.last_success == done == value(again, "fstore_job_last_success_timestamp_seconds")
+    assert again.state.last_success == done == value(again, "fstore_schedule_last_success_timestamp_seconds")
     assert again.first_slot() == fake.now + 23.5 * 3600  # without catch-up: the next 01:00
     again = scheduler(fake, tmp_path, catch_up=True)
     assert again.first_slot() == fake.now  # missed: run now
@@ -139,7 +140,8 @@ def test_textfiles_are_served_with_the_job_metrics(tmp_path: Path) -> None:
     )
     m = JobMetrics("batch", [prom, tmp_path / "missing.prom"])
     text = generate_latest(m.registry).decode()
-    assert "fstore_batch_dq_status 2.0" in text and 'fstore_job_runs_total{job="batch",outcome="failed"} 0.0' in text
+    assert "fstore_batch_dq_status 2.0" in text
+    assert 'fstore_schedule_runs_total{outcome="failed",task="batch"} 0.0' in text
 
 
 def test_run_process_exit_codes() -> None:
