@@ -6,13 +6,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: compose-config help setup system-deps demo test test-unit test-integration lint bench services-up services-down clean
+.PHONY: alerts-test compose-config dashboard help setup system-deps demo test test-unit test-integration lint bench services-up services-down clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
-system-deps: ## install redis-server (and docker-compose, to validate infra/) with apt if missing (needs root)
+system-deps: ## install redis-server, prometheus (+ promtool) and docker-compose (to validate infra/) with apt if missing (needs root)
 	@missing=""; command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	  { command -v prometheus >/dev/null && command -v promtool >/dev/null; } || missing="$$missing prometheus"; \
 	  command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 || missing="$$missing docker-compose"; \
 	  if [ -n "$$missing" ]; then echo "installing with apt:$$missing"; \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing) >/dev/null \
@@ -44,7 +45,8 @@ test-integration: setup ## tests against real Redis, broker, Spark and Delta fil
 lint: setup ## ruff (lint and format) and mypy --strict over the code, the benchmarks and the tests
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy fstore jobs services bench tests
+	$(BIN)/mypy fstore jobs services bench tests infra
+	$(BIN)/python infra/grafana/dashboard.py --check
 
 bench: setup ## benchmarks (figures go to stdout; see docs/benchmarks.md)
 	$(BIN)/python bench/generate_ingest.py
@@ -56,6 +58,12 @@ services-up: setup ## start local Redis and Kafka-protocol broker
 
 services-down: ## stop local services
 	-$(BIN)/fstore services down
+
+dashboard: setup ## regenerate the Grafana dashboard JSON (infra/grafana/dashboards/fstore.json)
+	$(BIN)/python infra/grafana/dashboard.py
+
+alerts-test: system-deps ## promtool: check the Prometheus config and unit-test every alert rule
+	cd infra/prometheus && promtool check config prometheus.yml && promtool test rules alerts_test.yml alerts_test_daily.yml
 
 compose-config: system-deps ## validate infra/docker-compose.yml (no Docker engine needed)
 	@if docker compose version >/dev/null 2>&1; then docker compose -f infra/docker-compose.yml config -q; \

@@ -7,6 +7,9 @@ process dies (``die_with_parent``), so nothing outlives a run.
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +17,16 @@ import pytest
 import redis
 
 from fstore.devsvc.services import Broker, RedisServer
+
+# The API keeps a share of the answers it serves (FSTORE_API_SAMPLE_RATE, on by default) under
+# FSTORE_SAMPLES_DIR, by default under the data root, which is ./data for an app a test builds without
+# one: send them to a folder of this run instead of the working tree. Tests that read samples set their own.
+_SAMPLES = os.environ.setdefault("FSTORE_SAMPLES_DIR", tempfile.mkdtemp(prefix="fstore-test-samples-"))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if Path(_SAMPLES).name.startswith("fstore-test-samples-"):
+        shutil.rmtree(_SAMPLES, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
