@@ -93,6 +93,7 @@ def test_the_whole_stack_is_there_with_healthchecks() -> None:
         api[0] == "serve" and api[api.index("--host") + 1] == "0.0.0.0" and "/health" in str(svc["api"]["healthcheck"])
     )
     assert svc["publisher"]["command"][:2] == ["publish", "--live"]
+    assert svc["stream"]["environment"]["FSTORE_STREAM_METRICS_HOST"] == "0.0.0.0"  # reachable by Prometheus
     batch = svc["batch-scheduler"]["command"]
     assert batch[0] == "schedule" and batch[batch.index("--") + 1 :][:2] == ["fstore", "batch"]
     assert "{yesterday}" in batch and "--textfile" in batch
