@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import prometheus_client  # noqa: F401 - see _forget_feast_metrics_dir
 import pytest
 import redis
 
@@ -22,6 +23,26 @@ from fstore.devsvc.services import Broker, RedisServer
 # FSTORE_SAMPLES_DIR, by default under the data root, which is ./data for an app a test builds without
 # one: send them to a folder of this run instead of the working tree. Tests that read samples set their own.
 _SAMPLES = os.environ.setdefault("FSTORE_SAMPLES_DIR", tempfile.mkdtemp(prefix="fstore-test-samples-"))
+
+
+def _forget_feast_metrics_dir() -> None:
+    """Importing Feast's metrics module points PROMETHEUS_MULTIPROC_DIR (and PROMETHEUS_MULTIPROCESS_DIR) at a
+    temporary folder of its own. prometheus_client chooses between in-memory and file-backed values when it
+    is first imported, so this conftest imports it first: the test process keeps in-memory values, as
+    fstore's own processes do. And the processes the tests start (``fstore serve``, ``fstore schedule``)
+    must not inherit Feast's folder and share it: the variable goes. Tests that want multiprocess metrics
+    set their own."""
+    for var in ("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR"):
+        if Path(os.environ.get(var, "/")).name.startswith("feast_metrics_"):
+            del os.environ[var]
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    _forget_feast_metrics_dir()
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    _forget_feast_metrics_dir()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

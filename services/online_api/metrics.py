@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
 from prometheus_client.multiprocess import MultiProcessCollector
 from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -31,12 +31,15 @@ class Metrics:
     """Prometheus metrics of one app instance (own registry, so several apps can live in one process).
 
     Args:
-        multiproc_dir: the ``PROMETHEUS_MULTIPROC_DIR`` the process was started with (the values then live
-            in files there, and :meth:`exposition` reads every worker's files), or ``None``.
+        multiproc_dir: the ``PROMETHEUS_MULTIPROC_DIR`` the process was started with: when
+            ``prometheus_client`` keeps its values in files (:func:`values_in_files`), :meth:`exposition`
+            reads every worker's files there; otherwise the variable is ignored.
     """
 
     def __init__(self, multiproc_dir: str | None = None) -> None:
-        self.multiproc_dir = multiproc_dir
+        # The variable alone proves nothing: some libraries set it when imported (Feast's metrics module
+        # does), after prometheus_client chose in-memory values; then the counters are in this registry.
+        self.multiproc_dir = multiproc_dir if values_in_files() else None
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "fstore_api_requests_total", "Requests", ["route", "method", "status"], registry=self.registry
@@ -80,6 +83,12 @@ class Metrics:
         else:
             out = generate_latest(self.registry)
         return out + (probe.exposition() if probe is not None else b"")
+
+
+def values_in_files() -> bool:
+    """Whether ``prometheus_client`` keeps this process's metric values in memory-mapped files (multiprocess
+    mode: ``PROMETHEUS_MULTIPROC_DIR`` was set when it was first imported)."""
+    return values.ValueClass is not values.MutexValue
 
 
 @dataclass(frozen=True)
