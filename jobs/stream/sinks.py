@@ -19,6 +19,7 @@ from redis.exceptions import NoScriptError
 from fstore.core.events import Event
 from fstore.core.features import FeatureView
 from fstore.delta import raw_log
+from fstore.delta.event_index import EventIndex, day_numbers
 from fstore.redis.resp import round_trip
 from jobs.stream.speed_lua import APPLY_TILES, APPLY_TILES_SHA, ScriptCall, Subgroup, group_events, plan_calls
 
@@ -149,6 +150,10 @@ class RawSink:
     Each buffered chunk carries opaque *tokens* (the Kafka messages it came from); :meth:`flush` returns
     the tokens of what it wrote, in order, so the caller commits them only once the rows are stored.
 
+    Every copy is stored (at least once: readers de-duplicate), but a copy whose event_id already has its
+    winning copy on another day — stored before, or earlier in the same flush — is first recorded as
+    superseded (:mod:`fstore.delta.event_index`), so a reader of its day alone does not count it.
+
     Args:
         uri: the ``raw_events`` table.
         max_events: flush when this many rows are buffered.
@@ -166,6 +171,7 @@ class RawSink:
         self._tokens: list[Any] = []
         self._since: float | None = None
         self._lock = asyncio.Lock()
+        self.index = EventIndex(uri)
 
     @property
     def buffered(self) -> int:
@@ -185,8 +191,10 @@ class RawSink:
 
     def warm(self) -> None:
         """Build a one-row table once, so the first real flush does not pay for lazy imports (pyarrow
-        loads pandas on its first timestamp cast: most of a second of CPU, in the middle of the stream)."""
+        loads pandas on its first timestamp cast: most of a second of CPU, in the middle of the stream),
+        and load the index of the event_ids already stored."""
         raw_log.events_table([Event("warm-up", "page_view", "warm-up", None, 0, None, 1, None)], ["0"], [0])
+        self.index.refresh()
 
     def due(self) -> bool:
         """Whether the buffer reached its size or age bound."""
@@ -224,4 +232,14 @@ class RawSink:
         return tokens, len(events)
 
     def _write(self, events: Sequence[Event], hashes: Sequence[str], at: Sequence[int]) -> None:
+        """Mark the copies superseded by a winner on another day, then append every copy (in that order:
+        a crash in between leaves a mark without rows, which is harmless, never rows without their mark)."""
+        index = self.index
+        index.refresh()
+        ids = [ev.event_id for ev in events]
+        days = day_numbers(ev.event_time for ev in events)
+        verdicts = index.classify(ids, days)
+        index.write_marks(index.superseded(ids, days, verdicts))
         raw_log.append_raw(self.uri, raw_log.events_table(events, hashes, at))
+        index.committed()
+        index.record(ids, days, verdicts)
