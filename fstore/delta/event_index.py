@@ -32,6 +32,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
+from typing import TypeAlias
 
 import numpy as np
 import numpy.typing as npt
@@ -92,6 +93,16 @@ def id_hashes(ids: pa.Array | pa.ChunkedArray | Sequence[str]) -> U64:
         mask = np.where(keep >= 64, np.uint64(0xFFFFFFFFFFFFFFFF), (np.uint64(1) << (keep % np.uint64(64))) - 1)
         h = np.where(live, _mix((h ^ (words & mask)) * _M1 + np.uint64(k)), h)
     return h
+
+
+Ids: TypeAlias = Sequence[str] | pa.Array | pa.ChunkedArray
+
+
+def _pick(ids: Ids, rows: list[int]) -> list[str]:
+    """``ids[rows]`` as Python strings (Arrow or a sequence)."""
+    if isinstance(ids, pa.Array | pa.ChunkedArray):
+        return ids.take(pa.array(rows, pa.int64())).to_pylist()  # type: ignore[no-any-return]
+    return [ids[i] for i in rows]
 
 
 def _days(dates: pa.Array | pa.ChunkedArray) -> I32:
@@ -314,7 +325,7 @@ class EventIndex:
 
     # -- what a writer asks -------------------------------------------------------------------------------
 
-    def classify(self, ids: Sequence[str], days: I32) -> I8:
+    def classify(self, ids: Ids, days: I32) -> I8:
         """Verdict per copy about to be stored, in arrival order: :data:`NEW` (the first copy of an event_id
         not stored yet: the winner), :data:`SAME_DAY` (the winner is on the copy's own day: stored, or an
         earlier copy in ``ids``) or :data:`SUPERSEDED` (the winner is on another day). Call :meth:`refresh`
@@ -344,9 +355,10 @@ class EventIndex:
             return verdict
         # The rest, in Python: event_ids repeated in the batch, and those the index places on another day.
         rest = np.flatnonzero(~simple).tolist()
+        name = dict(zip(rest, _pick(ids, rest), strict=True))
         first_seen: dict[str, int] = {}
         for i in rest:
-            first_seen.setdefault(ids[i], i)
+            first_seen.setdefault(name[i], i)
         winner: dict[str, int] = {}
         check: dict[str, int] = {}
         for eid, i in first_seen.items():
@@ -368,25 +380,33 @@ class EventIndex:
                     winner[eid] = w
                     verdict[i] = SAME_DAY if w == days[i] else SUPERSEDED
         for i in rest:
-            eid = ids[i]
+            eid = name[i]
             if first_seen[eid] != i:
                 verdict[i] = SAME_DAY if winner[eid] == days[i] else SUPERSEDED
         return verdict
 
-    def record(self, ids: Sequence[str], days: I32, verdicts: I8) -> None:
+    def record(self, ids: Ids, days: I32, verdicts: I8) -> None:
         """Index the :data:`NEW` copies once they are committed (their marks were written before)."""
         new = np.flatnonzero(np.asarray(verdicts) == NEW)
-        if len(new):
-            self._insert(id_hashes([ids[i] for i in new.tolist()]), np.asarray(days, np.int32)[new])
+        if len(new) == len(ids):
+            self._insert(id_hashes(ids), np.asarray(days, np.int32))
+        elif len(new):
+            self._insert(id_hashes(_pick(ids, new.tolist())), np.asarray(days, np.int32)[new])
 
-    def superseded(self, ids: Sequence[str], days: I32, verdicts: I8) -> list[tuple[str, int]]:
+    def superseded(self, ids: Ids, days: I32, verdicts: I8) -> list[tuple[str, int]]:
         """The ``(event_id, day)`` pairs of the :data:`SUPERSEDED` copies (to :meth:`write_marks`)."""
-        return sorted({(ids[i], int(days[i])) for i in np.flatnonzero(np.asarray(verdicts) == SUPERSEDED).tolist()})
+        rows = np.flatnonzero(np.asarray(verdicts) == SUPERSEDED).tolist()
+        return sorted(set(zip(_pick(ids, rows), (int(days[i]) for i in rows), strict=True)))
 
 
 def day_numbers(event_times: Iterable[int]) -> I32:
     """UTC day numbers of epoch-µs event times."""
     return np.fromiter((t // DAY for t in event_times), np.int32)
+
+
+def date_numbers(dates: pa.Array | pa.ChunkedArray) -> I32:
+    """UTC day numbers of a date32 column (e.g. ``raw_events.event_date``)."""
+    return _days(dates)
 
 
 def day_of(d: date) -> int:

@@ -19,7 +19,7 @@ from redis.exceptions import NoScriptError
 from fstore.core.events import Event
 from fstore.core.features import FeatureView
 from fstore.delta import raw_log
-from fstore.delta.event_index import EventIndex, day_numbers
+from fstore.delta.event_index import EventIndex, date_numbers
 from fstore.redis.resp import round_trip
 from jobs.stream.speed_lua import (
     APPLY_TILES,
@@ -264,10 +264,11 @@ class RawSink:
         a crash in between leaves a mark without rows, which is harmless, never rows without their mark)."""
         index = self.index
         index.refresh()
-        ids = [ev.event_id for ev in events]
-        days = day_numbers(ev.event_time for ev in events)
+        table = raw_log.events_table(events, hashes, at)
+        ids = table.column("event_id")
+        days = date_numbers(table.column("event_date"))
         verdicts = index.classify(ids, days)
         index.write_marks(index.superseded(ids, days, verdicts))
-        raw_log.append_raw(self.uri, raw_log.events_table(events, hashes, at))
+        raw_log.append_raw(self.uri, table)
         index.committed()
         index.record(ids, days, verdicts)
