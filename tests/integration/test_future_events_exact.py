@@ -136,6 +136,18 @@ def future_fields(client: redis.Redis) -> dict[str, int]:
     return out
 
 
+def ready(broker: Broker, w: WorkerProcess, rng: random.Random, eid: str) -> Event:
+    """Start the worker and wait until it has processed one (past) event: returns that event."""
+    w.start()
+    warm = event(rng, eid, wall_clock() - HOUR)
+    publish(broker, w.topic, [warm])
+    deadline = time.monotonic() + 120
+    while w.metric("fstore_stream_events_processed_total") < 1:
+        assert time.monotonic() < deadline and w.proc is not None and w.proc.poll() is None, w.log_tail()
+        time.sleep(0.2)
+    return warm
+
+
 def wait_until(t: int) -> None:
     while wall_clock() < t:
         time.sleep(0.2)
@@ -150,14 +162,14 @@ def test_future_stamped_events_count_from_their_time_on_every_reader(
     tmp_path: Path,
 ) -> None:
     rng = random.Random(5)
+    w: WorkerProcess = worker_factory(kafka_broker, FSTORE_STREAM_RAW_MAX_AGE_S="1")
+    events = [ready(kafka_broker, w, rng, "w0")]  # timing below starts once the worker consumes
     now = wall_clock()
     past = [event(rng, f"p{i}", now - rng.randrange(1, 3 * HOUR)) for i in range(300)]
     ahead = [10 * SECOND, 15 * SECOND, 20 * SECOND, 30 * SECOND, 4 * MINUTE, 4 * MINUTE + 50 * SECOND]
     future = [event(rng, f"f{i}", now + ahead[i % len(ahead)] + rng.randrange(SECOND)) for i in range(60)]
-    events = past + future
-    w: WorkerProcess = worker_factory(kafka_broker, FSTORE_STREAM_RAW_MAX_AGE_S="1")
-    w.start()
-    publish(kafka_broker, w.topic, events)
+    events += past + future
+    publish(kafka_broker, w.topic, past + future)
     w.wait_done(len(events), timeout=120)
     data_dir = tmp_path / "data"
 
@@ -192,24 +204,26 @@ def test_future_stamped_events_count_from_their_time_on_every_reader(
     # restarted worker replays them (markers: counted once) and leaves the stored fields exact.
     w.stop()
     w.env["FSTORE_STREAM_RAW_MAX_AGE_S"] = "300"  # no raw flush, so no offset commit, before the kill
-    w.start()
+    done = len(events)
+    more = [ready(kafka_broker, w, rng, "w1")]
     now2 = wall_clock()
-    more = [event(rng, f"g{i}", now2 + (8 + i % 10) * SECOND) for i in range(20)]
-    publish(kafka_broker, w.topic, more)
+    ahead2 = [event(rng, f"g{i}", now2 + (20 + i % 10) * SECOND) for i in range(20)]
+    more += ahead2
+    publish(kafka_broker, w.topic, ahead2)
     deadline = time.monotonic() + 60
-    while not {e.event_id for e in more} <= set(future_fields(redis_client)):
+    while not {e.event_id for e in ahead2} <= set(future_fields(redis_client)):
         assert time.monotonic() < deadline and w.proc is not None and w.proc.poll() is None, w.log_tail()
         time.sleep(0.2)
     w.kill(signal.SIGKILL)
-    assert w.committed() == len(events)
+    assert w.committed() == done
     w.env["FSTORE_STREAM_RAW_MAX_AGE_S"] = "1"
     w.start()
-    w.wait_done(len(events) + len(more), timeout=120)
+    w.wait_done(done + len(more), timeout=120)
     events += more
     check_api(redis_server.url, events)
     wait_until(max(e.event_time for e in more) + SECOND)
     as_of = check_api(redis_server.url, events)
     check_feast(store, events)
     check_pit(data_dir, as_of, events)
-    assert {e.event_id for e in more} <= set(future_fields(redis_client))  # the new process never stored them
+    assert {e.event_id for e in ahead2} <= set(future_fields(redis_client))  # the new process never stored them
     w.stop()
