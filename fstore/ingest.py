@@ -1,7 +1,7 @@
 """Backfill path: append the valid events of a message file to ``raw_events`` (docs/design.md §1, §2).
 
 Messages are validated by the core exactly as the stream job does; invalid ones go to ``dead_letters``
-with their reason. Duplicates follow arrival order, as on the stream (DESIGN.md §2): the first valid copy
+with their reason. Duplicates follow arrival order, as on the stream (docs/design.md §2): the first valid copy
 of an event_id in line order wins, within a batch and across batches and runs, whatever the copies'
 payloads or event_times. Only that copy is written, with its own ingestion instant (``ingested_at`` = the
 batch's instant, strictly later than the previous batch's last, plus the copy's position), so a file

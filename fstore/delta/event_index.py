@@ -1,4 +1,4 @@
-"""Where the winning copy of every stored event_id lies: the writers' index of ``raw_events`` (DESIGN.md §2).
+"""Where the winning copy of every stored event_id lies: the writers' index of ``raw_events`` (docs/design.md §2).
 
 Copies of one event_id may carry different event_times, so they can land in different ``event_date``
 partitions, and a reader that reads some partitions only (the nightly batch, a point-in-time request)

@@ -334,7 +334,7 @@ def finish(
 ) -> ReadResult:
     """Evaluate ``read`` at ``as_of`` over its batch tiles and its speed hashes (replies, ascending days).
 
-    Future-stamped events count only when their event_time is before ``as_of`` (DESIGN.md §5); every
+    Future-stamped events count only when their event_time is before ``as_of`` (docs/design.md §5); every
     tile holds events older than the clock of its write, so with ``as_of`` taken after the read
     (:class:`fstore.online.reader.ReadCore`) no event counts early.
     """

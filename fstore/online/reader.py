@@ -170,7 +170,7 @@ class ReadCore:
         layer puts an event in a tile only once its own clock has passed the event_time (future-stamped
         events stay exact fields until then, see :mod:`jobs.stream.speed_lua`), so every event a reply
         holds in a tile is older than that ``as_of``, and the future fields are counted by their exact
-        times: no event counts before its event_time (DESIGN.md §5). A given ``as_of`` is used as is.
+        times: no event counts before its event_time (docs/design.md §5). A given ``as_of`` is used as is.
 
         Raises:
             RedisError: the pointer changed :data:`MAX_POINTER_RETRIES` times in a row.

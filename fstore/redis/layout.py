@@ -20,7 +20,7 @@ Fields of a tile hash come in two forms, and readers (:func:`parse_tiles`) accep
   shortest round-trip form, ``None`` for an absent min/max). Complete tiles that are written once (the
   batch view) use it: a quarter of the fields to write and read.
 
-A speed hash may also hold the exact fields of future-stamped events (DESIGN.md §5), one per event,
+A speed hash may also hold the exact fields of future-stamped events (docs/design.md §5), one per event,
 ``f:<event_time µs>:<event_id>`` = ``"<measure>=<value> ..."`` (:func:`future_field`,
 :func:`parse_future`): readers count such an event only once ``as_of`` passes its event_time. They are
 not tiles: :func:`parse_tiles` ignores them.

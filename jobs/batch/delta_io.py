@@ -75,7 +75,7 @@ def has_delta_spark(spark: SparkSession) -> bool:
 
 def read_raw(spark: SparkSession, uri: str, dates: list[date], delta_spark: bool) -> DataFrame:
     """The ``raw_events`` copies of the given ``event_date`` partitions (not de-duplicated), without the
-    copies superseded by a winner on another day (``raw_events_superseded``, DESIGN.md §2).
+    copies superseded by a winner on another day (``raw_events_superseded``, docs/design.md §2).
 
     Raises:
         RuntimeError: if the table uses a reader feature Spark cannot honour by reading files

@@ -18,7 +18,7 @@ for each subgroup atomically:
   undoing on a duplicate was tried and costs as much: hot products' subgroups hold hundreds of markers,
   undone and set again for one duplicate.
 
-Future-stamped events (DESIGN.md §5: no event counts before its event_time). An event whose event_time
+Future-stamped events (docs/design.md §5: no event counts before its event_time). An event whose event_time
 is not before the worker's processing clock is not folded into a tile: its subgroup stores it as one
 exact field of its day hash, ``f:<event_time µs>:<event_id>`` = ``"<measure>=<value> ..."``
 (:func:`fstore.redis.layout.future_field`), which readers fold in only while ``event_time < as_of``.

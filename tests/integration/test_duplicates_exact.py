@@ -1,4 +1,4 @@
-"""Duplicates through every real path (DESIGN.md §2): arrival order wins, and a copy on another day counts once.
+"""Duplicates through every real path (docs/design.md §2): arrival order wins, and a copy on another day counts once.
 
 Two message files are built; the second arrives after the first. They hold:
 

@@ -1,6 +1,6 @@
 """The writers' index of ``raw_events`` (fstore.delta.event_index) over real Delta tables on disk.
 
-Expected decisions are restated from DESIGN.md §2 (first copy in arrival order wins, whatever the day);
+Expected decisions are restated from docs/design.md §2 (first copy in arrival order wins, whatever the day);
 readers are checked through the point-in-time adapter's read of a single partition.
 """
 

@@ -1,4 +1,4 @@
-"""No event counts before its event_time, online included (DESIGN.md §5), through the real speed layer.
+"""No event counts before its event_time, online included (docs/design.md §5), through the real speed layer.
 
 Events stamped up to five minutes ahead of the clock (accepted by the event contract) go through Kafka and
 the stream worker; the API (``GET``/``POST /features``), Feast's ``get_online_features`` (the fstore online
