@@ -113,3 +113,19 @@ def test_hash_collisions_cost_a_read_never_a_decision(tmp_path: Path, monkeypatc
     assert v.tolist() == [NEW, SAME_DAY, SUPERSEDED, NEW]
     assert sorted(read_events_ids(uri, 0)) == ["k1", "k4"]
     assert sorted(read_events_ids(uri, 1)) == ["k2"]
+
+
+def test_catch_up_reads_only_the_new_commits(tmp_path: Path) -> None:
+    """A writer's index reads its own commits never and another writer's commits from their log entries."""
+    uri = str(tmp_path / "raw_events")
+    a = EventIndex(uri)
+    write(a, [ev("m", 0), ev("n", 1)], 100)  # creates the table
+    write(a, [ev("q", 3)], 150)
+    assert a.loaded_rows == 0
+    other = EventIndex(uri)
+    assert write(other, [ev("n", 2, quantity=2), ev("o", 2)], 200).tolist() == [SUPERSEDED, NEW]
+    assert other.loaded_rows == 3
+    a.refresh()
+    assert a.loaded_rows == 2  # just the other writer's commit
+    verdicts = a.classify(["n", "o", "m", "q", "p"], np.array([D0 + 2, D0 + 2, D0, D0 + 1, D0], np.int32))
+    assert verdicts.tolist() == [SUPERSEDED, SAME_DAY, SAME_DAY, SUPERSEDED, NEW]
