@@ -1,10 +1,13 @@
 """Backfill path: append the valid events of a message file to ``raw_events`` (docs/design.md §1, §2).
 
 Messages are validated by the core exactly as the stream job does; invalid ones go to ``dead_letters``
-with their reason. Each batch of the file is one ingestion instant (``ingested_at``), strictly later than
-the previous batch, so the first-ingested-wins rule picks the earlier copy of a duplicate across batches
-and the smaller payload hash within one. An event_id already present in ``raw_events`` (same
-event_date partition) is not written again, which makes re-ingesting a file a no-op.
+with their reason. Duplicates follow arrival order, as on the stream (docs/design.md §2): the first valid copy
+of an event_id in line order wins, within a batch and across batches and runs, whatever the copies'
+payloads or event_times. Only that copy is written, with its own ingestion instant (``ingested_at`` = the
+batch's instant, strictly later than the previous batch's last, plus the copy's position), so a file
+ingested here and the same file sent through Kafka give the same winners. An event_id already present in
+``raw_events`` — on its own event_date (checked exactly) or on another one (the writers' index,
+:mod:`fstore.delta.event_index`) — is not written again, which makes re-ingesting a file a no-op.
 """
 
 from __future__ import annotations
@@ -16,12 +19,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import orjson
 
 from fstore.clock import Clock, wall_clock
 from fstore.core.events import Event, mask_dead_letter, parse, payload_hash
 from fstore.core.timeutil import DAY, day_start, to_date
 from fstore.delta import raw_log
+from fstore.delta.event_index import NEW, SUPERSEDED, EventIndex, day_numbers
 from fstore.kafka.messages import iter_batches
 
 
@@ -71,6 +76,7 @@ class Ingestor:
         self.raw_uri, self.dead_uri, self.clock = raw_uri, dead_uri, clock
         self.keep_unparseable = keep_unparseable  # dead letters that are not JSON objects: bytes, not a summary
         self._known: dict[int, set[str]] = {}  # UTC day number -> event_ids stored on that event_date
+        self.index = EventIndex(raw_uri)  # every stored event_id -> the day of its winning copy
         self._last_at = 0
 
     def _known_ids(self, days: set[int]) -> None:
@@ -80,48 +86,67 @@ class Ingestor:
             self._known.update({(day_start(d) // DAY): ids for d, ids in found.items()})
 
     def ingest_batch(self, messages: list[bytes], source: str, report: IngestReport) -> None:
-        """Validate and append one batch: one ``raw_events`` commit and one ``dead_letters`` commit."""
+        """Validate and append one batch: one ``raw_events`` commit and one ``dead_letters`` commit.
+
+        The first valid copy of an event_id in line order wins (as the stream takes the earlier offset);
+        a copy of an event_id already stored — on any day — is not written again.
+        """
         now = self.clock()
-        at = self._last_at = max(now, self._last_at + 1)
-        best: dict[str, tuple[str, Event]] = {}
+        first: dict[str, tuple[bytes, Event]] = {}
         bad_payloads: list[bytes] = []
         bad_reasons: list[str] = []
         loads = orjson.loads
         for raw in messages:
             res = parse(raw, now, loads)
             if isinstance(res, Event):
-                h = payload_hash(raw)
-                cur = best.get(res.event_id)
-                if cur is None:
-                    best[res.event_id] = (h, res)
+                if res.event_id in first:
+                    report.duplicates += 1  # a later line: arrival order decides
                 else:
-                    report.duplicates += 1
-                    if h < cur[0]:
-                        best[res.event_id] = (h, res)
+                    first[res.event_id] = (raw, res)
             else:
                 bad_payloads.append(mask_dead_letter(raw, loads, self.keep_unparseable))
                 bad_reasons.append(res.reason)
         report.messages += len(messages)
         report.valid += len(messages) - len(bad_payloads)
         report.rejected.update(bad_reasons)
-        self._known_ids({ev.event_time // DAY for _, ev in best.values()})
+        self._known_ids({ev.event_time // DAY for _, ev in first.values()})
+        fresh: list[tuple[bytes, Event]] = []
+        for raw, ev in first.values():
+            if ev.event_id in self._known[ev.event_time // DAY]:
+                self._count_stored(ev.event_id, report)
+            else:
+                fresh.append((raw, ev))
+        # Copies whose event_id is stored on another day (another event_time) lost to that copy too.
+        self.index.refresh()
+        ids = [ev.event_id for _, ev in fresh]
+        days = day_numbers(ev.event_time for _, ev in fresh)
+        verdicts = self.index.classify(ids, days)
         events: list[Event] = []
         hashes: list[str] = []
-        for h, ev in best.values():
-            ids = self._known[ev.event_time // DAY]
-            if ev.event_id in ids:
-                if ev.event_id in report.seen:
-                    report.duplicates += 1
-                else:
-                    report.already_present += 1
+        for (raw, ev), verdict in zip(fresh, verdicts.tolist(), strict=True):
+            if verdict == SUPERSEDED:
+                self._count_stored(ev.event_id, report)
                 continue
             report.seen.add(ev.event_id)
-            ids.add(ev.event_id)
+            self._known[ev.event_time // DAY].add(ev.event_id)
             events.append(ev)
-            hashes.append(h)
-        raw_log.append_raw(self.raw_uri, raw_log.events_table(events, hashes, [at] * len(events)))
+            hashes.append(payload_hash(raw))
+        at = max(now, self._last_at + 1)  # one instant per copy, in line order: ingested_at plus a sequence
+        self._last_at = at + max(len(events) - 1, 0)
+        raw_log.append_raw(self.raw_uri, raw_log.events_table(events, hashes, range(at, at + len(events))))
         raw_log.append_dead_letters(self.dead_uri, raw_log.dead_letters_table(bad_payloads, bad_reasons, source, at))
+        if events:
+            self.index.committed()
+            written = [ev.event_id for ev in events]
+            self.index.record(written, day_numbers(ev.event_time for ev in events), np.full(len(written), NEW, np.int8))
         report.written += len(events)
+
+    @staticmethod
+    def _count_stored(event_id: str, report: IngestReport) -> None:
+        if event_id in report.seen:
+            report.duplicates += 1  # taken earlier in this run
+        else:
+            report.already_present += 1
 
     def ingest_file(
         self, path: str | Path, batch_size: int = 200_000, progress: Callable[[int], object] | None = None

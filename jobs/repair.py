@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import date
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -25,7 +26,7 @@ import redis
 import redis.asyncio as aioredis
 
 from fstore.clock import Clock, wall_clock
-from fstore.core.dedupe import first_ingested_arrow
+from fstore.core.dedupe import drop_superseded, first_ingested_arrow
 from fstore.core.events import Event
 from fstore.core.features import VIEWS, largest_hop, longest_window
 from fstore.core.timeutil import SECOND, to_date
@@ -103,7 +104,7 @@ def repair(
             report.batch_version, report.cutover = last.version, last.cutover
         since = last.cutover if last is not None else now - longest_window() - largest_hop()
         events = speed_events(stream.table("raw_events"), since, now - stream.marker_ttl_s * SECOND)
-        applied, skipped = asyncio.run(_apply(stream, events, progress))
+        applied, skipped = asyncio.run(_apply(stream, events, progress, clock()))
         report.speed_events, report.speed_skipped = applied, skipped
         return report
     finally:
@@ -111,10 +112,12 @@ def repair(
 
 
 def speed_events(raw_uri: str, since: int, reach: int) -> list[Event]:
-    """The first-ingested copy of every event_id stored from ``reach`` on whose event_time is ``>= since``."""
+    """The first-ingested copy of every event_id stored from ``reach`` on whose event_time is ``>= since``
+    (copies superseded by a winner on an earlier day dropped first, docs/design.md §2)."""
     first = to_date(min(since, reach))
     copies = raw_log.read_table(raw_uri, filter=pc.field("event_date") >= pa.scalar(first, pa.date32()))
-    winners = first_ingested_arrow(copies)
+    superseded = raw_log.superseded_on(raw_log.superseded_uri(raw_uri), first, date.max)
+    winners = first_ingested_arrow(drop_superseded(copies, superseded))
     micros = pc.cast(pc.cast(winners.column("event_time"), pa.timestamp("us", tz="UTC")), pa.int64())
     winners = winners.filter(pc.greater_equal(micros, since))
     cols = [winners.column(c).to_pylist() for c in Event._fields]
@@ -122,14 +125,18 @@ def speed_events(raw_uri: str, since: int, reach: int) -> list[Event]:
     return [Event(*row) for row in zip(*cols, strict=True)]
 
 
-async def _apply(s: StreamSettings, events: list[Event], progress: Callable[[int], object] | None) -> tuple[int, int]:
+async def _apply(
+    s: StreamSettings, events: list[Event], progress: Callable[[int], object] | None, now: int
+) -> tuple[int, int]:
+    """Apply through the worker's tile writer; events stamped at or after ``now`` become exact future fields
+    (docs/design.md §5), which readers count from their event_time on."""
     client = aioredis.Redis.from_url(s.redis_url, socket_timeout=30)
     writer = TileWriter(client, list(VIEWS.values()), s.marker_ttl_s, s.tile_ttl_s, cluster=s.stream_redis_cluster)
     skipped = 0
     try:
         for lo in range(0, len(events), CHUNK):
             chunk = events[lo : lo + CHUNK]
-            skipped += len(await writer.apply(chunk))
+            skipped += len(await writer.apply(chunk, now))
             if progress is not None:
                 progress(len(chunk))
     finally:

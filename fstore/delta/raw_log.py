@@ -1,9 +1,17 @@
 """Delta tables of the master dataset: ``raw_events`` and ``dead_letters`` (docs/design.md §1, §7).
 
 ``raw_events`` is append-only and partitioned by ``event_date`` (UTC day of ``event_time``). Each row is
-one ingested copy of a valid event with ``ingested_at`` and ``payload_hash``, so every reader can apply
-the first-ingested-wins rule (:mod:`fstore.core.dedupe`). ``dead_letters`` keeps rejected messages with
-their reason (personal data masked) so nothing invalid vanishes.
+one ingested copy of a valid event with ``ingested_at`` and ``payload_hash``: ``ingested_at`` is the
+ingestion instant of the copy's batch plus the copy's position in it (µs), so copies of one writer never
+tie and the first copy in arrival order is the first ingested; every reader applies the
+first-ingested-wins rule (:mod:`fstore.core.dedupe`), ``payload_hash`` breaking ties between writers.
+``dead_letters`` keeps rejected messages with their reason (personal data masked) so nothing invalid
+vanishes.
+
+``raw_events_superseded`` (beside ``raw_events``, partitioned by ``event_date`` too) lists the
+``(event_id, event_date)`` pairs whose copies lost to a copy stored earlier on *another* day, so that a
+reader of some partitions drops them without reading the others (:mod:`fstore.delta.event_index` writes
+it, before the rows it covers).
 
 Both the backfill path (``fstore ingest``) and the stream job's raw sink write through this module.
 """
@@ -103,6 +111,52 @@ def append_dead_letters(uri: str, table: pa.Table) -> None:
         write_deltalake(uri, table, mode="append", partition_by=["ingest_date"])
 
 
+SUPERSEDED_SCHEMA = pa.schema(
+    [
+        pa.field("event_id", pa.string(), nullable=False),
+        pa.field("noted_at", TS, nullable=False),
+        pa.field("event_date", pa.date32(), nullable=False),
+    ]
+)
+
+
+def superseded_uri(raw_uri: str) -> str:
+    """Location of the superseded-pairs table of a ``raw_events`` table (its sibling
+    ``raw_events_superseded``)."""
+    return raw_uri.rstrip("/") + "_superseded"
+
+
+def superseded_table(pairs: Sequence[tuple[str, int]], noted_at: int) -> pa.Table:
+    """Arrow table in the ``raw_events_superseded`` schema from ``(event_id, UTC day number)`` pairs."""
+    return pa.Table.from_arrays(
+        [
+            pa.array([p[0] for p in pairs], pa.string()),
+            pa.array([noted_at] * len(pairs), pa.int64()).cast(TS),
+            pa.array([p[1] for p in pairs], pa.int32()).cast(pa.date32()),
+        ],
+        schema=SUPERSEDED_SCHEMA,
+    )
+
+
+def append_superseded(uri: str, table: pa.Table) -> None:
+    """Append superseded pairs (one Delta commit; appending a pair twice is harmless)."""
+    if table.num_rows:
+        write_deltalake(uri, table, mode="append", partition_by=["event_date"])
+
+
+def superseded_on(uri: str, first: date, last: date) -> pa.Table:
+    """Superseded ``(event_id, event_date)`` pairs of the partitions ``first`` to ``last`` (partition-pruned,
+    distinct); empty when there is no such table."""
+    dt = open_table(uri)
+    if dt is None:
+        return SUPERSEDED_SCHEMA.empty_table().select(["event_id", "event_date"])
+    flt = (pc.field("event_date") >= pa.scalar(first, pa.date32())) & (
+        pc.field("event_date") <= pa.scalar(last, pa.date32())
+    )
+    pairs = dt.to_pyarrow_dataset().to_table(columns=["event_id", "event_date"], filter=flt)
+    return pairs.group_by(["event_id", "event_date"], use_threads=False).aggregate([]) if pairs.num_rows else pairs
+
+
 def open_table(uri: str) -> DeltaTable | None:
     """The Delta table at ``uri``, or ``None`` if none exists yet."""
     try:
@@ -115,7 +169,14 @@ def read_table(uri: str, columns: list[str] | None = None, filter: pc.Expression
     """Read (part of) a Delta table into Arrow; empty when the table does not exist."""
     dt = open_table(uri)
     if dt is None:
-        schema = RAW_SCHEMA if uri.rstrip("/").endswith("raw_events") else DEAD_LETTER_SCHEMA
+        name = uri.rstrip("/")
+        schema = (
+            RAW_SCHEMA
+            if name.endswith("raw_events")
+            else SUPERSEDED_SCHEMA
+            if name.endswith("_superseded")
+            else DEAD_LETTER_SCHEMA
+        )
         empty = schema.empty_table()
         return empty.select(columns) if columns else empty
     return dt.to_pyarrow_dataset().to_table(columns=columns, filter=filter)

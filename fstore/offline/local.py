@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from fstore.core import pit
+from fstore.core.dedupe import drop_superseded
 from fstore.delta import raw_log
 
 Engine = Literal["local", "spark"]
@@ -71,7 +72,8 @@ def read_events(raw_uri: str, event_range: tuple[int, int] | None, timings: Timi
 
     Only the ``event_date`` partitions of the range and the columns the engine needs are read, with
     ``event_type``, ``user_id`` and ``product_id`` dictionary-encoded (the engine uses the codes as they
-    are). De-duplication runs over those partitions before the time filter, so a copy just outside the
+    are). Copies superseded by a winner on another day (``raw_events_superseded``) are dropped first;
+    de-duplication then runs over those partitions before the time filter, so a copy just outside the
     range still decides which copy wins. ``payload_hash`` is read only for the event_ids whose earliest
     copies share an ``ingested_at`` (it only breaks such ties).
 
@@ -95,7 +97,8 @@ def read_events(raw_uri: str, event_range: tuple[int, int] | None, timings: Timi
         pc.field("event_date") <= pa.scalar(days[1], pa.date32())
     )
     raw = dataset.to_table(columns=[*pit.EVENT_COLUMNS, "event_id", "ingested_at"], filter=flt)
-    raw = _in_time_order(raw)
+    superseded = raw_log.superseded_on(raw_log.superseded_uri(raw_uri), days[0], days[1])
+    raw = _in_time_order(drop_superseded(raw, superseded))
     timings.read = time.perf_counter() - began
     timings.rows_read = raw.num_rows
     began = time.perf_counter()
@@ -107,7 +110,7 @@ def read_events(raw_uri: str, event_range: tuple[int, int] | None, timings: Timi
         copies = dataset.to_table(
             columns=[*pit.EVENT_COLUMNS, *pit.DEDUPE_COLUMNS], filter=flt & pc.field("event_id").isin(tied)
         )
-        winners = pit.dedupe(copies)
+        winners = pit.dedupe(drop_superseded(copies, superseded))
         t = winners.column("event_time").cast(pa.int64())
         winners = winners.filter(pc.and_(pc.greater_equal(t, event_range[0]), pc.less(t, event_range[1])))
         events = pa.concat_tables([events, winners.select(list(pit.EVENT_COLUMNS))])

@@ -1,10 +1,11 @@
 """The point-in-time engine on Spark (docs/design.md §6: same answer, for data that outgrows one machine).
 
 Spark reads the ``raw_events`` Parquet files of the needed partitions (the file list comes from the
-Delta log through delta-rs, so no delta-spark jars are needed), de-duplicates them with a window
-(first ingested copy wins), and co-groups entity rows and events by a hash bucket of the join key. Each
-bucket runs :func:`fstore.core.pit.compute_arrays` — the same code as the local engine — on its share,
-so events never reach the driver; only the requested result is collected.
+Delta log through delta-rs, so no delta-spark jars are needed), drops the copies superseded by a winner
+on another day (:func:`without_superseded`), de-duplicates them with a window (first ingested copy
+wins), and co-groups entity rows and events by a hash bucket of the join key. Each bucket runs
+:func:`fstore.core.pit.compute_arrays` — the same code as the local engine — on its share, so events
+never reach the driver; only the requested result is collected.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 from deltalake import DeltaTable
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from fstore.core import pit
+from fstore.core.timeutil import DAY
 from fstore.delta import raw_log
 
 ROW = "__row"
@@ -62,6 +65,20 @@ def spark_session(app: str = "fstore-pit", master: str = "local[2]") -> SparkSes
     )
 
 
+def without_superseded(copies: DataFrame, superseded: pa.Table) -> DataFrame:
+    """``raw_events`` copies (with ``event_id`` and ``event_time``) minus those of the superseded
+    ``(event_id, event_date)`` pairs (:func:`fstore.core.dedupe.drop_superseded` for Spark: a broadcast
+    anti-join with the few pairs; nothing at all when there are none)."""
+    if superseded.num_rows == 0:
+        return copies
+    days = pc.cast(superseded.column("event_date"), pa.int32()).to_pylist()
+    pairs = copies.sparkSession.createDataFrame(
+        list(zip(superseded.column("event_id").to_pylist(), days, strict=True)), "event_id string, __day int"
+    )
+    day = F.floor(F.unix_micros(F.col("event_time")) / F.lit(DAY)).cast("int")
+    return copies.withColumn("__day", day).join(F.broadcast(pairs), ["event_id", "__day"], "left_anti").drop("__day")
+
+
 def read_events(spark: SparkSession, raw_uri: str, event_range: tuple[int, int] | None) -> DataFrame:
     """De-duplicated events (``event_time`` as long µs) of the partitions covering ``event_range``."""
     schema = "event_type string, user_id string, product_id string, event_time long, price double, quantity long"
@@ -77,7 +94,9 @@ def read_events(spark: SparkSession, raw_uri: str, event_range: tuple[int, int] 
     )
     if not files:
         return spark.createDataFrame([], schema)
-    raw = spark.read.parquet(*files)
+    raw = without_superseded(
+        spark.read.parquet(*files), raw_log.superseded_on(raw_log.superseded_uri(raw_uri), days[0], days[1])
+    )
     first = Window.partitionBy("event_id").orderBy("ingested_at", "payload_hash")
     assert event_range is not None
     return (

@@ -27,12 +27,12 @@ from functools import lru_cache
 from math import gcd
 from typing import Any, NamedTuple
 
-from fstore.core.aggregates import EMPTY, Agg, Partial, Stats, Value, ratio, result
+from fstore.core.aggregates import EMPTY, Agg, Partial, Stats, Value, fold, ratio, result
 from fstore.core.features import FeatureView, RatioFeature
 from fstore.core.tiles import merge_series
 from fstore.core.timeutil import SECOND, floor_to
 from fstore.core.windows import tail, tile_bounds
-from fstore.redis.layout import parse_tiles
+from fstore.redis.layout import FUTURE_PREFIX, parse_future, parse_tiles
 
 # Tile starts (ascending) and their stats. Tuples of tuples of numbers: the garbage collector untracks
 # them, so a full batch cache adds nothing to the cost (and pauses) of collections.
@@ -40,6 +40,8 @@ Series = tuple[tuple[int, ...], tuple[Stats, ...]]
 ColumnKey = tuple[int, str]  # (tile size, measure)
 Columns = dict[ColumnKey, Series]
 Tiles = dict[tuple[int, int], dict[str, Partial]]
+Future = tuple[int, dict[str, float]]  # a future-stamped event's exact time and its value per measure
+_FUTURE = FUTURE_PREFIX.encode()
 
 
 class EntityRead(NamedTuple):
@@ -98,12 +100,15 @@ def _pairs(raw: Any) -> Iterable[tuple[bytes, bytes]]:
     return items
 
 
-def decode_speed_hashes(raws: Iterable[Any], cutover: int | None) -> tuple[Columns, int | None]:
+def decode_speed_hashes(
+    raws: Iterable[Any], cutover: int | None, future: list[Future] | None = None
+) -> tuple[Columns, int | None]:
     """Decode an entity's speed hashes (HGETALL replies, ascending days) into series of the tiles from
     ``cutover`` on, plus the newest such tile start.
 
     Same rules as :func:`fstore.redis.layout.parse_tiles`: both field forms (also mixed), other shapes
-    ignored, tiles with a count of 0 dropped.
+    ignored, tiles with a count of 0 dropped. The exact fields of future-stamped events (event_time from
+    ``cutover`` on) are appended to ``future`` when it is given, else ignored.
     """
     floor = -(1 << 62) if cutover is None else cutover
     acc: dict[tuple[ColumnKey, int], list[Any]] = {}
@@ -114,6 +119,11 @@ def decode_speed_hashes(raws: Iterable[Any], cutover: int | None) -> tuple[Colum
         for k, v in _pairs(raw):
             info = fields.get(k, _UNSEEN)
             if info is _UNSEEN:
+                if k[:2] == _FUTURE:  # one field per event: parsed here, never cached
+                    ev = parse_future(k, v) if future is not None else None
+                    if ev is not None and ev[0] >= floor:
+                        future.append(ev)  # type: ignore[union-attr]
+                    continue
                 info = _field(k)
             if info is None:
                 continue
@@ -285,11 +295,22 @@ def _plan(view: FeatureView, names: tuple[str, ...]) -> Plan:
     return tuple((s, win, m, tuple(fs)) for (s, win, m), fs in groups.items()), tuple(outputs), grain
 
 
+def fold_future(acc: Stats, future: Sequence[Future], measure: str, lo: int, t: int) -> Stats:
+    """``acc`` folded with the future-stamped events (exact times) of ``measure`` in ``[lo, t)``."""
+    return fold(acc, [values[measure] for te, values in future if measure in values and lo <= te < t])
+
+
 def evaluate_columns(
-    view: FeatureView, names: tuple[str, ...], batch: BatchTiles | None, speed: Columns, t: int
+    view: FeatureView,
+    names: tuple[str, ...],
+    batch: BatchTiles | None,
+    speed: Columns,
+    t: int,
+    future: Sequence[Future] = (),
 ) -> dict[str, Value]:
-    """Feature values at ``t`` from an entity's batch tiles (all before the cutover) and speed tiles (all
-    from it on). Same results as :func:`fstore.core.tiles.evaluate` over the union of the tiles."""
+    """Feature values at ``t`` from an entity's batch tiles (all before the cutover), speed tiles (all
+    from it on) and future-stamped events (exact times, counted when before ``t``). Same results as
+    :func:`fstore.core.tiles.evaluate` over the union of the tiles."""
     groups, outputs, _ = _plan(view, names)
     windowed: dict[str, Value] = {}
     for size, window, measure, feats in groups:
@@ -298,6 +319,8 @@ def evaluate_columns(
         series = speed.get((size, measure)) if speed else None
         if series is not None:
             acc = merge_series(acc, *series, lo, hi)
+        if future:
+            acc = fold_future(acc, future, measure, lo, t)
         for name, agg in feats:
             windowed[name] = result(agg, acc)
     return {
@@ -309,8 +332,20 @@ def evaluate_columns(
 def finish(
     read: EntityRead, cutover: int | None, batch: BatchTiles | None, speed_hashes: Sequence[Any], as_of: int
 ) -> ReadResult:
-    """Evaluate ``read`` at ``as_of`` over its batch tiles and its speed hashes (replies, ascending days)."""
-    speed, newest = decode_speed_hashes(speed_hashes, cutover)
-    if not speed and batch is not None and as_of >= batch.cutover:
+    """Evaluate ``read`` at ``as_of`` over its batch tiles and its speed hashes (replies, ascending days).
+
+    Future-stamped events count only when their event_time is before ``as_of`` (docs/design.md §5); every
+    tile holds events older than the clock of its write, so with ``as_of`` taken after the read
+    (:class:`fstore.online.reader.ReadCore`) no event counts early.
+    """
+    future: list[Future] = []
+    speed, newest = decode_speed_hashes(speed_hashes, cutover, future)
+    if future:
+        future = [f for f in future if f[0] < as_of]
+        if future:
+            step = min(read.view.hops)
+            last = max(te for te, _ in future)
+            newest = max(newest if newest is not None else last, last - last % step)
+    if not speed and not future and batch is not None and as_of >= batch.cutover:
         return ReadResult(batch.values(read.view, read.names, as_of), None)
-    return ReadResult(evaluate_columns(read.view, read.names, batch, speed, as_of), newest)
+    return ReadResult(evaluate_columns(read.view, read.names, batch, speed, as_of, future), newest)

@@ -161,15 +161,23 @@ class ReadCore:
         if len(self._cache) > self._cache_max:
             self._cache.popitem(last=False)
 
-    def attempts(self, reads: Sequence[EntityRead], t: int) -> Attempts:
-        """The read of ``reads`` at ``t``: yields the commands of a round trip (the pointer ``GET`` first),
-        receives their replies; repeats with the new pointer when the pointer read differs from the one
-        the commands were built for. Returns the snapshot.
+    def attempts(self, reads: Sequence[EntityRead], as_of: int | None = None) -> Attempts:
+        """The read of ``reads`` at ``as_of``: yields the commands of a round trip (the pointer ``GET``
+        first), receives their replies; repeats with the new pointer when the pointer read differs from the
+        one the commands were built for. Returns the snapshot.
+
+        ``as_of`` ``None`` (every serving read): the clock, read *after* the replies arrive. The speed
+        layer puts an event in a tile only once its own clock has passed the event_time (future-stamped
+        events stay exact fields until then, see :mod:`jobs.stream.speed_lua`), so every event a reply
+        holds in a tile is older than that ``as_of``, and the future fields are counted by their exact
+        times: no event counts before its event_time (docs/design.md §5). A given ``as_of`` is used as is.
 
         Raises:
             RedisError: the pointer changed :data:`MAX_POINTER_RETRIES` times in a row.
         """
         cache = self._cache
+        live = as_of is None
+        t = self.clock() if as_of is None else as_of
         for _ in range(MAX_POINTER_RETRIES):
             pointer = self._current[1]
             cutover = pointer.cutover if pointer is not None else None
@@ -200,6 +208,10 @@ class ReadCore:
             current = self._parse_pointer(out[0])
             if current is not pointer and current != pointer:
                 continue  # the batch view moved under us: read again with the new one
+            if live:
+                planned, t = t, max(t, self.clock())
+                if t // DAY != planned // DAY:
+                    continue  # a new UTC day began during the read: its speed hashes were not read
             snap = Snapshot(t, pointer)
             results = snap.results
             pos = 1
@@ -215,7 +227,7 @@ class ReadCore:
                 results.append(finish(r, cutover, batch, out[pos : pos + n], t))
                 pos += n
             return snap
-        raise RedisError("the batch view pointer changed five times during one read")
+        raise RedisError("the batch view pointer changed (or a day began) five times during one read")
 
 
 class OnlineReader(ReadCore):
@@ -250,8 +262,9 @@ class OnlineReader(ReadCore):
         return await self._wire.execute(b"".join(wire), len(wire))
 
     async def read(self, reads: Sequence[EntityRead], as_of: int | None = None) -> Snapshot:
-        """Values of every read at ``as_of`` (default: now), all against the same batch pointer."""
-        gen = self.attempts(reads, self.clock() if as_of is None else as_of)
+        """Values of every read at ``as_of`` (default: now, taken after the read; see :meth:`attempts`), all
+        against the same batch pointer."""
+        gen = self.attempts(reads, as_of)
         wire = next(gen)
         while True:
             out = await self._execute(wire)
@@ -285,8 +298,9 @@ class SyncOnlineReader(ReadCore):
         return round_trip_sync(self.client, b"".join(wire), len(wire))
 
     def read(self, reads: Sequence[EntityRead], as_of: int | None = None) -> Snapshot:
-        """Values of every read at ``as_of`` (default: now), all against the same batch pointer."""
-        gen = self.attempts(reads, self.clock() if as_of is None else as_of)
+        """Values of every read at ``as_of`` (default: now, taken after the read; see :meth:`attempts`), all
+        against the same batch pointer."""
+        gen = self.attempts(reads, as_of)
         wire = next(gen)
         while True:
             try:

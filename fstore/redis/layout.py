@@ -8,6 +8,7 @@ Keys (``{...}`` is a Redis Cluster hash tag: all keys of one entity of one view 
     fs:{<view>|<entity>}:s:<yyyymmdd>    speed tiles whose start falls on that UTC day      (hash)
     fs:{<view>|<entity>}:b:<version>     batch-view tiles [C - longest window - hop, C)      (hash)
     fs:{<view>|<entity>}:seen:<event_id> de-duplication marker of the stream job            (string)
+    fs:{<view>|<entity>}:moved:<event_id> a future event moved from its field into the tiles (string)
     fs:batch:current                     the serving batch view: JSON {version, cutover, ...} (string)
 
 Fields of a tile hash come in two forms, and readers (:func:`parse_tiles`) accept both:
@@ -18,6 +19,11 @@ Fields of a tile hash come in two forms, and readers (:func:`parse_tiles`) accep
 * packed, ``<size_s>:<start_s>:<measure>`` whose value is ``"<count> <sum> <min> <max>"`` (floats in
   shortest round-trip form, ``None`` for an absent min/max). Complete tiles that are written once (the
   batch view) use it: a quarter of the fields to write and read.
+
+A speed hash may also hold the exact fields of future-stamped events (docs/design.md §5), one per event,
+``f:<event_time µs>:<event_id>`` = ``"<measure>=<value> ..."`` (:func:`future_field`,
+:func:`parse_future`): readers count such an event only once ``as_of`` passes its event_time. They are
+not tiles: :func:`parse_tiles` ignores them.
 
 Floats always round-trip exactly (``repr`` or an equivalent shortest form), so a reader gets back the
 bit-identical partial that was written; readers merge tiles with :class:`fstore.core.aggregates.Partial`.
@@ -66,6 +72,43 @@ def batch_key(view: str, entity: str, version: str) -> str:
 def seen_key(view: str, entity: str, event_id: str) -> str:
     """De-duplication marker of an event for one entity of one view."""
     return f"{PREFIX}:{entity_tag(view, entity)}:seen:{event_id}"
+
+
+def moved_key(view: str, entity: str, event_id: str) -> str:
+    """Marker of a future event of one entity of one view already moved from its field into the tiles."""
+    return f"{PREFIX}:{entity_tag(view, entity)}:moved:{event_id}"
+
+
+#: Name prefix of the exact fields of future-stamped events in a speed hash.
+FUTURE_PREFIX = "f:"
+
+
+def future_field(event_time: int, event_id: str) -> str:
+    """Speed-hash field of one future-stamped event: ``f:<event_time µs>:<event_id>``."""
+    return f"{FUTURE_PREFIX}{event_time}:{event_id}"
+
+
+def future_value(measures: Mapping[str, float]) -> str:
+    """Value of a future-event field: ``"<measure>=<value> ..."`` (exact ``repr`` floats)."""
+    return " ".join(f"{m}={x!r}" for m, x in measures.items())
+
+
+def parse_future(name: bytes | str, value: bytes | str) -> tuple[int, dict[str, float]] | None:
+    """``(event_time, {measure: value})`` of a future-event field; ``None`` for any other field or a
+    malformed one."""
+    key = name.decode() if isinstance(name, bytes) else name
+    if not key.startswith(FUTURE_PREFIX):
+        return None
+    text = value.decode() if isinstance(value, bytes) else value
+    try:
+        t = int(key[len(FUTURE_PREFIX) :].split(":", 1)[0])
+        out: dict[str, float] = {}
+        for item in text.split():
+            m, _, x = item.partition("=")
+            out[m] = float(x)
+    except ValueError:
+        return None
+    return t, out
 
 
 def field(size: int, start: int, measure: str, stat: str) -> str:
@@ -146,12 +189,14 @@ def parse_tiles(
 ) -> dict[tuple[int, int], dict[str, Partial]]:
     """Decode an HGETALL result into ``{(size_us, start_us): {measure: Partial}}``.
 
-    Accepts both field forms (module docstring), also mixed in one hash. Fields of other shapes are
-    ignored; a tile with a count of 0 is dropped.
+    Accepts both field forms (module docstring), also mixed in one hash. Fields of other shapes (future
+    events' fields among them) are ignored; a tile with a count of 0 is dropped.
     """
     acc: dict[tuple[int, int, str], list[float | None]] = {}
     for k, v in raw.items():
         key = k.decode() if isinstance(k, bytes) else k
+        if key.startswith(FUTURE_PREFIX):
+            continue
         parts = key.split(":")
         text = v.decode() if isinstance(v, bytes) else v
         if len(parts) == 3:

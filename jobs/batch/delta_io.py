@@ -33,6 +33,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from fstore.delta import raw_log
+from fstore.offline.spark import without_superseded
 
 RAW_COLUMNS = (
     "event_id",
@@ -73,12 +74,20 @@ def has_delta_spark(spark: SparkSession) -> bool:
 
 
 def read_raw(spark: SparkSession, uri: str, dates: list[date], delta_spark: bool) -> DataFrame:
-    """The ``raw_events`` copies of the given ``event_date`` partitions (all copies, not de-duplicated).
+    """The ``raw_events`` copies of the given ``event_date`` partitions (not de-duplicated), without the
+    copies superseded by a winner on another day (``raw_events_superseded``, docs/design.md §2).
 
     Raises:
         RuntimeError: if the table uses a reader feature Spark cannot honour by reading files
             (deletion vectors, column mapping) and delta-spark is not available.
     """
+    copies = _read_raw(spark, uri, dates, delta_spark)
+    if not dates:
+        return copies
+    return without_superseded(copies, raw_log.superseded_on(raw_log.superseded_uri(uri), min(dates), max(dates)))
+
+
+def _read_raw(spark: SparkSession, uri: str, dates: list[date], delta_spark: bool) -> DataFrame:
     schema = spark_schema(raw_log.RAW_SCHEMA)
     cols = list(RAW_COLUMNS)
     if delta_spark:

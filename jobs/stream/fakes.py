@@ -18,38 +18,65 @@ from typing import Any
 
 from fstore.core.events import Event
 from fstore.core.features import FeatureView
-from fstore.core.tiles import Tile, TileKey, add_event
+from fstore.core.tiles import Tile, TileKey, add_event, entity_of
+
+
+@dataclass
+class MemoryPlan:
+    """A :class:`MemoryTiles` plan: events to apply (``now``: the processing clock), held future events to
+    move; ``held`` lists, once sent, the future events it held."""
+
+    events: list[Event]
+    now: int | None = None
+    moves: list[tuple[FeatureView, str, Event]] = field(default_factory=list)
+    held: list[tuple[FeatureView, str, Event]] = field(default_factory=list)
 
 
 class MemoryTiles:
     """:class:`~jobs.stream.ports.TileSink` over dicts: ``tiles[view name][TileKey]`` via the core's
-    :func:`~fstore.core.tiles.add_event`, an event_id counted once."""
+    :func:`~fstore.core.tiles.add_event`, an event_id counted once; an event stamped at or after the
+    plan's ``now`` is held in ``future[view name][event_id]`` instead, until moved."""
 
     def __init__(self, views: Sequence[FeatureView]) -> None:
         self.views = tuple(views)
         self.tiles: dict[str, dict[TileKey, Tile]] = {v.name: {} for v in self.views}
+        self.future: dict[str, dict[str, Event]] = {v.name: {} for v in self.views}
         self.seen: set[str] = set()
 
-    def plan(self, events: Sequence[Event]) -> list[Event]:
-        return list(events)
+    def plan(self, events: Sequence[Event], now: int | None = None) -> MemoryPlan:
+        return MemoryPlan(list(events), now)
 
-    async def send(self, plan: list[Event], on_sent: Callable[[], None] | None = None) -> set[str]:
+    async def send(self, plan: MemoryPlan, on_sent: Callable[[], None] | None = None) -> set[str]:
         if on_sent is not None:
             on_sent()
         return self._apply(plan)
 
-    async def apply(self, events: Sequence[Event]) -> set[str]:
-        return self._apply(events)
+    async def apply(self, events: Sequence[Event], now: int | None = None) -> set[str]:
+        return self._apply(self.plan(events, now))
 
-    def _apply(self, events: Sequence[Event]) -> set[str]:
+    def stored_future(self, plan: MemoryPlan) -> list[tuple[FeatureView, str, Event]]:
+        return plan.held
+
+    def plan_moves(self, due: Sequence[tuple[FeatureView, str, Event]]) -> MemoryPlan:
+        return MemoryPlan([], moves=list(due))
+
+    def _apply(self, plan: MemoryPlan) -> set[str]:
+        for view, _, ev in plan.moves:
+            if self.future[view.name].pop(ev.event_id, None) is not None:
+                add_event(self.tiles[view.name], view, ev)
         skipped: set[str] = set()
-        for ev in events:
+        for ev in plan.events:
             if ev.event_id in self.seen:
                 skipped.add(ev.event_id)
                 continue
             self.seen.add(ev.event_id)
             for view in self.views:
-                add_event(self.tiles[view.name], view, ev)
+                entity = entity_of(view, ev)
+                if plan.now is not None and ev.event_time >= plan.now and entity is not None:
+                    self.future[view.name][ev.event_id] = ev
+                    plan.held.append((view, entity, ev))
+                else:
+                    add_event(self.tiles[view.name], view, ev)
         return skipped
 
 

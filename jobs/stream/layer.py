@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import heapq
+import itertools
 import logging
 import os
 import signal
@@ -41,7 +43,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from fstore.clock import Clock, wall_clock
-from fstore.core.features import VIEWS
+from fstore.core.events import Event
+from fstore.core.features import VIEWS, FeatureView
 from fstore.core.timeutil import iso
 from fstore.redis.layout import HEARTBEAT_KEY, POINTER_KEY, BatchPointer, Heartbeat
 from jobs.stream import metrics
@@ -158,6 +161,9 @@ class SpeedLayer:
         self._batch_lock = asyncio.Lock()  # a batch in progress vs. a rebalance
         self._commit_lock = asyncio.Lock()
         self._flushing: asyncio.Task[None] | None = None
+        # future events stored as exact fields, by event_time: moved into the tiles once it has passed
+        self.future: list[tuple[int, int, FeatureView, str, Event]] = []
+        self._future_seq = itertools.count()
 
     async def heartbeat(self, prep: Prepared | None, committed: float, force: bool = False) -> None:
         """Tell readers (GET /health) how fresh the speed view is; at most once a second (and at shutdown),
@@ -233,6 +239,9 @@ class SpeedLayer:
                     if inflight is not None:
                         await inflight
                         inflight = None
+                    if self.future:
+                        async with self._batch_lock:
+                            await self.move_due()
                     continue
                 # Software pipelining: validate and plan this batch while Redis still runs the previous one's
                 # script calls; its own Redis round trip starts only once the previous batch is completely
@@ -279,7 +288,7 @@ class SpeedLayer:
         if prep.beyond_horizon:
             metrics.BEYOND_HORIZON.inc(prep.beyond_horizon)
         offsets = {tp: part[-1].offset + 1 for tp, part in records.items() if part}
-        tiles = None if self.s.stream_naive_per_event else self.tiles.plan(prep.fresh)
+        tiles = None if self.s.stream_naive_per_event else self.tiles.plan(prep.fresh, now)
         return _Batch(batch, values, prep, tiles, now, offsets, time.perf_counter() - t0)
 
     async def finish(self, b: _Batch) -> None:
@@ -302,6 +311,10 @@ class SpeedLayer:
                     raise
                 if dead is not None:
                     await dead
+                if b.tiles is not None:
+                    self.remember_future(b.tiles)
+                if self.future:
+                    await self.move_due()
                 metrics.DUPLICATES.inc(len(skipped) + prep.batch_duplicates)
                 committed = time.time()
                 metrics.TILE_COMMITS.inc()
@@ -327,10 +340,32 @@ class SpeedLayer:
             b.mark_sent()
             skipped: set[str] = set()
             for one in b.prep.fresh:
-                skipped |= await self._redis(lambda one=one: self.tiles.apply([one]))
+                skipped |= await self._redis(lambda one=one: self.tiles.apply([one], b.now))
             return skipped
         skipped = await self._redis(lambda: self.tiles.send(plan, on_sent=b.mark_sent))
         return skipped
+
+    def remember_future(self, plan: Any) -> None:
+        """Queue the future events a sent plan stored as fields, to move them once their time comes."""
+        stored = self.tiles.stored_future(plan)
+        if stored:
+            metrics.FUTURE_STORED.inc(len(stored))
+            for view, entity, ev in stored:
+                heapq.heappush(self.future, (ev.event_time, next(self._future_seq), view, entity, ev))
+
+    async def move_due(self) -> None:
+        """Move the queued future events whose event_time has passed into the tiles (one atomic step per
+        entity: cells added, fields deleted; a repeated move applies nothing). Readers count the fields by
+        their exact times meanwhile, so when this runs changes no value, only the cost of reads."""
+        now = self.clock()
+        due: list[tuple[FeatureView, str, Event]] = []
+        while self.future and self.future[0][0] < now:
+            _, _, view, entity, ev = heapq.heappop(self.future)
+            due.append((view, entity, ev))
+        if due:
+            plan = self.tiles.plan_moves(due)
+            await self._redis(lambda: self.tiles.send(plan))
+            metrics.FUTURE_MOVED.inc(len(due))
 
     async def dead_letter(
         self, batch: Sequence[Any], values: Sequence[bytes], invalid: Sequence[tuple[int, str]], now: int

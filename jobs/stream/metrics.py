@@ -29,6 +29,16 @@ BEYOND_HORIZON = Counter(
     "Valid events older than the late horizon: raw_events only, no tiles",
     registry=REGISTRY,
 )
+FUTURE_STORED = Counter(
+    "fstore_stream_future_events_total",
+    "Events stamped after the processing clock, stored as exact fields until their time comes (per view)",
+    registry=REGISTRY,
+)
+FUTURE_MOVED = Counter(
+    "fstore_stream_future_events_moved_total",
+    "Future-event fields moved into the tiles once the clock passed their event_time (per view)",
+    registry=REGISTRY,
+)
 RAW_WRITTEN = Counter("fstore_stream_raw_events_written_total", "Rows appended to raw_events", registry=REGISTRY)
 RAW_FLUSHES = Counter("fstore_stream_raw_flushes_total", "Delta commits of the raw sink", registry=REGISTRY)
 BATCH_SIZE = Histogram(

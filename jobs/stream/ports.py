@@ -19,12 +19,18 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from fstore.core.events import Event
+from fstore.core.features import FeatureView
 
 
 class TileSink(Protocol):
-    """Applies candidate events to the speed tiles, skipping event_ids already counted."""
+    """Applies candidate events to the speed tiles, skipping event_ids already counted.
 
-    def plan(self, events: Sequence[Event]) -> Any:
+    An event stamped at or after the processing clock ``now`` is not put in a tile: it is held with its
+    exact time (readers count it once ``as_of`` passes that time) until the worker moves it into the
+    tiles (:meth:`plan_moves`), once its time has come (docs/design.md §5).
+    """
+
+    def plan(self, events: Sequence[Event], now: int | None = None) -> Any:
         """Prepare a batch (pure CPU; the worker runs it while the previous batch's request is in flight)."""
         ...
 
@@ -33,8 +39,16 @@ class TileSink(Protocol):
         ``on_sent`` is called once the request is written."""
         ...
 
-    async def apply(self, events: Sequence[Event]) -> set[str]:
-        """``send(plan(events))``."""
+    async def apply(self, events: Sequence[Event], now: int | None = None) -> set[str]:
+        """``send(plan(events, now))``."""
+        ...
+
+    def stored_future(self, plan: Any) -> list[tuple[FeatureView, str, Event]]:
+        """``(view, entity, event)`` of the future events a sent plan holds exactly (to move once due)."""
+        ...
+
+    def plan_moves(self, due: Sequence[tuple[FeatureView, str, Event]]) -> Any:
+        """A plan that moves held future events into the tiles (only ones :meth:`stored_future` returned)."""
         ...
 
 

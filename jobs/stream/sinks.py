@@ -19,8 +19,17 @@ from redis.exceptions import NoScriptError
 from fstore.core.events import Event
 from fstore.core.features import FeatureView
 from fstore.delta import raw_log
+from fstore.delta.event_index import EventIndex, date_numbers
 from fstore.redis.resp import round_trip
-from jobs.stream.speed_lua import APPLY_TILES, APPLY_TILES_SHA, ScriptCall, Subgroup, group_events, plan_calls
+from jobs.stream.speed_lua import (
+    APPLY_TILES,
+    APPLY_TILES_SHA,
+    ScriptCall,
+    Subgroup,
+    group_events,
+    move_subgroups,
+    plan_calls,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +44,19 @@ class TilePlan:
     round, so sending the same plan again after a failure resumes where it stopped.
     """
 
-    __slots__ = ("calls", "packed", "pending", "sent", "skipped")
+    __slots__ = ("calls", "packed", "pending", "sent", "skipped", "subgroups")
 
     def __init__(self, pending: list[Subgroup]) -> None:
         self.pending = pending
+        self.subgroups = tuple(pending)  # all of them: once sent, each holds what it applied
         self.calls: list[ScriptCall] = []
         self.packed = b""
         self.skipped: set[str] = set()
         self.sent = False  # the first round's request has been written (or there was nothing to send)
+
+    def stored_future(self) -> list[tuple[FeatureView, str, Event]]:
+        """``(view, entity, event)`` of the future events this plan stored as fields (call once sent)."""
+        return [(sub.view, sub.entity, ev) for sub in self.subgroups if not sub.moving for ev in sub.future]
 
     def mark_sent(self, on_sent: Callable[[], None] | None) -> None:
         """Record that the first request is out; call ``on_sent`` the first time only."""
@@ -82,9 +96,24 @@ class TileWriter:
         self.marker_ttl, self.tile_ttl = marker_ttl, tile_ttl
         self.cluster, self.chunk = cluster, chunk
 
-    def plan(self, events: Sequence[Event]) -> TilePlan:
-        """Pre-aggregate events (unique by event_id) and pack the first round (pure CPU, no I/O)."""
-        plan = TilePlan(list(group_events(self.views, events).values()))
+    def plan(self, events: Sequence[Event], now: int | None = None) -> TilePlan:
+        """Pre-aggregate events (unique by event_id) and pack the first round (pure CPU, no I/O).
+
+        ``now`` is the processing clock: events with ``event_time >= now`` are stored as exact future
+        fields rather than folded into tiles (:mod:`jobs.stream.speed_lua`).
+        """
+        plan = TilePlan(list(group_events(self.views, events, now).values()))
+        self._pack(plan)
+        return plan
+
+    def stored_future(self, plan: TilePlan) -> list[tuple[FeatureView, str, Event]]:
+        """The future events a sent plan stored as fields (:meth:`TilePlan.stored_future`)."""
+        return plan.stored_future()
+
+    def plan_moves(self, due: Sequence[tuple[FeatureView, str, Event]]) -> TilePlan:
+        """Move future events whose time has come from their fields into the tiles (only events this
+        worker stored as fields: :meth:`TilePlan.stored_future`)."""
+        plan = TilePlan(move_subgroups(due))
         self._pack(plan)
         return plan
 
@@ -94,9 +123,9 @@ class TileWriter:
         )
         plan.packed = b"".join([c.packed() for c in plan.calls])
 
-    async def apply(self, events: Sequence[Event]) -> set[str]:
+    async def apply(self, events: Sequence[Event], now: int | None = None) -> set[str]:
         """Apply events (unique by event_id within the call) and return the event_ids skipped as duplicates."""
-        return await self.send(self.plan(events))
+        return await self.send(self.plan(events, now))
 
     async def send(self, plan: TilePlan, on_sent: Callable[[], None] | None = None) -> set[str]:
         """Apply a plan and return the event_ids skipped as duplicates.
@@ -149,6 +178,10 @@ class RawSink:
     Each buffered chunk carries opaque *tokens* (the Kafka messages it came from); :meth:`flush` returns
     the tokens of what it wrote, in order, so the caller commits them only once the rows are stored.
 
+    Every copy is stored (at least once: readers de-duplicate), but a copy whose event_id already has its
+    winning copy on another day — stored before, or earlier in the same flush — is first recorded as
+    superseded (:mod:`fstore.delta.event_index`), so a reader of its day alone does not count it.
+
     Args:
         uri: the ``raw_events`` table.
         max_events: flush when this many rows are buffered.
@@ -166,6 +199,7 @@ class RawSink:
         self._tokens: list[Any] = []
         self._since: float | None = None
         self._lock = asyncio.Lock()
+        self.index = EventIndex(uri)
 
     @property
     def buffered(self) -> int:
@@ -185,8 +219,10 @@ class RawSink:
 
     def warm(self) -> None:
         """Build a one-row table once, so the first real flush does not pay for lazy imports (pyarrow
-        loads pandas on its first timestamp cast: most of a second of CPU, in the middle of the stream)."""
+        loads pandas on its first timestamp cast: most of a second of CPU, in the middle of the stream),
+        and load the index of the event_ids already stored."""
         raw_log.events_table([Event("warm-up", "page_view", "warm-up", None, 0, None, 1, None)], ["0"], [0])
+        self.index.refresh()
 
     def due(self) -> bool:
         """Whether the buffer reached its size or age bound."""
@@ -224,4 +260,15 @@ class RawSink:
         return tokens, len(events)
 
     def _write(self, events: Sequence[Event], hashes: Sequence[str], at: Sequence[int]) -> None:
-        raw_log.append_raw(self.uri, raw_log.events_table(events, hashes, at))
+        """Mark the copies superseded by a winner on another day, then append every copy (in that order:
+        a crash in between leaves a mark without rows, which is harmless, never rows without their mark)."""
+        index = self.index
+        index.refresh()
+        table = raw_log.events_table(events, hashes, at)
+        ids = table.column("event_id")
+        days = date_numbers(table.column("event_date"))
+        verdicts = index.classify(ids, days)
+        index.write_marks(index.superseded(ids, days, verdicts))
+        raw_log.append_raw(self.uri, table)
+        index.committed()
+        index.record(ids, days, verdicts)

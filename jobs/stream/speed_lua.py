@@ -18,6 +18,17 @@ for each subgroup atomically:
   undoing on a duplicate was tried and costs as much: hot products' subgroups hold hundreds of markers,
   undone and set again for one duplicate.
 
+Future-stamped events (docs/design.md §5: no event counts before its event_time). An event whose event_time
+is not before the worker's processing clock is not folded into a tile: its subgroup stores it as one
+exact field of its day hash, ``f:<event_time µs>:<event_id>`` = ``"<measure>=<value> ..."``
+(:func:`fstore.redis.layout.future_field`), which readers fold in only while ``event_time < as_of``.
+Every tile therefore holds only events older than the clock of the write, and a reader that takes
+``as_of`` after its read (:class:`fstore.online.reader.ReadCore`) never counts an event too early. Once the
+clock passes the event_time, the worker *moves* it: a subgroup in move mode carries the event's cells
+and deletes the field in the same atomic step, guarded by a ``moved`` marker instead of the ``seen`` one
+(a repeated move applies nothing). A field never moved (the worker died first) stays exact until its
+hash expires.
+
 The client drops the reported duplicates, re-aggregates only those subgroups and calls again: optimistic,
 one round trip per batch when there are no duplicates, and markers never disagree with the tiles,
 whatever crashes or redeliveries happen in between. Keys and fields come from :mod:`fstore.redis.layout`.
@@ -25,11 +36,12 @@ whatever crashes or redeliveries happen in between. Keys and fields come from :m
 Script arguments: ``KEYS`` = per subgroup its markers then its tile hashes; ``ARGV`` = marker TTL, tile
 TTL, number of subgroups and one JSON array (decoded by the script with ``cjson``; encoding thousands of
 separate arguments cost more client CPU than anything else in the worker) holding per subgroup
-``n_markers, n_tile_keys, n_slots`` followed by deltas filling ``n_slots`` array slots: ``(i, field
-prefix, count, sum, min, max)`` with ``i >= 0`` the tile key index within the subgroup, or ``(-1 - i,
-field prefix, count)`` for a count-style measure (sum = count, min = max = 1). Sums, minima and maxima
-travel as strings in ``repr`` form, so the floats stored are bit-identical to the client's. The reply is
-the list of 1-based ``KEYS`` indexes of markers that already existed.
+``n_markers, n_tile_keys, n_slots, n_fields`` followed by deltas filling ``n_slots`` array slots: ``(i,
+field prefix, count, sum, min, max)`` with ``i >= 0`` the tile key index within the subgroup, or ``(-1 -
+i, field prefix, count)`` for a count-style measure (sum = count, min = max = 1); then ``n_fields``
+triples ``(i, field, value)`` of future-event fields to set (``value`` null: to delete, when moving).
+Sums, minima and maxima travel as strings in ``repr`` form, so the floats stored are bit-identical to the
+client's. The reply is the list of 1-based ``KEYS`` indexes of markers that already existed.
 """
 
 from __future__ import annotations
@@ -49,7 +61,7 @@ from fstore.core.features import FeatureView, Measure, ValueKind
 from fstore.core.tiles import Tile, TileKey, tile_plan
 from fstore.core.timeutil import DAY, SECOND
 from fstore.core.windows import tile_start
-from fstore.redis.layout import entity_tag, seen_key, speed_key
+from fstore.redis.layout import entity_tag, future_field, future_value, moved_key, seen_key, speed_key
 from fstore.redis.resp import bulk, command
 
 APPLY_TILES = r"""
@@ -63,8 +75,8 @@ local function hset(key, h)
   return {}
 end
 for g = 1, nsub do
-  local nm, nk, nd = d[a], d[a + 1], d[a + 2]
-  a = a + 3
+  local nm, nk, nd, nf = d[a], d[a + 1], d[a + 2], d[a + 3]
+  a = a + 4
   local last = k + nm - 1
   local found = false
   if nm == 1 then
@@ -87,7 +99,7 @@ for g = 1, nsub do
     end
   end
   if found then
-    a = a + nd
+    a = a + nd + 3 * nf
   else
     local stop, hk, h = a + nd, nil, {}
     while a < stop do
@@ -132,6 +144,15 @@ for g = 1, nsub do
       end
     end
     hset(hk, h)
+    for j = 1, nf do
+      local key, f, v = KEYS[last + 1 + d[a]], d[a + 1], d[a + 2]
+      if v == cjson.null then
+        redis.call('HDEL', key, f)
+      else
+        redis.call('HSET', key, f, v)
+      end
+      a = a + 3
+    end
     for i = last + 1, last + nk do
       redis.call('EXPIRE', KEYS[i], tttl)
     end
@@ -206,15 +227,28 @@ def _stats(cell: int | list[float]) -> Stats:
     return ones(cell) if isinstance(cell, int) else fold(EMPTY, cell)
 
 
+@cache
+def future_measures(view: FeatureView) -> dict[str, tuple[tuple[str, Measure | None], ...]]:
+    """event_type → the distinct ``(measure name, measure or None for count-style)`` it feeds in ``view``."""
+    return {etype: tuple(dict.fromkeys((name, m) for _, name, m in steps)) for etype, steps in fast_plan(view).items()}
+
+
 class Subgroup:
-    """The events of one entity of one view in a batch, and their pre-aggregated tile cells."""
+    """The events of one entity of one view in a batch, and their pre-aggregated tile cells.
 
-    __slots__ = ("cells", "entity", "events", "view")
+    ``future`` holds the events stored as exact fields instead of tile cells (event_time not before the
+    processing clock); in move mode (``moving``) the subgroup instead carries the cells of due future
+    events and deletes their fields, guarded by ``moved`` markers.
+    """
 
-    def __init__(self, view: FeatureView, entity: str) -> None:
+    __slots__ = ("cells", "entity", "events", "future", "moving", "view")
+
+    def __init__(self, view: FeatureView, entity: str, moving: bool = False) -> None:
         self.view, self.entity = view, entity
         self.events: list[Event] = []
         self.cells: Cells = {}
+        self.future: list[Event] = []
+        self.moving = moving
 
     @property
     def slot(self) -> int:
@@ -232,18 +266,21 @@ class Subgroup:
     def rebuild(self, drop: set[str]) -> None:
         """Remove the events in ``drop`` (duplicates) and re-aggregate the cells from the rest."""
         self.events = [ev for ev in self.events if ev.event_id not in drop]
+        self.future = [ev for ev in self.future if ev.event_id not in drop]
+        later = set() if self.moving else {ev.event_id for ev in self.future}
         self.cells = {}
         plan = fast_plan(self.view)
         for ev in self.events:
             steps = plan.get(ev.event_type)
-            if steps:
+            if steps and ev.event_id not in later:
                 _fold(self.cells, steps, ev)
 
     def encode(self, keys: list[str], data: list[Any]) -> int:
         """Append this subgroup's KEYS and its part of the JSON argument; returns its number of markers."""
         seen = seen_key(self.view.name, self.entity, "")  # fs:{view|entity}:seen:
         tag = seen[:-5]
-        keys += [seen + ev.event_id for ev in self.events]
+        marker = moved_key(self.view.name, self.entity, "") if self.moving else seen
+        keys += [marker + ev.event_id for ev in self.events]
         hashes: dict[str, list[Any]] = {}  # day hash -> its deltas (the script writes a hash's cells at once)
         for cell, c in self.cells.items():
             hkey = tag + "s:" + _day_suffix(cell[1])
@@ -256,17 +293,43 @@ class Subgroup:
             else:
                 n, total, lo, hi = fold(EMPTY, c)
                 deltas += (idx, _prefix(cell), n, repr(total), repr(lo), repr(hi))
+        fields: list[Any] = []
+        if self.future:
+            measures = future_measures(self.view)
+            for ev in self.future:
+                hkey = tag + "s:" + _day_suffix(ev.event_time)
+                deltas = hashes.get(hkey)
+                if deltas is None:
+                    deltas = hashes[hkey] = [len(hashes)]
+                if self.moving:
+                    value = None
+                else:
+                    value = future_value(
+                        {name: 1.0 if m is None else m.of(ev.price, ev.quantity) for name, m in measures[ev.event_type]}
+                    )
+                fields += (deltas[0], future_field(ev.event_time, ev.event_id), value)
         keys += hashes
-        data += (len(self.events), len(hashes), sum(map(len, hashes.values())) - len(hashes))
+        data += (len(self.events), len(hashes), sum(map(len, hashes.values())) - len(hashes), len(self.future))
         for deltas in hashes.values():
             data += deltas[1:]
+        data += fields
         return len(self.events)
 
 
-def group_events(views: Iterable[FeatureView], events: Iterable[Event]) -> dict[tuple[str, str], Subgroup]:
-    """Pre-aggregate events (already unique by event_id) into subgroups per ``(view, entity)``."""
+def group_events(
+    views: Iterable[FeatureView], events: Iterable[Event], now: int | None = None
+) -> dict[tuple[str, str], Subgroup]:
+    """Pre-aggregate events (already unique by event_id) into subgroups per ``(view, entity)``.
+
+    Args:
+        views: the feature views to maintain.
+        events: the events, unique by event_id.
+        now: the processing clock (epoch µs): events with ``event_time >= now`` that feed a view are
+            stored as exact future fields, not folded into tiles. ``None``: fold everything.
+    """
     groups: dict[tuple[str, str], Subgroup] = {}
     events = list(events)
+    horizon = (1 << 63) if now is None else now
     for view in views:
         plan = fast_plan(view)
         at = 2 if view.entity.join_key == "user_id" else 3  # Event.user_id / Event.product_id
@@ -281,11 +344,29 @@ def group_events(views: Iterable[FeatureView], events: Iterable[Event]) -> dict[
             sub.events.append(ev)
             steps = plan.get(ev[1])
             if steps:
-                _fold(sub.cells, steps, ev)
+                if ev[4] < horizon:
+                    _fold(sub.cells, steps, ev)
+                else:
+                    sub.future.append(ev)
         name = view.name
         for entity, sub in subs.items():
             groups[(name, entity)] = sub
     return groups
+
+
+def move_subgroups(due: Iterable[tuple[FeatureView, str, Event]]) -> list[Subgroup]:
+    """Move-mode subgroups for future events whose time has come: per ``(view, entity)``, the events' tile
+    cells and the deletion of their fields. Only events this worker stored as fields of that view and
+    entity may be given (a move applies their cells whether the field is there or not)."""
+    subs: dict[tuple[str, str], Subgroup] = {}
+    for view, entity, ev in due:
+        sub = subs.get((view.name, entity))
+        if sub is None:
+            sub = subs[(view.name, entity)] = Subgroup(view, entity, moving=True)
+        sub.events.append(ev)
+        sub.future.append(ev)
+        _fold(sub.cells, fast_plan(view)[ev.event_type], ev)
+    return list(subs.values())
 
 
 @dataclass

@@ -9,6 +9,7 @@ import pytest
 import redis
 
 from fstore.devsvc.services import Broker, RedisServer
+from tests.support.feast import applied_repo
 from tests.support.stream import WorkerProcess
 
 
@@ -30,3 +31,10 @@ def worker_factory(
         if w.proc is not None and w.proc.poll() is None:
             w.proc.kill()
             w.proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def feast_repo(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer) -> Path:
+    """A copy of feature_repo with the fstore online store, applied by the ``feast`` CLI (one per module)."""
+    tmp = tmp_path_factory.mktemp("feast_repo")
+    return applied_repo(tmp, redis_server.url, tmp / "data")

@@ -9,10 +9,6 @@ the same fixed ``as_of`` that the API gets through ``create_app(clock=...)``.
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +17,6 @@ from typing import Any
 import pandas as pd
 import pytest
 import redis
-import yaml
 from fastapi.testclient import TestClient
 from feast import FeatureStore
 
@@ -37,38 +32,15 @@ from tests.support.online import AS_OF, C, load, make_events
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-ONLINE_STORE = {
-    "type": "fstore.feast.online_store.FstoreOnlineStore",
-    "redis_url": "${FSTORE_REDIS_URL}",
-    "timeout_ms": 300,
-}
 USERS = ["u0", "u1", "u3", "nobody"]
 PRODUCTS = ["p0", "p2", "p4", "no-such-product"]
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer) -> Path:
-    """A copy of feature_repo with the fstore online store, applied by the ``feast`` CLI."""
-    tmp = tmp_path_factory.mktemp("feast_online")
-    repo = tmp / "feature_repo"
-    shutil.copytree(ROOT / "feature_repo", repo, ignore=shutil.ignore_patterns("data"))
-    cfg_path = repo / "feature_store.yaml"
-    cfg = yaml.safe_load(cfg_path.read_text())
-    cfg["online_store"] = ONLINE_STORE
-    cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    env = {**os.environ, "FSTORE_REDIS_URL": redis_server.url, "FSTORE_DATA_DIR": str(tmp / "data")}
-    feast = str(Path(sys.executable).with_name("feast"))
-    res = subprocess.run([feast, "apply"], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stdout + res.stderr
-    return repo
-
-
 @pytest.fixture
-def store(repo: Path, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[FeatureStore]:
-    """The Feast store of :func:`repo` with the online store's clock fixed at ``AS_OF``."""
+def store(feast_repo: Path, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[FeatureStore]:
+    """The Feast store of :func:`feast_repo` with the online store's clock fixed at ``AS_OF``."""
     monkeypatch.setenv("FSTORE_REDIS_URL", redis_server.url)
-    fs = FeatureStore(repo_path=str(repo))
+    fs = FeatureStore(repo_path=str(feast_repo))
     online = fs._get_provider().online_store
     assert isinstance(online, FstoreOnlineStore)
     online.clock = lambda: AS_OF
@@ -172,9 +144,9 @@ def test_writes_are_refused_and_teardown_keeps_the_view(store: FeatureStore, red
     assert redis_client.dbsize() == keys
 
 
-def test_unreachable_redis_fails_fast(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unreachable_redis_fails_fast(feast_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FSTORE_REDIS_URL", "redis://127.0.0.1:1/0")
-    fs = FeatureStore(repo_path=str(repo))
+    fs = FeatureStore(repo_path=str(feast_repo))
     t = time.perf_counter()
     with pytest.raises(redis.exceptions.ConnectionError):
         fs.get_online_features(features=["user_activity:clicks_1h"], entity_rows=[{"user_id": "u1"}])

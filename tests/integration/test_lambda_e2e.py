@@ -18,16 +18,11 @@ real Delta tables), and the values from the API's ``GET``/``POST /features`` ove
 
 from __future__ import annotations
 
-import math
-import os
 import random
-import subprocess
-import sys
 import time
 from datetime import timedelta
 from pathlib import Path
 
-import orjson
 import pytest
 import redis
 from fastapi.testclient import TestClient
@@ -40,6 +35,7 @@ from fstore.redis.layout import POINTER_KEY, BatchPointer
 from services.online_api.app import create_app
 from services.online_api.settings import ApiSettings
 from tests.support import bruteforce
+from tests.support.paths import close, message, run_batch
 from tests.support.stream import Factory
 
 pytestmark = pytest.mark.integration
@@ -55,22 +51,6 @@ def event(rng: random.Random, i: int, user: str, t: int, tag: str) -> Event:
     product = None if etype == "page_view" and rng.random() < 0.3 else rng.choice(PRODUCTS)
     price = round(rng.uniform(1, 200), 2) if etype == "purchase" or rng.random() < 0.2 else None
     return Event(f"{tag}-{i}", etype, user, product, t, price, rng.randint(1, 3), f"s-{user}")
-
-
-def message(ev: Event) -> tuple[str, bytes]:
-    body: dict[str, object] = {
-        "event_id": ev.event_id,
-        "event_type": ev.event_type,
-        "user_id": ev.user_id,
-        "event_time": iso(ev.event_time),
-        "quantity": ev.quantity,
-        "session_id": ev.session_id,
-    }
-    if ev.product_id is not None:
-        body["product_id"] = ev.product_id
-    if ev.price is not None:
-        body["price"] = ev.price
-    return ev.user_id, orjson.dumps(body)
 
 
 def phase1_events(rng: random.Random, c: int, now: int) -> list[Event]:
@@ -96,32 +76,6 @@ def publish(broker: Broker, topic: str, msgs: list[tuple[str, bytes]]) -> None:
 
     rep = kafka_io.publish([([k for k, _ in msgs], [v for _, v in msgs])], broker.bootstrap, topic)
     assert rep.ok, rep.summary()
-
-
-def run_batch(run_date: str, data_dir: Path, redis_url: str) -> None:
-    env = {
-        **os.environ,
-        "FSTORE_DATA_DIR": str(data_dir),
-        "FSTORE_REDIS_URL": redis_url,
-        "FSTORE_DQ_LATE_AFTER_S": str(10 * 86_400),  # the test's history is ingested days "late"
-        "FSTORE_SPARK_SHUFFLE_PARTITIONS": "2",
-        "FSTORE_SPARK_DRIVER_MEMORY": "2g",
-    }
-    proc = subprocess.run(
-        [str(Path(sys.executable).with_name("fstore")), "batch", "--date", run_date, "--no-progress"],
-        env=env,
-        cwd=data_dir.parent,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-
-
-def close(a: object, b: object) -> bool:
-    if a is None or b is None:
-        return a is b
-    return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-9)  # type: ignore[arg-type]
 
 
 def check_view(

@@ -8,9 +8,10 @@ import sys
 
 import pytest
 
-from fstore.core.aggregates import Partial
+from fstore.core.aggregates import Partial, isclose
+from fstore.core.events import Event
 from fstore.core.features import PRODUCT_ENGAGEMENT, USER_ACTIVITY
-from fstore.core.tiles import evaluate
+from fstore.core.tiles import build_tiles, evaluate
 from fstore.core.timeutil import DAY, HOUR, MINUTE, SECOND, iso
 from fstore.online.merge import (
     BatchTiles,
@@ -21,7 +22,8 @@ from fstore.online.merge import (
     evaluate_columns,
     finish,
 )
-from fstore.redis.layout import packed_fields, parse_tiles, partial_fields
+from fstore.redis.layout import future_field, future_value, packed_fields, parse_tiles, partial_fields
+from tests.support import bruteforce
 from tests.support.tiles import lookup_in_dict
 
 pytestmark = pytest.mark.unit
@@ -112,6 +114,49 @@ def test_fold_without_memo_before_the_cutover() -> None:
     assert tiles.fold(HOUR, "click", C - 5 * HOUR, C - 2 * HOUR) == (1, 1.0, 1.0, 1.0)
     assert tiles.fold(HOUR, "click", C - 5 * HOUR, C + HOUR) == (3, 3.0, 1.0, 1.0)
     assert tiles.fold(HOUR, "purchase", C - 5 * HOUR, C + HOUR) == (0, 0.0, None, None)
+
+
+def test_future_fields_count_exactly_from_their_time_and_cutover() -> None:
+    """What the speed layer writes — tiles of the events before its clock, exact fields for the others —
+    read at any as_of from that clock on equals the brute force: a future event counts iff before as_of."""
+    rng = random.Random(9)
+    clock = C + 5 * HOUR + 2 * MINUTE + 17 * SECOND
+    kinds = ["page_view", "click", "add_to_cart", "purchase"]
+    events = [
+        Event(
+            f"e{i}",
+            rng.choice(kinds),
+            "u1",
+            "p1",
+            clock + rng.choice([-rng.randrange(3 * HOUR), rng.randrange(5 * MINUTE), 0, 1]),
+            round(rng.uniform(1, 90), 2),
+            rng.randint(1, 3),
+            None,
+        )
+        for i in range(400)
+    ]
+    past = [e for e in events if e.event_time < clock]
+    events.append(Event("before-cutover", "click", "u1", "p1", C - 1, None, 1, None))  # a field, not a tile
+    later = [e for e in events if e.event_time >= clock]
+    assert later
+    raw: dict[bytes, bytes] = {}
+    for tk, tile in build_tiles(USER_ACTIVITY, past).items():
+        for m, part in tile.items():
+            raw.update({k.encode(): v.encode() for k, v in partial_fields(tk.size, tk.start, m, part).items()})
+    measures = {f.measure.name: f.measure for f in USER_ACTIVITY.windowed}
+    for e in later + events[-1:]:
+        fed = {n: m.of(e.price, e.quantity) for n, m in measures.items() if m.event_type == e.event_type}
+        raw[future_field(e.event_time, e.event_id).encode()] = future_value(fed).encode()
+    assert parse_tiles(raw) == parse_tiles({k: v for k, v in raw.items() if not k.startswith(b"f:")})
+    read = EntityRead(USER_ACTIVITY, "u1", USER_ACTIVITY.feature_names)
+    kept = [e for e in events if e.event_time >= C]
+    for as_of in sorted({clock, clock + 1, *(e.event_time + d for e in later for d in (0, 1))}):
+        got = finish(read, C, None, [flat(raw)], as_of).values
+        want = bruteforce.values(USER_ACTIVITY, kept, "u1", as_of)
+        assert all(isclose(got[n], w) for n, w in want.items()), (as_of, got, want)
+    # without the cutover the field before it counts too
+    got = finish(read, None, None, [raw], clock + 6 * MINUTE).values
+    assert got["clicks_24h"] == bruteforce.value(USER_ACTIVITY, "clicks_24h", events, "u1", clock + 6 * MINUTE)
 
 
 def test_plan_grain_divides_every_size_and_window() -> None:

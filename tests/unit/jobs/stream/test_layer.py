@@ -19,11 +19,14 @@ from fstore.core.aggregates import isclose
 from fstore.core.events import Event, Rejection, parse
 from fstore.core.features import VIEWS
 from fstore.core.tiles import evaluate, lookup_in
+from fstore.online.fakes import MemoryReader
+from fstore.online.merge import EntityRead
 from fstore.synth.generator import GeneratorConfig, generate
 from jobs.stream.fakes import MemorySinks
 from jobs.stream.layer import SpeedLayer
 from jobs.stream.settings import StreamSettings
 from tests.support import bruteforce
+from tests.support.paths import message
 
 pytestmark = pytest.mark.unit
 
@@ -80,3 +83,40 @@ def test_speed_layer_pipeline_over_fakes() -> None:
     bad = Counter(r.reason for _, r in parsed if isinstance(r, Rejection))
     assert Counter(sinks.dead.reasons()) == bad and sum(bad.values()) > 50
     assert layer.pending == {"events-0": len(records)}  # every offset released for commit
+
+
+def test_future_stamped_events_count_from_their_time_then_move() -> None:
+    """docs/design.md §5 in-process: events stamped ahead of the worker's clock are held out of the tiles;
+    the online merge counts each exactly once as_of passes its time; once due, the worker moves them."""
+    now = 1_767_225_600_000_000 + 10 * 86_400 * SECOND + 7 * 60 * SECOND
+    clock = [now]
+    events = [
+        Event(f"e{i}", ["click", "purchase", "page_view"][i % 3], f"u{i % 4}", f"p{i % 3}", t, 10.0 + i, 1, None)
+        for i, t in enumerate([now - 10 * SECOND * k for k in range(1, 30)] + [now + 7 * SECOND * k for k in range(30)])
+    ]
+    records = [Record(k.encode(), v, i, now // 1000) for i, (k, v) in enumerate(message(e) for e in events)]
+    sinks = MemorySinks(list(VIEWS.values()))
+    layer = SpeedLayer(
+        StreamSettings(), None, sinks.dead, kv=sinks.kv, tiles=sinks.tiles, raw=sinks.raw, clock=lambda: clock[0]
+    )
+    asyncio.run(layer.handle({"events-0": records}))
+    held = {eid for by_id in sinks.tiles.future.values() for eid in by_id}
+    assert held == {e.event_id for e in events if e.event_time >= now}
+    reader = MemoryReader(sinks.tiles.tiles, future=sinks.tiles.future)
+
+    def check(as_of: int) -> None:
+        for view in VIEWS.values():
+            key = view.entity.join_key
+            for entity in sorted({getattr(e, key) for e in events}):
+                got = asyncio.run(reader.read([EntityRead(view, entity, view.feature_names)], as_of)).results[0]
+                want = bruteforce.values(view, events, entity, as_of)
+                assert all(isclose(got.values[n], w) for n, w in want.items()), (as_of, entity, got.values, want)
+
+    for as_of in (now, now + 1, now + 7 * SECOND, now + 7 * SECOND + 1, now + 100 * SECOND, now + 400 * SECOND):
+        check(as_of)
+    clock[0] = now + 100 * SECOND
+    asyncio.run(layer.move_due())
+    still = {eid for by_id in sinks.tiles.future.values() for eid in by_id}
+    assert still == {e.event_id for e in events if e.event_time >= now + 100 * SECOND}
+    for as_of in (now + 100 * SECOND, now + 100 * SECOND + 1, now + 400 * SECOND):
+        check(as_of)

@@ -12,7 +12,7 @@ from fstore.core.events import Event
 from fstore.core.features import PRODUCT_ENGAGEMENT, USER_ACTIVITY
 from fstore.core.tiles import build_tiles
 from fstore.core.timeutil import HOUR, MINUTE
-from fstore.redis.layout import partial_fields, speed_key
+from fstore.redis.layout import future_field, parse_future, partial_fields, speed_key
 from jobs.stream.pipeline import prepare
 from jobs.stream.speed_lua import APPLY_TILES_SHA, group_events, plan_calls
 
@@ -109,7 +109,12 @@ def test_script_payload_keys_fields_and_marker_owners() -> None:
         )
         for i in range(40)
     ]
-    groups = group_events([USER_ACTIVITY, PRODUCT_ENGAGEMENT], events)
+    now = NOW - 9 * 97 * MINUTE  # the first ten events are stamped at or after the processing clock
+    groups = group_events([USER_ACTIVITY, PRODUCT_ENGAGEMENT], events, now)
+    assert {ev.event_id for sub in groups.values() for ev in sub.future} == {f"e{i}" for i in range(10)}
+    for (_, entity), sub in groups.items():  # the tiles hold only the events before the clock
+        past = [ev for ev in sub.events if ev.event_time < now]
+        assert sub.tiles == {k: t for k, t in build_tiles(sub.view, past).items() if k.entity == entity}
     calls = list(plan_calls(list(groups.values()), 100, 200, cluster=False, chunk=7))
     assert len(calls) > 1
     for call in calls:
@@ -120,9 +125,9 @@ def test_script_payload_keys_fields_and_marker_owners() -> None:
         data = orjson.loads(arg)
         a, k = 0, 0
         for _, sub in call.subs:
-            nm, nk, nd = data[a : a + 3]
-            a += 3
-            assert nm == len(sub.events)
+            nm, nk, nd, nf = data[a : a + 4]
+            a += 4
+            assert nm == len(sub.events) and nf == len(sub.future)
             hashes = call.keys[k + nm : k + nm + nk]
             want: dict[tuple[str, str], tuple[float, ...]] = {}
             for tk, tile in sub.tiles.items():
@@ -144,6 +149,21 @@ def test_script_payload_keys_fields_and_marker_owners() -> None:
                     got[(hashes[i], data[a + 1])] = (n, float(lo), float(s), float(hi))
                     a += 6
             assert a == end and got == want
+            fields = {
+                (hashes[data[j]], data[j + 1]): parse_future(data[j + 1], data[j + 2]) for j in range(a, a + 3 * nf, 3)
+            }
+            a += 3 * nf
+            assert fields == {
+                (speed_key(sub.view.name, sub.entity, ev.event_time), future_field(ev.event_time, ev.event_id)): (
+                    ev.event_time,
+                    {
+                        f.measure.name: (ev.price or 0.0) * ev.quantity if f.measure.value == "revenue" else 1.0
+                        for f in sub.view.windowed
+                        if f.measure.event_type == ev.event_type
+                    },
+                )
+                for ev in sub.future
+            }
             k += nm + nk
         assert a == len(data) and k == len(call.keys)
 

@@ -1,0 +1,33 @@
+"""A temporary copy of the example Feast repository wired to the fstore stores and applied with ``feast``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+ONLINE_STORE = {
+    "type": "fstore.feast.online_store.FstoreOnlineStore",
+    "redis_url": "${FSTORE_REDIS_URL}",
+    "timeout_ms": 300,
+}
+
+
+def applied_repo(tmp: Path, redis_url: str, data_dir: Path) -> Path:
+    """A copy of ``feature_repo`` under ``tmp`` with the fstore online store, applied by the ``feast`` CLI."""
+    repo = tmp / "feature_repo"
+    shutil.copytree(ROOT / "feature_repo", repo, ignore=shutil.ignore_patterns("data"))
+    cfg_path = repo / "feature_store.yaml"
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["online_store"] = ONLINE_STORE
+    cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    env = {**os.environ, "FSTORE_REDIS_URL": redis_url, "FSTORE_DATA_DIR": str(data_dir)}
+    feast = str(Path(sys.executable).with_name("feast"))
+    res = subprocess.run([feast, "apply"], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return repo
