@@ -11,14 +11,15 @@ PYTEST_ARGS ?=
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
-system-deps: ## install redis-server, prometheus (+ promtool) and docker-compose (to validate infra/) with apt if missing (needs root)
+system-deps: ## install redis-server, prometheus (+ promtool), Java 17, Maven and docker-compose (to validate infra/) with apt if missing (needs root)
 	@missing=""; command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	  { command -v prometheus >/dev/null && command -v promtool >/dev/null; } || missing="$$missing prometheus"; \
+	  command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
+	  command -v mvn >/dev/null || missing="$$missing maven"; \
 	  command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 || missing="$$missing docker-compose"; \
 	  if [ -n "$$missing" ]; then echo "installing with apt:$$missing"; \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing) >/dev/null \
 	    || { echo "apt-get install$$missing failed: run as root or install them yourself" >&2; exit 1; }; fi
-	@command -v java >/dev/null || echo "warning: no java on PATH; the Spark batch layer needs OpenJDK 17"
 
 $(STAMP): pyproject.toml
 	@echo "setting up $(VENV) (virtualenv + pip install -e .[dev])"
@@ -27,7 +28,8 @@ $(STAMP): pyproject.toml
 	@$(BIN)/python -m pip install -q -e '.[dev]'
 	@rm -f $(VENV)/.installed-* && touch $(STAMP)
 
-setup: system-deps $(STAMP) ## virtualenv, Python packages and system packages
+setup: system-deps $(STAMP) ## virtualenv, Python packages, system packages and the Kafka / delta-spark jars
+	@$(BIN)/fstore services install
 	@echo "setup done: $$($(BIN)/fstore --version)"
 
 demo: setup ## the whole pipeline end to end on local services
@@ -53,7 +55,7 @@ bench: setup ## benchmarks (figures go to stdout; see docs/benchmarks.md)
 	$(BIN)/python bench/pit_join.py
 	$(BIN)/python bench/batch_rebuild.py
 
-services-up: setup ## start local Redis and Kafka-protocol broker
+services-up: setup ## start local Redis and Apache Kafka broker
 	$(BIN)/fstore services up
 
 services-down: ## stop local services

@@ -1,4 +1,4 @@
-"""Benchmark of the speed layer: one worker, a local Tansu broker and a local Redis on this machine.
+"""Benchmark of the speed layer: one worker, a local Apache Kafka broker and a local Redis on this machine.
 
 Three runs, each a fresh ``python -m jobs.stream`` process with its own topic and consumer group:
 

@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     samples_dir: str | None = Field(
         None, description="Local folder of the API's served-response samples (default <data_dir>/served_samples)"
     )
+    jar_cache: Path = Field(
+        Path.home() / ".cache" / "fstore" / "jars",
+        description="Cache of the Maven jars (Apache Kafka, delta-spark) fetched by `fstore services install`",
+    )
 
     def data_root(self) -> str:
         """The data root as jobs use it: an object-store URI as given, a local path made absolute (against

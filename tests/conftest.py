@@ -1,4 +1,4 @@
-"""Shared fixtures: real local Redis and Kafka-protocol broker for integration tests.
+"""Shared fixtures: real local Redis and Apache Kafka broker for integration tests.
 
 None is autouse: unit tests never start a service. Servers run from a temporary state directory on
 free ports, are stopped by the fixture finalizers, and are also killed by the kernel if the test
@@ -70,10 +70,9 @@ def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
 
 @pytest.fixture(scope="session")
 def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    """A running broker (Tansu, in-memory) for the whole session (``.bootstrap`` = ``127.0.0.1:PORT``).
+    """A running Apache Kafka broker for the whole session (``.bootstrap`` = ``127.0.0.1:PORT``).
 
-    Shared: use unique topic names, and do not restart it (that wipes every topic) — use
-    :func:`private_broker` for that.
+    Shared: use unique topic names, and do not restart it — use :func:`private_broker` for that.
     """
     with Broker(state_dir=tmp_path_factory.mktemp("broker")) as broker:
         yield broker
@@ -81,6 +80,6 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
 
 @pytest.fixture
 def private_broker(tmp_path: Path) -> Iterator[Broker]:
-    """A broker for one test alone, e.g. to restart it."""
+    """An Apache Kafka broker for one test alone, e.g. to kill and restart it (its log is in ``tmp_path``)."""
     with Broker(state_dir=tmp_path / "broker") as broker:
         yield broker

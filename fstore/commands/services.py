@@ -19,17 +19,53 @@ state_dir_option = click.option(
 
 @click.group()
 def services() -> None:
-    """Local Redis and Kafka-protocol broker (Tansu) on free ports, for the demo and development.
+    """Local Redis and Apache Kafka broker (KRaft) for the demo and development.
 
-    `up` writes .fstore/services.env, which every fstore command reads, so no variable needs exporting.
+    `install` fetches the Kafka and delta-spark jars from Maven Central once (make setup runs it). `up`
+    writes .fstore/services.env, which every fstore command reads, so no variable needs exporting; the
+    broker keeps its log and its ports in the state directory across restarts.
     """
+
+
+@services.command()
+def install() -> None:
+    """Fetch and cache the Apache Kafka and delta-spark jars (Maven); a second run downloads nothing.
+
+    Exit status 1 if the Kafka jars cannot be had. Missing delta-spark jars only warn: the batch job and
+    the Spark engine then commit and read Delta through delta-rs.
+    """
+    import time
+
+    from fstore.jvm import artifacts
+    from fstore.jvm.maven import JarError, fetch
+    from fstore.settings import get_settings
+
+    cache = get_settings().jar_cache
+    sets = [("kafka", artifacts.KAFKA, True)]
+    minor = artifacts.spark_minor()
+    delta = artifacts.delta_jars_for(minor)
+    if delta is None:
+        click.echo(f"delta   skipped: no delta-spark build for PySpark {minor}; the batch job uses delta-rs", err=True)
+    else:
+        sets.append(("delta", delta, False))
+    for label, jars, required in sets:
+        t0 = time.monotonic()
+        try:
+            paths, fetched = fetch(jars, cache)
+        except JarError as exc:
+            if required:
+                raise click.ClickException(str(exc)) from None
+            click.echo(f"{label:<7} WARNING {exc}; the batch job uses delta-rs", err=True)
+            continue
+        how = f"fetched in {time.monotonic() - t0:.1f} s" if fetched else "cached"
+        click.echo(f"{label:<7} {how:<18} {len(paths)} jars in {jars.directory(cache)}")
 
 
 @services.command()
 @state_dir_option
 @click.option("--redis-port", type=int, default=None, help="Redis port  [default: a free one]")
 @click.option("--broker-port", type=int, default=None, help="Broker port  [default: a free one]")
-@click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds to wait for health.")
+@click.option("--timeout", type=float, default=90.0, show_default=True, help="Seconds to wait for health.")
 def up(state_dir: Path, redis_port: int | None, broker_port: int | None, timeout: float) -> None:
     """Start Redis and the broker (reusing healthy running ones) and create the event topics."""
     from fstore.devsvc import services as localsvc

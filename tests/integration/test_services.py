@@ -1,8 +1,9 @@
-"""The local services: real Redis, real Tansu broker, and ``fstore services`` end to end."""
+"""The local services: real Redis, a real Apache Kafka broker, and ``fstore services`` end to end."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from fstore.devsvc import services as localsvc
 from fstore.devsvc.services import Broker, RedisServer, ServiceError, ensure_topics, list_topics, pid_alive
@@ -62,7 +63,7 @@ def test_broker_round_trip_keeps_bytes_and_per_key_order(kafka_broker: Broker) -
 
 
 def test_consumer_group_subscribe(kafka_broker: Broker) -> None:
-    """Group coordination works; Tansu answers the first JoinGroup after about session.timeout.ms / 2."""
+    """Group coordination works: a subscribed consumer gets every message and commits."""
     topic = topic_name()
     ensure_topics(kafka_broker.bootstrap, {topic: 2})
     items = [(f"k{i}".encode(), f"v{i}".encode()) for i in range(100)]
@@ -88,26 +89,40 @@ def test_consumer_group_subscribe(kafka_broker: Broker) -> None:
     assert sorted(got) == sorted(v for _, v in items)
 
 
-def test_broker_restart_same_port(private_broker: Broker) -> None:
+def committed(bootstrap: str, group: str, topic: str) -> int:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        return sum(tp.offset for tp in consumer.committed([TopicPartition(topic, 0)], timeout=10))
+    finally:
+        consumer.close()
+
+
+def test_broker_killed_restarts_on_same_port_with_its_log(private_broker: Broker) -> None:
+    """SIGKILL, then start: same port, every acknowledged message and committed offset is still there."""
     broker = private_broker
-    topic = topic_name()
+    topic, group = topic_name(), f"g-{uuid.uuid4().hex[:6]}"
     broker.ensure_topics({topic: 1})
-    # fstore's producer settings survive a restart (an idempotent producer would not: Tansu forgets
-    # producer ids, and librdkafka retries UNKNOWN_PRODUCER_ID until the messages time out).
-    producer = Producer(producer_config(broker.bootstrap, {"message.timeout.ms": 20000}))
-    produce(broker.bootstrap, topic, [(b"k", b"before")], producer)
-    port, pid = broker.port, broker.pid
+    producer = Producer(producer_config(broker.bootstrap, {"message.timeout.ms": 60000}))
+    produce(broker.bootstrap, topic, [(b"k", b"before-1"), (b"k", b"before-2")], producer)
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": group, "enable.auto.commit": False})
+    consumer.commit(offsets=[TopicPartition(topic, 0, 1)], asynchronous=False)
+    consumer.close()
+    port, controller_port, pid = broker.port, broker.controller_port, broker.pid
+    assert pid is not None
 
-    broker.restart()
-    assert broker.port == port and broker.pid != pid
-    assert pid is not None and not pid_alive(pid)
-    # Memory storage: the topic is re-created empty by restart().
-    assert list_topics(broker.bootstrap)[topic] == 1
-    assert read_topic(broker.bootstrap, topic) == []
+    os.kill(pid, signal.SIGKILL)  # a crash: no controlled shutdown
+    broker.stop()  # reap
+    broker.start()
+    assert (broker.port, broker.controller_port) == (port, controller_port) and broker.pid != pid
+    assert not pid_alive(pid)
+    assert [r.value for r in read_topic(broker.bootstrap, topic)] == [b"before-1", b"before-2"]
+    assert committed(broker.bootstrap, group, topic) == 1
 
-    produce(broker.bootstrap, topic, [(b"k", b"after-1"), (b"k", b"after-2")], producer)  # same producer
-    assert [r.value for r in read_topic(broker.bootstrap, topic)] == [b"after-1", b"after-2"]
-    assert "=== " in broker.log_path.read_text()  # the log keeps both runs
+    # the same idempotent producer goes on after the restart, without a duplicate
+    produce(broker.bootstrap, topic, [(b"k", b"after-1"), (b"k", b"after-2")], producer)
+    assert [r.value for r in read_topic(broker.bootstrap, topic)] == [b"before-1", b"before-2", b"after-1", b"after-2"]
+    assert broker.log_path.read_text().count("=== ") >= 3  # format + both runs: the log keeps them all
+    assert Broker(state_dir=broker.state_dir).port == port  # a new handle finds the saved ports
 
 
 def test_port_in_use_is_refused(tmp_path: Path, redis_server: RedisServer) -> None:
@@ -194,5 +209,11 @@ def test_cli_services_up_status_env_down(tmp_path: Path) -> None:
         assert not (state / "services.env").exists()
         assert not any(pid_alive(p) for p in pids.values() if p is not None)
         assert fstore_cli(tmp_path, "services", "status").returncode == 1
+
+        back = fstore_cli(tmp_path, "services", "up")  # the broker comes back on its port, with its log
+        assert back.returncode == 0, back.stderr
+        again_env = localsvc.read_env(state)
+        assert again_env["FSTORE_KAFKA_BOOTSTRAP"] == env["FSTORE_KAFKA_BOOTSTRAP"]
+        assert (state / "kafka-logs" / "meta.properties").exists()
     finally:
         localsvc.down(state)

@@ -1,4 +1,4 @@
-"""Speed layer end to end: a real broker (Tansu), a real Redis, real Delta files, the worker as a process.
+"""Speed layer end to end: a real Apache Kafka broker, a real Redis, real Delta files, the worker as a process.
 
 Expected tiles are computed independently of fstore.core's tile code: the first copy of each valid
 event_id in log order, folded into (entity, size, start, measure) cells with the hop table restated in
@@ -107,12 +107,12 @@ def test_kill_9_mid_run_then_restart_keeps_tiles_exact(
 def test_broker_restart_worker_reconnects_and_replay_counts_once(
     private_broker: Broker, redis_client: redis.Redis, worker_factory: Factory, tmp_path: Path
 ) -> None:
-    """A broker that loses its whole state (in-memory storage) restarts under a running worker.
+    """The broker restarts under a running worker, then the source replays the whole stream.
 
-    The worker has caught up with the first half; the broker restarts empty (topics re-created,
-    messages and committed offsets gone); the source replays the whole stream. The worker — still the
-    same process — reconnects, and counts the replayed first half zero times more (markers). A broker
-    killed in the middle of a run with durable storage is tested in test_stream_broker_restart.py.
+    The worker has caught up with the first half; the broker stops and starts (its log kept); the source
+    then publishes everything again, so the first half is in the topic twice. The worker — still the same
+    process — reconnects and counts the replayed first half zero times more (markers). A broker killed in
+    the middle of a run is tested in test_stream_broker_restart.py.
     """
     traffic = make_traffic(40_000, seed=13)
     w = worker_factory(private_broker)
@@ -121,10 +121,10 @@ def test_broker_restart_worker_reconnects_and_replay_counts_once(
     publish(private_broker, w.topic, traffic, 0, half)
     w.wait_done(half, timeout=120)
     in_before = w.metric("fstore_stream_events_in_total")
-    private_broker.restart()  # same port; topics re-created empty
+    private_broker.restart()  # same port, same log
     time.sleep(3)  # the worker sees the outage (connection errors, group re-join)
     publish(private_broker, w.topic, traffic)  # the source replays everything
-    w.wait_done(len(traffic.values), timeout=180)
+    w.wait_done(half + len(traffic.values), timeout=180)
     assert w.proc is not None and w.proc.poll() is None, "the worker must survive the broker restart"
     assert w.metric("fstore_stream_events_in_total") > in_before
     w.stop()
