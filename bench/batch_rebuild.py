@@ -3,9 +3,16 @@
 Writes raw_events straight from numpy (vectorised, ~1% duplicate copies, ~2% late ingestions), starts a
 private redis-server (unless ``--redis-url``), runs :func:`jobs.batch.rebuild_features.rebuild` for the
 last day (read, de-duplication, DQ, tiles, Delta writes, Redis load, publish) and prints one JSON line
-with the generation time and per-stage seconds. Target: 7 × 1.5M events in ≤ 5 minutes on 2 cores.
+with the generation time, per-stage seconds, and the job's CPU seconds (the whole process tree: this
+process, the Spark JVM and its Python workers, from ``/proc``; load on the machine barely moves them).
+Target: 7 × 1.5M events in ≤ 5 minutes on 2 cores.
 
-Usage: ``python bench/batch_rebuild.py [--events-per-day 1500000] [--days 7] [--data-dir DIR]``.
+``--delta-engine both`` (the default) runs the job twice on the same ``raw_events``, back to back, each in
+a fresh process with the job's output tables removed first: once committing through delta-spark, once
+through delta-rs (``FSTORE_DELTA_ENGINE``); the JSON then holds both runs and their ratios.
+
+Usage: ``python bench/batch_rebuild.py [--events-per-day 1500000] [--days 7] [--data-dir DIR]
+[--delta-engine both|delta-spark|delta-rs]``.
 """
 
 from __future__ import annotations
@@ -13,6 +20,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from datetime import date, timedelta
@@ -21,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+from proc_cpu import tree_cpu_seconds
 
 from fstore.core.events import EVENT_TYPES
 from fstore.core.timeutil import DAY, HOUR, SECOND, day_start
@@ -81,8 +92,19 @@ def write_raw(root: str, days: int, per_day: int, users: int, products: int) -> 
     return total
 
 
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of the tree under ``pid``, reaped children included (0 without ``/proc``)."""
+    return tree_cpu_seconds(pid) or 0.0
+
+
 def run(
-    events_per_day: int, days: int, users: int, products: int, data_dir: str, redis_url: str | None
+    events_per_day: int,
+    days: int,
+    users: int,
+    products: int,
+    data_dir: str,
+    redis_url: str | None,
+    delta_engine: str = "auto",
 ) -> dict[str, Any]:
     """Generate (if raw_events is missing), run the job once, return the figures."""
     out: dict[str, Any] = {"events_per_day": events_per_day, "days": days, "cpus": os.cpu_count()}
@@ -100,13 +122,17 @@ def run(
                 spark_driver_memory="8g",
                 spark_shuffle_partitions=8,
                 dq_late_rate_fail=0.9,
+                delta_engine=delta_engine,
             )
             t1 = time.perf_counter()
             spark = build_spark(settings)
             out["spark_start_s"] = round(time.perf_counter() - t1, 2)
-            t2 = time.perf_counter()
+            t2, cpu = time.perf_counter(), tree_cpu(os.getpid())
             res = rebuild(spark, settings, RUN_DATE, log=lambda _m: None)
             out["job_wall_s"] = round(time.perf_counter() - t2, 2)
+            out["job_cpu_s"] = round(tree_cpu(os.getpid()) - cpu, 1)
+            out["delta_writer"] = res.metrics["delta_writer"]
+            out["delta_writer_reason"] = res.metrics["delta_writer_reason"]
             out["stages_s"] = res.metrics["stages_s"]
             out["counters"] = res.metrics["counters"]
             out["published"] = res.published
@@ -114,6 +140,34 @@ def run(
         finally:
             if server:
                 server.__exit__(None, None, None)
+    return out
+
+
+def both(a: argparse.Namespace, data_dir: str) -> dict[str, Any]:
+    """delta-spark then delta-rs on the same raw_events, each in a fresh process from empty output tables."""
+    if raw_log.open_table(f"{data_dir}/raw_events") is None:
+        t0 = time.perf_counter()
+        copies = write_raw(data_dir, a.days, a.events_per_day, a.users, a.products)
+        generated = {"raw_copies": copies, "generate_s": round(time.perf_counter() - t0, 2)}
+    else:
+        generated = {}
+    out: dict[str, Any] = {**generated, "load_average": os.getloadavg()}
+    for engine in ("delta-spark", "delta-rs"):
+        for entry in Path(data_dir).iterdir():
+            if entry.name not in ("raw_events", "dead_letters"):
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        argv = [sys.executable, __file__, "--data-dir", data_dir, "--delta-engine", engine]
+        argv += ["--events-per-day", str(a.events_per_day), "--days", str(a.days)]
+        argv += ["--redis-url", a.redis_url] if a.redis_url else []
+        res = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if res.returncode != 0:
+            raise SystemExit(f"{engine} run failed ({res.returncode}):\n{res.stderr[-3000:]}")
+        out[engine] = json.loads(res.stdout.strip().splitlines()[-1])
+        if out[engine]["delta_writer"] != engine:
+            raise SystemExit(f"asked for {engine}, the job used {out[engine]['delta_writer_reason']}")
+    out["load_average_after"] = os.getloadavg()
+    for k in ("job_wall_s", "job_cpu_s"):
+        out[f"{k}_delta_spark_over_delta_rs"] = round(out["delta-spark"][k] / out["delta-rs"][k], 2)
     return out
 
 
@@ -126,14 +180,19 @@ def main() -> None:
     p.add_argument("--products", type=int, default=10_000)
     p.add_argument("--data-dir", default=None, help="keep the data here (default: a temporary directory)")
     p.add_argument("--redis-url", default=None, help="use this Redis instead of a private redis-server")
+    p.add_argument(
+        "--delta-engine",
+        choices=("both", "delta-spark", "delta-rs", "auto"),
+        default="both",
+        help="who commits the job's Delta tables; both = one run each, back to back",
+    )
     a = p.parse_args()
-    if a.data_dir:
-        print(
-            json.dumps(run(a.events_per_day, a.days, a.users, a.products, str(Path(a.data_dir).resolve()), a.redis_url))
-        )
-        return
-    with tempfile.TemporaryDirectory() as d:
-        print(json.dumps(run(a.events_per_day, a.days, a.users, a.products, d, a.redis_url)))
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = str(Path(a.data_dir).resolve()) if a.data_dir else tmp
+        if a.delta_engine == "both":
+            print(json.dumps(both(a, data_dir)))
+        else:
+            print(json.dumps(run(a.events_per_day, a.days, a.users, a.products, data_dir, a.redis_url, a.delta_engine)))
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ import httpx
 import pandas as pd
 import redis
 import yaml
+from proc_cpu import tree_cpu_seconds
 
 from fstore.clock import wall_clock
 from fstore.core.events import Event, parse
@@ -288,25 +289,7 @@ PHASES = {
 
 def cpu_seconds(pid: int) -> float | None:
     """User + system CPU seconds of process ``pid`` and its descendants (Linux ``/proc``; else ``None``)."""
-    try:
-        pids = [d for d in os.listdir("/proc") if d.isdigit()]
-    except OSError:
-        return None
-    procs: dict[int, tuple[int, int]] = {}  # pid -> (parent pid, utime + stime in clock ticks)
-    for d in pids:
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue  # exited meanwhile
-        fields = stat[stat.rindex(")") + 2 :].split()  # from field 3 (state) on
-        procs[int(d)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
-    tree, todo = set(), [pid]
-    while todo:
-        p = todo.pop()
-        tree.add(p)
-        todo.extend(c for c, (parent, _) in procs.items() if parent == p and c not in tree)
-    return sum(procs[p][1] for p in tree if p in procs) / os.sysconf("SC_CLK_TCK")
+    return tree_cpu_seconds(pid, reaped=False)
 
 
 def phases(targets: dict[str, tuple[int, int, Maker, Maker]], seconds: float) -> dict[str, dict[str, Any]]:

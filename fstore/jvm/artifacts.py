@@ -68,6 +68,8 @@ class DeltaJars:
             "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
             # the Delta log of fstore's tables is small: its state fits one task, not the default 50
             "spark.databricks.delta.snapshotPartitions": "2",
+            # microsecond timestamps (not Spark's legacy INT96) in the data files: what delta-rs writes too
+            "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
         }
 
 

@@ -1,9 +1,10 @@
 """The point-in-time engine on Spark (docs/design.md §6: same answer, for data that outgrows one machine).
 
-Spark reads the ``raw_events`` Parquet files of the needed partitions (the file list comes from the
-Delta log through delta-rs, so no delta-spark jars are needed), drops the copies superseded by a winner
-on another day (:func:`without_superseded`), de-duplicates them with a window (first ingested copy
-wins), and co-groups entity rows and events by a hash bucket of the join key. Each bucket runs
+Spark reads the needed ``raw_events`` partitions — through delta-spark when the session has it (the
+default session does: :func:`spark_session` loads the jars cached by ``make setup``), else the Parquet
+files that the Delta log lists, through delta-rs — drops the copies superseded by a winner on another
+day (:func:`without_superseded`), de-duplicates them with a window (first ingested copy wins), and
+co-groups entity rows and events by a hash bucket of the join key. Each bucket runs
 :func:`fstore.core.pit.compute_arrays` — the same code as the local engine — on its share, so events
 never reach the driver; only the requested result is collected.
 """
@@ -27,6 +28,9 @@ from pyspark.sql import types as T
 from fstore.core import pit
 from fstore.core.timeutil import DAY
 from fstore.delta import raw_log
+from fstore.jvm.artifacts import delta_jars
+from fstore.jvm.spark import has_delta_spark
+from fstore.settings import get_settings
 
 ROW = "__row"
 DOWN, UP = "__t_down", "__t_up"
@@ -44,14 +48,18 @@ _EVENT_SCHEMA = pa.schema(
 
 
 def spark_session(app: str = "fstore-pit", master: str = "local[2]") -> SparkSession:
-    """A local Spark session suited to the engine (few shuffle partitions, no UI, UTC, Arrow on).
+    """A local Spark session suited to the engine (few shuffle partitions, no UI, UTC, Arrow on), with
+    delta-spark when its jars are cached (``make setup``).
 
     Python workers run this interpreter (``PYSPARK_PYTHON`` is set to it unless already set), so they see
     the same packages as the driver.
     """
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # read by SparkContext for its workers
+    builder = SparkSession.builder
+    for k, v in delta_jars(get_settings().jar_cache).spark_conf().items():
+        builder = builder.config(k, v)
     return (
-        SparkSession.builder.master(master)
+        builder.master(master)
         .appName(app)
         .config("spark.sql.shuffle.partitions", "4")
         .config("spark.ui.enabled", "false")
@@ -89,14 +97,21 @@ def read_events(spark: SparkSession, raw_uri: str, event_range: tuple[int, int] 
         table = DeltaTable(raw_uri)
     except Exception:  # no table yet: nothing happened
         return spark.createDataFrame([], schema)
-    files = table.file_uris(
-        file_pruning_predicate=[("event_date", ">=", days[0].isoformat()), ("event_date", "<=", days[1].isoformat())]
-    )
-    if not files:
-        return spark.createDataFrame([], schema)
-    raw = without_superseded(
-        spark.read.parquet(*files), raw_log.superseded_on(raw_log.superseded_uri(raw_uri), days[0], days[1])
-    )
+    if has_delta_spark(spark):
+        copies = (
+            spark.read.format("delta").load(raw_uri).where(F.col("event_date").between(F.lit(days[0]), F.lit(days[1])))
+        )
+    else:
+        files = table.file_uris(
+            file_pruning_predicate=[
+                ("event_date", ">=", days[0].isoformat()),
+                ("event_date", "<=", days[1].isoformat()),
+            ]
+        )
+        if not files:
+            return spark.createDataFrame([], schema)
+        copies = spark.read.parquet(*files)
+    raw = without_superseded(copies, raw_log.superseded_on(raw_log.superseded_uri(raw_uri), days[0], days[1]))
     first = Window.partitionBy("event_id").orderBy("ingested_at", "payload_hash")
     assert event_range is not None
     return (

@@ -1,13 +1,18 @@
 """Delta Lake I/O of the batch job: delta-spark when its jars are on the classpath, delta-rs otherwise.
 
-Reading ``raw_events``: delta-rs lists the live Parquet files of the wanted ``event_date`` partitions
-from the Delta log and Spark reads exactly those files (the executors do the reading; the driver only
-handles file names).
+:func:`choose_engine` decides, from the session and ``FSTORE_DELTA_ENGINE``, and says why (the local
+default has the jars: ``make setup`` caches them and :func:`jobs.batch.rebuild_features.build_spark`
+puts them on the session's classpath).
+
+Reading ``raw_events``: delta-spark reads the table (the stream's delta-rs appends, schema evolution
+included); without it, delta-rs lists the live Parquet files of the wanted ``event_date`` partitions from
+the Delta log and Spark reads exactly those files. Either way the executors do the reading.
 
 Writing (``overwrite_partition``) replaces one partition of a table in ONE Delta commit, so a table is
 always either fully old or fully new:
 
-* delta-spark: ``df.write.format("delta").option("replaceWhere", ...)``.
+* delta-spark: ``df.write.format("delta").option("replaceWhere", ...)``: Delta's optimistic transaction,
+  whose conflict detection fails a commit that a concurrent writer's commit invalidated.
 * delta-rs: each executor writes its Spark partition as one Parquet file under the table directory and
   returns only (path, size, rows); the driver commits all files with
   ``DeltaTable.create_write_transaction(mode="overwrite", partition_filters=[...])``. Files of a run that
@@ -33,6 +38,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from fstore.delta import raw_log
+from fstore.jvm.spark import has_delta_spark
 from fstore.offline.spark import without_superseded
 
 RAW_COLUMNS = (
@@ -64,13 +70,24 @@ def spark_schema(schema: pa.Schema) -> T.StructType:
     return T.StructType([T.StructField(f.name, _SPARK_TYPES[f.type], f.nullable) for f in schema])
 
 
-def has_delta_spark(spark: SparkSession) -> bool:
-    """True when the delta-spark classes are on the driver's classpath."""
-    try:
-        spark.sparkContext._jvm.java.lang.Class.forName("io.delta.tables.DeltaTable")  # type: ignore[union-attr]
-        return True
-    except Exception:  # py4j raises a generic error for a missing class
-        return False
+def choose_engine(spark: SparkSession, wanted: str, unavailable: str) -> tuple[bool, str]:
+    """Whether to use delta-spark, and why.
+
+    Args:
+        spark: the job's session.
+        wanted: ``auto`` (delta-spark if the session has it), ``delta-spark`` or ``delta-rs``.
+        unavailable: why delta-spark's jars are missing, for the message (e.g. which coordinates failed).
+
+    Raises:
+        RuntimeError: ``delta-spark`` was asked for and the session does not have it.
+    """
+    if wanted == "delta-rs":
+        return False, "delta-rs (FSTORE_DELTA_ENGINE=delta-rs)"
+    if has_delta_spark(spark):
+        return True, "delta-spark"
+    if wanted == "delta-spark":
+        raise RuntimeError(f"FSTORE_DELTA_ENGINE=delta-spark but the Spark session has no delta-spark: {unavailable}")
+    return False, f"delta-rs (no delta-spark in the session: {unavailable})"
 
 
 def read_raw(spark: SparkSession, uri: str, dates: list[date], delta_spark: bool) -> DataFrame:
@@ -90,7 +107,7 @@ def read_raw(spark: SparkSession, uri: str, dates: list[date], delta_spark: bool
 def _read_raw(spark: SparkSession, uri: str, dates: list[date], delta_spark: bool) -> DataFrame:
     schema = spark_schema(raw_log.RAW_SCHEMA)
     cols = list(RAW_COLUMNS)
-    if delta_spark:
+    if delta_spark and raw_log.open_table(uri) is not None:
         return (
             spark.read.format("delta")
             .load(uri)
@@ -98,7 +115,7 @@ def _read_raw(spark: SparkSession, uri: str, dates: list[date], delta_spark: boo
             .select(*cols)
         )
     dt = raw_log.open_table(uri)
-    if dt is None:
+    if dt is None:  # no event was ever stored
         return spark.createDataFrame([], schema).select(*cols)
     features = set(dt.protocol().reader_features or [])
     if features & {"deletionVectors", "columnMapping"}:
@@ -132,14 +149,22 @@ def copies_in(uri: str, dates: list[date]) -> int | None:
 
     ``None`` when the table is missing or a file has no row count (the caller then counts the rows).
     """
+    return rows_in(uri, "event_date", dates)
+
+
+def rows_in(uri: str, column: str, days: list[date]) -> int | None:
+    """Rows of the partitions ``column`` ∈ ``days`` from the Delta log's file statistics (no data read).
+
+    ``None`` when the table is missing or a file has no row count.
+    """
     dt = raw_log.open_table(uri)
     if dt is None:
         return None
     actions = pa.table(dt.get_add_actions(flatten=True))
-    wanted = set(dates)
+    wanted = set(days)
     total = 0
     for d, n in zip(
-        actions.column("partition.event_date").to_pylist(), actions.column("num_records").to_pylist(), strict=True
+        actions.column(f"partition.{column}").to_pylist(), actions.column("num_records").to_pylist(), strict=True
     ):
         day = d if isinstance(d, date) else date.fromisoformat(str(d))
         if day in wanted:
@@ -198,7 +223,9 @@ def overwrite_partition(
         value: the partition to replace.
         delta_spark: commit through delta-spark instead of delta-rs.
         run_id: tag of this run in the staged file names.
-        before_commit: called after the data is staged, before the commit (fault injection).
+        before_commit: called after the data is staged, before the commit (fault injection). With
+            delta-spark, where staging and commit are one action, an exception from it makes the write
+            fail inside a Spark task instead (files written, no commit) and is then re-raised.
 
     Returns:
         Rows written.
@@ -209,10 +236,20 @@ def overwrite_partition(
             for f in schema
         ]
         out = df.select(*cols).withColumn(column, F.lit(value))
+        injected: Exception | None = None
+        if before_commit is not None:
+            try:
+                before_commit()
+            except Exception as exc:
+                injected = exc
+        if injected is not None:
+            _abort_spark_write(out, uri, column, value, schema.names[0])
+            raise injected
         out.write.format("delta").mode("overwrite").partitionBy(column).option(
             "replaceWhere", f"{column} = '{value.isoformat()}'"
         ).save(uri)
-        return int(spark_count(uri, column, value, df.sparkSession))
+        rows = rows_in(uri, column, [value])
+        return spark_count(uri, column, value, df.sparkSession) if rows is None else rows
     staged = _stage_files(df, uri, schema, f"{column}={value.isoformat()}", run_id)
     if before_commit is not None:
         before_commit()
@@ -244,11 +281,38 @@ def commit_files(uri: str, schema: pa.Schema, column: str, value: date, staged: 
     return sum(rows for _, _, rows in staged)
 
 
+def _abort_spark_write(out: DataFrame, uri: str, column: str, value: date, first: str) -> None:
+    """Run the delta-spark write with a task that fails: some data files get written, no commit is made."""
+    failing = out.withColumn(
+        first,
+        F.when(F.spark_partition_id() == 0, F.raise_error(F.lit("fstore: injected failure before commit"))).otherwise(
+            F.col(first)
+        ),
+    )
+    try:
+        failing.write.format("delta").mode("overwrite").partitionBy(column).option(
+            "replaceWhere", f"{column} = '{value.isoformat()}'"
+        ).save(uri)
+    except Exception as exc:  # the expected task failure; the write aborted without a commit
+        if "injected failure" not in str(exc):
+            raise
+
+
 def spark_count(uri: str, column: str, value: date, spark: SparkSession) -> int:
     """Rows of one partition of a Delta table, read through delta-spark."""
     return int(spark.read.format("delta").load(uri).where(F.col(column) == F.lit(value)).count())
 
 
-def overwrite_small(uri: str, table: pa.Table, column: str, value: date) -> None:
-    """Replace one partition of a small driver-side table (e.g. ``dq_reports``) in one delta-rs commit."""
-    write_deltalake(uri, table, mode="overwrite", partition_by=[column], predicate=f"{column} = '{value.isoformat()}'")
+def overwrite_small(uri: str, table: pa.Table, column: str, value: date, spark: SparkSession | None = None) -> None:
+    """Replace one partition of a small driver-side table (e.g. ``dq_reports``) in one Delta commit.
+
+    Committed by delta-spark when ``spark`` is given (a session with delta-spark), else by delta-rs.
+    """
+    if spark is None:
+        write_deltalake(
+            uri, table, mode="overwrite", partition_by=[column], predicate=f"{column} = '{value.isoformat()}'"
+        )
+        return
+    spark.createDataFrame(table).write.format("delta").mode("overwrite").partitionBy(column).option(
+        "replaceWhere", f"{column} = '{value.isoformat()}'"
+    ).save(uri)

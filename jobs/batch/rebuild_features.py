@@ -40,6 +40,7 @@ from fstore.core import tiles_frame
 from fstore.core.features import VIEWS
 from fstore.core.timeutil import SECOND, iso
 from fstore.delta import batch_views
+from fstore.jvm.artifacts import delta_jars
 from fstore.redis.layout import BatchPointer
 from fstore.settings import SettingsError
 from jobs.batch import batch_view, compute, delta_io, dq, exit_codes
@@ -79,10 +80,14 @@ def build_spark(s: BatchSettings, own_session: bool = True) -> SparkSession:
 
     Args:
         s: settings.
-        own_session: start a session with ``s.spark_master`` and driver memory (``fstore batch``, tests);
-            False under ``spark-submit``, whose options (master, memory, packages) then apply.
+        own_session: start a session with ``s.spark_master`` and driver memory (``fstore batch``, tests),
+            with delta-spark from the jar cache unless ``s.delta_engine`` is ``delta-rs``; False under
+            ``spark-submit``, whose options (master, memory, ``--packages io.delta:…``) then apply.
     """
     builder = SparkSession.builder.appName("fstore-batch")
+    if own_session and s.delta_engine != "delta-rs":
+        for k, v in delta_jars(s.jar_cache).spark_conf().items():
+            builder = builder.config(k, v)
     if own_session:
         # Local Python workers must run this interpreter (with pandas/pyarrow), not whatever python3 is on PATH.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -133,8 +138,9 @@ def rebuild(
     plan, run_id, m = plan_run(run_date), new_run_id(), JobMetrics()
     version = f"{run_date:%Y%m%d}-{run_id}"
     m.info = {"run_date": run_date.isoformat(), "cutover": iso(plan.cutover), "run_id": run_id, "version": version}
-    delta_spark = delta_io.has_delta_spark(spark)
+    delta_spark, why = delta_io.choose_engine(spark, s.delta_engine, delta_jars(s.jar_cache).reason)
     m.info["delta_writer"] = "delta-spark" if delta_spark else "delta-rs"
+    m.info["delta_writer_reason"] = why
     success = False
     cached: list[Any] = []
 
@@ -159,7 +165,7 @@ def rebuild(
             m.count("events_deduplicated", winners.count())
         checkpoint("read")
         with m.stage("dq"):
-            report = _quality(spark, s, plan, winners, run_id)
+            report = _quality(spark, s, plan, winners, run_id, delta_spark)
         m.info["dq"] = report.as_dict()
         log(report.summary())
         if report.hard_failure:
@@ -192,7 +198,9 @@ def rebuild(
             m.write_prometheus(path, run_date.isoformat(), success, plan.cutover / SECOND)
 
 
-def _quality(spark: SparkSession, s: BatchSettings, plan: RunPlan, winners: Any, run_id: str) -> dq.DQReport:
+def _quality(
+    spark: SparkSession, s: BatchSettings, plan: RunPlan, winners: Any, run_id: str, delta_spark: bool
+) -> dq.DQReport:
     figures = dq.day_figures(winners, plan, s.dq_late_after_s * SECOND, F.col(VALID))
     report = dq.evaluate(
         s,
@@ -201,7 +209,9 @@ def _quality(spark: SparkSession, s: BatchSettings, plan: RunPlan, winners: Any,
         delta_io.daily_copies(s.table("raw_events")),
         dq.dead_letters_on(s.table("dead_letters"), plan.run_date),
     )
-    delta_io.overwrite_small(s.table("dq_reports"), report.table(plan, run_id), "run_date", plan.run_date)
+    delta_io.overwrite_small(
+        s.table("dq_reports"), report.table(plan, run_id), "run_date", plan.run_date, spark if delta_spark else None
+    )
     return report
 
 

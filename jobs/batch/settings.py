@@ -6,6 +6,8 @@ Every threshold of the data-quality gate lives here, so operators tune them with
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from fstore.settings import Settings, load_settings
@@ -18,6 +20,10 @@ class BatchSettings(Settings):
     spark_driver_memory: str = Field("6g", description="Driver memory of a session the job starts itself")
     spark_shuffle_partitions: int = Field(8, ge=1, description="spark.sql.shuffle.partitions")
     spark_ui: bool = Field(False, description="Enable the Spark UI of a session the job starts itself")
+    delta_engine: Literal["auto", "delta-spark", "delta-rs"] = Field(
+        "auto",
+        description="Who commits the job's Delta tables: delta-spark when its jars are there (auto), or force one",
+    )
 
     batch_view_ttl_s: int = Field(3 * 86_400, ge=3600, description="TTL of a batch view's keys in Redis")
     batch_view_grace_s: int = Field(3600, ge=0, description="Lifetime of the previous batch view after a swap")

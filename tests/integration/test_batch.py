@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections import defaultdict
 from collections.abc import Iterator
 from datetime import date, timedelta
@@ -16,6 +15,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 from click.testing import CliRunner
+from deltalake import DeltaTable
 from fastapi.testclient import TestClient
 
 from fstore.commands.batch import batch
@@ -37,6 +37,7 @@ from jobs.stream.sinks import TileWriter
 from services.online_api.app import create_app
 from services.online_api.settings import ApiSettings
 from tests.support import bruteforce
+from tests.support.delta import content_hash, spark_read
 from tests.support.tiles import lookup_in_dict
 
 pytestmark = pytest.mark.integration
@@ -138,11 +139,6 @@ def delta_partition(uri: str, run_date: date) -> pa.Table:
     return raw_log.read_table(uri, filter=pc.field("run_date") == pa.scalar(run_date, pa.date32()))
 
 
-def content_hash(table: pa.Table) -> str:
-    rows = sorted(repr(sorted(r.items())) for r in table.to_pylist())
-    return hashlib.sha256("\n".join(rows).encode()).hexdigest()
-
-
 def batch_view(client: redis.Redis, version: str) -> dict[str, dict[Any, Any]]:
     return {
         k.decode().rsplit(":b:", 1)[0]: client.hgetall(k)
@@ -239,6 +235,7 @@ def test_rebuild_matches_brute_force_and_is_idempotent(
 ) -> None:
     root, copies = data["root"], data["copies"]
     first = rebuild(spark, settings, D1)
+    assert first.metrics["delta_writer"] == "delta-spark", first.metrics["delta_writer_reason"]
     assert first.published and first.metrics["counters"]["rows_read"] > first.metrics["counters"]["events_deduplicated"]
     check_against_brute_force(root, copies, D1)
     pointer = BatchPointer.loads(rdb.get(POINTER_KEY))
@@ -257,6 +254,38 @@ def test_rebuild_matches_brute_force_and_is_idempotent(
     assert batch_view(rdb, second.version) == view1 and len(view1) > 300
     old_key = next(iter(rdb.scan_iter(match=f"fs:*:b:{first.version}")))
     assert 0 < rdb.ttl(old_key) <= settings.batch_view_grace_s  # old view lingers for readers, then expires
+
+
+def engines_of_last_commits(uri: str, n: int) -> list[str]:
+    """Which library made each of the last ``n`` commits of a table (from commitInfo), newest first."""
+    out = []
+    for c in DeltaTable(uri).history(n):
+        info = str(c.get("engineInfo") or c.get("clientVersion") or "")
+        out.append("delta-spark" if "Delta-Lake" in info else "delta-rs" if "delta-rs" in info else info)
+    return out
+
+
+def test_delta_rs_fallback_commits_the_same_tables(
+    spark: Any, settings: BatchSettings, data: dict[str, Any], rdb: redis.Redis
+) -> None:
+    """The same night committed by delta-rs on top of delta-spark's table: identical contents, whichever
+    library reads them, and back again."""
+    root = data["root"]
+    tables = [f"{root}/tiles_{n}" for n in VIEWS] + [f"{root}/feature_snapshots/{n}" for n in VIEWS]
+    by_spark = [content_hash(delta_partition(t, D1)) for t in tables]
+    assert [content_hash(spark_read(spark, t, f"run_date = '{D1}'")) for t in tables] == by_spark
+    assert all(engines_of_last_commits(t, 1) == ["delta-spark"] for t in tables)
+
+    fallback = rebuild(spark, settings.model_copy(update={"delta_engine": "delta-rs"}), D1)
+    assert fallback.metrics["delta_writer"] == "delta-rs" and fallback.published
+    assert all(engines_of_last_commits(t, 2) == ["delta-rs", "delta-spark"] for t in tables)
+    assert [content_hash(delta_partition(t, D1)) for t in tables] == by_spark  # delta-rs reads delta-rs
+    assert [content_hash(spark_read(spark, t, f"run_date = '{D1}'")) for t in tables] == by_spark  # and Spark
+
+    again = rebuild(spark, settings, D1)  # delta-spark on top of delta-rs's commit
+    assert again.metrics["delta_writer"] == "delta-spark"
+    assert [content_hash(delta_partition(t, D1)) for t in tables] == by_spark
+    check_against_brute_force(root, data["copies"], D1)
 
 
 def test_failed_run_leaves_tables_whole_and_old_view_serving(
@@ -299,14 +328,17 @@ def test_failed_run_leaves_tables_whole_and_old_view_serving(
     assert now["snap:product_engagement"] == old["snap:product_engagement"]
     assert rdb.get(POINTER_KEY) == before
 
+    def versions() -> set[str]:
+        return {k.decode().rsplit(":b:", 1)[1] for k in rdb.scan_iter(match="fs:*:b:*")}
+
+    loaded = versions()  # the serving one, and earlier ones in their grace period
     failing = settings.model_copy(update={"fail_after": "load:user_activity"})
     with pytest.raises(InjectedFailure):
         rebuild(spark, failing, D1)
     assert rdb.get(POINTER_KEY) == before
     ptr = BatchPointer.loads(before)
     assert ptr is not None and len(batch_view(rdb, ptr.version)) > 300
-    versions = {k.decode().rsplit(":b:", 1)[1] for k in rdb.scan_iter(match="fs:*:b:*")}
-    assert len(versions) <= 2  # the half-loaded version was dropped (the other one is in its grace period)
+    assert versions() <= loaded  # the half-loaded version was dropped
 
     ok = rebuild(spark, settings, D1)
     assert ok.published
