@@ -1,4 +1,4 @@
-"""``fstore services``: the local Redis and Kafka-protocol broker (start, stop, inspect)."""
+"""``fstore services``: the local Redis and Apache Kafka broker (install, start, stop, inspect)."""
 
 from __future__ import annotations
 
