@@ -42,7 +42,10 @@ def tail(t: Micros, window: int, size: int | None = None) -> Micros:
         window: ``W`` in µs.
         size: the hop grid to align to (default: :func:`hop` of the window).
     """
-    return floor_to(t - window, hop(window) if size is None else size)
+    lo = t - window  # = floor_to(t - window, size), aligned in place on this new value: for an int64 array
+    # of 1M rows that saves the point-in-time engine a temporary per window
+    lo -= lo % (hop(window) if size is None else size)
+    return lo
 
 
 def tile_bounds(t: int, window: int, size: int | None = None) -> tuple[int, int]:

@@ -85,6 +85,7 @@ def test_tile_bounds_are_the_tail_and_the_head_tile(window: int, size: int) -> N
         assert tile_bounds(t, window) == (tail(t, window), ceil_to(t, hop(window)))
     arr = np.array(times, dtype=np.int64)
     assert tail(arr, window, size).tolist() == [tail(t, window, size) for t in times]
+    assert arr.tolist() == times  # aligned in place on a copy, never on the caller's array
     assert tile_start(arr, size).tolist() == [tile_start(t, size) for t in times]
 
 
