@@ -91,8 +91,9 @@ class Case:
     def tileable(self) -> list[Event]:
         """Winners that a tile store evaluated at ``t`` may hold: those before ``t`` and those whose every
         tile starts at or after ``t`` (a reader must leave those out). A winner at or after ``t`` inside a
-        tile that starts before ``t`` would be counted by any tile store read at ``t``: online, that is the
-        future-stamped-event corner of docs/design.md §5, kept out of this table."""
+        tile that starts before ``t`` would be counted by any tile read at ``t``; the stream keeps such an
+        event out of the tiles while the clock is before it (docs/design.md §5), which the Lua test's
+        "clock at t" mode drives with every copy."""
         sizes = {bruteforce.hop_by_table(f.window) for f in self.view.windowed}
         return [e for e in self.winners if e.event_time < self.t or all(e.event_time // s * s >= self.t for s in sizes)]
 
