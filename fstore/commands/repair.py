@@ -20,15 +20,16 @@ def repair(force: bool, progress: bool | None) -> None:
     """
     from tqdm import tqdm
 
+    from fstore.settings import load_settings
     from jobs.batch.settings import load_batch_settings
     from jobs.repair import RepairRefused
     from jobs.repair import repair as run_repair
-    from jobs.stream.settings import get_stream_settings
+    from jobs.stream.settings import StreamSettings
 
     show = sys.stderr.isatty() if progress is None else progress
     with tqdm(desc="speed view", unit="event", disable=not show, file=sys.stderr) as bar:
         try:
-            report = run_repair(load_batch_settings(), get_stream_settings(), force=force, progress=bar.update)
+            report = run_repair(load_batch_settings(), load_settings(StreamSettings), force=force, progress=bar.update)
         except RepairRefused as exc:
             raise click.ClickException(str(exc)) from None
     click.echo(report.summary())
