@@ -31,7 +31,7 @@ from fstore.core.aggregates import EMPTY, Agg, Partial, Stats, Value, fold, rati
 from fstore.core.features import FeatureView, RatioFeature
 from fstore.core.tiles import merge_series
 from fstore.core.timeutil import SECOND, floor_to
-from fstore.core.windows import tail, tile_bounds
+from fstore.core.windows import tail, tile_bounds, tile_start
 from fstore.redis.layout import FUTURE_PREFIX, parse_future, parse_tiles
 
 # Tile starts (ascending) and their stats. Tuples of tuples of numbers: the garbage collector untracks
@@ -343,9 +343,8 @@ def finish(
     if future:
         future = [f for f in future if f[0] < as_of]
         if future:
-            step = min(read.view.hops)
-            last = max(te for te, _ in future)
-            newest = max(newest if newest is not None else last, last - last % step)
+            last = tile_start(max(te for te, _ in future), min(read.view.hops))
+            newest = last if newest is None else max(newest, last)
     if not speed and not future and batch is not None and as_of >= batch.cutover:
         return ReadResult(batch.values(read.view, read.names, as_of), None)
     return ReadResult(evaluate_columns(read.view, read.names, batch, speed, as_of, future), newest)

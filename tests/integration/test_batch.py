@@ -32,7 +32,7 @@ from jobs.batch import batch_view as batch_view_mod
 from jobs.batch.plan import plan_run
 from jobs.batch.rebuild_features import DQFailed, InjectedFailure, build_spark, rebuild
 from jobs.batch.settings import BatchSettings
-from jobs.stream.settings import StreamSettings
+from jobs.stream.settings import StreamSettings, get_stream_settings
 from jobs.stream.sinks import TileWriter
 from services.online_api.app import create_app
 from services.online_api.settings import ApiSettings
@@ -410,7 +410,11 @@ def test_cli_backfill_publishes_forward_only(
 
 
 def test_redis_loss_is_503_until_fstore_repair_restores_exact_values(
-    data: dict[str, Any], rdb: redis.Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch
+    data: dict[str, Any],
+    rdb: redis.Redis,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> None:
     """Redis restarted empty after a published batch run and live speed traffic: the API refuses (503,
     /health degraded) instead of serving values without the batch view; `fstore repair` reloads the batch
@@ -447,6 +451,11 @@ def test_redis_loss_is_503_until_fstore_repair_restores_exact_values(
     api = ApiSettings(redis_url=redis_url, data_dir=root)
     for k, v in {"DATA_DIR": root, "REDIS_URL": redis_url, "SPARK_MASTER": "local[2]"}.items():
         monkeypatch.setenv(f"FSTORE_{k}", v)
+    # `fstore repair` reads the worker's settings through get_stream_settings(), memoised per process: a
+    # module that imported jobs.stream.app earlier (tests/unit/jobs/stream/test_app.py at collection, in a
+    # whole-suite run) cached them with another environment.
+    get_stream_settings.cache_clear()
+    request.addfinalizer(get_stream_settings.cache_clear)  # nor leave ours to later tests
 
     def assert_exact(client: TestClient) -> None:
         for u in (f"u{i}" for i in range(8)):
