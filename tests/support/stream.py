@@ -19,7 +19,7 @@ from pathlib import Path
 import orjson
 import pyarrow.compute as pc
 import redis
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from fstore.core.events import Event, parse
 from fstore.core.features import VIEWS, WindowedFeature
@@ -174,6 +174,18 @@ def dlq_reasons(broker: Broker, topic: str, records: list[kafka_io.Record]) -> l
     return [(r, out[(r.partition, r.offset)]) for r in records]
 
 
+# group-coordinator states a just-started broker reports for a few seconds; committed() asks again
+COORDINATOR_NOT_READY = frozenset(
+    {
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError._TIMED_OUT,
+        KafkaError._TRANSPORT,
+    }
+)
+
+
 class WorkerProcess:
     """``python -m jobs.stream`` with its own group, topics, data dir and metrics port."""
 
@@ -228,11 +240,17 @@ class WorkerProcess:
         return float(m.group(1)) if m else 0.0
 
     def committed(self) -> int:
-        """Offsets committed by the worker's group, summed over partitions (= messages done)."""
+        """Offsets committed by the worker's group, summed over partitions (= messages done); -1 while the
+        broker cannot say yet (its group coordinator is still loading or moving: a retriable error that
+        Apache Kafka returns in the first seconds after a start), so :meth:`wait_done` asks again."""
         c = Consumer({"bootstrap.servers": self.broker.bootstrap, "group.id": self.group, "enable.auto.commit": False})
         try:
             tps = c.committed([TopicPartition(self.topic, p) for p in range(PARTITIONS)], timeout=10)
             return sum(max(tp.offset, 0) for tp in tps)
+        except KafkaException as exc:
+            if exc.args and exc.args[0].code() in COORDINATOR_NOT_READY:
+                return -1
+            raise
         finally:
             c.close()
 
