@@ -1,0 +1,148 @@
+"""What a change of feature definitions needs: which tiles to rebuild, which to free, which features
+must be refused until then (docs/design.md §3 "Evolution").
+
+Features are computed from **tile series**: one measure's tiles of one size in one view
+(:class:`Series`). A series is identified by the view, its entity key, the tile size and the measure's
+name, and defined by the measure's canonical text, the states its tiles keep and how far back the
+batch view must hold them (the longest window that reads it). Comparing the series of the applied plan
+with those of a new one says, without looking at any data:
+
+* ``build``: series the new plan reads that hold nothing yet or hold something else — new, redefined
+  (another filter or value), with states they did not keep (a std on a measure that only had sums), or
+  read over a longer window than the applied plan's longest one (the history the batch view and the
+  speed tiles' TTL cover). They need a backfill.
+* ``free``: series no feature reads any more; their keys can go.
+* ``pending``: the features whose own needs the existing tiles do not meet (and ratios of them) —
+  refused until the backfill has run, never served undercounted. A feature the tiles already serve stays
+  served while its series is rebuilt for another one; a renamed feature on unchanged tiles is ready at
+  once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from fstore.core.functions import State
+from fstore.core.plan import Plan, RatioFeature, View, WindowedFeature
+
+
+@dataclass(frozen=True)
+class Series:
+    """One tile series and what it holds."""
+
+    view: str
+    entity_key: str
+    hop: int
+    measure: str
+    definition: str
+    states: frozenset[State]
+    reach: int  # the longest window, in µs, that reads the series
+
+    @property
+    def key(self) -> tuple[str, str, int, str]:
+        """Identity: where its tiles live."""
+        return (self.view, self.entity_key, self.hop, self.measure)
+
+    def serves(self, wanted: Series, covered: int) -> bool:
+        """Whether these tiles hold everything ``wanted`` needs, given that the stored history covers the
+        last ``covered`` µs."""
+        return (
+            self.key == wanted.key
+            and self.definition == wanted.definition
+            and wanted.states <= self.states
+            and wanted.reach <= covered
+        )
+
+
+def series_of(plan: Plan) -> dict[tuple[str, str, int, str], Series]:
+    """Every tile series of ``plan``, by identity."""
+    out: dict[tuple[str, str, int, str], Series] = {}
+    for view in plan.views:
+        for f in view.windowed:
+            s = _series(view, f)
+            old = out.get(s.key)
+            if old is not None:
+                s = Series(*s.key, s.definition, old.states | s.states, max(old.reach, s.reach))
+            out[s.key] = s
+    return out
+
+
+def _series(view: View, f: WindowedFeature) -> Series:
+    m = view.measure(f.measure)
+    return Series(view.name, view.entity.join_key, f.hop, m.name, m.text, frozenset(f.states), f.window)
+
+
+@dataclass(frozen=True)
+class PlanChange:
+    """The difference between the applied plan and a new one (``view:feature`` references)."""
+
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    changed: tuple[str, ...]
+    build: tuple[Series, ...]
+    free: tuple[Series, ...]
+    pending: tuple[str, ...]
+
+    @property
+    def empty(self) -> bool:
+        """Nothing to do."""
+        return not (self.added or self.removed or self.changed or self.build or self.free)
+
+    def lines(self) -> list[str]:
+        """A readable summary, one line per item (what ``fstore backfill`` and ``apply`` print)."""
+        out = [f"+ {r}" for r in self.added] + [f"- {r}" for r in self.removed] + [f"~ {r}" for r in self.changed]
+        out += [f"build {_show(s)}" for s in self.build] + [f"free {_show(s)}" for s in self.free]
+        out += [f"refused until built: {r}" for r in self.pending]
+        return out
+
+
+def _show(s: Series) -> str:
+    return f"{s.view}/{s.measure} every {s.hop // 1_000_000}s"
+
+
+def _definitions(plan: Plan | None) -> dict[str, object]:
+    if plan is None:
+        return {}
+    out: dict[str, object] = {}
+    for view in plan.views:
+        windowed: dict[str, object] = {}
+        for w in view.windowed:
+            m = view.measure(w.measure)
+            windowed[w.name] = (view.entity.join_key, m.text, w.function, w.window, w.hop, w.sketch)
+        for f in view.features:  # a ratio is defined by what it divides
+            d = ("ratio", windowed[f.numerator], windowed[f.denominator]) if isinstance(f, RatioFeature) else None
+            out[f"{view.name}:{f.name}"] = d or windowed[f.name]
+    return out
+
+
+def diff(old: Plan | None, new: Plan) -> PlanChange:
+    """What applying ``new`` over ``old`` (``None``: nothing applied yet) needs."""
+    before, after = _definitions(old), _definitions(new)
+    have = series_of(old) if old is not None else {}
+    covered = old.longest_window if old is not None else 0
+    want = series_of(new)
+
+    def ready(s: Series) -> bool:
+        return s.key in have and have[s.key].serves(s, covered)
+
+    build = [s for s in want.values() if not ready(s)]
+    free = [s for k, s in have.items() if k not in want]
+    pending: list[str] = []
+    for view in new.views:
+        blocked = {f.name for f in view.windowed if not ready(_series(view, f))}
+        for f in view.features:
+            if f.name in blocked or (isinstance(f, RatioFeature) and {f.numerator, f.denominator} & blocked):
+                pending.append(f"{view.name}:{f.name}")
+    return PlanChange(
+        added=_sorted(r for r in after if r not in before),
+        removed=_sorted(r for r in before if r not in after),
+        changed=_sorted(r for r in after if r in before and before[r] != after[r]),
+        build=tuple(sorted(build, key=lambda s: s.key)),
+        free=tuple(sorted(free, key=lambda s: s.key)),
+        pending=tuple(pending),
+    )
+
+
+def _sorted(refs: Iterable[str]) -> tuple[str, ...]:
+    return tuple(sorted(refs))

@@ -1,0 +1,116 @@
+"""What a change of definitions needs (docs/design.md §3 "Evolution"), on the ``rides`` plan.
+
+Each case edits the applied plan the way a user edits the repository and states, from the contract,
+which tile series need a backfill, which are freed and which features are refused until then.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from fstore.core.expr_parse import parse_measure
+from fstore.core.functions import Function
+from fstore.core.plan import Measure, Plan, RatioFeature, View, WindowedFeature
+from fstore.core.plan_diff import diff, series_of
+from fstore.core.timeutil import DAY, HOUR, MINUTE
+from tests.support.repos import compiled
+
+pytestmark = pytest.mark.unit
+
+
+def edit(plan: Plan, view: str, *, add: tuple[object, ...] = (), drop: tuple[str, ...] = (),
+         measures: tuple[Measure, ...] = (), swap: dict[str, object] | None = None) -> Plan:  # fmt: skip
+    """``plan`` with features added to / dropped from / replaced in one view, and measures added."""
+    views = []
+    for v in plan.views:
+        if v.name == view:
+            feats = tuple((swap or {}).get(f.name, f) for f in v.features if f.name not in drop) + add
+            v = replace(v, features=feats, measures=v.measures + measures)  # type: ignore[arg-type]
+        views.append(v)
+    return replace(plan, views=tuple(views))
+
+
+def dp(plan: Plan) -> View:
+    return plan.view("driver_performance")
+
+
+def test_the_first_apply_builds_every_series_and_refuses_every_feature() -> None:
+    plan = compiled("rides")
+    change = diff(None, plan)
+    assert {s.key for s in change.build} == set(series_of(plan))
+    assert len(change.pending) == sum(len(v.features) for v in plan.views)
+    assert diff(plan, plan).empty and not diff(plan, plan).pending
+
+
+def test_a_feature_on_a_new_measure_needs_its_series_built() -> None:
+    old = compiled("rides")
+    tips = Measure("tip_paid", *parse_measure("tip if kind == 'tipped'"))
+    new = edit(old, "driver_performance", measures=(tips,),
+               add=(WindowedFeature("tips_1d", "tip_paid", Function.SUM, DAY),))  # fmt: skip
+    change = diff(old, new)
+    assert change.added == ("driver_performance:tips_1d",)
+    assert [(s.measure, s.hop) for s in change.build] == [("tip_paid", HOUR)]
+    assert change.pending == ("driver_performance:tips_1d",) and not change.free
+
+
+def test_a_new_function_on_existing_tiles_is_ready_unless_it_needs_a_state_they_do_not_keep() -> None:
+    old = compiled("rides")
+    trips = replace(dp(old).feature("trips_2d"), name="trips_2d_again")
+    assert not diff(old, edit(old, "driver_performance", add=(trips,))).pending  # same tiles, same states
+    spread = WindowedFeature("stars_std_30d", "stars", Function.STD, 30 * DAY)  # stars keep no m2 yet
+    change = diff(old, edit(old, "driver_performance", add=(spread,)))
+    assert [(s.measure, s.hop) for s in change.build] == [("stars", DAY)]
+    assert change.pending == ("driver_performance:stars_std_30d",)  # min, max, mean: tiles still serve them
+
+
+def test_a_window_beyond_the_stored_history_needs_a_backfill_one_within_it_does_not() -> None:
+    old = compiled("rides")  # its longest window is 30 days: that much history is stored
+    trips, stars = dp(old).feature("trips_2d"), dp(old).feature("stars_max_30d")
+    assert isinstance(trips, WindowedFeature) and isinstance(stars, WindowedFeature)
+    within = diff(old, edit(old, "driver_performance", swap={"trips_2d": replace(trips, window=10 * DAY)}))
+    assert within.changed == ("driver_performance:cancellation_rate_2d", "driver_performance:trips_2d")
+    assert not within.build and not within.pending
+    beyond = diff(old, edit(old, "driver_performance", swap={"stars_max_30d": replace(stars, window=45 * DAY)}))
+    assert [(s.measure, s.hop) for s in beyond.build] == [("stars", DAY)]
+    assert beyond.pending == ("driver_performance:stars_max_30d",)  # min and mean of 30 d stay served
+
+
+def test_a_redefined_measure_is_rebuilt_and_its_ratios_wait() -> None:
+    old = compiled("rides")
+    view = dp(old)
+    cancels = Measure("cancellation", *parse_measure("1 if kind == 'cancelled' and airport"))
+    measures = tuple(cancels if m.name == "cancellation" else m for m in view.measures)
+    new = replace(old, views=tuple(replace(v, measures=measures) if v is view else v for v in old.views))
+    change = diff(old, new)
+    assert change.changed == ("driver_performance:cancellation_rate_2d", "driver_performance:cancellations_2d")
+    assert [s.measure for s in change.build] == ["cancellation"]
+    assert set(change.pending) == {"driver_performance:cancellations_2d", "driver_performance:cancellation_rate_2d"}
+
+
+def test_removing_the_last_reader_frees_the_series_and_a_rename_is_served_at_once() -> None:
+    old = compiled("rides")
+    assert not diff(old, edit(old, "zone_demand", drop=("requests_10m",))).free  # requests_3h reads them too
+    change = diff(old, edit(old, "zone_demand", drop=("requests_10m", "requests_3h", "fill_rate_3h")))
+    assert change.removed == ("zone_demand:fill_rate_3h", "zone_demand:requests_10m", "zone_demand:requests_3h")
+    assert [(s.measure, s.hop) for s in change.free] == [("request", 5 * MINUTE)] and not change.build
+    hourly = diff(old, edit(old, "driver_performance", drop=("trips_2d", "cancellation_rate_2d")))
+    assert [(s.measure, s.hop) for s in hourly.free] == [("trip", HOUR)]  # trips_10m reads 5-minute tiles
+    renamed = replace(dp(old).feature("fare_3h"), name="fares_3h")
+    moved = diff(old, edit(old, "driver_performance", drop=("fare_3h",), add=(renamed,)))
+    assert (moved.added, moved.removed, moved.build, moved.free, moved.pending) == (
+        ("driver_performance:fares_3h",),
+        ("driver_performance:fare_3h",),
+        (),
+        (),
+        (),
+    )
+
+
+def test_summary_lines_name_every_item() -> None:
+    old = compiled("rides")
+    ratio = RatioFeature("airport_share_2d", "airport_trips_2d", "trips_2d")
+    lines = diff(old, edit(old, "driver_performance", add=(ratio,), drop=("trips_10m",))).lines()
+    assert lines == ["+ driver_performance:airport_share_2d", "- driver_performance:trips_10m",
+                     "free driver_performance/trip every 300s"]  # fmt: skip
