@@ -231,20 +231,22 @@ def _finite(v: Any) -> bool:
         return False
 
 
-def _event_time(v: Any) -> int | Rejection:
+def event_time_of(v: Any, name: str = "event_time") -> int | Rejection:
+    """A timestamp field's value in UTC epoch µs: ISO-8601 with an offset, or epoch milliseconds (see
+    :data:`MIN_EPOCH_MS`); ``name`` is the field named in the reason."""
     try:
         if isinstance(v, str):
             us = parse_timestamp(v)
         elif _finite(v):
             if not MIN_EPOCH_MS <= v <= MAX_MICROS // 1000:
-                return Rejection("out_of_range:event_time")
+                return Rejection(f"out_of_range:{name}")
             us = v * 1000 if isinstance(v, int) else round(v * 1000)
         else:
-            return Rejection("invalid_type:event_time")
+            return Rejection(f"invalid_type:{name}")
     except (ValueError, OverflowError):
-        return Rejection("invalid_type:event_time")
+        return Rejection(f"invalid_type:{name}")
     if not 0 <= us <= MAX_MICROS:
-        return Rejection("invalid_type:event_time")
+        return Rejection(f"invalid_type:{name}")
     return int(us)
 
 
@@ -274,7 +276,7 @@ def validate(obj: dict[str, Any], now: int) -> Event | Rejection:
     raw_time = obj.get("event_time")
     if raw_time is None:
         return Rejection("missing_field:event_time")
-    event_time = _event_time(raw_time)
+    event_time = event_time_of(raw_time)
     if isinstance(event_time, Rejection):
         return event_time
     price = obj.get("price")

@@ -1,0 +1,133 @@
+"""The event contract for any declared schema (docs/design.md §2).
+
+On the shipped example's schema, :class:`~fstore.core.event_check.EventCheck` must give every object the
+verdict of today's hand-written validator (:func:`fstore.core.events.validate`): the same reason, or the
+same normalised event — checked on 30,000 objects whose fields are drawn from a menu of valid and broken
+values. On the ``rides`` schema, which shares nothing with it, table cases state the generic rules.
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from fstore.core.event_check import EventCheck
+from fstore.core.events import Event, Rejection, hashed, validate
+from fstore.core.timeutil import DAY, MINUTE, iso, to_micros
+from tests.support.repos import compiled
+
+pytestmark = pytest.mark.unit
+
+NOW = to_micros(datetime(2026, 11, 27, 12, tzinfo=UTC))
+MS = NOW // 1000
+
+IDS = ["u1", "a" * 128, "a" * 129, "", "bad id", "ü", "x:y.z-1_2"]
+ANY: list[Any] = [None, True, 0, -1, 1.5, "text", [], {}, {"a": 1}, 10**400]
+MENU: dict[str, list[Any]] = {
+    "event_id": IDS + ANY,
+    "event_type": ["page_view", "impression", "click", "add_to_cart", "purchase", "refund", "Click", *ANY],
+    "user_id": IDS + ANY,
+    "product_id": IDS + ANY,
+    "event_time": [
+        iso(NOW),
+        iso(NOW - DAY),
+        iso(NOW + 4 * MINUTE),
+        iso(NOW + 6 * MINUTE),
+        "2026-11-27T12:00:00+02:00",
+        "2026-11-27 12:00:00Z",
+        "2026-11-27T12:00:00",
+        "2026-13-01T00:00:00Z",
+        MS,
+        MS + 10 * 60_000,
+        MS // 1000,
+        MS * 1000,
+        MS * 1_000_000,
+        float(MS) + 0.5,
+        1e300,
+        -5,
+        *ANY,
+    ],
+    "price": [0, 0.0, 9.99, 1e15, 1e15 + 1e3, -0.01, 10**20, "9.99", *ANY],
+    "quantity": [1, 2, 2**31 - 1, 2**31, 0, -3, 2.0, "2", 10**30, *ANY],
+    "session_id": ["s1", "a@b.example", "x" * 200, *ANY],
+}
+
+
+def draw(rng: random.Random) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for name, menu in MENU.items():
+        if rng.random() < 0.85:  # mostly present, mostly valid: so that later fields get checked too
+            obj[name] = menu[0] if rng.random() < 0.6 else rng.choice(menu)
+    if obj.get("event_type") == "purchase" and rng.random() < 0.7:
+        obj["price"] = 9.99
+    if rng.random() < 0.2:
+        obj["customer_email"] = "someone@example.com"
+    return obj
+
+
+def as_row(ev: Event | Rejection) -> dict[str, Any] | Rejection:
+    return ev if isinstance(ev, Rejection) else ev._asdict()
+
+
+def test_the_example_schema_gives_the_verdicts_of_the_hand_written_validator() -> None:
+    plan = compiled("ecommerce")
+    check = EventCheck(plan.schema, [e.join_key for e in plan.entities])
+    rng = random.Random(12)
+    verdicts: dict[str, int] = {}
+    for _ in range(30_000):
+        obj = draw(rng)
+        want, got = as_row(validate(obj, NOW)), check.check(obj, NOW)
+        assert got == want, (obj, got, want)
+        key = want.reason if isinstance(want, Rejection) else "valid"
+        verdicts[key] = verdicts.get(key, 0) + 1
+    # the menu reaches every reason and plenty of valid events
+    assert verdicts["valid"] > 1_000, verdicts
+    families = {k.partition(":")[0] for k in verdicts}
+    assert families >= {"valid", "missing_field", "invalid_type", "invalid_id", "unknown_event_type",
+                        "negative_amount", "out_of_range", "future_timestamp"}, verdicts  # fmt: skip
+
+
+RIDE = {"uid": "r1", "kind": "completed", "driver_id": "d1", "zone_id": "z1", "ts": iso(NOW - MINUTE),
+        "distance_km": 3.0, "rate_per_km": 1.5}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"uid": None}, "missing_field:uid"),
+        ({"kind": "teleported"}, "unknown_kind"),
+        ({"driver_id": None}, "missing_field:driver_id"),  # required unless kind == 'requested'
+        ({"kind": "requested", "driver_id": None}, None),
+        ({"zone_id": "zone one"}, "invalid_id:zone_id"),  # an entity key
+        ({"ts": MS // 1000}, "out_of_range:ts"),  # epoch seconds
+        ({"ts": iso(NOW + 6 * MINUTE)}, "future_timestamp"),
+        ({"distance_km": -1.0}, "negative_amount"),
+        ({"distance_km": 2e15}, "out_of_range:distance_km"),
+        ({"surge": 0.5}, "negative_amount"),  # below its minimum of 1
+        ({"stars": 6}, "out_of_range:stars"),
+        ({"stars": 2**31}, "out_of_range:stars"),
+        ({"stars": 4.0}, "invalid_type:stars"),
+        ({"airport": "yes"}, "invalid_type:airport"),
+        ({"distance_km": None}, "missing_field:distance_km"),
+    ],
+)
+def test_generic_rules_on_a_schema_that_shares_nothing_with_the_example(
+    change: dict[str, Any], reason: str | None
+) -> None:
+    plan = compiled("rides")
+    check = EventCheck(plan.schema, [e.join_key for e in plan.entities])
+    got = check.check(RIDE | change, NOW)
+    assert (got.reason if isinstance(got, Rejection) else None) == reason, got
+
+
+def test_rows_carry_every_declared_field_defaults_and_no_other_and_hash_free_text() -> None:
+    plan = compiled("rides")
+    check = EventCheck(plan.schema, [e.join_key for e in plan.entities])
+    row = check.check(RIDE | {"rider": "Jane Doe <jane@example.com>", "email": "jane@example.com"}, NOW)
+    assert not isinstance(row, Rejection)
+    assert list(row) == list(plan.schema.names)
+    assert row["surge"] == 1.0 and row["stars"] is None and row["ts"] == NOW - MINUTE
+    assert row["rider"] == hashed("Jane Doe <jane@example.com>")
