@@ -80,7 +80,9 @@ def stop(proc: subprocess.Popen[bytes], name: str) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-    print(f"stopped {name} (exit {proc.returncode}); log: {LOGS / (name + '.log')}")
+    # uvicorn shuts down cleanly on SIGTERM, then re-raises the signal: -15 is its normal end
+    how = "stopped by SIGTERM" if proc.returncode == -signal.SIGTERM else f"exit {proc.returncode}"
+    print(f"stopped {name} ({how}); log: {LOGS / (name + '.log')}")
 
 
 def show(
