@@ -190,7 +190,10 @@ class Broker(LocalService):
         super()._spawn()
 
     def _format(self) -> None:
-        argv = self._java("kafka.tools.StorageTool", "format", "-t", self.cluster_id, "-c", str(self.config_path))
+        # "--cluster-id=": an id may start with "-" (URL-safe base64), which the separate-argument form misreads
+        argv = self._java(
+            "kafka.tools.StorageTool", "format", f"--cluster-id={self.cluster_id}", "-c", str(self.config_path)
+        )
         res = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
         with open(self.log_path, "a") as log:
             log.write(f"=== format {self.log_dir}\n{res.stdout}{res.stderr}")
