@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jobs.stream import metrics
 from jobs.stream.app import app_options  # importing it also builds the shipped app, which never starts here
-from jobs.stream.layer import SpeedLayer, tune_gc
+from jobs.stream.dead_letters import KafkaDeadLetters
+from jobs.stream.layer import SpeedLayer, bootstrap_servers, tune_gc
 from jobs.stream.settings import StreamSettings, get_stream_settings
 
 #: Faust's stream buffer (events prefetched per agent); the tuned value of the last Faust-agent worker.
@@ -82,7 +83,7 @@ def make_app(s: StreamSettings) -> faust.App:
 settings = get_stream_settings()
 app = make_app(settings)
 events_topic = app.topic(settings.events_topic, key_type=bytes, value_type=bytes, partitions=settings.topic_partitions)
-dlq_topic = app.topic(settings.dlq_topic, key_type=bytes, value_type=bytes)
+dlq_topic = KafkaDeadLetters(bootstrap_servers(settings), settings.dlq_topic)
 _layer: FaustNativeLayer | None = None
 
 

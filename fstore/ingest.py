@@ -21,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 import orjson
+import pyarrow as pa
 
 from fstore.clock import Clock, wall_clock
-from fstore.core.events import Event, mask_dead_letter, parse, payload_hash
+from fstore.core.events import UNPROCESSABLE, Event, mask_dead_letter, parse, payload_hash
 from fstore.core.timeutil import DAY, day_start, to_date
 from fstore.delta import raw_log
 from fstore.delta.event_index import NEW, SUPERSEDED, EventIndex, day_numbers
@@ -121,19 +122,26 @@ class Ingestor:
         ids = [ev.event_id for _, ev in fresh]
         days = day_numbers(ev.event_time for _, ev in fresh)
         verdicts = self.index.classify(ids, days)
-        events: list[Event] = []
-        hashes: list[str] = []
+        taken: list[tuple[bytes, Event]] = []
         for (raw, ev), verdict in zip(fresh, verdicts.tolist(), strict=True):
             if verdict == SUPERSEDED:
                 self._count_stored(ev.event_id, report)
-                continue
+            else:
+                taken.append((raw, ev))
+        at = max(now, self._last_at + 1)  # one instant per copy, in line order: ingested_at plus a sequence
+        self._last_at = at + max(len(taken) - 1, 0)
+        table, refused = rows_or_refused(taken, at)
+        for raw, _ in refused:  # valid, yet raw_events cannot hold it: dead-lettered, the file goes on
+            bad_payloads.append(mask_dead_letter(raw, loads, self.keep_unparseable))
+            bad_reasons.append(UNPROCESSABLE)
+        report.valid -= len(refused)
+        report.rejected.update([UNPROCESSABLE] * len(refused))
+        gone = {ev.event_id for _, ev in refused}
+        events = [ev for _, ev in taken if ev.event_id not in gone]
+        for ev in events:
             report.seen.add(ev.event_id)
             self._known[ev.event_time // DAY].add(ev.event_id)
-            events.append(ev)
-            hashes.append(payload_hash(raw))
-        at = max(now, self._last_at + 1)  # one instant per copy, in line order: ingested_at plus a sequence
-        self._last_at = at + max(len(events) - 1, 0)
-        raw_log.append_raw(self.raw_uri, raw_log.events_table(events, hashes, range(at, at + len(events))))
+        raw_log.append_raw(self.raw_uri, table)
         raw_log.append_dead_letters(self.dead_uri, raw_log.dead_letters_table(bad_payloads, bad_reasons, source, at))
         if events:
             self.index.committed()
@@ -172,3 +180,27 @@ class Ingestor:
                 gc.enable()
         report.seconds = time.perf_counter() - start
         return report
+
+
+def rows_or_refused(taken: list[tuple[bytes, Event]], at: int) -> tuple[pa.Table, list[tuple[bytes, Event]]]:
+    """The ``raw_events`` rows of ``(message, event)`` pairs (``ingested_at`` from ``at`` on, in order), and the
+    pairs whose row could not be built (a value Arrow refuses): those are left out, the others kept.
+
+    The whole batch is converted at once; only when that fails is each row converted on its own to find the
+    culprits. Validation bounds every value (docs/design.md §2), so this is the safety net behind it.
+    """
+    hashes = [payload_hash(raw) for raw, _ in taken]
+    try:
+        return raw_log.events_table([ev for _, ev in taken], hashes, range(at, at + len(taken))), []
+    except (ValueError, TypeError, OverflowError, pa.ArrowException):
+        pass
+    keep: list[int] = []
+    refused: list[tuple[bytes, Event]] = []
+    for i, (_, ev) in enumerate(taken):
+        try:
+            raw_log.events_table([ev], [hashes[i]], [at + i])
+            keep.append(i)
+        except (ValueError, TypeError, OverflowError, pa.ArrowException):
+            refused.append(taken[i])
+    table = raw_log.events_table([taken[i][1] for i in keep], [hashes[i] for i in keep], [at + i for i in keep])
+    return table, refused

@@ -25,7 +25,11 @@ _EVENT_TYPES = frozenset(EVENT_TYPES)
 ID_FIELDS = ("event_id", "user_id", "product_id")
 _ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
-#: The closed list of rejection reasons; ``<f>`` stands for a field name.
+#: The reason of a message that passed validation but that a sink still refused (never given by :func:`parse`).
+UNPROCESSABLE = "unprocessable"
+
+#: The rejection reasons :func:`parse` gives; ``<f>`` stands for a field name (the generator of
+#: :mod:`fstore.synth.malformed` cycles through them in this order).
 REASONS = (
     "malformed_json",
     "oversized",
@@ -37,6 +41,9 @@ REASONS = (
     "out_of_range:<f>",
     "future_timestamp",
 )
+#: The closed list of dead-letter reasons: the rejection reasons of :func:`parse`, and :data:`UNPROCESSABLE`,
+#: which the stream worker and ``fstore ingest`` give a valid message that a sink refused (they isolate it).
+DEAD_LETTER_REASONS = (*REASONS, UNPROCESSABLE)
 
 #: Bounds that keep every accepted value representable in every sink: ``quantity`` is an Arrow int32
 #: in ``raw_events``; ``price`` up to 1e15 keeps ``price × quantity`` (≤ 2.2e24) and any sum of such

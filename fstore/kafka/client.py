@@ -341,3 +341,19 @@ def read_topic(bootstrap: str, topic: str, *, timeout: float = 30.0) -> list[Rec
         return [r for p in parts for r in got[p]]
     finally:
         consumer.close()
+
+
+def first_per_key(records: Iterable[Record]) -> list[Record]:
+    """The first record of each key, in the given order (records without a key are all kept).
+
+    Dead letters are keyed by their source message's position (``topic:partition:offset``), so this is the
+    DLQ with re-sent copies collapsed: one record per rejected message (docs/stream.md, *Dead letters*).
+    """
+    seen: set[bytes] = set()
+    out: list[Record] = []
+    for r in records:
+        if r.key is None or r.key not in seen:
+            out.append(r)
+            if r.key is not None:
+                seen.add(r.key)
+    return out

@@ -1,9 +1,10 @@
 """The Faust app of the speed layer: ``faust -A jobs.stream.app worker`` or ``fstore stream``.
 
-Faust provides the worker, the producer of the dead-letter topic, the timers and the CLI; its own Kafka
-consumer is disabled (it would join the group with a second, per-message subscription). The app's task
-runs :class:`jobs.stream.layer.SpeedLayer`, which consumes ``events`` in bulk: validation, dead letters,
-speed tiles, the raw sink and offset commits (see that module for the flow and its guarantees).
+Faust provides the worker, the timers and the CLI; its own Kafka consumer is disabled (it would join the
+group with a second, per-message subscription). The app's task runs :class:`jobs.stream.layer.SpeedLayer`,
+which consumes ``events`` in bulk: validation, dead letters, speed tiles, the raw sink and offset commits
+(see that module for the flow and its guarantees); dead letters go through an idempotent producer of their
+own (:mod:`jobs.stream.dead_letters`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from faust.app.base import BootStrategy
 
 from fstore.settings import STATE_DIR
 from jobs.stream import metrics
+from jobs.stream.dead_letters import KafkaDeadLetters
+from jobs.stream.faults import exit_code
 from jobs.stream.layer import SpeedLayer, bootstrap_servers
 from jobs.stream.settings import StreamSettings, get_stream_settings
 
@@ -60,7 +63,6 @@ def make_app(s: StreamSettings) -> faust.App:
 settings = get_stream_settings()
 app = make_app(settings)
 events_topic = app.topic(settings.events_topic, key_type=bytes, value_type=bytes, partitions=settings.topic_partitions)
-dlq_topic = app.topic(settings.dlq_topic, key_type=bytes, value_type=bytes)
 
 _layer: SpeedLayer | None = None
 
@@ -69,7 +71,8 @@ def layer() -> SpeedLayer:
     """The worker's :class:`SpeedLayer` (created on first use, inside the worker's event loop)."""
     global _layer
     if _layer is None:
-        _layer = SpeedLayer(settings, events_topic, dlq_topic)
+        dead = KafkaDeadLetters(bootstrap_servers(settings), settings.dlq_topic, f"{settings.stream_app_id}-dlq")
+        _layer = SpeedLayer(settings, events_topic, dead)
     return _layer
 
 
@@ -106,10 +109,21 @@ async def housekeeping() -> None:
 
 
 def run_worker(loglevel: str | None = None) -> None:
-    """Run the worker in this process until SIGTERM/SIGINT (what ``fstore stream`` calls)."""
+    """Run the worker in this process until SIGTERM/SIGINT (what ``fstore stream`` calls).
+
+    Exits 0 after a requested stop; after a failure that stopped the speed layer, with
+    :func:`jobs.stream.faults.exit_code` (69: an outage outlasted ``FSTORE_STREAM_OUTAGE_EXIT_S``; 70:
+    anything else) — never 0, which is what Faust's worker returns after the SIGTERM the layer sends itself.
+    """
     from faust.worker import Worker
 
     logging.basicConfig(
         level=(loglevel or settings.stream_log_level).upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    Worker(app, loglevel=loglevel or settings.stream_log_level, quiet=True).execute_from_commandline()
+    try:
+        Worker(app, loglevel=loglevel or settings.stream_log_level, quiet=True).execute_from_commandline()
+    except SystemExit as stop:
+        failure = _layer.failure if _layer is not None else None
+        if failure is not None:
+            raise SystemExit(exit_code(failure)) from None
+        raise stop

@@ -92,10 +92,13 @@ class ListRaw:
     def buffered(self) -> int:
         return len(self._buffer)
 
-    def add(
-        self, events: Sequence[Event], hashes: Sequence[str], ingested_at: Sequence[int], tokens: Sequence[Any]
-    ) -> None:
-        self._buffer += zip(events, hashes, ingested_at, strict=True)
+    def to_rows(
+        self, events: Sequence[Event], hashes: Sequence[str], ingested_at: Sequence[int]
+    ) -> list[tuple[Event, str, int]]:
+        return list(zip(events, hashes, ingested_at, strict=True))
+
+    def add(self, rows: list[tuple[Event, str, int]], tokens: Sequence[Any]) -> None:
+        self._buffer += rows
         self._tokens += tokens
 
     def warm(self) -> None:
@@ -119,6 +122,12 @@ class ListDeadLetters:
     """:class:`~jobs.stream.ports.DeadLetterSink` that acknowledges at once (``records``: key, value, headers)."""
 
     records: list[tuple[bytes | None, bytes, dict[str, bytes]]] = field(default_factory=list)
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
 
     async def send(self, *, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> asyncio.Future[None]:
         self.records.append((key, value, dict(headers)))

@@ -39,6 +39,7 @@ from typing import Any
 
 import redis.asyncio as aredis
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import MessageSizeTooLargeError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -48,6 +49,15 @@ from fstore.core.features import VIEWS, FeatureView
 from fstore.core.timeutil import iso
 from fstore.redis.layout import HEARTBEAT_KEY, POINTER_KEY, BatchPointer, Heartbeat
 from jobs.stream import metrics
+from jobs.stream.dead_letters import DeadLetter, dead_letter, shrink
+from jobs.stream.faults import (
+    MAX_UNPROCESSABLE_STREAK,
+    UNPROCESSABLE,
+    OutageClock,
+    SystemicFailure,
+    exit_code,
+    is_outage,
+)
 from jobs.stream.pipeline import Prepared, prepare
 from jobs.stream.ports import DeadLetterSink, KeyValue, RawEventSink, TileSink
 from jobs.stream.settings import StreamSettings
@@ -68,14 +78,17 @@ Offsets = dict[TopicPartition, int]
 class _Batch:
     """A consumed, validated batch on its way to the sinks."""
 
+    source: dict[Any, list[Any]]  # the consumed records by partition, as the consumer returned them
     records: list[Any]
     values: list[bytes]
     prep: Prepared
     tiles: Any  # the tile sink's plan; None: the naive reference mode plans per event
+    rows: Any  # the raw sink's rows of the valid copies
     now: int
     offsets: Offsets
     seconds: float  # time spent so far (for fstore_stream_batch_seconds)
     sent: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    task: asyncio.Future[None] | None = None  # its finish(), once started
 
     def mark_sent(self) -> None:
         """The tiles' Redis request is written (or the batch ended): the consumer loop may go on."""
@@ -164,6 +177,9 @@ class SpeedLayer:
         # future events stored as exact fields, by event_time: moved into the tiles once it has passed
         self.future: list[tuple[int, int, FeatureView, str, Event]] = []
         self._future_seq = itertools.count()
+        self._dead_acked: set[tuple[Any, int]] = set()  # (partition, offset) of dead letters the broker has
+        self._unprocessable_streak = 0
+        self.failure: BaseException | None = None  # what stopped the worker (exit code: faults.exit_code)
 
     async def heartbeat(self, prep: Prepared | None, committed: float, force: bool = False) -> None:
         """Tell readers (GET /health) how fresh the speed view is; at most once a second (and at shutdown),
@@ -189,16 +205,20 @@ class SpeedLayer:
         return self._cutover
 
     async def _redis(self, op: Any) -> Any:
-        """Run a Redis step until it succeeds (Redis down: wait and retry; the batch is not committed)."""
-        delay = 0.1
+        """Run a Redis step until it succeeds (Redis away: wait and retry; the batch is not committed). An
+        outage longer than ``FSTORE_STREAM_OUTAGE_EXIT_S`` raises :class:`~jobs.stream.faults.OutageTimeout`;
+        any other error (a reply the sink refuses) propagates at once."""
+        outage = OutageClock("redis", self.s.stream_outage_exit_s)
         while True:
             try:
                 return await op()
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            except Exception as exc:
+                if not is_outage(exc):
+                    raise
+                delay = outage.failed(exc)
                 metrics.REDIS_RETRIES.inc()
                 log.warning("redis unavailable (%s); retrying in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
 
     def make_consumer(self) -> AIOKafkaConsumer:
         """The bulk consumer: the app's group, manual commits, large fetches."""
@@ -220,24 +240,33 @@ class SpeedLayer:
         return consumer
 
     async def run(self) -> None:
-        """Consume until cancelled (worker stop) or a batch fails (then stop the whole worker)."""
+        """Consume until cancelled (worker stop) or a failure that is not one message's fault.
+
+        A batch that fails for any reason but an outage is bisected down to the message(s) that cause it,
+        which are dead-lettered as ``unprocessable`` (:meth:`isolate`); the stream goes on. An outage is
+        retried, and one that outlasts ``FSTORE_STREAM_OUTAGE_EXIT_S`` — or messages that keep failing on
+        their own — stop the whole worker (a supervisor restarts it) with a non-zero exit code
+        (:attr:`failure`, :func:`jobs.stream.faults.exit_code`). Nothing uncommitted is lost: it is
+        redelivered, the markers keep it exact.
+        """
         try:
             await self.events_topic.maybe_declare()
         except Exception as exc:  # the topic may exist already or be managed elsewhere
             log.info("events topic not declared (%s)", exc)
+        await self.dlq_topic.start()
         await asyncio.to_thread(self.raw.warm)
         tune_gc()
         self.consumer = consumer = self.make_consumer()
         await consumer.start()
         within_ms = int(self.s.stream_batch_within_s * 1000)
-        inflight: asyncio.Task[None] | None = None
+        inflight: _Batch | None = None
         try:
             while True:
                 self.check_flush()
                 records = await consumer.getmany(timeout_ms=within_ms, max_records=self.s.stream_batch_max)
                 if not records:
                     if inflight is not None:
-                        await inflight
+                        await self.settle(inflight)
                         inflight = None
                     if self.future:
                         async with self._batch_lock:
@@ -246,50 +275,135 @@ class SpeedLayer:
                 # Software pipelining: validate and plan this batch while Redis still runs the previous one's
                 # script calls; its own Redis round trip starts only once the previous batch is completely
                 # done (duplicate retries included), so Redis sees the batches strictly in consumption order.
-                batch = await self.begin(records)
+                batch = await self.try_begin(records)
                 if inflight is not None:
-                    await inflight
-                inflight = asyncio.ensure_future(self.finish(batch))
+                    ok = await self.settle(inflight)
+                    inflight = None
+                    if not ok and batch is not None:  # the previous batch was re-run after this one's begin:
+                        batch = await self.try_begin(records)  # give this one later ingestion instants
+                if batch is None:
+                    await self.isolate(records)
+                    continue
+                batch.task = asyncio.ensure_future(self.finish(batch))
+                inflight = batch
                 # Let the new task write its Redis request before the next batch's CPU-bound validation
                 # (which never yields): otherwise Redis would sit idle through it.
                 await batch.sent
         except asyncio.CancelledError:
             raise
-        except Exception:
-            # Crash-only: stop the whole worker (a supervisor restarts it) rather than leave a process
-            # whose consumer is dead. Nothing uncommitted is lost: it is redelivered, the markers keep
-            # it exact.
-            log.exception("stream worker: batch failed; stopping the worker")
-            os.kill(os.getpid(), signal.SIGTERM)
+        except Exception as exc:
+            self.failure = exc
+            log.critical(
+                "stream worker: stopping with exit code %d: %s: %s",
+                exit_code(exc),
+                type(exc).__name__,
+                exc,
+                exc_info=not is_outage(exc),
+            )
+            os.kill(os.getpid(), signal.SIGTERM)  # Faust's orderly stop; fstore stream then exits non-zero
             raise
         finally:
-            if inflight is not None and not inflight.done():
-                await asyncio.wait([inflight], timeout=30)
+            if inflight is not None and inflight.task is not None and not inflight.task.done():
+                await asyncio.wait([inflight.task], timeout=30)
             await self.shutdown()
+
+    async def try_begin(self, records: dict[TopicPartition, list[Any]]) -> _Batch | None:
+        """:meth:`begin`, or ``None`` when the batch cannot be validated and planned as a whole (not an outage)."""
+        try:
+            return await self.begin(records)
+        except Exception as exc:
+            if is_outage(exc):
+                raise
+            log.warning("stream worker: a batch failed before its sinks (%s: %s)", type(exc).__name__, exc)
+            return None
+
+    async def settle(self, b: _Batch) -> bool:
+        """Wait for a batch's :meth:`finish`; if it failed (not an outage), re-run it message group by message
+        group (:meth:`isolate`). Returns whether it went through as a whole."""
+        assert b.task is not None
+        try:
+            await b.task
+            return True
+        except Exception as exc:
+            if is_outage(exc):
+                raise
+            log.warning("stream worker: a batch failed in its sinks (%s: %s)", type(exc).__name__, exc)
+        await self.isolate(b.source)
+        return False
+
+    async def isolate(self, records: dict[Any, list[Any]]) -> None:
+        """Process a failed batch again in halves, recursively, and dead-letter each single message that still
+        fails as ``unprocessable`` (its offset is then released like any processed message's). Order is kept:
+        the left half is done before the right one. Already applied tiles are skipped by their markers, and
+        dead letters the broker already has are not sent again."""
+        items = [(tp, r) for tp, part in records.items() for r in part]
+        log.warning("stream worker: isolating the message(s) that fail a batch of %d", len(items))
+        await self._bisect(items)
+
+    async def _bisect(self, items: list[tuple[Any, Any]]) -> None:
+        group: dict[Any, list[Any]] = {}
+        for tp, r in items:
+            group.setdefault(tp, []).append(r)
+        try:
+            await self.handle(group)
+        except Exception as exc:
+            if is_outage(exc):
+                raise
+            if len(items) > 1:
+                mid = len(items) // 2
+                await self._bisect(items[:mid])
+                await self._bisect(items[mid:])
+                return
+            await self.reject(items[0][0], items[0][1], exc)
+            return
+        self._unprocessable_streak = 0
+
+    async def reject(self, tp: Any, record: Any, exc: BaseException) -> None:
+        """Dead-letter one message no sink can take (reason ``unprocessable``) and release its offset."""
+        self._unprocessable_streak += 1
+        if self._unprocessable_streak > MAX_UNPROCESSABLE_STREAK:
+            raise SystemicFailure(
+                f"{self._unprocessable_streak} messages in a row failed on their own (last: {exc!r}): "
+                "not a poison message, a fault of the worker or a sink"
+            ) from exc
+        topic, partition = _topic_partition(tp)
+        log.error(
+            "stream worker: message %s[%d]@%d cannot be processed (%s: %s); dead-lettered as %s",
+            topic,
+            partition,
+            record.offset,
+            type(exc).__name__,
+            exc,
+            UNPROCESSABLE,
+        )
+        value = b"" if record.value is None else record.value
+        async with self._batch_lock:
+            await self.dead_letter([(tp, record)], [value], [(0, UNPROCESSABLE)], self.clock())
+            done = {tp: record.offset + 1}
+            self.next_offset.update(done)
+            metrics.EVENTS_IN.inc()
+            metrics.EVENTS_DONE.inc()
+            self.raw.add(self.raw.to_rows([], [], []), [done])
 
     async def handle(self, records: dict[TopicPartition, list[Any]]) -> None:
         """Process one consumed batch (see the module docstring)."""
         await self.finish(await self.begin(records))
 
     async def begin(self, records: dict[TopicPartition, list[Any]]) -> _Batch:
-        """Validate and classify a batch (pure CPU apart from the cached cutover read)."""
+        """Validate and classify a batch, plan its tiles and build its raw rows (pure CPU apart from the cached
+        cutover read). Raises on a batch a sink could not take (the caller isolates the message)."""
         t0 = time.perf_counter()
         now = self.clock()
         cutover = await self._redis(self.cutover)
         batch = [r for part in records.values() for r in part]
         values = [b"" if r.value is None else r.value for r in batch]
-        prep = prepare(values, now, self.last_at, cutover, self.s.horizon_us)
-        self.last_at = prep.last_at
-        metrics.EVENTS_IN.inc(len(values))
-        metrics.EVENTS_VALID.inc(len(prep.valid))
-        metrics.BATCH_SIZE.observe(len(values))
-        if prep.late:
-            metrics.LATE.inc(prep.late)
-        if prep.beyond_horizon:
-            metrics.BEYOND_HORIZON.inc(prep.beyond_horizon)
+        last_at = self.last_at
+        prep = prepare(values, now, last_at, cutover, self.s.horizon_us)
         offsets = {tp: part[-1].offset + 1 for tp, part in records.items() if part}
         tiles = None if self.s.stream_naive_per_event else self.tiles.plan(prep.fresh, now)
-        return _Batch(batch, values, prep, tiles, now, offsets, time.perf_counter() - t0)
+        rows = self.raw.to_rows(prep.valid, prep.hashes, prep.ingested_at)
+        self.last_at = prep.last_at
+        return _Batch(records, batch, values, prep, tiles, rows, now, offsets, time.perf_counter() - t0)
 
     async def finish(self, b: _Batch) -> None:
         """Dead letters and speed tiles (concurrently), then hand the valid copies and the offsets to the raw
@@ -299,18 +413,26 @@ class SpeedLayer:
                 t0 = time.perf_counter()
                 prep = b.prep
                 dead = (
-                    asyncio.ensure_future(self.dead_letter(b.records, b.values, prep.invalid, b.now))
+                    asyncio.ensure_future(self.dead_letter(_positions(b, prep.invalid), b.values, prep.invalid, b.now))
                     if prep.invalid
                     else None
                 )
                 try:
                     skipped = await self.apply_tiles(b)
                 except BaseException:
-                    if dead is not None:
-                        dead.cancel()
+                    if dead is not None:  # let the dead letters land (and be remembered): a re-run skips them
+                        await asyncio.wait([dead])
                     raise
                 if dead is not None:
                     await dead
+                values, prep = b.values, b.prep
+                metrics.EVENTS_IN.inc(len(values))
+                metrics.EVENTS_VALID.inc(len(prep.valid))
+                metrics.BATCH_SIZE.observe(len(values))
+                if prep.late:
+                    metrics.LATE.inc(prep.late)
+                if prep.beyond_horizon:
+                    metrics.BEYOND_HORIZON.inc(prep.beyond_horizon)
                 if b.tiles is not None:
                     self.remember_future(b.tiles)
                 if self.future:
@@ -325,7 +447,7 @@ class SpeedLayer:
                 self.next_offset.update(b.offsets)
                 metrics.PROCESSING.observe(b.seconds + time.perf_counter() - t0)
                 metrics.EVENTS_DONE.inc(len(b.values))
-                self.raw.add(prep.valid, prep.hashes, prep.ingested_at, [b.offsets])
+                self.raw.add(b.rows, [b.offsets])
                 if self.raw.due():
                     if self.raw.buffered >= 2 * self.s.stream_raw_max_events:
                         await self.wait_flush()  # back-pressure: never more than ~2 flushes' worth in memory
@@ -368,34 +490,58 @@ class SpeedLayer:
             metrics.FUTURE_MOVED.inc(len(due))
 
     async def dead_letter(
-        self, batch: Sequence[Any], values: Sequence[bytes], invalid: Sequence[tuple[int, str]], now: int
+        self, where: Sequence[tuple[Any, Any]], values: Sequence[bytes], invalid: Sequence[tuple[int, str]], now: int
     ) -> None:
-        """Send invalid messages to the DLQ topic and wait until the broker has them all."""
+        """Send invalid messages to the DLQ topic and wait until the broker has them all.
+
+        ``where`` gives, for each entry of ``invalid``, its ``(partition, record)``. A dead letter is sent once
+        per source position: one the broker acknowledged earlier in this process (a re-run batch) is
+        skipped; one refused as too large is cut shorter (:func:`jobs.stream.dead_letters.shrink`) and sent
+        again. Other failures are retried (an outage longer than ``FSTORE_STREAM_OUTAGE_EXIT_S`` raises).
+        """
         at = iso(now).encode()
-        for _, reason in invalid:
+        limit = self.s.stream_dlq_max_bytes
+        todo: list[tuple[tuple[Any, int], DeadLetter, bytes]] = []
+        for (tp, record), (i, reason) in zip(where, invalid, strict=True):
+            pos = (tp, record.offset)
+            if pos in self._dead_acked:
+                continue
             metrics.EVENTS_INVALID.labels(reason).inc()
-        todo = list(invalid)
-        delay = 0.1
+            topic, partition = _topic_partition(tp)
+            letter = dead_letter(topic, partition, record.offset, record.key, values[i], reason, at, limit)
+            if len(letter.value) < len(values[i]):
+                metrics.DLQ_TRUNCATED.inc()
+            todo.append((pos, letter, values[i]))
+        outage = OutageClock("the dead-letter topic", self.s.stream_outage_exit_s)
         while todo:  # a dead letter is never dropped: resend what the broker did not acknowledge
-            results = []
-            try:
-                for i, reason in todo:
+            results: list[Any] = []
+            for _, letter, _ in todo:
+                try:
                     results.append(
-                        await self.dlq_topic.send(
-                            key=batch[i].key,
-                            value=values[i],
-                            headers=[("fstore-reason", reason.encode()), ("fstore-ingested-at", at)],
-                        )
+                        await self.dlq_topic.send(key=letter.key, value=letter.value, headers=letter.headers)
                     )
-                done = await asyncio.gather(*results, return_exceptions=True)
-            except Exception as exc:  # the producer refused outright (e.g. broker unreachable)
-                log.warning("DLQ send failed (%s); retrying in %.1f s", exc, delay)
-                done = [exc] * len(todo)
-            todo = [m for m, r in zip(todo, done, strict=False) if isinstance(r, BaseException)] + todo[len(done) :]
-            if todo:
+                except Exception as exc:  # refused before queuing (record too large, producer not connected)
+                    results.append(exc)
+            pending = [r for r in results if not isinstance(r, BaseException)]
+            acks = iter(await asyncio.gather(*pending, return_exceptions=True))
+            again: list[tuple[tuple[Any, int], DeadLetter, bytes]] = []
+            error: BaseException | None = None
+            for item, res in zip(todo, results, strict=True):
+                outcome = res if isinstance(res, BaseException) else next(acks)
+                if isinstance(outcome, MessageSizeTooLargeError):
+                    metrics.DLQ_TRUNCATED.inc()
+                    again.append((item[0], shrink(item[1], item[2]), item[2]))
+                elif isinstance(outcome, BaseException):
+                    error = error or outcome
+                    again.append(item)
+                else:
+                    self._dead_acked.add(item[0])
+            todo = again
+            if error is not None:
+                delay = outage.failed(error)
                 metrics.DLQ_RETRIES.inc(len(todo))
+                log.warning("DLQ send failed (%s); retrying %d in %.1f s", error, len(todo), delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
 
     def start_flush(self) -> None:
         """Flush the raw sink in the background (at most one flush at a time)."""
@@ -436,6 +582,8 @@ class SpeedLayer:
             offsets, self.pending = self.pending, {}
             try:
                 await self.consumer.commit(offsets)
+                if self._dead_acked:  # committed positions are never re-run: forget their dead letters
+                    self._dead_acked = {p for p in self._dead_acked if p[1] >= offsets.get(p[0], -1)}
             except Exception as exc:  # broker away, rebalance in progress, partition revoked, ...
                 owned = self.consumer.assignment()
                 for tp, off in offsets.items():
@@ -472,6 +620,10 @@ class SpeedLayer:
                 await self.consumer.stop()
             except Exception:
                 log.exception("stream worker: consumer stop failed")
+        try:
+            await self.dlq_topic.stop()
+        except Exception:
+            log.exception("stream worker: dead-letter producer stop failed")
 
     def update_lag(self) -> None:
         """Consumer lag per partition: high watermark minus the next offset to process."""
@@ -485,3 +637,24 @@ class SpeedLayer:
                 continue
             if high is not None and tp in self.next_offset:
                 metrics.CONSUMER_LAG.labels(str(tp.partition)).set(max(0, high - self.next_offset[tp]))
+
+
+def _topic_partition(tp: Any) -> tuple[str, int]:
+    """``(topic, partition)`` of a consumer's partition key (a plain name counts as partition 0: tests)."""
+    return (tp.topic, tp.partition) if isinstance(tp, TopicPartition) else (str(tp), 0)
+
+
+def _positions(b: _Batch, invalid: Sequence[tuple[int, str]]) -> list[tuple[Any, Any]]:
+    """``(partition, record)`` of each invalid message of a batch (positions index ``b.records``)."""
+    starts: list[tuple[int, Any]] = []
+    n = 0
+    for tp, part in b.source.items():
+        starts.append((n, tp))
+        n += len(part)
+    out = []
+    k = 0
+    for i, _ in invalid:  # invalid positions increase
+        while k + 1 < len(starts) and starts[k + 1][0] <= i:
+            k += 1
+        out.append((starts[k][1], b.records[i]))
+    return out

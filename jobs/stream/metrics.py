@@ -110,6 +110,12 @@ DLQ_RETRIES = Counter(
     "fstore_stream_dlq_retries_total", "Dead letters re-sent after a failed produce", registry=REGISTRY
 )
 
+DLQ_TRUNCATED = Counter(
+    "fstore_stream_dlq_truncated_total",
+    "Dead letters whose value was cut (longer than FSTORE_STREAM_DLQ_MAX_BYTES, or refused by the broker as too large)",
+    registry=REGISTRY,
+)
+
 
 def observe_many(hist: Histogram, value: float, n: int) -> None:
     """``hist.observe(value)`` ``n`` times, in one step (same buckets and sum as the loop)."""

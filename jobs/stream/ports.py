@@ -7,8 +7,8 @@ in-memory fake in :mod:`jobs.stream.fakes`, so a pipeline test runs in-process i
   Lua in Redis);
 * :class:`RawEventSink` — the buffered append of every valid copy to Delta ``raw_events``
   (:class:`jobs.stream.sinks.RawSink`);
-* :class:`DeadLetterSink` — the dead-letter topic (the Faust topic of ``events.dlq``: its ``send`` returns
-  an awaitable that resolves once the broker has the record);
+* :class:`DeadLetterSink` — the dead-letter topic (:class:`jobs.stream.dead_letters.KafkaDeadLetters`, an
+  idempotent producer: its ``send`` returns an awaitable that resolves once the broker has the record);
 * :class:`KeyValue` — the two small Redis keys the worker reads and writes: the batch pointer (for the
   cutover C) and its heartbeat (a ``redis.asyncio.Redis`` client).
 """
@@ -60,10 +60,13 @@ class RawEventSink(Protocol):
         """Rows waiting for the next flush."""
         ...
 
-    def add(
-        self, events: Sequence[Event], hashes: Sequence[str], ingested_at: Sequence[int], tokens: Sequence[Any]
-    ) -> None:
-        """Buffer rows (possibly none) and the tokens to release once they are written."""
+    def to_rows(self, events: Sequence[Event], hashes: Sequence[str], ingested_at: Sequence[int]) -> Any:
+        """The sink's form of a batch's rows, made when the batch is validated (before its tiles); raises on a
+        value the sink cannot hold, so that the worker can isolate and dead-letter the message."""
+        ...
+
+    def add(self, rows: Any, tokens: Sequence[Any]) -> None:
+        """Buffer rows made by :meth:`to_rows` (possibly none) and the tokens to release once they are written."""
         ...
 
     def warm(self) -> None:
@@ -84,7 +87,15 @@ class RawEventSink(Protocol):
 
 
 class DeadLetterSink(Protocol):
-    """The dead-letter topic."""
+    """The dead-letter topic (production: :class:`jobs.stream.dead_letters.KafkaDeadLetters`)."""
+
+    async def start(self) -> None:
+        """Connect (called before the first batch; idempotent)."""
+        ...
+
+    async def stop(self) -> None:
+        """Flush what is queued and disconnect."""
+        ...
 
     async def send(self, *, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> Awaitable[Any]:
         """Queue one record; the returned awaitable resolves once the broker acknowledged it."""

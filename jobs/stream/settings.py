@@ -13,6 +13,7 @@ from pydantic import Field
 from fstore.core.features import largest_hop, longest_window
 from fstore.core.timeutil import SECOND
 from fstore.settings import Settings, load_settings
+from jobs.stream.dead_letters import DLQ_MAX_BYTES, FALLBACK_BYTES
 
 #: Tiles stay in Redis this long after their last write: longest window + largest hop + a margin.
 DEFAULT_MARGIN_S = 6 * 3600
@@ -48,6 +49,17 @@ class StreamSettings(Settings):
         gt=0,
         description="Faust's commit interval for bench/faust_native_worker.py (ADR 0009); the worker itself "
         "commits after each raw flush",
+    )
+    stream_outage_exit_s: float = Field(
+        300.0,
+        gt=0,
+        description="An outage of Redis or the dead-letter topic longer than this stops the worker with exit code 69",
+    )
+    stream_dlq_max_bytes: int = Field(
+        DLQ_MAX_BYTES,
+        ge=FALLBACK_BYTES,
+        description="Dead letters longer than this are cut to it (headers keep the original size and hash); "
+        "keep it under the broker's message.max.bytes",
     )
     stream_log_level: str = Field("info", description="Worker log level")
     stream_naive_per_event: bool = Field(

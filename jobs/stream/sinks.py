@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import pyarrow as pa
 from redis.exceptions import NoScriptError
 
 from fstore.core.events import Event
@@ -175,8 +176,11 @@ class TileWriter:
 class RawSink:
     """Buffers valid event copies and appends them to ``raw_events`` in micro-batches.
 
-    Each buffered chunk carries opaque *tokens* (the Kafka messages it came from); :meth:`flush` returns
-    the tokens of what it wrote, in order, so the caller commits them only once the rows are stored.
+    A batch's rows are converted to Arrow when the batch is validated (:meth:`to_rows`, before its tiles are
+    applied), so a value that ``raw_events`` cannot hold fails there — where the worker can still
+    isolate and dead-letter the message — never in a flush that holds many batches. Each buffered chunk
+    carries opaque *tokens* (the Kafka messages it came from); :meth:`flush` returns the tokens of what it
+    wrote, in order, so the caller commits them only once the rows are stored.
 
     Every copy is stored (at least once: readers de-duplicate), but a copy whose event_id already has its
     winning copy on another day — stored before, or earlier in the same flush — is first recorded as
@@ -193,9 +197,8 @@ class RawSink:
         self, uri: str, max_events: int, max_age_s: float, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.uri, self.max_events, self.max_age_s, self.clock = uri, max_events, max_age_s, clock
-        self._events: list[Event] = []
-        self._hashes: list[str] = []
-        self._at: list[int] = []
+        self._tables: list[pa.Table] = []
+        self._rows = 0
         self._tokens: list[Any] = []
         self._since: float | None = None
         self._lock = asyncio.Lock()
@@ -204,21 +207,23 @@ class RawSink:
     @property
     def buffered(self) -> int:
         """Rows waiting for the next flush."""
-        return len(self._events)
+        return self._rows
 
-    def add(
-        self, events: Sequence[Event], hashes: Sequence[str], ingested_at: Sequence[int], tokens: Sequence[Any]
-    ) -> None:
-        """Buffer rows (possibly none) and the tokens to release once they are written."""
+    def to_rows(self, events: Sequence[Event], hashes: Sequence[str], ingested_at: Sequence[int]) -> pa.Table:
+        """The rows of a batch in the ``raw_events`` schema (raises on a value the table cannot hold)."""
+        return raw_log.events_table(events, hashes, ingested_at)
+
+    def add(self, rows: pa.Table, tokens: Sequence[Any]) -> None:
+        """Buffer rows made by :meth:`to_rows` (possibly none) and the tokens to release once they are written."""
         if self._since is None:
             self._since = self.clock()
-        self._events += events
-        self._hashes += hashes
-        self._at += ingested_at
+        if rows.num_rows:
+            self._tables.append(rows)
+            self._rows += rows.num_rows
         self._tokens += tokens
 
     def warm(self) -> None:
-        """Build a one-row table once, so the first real flush does not pay for lazy imports (pyarrow
+        """Build a one-row table once, so the first real batch does not pay for lazy imports (pyarrow
         loads pandas on its first timestamp cast: most of a second of CPU, in the middle of the stream),
         and load the index of the event_ids already stored."""
         raw_log.events_table([Event("warm-up", "page_view", "warm-up", None, 0, None, 1, None)], ["0"], [0])
@@ -228,7 +233,12 @@ class RawSink:
         """Whether the buffer reached its size or age bound."""
         if self._since is None:
             return False
-        return len(self._events) >= self.max_events or self.clock() - self._since >= self.max_age_s
+        return self._rows >= self.max_events or self.clock() - self._since >= self.max_age_s
+
+    def _take(self) -> tuple[list[pa.Table], list[Any]]:
+        tables, tokens = self._tables, self._tokens
+        self._tables, self._tokens, self._rows, self._since = [], [], 0, None
+        return tables, tokens
 
     async def flush(self) -> tuple[list[Any], int]:
         """Write everything buffered (one Delta commit, in a thread) and return ``(tokens, rows)``.
@@ -237,34 +247,33 @@ class RawSink:
         buffer is put back in front and the error propagates: nothing is released unwritten.
         """
         async with self._lock:
-            events, hashes, at, tokens = self._events, self._hashes, self._at, self._tokens
-            self._events, self._hashes, self._at, self._tokens, self._since = [], [], [], [], None
-            if not tokens and not events:
+            tables, tokens = self._take()
+            if not tokens and not tables:
                 return [], 0
+            rows = sum(t.num_rows for t in tables)
             try:
-                if events:
-                    await asyncio.to_thread(self._write, events, hashes, at)
+                if tables:
+                    await asyncio.to_thread(self._write, tables)
             except BaseException:
-                self._events, self._hashes = events + self._events, hashes + self._hashes
-                self._at, self._tokens = at + self._at, tokens + self._tokens
+                self._tables, self._tokens = tables + self._tables, tokens + self._tokens
+                self._rows += rows
                 self._since = self.clock() - self.max_age_s
                 raise
-            return tokens, len(events)
+            return tokens, rows
 
     def flush_sync(self) -> tuple[list[Any], int]:
         """Blocking flush for shutdown paths where the event loop is going away."""
-        events, hashes, at, tokens = self._events, self._hashes, self._at, self._tokens
-        self._events, self._hashes, self._at, self._tokens, self._since = [], [], [], [], None
-        if events:
-            self._write(events, hashes, at)
-        return tokens, len(events)
+        tables, tokens = self._take()
+        if tables:
+            self._write(tables)
+        return tokens, sum(t.num_rows for t in tables)
 
-    def _write(self, events: Sequence[Event], hashes: Sequence[str], at: Sequence[int]) -> None:
+    def _write(self, tables: Sequence[pa.Table]) -> None:
         """Mark the copies superseded by a winner on another day, then append every copy (in that order:
         a crash in between leaves a mark without rows, which is harmless, never rows without their mark)."""
         index = self.index
         index.refresh()
-        table = raw_log.events_table(events, hashes, at)
+        table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
         ids = table.column("event_id")
         days = date_numbers(table.column("event_date"))
         verdicts = index.classify(ids, days)

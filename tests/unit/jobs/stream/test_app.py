@@ -20,7 +20,7 @@ def test_the_worker_starts_faust_producer_and_agents_but_no_faust_consumer() -> 
     services = list(app.on_init_dependencies())
     assert not any(isinstance(s, Consumer) for s in services), services
     assert app.topics not in services  # the conductor that feeds Faust agents
-    assert app.producer in services  # dead letters go out through the Faust producer
+    assert app.producer in services  # declares the events topic (dead letters have a producer of their own)
     assert app.agents in services  # tasks and timers
 
 
