@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import prometheus_client  # noqa: F401 - see _forget_feast_metrics_dir
@@ -18,6 +18,7 @@ import pytest
 import redis
 
 from fstore.devsvc.services import Broker, RedisServer
+from tests.support.stream import WorkerProcess
 
 # The API keeps a share of the answers it serves (FSTORE_API_SAMPLE_RATE, on by default) under
 # FSTORE_SAMPLES_DIR, by default under the data root, which is ./data for an app a test builds without
@@ -83,3 +84,25 @@ def private_broker(tmp_path: Path) -> Iterator[Broker]:
     """An Apache Kafka broker for one test alone, e.g. to kill and restart it (its log is in ``tmp_path``)."""
     with Broker(state_dir=tmp_path / "broker") as broker:
         yield broker
+
+
+@pytest.fixture
+def worker_factory(
+    tmp_path: Path,
+    redis_server: RedisServer,
+    redis_client: redis.Redis,
+) -> Iterator[Callable[..., WorkerProcess]]:
+    """Makes stream workers (``python -m jobs.stream`` processes, not started) on a given broker; kills any
+    still running at teardown."""
+    made: list[WorkerProcess] = []
+
+    def make(broker: Broker, **extra: str) -> WorkerProcess:
+        w = WorkerProcess(tmp_path, broker, redis_server.url, **extra)
+        made.append(w)
+        return w
+
+    yield make
+    for w in made:
+        if w.proc is not None and w.proc.poll() is None:
+            w.proc.kill()
+            w.proc.wait(10)

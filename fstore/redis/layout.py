@@ -242,14 +242,28 @@ HEARTBEAT_KEY = f"{PREFIX}:stream:heartbeat"
 
 @dataclass(frozen=True)
 class Heartbeat:
-    """The speed layer's last tile commit: when it happened and the newest event time it held (epoch us)."""
+    """The speed layer's last tile commit: when it happened and the newest event time it held (epoch us).
+
+    ``log_reset_at`` is the last time the worker found its Kafka log reset (topic re-created, broker log
+    lost) and went back to its start; ``replaying`` says it has not yet caught up with what the new log held
+    then: the speed view may be incomplete until it has (GET /health: degraded).
+    """
 
     committed_at: int
     newest_event_time: int | None
+    log_reset_at: int | None = None
+    replaying: bool = False
 
     def dumps(self) -> str:
         """JSON for :data:`HEARTBEAT_KEY`."""
-        return json.dumps({"committed_at": self.committed_at, "newest_event_time": self.newest_event_time})
+        return json.dumps(
+            {
+                "committed_at": self.committed_at,
+                "newest_event_time": self.newest_event_time,
+                "log_reset_at": self.log_reset_at,
+                "replaying": self.replaying,
+            }
+        )
 
     @classmethod
     def loads(cls, raw: bytes | str | None) -> Heartbeat | None:
@@ -257,5 +271,10 @@ class Heartbeat:
         if raw is None:
             return None
         obj = json.loads(raw)
-        newest = obj.get("newest_event_time")
-        return cls(int(obj["committed_at"]), None if newest is None else int(newest))
+        newest, reset = obj.get("newest_event_time"), obj.get("log_reset_at")
+        return cls(
+            int(obj["committed_at"]),
+            None if newest is None else int(newest),
+            None if reset is None else int(reset),
+            bool(obj.get("replaying", False)),
+        )

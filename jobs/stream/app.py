@@ -97,7 +97,8 @@ async def speed_layer() -> None:
 
 @app.timer(interval=0.5)  # type: ignore[untyped-decorator]
 async def housekeeping() -> None:
-    """Flush an idle raw buffer when its age bound passes, retry failed commits, refresh the lag gauge."""
+    """Flush an idle raw buffer when its age bound passes, retry failed commits, refresh the lag gauge, check
+    the events topic (re-created, new partitions) every ``FSTORE_STREAM_TOPIC_CHECK_S``."""
     state = layer()
     if state.consumer is None:
         return
@@ -106,6 +107,7 @@ async def housekeeping() -> None:
     elif state.pending and (state._flushing is None or state._flushing.done()):
         await state.commit()
     state.update_lag()
+    await state.check_topic()
 
 
 def run_worker(loglevel: str | None = None) -> None:

@@ -39,7 +39,7 @@ from typing import Any
 
 import redis.asyncio as aredis
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import MessageSizeTooLargeError
+from aiokafka.errors import MessageSizeTooLargeError, NoOffsetForPartitionError, OffsetOutOfRangeError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -58,6 +58,7 @@ from jobs.stream.faults import (
     exit_code,
     is_outage,
 )
+from jobs.stream.log_guard import TopicState, TopicWatch, compare
 from jobs.stream.pipeline import Prepared, prepare
 from jobs.stream.ports import DeadLetterSink, KeyValue, RawEventSink, TileSink
 from jobs.stream.settings import StreamSettings
@@ -180,6 +181,13 @@ class SpeedLayer:
         self._dead_acked: set[tuple[Any, int]] = set()  # (partition, offset) of dead letters the broker has
         self._unprocessable_streak = 0
         self.failure: BaseException | None = None  # what stopped the worker (exit code: faults.exit_code)
+        # log resets (jobs.stream.log_guard): the topic's last known state, resets to do, replay progress
+        self.watch: TopicWatch | None = None
+        self._topic: TopicState | None = None
+        self._topic_checked = float("-inf")
+        self._resets: dict[Any, str] = {}
+        self.replay_until: Offsets = {}
+        self.log_reset_at: int | None = None
 
     async def heartbeat(self, prep: Prepared | None, committed: float, force: bool = False) -> None:
         """Tell readers (GET /health) how fresh the speed view is; at most once a second (and at shutdown),
@@ -190,7 +198,7 @@ class SpeedLayer:
         if not force and committed - self._heartbeat_at < 1.0:
             return
         self._heartbeat_at = committed
-        beat = Heartbeat(int(committed * 1_000_000), self._newest_event)
+        beat = Heartbeat(int(committed * 1_000_000), self._newest_event, self.log_reset_at, bool(self.replay_until))
         try:
             await self.redis.set(HEARTBEAT_KEY, beat.dumps(), ex=86_400)
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:  # tiles are committed; this can wait
@@ -228,7 +236,10 @@ class SpeedLayer:
             group_id=s.stream_app_id,
             client_id=f"{s.stream_app_id}-{os.getpid()}",
             enable_auto_commit=False,
-            auto_offset_reset="earliest",
+            # "none": an offset beyond the log's end is reported (OffsetOutOfRangeError), not silently reset,
+            # and a partition without a committed offset too (NoOffsetForPartitionError): see on_no_offset
+            auto_offset_reset="none",
+            metadata_max_age_ms=int(s.stream_topic_check_s * 1000),  # new partitions are assigned this soon
             session_timeout_ms=int(s.stream_session_timeout_s * 1000),
             heartbeat_interval_ms=int(s.stream_heartbeat_s * 1000),
             rebalance_timeout_ms=int(s.stream_rebalance_timeout_s * 1000),
@@ -254,6 +265,8 @@ class SpeedLayer:
         except Exception as exc:  # the topic may exist already or be managed elsewhere
             log.info("events topic not declared (%s)", exc)
         await self.dlq_topic.start()
+        if self.watch is None:
+            self.watch = TopicWatch(bootstrap_servers(self.s), self.s.events_topic)
         await asyncio.to_thread(self.raw.warm)
         tune_gc()
         self.consumer = consumer = self.make_consumer()
@@ -263,7 +276,16 @@ class SpeedLayer:
         try:
             while True:
                 self.check_flush()
-                records = await consumer.getmany(timeout_ms=within_ms, max_records=self.s.stream_batch_max)
+                try:
+                    if self._resets:
+                        raise _ResetRequested
+                    records = await consumer.getmany(timeout_ms=within_ms, max_records=self.s.stream_batch_max)
+                except (_ResetRequested, OffsetOutOfRangeError, NoOffsetForPartitionError) as exc:
+                    if inflight is not None:  # finish the old log's last batch first
+                        await self.settle(inflight)
+                        inflight = None
+                    await self.on_log_error(exc)
+                    continue
                 if not records:
                     if inflight is not None:
                         await self.settle(inflight)
@@ -389,6 +411,104 @@ class SpeedLayer:
         """Process one consumed batch (see the module docstring)."""
         await self.finish(await self.begin(records))
 
+    async def on_log_error(self, exc: Exception) -> None:
+        """React to what the consumer said about its positions (see :mod:`jobs.stream.log_guard`)."""
+        consumer = self.consumer
+        assert consumer is not None
+        if isinstance(exc, OffsetOutOfRangeError):
+            await self.reset_logs({tp: f"offset {off} is beyond the log's end" for tp, off in exc.args[0].items()})
+        elif isinstance(exc, NoOffsetForPartitionError):
+            tp = exc.args[0]
+            if tp in self.next_offset:  # consumed before, and its committed offset is gone: topic or broker lost
+                await self.reset_logs({tp: "its committed offset is gone (topic deleted or broker log lost)"})
+            else:  # a partition this group never consumed: its start, as auto_offset_reset=earliest would
+                log.info(
+                    "stream worker: %s[%d] has no committed offset; reading from its start", tp.topic, tp.partition
+                )
+                await consumer.seek_to_beginning(tp)
+        else:
+            resets, self._resets = self._resets, {}
+            await self.reset_logs(resets)
+
+    async def reset_logs(self, why: dict[Any, str]) -> None:
+        """Go back to the start of partitions whose log was reset, loudly (the documented policy).
+
+        What the old log's batches produced is kept — tiles, dead letters, and the buffered raw rows, which
+        are written now — but their offsets are never committed onto the new log. The new log is replayed
+        from its earliest offset; the per-event_id markers keep the tiles exact. Until the worker reaches the
+        end the new log had now, the heartbeat says ``replaying`` (GET /health: degraded) and
+        ``fstore_stream_replaying`` is 1; ``fstore_stream_log_reset_total{topic,partition}`` counts resets.
+        """
+        consumer = self.consumer
+        assert consumer is not None
+        async with self._batch_lock:
+            owned = consumer.assignment()
+            tps = [tp for tp in why if tp in owned]
+            await self.wait_flush()
+            tokens, rows = await self.raw.flush()
+            if rows:
+                metrics.RAW_WRITTEN.inc(rows)
+                metrics.RAW_FLUSHES.inc()
+            for offsets in tokens:
+                self.pending.update({tp: off for tp, off in offsets.items() if tp not in why})
+            for tp in why:
+                self.pending.pop(tp, None)
+            if not tps:
+                return
+            start = await consumer.beginning_offsets(tps)
+            end = await consumer.end_offsets(tps)
+            for tp in tps:
+                old = self.next_offset.get(tp)
+                consumer.seek(tp, start[tp])
+                self.next_offset[tp] = start[tp]
+                if end[tp] > start[tp]:
+                    self.replay_until[tp] = end[tp]
+                self._dead_acked = {p for p in self._dead_acked if p[0] != tp}
+                metrics.LOG_RESETS.labels(tp.topic, str(tp.partition)).inc()
+                log.warning(
+                    "stream worker: the log of %s[%d] was reset: %s (processed up to %s; the log now holds %d..%d); "
+                    "replaying it from offset %d — per-event_id markers absorb the replay (docs/runbook.md)",
+                    tp.topic,
+                    tp.partition,
+                    why[tp],
+                    old,
+                    start[tp],
+                    end[tp],
+                    start[tp],
+                )
+            self.log_reset_at = self.clock()
+            metrics.REPLAYING.set(1 if self.replay_until else 0)
+            await self.commit()
+            await self.heartbeat(None, time.time(), force=True)
+
+    def note_progress(self) -> None:
+        """Forget the replays that reached the end their new log had at the reset."""
+        done = [tp for tp, until in self.replay_until.items() if self.next_offset.get(tp, 0) >= until]
+        for tp in done:
+            del self.replay_until[tp]
+            log.warning("stream worker: %s[%d] replayed up to where its log was at the reset", tp.topic, tp.partition)
+        if done:
+            metrics.REPLAYING.set(1 if self.replay_until else 0)
+
+    async def check_topic(self) -> None:
+        """Every ``FSTORE_STREAM_TOPIC_CHECK_S``: has the events topic been re-created or got new partitions?"""
+        if self.watch is None or time.monotonic() - self._topic_checked < self.s.stream_topic_check_s:
+            return
+        self._topic_checked = time.monotonic()
+        state = await asyncio.to_thread(self.watch.describe)
+        self._topic, change = compare(self._topic, state)
+        if change.partitions is not None:
+            log.warning(
+                "stream worker: %s has %d partitions, had %d; the consumer takes the new ones at its metadata refresh",
+                self.watch.topic,
+                change.partitions[1],
+                change.partitions[0],
+            )
+        if change.recreated and self.consumer is not None:
+            for tp in self.consumer.assignment():
+                if tp.topic == self.watch.topic:
+                    self._resets[tp] = "the topic was re-created (its topic id changed)"
+
     async def begin(self, records: dict[TopicPartition, list[Any]]) -> _Batch:
         """Validate and classify a batch, plan its tiles and build its raw rows (pure CPU apart from the cached
         cutover read). Raises on a batch a sink could not take (the caller isolates the message)."""
@@ -445,6 +565,8 @@ class SpeedLayer:
                 for ts, n in Counter([r.timestamp for r in b.records]).items():  # Kafka timestamps: epoch ms
                     metrics.observe_many(metrics.FRESHNESS, committed - ts / 1000, n)
                 self.next_offset.update(b.offsets)
+                if self.replay_until:
+                    self.note_progress()
                 metrics.PROCESSING.observe(b.seconds + time.perf_counter() - t0)
                 metrics.EVENTS_DONE.inc(len(b.values))
                 self.raw.add(b.rows, [b.offsets])
@@ -637,6 +759,10 @@ class SpeedLayer:
                 continue
             if high is not None and tp in self.next_offset:
                 metrics.CONSUMER_LAG.labels(str(tp.partition)).set(max(0, high - self.next_offset[tp]))
+
+
+class _ResetRequested(Exception):
+    """The topic check asked for log resets (handled by the consumer loop, between batches)."""
 
 
 def _topic_partition(tp: Any) -> tuple[str, int]:

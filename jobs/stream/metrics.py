@@ -116,6 +116,19 @@ DLQ_TRUNCATED = Counter(
     registry=REGISTRY,
 )
 
+LOG_RESETS = Counter(
+    "fstore_stream_log_reset_total",
+    "Times the worker found a partition's log reset (offset beyond its end, offsets gone, topic re-created) "
+    "and went back to the log's start",
+    ["topic", "partition"],
+    registry=REGISTRY,
+)
+REPLAYING = Gauge(
+    "fstore_stream_replaying",
+    "1 while the worker replays a reset log and has not reached the end the new log had at the reset",
+    registry=REGISTRY,
+)
+
 
 def observe_many(hist: Histogram, value: float, n: int) -> None:
     """``hist.observe(value)`` ``n`` times, in one step (same buckets and sum as the loop)."""

@@ -61,6 +61,11 @@ class StreamSettings(Settings):
         description="Dead letters longer than this are cut to it (headers keep the original size and hash); "
         "keep it under the broker's message.max.bytes",
     )
+    stream_topic_check_s: float = Field(
+        5.0,
+        gt=0,
+        description="Period of the events topic's metadata check (re-created topic, new partitions)",
+    )
     stream_log_level: str = Field("info", description="Worker log level")
     stream_naive_per_event: bool = Field(
         False, description="Benchmark reference only: one Redis round trip per event instead of per batch"

@@ -390,9 +390,17 @@ def create_app(settings: ApiSettings | None = None, clock: Clock = wall_clock) -
                 "last_commit": iso(beat.committed_at),
                 "commit_age_s": (now - beat.committed_at) / 1e6,
                 "newest_event_time": iso(beat.newest_event_time) if beat.newest_event_time else None,
+                "last_log_reset": iso(beat.log_reset_at) if beat.log_reset_at else None,
+                "replaying": beat.replaying,
             }
         detail: dict[str, Any] = {"speed_layer": speed}
         status, code = "ok", 200
+        if beat is not None and beat.replaying:  # the worker's Kafka log was reset: speed view incomplete
+            status, code = "degraded", 503
+            speed["message"] = (
+                "the stream worker found its Kafka log reset and is replaying it from the start: speed values "
+                "may be incomplete until it catches up (docs/runbook.md, 'Kafka log reset')"
+            )
         if ptr is None:
             try:
                 lost = await published.latest()

@@ -2,35 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
-from fstore.devsvc.services import Broker, RedisServer
+from fstore.devsvc.services import RedisServer
 from tests.support.feast import applied_repo
-from tests.support.stream import WorkerProcess
-
-
-@pytest.fixture
-def worker_factory(
-    tmp_path: Path,
-    redis_server: RedisServer,
-    redis_client: redis.Redis,
-) -> Iterator[Callable[..., WorkerProcess]]:
-    made: list[WorkerProcess] = []
-
-    def make(broker: Broker, **extra: str) -> WorkerProcess:
-        w = WorkerProcess(tmp_path, broker, redis_server.url, **extra)
-        made.append(w)
-        return w
-
-    yield make
-    for w in made:
-        if w.proc is not None and w.proc.poll() is None:
-            w.proc.kill()
-            w.proc.wait(10)
 
 
 @pytest.fixture(scope="module")

@@ -328,6 +328,16 @@ def test_health_reports_batch_view_and_speed_freshness(redis_client: redis.Redis
         speed = body["detail"]["speed_layer"]
         assert speed["commit_age_s"] == pytest.approx(2.5)
         assert speed["newest_event_time"] == "2026-11-21T13:06:56.123456Z"
+        # the worker found its Kafka log reset and replays it (issue 12, Build 3): degraded until caught up
+        redis_client.set(
+            HEARTBEAT_KEY, Heartbeat(AS_OF - 2_500_000, AS_OF - 4_000_000, AS_OF - 9_000_000, True).dumps()
+        )
+        replaying = client.get("/health")
+        assert replaying.status_code == 503 and replaying.json()["status"] == "degraded"
+        assert replaying.json()["detail"]["speed_layer"]["replaying"] is True
+        redis_client.set(HEARTBEAT_KEY, Heartbeat(AS_OF - 2_500_000, AS_OF - 4_000_000, AS_OF - 9_000_000).dumps())
+        caught_up = client.get("/health")
+        assert caught_up.status_code == 200 and caught_up.json()["detail"]["speed_layer"]["last_log_reset"]
 
 
 def test_post_fast_path_matches_the_route(redis_client: redis.Redis, redis_server: RedisServer) -> None:

@@ -239,6 +239,14 @@ class WorkerProcess:
         m = re.search(rf"^{name} (\S+)$", body, re.M)
         return float(m.group(1)) if m else 0.0
 
+    def metric_sum(self, name: str) -> float:
+        """A metric summed over its label sets (0 when the worker does not answer)."""
+        try:
+            body = urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2).read().decode()
+        except OSError:
+            return 0.0
+        return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", body, re.M))
+
     def committed(self) -> int:
         """Offsets committed by the worker's group, summed over partitions (= messages done); -1 while the
         broker cannot say yet (its group coordinator is still loading or moving: a retriable error that
