@@ -13,6 +13,7 @@ ingested here and the same file sent through Kafka give the same winners. An eve
 from __future__ import annotations
 
 import gc
+import hashlib
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -27,7 +28,7 @@ from fstore.clock import Clock, wall_clock
 from fstore.core.events import UNPROCESSABLE, Event, mask_dead_letter, parse, payload_hash
 from fstore.core.timeutil import DAY, day_start, to_date
 from fstore.delta import raw_log
-from fstore.delta.event_index import NEW, SUPERSEDED, EventIndex, day_numbers
+from fstore.delta.event_index import NEW, SAME_DAY, SUPERSEDED, EventIndex, day_numbers
 from fstore.kafka.messages import iter_batches
 
 
@@ -46,6 +47,8 @@ class IngestReport:
     duplicates: int = 0
     already_present: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
+    commit_retries: int = 0  # raw_events commits redone after a concurrent writer's commit
+    dead_letters_skipped: int = 0  # dead letters of batches that were dead-lettered before (same messages)
     seen: set[str] = field(default_factory=set, repr=False)  # event_ids written by this run
     seconds: float = 0.0
 
@@ -65,9 +68,15 @@ class IngestReport:
             "already_present": self.already_present,
             "invalid": self.invalid,
             "rejected_by_reason": dict(sorted(self.rejected.items())),
+            "commit_retries": self.commit_retries,
+            "dead_letters_skipped": self.dead_letters_skipped,
             "seconds": round(self.seconds, 3),
             "messages_per_s": round(self.messages / self.seconds) if self.seconds else None,
         }
+
+
+#: raw_events commits a batch may lose to concurrent writers before the ingestion gives up.
+MAX_COMMIT_ATTEMPTS = 50
 
 
 class Ingestor:
@@ -91,63 +100,98 @@ class Ingestor:
 
         The first valid copy of an event_id in line order wins (as the stream takes the earlier offset);
         a copy of an event_id already stored — on any day — is not written again.
+
+        Concurrent writers (another ``fstore ingest``, the stream's raw sink): the ``raw_events`` commit is
+        made only on top of the version this batch was checked against; if anyone committed in between,
+        the batch is checked again against what they wrote and retried, so no event_id is stored twice by
+        two ingests. The ``dead_letters`` commit carries the batch's idempotency key (a Delta application
+        transaction, app id = hash of the batch's messages): a batch already dead-lettered — by a
+        concurrent run or an earlier one — is not dead-lettered again.
         """
         now = self.clock()
         first: dict[str, tuple[bytes, Event]] = {}
         bad_payloads: list[bytes] = []
         bad_reasons: list[str] = []
         loads = orjson.loads
+        duplicates = 0
         for raw in messages:
             res = parse(raw, now, loads)
             if isinstance(res, Event):
                 if res.event_id in first:
-                    report.duplicates += 1  # a later line: arrival order decides
+                    duplicates += 1  # a later line: arrival order decides
                 else:
                     first[res.event_id] = (raw, res)
             else:
                 bad_payloads.append(mask_dead_letter(raw, loads, self.keep_unparseable))
                 bad_reasons.append(res.reason)
-        report.messages += len(messages)
-        report.valid += len(messages) - len(bad_payloads)
-        report.rejected.update(bad_reasons)
-        self._known_ids({ev.event_time // DAY for _, ev in first.values()})
-        fresh: list[tuple[bytes, Event]] = []
-        for raw, ev in first.values():
-            if ev.event_id in self._known[ev.event_time // DAY]:
-                self._count_stored(ev.event_id, report)
-            else:
-                fresh.append((raw, ev))
-        # Copies whose event_id is stored on another day (another event_time) lost to that copy too.
-        self.index.refresh()
-        ids = [ev.event_id for _, ev in fresh]
-        days = day_numbers(ev.event_time for _, ev in fresh)
-        verdicts = self.index.classify(ids, days)
-        taken: list[tuple[bytes, Event]] = []
-        for (raw, ev), verdict in zip(fresh, verdicts.tolist(), strict=True):
-            if verdict == SUPERSEDED:
-                self._count_stored(ev.event_id, report)
-            else:
-                taken.append((raw, ev))
-        at = max(now, self._last_at + 1)  # one instant per copy, in line order: ingested_at plus a sequence
+        for attempt in range(MAX_COMMIT_ATTEMPTS):
+            stored, taken = self._check(first)
+            at = max(now, self._last_at + 1)  # one instant per copy, in line order: ingested_at plus a sequence
+            table, refused = rows_or_refused(taken, at)
+            try:
+                raw_log.append_on(self.raw_uri, self.index.snapshot, table, ["event_date"])
+                break
+            except raw_log.CommitConflict:  # another writer committed since the check: check again
+                self._known.clear()
+                report.commit_retries += 1
+                time.sleep(min(0.05 * 2**attempt, 1.0))
+        else:
+            raise RuntimeError(f"raw_events: {MAX_COMMIT_ATTEMPTS} commits in a row lost to concurrent writers")
         self._last_at = at + max(len(taken) - 1, 0)
-        table, refused = rows_or_refused(taken, at)
+        report.messages += len(messages)
+        report.duplicates += duplicates
+        for event_id in stored:
+            self._count_stored(event_id, report)
         for raw, _ in refused:  # valid, yet raw_events cannot hold it: dead-lettered, the file goes on
             bad_payloads.append(mask_dead_letter(raw, loads, self.keep_unparseable))
             bad_reasons.append(UNPROCESSABLE)
-        report.valid -= len(refused)
-        report.rejected.update([UNPROCESSABLE] * len(refused))
+        report.valid += len(messages) - len(bad_payloads)
+        report.rejected.update(bad_reasons)
         gone = {ev.event_id for _, ev in refused}
         events = [ev for _, ev in taken if ev.event_id not in gone]
         for ev in events:
             report.seen.add(ev.event_id)
             self._known[ev.event_time // DAY].add(ev.event_id)
-        raw_log.append_raw(self.raw_uri, table)
-        raw_log.append_dead_letters(self.dead_uri, raw_log.dead_letters_table(bad_payloads, bad_reasons, source, at))
         if events:
             self.index.committed()
             written = [ev.event_id for ev in events]
             self.index.record(written, day_numbers(ev.event_time for ev in events), np.full(len(written), NEW, np.int8))
         report.written += len(events)
+        if bad_payloads:
+            key = "fstore-ingest:" + hashlib.blake2b(b"\n".join(messages), digest_size=16).hexdigest()
+            dead = raw_log.dead_letters_table(bad_payloads, bad_reasons, source, at)
+            if not raw_log.append_once(self.dead_uri, dead, ["ingest_date"], key):
+                report.dead_letters_skipped += len(bad_payloads)
+
+    def _check(self, first: dict[str, tuple[bytes, Event]]) -> tuple[list[str], list[tuple[bytes, Event]]]:
+        """Against the table as it is now: the event_ids already stored, and the copies to write."""
+        self.index.refresh()
+        self._known_ids({ev.event_time // DAY for _, ev in first.values()})
+        stored: list[str] = []
+        fresh: list[tuple[bytes, Event]] = []
+        for raw, ev in first.values():
+            if ev.event_id in self._known[ev.event_time // DAY]:
+                stored.append(ev.event_id)
+            else:
+                fresh.append((raw, ev))
+        # Copies whose event_id is stored on another day (another event_time) lost to that copy too; one the
+        # index places on its own day that the cached ids of that day lack was written by another writer
+        # since they were read: read the day again (exact ids).
+        ids = [ev.event_id for _, ev in fresh]
+        days = day_numbers(ev.event_time for _, ev in fresh)
+        verdicts = self.index.classify(ids, days).tolist()
+        stale = {ev.event_time // DAY for (_, ev), v in zip(fresh, verdicts, strict=True) if v == SAME_DAY}
+        if stale:
+            for day in stale:
+                self._known.pop(day, None)
+            self._known_ids(stale)
+        taken: list[tuple[bytes, Event]] = []
+        for (raw, ev), verdict in zip(fresh, verdicts, strict=True):
+            if verdict == SUPERSEDED or ev.event_id in self._known[ev.event_time // DAY]:
+                stored.append(ev.event_id)
+            else:
+                taken.append((raw, ev))
+        return stored, taken
 
     @staticmethod
     def _count_stored(event_id: str, report: IngestReport) -> None:

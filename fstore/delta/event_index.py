@@ -181,6 +181,11 @@ class EventIndex:
     def __len__(self) -> int:
         return len(self._base.h) + len(self._recent.h)
 
+    @property
+    def snapshot(self) -> DeltaTable | None:
+        """The ``raw_events`` table at the version the index has caught up with (``None``: no table yet)."""
+        return self._table
+
     # -- catching up with the Delta log -------------------------------------------------------------------
 
     def refresh(self) -> None:

@@ -23,8 +23,8 @@ from datetime import date
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import DeltaTable, write_deltalake
-from deltalake.exceptions import TableNotFoundError
+from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
 from fstore.core.events import Event
 from fstore.core.timeutil import to_date
@@ -109,6 +109,58 @@ def append_dead_letters(uri: str, table: pa.Table) -> None:
     """Append rejected messages to ``dead_letters``. One Delta commit."""
     if table.num_rows:
         write_deltalake(uri, table, mode="append", partition_by=["ingest_date"])
+
+
+class CommitConflict(Exception):
+    """Another writer committed to the table after the version a conditional append was based on."""
+
+
+def append_on(uri: str, snapshot: DeltaTable | None, table: pa.Table, partition_by: list[str]) -> None:
+    """Append ``table`` in one commit **only on top of** ``snapshot`` (the version the writer checked its rows
+    against): if anyone committed after it, nothing is written and :class:`CommitConflict` is raised, so the
+    writer checks again (optimistic concurrency; delta-rs would otherwise retry the append blindly).
+    ``snapshot`` ``None``: the table did not exist; creating it races the same way."""
+    if not table.num_rows:
+        return
+    props = CommitProperties(max_commit_retries=0)
+    try:
+        if snapshot is None:
+            write_deltalake(uri, table, mode="error", partition_by=partition_by, commit_properties=props)
+        else:
+            write_deltalake(snapshot, table, mode="append", partition_by=partition_by, commit_properties=props)
+    except CommitFailedError as exc:
+        raise CommitConflict(str(exc)) from exc
+    except DeltaError as exc:  # mode="error": the table was created meanwhile
+        if snapshot is None and "exists" in str(exc).lower():
+            raise CommitConflict(str(exc)) from exc
+        raise
+
+
+def append_once(uri: str, table: pa.Table, partition_by: list[str], key: str) -> bool:
+    """Append ``table`` unless an append with the same idempotency ``key`` was committed before (a Delta
+    application transaction: app id ``key``, version 1, in the same commit). Concurrent appends with one key
+    commit once. Returns whether this call wrote the rows."""
+    for _ in range(50):
+        current = open_table(uri)
+        if current is not None and (current.transaction_version(key) or 0) >= 1:
+            return False
+        props = CommitProperties(max_commit_retries=0, app_transactions=[Transaction(key, 1)])
+        try:
+            write_deltalake(
+                current if current is not None else uri,
+                table,
+                mode="append" if current else "error",
+                partition_by=partition_by,
+                commit_properties=props,
+            )
+            return True
+        except CommitFailedError:
+            continue
+        except DeltaError as exc:
+            if current is None and "exists" in str(exc).lower():
+                continue
+            raise
+    raise RuntimeError(f"{uri}: 50 commits in a row lost to concurrent writers")
 
 
 SUPERSEDED_SCHEMA = pa.schema(
