@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: alerts-test compose-config dashboard help setup system-deps demo test test-unit test-integration lint bench services-up services-down clean
+.PHONY: alerts-test compose-config dashboard help setup system-deps demo test test-unit test-integration test-faults lint bench services-up services-down clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -35,7 +35,7 @@ setup: system-deps $(STAMP) ## virtualenv, Python packages, system packages and 
 demo: setup ## the whole pipeline end to end on local services
 	@$(BIN)/python -m fstore.devsvc.demo
 
-test: setup ## install and run the whole test suite (unit + integration)
+test: setup ## install and run the whole test suite (unit + integration + faults)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-unit: setup ## fast tests of the pure core
@@ -43,6 +43,9 @@ test-unit: setup ## fast tests of the pure core
 
 test-integration: setup ## tests against real Redis, broker, Spark and Delta files
 	$(BIN)/python -m pytest -m integration $(PYTEST_ARGS)
+
+test-faults: setup ## issue 12's fault matrix: one test per fault, real processes on loopback (tests/faults/)
+	$(BIN)/python -m pytest -m faults $(PYTEST_ARGS)
 
 lint: setup ## ruff (lint and format) and mypy --strict over the code, the benchmarks and the tests
 	$(BIN)/ruff check .
