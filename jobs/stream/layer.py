@@ -4,10 +4,12 @@ It reads ``events`` in bulk — an aiokafka consumer in the app's consumer group
 raw bytes, manual commits — instead of Faust's per-message stream (whose per-event machinery cost more
 than all the work below). For each batch it:
 
-1. validates every message with the core (:func:`fstore.core.events.parse`, wall clock injected) and
-   pre-aggregates and packs its speed-tile updates (:meth:`jobs.stream.sinks.TileWriter.plan`);
-2. sends invalid ones to ``events.dlq`` — value = the original bytes, headers ``fstore-reason`` and
-   ``fstore-ingested-at`` (ISO-8601 UTC), key = the original key — and waits for the broker's ack;
+1. validates every message with the core (:func:`fstore.core.events.parse`, wall clock injected),
+   pre-aggregates and packs its speed-tile updates (:meth:`jobs.stream.sinks.TileWriter.plan`) and builds
+   its ``raw_events`` rows;
+2. sends invalid ones to ``events.dlq`` (:mod:`jobs.stream.dead_letters`: key = the source position,
+   value = the original bytes, cut past ``FSTORE_STREAM_DLQ_MAX_BYTES``, headers ``fstore-reason`` and
+   ``fstore-ingested-at``) and waits for the broker's ack;
 3. applies the valid, not-yet-counted events to the Redis speed tiles of every feature view in one
    pipelined round trip (Lua, exactly once per event_id, see :mod:`jobs.stream.speed_lua`), concurrently
    with step 2;
@@ -20,6 +22,11 @@ strictly in consumption order. Offsets are committed only after the raw-sink flu
 rows, which happens after steps 2–3: a crash at any point redelivers them, the markers keep the tiles
 exact, and the raw log gets them at least once. Before partitions are revoked (rebalance) the buffer is
 flushed and committed; a timer flushes an idle buffer; shutdown (SIGTERM) flushes what is left.
+
+Failures (:mod:`jobs.stream.faults`): a batch that fails for a reason other than an outage is bisected and
+the message(s) causing it dead-lettered as ``unprocessable`` (:meth:`SpeedLayer.isolate`); a lasting outage
+stops the worker with a non-zero exit code. A Kafka log that lost its past (topic re-created, broker log
+lost) is replayed from its start, loudly (:meth:`SpeedLayer.reset_logs`, :mod:`jobs.stream.log_guard`).
 """
 
 from __future__ import annotations

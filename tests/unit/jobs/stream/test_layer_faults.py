@@ -204,3 +204,18 @@ def test_a_re_run_batch_does_not_send_its_dead_letters_again() -> None:
     keys = Counter(k for k, _, _ in sinks.dead.records)
     assert set(keys.values()) == {1} and len(keys) == 5
     assert Counter(sinks.dead.reasons()) == {"malformed_json": 4, "unprocessable": 1}
+
+
+def test_topic_changes_are_judged_once_the_topic_exists_again() -> None:
+    from jobs.stream.log_guard import TopicState, compare
+
+    known, change = compare(None, TopicState("id-1", 2))
+    assert known == TopicState("id-1", 2) and not change.recreated and change.partitions is None
+    known, change = compare(known, TopicState("id-1", 3))  # partitions added
+    assert not change.recreated and change.partitions == (2, 3)
+    gone, change = compare(known, TopicState(None, 0))  # deleted: nothing concluded yet
+    assert gone == known and not change.recreated
+    unanswered, change = compare(known, None)  # broker away: nothing concluded
+    assert unanswered == known and not change.recreated
+    known, change = compare(known, TopicState("id-2", 3))  # back with another id: re-created
+    assert change.recreated and known.topic_id == "id-2"
