@@ -218,4 +218,4 @@ def test_topic_changes_are_judged_once_the_topic_exists_again() -> None:
     unanswered, change = compare(known, None)  # broker away: nothing concluded
     assert unanswered == known and not change.recreated
     known, change = compare(known, TopicState("id-2", 3))  # back with another id: re-created
-    assert change.recreated and known.topic_id == "id-2"
+    assert change.recreated and known == TopicState("id-2", 3)
