@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 
+from aiokafka.errors import KafkaTimeoutError
 from redis import exceptions as redis_errors
 
 from fstore.core.events import UNPROCESSABLE
@@ -55,7 +56,7 @@ class SystemicFailure(Exception):
 
 def is_outage(exc: BaseException) -> bool:
     """Whether ``exc`` means a dependency is away (retry, then stop) rather than a message it cannot take."""
-    if isinstance(exc, (OutageTimeout, OSError, *_REDIS_OUTAGE)):
+    if isinstance(exc, (OutageTimeout, OSError, KafkaTimeoutError, *_REDIS_OUTAGE)):
         return True
     return bool(getattr(exc, "retriable", False))  # aiokafka's KafkaError subclasses say it themselves
 

@@ -46,7 +46,7 @@ from typing import Any
 
 import redis.asyncio as aredis
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import MessageSizeTooLargeError, NoOffsetForPartitionError, OffsetOutOfRangeError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError, NoOffsetForPartitionError, OffsetOutOfRangeError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -462,8 +462,16 @@ class SpeedLayer:
                 self.pending.pop(tp, None)
             if not tps:
                 return
-            start = await consumer.beginning_offsets(tps)
-            end = await consumer.end_offsets(tps)
+            try:
+                start = await asyncio.wait_for(consumer.beginning_offsets(tps), 15)
+                end = await asyncio.wait_for(consumer.end_offsets(tps), 15)
+            except Exception as exc:  # the topic is changing under us (stale metadata, deleted partitions)
+                if not is_outage(exc) and not isinstance(exc, KafkaError):
+                    raise
+                log.warning("stream worker: log reset of %s postponed (%s); trying again", sorted(map(str, tps)), exc)
+                self._resets.update({tp: why[tp] for tp in tps})
+                await asyncio.sleep(1.0)
+                return
             for tp in tps:
                 old = self.next_offset.get(tp)
                 consumer.seek(tp, start[tp])

@@ -113,7 +113,7 @@ def test_an_outage_that_lasts_stops_the_worker_with_a_non_zero_exit_code(
     assert w.proc is not None
     w.proc.wait(90)
     assert w.proc.returncode == EXIT_OUTAGE, w.log_tail()
-    assert "stopping with exit code 69" in w.log_tail()
+    assert "stopping with exit code 69" in (w.tmp / f"worker-{w.runs}.log").read_text(errors="replace")
 
 
 def test_fstore_ingest_dead_letters_a_row_arrow_refuses_and_writes_the_rest(
