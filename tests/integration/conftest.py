@@ -10,7 +10,7 @@ import redis
 
 from fstore.devsvc.services import Broker, RedisServer
 from tests.support.feast import applied_repo
-from tests.support.stream import WorkerProcess
+from tests.support.stream import PARTITIONS, WorkerProcess
 
 
 @pytest.fixture
@@ -21,8 +21,10 @@ def worker_factory(
 ) -> Iterator[Callable[..., WorkerProcess]]:
     made: list[WorkerProcess] = []
 
-    def make(broker: Broker, **extra: str) -> WorkerProcess:
-        w = WorkerProcess(tmp_path, broker, redis_server.url, **extra)
+    def make(
+        broker: Broker, partitions: int = PARTITIONS, like: WorkerProcess | None = None, **extra: str
+    ) -> WorkerProcess:
+        w = WorkerProcess(tmp_path, broker, redis_server.url, partitions, like, **extra)
         made.append(w)
         return w
 
