@@ -82,6 +82,10 @@ def quantile(hist: list[tuple[float, float]], q: float) -> float | None:
 class Run:
     """One worker process with its own topic, group and metrics port."""
 
+    argv: list[str]
+    cwd: Path
+    env: dict[str, str]
+
     def __init__(
         self,
         tmp: Path,
@@ -92,12 +96,23 @@ class Run:
         *,
         command: Sequence[str] = ("-m", "jobs.stream"),
         start: bool = True,
+        partitions: int = 1,
+        like: Run | None = None,
     ) -> None:
-        """Create the run's topics and start ``python COMMAND`` (or only prepare it: :meth:`start` later)."""
+        """Create the run's topics (``partitions`` for the events) and start ``python COMMAND`` (or only
+        prepare it: :meth:`start` later). ``like``: another worker in that run's group, on its topics."""
         tag = uuid.uuid4().hex[:6]
         self.topic, self.port, self.broker = f"bench-{name}-{tag}", free_port(), broker
         self.redis_url = redis.url
-        broker.ensure_topics({self.topic: 1, f"{self.topic}.dlq": 1})
+        self.log = open(tmp / f"{name}.log", "wb")  # noqa: SIM115
+        if like is not None:
+            self.topic = like.topic
+            self.argv, self.cwd = like.argv, like.cwd
+            self.env = {**like.env, "FSTORE_STREAM_METRICS_PORT": str(self.port), **(extra or {})}
+            if start:
+                self.start()
+            return
+        broker.ensure_topics({self.topic: partitions, f"{self.topic}.dlq": 1})
         env = {
             **os.environ,
             "PYTHONPATH": str(ROOT),
@@ -113,7 +128,6 @@ class Run:
             "FSTORE_STREAM_REBALANCE_TIMEOUT_S": "6",
             **(extra or {}),
         }
-        self.log = open(tmp / f"{name}.log", "wb")  # noqa: SIM115
         self.argv, self.cwd, self.env = [sys.executable, *command], tmp, env
         if start:
             self.start()

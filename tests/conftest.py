@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from fstore.devsvc.services import Broker, RedisServer
-from tests.support.stream import WorkerProcess
+from tests.support.stream import PARTITIONS, WorkerProcess
 
 # The API keeps a share of the answers it serves (FSTORE_API_SAMPLE_RATE, on by default) under
 # FSTORE_SAMPLES_DIR, by default under the data root, which is ./data for an app a test builds without
@@ -96,8 +96,10 @@ def worker_factory(
     still running at teardown."""
     made: list[WorkerProcess] = []
 
-    def make(broker: Broker, **extra: str) -> WorkerProcess:
-        w = WorkerProcess(tmp_path, broker, redis_server.url, **extra)
+    def make(
+        broker: Broker, partitions: int = PARTITIONS, like: WorkerProcess | None = None, **extra: str
+    ) -> WorkerProcess:
+        w = WorkerProcess(tmp_path, broker, redis_server.url, partitions, like, **extra)
         made.append(w)
         return w
 

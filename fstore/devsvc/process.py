@@ -130,14 +130,20 @@ class LocalService:
 
     # -- files ------------------------------------------------------------------------------------
     @property
+    def stem(self) -> str:
+        """Name of this instance's files in :attr:`state_dir` (:attr:`name`; several instances of one
+        service override it)."""
+        return self.name
+
+    @property
     def pid_file(self) -> Path:
-        """``<state_dir>/<name>.pid`` (JSON: pid, port, address, cmd)."""
-        return self.state_dir / f"{self.name}.pid"
+        """``<state_dir>/<stem>.pid`` (JSON: pid, port, address, cmd)."""
+        return self.state_dir / f"{self.stem}.pid"
 
     @property
     def log_path(self) -> Path:
-        """``<state_dir>/<name>.log``: the server's stdout and stderr, appended across restarts."""
-        return self.state_dir / f"{self.name}.log"
+        """``<state_dir>/<stem>.log``: the server's stdout and stderr, appended across restarts."""
+        return self.state_dir / f"{self.stem}.log"
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
         """The last ``lines`` lines the server wrote since its latest start."""

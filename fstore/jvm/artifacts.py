@@ -72,6 +72,17 @@ class DeltaJars:
             "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
         }
 
+    def submit_args(self) -> list[str]:
+        """The same as ``spark-submit`` options (``--jars`` and ``--conf`` pairs): what a job submitted to a
+        cluster needs so that the driver AND the executors load delta-spark (Spark ships ``--jars`` to
+        every executor from the driver)."""
+        conf = self.spark_conf()
+        jars = conf.pop("spark.jars", None)
+        args = ["--jars", jars] if jars else []
+        for k, v in conf.items():
+            args += ["--conf", f"{k}={v}"]
+        return args
+
 
 def delta_jars(cache: Path) -> DeltaJars:
     """The cached delta-spark jars for the installed PySpark, or the reason they cannot be used.

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -47,19 +47,21 @@ _EVENT_SCHEMA = pa.schema(
 )
 
 
-def spark_session(app: str = "fstore-pit", master: str = "local[2]") -> SparkSession:
-    """A local Spark session suited to the engine (few shuffle partitions, no UI, UTC, Arrow on), with
-    delta-spark when its jars are cached (``make setup``).
+def spark_session(
+    app: str = "fstore-pit", master: str = "local[2]", conf: Mapping[str, str] | None = None
+) -> SparkSession:
+    """A Spark session suited to the engine (few shuffle partitions, no UI, UTC, Arrow on), with
+    delta-spark when its jars are cached (``make setup``; ``spark.jars`` also ships them to a cluster's
+    executors).
 
     Python workers run this interpreter (``PYSPARK_PYTHON`` is set to it unless already set), so they see
-    the same packages as the driver.
+    the same packages as the driver: on a cluster, every node needs it at the same path (or set
+    ``spark.pyspark.python`` in ``conf``). ``conf``: more settings, e.g. ``spark.driver.host`` or
+    ``spark.executor.memory`` for ``master="spark://..."``.
     """
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # read by SparkContext for its workers
-    builder = SparkSession.builder
-    for k, v in delta_jars(get_settings().jar_cache).spark_conf().items():
-        builder = builder.config(k, v)
-    return (
-        builder.master(master)
+    builder = (
+        SparkSession.builder.master(master)
         .appName(app)
         .config("spark.sql.shuffle.partitions", "4")
         .config("spark.ui.enabled", "false")
@@ -69,8 +71,10 @@ def spark_session(app: str = "fstore-pit", master: str = "local[2]") -> SparkSes
         .config("spark.driver.memory", "4g")
         .config("spark.pyspark.python", sys.executable)  # workers run this interpreter (its packages)
         .config("spark.pyspark.driver.python", sys.executable)
-        .getOrCreate()
     )
+    for k, v in {**delta_jars(get_settings().jar_cache).spark_conf(), **(conf or {})}.items():
+        builder = builder.config(k, v)
+    return builder.getOrCreate()
 
 
 def without_superseded(copies: DataFrame, superseded: pa.Table) -> DataFrame:

@@ -20,8 +20,10 @@ Step 1 of batch N+1 runs while Redis works on batch N (whose request is written 
 batch N+1's own request goes out only once batch N is completely done, so Redis sees the batches
 strictly in consumption order. Offsets are committed only after the raw-sink flush that holds a batch's
 rows, which happens after steps 2–3: a crash at any point redelivers them, the markers keep the tiles
-exact, and the raw log gets them at least once. Before partitions are revoked (rebalance) the buffer is
-flushed and committed; a timer flushes an idle buffer; shutdown (SIGTERM) flushes what is left.
+exact, and the raw log gets them at least once. Before partitions are revoked (rebalance) every batch
+already taken from the consumer is finished, the buffer is flushed and the offsets committed, so the next
+owner of a partition starts where this worker stopped; a timer flushes an idle buffer; shutdown (SIGTERM)
+flushes what is left.
 
 Failures (:mod:`jobs.stream.faults`): a batch that fails for a reason other than an outage is bisected and
 the message(s) causing it dead-lettered as ``unprocessable`` (:meth:`SpeedLayer.isolate`); a lasting outage
@@ -32,6 +34,7 @@ lost) is replayed from its start, loudly (:meth:`SpeedLayer.reset_logs`, :mod:`j
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import heapq
 import itertools
@@ -126,6 +129,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         await self.state.on_revoked()
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
+        self.state.on_assigned(set(assigned))
         log.info("stream worker: assigned %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
 
 
@@ -180,6 +184,9 @@ class SpeedLayer:
         self._heartbeat_at = float("-inf")
         self._newest_event: int | None = None
         self._batch_lock = asyncio.Lock()  # a batch in progress vs. a rebalance
+        self._taken = 0  # batches taken from the consumer and not finished yet
+        self._drained = asyncio.Event()  # set when _taken is 0: a rebalance may take the partitions
+        self._drained.set()
         self._commit_lock = asyncio.Lock()
         self._flushing: asyncio.Task[None] | None = None
         # future events stored as exact fields, by event_time: moved into the tiles once it has passed
@@ -309,6 +316,7 @@ class SpeedLayer:
                     ok = await self.settle(inflight)
                     inflight = None
                     if not ok and batch is not None:  # the previous batch was re-run after this one's begin:
+                        self._release()  # this one is dropped unfinished and taken again
                         batch = await self.try_begin(records)  # give this one later ingestion instants
                 if batch is None:
                     await self.isolate(records)
@@ -339,7 +347,7 @@ class SpeedLayer:
     async def try_begin(self, records: dict[TopicPartition, list[Any]]) -> _Batch | None:
         """:meth:`begin`, or ``None`` when the batch cannot be validated and planned as a whole (not an outage)."""
         try:
-            return await self.begin(records)
+            return await self.take(records)
         except Exception as exc:
             if is_outage(exc):
                 raise
@@ -416,7 +424,22 @@ class SpeedLayer:
 
     async def handle(self, records: dict[TopicPartition, list[Any]]) -> None:
         """Process one consumed batch (see the module docstring)."""
-        await self.finish(await self.begin(records))
+        await self.finish(await self.take(records))
+
+    async def take(self, records: dict[TopicPartition, list[Any]]) -> _Batch:
+        """:meth:`begin`, counting the batch as taken until :meth:`finish` ends it (a rebalance waits)."""
+        self._taken += 1
+        self._drained.clear()
+        try:
+            return await self.begin(records)
+        except BaseException:
+            self._release()
+            raise
+
+    def _release(self) -> None:
+        self._taken -= 1
+        if self._taken == 0:
+            self._drained.set()
 
     async def on_log_error(self, exc: Exception) -> None:
         """React to what the consumer said about its positions (see :mod:`jobs.stream.log_guard`)."""
@@ -591,6 +614,7 @@ class SpeedLayer:
                     self.start_flush()
         finally:
             b.mark_sent()
+            self._release()
 
     async def apply_tiles(self, b: _Batch) -> set[str]:
         """The batch's speed-tile updates; returns the event_ids skipped as already counted."""
@@ -729,13 +753,32 @@ class SpeedLayer:
                 log.warning("offset commit failed (%s); %d partition(s) kept for the next try", exc, len(self.pending))
 
     async def on_revoked(self) -> None:
-        """Before a rebalance: finish the batch in progress, flush the raw sink, commit."""
+        """Before a rebalance: finish the batches taken from the consumer (the one being validated
+        included), flush the raw sink, commit. The consumer hands out no new records until the
+        rebalance is over, so what is committed here is everything this worker did with its partitions.
+
+        Waits at most the rebalance timeout for the batches (a Redis outage keeps them retrying); what is
+        not committed then is redelivered to the next owner, which the markers make harmless.
+        """
+        try:
+            await asyncio.wait_for(self._drained.wait(), timeout=self.s.stream_rebalance_timeout_s)
+        except TimeoutError:
+            log.warning("stream worker: batches still running at a rebalance; their messages will be redelivered")
         async with self._batch_lock:
             try:
                 await self.wait_flush()
                 await self.flush()
             except Exception:
                 log.exception("stream worker: flush before rebalance failed; the batches will be redelivered")
+
+    def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        """After a rebalance: forget the offsets of partitions this worker no longer owns (committing them
+        would fail the whole commit, and the new owner has its own), and their lag gauges."""
+        self.pending = {tp: off for tp, off in self.pending.items() if tp in assigned}
+        for tp in [tp for tp in self.next_offset if tp not in assigned]:
+            del self.next_offset[tp]
+            with contextlib.suppress(KeyError):  # never measured
+                metrics.CONSUMER_LAG.remove(str(tp.partition))
 
     async def shutdown(self) -> None:
         """Worker stop: flush what is buffered, commit it, leave the group."""

@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
+import pyarrow as pa
 import pyarrow.compute as pc
 import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from fstore.core.events import Event, parse
 from fstore.core.features import VIEWS, WindowedFeature
@@ -27,7 +29,7 @@ from fstore.delta import raw_log
 from fstore.devsvc.services import Broker, free_port
 from fstore.kafka import client as kafka_io
 from fstore.synth.generator import MALFORMED, GeneratorConfig, generate
-from tests.support.bruteforce import hop_by_table
+from tests.support.bruteforce import dedupe, hop_by_table
 
 ROOT = Path(__file__).resolve().parents[2]
 SECOND = 1_000_000
@@ -148,6 +150,12 @@ def assert_raw_and_dlq(broker: Broker, dlq: str, data_dir: Path, traffic: Traffi
 
 def dlq_reasons(broker: Broker, topic: str, records: list[kafka_io.Record]) -> list[tuple[kafka_io.Record, str]]:
     """Pair DLQ records with their ``fstore-reason`` header (read with headers)."""
+    headers = dlq_headers(broker, topic)
+    return [(r, headers[(r.partition, r.offset)]["fstore-reason"].decode()) for r in records]
+
+
+def dlq_headers(broker: Broker, topic: str) -> dict[tuple[int, int], dict[str, bytes]]:
+    """The headers of every DLQ record by ``(partition, offset)``."""
     consumer = Consumer(
         {
             "bootstrap.servers": broker.bootstrap,
@@ -156,7 +164,7 @@ def dlq_reasons(broker: Broker, topic: str, records: list[kafka_io.Record]) -> l
             "enable.partition.eof": True,
         }
     )
-    out: dict[tuple[int, int], str] = {}
+    out: dict[tuple[int, int], dict[str, bytes]] = {}
     try:
         parts = sorted(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
         consumer.assign([TopicPartition(topic, p, 0) for p in parts])
@@ -168,10 +176,57 @@ def dlq_reasons(broker: Broker, topic: str, records: list[kafka_io.Record]) -> l
                     continue
                 headers = {k: bytes(v or b"") for k, v in m.headers() or []}  # type: ignore[str-unpack, arg-type]
                 assert re.fullmatch(rb"\d{4}-\d\d-\d\dT[\d:.]+Z", headers["fstore-ingested-at"])
-                out[(m.partition() or 0, m.offset() or 0)] = headers["fstore-reason"].decode()
+                out[(m.partition() or 0, m.offset() or 0)] = headers
     finally:
         consumer.close()
-    return [(r, out[(r.partition, r.offset)]) for r in records]
+    return out
+
+
+def assert_dlq_exact_by_source(broker: Broker, dlq: str, events_topic: str, traffic: Traffic) -> None:
+    """After a crash the DLQ may hold replayed copies; deduplicated on their key (the source position
+    ``<topic>:<partition>:<offset>``) it must hold every malformed message exactly once, each pointing at
+    the message of the events topic it quarantines."""
+    source = {
+        f"{events_topic}:{r.partition}:{r.offset}".encode(): r.value
+        for r in kafka_io.read_topic(broker.bootstrap, events_topic, timeout=60)
+    }
+    headers = dlq_headers(broker, dlq)
+    once: dict[bytes, tuple[bytes, str]] = {}
+    for r in kafka_io.read_topic(broker.bootstrap, dlq, timeout=60):
+        h = headers[(r.partition, r.offset)]
+        assert r.key is not None and source[r.key] == r.value, (r.key, h)
+        once.setdefault(r.key, (r.value, h["fstore-reason"].decode()))
+    assert Counter(once.values()) == traffic.malformed
+
+
+def assert_raw_exact(data_dir: Path, traffic: Traffic) -> None:
+    """Every valid event in ``raw_events`` at least once, and the first-ingested copy of each (brute-force
+    order on ``(ingested_at, payload_hash)``) is the first copy in log order, field for field."""
+    table = raw_log.read_table(str(data_dir / "raw_events"))
+    at = table.schema.get_field_index("event_time")
+    raw = table.set_column(at, "event_time", table.column(at).cast(pa.int64())).to_pylist()  # epoch µs
+    copies = [
+        (
+            r["ingested_at"],
+            r["payload_hash"],
+            Event(
+                r["event_id"],
+                r["event_type"],
+                r["user_id"],
+                r["product_id"],
+                r["event_time"],
+                r["price"],
+                r["quantity"],
+                r["session_id"],
+            ),
+        )
+        for r in raw
+    ]
+    got = {e.event_id: e for e in dedupe(copies)}
+    want = {e.event_id: e for e in traffic.first_copies}
+    assert set(got) == set(want)
+    bad = [(got[i], e) for i, e in want.items() if got[i] != e]
+    assert not bad, f"{len(bad)} winners differ, e.g. {bad[:3]}"
 
 
 # group-coordinator states a just-started broker reports for a few seconds; committed() asks again
@@ -187,13 +242,38 @@ COORDINATOR_NOT_READY = frozenset(
 
 
 class WorkerProcess:
-    """``python -m jobs.stream`` with its own group, topics, data dir and metrics port."""
+    """``python -m jobs.stream`` with its own group, topics, data dir and metrics port.
 
-    def __init__(self, tmp: Path, broker: Broker, redis_url: str, **extra: str) -> None:
+    ``like=w`` makes another member of ``w``'s consumer group instead (same topics, group and data dir, its
+    own metrics port and log): the workers share the partitions.
+    """
+
+    topic: str
+    dlq: str
+    group: str
+    partitions: int
+    env: dict[str, str]
+
+    def __init__(
+        self,
+        tmp: Path,
+        broker: Broker,
+        redis_url: str,
+        partitions: int = PARTITIONS,
+        like: WorkerProcess | None = None,
+        **extra: str,
+    ) -> None:
         tag = uuid.uuid4().hex[:8]
-        self.topic, self.dlq, self.group = f"events-{tag}", f"dlq-{tag}", f"fstore-stream-{tag}"
-        self.tmp, self.broker = tmp, broker
+        self.tmp, self.broker, self.name = tmp, broker, "worker" if like is None else f"worker-{tag}"
         self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.runs = 0
+        if like is not None:
+            self.topic, self.dlq, self.group, self.partitions = like.topic, like.dlq, like.group, like.partitions
+            self.env = {**like.env, "FSTORE_STREAM_METRICS_PORT": str(self.port), **extra}
+            return
+        self.topic, self.dlq, self.group = f"events-{tag}", f"dlq-{tag}", f"fstore-stream-{tag}"
+        self.partitions = partitions
         self.env = {
             **os.environ,
             "PYTHONPATH": str(ROOT),
@@ -202,7 +282,7 @@ class WorkerProcess:
             "FSTORE_DATA_DIR": str(tmp / "data"),
             "FSTORE_EVENTS_TOPIC": self.topic,
             "FSTORE_DLQ_TOPIC": self.dlq,
-            "FSTORE_TOPIC_PARTITIONS": str(PARTITIONS),
+            "FSTORE_TOPIC_PARTITIONS": str(partitions),
             "FSTORE_STREAM_APP_ID": self.group,
             "FSTORE_STREAM_METRICS_PORT": str(self.port),
             "FSTORE_STREAM_SESSION_TIMEOUT_S": "6",
@@ -210,13 +290,11 @@ class WorkerProcess:
             "FSTORE_STREAM_LOG_LEVEL": "warning",
             **extra,
         }
-        broker.ensure_topics({self.topic: PARTITIONS, self.dlq: 1})
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.runs = 0
+        broker.ensure_topics({self.topic: partitions, self.dlq: 1})
 
     def start(self) -> None:
         self.runs += 1
-        log = open(self.tmp / f"worker-{self.runs}.log", "wb")  # noqa: SIM115 - owned by the process
+        log = open(self.tmp / f"{self.name}-{self.runs}.log", "wb")  # noqa: SIM115 - owned by the process
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "jobs.stream"],
             cwd=self.tmp,
@@ -253,7 +331,7 @@ class WorkerProcess:
         Apache Kafka returns in the first seconds after a start), so :meth:`wait_done` asks again."""
         c = Consumer({"bootstrap.servers": self.broker.bootstrap, "group.id": self.group, "enable.auto.commit": False})
         try:
-            tps = c.committed([TopicPartition(self.topic, p) for p in range(PARTITIONS)], timeout=10)
+            tps = c.committed([TopicPartition(self.topic, p) for p in range(self.partitions)], timeout=10)
             return sum(max(tp.offset, 0) for tp in tps)
         except KafkaException as exc:
             if exc.args and exc.args[0].code() in COORDINATOR_NOT_READY:
@@ -261,6 +339,23 @@ class WorkerProcess:
             raise
         finally:
             c.close()
+
+    def assigned(self) -> set[int]:
+        """Partitions of the events topic that the group coordinator assigns to this process (its consumer's
+        client id is ``<group>-<pid>``); empty while the group is rebalancing or the process is not in it."""
+        assert self.proc is not None
+        admin = AdminClient({"bootstrap.servers": self.broker.bootstrap})
+        try:
+            desc = admin.describe_consumer_groups([self.group], request_timeout=10)[self.group].result(timeout=15)
+        except KafkaException:
+            return set()
+        return {
+            tp.partition
+            for m in desc.members
+            if m.client_id == f"{self.group}-{self.proc.pid}" and m.assignment is not None
+            for tp in m.assignment.topic_partitions
+            if tp.topic == self.topic
+        }
 
     def wait_done(self, total: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -272,7 +367,7 @@ class WorkerProcess:
         raise AssertionError(f"committed {self.committed()} of {total} after {timeout} s\n{self.log_tail()}")
 
     def log_tail(self) -> str:
-        return (self.tmp / f"worker-{self.runs}.log").read_text(errors="replace")[-3000:]
+        return (self.tmp / f"{self.name}-{self.runs}.log").read_text(errors="replace")[-3000:]
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

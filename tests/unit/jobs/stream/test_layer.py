@@ -120,3 +120,53 @@ def test_future_stamped_events_count_from_their_time_then_move() -> None:
     assert still == {e.event_id for e in events if e.event_time >= now + 100 * SECOND}
     for as_of in (now + 100 * SECOND, now + 100 * SECOND + 1, now + 400 * SECOND):
         check(as_of)
+
+
+class RecordingConsumer:
+    """The two consumer calls a rebalance makes: ``assignment()`` and ``commit(offsets)`` (refused for a
+    partition it does not own, as aiokafka does)."""
+
+    def __init__(self, owned: set[str]) -> None:
+        self.owned = owned
+        self.commits: list[dict[str, int]] = []
+
+    def assignment(self) -> set[str]:
+        return set(self.owned)
+
+    async def commit(self, offsets: dict[str, int]) -> None:
+        if set(offsets) - self.owned:
+            raise RuntimeError(f"not assigned: {set(offsets) - self.owned}")
+        self.commits.append(dict(offsets))
+
+
+def test_rebalance_finishes_the_taken_batch_and_commits_it_before_giving_up_partitions() -> None:
+    """A batch taken from the consumer (validated, not yet applied) when the group rebalances: the revoke
+    callback waits for it, flushes the raw sink and commits its offsets, so the partition's next owner
+    starts after it; offsets of partitions no longer owned are then forgotten."""
+    now = 1_767_225_600_000_000
+    events = [
+        Event(f"e{i}", "click", f"u{i % 7}", f"p{i % 3}", now - (i + 1) * SECOND, None, 1, None) for i in range(300)
+    ]
+    records = [Record(k.encode(), v, i, now // 1000) for i, (k, v) in enumerate(message(e) for e in events)]
+    sinks = MemorySinks(list(VIEWS.values()))
+    layer = SpeedLayer(
+        StreamSettings(), None, sinks.dead, kv=sinks.kv, tiles=sinks.tiles, raw=sinks.raw, clock=lambda: now
+    )
+    consumer = RecordingConsumer({"events-0", "events-1"})
+    layer.consumer = consumer
+
+    async def rebalance_during_a_batch() -> None:
+        batch = await layer.take({"events-0": records})
+        revoke = asyncio.ensure_future(layer.on_revoked())
+        await asyncio.sleep(0.05)
+        assert not revoke.done(), "the revoke callback must wait for the batch taken from the consumer"
+        await layer.finish(batch)
+        await asyncio.wait_for(revoke, 5)
+
+    asyncio.run(rebalance_during_a_batch())
+    assert consumer.commits == [{"events-0": len(records)}]
+    assert len(sinks.raw.rows) == len(records)
+
+    layer.pending = {"events-0": 7, "events-1": 9}
+    layer.on_assigned({"events-1"})
+    assert layer.pending == {"events-1": 9}
