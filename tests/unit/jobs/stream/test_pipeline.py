@@ -11,10 +11,10 @@ from redis.asyncio.connection import Connection
 from fstore.core.events import Event
 from fstore.core.features import PRODUCT_ENGAGEMENT, USER_ACTIVITY
 from fstore.core.tiles import build_tiles
-from fstore.core.timeutil import HOUR, MINUTE
-from fstore.redis.layout import future_field, parse_future, partial_fields, speed_key
+from fstore.core.timeutil import HOUR, MINUTE, SECOND
+from fstore.redis.layout import future_field, marker_key, parse_future, partial_fields, speed_key
 from jobs.stream.pipeline import prepare
-from jobs.stream.speed_lua import APPLY_TILES_SHA, group_events, plan_calls
+from jobs.stream.speed_lua import APPLY_TILES_SHA, group_events, marker_generation, plan_calls
 
 pytestmark = pytest.mark.unit
 
@@ -54,15 +54,27 @@ def test_plan_calls_packs_markers_and_deltas() -> None:
     events = [Event(f"e{i}", "purchase", f"u{i % 2}", "p1", NOW - i * MINUTE, 2.5 * i, 1, None) for i in range(4)]
     groups = group_events([USER_ACTIVITY, PRODUCT_ENGAGEMENT], events)
     assert set(groups) == {("user_activity", "u0"), ("user_activity", "u1"), ("product_engagement", "p1")}
-    calls = list(plan_calls(list(groups.values()), 100, 200, cluster=True, chunk=1))
+    calls = list(plan_calls(list(groups.values()), 100, 200, cluster=True, chunk=1, generation=7))
     assert len(calls) == 3  # one hash slot each
     for call in calls:
         assert call.argv[:3] == [100, 200, 1]
         tags = {k[k.index("{") : k.index("}") + 1] for k in call.keys}
         assert len(tags) == 1
-        assert all(call.keys[i - 1].endswith(":seen:" + eid) for i, (_, eid) in call.markers.items())
-    packed = list(plan_calls(list(groups.values()), 100, 200, cluster=False, chunk=10_000))
+        ((_, sub),) = call.subs
+        assert call.keys[:3] == [marker_key(sub.view.name, sub.entity, g) for g in (6, 7, 8)]
+        data = orjson.loads(call.argv[3])  # type: ignore[arg-type]
+        assert data[4 : 4 + len(sub.events)] == [eid for _, eid in call.markers.values()]
+    packed = list(plan_calls(list(groups.values()), 100, 200, cluster=False, chunk=10_000, generation=7))
     assert len(packed) == 1 and packed[0].argv[2] == 3
+
+
+def test_marker_generation_keeps_markers_at_least_one_ttl() -> None:
+    ttl = 3600
+    for now in (0, 1, ttl * SECOND - 1, ttl * SECOND, 5 * ttl * SECOND + 17):
+        g, left = marker_generation(now, ttl)
+        assert g * ttl <= now // SECOND < (g + 1) * ttl  # the clock's generation
+        assert now // SECOND + left == (g + 2) * ttl  # the generation's hashes expire together
+        assert ttl < left <= 2 * ttl  # a marker written now outlives the TTL
 
 
 def test_subgroup_rebuild_drops_duplicates() -> None:
@@ -115,7 +127,7 @@ def test_script_payload_keys_fields_and_marker_owners() -> None:
     for (_, entity), sub in groups.items():  # the tiles hold only the events before the clock
         past = [ev for ev in sub.events if ev.event_time < now]
         assert sub.tiles == {k: t for k, t in build_tiles(sub.view, past).items() if k.entity == entity}
-    calls = list(plan_calls(list(groups.values()), 100, 200, cluster=False, chunk=7))
+    calls = list(plan_calls(list(groups.values()), 100, 200, cluster=False, chunk=7, generation=3))
     assert len(calls) > 1
     for call in calls:
         markers = call.markers
@@ -128,7 +140,10 @@ def test_script_payload_keys_fields_and_marker_owners() -> None:
             nm, nk, nd, nf = data[a : a + 4]
             a += 4
             assert nm == len(sub.events) and nf == len(sub.future)
-            hashes = call.keys[k + nm : k + nm + nk]
+            assert data[a : a + nm] == [ev.event_id for ev in sub.events]
+            a += nm
+            assert call.keys[k : k + 3] == [marker_key(sub.view.name, sub.entity, g) for g in (2, 3, 4)]
+            hashes = call.keys[k + 3 : k + 3 + nk]
             want: dict[tuple[str, str], tuple[float, ...]] = {}
             for tk, tile in sub.tiles.items():
                 for m, p in tile.items():
@@ -164,7 +179,7 @@ def test_script_payload_keys_fields_and_marker_owners() -> None:
                 )
                 for ev in sub.future
             }
-            k += nm + nk
+            k += 3 + nk
         assert a == len(data) and k == len(call.keys)
 
 
@@ -202,6 +217,7 @@ def test_packed_call_is_what_redis_py_sends() -> None:
     events.append(Event("é-1", "click", "ü", "p1", NOW, None, 1, None))  # non-ASCII: bytes, not characters
     groups = group_events([USER_ACTIVITY, PRODUCT_ENGAGEMENT], events)
     conn = Connection()
-    for call in plan_calls(list(groups.values()), 100, 200, cluster=False, chunk=4):
+    for call in plan_calls(list(groups.values()), 100, 200, cluster=False, chunk=4, generation=1):
         want = b"".join(conn.pack_command("EVALSHA", APPLY_TILES_SHA, len(call.keys), *call.keys, *call.argv))
         assert call.packed() == want
+
