@@ -109,7 +109,7 @@ def run(path: str, rounds: int) -> int:
     batches = [evs[i : i + 5000] for i in range(0, len(evs), 5000)][:rounds]
     for batch in batches:
         subs = list(group_events(list(VIEWS.values()), batch).values())
-        for call in plan_calls(subs, 3600, 3600, cluster=False, chunk=4000):
+        for call in plan_calls(subs, 3600, 3600, cluster=False, chunk=4000, generation=1):
             call.packed()
     return sum(map(len, batches))
 

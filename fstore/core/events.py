@@ -143,25 +143,63 @@ def parse(raw: bytes, now: int, loads: Loads = json_loads) -> Event | Rejection:
 
 
 _ID_CLASS = r"[A-Za-z0-9_.:-]{1,128}"
-# Two or three ids joined by "/" (not in the id charset) and matched at once: one regex call, not three.
-_match_ids2 = re.compile(f"{_ID_CLASS}/{_ID_CLASS}").fullmatch
-_match_ids3 = re.compile(f"{_ID_CLASS}/{_ID_CLASS}/{_ID_CLASS}").fullmatch
 _fromisoformat = datetime.fromisoformat
 _ONE_US = timedelta(microseconds=1)
 _match_id = re.compile(_ID_CLASS).fullmatch
 _new_event = tuple.__new__
+#: Ids already seen to match the id charset (users, products and sessions repeat from event to event, so the
+#: fast path checks each once): a memo of a pure predicate, emptied when it grows past _KNOWN_MAX.
+_known_ids: set[str] = set()
+_KNOWN_MAX = 100_000
+
+
+def _good_id(v: str) -> bool:
+    """``_ID.fullmatch(v)``, memoised for ids that match."""
+    if v in _known_ids:
+        return True
+    if not _match_id(v):
+        return False
+    if len(_known_ids) >= _KNOWN_MAX:
+        _known_ids.clear()
+    _known_ids.add(v)
+    return True
 
 
 def _accept(obj: dict[str, Any], now: int) -> Event | None:
-    """Fast path of :func:`validate` for the common, well-formed event; ``None`` when unsure.
-
-    It only ever returns the event :func:`validate` would return for ``obj`` (the same checks on exact
-    types; float event times are left to :func:`validate`); anything else — every invalid event
-    included — returns ``None`` and goes through :func:`validate`, which gives the reason. The stream
-    worker spends much of its CPU here, hence the inlined checks.
-    """
+    """Fast path of :func:`validate` for the common, well-formed event; ``None`` when unsure."""
     get = obj.get
-    event_id, event_type, user_id, product_id = get("event_id"), get("event_type"), get("user_id"), get("product_id")
+    return accept(
+        get("event_id"),
+        get("event_type"),
+        get("user_id"),
+        get("product_id"),
+        get("event_time"),
+        get("price"),
+        get("quantity"),
+        get("session_id"),
+        now,
+    )
+
+
+def accept(
+    event_id: Any,
+    event_type: Any,
+    user_id: Any,
+    product_id: Any,
+    t: Any,
+    price: Any,
+    quantity: Any,
+    session_id: Any,
+    now: int,
+) -> Event | None:
+    """Fast path of :func:`validate` given the decoded fields (``None`` for an absent one); ``None`` when unsure.
+
+    It only ever returns the event :func:`validate` would return for an object with these fields (the
+    same checks on exact types; float event times are left to :func:`validate`); anything else — every
+    invalid event included — returns ``None`` and goes through :func:`validate`, which gives the reason.
+    The stream worker spends much of its CPU here, hence the inlined checks; it also calls this with
+    fields decoded straight from the bytes by a typed decoder (:mod:`jobs.stream.pipeline`).
+    """
     if (
         type(event_id) is not str
         or type(event_type) is not str
@@ -169,12 +207,14 @@ def _accept(obj: dict[str, Any], now: int) -> Event | None:
         or event_type not in _EVENT_TYPES
     ):
         return None
-    if product_id is None:
-        if event_type != "page_view" or not _match_ids2(f"{event_id}/{user_id}"):
-            return None
-    elif type(product_id) is not str or not _match_ids3(f"{event_id}/{user_id}/{product_id}"):
+    known = _known_ids
+    if not _match_id(event_id) or (user_id not in known and not _good_id(user_id)):
         return None
-    t = get("event_time")
+    if product_id is None:
+        if event_type != "page_view":
+            return None
+    elif type(product_id) is not str or (product_id not in known and not _good_id(product_id)):
+        return None
     if type(t) is str:
         try:
             dt = _fromisoformat(t)
@@ -191,7 +231,6 @@ def _accept(obj: dict[str, Any], now: int) -> Event | None:
         return None
     if not 0 <= us <= MAX_MICROS or us > now + FUTURE_TOLERANCE:
         return None
-    price = get("price")
     if price is None:
         if event_type == "purchase":
             return None
@@ -204,13 +243,13 @@ def _accept(obj: dict[str, Any], now: int) -> Event | None:
         price = float(price)
     else:
         return None
-    quantity = get("quantity")
     if quantity is None:
         quantity = 1
     elif type(quantity) is not int or not 1 <= quantity <= MAX_QUANTITY:
         return None
-    session_id = get("session_id")
-    if session_id is not None and (type(session_id) is not str or not _match_id(session_id)):
+    if session_id is not None and (
+        type(session_id) is not str or (session_id not in known and not _good_id(session_id))
+    ):
         return None
     return _new_event(Event, (event_id, event_type, user_id, product_id, us, price, quantity, session_id))
 

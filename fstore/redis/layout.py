@@ -7,8 +7,8 @@ Keys (``{...}`` is a Redis Cluster hash tag: all keys of one entity of one view 
 
     fs:{<view>|<entity>}:s:<yyyymmdd>    speed tiles whose start falls on that UTC day      (hash)
     fs:{<view>|<entity>}:b:<version>     batch-view tiles [C - longest window - hop, C)      (hash)
-    fs:{<view>|<entity>}:seen:<event_id> de-duplication marker of the stream job            (string)
-    fs:{<view>|<entity>}:moved:<event_id> a future event moved from its field into the tiles (string)
+    fs:{<view>|<entity>}:m:<generation>  de-duplication markers of the stream job: event_id → 1 (hash)
+    fs:{<view>|<entity>}:mv:<generation> future events moved from their field into the tiles  (hash)
     fs:batch:current                     the serving batch view: JSON {version, cutover, ...} (string)
 
 Fields of a tile hash come in two forms, and readers (:func:`parse_tiles`) accept both:
@@ -69,14 +69,12 @@ def batch_key(view: str, entity: str, version: str) -> str:
     return f"{PREFIX}:{entity_tag(view, entity)}:b:{version}"
 
 
-def seen_key(view: str, entity: str, event_id: str) -> str:
-    """De-duplication marker of an event for one entity of one view."""
-    return f"{PREFIX}:{entity_tag(view, entity)}:seen:{event_id}"
-
-
-def moved_key(view: str, entity: str, event_id: str) -> str:
-    """Marker of a future event of one entity of one view already moved from its field into the tiles."""
-    return f"{PREFIX}:{entity_tag(view, entity)}:moved:{event_id}"
+def marker_key(view: str, entity: str, generation: int, moved: bool = False) -> str:
+    """Hash of the de-duplication markers (fields = event_ids) one entity of one view got in one marker
+    generation (``moved``: of the future events moved into its tiles). Generation ``g`` covers the
+    processing-clock seconds ``[g·T, (g+1)·T)`` for the marker TTL ``T`` and expires at ``(g+2)·T``, so a
+    marker lives between T and 2T (:mod:`jobs.stream.speed_lua`)."""
+    return f"{PREFIX}:{entity_tag(view, entity)}:{'mv' if moved else 'm'}:{generation}"
 
 
 #: Name prefix of the exact fields of future-stamped events in a speed hash.

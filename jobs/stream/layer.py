@@ -170,6 +170,7 @@ class SpeedLayer:
                 s.tile_ttl_s,
                 cluster=s.stream_redis_cluster,
                 chunk=s.stream_script_chunk,
+                clock=clock,
             )
         )
         self.raw: RawEventSink = (

@@ -17,6 +17,7 @@ from typing import Any
 import pyarrow as pa
 from redis.exceptions import NoScriptError
 
+from fstore.clock import Clock, wall_clock
 from fstore.core.events import Event
 from fstore.core.features import FeatureView
 from fstore.delta import raw_log
@@ -28,6 +29,7 @@ from jobs.stream.speed_lua import (
     ScriptCall,
     Subgroup,
     group_events,
+    marker_generation,
     move_subgroups,
     plan_calls,
 )
@@ -45,10 +47,11 @@ class TilePlan:
     round, so sending the same plan again after a failure resumes where it stopped.
     """
 
-    __slots__ = ("calls", "packed", "pending", "sent", "skipped", "subgroups")
+    __slots__ = ("calls", "generation", "packed", "pending", "sent", "skipped", "subgroups")
 
-    def __init__(self, pending: list[Subgroup]) -> None:
+    def __init__(self, pending: list[Subgroup], generation: tuple[int, int]) -> None:
         self.pending = pending
+        self.generation = generation  # the markers' (generation, seconds left), fixed for every round
         self.subgroups = tuple(pending)  # all of them: once sent, each holds what it applied
         self.calls: list[ScriptCall] = []
         self.packed = b""
@@ -81,6 +84,8 @@ class TileWriter:
         tile_ttl: seconds a tile hash lives after its last write.
         cluster: group script calls by hash slot (Redis Cluster).
         chunk: max markers per script call otherwise.
+        clock: the processing clock (UTC epoch µs) that picks the markers' generation when a plan is
+            given no ``now``.
     """
 
     def __init__(
@@ -92,10 +97,11 @@ class TileWriter:
         *,
         cluster: bool = False,
         chunk: int = 4_000,
+        clock: Clock = wall_clock,
     ) -> None:
         self.client, self.views = client, tuple(views)
         self.marker_ttl, self.tile_ttl = marker_ttl, tile_ttl
-        self.cluster, self.chunk = cluster, chunk
+        self.cluster, self.chunk, self.clock = cluster, chunk, clock
 
     def plan(self, events: Sequence[Event], now: int | None = None) -> TilePlan:
         """Pre-aggregate events (unique by event_id) and pack the first round (pure CPU, no I/O).
@@ -103,7 +109,8 @@ class TileWriter:
         ``now`` is the processing clock: events with ``event_time >= now`` are stored as exact future
         fields rather than folded into tiles (:mod:`jobs.stream.speed_lua`).
         """
-        plan = TilePlan(list(group_events(self.views, events, now).values()))
+        generation = marker_generation(self.clock() if now is None else now, self.marker_ttl)
+        plan = TilePlan(list(group_events(self.views, events, now).values()), generation)
         self._pack(plan)
         return plan
 
@@ -114,13 +121,16 @@ class TileWriter:
     def plan_moves(self, due: Sequence[tuple[FeatureView, str, Event]]) -> TilePlan:
         """Move future events whose time has come from their fields into the tiles (only events this
         worker stored as fields: :meth:`TilePlan.stored_future`)."""
-        plan = TilePlan(move_subgroups(due))
+        plan = TilePlan(move_subgroups(due), marker_generation(self.clock(), self.marker_ttl))
         self._pack(plan)
         return plan
 
     def _pack(self, plan: TilePlan) -> None:
+        generation, marker_ttl = plan.generation
         plan.calls = list(
-            plan_calls(plan.pending, self.marker_ttl, self.tile_ttl, cluster=self.cluster, chunk=self.chunk)
+            plan_calls(
+                plan.pending, marker_ttl, self.tile_ttl, cluster=self.cluster, chunk=self.chunk, generation=generation
+            )
         )
         plan.packed = b"".join([c.packed() for c in plan.calls])
 

@@ -273,21 +273,9 @@ EDGES = [
 def test_fast_path_agrees_with_validate() -> None:
     """``parse`` tries a fast path first; it may only ever return what ``validate`` returns."""
     from fstore.core.events import _accept, validate
-    from fstore.synth.generator import GeneratorConfig, generate
+    from tests.support.messages import injected_messages
 
-    cfg = GeneratorConfig(
-        start=NOW - 60 * 60 * MINUTE,
-        end=NOW,
-        events=3_000,
-        users=50,
-        products=20,
-        duplicate_rate=0.05,
-        malformed_rate=0.3,
-        late_rate=0.1,
-        pii_rate=0.1,
-        epoch_ms_rate=0.3,
-    )
-    generated = [v for b in generate(cfg, 7, dumps=orjson.dumps) for v in b.values]
+    generated = injected_messages(NOW, 60, 3_000, 7, malformed_rate=0.3)
     fast = 0
     for raw in [r for r, _ in REJECTIONS] + EDGES + generated:
         try:

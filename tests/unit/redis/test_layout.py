@@ -11,11 +11,11 @@ from fstore.core.timeutil import HOUR, MINUTE
 from fstore.redis.layout import (
     BatchPointer,
     batch_key,
+    marker_key,
     packed_arrays,
     packed_fields,
     parse_tiles,
     partial_fields,
-    seen_key,
     speed_key,
 )
 
@@ -28,7 +28,8 @@ def test_keys_share_the_entity_hash_tag() -> None:
     keys = [
         speed_key("user_activity", "u1", T + HOUR),
         batch_key("user_activity", "u1", "v3"),
-        seen_key("user_activity", "u1", "e9"),
+        marker_key("user_activity", "u1", 2921),
+        marker_key("user_activity", "u1", 2921, moved=True),
     ]
     assert {k.split("}")[0] + "}" for k in keys} == {"fs:{user_activity|u1}"}
     assert speed_key("v", "e", T - 1) != speed_key("v", "e", T) == speed_key("v", "e", T + 23 * HOUR)

@@ -11,10 +11,10 @@ from redis.asyncio.connection import Connection
 from fstore.core.events import Event
 from fstore.core.features import PRODUCT_ENGAGEMENT, USER_ACTIVITY
 from fstore.core.tiles import build_tiles
-from fstore.core.timeutil import HOUR, MINUTE
-from fstore.redis.layout import future_field, parse_future, partial_fields, speed_key
+from fstore.core.timeutil import HOUR, MINUTE, SECOND
+from fstore.redis.layout import future_field, marker_key, parse_future, partial_fields, speed_key
 from jobs.stream.pipeline import prepare
-from jobs.stream.speed_lua import APPLY_TILES_SHA, group_events, plan_calls
+from jobs.stream.speed_lua import APPLY_TILES_SHA, group_events, marker_generation, plan_calls
 
 pytestmark = pytest.mark.unit
 
@@ -54,15 +54,27 @@ def test_plan_calls_packs_markers_and_deltas() -> None:
     events = [Event(f"e{i}", "purchase", f"u{i % 2}", "p1", NOW - i * MINUTE, 2.5 * i, 1, None) for i in range(4)]
     groups = group_events([USER_ACTIVITY, PRODUCT_ENGAGEMENT], events)
     assert set(groups) == {("user_activity", "u0"), ("user_activity", "u1"), ("product_engagement", "p1")}
-    calls = list(plan_calls(list(groups.values()), 100, 200, cluster=True, chunk=1))
+    calls = list(plan_calls(list(groups.values()), 100, 200, cluster=True, chunk=1, generation=7))
     assert len(calls) == 3  # one hash slot each
     for call in calls:
         assert call.argv[:3] == [100, 200, 1]
         tags = {k[k.index("{") : k.index("}") + 1] for k in call.keys}
         assert len(tags) == 1
-        assert all(call.keys[i - 1].endswith(":seen:" + eid) for i, (_, eid) in call.markers.items())
-    packed = list(plan_calls(list(groups.values()), 100, 200, cluster=False, chunk=10_000))
+        ((_, sub),) = call.subs
+        assert call.keys[:3] == [marker_key(sub.view.name, sub.entity, g) for g in (6, 7, 8)]
+        data = orjson.loads(call.argv[3])  # type: ignore[arg-type]
+        assert data[4 : 4 + len(sub.events)] == [eid for _, eid in call.markers.values()]
+    packed = list(plan_calls(list(groups.values()), 100, 200, cluster=False, chunk=10_000, generation=7))
     assert len(packed) == 1 and packed[0].argv[2] == 3
+
+
+def test_marker_generation_keeps_markers_at_least_one_ttl() -> None:
+    ttl = 3600
+    for now in (0, 1, ttl * SECOND - 1, ttl * SECOND, 5 * ttl * SECOND + 17):
+        g, left = marker_generation(now, ttl)
+        assert g * ttl <= now // SECOND < (g + 1) * ttl  # the clock's generation
+        assert now // SECOND + left == (g + 2) * ttl  # the generation's hashes expire together
+        assert ttl < left <= 2 * ttl  # a marker written now outlives the TTL
 
 
 def test_subgroup_rebuild_drops_duplicates() -> None:
@@ -115,7 +127,7 @@ def test_script_payload_keys_fields_and_marker_owners() -> None:
     for (_, entity), sub in groups.items():  # the tiles hold only the events before the clock
         past = [ev for ev in sub.events if ev.event_time < now]
         assert sub.tiles == {k: t for k, t in build_tiles(sub.view, past).items() if k.entity == entity}
-    calls = list(plan_calls(list(groups.values()), 100, 200, cluster=False, chunk=7))
+    calls = list(plan_calls(list(groups.values()), 100, 200, cluster=False, chunk=7, generation=3))
     assert len(calls) > 1
     for call in calls:
         markers = call.markers
@@ -128,7 +140,10 @@ def test_script_payload_keys_fields_and_marker_owners() -> None:
             nm, nk, nd, nf = data[a : a + 4]
             a += 4
             assert nm == len(sub.events) and nf == len(sub.future)
-            hashes = call.keys[k + nm : k + nm + nk]
+            assert data[a : a + nm] == [ev.event_id for ev in sub.events]
+            a += nm
+            assert call.keys[k : k + 3] == [marker_key(sub.view.name, sub.entity, g) for g in (2, 3, 4)]
+            hashes = call.keys[k + 3 : k + 3 + nk]
             want: dict[tuple[str, str], tuple[float, ...]] = {}
             for tk, tile in sub.tiles.items():
                 for m, p in tile.items():
@@ -164,7 +179,7 @@ def test_script_payload_keys_fields_and_marker_owners() -> None:
                 )
                 for ev in sub.future
             }
-            k += nm + nk
+            k += 3 + nk
         assert a == len(data) and k == len(call.keys)
 
 
@@ -202,6 +217,106 @@ def test_packed_call_is_what_redis_py_sends() -> None:
     events.append(Event("é-1", "click", "ü", "p1", NOW, None, 1, None))  # non-ASCII: bytes, not characters
     groups = group_events([USER_ACTIVITY, PRODUCT_ENGAGEMENT], events)
     conn = Connection()
-    for call in plan_calls(list(groups.values()), 100, 200, cluster=False, chunk=4):
+    for call in plan_calls(list(groups.values()), 100, 200, cluster=False, chunk=4, generation=1):
         want = b"".join(conn.pack_command("EVALSHA", APPLY_TILES_SHA, len(call.keys), *call.keys, *call.argv))
         assert call.packed() == want
+
+
+EDGE_CASES = [
+    b'{"event_id":"a","event_id":"b","event_type":"click","user_id":"u","product_id":"p","event_time":1799978493303}',
+    b'{"event_id":"a","event_type":"click","user_id":"u","product_id":"p","event_time":1799978493303,"price":1e400}',
+    b'{"event_id":"a","event_type":"click","user_id":"u","product_id":"p","event_time":1799978493303,"price":-0.0}',
+    b'{"event_id":"a\\ud800","event_type":"click","user_id":"u","product_id":"p","event_time":1799978493303}',
+    b'{"event_id":"\\u0061","event_type":"click","user_id":"u","product_id":"p","event_time":1799978493303}',
+    b'{"event_id":"a","event_type":"click","user_id":"u","product_id":"p","event_time":18446744073709551616}',
+    b'{"event_id":"a","event_type":"click","user_id":"u","product_id":"p","event_time":1799978493303.5}',
+    b'{"event_id":"a","event_type":"click","user_id":"u","product_id":"p","event_time":1799978493303,"quantity":1.0}',
+    b'{"event_id":"a","event_type":"click","user_id":"u","product_id":"p","event_time":1799978493303,"quantity":true}',
+    b'{"event_id":"a","event_type":"click","user_id":"u","product_id":"p","event_time":1799978493303,"quantity":0}',
+    b'{"event_id":"a","event_type":"click","user_id":"u","product_id":"p","event_time":1799978493303} x',
+    b'\xef\xbb\xbf{"event_id":"a","event_type":"click","user_id":"u","product_id":"p","event_time":1799978493303}',
+    b'{"event_id":"a","event_type":"purchase","user_id":"u","product_id":"p","event_time":1799978493303,"price":5}',
+    b'{"event_id":"a","event_type":"purchase","user_id":"u","product_id":"p","event_time":1799978493303,"price":1e15}',
+    b'{"event_id":"a","event_type":"purchase","user_id":"u","product_id":"p","event_time":1799978493303,"price":1000000000000001}',
+    b'{"event_id":"a","event_type":"purchase","user_id":"u","product_id":"p","event_time":1799978493303,"price":0.1000000000000000055511151231257827}',
+    b'{"event_id":"a","event_type":"purchase","user_id":"u","product_id":"p","event_time":1799978493303}',
+    b' {"event_id":"a","event_type":"page_view","user_id":"u","event_time":"2027-01-15T02:01:33.510+02:00"}\n',
+    b'{"event_id":"a","event_type":"page_view","user_id":"u","event_time":"2027-01-15T02:01:33.510"}',
+    b'{"event_id":"a","event_type":"page_view","user_id":"u","event_time":"2027-01-15 02:01:33.5104567Z"}',
+    b'{"event_id":"a","event_type":"page_view","user_id":"u","event_time":-9223372036854775809}',
+    b'{"event_id":"a","event_type":"page_view","user_id":"u","product_id":null,"event_time":1799978493303}',
+    b'{"event_id":"a","event_type":"click","user_id":"u","product_id":null,"event_time":1799978493303}',
+    b'{"event_id":"a","event_type":"page_view","user_id":"u","event_time":1799978493303,"session_id":"free text"}',
+    b'{"event_id":"a","event_type":"page_view","user_id":"u","event_time":1799978493303,"email":"x@y.z"}',
+    b'{"event_id":"a","event_type":"page_view","user_id":"u","event_time":1799978493303,"extra":{"deep":[1,2e400]}}',
+    b'{"event_id":"' + b"a" * 129 + b'","event_type":"page_view","user_id":"u","event_time":1799978493303}',
+    b'{"event_id":"a","event_type":"page_view","user_id":"u","event_time":1799978493303,"pad":"'
+    + b"x" * 70_000
+    + b'"}',
+    b'{"event_id":"a","event_type":"Page_view","user_id":"u","event_time":1799978493303}',
+    b'{"event_id":"a","event_type":"page_view","user_id":"u","event_time":1799978493303}\x00',
+    b'{"event_id":"a","event_type":"page_view","user_id":"u","event_time":1799978493303,"session_id":"s\xc3\xa9"}',
+    b'{"event_id":"a","event_type":"page_view","user_id":"\xff","event_time":1799978493303}',
+    b"[1, 2]",
+    b"null",
+    b"",
+]
+
+
+def test_typed_decoder_agrees_with_the_core_on_every_message() -> None:
+    """The stream's msgspec path (``parse_fast``, and ``prepare`` which inlines it) gives every message the
+    verdict and the event of the core's ``parse`` with orjson: generated traffic with every injection,
+    hand-made edge cases, and random mutations of valid messages (bytes and values)."""
+    import random
+
+    from fstore.core.events import parse
+    from jobs.stream.pipeline import parse_fast
+    from tests.support.messages import injected_messages
+
+    now = 1_800_000_000_000_000
+    generated = injected_messages(now, 6, 6_000, 5, malformed_rate=0.05)
+    rng = random.Random(3)
+    alphabet = b'{}[]":,.-+eE0123456789 \\nultrfasxu'
+    swaps: list[object] = [
+        None,
+        True,
+        1.5,
+        -1,
+        0,
+        2**64 - 1,
+        "x",
+        "",
+        "a b",
+        [],
+        {},
+        1799978493303,
+        "2027-01-15T02:01:33Z",
+    ]
+    mutated = []
+    for raw in generated[:3_000]:
+        b = bytearray(raw)
+        for _ in range(rng.randint(1, 3)):
+            i = rng.randrange(len(b))
+            op = rng.random()
+            if op < 0.4:
+                b[i] = rng.choice(alphabet)
+            elif op < 0.7:
+                del b[i]
+            else:
+                b.insert(i, rng.choice(alphabet))
+        mutated.append(bytes(b))
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(obj, dict):
+            obj[rng.choice([*obj, "price", "quantity", "session_id", "product_id"])] = rng.choice(swaps)
+            mutated.append(orjson.dumps(obj))
+    values = generated + EDGE_CASES + mutated
+    want = [parse(v, now, orjson.loads) for v in values]
+    assert [parse_fast(v, now) for v in values] == want
+    accepted = [w for w in want if isinstance(w, Event)]
+    assert 5_000 < len(accepted) < len(values) - 1_000  # both verdicts are well represented
+    p = prepare(values, now, 0, None, 10**15)
+    assert p.valid == accepted
+    assert p.invalid == [(i, w.reason) for i, w in enumerate(want) if not isinstance(w, Event)]

@@ -1,0 +1,27 @@
+"""Generated Kafka message values with every injection the generator makes, for the decoder tests."""
+
+from __future__ import annotations
+
+import orjson
+
+from fstore.core.timeutil import HOUR
+from fstore.synth.generator import GeneratorConfig, generate
+
+
+def injected_messages(end: int, hours: int, events: int, seed: int, malformed_rate: float) -> list[bytes]:
+    """``events`` messages over the ``hours`` before ``end``, for ``users=50, products=20``: duplicates (5 %),
+    late events (10 %), personal data (10 %), epoch-millisecond times (30 %) and ``malformed_rate`` of
+    invalid messages of every reason."""
+    cfg = GeneratorConfig(
+        start=end - hours * HOUR,
+        end=end,
+        events=events,
+        users=50,
+        products=20,
+        duplicate_rate=0.05,
+        malformed_rate=malformed_rate,
+        late_rate=0.1,
+        pii_rate=0.1,
+        epoch_ms_rate=0.3,
+    )
+    return [v for b in generate(cfg, seed, dumps=orjson.dumps) for v in b.values]
