@@ -17,6 +17,7 @@ refuses a record as too large (a lower ``message.max.bytes``), it goes again cut
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from typing import Any, NamedTuple
 
@@ -99,15 +100,30 @@ class KafkaDeadLetters:
 
     def __init__(self, bootstrap: list[str], topic: str, client_id: str | None = None) -> None:
         self.topic = topic
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap,
-            client_id=client_id or f"fstore-dlq-{os.getpid()}",
+        self._bootstrap = bootstrap
+        self._client_id = client_id or f"fstore-dlq-{os.getpid()}"
+        self._producer = self._new_producer()
+        self._started = False
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            bootstrap_servers=self._bootstrap,
+            client_id=self._client_id,
             acks="all",
             enable_idempotence=True,
             linger_ms=5,
             request_timeout_ms=30_000,
         )
-        self._started = False
+
+    async def reset(self) -> None:
+        """Start over with a new producer session (a new producer id). After a record the broker refused, an
+        idempotent producer's sequence numbers no longer match the broker's (every later send fails with
+        ``OutOfOrderSequenceNumber``); the records still to send go out through the new session."""
+        if self._started:
+            self._started = False
+            with contextlib.suppress(Exception):  # the old session is being dropped: its errors no longer matter
+                await self._producer.stop()
+        self._producer = self._new_producer()
 
     async def start(self) -> None:
         """Connect (once)."""

@@ -129,6 +129,9 @@ class ListDeadLetters:
     async def stop(self) -> None:
         return None
 
+    async def reset(self) -> None:
+        return None
+
     async def send(self, *, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]) -> asyncio.Future[None]:
         self.records.append((key, value, dict(headers)))
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()

@@ -698,6 +698,8 @@ class SpeedLayer:
                     again.append(item)
                 else:
                     self._dead_acked.add(item[0])
+            if again:  # a refused record breaks an idempotent session's sequence numbers: retry in a new one
+                await self.dlq_topic.reset()
             todo = again
             if error is not None:
                 delay = outage.failed(error)

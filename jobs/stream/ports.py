@@ -101,6 +101,10 @@ class DeadLetterSink(Protocol):
         """Queue one record; the returned awaitable resolves once the broker acknowledged it."""
         ...
 
+    async def reset(self) -> None:
+        """Drop the connection's state after failed sends and start a fresh one (called before a retry)."""
+        ...
+
 
 class KeyValue(Protocol):
     """The worker's reads and writes of single Redis keys."""
