@@ -2,11 +2,12 @@
 the API serves at concurrency 32, for ``--duration`` seconds (default 600).
 
 One private redis-server and Apache Kafka broker, one worker (``python -m jobs.stream``), one ``fstore
-serve``. The traffic is generated up front (event times in the last 2 hours, 1 % duplicates), with 1 % of
-the messages replaced by **poison** — valid-looking events no sink can hold (``quantity`` 3,000,000,000,
-``price`` 1e300, epoch seconds: ``out_of_range:<f>``) — and 1 % by **oversized** ones (64–80 KiB). It is
-published at ``--rate`` while the load client (bench/online_latency.py's keep-alive client) sends GET
-/features for one user (whole ``user_activity`` view) at ``--concurrency``. At the end:
+serve``, all started first. The traffic — event times in the last 2 hours, 1 % duplicates, 1 % of the
+messages replaced by **poison** (valid-looking events no sink can hold: ``quantity`` 3,000,000,000,
+``price`` 1e300, epoch seconds; ``out_of_range:<f>``) and 1 % by **oversized** ones (64–80 KiB) — is made
+while it is published at ``--rate`` (bounded memory), and meanwhile the load client (bench/online_latency.py's
+keep-alive client) sends GET /features (a whole ``user_activity`` view, users in turn) at
+``--concurrency``. At the end:
 
 * **events lost** — by brute force: the distinct valid event_ids expected vs those in ``raw_events``
   (missing and extra), and per (view, tile size, measure) the number of first copies expected vs the sum
@@ -33,6 +34,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -112,14 +114,14 @@ def poison(obj: dict[str, Any], rng: random.Random) -> tuple[bytes, str]:
     return orjson.dumps(obj), "poison"
 
 
-def traffic(n: int, seed: int, exp: Expected) -> list[tuple[list[str | None], list[bytes]]]:
-    """``n`` messages in batches: generated events, 1 % replaced by poison and 1 % by oversized ones."""
+def traffic(n: int, seed: int, exp: Expected) -> Iterator[tuple[list[str | None], list[bytes]]]:
+    """``n`` messages in batches, made as they are published (bounded memory): generated events, 1 %
+    replaced by poison and 1 % by oversized ones; ``exp`` folds them in as they are made."""
     now = time.time_ns() // 1000
     cfg = GeneratorConfig(
         start=now - 2 * 3600 * SECOND, end=now, events=n, users=20_000, products=2_000, duplicate_rate=0.01
     )
     rng = random.Random(seed)
-    out = []
     for b in generate(cfg, seed, dumps=orjson.dumps):
         values = list(b.values)
         for i, raw in enumerate(values):
@@ -133,8 +135,7 @@ def traffic(n: int, seed: int, exp: Expected) -> list[tuple[list[str | None], li
             else:
                 exp.valid(raw)
         exp.messages += len(values)
-        out.append((list(b.keys), values))
-    return out
+        yield list(b.keys), values
 
 
 def speed_counts(client: redis.Redis) -> tuple[Counter[tuple[str, int, str]], dict[tuple[str, int, str], float]]:
@@ -177,14 +178,7 @@ def main() -> None:
     args = ap.parse_args()
     n = round(args.rate * args.duration)
     exp = Expected()
-    t0 = time.monotonic()
-    batches = traffic(n, args.seed, exp)
-    out: dict[str, Any] = {
-        "command": " ".join(["python", *sys.argv]),
-        "messages": exp.messages,
-        "generate_s": round(time.monotonic() - t0, 1),
-        "load_avg_at_start": os.getloadavg(),
-    }
+    out: dict[str, Any] = {"command": " ".join(["python", *sys.argv]), "load_avg_at_start": os.getloadavg()}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         with RedisServer(state_dir=tmp / "svc") as rs, Broker(state_dir=tmp / "svc") as broker:
@@ -223,7 +217,8 @@ def main() -> None:
                 client = threading.Thread(target=load)
                 client.start()
                 pub_t0 = time.monotonic()
-                rep = kafka_io.publish(batches, broker.bootstrap, run.topic, rate=args.rate)
+                rep = kafka_io.publish(traffic(n, args.seed, exp), broker.bootstrap, run.topic, rate=args.rate)
+                out["messages"] = exp.messages
                 out["publish"] = {
                     "ok": rep.ok,
                     "seconds": round(time.monotonic() - pub_t0, 1),
