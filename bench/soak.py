@@ -27,17 +27,18 @@ import argparse
 import asyncio
 import hashlib
 import json
+import multiprocessing
 import os
 import random
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import online_latency
 import orjson
 import pyarrow.compute as pc
 import redis
@@ -169,6 +170,33 @@ def id_digest(ids: set[str] | list[str]) -> int:
     return sum(int.from_bytes(hashlib.blake2b(i.encode(), digest_size=8).digest(), "little") for i in ids) % 2**64
 
 
+def api_load(port: int, concurrency: int, seconds: float, results: Any) -> None:
+    """GET /features of whole ``user_activity`` views, users in turn, for ``seconds`` (a process of its own)."""
+    users = [f"u{i}" for i in range(0, 20_000, 7)]
+    statuses: Counter[int] = Counter()
+    exchange = online_latency._exchange
+
+    async def counted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, req: bytes) -> int:
+        status = await exchange(reader, writer, req)
+        statuses[status] += 1
+        return status
+
+    online_latency._exchange = counted  # the client's one request function, counting answers by status
+    try:
+        res = asyncio.run(
+            _run(
+                port,
+                lambda i: http_get(f"/features?user_id={users[i % len(users)]}&features=user_activity"),
+                concurrency,
+                10**9,
+                seconds,
+            )
+        )
+    except Exception as exc:  # a connection error ends the load client: report it
+        res = {"exception": repr(exc)}
+    results.put({**res, "statuses": dict(statuses)})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--duration", type=float, default=600.0, help="seconds of traffic (default 600)")
@@ -192,29 +220,12 @@ def main() -> None:
                     if run.proc.poll() is not None or time.monotonic() > deadline:
                         raise RuntimeError(f"worker did not start, see {run.log.name}")
                     time.sleep(0.5)
-                users = [f"u{i}" for i in range(0, 20_000, 7)]
-                api: dict[str, Any] = {}
-
-                def load() -> None:
-                    try:
-                        api.update(
-                            asyncio.run(
-                                _run(
-                                    port,
-                                    lambda i: http_get(
-                                        f"/features?user_id={users[i % len(users)]}&features=user_activity"
-                                    ),
-                                    args.concurrency,
-                                    10**9,
-                                    args.duration,
-                                )
-                            )
-                        )
-                    except Exception as exc:  # a connection error ends the load client: report it
-                        api["exception"] = repr(exc)
-
+                # the load client runs in its own process: in this one it would share the GIL with the
+                # traffic generator and report the generator's pauses as API latency
+                ctx = multiprocessing.get_context("spawn")
+                results = ctx.Queue()
+                client = ctx.Process(target=api_load, args=(port, args.concurrency, args.duration, results))
                 cpu0, rcpu0 = run.cpu_seconds(), redis_cpu(rs.url)
-                client = threading.Thread(target=load)
                 client.start()
                 pub_t0 = time.monotonic()
                 rep = kafka_io.publish(traffic(n, args.seed, exp), broker.bootstrap, run.topic, rate=args.rate)
@@ -226,7 +237,8 @@ def main() -> None:
                 }
                 _, body = run.wait_events(exp.messages, 600)
                 cpu, rcpu = run.cpu_seconds() - cpu0, redis_cpu(rs.url) - rcpu0
-                client.join()
+                api = results.get(timeout=120)
+                client.join(30)
                 out["drained_after_publish_s"] = round(time.monotonic() - pub_t0 - out["publish"]["seconds"], 1)
                 alive = run.proc.poll() is None
                 invalid = sum(
