@@ -216,6 +216,11 @@ def accept(
     elif type(product_id) is not str or (product_id not in known and not _good_id(product_id)):
         return None
     if type(t) is str:
+        # Only the common ``YYYY-MM-DDThh:mm[:ss[.f]]Z`` shape here: fromisoformat also takes text that is not
+        # ISO-8601 (``…T12:00:00.Z``, any separator character, offsets with seconds), which the full
+        # validator refuses (timeutil.ISO_8601); other offsets take that path too.
+        if t[10:11] != "T" or t[-1:] != "Z" or not "0" <= t[-2:-1] <= "9" or t[4:5] != "-":
+            return None
         try:
             dt = _fromisoformat(t)
             if dt.tzinfo is None:  # fromisoformat's tzinfo is a fixed offset: never a None utcoffset()

@@ -6,6 +6,7 @@ tile boundaries exact (no float rounding) and are what Parquet/Delta store for `
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, TypeVar
 
@@ -70,10 +71,21 @@ def to_date(us: int) -> date:
     return from_micros(us).date()
 
 
+#: The shape of an ISO-8601 date and time with a UTC offset: a calendar (or week) date, ``T`` (or RFC
+#: 3339's space), hours with optional minutes, seconds and fraction, extended or basic form, then ``Z`` or
+#: ``±hh[[:]mm]``. ``datetime.fromisoformat`` alone is more lenient (any separator character, ``12:00:00.Z``,
+#: offsets with seconds), so its input is checked against this first.
+ISO_8601 = re.compile(
+    r"(?:\d{4}(-?)\d\d\1\d\d|\d{4}-?W\d\d-?\d)[T ]\d\d(?:(:?)\d\d(?:\2\d\d(?:[.,]\d+)?)?)?(?:Z|[+-]\d\d(?::?\d\d)?)"
+)
+
+
 def parse_timestamp(value: str) -> int:
     """Parse an ISO-8601 timestamp *with* an offset (``Z`` or ``±hh:mm``) to UTC epoch microseconds.
 
     Raises:
-        ValueError: if the text is not ISO-8601 or carries no offset.
+        ValueError: if the text is not ISO-8601 (:data:`ISO_8601`) or carries no offset.
     """
+    if not ISO_8601.fullmatch(value):
+        raise ValueError(f"not an ISO-8601 time with a UTC offset: {value[:40]!r}")
     return to_micros(datetime.fromisoformat(value))

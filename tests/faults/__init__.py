@@ -25,4 +25,9 @@ Rows whose test already existed when this matrix was written (not duplicated her
     ``tests/integration/test_batch.py::test_next_run_removes_the_keys_of_a_run_killed_while_loading``
 
 Related unit tests of the worker's failure paths: ``tests/unit/jobs/stream/test_layer_faults.py``.
+
+Issue 12's acceptance drills: ``kill -9`` of the worker (three times in a 200,000-message run), the batch
+driver (during Spark, a Delta commit, the Redis load) and the API at seeded random points —
+``test_kill9.py``; 100,000 fuzzed bad messages through Kafka against an oracle written from
+docs/design.md §2 — ``test_fuzz.py``; the 10-minute soak — ``bench/soak.py`` (docs/benchmarks.md).
 """

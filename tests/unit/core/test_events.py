@@ -115,7 +115,17 @@ TIME_FORMATS: list[tuple[object, int | str]] = [  # event_time as sent -> stored
     (E1 // 1000, E1),  # epoch milliseconds
     (E1 // 1000 + 0.25, E1 + 250),  # fractional milliseconds: rounded to µs
     (100_000_000_000, 100_000_000_000_000),  # the smallest epoch number taken as milliseconds (1973-03-03)
+    ("20261121T110000Z", E1),  # ISO-8601 basic form
+    ("2026-11-21T11:00Z", E1),  # no seconds
+    ("2026-11-21T11:00:00,5Z", E1 + 500_000),
     ("2026-11-21T11:00:00", "invalid_type:event_time"),  # no offset: ambiguous
+    ("2026-11-21x11:00:00Z", "invalid_type:event_time"),  # not ISO-8601 (fromisoformat takes any separator)
+    ("2026-11-21T11:00:00.Z", "invalid_type:event_time"),  # a decimal point without digits
+    ("2026-11-21T11:00:00 Z", "invalid_type:event_time"),
+    ("2026-11-21T12:30:00+01:30:00", "invalid_type:event_time"),  # offset with seconds: not ISO-8601
+    ("2026-11-21T11:00:00+24:00", "invalid_type:event_time"),
+    ("2026/11/21T11:00:00Z", "invalid_type:event_time"),
+    ("Sat, 21 Nov 2026 11:00:00 +0000", "invalid_type:event_time"),  # RFC 2822
     ("2026-11-21", "invalid_type:event_time"),
     ("11:00:00Z", "invalid_type:event_time"),
     (str(E1 // 1000), "invalid_type:event_time"),  # a number in a string
@@ -258,6 +268,10 @@ EDGES = [
     msg(event_time="9999-12-31T23:59:59.999999-00:01"),
     msg(event_time="2026-11-21T11:00:00.5+01:00"),
     msg(event_time="2026-11-21"),
+    msg(event_time="2026-11-21x11:00:00Z"),
+    msg(event_time="2026-11-21T11:00:00.Z"),
+    msg(event_time="2026-W47-6T11:00:00Z"),
+    msg(event_time="2026-11-21T11:00:00+01:00:30"),
     msg(event_type="page_view", product_id=None),
     msg(event_type="click", product_id=None, price=None),
     msg(event_id="a" * 128),
