@@ -159,9 +159,10 @@ class _Conn(asyncio.Protocol):
 
 
 def raise_errors(replies: list[Any]) -> list[Any]:
-    """``replies``, unless one is a command error: then raise the first (the connection stays usable)."""
+    """``replies``, unless one is an error: then raise the first. A command's error reply leaves the connection
+    usable; a Redis Cluster pool also puts a node's connection error in place of that node's replies."""
     for reply in replies:
-        if isinstance(reply, rex.ResponseError):
+        if isinstance(reply, Exception):
             raise reply
     return replies
 
