@@ -118,13 +118,13 @@ class _Router:
         for i, reply in zip(idxs, replies, strict=True):
             if isinstance(reply, rex.ResponseError):
                 reply = error_of(reply)
-                if isinstance(reply, rex.AskError):
-                    asking[i] = (reply.host, int(reply.port))
-                    redo.append(i)
-                    continue
-                if isinstance(reply, rex.MovedError):
+                if isinstance(reply, rex.MovedError):  # first: redis-py's MovedError subclasses AskError
                     self.owners = None
                     asking.pop(i, None)
+                    redo.append(i)
+                    continue
+                if isinstance(reply, rex.AskError):
+                    asking[i] = (reply.host, int(reply.port))
                     redo.append(i)
                     continue
             out[i] = reply
