@@ -87,7 +87,8 @@ class FlakyCluster(ClusterPool):
 
     def __init__(self, error: Exception) -> None:
         super().__init__([A])
-        self.error, self.rounds, self.loaded = error, [], 0
+        self.error, self.loaded = error, 0
+        self.rounds: list[list[int]] = []
 
     async def execute(self, commands: Any, slots: Any) -> list[Any]:
         self.rounds.append(list(slots))
