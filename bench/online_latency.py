@@ -109,6 +109,19 @@ def load_tiles(client: redis.Redis | redis.RedisCluster, events: list[Event], cu
     return len(hashes)
 
 
+def memory_figures(used: int, users: int, products: int, keys: int) -> dict[str, Any]:
+    """Redis memory of the loaded views per key, per entity and per (entity, feature) (INFO used_memory)."""
+    cells = users * len(USER_ACTIVITY.features) + products * len(PRODUCT_ENGAGEMENT.features)
+    return {
+        "used_bytes": used,
+        "users": users,
+        "products": products,
+        "bytes_per_key": round(used / max(keys, 1)),
+        "bytes_per_entity": round(used / max(users + products, 1)),
+        "bytes_per_entity_feature": round(used / max(cells, 1)),
+    }
+
+
 # -- servers ----------------------------------------------------------------------------------------------
 
 
@@ -361,10 +374,14 @@ def main() -> None:
         report["events"] = len(events)
         report["generate_s"] = round(time.perf_counter() - t, 1)
         t = time.perf_counter()
+        empty = int(client.info("memory")["used_memory"])
         report["redis_keys"] = load_tiles(client, events, cutover)
         report["load_s"] = round(time.perf_counter() - t, 1)
         users = sorted({e.user_id for e in events})
         products = sorted({e.product_id for e in events if e.product_id})
+        report["redis_memory"] = memory_figures(
+            int(client.info("memory")["used_memory"]) - empty, len(users), len(products), report["redis_keys"]
+        )
         del events
         env = {k: v for k, v in os.environ.items() if k != "FSTORE_API_KEY"}  # no auth in the bench
         env.update(FSTORE_REDIS_URL=rs.url, PYTHONPATH=str(ROOT))

@@ -137,6 +137,9 @@ def test_stream_batch_api_and_feast_on_a_cluster_equal_brute_force(
     users = [f"{k}{u}" for k in "bsm" for u in range(30)]
     settings = ApiSettings(redis_url=url, redis_cluster=True)
     with TestClient(create_app(settings, clock=lambda: as_of)) as api:
+        health = api.get("/health").json()  # the pointer and the worker's heartbeat, read through the cluster
+        assert health["status"] == "ok" and health["batch_version"] == pointer.version, health
+        assert health["detail"]["speed_layer"]["last_commit"] is not None, health
         n = check_view(api, USER_ACTIVITY, "user_id", users, expected, c)
         n += check_view(api, PRODUCT_ENGAGEMENT, "product_id", PRODUCTS, expected, c)
     assert n > 1000
