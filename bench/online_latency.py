@@ -25,8 +25,13 @@ minutes only, which flatters the per-request speed-hash decoding).
 multiprocess mode: ``--variant off:FSTORE_API_SAMPLE_RATE=0 --variant mp:PROMETHEUS_MULTIPROC_DIR={tmp}``;
 the report then has each variant's CPU per request over the default server's.
 
+``--redis-cluster`` also starts a 3-primary Redis Cluster on loopback ports (:mod:`fstore.devsvc.cluster`), loads
+the same tiles into it and serves them with ``FSTORE_REDIS_CLUSTER=1`` as the variant ``cluster`` (same phases,
+interleaved): standalone vs Cluster p50/p99, requests/s and CPU per request in one run. The report then also
+says whether both servers return the same values, and the Redis processes' CPU per request of each.
+
 Usage: ``python bench/online_latency.py [--users 10000] [--products 1000] [--days 8] [--phase-seconds 10]
-[--speed-hours 13] [--no-feast] [--variant NAME:VAR=VALUE ...]``.
+[--speed-hours 13] [--no-feast] [--variant NAME:VAR=VALUE ...] [--redis-cluster]``.
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ from fstore.core.events import Event, parse
 from fstore.core.features import PRODUCT_ENGAGEMENT, USER_ACTIVITY, VIEWS
 from fstore.core.tiles import build_tiles
 from fstore.core.timeutil import DAY, HOUR, MINUTE, floor_to
+from fstore.devsvc.cluster import RedisCluster
 from fstore.devsvc.services import HOST, RedisServer, free_port
 from fstore.redis.layout import POINTER_KEY, BatchPointer, batch_key, partial_fields, speed_key
 from fstore.synth.generator import GeneratorConfig, generate
@@ -84,7 +90,7 @@ def make_events(users: int, products: int, days: int, now: int) -> list[Event]:
     return out
 
 
-def load_tiles(client: redis.Redis, events: list[Event], cutover: int) -> int:
+def load_tiles(client: redis.Redis | redis.RedisCluster, events: list[Event], cutover: int) -> int:
     """Batch tiles (< C) under :data:`VERSION`, speed tiles (>= C) per day, then the pointer; returns #keys."""
     hashes: dict[str, dict[str, str]] = {}
     for view in VIEWS.values():
@@ -101,6 +107,19 @@ def load_tiles(client: redis.Redis, events: list[Event], cutover: int) -> int:
     pipe.execute()
     client.set(POINTER_KEY, BatchPointer(VERSION, cutover).dumps())
     return len(hashes)
+
+
+def memory_figures(used: int, users: int, products: int, keys: int) -> dict[str, Any]:
+    """Redis memory of the loaded views per key, per entity and per (entity, feature) (INFO used_memory)."""
+    cells = users * len(USER_ACTIVITY.features) + products * len(PRODUCT_ENGAGEMENT.features)
+    return {
+        "used_bytes": used,
+        "users": users,
+        "products": products,
+        "bytes_per_key": round(used / max(keys, 1)),
+        "bytes_per_entity": round(used / max(users + products, 1)),
+        "bytes_per_entity_feature": round(used / max(cells, 1)),
+    }
 
 
 # -- servers ----------------------------------------------------------------------------------------------
@@ -325,6 +344,9 @@ def main() -> None:
     )
     ap.add_argument("--no-feast", action="store_true", help="skip Feast: compare fstore variants only")
     ap.add_argument(
+        "--redis-cluster", action="store_true", help="also serve the same tiles from a 3-primary Redis Cluster"
+    )
+    ap.add_argument(
         "--variant",
         action="append",
         default=[],
@@ -352,10 +374,14 @@ def main() -> None:
         report["events"] = len(events)
         report["generate_s"] = round(time.perf_counter() - t, 1)
         t = time.perf_counter()
+        empty = int(client.info("memory")["used_memory"])
         report["redis_keys"] = load_tiles(client, events, cutover)
         report["load_s"] = round(time.perf_counter() - t, 1)
         users = sorted({e.user_id for e in events})
         products = sorted({e.product_id for e in events if e.product_id})
+        report["redis_memory"] = memory_figures(
+            int(client.info("memory")["used_memory"]) - empty, len(users), len(products), report["redis_keys"]
+        )
         del events
         env = {k: v for k, v in os.environ.items() if k != "FSTORE_API_KEY"}  # no auth in the bench
         env.update(FSTORE_REDIS_URL=rs.url, PYTHONPATH=str(ROOT))
@@ -373,6 +399,17 @@ def main() -> None:
             for v in extra.values():
                 if "{tmp}" in v:
                     (tmp / name).mkdir(exist_ok=True)
+        cluster = None
+        if args.redis_cluster:
+            cluster = RedisCluster(tmp / "cluster", primaries=3).start()
+            ccl = redis.RedisCluster.from_url(cluster.url)
+            t = time.perf_counter()
+            events = make_events(args.users, args.products, args.days, now)
+            report["cluster_redis_keys"] = load_tiles(ccl, events, cutover)
+            report["cluster_load_s"] = round(time.perf_counter() - t, 1)
+            del events
+            ccl.close()
+            variants["cluster"] = {**env, "FSTORE_REDIS_URL": cluster.url, "FSTORE_REDIS_CLUSTER": "1"}
         fsingle, fbatch = fstore_requests(sample, batches)
         targets: dict[str, tuple[int, int, Maker, Maker]] = {}
         with contextlib.ExitStack() as stack:
@@ -381,6 +418,20 @@ def main() -> None:
                 cmd = [str(BIN / "fstore"), "serve", "--host", HOST, "--port", str(port), "--workers", "1"]
                 _, pid = stack.enter_context(server(cmd, port, ROOT, venv, tmp / f"{name}.log"))
                 targets[name] = (port, pid, fsingle, fbatch)
+            # The standalone redis-server serves every target but "cluster"; the cluster's nodes serve "cluster".
+            redis_pids = {"standalone": [rs.pid]} | ({"cluster": [n.pid for n in cluster.nodes]} if cluster else {})
+            redis_cpu0 = {k: sum(tree_cpu_seconds(p) or 0.0 for p in v if p) for k, v in redis_pids.items()}
+            if cluster is not None:
+                some = {"user_id": users[:200], "product_id": products[:200]}
+                for _ in range(2):  # a hop boundary passing between the two reads moves windows: read again
+                    a = final_values(f"http://{HOST}:{targets['fstore'][0]}", some)
+                    b = final_values(f"http://{HOST}:{targets['cluster'][0]}", some)
+                    same = all(
+                        a[k].drop(columns="event_timestamp").equals(b[k].drop(columns="event_timestamp")) for k in a
+                    )
+                    if same:
+                        break
+                report["cluster_values_match_standalone"] = same
             if not args.no_feast:
                 values = final_values(
                     f"http://{HOST}:{targets['fstore'][0]}", {"user_id": users, "product_id": products}
@@ -415,6 +466,19 @@ def main() -> None:
                 gsingle, gbatch = feast_requests(sample, batches, feats)
                 targets["feast"] = (gport, gpid, gsingle, gbatch)
             report.update(phases(targets, args.phase_seconds))
+            served = {k: sum(report[k][ph]["requests"] + WARMUP for ph in PHASES) for k in targets}
+            requests = {
+                "standalone": sum(n for k, n in served.items() if k != "cluster"),
+                "cluster": served.get("cluster"),
+            }
+            report["redis_cpu_ms_per_request"] = {
+                k: round(
+                    (sum(tree_cpu_seconds(p) or 0.0 for p in v if p) - redis_cpu0[k]) * 1000 / (requests[k] or 1), 3
+                )
+                for k, v in redis_pids.items()
+            }
+        if cluster is not None:
+            cluster.stop()
     f = report["fstore"]
     for name in variants:
         if name != "fstore":

@@ -25,6 +25,11 @@ class Settings(BaseSettings):
 
     data_dir: str = Field("data", description="Root of the Delta tables (local path or object-store URI)")
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for the online views")
+    redis_cluster: bool = Field(
+        False,
+        description="Redis is a Redis Cluster: FSTORE_REDIS_URL names any one of its nodes (the others are "
+        "discovered) and every layer routes its keys by hash slot",
+    )
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, comma separated")
     events_topic: str = Field("events", description="Topic of raw events")
     dlq_topic: str = Field("events.dlq", description="Dead-letter topic")

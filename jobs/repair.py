@@ -22,8 +22,6 @@ from datetime import date
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import redis
-import redis.asyncio as aioredis
 
 from fstore.clock import Clock, wall_clock
 from fstore.core.dedupe import drop_superseded, first_ingested_arrow
@@ -31,6 +29,7 @@ from fstore.core.events import Event
 from fstore.core.features import VIEWS, largest_hop, longest_window
 from fstore.core.timeutil import SECOND, to_date
 from fstore.delta import batch_views, raw_log
+from fstore.redis.connect import admin_client, async_client
 from fstore.redis.layout import HEARTBEAT_KEY, BatchPointer, Heartbeat
 from jobs.batch import batch_view
 from jobs.batch.plan import tiles_table
@@ -78,7 +77,7 @@ def repair(
     Raises:
         RepairRefused: a stream worker committed within :data:`FRESH_HEARTBEAT_S` s (unless ``force``).
     """
-    client = redis.Redis.from_url(batch.redis_url)
+    client = admin_client(batch.redis_url, batch.redis_cluster)
     try:
         now = clock()
         beat = Heartbeat.loads(client.get(HEARTBEAT_KEY))
@@ -130,8 +129,8 @@ async def _apply(
 ) -> tuple[int, int]:
     """Apply through the worker's tile writer; events stamped at or after ``now`` become exact future fields
     (docs/design.md §5), which readers count from their event_time on."""
-    client = aioredis.Redis.from_url(s.redis_url, socket_timeout=30)
-    writer = TileWriter(client, list(VIEWS.values()), s.marker_ttl_s, s.tile_ttl_s, cluster=s.stream_redis_cluster)
+    client = async_client(s.redis_url, s.redis_cluster, timeout=30, connect_timeout=30)
+    writer = TileWriter(client, list(VIEWS.values()), s.marker_ttl_s, s.tile_ttl_s)
     skipped = 0
     try:
         for lo in range(0, len(events), CHUNK):

@@ -17,6 +17,7 @@ import prometheus_client  # noqa: F401 - see _forget_feast_metrics_dir
 import pytest
 import redis
 
+from fstore.devsvc.cluster import RedisCluster
 from fstore.devsvc.services import Broker, RedisServer
 from tests.support.stream import PARTITIONS, WorkerProcess
 
@@ -67,6 +68,17 @@ def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
         yield client
     finally:
         client.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """A running 3-primary Redis Cluster for the whole session (``.url`` = one node, a seed for clients).
+
+    Shared: tests use keys of their own (or flush every primary first); a test that kills nodes starts its
+    own :class:`fstore.devsvc.cluster.RedisCluster`.
+    """
+    with RedisCluster(tmp_path_factory.mktemp("redis-cluster"), primaries=3) as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="session")

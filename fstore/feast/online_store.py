@@ -5,6 +5,7 @@ Configure it in ``feature_store.yaml``::
     online_store:
       type: fstore.feast.online_store.FstoreOnlineStore
       redis_url: ${FSTORE_REDIS_URL}   # optional; default: FSTORE_REDIS_URL / the fstore settings
+      redis_cluster: true              # optional; a Redis Cluster (default: FSTORE_REDIS_CLUSTER)
       timeout_ms: 300                  # Redis connect/read timeout
 
 ``FeatureStore("feature_repo").get_online_features(features=[...], entity_rows=[...])`` then returns, for
@@ -33,8 +34,6 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-import redis
-import redis.asyncio as aioredis
 from feast import Entity
 from feast.feature_view import FeatureView as FeastFeatureView
 from feast.infra.online_stores.online_store import OnlineStore
@@ -48,6 +47,7 @@ from fstore.clock import Clock, wall_clock
 from fstore.core.aggregates import Value
 from fstore.core.features import FeatureView, get_view
 from fstore.online.reader import EntityRead, OnlineReader, ReadResult, SyncOnlineReader
+from fstore.redis.connect import async_client, sync_client
 
 ReadRow = tuple[datetime | None, dict[str, ValueProto] | None]
 
@@ -63,6 +63,9 @@ class FstoreOnlineStoreConfig(FeastConfigBaseModel):
     redis_url: str | None = None
     """``redis://host:port/db`` of the online views. Unset, empty or an unexpanded ``${VAR}``: the fstore
     settings (``FSTORE_REDIS_URL``, ``.fstore/services.env``, default)."""
+    redis_cluster: bool | None = None
+    """``true``: ``redis_url`` is one node of a Redis Cluster (keys routed by hash slot). Unset: the fstore
+    settings (``FSTORE_REDIS_CLUSTER``)."""
     timeout_ms: int = Field(300, ge=10, le=10_000)
     """Redis connect/read timeout in milliseconds (an unreachable Redis fails fast, never hangs)."""
 
@@ -75,6 +78,16 @@ def redis_url_of(config: RepoConfig) -> str:
 
         url = get_settings().redis_url
     return url
+
+
+def cluster_of(config: RepoConfig) -> bool:
+    """Whether the online views are on a Redis Cluster (yaml ``redis_cluster``, else ``FSTORE_REDIS_CLUSTER``)."""
+    flag = getattr(config.online_store, "redis_cluster", None)
+    if flag is None:
+        from fstore.settings import get_settings
+
+        return get_settings().redis_cluster
+    return bool(flag)
 
 
 def _entity_id(key: EntityKeyProto, view: FeatureView) -> str:
@@ -137,9 +150,7 @@ class FstoreOnlineStore(OnlineStore):
         url = redis_url_of(config)
         if self._reader is None or self._reader_url != url:
             timeout = getattr(config.online_store, "timeout_ms", 300) / 1000
-            client = redis.Redis.from_url(
-                url, socket_timeout=timeout, socket_connect_timeout=timeout, retry_on_timeout=False
-            )
+            client = sync_client(url, cluster_of(config), timeout=timeout, connect_timeout=timeout)
             self._reader = SyncOnlineReader(client, lambda: self.clock())
             self._reader_url = url
         return self._reader
@@ -187,9 +198,7 @@ class FstoreOnlineStore(OnlineStore):
         entry = self._readers.get(loop)
         if entry is None or entry[0] != url:
             timeout = getattr(config.online_store, "timeout_ms", 300) / 1000
-            client = aioredis.Redis.from_url(
-                url, socket_timeout=timeout, socket_connect_timeout=timeout, retry_on_timeout=False
-            )
+            client = async_client(url, cluster_of(config), timeout=timeout, connect_timeout=timeout)
             entry = self._readers[loop] = (url, OnlineReader(client, lambda: self.clock()))
         reader = entry[1]
         snap = await reader.read(reads)

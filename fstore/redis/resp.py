@@ -158,10 +158,11 @@ class _Conn(asyncio.Protocol):
         return out
 
 
-def _raise_errors(replies: list[Any]) -> list[Any]:
-    """``replies``, unless one is a command error: then raise the first (the connection stays usable)."""
+def raise_errors(replies: list[Any]) -> list[Any]:
+    """``replies``, unless one is an error: then raise the first. A command's error reply leaves the connection
+    usable; a Redis Cluster pool also puts a node's connection error in place of that node's replies."""
     for reply in replies:
-        if isinstance(reply, rex.ResponseError):
+        if isinstance(reply, Exception):
             raise reply
     return replies
 
@@ -238,7 +239,7 @@ class RespPool:
                     _, conn = await loop.create_connection(factory, self.host, self.port)
                 if self._hello_replies:
                     try:
-                        _raise_errors(await conn.round_trip(self._hello, self._hello_replies, None))
+                        raise_errors(await conn.round_trip(self._hello, self._hello_replies, None))
                     except BaseException:
                         conn.close()
                         raise
@@ -256,6 +257,10 @@ class RespPool:
             redis.exceptions.ConnectionError: Redis refused or dropped the connection.
             redis.exceptions.ResponseError: a command failed (the first such reply).
         """
+        return raise_errors(await self.execute_all(payload, replies))
+
+    async def execute_all(self, payload: bytes, replies: int) -> list[Any]:
+        """:meth:`execute` with error replies returned in place (``ResponseError`` instances), not raised."""
         idle = self._idle
         while idle:
             conn = idle.pop()
@@ -266,11 +271,11 @@ class RespPool:
             except rex.ConnectionError:
                 break  # e.g. Redis restarted since this connection was last used: once more, on a fresh one
             self._release(conn)
-            return _raise_errors(out)
+            return out
         conn = await self._connect()
         out = await conn.round_trip(payload, replies, self.timeout)
         self._release(conn)
-        return _raise_errors(out)
+        return out
 
     def _release(self, conn: _Conn) -> None:
         if len(self._idle) < MAX_IDLE and not conn.closed:
@@ -319,7 +324,7 @@ async def round_trip(
                     out.append(await conn.read_response())
                 except rex.ResponseError as exc:
                     out.append(exc)
-            return _raise_errors(out)
+            return raise_errors(out)
         except rex.ConnectionError:
             await conn.disconnect(nowait=True)
             if attempt or not retry_broken:
@@ -333,8 +338,11 @@ async def round_trip(
     raise AssertionError("unreachable")
 
 
-def round_trip_sync(client: redis.Redis, payload: bytes, replies: int, *, retry_broken: bool = True) -> list[Any]:
-    """:func:`round_trip` for a synchronous redis-py client (same failure rules)."""
+def round_trip_sync(
+    client: redis.Redis, payload: bytes, replies: int, *, retry_broken: bool = True, errors_in_place: bool = False
+) -> list[Any]:
+    """:func:`round_trip` for a synchronous redis-py client (same failure rules); ``errors_in_place``: return
+    error replies as exceptions among the replies instead of raising the first."""
     pool = client.connection_pool
     for attempt in (0, 1):
         conn = pool.get_connection()
@@ -346,7 +354,7 @@ def round_trip_sync(client: redis.Redis, payload: bytes, replies: int, *, retry_
                     out.append(conn.read_response())
                 except rex.ResponseError as exc:
                     out.append(exc)
-            return _raise_errors(out)
+            return out if errors_in_place else raise_errors(out)
         except rex.ConnectionError:
             conn.disconnect()  # type: ignore[no-untyped-call]
             if attempt or not retry_broken:

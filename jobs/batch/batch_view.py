@@ -2,8 +2,8 @@
 
 Layout is :mod:`fstore.redis.layout`: one hash per (view, entity, version) with one packed field per
 tile measure (:func:`~fstore.redis.layout.packed_fields`). A run loads its tiles under a fresh version
-that no reader knows yet, then ONE ``SET`` of :data:`~fstore.redis.layout.POINTER_KEY` (inside WATCH/MULTI, so a newer
-cutover is never replaced by an older one) makes the version visible and moves the cutover C. The
+that no reader knows yet, then ONE ``SET`` of :data:`~fstore.redis.layout.POINTER_KEY` (in a compare-and-set
+script, so a newer cutover is never replaced by an older one) makes the version visible and moves the cutover C. The
 previous version's keys get a short TTL (the grace period) so readers that fetched the old pointer still
 read a complete view. Every key carries a TTL (docs/design.md §7).
 
@@ -28,6 +28,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import types as T
 
 from fstore.core.features import VIEWS
+from fstore.redis.connect import AdminClient, admin_client
 from fstore.redis.layout import POINTER_KEY, PREFIX, BatchPointer, batch_key, packed_arrays
 
 _PIPELINE_FIELDS = 200_000  # also flush a pipeline after this many fields (bounded client buffers)
@@ -46,7 +47,7 @@ class LoadingLease:
     ``close(keep=False)`` (the run failed or did not publish) deletes the version's keys as well.
     """
 
-    def __init__(self, client: redis.Redis, version: str, lease_s: int = LEASE_S) -> None:
+    def __init__(self, client: AdminClient, version: str, lease_s: int = LEASE_S) -> None:
         self.client, self.version, self.lease_s = client, version, lease_s
         self._stop = threading.Event()
         client.sadd(LOADING_KEY, version)
@@ -71,11 +72,12 @@ class LoadingLease:
         self.client.srem(LOADING_KEY, self.version)
 
 
-def remove_abandoned(client: redis.Redis) -> list[str]:
-    """Delete the keys of every loading version whose run is gone (lease lapsed) and that is not serving.
+def remove_abandoned(client: AdminClient) -> list[str]:
+    """Delete the keys of every loading version whose run is gone (lease lapsed) and that is not serving
+    (on a Redis Cluster, :func:`expire_version` scans every primary).
 
-    Returns:
-        The versions removed.
+        Returns:
+            The versions removed.
     """
     serving = BatchPointer.loads(client.get(POINTER_KEY))
     removed = []
@@ -96,7 +98,7 @@ def version_pattern(version: str) -> str:
 
 
 def load_tiles(
-    table: pa.Table, view_name: str, version: str, client: redis.Redis, ttl_s: int, chunk: int
+    table: pa.Table, view_name: str, version: str, client: AdminClient, ttl_s: int, chunk: int
 ) -> tuple[int, int]:
     """Write tiles (the ``tiles_<view>`` columns) into Redis under ``version``, pipelined in chunks.
 
@@ -134,7 +136,7 @@ def load_tiles(
     pending = pending_fields = 0
     for entity, (lo, hi) in zip(names, itertools.pairwise(bounds), strict=True):
         bkey = batch_key(view_name, entity, version)
-        pipe.execute_command("HSET", bkey, *args[2 * lo : 2 * hi].tolist())  # type: ignore[no-untyped-call]
+        pipe.execute_command("HSET", bkey, *args[2 * lo : 2 * hi].tolist())
         pipe.expire(bkey, ttl_s)
         pending, pending_fields = pending + 1, pending_fields + hi - lo
         if pending >= chunk or pending_fields >= _PIPELINE_FIELDS:
@@ -145,11 +147,12 @@ def load_tiles(
 
 
 def load_view(
-    tiles_df: DataFrame, view_name: str, version: str, redis_url: str, ttl_s: int, chunk: int
+    tiles_df: DataFrame, view_name: str, version: str, redis_url: str, ttl_s: int, chunk: int, cluster: bool = False
 ) -> tuple[int, int]:
     """Write a view's tiles into Redis under ``version`` from the executors (:func:`load_tiles` per
     partition). ``tiles_df`` must hold each entity's tiles in one partition (see
-    :func:`jobs.batch.compute.tiles`).
+    :func:`jobs.batch.compute.tiles`). ``cluster``: ``redis_url`` is a node of a Redis Cluster (each
+    executor's pipelines are then split per node by redis-py's ``RedisCluster``).
 
     Returns:
         (keys written, fields written).
@@ -159,7 +162,7 @@ def load_view(
         parts = [b for b in batches if b.num_rows]
         if not parts:
             return
-        client = redis.Redis.from_url(redis_url)
+        client = admin_client(redis_url, cluster)
         try:
             keys, fields = load_tiles(pa.Table.from_batches(parts), view_name, version, client, ttl_s, chunk)
         finally:
@@ -180,8 +183,21 @@ class PublishResult:
     retired_keys: int
 
 
+#: Compare-and-set of the pointer in one script (one key, so one slot on a Redis Cluster, where WATCH/MULTI
+#: is not portable): keeps a later cutover unless ARGV[3] is 1; returns {moved, previous raw value or ''}.
+#: Cutovers are epoch microseconds, below 2^53, so Lua's doubles compare them exactly.
+_SWAP_POINTER = """
+local cur = redis.call('GET', KEYS[1])
+if cur and ARGV[3] ~= '1' and cjson.decode(cur)['cutover'] > tonumber(ARGV[2]) then
+  return {0, cur}
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[4])
+return {1, cur or ''}
+"""
+
+
 def publish(
-    client: redis.Redis, pointer: BatchPointer, ttl_s: int, grace_s: int, allow_older: bool = False
+    client: AdminClient, pointer: BatchPointer, ttl_s: int, grace_s: int, allow_older: bool = False
 ) -> PublishResult:
     """Make ``pointer.version`` the serving batch view in one atomic step, then retire the previous one.
 
@@ -195,28 +211,21 @@ def publish(
     Returns:
         Whether the pointer moved, the previous pointer and how many old keys got the grace TTL.
     """
-    with client.pipeline() as pipe:
-        while True:
-            try:
-                pipe.watch(POINTER_KEY)  # type: ignore[no-untyped-call]
-                previous = BatchPointer.loads(pipe.get(POINTER_KEY))
-                if previous is not None and previous.cutover > pointer.cutover and not allow_older:
-                    pipe.unwatch()
-                    return PublishResult(False, previous, 0)
-                pipe.multi()
-                pipe.set(POINTER_KEY, pointer.dumps(), ex=ttl_s)
-                pipe.execute()
-                break
-            except redis.WatchError:
-                continue
+    moved, raw = client.eval(_SWAP_POINTER, 1, POINTER_KEY, pointer.dumps(), pointer.cutover, int(allow_older), ttl_s)
+    previous = BatchPointer.loads(raw or None)
+    if not moved:
+        return PublishResult(False, previous, 0)
     retired = 0
     if previous is not None and previous.version != pointer.version:
         retired = expire_version(client, previous.version, grace_s)
     return PublishResult(True, previous, retired)
 
 
-def expire_version(client: redis.Redis, version: str, ttl_s: int) -> int:
-    """Lower the TTL of every key of ``version`` to ``ttl_s`` (0 deletes them); returns the key count."""
+def expire_version(client: AdminClient, version: str, ttl_s: int) -> int:
+    """Lower the TTL of every key of ``version`` to ``ttl_s`` (0 deletes them); returns the key count.
+
+    The keys are found with ``SCAN``; a ``RedisCluster`` client's ``scan_iter`` walks every primary and its
+    pipeline sends each command to its key's node."""
     n = 0
     pipe = client.pipeline(transaction=False)
     for k in client.scan_iter(match=version_pattern(version), count=10_000):
@@ -231,6 +240,6 @@ def expire_version(client: redis.Redis, version: str, ttl_s: int) -> int:
     return n
 
 
-def current(client: redis.Redis) -> BatchPointer | None:
+def current(client: AdminClient) -> BatchPointer | None:
     """The serving batch pointer, if any."""
     return BatchPointer.loads(client.get(POINTER_KEY))

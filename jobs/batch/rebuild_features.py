@@ -269,15 +269,17 @@ def _publish(
     checkpoint: Callable[[str], None],
 ) -> bool:
     """Load every view under ``version`` and swap the pointer; on failure drop the half-loaded version."""
-    import redis
+    from fstore.redis.connect import admin_client
 
-    client = redis.Redis.from_url(s.redis_url)
+    client = admin_client(s.redis_url, s.redis_cluster)
     abandoned = batch_view.remove_abandoned(client)  # versions of runs killed while loading
     m.info["abandoned_versions_removed"] = abandoned
     lease = batch_view.LoadingLease(client, version)
     try:
         for name, df in tiles.items():
-            keys, fields = batch_view.load_view(df, name, version, s.redis_url, s.batch_view_ttl_s, s.redis_chunk)
+            keys, fields = batch_view.load_view(
+                df, name, version, s.redis_url, s.batch_view_ttl_s, s.redis_chunk, s.redis_cluster
+            )
             m.count(f"redis_keys:{name}", keys)
             m.count(f"redis_fields:{name}", fields)
             checkpoint(f"load:{name}")

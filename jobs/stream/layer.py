@@ -47,7 +47,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis.asyncio as aredis
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError, NoOffsetForPartitionError, OffsetOutOfRangeError
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -57,6 +56,7 @@ from fstore.clock import Clock, wall_clock
 from fstore.core.events import Event
 from fstore.core.features import VIEWS, FeatureView
 from fstore.core.timeutil import iso
+from fstore.redis.connect import async_client
 from fstore.redis.layout import HEARTBEAT_KEY, POINTER_KEY, BatchPointer, Heartbeat
 from jobs.stream import metrics
 from jobs.stream.dead_letters import DeadLetter, dead_letter, shrink
@@ -157,8 +157,8 @@ class SpeedLayer:
         """
         self.s, self.clock = s, clock
         self.events_topic, self.dlq_topic = events_topic, dlq_topic
-        self.redis: Any = (  # a redis.asyncio.Redis, or a KeyValue fake when the tile sink is one too
-            kv if kv is not None else aredis.Redis.from_url(s.redis_url, socket_timeout=10, socket_connect_timeout=5)
+        self.redis: Any = (  # a redis.asyncio.Redis or a ClusterPool, or a KeyValue fake when the tile sink is one too
+            kv if kv is not None else async_client(s.redis_url, s.redis_cluster, timeout=10, connect_timeout=5)
         )
         self.tiles: TileSink = (
             tiles
@@ -168,7 +168,6 @@ class SpeedLayer:
                 list(VIEWS.values()),
                 s.marker_ttl_s,
                 s.tile_ttl_s,
-                cluster=s.stream_redis_cluster,
                 chunk=s.stream_script_chunk,
                 clock=clock,
             )

@@ -35,8 +35,9 @@ class StreamSettings(Settings):
     )
     stream_key_ttl_margin_s: int = Field(DEFAULT_MARGIN_S, ge=0, description="Margin added to the tile TTL")
     stream_marker_ttl_s: int | None = Field(None, ge=60, description="TTL of dedupe markers (default: tile TTL)")
-    stream_redis_cluster: bool = Field(False, description="Group Lua calls by hash slot (Redis Cluster)")
-    stream_script_chunk: int = Field(4_000, ge=1, description="Max dedupe markers per Lua call (non-cluster)")
+    stream_script_chunk: int = Field(
+        4_000, ge=1, description="Max dedupe markers per Lua call (standalone Redis; on a cluster: one call per slot)"
+    )
     stream_session_timeout_s: float = Field(10.0, gt=0, description="Kafka consumer session timeout")
     stream_heartbeat_s: float = Field(1.0, gt=0, description="Kafka consumer heartbeat interval")
     stream_rebalance_timeout_s: float = Field(10.0, gt=0, description="Kafka consumer rebalance timeout")

@@ -22,6 +22,7 @@ from fstore.core.events import Event
 from fstore.core.features import FeatureView
 from fstore.delta import raw_log
 from fstore.delta.event_index import EventIndex, date_numbers
+from fstore.redis.cluster import ClusterPool
 from fstore.redis.resp import round_trip
 from jobs.stream.speed_lua import (
     APPLY_TILES,
@@ -54,7 +55,7 @@ class TilePlan:
         self.generation = generation  # the markers' (generation, seconds left), fixed for every round
         self.subgroups = tuple(pending)  # all of them: once sent, each holds what it applied
         self.calls: list[ScriptCall] = []
-        self.packed = b""
+        self.packed: bytes | list[bytes] = b""  # the calls' requests, joined (standalone) or one per call (cluster)
         self.skipped: set[str] = set()
         self.sent = False  # the first round's request has been written (or there was nothing to send)
 
@@ -77,13 +78,18 @@ class TileWriter:
     the request bytes are built by :meth:`ScriptCall.packed` (in :meth:`plan`, which the worker runs
     while Redis still works on the previous batch) instead of redis-py's per-argument packing.
 
+    On a Redis Cluster (``client`` a :class:`fstore.redis.cluster.ClusterPool`) each script call carries
+    the subgroups of one hash slot and the pool sends one pipeline per node; a call that fails (its node
+    down, ``NOSCRIPT`` on a promoted replica, ...) leaves its subgroups pending while the others' results
+    are kept, so a retry re-sends only what may not have landed.
+
     Args:
-        client: a ``redis.asyncio`` client (``decode_responses=False``).
+        client: a ``redis.asyncio`` client (``decode_responses=False``) or a ``ClusterPool``.
         views: the feature views to maintain.
         marker_ttl: seconds a de-duplication marker lives.
         tile_ttl: seconds a tile hash lives after its last write.
-        cluster: group script calls by hash slot (Redis Cluster).
-        chunk: max markers per script call otherwise.
+        chunk: max markers per script call on a standalone Redis (a Redis Cluster client,
+            :class:`~fstore.redis.cluster.ClusterPool`, gets one call per hash slot).
         clock: the processing clock (UTC epoch µs) that picks the markers' generation when a plan is
             given no ``now``.
     """
@@ -95,13 +101,12 @@ class TileWriter:
         marker_ttl: int,
         tile_ttl: int,
         *,
-        cluster: bool = False,
         chunk: int = 4_000,
         clock: Clock = wall_clock,
     ) -> None:
         self.client, self.views = client, tuple(views)
         self.marker_ttl, self.tile_ttl = marker_ttl, tile_ttl
-        self.cluster, self.chunk, self.clock = cluster, chunk, clock
+        self.cluster, self.chunk, self.clock = isinstance(client, ClusterPool), chunk, clock
 
     def plan(self, events: Sequence[Event], now: int | None = None) -> TilePlan:
         """Pre-aggregate events (unique by event_id) and pack the first round (pure CPU, no I/O).
@@ -132,7 +137,8 @@ class TileWriter:
                 plan.pending, marker_ttl, self.tile_ttl, cluster=self.cluster, chunk=self.chunk, generation=generation
             )
         )
-        plan.packed = b"".join([c.packed() for c in plan.calls])
+        parts = [c.packed() for c in plan.calls]
+        plan.packed = parts if self.cluster else b"".join(parts)
 
     async def apply(self, events: Sequence[Event], now: int | None = None) -> set[str]:
         """Apply events (unique by event_id within the call) and return the event_ids skipped as duplicates."""
@@ -154,17 +160,19 @@ class TileWriter:
             try:
                 replies = await self._round(plan, on_sent)
             except NoScriptError:  # first use, or Redis restarted / flushed its scripts: load, redo the round
-                sha = await self.client.script_load(APPLY_TILES)
-                sha = sha.decode() if isinstance(sha, bytes) else str(sha)
-                if sha != APPLY_TILES_SHA:
-                    raise RuntimeError(f"Redis named the tile script {sha}, expected {APPLY_TILES_SHA}") from None
+                await self._load_script()
                 continue
             retry: dict[int, tuple[Subgroup, set[str]]] = {}
+            plan.pending, failed, load = [], None, False
             for call, reply in zip(plan.calls, replies, strict=True):
+                if isinstance(reply, BaseException):  # cluster: this call's node failed; the others stand
+                    plan.pending += [sub for _, sub in call.subs]
+                    load = load or isinstance(reply, NoScriptError)
+                    failed = failed or (None if isinstance(reply, NoScriptError) else reply)
+                    continue
                 for idx in reply:
                     sub, event_id = call.owner(int(idx))
                     retry.setdefault(id(sub), (sub, set()))[1].add(event_id)
-            plan.pending = []
             for sub, drop in retry.values():
                 plan.skipped |= drop
                 sub.rebuild(drop)
@@ -172,12 +180,28 @@ class TileWriter:
                     plan.pending.append(sub)
             if plan.pending:
                 self._pack(plan)
+            if failed is not None:
+                raise failed
+            if load:
+                await self._load_script()
         raise RuntimeError(f"speed tiles: duplicates still reported after {MAX_ROUNDS} rounds")
+
+    async def _load_script(self) -> None:
+        sha = await self.client.script_load(APPLY_TILES)
+        sha = sha.decode() if isinstance(sha, bytes) else str(sha)
+        if sha != APPLY_TILES_SHA:
+            raise RuntimeError(f"Redis named the tile script {sha}, expected {APPLY_TILES_SHA}") from None
 
     async def _round(self, plan: TilePlan, on_sent: Callable[[], None] | None) -> list[Any]:
         """Send the plan's packed calls in one write and read every reply (the first error is raised once
         all replies are read, so the connection stays in step; anything else drops the connection). Not
-        retried here: :meth:`apply` decides what to send again."""
+        retried here: :meth:`apply` decides what to send again. On a cluster: one pipeline per node, the
+        replies with errors in place."""
+        if self.cluster:
+            plan.mark_sent(on_sent)
+            slots = [call.subs[0][1].slot for call in plan.calls]
+            return await self.client.execute(plan.packed, slots)  # type: ignore[no-any-return]
+        assert isinstance(plan.packed, bytes)
         return await round_trip(
             self.client, plan.packed, len(plan.calls), retry_broken=False, on_sent=lambda: plan.mark_sent(on_sent)
         )

@@ -26,7 +26,6 @@ from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
 import orjson
-import redis.asyncio as aioredis
 from fastapi import FastAPI, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
@@ -41,6 +40,7 @@ from starlette.types import Message, Receive, Scope, Send
 from fstore.clock import Clock, wall_clock
 from fstore.core.timeutil import iso
 from fstore.online.reader import OnlineReader
+from fstore.redis.connect import async_client
 from fstore.samples import ResponseSampler
 from services.online_api.deps import ReaderDep, Secured, key_ok
 from services.online_api.logic import RequestError, historical_features, read_features
@@ -226,13 +226,7 @@ def create_app(settings: ApiSettings | None = None, clock: Clock = wall_clock) -
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        client = aioredis.Redis.from_url(
-            cfg.redis_url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry_on_timeout=False,
-            health_check_interval=0,
-        )
+        client = async_client(cfg.redis_url, cfg.redis_cluster, timeout=timeout, connect_timeout=timeout)
         app.state.reader = OnlineReader(client, clock)
         app.state.client = client
         app.state.settings = cfg

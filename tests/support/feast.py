@@ -18,13 +18,14 @@ ONLINE_STORE = {
 }
 
 
-def applied_repo(tmp: Path, redis_url: str, data_dir: Path) -> Path:
-    """A copy of ``feature_repo`` under ``tmp`` with the fstore online store, applied by the ``feast`` CLI."""
+def applied_repo(tmp: Path, redis_url: str, data_dir: Path, redis_cluster: bool = False) -> Path:
+    """A copy of ``feature_repo`` under ``tmp`` with the fstore online store, applied by the ``feast`` CLI
+    (``redis_cluster``: the store's ``redis_cluster: true``)."""
     repo = tmp / "feature_repo"
     shutil.copytree(ROOT / "feature_repo", repo, ignore=shutil.ignore_patterns("data"))
     cfg_path = repo / "feature_store.yaml"
     cfg = yaml.safe_load(cfg_path.read_text())
-    cfg["online_store"] = ONLINE_STORE
+    cfg["online_store"] = {**ONLINE_STORE, **({"redis_cluster": True} if redis_cluster else {})}
     cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     env = {**os.environ, "FSTORE_REDIS_URL": redis_url, "FSTORE_DATA_DIR": str(data_dir)}
     feast = str(Path(sys.executable).with_name("feast"))

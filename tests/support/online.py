@@ -40,7 +40,7 @@ def make_events(seed: int, n: int = 3000) -> list[Event]:
     return out
 
 
-def load(client: redis.Redis, events: list[Event], version: str | None, cutover: int) -> None:
+def load(client: redis.Redis | redis.RedisCluster, events: list[Event], version: str | None, cutover: int) -> None:
     """Write batch tiles (< cutover) under ``version`` and speed tiles (>= cutover), as the layers do."""
     pipe = client.pipeline(transaction=False)
     for view in VIEWS.values():
