@@ -339,10 +339,9 @@ def compute_arrays(
         request: from :func:`plan`.
         events: de-duplicated events with :data:`EVENT_COLUMNS` (``event_time`` timestamp or int64 µs;
             string columns plain or dictionary-encoded, chunks may carry different dictionaries).
-        keep: which rows of ``events`` count: ``None`` (all: ``events`` is de-duplicated already), a
-            boolean mask, or a callable returning one. The callable is called once, after the events'
-            columns, the entity keys and the rows' order are encoded, so the caller can de-duplicate
-            ``events`` in another thread meanwhile (:mod:`fstore.offline.local` does).
+        keep: which rows of ``events`` count: ``None`` (all: ``events`` is de-duplicated already) or a
+            boolean mask (the de-duplication winners of copies read as they are stored, so the caller
+            need not copy them into a new table: :mod:`fstore.offline.local`).
 
     The views of a request are computed in parallel threads (from :data:`_PARALLEL_ROWS` rows on).
     """
@@ -357,7 +356,7 @@ def compute_arrays(
         ev = ViewEvents(view, shared)
         codes = ev.codes(keys[view.entity.join_key])
         order = _row_order(codes, up)  # rows sorted by (code, t): binary searches walk forward
-        ev.build(wanted)  # waits for ``keep`` (the work above needs none of it)
+        ev.build(wanted)
         values = _windowed_values(view, request, ev, codes[order], down[order], up[order])
         inverse = np.empty_like(order)
         inverse[order] = np.arange(len(order))

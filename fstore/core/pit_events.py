@@ -4,15 +4,12 @@ The engine works on integer codes: event types and entity keys become dictionary
 :class:`EncodedEvents` encodes the columns every view shares; each view then encodes its entity key
 (:func:`encode_strings`) and builds its sorted measures (:class:`ViewEvents`).
 
-Which rows count (the de-duplication winners inside the time range) may be given late, as a callable:
-everything that does not depend on it — the encodings, the entity rows' codes and order — is done first,
-so a reader can de-duplicate in another thread meanwhile (:mod:`fstore.offline.local`).
+Which rows count (the de-duplication winners inside the time range) may be given as a mask over the
+table's rows (:data:`Keep`), so a reader need not copy the winners into a new table
+(:mod:`fstore.offline.local`).
 """
 
 from __future__ import annotations
-
-import threading
-from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -22,9 +19,8 @@ from fstore.core.aggregates import Agg
 from fstore.core.features import FeatureView, ValueKind
 from fstore.core.pit_kernels import F64, I64, Bool, SortedMeasure
 
-#: Rows of the events table that count: a mask, a callable returning one (called once, when first
-#: needed), or ``None`` for every row.
-Keep = Bool | Callable[[], Bool] | None
+#: Rows of the events table that count: a boolean mask, or ``None`` for every row.
+Keep = Bool | None
 
 
 def _dictionary_key(dictionary: pa.Array) -> tuple[int, ...]:
@@ -80,8 +76,7 @@ def encode_strings(column: pa.ChunkedArray | pa.Array) -> tuple[I64, pa.Array]:
 
 
 class EncodedEvents:
-    """Events decoded once, shared by every view: type codes and times now, the rows of each needed event
-    type once :meth:`select` is called (thread-safe; the first caller waits for ``keep``).
+    """Events decoded once, shared by every view: the counted rows of each needed event type and their times.
 
     Args:
         events: the events table (``event_type``, ``event_time``, ``price``, ``quantity`` and the entity keys).
@@ -91,37 +86,25 @@ class EncodedEvents:
 
     def __init__(self, events: pa.Table, event_types: set[str], keep: Keep = None) -> None:
         self.table = events
-        self._type_codes, types = encode_strings(events.column("event_type"))
-        self._names = types.to_pylist()
-        self._all_times = events.column("event_time").cast(pa.int64()).to_numpy().astype(np.int64, copy=False)
-        self._event_types = event_types
+        type_codes, types = encode_strings(events.column("event_type"))
+        names = types.to_pylist()
+        times = events.column("event_time").cast(pa.int64()).to_numpy().astype(np.int64, copy=False)
+        if keep is not None and len(keep) != len(type_codes):
+            raise ValueError(f"keep mask has {len(keep)} rows, the events {len(type_codes)}")
         #: ``(first, span)`` of every event's time: the time axis the views' sorted measures share.
         self.time_span: tuple[int, int] | None = None
-        if len(self._all_times):
-            first = int(self._all_times.min())
-            self.time_span = (first, int(self._all_times.max()) - first + 1)
-        self._keep = keep
-        self._lock = threading.Lock()
-        self._selected = False
+        if len(times):
+            first = int(times.min())
+            self.time_span = (first, int(times.max()) - first + 1)
         self.rows: dict[str, I64] = {}  # event type → its counted rows, in table order
         self.times: dict[str, I64] = {}
-
-    def select(self) -> None:
-        """Fill :attr:`rows` and :attr:`times` (once; later calls return at once)."""
-        with self._lock:
-            if self._selected:
-                return
-            keep = self._keep() if callable(self._keep) else self._keep
-            if keep is not None and len(keep) != len(self._type_codes):
-                raise ValueError(f"keep mask has {len(keep)} rows, the events {len(self._type_codes)}")
-            for event_type in self._event_types:
-                codes = [i for i, name in enumerate(self._names) if name == event_type]
-                mask = self._type_codes == codes[0] if len(codes) == 1 else np.isin(self._type_codes, codes)
-                if keep is not None:
-                    mask &= keep
-                self.rows[event_type] = rows = np.flatnonzero(mask)
-                self.times[event_type] = self._all_times[rows]
-            self._selected = True
+        for event_type in event_types:
+            codes = [i for i, name in enumerate(names) if name == event_type]
+            mask = type_codes == codes[0] if len(codes) == 1 else np.isin(type_codes, codes)
+            if keep is not None:
+                mask &= keep
+            self.rows[event_type] = rows = np.flatnonzero(mask)
+            self.times[event_type] = times[rows]
 
     def revenue(self, event_type: str) -> F64:
         """price × quantity of the counted events of one type (a null price counts 0)."""
@@ -135,8 +118,7 @@ class EncodedEvents:
 class ViewEvents:
     """Events of one view's entity, per measure, sorted for window queries.
 
-    The entity key is encoded at construction; :meth:`build` (after :meth:`EncodedEvents.select`) sorts
-    the measures the request needs.
+    The entity key is encoded at construction; :meth:`build` sorts the measures the request needs.
     """
 
     def __init__(self, view: FeatureView, events: EncodedEvents) -> None:
@@ -152,8 +134,7 @@ class ViewEvents:
         return codes
 
     def build(self, wanted: set[str]) -> None:
-        """Sort the events of every measure named in ``wanted`` (calls :meth:`EncodedEvents.select`)."""
-        self.events.select()
+        """Sort the events of every measure named in ``wanted``."""
         events, view = self.events, self.view
         for f in view.windowed:
             m = f.measure

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, Literal
@@ -37,12 +36,7 @@ DICT_COLUMNS = {"event_type", "user_id", "product_id"}
 
 @dataclass
 class Timings:
-    """Seconds spent per stage of the last call (for benchmarks and logs).
-
-    :func:`get_historical_features` de-duplicates in a thread while the engine encodes the events, so
-    ``dedupe`` overlaps ``join`` there (``join`` is everything after the read); :func:`read_events`
-    runs them one after the other.
-    """
+    """Seconds spent per stage of the last call (for benchmarks and logs)."""
 
     read: float = 0.0
     dedupe: float = 0.0
@@ -215,15 +209,11 @@ def get_historical_features(
     pit.plan(features, full_feature_names)  # fail fast, before any read
     timings = timings if timings is not None else Timings()
     copies = _read_copies(uri, pit.event_range(entity_df, features), timings)
-    began = time.perf_counter()
     if copies is None:
-        events = raw_log.RAW_SCHEMA.empty_table().select(list(pit.EVENT_COLUMNS))
-        out = pit.point_in_time(entity_df, features, events, full_feature_names=full_feature_names)
-    else:  # de-duplicate in a thread while the engine encodes the copies and the entity rows
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            winners = pool.submit(copies.winners, timings)
-            out = pit.point_in_time(
-                entity_df, features, copies.raw, full_feature_names=full_feature_names, keep=winners.result
-            )
+        events, keep = raw_log.RAW_SCHEMA.empty_table().select(list(pit.EVENT_COLUMNS)), None
+    else:  # the winners as a mask over the copies read: no de-duplicated copy of the events is made
+        events, keep = copies.raw, copies.winners(timings)
+    began = time.perf_counter()
+    out = pit.point_in_time(entity_df, features, events, full_feature_names=full_feature_names, keep=keep)
     timings.join = time.perf_counter() - began
     return out

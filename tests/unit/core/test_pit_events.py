@@ -1,4 +1,4 @@
-"""Encoding of the point-in-time engine's events (fstore.core.pit_events) and its late ``keep`` mask."""
+"""Encoding of the point-in-time engine's events (fstore.core.pit_events) and its ``keep`` mask."""
 
 from __future__ import annotations
 
@@ -33,10 +33,8 @@ def test_chunks_with_own_shared_and_repeated_dictionaries_decode_to_the_strings(
     assert _decoded(codes, dictionary) == ["x", None, "y", "x"]
 
 
-@pytest.mark.parametrize("late", [False, True])
-def test_keep_mask_equals_the_filtered_events(monkeypatch: pytest.MonkeyPatch, late: bool) -> None:
-    """Rows left out by ``keep`` (given now, or as a callable called after the encoding) count exactly as
-    if they were not in the table, with the views computed in threads."""
+def test_keep_mask_equals_the_filtered_events(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows left out by ``keep`` count exactly as if they were not in the table (views in threads)."""
     monkeypatch.setattr(pit, "_PARALLEL_ROWS", 0)
     rng = np.random.default_rng(8)
     events = random_events(rng, 1500, users=12, products=6, span=3 * 86_400_000_000)
@@ -51,15 +49,8 @@ def test_keep_mask_equals_the_filtered_events(monkeypatch: pytest.MonkeyPatch, l
         }
     )
     refs = ["user_activity", "product_engagement"]
-    calls: list[int] = []
-
-    def later() -> np.ndarray:
-        calls.append(1)
-        return keep
-
-    got = pit.point_in_time(entity_df, refs, table, full_feature_names=True, keep=later if late else keep)
+    got = pit.point_in_time(entity_df, refs, table, full_feature_names=True, keep=keep)
     want = pit.point_in_time(entity_df, refs, table.filter(pa.array(keep)), full_feature_names=True)
     pd.testing.assert_frame_equal(got, want)
-    assert calls == ([1] if late else [])
     with pytest.raises(ValueError, match="keep mask has 3 rows"):
         pit.point_in_time(entity_df, refs, table, keep=np.ones(3, bool), full_feature_names=True)
