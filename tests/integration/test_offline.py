@@ -231,7 +231,7 @@ def test_notebook_executes(tmp_path: Path) -> None:
 
 def test_local_engine_resolves_ties_on_ingested_at_by_payload_hash(tmp_path: Path) -> None:
     """Copies stored at the same instant (two writers) differ in payload and hash: the smaller hash wins,
-    and the de-duplication running beside the engine finds that copy among the rows read."""
+    and the engine's winner mask points at that copy among the rows read."""
     t = BASE + 3 * DAY
     buy = Event("e1", "purchase", "u1", "p1", t, 10.0, 1, None)
     other = Event("e2", "purchase", "u1", "p1", t + 1, 1.0, 1, None)
