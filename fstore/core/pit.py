@@ -23,8 +23,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fstore.core.aggregates import Agg
-from fstore.core.features import Feature, FeatureView, RatioFeature, ValueKind, WindowedFeature, resolve
-from fstore.core.pit_kernels import F64, I64, Bool, SortedMeasure
+from fstore.core.features import Feature, FeatureView, RatioFeature, WindowedFeature, resolve
+from fstore.core.pit_events import EncodedEvents, Keep, ViewEvents
+from fstore.core.pit_kernels import I64, Bool, SortedMeasure
 from fstore.core.timeutil import MILLISECOND, SECOND
 from fstore.core.windows import tail
 
@@ -218,100 +219,39 @@ def dedupe(raw: pa.Table) -> pa.Table:
     return raw if keep.all() else raw.filter(pa.array(keep))
 
 
-def _encoded(column: pa.ChunkedArray | pa.Array) -> tuple[I64, pa.Array]:
-    """``(codes, dictionary)`` of a string column, ``-1`` for nulls; dictionary columns keep their codes."""
-    if isinstance(column, pa.ChunkedArray):
-        if pa.types.is_dictionary(column.type) and column.num_chunks > 1:
-            column = pa.table({"c": column}).unify_dictionaries().column(0)  # one shared dictionary
-        column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
-    if not pa.types.is_dictionary(column.type):
-        column = column.cast(pa.string()).dictionary_encode()
-    codes = pc.fill_null(column.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
-    dictionary = column.dictionary
-    if pc.count_distinct(dictionary, mode="all").as_py() != len(dictionary):  # re-encode repeated values
-        return _encoded(column.dictionary_decode())
-    if not (pa.types.is_string(dictionary.type) or pa.types.is_null(dictionary.type)):
-        dictionary = dictionary.cast(pa.string())
-    return codes, dictionary
-
-
-class _Events:
-    """De-duplicated events decoded once, with the rows of each needed event type, shared by every view.
-
-    Args:
-        events: the events table (:data:`EVENT_COLUMNS`).
-        event_types: the event types the request measures.
-    """
-
-    def __init__(self, events: pa.Table, event_types: set[str]) -> None:
-        self.table = events
-        type_codes, types = _encoded(events.column("event_type"))
-        names = types.to_pylist()
-        times = events.column("event_time").cast(pa.int64()).to_numpy().astype(np.int64, copy=False)
-        self.rows: dict[str, I64] = {}  # event type → its rows, in table order
-        self.times: dict[str, I64] = {}
-        for event_type in event_types:
-            codes = [i for i, name in enumerate(names) if name == event_type]
-            mask = type_codes == codes[0] if len(codes) == 1 else np.isin(type_codes, codes)
-            self.rows[event_type] = rows = np.flatnonzero(mask)
-            self.times[event_type] = times[rows]
-
-    def revenue(self, event_type: str) -> F64:
-        """price × quantity of the events of one type (a null price counts 0)."""
-        rows = pa.array(self.rows[event_type])
-        price = pc.fill_null(self.table.column("price").take(rows), 0.0).to_numpy(zero_copy_only=False)
-        qty = self.table.column("quantity").take(rows).to_numpy(zero_copy_only=False)
-        revenue: F64 = price.astype(np.float64) * qty
-        return revenue
-
-
-class _ViewEvents:
-    """Events of one view's entity, per measure, sorted for window queries."""
-
-    def __init__(self, view: FeatureView, events: _Events, wanted: set[str]) -> None:
-        codes, self.dictionary = _encoded(events.table.column(view.entity.join_key))
-        self.measures: dict[str, SortedMeasure] = {}
-        for f in view.windowed:
-            m = f.measure
-            if m.name in self.measures or m.name not in wanted:
-                continue
-            c, t = codes[events.rows[m.event_type]], events.times[m.event_type]
-            values = None
-            if m.value is ValueKind.REVENUE:
-                values = events.revenue(m.event_type)
-            elif any(g.measure == m and g.agg in (Agg.MIN, Agg.MAX, Agg.AVG, Agg.SUM) for g in view.windowed):
-                values = np.ones(len(c), np.float64)
-            has_key = c >= 0
-            if not has_key.all():  # events without this view's key (a page view without product_id)
-                c, t, values = c[has_key], t[has_key], None if values is None else values[has_key]
-            self.measures[m.name] = SortedMeasure(c, t, values, len(self.dictionary))
-
-    def codes(self, keys: pa.Array) -> I64:
-        """Entity code of each key, ``-1`` when the entity has no events (or the key is null)."""
-        idx = pc.index_in(keys, value_set=self.dictionary)
-        codes: I64 = pc.fill_null(idx, -1).to_numpy(zero_copy_only=False).astype(np.int64)
-        return codes
-
-
 Column = tuple[np.ndarray, Bool | None]  # values, null mask (None: no nulls)
 
 
 def _windowed_values(
-    view: FeatureView, request: Request, ev: _ViewEvents, codes: I64, down: I64, up: I64
+    view: FeatureView, request: Request, ev: ViewEvents, codes: I64, down: I64, up: I64
 ) -> dict[str, Column]:
     """Every windowed feature the request needs from ``view``, for rows sorted by ``(code, t)``."""
     needed = {w.name: w for v, f in request.features if v is view for w in _windowed_of(v, f)}
     out: dict[str, Column] = {}
     hi_cache: dict[str, I64] = {}
-    lo_cache: dict[tuple[str, int], I64] = {}
+    lo_cache: dict[tuple[str, int, int], I64] = {}
+    bounds: dict[tuple[int, int], I64] = {(0, 0): up}
+    needles: dict[tuple[object, ...], I64] = {}  # measures of one key space share their search keys
+
+    def position(sm: SortedMeasure, window: int, hop: int) -> I64:
+        if (window, hop) not in bounds:
+            bounds[window, hop] = tail(down, window, hop)  # the core's tail, on int64 arrays
+        space = sm.key_space
+        if space is None:
+            return sm.position(codes, bounds[window, hop])
+        key = (space, window, hop)
+        if key not in needles:
+            needles[key] = sm.needles(codes, bounds[window, hop])
+        return sm.position_of(needles[key])
+
     for name, f in needed.items():
         sm = ev.measures[f.measure.name]
         if f.measure.name not in hi_cache:
-            hi_cache[f.measure.name] = sm.position(codes, up)
+            hi_cache[f.measure.name] = position(sm, 0, 0)
         hi = hi_cache[f.measure.name]
-        lk = (f.measure.name, f.window)
+        lk = (f.measure.name, f.window, f.hop)
         if lk not in lo_cache:
-            lo_cache[lk] = sm.position(codes, tail(down, f.window, f.hop))  # the core's tail, on int64 arrays
+            lo_cache[lk] = position(sm, f.window, f.hop)
         lo = lo_cache[lk]
         count = hi - lo
         if f.agg is Agg.COUNT:
@@ -337,7 +277,9 @@ def _ratio(num: Column, den: Column) -> Column:
         return np.where(null, np.nan, n / np.where(null, 1.0, d)), null
 
 
-def compute(entity_rows: pd.DataFrame | pa.Table, request: Request, events: pa.Table) -> dict[str, Column]:
+def compute(
+    entity_rows: pd.DataFrame | pa.Table, request: Request, events: pa.Table, keep: Keep = None
+) -> dict[str, Column]:
     """Feature columns (input row order) for a resolved request over de-duplicated events.
 
     Args:
@@ -345,12 +287,13 @@ def compute(entity_rows: pd.DataFrame | pa.Table, request: Request, events: pa.T
         request: from :func:`plan`.
         events: de-duplicated ``raw_events`` rows with at least :data:`EVENT_COLUMNS` (any order, any
             extra rows outside the windows are simply not counted).
+        keep: which rows of ``events`` count (see :func:`compute_arrays`).
 
     Returns:
         Output column name → ``(values, null mask)``.
     """
     keys, down, up = normalise(entity_rows, request)
-    return compute_arrays(keys, down, up, request, events)
+    return compute_arrays(keys, down, up, request, events, keep)
 
 
 def normalise(entity_rows: pd.DataFrame | pa.Table, request: Request) -> tuple[dict[str, pa.Array], I64, I64]:
@@ -385,7 +328,7 @@ def _row_order(codes: I64, times: I64) -> I64:
 
 
 def compute_arrays(
-    keys: dict[str, pa.Array], down: I64, up: I64, request: Request, events: pa.Table
+    keys: dict[str, pa.Array], down: I64, up: I64, request: Request, events: pa.Table, keep: Keep = None
 ) -> dict[str, Column]:
     """:func:`compute` on already normalised inputs (engines that ship rows elsewhere call this).
 
@@ -396,19 +339,24 @@ def compute_arrays(
         request: from :func:`plan`.
         events: de-duplicated events with :data:`EVENT_COLUMNS` (``event_time`` timestamp or int64 µs;
             string columns plain or dictionary-encoded, chunks may carry different dictionaries).
+        keep: which rows of ``events`` count: ``None`` (all: ``events`` is de-duplicated already) or a
+            boolean mask (the de-duplication winners of copies read as they are stored, so the caller
+            need not copy them into a new table: :mod:`fstore.offline.local`).
 
     The views of a request are computed in parallel threads (from :data:`_PARALLEL_ROWS` rows on).
     """
     missing = [c for c in EVENT_COLUMNS if c not in events.column_names]
     if missing:
         raise PointInTimeError(f"events table lacks column(s) {', '.join(missing)}")
-    shared = _Events(events, {w.measure.event_type for v, f in request.features for w in _windowed_of(v, f)})
+    types = {w.measure.event_type for v, f in request.features for w in _windowed_of(v, f)}
+    shared = EncodedEvents(events, types, keep)
 
     def one_view(view: FeatureView) -> dict[str, Column]:
         wanted = {w.measure.name for v, f in request.features if v is view for w in _windowed_of(v, f)}
-        ev = _ViewEvents(view, shared, wanted)
+        ev = ViewEvents(view, shared)
         codes = ev.codes(keys[view.entity.join_key])
         order = _row_order(codes, up)  # rows sorted by (code, t): binary searches walk forward
+        ev.build(wanted)
         values = _windowed_values(view, request, ev, codes[order], down[order], up[order])
         inverse = np.empty_like(order)
         inverse[order] = np.arange(len(order))
@@ -436,7 +384,7 @@ def _arrow(col: Column, dtype: str) -> pa.Array:
 
 
 def point_in_time(
-    entity_rows: Frame, refs: Sequence[str], events: pa.Table, *, full_feature_names: bool = False
+    entity_rows: Frame, refs: Sequence[str], events: pa.Table, *, full_feature_names: bool = False, keep: Keep = None
 ) -> Frame:
     """Point-in-time correct feature values for every entity row (docs/design.md §3, §6).
 
@@ -448,6 +396,7 @@ def point_in_time(
         events: de-duplicated ``raw_events`` rows (see :func:`dedupe`) covering at least
             ``[min t - lookback, max t)``.
         full_feature_names: name output columns ``view__feature`` instead of ``feature``.
+        keep: which rows of ``events`` count (``None``: all; see :func:`compute_arrays`).
 
     Returns:
         The same type as ``entity_rows``: all input columns in input order, then one column per feature
@@ -458,7 +407,7 @@ def point_in_time(
             input column, a null or non-timestamp ``event_timestamp``.
     """
     request = plan(refs, full_feature_names)
-    values = compute(entity_rows, request, events)
+    values = compute(entity_rows, request, events, keep)
     dtypes = {n: f.dtype for (_, f), n in zip(request.features, request.names, strict=True)}
     if isinstance(entity_rows, pd.DataFrame):
         out = entity_rows.copy()

@@ -50,9 +50,13 @@ class SortedMeasure:
         times: event_time of each event, UTC epoch microseconds.
         values: measured value of each event (``None``: every value is 1, counts only).
         n_codes: number of distinct entity codes (size of the key space).
+        origin: ``(first, span)`` of a time range that holds every ``times`` value: measures built with the
+            same origin share their key space, so one set of needles (:meth:`needles`) serves them all.
     """
 
-    def __init__(self, codes: I64, times: I64, values: F64 | None, n_codes: int) -> None:
+    def __init__(
+        self, codes: I64, times: I64, values: F64 | None, n_codes: int, origin: tuple[int, int] | None = None
+    ) -> None:
         self.n = len(codes)
         self._values: F64 | None = None
         self._prefix: NDArray[np.longdouble] | None = None
@@ -66,6 +70,8 @@ class SortedMeasure:
             return
         self._tmin = int(times.min())
         span = int(times.max()) - self._tmin + 1
+        if origin is not None and origin[0] <= self._tmin and self._tmin + span <= origin[0] + origin[1]:
+            self._tmin, span = origin
         self._ranks = None
         if n_codes * (span + 1) >= _MAX_KEY:  # very long ranges: compress times to their dense rank
             self._ranks = np.unique(times)
@@ -81,12 +87,31 @@ class SortedMeasure:
             self._values = np.ascontiguousarray(values[order], dtype=np.float64)
             self._prefix = np.concatenate([np.zeros(1, np.longdouble), np.cumsum(self._values, dtype=np.longdouble)])
 
-    def _needles(self, codes: I64, bounds: I64) -> I64:
+    @property
+    def key_space(self) -> tuple[int, int] | None:
+        """``(first, span)`` of the keys' time axis (``None`` when times are ranked): measures with equal key
+        spaces take the same needles."""
+        return None if self._ranks is not None or self.n == 0 else (self._tmin, self._span)
+
+    def needles(self, codes: I64, bounds: I64) -> I64:
+        """Search keys of ``(code, bound)`` queries (see :meth:`position_of`); a code of ``-1`` (an entity
+        without events) gives a key below every event's, i.e. position 0."""
         if self._ranks is not None:
             rel = np.searchsorted(self._ranks, bounds).astype(np.int64, copy=False)
         else:
-            rel = np.clip(bounds - self._tmin, 0, self._span)
-        return codes * self._span + rel
+            rel = bounds - self._tmin
+            np.maximum(rel, 0, out=rel)
+            np.minimum(rel, self._span, out=rel)
+        keys: I64 = codes * self._span
+        keys += rel
+        return keys
+
+    def position_of(self, needles: I64) -> I64:
+        """:meth:`position` from :meth:`needles` (of this measure or of one with the same key space)."""
+        if self.n == 0:
+            return np.zeros(len(needles), np.int64)
+        found: I64 = np.searchsorted(self._keys, needles).astype(np.int64, copy=False)
+        return found
 
     def position(self, codes: I64, bounds: I64) -> I64:
         """Index of the first event of each entity whose time is ``>= bound``.
@@ -97,14 +122,9 @@ class SortedMeasure:
 
         Queries sorted by ``(code, bound)`` are fastest (binary searches then walk forward in memory).
         """
-        out = np.zeros(len(codes), np.int64)
         if self.n == 0:
-            return out
-        known = codes >= 0
-        if known.all():
-            return np.searchsorted(self._keys, self._needles(codes, bounds)).astype(np.int64, copy=False)
-        out[known] = np.searchsorted(self._keys, self._needles(codes[known], bounds[known]))
-        return out
+            return np.zeros(len(codes), np.int64)
+        return self.position_of(self.needles(codes, bounds))
 
     def sums(self, lo: I64, hi: I64) -> F64:
         """Sum of the values in each index range ``[lo, hi)`` (0.0 when empty)."""

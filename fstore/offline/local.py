@@ -19,12 +19,14 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, Literal
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from fstore.core import pit
 from fstore.core.dedupe import drop_superseded
+from fstore.core.pit_kernels import Bool
 from fstore.delta import raw_log
 
 Engine = Literal["local", "spark"]
@@ -67,6 +69,78 @@ def _in_time_order(raw: pa.Table) -> pa.Table:
     return pa.Table.from_batches([batches[i] for i in order], schema=raw.schema)
 
 
+@dataclass
+class _Copies:
+    """Copies read from ``raw_events`` and what resolving their ties needs."""
+
+    raw: pa.Table
+    dataset: ds.Dataset
+    partitions: pc.Expression
+    superseded: pa.Table
+    event_range: tuple[int, int]
+
+    def winners(self, timings: Timings) -> Bool:
+        """Which rows of :attr:`raw` count: the first ingested copy of each event_id, if inside the range.
+
+        Copies whose earliest ``ingested_at`` ties (other writers, same instant) are decided by their
+        ``payload_hash``, read for those event_ids only; the winner's row in :attr:`raw` is the copy with
+        the winner's values (copies with equal values give equal features, so any of them will do).
+        """
+        began = time.perf_counter()
+        raw = self.raw
+        keep, tied = pit.first_ingested_mask(raw)
+        if len(tied):
+            copies = self.dataset.to_table(
+                columns=[*pit.EVENT_COLUMNS, *pit.DEDUPE_COLUMNS],
+                filter=self.partitions & pc.field("event_id").isin(tied),
+            )
+            winners = pit.dedupe(drop_superseded(copies, self.superseded))
+            keep[_rows_of(raw, winners)] = True
+        t = raw.column("event_time").cast(pa.int64()).to_numpy()
+        keep &= (t >= self.event_range[0]) & (t < self.event_range[1])
+        timings.dedupe = time.perf_counter() - began
+        return keep
+
+
+def _read_copies(raw_uri: str, event_range: tuple[int, int] | None, timings: Timings) -> _Copies | None:
+    """The stored copies of the partitions of ``event_range`` (see :func:`read_events`), or ``None`` when
+    there is nothing to read."""
+    days = raw_log.date_range(event_range)
+    began = time.perf_counter()
+    if days is not None:
+        timings.partitions = [days[0], days[1]]
+    table = raw_log.open_table(raw_uri) if days is not None else None
+    if table is None or days is None or event_range is None:  # nothing asked for, or nothing stored yet
+        timings.read = time.perf_counter() - began
+        return None
+    dataset = table.to_pyarrow_dataset(parquet_read_options=ds.ParquetReadOptions(dictionary_columns=DICT_COLUMNS))
+    flt = (pc.field("event_date") >= pa.scalar(days[0], pa.date32())) & (
+        pc.field("event_date") <= pa.scalar(days[1], pa.date32())
+    )
+    raw = dataset.to_table(columns=[*pit.EVENT_COLUMNS, "event_id", "ingested_at"], filter=flt)
+    superseded = raw_log.superseded_on(raw_log.superseded_uri(raw_uri), days[0], days[1])
+    raw = _in_time_order(drop_superseded(raw, superseded))
+    timings.read = time.perf_counter() - began
+    timings.rows_read = raw.num_rows
+    return _Copies(raw, dataset, flt, superseded, event_range)
+
+
+_MATCH = ("event_id", "ingested_at", *pit.EVENT_COLUMNS)
+
+
+def _rows_of(raw: pa.Table, winners: pa.Table) -> list[int]:
+    """Rows of ``raw`` holding the copies ``winners`` (equal on :data:`_MATCH`; few rows, in Python)."""
+    ids = raw.column("event_id")
+    if pa.types.is_dictionary(ids.type):
+        ids = ids.cast(pa.string())
+    rows = np.flatnonzero(pc.is_in(ids, value_set=winners.column("event_id").combine_chunks()).to_numpy(False))
+    candidates = raw.take(pa.array(rows)).select(list(_MATCH)).to_pylist()
+    where: dict[tuple[object, ...], int] = {}
+    for row, values in zip(rows.tolist(), candidates, strict=True):
+        where.setdefault(tuple(values[c] for c in _MATCH), row)
+    return [where[tuple(w[c] for c in _MATCH)] for w in winners.select(list(_MATCH)).to_pylist()]
+
+
 def read_events(raw_uri: str, event_range: tuple[int, int] | None, timings: Timings | None = None) -> pa.Table:
     """De-duplicated events of ``raw_events`` with ``event_time`` in ``[start, end)``.
 
@@ -84,38 +158,11 @@ def read_events(raw_uri: str, event_range: tuple[int, int] | None, timings: Timi
         timings: filled in with read/dedupe seconds when given.
     """
     timings = timings if timings is not None else Timings()
-    days = raw_log.date_range(event_range)
-    began = time.perf_counter()
-    if days is not None:
-        timings.partitions = [days[0], days[1]]
-    table = raw_log.open_table(raw_uri) if days is not None else None
-    if table is None or days is None or event_range is None:  # nothing asked for, or nothing stored yet
-        timings.read = time.perf_counter() - began
+    copies = _read_copies(raw_uri, event_range, timings)
+    if copies is None:
         return raw_log.RAW_SCHEMA.empty_table().select(list(pit.EVENT_COLUMNS))
-    dataset = table.to_pyarrow_dataset(parquet_read_options=ds.ParquetReadOptions(dictionary_columns=DICT_COLUMNS))
-    flt = (pc.field("event_date") >= pa.scalar(days[0], pa.date32())) & (
-        pc.field("event_date") <= pa.scalar(days[1], pa.date32())
-    )
-    raw = dataset.to_table(columns=[*pit.EVENT_COLUMNS, "event_id", "ingested_at"], filter=flt)
-    superseded = raw_log.superseded_on(raw_log.superseded_uri(raw_uri), days[0], days[1])
-    raw = _in_time_order(drop_superseded(raw, superseded))
-    timings.read = time.perf_counter() - began
-    timings.rows_read = raw.num_rows
-    began = time.perf_counter()
-    keep, tied = pit.first_ingested_mask(raw)
-    t = raw.column("event_time").cast(pa.int64()).to_numpy()
-    keep &= (t >= event_range[0]) & (t < event_range[1])
-    events = raw.select(list(pit.EVENT_COLUMNS)).filter(pa.array(keep))
-    if len(tied):  # copies ingested at the same instant: the smaller payload_hash wins
-        copies = dataset.to_table(
-            columns=[*pit.EVENT_COLUMNS, *pit.DEDUPE_COLUMNS], filter=flt & pc.field("event_id").isin(tied)
-        )
-        winners = pit.dedupe(drop_superseded(copies, superseded))
-        t = winners.column("event_time").cast(pa.int64())
-        winners = winners.filter(pc.and_(pc.greater_equal(t, event_range[0]), pc.less(t, event_range[1])))
-        events = pa.concat_tables([events, winners.select(list(pit.EVENT_COLUMNS))])
-    timings.dedupe = time.perf_counter() - began
-    return events
+    keep = copies.winners(timings)
+    return copies.raw.select(list(pit.EVENT_COLUMNS)).filter(pa.array(keep))
 
 
 def get_historical_features(
@@ -161,8 +208,12 @@ def get_historical_features(
         raise TypeError(f"the local engine takes no options, got {', '.join(engine_options)}")
     pit.plan(features, full_feature_names)  # fail fast, before any read
     timings = timings if timings is not None else Timings()
-    events = read_events(uri, pit.event_range(entity_df, features), timings)
+    copies = _read_copies(uri, pit.event_range(entity_df, features), timings)
+    if copies is None:
+        events, keep = raw_log.RAW_SCHEMA.empty_table().select(list(pit.EVENT_COLUMNS)), None
+    else:  # the winners as a mask over the copies read: no de-duplicated copy of the events is made
+        events, keep = copies.raw, copies.winners(timings)
     began = time.perf_counter()
-    out = pit.point_in_time(entity_df, features, events, full_feature_names=full_feature_names)
+    out = pit.point_in_time(entity_df, features, events, full_feature_names=full_feature_names, keep=keep)
     timings.join = time.perf_counter() - began
     return out

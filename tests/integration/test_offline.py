@@ -227,3 +227,21 @@ def test_notebook_executes(tmp_path: Path) -> None:
     outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "training rows:" in outputs
     assert sys.executable  # the kernel is this interpreter's ipykernel (installed in the same venv)
+
+
+def test_local_engine_resolves_ties_on_ingested_at_by_payload_hash(tmp_path: Path) -> None:
+    """Copies stored at the same instant (two writers) differ in payload and hash: the smaller hash wins,
+    and the engine's winner mask points at that copy among the rows read."""
+    t = BASE + 3 * DAY
+    buy = Event("e1", "purchase", "u1", "p1", t, 10.0, 1, None)
+    other = Event("e2", "purchase", "u1", "p1", t + 1, 1.0, 1, None)
+    uri = str(tmp_path / "raw_events")
+    copies = [buy._replace(quantity=5), buy, other, buy._replace(price=99.0)]
+    # e1: three copies tied at t + 7 (hashes b, a, c: the second copy wins), one more ingested later
+    raw_log.append_raw(uri, raw_log.events_table(copies[:2], ["b", "a"], [t + 7, t + 7]))
+    raw_log.append_raw(uri, raw_log.events_table(copies[2:], ["z", "0"], [t + 7, t + 9]))
+    raw_log.append_raw(uri, raw_log.events_table([buy._replace(quantity=3)], ["c"], [t + 7]))
+    df = pd.DataFrame({"user_id": ["u1"], "event_timestamp": pd.to_datetime([t + DAY], unit="us", utc=True)})
+    got = offline.get_historical_features(df, ["user_activity:revenue_7d", "user_activity:purchases_7d"], raw_uri=uri)
+    assert got["purchases_7d"].tolist() == [2]
+    assert got["revenue_7d"].tolist() == [11.0]  # 10 × 1 (hash "a") + 1 × 1

@@ -1,0 +1,56 @@
+"""Encoding of the point-in-time engine's events (fstore.core.pit_events) and its ``keep`` mask."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from fstore.core import pit
+from fstore.core.pit_events import encode_strings
+from tests.support.pit import events_table, query_times, random_events
+
+
+def _decoded(codes: np.ndarray, dictionary: pa.Array) -> list[str | None]:
+    values = dictionary.to_pylist()
+    return [None if c < 0 else values[c] for c in codes.tolist()]
+
+
+def test_chunks_with_own_shared_and_repeated_dictionaries_decode_to_the_strings() -> None:
+    """Chunks as the Delta reader yields them (one dictionary per row group, two batches sharing one), plus
+    nulls, a dictionary holding a value twice, a large_string dictionary and a plain chunk."""
+    shared = pa.DictionaryArray.from_arrays(pa.array([0, 1, None, 1]), pa.array(["a", "b"]))
+    same_dict = pa.DictionaryArray.from_arrays(pa.array([1, 1, 0]), shared.dictionary)
+    repeated = pa.DictionaryArray.from_arrays(pa.array([0, 1, 2]), pa.array(["c", "a", "c"]))
+    large = pa.DictionaryArray.from_arrays(pa.array([0, None]), pa.array(["d"], pa.large_string()))
+    column = pa.chunked_array([shared, same_dict, repeated, large.cast(shared.type)])
+    codes, dictionary = encode_strings(column)
+    assert _decoded(codes, dictionary) == column.to_pylist()
+    assert len(set(dictionary.to_pylist())) == len(dictionary) == 4
+    plain = pa.chunked_array([pa.array(["x", None]), pa.array(["y", "x"])])
+    codes, dictionary = encode_strings(plain)
+    assert _decoded(codes, dictionary) == ["x", None, "y", "x"]
+
+
+def test_keep_mask_equals_the_filtered_events(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows left out by ``keep`` count exactly as if they were not in the table (views in threads)."""
+    monkeypatch.setattr(pit, "_PARALLEL_ROWS", 0)
+    rng = np.random.default_rng(8)
+    events = random_events(rng, 1500, users=12, products=6, span=3 * 86_400_000_000)
+    table = events_table(events)
+    keep: np.ndarray = np.asarray(rng.random(table.num_rows) < 0.6)
+    times = query_times(rng, events, 300, 3 * 86_400_000_000)
+    entity_df = pd.DataFrame(
+        {
+            "user_id": [f"u{rng.integers(13)}" for _ in range(300)],
+            "product_id": [f"p{rng.integers(7)}" for _ in range(300)],
+            "event_timestamp": pd.to_datetime(times, unit="us", utc=True),
+        }
+    )
+    refs = ["user_activity", "product_engagement"]
+    got = pit.point_in_time(entity_df, refs, table, full_feature_names=True, keep=keep)
+    want = pit.point_in_time(entity_df, refs, table.filter(pa.array(keep)), full_feature_names=True)
+    pd.testing.assert_frame_equal(got, want)
+    with pytest.raises(ValueError, match="keep mask has 3 rows"):
+        pit.point_in_time(entity_df, refs, table, keep=np.ones(3, bool), full_feature_names=True)
