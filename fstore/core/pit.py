@@ -220,6 +220,10 @@ def dedupe(raw: pa.Table) -> pa.Table:
 
 def _encoded(column: pa.ChunkedArray | pa.Array) -> tuple[I64, pa.Array]:
     """``(codes, dictionary)`` of a string column, ``-1`` for nulls; dictionary columns keep their codes."""
+    if pa.types.is_dictionary(column.type):
+        chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+        if any(c.dictionary.null_count for c in chunks):  # a Parquet file whose values are all null reads so
+            column = column.cast(column.type.value_type)  # decode (Arrow cannot unify such dictionaries)
     if isinstance(column, pa.ChunkedArray):
         if pa.types.is_dictionary(column.type) and column.num_chunks > 1:
             column = pa.table({"c": column}).unify_dictionaries().column(0)  # one shared dictionary
