@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import click
@@ -51,3 +52,9 @@ def ingest(files: tuple[str, ...], batch_size: int, as_json: bool) -> None:
         click.echo(f"  rejected to {settings.table('dead_letters')}: {report.invalid:,}")
         for reason, n in sorted(report.rejected.items()):
             click.echo(f"    {reason:<28} {n:,}")
+    # Everything is committed and reported. delta-rs's native thread pools can abort the interpreter's
+    # teardown afterwards ("terminate called without an active exception", SIGABRT; apache/arrow#34314),
+    # which would turn a finished ingest into exit status -6: leave without that teardown.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -62,8 +62,12 @@ def encode_strings(column: pa.ChunkedArray | pa.Array) -> tuple[I64, pa.Array]:
     """
     if isinstance(column, pa.ChunkedArray):
         if pa.types.is_dictionary(column.type) and column.num_chunks > 1:
-            return _encoded_chunks(column)
+            return _encoded_chunks(column)  # a null held in a chunk's dictionary gets code -1 there
         column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    if pa.types.is_dictionary(column.type) and column.dictionary.null_count:
+        # a Parquet file whose values are all null reads back as a dictionary holding null as a value:
+        # decoded, its rows are nulls (code -1), not a key
+        column = column.cast(column.type.value_type)
     if not pa.types.is_dictionary(column.type):
         column = column.cast(pa.string()).dictionary_encode()
     codes = pc.fill_null(column.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)

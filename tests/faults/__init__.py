@@ -6,6 +6,8 @@ Marker ``faults`` (``pytest -m faults``; ``make test`` runs it with everything e
 2. 1.5 MB message, DLQ send blocked — ``test_oversized_dead_letter.py``
 3. broker loss (topic re-created, empty log, new partitions) — ``test_broker_loss.py``
 5. two ``fstore ingest`` of one file at once — ``test_concurrent_writers.py``
+   and (Build 5) ``fstore ingest`` and the stream's raw sink on the same events at once —
+   ``test_ingest_and_stream_writers.py``
 
 Rows whose test already existed when this matrix was written (not duplicated here):
 

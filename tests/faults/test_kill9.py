@@ -7,7 +7,8 @@ gone; after each restart the outputs are compared with an independent brute forc
 * **worker** — 200,000 messages (3 % duplicates, 3 % late, 2 % malformed), killed three times while
   consuming: every speed-tile field equals the brute force over the first copy of each valid event_id,
   ``raw_events`` holds every valid event_id and its de-duplicated winner is that first copy, the DLQ holds
-  every invalid message with its reason (at least once after a crash: docs/stream.md);
+  every invalid message with its reason exactly once per source position (its key: a copy re-sent after a
+  crash carries the same key, docs/stream.md);
 * **batch driver** (``fstore batch``) — killed during Spark, while it stages a Delta commit and during the
   Redis load: nothing is published by a killed run, the Delta tables stay readable and whole, and the
   re-run publishes a batch view equal to the brute force and removes the killed run's keys;
@@ -48,7 +49,14 @@ from fstore.synth.generator import GeneratorConfig, generate
 from jobs.batch import batch_view as batch_view_mod
 from tests.support import bruteforce
 from tests.support.online import C, load, make_events
-from tests.support.stream import Factory, assert_raw_and_dlq, assert_tiles_exact, make_traffic, publish
+from tests.support.stream import (
+    Factory,
+    assert_dlq_exact_by_source,
+    assert_raw_and_dlq,
+    assert_tiles_exact,
+    make_traffic,
+    publish,
+)
 from tests.support.tiles import lookup_in_dict
 
 pytestmark = pytest.mark.faults
@@ -121,6 +129,7 @@ def test_worker_killed_three_times_in_200k_run(
     assert w.proc is not None and w.proc.returncode == 0, w.log_tail()
     assert_tiles_exact(redis_client, traffic)
     assert_raw_and_dlq(kafka_broker, w.dlq, tmp_path / "data", traffic, exact_dlq=False)
+    assert_dlq_exact_by_source(kafka_broker, w.dlq, w.topic, traffic)
     assert_raw_winners(tmp_path / "data" / "raw_events", traffic.values)
 
 

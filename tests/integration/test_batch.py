@@ -22,7 +22,7 @@ from fstore.commands.batch import batch
 from fstore.commands.repair import repair as repair_cmd
 from fstore.core.aggregates import isclose
 from fstore.core.events import Event, Rejection, parse, payload_hash
-from fstore.core.features import VIEWS, FeatureView
+from fstore.core.features import VIEWS
 from fstore.core.tiles import evaluate
 from fstore.core.timeutil import DAY, HOUR, MINUTE, SECOND, day_start
 from fstore.delta import raw_log
@@ -37,7 +37,7 @@ from jobs.stream.sinks import TileWriter
 from services.online_api.app import create_app
 from services.online_api.settings import ApiSettings
 from tests.support import bruteforce
-from tests.support.delta import content_hash, spark_read
+from tests.support.delta import batch_tile_rows, content_hash, spark_read
 from tests.support.tiles import lookup_in_dict
 
 pytestmark = pytest.mark.integration
@@ -150,41 +150,14 @@ def winners(copies: Copies) -> list[Event]:
     return bruteforce.dedupe(copies)
 
 
-def brute_tiles(view: FeatureView, events: list[Event], cutover: int) -> dict[tuple[Any, ...], tuple[Any, ...]]:
-    """Tiles by a direct scan: per size, the longest window served by it sets how far back tiles go."""
-    key = view.entity.join_key
-    longest: dict[int, int] = {}
-    for f in view.windowed:
-        size = bruteforce.hop_by_table(f.window)
-        longest[size] = max(longest.get(size, 0), f.window)
-    pairs = {(bruteforce.hop_by_table(f.window), f.measure.name): f for f in view.windowed}
-    out: dict[tuple[Any, ...], list[float]] = defaultdict(list)
-    for (size, measure), f in pairs.items():
-        horizon = cutover - longest[size] - size
-        for e in events:
-            ent = getattr(e, key)
-            if ent is not None and e.event_type == f.measure.event_type and horizon <= e.event_time < cutover:
-                out[(getattr(e, key), size, e.event_time // size * size, measure)].append(bruteforce.measure(f, e))
-    return {k: (len(v), sum(v), min(v), max(v)) for k, v in out.items()}
-
-
 def check_against_brute_force(root: str, copies: Copies, run_date: date) -> None:
     cutover = plan_run(run_date).cutover
     events = winners(copies)
     for name, view in VIEWS.items():
         key = view.entity.join_key
-        got = delta_partition(f"{root}/tiles_{name}", run_date)
-        assert got.num_rows > 100
-        got_rows = {
-            (r[key], r["size"], int(r["tile_start"].timestamp() * 1e6), r["measure"]): (
-                r["count"],
-                r["sum"],
-                r["min"],
-                r["max"],
-            )
-            for r in got.to_pylist()
-        }
-        want = brute_tiles(view, events, cutover)
+        got_rows = batch_tile_rows(root, name, key, run_date)
+        assert len(got_rows) > 100
+        want = bruteforce.batch_tiles(view, events, cutover)
         assert set(got_rows) == set(want)
         for k, (c, s, lo, hi) in want.items():
             gc, gs, glo, ghi = got_rows[k]

@@ -6,6 +6,7 @@ design, and each value is a direct scan over the events. Tests of every engine c
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable
 
 from fstore.core.events import Event
@@ -14,6 +15,7 @@ from fstore.core.features import FeatureView, RatioFeature, WindowedFeature
 MIN = 60_000_000
 HOUR = 60 * MIN
 DAY = 24 * HOUR
+TileKey = tuple[str, int, int, str]  # (entity, tile size, tile start, measure)
 
 
 def hop_by_table(window: int) -> int:
@@ -74,3 +76,22 @@ def dedupe(copies: Iterable[tuple[int, str, Event]]) -> list[Event]:
     for _, _, ev in sorted(copies, key=lambda c: (c[0], c[1])):
         out.setdefault(ev.event_id, ev)
     return list(out.values())
+
+
+def batch_tiles(view: FeatureView, events: list[Event], cutover: int) -> dict[TileKey, tuple[int, float, float, float]]:
+    """The batch job's tiles before ``cutover`` by a direct scan: ``(entity, size, tile start, measure) →
+    (count, sum, min, max)``; per size, the longest window served by it sets how far back tiles go."""
+    key = view.entity.join_key
+    longest: dict[int, int] = {}
+    for f in view.windowed:
+        size = hop_by_table(f.window)
+        longest[size] = max(longest.get(size, 0), f.window)
+    pairs = {(hop_by_table(f.window), f.measure.name): f for f in view.windowed}
+    out: dict[TileKey, list[float]] = defaultdict(list)
+    for (size, name), f in pairs.items():
+        horizon = cutover - longest[size] - size
+        for e in events:
+            ent = getattr(e, key)
+            if ent is not None and e.event_type == f.measure.event_type and horizon <= e.event_time < cutover:
+                out[(getattr(e, key), size, e.event_time // size * size, name)].append(measure(f, e))
+    return {k: (len(v), sum(v), min(v), max(v)) for k, v in out.items()}

@@ -8,6 +8,9 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
+
+from fstore.delta import raw_log
 
 
 def _cell(v: Any) -> str:
@@ -35,3 +38,18 @@ def spark_read(spark: Any, uri: str, where: str | None = None) -> pa.Table:
     df = spark.read.format("delta").load(uri)
     table: pa.Table = (df.where(where) if where else df).toArrow()
     return table
+
+
+def batch_tile_rows(data_dir: str, view: str, key: str, run_date: date) -> dict[tuple[Any, ...], tuple[Any, ...]]:
+    """The batch job's ``tiles_<view>`` rows of ``run_date``: ``(entity, size, tile start µs, measure) →
+    (count, sum, min, max)``, the shape of :func:`tests.support.bruteforce.batch_tiles`."""
+    flt = pc.field("run_date") == pa.scalar(run_date, pa.date32())
+    return {
+        (r[key], r["size"], int(r["tile_start"].timestamp() * 1_000_000), r["measure"]): (
+            r["count"],
+            r["sum"],
+            r["min"],
+            r["max"],
+        )
+        for r in raw_log.read_table(f"{data_dir}/tiles_{view}", filter=flt).to_pylist()
+    }

@@ -47,11 +47,11 @@ class Traffic:
     first_copies: list[Event]
 
 
-def make_traffic(events: int, seed: int, users: int = 2_000, products: int = 300) -> Traffic:
-    """Traffic over the last 2 hours with 3% duplicates, 3% late and 2% malformed messages."""
+def make_traffic(events: int, seed: int, users: int = 2_000, products: int = 300, hours: float = 2) -> Traffic:
+    """Traffic over the last ``hours`` with 3% duplicates, 3% late and 2% malformed messages."""
     now = time.time_ns() // 1000
     cfg = GeneratorConfig(
-        start=now - 2 * 3600 * SECOND,
+        start=now - int(hours * 3600 * SECOND),
         end=now,
         events=events,
         users=users,

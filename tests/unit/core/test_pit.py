@@ -275,3 +275,32 @@ def test_first_ingested_mask_equals_brute_force_and_reports_unresolved_ties() ->
     }
     with pytest.raises(pit.PointInTimeError, match="payload_hash"):
         pit.dedupe(raw.drop_columns(["payload_hash"]))
+
+
+def test_a_dictionary_holding_null_as_a_value_reads_as_null() -> None:
+    """A Parquet file whose ``product_id`` values are all null (one page_view written alone by a small flush)
+    reads back through the Delta dataset as a dictionary ``[null]`` with a *valid* index 0; Arrow cannot
+    unify such dictionaries with the other files' ones ("Cannot yet unify dictionaries with nulls"), which
+    made ``get_historical_features`` raise. The engine reads the value as null."""
+    rng = np.random.default_rng(5)
+    events = random_events(rng, 600, users=8, products=5, span=3 * DAY)
+    lone = Event("lone", "page_view", "u1", None, events[0].event_time + 1, None, 1, None)
+    table = dictionary_chunks(events_table(events), pieces=3)
+    row = events_table([lone]).to_batches()[0]
+    cols = {n: row.column(n) for n in row.schema.names}
+    cols["event_type"] = cols["event_type"].dictionary_encode()
+    cols["user_id"] = cols["user_id"].dictionary_encode()
+    cols["product_id"] = pa.DictionaryArray.from_arrays(pa.array([0], pa.int32()), pa.array([None], pa.string()))
+    table = pa.Table.from_batches([*table.to_batches(), pa.record_batch(cols)])
+    times = query_times(rng, events, 50, 3 * DAY)
+    entity_df = pd.DataFrame(
+        {
+            "user_id": [f"u{i % 8}" for i in range(50)],
+            "product_id": [f"p{i % 5}" for i in range(50)],
+            "event_timestamp": pd.to_datetime(times, unit="us", utc=True),
+        }
+    )
+    refs = ["user_activity", "product_engagement"]
+    got = pit.point_in_time(entity_df, refs, table, full_feature_names=True)
+    plain = pit.point_in_time(entity_df, refs, events_table([*events, lone]), full_feature_names=True)
+    pd.testing.assert_frame_equal(got, plain)

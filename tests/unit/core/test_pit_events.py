@@ -54,3 +54,12 @@ def test_keep_mask_equals_the_filtered_events(monkeypatch: pytest.MonkeyPatch) -
     pd.testing.assert_frame_equal(got, want)
     with pytest.raises(ValueError, match="keep mask has 3 rows"):
         pit.point_in_time(entity_df, refs, table, keep=np.ones(3, bool), full_feature_names=True)
+
+
+def test_a_single_dictionary_holding_null_as_a_value_gives_null_codes() -> None:
+    """A Parquet file whose values are all null reads back as a dictionary holding null as a value: its rows
+    are nulls (-1), not a key called null — in one array or one chunk as in many."""
+    d = pa.DictionaryArray.from_arrays(pa.array([0, 0, 1], pa.int32()), pa.array([None, "a"]))
+    for column in (d, pa.chunked_array([d])):
+        codes, dictionary = encode_strings(column)
+        assert codes.tolist() == [-1, -1, 0] and dictionary.to_pylist() == ["a"]
