@@ -200,6 +200,7 @@ class SpeedLayer:
         self._topic: TopicState | None = None
         self._topic_checked = float("-inf")
         self._resets: dict[Any, str] = {}
+        self._released: set[Any] = set()  # partitions consumed here, then given up at a rebalance
         self.replay_until: Offsets = {}
         self.log_reset_at: int | None = None
 
@@ -449,7 +450,8 @@ class SpeedLayer:
             await self.reset_logs({tp: f"offset {off} is beyond the log's end" for tp, off in exc.args[0].items()})
         elif isinstance(exc, NoOffsetForPartitionError):
             tp = exc.args[0]
-            if tp in self.next_offset:  # consumed before, and its committed offset is gone: topic or broker lost
+            if tp in self.next_offset or tp in self._released:  # consumed before, its committed offset gone:
+                # the topic or the broker's log was lost
                 await self.reset_logs({tp: "its committed offset is gone (topic deleted or broker log lost)"})
             else:  # a partition this group never consumed: its start, as auto_offset_reset=earliest would
                 log.info(
@@ -779,6 +781,7 @@ class SpeedLayer:
         self.pending = {tp: off for tp, off in self.pending.items() if tp in assigned}
         for tp in [tp for tp in self.next_offset if tp not in assigned]:
             del self.next_offset[tp]
+            self._released.add(tp)  # if it comes back without a committed offset, its log was lost
             with contextlib.suppress(KeyError):  # never measured
                 metrics.CONSUMER_LAG.remove(str(tp.partition))
 
