@@ -122,7 +122,7 @@ def decode_speed_hashes(
                 if k[:2] == _FUTURE:  # one field per event: parsed here, never cached
                     ev = parse_future(k, v) if future is not None else None
                     if ev is not None and ev[0] >= floor:
-                        future.append(ev)  # type: ignore[union-attr]
+                        future.append(ev)  # type: ignore[union-attr,arg-type]
                     continue
                 info = _field(k)
             if info is None:

@@ -14,14 +14,21 @@ Keys (``{...}`` is a Redis Cluster hash tag: all keys of one entity of one view 
 Fields of a tile hash come in two forms, and readers (:func:`parse_tiles`) accept both:
 
 * per statistic, ``<size_s>:<start_s>:<measure>:<stat>`` with ``stat`` one of ``c`` (count, an integer),
-  ``s`` (sum), ``n`` (min), ``x`` (max); sizes and starts in seconds since the epoch. Separate fields let
-  the stream job use HINCRBY / HINCRBYFLOAT and a compare for min/max on speed tiles.
-* packed, ``<size_s>:<start_s>:<measure>`` whose value is ``"<count> <sum> <min> <max>"`` (floats in
-  shortest round-trip form, ``None`` for an absent min/max). Complete tiles that are written once (the
-  batch view) use it: a quarter of the fields to write and read.
+  ``s`` (sum), ``n`` (min), ``x`` (max), ``v`` (m2, the variance state of
+  :class:`fstore.core.tile_state.Acc`; absent = 0); sizes and starts in seconds since the epoch. Separate
+  fields let the stream job use HINCRBY / HINCRBYFLOAT and a compare for min/max on speed tiles.
+* packed, ``<size_s>:<start_s>:<measure>`` whose value is ``"<count> <sum> <min> <max> [<m2>]"`` (floats in
+  shortest round-trip form, ``None`` for an absent min/max; a value without m2 has m2 = 0). Complete tiles
+  that are written once (the batch view) use it: a quarter of the fields to write and read.
+
+A measure that a count_distinct reads also keeps its distinct members, one field each in both forms:
+``<size_s>:<start_s>:<measure>:d:<member>`` = ``1`` (``member`` as :func:`fstore.core.view_tiles_frame.member`
+gives it; it may itself contain ``:``). Adding a member twice is harmless, so the stream job sets them
+with HSET.
 
 A speed hash may also hold the exact fields of future-stamped events (docs/design.md §5), one per event,
-``f:<event_time µs>:<event_id>`` = ``"<measure>=<value> ..."`` (:func:`future_field`,
+``f:<event_time µs>:<event_id>`` = a JSON object ``{"<measure>": <value>, ...}`` (numbers, or strings for
+a measure whose value is text; older writers wrote ``"<measure>=<value> ..."``, still read) (:func:`future_field`,
 :func:`parse_future`): readers count such an event only once ``as_of`` passes its event_time. They are
 not tiles: :func:`parse_tiles` ignores them.
 
@@ -32,12 +39,13 @@ bit-identical partial that was written; readers merge tiles with :class:`fstore.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from fstore.core.aggregates import Partial
+from fstore.core.tile_state import Acc
 from fstore.core.timeutil import DAY, SECOND, iso, to_date
 
 if TYPE_CHECKING:
@@ -46,6 +54,9 @@ if TYPE_CHECKING:
 PREFIX = "fs"
 POINTER_KEY = f"{PREFIX}:batch:current"
 STATS = ("c", "s", "n", "x")
+#: Stat of the variance state (m2) in the per-statistic form; distinct members use :data:`DISTINCT`.
+M2_STAT = "v"
+DISTINCT = "d"
 
 
 def entity_tag(view: str, entity: str) -> str:
@@ -86,21 +97,30 @@ def future_field(event_time: int, event_id: str) -> str:
     return f"{FUTURE_PREFIX}{event_time}:{event_id}"
 
 
-def future_value(measures: Mapping[str, float]) -> str:
-    """Value of a future-event field: ``"<measure>=<value> ..."`` (exact ``repr`` floats)."""
-    return " ".join(f"{m}={x!r}" for m, x in measures.items())
+def future_value(measures: Mapping[str, float | str]) -> str:
+    """Value of a future-event field: ``{"<measure>": <value>, ...}`` (JSON floats are exact ``repr``)."""
+    return json.dumps(dict(measures), separators=(",", ":"))
 
 
-def parse_future(name: bytes | str, value: bytes | str) -> tuple[int, dict[str, float]] | None:
+def parse_future(name: bytes | str, value: bytes | str) -> tuple[int, dict[str, float | str]] | None:
     """``(event_time, {measure: value})`` of a future-event field; ``None`` for any other field or a
-    malformed one."""
+    malformed one. Reads both the JSON form and the older ``"<measure>=<value> ..."`` form."""
     key = name.decode() if isinstance(name, bytes) else name
     if not key.startswith(FUTURE_PREFIX):
         return None
     text = value.decode() if isinstance(value, bytes) else value
     try:
         t = int(key[len(FUTURE_PREFIX) :].split(":", 1)[0])
-        out: dict[str, float] = {}
+        out: dict[str, float | str] = {}
+        if text.startswith("{"):
+            obj = json.loads(text)
+            if not isinstance(obj, dict):
+                return None
+            for m, x in obj.items():
+                if isinstance(x, bool) or not isinstance(x, int | float | str):
+                    return None
+                out[str(m)] = float(x) if isinstance(x, int | float) else x
+            return t, out
         for item in text.split():
             m, _, x = item.partition("=")
             out[m] = float(x)
@@ -122,6 +142,24 @@ def partial_fields(size: int, start: int, measure: str, p: Partial) -> dict[str,
         field(size, start, measure, "n"): repr(p.minimum),
         field(size, start, measure, "x"): repr(p.maximum),
     }
+
+
+def distinct_field(size: int, start: int, measure: str, member: str) -> str:
+    """Hash field of one distinct member of one measure of one tile (value ``1``)."""
+    return f"{size // SECOND}:{start // SECOND}:{measure}:{DISTINCT}:{member}"
+
+
+def acc_fields(size: int, start: int, measure: str, acc: Acc) -> dict[str, str]:
+    """The fields of a complete partial in the packed form, with its distinct members (the batch view)."""
+    out = {packed_field(size, start, measure): acc_value(acc)}
+    for m in sorted(str(x) for x in acc.distinct or ()):
+        out[distinct_field(size, start, measure, m)] = "1"
+    return out
+
+
+def acc_value(acc: Acc) -> str:
+    """Packed value of a partial with its variance state: ``"<count> <sum> <min> <max> <m2>"``."""
+    return f"{acc.count} {acc.total!r} {acc.minimum!r} {acc.maximum!r} {acc.m2!r}"
 
 
 def packed_field(size: int, start: int, measure: str) -> str:
@@ -147,6 +185,7 @@ def packed_arrays(
     total: pa.Array,
     minimum: pa.Array,
     maximum: pa.Array,
+    m2: pa.Array | None = None,
 ) -> tuple[pa.Array, pa.Array]:
     """Vectorised :func:`packed_field` / :func:`packed_value` over Arrow columns (one row per tile measure).
 
@@ -158,6 +197,7 @@ def packed_arrays(
         total: sums (float64).
         minimum: minima (float64, null allowed).
         maximum: maxima (float64, null allowed).
+        m2: variance states (float64), appended as a fifth number when given.
 
     Returns:
         (fields, values) as string arrays. Arrow formats floats in their shortest round-trip form (what
@@ -174,7 +214,8 @@ def packed_arrays(
         return pc.cast(pc.divide(pc.cast(a, pa.int64()), SECOND), pa.string())
 
     fields = pc.binary_join_element_wise(seconds(size), seconds(start), pc.cast(measure, pa.string()), ":")
-    values = pc.binary_join_element_wise(text(count), text(total), text(minimum), text(maximum), " ")
+    parts = [text(count), text(total), text(minimum), text(maximum)] + ([] if m2 is None else [text(m2)])
+    values = pc.binary_join_element_wise(*parts, " ")
     return fields, values
 
 
@@ -199,9 +240,9 @@ def parse_tiles(
         text = v.decode() if isinstance(v, bytes) else v
         if len(parts) == 3:
             values = text.split(" ")
-            if len(values) != 4:
+            if len(values) not in (4, 5):
                 continue
-            acc[(int(parts[0]) * SECOND, int(parts[1]) * SECOND, parts[2])] = [_number(t) for t in values]
+            acc[(int(parts[0]) * SECOND, int(parts[1]) * SECOND, parts[2])] = [_number(t) for t in values[:4]]
             continue
         if len(parts) != 4 or parts[3] not in STATS:
             continue
@@ -211,6 +252,48 @@ def parse_tiles(
     for (size, start, measure), (c, s, n, x) in acc.items():
         if c:
             out.setdefault((size, start), {})[measure] = Partial(int(c), 0.0 if s is None else float(s), n, x)
+    return out
+
+
+def parse_states(
+    raw: Mapping[bytes, bytes] | Mapping[str, str] | Mapping[bytes | str, bytes | str],
+) -> dict[tuple[int, int], dict[str, Acc]]:
+    """Decode an HGETALL result into ``{(size_us, start_us): {measure: Acc}}`` with every state: both
+    field forms (also mixed), the variance state and the distinct members. Future events' fields and
+    fields of other shapes are ignored; a tile measure with a count of 0 is dropped."""
+    nums: dict[tuple[int, int, str], list[float | None]] = {}
+    members: dict[tuple[int, int, str], set[Hashable]] = {}
+    for k, v in raw.items():
+        key = k.decode() if isinstance(k, bytes) else k
+        if key.startswith(FUTURE_PREFIX):
+            continue
+        parts = key.split(":", 4)
+        try:
+            if len(parts) == 5 and parts[3] == DISTINCT:
+                members.setdefault((int(parts[0]) * SECOND, int(parts[1]) * SECOND, parts[2]), set()).add(parts[4])
+                continue
+            text = v.decode() if isinstance(v, bytes) else v
+            if len(parts) == 3:
+                values = text.split(" ")
+                if len(values) not in (4, 5):
+                    continue
+                got = [_number(t) for t in values] + ([0.0] if len(values) == 4 else [])
+                nums[(int(parts[0]) * SECOND, int(parts[1]) * SECOND, parts[2])] = got
+                continue
+            if len(parts) != 4 or (parts[3] not in STATS and parts[3] != M2_STAT):
+                continue
+            tkey = (int(parts[0]) * SECOND, int(parts[1]) * SECOND, parts[2])
+            stats = nums.setdefault(tkey, [0, 0.0, None, None, 0.0])
+            stats[(*STATS, M2_STAT).index(parts[3])] = _number(text)
+        except ValueError:  # a field of another shape, or a malformed number
+            continue
+    out: dict[tuple[int, int], dict[str, Acc]] = {}
+    for tkey, (c, s, n, x, m2) in nums.items():
+        if c:
+            size, start, measure = tkey
+            out.setdefault((size, start), {})[measure] = Acc(
+                int(c), 0.0 if s is None else float(s), n, x, 0.0 if m2 is None else float(m2), members.get(tkey)
+            )
     return out
 
 
