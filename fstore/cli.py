@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from fstore import __version__
+from fstore.commands.apply import apply, plan
 from fstore.commands.batch import batch
 from fstore.commands.check_consistency import check_consistency
 from fstore.commands.generate import generate
@@ -32,5 +33,19 @@ def main() -> None:
     """
 
 
-for _cmd in (services, generate, publish, ingest, stream, batch, serve, check_consistency, repair, schedule):
+_COMMANDS = (
+    services,
+    plan,
+    apply,
+    generate,
+    publish,
+    ingest,
+    stream,
+    batch,
+    serve,
+    check_consistency,
+    repair,
+    schedule,
+)
+for _cmd in _COMMANDS:
     main.add_command(_cmd)

@@ -3,9 +3,11 @@
 Every engine — the stream worker, the batch job, the online API, the Feast stores, the point-in-time
 engine — asks :func:`current_plan` for the views, measures and event schema; nothing in the package
 names a feature. The repository is ``FSTORE_FEATURE_REPO`` (default: the project's ``feature_repo/``).
-It is compiled on first use (all or nothing: a bad repository raises
-:class:`~fstore.core.plan_error.PlanError` naming every mistake) and kept for the life of the process.
-Tests and in-process commands install a plan of their own with :func:`use_plan`.
+The plan is the one ``fstore apply`` recorded (:mod:`fstore.applied`) or, for a repository never
+applied, its source compiled on first use (all or nothing: a bad repository raises
+:class:`~fstore.core.plan_error.PlanError` naming every mistake). It is kept for the life of the process;
+long-running readers (the API) call :func:`refresh` to follow a later apply or backfill. Tests and
+in-process commands install a plan of their own with :func:`use_plan`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import threading
 from pathlib import Path
 
+from fstore import applied
 from fstore.core.plan import Plan
 
 ENV_REPO = "FSTORE_FEATURE_REPO"
@@ -22,6 +25,9 @@ DEFAULT_REPO = Path(__file__).resolve().parent.parent / "feature_repo"
 
 _lock = threading.Lock()
 _current: Plan | None = None
+_pending: frozenset[str] = frozenset()
+_installed = False  # a plan from use_plan: never replaced by refresh()
+_stamp: tuple[int, int] | None = None  # (mtime_ns, size) of the applied record last read
 
 
 def repo_dir() -> Path:
@@ -37,24 +43,64 @@ def compile_dir(root: str | Path) -> Plan:
     return compile_repo(root)
 
 
+def _record_stamp(repo: Path) -> tuple[int, int] | None:
+    try:
+        st = applied.record_path(repo).stat()
+    except FileNotFoundError:
+        return None
+    return (st.st_mtime_ns, st.st_size)
+
+
+def _load() -> None:
+    global _current, _pending, _stamp
+    repo = repo_dir()
+    _stamp = _record_stamp(repo)
+    record = applied.load(repo) if _stamp is not None else None
+    if record is not None:
+        _current, _pending = record.plan, frozenset(record.pending)
+    else:
+        _current, _pending = compile_dir(repo), frozenset()
+
+
 def current_plan() -> Plan:
-    """The plan of this process: the one installed by :func:`use_plan`, else the repository's, compiled once.
+    """The plan of this process: the one installed by :func:`use_plan`, else the applied one, else the
+    repository's source, compiled once.
 
     Raises:
         PlanError: the repository has mistakes (each one named).
     """
-    global _current
     plan = _current
     if plan is not None:
         return plan
     with _lock:
         if _current is None:
-            _current = compile_dir(repo_dir())
+            _load()
+        assert _current is not None
         return _current
 
 
-def use_plan(plan: Plan | None) -> None:
-    """Install ``plan`` as this process's plan (``None``: compile the repository again on next use)."""
-    global _current
+def pending() -> frozenset[str]:
+    """``view:feature`` refs applied but not built yet: refused until ``fstore backfill`` builds them."""
+    current_plan()
+    return _pending
+
+
+def refresh() -> bool:
+    """Follow the applied record if it changed since it was read (one ``stat``); ``True`` when the plan
+    or its pending set was reloaded. A plan installed with :func:`use_plan` stays."""
+    if _installed:
+        return False
+    stamp = _record_stamp(repo_dir())
+    if stamp == _stamp and _current is not None:
+        return False
     with _lock:
-        _current = plan
+        _load()
+    return True
+
+
+def use_plan(plan: Plan | None, pending_refs: frozenset[str] = frozenset()) -> None:
+    """Install ``plan`` (and its pending refs) as this process's plan; ``None``: load the repository's
+    again on next use."""
+    global _current, _pending, _installed, _stamp
+    with _lock:
+        _current, _pending, _installed, _stamp = plan, pending_refs, plan is not None, None

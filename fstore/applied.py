@@ -1,0 +1,103 @@
+"""The applied plan: what ``fstore apply`` last registered, and which features wait for their backfill.
+
+``fstore apply`` compiles the user's repository, registers it with Feast and records the compiled plan
+here, next to Feast's registry (``<repo>/data/fstore_applied.json``), with the features that the change
+left **pending**: their tiles do not hold what they need yet (:func:`fstore.core.plan_diff.diff`), so the
+API refuses them (409) until ``fstore backfill`` has built them. Every process runs from the applied plan
+(:mod:`fstore.plan_source`); a repository never applied runs from its source.
+
+The record is written atomically (a temporary file renamed over the old one), so a reader sees the old
+record or the new one, never half of either.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fstore.core.plan import Plan
+from fstore.core.plan_json import fingerprint, from_dict, to_dict
+
+FILE_NAME = "fstore_applied.json"
+
+
+@dataclass(frozen=True)
+class AppliedPlan:
+    """The applied plan, when it was applied (UTC epoch µs) and the ``view:feature`` refs still pending."""
+
+    plan: Plan
+    applied_at: int
+    pending: tuple[str, ...] = ()
+    building: tuple[str, ...] = field(default=())  # views whose tiles the pending features wait for
+
+    @property
+    def fingerprint(self) -> str:
+        """The plan's fingerprint (equal plans, equal fingerprints)."""
+        return fingerprint(self.plan)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able data."""
+        return {
+            "fingerprint": self.fingerprint,
+            "applied_at": self.applied_at,
+            "pending": list(self.pending),
+            "building": list(self.building),
+            "plan": to_dict(self.plan),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AppliedPlan:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            from_dict(data["plan"]),
+            int(data["applied_at"]),
+            tuple(str(r) for r in data.get("pending", ())),
+            tuple(str(v) for v in data.get("building", ())),
+        )
+
+    def without_pending(self, views: set[str]) -> AppliedPlan:
+        """The record once ``views`` are built: their features are served."""
+        keep = tuple(r for r in self.pending if r.partition(":")[0] not in views)
+        return AppliedPlan(self.plan, self.applied_at, keep, tuple(v for v in self.building if v not in views))
+
+
+def record_path(repo: str | Path) -> Path:
+    """Where the applied plan of ``repo`` is recorded."""
+    return Path(repo) / "data" / FILE_NAME
+
+
+def load(repo: str | Path) -> AppliedPlan | None:
+    """The applied plan of ``repo``; ``None`` when it was never applied.
+
+    Raises:
+        ValueError: the record is unreadable (naming the file; re-run ``fstore apply``).
+    """
+    path = record_path(repo)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    try:
+        return AppliedPlan.from_dict(json.loads(text))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: unreadable applied plan ({exc}); run `fstore apply` again") from exc
+
+
+def save(repo: str | Path, record: AppliedPlan) -> None:
+    """Record ``record`` atomically."""
+    path = record_path(repo)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".fstore_applied.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            json.dump(record.to_dict(), out, indent=1, sort_keys=True)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
