@@ -1,12 +1,18 @@
 """Point-in-time engine for training data (docs/design.md §3 and §6), pure numpy/pandas/pyarrow.
 
 :func:`point_in_time` returns, for every row of an entity dataframe, ``value(e, t)`` of the requested
-features with ``t`` = the row's ``event_timestamp`` (exclusive) and ``tail(t) = floor(t - W, hop(W))``.
+features of a compiled :class:`~fstore.core.plan.Plan` with ``t`` = the row's ``event_timestamp``
+(exclusive) and ``tail(t) = floor(t - W, hop)`` (``hop`` = the feature's declared slide or the default).
+
+Every function of the plan: count, sum, mean, min, max (prefix sums and sparse tables over the events
+sorted by entity and time), std and var (sample, n - 1, from centred long-double prefix sums), exact
+count_distinct (a merge-sort tree over each event's previous occurrence), and ratios.
 
 Row contract: one output row per input row, in input order, every input column kept (labels included),
-duplicate rows kept; an entity without events in the window gets count/sum 0 and avg/min/max/ratio null.
-Naive timestamps are UTC. Adapters (:mod:`fstore.offline.local`, :mod:`fstore.offline.spark`,
-:mod:`fstore.feast.offline_store`) only read ``raw_events`` and call this module.
+duplicate rows kept; an entity without events in the window gets count/sum/count_distinct 0 and
+mean/min/max/std/var/ratio null (std/var also below two values). Naive timestamps are UTC. Adapters
+(:mod:`fstore.offline.local`, :mod:`fstore.offline.spark`, :mod:`fstore.feast.offline_store`) only read
+``raw_events`` and call this module.
 """
 
 from __future__ import annotations
@@ -22,18 +28,17 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fstore.core.aggregates import Agg
-from fstore.core.features import Feature, FeatureView, RatioFeature, WindowedFeature, resolve
+from fstore.core.expr import columns
+from fstore.core.functions import Function
 from fstore.core.pit_events import EncodedEvents, Keep, ViewEvents
 from fstore.core.pit_kernels import I64, Bool, SortedMeasure
+from fstore.core.plan import Feature, Plan, RatioFeature, View, WindowedFeature
 from fstore.core.timeutil import MILLISECOND, SECOND
 from fstore.core.windows import tail
 
 TIMESTAMP_COLUMN = "event_timestamp"
-#: Columns of ``raw_events`` the engine reads (after de-duplication).
-EVENT_COLUMNS = ("event_type", "user_id", "product_id", "event_time", "price", "quantity")
-#: Columns that de-duplication needs on top of :data:`EVENT_COLUMNS`.
-DEDUPE_COLUMNS = ("event_id", "ingested_at", "payload_hash")
+#: Columns of ``raw_events`` that de-duplication needs besides the plan's id field.
+DEDUPE_COLUMNS = ("ingested_at", "payload_hash")
 
 Frame = TypeVar("Frame", pd.DataFrame, pa.Table)
 #: Below this many entity rows the views are computed one after the other (threads would not pay off).
@@ -46,13 +51,14 @@ class PointInTimeError(ValueError):
 
 @dataclass(frozen=True)
 class Request:
-    """A resolved request: the features in output order and their output column names."""
+    """A resolved request: the plan, the features in output order and their output column names."""
 
-    features: tuple[tuple[FeatureView, Feature], ...]
+    plan: Plan
+    features: tuple[tuple[View, Feature], ...]
     names: tuple[str, ...]
 
     @property
-    def views(self) -> tuple[FeatureView, ...]:
+    def views(self) -> tuple[View, ...]:
         """The views involved, in first-use order."""
         return tuple(dict.fromkeys(v for v, _ in self.features))
 
@@ -66,8 +72,18 @@ class Request:
         windowed = [w for v, f in self.features for w in _windowed_of(v, f)]
         return max(w.window for w in windowed) + max(w.hop for w in windowed)
 
+    def event_columns(self) -> tuple[str, ...]:
+        """The event fields the request reads: the timestamp field, the views' join keys and every field
+        a requested measure's value or filter reads (in the schema's order)."""
+        wanted = {self.plan.schema.timestamp_field, *self.join_keys}
+        for v, f in self.features:
+            for w in _windowed_of(v, f):
+                m = v.measure(w.measure)
+                wanted |= columns(m.value) | (columns(m.where) if m.where is not None else frozenset())
+        return tuple(n for n in self.plan.schema.names if n in wanted)
 
-def _windowed_of(view: FeatureView, feature: Feature) -> tuple[WindowedFeature, ...]:
+
+def _windowed_of(view: View, feature: Feature) -> tuple[WindowedFeature, ...]:
     if isinstance(feature, RatioFeature):
         num, den = view.feature(feature.numerator), view.feature(feature.denominator)
         assert isinstance(num, WindowedFeature) and isinstance(den, WindowedFeature)
@@ -75,8 +91,8 @@ def _windowed_of(view: FeatureView, feature: Feature) -> tuple[WindowedFeature, 
     return (feature,)
 
 
-def plan(refs: Sequence[str], full_feature_names: bool = False) -> Request:
-    """Resolve feature references (``view:feature`` or a whole ``view``) into a :class:`Request`.
+def resolve(plan: Plan, refs: Sequence[str], full_feature_names: bool = False) -> Request:
+    """Resolve feature references (``view:feature`` or a whole ``view``) of ``plan`` into a :class:`Request`.
 
     Raises:
         PointInTimeError: no reference, an unknown view or feature, or two features with the same output
@@ -85,9 +101,9 @@ def plan(refs: Sequence[str], full_feature_names: bool = False) -> Request:
     if isinstance(refs, str):
         refs = [refs]
     if not refs:
-        raise PointInTimeError("no features requested: pass refs like 'user_activity:clicks_1h' or a view name")
+        raise PointInTimeError("no features requested: pass refs like 'view:feature' or a view name")
     try:
-        features = resolve(list(refs))
+        features = plan.resolve(list(refs))
     except KeyError as exc:
         raise PointInTimeError(exc.args[0]) from None
     names = tuple(f"{v.name}__{f.name}" if full_feature_names else f.name for v, f in features)
@@ -97,7 +113,7 @@ def plan(refs: Sequence[str], full_feature_names: bool = False) -> Request:
             f"feature name(s) {', '.join(dup)} requested from several views; "
             "pass full_feature_names=True to get view__feature columns"
         )
-    return Request(tuple(features), names)
+    return Request(plan, tuple(features), names)
 
 
 def _column(frame: pd.DataFrame | pa.Table, name: str) -> pa.Array:
@@ -148,16 +164,17 @@ def _keys(column: pa.Array, name: str) -> pa.Array:
     raise PointInTimeError(f"join key column '{name}' must hold strings, not {column.type}")
 
 
-def first_ingested_mask(raw: pa.Table) -> tuple[Bool, pa.Array]:
-    """Which rows of ``raw_events`` are the winning copy of their event_id (first ingested wins).
+def first_ingested_mask(raw: pa.Table, id_field: str = "event_id") -> tuple[Bool, pa.Array]:
+    """Which rows of ``raw_events`` are the winning copy of their event id (first ingested wins).
 
     Same rule as :func:`fstore.core.dedupe.first_ingested_arrow`: copies are ordered by ``(ingested_at,
     payload_hash)``. Most event_ids are unique, so repeated ids are found with one single-key sort of
     ``event_id`` and only their rows are ordered by the full key; unique rows are kept as they are.
 
     Args:
-        raw: ``raw_events`` rows with ``event_id`` and ``ingested_at``; ``payload_hash`` is optional — it
+        raw: ``raw_events`` rows with the id field and ``ingested_at``; ``payload_hash`` is optional — it
             only breaks ties between copies ingested at the same instant, which are rare.
+        id_field: the plan's event id field (``schema.id_field``).
 
     Returns:
         ``(keep, unresolved)``: ``keep`` marks the winning rows. ``unresolved`` lists the event_ids whose
@@ -169,7 +186,7 @@ def first_ingested_mask(raw: pa.Table) -> tuple[Bool, pa.Array]:
     none = pa.array([], pa.string())
     if n < 2:
         return keep, none
-    ids = raw.column("event_id").combine_chunks()
+    ids = raw.column(id_field).combine_chunks()
     if pa.types.is_dictionary(ids.type):
         ids = ids.dictionary_decode()
     order = pc.sort_indices(ids)
@@ -207,24 +224,22 @@ def first_ingested_mask(raw: pa.Table) -> tuple[Bool, pa.Array]:
     return keep, ids.take(pa.array(ordered.column("row").to_numpy()[tied]))
 
 
-def dedupe(raw: pa.Table) -> pa.Table:
-    """First ingested copy of each event_id wins (:func:`fstore.core.dedupe.first_ingested_arrow`).
+def dedupe(raw: pa.Table, id_field: str = "event_id") -> pa.Table:
+    """First ingested copy of each event id wins (:func:`fstore.core.dedupe.first_ingested_arrow`).
 
-    ``raw`` needs ``event_id``, ``ingested_at`` and ``payload_hash``. Only the rows of repeated event_ids
+    ``raw`` needs the id field, ``ingested_at`` and ``payload_hash``. Only the rows of repeated event_ids
     are ordered by the full key (see :func:`first_ingested_mask`). Row order of the result is unspecified.
     """
     if "payload_hash" not in raw.column_names:
         raise PointInTimeError("dedupe needs the payload_hash column (see first_ingested_mask)")
-    keep, _ = first_ingested_mask(raw)
+    keep, _ = first_ingested_mask(raw, id_field)
     return raw if keep.all() else raw.filter(pa.array(keep))
 
 
 Column = tuple[np.ndarray, Bool | None]  # values, null mask (None: no nulls)
 
 
-def _windowed_values(
-    view: FeatureView, request: Request, ev: ViewEvents, codes: I64, down: I64, up: I64
-) -> dict[str, Column]:
+def _windowed_values(view: View, request: Request, ev: ViewEvents, codes: I64, down: I64, up: I64) -> dict[str, Column]:
     """Every windowed feature the request needs from ``view``, for rows sorted by ``(code, t)``."""
     needed = {w.name: w for v, f in request.features if v is view for w in _windowed_of(v, f)}
     out: dict[str, Column] = {}
@@ -245,26 +260,37 @@ def _windowed_values(
         return sm.position_of(needles[key])
 
     for name, f in needed.items():
-        sm = ev.measures[f.measure.name]
-        if f.measure.name not in hi_cache:
-            hi_cache[f.measure.name] = position(sm, 0, 0)
-        hi = hi_cache[f.measure.name]
-        lk = (f.measure.name, f.window, f.hop)
+        sm = ev.measures[f.measure]
+        if f.measure not in hi_cache:
+            hi_cache[f.measure] = position(sm, 0, 0)
+        hi = hi_cache[f.measure]
+        lk = (f.measure, f.window, f.hop)
         if lk not in lo_cache:
             lo_cache[lk] = position(sm, f.window, f.hop)
         lo = lo_cache[lk]
-        count = hi - lo
-        if f.agg is Agg.COUNT:
-            out[name] = (count, None)
-        elif f.agg is Agg.SUM:
-            out[name] = (sm.sums(lo, hi), None)
-        elif f.agg is Agg.AVG:
-            empty = count == 0
-            with np.errstate(invalid="ignore", divide="ignore"):
-                out[name] = (sm.sums(lo, hi) / np.where(empty, 1, count), empty)
-        else:
-            out[name] = sm.extreme(lo, hi, minimum=f.agg is Agg.MIN)
+        out[name] = _function(f.function, sm, lo, hi, ev.members.get(f.measure))
     return out
+
+
+def _function(function: Function, sm: SortedMeasure, lo: I64, hi: I64, members: I64 | None) -> Column:
+    """``function`` over the index ranges ``[lo, hi)`` of a sorted measure, with §3's empty-window rules."""
+    count = hi - lo
+    if function is Function.COUNT:
+        return count, None
+    if function is Function.SUM:
+        return sm.sums(lo, hi), None
+    if function is Function.COUNT_DISTINCT:
+        assert members is not None, "count_distinct needs the members"
+        return sm.distinct(lo, hi, members), None
+    if function is Function.MIN or function is Function.MAX:
+        return sm.extreme(lo, hi, minimum=function is Function.MIN)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if function is Function.MEAN:
+            empty = count == 0
+            return sm.sums(lo, hi) / np.where(empty, 1, count), empty
+        few = count < 2
+        var = sm.m2(lo, hi) / np.where(few, 1, count - 1)
+        return (var if function is Function.VAR else np.sqrt(var)), few
 
 
 def _ratio(num: Column, den: Column) -> Column:
@@ -284,9 +310,9 @@ def compute(
 
     Args:
         entity_rows: the entity dataframe (join key columns and ``event_timestamp``).
-        request: from :func:`plan`.
-        events: de-duplicated ``raw_events`` rows with at least :data:`EVENT_COLUMNS` (any order, any
-            extra rows outside the windows are simply not counted).
+        request: from :func:`resolve`.
+        events: de-duplicated ``raw_events`` rows with the columns of :meth:`Request.event_columns` (any
+            order; rows outside the windows are simply not counted; a field the table lacks is null).
         keep: which rows of ``events`` count (see :func:`compute_arrays`).
 
     Returns:
@@ -336,23 +362,22 @@ def compute_arrays(
         keys: join key column name → string keys, one per row.
         down: row times rounded down to the microsecond (see :func:`entity_times`).
         up: row times rounded up to the microsecond.
-        request: from :func:`plan`.
-        events: de-duplicated events with :data:`EVENT_COLUMNS` (``event_time`` timestamp or int64 µs;
-            string columns plain or dictionary-encoded, chunks may carry different dictionaries).
+        request: from :func:`resolve`.
+        events: de-duplicated events (the timestamp field as timestamp or int64 µs; string columns plain
+            or dictionary-encoded, chunks may carry different dictionaries; missing fields are null).
         keep: which rows of ``events`` count: ``None`` (all: ``events`` is de-duplicated already) or a
             boolean mask (the de-duplication winners of copies read as they are stored, so the caller
             need not copy them into a new table: :mod:`fstore.offline.local`).
 
     The views of a request are computed in parallel threads (from :data:`_PARALLEL_ROWS` rows on).
     """
-    missing = [c for c in EVENT_COLUMNS if c not in events.column_names]
-    if missing:
-        raise PointInTimeError(f"events table lacks column(s) {', '.join(missing)}")
-    types = {w.measure.event_type for v, f in request.features for w in _windowed_of(v, f)}
-    shared = EncodedEvents(events, types, keep)
+    ts = request.plan.schema.timestamp_field
+    if ts not in events.column_names:
+        raise PointInTimeError(f"events table lacks the timestamp field '{ts}'")
+    shared = EncodedEvents(events, request.plan.schema, keep)
 
-    def one_view(view: FeatureView) -> dict[str, Column]:
-        wanted = {w.measure.name for v, f in request.features if v is view for w in _windowed_of(v, f)}
+    def one_view(view: View) -> dict[str, Column]:
+        wanted = {w.measure for v, f in request.features if v is view for w in _windowed_of(v, f)}
         ev = ViewEvents(view, shared)
         codes = ev.codes(keys[view.entity.join_key])
         order = _row_order(codes, up)  # rows sorted by (code, t): binary searches walk forward
@@ -384,15 +409,21 @@ def _arrow(col: Column, dtype: str) -> pa.Array:
 
 
 def point_in_time(
-    entity_rows: Frame, refs: Sequence[str], events: pa.Table, *, full_feature_names: bool = False, keep: Keep = None
+    plan: Plan,
+    entity_rows: Frame,
+    refs: Sequence[str],
+    events: pa.Table,
+    *,
+    full_feature_names: bool = False,
+    keep: Keep = None,
 ) -> Frame:
     """Point-in-time correct feature values for every entity row (docs/design.md §3, §6).
 
     Args:
+        plan: the compiled plan the features come from.
         entity_rows: pandas DataFrame or Arrow table with ``event_timestamp`` (naive = UTC) and the join
-            key column(s) of the requested views (``user_id``, ``product_id``). Both views may be
-            requested together when both key columns are present.
-        refs: ``view:feature`` or whole-``view`` references (resolved with :func:`fstore.core.features.resolve`).
+            key column of every requested view (views of several entities may be requested together).
+        refs: ``view:feature`` or whole-``view`` references (resolved with :meth:`Plan.resolve`).
         events: de-duplicated ``raw_events`` rows (see :func:`dedupe`) covering at least
             ``[min t - lookback, max t)``.
         full_feature_names: name output columns ``view__feature`` instead of ``feature``.
@@ -400,13 +431,13 @@ def point_in_time(
 
     Returns:
         The same type as ``entity_rows``: all input columns in input order, then one column per feature
-        (int64 counts; float64 otherwise with nulls — NaN in pandas — for empty avg/min/max/ratio).
+        (int64 counts; float64 otherwise with nulls — NaN in pandas — for empty mean/min/max/std/var/ratio).
 
     Raises:
         PointInTimeError: a missing column, an unknown view/feature, a feature column clashing with an
             input column, a null or non-timestamp ``event_timestamp``.
     """
-    request = plan(refs, full_feature_names)
+    request = resolve(plan, refs, full_feature_names)
     values = compute(entity_rows, request, events, keep)
     dtypes = {n: f.dtype for (_, f), n in zip(request.features, request.names, strict=True)}
     if isinstance(entity_rows, pd.DataFrame):
@@ -420,13 +451,13 @@ def point_in_time(
     return table
 
 
-def event_range(entity_rows: pd.DataFrame | pa.Table, refs: Sequence[str]) -> tuple[int, int] | None:
+def event_range(plan: Plan, entity_rows: pd.DataFrame | pa.Table, refs: Sequence[str]) -> tuple[int, int] | None:
     """``[start, end)`` of the event times a request can count, UTC µs (``None`` for no rows).
 
     ``start = min t - longest window - largest hop`` of the requested features, ``end = max t``; readers
     prune ``raw_events`` partitions with it.
     """
-    request = plan(refs, full_feature_names=True)  # output names play no part in the range
+    request = resolve(plan, refs, full_feature_names=True)  # output names play no part in the range
     down, up = entity_times(_column(entity_rows, TIMESTAMP_COLUMN))
     if len(down) == 0:
         return None

@@ -1,7 +1,8 @@
 """Events of a point-in-time request, encoded once for every view (docs/design.md §3, §6), numpy/pyarrow only.
 
-The engine works on integer codes: event types and entity keys become dictionary codes, times int64 µs.
-:class:`EncodedEvents` encodes the columns every view shares; each view then encodes its entity key
+The engine works on integer codes: entity keys become dictionary codes, times int64 µs. :class:`EncodedEvents`
+evaluates each measure of the request once over the table (:mod:`fstore.core.expr_eval`, vectorised on
+Arrow; views sharing a measure's expression share the result); each view then encodes its entity key
 (:func:`encode_strings`) and builds its sorted measures (:class:`ViewEvents`).
 
 Which rows count (the de-duplication winners inside the time range) may be given as a mask over the
@@ -15,9 +16,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fstore.core.aggregates import Agg
-from fstore.core.features import FeatureView, ValueKind
+from fstore.core.event_schema import EventSchema
+from fstore.core.expr import Expr, columns
+from fstore.core.expr_eval import evaluate_arrow, truth_arrow
+from fstore.core.functions import State
 from fstore.core.pit_kernels import F64, I64, Bool, SortedMeasure
+from fstore.core.plan import Measure, View
 
 #: Rows of the events table that count: a boolean mask, or ``None`` for every row.
 Keep = Bool | None
@@ -79,44 +83,87 @@ def encode_strings(column: pa.ChunkedArray | pa.Array) -> tuple[I64, pa.Array]:
     return codes, dictionary
 
 
+def event_times(column: pa.ChunkedArray | pa.Array) -> I64:
+    """An event timestamp column (timestamp or int64 µs) as int64 UTC epoch µs."""
+    if pa.types.is_timestamp(column.type) and column.type.unit != "us":
+        column = pc.cast(column, pa.timestamp("us", tz=column.type.tz))
+    times: I64 = column.cast(pa.int64()).to_numpy().astype(np.int64, copy=False)
+    return times
+
+
+def _members(values: pa.Array | pa.ChunkedArray) -> I64:
+    """Integer codes of a measure's values for distinct counts (equal values, equal codes)."""
+    if pa.types.is_floating(values.type):
+        data = np.asarray(values.to_numpy(zero_copy_only=False), np.float64) + 0.0  # -0.0 counts as 0.0
+        _, codes = np.unique(data, return_inverse=True)
+        return codes.astype(np.int64)
+    if pa.types.is_boolean(values.type):
+        return np.asarray(values.to_numpy(zero_copy_only=False), np.int64)
+    return encode_strings(values)[0]
+
+
 class EncodedEvents:
-    """Events decoded once, shared by every view: the counted rows of each needed event type and their times.
+    """Events decoded once, shared by every view: per measure, the rows that count and their values.
 
     Args:
-        events: the events table (``event_type``, ``event_time``, ``price``, ``quantity`` and the entity keys).
-        event_types: the event types the request measures.
+        events: the events table (the plan's field names; the timestamp field as timestamp or int64 µs;
+            fields the table lacks are null).
+        schema: the plan's event schema.
         keep: which rows count (see :data:`Keep`).
     """
 
-    def __init__(self, events: pa.Table, event_types: set[str], keep: Keep = None) -> None:
+    def __init__(self, events: pa.Table, schema: EventSchema, keep: Keep = None) -> None:
         self.table = events
-        type_codes, types = encode_strings(events.column("event_type"))
-        names = types.to_pylist()
-        times = events.column("event_time").cast(pa.int64()).to_numpy().astype(np.int64, copy=False)
-        if keep is not None and len(keep) != len(type_codes):
-            raise ValueError(f"keep mask has {len(keep)} rows, the events {len(type_codes)}")
+        self.columns = schema.columns()
+        times = event_times(events.column(schema.timestamp_field))
+        if keep is not None and len(keep) != len(times):
+            raise ValueError(f"keep mask has {len(keep)} rows, the events {len(times)}")
+        self.keep = keep
+        self.all_times = times
         #: ``(first, span)`` of every event's time: the time axis the views' sorted measures share.
         self.time_span: tuple[int, int] | None = None
         if len(times):
             first = int(times.min())
             self.time_span = (first, int(times.max()) - first + 1)
-        self.rows: dict[str, I64] = {}  # event type → its counted rows, in table order
-        self.times: dict[str, I64] = {}
-        for event_type in event_types:
-            codes = [i for i, name in enumerate(names) if name == event_type]
-            mask = type_codes == codes[0] if len(codes) == 1 else np.isin(type_codes, codes)
-            if keep is not None:
-                mask &= keep
-            self.rows[event_type] = rows = np.flatnonzero(mask)
-            self.times[event_type] = times[rows]
+        self._where: dict[Expr | None, I64] = {}
+        self._values: dict[tuple[Expr, Expr | None], tuple[I64, pa.Array | pa.ChunkedArray]] = {}
 
-    def revenue(self, event_type: str) -> F64:
-        """price × quantity of the counted events of one type (a null price counts 0)."""
-        rows = pa.array(self.rows[event_type])
-        price = pc.fill_null(self.table.column("price").take(rows), 0.0).to_numpy(zero_copy_only=False)
-        qty = self.table.column("quantity").take(rows).to_numpy(zero_copy_only=False)
-        revenue: F64 = price.astype(np.float64) * qty
-        return revenue
+    def _counted(self, where: Expr | None) -> I64:
+        """Rows (table order) that are kept and where the condition holds."""
+        if where not in self._where:
+            if where is None:
+                rows = np.arange(self.table.num_rows) if self.keep is None else np.flatnonzero(self.keep)
+            else:
+                mask = truth_arrow(where, self._select(columns(where)), self.columns)
+                hit = np.asarray(mask.to_numpy(zero_copy_only=False), bool)
+                rows = np.flatnonzero(hit if self.keep is None else hit & self.keep)
+            self._where[where] = rows.astype(np.int64, copy=False)
+        return self._where[where]
+
+    def _select(self, names: frozenset[str]) -> pa.Table:
+        present = [n for n in self.table.column_names if n in names]
+        if present:
+            return self.table.select(present)
+        return pa.table({"__row": pa.nulls(self.table.num_rows, pa.int8())})  # keeps the row count
+
+    def measured(self, measure: Measure) -> tuple[I64, pa.Array | pa.ChunkedArray]:
+        """``(rows, values)`` of a measure: the counted rows (table order) and their non-null values.
+
+        The filter is evaluated over the whole table, the value only over the rows it keeps (the same
+        result as :func:`fstore.core.expr_eval.measure_arrow`, less work for selective filters).
+        """
+        key = (measure.value, measure.where)
+        if key not in self._values:
+            rows = self._counted(measure.where)
+            sub = self._select(columns(measure.value))
+            if len(rows) != self.table.num_rows:
+                sub = sub.take(pa.array(rows))
+            values = evaluate_arrow(measure.value, sub, self.columns)
+            if values.null_count:
+                valid = np.asarray(pc.is_valid(values).to_numpy(zero_copy_only=False), bool)
+                rows, values = rows[valid], values.filter(pa.array(valid))
+            self._values[key] = (rows, values)
+        return self._values[key]
 
 
 class ViewEvents:
@@ -125,11 +172,16 @@ class ViewEvents:
     The entity key is encoded at construction; :meth:`build` sorts the measures the request needs.
     """
 
-    def __init__(self, view: FeatureView, events: EncodedEvents) -> None:
+    def __init__(self, view: View, events: EncodedEvents) -> None:
         self.view = view
         self.events = events
-        self._codes, self.dictionary = encode_strings(events.table.column(view.entity.join_key))
+        key = view.entity.join_key
+        table = events.table
+        column = table.column(key) if key in table.column_names else pa.nulls(table.num_rows, pa.string())
+        self._codes, self.dictionary = encode_strings(column)
         self.measures: dict[str, SortedMeasure] = {}
+        #: measure name → distinct-member code of each of its sorted measure's events (input order).
+        self.members: dict[str, I64] = {}
 
     def codes(self, keys: pa.Array) -> I64:
         """Entity code of each key, ``-1`` when the entity has no events (or the key is null)."""
@@ -139,18 +191,25 @@ class ViewEvents:
 
     def build(self, wanted: set[str]) -> None:
         """Sort the events of every measure named in ``wanted``."""
-        events, view = self.events, self.view
+        view = self.view
+        needs: dict[str, set[State]] = {}
         for f in view.windowed:
-            m = f.measure
-            if m.name in self.measures or m.name not in wanted:
+            needs.setdefault(f.measure, set()).update(f.states)
+        for name in wanted:
+            if name in self.measures:
                 continue
-            c, t = self._codes[events.rows[m.event_type]], events.times[m.event_type]
-            values = None
-            if m.value is ValueKind.REVENUE:
-                values = events.revenue(m.event_type)
-            elif any(g.measure == m and g.agg in (Agg.MIN, Agg.MAX, Agg.AVG, Agg.SUM) for g in view.windowed):
-                values = np.ones(len(c), np.float64)
+            rows, values = self.events.measured(view.measure(name))
+            states = needs.get(name, set())
+            c, t = self._codes[rows], self.events.all_times[rows]
+            numbers: F64 | None = None
+            if states & {State.SUM, State.MIN, State.MAX, State.M2}:
+                numbers = np.asarray(values.to_numpy(zero_copy_only=False), np.float64)
             has_key = c >= 0
+            members = _members(values) if states & {State.DISTINCT, State.SKETCH} else None
             if not has_key.all():  # events without this view's key (a page view without product_id)
-                c, t, values = c[has_key], t[has_key], None if values is None else values[has_key]
-            self.measures[m.name] = SortedMeasure(c, t, values, len(self.dictionary), events.time_span)
+                c, t = c[has_key], t[has_key]
+                numbers = None if numbers is None else numbers[has_key]
+                members = None if members is None else members[has_key]
+            self.measures[name] = SortedMeasure(c, t, numbers, len(self.dictionary), self.events.time_span)
+            if members is not None:
+                self.members[name] = members

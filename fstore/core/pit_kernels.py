@@ -63,6 +63,10 @@ class SortedMeasure:
         self._tables: list[F64] = []
         self._tables_min: list[F64] = []
         self._ranks: I64 | None = None
+        self._order: I64 = np.empty(0, np.int64)
+        self._squares: NDArray[np.longdouble] | None = None
+        self._centred: NDArray[np.longdouble] | None = None
+        self._distinct: RangeCounter | None = None
         if self.n == 0:
             self._keys: I64 = np.empty(0, np.int64)
             self._tmin, self._span = 0, 1
@@ -82,6 +86,7 @@ class SortedMeasure:
         self._span = span
         keys = codes.astype(np.int64) * span + rel
         order = _order(codes, times, keys, n_codes)
+        self._order = order
         self._keys = keys[order]
         if values is not None:
             self._values = np.ascontiguousarray(values[order], dtype=np.float64)
@@ -132,6 +137,40 @@ class SortedMeasure:
             return (hi - lo).astype(np.float64)
         return (self._prefix[hi] - self._prefix[lo]).astype(np.float64)
 
+    def _spread(self) -> tuple[NDArray[np.longdouble], NDArray[np.longdouble]]:
+        """Prefix sums of ``x - c`` and ``(x - c)²`` with ``c`` the mean of the event's entity (built once)."""
+        if self._squares is None or self._centred is None:
+            assert self._values is not None, "std/var need measured values"
+            entity = self._keys // self._span
+            first = np.flatnonzero(np.concatenate([[True], entity[1:] != entity[:-1]]))
+            counts = np.diff(np.append(first, self.n))
+            means = np.add.reduceat(self._values, first) / counts
+            d = self._values - np.repeat(means, counts)
+            zero = np.zeros(1, np.longdouble)
+            self._centred = np.concatenate([zero, np.cumsum(d, dtype=np.longdouble)])
+            self._squares = np.concatenate([zero, np.cumsum(d * d, dtype=np.longdouble)])
+        return self._centred, self._squares
+
+    def m2(self, lo: I64, hi: I64) -> F64:
+        """Sum of squared deviations from the range's mean of each index range ``[lo, hi)`` (0.0 when empty).
+
+        A numerically stable direct form: the values are first centred on their entity's mean (a range
+        never spans two entities), so ``Σd² - (Σd)²/n`` does not cancel, and the prefix sums are long doubles.
+        """
+        centred, squares = self._spread()
+        n = np.maximum(hi - lo, 1).astype(np.longdouble)
+        s = centred[hi] - centred[lo]
+        out = (squares[hi] - squares[lo]) - s * s / n
+        m2: F64 = np.maximum(out.astype(np.float64), 0.0)
+        return m2
+
+    def distinct(self, lo: I64, hi: I64, members: I64) -> I64:
+        """Number of distinct ``members`` (integer codes, one per event in input order) in each range ``[lo, hi)``."""
+        if self._distinct is None:
+            self._distinct = RangeCounter(_previous_same(self._keys // self._span, members[self._order]))
+        counted: I64 = self._distinct.count_below(lo, hi, lo)
+        return counted
+
     def _levels(self, longest: int, minimum: bool) -> list[F64]:
         tables = self._tables_min if minimum else self._tables
         assert self._values is not None, "min/max need measured values"
@@ -163,3 +202,66 @@ class SortedMeasure:
             table = tables[int(k)]
             out[rows] = pick(table[lo[rows]], table[hi[rows] - (1 << int(k))])
         return out, null
+
+
+def _previous_same(entity: I64, members: I64) -> I64:
+    """For each position, the previous position with the same ``(entity, member)``, or ``-1``."""
+    n = len(entity)
+    order = np.lexsort((np.arange(n), members, entity))
+    e, m = entity[order], members[order]
+    same = np.concatenate([[False], (e[1:] == e[:-1]) & (m[1:] == m[:-1])])
+    prev = np.full(n, -1, np.int64)
+    prev[order[same]] = order[np.flatnonzero(same) - 1]
+    return prev
+
+
+class RangeCounter:
+    """``#{i in [lo, hi) : keys[i] < bound}`` for many ranges at once (a merge-sort tree, vectorised).
+
+    Level ``k`` holds ``keys`` sorted within aligned blocks of ``2**k`` positions, offset by the block number so
+    that one ``searchsorted`` answers every query's block at once. A range is cut into aligned blocks (at most
+    two per level). Exact distinct counts follow: the distinct members of ``[lo, hi)`` are the positions whose
+    previous occurrence is before ``lo`` (:meth:`SortedMeasure.distinct`).
+    """
+
+    def __init__(self, keys: I64) -> None:
+        self.n = len(keys)
+        self._base = int(keys.min()) if self.n else 0
+        self._width = (int(keys.max()) - self._base + 2) if self.n else 1
+        self._keys = keys - self._base
+        self._levels: list[I64] = []
+
+    def _level(self, k: int) -> I64:
+        while len(self._levels) <= k:
+            size = 1 << len(self._levels)
+            pad = -self.n % size
+            blocks = np.concatenate([self._keys, np.full(pad, self._width - 1, np.int64)]).reshape(-1, size)
+            blocks = np.sort(blocks, axis=1)
+            blocks += (np.arange(len(blocks), dtype=np.int64) * self._width)[:, None]
+            self._levels.append(blocks.ravel())
+        return self._levels[k]
+
+    def _count(self, k: int, rows: I64, start: I64, bound: I64) -> I64:
+        """Keys below ``bound`` in the level-``k`` block starting at ``start`` (aligned)."""
+        block = start[rows] >> k
+        level = self._level(k)
+        at = np.searchsorted(level, block * self._width + np.clip(bound[rows] - self._base, 0, self._width - 1))
+        counted: I64 = at - (block << k)
+        return counted
+
+    def count_below(self, lo: I64, hi: I64, bound: I64) -> I64:
+        """Per query ``q``: how many ``keys[i]`` with ``lo[q] <= i < hi[q]`` are ``< bound[q]``."""
+        out = np.zeros(len(lo), np.int64)
+        at = lo.astype(np.int64, copy=True)
+        top = int((hi - lo).max()).bit_length() if len(lo) else 0
+        for k in range(top):  # climb: align ``at`` with blocks of growing size
+            rows = np.flatnonzero(((at >> k) & 1).astype(bool) & (at + (1 << k) <= hi))
+            if len(rows):
+                out[rows] += self._count(k, rows, at, bound)
+                at[rows] += 1 << k
+        for k in range(top - 1, -1, -1):  # descend: take the largest blocks that still fit
+            rows = np.flatnonzero(at + (1 << k) <= hi)
+            if len(rows):
+                out[rows] += self._count(k, rows, at, bound)
+                at[rows] += 1 << k
+        return out

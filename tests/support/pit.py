@@ -1,4 +1,8 @@
-"""Random events and query times for the point-in-time tests, with their brute-force expectation."""
+"""Events, query times and brute-force expectations for the point-in-time tests, for any compiled plan.
+
+Events are dict rows in the plan's field names (the timestamp field in UTC epoch µs); the expectation is
+:mod:`tests.support.plan_bruteforce` over each entity's events.
+"""
 
 from __future__ import annotations
 
@@ -11,34 +15,41 @@ import pandas as pd
 import pyarrow as pa
 
 from fstore.core.aggregates import Value, isclose
-from fstore.core.events import EVENT_TYPES, Event
-from fstore.core.features import VIEWS, FeatureView
+from fstore.core.event_schema import EventSchema, FieldType
+from fstore.core.plan import Plan
 from fstore.core.timeutil import DAY, HOUR, MINUTE
-from tests.support import bruteforce
+from tests.support import plan_bruteforce
 
+Row = dict[str, Any]
 BASE = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z, on every hop grid
-WINDOWS = sorted({f.window for v in VIEWS.values() for f in v.windowed})
-HOPS = {w: bruteforce.hop_by_table(w) for w in WINDOWS}
+EVENT_TYPES = ("page_view", "impression", "click", "add_to_cart", "purchase")
+TS = pa.timestamp("us", tz="UTC")
+_ARROW = {
+    FieldType.STRING: pa.string(),
+    FieldType.INT: pa.int64(),
+    FieldType.FLOAT: pa.float64(),
+    FieldType.BOOL: pa.bool_(),
+    FieldType.TIMESTAMP: TS,
+}
 
 
-def events_table(events: list[Event]) -> pa.Table:
-    """The engine's input columns, built directly (no Delta, no fstore adapter)."""
-    cols: list[tuple[Any, ...]] = list(zip(*events, strict=True)) if events else [() for _ in range(8)]
-    return pa.table(
-        {
-            "event_id": pa.array(cols[0], pa.string()),
-            "event_type": pa.array(cols[1], pa.string()),
-            "user_id": pa.array(cols[2], pa.string()),
-            "product_id": pa.array(cols[3], pa.string()),
-            "event_time": pa.array(cols[4], pa.int64()).cast(pa.timestamp("us", tz="UTC")),
-            "price": pa.array(cols[5], pa.float64()),
-            "quantity": pa.array(cols[6], pa.int32()),
-        }
-    )
+def arrow_schema(schema: EventSchema) -> pa.Schema:
+    """The Arrow types of the plan's event fields (timestamps as UTC µs)."""
+    return pa.schema([(f.name, _ARROW[f.type]) for f in schema.fields])
 
 
-def random_events(rng: np.random.Generator, n: int, users: int, products: int, span: int) -> list[Event]:
-    """Events on and next to hop boundaries (±1 µs), and anywhere in between."""
+def events_table(rows: Sequence[Row], schema: EventSchema) -> pa.Table:
+    """The engine's input columns, built directly from dict rows (no Delta, no fstore adapter)."""
+    target = arrow_schema(schema)
+    cols = {}
+    for field in target:
+        values = [r.get(field.name) for r in rows]
+        cols[field.name] = pa.array(values, pa.int64()).cast(TS) if field.type == TS else pa.array(values, field.type)
+    return pa.table(cols, schema=target)
+
+
+def random_events(rng: np.random.Generator, n: int, users: int, products: int, span: int) -> list[Row]:
+    """Events of the e-commerce example on and next to hop boundaries (±1 µs), and anywhere in between."""
     out = []
     for i in range(n):
         etype = EVENT_TYPES[int(rng.integers(len(EVENT_TYPES)))]
@@ -49,47 +60,66 @@ def random_events(rng: np.random.Generator, n: int, users: int, products: int, s
             t = BASE + int(rng.integers(span))
         product = None if etype == "page_view" and rng.random() < 0.4 else f"p{rng.integers(products)}"
         price = round(float(rng.uniform(0, 300)), 2) if etype == "purchase" or rng.random() < 0.1 else None
-        out.append(Event(f"e{i}", etype, f"u{rng.integers(users)}", product, t, price, int(rng.integers(1, 4)), None))
+        out.append(
+            {
+                "event_id": f"e{i}",
+                "event_type": etype,
+                "user_id": f"u{rng.integers(users)}",
+                "product_id": product,
+                "event_time": t,
+                "price": price,
+                "quantity": int(rng.integers(1, 4)),
+                "session_id": None,
+            }
+        )
     return out
 
 
-def query_times(rng: np.random.Generator, events: list[Event], n: int, span: int) -> list[int]:
+def query_times(
+    rng: np.random.Generator, plan: Plan, events: Sequence[Row], n: int, span: int, start: int = BASE
+) -> list[int]:
     """Times exactly at events, one µs after, on tail boundaries of each window, random, before all data."""
+    ts = plan.schema.timestamp_field
+    windows = sorted({(f.window, f.hop) for v in plan.views for f in v.windowed})
     times = []
     for _ in range(n):
         kind = int(rng.integers(6))
-        e = events[int(rng.integers(len(events)))].event_time
+        e = events[int(rng.integers(len(events)))][ts]
         if kind == 0:
             times.append(e)  # the event at exactly t is excluded
         elif kind == 1:
             times.append(e + 1)
         elif kind in (2, 3):  # make tail(t) land exactly on (or 1 µs after) the event
-            w = WINDOWS[int(rng.integers(len(WINDOWS)))]
-            h = HOPS[w]
+            w, h = windows[int(rng.integers(len(windows)))]
             times.append(e - e % h + w + (0 if kind == 2 else int(rng.integers(h))))
         elif kind == 4:
-            times.append(BASE - int(rng.integers(1, 3 * DAY)))  # before any data
+            times.append(start - int(rng.integers(1, 3 * DAY)))  # before any data
         else:
-            times.append(BASE + int(rng.integers(span + 8 * DAY)))
+            times.append(start + int(rng.integers(span + 8 * DAY)))
     return times
 
 
 def expected(
-    view: FeatureView, events: list[Event], keys: Sequence[str | None], times: list[int]
+    plan: Plan, view_name: str, events: Sequence[Row], keys: Sequence[str | None], times: Sequence[int]
 ) -> list[dict[str, Value]]:
-    by_entity: dict[str, list[Event]] = defaultdict(list)
+    """The brute force of every feature of a view at each ``(key, t)``."""
+    key = plan.view(view_name).entity.join_key
+    by_entity: dict[str, list[Row]] = defaultdict(list)
     for e in events:
-        k = getattr(e, view.entity.join_key)
-        if k is not None:
-            by_entity[k].append(e)
+        if e.get(key) is not None:
+            by_entity[e[key]].append(e)
     return [
-        bruteforce.values(view, by_entity.get(k, []) if k else [], k or "", t) for k, t in zip(keys, times, strict=True)
+        plan_bruteforce.values(plan, view_name, by_entity.get(k, []) if k else [], k or "", t)
+        for k, t in zip(keys, times, strict=True)
     ]
 
 
-def assert_frame_matches(got: pd.DataFrame, view: FeatureView, want: list[dict[str, Value]], prefix: str = "") -> None:
-    for name in view.feature_names:
+def assert_frame_matches(
+    got: pd.DataFrame, plan: Plan, view_name: str, want: list[dict[str, Value]], prefix: str = ""
+) -> None:
+    """Every feature of the view equals the brute force (1e-9 relative), nulls where it has none."""
+    for name in plan.view(view_name).feature_names:
         col = got[prefix + name].tolist()
         for i, (g, w) in enumerate(zip(col, (row[name] for row in want), strict=True)):
             g = None if isinstance(g, float) and np.isnan(g) else g
-            assert isclose(g, w), f"{view.name}:{name} row {i}: engine {g!r} != brute force {w!r}"
+            assert isclose(g, w), f"{view_name}:{name} row {i}: engine {g!r} != brute force {w!r}"

@@ -1,6 +1,6 @@
-"""The point-in-time engine (fstore.core.pit) against the brute force of docs/design.md §3.
+"""The point-in-time engine (fstore.core.pit) on the example plan against the brute force of docs/design.md §3.
 
-The brute force is tests/support/bruteforce.py.
+The brute force is tests/support/plan_bruteforce.py; the rides plan has its own test (test_pit_plans.py).
 """
 
 from __future__ import annotations
@@ -16,20 +16,18 @@ import pytest
 
 from fstore.core import pit
 from fstore.core.aggregates import isclose
-from fstore.core.events import Event
-from fstore.core.features import PRODUCT_ENGAGEMENT, USER_ACTIVITY
 from fstore.core.timeutil import DAY, HOUR, MINUTE, from_micros
-from tests.support import bruteforce
-from tests.support.pit import (
-    BASE,
-    assert_frame_matches,
-    events_table,
-    expected,
-    query_times,
-    random_events,
-)
+from tests.support.pit import BASE, Row, assert_frame_matches, expected, query_times, random_events
+from tests.support.pit import events_table as plan_events_table
+from tests.support.repos import compiled
 
 pytestmark = pytest.mark.unit
+
+PLAN = compiled("ecommerce")
+
+
+def events_table(rows: list[Row]) -> pa.Table:
+    return plan_events_table(rows, PLAN.schema)
 
 
 @pytest.mark.parametrize(("seed", "n_users", "n_products"), [(1, 25, 12), (2, 3, 2), (3, 60, 40)])
@@ -39,7 +37,7 @@ def test_engine_equals_brute_force(seed: int, n_users: int, n_products: int) -> 
     span = 10 * DAY
     events = random_events(rng, 2500, users=n_users, products=n_products, span=span)
     n = 1500
-    times = query_times(rng, events, n, span)
+    times = query_times(rng, PLAN, events, n, span)
     users = [f"u{rng.integers(n_users + 5)}" for _ in range(n)]  # the last 5 never appear in events
     products: list[str | None] = [f"p{rng.integers(n_products + 3)}" if rng.random() > 0.02 else None for _ in range(n)]
     users[10:20] = users[0:10]  # duplicate entity rows (same key and time)
@@ -53,13 +51,19 @@ def test_engine_equals_brute_force(seed: int, n_users: int, n_products: int) -> 
         }
     )
     got = pit.point_in_time(
-        entity_df, ["user_activity", "product_engagement"], events_table(events), full_feature_names=True
+        PLAN, entity_df, ["user_activity", "product_engagement"], events_table(events), full_feature_names=True
     )
     assert len(got) == n and list(got.columns[:4]) == list(entity_df.columns)
     pd.testing.assert_frame_equal(got[entity_df.columns], entity_df)
-    assert_frame_matches(got, USER_ACTIVITY, expected(USER_ACTIVITY, events, users, times), "user_activity__")
     assert_frame_matches(
-        got, PRODUCT_ENGAGEMENT, expected(PRODUCT_ENGAGEMENT, events, products, times), "product_engagement__"
+        got, PLAN, "user_activity", expected(PLAN, "user_activity", events, users, times), "user_activity__"
+    )
+    assert_frame_matches(
+        got,
+        PLAN,
+        "product_engagement",
+        expected(PLAN, "product_engagement", events, products, times),
+        "product_engagement__",
     )
     assert got["user_activity__clicks_1h"].dtype == np.int64
 
@@ -67,7 +71,7 @@ def test_engine_equals_brute_force(seed: int, n_users: int, n_products: int) -> 
 def test_arrow_input_naive_times_and_single_features() -> None:
     rng = np.random.default_rng(9)
     events = random_events(rng, 800, users=6, products=4, span=3 * DAY)
-    times = query_times(rng, events, 400, 3 * DAY)
+    times = query_times(rng, PLAN, events, 400, 3 * DAY)
     users = [f"u{rng.integers(8)}" for _ in times]
     naive = pa.array(times, pa.int64()).cast(pa.timestamp("us"))  # naive → UTC
     table = pa.table({"user_id": users, "event_timestamp": naive})
@@ -77,7 +81,7 @@ def test_arrow_input_naive_times_and_single_features() -> None:
         "user_activity:max_order_value_7d",
         "user_activity:avg_order_value_7d",
     ]
-    got = pit.point_in_time(table, refs, events_table(events))
+    got = pit.point_in_time(PLAN, table, refs, events_table(events))
     assert isinstance(got, pa.Table)
     assert got.column_names == [
         "user_id",
@@ -87,16 +91,28 @@ def test_arrow_input_naive_times_and_single_features() -> None:
         "max_order_value_7d",
         "avg_order_value_7d",
     ]
-    want = expected(USER_ACTIVITY, events, users, times)
+    want = expected(PLAN, "user_activity", events, users, times)
     for name in refs:
         feat = name.split(":")[1]
         for g, w in zip(got.column(feat).to_pylist(), (r[feat] for r in want), strict=True):
             assert isclose(g, w), (feat, g, w)
 
 
+def event(eid: str, etype: str, user: str, product: str | None, t: int, price: float | None = None) -> Row:
+    return {
+        "event_id": eid,
+        "event_type": etype,
+        "user_id": user,
+        "product_id": product,
+        "event_time": t,
+        "price": price,
+        "quantity": 1,
+    }
+
+
 def test_nanosecond_times_keep_the_exclusive_head_and_the_tail() -> None:
     t_event = BASE + HOUR  # a click of u1 at exactly 01:00
-    events = [Event("a", "click", "u1", "p1", t_event, None, 1, None)]
+    events = [event("a", "click", "u1", "p1", t_event)]
     ns = np.array(
         [
             t_event * 1000,
@@ -108,7 +124,7 @@ def test_nanosecond_times_keep_the_exclusive_head_and_the_tail() -> None:
         dtype="datetime64[ns]",
     )
     df = pd.DataFrame({"user_id": ["u1"] * 5, "event_timestamp": ns})
-    got = pit.point_in_time(df, ["user_activity:clicks_1h"], events_table(events))
+    got = pit.point_in_time(PLAN, df, ["user_activity:clicks_1h"], events_table(events))
     # at t: excluded; 1 ns later: counted; t+1h: tail = t, counted; just before t+1h05: tail still t; at it: gone
     assert got["clicks_1h"].tolist() == [0, 1, 1, 1, 0]
 
@@ -117,9 +133,9 @@ def test_empty_inputs_and_no_events() -> None:
     df = pd.DataFrame(
         {"user_id": pd.Series([], dtype=object), "event_timestamp": pd.Series([], dtype="datetime64[ns]")}
     )
-    assert len(pit.point_in_time(df, ["user_activity"], events_table([]))) == 0
+    assert len(pit.point_in_time(PLAN, df, ["user_activity"], events_table([]))) == 0
     one = pd.DataFrame({"user_id": ["u1", "u1"], "event_timestamp": [datetime(2026, 1, 1, tzinfo=UTC)] * 2})
-    got = pit.point_in_time(one, ["user_activity"], events_table([]))
+    got = pit.point_in_time(PLAN, one, ["user_activity"], events_table([]))
     assert got["clicks_1h"].tolist() == [0, 0] and got["revenue_7d"].tolist() == [0.0, 0.0]
     assert got["avg_order_value_7d"].isna().all() and got["max_order_value_7d"].isna().all()
 
@@ -155,13 +171,13 @@ def test_empty_inputs_and_no_events() -> None:
 )
 def test_invalid_requests_name_the_problem(frame: pd.DataFrame, refs: list[str], message: str) -> None:
     with pytest.raises(pit.PointInTimeError, match=message):
-        pit.point_in_time(frame, refs, events_table([]))
+        pit.point_in_time(PLAN, frame, refs, events_table([]))
 
 
 def test_event_range_and_dedupe() -> None:
     df = pd.DataFrame({"user_id": ["u"], "event_timestamp": [from_micros(BASE + DAY)]})
-    assert pit.event_range(df, ["user_activity"]) == (BASE + DAY - 7 * DAY - HOUR, BASE + DAY)
-    assert pit.event_range(df, ["user_activity:clicks_1h"]) == (BASE + DAY - HOUR - 5 * MINUTE, BASE + DAY)
+    assert pit.event_range(PLAN, df, ["user_activity"]) == (BASE + DAY - 7 * DAY - HOUR, BASE + DAY)
+    assert pit.event_range(PLAN, df, ["user_activity:clicks_1h"]) == (BASE + DAY - HOUR - 5 * MINUTE, BASE + DAY)
     raw = pa.table(
         {
             "event_id": ["a", "b", "a", "a"],
@@ -204,9 +220,9 @@ def test_dictionary_events_threads_and_time_ordered_input_equal_brute_force(
     span = 6 * DAY
     events = random_events(rng, 2000, users=30, products=15, span=span)
     if in_time_order:
-        events.sort(key=lambda e: e.event_time)
+        events.sort(key=lambda e: e["event_time"])
     n = 800
-    times = query_times(rng, events, n, span)
+    times = query_times(rng, PLAN, events, n, span)
     users = [f"u{rng.integers(33)}" for _ in range(n)]
     products = [f"p{rng.integers(17)}" for _ in range(n)]
     entity_df = pd.DataFrame(
@@ -214,13 +230,19 @@ def test_dictionary_events_threads_and_time_ordered_input_equal_brute_force(
     )
     table = dictionary_chunks(events_table(events), pieces=7)
     assert pa.types.is_dictionary(table.schema.field("user_id").type) and table.column("user_id").num_chunks == 7
-    got = pit.point_in_time(entity_df, ["user_activity", "product_engagement"], table, full_feature_names=True)
-    assert_frame_matches(got, USER_ACTIVITY, expected(USER_ACTIVITY, events, users, times), "user_activity__")
+    got = pit.point_in_time(PLAN, entity_df, ["user_activity", "product_engagement"], table, full_feature_names=True)
     assert_frame_matches(
-        got, PRODUCT_ENGAGEMENT, expected(PRODUCT_ENGAGEMENT, events, products, times), "product_engagement__"
+        got, PLAN, "user_activity", expected(PLAN, "user_activity", events, users, times), "user_activity__"
+    )
+    assert_frame_matches(
+        got,
+        PLAN,
+        "product_engagement",
+        expected(PLAN, "product_engagement", events, products, times),
+        "product_engagement__",
     )
     plain = pit.point_in_time(
-        entity_df, ["user_activity", "product_engagement"], events_table(events), full_feature_names=True
+        PLAN, entity_df, ["user_activity", "product_engagement"], events_table(events), full_feature_names=True
     )
     pd.testing.assert_frame_equal(got, plain)
 
@@ -254,11 +276,11 @@ def test_first_ingested_mask_equals_brute_force_and_reports_unresolved_ties() ->
             "row": np.arange(len(ids)),
         }
     )
-    copies = [
-        (a, h, Event(i, "click", "u", None, 0, None, r, None))
-        for i, a, h, r in zip(ids, ats, hashes, range(len(ids)), strict=True)
-    ]
-    want = {e.event_id: e.quantity for e in bruteforce.dedupe(copies)}  # event_id → winning row
+    first: dict[str, tuple[int, str, int]] = {}
+    for i, a, h, r in zip(ids, ats, hashes, range(len(ids)), strict=True):
+        if i not in first or (a, h) < first[i][:2]:
+            first[i] = (a, h, r)
+    want = {i: r for i, (_, _, r) in first.items()}  # event_id → winning row
     keep, unresolved = pit.first_ingested_mask(raw)
     assert len(unresolved) == 0
     assert dict(zip(np.array(ids)[keep], np.flatnonzero(keep), strict=True)) == want
@@ -284,7 +306,7 @@ def test_a_dictionary_holding_null_as_a_value_reads_as_null() -> None:
     made ``get_historical_features`` raise. The engine reads the value as null."""
     rng = np.random.default_rng(5)
     events = random_events(rng, 600, users=8, products=5, span=3 * DAY)
-    lone = Event("lone", "page_view", "u1", None, events[0].event_time + 1, None, 1, None)
+    lone = event("lone", "page_view", "u1", None, events[0]["event_time"] + 1)
     table = dictionary_chunks(events_table(events), pieces=3)
     row = events_table([lone]).to_batches()[0]
     cols = {n: row.column(n) for n in row.schema.names}
@@ -292,7 +314,7 @@ def test_a_dictionary_holding_null_as_a_value_reads_as_null() -> None:
     cols["user_id"] = cols["user_id"].dictionary_encode()
     cols["product_id"] = pa.DictionaryArray.from_arrays(pa.array([0], pa.int32()), pa.array([None], pa.string()))
     table = pa.Table.from_batches([*table.to_batches(), pa.record_batch(cols)])
-    times = query_times(rng, events, 50, 3 * DAY)
+    times = query_times(rng, PLAN, events, 50, 3 * DAY)
     entity_df = pd.DataFrame(
         {
             "user_id": [f"u{i % 8}" for i in range(50)],
@@ -301,6 +323,6 @@ def test_a_dictionary_holding_null_as_a_value_reads_as_null() -> None:
         }
     )
     refs = ["user_activity", "product_engagement"]
-    got = pit.point_in_time(entity_df, refs, table, full_feature_names=True)
-    plain = pit.point_in_time(entity_df, refs, events_table([*events, lone]), full_feature_names=True)
+    got = pit.point_in_time(PLAN, entity_df, refs, table, full_feature_names=True)
+    plain = pit.point_in_time(PLAN, entity_df, refs, events_table([*events, lone]), full_feature_names=True)
     pd.testing.assert_frame_equal(got, plain)

@@ -10,6 +10,9 @@ import pytest
 from fstore.core import pit
 from fstore.core.pit_events import encode_strings
 from tests.support.pit import events_table, query_times, random_events
+from tests.support.repos import compiled
+
+PLAN = compiled("ecommerce")
 
 
 def _decoded(codes: np.ndarray, dictionary: pa.Array) -> list[str | None]:
@@ -38,9 +41,9 @@ def test_keep_mask_equals_the_filtered_events(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(pit, "_PARALLEL_ROWS", 0)
     rng = np.random.default_rng(8)
     events = random_events(rng, 1500, users=12, products=6, span=3 * 86_400_000_000)
-    table = events_table(events)
+    table = events_table(events, PLAN.schema)
     keep: np.ndarray = np.asarray(rng.random(table.num_rows) < 0.6)
-    times = query_times(rng, events, 300, 3 * 86_400_000_000)
+    times = query_times(rng, PLAN, events, 300, 3 * 86_400_000_000)
     entity_df = pd.DataFrame(
         {
             "user_id": [f"u{rng.integers(13)}" for _ in range(300)],
@@ -49,11 +52,11 @@ def test_keep_mask_equals_the_filtered_events(monkeypatch: pytest.MonkeyPatch) -
         }
     )
     refs = ["user_activity", "product_engagement"]
-    got = pit.point_in_time(entity_df, refs, table, full_feature_names=True, keep=keep)
-    want = pit.point_in_time(entity_df, refs, table.filter(pa.array(keep)), full_feature_names=True)
+    got = pit.point_in_time(PLAN, entity_df, refs, table, full_feature_names=True, keep=keep)
+    want = pit.point_in_time(PLAN, entity_df, refs, table.filter(pa.array(keep)), full_feature_names=True)
     pd.testing.assert_frame_equal(got, want)
     with pytest.raises(ValueError, match="keep mask has 3 rows"):
-        pit.point_in_time(entity_df, refs, table, keep=np.ones(3, bool), full_feature_names=True)
+        pit.point_in_time(PLAN, entity_df, refs, table, keep=np.ones(3, bool), full_feature_names=True)
 
 
 def test_a_single_dictionary_holding_null_as_a_value_gives_null_codes() -> None:
