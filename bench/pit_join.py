@@ -3,7 +3,8 @@
 Usage: ``python bench/pit_join.py [--events 10000000] [--rows 1000000] [--feast-rows N] [--spark-rows N]
 [--data-dir DIR]``. Prints one JSON line of figures:
 
-* the default (local) engine: ``rows`` entity rows × every feature of both views over ``raw_events``;
+* the default (local) engine: ``rows`` entity rows × every feature of both views of the example plan
+  (``feature_repo/``, :func:`fstore.plan_source.current_plan`) over ``raw_events``;
   time to read + de-duplicate ``raw_events`` separately from the join, rows/s of each, process CPU seconds
   and the 1-minute load average before the run (wall-clock figures depend on what else the machine runs);
 * Feast's stock file (dask) offline store doing its as-of join over a daily snapshot table for the same
@@ -32,10 +33,11 @@ import pandas as pd
 import pyarrow as pa
 
 from fstore.core import pit
-from fstore.core.features import VIEWS
+from fstore.core.plan import Plan
 from fstore.core.timeutil import DAY, parse_timestamp
 from fstore.delta import raw_log
 from fstore.offline import local as offline
+from fstore.plan_source import current_plan
 
 END = parse_timestamp("2026-01-01T00:00:00Z")
 DAYS = 30
@@ -90,21 +92,45 @@ def entity_frame(rows: int, users: int, products: int, first: int, last: int, se
     )
 
 
+def snapshot_views(plan: Plan, snap_dir: Path) -> list[Any]:
+    """Feast entities and feature views (TTL 1 day) over the daily snapshot Parquet files of each plan view."""
+    from feast import Entity, FeatureView, Field, FileSource, ValueType
+    from feast.data_format import DeltaFormat
+    from feast.types import Float64, Int64
+
+    entities = {e.name: Entity(name=e.name, join_keys=[e.join_key], value_type=ValueType.STRING) for e in plan.entities}
+    views = [
+        FeatureView(
+            name=view.name,
+            entities=[entities[view.entity.name]],
+            ttl=pd.Timedelta(days=1).to_pytimedelta(),
+            schema=[Field(name=f.name, dtype=Int64 if f.dtype == "int64" else Float64) for f in view.features],
+            source=FileSource(
+                name=f"{view.name}_snapshots",
+                path=str(snap_dir / "feature_snapshots" / view.name),
+                file_format=DeltaFormat(),
+                timestamp_field="event_timestamp",
+            ),
+        )
+        for view in plan.views
+    ]
+    return [*entities.values(), *views]
+
+
 def feast_dask(df: pd.DataFrame, uri: str, work: Path, users: int, products: int) -> dict[str, Any]:
     """Feast's file (dask) offline store: as-of join of ``df`` over daily snapshots (TTL 1 day)."""
     from feast import FeatureStore
 
-    from fstore.feast.defs import feast_objects
-
+    plan = current_plan()
     began = time.perf_counter()
     days = pd.date_range(pd.Timestamp(END - 21 * DAY, unit="us", tz="UTC"), periods=22, freq="D")
     snap_dir = work / "snapshots"
-    events = offline.read_events(uri, (END - 31 * DAY, END + DAY))
-    for view in VIEWS.values():
+    events = offline.read_events(uri, (END - 31 * DAY, END + DAY), plan=plan)
+    for view in plan.views:
         key = view.entity.join_key
         keys = np.char.add(key[0], np.arange(users if key == "user_id" else products).astype(str))
         grid = pd.DataFrame({key: np.tile(keys, len(days)), "event_timestamp": np.repeat(days, len(keys))})
-        snap = pit.point_in_time(grid, [view.name], events)
+        snap = pit.point_in_time(plan, grid, [view.name], events)
         (snap_dir / "feature_snapshots" / view.name).mkdir(parents=True, exist_ok=True)
         snap.to_parquet(snap_dir / "feature_snapshots" / view.name / "part-0.parquet", index=False)
     build = time.perf_counter() - began
@@ -116,8 +142,8 @@ def feast_dask(df: pd.DataFrame, uri: str, work: Path, users: int, products: int
         "entity_key_serialization_version: 3\n"
     )
     store = FeatureStore(repo_path=str(repo))
-    store.apply(list(feast_objects(str(snap_dir)).values()))
-    refs = [f"{v.name}:{f}" for v in VIEWS.values() for f in v.feature_names]
+    store.apply(snapshot_views(plan, snap_dir))
+    refs = [f"{v.name}:{f}" for v in plan.views for f in v.feature_names]
     began = time.perf_counter()
     out = store.get_historical_features(entity_df=df, features=refs, full_feature_names=True).to_df()
     seconds = time.perf_counter() - began
@@ -149,7 +175,7 @@ def run(
         build_raw_events(uri, events, users, products)
         marker.touch()
         figures["build_raw_events_seconds"] = round(time.perf_counter() - began, 1)
-    refs = list(VIEWS)
+    refs = [v.name for v in current_plan().views]
     df = entity_frame(rows, users, products, END - 21 * DAY, END)
     timings = offline.Timings()
     load = os.getloadavg()[0]  # other work on the machine inflates the wall-clock figures

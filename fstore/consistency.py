@@ -6,7 +6,8 @@ Two sources of online values, one comparison:
 - :func:`replay` takes what the API actually served (:mod:`fstore.samples`, written by the API itself).
 
 Each value is recomputed by the point-in-time engine with ``event_timestamp`` = the answer's ``as_of``
-and compared (:func:`fstore.core.aggregates.isclose`). The promise holds for the events ingested by
+and compared (:func:`fstore.core.aggregates.isclose`). Views and features come from the compiled plan
+(:func:`fstore.plan_source.current_plan` unless one is passed). The promise holds for the events ingested by
 ``as_of``: :func:`replay` leaves out the served rows whose entity has an event with ``event_time <
 as_of`` ingested after ``as_of - in_flight`` (still in flight when the API answered, or a late arrival
 the API could not have seen) and counts them apart, so what remains must match exactly.
@@ -31,9 +32,10 @@ import pyarrow.compute as pc
 
 from fstore.core import pit
 from fstore.core.aggregates import isclose
-from fstore.core.features import VIEWS, FeatureView, get_view
+from fstore.core.plan import Plan, View
 from fstore.delta import raw_log
 from fstore.offline.local import get_historical_features
+from fstore.plan_source import current_plan
 from fstore.samples import Sample
 
 TS = pa.timestamp("us", tz="UTC")
@@ -73,7 +75,9 @@ class ConsistencyReport:
 OnlineRow = tuple[str, int, dict[str, Any], Sequence[str]]  # entity, as_of_us, served values, features to compare
 
 
-def compare(report: ConsistencyReport, view: FeatureView, rows: Sequence[OnlineRow], raw_uri: str) -> None:
+def compare(
+    report: ConsistencyReport, view: View, rows: Sequence[OnlineRow], raw_uri: str, plan: Plan | None = None
+) -> None:
     """Recompute ``rows`` of ``view`` offline at their ``as_of`` and add the comparison to ``report``."""
     if not rows:
         return
@@ -81,7 +85,7 @@ def compare(report: ConsistencyReport, view: FeatureView, rows: Sequence[OnlineR
     df = pd.DataFrame(
         {key: [r[0] for r in rows], "event_timestamp": pd.to_datetime([r[1] * 1000 for r in rows], utc=True)}
     )
-    offline = get_historical_features(df, [view.name], raw_uri=raw_uri)
+    offline = get_historical_features(df, [view.name], raw_uri=raw_uri, plan=plan)
     report.entities += len(rows)
     for i, (entity, as_of, values, names) in enumerate(rows):
         for f in names:
@@ -119,9 +123,10 @@ def check(
     raw_uri: str,
     sample: int = 1000,
     seed: int = 0,
-    views: Sequence[str] = tuple(VIEWS),
+    views: Sequence[str] = (),
     api_key: str | None = None,
     progress: Callable[[int], object] | None = None,
+    plan: Plan | None = None,
 ) -> ConsistencyReport:
     """Compare the API with the offline engine for ``sample`` entities per view.
 
@@ -130,15 +135,17 @@ def check(
         raw_uri: the ``raw_events`` table the offline engine reads.
         sample: entities per view.
         seed: sampling seed.
-        views: feature views to check.
+        views: feature views to check (default: every view of the plan).
         api_key: sent as ``X-API-Key`` when given.
         progress: called with 1 after each entity read.
+        plan: the compiled plan (default: :func:`fstore.plan_source.current_plan`).
     """
+    plan = plan or current_plan()
     report = ConsistencyReport()
     headers = {"X-API-Key": api_key} if api_key else {}
     with httpx.Client(base_url=api_url, headers=headers, timeout=10.0) as http:
-        for name in views:
-            view = get_view(name)
+        for name in views or [v.name for v in plan.views]:
+            view = plan.view(name)
             key = view.entity.join_key
             online: list[tuple[str, int, dict[str, Any]]] = []
             for entity in sample_entities(raw_uri, key, sample, seed):
@@ -148,19 +155,23 @@ def check(
                 online.append((entity, body["as_of_us"], body["rows"][0]["values"]))
                 if progress:
                     progress(1)
-            compare(report, view, [(e, t, v, view.feature_names) for e, t, v in online], raw_uri)
+            compare(report, view, [(e, t, v, view.feature_names) for e, t, v in online], raw_uri, plan)
     return report
 
 
-def in_flight(raw_uri: str, view: FeatureView, rows: Sequence[tuple[str, int]], window_us: int) -> set[int]:
-    """Indexes of ``(entity, as_of_us)`` rows whose entity has an event with ``event_time < as_of`` ingested
-    after ``as_of - window_us``: the API may or may not have counted it, so the row proves nothing."""
+def in_flight(
+    raw_uri: str, view: View, rows: Sequence[tuple[str, int]], window_us: int, plan: Plan | None = None
+) -> set[int]:
+    """Indexes of ``(entity, as_of_us)`` rows whose entity has an event with a time before ``as_of``
+    ingested after ``as_of - window_us``: the API may or may not have counted it, so the row proves nothing."""
     if not rows:
         return set()
+    plan = plan or current_plan()
+    ts = plan.schema.timestamp_field
     key = view.entity.join_key
     entities = sorted({e for e, _ in rows})
     as_of = np.array([t for _, t in rows], dtype=np.int64)
-    span = (int(as_of.min()) - pit.plan([view.name], True).lookback(), int(as_of.max()))
+    span = (int(as_of.min()) - pit.resolve(plan, [view.name], True).lookback(), int(as_of.max()))
     days = raw_log.date_range(span)
     if days is None:
         return set()
@@ -170,11 +181,11 @@ def in_flight(raw_uri: str, view: FeatureView, rows: Sequence[tuple[str, int]], 
         & (pc.field("ingested_at") > pa.scalar(int(as_of.min()) - window_us, pa.int64()).cast(TS))
         & pc.field(key).isin(entities)
     )
-    recent = raw_log.read_table(raw_uri, [key, "event_time", "ingested_at"], flt)
+    recent = raw_log.read_table(raw_uri, [key, ts, "ingested_at"], flt)
     if not recent.num_rows:
         return set()
     by_entity: dict[str, list[tuple[int, int]]] = {}
-    times = recent.column("event_time").cast(pa.int64()).to_pylist()
+    times = recent.column(ts).cast(pa.int64()).to_pylist()
     ingested = recent.column("ingested_at").cast(pa.int64()).to_pylist()
     for e, t, i in zip(recent.column(key).to_pylist(), times, ingested, strict=True):
         by_entity.setdefault(e, []).append((t, i))
@@ -182,7 +193,11 @@ def in_flight(raw_uri: str, view: FeatureView, rows: Sequence[tuple[str, int]], 
 
 
 def replay(
-    samples: Sequence[Sample], raw_uri: str, in_flight_us: int = 5_000_000, views: Sequence[str] = ()
+    samples: Sequence[Sample],
+    raw_uri: str,
+    in_flight_us: int = 5_000_000,
+    views: Sequence[str] = (),
+    plan: Plan | None = None,
 ) -> ConsistencyReport:
     """Compare served samples with the point-in-time engine (see the module docstring).
 
@@ -192,7 +207,10 @@ def replay(
         in_flight_us: a row is left out when its entity has an event before ``as_of`` ingested after
             ``as_of - in_flight_us`` (covers the stream worker's batch time and clock skew between hosts).
         views: compare only these views (default: every view served).
+        plan: the compiled plan (default: :func:`fstore.plan_source.current_plan`).
     """
+    plan = plan or current_plan()
+    known = {v.name: v for v in plan.views}
     report = ConsistencyReport()
     per_view: dict[str, list[OnlineRow]] = {}
     for s in samples:
@@ -203,17 +221,17 @@ def replay(
         for view_name, feats in names.items():
             if views and view_name not in views:
                 continue
-            view = VIEWS.get(view_name)
+            view = known.get(view_name)
             key = view.entity.join_key if view is not None else None
             if view is None or key not in s.entity or not set(feats) <= set(view.feature_names):
                 report.unknown += 1
                 continue
             per_view.setdefault(view_name, []).append((s.entity[key], s.as_of_us, s.values, feats))
     for view_name, rows in per_view.items():
-        view = VIEWS[view_name]
-        skip = in_flight(raw_uri, view, [(e, t) for e, t, _, _ in rows], in_flight_us)
+        view = known[view_name]
+        skip = in_flight(raw_uri, view, [(e, t) for e, t, _, _ in rows], in_flight_us, plan)
         report.in_flight += len(skip)
-        compare(report, view, [r for n, r in enumerate(rows) if n not in skip], raw_uri)
+        compare(report, view, [r for n, r in enumerate(rows) if n not in skip], raw_uri, plan)
     return report
 
 

@@ -77,8 +77,8 @@ def check_consistency(
 
     from fstore import consistency, samples
     from fstore.clock import wall_clock
-    from fstore.core.features import VIEWS
     from fstore.core.timeutil import SECOND
+    from fstore.plan_source import current_plan
     from services.online_api.settings import get_api_settings
 
     cfg = get_api_settings()
@@ -98,7 +98,14 @@ def check_consistency(
         if not rows:
             click.echo(f"no served samples in {folder} between {since:.0f}s and {settle:.0f}s ago", err=True)
     else:
-        chosen = views or tuple(VIEWS)
+        plan = current_plan()
+        unknown = [v for v in views if v not in {x.name for x in plan.views}]
+        if unknown:
+            raise click.BadParameter(
+                f"unknown feature view(s) {', '.join(unknown)} (known: {', '.join(v.name for v in plan.views)})",
+                param_hint="--view",
+            )
+        chosen = views or tuple(v.name for v in plan.views)
         key = cfg.api_key.get_secret_value() if cfg.api_key else None
         with tqdm(total=sample * len(chosen), unit="entity", file=sys.stderr, disable=None) as bar:
             report = consistency.check(api_url, raw_uri, sample, seed, chosen, key, progress=bar.update)

@@ -127,6 +127,32 @@ class EncodedEvents:
             self.time_span = (first, int(times.max()) - first + 1)
         self._where: dict[Expr | None, I64] = {}
         self._values: dict[tuple[Expr, Expr | None], tuple[I64, pa.Array | pa.ChunkedArray]] = {}
+        self._encoded: dict[str, tuple[I64, pa.Array]] = {}
+
+    def encoded(self, name: str) -> tuple[I64, pa.Array]:
+        """:func:`encode_strings` of a string column of the table (once per column)."""
+        if name not in self._encoded:
+            self._encoded[name] = encode_strings(self.table.column(name))
+        return self._encoded[name]
+
+    def _truth(self, where: Expr) -> Bool:
+        """Where the condition holds, over every row of the table.
+
+        A condition on one dictionary-encoded column (``kind == 'completed'``) is evaluated once per distinct
+        value and looked up by code — the same answer as row by row, without decoding the strings.
+        """
+        names = columns(where)
+        if len(names) == 1:
+            (name,) = names
+            if name in self.table.column_names and pa.types.is_dictionary(self.table.schema.field(name).type):
+                codes, dictionary = self.encoded(name)
+                values = pa.concat_arrays([dictionary.cast(pa.string()), pa.nulls(1, pa.string())])
+                per_value = truth_arrow(where, pa.table({name: values}), self.columns)
+                held = np.asarray(per_value.to_numpy(zero_copy_only=False), bool)
+                lookup: Bool = held[codes]  # code -1 (null) picks the last entry: the condition on null
+                return lookup
+        mask = truth_arrow(where, self._select(names), self.columns)
+        return np.asarray(mask.to_numpy(zero_copy_only=False), bool)
 
     def _counted(self, where: Expr | None) -> I64:
         """Rows (table order) that are kept and where the condition holds."""
@@ -134,8 +160,7 @@ class EncodedEvents:
             if where is None:
                 rows = np.arange(self.table.num_rows) if self.keep is None else np.flatnonzero(self.keep)
             else:
-                mask = truth_arrow(where, self._select(columns(where)), self.columns)
-                hit = np.asarray(mask.to_numpy(zero_copy_only=False), bool)
+                hit = self._truth(where)
                 rows = np.flatnonzero(hit if self.keep is None else hit & self.keep)
             self._where[where] = rows.astype(np.int64, copy=False)
         return self._where[where]
@@ -176,9 +201,10 @@ class ViewEvents:
         self.view = view
         self.events = events
         key = view.entity.join_key
-        table = events.table
-        column = table.column(key) if key in table.column_names else pa.nulls(table.num_rows, pa.string())
-        self._codes, self.dictionary = encode_strings(column)
+        if key in events.table.column_names:
+            self._codes, self.dictionary = events.encoded(key)
+        else:
+            self._codes, self.dictionary = encode_strings(pa.nulls(events.table.num_rows, pa.string()))
         self.measures: dict[str, SortedMeasure] = {}
         #: measure name → distinct-member code of each of its sorted measure's events (input order).
         self.members: dict[str, I64] = {}

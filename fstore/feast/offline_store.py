@@ -10,14 +10,17 @@ Configure it in ``feature_store.yaml``::
 ``FeatureStore(...).get_historical_features(entity_df, features=[...])`` then returns the values of the
 fstore point-in-time engine (:mod:`fstore.offline.local`), not an as-of join over the daily snapshots: exact
 windows at every ``event_timestamp``, the fstore row contract (input order, duplicates kept, no row
-dropped). ``pull_latest``/``pull_all`` (materialisation, saved datasets) are delegated to Feast's file
-(dask) store, which reads the feature views' snapshot Parquet sources.
+dropped). The features are those of the compiled plan of the store's repository (the process's plan,
+:func:`fstore.plan_source.current_plan`, when the store is that repository; else its ``repo_path`` compiled
+once). ``pull_latest``/``pull_all`` (materialisation, saved datasets) are delegated to Feast's file (dask)
+store, which reads the feature views' snapshot Parquet sources.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
+from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,7 +35,9 @@ from feast.infra.registry.base_registry import BaseRegistry
 from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.repo_config import FeastConfigBaseModel, RepoConfig
 
+from fstore import plan_source
 from fstore.core import pit
+from fstore.core.plan import Plan
 from fstore.offline import local as offline
 
 
@@ -57,6 +62,19 @@ def raw_events_uri(config: RepoConfig) -> str:
         base = Path(config.repo_path).resolve().parent if config.repo_path else Path.cwd()
         data_dir = str((base / data_dir).resolve())
     return offline.raw_events_uri(data_dir)
+
+
+@cache
+def _compiled(repo: Path) -> Plan:
+    return plan_source.compile_dir(repo)
+
+
+def plan_of(config: RepoConfig) -> Plan:
+    """The compiled plan of the store's repository (see the module docstring)."""
+    repo = Path(config.repo_path).resolve() if config.repo_path else None
+    if repo is None or repo == plan_source.repo_dir():
+        return plan_source.current_plan()
+    return _compiled(repo)
 
 
 class FstoreRetrievalJob(RetrievalJob):
@@ -132,7 +150,8 @@ class FstoreOfflineStore(OfflineStore):
         if kwargs.get("filter_by_created_timestamp"):
             raise NotImplementedError("filter_by_created_timestamp does not apply to the fstore offline store")
         refs = list(feature_refs)
-        pit.plan(refs, full_feature_names)  # unknown features fail here, not at to_df()
+        plan = plan_of(config)
+        request = pit.resolve(plan, refs, full_feature_names)  # unknown features fail here, not at to_df()
         table, ts = _as_arrow(entity_df)
         store = config.offline_store
         engine: offline.Engine = "spark" if getattr(store, "engine", "local") == "spark" else "local"
@@ -145,12 +164,12 @@ class FstoreOfflineStore(OfflineStore):
                 pd.Timestamp(int(down.min()), unit="us", tz="UTC").to_pydatetime(),
                 pd.Timestamp(int(up.max()), unit="us", tz="UTC").to_pydatetime(),
             )
-        keys = list(pit.plan(refs, full_feature_names=True).join_keys)
+        keys = list(request.join_keys)
         metadata = RetrievalMetadata(features=refs, keys=keys, min_event_timestamp=lo, max_event_timestamp=hi)
 
         def run() -> pa.Table:
             out = offline.get_historical_features(
-                table, refs, raw_uri=uri, engine=engine, full_feature_names=full_feature_names
+                table, refs, raw_uri=uri, engine=engine, full_feature_names=full_feature_names, plan=plan
             )
             if ts != pit.TIMESTAMP_COLUMN:
                 out = out.rename_columns([ts if c == pit.TIMESTAMP_COLUMN else c for c in out.column_names])

@@ -3,12 +3,14 @@
 :func:`get_historical_features` reads only the ``raw_events`` partitions a request can touch
 (``event_date`` from ``min t - longest window - largest hop`` to ``max t``), de-duplicates them (first
 ingested copy wins) and hands them to :func:`fstore.core.pit.point_in_time`. ``engine="spark"`` runs
-the same core on Spark (:mod:`fstore.offline.spark`).
+the same core on Spark (:mod:`fstore.offline.spark`). The views, measures and event fields come from the
+compiled plan (:func:`fstore.plan_source.current_plan` unless one is passed): ``raw_events`` columns are
+the schema's fields, a field an older file lacks reads as null.
 
 Example::
 
     from fstore.offline.local import get_historical_features
-    train = get_historical_features(entity_df, ["user_activity", "product_engagement:ctr_24h"])
+    train = get_historical_features(entity_df, ["my_view", "other_view:some_feature"])
 """
 
 from __future__ import annotations
@@ -26,12 +28,14 @@ import pyarrow.dataset as ds
 
 from fstore.core import pit
 from fstore.core.dedupe import drop_superseded
+from fstore.core.event_schema import EventSchema, FieldType
 from fstore.core.pit_kernels import Bool
+from fstore.core.plan import Plan
 from fstore.delta import raw_log
+from fstore.plan_source import current_plan
 
 Engine = Literal["local", "spark"]
-#: String columns read dictionary-encoded (few distinct values; the engine works on the codes).
-DICT_COLUMNS = {"event_type", "user_id", "product_id"}
+TS = pa.timestamp("us", tz="UTC")
 
 
 @dataclass
@@ -54,8 +58,8 @@ def raw_events_uri(data_dir: str | None = None) -> str:
     return f"{data_dir.rstrip('/')}/raw_events"
 
 
-def _in_time_order(raw: pa.Table) -> pa.Table:
-    """``raw`` with its record batches (zero-copy) ordered by their first ``event_time``.
+def _in_time_order(raw: pa.Table, ts: str) -> pa.Table:
+    """``raw`` with its record batches (zero-copy) ordered by their first timestamp.
 
     Files come in log order, not date order; day files written in time order then make one sorted run,
     which the engine sorts faster (:func:`fstore.core.pit_kernels.SortedMeasure`). Rows are unchanged.
@@ -63,10 +67,29 @@ def _in_time_order(raw: pa.Table) -> pa.Table:
     batches = [b for b in raw.to_batches() if b.num_rows]
     if len(batches) < 2:
         return raw
-    at = raw.schema.get_field_index("event_time")
+    at = raw.schema.get_field_index(ts)
     firsts = [b.column(at)[0].value for b in batches]
     order = sorted(range(len(batches)), key=firsts.__getitem__)
     return pa.Table.from_batches([batches[i] for i in order], schema=raw.schema)
+
+
+def _without_superseded(raw: pa.Table, superseded: pa.Table, schema: EventSchema) -> pa.Table:
+    """:func:`fstore.core.dedupe.drop_superseded` for a table whose id and time fields are the plan's."""
+    if superseded.num_rows == 0 or raw.num_rows == 0:
+        return raw
+    probe = pa.table(
+        {
+            "event_id": raw.column(schema.id_field),
+            "event_time": raw.column(schema.timestamp_field),
+            "__row": np.arange(raw.num_rows, dtype=np.int64),
+        }
+    )
+    left = drop_superseded(probe, superseded)
+    return raw if left.num_rows == raw.num_rows else raw.take(left.column("__row"))
+
+
+def _empty(schema: EventSchema) -> pa.Table:
+    return pa.table({schema.timestamp_field: pa.array([], TS)})
 
 
 @dataclass
@@ -74,35 +97,38 @@ class _Copies:
     """Copies read from ``raw_events`` and what resolving their ties needs."""
 
     raw: pa.Table
+    schema: EventSchema
     dataset: ds.Dataset
     partitions: pc.Expression
     superseded: pa.Table
     event_range: tuple[int, int]
 
     def winners(self, timings: Timings) -> Bool:
-        """Which rows of :attr:`raw` count: the first ingested copy of each event_id, if inside the range.
+        """Which rows of :attr:`raw` count: the first ingested copy of each event id, if inside the range.
 
         Copies whose earliest ``ingested_at`` ties (other writers, same instant) are decided by their
-        ``payload_hash``, read for those event_ids only; the winner's row in :attr:`raw` is the copy with
-        the winner's values (copies with equal values give equal features, so any of them will do).
+        ``payload_hash``, read for those ids only; the winner's row in :attr:`raw` is the copy with the
+        winner's values (copies with equal values give equal features, so any of them will do).
         """
         began = time.perf_counter()
-        raw = self.raw
-        keep, tied = pit.first_ingested_mask(raw)
+        raw, schema = self.raw, self.schema
+        keep, tied = pit.first_ingested_mask(raw, schema.id_field)
         if len(tied):
             copies = self.dataset.to_table(
-                columns=[*pit.EVENT_COLUMNS, *pit.DEDUPE_COLUMNS],
-                filter=self.partitions & pc.field("event_id").isin(tied),
+                columns=[*raw.column_names, "payload_hash"],
+                filter=self.partitions & pc.field(schema.id_field).isin(tied),
             )
-            winners = pit.dedupe(drop_superseded(copies, self.superseded))
-            keep[_rows_of(raw, winners)] = True
-        t = raw.column("event_time").cast(pa.int64()).to_numpy()
+            winners = pit.dedupe(_without_superseded(copies, self.superseded, schema), schema.id_field)
+            keep[_rows_of(raw, winners, schema.id_field)] = True
+        t = raw.column(schema.timestamp_field).cast(pa.int64()).to_numpy()
         keep &= (t >= self.event_range[0]) & (t < self.event_range[1])
         timings.dedupe = time.perf_counter() - began
         return keep
 
 
-def _read_copies(raw_uri: str, event_range: tuple[int, int] | None, timings: Timings) -> _Copies | None:
+def _read_copies(
+    raw_uri: str, schema: EventSchema, fields: Sequence[str], event_range: tuple[int, int] | None, timings: Timings
+) -> _Copies | None:
     """The stored copies of the partitions of ``event_range`` (see :func:`read_events`), or ``None`` when
     there is nothing to read."""
     days = raw_log.date_range(event_range)
@@ -113,56 +139,69 @@ def _read_copies(raw_uri: str, event_range: tuple[int, int] | None, timings: Tim
     if table is None or days is None or event_range is None:  # nothing asked for, or nothing stored yet
         timings.read = time.perf_counter() - began
         return None
-    dataset = table.to_pyarrow_dataset(parquet_read_options=ds.ParquetReadOptions(dictionary_columns=DICT_COLUMNS))
+    strings = {f.name for f in schema.fields if f.type is FieldType.STRING and f.name != schema.id_field}
+    dataset = table.to_pyarrow_dataset(parquet_read_options=ds.ParquetReadOptions(dictionary_columns=strings))
+    stored = set(dataset.schema.names)
+    wanted = dict.fromkeys([*fields, schema.timestamp_field, schema.id_field, "ingested_at"])
     flt = (pc.field("event_date") >= pa.scalar(days[0], pa.date32())) & (
         pc.field("event_date") <= pa.scalar(days[1], pa.date32())
     )
-    raw = dataset.to_table(columns=[*pit.EVENT_COLUMNS, "event_id", "ingested_at"], filter=flt)
+    # a field the table does not have yet (added to the schema, no event stored with it) reads as null
+    raw = dataset.to_table(columns=[c for c in wanted if c in stored], filter=flt)
     superseded = raw_log.superseded_on(raw_log.superseded_uri(raw_uri), days[0], days[1])
-    raw = _in_time_order(drop_superseded(raw, superseded))
+    raw = _in_time_order(_without_superseded(raw, superseded, schema), schema.timestamp_field)
     timings.read = time.perf_counter() - began
     timings.rows_read = raw.num_rows
-    return _Copies(raw, dataset, flt, superseded, event_range)
+    return _Copies(raw, schema, dataset, flt, superseded, event_range)
 
 
-_MATCH = ("event_id", "ingested_at", *pit.EVENT_COLUMNS)
-
-
-def _rows_of(raw: pa.Table, winners: pa.Table) -> list[int]:
-    """Rows of ``raw`` holding the copies ``winners`` (equal on :data:`_MATCH`; few rows, in Python)."""
-    ids = raw.column("event_id")
+def _rows_of(raw: pa.Table, winners: pa.Table, ident: str) -> list[int]:
+    """Rows of ``raw`` holding the copies ``winners`` (equal on every column of ``raw``; few rows, in Python)."""
+    match = raw.column_names
+    ids = raw.column(ident)
     if pa.types.is_dictionary(ids.type):
         ids = ids.cast(pa.string())
-    rows = np.flatnonzero(pc.is_in(ids, value_set=winners.column("event_id").combine_chunks()).to_numpy(False))
-    candidates = raw.take(pa.array(rows)).select(list(_MATCH)).to_pylist()
+    rows = np.flatnonzero(pc.is_in(ids, value_set=winners.column(ident).combine_chunks()).to_numpy(False))
+    candidates = raw.take(pa.array(rows)).to_pylist()
     where: dict[tuple[object, ...], int] = {}
     for row, values in zip(rows.tolist(), candidates, strict=True):
-        where.setdefault(tuple(values[c] for c in _MATCH), row)
-    return [where[tuple(w[c] for c in _MATCH)] for w in winners.select(list(_MATCH)).to_pylist()]
+        where.setdefault(tuple(values[c] for c in match), row)
+    return [where[tuple(w[c] for c in match)] for w in winners.select(match).to_pylist()]
 
 
-def read_events(raw_uri: str, event_range: tuple[int, int] | None, timings: Timings | None = None) -> pa.Table:
-    """De-duplicated events of ``raw_events`` with ``event_time`` in ``[start, end)``.
+def read_events(
+    raw_uri: str,
+    event_range: tuple[int, int] | None,
+    timings: Timings | None = None,
+    plan: Plan | None = None,
+    fields: Sequence[str] | None = None,
+) -> pa.Table:
+    """De-duplicated events of ``raw_events`` with the timestamp field in ``[start, end)``.
 
-    Only the ``event_date`` partitions of the range and the columns the engine needs are read, with
-    ``event_type``, ``user_id`` and ``product_id`` dictionary-encoded (the engine uses the codes as they
-    are). Copies superseded by a winner on another day (``raw_events_superseded``) are dropped first;
-    de-duplication then runs over those partitions before the time filter, so a copy just outside the
-    range still decides which copy wins. ``payload_hash`` is read only for the event_ids whose earliest
-    copies share an ``ingested_at`` (it only breaks such ties).
+    Only the ``event_date`` partitions of the range and the columns asked for are read, with string fields
+    dictionary-encoded (the engine uses the codes as they are). Copies superseded by a winner on another
+    day (``raw_events_superseded``) are dropped first; de-duplication (first ingested copy of each id
+    wins) then runs over those partitions before the time filter, so a copy just outside the range still
+    decides which copy wins. ``payload_hash`` is read only for the ids whose earliest copies share an
+    ``ingested_at`` (it only breaks such ties).
 
     Args:
         raw_uri: the ``raw_events`` Delta table (local path or object-store URI).
         event_range: ``[start, end)`` in UTC epoch µs (see :func:`fstore.core.pit.event_range`); ``None``
             reads nothing.
         timings: filled in with read/dedupe seconds when given.
+        plan: whose event schema names the fields (default: :func:`fstore.plan_source.current_plan`).
+        fields: the fields to return (default: every field of the schema the table has; fields the
+            table lacks are left out — the engine reads them as null).
     """
+    plan = plan or current_plan()
     timings = timings if timings is not None else Timings()
-    copies = _read_copies(raw_uri, event_range, timings)
+    schema = plan.schema
+    copies = _read_copies(raw_uri, schema, fields if fields is not None else schema.names, event_range, timings)
     if copies is None:
-        return raw_log.RAW_SCHEMA.empty_table().select(list(pit.EVENT_COLUMNS))
+        return _empty(schema)
     keep = copies.winners(timings)
-    return copies.raw.select(list(pit.EVENT_COLUMNS)).filter(pa.array(keep))
+    return copies.raw.drop_columns(["ingested_at"]).filter(pa.array(keep))
 
 
 def get_historical_features(
@@ -173,18 +212,20 @@ def get_historical_features(
     engine: Engine = "local",
     full_feature_names: bool = False,
     timings: Timings | None = None,
+    plan: Plan | None = None,
     **engine_options: Any,
 ) -> pit.Frame:
     """Point-in-time correct features for every row of ``entity_df``, computed from ``raw_events``.
 
     Args:
         entity_df: pandas DataFrame or Arrow table with ``event_timestamp`` (naive timestamps are UTC)
-            and the join key column of every requested view (``user_id``, ``product_id``).
+            and the join key column of every requested view.
         features: ``view:feature`` or whole-``view`` references.
         raw_uri: the ``raw_events`` table (default: under ``FSTORE_DATA_DIR``).
         engine: ``"local"`` (numpy/Arrow, one machine) or ``"spark"`` (same core, run by Spark).
         full_feature_names: name columns ``view__feature``.
         timings: filled in with per-stage seconds when given.
+        plan: the compiled plan (default: :func:`fstore.plan_source.current_plan`).
         **engine_options: passed to :func:`fstore.offline.spark.get_historical_features` (``spark=``,
             ``buckets=``).
 
@@ -195,25 +236,27 @@ def get_historical_features(
         fstore.core.pit.PointInTimeError: invalid request (missing column, unknown view or feature).
         ValueError: unknown engine.
     """
+    plan = plan or current_plan()
     uri = raw_uri or raw_events_uri()
     if engine == "spark":
         from fstore.offline import spark as offline_spark
 
         return offline_spark.get_historical_features(
-            entity_df, features, raw_uri=uri, full_feature_names=full_feature_names, **engine_options
+            entity_df, features, raw_uri=uri, full_feature_names=full_feature_names, plan=plan, **engine_options
         )
     if engine != "local":
         raise ValueError(f"unknown engine '{engine}' (use 'local' or 'spark')")
     if engine_options:
         raise TypeError(f"the local engine takes no options, got {', '.join(engine_options)}")
-    pit.plan(features, full_feature_names)  # fail fast, before any read
+    request = pit.resolve(plan, features, full_feature_names)  # fail fast, before any read
     timings = timings if timings is not None else Timings()
-    copies = _read_copies(uri, pit.event_range(entity_df, features), timings)
+    span = pit.event_range(plan, entity_df, features)
+    copies = _read_copies(uri, plan.schema, request.event_columns(), span, timings)
     if copies is None:
-        events, keep = raw_log.RAW_SCHEMA.empty_table().select(list(pit.EVENT_COLUMNS)), None
+        events, keep = _empty(plan.schema), None
     else:  # the winners as a mask over the copies read: no de-duplicated copy of the events is made
         events, keep = copies.raw, copies.winners(timings)
     began = time.perf_counter()
-    out = pit.point_in_time(entity_df, features, events, full_feature_names=full_feature_names, keep=keep)
+    out = pit.point_in_time(plan, entity_df, features, events, full_feature_names=full_feature_names, keep=keep)
     timings.join = time.perf_counter() - began
     return out

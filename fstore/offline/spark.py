@@ -26,25 +26,32 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from fstore.core import pit
+from fstore.core.event_schema import EventSchema, FieldType
+from fstore.core.plan import Plan
 from fstore.core.timeutil import DAY
 from fstore.delta import raw_log
 from fstore.jvm.artifacts import delta_jars
 from fstore.jvm.spark import has_delta_spark
+from fstore.plan_source import current_plan
 from fstore.settings import get_settings
 
 ROW = "__row"
 DOWN, UP = "__t_down", "__t_up"
 BUCKET = "__bucket"
-_EVENT_SCHEMA = pa.schema(
-    [
-        ("event_type", pa.string()),
-        ("user_id", pa.string()),
-        ("product_id", pa.string()),
-        ("event_time", pa.int64()),
-        ("price", pa.float64()),
-        ("quantity", pa.int64()),
-    ]
-)
+#: Spark SQL and Arrow types of the event fields as the engine reads them (the timestamp as long µs; integers
+#: as doubles — the expression language reads every number as a double).
+_SQL = {
+    FieldType.STRING: "string",
+    FieldType.INT: "double",
+    FieldType.FLOAT: "double",
+    FieldType.BOOL: "boolean",
+    FieldType.TIMESTAMP: "long",
+}
+_ARROW = {"string": pa.string(), "double": pa.float64(), "boolean": pa.bool_(), "long": pa.int64()}
+
+
+def _event_types(schema: EventSchema, fields: Sequence[str]) -> list[tuple[str, str]]:
+    return [(name, _SQL[schema.field(name).type]) for name in fields]
 
 
 def spark_session(
@@ -77,30 +84,40 @@ def spark_session(
     return builder.getOrCreate()
 
 
-def without_superseded(copies: DataFrame, superseded: pa.Table) -> DataFrame:
-    """``raw_events`` copies (with ``event_id`` and ``event_time``) minus those of the superseded
+def without_superseded(
+    copies: DataFrame, superseded: pa.Table, id_field: str = "event_id", timestamp_field: str = "event_time"
+) -> DataFrame:
+    """``raw_events`` copies (with the id and timestamp fields) minus those of the superseded
     ``(event_id, event_date)`` pairs (:func:`fstore.core.dedupe.drop_superseded` for Spark: a broadcast
     anti-join with the few pairs; nothing at all when there are none)."""
     if superseded.num_rows == 0:
         return copies
     days = pc.cast(superseded.column("event_date"), pa.int32()).to_pylist()
     pairs = copies.sparkSession.createDataFrame(
-        list(zip(superseded.column("event_id").to_pylist(), days, strict=True)), "event_id string, __day int"
+        list(zip(superseded.column("event_id").to_pylist(), days, strict=True)), f"`{id_field}` string, __day int"
     )
-    day = F.floor(F.unix_micros(F.col("event_time")) / F.lit(DAY)).cast("int")
-    return copies.withColumn("__day", day).join(F.broadcast(pairs), ["event_id", "__day"], "left_anti").drop("__day")
+    day = F.floor(F.unix_micros(F.col(timestamp_field)) / F.lit(DAY)).cast("int")
+    return copies.withColumn("__day", day).join(F.broadcast(pairs), [id_field, "__day"], "left_anti").drop("__day")
 
 
-def read_events(spark: SparkSession, raw_uri: str, event_range: tuple[int, int] | None) -> DataFrame:
-    """De-duplicated events (``event_time`` as long µs) of the partitions covering ``event_range``."""
-    schema = "event_type string, user_id string, product_id string, event_time long, price double, quantity long"
+def read_events(
+    spark: SparkSession,
+    raw_uri: str,
+    event_range: tuple[int, int] | None,
+    schema: EventSchema,
+    fields: Sequence[str],
+) -> DataFrame:
+    """De-duplicated events of the partitions covering ``event_range``: ``fields`` of the plan's schema
+    typed as :data:`_SQL` says (the timestamp field as long µs; a field the table lacks is null)."""
+    types = _event_types(schema, fields)
+    ddl = ", ".join(f"`{n}` {t}" for n, t in types)
     days = raw_log.date_range(event_range)
     if days is None:
-        return spark.createDataFrame([], schema)
+        return spark.createDataFrame([], ddl)
     try:
         table = DeltaTable(raw_uri)
     except Exception:  # no table yet: nothing happened
-        return spark.createDataFrame([], schema)
+        return spark.createDataFrame([], ddl)
     if has_delta_spark(spark):
         copies = (
             spark.read.format("delta").load(raw_uri).where(F.col("event_date").between(F.lit(days[0]), F.lit(days[1])))
@@ -113,29 +130,33 @@ def read_events(spark: SparkSession, raw_uri: str, event_range: tuple[int, int] 
             ]
         )
         if not files:
-            return spark.createDataFrame([], schema)
-        copies = spark.read.parquet(*files)
-    raw = without_superseded(copies, raw_log.superseded_on(raw_log.superseded_uri(raw_uri), days[0], days[1]))
-    first = Window.partitionBy("event_id").orderBy("ingested_at", "payload_hash")
+            return spark.createDataFrame([], ddl)
+        copies = spark.read.option("mergeSchema", "true").parquet(*files)
+    ident, ts = schema.id_field, schema.timestamp_field
+    superseded = raw_log.superseded_on(raw_log.superseded_uri(raw_uri), days[0], days[1])
+    raw = without_superseded(copies, superseded, ident, ts)
+    first = Window.partitionBy(ident).orderBy("ingested_at", "payload_hash")
+    stored = set(copies.columns)
     assert event_range is not None
+
+    def column(name: str, typ: str) -> Any:
+        if name == ts:
+            return F.unix_micros(F.col(ts)).alias(ts)
+        return (F.col(f"`{name}`") if name in stored else F.lit(None)).cast(typ).alias(name)
+
     return (
         raw.withColumn("__rank", F.row_number().over(first))
         .where(F.col("__rank") == 1)
-        .select(
-            "event_type",
-            "user_id",
-            "product_id",
-            F.unix_micros("event_time").alias("event_time"),
-            "price",
-            F.col("quantity").cast("long").alias("quantity"),
-        )
-        .where((F.col("event_time") >= event_range[0]) & (F.col("event_time") < event_range[1]))
+        .select(*(column(n, t) for n, t in types))
+        .where((F.col(ts) >= event_range[0]) & (F.col(ts) < event_range[1]))
     )
 
 
-def _bucket_fn(request: pit.Request, join_key: str, names: list[str]) -> Any:
+def _bucket_fn(request: pit.Request, join_key: str, names: list[str], types: list[tuple[str, str]]) -> Any:
+    schema = pa.schema([(n, _ARROW[t]) for n, t in types])
+
     def run(rows: pd.DataFrame, events: pd.DataFrame) -> pd.DataFrame:
-        ev = pa.Table.from_pandas(events[_EVENT_SCHEMA.names], schema=_EVENT_SCHEMA, preserve_index=False)
+        ev = pa.Table.from_pandas(events[schema.names], schema=schema, preserve_index=False)
         keys = {join_key: pa.array(rows[join_key], pa.string(), from_pandas=True)}
         cols = pit.compute_arrays(keys, rows[DOWN].to_numpy(np.int64), rows[UP].to_numpy(np.int64), request, ev)
         out = pd.DataFrame({ROW: rows[ROW].to_numpy(np.int64)})
@@ -155,6 +176,7 @@ def get_historical_features(
     full_feature_names: bool = False,
     spark: SparkSession | None = None,
     buckets: int = 8,
+    plan: Plan | None = None,
 ) -> pit.Frame:
     """Spark version of :func:`fstore.offline.local.get_historical_features` (identical values and row contract).
 
@@ -165,11 +187,15 @@ def get_historical_features(
         full_feature_names: name columns ``view__feature``.
         spark: the session to use (default: :func:`spark_session`).
         buckets: hash buckets of the join key; each is one call of the core engine.
+        plan: the compiled plan (default: :func:`fstore.plan_source.current_plan`).
     """
-    request = pit.plan(features, full_feature_names)
+    plan = plan or current_plan()
+    request = pit.resolve(plan, features, full_feature_names)
     keys, down, up = pit.normalise(entity_df, request)
     spark = spark or spark_session()
-    events = read_events(spark, raw_uri, pit.event_range(entity_df, features))
+    fields = request.event_columns()
+    types = _event_types(plan.schema, fields)
+    events = read_events(spark, raw_uri, pit.event_range(plan, entity_df, features), plan.schema, fields)
     rows = pa.table({ROW: np.arange(len(down), dtype=np.int64), DOWN: down, UP: up, **keys})
     rows_df = (
         spark.createDataFrame(rows.to_pandas())
@@ -181,7 +207,7 @@ def get_historical_features(
     for view in request.views:
         key = view.entity.join_key
         pairs = [(vf, n) for vf, n in zip(request.features, request.names, strict=True) if vf[0] is view]
-        sub = pit.Request(tuple(vf for vf, _ in pairs), tuple(n for _, n in pairs))
+        sub = pit.Request(plan, tuple(vf for vf, _ in pairs), tuple(n for _, n in pairs))
         names = list(sub.names)
         schema = T.StructType(
             [T.StructField(ROW, T.LongType(), False)]
@@ -189,7 +215,9 @@ def get_historical_features(
         )
         ents = rows_df.select(ROW, DOWN, UP, key).withColumn(BUCKET, F.pmod(F.hash(key), F.lit(buckets)))
         evs = events.where(F.col(key).isNotNull()).withColumn(BUCKET, F.pmod(F.hash(key), F.lit(buckets)))
-        per_view = ents.groupBy(BUCKET).cogroup(evs.groupBy(BUCKET)).applyInPandas(_bucket_fn(sub, key, names), schema)
+        per_view = (
+            ents.groupBy(BUCKET).cogroup(evs.groupBy(BUCKET)).applyInPandas(_bucket_fn(sub, key, names, types), schema)
+        )
         result = result.join(per_view, on=ROW, how="left")
     got = result.orderBy(ROW).toArrow()
     if got.num_rows != len(down):
