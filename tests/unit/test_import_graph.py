@@ -112,7 +112,7 @@ def group(module: str) -> str:
 def test_the_graph_is_read() -> None:
     edges = graph()
     assert len(edges) > 60
-    assert "fstore.core.tiles" in edges["fstore.core.pit"] or "fstore.core.aggregates" in edges["fstore.core.pit"]
+    assert "fstore.core.plan" in edges["fstore.core.pit"]
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
