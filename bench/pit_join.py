@@ -175,12 +175,13 @@ def run(
         build_raw_events(uri, events, users, products)
         marker.touch()
         figures["build_raw_events_seconds"] = round(time.perf_counter() - began, 1)
-    refs = [v.name for v in current_plan().views]
+    plan = current_plan()
+    refs = [v.name for v in plan.views]
     df = entity_frame(rows, users, products, END - 21 * DAY, END)
     timings = offline.Timings()
     load = os.getloadavg()[0]  # other work on the machine inflates the wall-clock figures
     began, began_cpu = time.perf_counter(), time.process_time()
-    out = offline.get_historical_features(df, refs, raw_uri=uri, full_feature_names=True, timings=timings)
+    out = offline.get_historical_features(df, refs, plan=plan, raw_uri=uri, full_feature_names=True, timings=timings)
     total, cpu = time.perf_counter() - began, time.process_time() - began_cpu
     assert len(out) == rows
     figures["local"] = {
@@ -200,7 +201,7 @@ def run(
         fdf = df.iloc[:feast_rows].copy()
         figures["feast_dask"] = feast_dask(fdf, uri, work, users, products)
         began = time.perf_counter()
-        offline.get_historical_features(fdf, refs, raw_uri=uri, full_feature_names=True)
+        offline.get_historical_features(fdf, refs, plan=plan, raw_uri=uri, full_feature_names=True)
         local_same = time.perf_counter() - began
         figures["feast_dask"]["local_engine_seconds_same_rows"] = round(local_same, 2)
         figures["feast_dask"]["ratio_dask_over_local"] = round(figures["feast_dask"]["seconds"] / local_same, 1)
@@ -212,11 +213,11 @@ def run(
         spark = spark_session("fstore-bench-pit")
         began = time.perf_counter()
         got = offline.get_historical_features(
-            sdf, refs, raw_uri=uri, engine="spark", full_feature_names=True, spark=spark
+            sdf, refs, plan=plan, raw_uri=uri, engine="spark", full_feature_names=True, spark=spark
         )
         spark_s = time.perf_counter() - began
         began = time.perf_counter()
-        local = offline.get_historical_features(sdf, refs, raw_uri=uri, full_feature_names=True)
+        local = offline.get_historical_features(sdf, refs, plan=plan, raw_uri=uri, full_feature_names=True)
         local_s = time.perf_counter() - began
         pd.testing.assert_frame_equal(got, local)
         figures["spark"] = {

@@ -85,7 +85,7 @@ def compare(
     df = pd.DataFrame(
         {key: [r[0] for r in rows], "event_timestamp": pd.to_datetime([r[1] * 1000 for r in rows], utc=True)}
     )
-    offline = get_historical_features(df, [view.name], raw_uri=raw_uri, plan=plan)
+    offline = get_historical_features(df, [view.name], raw_uri=raw_uri, plan=plan or current_plan())
     report.entities += len(rows)
     for i, (entity, as_of, values, names) in enumerate(rows):
         for f in names:

@@ -10,10 +10,9 @@ Configure it in ``feature_store.yaml``::
 ``FeatureStore(...).get_historical_features(entity_df, features=[...])`` then returns the values of the
 fstore point-in-time engine (:mod:`fstore.offline.local`), not an as-of join over the daily snapshots: exact
 windows at every ``event_timestamp``, the fstore row contract (input order, duplicates kept, no row
-dropped). The features are those of the compiled plan of the store's repository (the process's plan,
-:func:`fstore.plan_source.current_plan`, when the store is that repository; else its ``repo_path`` compiled
-once). ``pull_latest``/``pull_all`` (materialisation, saved datasets) are delegated to Feast's file (dask)
-store, which reads the feature views' snapshot Parquet sources.
+dropped). The features are those the store's own repository declares (``repo_path``, compiled once per
+process: :func:`plan_of`). ``pull_latest``/``pull_all`` (materialisation, saved datasets) are delegated
+to Feast's file (dask) store, which reads the feature views' snapshot Parquet sources.
 """
 
 from __future__ import annotations
@@ -35,9 +34,9 @@ from feast.infra.registry.base_registry import BaseRegistry
 from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.repo_config import FeastConfigBaseModel, RepoConfig
 
-from fstore import plan_source
 from fstore.core import pit
 from fstore.core.plan import Plan
+from fstore.core.plan_error import PlanError
 from fstore.offline import local as offline
 
 
@@ -66,15 +65,20 @@ def raw_events_uri(config: RepoConfig) -> str:
 
 @cache
 def _compiled(repo: Path) -> Plan:
-    return plan_source.compile_dir(repo)
+    from fstore.feast.compile import compile_repo
+
+    return compile_repo(repo)
 
 
 def plan_of(config: RepoConfig) -> Plan:
-    """The compiled plan of the store's repository (see the module docstring)."""
-    repo = Path(config.repo_path).resolve() if config.repo_path else None
-    if repo is None or repo == plan_source.repo_dir():
-        return plan_source.current_plan()
-    return _compiled(repo)
+    """The compiled plan of the Feast repository ``config`` belongs to, compiled once per repository and process.
+
+    Raises:
+        PlanError: the repository has mistakes (each one named), or the config names no repository.
+    """
+    if not config.repo_path:
+        raise PlanError(["the fstore offline store needs the Feast repository's path (FeatureStore(repo_path=...))"])
+    return _compiled(Path(config.repo_path).resolve())
 
 
 class FstoreRetrievalJob(RetrievalJob):

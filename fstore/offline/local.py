@@ -4,13 +4,13 @@
 (``event_date`` from ``min t - longest window - largest hop`` to ``max t``), de-duplicates them (first
 ingested copy wins) and hands them to :func:`fstore.core.pit.point_in_time`. ``engine="spark"`` runs
 the same core on Spark (:mod:`fstore.offline.spark`). The views, measures and event fields come from the
-compiled plan (:func:`fstore.plan_source.current_plan` unless one is passed): ``raw_events`` columns are
-the schema's fields, a field an older file lacks reads as null.
+compiled plan the caller passes (the process's: :func:`fstore.plan_source.current_plan`): ``raw_events``
+columns are the schema's fields, a field an older file lacks reads as null.
 
 Example::
 
     from fstore.offline.local import get_historical_features
-    train = get_historical_features(entity_df, ["my_view", "other_view:some_feature"])
+    train = get_historical_features(entity_df, ["my_view", "other_view:some_feature"], plan=current_plan())
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from fstore.core.event_schema import EventSchema, FieldType
 from fstore.core.pit_kernels import Bool
 from fstore.core.plan import Plan
 from fstore.delta import raw_log
-from fstore.plan_source import current_plan
 
 Engine = Literal["local", "spark"]
 TS = pa.timestamp("us", tz="UTC")
@@ -173,7 +172,8 @@ def read_events(
     raw_uri: str,
     event_range: tuple[int, int] | None,
     timings: Timings | None = None,
-    plan: Plan | None = None,
+    *,
+    plan: Plan,
     fields: Sequence[str] | None = None,
 ) -> pa.Table:
     """De-duplicated events of ``raw_events`` with the timestamp field in ``[start, end)``.
@@ -190,11 +190,10 @@ def read_events(
         event_range: ``[start, end)`` in UTC epoch µs (see :func:`fstore.core.pit.event_range`); ``None``
             reads nothing.
         timings: filled in with read/dedupe seconds when given.
-        plan: whose event schema names the fields (default: :func:`fstore.plan_source.current_plan`).
+        plan: the compiled plan whose event schema names the fields.
         fields: the fields to return (default: every field of the schema the table has; fields the
             table lacks are left out — the engine reads them as null).
     """
-    plan = plan or current_plan()
     timings = timings if timings is not None else Timings()
     schema = plan.schema
     copies = _read_copies(raw_uri, schema, fields if fields is not None else schema.names, event_range, timings)
@@ -208,11 +207,11 @@ def get_historical_features(
     entity_df: pit.Frame,
     features: Sequence[str],
     *,
+    plan: Plan,
     raw_uri: str | None = None,
     engine: Engine = "local",
     full_feature_names: bool = False,
     timings: Timings | None = None,
-    plan: Plan | None = None,
     **engine_options: Any,
 ) -> pit.Frame:
     """Point-in-time correct features for every row of ``entity_df``, computed from ``raw_events``.
@@ -221,11 +220,11 @@ def get_historical_features(
         entity_df: pandas DataFrame or Arrow table with ``event_timestamp`` (naive timestamps are UTC)
             and the join key column of every requested view.
         features: ``view:feature`` or whole-``view`` references.
+        plan: the compiled plan (the process's: :func:`fstore.plan_source.current_plan`).
         raw_uri: the ``raw_events`` table (default: under ``FSTORE_DATA_DIR``).
         engine: ``"local"`` (numpy/Arrow, one machine) or ``"spark"`` (same core, run by Spark).
         full_feature_names: name columns ``view__feature``.
         timings: filled in with per-stage seconds when given.
-        plan: the compiled plan (default: :func:`fstore.plan_source.current_plan`).
         **engine_options: passed to :func:`fstore.offline.spark.get_historical_features` (``spark=``,
             ``buckets=``).
 
@@ -236,7 +235,6 @@ def get_historical_features(
         fstore.core.pit.PointInTimeError: invalid request (missing column, unknown view or feature).
         ValueError: unknown engine.
     """
-    plan = plan or current_plan()
     uri = raw_uri or raw_events_uri()
     if engine == "spark":
         from fstore.offline import spark as offline_spark

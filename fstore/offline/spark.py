@@ -32,7 +32,6 @@ from fstore.core.timeutil import DAY
 from fstore.delta import raw_log
 from fstore.jvm.artifacts import delta_jars
 from fstore.jvm.spark import has_delta_spark
-from fstore.plan_source import current_plan
 from fstore.settings import get_settings
 
 ROW = "__row"
@@ -174,9 +173,9 @@ def get_historical_features(
     *,
     raw_uri: str,
     full_feature_names: bool = False,
+    plan: Plan,
     spark: SparkSession | None = None,
     buckets: int = 8,
-    plan: Plan | None = None,
 ) -> pit.Frame:
     """Spark version of :func:`fstore.offline.local.get_historical_features` (identical values and row contract).
 
@@ -187,9 +186,8 @@ def get_historical_features(
         full_feature_names: name columns ``view__feature``.
         spark: the session to use (default: :func:`spark_session`).
         buckets: hash buckets of the join key; each is one call of the core engine.
-        plan: the compiled plan (default: :func:`fstore.plan_source.current_plan`).
+        plan: the compiled plan.
     """
-    plan = plan or current_plan()
     request = pit.resolve(plan, features, full_feature_names)
     keys, down, up = pit.normalise(entity_df, request)
     spark = spark or spark_session()

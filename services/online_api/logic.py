@@ -140,6 +140,7 @@ def historical_features(
 
     from fstore.core.pit import TIMESTAMP_COLUMN, PointInTimeError
     from fstore.offline.local import get_historical_features
+    from fstore.plan_source import current_plan
 
     if len(rows) > max_rows:
         raise RequestError(
@@ -153,7 +154,9 @@ def historical_features(
         except (ValueError, TypeError) as exc:
             raise RequestError(422, f"column '{TIMESTAMP_COLUMN}': {exc}") from None
     try:
-        out = get_historical_features(df, refs, raw_uri=raw_uri, full_feature_names=full_feature_names)
+        out = get_historical_features(
+            df, refs, plan=current_plan(), raw_uri=raw_uri, full_feature_names=full_feature_names
+        )
     except (PointInTimeError, KeyError) as exc:
         raise RequestError(422, str(exc.args[0] if exc.args else exc)) from None
     records: list[dict[str, object]] = []

@@ -41,6 +41,7 @@ from jobs.batch.plan import plan_run
 from tests.support import bruteforce
 from tests.support.delta import batch_tile_rows
 from tests.support.paths import FSTORE, close, message, run_batch
+from tests.support.repos import compiled
 from tests.support.stream import Factory, Traffic, assert_tiles_exact, make_traffic, publish
 
 pytestmark = pytest.mark.faults
@@ -148,9 +149,11 @@ def test_ingest_and_stream_at_once_count_each_event_once_everywhere(
     assert rows(won) == want
     # The point-in-time engine's own read picks the same copies, over all days and day by day (a day alone
     # sees the cross-day copies' losers and must drop them by their superseded marks).
-    assert rows(read_events(uri, (days[0], c + DAY))) == want
+    assert rows(read_events(uri, (days[0], c + DAY), plan=compiled("ecommerce"))) == want
     for d in days:
-        assert rows(read_events(uri, (d, d + DAY))) == event_rows([e for e in first if d <= e.event_time < d + DAY])
+        assert rows(read_events(uri, (d, d + DAY), plan=compiled("ecommerce"))) == event_rows(
+            [e for e in first if d <= e.event_time < d + DAY]
+        )
 
     # Speed tiles: each event_id once (the worker's markers), the first copy's values.
     assert_tiles_exact(redis_client, traffic)
@@ -183,7 +186,7 @@ def test_ingest_and_stream_at_once_count_each_event_once_everywhere(
         }
     )
     refs = [f"{v.name}:{n}" for v in VIEWS.values() for n in v.feature_names]
-    out_df = get_historical_features(df, refs, raw_uri=uri, full_feature_names=True)
+    out_df = get_historical_features(df, refs, plan=compiled("ecommerce"), raw_uri=uri, full_feature_names=True)
     by_entity: dict[str, list[Event]] = {}
     for e in first:
         by_entity.setdefault(e.user_id, []).append(e)

@@ -29,6 +29,7 @@ from fstore.offline.local import get_historical_features
 from fstore.samples import ResponseSampler, read_samples
 from services.online_api.app import create_app
 from services.online_api.settings import ApiSettings
+from tests.support.repos import compiled
 from tests.support.stream import Factory, make_traffic, publish
 
 pytestmark = pytest.mark.integration
@@ -127,4 +128,6 @@ def test_rows_with_events_still_in_flight_are_left_out(tmp_path: Path) -> None:
     assert (report.entities, report.in_flight, report.compared, dict(report.mismatches)) == (1, 1, 1, {})
     # without the rule the late arrival would be a mismatch: offline counts it at as_of
     df = pd.DataFrame({"user_id": ["u2"], "event_timestamp": [pd.Timestamp(iso(as_of))]})
-    assert get_historical_features(df, ["user_activity:clicks_1h"], raw_uri=uri)["clicks_1h"].tolist() == [1]
+    assert get_historical_features(df, ["user_activity:clicks_1h"], plan=compiled("ecommerce"), raw_uri=uri)[
+        "clicks_1h"
+    ].tolist() == [1]

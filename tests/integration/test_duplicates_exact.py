@@ -43,6 +43,7 @@ from services.online_api.app import create_app
 from services.online_api.settings import ApiSettings
 from tests.support import bruteforce
 from tests.support.paths import api_mismatches, close, message, run_batch, run_fstore
+from tests.support.repos import compiled
 from tests.support.stream import WorkerProcess
 
 pytestmark = pytest.mark.integration
@@ -220,7 +221,7 @@ def pit_mismatches(data_dir: Path, times: list[int], events: list[Event], featur
                 "event_timestamp": pd.to_datetime([t] * rows, unit="us", utc=True),
             }
         )
-        out = get_historical_features(df, features, raw_uri=uri, full_feature_names=True)
+        out = get_historical_features(df, features, plan=compiled("ecommerce"), raw_uri=uri, full_feature_names=True)
         for row in out.to_dict(orient="records"):
             for ref in features:
                 view, name = ref.split(":")
@@ -284,8 +285,10 @@ def test_copies_on_other_days_count_once_in_batch_and_point_in_time(paths: Paths
         }
     )
     uri = str(paths.stream_dir / "raw_events")
-    spark = get_historical_features(df, ["user_activity"], raw_uri=uri, engine="spark", buckets=2)
-    local = get_historical_features(df, ["user_activity"], raw_uri=uri)
+    spark = get_historical_features(
+        df, ["user_activity"], plan=compiled("ecommerce"), raw_uri=uri, engine="spark", buckets=2
+    )
+    local = get_historical_features(df, ["user_activity"], plan=compiled("ecommerce"), raw_uri=uri)
     for name in USER_ACTIVITY.feature_names:
         assert all(close(a, b) or (a != a and b != b) for a, b in zip(spark[name], local[name], strict=True))
     # Not vacuous: counting the losing copies changes values at those times.

@@ -36,6 +36,7 @@ from services.online_api.app import create_app
 from services.online_api.settings import ApiSettings
 from tests.support import bruteforce
 from tests.support.paths import close, message
+from tests.support.repos import compiled
 from tests.support.stream import Factory, WorkerProcess
 
 pytestmark = pytest.mark.integration
@@ -117,7 +118,7 @@ def check_pit(data_dir: Path, as_of: int, events: list[Event]) -> None:
     for view, ents in VIEWS_AND_KEYS:
         key = view.entity.join_key
         df = pd.DataFrame({key: ents, "event_timestamp": pd.to_datetime([as_of] * len(ents), unit="us", utc=True)})
-        out = get_historical_features(df, [view.name], raw_uri=str(data_dir / "raw_events"))
+        out = get_historical_features(df, [view.name], plan=compiled("ecommerce"), raw_uri=str(data_dir / "raw_events"))
         for row in out.to_dict(orient="records"):
             for n, w in bruteforce.values(view, events, row[key], as_of).items():
                 got = None if isinstance(row[n], float) and row[n] != row[n] else row[n]

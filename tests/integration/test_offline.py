@@ -25,7 +25,6 @@ from fstore.core.timeutil import DAY, iso
 from fstore.delta import raw_log
 from fstore.ingest import Ingestor, IngestReport
 from fstore.offline import local as offline
-from fstore.plan_source import use_plan
 from tests.support import plan_bruteforce
 from tests.support.pit import BASE, Row, expected, query_times, random_events
 from tests.support.plan_raw_events import Copy, append, feast_repo, first_ingested
@@ -39,14 +38,6 @@ NOW = BASE + 40 * DAY
 SPAN = 10 * DAY
 PLAN = compiled("ecommerce")
 VIEWS = [v.name for v in PLAN.views]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def example_plan() -> Iterator[None]:
-    """The process's plan is the example's (the default engines and Feast's offline store read it)."""
-    use_plan(PLAN)
-    yield
-    use_plan(None)
 
 
 def message(e: Row, **changes: object) -> bytes:
@@ -135,7 +126,7 @@ def test_local_and_spark_engines_equal_brute_force(data: tuple[Path, list[Row]])
     want = brute(events, df)
     uri = str(root / "data" / "raw_events")
     timings = offline.Timings()
-    local = offline.get_historical_features(df, VIEWS, raw_uri=uri, full_feature_names=True, timings=timings)
+    local = offline.get_historical_features(df, VIEWS, plan=PLAN, raw_uri=uri, full_feature_names=True, timings=timings)
     assert_equal_brute(local, want, df)
     assert timings.rows_read <= 3300
 
@@ -143,7 +134,7 @@ def test_local_and_spark_engines_equal_brute_force(data: tuple[Path, list[Row]])
 
     spark = spark_session("fstore-test-offline")
     spark_out = offline.get_historical_features(
-        df, VIEWS, raw_uri=uri, engine="spark", full_feature_names=True, spark=spark, buckets=3
+        df, VIEWS, plan=PLAN, raw_uri=uri, engine="spark", full_feature_names=True, spark=spark, buckets=3
     )
     assert_equal_brute(spark_out, want, df)
     pd.testing.assert_frame_equal(spark_out, local)  # identical to the default engine, dtypes included
@@ -155,7 +146,7 @@ def test_partition_pruning_reads_only_needed_days(data: tuple[Path, list[Row]]) 
     df = pd.DataFrame({"user_id": ["u1"], "event_timestamp": [pd.Timestamp(t, unit="us", tz="UTC")]})
     timings = offline.Timings()
     got = offline.get_historical_features(
-        df, ["user_activity:clicks_1h"], raw_uri=str(root / "data" / "raw_events"), timings=timings
+        df, ["user_activity:clicks_1h"], plan=PLAN, raw_uri=str(root / "data" / "raw_events"), timings=timings
     )
     day_rows = sum(1 for e in events if BASE + DAY <= e["event_time"] < BASE + 3 * DAY)  # 2 partitions (±1 µs)
     assert 0 < timings.rows_read < day_rows + 200
@@ -212,6 +203,7 @@ def test_local_engine_resolves_ties_on_ingested_at_by_payload_hash(tmp_path: Pat
     append(uri, PLAN.schema, [(t + 7, "z", other), (t + 9, "0", {**buy, "price": 99.0})])
     append(uri, PLAN.schema, [(t + 7, "c", {**buy, "quantity": 3})])
     df = pd.DataFrame({"user_id": ["u1"], "event_timestamp": pd.to_datetime([t + DAY], unit="us", utc=True)})
-    got = offline.get_historical_features(df, ["user_activity:revenue_7d", "user_activity:purchases_7d"], raw_uri=uri)
+    refs = ["user_activity:revenue_7d", "user_activity:purchases_7d"]
+    got = offline.get_historical_features(df, refs, plan=PLAN, raw_uri=uri)
     assert got["purchases_7d"].tolist() == [2]
     assert got["revenue_7d"].tolist() == [11.0]  # 10 × 1 (hash "a") + 1 × 1

@@ -38,6 +38,7 @@ from fstore.settings import get_settings
 from fstore.synth.generator import GeneratorConfig, generate
 from tests.support.delta import content_hash
 from tests.support.paths import run_batch
+from tests.support.repos import compiled
 from tests.support.stream import ROOT
 
 pytestmark = pytest.mark.integration
@@ -183,7 +184,13 @@ def pit_on(master: str, df: pd.DataFrame, raw_uri: str) -> pd.DataFrame:
     try:
         assert spark.sparkContext.master == master
         out: pd.DataFrame = get_historical_features(
-            df, list(VIEWS), raw_uri=raw_uri, full_feature_names=True, spark=spark, buckets=4
+            df,
+            list(VIEWS),
+            plan=compiled("ecommerce"),
+            raw_uri=raw_uri,
+            full_feature_names=True,
+            spark=spark,
+            buckets=4,
         )
         return out
     finally:
