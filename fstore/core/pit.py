@@ -164,7 +164,7 @@ def _keys(column: pa.Array, name: str) -> pa.Array:
     raise PointInTimeError(f"join key column '{name}' must hold strings, not {column.type}")
 
 
-def first_ingested_mask(raw: pa.Table, id_field: str = "event_id") -> tuple[Bool, pa.Array]:
+def first_ingested_mask(raw: pa.Table, id_field: str) -> tuple[Bool, pa.Array]:
     """Which rows of ``raw_events`` are the winning copy of their event id (first ingested wins).
 
     Same rule as :func:`fstore.core.dedupe.first_ingested_arrow`: copies are ordered by ``(ingested_at,
@@ -224,7 +224,7 @@ def first_ingested_mask(raw: pa.Table, id_field: str = "event_id") -> tuple[Bool
     return keep, ids.take(pa.array(ordered.column("row").to_numpy()[tied]))
 
 
-def dedupe(raw: pa.Table, id_field: str = "event_id") -> pa.Table:
+def dedupe(raw: pa.Table, id_field: str) -> pa.Table:
     """First ingested copy of each event id wins (:func:`fstore.core.dedupe.first_ingested_arrow`).
 
     ``raw`` needs the id field, ``ingested_at`` and ``payload_hash``. Only the rows of repeated event_ids

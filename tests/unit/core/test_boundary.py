@@ -13,8 +13,11 @@ from fstore.core import pit, tiles, tiles_frame
 from fstore.core.aggregates import Value
 from fstore.core.dedupe import first_ingested_arrow
 from fstore.core.features import RatioFeature
+from fstore.core.plan import Plan
 from jobs.batch.plan import size_horizons
 from tests.support.boundary import CASES, Case, assert_expected, case_ids, mismatches, raw_table, tiles_from_rows
+from tests.support.legacy_view import plan_view
+from tests.support.repos import compiled
 
 pytestmark = pytest.mark.unit
 
@@ -64,9 +67,10 @@ def _python(values: np.ndarray[Any, Any], null: np.ndarray[Any, Any] | None, dty
 @pytest.mark.parametrize("case", CASES, ids=case_ids())
 def test_point_in_time_kernels(case: Case) -> None:
     """pit.dedupe of all copies, then the kernels for one entity row at t."""
-    view = case.view
-    request = pit.Request(tuple((view, f) for f in view.features), view.feature_names)
+    view = plan_view(case.view)
+    plan = Plan(compiled("ecommerce").schema, (view.entity,), (view,))
+    request = pit.resolve(plan, [view.name])
     rows = pa.table({view.entity.join_key: [case.entity], "event_timestamp": pa.array([case.t], pa.timestamp("us"))})
-    cols = pit.compute(rows, request, pit.dedupe(raw_table(case.copies)))
+    cols = pit.compute(rows, request, pit.dedupe(raw_table(case.copies), plan.schema.id_field))
     got = {f.name: _python(*cols[f.name], "float64" if isinstance(f, RatioFeature) else f.dtype) for f in view.features}
     assert_expected(case, got, "pit kernels")

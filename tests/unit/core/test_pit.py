@@ -186,7 +186,7 @@ def test_event_range_and_dedupe() -> None:
             "quantity": [1, 2, 3, 4],
         }
     )
-    got = pit.dedupe(raw).sort_by("event_id").to_pylist()
+    got = pit.dedupe(raw, "event_id").sort_by("event_id").to_pylist()
     assert [(r["event_id"], r["quantity"]) for r in got] == [("a", 4), ("b", 2)]
 
 
@@ -281,12 +281,12 @@ def test_first_ingested_mask_equals_brute_force_and_reports_unresolved_ties() ->
         if i not in first or (a, h) < first[i][:2]:
             first[i] = (a, h, r)
     want = {i: r for i, (_, _, r) in first.items()}  # event_id → winning row
-    keep, unresolved = pit.first_ingested_mask(raw)
+    keep, unresolved = pit.first_ingested_mask(raw, "event_id")
     assert len(unresolved) == 0
     assert dict(zip(np.array(ids)[keep], np.flatnonzero(keep), strict=True)) == want
-    assert sorted(pit.dedupe(raw).column("row").to_pylist()) == sorted(want.values())
+    assert sorted(pit.dedupe(raw, "event_id").column("row").to_pylist()) == sorted(want.values())
     # Without payload_hash: ids whose earliest copies tie are left out and named; the rest are decided.
-    keep, unresolved = pit.first_ingested_mask(raw.drop_columns(["payload_hash"]))
+    keep, unresolved = pit.first_ingested_mask(raw.drop_columns(["payload_hash"]), "event_id")
     earliest: dict[str, list[int]] = defaultdict(list)
     for i, a in zip(ids, ats, strict=True):
         earliest[i].append(a)
@@ -296,7 +296,7 @@ def test_first_ingested_mask_equals_brute_force_and_reports_unresolved_ties() ->
         i: r for i, r in want.items() if i not in tied
     }
     with pytest.raises(pit.PointInTimeError, match="payload_hash"):
-        pit.dedupe(raw.drop_columns(["payload_hash"]))
+        pit.dedupe(raw.drop_columns(["payload_hash"]), "event_id")
 
 
 def test_a_dictionary_holding_null_as_a_value_reads_as_null() -> None:
