@@ -77,18 +77,21 @@ def spark_session(
     return builder.getOrCreate()
 
 
-def without_superseded(copies: DataFrame, superseded: pa.Table) -> DataFrame:
-    """``raw_events`` copies (with ``event_id`` and ``event_time``) minus those of the superseded
+def without_superseded(
+    copies: DataFrame, superseded: pa.Table, id_field: str = "event_id", timestamp_field: str = "event_time"
+) -> DataFrame:
+    """``raw_events`` copies (with the id and timestamp fields) minus those of the superseded
     ``(event_id, event_date)`` pairs (:func:`fstore.core.dedupe.drop_superseded` for Spark: a broadcast
     anti-join with the few pairs; nothing at all when there are none)."""
     if superseded.num_rows == 0:
         return copies
     days = pc.cast(superseded.column("event_date"), pa.int32()).to_pylist()
     pairs = copies.sparkSession.createDataFrame(
-        list(zip(superseded.column("event_id").to_pylist(), days, strict=True)), "event_id string, __day int"
+        list(zip(superseded.column("event_id").to_pylist(), days, strict=True)), "__id string, __day int"
     )
-    day = F.floor(F.unix_micros(F.col("event_time")) / F.lit(DAY)).cast("int")
-    return copies.withColumn("__day", day).join(F.broadcast(pairs), ["event_id", "__day"], "left_anti").drop("__day")
+    day = F.floor(F.unix_micros(F.col(timestamp_field)) / F.lit(DAY)).cast("int")
+    keyed = copies.withColumn("__day", day).withColumn("__id", F.col(id_field))
+    return keyed.join(F.broadcast(pairs), ["__id", "__day"], "left_anti").drop("__day", "__id")
 
 
 def read_events(spark: SparkSession, raw_uri: str, event_range: tuple[int, int] | None) -> DataFrame:
