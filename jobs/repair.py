@@ -26,9 +26,10 @@ import pyarrow.compute as pc
 from fstore.clock import Clock, wall_clock
 from fstore.core.dedupe import drop_superseded, first_ingested_arrow
 from fstore.core.events import Event
-from fstore.core.features import VIEWS, largest_hop, longest_window
+from fstore.core.features import VIEWS
 from fstore.core.timeutil import SECOND, to_date
 from fstore.delta import batch_views, raw_log
+from fstore.plan_source import current_plan
 from fstore.redis.connect import admin_client, async_client
 from fstore.redis.layout import HEARTBEAT_KEY, BatchPointer, Heartbeat
 from jobs.batch import batch_view
@@ -88,20 +89,22 @@ def repair(
             )
         report = RepairReport()
         last = batch_views.latest(batch.table("batch_views"))
+        plan = current_plan()
         if last is not None:
-            for name in VIEWS:
+            for view in plan.views:
                 tiles = raw_log.read_table(
-                    batch.table(tiles_table(name)), filter=pc.field("run_date") == pa.scalar(last.run_date, pa.date32())
+                    batch.table(tiles_table(view.name)),
+                    filter=pc.field("run_date") == pa.scalar(last.run_date, pa.date32()),
                 )
                 keys, _ = batch_view.load_tiles(
-                    tiles, name, last.version, client, batch.batch_view_ttl_s, batch.redis_chunk
+                    tiles, view, last.version, client, batch.batch_view_ttl_s, batch.redis_chunk
                 )
-                report.batch_keys[name] = keys
+                report.batch_keys[view.name] = keys
             batch_view.publish(
                 client, BatchPointer(last.version, last.cutover), batch.batch_view_ttl_s, batch.batch_view_grace_s
             )
             report.batch_version, report.cutover = last.version, last.cutover
-        since = last.cutover if last is not None else now - longest_window() - largest_hop()
+        since = last.cutover if last is not None else now - plan.longest_window - plan.largest_hop
         events = speed_events(stream.table("raw_events"), since, now - stream.marker_ttl_s * SECOND)
         applied, skipped = asyncio.run(_apply(stream, events, progress, clock()))
         report.speed_events, report.speed_skipped = applied, skipped
