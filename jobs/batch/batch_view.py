@@ -31,8 +31,10 @@ from pyspark.sql import DataFrame
 from pyspark.sql import types as T
 
 from fstore.core.plan import View
+from fstore.core.view_tiles_frame import tile_schema
 from fstore.redis.connect import AdminClient, admin_client
 from fstore.redis.layout import DISTINCT, POINTER_KEY, PREFIX, BatchPointer, batch_key, packed_arrays
+from jobs.batch.delta_io import lists_from_json
 
 _PIPELINE_FIELDS = 200_000  # also flush a pipeline after this many fields (bounded client buffers)
 LOADING_KEY = f"{PREFIX}:batch:loading"  # set of versions being loaded (removed once published or dropped)
@@ -196,7 +198,8 @@ def load_view(
             return
         client = admin_client(redis_url, cluster)
         try:
-            keys, fields = load_tiles(pa.Table.from_batches(parts), view, version, client, ttl_s, chunk)
+            table = lists_from_json(pa.Table.from_batches(parts), tile_schema(view))
+            keys, fields = load_tiles(table, view, version, client, ttl_s, chunk)
         finally:
             client.close()
         yield pa.RecordBatch.from_pydict({"keys": [keys], "fields": [fields]})

@@ -25,7 +25,7 @@ from fstore.core.event_schema import EventField, EventSchema, FieldType
 from fstore.core.expr import columns
 from fstore.core.expr_render import to_sql
 from fstore.core.plan import View
-from jobs.batch.delta_io import spark_schema
+from jobs.batch.delta_io import lists_from_json, lists_to_json, spark_schema
 
 _ID_RE = r"^[A-Za-z0-9_.:-]{1,128}$"
 
@@ -100,7 +100,8 @@ def events_for(events: DataFrame, view: View, schema: EventSchema, start: int, e
 def tiles(
     events: DataFrame, view: View, schema: EventSchema, horizons: dict[int, int], cutover: int, partitions: int
 ) -> DataFrame:
-    """Tiles of a view (columns of :func:`fstore.core.view_tiles_frame.tile_schema`), one partition per key hash.
+    """Tiles of a view (columns of :func:`fstore.core.view_tiles_frame.tile_schema`, ``distinct`` as JSON
+    text: :func:`jobs.batch.delta_io.spark_schema`), one partition per key hash.
 
     Every entity's tiles end up in one partition, which :func:`snapshots` and the Redis loader rely on.
     The view and the schema travel to the executors with the function (any plan, not only the process's).
@@ -113,7 +114,7 @@ def tiles(
         if not any(b.num_rows for b in parts):
             return
         out = view_tiles_frame.build_tiles(view, schema, pa.Table.from_batches(parts), horizons, cutover)
-        yield from out.to_batches(max_chunksize=65_536)
+        yield from lists_to_json(out).to_batches(max_chunksize=65_536)
 
     part = events_for(events, view, schema, start, cutover).repartition(partitions, key)
     return part.mapInArrow(build, spark_schema(view_tiles_frame.tile_schema(view)))
@@ -126,6 +127,7 @@ def snapshots(tiles_df: DataFrame, view: View, t: int) -> DataFrame:
         parts = list(batches)
         if not any(b.num_rows for b in parts):
             return
-        yield from view_snapshot.snapshot(view, pa.Table.from_batches(parts), t).to_batches()
+        tiles = lists_from_json(pa.Table.from_batches(parts), view_tiles_frame.tile_schema(view))
+        yield from view_snapshot.snapshot(view, tiles, t).to_batches()
 
     return tiles_df.mapInArrow(snap, spark_schema(view_snapshot.snapshot_schema(view)))
