@@ -44,6 +44,7 @@ from pyspark.sql import functions as F
 from fstore.clock import wall_clock
 from fstore.core import view_snapshot, view_tiles_frame
 from fstore.core.plan import Plan, View
+from fstore.core.plan_error import PlanError
 from fstore.core.timeutil import SECOND, iso
 from fstore.delta import batch_views
 from fstore.jvm.artifacts import delta_jars
@@ -337,12 +338,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         s = load_batch_settings()
-    except SettingsError as exc:
+        features = current_plan()
+    except (SettingsError, PlanError) as exc:
         print(exc, file=sys.stderr)
         return exit_codes.CONFIG
     spark = build_spark(s, own_session=False)
     try:
-        rebuild(spark, s, args.date, allow_older=args.allow_older)
+        rebuild(spark, s, args.date, allow_older=args.allow_older, features=features)
     except DQFailed:
         return exit_codes.DQ_FAILED
     finally:
