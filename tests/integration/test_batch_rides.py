@@ -66,9 +66,10 @@ def data(tmp_path_factory: pytest.TempPathFactory, plan: Plan) -> dict[str, Any]
             copies.append((r["ts"] + lag + rng.randrange(1, 60 * SECOND), f"{rng.getrandbits(64):016x}", changed))
     tie = rows[500]
     copies.append((copies[500][0], "0" * 16, {**tie, "kind": "cancelled", "driver_id": "d0"}))
+    recent = next(r for r in rows if r["ts"] >= C - 2 * HOUR)  # inside every window at C
     bad = [
-        {**rows[100], "uid": "bad-kind", "kind": "teleported"},
-        {**rows[200], "uid": "bad-driver", "kind": "completed", "driver_id": "no spaces!", "distance_km": 1.0,
+        {**recent, "uid": "bad-kind", "kind": "teleported"},
+        {**recent, "uid": "bad-driver", "kind": "completed", "driver_id": "no spaces!", "distance_km": 1.0,
          "rate_per_km": 1.0, "surge": 1.0},
     ]  # fmt: skip
     copies += [(b["ts"], "f" * 16, b) for b in bad]
