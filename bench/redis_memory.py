@@ -4,7 +4,7 @@ The demo's traffic (``python -m fstore.devsvc.demo``: 10,000 users, 1,000 produc
 user per day) is generated for 8 days; into a fresh ``redis-server``:
 
 1. the **batch view** for the last day's cutover C: the tiles of both views built by the core
-   (:func:`fstore.core.tiles_frame.build_tiles`, what the Spark job runs per partition) and loaded by the
+   (:func:`fstore.core.view_tiles_frame.build_tiles`, what the Spark job runs per partition) and loaded by the
    job's own loader (:func:`jobs.batch.batch_view.load_tiles`);
 2. the **speed view** of the day after C: that day's events applied by the worker's tile writer
    (:class:`jobs.stream.sinks.TileWriter`: speed tiles + one de-duplication marker per event_id).
@@ -37,9 +37,10 @@ sys.path.insert(0, str(ROOT))
 
 from fstore.core.events import Event, Rejection, parse  # noqa: E402
 from fstore.core.features import VIEWS  # noqa: E402
-from fstore.core.tiles_frame import build_tiles  # noqa: E402
 from fstore.core.timeutil import DAY  # noqa: E402
+from fstore.core.view_tiles_frame import build_tiles  # noqa: E402
 from fstore.devsvc.services import RedisServer  # noqa: E402
+from fstore.plan_source import current_plan  # noqa: E402
 from fstore.synth.generator import GeneratorConfig, generate  # noqa: E402
 from jobs.batch.batch_view import load_tiles  # noqa: E402
 from jobs.batch.plan import size_horizons  # noqa: E402
@@ -104,10 +105,11 @@ def main() -> None:
             }
         )
         batch: dict[str, Any] = {}
-        for name, view in VIEWS.items():
-            before = used(client)
-            tiles = build_tiles(view, table, size_horizons(view, cutover), cutover)
-            keys, fields = load_tiles(tiles, name, "bench", client, 3 * 86_400, 500)
+        plan = current_plan()
+        for view in plan.views:
+            name, before = view.name, used(client)
+            tiles = build_tiles(view, plan.schema, table, size_horizons(view, cutover), cutover)
+            keys, fields = load_tiles(tiles, view, "bench", client, 3 * 86_400, 500)
             grown = used(client) - before
             batch[name] = {
                 "entities": keys,

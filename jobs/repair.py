@@ -19,16 +19,19 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from fstore.clock import Clock, wall_clock
 from fstore.core.dedupe import drop_superseded, first_ingested_arrow
+from fstore.core.event_schema import EventSchema
 from fstore.core.events import Event
-from fstore.core.features import VIEWS, largest_hop, longest_window
+from fstore.core.features import VIEWS
 from fstore.core.timeutil import SECOND, to_date
 from fstore.delta import batch_views, raw_log
+from fstore.plan_source import current_plan
 from fstore.redis.connect import admin_client, async_client
 from fstore.redis.layout import HEARTBEAT_KEY, BatchPointer, Heartbeat
 from jobs.batch import batch_view
@@ -88,21 +91,23 @@ def repair(
             )
         report = RepairReport()
         last = batch_views.latest(batch.table("batch_views"))
+        plan = current_plan()
         if last is not None:
-            for name in VIEWS:
+            for view in plan.views:
                 tiles = raw_log.read_table(
-                    batch.table(tiles_table(name)), filter=pc.field("run_date") == pa.scalar(last.run_date, pa.date32())
+                    batch.table(tiles_table(view.name)),
+                    filter=pc.field("run_date") == pa.scalar(last.run_date, pa.date32()),
                 )
                 keys, _ = batch_view.load_tiles(
-                    tiles, name, last.version, client, batch.batch_view_ttl_s, batch.redis_chunk
+                    tiles, view, last.version, client, batch.batch_view_ttl_s, batch.redis_chunk
                 )
-                report.batch_keys[name] = keys
+                report.batch_keys[view.name] = keys
             batch_view.publish(
                 client, BatchPointer(last.version, last.cutover), batch.batch_view_ttl_s, batch.batch_view_grace_s
             )
             report.batch_version, report.cutover = last.version, last.cutover
-        since = last.cutover if last is not None else now - longest_window() - largest_hop()
-        events = speed_events(stream.table("raw_events"), since, now - stream.marker_ttl_s * SECOND)
+        since = last.cutover if last is not None else now - plan.longest_window - plan.largest_hop
+        events = speed_events(stream.table("raw_events"), since, now - stream.marker_ttl_s * SECOND, plan.schema)
         applied, skipped = asyncio.run(_apply(stream, events, progress, clock()))
         report.speed_events, report.speed_skipped = applied, skipped
         return report
@@ -110,22 +115,31 @@ def repair(
         client.close()
 
 
-def speed_events(raw_uri: str, since: int, reach: int) -> list[Event]:
-    """The first-ingested copy of every event_id stored from ``reach`` on whose event_time is ``>= since``
-    (copies superseded by a winner on an earlier day dropped first, docs/design.md §2)."""
+def speed_events(raw_uri: str, since: int, reach: int, schema: EventSchema) -> list[dict[str, Any]]:
+    """The first-ingested copy of every event id stored from ``reach`` on whose timestamp is ``>= since``
+    (copies superseded by a winner on an earlier day dropped first, docs/design.md §2), as rows of the
+    plan's fields (the timestamp in UTC epoch µs; a field older files lack is ``None``)."""
+    ts = schema.timestamp_field
     first = to_date(min(since, reach))
     copies = raw_log.read_table(raw_uri, filter=pc.field("event_date") >= pa.scalar(first, pa.date32()))
     superseded = raw_log.superseded_on(raw_log.superseded_uri(raw_uri), first, date.max)
-    winners = first_ingested_arrow(drop_superseded(copies, superseded))
-    micros = pc.cast(pc.cast(winners.column("event_time"), pa.timestamp("us", tz="UTC")), pa.int64())
-    winners = winners.filter(pc.greater_equal(micros, since))
-    cols = [winners.column(c).to_pylist() for c in Event._fields]
-    cols[4] = pc.cast(pc.cast(winners.column("event_time"), pa.timestamp("us", tz="UTC")), pa.int64()).to_pylist()
-    return [Event(*row) for row in zip(*cols, strict=True)]
+    winners = first_ingested_arrow(drop_superseded(copies, superseded, schema.id_field, ts), schema.id_field)
+    micros = pc.cast(pc.cast(winners.column(ts), pa.timestamp("us", tz="UTC")), pa.int64())
+    keep = pc.greater_equal(micros, since)
+    winners, micros = winners.filter(keep), micros.filter(keep)
+    cols = {
+        n: micros.to_pylist()
+        if n == ts
+        else winners.column(n).to_pylist()
+        if n in winners.column_names
+        else [None] * winners.num_rows
+        for n in schema.names
+    }
+    return [dict(zip(cols, row, strict=True)) for row in zip(*cols.values(), strict=True)]
 
 
 async def _apply(
-    s: StreamSettings, events: list[Event], progress: Callable[[int], object] | None, now: int
+    s: StreamSettings, events: list[dict[str, Any]], progress: Callable[[int], object] | None, now: int
 ) -> tuple[int, int]:
     """Apply through the worker's tile writer; events stamped at or after ``now`` become exact future fields
     (docs/design.md §5), which readers count from their event_time on."""
@@ -135,7 +149,8 @@ async def _apply(
     try:
         for lo in range(0, len(events), CHUNK):
             chunk = events[lo : lo + CHUNK]
-            skipped += len(await writer.apply(chunk, now))
+            # TODO(p13stream merge): the plan-driven TileWriter takes these rows as they are.
+            skipped += len(await writer.apply([Event(**r) for r in chunk], now))
             if progress is not None:
                 progress(len(chunk))
     finally:

@@ -67,10 +67,13 @@ def batch(
       0   published, or rebuilt without publishing because a later cutover serves
       1   the run failed (Spark, Delta, Redis, ...): retry
       2   the data-quality gate failed (the range stops there): fix the data, no retry
-      64  usage error; 78 invalid configuration (FSTORE_* variables): no retry
+      64  usage error; 78 invalid configuration (FSTORE_* variables, or a feature
+          repository FSTORE_FEATURE_REPO with mistakes): no retry
     """
     from tqdm import tqdm
 
+    from fstore.core.plan_error import PlanError
+    from fstore.plan_source import current_plan
     from fstore.settings import SettingsError
     from jobs.batch.rebuild_features import DQFailed, build_spark, rebuild
     from jobs.batch.settings import load_batch_settings
@@ -86,7 +89,8 @@ def batch(
         raise click.UsageError("--from must not be after --to")
     try:
         settings = load_batch_settings(**({"spark_master": master} if master else {}))
-    except SettingsError as exc:
+        features = current_plan()
+    except (SettingsError, PlanError) as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(CONFIG)
     spark = build_spark(settings)
@@ -95,7 +99,7 @@ def batch(
         for d in bar:
             bar.set_postfix_str(d.isoformat())
             try:
-                res = rebuild(spark, settings, d, allow_older=allow_older)
+                res = rebuild(spark, settings, d, allow_older=allow_older, features=features)
             except DQFailed as exc:
                 click.echo(f"{d}: {exc}", err=True)
                 sys.exit(DQ_FAILED)

@@ -52,16 +52,16 @@ def first_ingested(copies: Iterable[T]) -> dict[str, T]:
     return best
 
 
-def first_ingested_arrow(table: pa.Table) -> pa.Table:
+def first_ingested_arrow(table: pa.Table, id_field: str = "event_id") -> pa.Table:
     """Vectorised :func:`first_ingested` over an Arrow table of ``raw_events`` rows.
 
-    The table needs ``event_id``, ``ingested_at`` and ``payload_hash``; the result keeps one row per
-    event_id (the winner), ordered by event_id.
+    The table needs ``id_field`` (the plan's id field), ``ingested_at`` and ``payload_hash``; the result
+    keeps one row per id (the winner), ordered by id.
     """
     if table.num_rows == 0:
         return table
-    ordered = table.sort_by([("event_id", "ascending"), ("ingested_at", "ascending"), ("payload_hash", "ascending")])
-    ids = ordered.column("event_id").combine_chunks()
+    ordered = table.sort_by([(id_field, "ascending"), ("ingested_at", "ascending"), ("payload_hash", "ascending")])
+    ids = ordered.column(id_field).combine_chunks()
     if len(ids) == 1:
         return ordered
     first = pc.not_equal(ids.slice(1), ids.slice(0, len(ids) - 1))
@@ -69,19 +69,23 @@ def first_ingested_arrow(table: pa.Table) -> pa.Table:
     return ordered.filter(keep)
 
 
-def drop_superseded(raw: pa.Table, superseded: pa.Table) -> pa.Table:
+def drop_superseded(
+    raw: pa.Table, superseded: pa.Table, id_field: str = "event_id", timestamp_field: str = "event_time"
+) -> pa.Table:
     """``raw`` without the copies of superseded ``(event_id, event_date)`` pairs.
 
     Args:
-        raw: ``raw_events`` rows with ``event_id`` (plain or dictionary strings) and ``event_time``.
+        raw: ``raw_events`` rows with the id field (plain or dictionary strings) and the timestamp field.
         superseded: pairs with ``event_id`` and ``event_date`` (date32), normally few.
+        id_field: the plan's id field.
+        timestamp_field: the plan's timestamp field.
 
     Returns:
         ``raw`` itself when nothing is dropped, else the remaining rows in their order.
     """
     if superseded.num_rows == 0 or raw.num_rows == 0:
         return raw
-    ids = raw.column("event_id")
+    ids = raw.column(id_field)
     if pa.types.is_dictionary(ids.type):
         ids = ids.cast(pa.string())
     hit = pc.is_in(ids, value_set=superseded.column("event_id").combine_chunks())
@@ -96,7 +100,7 @@ def drop_superseded(raw: pa.Table, superseded: pa.Table) -> pa.Table:
         )
     )
     at = pa.array(rows)
-    days = (raw.column("event_time").take(at).cast(pa.int64()).to_numpy() // DAY).tolist()
+    days = (raw.column(timestamp_field).take(at).cast(pa.int64()).to_numpy() // DAY).tolist()
     keep = np.ones(raw.num_rows, bool)
     for row, eid, day in zip(rows.tolist(), ids.take(at).to_pylist(), days, strict=True):
         if (eid, day) in pairs:

@@ -93,10 +93,11 @@ def without_superseded(
         return copies
     days = pc.cast(superseded.column("event_date"), pa.int32()).to_pylist()
     pairs = copies.sparkSession.createDataFrame(
-        list(zip(superseded.column("event_id").to_pylist(), days, strict=True)), f"`{id_field}` string, __day int"
+        list(zip(superseded.column("event_id").to_pylist(), days, strict=True)), "__id string, __day int"
     )
     day = F.floor(F.unix_micros(F.col(timestamp_field)) / F.lit(DAY)).cast("int")
-    return copies.withColumn("__day", day).join(F.broadcast(pairs), [id_field, "__day"], "left_anti").drop("__day")
+    keyed = copies.withColumn("__day", day).withColumn("__id", F.col(id_field))
+    return keyed.join(F.broadcast(pairs), ["__id", "__day"], "left_anti").drop("__day", "__id")
 
 
 def read_events(

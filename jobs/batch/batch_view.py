@@ -1,10 +1,13 @@
 """The batch view in Redis: versioned load from the executors, atomic publish, expiry of the old view.
 
 Layout is :mod:`fstore.redis.layout`: one hash per (view, entity, version) with one packed field per
-tile measure (:func:`~fstore.redis.layout.packed_fields`). A run loads its tiles under a fresh version
-that no reader knows yet, then ONE ``SET`` of :data:`~fstore.redis.layout.POINTER_KEY` (in a compare-and-set
-script, so a newer cutover is never replaced by an older one) makes the version visible and moves the cutover C. The
-previous version's keys get a short TTL (the grace period) so readers that fetched the old pointer still
+tile measure (count, sum, min, max and the variance state, :func:`~fstore.redis.layout.packed_arrays`)
+and one field per distinct member of a measure a count_distinct reads
+(:func:`~fstore.redis.layout.distinct_field`); readers decode it with
+:func:`~fstore.redis.layout.parse_states`. A run loads its tiles under a fresh version that no reader
+knows yet, then ONE ``SET`` of :data:`~fstore.redis.layout.POINTER_KEY` (in a compare-and-set script, so
+a newer cutover is never replaced by an older one) makes the version visible and moves the cutover C.
+The previous version's keys get a short TTL (the grace period) so readers that fetched the old pointer still
 read a complete view. Every key carries a TTL (docs/design.md §7).
 
 A run that dies while loading (kill -9, lost executor) cannot clean up after itself: its version is in
@@ -27,9 +30,11 @@ import redis
 from pyspark.sql import DataFrame
 from pyspark.sql import types as T
 
-from fstore.core.features import VIEWS
+from fstore.core.plan import View
+from fstore.core.view_tiles_frame import tile_schema
 from fstore.redis.connect import AdminClient, admin_client
-from fstore.redis.layout import POINTER_KEY, PREFIX, BatchPointer, batch_key, packed_arrays
+from fstore.redis.layout import DISTINCT, POINTER_KEY, PREFIX, BatchPointer, batch_key, packed_arrays
+from jobs.batch.delta_io import lists_from_json
 
 _PIPELINE_FIELDS = 200_000  # also flush a pipeline after this many fields (bounded client buffers)
 LOADING_KEY = f"{PREFIX}:batch:loading"  # set of versions being loaded (removed once published or dropped)
@@ -97,35 +102,64 @@ def version_pattern(version: str) -> str:
     return f"{PREFIX}:*:b:{version}"
 
 
+def tile_fields(table: pa.Table, key: str) -> tuple[pa.Array, pa.Array, pa.Array]:
+    """``(entity, field, value)`` of every hash field of the tiles in ``table``, grouped by entity: per
+    tile measure its packed field (:func:`fstore.redis.layout.packed_arrays` with the variance state),
+    then its distinct members as ``<size_s>:<start_s>:<measure>:d:<member>`` = ``1``
+    (:func:`fstore.redis.layout.distinct_field`, vectorised). Arrow compute, no Python loop per tile."""
+    order = [(key, "ascending"), ("size", "ascending"), ("tile_start", "ascending"), ("measure", "ascending")]
+    table = table.take(pc.sort_indices(table, order))
+    size, start, measure, count, total, lo, hi = (
+        table.column(c).combine_chunks() for c in ("size", "tile_start", "measure", "count", "sum", "min", "max")
+    )
+    m2 = table.column("m2").combine_chunks() if "m2" in table.column_names else None  # older tiles: none
+    fields, values = packed_arrays(size, start, measure, count, total, lo, hi, m2=m2)
+    entities = table.column(key).combine_chunks()
+    if "distinct" not in table.column_names:  # tiles written before the distinct members existed
+        return entities, fields, values
+    lists = table.column("distinct").combine_chunks()
+    members = pc.list_flatten(lists)
+    if len(members) == 0:
+        return entities, fields, values
+    owner = pc.list_parent_indices(lists)
+    extra = pc.binary_join_element_wise(fields.take(owner), pa.scalar(DISTINCT), members, ":")
+    rows = pa.table(
+        {
+            "entity": pa.concat_arrays([entities, entities.take(owner)]),
+            "row": pa.concat_arrays([pa.array(np.arange(len(fields))), owner.cast(pa.int64())]),
+            "field": pa.concat_arrays([fields, extra]),
+            "value": pa.concat_arrays([values, pa.repeat(pa.scalar("1"), len(extra))]),
+        }
+    )
+    # Tile rows are sorted by entity, so (row, field) keeps each entity's fields together and in order.
+    rows = rows.take(pc.sort_indices(rows, [("row", "ascending"), ("field", "ascending")]))
+    return (
+        rows.column("entity").combine_chunks(),
+        rows.column("field").combine_chunks(),
+        rows.column("value").combine_chunks(),
+    )
+
+
 def load_tiles(
-    table: pa.Table, view_name: str, version: str, client: AdminClient, ttl_s: int, chunk: int
+    table: pa.Table, view: View, version: str, client: AdminClient, ttl_s: int, chunk: int
 ) -> tuple[int, int]:
     """Write tiles (the ``tiles_<view>`` columns) into Redis under ``version``, pipelined in chunks.
 
     ``table`` must hold each of its entities' tiles completely (one HSET per entity carries all its
-    fields). Each tile measure becomes one packed field (:func:`fstore.redis.layout.packed_arrays`, built
-    with Arrow compute, no Python loop per tile). Used by the Spark job per partition
-    (:func:`load_view`) and by ``fstore repair`` on tiles read back from Delta.
+    fields, :func:`tile_fields`). Used by the Spark job per partition (:func:`load_view`) and by
+    ``fstore repair`` on tiles read back from Delta.
 
     Returns:
         (keys written, fields written).
     """
     if table.num_rows == 0:
         return 0, 0
-    key = VIEWS[view_name].entity.join_key
-    table = table.take(
-        pc.sort_indices(
-            table, [(key, "ascending"), ("size", "ascending"), ("tile_start", "ascending"), ("measure", "ascending")]
-        )
-    )
-    fields, values = packed_arrays(
-        *(table.column(c) for c in ("size", "tile_start", "measure", "count", "sum", "min", "max"))
-    )
-    n = table.num_rows
+    view_name = view.name
+    entities, fields, values = tile_fields(table, view.entity.join_key)
+    n = len(fields)
     args = np.empty(2 * n, dtype=object)
     args[0::2] = fields.to_numpy(zero_copy_only=False)
     args[1::2] = values.to_numpy(zero_copy_only=False)
-    entities = table.column(key).combine_chunks()
     bounds = [
         0,
         *(np.flatnonzero(pc.not_equal(entities[1:], entities[:-1]).to_numpy(zero_copy_only=False)) + 1).tolist(),
@@ -147,7 +181,7 @@ def load_tiles(
 
 
 def load_view(
-    tiles_df: DataFrame, view_name: str, version: str, redis_url: str, ttl_s: int, chunk: int, cluster: bool = False
+    tiles_df: DataFrame, view: View, version: str, redis_url: str, ttl_s: int, chunk: int, cluster: bool = False
 ) -> tuple[int, int]:
     """Write a view's tiles into Redis under ``version`` from the executors (:func:`load_tiles` per
     partition). ``tiles_df`` must hold each entity's tiles in one partition (see
@@ -164,7 +198,8 @@ def load_view(
             return
         client = admin_client(redis_url, cluster)
         try:
-            keys, fields = load_tiles(pa.Table.from_batches(parts), view_name, version, client, ttl_s, chunk)
+            table = lists_from_json(pa.Table.from_batches(parts), tile_schema(view))
+            keys, fields = load_tiles(table, view, version, client, ttl_s, chunk)
         finally:
             client.close()
         yield pa.RecordBatch.from_pydict({"keys": [keys], "fields": [fields]})

@@ -37,21 +37,13 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from fstore.core.event_schema import EventSchema, FieldType
 from fstore.delta import raw_log
 from fstore.jvm.spark import has_delta_spark
 from fstore.offline.spark import without_superseded
 
-RAW_COLUMNS = (
-    "event_id",
-    "event_type",
-    "user_id",
-    "product_id",
-    "event_time",
-    "price",
-    "quantity",
-    "ingested_at",
-    "payload_hash",
-)
+#: Columns of ``raw_events`` the job reads besides the plan's event fields (de-duplication order).
+INGEST_COLUMNS = ("ingested_at", "payload_hash")
 
 _SPARK_TYPES: dict[pa.DataType, T.DataType] = {
     pa.string(): T.StringType(),
@@ -62,12 +54,57 @@ _SPARK_TYPES: dict[pa.DataType, T.DataType] = {
     pa.date32(): T.DateType(),
     pa.timestamp("us", tz="UTC"): T.TimestampType(),
     pa.binary(): T.BinaryType(),
+    pa.bool_(): T.BooleanType(),
 }
 
 
+def _is_list(t: pa.DataType) -> bool:
+    return bool(pa.types.is_list(t) or pa.types.is_large_list(t))
+
+
 def spark_schema(schema: pa.Schema) -> T.StructType:
-    """The Spark struct of an Arrow schema (the types fstore tables use)."""
-    return T.StructType([T.StructField(f.name, _SPARK_TYPES[f.type], f.nullable) for f in schema])
+    """The Spark struct of an Arrow schema (the types fstore tables use).
+
+    A list column travels through Spark as JSON text (:func:`lists_to_json` / :func:`lists_from_json`):
+    Spark's Arrow conversion of array columns costs ~50× that of a string column (measured: 300k tile
+    rows read back from a checkpoint by ``mapInArrow`` in 100 s instead of 2 s), and the tiles are read
+    three times (Delta write, snapshot, Redis load).
+    """
+    return T.StructType(
+        [
+            T.StructField(f.name, T.StringType() if _is_list(f.type) else _SPARK_TYPES[f.type], f.nullable)
+            for f in schema
+        ]
+    )
+
+
+def lists_to_json(table: pa.Table) -> pa.Table:
+    """``table`` with its list columns as JSON text (null stays null), the form Spark carries them in."""
+    for i, f in enumerate(table.schema):
+        if _is_list(f.type):
+            col = table.column(i)
+            text = (
+                pa.nulls(len(col), pa.string())
+                if col.null_count == len(col)
+                else pa.array([None if v is None else json.dumps(v) for v in col.to_pylist()], pa.string())
+            )
+            table = table.set_column(i, pa.field(f.name, pa.string(), f.nullable), text)
+    return table
+
+
+def lists_from_json(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """The list columns of ``schema`` decoded back from the JSON text of :func:`lists_to_json`."""
+    for f in schema:
+        if _is_list(f.type) and f.name in table.column_names:
+            i = table.column_names.index(f.name)
+            col = table.column(i)
+            values = (
+                pa.nulls(len(col), f.type)
+                if col.null_count == len(col)
+                else pa.array([None if v is None else json.loads(v) for v in col.to_pylist()], f.type)
+            )
+            table = table.set_column(i, f, values)
+    return table
 
 
 def choose_engine(spark: SparkSession, wanted: str, unavailable: str) -> tuple[bool, str]:
@@ -90,43 +127,61 @@ def choose_engine(spark: SparkSession, wanted: str, unavailable: str) -> tuple[b
     return False, f"delta-rs (no delta-spark in the session: {unavailable})"
 
 
-def read_raw(spark: SparkSession, uri: str, dates: list[date], delta_spark: bool) -> DataFrame:
+def read_raw(spark: SparkSession, uri: str, dates: list[date], delta_spark: bool, schema: EventSchema) -> DataFrame:
     """The ``raw_events`` copies of the given ``event_date`` partitions (not de-duplicated), without the
     copies superseded by a winner on another day (``raw_events_superseded``, docs/design.md §2).
+
+    Columns: the fields of ``schema`` (a field the table does not have yet — an optional field added
+    later — is all null), then :data:`INGEST_COLUMNS`.
 
     Raises:
         RuntimeError: if the table uses a reader feature Spark cannot honour by reading files
             (deletion vectors, column mapping) and delta-spark is not available.
     """
-    copies = _read_raw(spark, uri, dates, delta_spark)
+    copies = _with_fields(_read_raw(spark, uri, dates, delta_spark), schema)
     if not dates:
         return copies
-    return without_superseded(copies, raw_log.superseded_on(raw_log.superseded_uri(uri), min(dates), max(dates)))
+    superseded = raw_log.superseded_on(raw_log.superseded_uri(uri), min(dates), max(dates))
+    return without_superseded(copies, superseded, schema.id_field, schema.timestamp_field)
+
+
+_FIELD_TYPES = {
+    FieldType.STRING: T.StringType(),
+    FieldType.INT: T.LongType(),
+    FieldType.FLOAT: T.DoubleType(),
+    FieldType.BOOL: T.BooleanType(),
+    FieldType.TIMESTAMP: T.TimestampType(),
+}
+
+
+def _with_fields(raw: DataFrame, schema: EventSchema) -> DataFrame:
+    """The plan's fields (typed nulls for those ``raw`` lacks) and the ingestion columns of ``raw``."""
+    have = set(raw.columns)
+    cols = [
+        F.col(n) if n in have else F.lit(None).cast(_FIELD_TYPES[schema.field(n).type]).alias(n) for n in schema.names
+    ]
+    return raw.select(*cols, *INGEST_COLUMNS)
 
 
 def _read_raw(spark: SparkSession, uri: str, dates: list[date], delta_spark: bool) -> DataFrame:
-    schema = spark_schema(raw_log.RAW_SCHEMA)
-    cols = list(RAW_COLUMNS)
-    if delta_spark and raw_log.open_table(uri) is not None:
-        return (
-            spark.read.format("delta")
-            .load(uri)
-            .where(F.col("event_date").isin([d.isoformat() for d in dates]))
-            .select(*cols)
-        )
     dt = raw_log.open_table(uri)
-    if dt is None:  # no event was ever stored
-        return spark.createDataFrame([], schema).select(*cols)
+    if dt is None:  # no event was ever stored (:func:`_with_fields` adds the plan's fields, all null)
+        return spark.createDataFrame([], "ingested_at timestamp, payload_hash string")
+    days = [d.isoformat() for d in dates]
+    if delta_spark:
+        return spark.read.format("delta").load(uri).where(F.col("event_date").isin(days))
+    table_schema = T.StructType.fromJson(json.loads(dt.schema().to_json()))
     features = set(dt.protocol().reader_features or [])
     if features & {"deletionVectors", "columnMapping"}:
         raise RuntimeError(f"{uri} uses {sorted(features)}: run the batch job with delta-spark on the classpath")
     with warnings.catch_warnings():  # partition_filters is deprecated in delta-rs 1.x but still exact
         warnings.simplefilter("ignore", DeprecationWarning)
-        files = dt.file_uris(partition_filters=[("event_date", "in", [d.isoformat() for d in dates])])
+        files = dt.file_uris(partition_filters=[("event_date", "in", days)])
     if not files:
-        return spark.createDataFrame([], schema).select(*cols)
-    file_schema = T.StructType([f for f in schema.fields if f.name != "event_date"])
-    return spark.read.schema(file_schema).parquet(*files).select(*cols)
+        return spark.createDataFrame([], table_schema)
+    # Files written before a field was added lack its column: Spark's Parquet reader gives it null.
+    file_schema = T.StructType([f for f in table_schema.fields if f.name != "event_date"])
+    return spark.read.schema(file_schema).parquet(*files)
 
 
 def daily_copies(uri: str) -> dict[date, int]:
@@ -182,7 +237,7 @@ def _stage_files(df: DataFrame, uri: str, schema: pa.Schema, rel_dir: str, run_i
         parts = list(batches)
         rows = sum(b.num_rows for b in parts)
         if rows:
-            table = pa.Table.from_batches(parts).select(names)
+            table = lists_from_json(pa.Table.from_batches(parts).select(names), schema)
             table = pa.Table.from_arrays(
                 [c.cast(f.type) for c, f in zip(table.columns, schema, strict=True)], schema=schema
             )
@@ -232,7 +287,11 @@ def overwrite_partition(
     """
     if delta_spark:
         cols = [
-            F.timestamp_micros(F.col(f.name)).alias(f.name) if pa.types.is_timestamp(f.type) else F.col(f.name)
+            F.timestamp_micros(F.col(f.name)).alias(f.name)
+            if pa.types.is_timestamp(f.type)
+            else F.from_json(F.col(f.name), T.ArrayType(_SPARK_TYPES[f.type.value_type])).alias(f.name)
+            if _is_list(f.type)
+            else F.col(f.name)
             for f in schema
         ]
         out = df.select(*cols).withColumn(column, F.lit(value))

@@ -4,6 +4,10 @@ Each check yields a value and a status against a warn and a fail threshold from
 :class:`~jobs.batch.settings.BatchSettings`; one ``fail`` makes the run a hard failure, which writes its
 report but publishes nothing. Figures about the run day ``[C - 1 day, C)`` come from one Spark
 aggregation over the de-duplicated rows; row counts per day come from the Delta log (no data read).
+
+The checks are generic over the plan's event schema: the null rate is graded for the id field, the
+timestamp field, every required field and every entity key (:func:`checked_fields`); a field required
+only under a condition (``required_when``) counts as null only where the condition holds.
 """
 
 from __future__ import annotations
@@ -18,13 +22,13 @@ import pyarrow.compute as pc
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from fstore.core.event_schema import EventField, EventSchema
+from fstore.core.expr_render import to_sql
 from fstore.core.timeutil import SECOND
 from fstore.delta import raw_log
-from jobs.batch.compute import is_valid
 from jobs.batch.plan import RunPlan
 from jobs.batch.settings import BatchSettings
 
-KEY_COLUMNS = ("event_id", "event_type", "user_id", "event_time")
 OK, WARN, FAIL, SKIPPED = "ok", "warn", "fail", "skipped"
 
 REPORT_SCHEMA = pa.schema(
@@ -109,26 +113,44 @@ class DQReport:
         )
 
 
-def day_figures(winners: DataFrame, plan: RunPlan, late_after_us: int, valid: Column | None = None) -> dict[str, Any]:
+def checked_fields(schema: EventSchema, entity_keys: list[str]) -> list[EventField]:
+    """The fields whose null rate is graded, in declaration order: the id and timestamp fields, the
+    required fields and the entity keys."""
+    wanted = {schema.id_field, schema.timestamp_field, *entity_keys}
+    return [f for f in schema.fields if f.name in wanted or f.required]
+
+
+def _null(f: EventField, schema: EventSchema) -> Column:
+    """A row lacks ``f`` where it should have it."""
+    missing = F.col(f.name).isNull()
+    if f.required or f.name in (schema.id_field, schema.timestamp_field) or f.required_when is None:
+        return missing
+    return missing & F.expr(to_sql(f.required_when, schema.columns()))
+
+
+def day_figures(
+    winners: DataFrame,
+    plan: RunPlan,
+    late_after_us: int,
+    schema: EventSchema,
+    fields: list[EventField],
+    valid: Column,
+) -> dict[str, Any]:
     """One aggregation over the de-duplicated rows: figures of the run day and the latest event time.
 
-    ``valid`` is the validity of a row (default :func:`jobs.batch.compute.is_valid`; the job passes a column
-    it computed once while de-duplicating).
+    ``fields`` are those whose nulls are counted (:func:`checked_fields`); ``valid`` is the validity of a
+    row (:func:`jobs.batch.compute.is_valid`, which the job computes once while de-duplicating).
     """
-    micros = F.unix_micros(F.col("event_time"))
+    micros = F.unix_micros(F.col(schema.timestamp_field))
     in_day = (micros >= F.lit(plan.day_start)) & (micros < F.lit(plan.cutover))
-    valid = is_valid() if valid is None else valid
     late = (F.unix_micros(F.col("ingested_at")) - micros) > F.lit(late_after_us)
     aggs = [
         F.sum(F.when(in_day, 1).otherwise(0)).alias("events"),
         F.sum(F.when(in_day & ~valid, 1).otherwise(0)).alias("invalid_rows"),
         F.sum(F.when(in_day & valid & late, 1).otherwise(0)).alias("late"),
         F.max(F.when(micros < F.lit(plan.cutover), micros)).alias("latest_event_us"),
-        F.sum(
-            F.when(in_day & (F.col("event_type") != "page_view") & F.col("product_id").isNull(), 1).otherwise(0)
-        ).alias("null_product_id"),
     ]
-    aggs += [F.sum(F.when(in_day & F.col(c).isNull(), 1).otherwise(0)).alias(f"null_{c}") for c in KEY_COLUMNS]
+    aggs += [F.sum(F.when(in_day & _null(f, schema), 1).otherwise(0)).alias(f"null_{f.name}") for f in fields]
     row = winners.agg(*aggs).collect()[0].asDict()
     return {k: (int(v) if v is not None else None) for k, v in row.items()}
 
@@ -140,9 +162,14 @@ def dead_letters_on(uri: str, day: date) -> int:
 
 
 def evaluate(
-    s: BatchSettings, plan: RunPlan, figures: dict[str, Any], copies_by_day: dict[date, int], dead_letters: int
+    s: BatchSettings,
+    plan: RunPlan,
+    null_fields: list[str],
+    figures: dict[str, Any],
+    copies_by_day: dict[date, int],
+    dead_letters: int,
 ) -> DQReport:
-    """Grade the figures of one run against the thresholds of ``s``."""
+    """Grade the figures of one run against the thresholds of ``s`` (null rates of ``null_fields``)."""
     day = plan.run_date
     events = figures["events"] or 0
     copies = copies_by_day.get(day, 0)
@@ -190,7 +217,7 @@ def evaluate(
                 f"only {len(history)} days of history",
             )
         )
-    for col in (*KEY_COLUMNS, "product_id"):
+    for col in null_fields:
         nulls = figures[f"null_{col}"] or 0
         checks.append(
             grade(
@@ -229,7 +256,7 @@ def evaluate(
             late / events if events else 0.0,
             s.dq_late_rate_warn,
             s.dq_late_rate_fail,
-            f"{late} events ingested > {s.dq_late_after_s}s after event_time",
+            f"{late} events ingested > {s.dq_late_after_s}s after their event time",
         )
     )
     return DQReport(

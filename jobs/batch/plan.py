@@ -1,6 +1,7 @@
 """What one nightly run covers: cutover, tile horizons per view and size, raw partitions to read.
 
-Pure arithmetic over the feature definitions; the Spark job and the tests share it.
+Pure arithmetic over the compiled plan (:func:`fstore.plan_source.current_plan` unless one is given);
+the Spark job and the tests share it.
 """
 
 from __future__ import annotations
@@ -8,8 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, timedelta
 
-from fstore.core.features import VIEWS, FeatureView, largest_hop, longest_window
+from fstore.core.plan import Plan, View
 from fstore.core.timeutil import DAY, day_start, to_date
+from fstore.plan_source import current_plan
 
 
 @dataclass(frozen=True)
@@ -38,27 +40,28 @@ class RunPlan:
         return self.cutover - DAY
 
 
-def size_horizons(view: FeatureView, cutover: int) -> dict[int, int]:
+def size_horizons(view: View, cutover: int) -> dict[int, int]:
     """First needed tile start per tile size of ``view`` for cutover ``cutover``."""
     return {s: cutover - max(f.window for f in view.windowed if f.hop == s) - s for s in view.hops}
 
 
-def plan_run(run_date: date) -> RunPlan:
-    """The plan of the run for ``run_date``."""
+def plan_run(run_date: date, plan: Plan | None = None) -> RunPlan:
+    """The run for ``run_date`` of ``plan``'s views (default: the process's plan)."""
+    plan = current_plan() if plan is None else plan
     cutover = day_start(run_date + timedelta(days=1))
     return RunPlan(
         run_date,
         cutover,
-        cutover - longest_window() - largest_hop(),
-        {name: size_horizons(v, cutover) for name, v in VIEWS.items()},
+        cutover - plan.longest_window - plan.largest_hop,
+        {v.name: size_horizons(v, cutover) for v in plan.views},
     )
 
 
 def tiles_table(view: str) -> str:
-    """Name of the Delta tile table of a view (``tiles_user_activity``)."""
+    """Name of the Delta tile table of a view (``tiles_<view>``)."""
     return f"tiles_{view}"
 
 
 def snapshot_table(view: str) -> str:
-    """Name of the Delta feature-snapshot table of a view (``feature_snapshots/user_activity``)."""
+    """Name of the Delta feature-snapshot table of a view (``feature_snapshots/<view>``)."""
     return f"feature_snapshots/{view}"

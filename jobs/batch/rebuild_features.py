@@ -3,11 +3,17 @@
 Run it as ``spark-submit jobs/batch/rebuild_features.py --date 2026-11-20`` (any master) or as
 ``fstore batch --date 2026-11-20`` (local Spark). The run for date D has cutover C = D+1 00:00 UTC and:
 
+Everything comes from the compiled plan (:func:`fstore.plan_source.current_plan`: the views, the event
+schema with its id and timestamp fields, the entity keys); under ``spark-submit`` the plan is that of
+``FSTORE_FEATURE_REPO``.
+
 1. reads the ``raw_events`` partitions of ``[C - longest window - largest hop, C)`` (executors read the
-   files), keeps the first-ingested copy of every event_id and the rows that pass the cheap checks;
+   files), keeps the first-ingested copy of every event id and the rows that pass the cheap checks;
 2. grades the day's data (:mod:`jobs.batch.dq`) and writes the report to ``dq_reports``; a hard failure
    stops here (exit 2) and publishes nothing;
-3. computes the tiles of every view on the executors (:mod:`fstore.core.tiles_frame`) and replaces
+3. computes the tiles of every view on the executors (:mod:`fstore.core.view_tiles_frame`: count, sum,
+   min, max, the variance state and the distinct members of each measure) and the daily snapshots of
+   every feature (:mod:`fstore.core.view_snapshot`), and replaces
    partition ``run_date = D`` of ``tiles_<view>`` and ``feature_snapshots/<view>`` (one Delta commit
    per table, so each table is fully old or fully new);
 4. loads the tiles into Redis under a new version and publishes it with one atomic pointer swap that
@@ -36,11 +42,13 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from fstore.clock import wall_clock
-from fstore.core import tiles_frame
-from fstore.core.features import VIEWS
+from fstore.core import view_snapshot, view_tiles_frame
+from fstore.core.plan import Plan, View
+from fstore.core.plan_error import PlanError
 from fstore.core.timeutil import SECOND, iso
 from fstore.delta import batch_views
 from fstore.jvm.artifacts import delta_jars
+from fstore.plan_source import current_plan
 from fstore.redis.layout import BatchPointer
 from fstore.settings import SettingsError
 from jobs.batch import batch_view, compute, delta_io, dq, exit_codes
@@ -128,14 +136,18 @@ def rebuild(
     run_date: date,
     allow_older: bool = False,
     log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
+    features: Plan | None = None,
 ) -> RunResult:
-    """Run the nightly job for ``run_date`` (see the module docstring).
+    """Run the nightly job for ``run_date`` (see the module docstring) for the views of ``features``
+    (default: the process's plan).
 
     Raises:
         DQFailed: the data-quality gate failed (report written, nothing else changed).
         InjectedFailure: ``s.fail_after`` named a stage that just finished.
     """
-    plan, run_id, m = plan_run(run_date), new_run_id(), JobMetrics()
+    features = current_plan() if features is None else features
+    schema = features.schema
+    plan, run_id, m = plan_run(run_date, features), new_run_id(), JobMetrics()
     version = f"{run_date:%Y%m%d}-{run_id}"
     m.info = {"run_date": run_date.isoformat(), "cutover": iso(plan.cutover), "run_id": run_id, "version": version}
     delta_spark, why = delta_io.choose_engine(spark, s.delta_engine, delta_jars(s.jar_cache).reason)
@@ -150,14 +162,14 @@ def rebuild(
 
     try:
         with m.stage("read_dedupe"):
-            copies = delta_io.read_raw(spark, s.table("raw_events"), plan.dates, delta_spark)
+            copies = delta_io.read_raw(spark, s.table("raw_events"), plan.dates, delta_spark, schema)
             # Materialised once as rows (cheaper to build than the columnar cache of persist()), with the
             # validity checks (regexes) evaluated once; DQ and both views read it. payload_hash only breaks
             # ties of the de-duplication.
             winners = (
-                compute.first_ingested(copies)
+                compute.first_ingested(copies, schema.id_field)
                 .drop("payload_hash")
-                .withColumn(VALID, compute.is_valid())
+                .withColumn(VALID, compute.is_valid(schema, _entity_keys(features)))
                 .localCheckpoint(eager=True, storageLevel=StorageLevel.MEMORY_AND_DISK)
             )
             rows_read = delta_io.copies_in(s.table("raw_events"), plan.dates)
@@ -165,21 +177,19 @@ def rebuild(
             m.count("events_deduplicated", winners.count())
         checkpoint("read")
         with m.stage("dq"):
-            report = _quality(spark, s, plan, winners, run_id, delta_spark)
+            report = _quality(spark, s, plan, features, winners, run_id, delta_spark)
         m.info["dq"] = report.as_dict()
         log(report.summary())
         if report.hard_failure:
             raise DQFailed(report)
         checkpoint("dq")
-        events = winners.where(
-            F.col(VALID)
-            & (F.unix_micros("event_time") >= plan.read_from)
-            & (F.unix_micros("event_time") < plan.cutover)
-        )
-        tiles: dict[str, Any] = {}
-        for name in VIEWS:
-            tiles[name] = _write_view(s, plan, name, events, run_id, delta_spark, m, checkpoint)
-            cached.append(tiles[name])
+        micros = F.unix_micros(schema.timestamp_field)
+        events = winners.where(F.col(VALID) & (micros >= plan.read_from) & (micros < plan.cutover))
+        tiles: dict[str, tuple[View, Any]] = {}
+        for view in features.views:
+            df = _write_view(s, plan, features, view, events, run_id, delta_spark, m, checkpoint)
+            tiles[view.name] = (view, df)
+            cached.append(df)
         with m.stage("redis_load"):
             published = _publish(s, plan, version, tiles, allow_older, m, checkpoint)
         if published:  # the durable record that outlives Redis (fstore repair, the API's 503 on a lost view)
@@ -198,13 +208,25 @@ def rebuild(
             m.write_prometheus(path, run_date.isoformat(), success, plan.cutover / SECOND)
 
 
+def _entity_keys(features: Plan) -> list[str]:
+    return [e.join_key for e in features.entities]
+
+
 def _quality(
-    spark: SparkSession, s: BatchSettings, plan: RunPlan, winners: Any, run_id: str, delta_spark: bool
+    spark: SparkSession,
+    s: BatchSettings,
+    plan: RunPlan,
+    features: Plan,
+    winners: Any,
+    run_id: str,
+    delta_spark: bool,
 ) -> dq.DQReport:
-    figures = dq.day_figures(winners, plan, s.dq_late_after_s * SECOND, F.col(VALID))
+    fields = dq.checked_fields(features.schema, _entity_keys(features))
+    figures = dq.day_figures(winners, plan, s.dq_late_after_s * SECOND, features.schema, fields, F.col(VALID))
     report = dq.evaluate(
         s,
         plan,
+        [f.name for f in fields],
         figures,
         delta_io.daily_copies(s.table("raw_events")),
         dq.dead_letters_on(s.table("dead_letters"), plan.run_date),
@@ -218,7 +240,8 @@ def _quality(
 def _write_view(
     s: BatchSettings,
     plan: RunPlan,
-    name: str,
+    features: Plan,
+    view: View,
     events: Any,
     run_id: str,
     delta_spark: bool,
@@ -226,16 +249,18 @@ def _write_view(
     checkpoint: Callable[[str], None],
 ) -> Any:
     """Tiles and snapshot of one view into Delta; returns the materialised tiles frame for the Redis load."""
-    view = VIEWS[name]
+    name = view.name
     with m.stage(f"tiles:{name}"):
-        tiles = compute.tiles(events, view, plan.horizons[name], plan.cutover, s.spark_shuffle_partitions)
+        tiles = compute.tiles(
+            events, view, features.schema, plan.horizons[name], plan.cutover, s.spark_shuffle_partitions
+        )
         tiles = tiles.localCheckpoint(eager=True, storageLevel=StorageLevel.MEMORY_AND_DISK)
         m.count(f"tiles:{name}", tiles.count())
     with m.stage(f"write:{tiles_table(name)}"):
         delta_io.overwrite_partition(
             tiles,
             s.table(tiles_table(name)),
-            _delta_schema(tiles_frame.tile_schema(view), ("tile_start",)),
+            _delta_schema(view_tiles_frame.tile_schema(view), ("tile_start",)),
             "run_date",
             plan.run_date,
             delta_spark,
@@ -248,7 +273,7 @@ def _write_view(
         rows = delta_io.overwrite_partition(
             snap,
             s.table(snapshot_table(name)),
-            _delta_schema(tiles_frame.snapshot_schema(view), ("event_timestamp",)),
+            _delta_schema(view_snapshot.snapshot_schema(view), ("event_timestamp",)),
             "run_date",
             plan.run_date,
             delta_spark,
@@ -263,7 +288,7 @@ def _publish(
     s: BatchSettings,
     plan: RunPlan,
     version: str,
-    tiles: dict[str, Any],
+    tiles: dict[str, tuple[View, Any]],
     allow_older: bool,
     m: JobMetrics,
     checkpoint: Callable[[str], None],
@@ -276,9 +301,9 @@ def _publish(
     m.info["abandoned_versions_removed"] = abandoned
     lease = batch_view.LoadingLease(client, version)
     try:
-        for name, df in tiles.items():
+        for name, (view, df) in tiles.items():
             keys, fields = batch_view.load_view(
-                df, name, version, s.redis_url, s.batch_view_ttl_s, s.redis_chunk, s.redis_cluster
+                df, view, version, s.redis_url, s.batch_view_ttl_s, s.redis_chunk, s.redis_cluster
             )
             m.count(f"redis_keys:{name}", keys)
             m.count(f"redis_fields:{name}", fields)
@@ -313,12 +338,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         s = load_batch_settings()
-    except SettingsError as exc:
+        features = current_plan()
+    except (SettingsError, PlanError) as exc:
         print(exc, file=sys.stderr)
         return exit_codes.CONFIG
     spark = build_spark(s, own_session=False)
     try:
-        rebuild(spark, s, args.date, allow_older=args.allow_older)
+        rebuild(spark, s, args.date, allow_older=args.allow_older, features=features)
     except DQFailed:
         return exit_codes.DQ_FAILED
     finally:

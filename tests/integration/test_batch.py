@@ -26,6 +26,7 @@ from fstore.core.features import VIEWS
 from fstore.core.tiles import evaluate
 from fstore.core.timeutil import DAY, HOUR, MINUTE, SECOND, day_start
 from fstore.delta import raw_log
+from fstore.plan_source import use_plan
 from fstore.redis.layout import POINTER_KEY, BatchPointer, parse_tiles
 from fstore.synth.generator import GeneratorConfig, generate
 from jobs.batch import batch_view as batch_view_mod
@@ -38,6 +39,7 @@ from services.online_api.app import create_app
 from services.online_api.settings import ApiSettings
 from tests.support import bruteforce
 from tests.support.delta import batch_tile_rows, content_hash, spark_read
+from tests.support.repos import compiled
 from tests.support.tiles import lookup_in_dict
 
 pytestmark = pytest.mark.integration
@@ -52,6 +54,14 @@ def write_raw(uri: str, copies: Copies) -> None:
     raw_log.append_raw(
         uri, raw_log.events_table([c[2] for c in copies], [c[1] for c in copies], [c[0] for c in copies])
     )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def example_plan() -> Iterator[None]:
+    """The job runs from the example repository's plan (installed in-process, as ``fstore batch`` does)."""
+    use_plan(compiled("ecommerce"))
+    yield
+    use_plan(None)
 
 
 @pytest.fixture(scope="module")
@@ -292,20 +302,21 @@ def test_failed_run_leaves_tables_whole_and_old_view_serving(
     write_raw(f"{root}/raw_events", late + extra)
     copies.extend(late + extra)
 
-    failing = settings.model_copy(update={"fail_after": "staged:tiles_product_engagement"})
+    first, second = (v.name for v in compiled("ecommerce").views)  # the job's order: the plan's
+    failing = settings.model_copy(update={"fail_after": f"staged:tiles_{second}"})
     with pytest.raises(InjectedFailure):
         rebuild(spark, failing, D1)
     now = {k: content_hash(delta_partition(t, D1)) for k, t in tables.items()}
-    assert now["user_activity"] != old["user_activity"] and now["snap:user_activity"] != old["snap:user_activity"]
-    assert now["product_engagement"] == old["product_engagement"]  # staged files never committed
-    assert now["snap:product_engagement"] == old["snap:product_engagement"]
+    assert now[first] != old[first] and now[f"snap:{first}"] != old[f"snap:{first}"]
+    assert now[second] == old[second]  # staged files never committed
+    assert now[f"snap:{second}"] == old[f"snap:{second}"]
     assert rdb.get(POINTER_KEY) == before
 
     def versions() -> set[str]:
         return {k.decode().rsplit(":b:", 1)[1] for k in rdb.scan_iter(match="fs:*:b:*")}
 
     loaded = versions()  # the serving one, and earlier ones in their grace period
-    failing = settings.model_copy(update={"fail_after": "load:user_activity"})
+    failing = settings.model_copy(update={"fail_after": f"load:{first}"})
     with pytest.raises(InjectedFailure):
         rebuild(spark, failing, D1)
     assert rdb.get(POINTER_KEY) == before

@@ -104,14 +104,18 @@ def test_spark_batch_tiles(case: Case, spark: Any) -> None:
     (The job's validity filter is left out: it would drop the negative values of row ``negatives``.)"""
     from jobs.batch import compute
     from jobs.batch.delta_io import spark_schema
+    from tests.support.plan_compat import plan_view
+    from tests.support.repos import compiled
 
+    schema, view = compiled("ecommerce").schema, plan_view(case.view)
     raw = raw_table(case.copies)
     copies = spark.createDataFrame(raw.to_pandas(), schema=spark_schema(raw.schema))
-    tiles = compute.tiles(compute.first_ingested(copies), case.view, size_horizons(case.view, case.t), case.t, 2)
+    first = compute.first_ingested(copies, schema.id_field)
+    tiles = compute.tiles(first, view, schema, size_horizons(view, case.t), case.t, 2)
     rows = tiles.collect()
     got = evaluate(case.view, lookup_in(tiles_from_rows(case.view, (r.asDict() for r in rows)), case.entity), case.t)
     assert_expected(case, got, "Spark tiles")
     if case.on_grid():
-        snap = {r[case.view.entity.join_key]: r for r in compute.snapshots(tiles, case.view, case.t).collect()}
+        snap = {r[view.entity.join_key]: r for r in compute.snapshots(tiles, view, case.t).collect()}
         assert case.entity in snap, "Spark's snapshot has no row for an entity with events in its windows"
         assert_expected(case, {n: snap[case.entity][n] for n in case.view.feature_names}, "Spark snapshot")

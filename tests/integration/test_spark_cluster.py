@@ -38,11 +38,13 @@ from fstore.settings import get_settings
 from fstore.synth.generator import GeneratorConfig, generate
 from tests.support.delta import content_hash
 from tests.support.paths import run_batch
+from tests.support.repos import ROOT as REPOS
 from tests.support.repos import compiled
 from tests.support.stream import ROOT
 
 pytestmark = pytest.mark.integration
 
+EXAMPLE_REPO = REPOS / "ecommerce"
 D = date(2026, 11, 20)
 START, END = day_start(D - timedelta(days=8)), day_start(D + timedelta(days=1))
 
@@ -72,6 +74,10 @@ def raw_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def example_views() -> list[str]:
+    return [v.name for v in compiled("ecommerce").views]
+
+
 def db_url(server: RedisServer, db: int) -> str:
     url = server.url.rsplit("/", 1)[0] + f"/{db}"
     redis.Redis.from_url(url).flushdb()
@@ -81,7 +87,7 @@ def db_url(server: RedisServer, db: int) -> str:
 def outputs(root: Path) -> dict[str, str]:
     """Content hash of run D's partition of every table the job writes."""
     out = {}
-    for name in VIEWS:
+    for name in example_views():
         for table in (f"tiles_{name}", f"feature_snapshots/{name}"):
             rows = raw_log.read_table(str(root / table), filter=pc.field("run_date") == pa.scalar(D, pa.date32()))
             assert rows.num_rows > 50, table
@@ -115,6 +121,7 @@ def spark_submit(master: str, data: Path, redis_url: str) -> None:
         "FSTORE_REDIS_URL": redis_url,
         "FSTORE_DQ_LATE_AFTER_S": str(40 * 86_400),
         "FSTORE_SPARK_SHUFFLE_PARTITIONS": "2",
+        "FSTORE_FEATURE_REPO": str(EXAMPLE_REPO),  # the driver compiles the plan; executors get the views
     }
     argv = [
         str(spark_home() / "bin" / "spark-submit"),
@@ -145,12 +152,14 @@ def test_nightly_job_on_the_cluster_equals_local(
         shutil.copytree(raw_dir / "raw_events", root / "raw_events")
     local_url, cluster_url = db_url(redis_server, 7), db_url(redis_server, 8)
 
-    run_batch(D.isoformat(), local_root, local_url, FSTORE_SPARK_MASTER="local[*]")
+    run_batch(
+        D.isoformat(), local_root, local_url, FSTORE_SPARK_MASTER="local[*]", FSTORE_FEATURE_REPO=str(EXAMPLE_REPO)
+    )
     spark_submit(cluster.master_url, cluster_root, cluster_url)
 
     apps = cluster.master.state()["completedapps"]
     assert [a["name"] for a in apps] == ["fstore-batch"], apps  # it really ran there
-    for name in VIEWS:  # committed by delta-spark, whose classes the executors needed to write the files
+    for name in example_views():  # committed by delta-spark, whose classes the executors needed to write the files
         info = str(DeltaTable(str(cluster_root / f"tiles_{name}")).history(1)[0].get("engineInfo"))
         assert "Delta-Lake" in info, info
     assert outputs(cluster_root) == outputs(local_root)

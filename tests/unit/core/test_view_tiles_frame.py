@@ -8,27 +8,20 @@ import random
 from datetime import UTC, datetime
 from typing import Any
 
-import pyarrow as pa
 import pytest
 
-from fstore.core.event_schema import EventSchema, FieldType
 from fstore.core.plan import Plan
 from fstore.core.timeutil import DAY, to_micros
 from fstore.core.view_tiles import TileKey, ViewTiler
 from fstore.core.view_tiles_frame import build_tiles, member
+from tests.support.plan_rows import arrow_table
 from tests.support.repos import compiled
 from tests.support.rides_traffic import rides
 
 pytestmark = pytest.mark.unit
 
 T0 = to_micros(datetime(2026, 3, 1, tzinfo=UTC))
-_ARROW = {FieldType.STRING: pa.string(), FieldType.INT: pa.int64(), FieldType.FLOAT: pa.float64(),
-          FieldType.BOOL: pa.bool_(), FieldType.TIMESTAMP: pa.int64()}  # fmt: skip
-
-
-def table(schema: EventSchema, rows: list[dict[str, Any]]) -> pa.Table:
-    arrow = pa.schema([pa.field(f.name, _ARROW[f.type]) for f in schema.fields])
-    return pa.Table.from_pylist([{n: r.get(n) for n in schema.names} for r in rows], schema=arrow)
+table = arrow_table
 
 
 def close(a: float | None, b: float | None) -> bool:

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
 from fstore.cli import main
+from fstore.plan_source import use_plan
 from jobs.batch import exit_codes
 from jobs.batch.metrics import JobMetrics, last_success_in
 from jobs.batch.rebuild_features import main as spark_submit_main
@@ -32,6 +33,24 @@ def test_usage_and_configuration_errors_are_not_the_dq_exit_code(
 ) -> None:
     res = CliRunner().invoke(main, ["batch", *args], env=env)
     assert res.exit_code == code != exit_codes.DQ_FAILED, res.output
+
+
+def test_a_feature_repository_with_mistakes_is_a_configuration_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Both entry points refuse a bad repository before starting Spark, naming the mistake (exit 78)."""
+    (tmp_path / "feature_store.yaml").write_text("project: empty\nprovider: local\nregistry: r.db\n")
+    use_plan(None)
+    monkeypatch.setenv("FSTORE_FEATURE_REPO", str(tmp_path))
+    try:
+        res = CliRunner().invoke(main, ["batch", "--date", "2026-11-01"])
+        assert res.exit_code == exit_codes.CONFIG, res.output
+        assert "StreamFeatureView" in res.output
+        use_plan(None)
+        assert spark_submit_main(["--date", "2026-11-01"]) == exit_codes.CONFIG
+        assert "StreamFeatureView" in capsys.readouterr().err
+    finally:
+        use_plan(None)
 
 
 def test_spark_submit_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
