@@ -29,9 +29,11 @@ batch versions across views (never within one view).
 from __future__ import annotations
 
 import asyncio
+import threading
 import weakref
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal
 
 from feast import Entity
@@ -44,8 +46,8 @@ from feast.repo_config import FeastConfigBaseModel, RepoConfig
 from pydantic import Field
 
 from fstore.clock import Clock, wall_clock
-from fstore.core.aggregates import Value
-from fstore.core.features import FeatureView, get_view
+from fstore.core.plan import Plan, View
+from fstore.core.tile_state import Value
 from fstore.online.reader import EntityRead, OnlineReader, ReadResult, SyncOnlineReader
 from fstore.redis.connect import async_client, sync_client
 
@@ -90,7 +92,36 @@ def cluster_of(config: RepoConfig) -> bool:
     return bool(flag)
 
 
-def _entity_id(key: EntityKeyProto, view: FeatureView) -> str:
+_PLANS: dict[Path, Plan] = {}
+_PLANS_LOCK = threading.Lock()
+
+
+def plan_of(config: RepoConfig) -> Plan:
+    """The compiled plan of the Feast repository ``config`` belongs to (``repo_path``; compiled once per
+    repository and process), or the process's plan (:func:`fstore.plan_source.current_plan`) when the
+    config names no repository or names that one.
+
+    Raises:
+        PlanError: the repository has mistakes (each one named).
+    """
+    from fstore.plan_source import compile_dir, current_plan, repo_dir
+
+    path = getattr(config, "repo_path", None)
+    if path is None:
+        return current_plan()
+    root = Path(path).resolve()
+    if root == repo_dir():
+        return current_plan()
+    plan = _PLANS.get(root)
+    if plan is None:
+        with _PLANS_LOCK:
+            plan = _PLANS.get(root)
+            if plan is None:
+                plan = _PLANS[root] = compile_dir(root)
+    return plan
+
+
+def _entity_id(key: EntityKeyProto, view: View) -> str:
     """The join-key value of an entity key proto, as a string.
 
     Raises:
@@ -114,7 +145,7 @@ def _proto(value: Value, dtype: str) -> ValueProto:
     return ValueProto(double_val=float(value))
 
 
-def _rows(view: FeatureView, results: Sequence[ReadResult], as_of: int) -> list[ReadRow]:
+def _rows(view: View, results: Sequence[ReadResult], as_of: int) -> list[ReadRow]:
     """Feast rows (event timestamp = ``as_of``) for the results of one view."""
     ts = datetime.fromtimestamp(as_of // 1_000_000, tz=UTC).replace(microsecond=as_of % 1_000_000)
     dtypes = {f.name: f.dtype for f in view.features}
@@ -156,9 +187,13 @@ class FstoreOnlineStore(OnlineStore):
         return self._reader
 
     def _reads(
-        self, table: FeastFeatureView, entity_keys: Sequence[EntityKeyProto], requested_features: Sequence[str] | None
-    ) -> tuple[FeatureView, list[EntityRead]]:
-        view = get_view(table.name)
+        self,
+        config: RepoConfig,
+        table: FeastFeatureView,
+        entity_keys: Sequence[EntityKeyProto],
+        requested_features: Sequence[str] | None,
+    ) -> tuple[View, list[EntityRead]]:
+        view = plan_of(config).view(table.name)
         names = tuple(requested_features) if requested_features else view.feature_names
         for n in names:
             view.feature(n)  # KeyError naming an unknown feature
@@ -181,7 +216,7 @@ class FstoreOnlineStore(OnlineStore):
             KeyError: unknown feature view or feature.
             redis.exceptions.RedisError: Redis unreachable (after ``timeout_ms``) or the pointer kept moving.
         """
-        view, reads = self._reads(table, entity_keys, requested_features)
+        view, reads = self._reads(config, table, entity_keys, requested_features)
         snap = self._sync_reader(config).read(reads)
         return _rows(view, snap.results, snap.as_of)
 
@@ -193,7 +228,7 @@ class FstoreOnlineStore(OnlineStore):
         requested_features: list[str] | None = None,
     ) -> list[ReadRow]:
         """Async read through :class:`fstore.online.reader.OnlineReader` (one reader per event loop)."""
-        view, reads = self._reads(table, entity_keys, requested_features)
+        view, reads = self._reads(config, table, entity_keys, requested_features)
         url, loop = redis_url_of(config), asyncio.get_running_loop()
         entry = self._readers.get(loop)
         if entry is None or entry[0] != url:
