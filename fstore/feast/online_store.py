@@ -9,7 +9,9 @@ Configure it in ``feature_store.yaml``::
       timeout_ms: 300                  # Redis connect/read timeout
 
 ``FeatureStore("feature_repo").get_online_features(features=[...], entity_rows=[...])`` then returns, for
-each entity, the lambda merge of :mod:`fstore.online.reader` (batch tiles before the cutover C, speed tiles from C
+each entity, the features the repository declares (its ``StreamFeatureView`` aggregations and ratios,
+compiled once per process into the plan, :func:`plan_of`; Feast 0.67 hands such views to ``online_read``
+like any feature view and applies no aggregation of its own online), the lambda merge of :mod:`fstore.online.reader` (batch tiles before the cutover C, speed tiles from C
 on) evaluated at ``as_of`` = now — the values ``GET /features`` returns. The row's event timestamp is that
 ``as_of``. Nothing here re-implements the merge or the pointer re-check: reads go through
 :class:`fstore.online.reader.SyncOnlineReader` (sync path) or :class:`fstore.online.reader.OnlineReader` (async path),
@@ -47,6 +49,7 @@ from pydantic import Field
 
 from fstore.clock import Clock, wall_clock
 from fstore.core.plan import Plan, View
+from fstore.core.plan_error import PlanError
 from fstore.core.tile_state import Value
 from fstore.online.reader import EntityRead, OnlineReader, ReadResult, SyncOnlineReader
 from fstore.redis.connect import async_client, sync_client
@@ -97,27 +100,24 @@ _PLANS_LOCK = threading.Lock()
 
 
 def plan_of(config: RepoConfig) -> Plan:
-    """The compiled plan of the Feast repository ``config`` belongs to (``repo_path``; compiled once per
-    repository and process), or the process's plan (:func:`fstore.plan_source.current_plan`) when the
-    config names no repository or names that one.
+    """The compiled plan of the Feast repository ``config`` belongs to (``repo_path``), compiled once per
+    repository and process: the store serves the features its own repository declares.
 
     Raises:
-        PlanError: the repository has mistakes (each one named).
+        PlanError: the repository has mistakes (each one named), or the config names no repository.
     """
-    from fstore.plan_source import compile_dir, current_plan, repo_dir
+    from fstore.feast.compile import compile_repo
 
     path = getattr(config, "repo_path", None)
     if path is None:
-        return current_plan()
+        raise PlanError(["the fstore online store needs the Feast repository's path (FeatureStore(repo_path=...))"])
     root = Path(path).resolve()
-    if root == repo_dir():
-        return current_plan()
     plan = _PLANS.get(root)
     if plan is None:
         with _PLANS_LOCK:
             plan = _PLANS.get(root)
             if plan is None:
-                plan = _PLANS[root] = compile_dir(root)
+                plan = _PLANS[root] = compile_repo(root)
     return plan
 
 

@@ -32,8 +32,7 @@ class MemoryReader:
         clock: the default ``as_of``.
         future: future-stamped events (normalised rows) held out of the tiles, per view name and event id;
             each counts once ``as_of`` passes its timestamp.
-        timestamp_field: the plan's timestamp field (default: that of
-            :func:`fstore.plan_source.current_plan`; only needed with ``future``).
+        timestamp_field: the plan's timestamp field (needed with ``future``).
     """
 
     def __init__(
@@ -51,9 +50,7 @@ class MemoryReader:
 
     def _timestamp_field(self) -> str:
         if self.ts is None:
-            from fstore.plan_source import current_plan
-
-            self.ts = current_plan().schema.timestamp_field
+            raise ValueError("MemoryReader needs the plan's timestamp_field to count held future events")
         return self.ts
 
     async def read(self, reads: Sequence[EntityRead], as_of: int | None = None) -> Snapshot:

@@ -16,6 +16,7 @@ import redis
 
 from fstore.core.expr_eval import measure_fn
 from fstore.core.plan import Plan
+from fstore.core.tile_state import Acc
 from fstore.core.view_tiles import ViewTiler
 from fstore.core.view_tiles_frame import member
 from fstore.redis.layout import (
@@ -31,6 +32,20 @@ from fstore.redis.layout import (
 )
 
 Row = Mapping[str, Any]
+
+
+def speed_fields(size: int, start: int, measure: str, acc: Acc) -> dict[str, str]:
+    """The per-statistic fields of one tile measure, with its members (the stream worker's form)."""
+    out = {
+        field(size, start, measure, "c"): str(acc.count),
+        field(size, start, measure, "s"): repr(acc.total),
+        field(size, start, measure, "n"): repr(acc.minimum),
+        field(size, start, measure, "x"): repr(acc.maximum),
+        field(size, start, measure, "v"): repr(acc.m2),
+    }
+    for x in acc.distinct or ():
+        out[distinct_field(size, start, measure, member(x))] = "1"
+    return out
 
 
 def load_plan(
@@ -57,15 +72,7 @@ def load_plan(
                     if version is not None:
                         pipe.hset(batch_key(view.name, entity, version), mapping=acc_fields(size, start, name, acc))
                     continue
-                fields: dict[str, str] = {
-                    field(size, start, name, "c"): str(acc.count),
-                    field(size, start, name, "s"): repr(acc.total),
-                    field(size, start, name, "n"): repr(acc.minimum),
-                    field(size, start, name, "x"): repr(acc.maximum),
-                    field(size, start, name, "v"): repr(acc.m2),
-                }
-                for x in acc.distinct or ():
-                    fields[distinct_field(size, start, name, member(x))] = "1"
+                fields = speed_fields(size, start, name, acc)
                 pipe.hset(speed_key(view.name, entity, start), mapping=dict[Any, Any](fields))
         for r in future:
             values = {name: x for name, fn in measures if (x := fn(r)) is not None}
