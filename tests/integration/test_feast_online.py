@@ -133,14 +133,14 @@ def test_writes_are_refused_and_teardown_keeps_the_view(store: FeatureStore, red
     df = pd.DataFrame(
         {
             "user_id": ["u1"],
-            "event_timestamp": [pd.Timestamp.now(tz="UTC")],
+            "event_time": [pd.Timestamp.now(tz="UTC")],  # the stream feature view's timestamp field
             **{n: [1.0] for n in USER_ACTIVITY.feature_names},
         }
     )
     with pytest.raises(FstoreReadOnlyError, match="fstore stream"):
         store.write_to_online_store("user_activity", df)
     online = store._get_provider().online_store
-    online.teardown(store.config, [store.get_feature_view("user_activity")], [])
+    online.teardown(store.config, [store.get_stream_feature_view("user_activity")], [])
     assert redis_client.dbsize() == keys
 
 

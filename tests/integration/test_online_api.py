@@ -204,6 +204,7 @@ def test_fast_merge_is_bit_identical_to_core_evaluate() -> None:
     from fstore.core.aggregates import Partial
     from fstore.core.tiles import evaluate
     from fstore.online.reader import EntityRead, decode_batch, finish, merge, speed_days
+    from fstore.plan_source import current_plan
     from fstore.redis.layout import packed_fields, parse_tiles
 
     rng = random.Random(11)
@@ -238,14 +239,15 @@ def test_fast_merge_is_bit_identical_to_core_evaluate() -> None:
                     for m, p in partials.items():
                         slot.setdefault(m, Partial()).merge(p)
             newest = max((s for (_, s) in tiles if ptr is None or s >= ptr.cutover), default=None)
-            cached = decode_batch(view, batch, ptr.cutover, ptr.cutover) if ptr is not None else None
+            served = current_plan().view(view.name)  # the merge runs from the plan: same features, same values
+            cached = decode_batch(served, batch, ptr.cutover, ptr.cutover) if ptr is not None else None
             names_sets = (view.feature_names, tuple(rng.sample(view.feature_names, 3)))
             # successive reads: same grain, next tiles, next hours; the cached batch tiles are reused
             for t in (as_of, as_of + 1, as_of + 7 * MINUTE, as_of + HOUR + 1, as_of + 5 * HOUR):
-                speed_hashes = [speed.get(d, {}) for d in speed_days(view, ptr, t)]
+                speed_hashes = [speed.get(d, {}) for d in speed_days(served, ptr, t)]
                 for names in names_sets:
                     want = evaluate(view, lookup_in_dict(tiles), t, names)
-                    read = EntityRead(view, entity, names)
+                    read = EntityRead(served, entity, names)
                     got = merge(read, ptr, hashes + speed_hashes, t)
                     assert got.values == want and got.newest_speed_tile == newest, (trial, view.name)
                     if cached is not None:
@@ -280,14 +282,16 @@ def test_decode_speed_matches_parse_tiles() -> None:
     cols, newest = decode_speed(raw, None)
     flat = {
         (size, start, m): stats
-        for (size, m), (starts, all_stats) in cols.items()
+        for (size, m), (starts, all_stats, _) in cols.items()
         for start, stats in zip(starts, all_stats, strict=True)
     }
-    want = {(size, start, m): p.to_tuple() for (size, start), ps in tiles.items() for m, p in ps.items()}
+    want = {(size, start, m): (*p.to_tuple(), 0.0) for (size, start), ps in tiles.items() for m, p in ps.items()}
     assert flat == want
     assert newest == max(start for (_, start) in tiles)
     cols, newest = decode_speed(raw, 1700000400 * 10**6)
-    assert newest == 1700002800 * 10**6 and all(s >= 1700000400 * 10**6 for starts, _ in cols.values() for s in starts)
+    assert newest == 1700002800 * 10**6 and all(
+        s >= 1700000400 * 10**6 for starts, _, _ in cols.values() for s in starts
+    )
 
 
 def test_batch_cache_serves_repeat_reads(redis_client: redis.Redis, redis_server: RedisServer) -> None:
@@ -417,11 +421,13 @@ def test_reader_round_trips_on_uvloop_survive_a_restart(tmp_path: Path) -> None:
     import uvloop
 
     from fstore.online.reader import EntityRead, OnlineReader
+    from fstore.plan_source import current_plan
 
     server = RedisServer(state_dir=tmp_path / "r").start()
     silent = socket.create_server(("127.0.0.1", 0))  # accepts connections, never answers
     events = make_events(8)
-    reads = [EntityRead(USER_ACTIVITY, f"u{i}", USER_ACTIVITY.feature_names) for i in range(5)]
+    served = current_plan().view(USER_ACTIVITY.name)
+    reads = [EntityRead(served, f"u{i}", served.feature_names) for i in range(5)]
 
     async def scenario() -> None:
         client = aioredis.Redis.from_url(server.url, socket_timeout=0.3, socket_connect_timeout=0.3)

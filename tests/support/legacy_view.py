@@ -13,7 +13,13 @@ from fstore.core.features import RatioFeature as OldRatio
 from fstore.core.functions import Function
 from fstore.core.plan import Entity, Feature, Measure, RatioFeature, View, WindowedFeature
 
-_FUNCTIONS = {"count": Function.COUNT, "sum": Function.SUM, "avg": Function.MEAN, "min": Function.MIN, "max": Function.MAX}
+_FUNCTIONS = {
+    "count": Function.COUNT,
+    "sum": Function.SUM,
+    "avg": Function.MEAN,
+    "min": Function.MIN,
+    "max": Function.MAX,
+}
 _CACHE: dict[str, View] = {}
 
 

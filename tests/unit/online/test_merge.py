@@ -146,7 +146,7 @@ def test_future_fields_count_exactly_from_their_time_and_cutover(which: int) -> 
     counts iff before as_of."""
     plan = compiled("ecommerce") if which == 0 else compiled("rides")
     view = views()[which]
-    ts, key, idf = plan.schema.timestamp_field, view.entity.join_key, plan.schema.id_field
+    ts, idf = plan.schema.timestamp_field, plan.schema.id_field
     clock = C + 5 * HOUR + 2 * MINUTE + 17 * SECOND
     if which == 0:
         rng = random.Random(9)
