@@ -11,8 +11,9 @@ Configure it in ``feature_store.yaml``::
 ``FeatureStore("feature_repo").get_online_features(features=[...], entity_rows=[...])`` then returns, for
 each entity, the features the repository declares (its ``StreamFeatureView`` aggregations and ratios,
 compiled once per process into the plan, :func:`plan_of`; Feast 0.67 hands such views to ``online_read``
-like any feature view and applies no aggregation of its own online), the lambda merge of :mod:`fstore.online.reader` (batch tiles before the cutover C, speed tiles from C
-on) evaluated at ``as_of`` = now — the values ``GET /features`` returns. The row's event timestamp is that
+like any feature view and applies no aggregation of its own online), as the lambda merge of
+:mod:`fstore.online.reader` (batch tiles before the cutover C, speed tiles from C on) evaluated at
+``as_of`` = now — the values ``GET /features`` returns. The row's event timestamp is that
 ``as_of``. Nothing here re-implements the merge or the pointer re-check: reads go through
 :class:`fstore.online.reader.SyncOnlineReader` (sync path) or :class:`fstore.online.reader.OnlineReader` (async path),
 both driving :class:`fstore.online.reader.ReadCore`, and keep its batch tile cache across calls.
