@@ -170,7 +170,7 @@ def _series(
 ) -> tuple[Columns, int | None]:
     """Series per (size, measure) of decoded tiles with a count (that ``keep(size, start, measure)``), and
     the newest tile start kept."""
-    by: dict[ColumnKey, list[tuple[int, Stats, Members | None]]] = {}
+    by: dict[ColumnKey, list[tuple[int, Stats]]] = {}
     newest: int | None = None
     for tile, (c, s, mn, mx, m2) in acc.items():
         if not c:
@@ -178,12 +178,7 @@ def _series(
         key, start = tile
         if keep is not None and not keep(key[0], start, key[1]):
             continue
-        got = members.get(tile) if members else None
-        item = (
-            start,
-            (int(c), 0.0 if s is None else s, mn, mx, 0.0 if m2 is None else m2),
-            None if got is None else frozenset(got),
-        )
+        item = (start, (int(c), 0.0 if s is None else s, mn, mx, 0.0 if m2 is None else m2))
         series = by.get(key)
         if series is None:
             by[key] = [item]
@@ -195,12 +190,13 @@ def _series(
     for key, items in by.items():
         if len(items) > 1:
             items.sort(key=lambda it: it[0])
-        sets = tuple(m for _, _, m in items)
-        out[key] = (
-            tuple(st for st, _, _ in items),
-            tuple(x for _, x, _ in items),
-            sets if any(m is not None for m in sets) else None,
-        )
+        starts = tuple(st for st, _ in items)
+        sets: tuple[Members | None, ...] | None = None
+        if members:  # only a measure that a count_distinct reads has member fields
+            got = [members.get((key, st)) for st in starts]
+            if any(m is not None for m in got):
+                sets = tuple(None if m is None else frozenset(m) for m in got)
+        out[key] = (starts, tuple(x for _, x in items), sets)
     return out, newest
 
 

@@ -2,7 +2,7 @@
 
 For entity ``e`` of view ``v`` at ``as_of``: tiles before the cutover C come from the batch view
 version that the pointer names, tiles from C on come from the speed view; windows are evaluated over the
-merged tiles by :mod:`fstore.online.merge` (bit-identical to :func:`fstore.core.tiles.evaluate`). One
+merged tiles by :mod:`fstore.online.merge` (bit-identical to :func:`fstore.core.view_tiles.evaluate`). One
 pipelined Redis round trip per request reads the pointer and every hash needed. The pointer is cached;
 when the pointer read in the same round trip differs from the cached one, the request is re-read with the
 new pointer, so a response never mixes two batch versions (superseded versions stay readable for a grace
