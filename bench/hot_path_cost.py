@@ -65,6 +65,7 @@ def events(n: int, seed: int, users: int, products: int) -> list[Event]:
 def entity_reads() -> list[tuple[Any, Any, list[dict[bytes, bytes]]]]:
     """Per entity of both views: the read, its decoded batch tiles and its speed hashes (HGETALL replies)."""
     from fstore.online.merge import EntityRead, decode_batch
+    from fstore.plan_source import current_plan
     from fstore.redis.layout import packed_fields, partial_fields
 
     evs = events(15_000, 1, 60, 15)
@@ -79,9 +80,10 @@ def entity_reads() -> list[tuple[Any, Any, list[dict[bytes, bytes]]]]:
                 else:
                     fields = partial_fields(size, start, m, p)
                     speed.setdefault(start // DAY, {}).update({k.encode(): v.encode() for k, v in fields.items()})
+        served = current_plan().view(view.name)  # the merge runs from the plan (same features, same tiles)
         for entity, (batch, speed) in sorted(by.items()):
-            read = EntityRead(view, entity, view.feature_names)
-            out.append((read, decode_batch(view, batch, C, AS_OF - HOUR), [speed[d] for d in sorted(speed)]))
+            read = EntityRead(served, entity, served.feature_names)
+            out.append((read, decode_batch(served, batch, C, AS_OF - HOUR), [speed[d] for d in sorted(speed)]))
     return out
 
 

@@ -65,6 +65,7 @@ from fstore.core.tiles import build_tiles
 from fstore.core.timeutil import DAY, HOUR, MINUTE, floor_to
 from fstore.devsvc.cluster import RedisCluster
 from fstore.devsvc.services import HOST, RedisServer, free_port
+from fstore.plan_source import current_plan
 from fstore.redis.layout import POINTER_KEY, BatchPointer, batch_key, partial_fields, speed_key
 from fstore.synth.generator import GeneratorConfig, generate
 
@@ -177,6 +178,10 @@ def materialize(repo: Path, values: dict[str, pd.DataFrame]) -> None:
         fs.write_to_online_store(view, df)
 
 
+#: The timestamp column of Feast rows: the stream feature views' timestamp field (the plan's event time).
+TS = current_plan().schema.timestamp_field
+
+
 def final_values(base: str, entities: dict[str, list[str]]) -> dict[str, pd.DataFrame]:
     """Every entity's current values from the fstore API, as one DataFrame per view (Feast's row shape)."""
     out = {}
@@ -191,7 +196,7 @@ def final_values(base: str, entities: dict[str, list[str]]) -> dict[str, pd.Data
                 ts = pd.Timestamp(resp.json()["as_of"])
                 for row in resp.json()["rows"]:
                     rec = {n.split(":", 1)[1]: v for n, v in row["values"].items()}
-                    rows.append({key: row["entity"][key], "event_timestamp": ts, **rec})
+                    rows.append({key: row["entity"][key], TS: ts, **rec})
             df = pd.DataFrame(rows)
             for f in view.features:  # nullable columns keep their Feast dtype
                 df[f.name] = df[f.name].astype("Int64" if f.dtype == "int64" else "float64")
@@ -426,9 +431,7 @@ def main() -> None:
                 for _ in range(2):  # a hop boundary passing between the two reads moves windows: read again
                     a = final_values(f"http://{HOST}:{targets['fstore'][0]}", some)
                     b = final_values(f"http://{HOST}:{targets['cluster'][0]}", some)
-                    same = all(
-                        a[k].drop(columns="event_timestamp").equals(b[k].drop(columns="event_timestamp")) for k in a
-                    )
+                    same = all(a[k].drop(columns=TS).equals(b[k].drop(columns=TS)) for k in a)
                     if same:
                         break
                 report["cluster_values_match_standalone"] = same

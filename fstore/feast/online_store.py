@@ -9,8 +9,11 @@ Configure it in ``feature_store.yaml``::
       timeout_ms: 300                  # Redis connect/read timeout
 
 ``FeatureStore("feature_repo").get_online_features(features=[...], entity_rows=[...])`` then returns, for
-each entity, the lambda merge of :mod:`fstore.online.reader` (batch tiles before the cutover C, speed tiles from C
-on) evaluated at ``as_of`` = now — the values ``GET /features`` returns. The row's event timestamp is that
+each entity, the features the repository declares (its ``StreamFeatureView`` aggregations and ratios,
+compiled once per process into the plan, :func:`plan_of`; Feast 0.67 hands such views to ``online_read``
+like any feature view and applies no aggregation of its own online), as the lambda merge of
+:mod:`fstore.online.reader` (batch tiles before the cutover C, speed tiles from C on) evaluated at
+``as_of`` = now — the values ``GET /features`` returns. The row's event timestamp is that
 ``as_of``. Nothing here re-implements the merge or the pointer re-check: reads go through
 :class:`fstore.online.reader.SyncOnlineReader` (sync path) or :class:`fstore.online.reader.OnlineReader` (async path),
 both driving :class:`fstore.online.reader.ReadCore`, and keep its batch tile cache across calls.
@@ -29,9 +32,11 @@ batch versions across views (never within one view).
 from __future__ import annotations
 
 import asyncio
+import threading
 import weakref
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal
 
 from feast import Entity
@@ -44,8 +49,9 @@ from feast.repo_config import FeastConfigBaseModel, RepoConfig
 from pydantic import Field
 
 from fstore.clock import Clock, wall_clock
-from fstore.core.aggregates import Value
-from fstore.core.features import FeatureView, get_view
+from fstore.core.plan import Plan, View
+from fstore.core.plan_error import PlanError
+from fstore.core.tile_state import Value
 from fstore.online.reader import EntityRead, OnlineReader, ReadResult, SyncOnlineReader
 from fstore.redis.connect import async_client, sync_client
 
@@ -90,7 +96,33 @@ def cluster_of(config: RepoConfig) -> bool:
     return bool(flag)
 
 
-def _entity_id(key: EntityKeyProto, view: FeatureView) -> str:
+_PLANS: dict[Path, Plan] = {}
+_PLANS_LOCK = threading.Lock()
+
+
+def plan_of(config: RepoConfig) -> Plan:
+    """The compiled plan of the Feast repository ``config`` belongs to (``repo_path``), compiled once per
+    repository and process: the store serves the features its own repository declares.
+
+    Raises:
+        PlanError: the repository has mistakes (each one named), or the config names no repository.
+    """
+    from fstore.feast.compile import compile_repo
+
+    path = getattr(config, "repo_path", None)
+    if path is None:
+        raise PlanError(["the fstore online store needs the Feast repository's path (FeatureStore(repo_path=...))"])
+    root = Path(path).resolve()
+    plan = _PLANS.get(root)
+    if plan is None:
+        with _PLANS_LOCK:
+            plan = _PLANS.get(root)
+            if plan is None:
+                plan = _PLANS[root] = compile_repo(root)
+    return plan
+
+
+def _entity_id(key: EntityKeyProto, view: View) -> str:
     """The join-key value of an entity key proto, as a string.
 
     Raises:
@@ -114,7 +146,7 @@ def _proto(value: Value, dtype: str) -> ValueProto:
     return ValueProto(double_val=float(value))
 
 
-def _rows(view: FeatureView, results: Sequence[ReadResult], as_of: int) -> list[ReadRow]:
+def _rows(view: View, results: Sequence[ReadResult], as_of: int) -> list[ReadRow]:
     """Feast rows (event timestamp = ``as_of``) for the results of one view."""
     ts = datetime.fromtimestamp(as_of // 1_000_000, tz=UTC).replace(microsecond=as_of % 1_000_000)
     dtypes = {f.name: f.dtype for f in view.features}
@@ -156,9 +188,13 @@ class FstoreOnlineStore(OnlineStore):
         return self._reader
 
     def _reads(
-        self, table: FeastFeatureView, entity_keys: Sequence[EntityKeyProto], requested_features: Sequence[str] | None
-    ) -> tuple[FeatureView, list[EntityRead]]:
-        view = get_view(table.name)
+        self,
+        config: RepoConfig,
+        table: FeastFeatureView,
+        entity_keys: Sequence[EntityKeyProto],
+        requested_features: Sequence[str] | None,
+    ) -> tuple[View, list[EntityRead]]:
+        view = plan_of(config).view(table.name)
         names = tuple(requested_features) if requested_features else view.feature_names
         for n in names:
             view.feature(n)  # KeyError naming an unknown feature
@@ -181,7 +217,7 @@ class FstoreOnlineStore(OnlineStore):
             KeyError: unknown feature view or feature.
             redis.exceptions.RedisError: Redis unreachable (after ``timeout_ms``) or the pointer kept moving.
         """
-        view, reads = self._reads(table, entity_keys, requested_features)
+        view, reads = self._reads(config, table, entity_keys, requested_features)
         snap = self._sync_reader(config).read(reads)
         return _rows(view, snap.results, snap.as_of)
 
@@ -193,7 +229,7 @@ class FstoreOnlineStore(OnlineStore):
         requested_features: list[str] | None = None,
     ) -> list[ReadRow]:
         """Async read through :class:`fstore.online.reader.OnlineReader` (one reader per event loop)."""
-        view, reads = self._reads(table, entity_keys, requested_features)
+        view, reads = self._reads(config, table, entity_keys, requested_features)
         url, loop = redis_url_of(config), asyncio.get_running_loop()
         entry = self._readers.get(loop)
         if entry is None or entry[0] != url:

@@ -2,7 +2,7 @@
 
 For entity ``e`` of view ``v`` at ``as_of``: tiles before the cutover C come from the batch view
 version that the pointer names, tiles from C on come from the speed view; windows are evaluated over the
-merged tiles by :mod:`fstore.online.merge` (bit-identical to :func:`fstore.core.tiles.evaluate`). One
+merged tiles by :mod:`fstore.online.merge` (bit-identical to :func:`fstore.core.view_tiles.evaluate`). One
 pipelined Redis round trip per request reads the pointer and every hash needed. The pointer is cached;
 when the pointer read in the same round trip differs from the cached one, the request is re-read with the
 new pointer, so a response never mixes two batch versions (superseded versions stay readable for a grace
@@ -33,7 +33,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from fstore.clock import Clock, wall_clock
-from fstore.core.features import FeatureView, largest_hop
+from fstore.core.plan import View
 from fstore.core.timeutil import DAY, SECOND, floor_to, iso
 from fstore.online.merge import (
     BatchTiles,
@@ -44,6 +44,7 @@ from fstore.online.merge import (
     decode_speed_hashes,
     evaluate_columns,
     finish,
+    shape_of,
 )
 from fstore.redis.cluster import ClusterPool, SyncClusterPool, slot_of
 from fstore.redis.layout import POINTER_KEY, BatchPointer, batch_key, speed_key
@@ -110,13 +111,13 @@ class Snapshot:
         }
 
 
-@lru_cache(maxsize=64)
-def _reach(view: FeatureView) -> int:
-    """How far back a read of ``view`` can need tiles: its longest window plus the largest hop."""
-    return view.longest_window + largest_hop()
+def _reach(view: View) -> int:
+    """How far back a read of ``view`` can need tiles: its longest window plus its largest hop (a window's
+    tail ``floor(t - window, hop)`` is never earlier)."""
+    return shape_of(view).reach
 
 
-def speed_days(view: FeatureView, pointer: BatchPointer | None, as_of: int) -> list[int]:
+def speed_days(view: View, pointer: BatchPointer | None, as_of: int) -> list[int]:
     """Day starts (epoch us) of the speed hashes a read at ``as_of`` needs."""
     first = _reach(view)
     start = as_of - first if pointer is None else max(pointer.cutover, as_of - first)
@@ -188,12 +189,12 @@ class ReadCore:
             cacheable = cutover is not None and t >= cutover and self._cache_max > 0
             wire = [GET_POINTER]
             layout: list[tuple[BatchTiles | None, tuple[str, int, str, str] | None, int]] = []
-            days_of: dict[FeatureView, list[int]] = {}
+            days_of: dict[int, list[int]] = {}  # by id(view): a view hashes by value, slowly
             for r in reads:
                 view = r.view
-                days = days_of.get(view)
+                days = days_of.get(id(view))
                 if days is None:
-                    days = days_of[view] = speed_days(view, pointer, t)
+                    days = days_of[id(view)] = speed_days(view, pointer, t)
                 cached = ckey = None
                 if pointer is not None:
                     if cacheable:

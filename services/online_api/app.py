@@ -40,6 +40,7 @@ from starlette.types import Message, Receive, Scope, Send
 from fstore.clock import Clock, wall_clock
 from fstore.core.timeutil import iso
 from fstore.online.reader import OnlineReader
+from fstore.plan_source import current_plan
 from fstore.redis.connect import async_client
 from fstore.samples import ResponseSampler
 from services.online_api.deps import ReaderDep, Secured, key_ok
@@ -190,6 +191,7 @@ def create_app(settings: ApiSettings | None = None, clock: Clock = wall_clock) -
         clock: the time source for ``as_of`` (tests inject a fixed one).
     """
     cfg = settings or get_api_settings()
+    current_plan()  # the feature repository, compiled and validated at start-up (PlanError names each mistake)
     metrics = Metrics(cfg.metrics_multiproc_dir)
     published = PublishedBatch(cfg.table("batch_views"))
     timeout = cfg.redis_timeout_ms / 1000
@@ -337,10 +339,9 @@ def create_app(settings: ApiSettings | None = None, clock: Clock = wall_clock) -
     async def get_features(
         request: Request,
         features: Annotated[list[str], Query(description="view:feature or view; repeat or comma-separate")],
-        user_id: Annotated[str | None, Query(description="join key of user_activity")] = None,
-        product_id: Annotated[str | None, Query(description="join key of product_engagement")] = None,
     ) -> Response:
-        """Feature values of one entity row at `as_of` = now."""
+        """Feature values of one entity row at `as_of` = now. The entity is given by the join keys of the
+        feature repository's entities as query parameters, `?<join_key>=<id>` (one per view's entity)."""
         row = {k: v for k, v in request.query_params.items() if k != "features"}
         reader: OnlineReader = request.app.state.reader  # not a dependency: one less solving pass
         return json_response(

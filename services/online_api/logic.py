@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from functools import lru_cache
 from typing import Any
 
-from fstore.core.features import ENTITIES, Feature, FeatureView, resolve
+from fstore.core.plan import Feature, Plan, View
 from fstore.core.timeutil import SECOND
 from fstore.online.ports import FeatureReader
 from fstore.online.reader import EntityRead, Snapshot, iso_cached
+from fstore.plan_source import current_plan
 
-JOIN_KEYS = tuple(e.join_key for e in ENTITIES.values())
 _ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
 
@@ -24,8 +23,14 @@ class RequestError(ValueError):
         self.status = status
 
 
-def parse_refs(features: Sequence[str]) -> list[tuple[FeatureView, Feature]]:
-    """Resolve feature references (comma-separated items allowed).
+def join_keys(plan: Plan) -> tuple[str, ...]:
+    """The entity keys a request may carry: the join keys of the plan's entities."""
+    return tuple(dict.fromkeys(e.join_key for e in plan.entities))
+
+
+def parse_refs(features: Sequence[str], plan: Plan | None = None) -> list[tuple[View, Feature]]:
+    """Resolve feature references (comma-separated items allowed) against ``plan`` (default: the
+    process's, :func:`fstore.plan_source.current_plan`).
 
     Raises:
         RequestError: 422 when none is given, 404 naming an unknown view or feature.
@@ -34,26 +39,51 @@ def parse_refs(features: Sequence[str]) -> list[tuple[FeatureView, Feature]]:
     if not refs:
         raise RequestError(422, "no features requested: pass features=view:feature or features=view")
     try:
-        return resolve(refs)
+        return (plan or current_plan()).resolve(refs)
     except KeyError as exc:
         raise RequestError(404, str(exc.args[0])) from None
 
 
-ViewPlan = tuple[tuple[FeatureView, tuple[str, ...], tuple[str, ...]], ...]  # view, names, `view:name`s
+class ViewPlan(tuple[tuple[View, tuple[str, ...], tuple[str, ...]], ...]):
+    """The requested features per view (view, names, ``view:name`` response keys), with the join keys
+    a request may carry."""
+
+    join_keys: tuple[str, ...]
+
+    def __new__(
+        cls, items: tuple[tuple[View, tuple[str, ...], tuple[str, ...]], ...], keys: tuple[str, ...]
+    ) -> ViewPlan:
+        out = super().__new__(cls, items)
+        out.join_keys = keys
+        return out
 
 
-@lru_cache(maxsize=256)
-def view_plan(features: tuple[str, ...]) -> ViewPlan:
-    """The requested features grouped per view, in request order, with their response keys (memoised:
-    clients repeat the same feature lists).
+_VIEW_PLANS: dict[tuple[str, ...], tuple[Plan, ViewPlan]] = {}
+_VIEW_PLANS_MAX = 256
+
+
+def view_plan(features: tuple[str, ...], plan: Plan | None = None) -> ViewPlan:
+    """The requested features grouped per view, in request order, with their response keys (memoised
+    per plan: clients repeat the same feature lists).
 
     Raises:
         RequestError: as :func:`parse_refs`.
     """
-    by_view: dict[str, tuple[FeatureView, list[str]]] = {}
-    for view, f in parse_refs(features):
+    plan = plan or current_plan()
+    hit = _VIEW_PLANS.get(features)
+    if hit is not None and hit[0] is plan:
+        return hit[1]
+    by_view: dict[str, tuple[View, list[str]]] = {}
+    for view, f in parse_refs(features, plan):
         by_view.setdefault(view.name, (view, []))[1].append(f.name)
-    return tuple((view, tuple(names), tuple(f"{view.name}:{n}" for n in names)) for view, names in by_view.values())
+    out = ViewPlan(
+        tuple((view, tuple(names), tuple(f"{view.name}:{n}" for n in names)) for view, names in by_view.values()),
+        join_keys(plan),
+    )
+    if len(_VIEW_PLANS) >= _VIEW_PLANS_MAX:
+        _VIEW_PLANS.clear()
+    _VIEW_PLANS[features] = (plan, out)
+    return out
 
 
 def entity_reads(row: Mapping[str, str], plan: ViewPlan) -> list[EntityRead]:
@@ -62,9 +92,10 @@ def entity_reads(row: Mapping[str, str], plan: ViewPlan) -> list[EntityRead]:
     Raises:
         RequestError: 422 naming an unknown entity key, a missing join key or a malformed id.
     """
+    keys = plan.join_keys
     for key, value in row.items():
-        if key not in JOIN_KEYS:
-            raise RequestError(422, f"unknown entity key '{key}' (known: {', '.join(JOIN_KEYS)})")
+        if key not in keys:
+            raise RequestError(422, f"unknown entity key '{key}' (known: {', '.join(keys)})")
         if not isinstance(value, str) or not _ID.fullmatch(value):
             raise RequestError(422, f"entity key {key}={value!r} is not 1-128 characters of [A-Za-z0-9_.:-]")
     reads = []

@@ -38,7 +38,9 @@ class FeaturesResponse(BaseModel):
 class FeaturesRequest(BaseModel):
     """Body of POST /features."""
 
-    entities: list[dict[str, str]] = Field(description='Entity rows, e.g. [{"user_id": "u1"}]')
+    entities: list[dict[str, str]] = Field(
+        description='Entity rows keyed by the entities\' join keys, e.g. [{"<join_key>": "id1"}]'
+    )
     features: list[str] = Field(description="`view:feature` references or whole views")
 
 

@@ -19,6 +19,7 @@ from fstore.online.reader import SyncOnlineReader
 from fstore.redis.layout import POINTER_KEY, BatchPointer, batch_key, packed_fields
 from jobs.batch.plan import size_horizons
 from tests.support.boundary import CASES, Case, assert_expected, batches, case_ids, raw_table, tiles_from_rows
+from tests.support.legacy_view import plan_view
 
 pytestmark = pytest.mark.integration
 
@@ -81,7 +82,8 @@ def test_lua_script_through_redis(case: Case, mode: str, redis_server: RedisServ
         skipped = apply_copies(redis_server.url, case, calls, now)
         assert skipped == len(copies) - len({c.event_id for c in copies})
         reader = SyncOnlineReader(redis_client, batch_cache_entries=0)
-        snap = reader.read([EntityRead(case.view, case.entity, case.view.feature_names)], as_of=case.t)
+        view = plan_view(case.view)  # the reader runs from plan views
+        snap = reader.read([EntityRead(view, case.entity, view.feature_names)], as_of=case.t)
         assert_expected(case, snap.results[0].values, f"Lua + reader ({mode}, cutover {cutover})")
 
 

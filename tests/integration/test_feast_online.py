@@ -21,16 +21,22 @@ from fastapi.testclient import TestClient
 from feast import FeatureStore
 
 from fstore.core.aggregates import isclose
-from fstore.core.features import PRODUCT_ENGAGEMENT, USER_ACTIVITY, FeatureView
+from fstore.core.plan import View
 from fstore.core.timeutil import DAY
 from fstore.devsvc.services import RedisServer
 from fstore.feast.online_store import FstoreOnlineStore, FstoreReadOnlyError
+from fstore.plan_source import current_plan
 from services.online_api.app import create_app
 from services.online_api.settings import ApiSettings
-from tests.support import bruteforce
-from tests.support.online import AS_OF, C, load, make_events
+from tests.support import plan_bruteforce
+from tests.support.online import AS_OF, C
+from tests.support.online import load_rows as load
+from tests.support.online import make_rows as make_events
 
 pytestmark = pytest.mark.integration
+
+PLAN = current_plan()  # the shipped example (feature_repo), which the Feast repository copies
+USER_ACTIVITY, PRODUCT_ENGAGEMENT = PLAN.view("user_activity"), PLAN.view("product_engagement")
 
 USERS = ["u0", "u1", "u3", "nobody"]
 PRODUCTS = ["p0", "p2", "p4", "no-such-product"]
@@ -58,7 +64,7 @@ def api_rows(url: str, rows: list[dict[str, str]], features: list[str]) -> list[
 def assert_same(
     feast_out: dict[str, list[Any]],
     api: list[dict[str, Any]],
-    views: list[FeatureView],
+    views: list[View],
     rows: list[dict[str, str]],
     events: list[Any],
 ) -> int:
@@ -66,7 +72,7 @@ def assert_same(
     nulls = 0
     for i, row in enumerate(rows):
         for view in views:
-            want = bruteforce.values(view, events, row[view.entity.join_key], AS_OF)
+            want = plan_bruteforce.values(PLAN, view.name, events, row[view.entity.join_key], AS_OF)
             for name, w in want.items():
                 got = feast_out[f"{view.name}__{name}"][i]
                 from_api = api[i][f"{view.name}:{name}"]
@@ -82,7 +88,7 @@ def test_get_online_features_equals_api_and_brute_force(
 ) -> None:
     events = make_events(11)
     if history == "batch_only":
-        events = [e for e in events if e.event_time < C]
+        events = [e for e in events if e["event_time"] < C]
     load(redis_client, events, "v1", C)
     rows = [{"user_id": u, "product_id": p} for u, p in zip(USERS, PRODUCTS, strict=True)]
     refs = [f"{v.name}:{n}" for v in (USER_ACTIVITY, PRODUCT_ENGAGEMENT) for n in v.feature_names]
@@ -106,7 +112,9 @@ def test_get_online_features_equals_api_and_brute_force(
     api2 = api_rows(redis_server.url, rows2, sub)
     for i, row in enumerate(rows2):
         for ref in sub:
-            want = bruteforce.value(PRODUCT_ENGAGEMENT, ref.split(":")[1], events, row["product_id"], AS_OF)
+            want = plan_bruteforce.value(
+                PLAN, PRODUCT_ENGAGEMENT.name, ref.split(":")[1], events, row["product_id"], AS_OF
+            )
             assert isclose(out2[ref.replace(":", "__")][i], want) and isclose(api2[i][ref], want)
 
 
@@ -123,7 +131,7 @@ def test_follows_a_batch_cutover(store: FeatureStore, redis_client: redis.Redis)
     after = store.get_online_features(features=refs, entity_rows=rows).to_dict()
     for out in (before, after):
         for i, u in enumerate(USERS):
-            want = bruteforce.values(USER_ACTIVITY, events, u, AS_OF)
+            want = plan_bruteforce.values(PLAN, USER_ACTIVITY.name, events, u, AS_OF)
             assert all(isclose(out[n][i], w) for n, w in want.items()), (u, out, want)
 
 
@@ -133,14 +141,14 @@ def test_writes_are_refused_and_teardown_keeps_the_view(store: FeatureStore, red
     df = pd.DataFrame(
         {
             "user_id": ["u1"],
-            "event_timestamp": [pd.Timestamp.now(tz="UTC")],
+            "event_time": [pd.Timestamp.now(tz="UTC")],  # the stream feature view's timestamp field
             **{n: [1.0] for n in USER_ACTIVITY.feature_names},
         }
     )
     with pytest.raises(FstoreReadOnlyError, match="fstore stream"):
         store.write_to_online_store("user_activity", df)
     online = store._get_provider().online_store
-    online.teardown(store.config, [store.get_feature_view("user_activity")], [])
+    online.teardown(store.config, [store.get_stream_feature_view("user_activity")], [])
     assert redis_client.dbsize() == keys
 
 

@@ -1,4 +1,5 @@
-"""``feast apply`` registers exactly the core feature definitions."""
+"""``feast apply`` registers the shipped example (``feature_repo/``), and what it registered compiles to the
+views and features of the plan the engines run from."""
 
 from __future__ import annotations
 
@@ -10,14 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from fstore.core.features import ENTITIES, VIEWS
+from fstore.feast.compile import compile_registry
+from fstore.plan_source import compile_dir
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_feast_apply_registers_core_definitions(tmp_path: Path) -> None:
+def test_feast_apply_registers_the_example(tmp_path: Path) -> None:
     repo = tmp_path / "feature_repo"
     shutil.copytree(ROOT / "feature_repo", repo, ignore=shutil.ignore_patterns("data"))
     env = {**os.environ, "FSTORE_REDIS_URL": "redis://127.0.0.1:1/0", "FSTORE_DATA_DIR": str(tmp_path / "data")}
@@ -25,16 +27,20 @@ def test_feast_apply_registers_core_definitions(tmp_path: Path) -> None:
     res = subprocess.run([feast, "apply"], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     listed = subprocess.run(
-        [feast, "feature-views", "list"], cwd=repo, env=env, capture_output=True, text=True, timeout=300
+        [feast, "stream-feature-views", "list"], cwd=repo, env=env, capture_output=True, text=True, timeout=300
     )
-    assert {"user_activity", "product_engagement"} <= set(listed.stdout.split())
+    assert {"user_activity", "product_engagement"} <= set(listed.stdout.split()), listed.stdout + listed.stderr
 
     from feast import FeatureStore
 
+    plan = compile_dir(ROOT / "feature_repo")
     store = FeatureStore(repo_path=str(repo))
-    assert {e.name for e in store.list_entities()} == set(ENTITIES)
-    for view in VIEWS.values():
-        fv = store.get_feature_view(view.name)
-        assert [f.name for f in fv.features] == list(view.feature_names)
+    assert {e.name for e in store.list_entities()} == {e.name for e in plan.entities}
+    for view in plan.views:
+        fv = store.get_stream_feature_view(view.name)
+        assert {f.name for f in fv.features} - {view.entity.join_key} == set(view.feature_names)
         assert fv.entities == [view.entity.name]
-        assert str(tmp_path / "data") in getattr(fv.batch_source, "path", "")
+    registered = compile_registry(store)  # what the registry holds compiles to the same views and features
+    assert {(v.name, f) for v in registered.views for f in v.feature_names} == {
+        (v.name, f) for v in plan.views for f in v.feature_names
+    }

@@ -11,18 +11,21 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from fstore.core.aggregates import Value, isclose
-from fstore.core.events import Event
-from fstore.core.features import PRODUCT_ENGAGEMENT, USER_ACTIVITY, VIEWS, FeatureView
-from fstore.core.tiles import build_tiles
+from fstore.core.aggregates import isclose
+from fstore.core.tile_state import Value
 from fstore.core.timeutil import DAY, HOUR, MINUTE
 from fstore.devsvc.services import RedisServer
-from fstore.redis.layout import POINTER_KEY, BatchPointer, partial_fields
+from fstore.plan_source import current_plan
+from fstore.redis.layout import POINTER_KEY, BatchPointer
 from services.online_api.app import create_app
 from services.online_api.settings import ApiSettings
-from tests.support import bruteforce
-from tests.support.online import AS_OF, C, load, make_events
-from tests.support.tiles import lookup_in_dict
+from tests.support import plan_bruteforce
+from tests.support.online import AS_OF, C
+from tests.support.online import load_rows as load
+from tests.support.online import make_rows as make_events
+
+Row = dict[str, Any]
+USER_ACTIVITY, PRODUCT_ENGAGEMENT = "user_activity", "product_engagement"  # the shipped example's views
 
 pytestmark = pytest.mark.integration
 
@@ -32,17 +35,17 @@ def app_client(url: str, **kw: object) -> TestClient:
     return TestClient(create_app(settings, clock=lambda: AS_OF))
 
 
-def expected(view: FeatureView, events: list[Event], entity: str, t: int) -> dict[str, Value]:
-    return {f"{view.name}:{k}": v for k, v in bruteforce.values(view, events, entity, t).items()}
+def expected(view: str, events: list[Row], entity: str, t: int) -> dict[str, Value]:
+    return {f"{view}:{k}": v for k, v in plan_bruteforce.values(current_plan(), view, events, entity, t).items()}
 
 
 @pytest.mark.parametrize("history", ["batch_only", "speed_only", "mixed"])
 def test_values_equal_brute_force(redis_client: redis.Redis, redis_server: RedisServer, history: str) -> None:
     events = make_events(1)
     if history == "batch_only":
-        events = [e for e in events if e.event_time < C]
+        events = [e for e in events if e["event_time"] < C]
     elif history == "speed_only":
-        events = [e for e in events if e.event_time >= C]
+        events = [e for e in events if e["event_time"] >= C]
     load(redis_client, events, None if history == "speed_only" else "v1", C)
     with app_client(redis_server.url) as client:
         for u in ("u0", "u3", "nobody"):
@@ -63,8 +66,8 @@ def test_values_equal_brute_force(redis_client: redis.Redis, redis_server: Redis
         for row, out in zip(rows, r.json()["rows"], strict=True):
             want = expected(PRODUCT_ENGAGEMENT, events, row["product_id"], AS_OF)
             assert all(isclose(out["values"][k], want[k]) for k in want)
-            assert out["values"]["user_activity:clicks_1h"] == bruteforce.value(
-                USER_ACTIVITY, "clicks_1h", events, "u1", AS_OF
+            assert out["values"]["user_activity:clicks_1h"] == plan_bruteforce.value(
+                current_plan(), USER_ACTIVITY, "clicks_1h", events, "u1", AS_OF
             )
 
 
@@ -137,10 +140,10 @@ def test_cutover_during_reads_never_mixes_versions(redis_client: redis.Redis, re
     load(redis_client, ev_a, "A", C)
     want_a = expected(USER_ACTIVITY, ev_a, "u1", AS_OF)
     # B: batch tiles of ev_b before C-1d, speed tiles of A's history from C on plus B's in [C-1d, C).
-    speed_b = [e for e in ev_b if c_b <= e.event_time < C] + [e for e in ev_a if e.event_time >= C]
-    load(redis_client, [e for e in ev_b if e.event_time < c_b], "B", c_b)
+    speed_b = [e for e in ev_b if c_b <= e["event_time"] < C] + [e for e in ev_a if e["event_time"] >= C]
+    load(redis_client, [e for e in ev_b if e["event_time"] < c_b], "B", c_b)
     load(redis_client, speed_b, None, c_b)
-    want_b = expected(USER_ACTIVITY, [e for e in ev_b if e.event_time < c_b] + speed_b, "u1", AS_OF)
+    want_b = expected(USER_ACTIVITY, [e for e in ev_b if e["event_time"] < c_b] + speed_b, "u1", AS_OF)
     assert want_a != want_b
     pointers = [BatchPointer("A", C).dumps(), BatchPointer("B", c_b).dumps()]
     stop = threading.Event()
@@ -199,52 +202,54 @@ def test_redis_outage_gives_503_fast_and_recovers(tmp_path: Path) -> None:
 
 def test_fast_merge_is_bit_identical_to_core_evaluate() -> None:
     """fstore.online.reader's series merge (and its cached-batch path, whose window folds and batch-only values
-    are memoised across reads) equals fstore.core.tiles.evaluate over parse_tiles exactly, for both field
-    forms, with and without a batch view, for any feature subset, at successive read times."""
-    from fstore.core.aggregates import Partial
-    from fstore.core.tiles import evaluate
+    are memoised across reads) equals fstore.core.view_tiles.evaluate over parse_states exactly, for both
+    field forms, with and without a batch view, for any feature subset, at successive read times."""
+    from fstore.core.tile_state import Acc
+    from fstore.core.view_tiles import TileKey, ViewTiler, evaluate, lookup_in
     from fstore.online.reader import EntityRead, decode_batch, finish, merge, speed_days
-    from fstore.redis.layout import packed_fields, parse_tiles
+    from fstore.redis.layout import acc_fields, parse_states
+    from tests.support.plan_online import speed_fields
 
     rng = random.Random(11)
+    plan = current_plan()
     for trial in range(60):
         as_of = C + rng.randrange(0, 2 * DAY)
-        events = [e for e in make_events(100 + trial, 150) if e.event_time < as_of]
+        events = [e for e in make_events(100 + trial, 150) if e["event_time"] < as_of]
         ptr = None if trial % 5 == 0 else BatchPointer("v", C if trial % 2 else C - DAY)
-        for view in VIEWS.values():
+        for view in plan.views:
             entity = "u1" if view.entity.join_key == "user_id" else "p1"
             batch_only = trial % 4 == 3  # no speed tiles: the memoised batch-only values of the cached path
             batch: dict[bytes, bytes] = {}
             speed: dict[int, dict[bytes, bytes]] = {}
-            for (e, size, start), tile in build_tiles(view, events).items():
+            for (e, size, start), tile in ViewTiler(view, "event_time").build(events).items():
                 if e != entity or (batch_only and start >= C - DAY):
                     continue
-                for m, p in tile.items():
+                for m, acc in tile.items():
                     if ptr is not None and start < ptr.cutover:
-                        fields = (packed_fields if trial % 3 else partial_fields)(size, start, m, p)
+                        fields = (acc_fields if trial % 3 else speed_fields)(size, start, m, acc)
                         batch.update({k.encode(): v.encode() for k, v in fields.items()})
                     else:
-                        fields = partial_fields(size, start, m, p)
+                        fields = speed_fields(size, start, m, acc)
                         speed.setdefault(start - start % DAY, {}).update(
                             {k.encode(): v.encode() for k, v in fields.items()}
                         )
-            tiles: dict[tuple[int, int], dict[str, Partial]] = {}
+            tiles: dict[TileKey, dict[str, Acc]] = {}
             hashes: list[dict[bytes, bytes]] = [batch] if ptr else []
             for i, raw in enumerate(hashes + list(speed.values())):
-                for key, partials in parse_tiles(raw).items():
-                    if ptr is not None and (key[1] < ptr.cutover) != (ptr is not None and i == 0):
+                for (size, start), accs in parse_states(raw).items():
+                    if ptr is not None and (start < ptr.cutover) != (ptr is not None and i == 0):
                         continue
-                    slot = tiles.setdefault(key, {})
-                    for m, p in partials.items():
-                        slot.setdefault(m, Partial()).merge(p)
-            newest = max((s for (_, s) in tiles if ptr is None or s >= ptr.cutover), default=None)
+                    slot = tiles.setdefault(TileKey(entity, size, start), {})
+                    for m, acc in accs.items():
+                        slot.setdefault(m, Acc()).merge(acc)
+            newest = max((k.start for k in tiles if ptr is None or k.start >= ptr.cutover), default=None)
             cached = decode_batch(view, batch, ptr.cutover, ptr.cutover) if ptr is not None else None
             names_sets = (view.feature_names, tuple(rng.sample(view.feature_names, 3)))
             # successive reads: same grain, next tiles, next hours; the cached batch tiles are reused
             for t in (as_of, as_of + 1, as_of + 7 * MINUTE, as_of + HOUR + 1, as_of + 5 * HOUR):
                 speed_hashes = [speed.get(d, {}) for d in speed_days(view, ptr, t)]
                 for names in names_sets:
-                    want = evaluate(view, lookup_in_dict(tiles), t, names)
+                    want = evaluate(view, lookup_in(tiles, entity), t, names)
                     read = EntityRead(view, entity, names)
                     got = merge(read, ptr, hashes + speed_hashes, t)
                     assert got.values == want and got.newest_speed_tile == newest, (trial, view.name)
@@ -257,16 +262,18 @@ def test_fast_merge_is_bit_identical_to_core_evaluate() -> None:
 
 
 def test_decode_speed_matches_parse_tiles() -> None:
-    """The bytes fast path decodes exactly what parse_tiles does: both forms, mixed, junk, count 0."""
+    """The bytes fast path decodes exactly what parse_states does: both forms, mixed, junk, count 0."""
     from fstore.online.reader import decode_speed
-    from fstore.redis.layout import packed_field, parse_tiles
+    from fstore.redis.layout import packed_field, parse_states
 
     raw = {
         b"300:1700000100:click:c": b"2",
         b"300:1700000100:click:s": b"2.0",
         b"300:1700000100:click:n": b"1.0",
         b"300:1700000100:click:x": b"1.0",
-        packed_field(3600 * 10**6, 1700002800 * 10**6, "purchase").encode(): b"3 70.5 1.25 40.0",
+        b"300:1700000100:click:v": b"0.0",
+        packed_field(3600 * 10**6, 1700002800 * 10**6, "purchase").encode(): b"3 70.5 1.25 40.0 412.5",
+        packed_field(3600 * 10**6, 1700006400 * 10**6, "purchase").encode(): b"2 3.0 1.0 2.0",
         packed_field(300 * 10**6, 1700000400 * 10**6, "click").encode(): b"1 1.0 None None",
         b"300:1700000700:click:c": b"0",
         b"300:1700000700:click:s": b"0.0",
@@ -276,18 +283,24 @@ def test_decode_speed_matches_parse_tiles() -> None:
         b"300:1700000100:click:q": b"9",
         b"3600:1:purchase": b"1 2",
     }
-    tiles = parse_tiles(raw)
+    tiles = parse_states(raw)
     cols, newest = decode_speed(raw, None)
     flat = {
         (size, start, m): stats
-        for (size, m), (starts, all_stats) in cols.items()
+        for (size, m), (starts, all_stats, _) in cols.items()
         for start, stats in zip(starts, all_stats, strict=True)
     }
-    want = {(size, start, m): p.to_tuple() for (size, start), ps in tiles.items() for m, p in ps.items()}
+    want = {
+        (size, start, m): (a.count, a.total, a.minimum, a.maximum, a.m2)
+        for (size, start), accs in tiles.items()
+        for m, a in accs.items()
+    }
     assert flat == want
     assert newest == max(start for (_, start) in tiles)
     cols, newest = decode_speed(raw, 1700000400 * 10**6)
-    assert newest == 1700002800 * 10**6 and all(s >= 1700000400 * 10**6 for starts, _ in cols.values() for s in starts)
+    assert newest == 1700006400 * 10**6 and all(
+        s >= 1700000400 * 10**6 for starts, _, _ in cols.values() for s in starts
+    )
 
 
 def test_batch_cache_serves_repeat_reads(redis_client: redis.Redis, redis_server: RedisServer) -> None:
@@ -305,11 +318,14 @@ def test_batch_cache_serves_repeat_reads(redis_client: redis.Redis, redis_server
         want = expected(USER_ACTIVITY, events, "u2", AS_OF)
         assert all(isclose(first["rows"][0]["values"][k], want[k]) for k in want)
         ev2 = make_events(5)
-        load(redis_client, [e for e in ev2 if e.event_time < C], "v2", C)  # publishes v2
+        load(redis_client, [e for e in ev2 if e["event_time"] < C], "v2", C)  # publishes v2
         second = client.get("/features", params=params).json()
         assert second["batch_version"] == "v2" and reader.cache_misses == misses + 1
         want2 = expected(
-            USER_ACTIVITY, [e for e in ev2 if e.event_time < C] + [e for e in events if e.event_time >= C], "u2", AS_OF
+            USER_ACTIVITY,
+            [e for e in ev2 if e["event_time"] < C] + [e for e in events if e["event_time"] >= C],
+            "u2",
+            AS_OF,
         )
         assert all(isclose(second["rows"][0]["values"][k], want2[k]) for k in want2), (second, want2)
 
@@ -417,11 +433,13 @@ def test_reader_round_trips_on_uvloop_survive_a_restart(tmp_path: Path) -> None:
     import uvloop
 
     from fstore.online.reader import EntityRead, OnlineReader
+    from fstore.plan_source import current_plan
 
     server = RedisServer(state_dir=tmp_path / "r").start()
     silent = socket.create_server(("127.0.0.1", 0))  # accepts connections, never answers
     events = make_events(8)
-    reads = [EntityRead(USER_ACTIVITY, f"u{i}", USER_ACTIVITY.feature_names) for i in range(5)]
+    served = current_plan().view(USER_ACTIVITY)
+    reads = [EntityRead(served, f"u{i}", served.feature_names) for i in range(5)]
 
     async def scenario() -> None:
         client = aioredis.Redis.from_url(server.url, socket_timeout=0.3, socket_connect_timeout=0.3)
@@ -432,7 +450,7 @@ def test_reader_round_trips_on_uvloop_survive_a_restart(tmp_path: Path) -> None:
         got = await reader.read(reads)
         assert [r.values for r in got.results] == [r.values for r in (await plain.read(reads)).results]
         for i, res in enumerate(got.results):
-            want = bruteforce.values(USER_ACTIVITY, events, f"u{i}", AS_OF)
+            want = plan_bruteforce.values(current_plan(), USER_ACTIVITY, events, f"u{i}", AS_OF)
             assert all(isclose(res.values[k], want[k]) for k in want), (res.values, want)
         server.stop()
         with pytest.raises(redis.exceptions.ConnectionError):

@@ -37,6 +37,7 @@ from fstore.devsvc.cluster import RedisCluster
 from fstore.devsvc.services import Broker
 from fstore.feast.online_store import FstoreOnlineStore
 from fstore.online.reader import EntityRead, SyncOnlineReader
+from fstore.plan_source import current_plan
 from fstore.redis.cluster import SyncClusterPool, slot_of
 from fstore.redis.layout import POINTER_KEY, BatchPointer, batch_key, entity_tag
 from jobs.batch import batch_view
@@ -259,9 +260,8 @@ def test_failover_of_a_primary_answers_exact_or_503(cluster_with_replicas: Redis
     # The blocking reader (Feast's online_read path) finds the new primary too.
     pool = SyncClusterPool.from_url(cluster.url, socket_timeout=1, socket_connect_timeout=1)
     try:
-        snap = SyncOnlineReader(pool, lambda: AS_OF).read(
-            [EntityRead(USER_ACTIVITY, u, USER_ACTIVITY.feature_names) for u in users]
-        )
+        served = current_plan().view(USER_ACTIVITY.name)
+        snap = SyncOnlineReader(pool, lambda: AS_OF).read([EntityRead(served, u, served.feature_names) for u in users])
     finally:
         pool.close()
     for u, res in zip(users, snap.results, strict=True):

@@ -18,11 +18,13 @@ ONLINE_STORE = {
 }
 
 
-def applied_repo(tmp: Path, redis_url: str, data_dir: Path, redis_cluster: bool = False) -> Path:
-    """A copy of ``feature_repo`` under ``tmp`` with the fstore online store, applied by the ``feast`` CLI
-    (``redis_cluster``: the store's ``redis_cluster: true``)."""
-    repo = tmp / "feature_repo"
-    shutil.copytree(ROOT / "feature_repo", repo, ignore=shutil.ignore_patterns("data"))
+def applied_repo(
+    tmp: Path, redis_url: str, data_dir: Path, redis_cluster: bool = False, source: Path = ROOT / "feature_repo"
+) -> Path:
+    """A copy of ``source`` (default: ``feature_repo``) under ``tmp`` with the fstore online store, applied
+    by the ``feast`` CLI (``redis_cluster``: the store's ``redis_cluster: true``)."""
+    repo = tmp / source.name
+    shutil.copytree(source, repo, ignore=shutil.ignore_patterns("data"))
     cfg_path = repo / "feature_store.yaml"
     cfg = yaml.safe_load(cfg_path.read_text())
     cfg["online_store"] = {**ONLINE_STORE, **({"redis_cluster": True} if redis_cluster else {})}

@@ -40,6 +40,22 @@ def make_events(seed: int, n: int = 3000) -> list[Event]:
     return out
 
 
+def make_rows(seed: int, n: int = 3000) -> list[dict[str, Any]]:
+    """:func:`make_events` as rows of the example's event schema (the same events)."""
+    return [dict(e._asdict()) for e in make_events(seed, n)]
+
+
+def load_rows(
+    client: redis.Redis | redis.RedisCluster, rows: list[dict[str, Any]], version: str | None, cutover: int
+) -> None:
+    """Write the example plan's views of ``rows`` as the layers do (batch packed with m2 before the
+    cutover under ``version``, speed per statistic from it on): :func:`tests.support.plan_online.load_plan`."""
+    from fstore.plan_source import current_plan
+    from tests.support.plan_online import load_plan
+
+    load_plan(client, current_plan(), rows, version, cutover)  # type: ignore[arg-type]
+
+
 def load(client: redis.Redis | redis.RedisCluster, events: list[Event], version: str | None, cutover: int) -> None:
     """Write batch tiles (< cutover) under ``version`` and speed tiles (>= cutover), as the layers do."""
     pipe = client.pipeline(transaction=False)

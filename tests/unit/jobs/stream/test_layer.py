@@ -18,7 +18,9 @@ import pytest
 from fstore.core.aggregates import isclose
 from fstore.core.events import Event, Rejection, parse
 from fstore.core.features import VIEWS
+from fstore.core.tile_state import Acc
 from fstore.core.tiles import evaluate, lookup_in
+from fstore.core.view_tiles import TileKey
 from fstore.online.fakes import MemoryReader
 from fstore.online.merge import EntityRead
 from fstore.synth.generator import GeneratorConfig, generate
@@ -26,6 +28,7 @@ from jobs.stream.fakes import MemorySinks
 from jobs.stream.layer import SpeedLayer
 from jobs.stream.settings import StreamSettings
 from tests.support import bruteforce
+from tests.support.legacy_view import plan_view
 from tests.support.paths import message
 
 pytestmark = pytest.mark.unit
@@ -102,13 +105,23 @@ def test_future_stamped_events_count_from_their_time_then_move() -> None:
     asyncio.run(layer.handle({"events-0": records}))
     held = {eid for by_id in sinks.tiles.future.values() for eid in by_id}
     assert held == {e.event_id for e in events if e.event_time >= now}
-    reader = MemoryReader(sinks.tiles.tiles, future=sinks.tiles.future)
 
     def check(as_of: int) -> None:
+        # the reader runs from plan views over Acc tiles and held rows: the fake's tiles and events, converted
+        speed = {
+            v: {
+                TileKey(*k): {m: Acc(p.count, p.total, p.minimum, p.maximum) for m, p in t.items()}
+                for k, t in tv.items()
+            }
+            for v, tv in sinks.tiles.tiles.items()
+        }
+        future = {v: {i: e._asdict() for i, e in by.items()} for v, by in sinks.tiles.future.items()}
+        reader = MemoryReader(speed, future=future, timestamp_field="event_time")
         for view in VIEWS.values():
             key = view.entity.join_key
+            served = plan_view(view)
             for entity in sorted({getattr(e, key) for e in events}):
-                got = asyncio.run(reader.read([EntityRead(view, entity, view.feature_names)], as_of)).results[0]
+                got = asyncio.run(reader.read([EntityRead(served, entity, served.feature_names)], as_of)).results[0]
                 want = bruteforce.values(view, events, entity, as_of)
                 assert all(isclose(got.values[n], w) for n, w in want.items()), (as_of, entity, got.values, want)
 

@@ -8,24 +8,24 @@ import asyncio
 import pytest
 
 from fstore.core.aggregates import isclose
-from fstore.core.features import PRODUCT_ENGAGEMENT, USER_ACTIVITY
-from fstore.core.tiles import build_tiles
+from fstore.core.view_tiles import ViewTiler
 from fstore.online.fakes import MemoryReader
+from fstore.plan_source import current_plan
 from fstore.redis.layout import BatchPointer
 from services.online_api.logic import RequestError, read_features
-from tests.support import bruteforce
+from tests.support import plan_bruteforce
 from tests.support.online import AS_OF, C, make_events
 
 pytestmark = pytest.mark.unit
 
 
 def test_read_features_merges_batch_before_c_and_speed_after() -> None:
-    events = make_events(3)
-    before, after = [e for e in events if e.event_time < C], [e for e in events if e.event_time >= C]
-    views = (USER_ACTIVITY, PRODUCT_ENGAGEMENT)
+    plan = current_plan()  # the shipped example
+    events = [e._asdict() for e in make_events(3)]
+    before, after = [e for e in events if e["event_time"] < C], [e for e in events if e["event_time"] >= C]
     reader = MemoryReader(
-        speed={v.name: build_tiles(v, after) for v in views},
-        batch={v.name: build_tiles(v, before) for v in views},
+        speed={v.name: ViewTiler(v, "event_time").build(after) for v in plan.views},
+        batch={v.name: ViewTiler(v, "event_time").build(before) for v in plan.views},
         pointer=BatchPointer("v1", C),
         clock=lambda: AS_OF,
     )
@@ -33,8 +33,8 @@ def test_read_features_merges_batch_before_c_and_speed_after() -> None:
     body = asyncio.run(read_features(reader, rows, ["user_activity", "product_engagement:ctr_24h"], 100))
     assert body["batch_cutoff"] == "2026-11-21T00:00:00Z" and body["as_of_us"] == AS_OF
     for row, out in zip(rows, body["rows"], strict=True):
-        want = bruteforce.values(USER_ACTIVITY, events, row["user_id"], AS_OF)
-        want_p = bruteforce.values(PRODUCT_ENGAGEMENT, events, row["product_id"], AS_OF)
+        want = plan_bruteforce.values(plan, "user_activity", events, row["user_id"], AS_OF)
+        want_p = plan_bruteforce.values(plan, "product_engagement", events, row["product_id"], AS_OF)
         got = out["values"]
         assert all(isclose(got[f"user_activity:{k}"], v) for k, v in want.items()), (row, got, want)
         assert isclose(got["product_engagement:ctr_24h"], want_p["ctr_24h"])
