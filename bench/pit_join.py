@@ -36,6 +36,7 @@ from fstore.core.features import VIEWS
 from fstore.core.timeutil import DAY, parse_timestamp
 from fstore.delta import raw_log
 from fstore.offline import local as offline
+from fstore.plan_source import current_plan
 
 END = parse_timestamp("2026-01-01T00:00:00Z")
 DAYS = 30
@@ -75,7 +76,7 @@ def build_raw_events(uri: str, events: int, users: int, products: int, seed: int
             }
         )
         table = table.append_column("event_date", table.column("event_time").cast(pa.date32()))
-        raw_log.append_raw(uri, table.cast(raw_log.RAW_SCHEMA))
+        raw_log.append_raw(uri, table.cast(raw_log.raw_schema(current_plan().schema)))
 
 
 def entity_frame(rows: int, users: int, products: int, first: int, last: int, seed: int = 2) -> pd.DataFrame:

@@ -40,6 +40,7 @@ from fstore.core.features import VIEWS  # noqa: E402
 from fstore.core.tiles_frame import build_tiles  # noqa: E402
 from fstore.core.timeutil import DAY  # noqa: E402
 from fstore.devsvc.services import RedisServer  # noqa: E402
+from fstore.plan_source import current_plan  # noqa: E402
 from fstore.synth.generator import GeneratorConfig, generate  # noqa: E402
 from jobs.batch.batch_view import load_tiles  # noqa: E402
 from jobs.batch.plan import size_horizons  # noqa: E402
@@ -124,11 +125,11 @@ def main() -> None:
         # 2. speed view: one day of events through the worker's writer (tiles + markers)
         async def speed() -> None:
             aclient = aredis.Redis.from_url(server.url, socket_timeout=30)
-            writer = TileWriter(aclient, list(VIEWS.values()), 8 * 86_400, 8 * 86_400)
+            writer = TileWriter(aclient, current_plan(), 8 * 86_400, 8 * 86_400)
             random.Random(1).shuffle(speed_events)
             speed_events.sort(key=lambda e: e.event_time)
             for i in range(0, len(speed_events), 5_000):
-                await writer.apply(speed_events[i : i + 5_000], cutover + 2 * DAY)
+                await writer.apply([e._asdict() for e in speed_events[i : i + 5_000]], cutover + 2 * DAY)
             await aclient.aclose()
 
         asyncio.run(speed())

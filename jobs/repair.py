@@ -29,6 +29,7 @@ from fstore.core.events import Event
 from fstore.core.features import VIEWS, largest_hop, longest_window
 from fstore.core.timeutil import SECOND, to_date
 from fstore.delta import batch_views, raw_log
+from fstore.plan_source import current_plan
 from fstore.redis.connect import admin_client, async_client
 from fstore.redis.layout import HEARTBEAT_KEY, BatchPointer, Heartbeat
 from jobs.batch import batch_view
@@ -130,12 +131,12 @@ async def _apply(
     """Apply through the worker's tile writer; events stamped at or after ``now`` become exact future fields
     (docs/design.md §5), which readers count from their event_time on."""
     client = async_client(s.redis_url, s.redis_cluster, timeout=30, connect_timeout=30)
-    writer = TileWriter(client, list(VIEWS.values()), s.marker_ttl_s, s.tile_ttl_s)
+    writer = TileWriter(client, current_plan(), s.marker_ttl_s, s.tile_ttl_s)
     skipped = 0
     try:
         for lo in range(0, len(events), CHUNK):
             chunk = events[lo : lo + CHUNK]
-            skipped += len(await writer.apply(chunk, now))
+            skipped += len(await writer.apply([ev._asdict() for ev in chunk], now))
             if progress is not None:
                 progress(len(chunk))
     finally:

@@ -160,7 +160,7 @@ def read_events(raw_uri: str, event_range: tuple[int, int] | None, timings: Timi
     timings = timings if timings is not None else Timings()
     copies = _read_copies(raw_uri, event_range, timings)
     if copies is None:
-        return raw_log.RAW_SCHEMA.empty_table().select(list(pit.EVENT_COLUMNS))
+        return _no_events()
     keep = copies.winners(timings)
     return copies.raw.select(list(pit.EVENT_COLUMNS)).filter(pa.array(keep))
 
@@ -210,10 +210,16 @@ def get_historical_features(
     timings = timings if timings is not None else Timings()
     copies = _read_copies(uri, pit.event_range(entity_df, features), timings)
     if copies is None:
-        events, keep = raw_log.RAW_SCHEMA.empty_table().select(list(pit.EVENT_COLUMNS)), None
+        events, keep = _no_events(), None
     else:  # the winners as a mask over the copies read: no de-duplicated copy of the events is made
         events, keep = copies.raw, copies.winners(timings)
     began = time.perf_counter()
     out = pit.point_in_time(entity_df, features, events, full_feature_names=full_feature_names, keep=keep)
     timings.join = time.perf_counter() - began
     return out
+
+
+def _no_events() -> pa.Table:
+    """No events, in the point-in-time engine's columns (a stop-gap until it reads the plan's schema)."""
+    types = {"event_time": raw_log.TS, "quantity": pa.int32(), "price": pa.float64()}
+    return pa.schema([(c, types.get(c, pa.string())) for c in pit.EVENT_COLUMNS]).empty_table()

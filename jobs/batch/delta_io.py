@@ -40,6 +40,7 @@ from pyspark.sql import types as T
 from fstore.delta import raw_log
 from fstore.jvm.spark import has_delta_spark
 from fstore.offline.spark import without_superseded
+from fstore.plan_source import current_plan
 
 RAW_COLUMNS = (
     "event_id",
@@ -105,7 +106,7 @@ def read_raw(spark: SparkSession, uri: str, dates: list[date], delta_spark: bool
 
 
 def _read_raw(spark: SparkSession, uri: str, dates: list[date], delta_spark: bool) -> DataFrame:
-    schema = spark_schema(raw_log.RAW_SCHEMA)
+    schema = spark_schema(raw_log.raw_schema(current_plan().schema))
     cols = list(RAW_COLUMNS)
     if delta_spark and raw_log.open_table(uri) is not None:
         return (
