@@ -37,6 +37,7 @@ from fstore.core.events import EVENT_TYPES
 from fstore.core.timeutil import DAY, HOUR, SECOND, day_start
 from fstore.delta import raw_log
 from fstore.devsvc.services import RedisServer
+from fstore.plan_source import current_plan
 from jobs.batch.rebuild_features import build_spark, rebuild
 from jobs.batch.settings import BatchSettings
 
@@ -77,7 +78,7 @@ def day_table(day: date, n: int, users: int, products: int, rng: np.random.Gener
             pa.array(hashes, pa.string()),
             pa.array([day] * len(idx), pa.date32()),
         ],
-        schema=raw_log.RAW_SCHEMA,
+        schema=raw_log.raw_schema(current_plan().schema),
     )
 
 

@@ -27,7 +27,7 @@ from fstore.core.timeutil import DAY, iso
 from fstore.delta import raw_log
 from fstore.ingest import Ingestor, IngestReport
 from fstore.offline import local as offline
-from tests.support import bruteforce
+from tests.support import bruteforce, raw_rows
 from tests.support.pit import BASE, query_times, random_events
 
 pytestmark = pytest.mark.integration
@@ -74,7 +74,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, list[
         extra.append(changed)
         hashes.append(f"{i:032x}" if i % 3 == 1 else f"f{i:031x}")
         ats.append([NOW - 5, NOW, NOW + 50][i % 3])
-    raw_log.append_raw(raw_uri, raw_log.events_table(extra, hashes, ats))
+    raw_log.append_raw(raw_uri, raw_rows.events_table(extra, hashes, ats))
     stored = raw_log.read_table(raw_uri)
     assert stored.num_rows == 3300
     copies = []
@@ -238,9 +238,9 @@ def test_local_engine_resolves_ties_on_ingested_at_by_payload_hash(tmp_path: Pat
     uri = str(tmp_path / "raw_events")
     copies = [buy._replace(quantity=5), buy, other, buy._replace(price=99.0)]
     # e1: three copies tied at t + 7 (hashes b, a, c: the second copy wins), one more ingested later
-    raw_log.append_raw(uri, raw_log.events_table(copies[:2], ["b", "a"], [t + 7, t + 7]))
-    raw_log.append_raw(uri, raw_log.events_table(copies[2:], ["z", "0"], [t + 7, t + 9]))
-    raw_log.append_raw(uri, raw_log.events_table([buy._replace(quantity=3)], ["c"], [t + 7]))
+    raw_log.append_raw(uri, raw_rows.events_table(copies[:2], ["b", "a"], [t + 7, t + 7]))
+    raw_log.append_raw(uri, raw_rows.events_table(copies[2:], ["z", "0"], [t + 7, t + 9]))
+    raw_log.append_raw(uri, raw_rows.events_table([buy._replace(quantity=3)], ["c"], [t + 7]))
     df = pd.DataFrame({"user_id": ["u1"], "event_timestamp": pd.to_datetime([t + DAY], unit="us", utc=True)})
     got = offline.get_historical_features(df, ["user_activity:revenue_7d", "user_activity:purchases_7d"], raw_uri=uri)
     assert got["purchases_7d"].tolist() == [2]
