@@ -46,12 +46,12 @@ def apply_copies(url: str, case: Case, calls: list[list[Any]], now: int | None) 
     duplicates."""
     import redis.asyncio as aredis
 
-    from fstore.plan_source import current_plan
     from jobs.stream.sinks import TileWriter
+    from tests.support.raw_rows import plan_of
 
     async def run() -> int:
         client = aredis.Redis.from_url(url, socket_timeout=10)
-        writer = TileWriter(client, current_plan(), TTL, TTL, views=[case.view.name], chunk=3)
+        writer = TileWriter(client, plan_of(case.view), TTL, TTL, chunk=3)
         skipped = 0
         try:
             for call in calls:
