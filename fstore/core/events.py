@@ -135,15 +135,11 @@ def parse(raw: bytes, now: int, loads: Loads = json_loads) -> Event | Rejection:
     Returns:
         The normalised event, or a rejection with one reason.
     """
-    if len(raw) > MAX_MESSAGE_BYTES:
-        return Rejection("oversized")
-    try:
-        obj = loads(raw)
-    except (ValueError, TypeError, RecursionError):
-        return Rejection("malformed_json")
-    if not isinstance(obj, dict):
-        return Rejection("malformed_json")
-    return _accept(obj, now) or validate(obj, now)
+    return parse_row(raw, now, _check_example, loads)  # type: ignore[arg-type,return-value]
+
+
+def _check_example(obj: Mapping[str, Any], now: int) -> Event | Rejection:
+    return _accept(obj, now) or validate(obj, now)  # type: ignore[arg-type]
 
 
 def parse_row(raw: bytes, now: int, check: Check, loads: Loads = json_loads) -> Row | Rejection:

@@ -17,8 +17,7 @@ from fstore.core.plan import Plan
 from fstore.delta import raw_log
 from fstore.ingest import Ingestor
 from fstore.kafka.messages import MessageWriter
-from fstore.plan_source import use_plan
-from tests.support.repos import compiled
+from tests.support.repos import installed
 
 pytestmark = pytest.mark.integration
 
@@ -26,10 +25,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(autouse=True)
 def plan() -> Iterator[Plan]:
     """The example plan, as the process's plan (what ``fstore ingest`` validates against)."""
-    example = compiled("ecommerce")
-    use_plan(example)
-    yield example
-    use_plan(None)
+    yield from installed("ecommerce")
 
 
 NOW = 1_800_000_000_000_000  # 2027-01-15, after every event below
