@@ -23,7 +23,7 @@ from typing import Any
 
 from fstore.core.event_check import FLOAT_LIMIT, INT_RANGE
 from fstore.core.event_schema import EventField, EventSchema, FieldType
-from fstore.core.events import FUTURE_TOLERANCE, MIN_EPOCH_MS, Row, _good_id, _known_ids
+from fstore.core.events import FUTURE_TOLERANCE, MIN_EPOCH_MS, Row, _good_id, _known_ids, _match_id
 from fstore.core.expr import Bool, Col, Compare, Expr, In, IsNull, Logic, Not, Num, Str
 from fstore.core.expr_eval import truth
 from fstore.core.timeutil import EPOCH, MAX_MICROS
@@ -33,27 +33,6 @@ Accept = Callable[[Any, int], Row | None]
 _fromisoformat = datetime.fromisoformat
 _ONE_US = timedelta(microseconds=1)
 _MAX_MS = MAX_MICROS // 1000
-
-
-def fast_time(t: Any) -> int | None:
-    """A timestamp in UTC epoch µs when it has a common shape (``YYYY-MM-DDThh:mm[:ss[.f]]Z`` or integer
-    epoch milliseconds in range), else ``None`` (the generic path decides)."""
-    if type(t) is str:
-        # fromisoformat also takes text that is not ISO-8601 (``…T12:00:00.Z``, any separator, offsets with
-        # seconds), which the generic path refuses (timeutil.ISO_8601): only the common shape here.
-        if t[10:11] != "T" or t[-1:] != "Z" or not "0" <= t[-2:-1] <= "9" or t[4:5] != "-":
-            return None
-        try:
-            dt = _fromisoformat(t)
-            if dt.tzinfo is None:
-                return None
-            us: int = (dt - EPOCH) // _ONE_US
-        except (ValueError, OverflowError):
-            return None
-        return us if 0 <= us <= MAX_MICROS else None
-    if type(t) is int and MIN_EPOCH_MS <= t <= _MAX_MS:
-        return t * 1000
-    return None
 
 
 def _cond(node: Expr, names: Mapping[str, str]) -> str | None:
@@ -113,7 +92,14 @@ def _bounds(f: EventField) -> tuple[float, float]:
 def compile_accept(schema: EventSchema, entity_keys: Iterable[str] = ()) -> Accept:
     """The fast path for ``schema`` (see the module docstring); ``entity_keys`` as for ``EventCheck``."""
     ids: Collection[str] = {schema.id_field, *entity_keys}
-    env: dict[str, Any] = {"known": _known_ids, "good_id": _good_id, "fast_time": fast_time, "dict": dict}
+    env: dict[str, Any] = {
+        "known": _known_ids,
+        "good_id": _good_id,
+        "match_id": _match_id,
+        "fromisoformat": _fromisoformat,
+        "EPOCH": EPOCH,
+        "ONE_US": _ONE_US,
+    }
     lines = ["def accept(obj, now):", "    if type(obj) is not dict:", "        return None", "    get = obj.get"]
     names: dict[str, str] = {}
     for i, f in enumerate(schema.fields):
@@ -130,7 +116,7 @@ def compile_accept(schema: EventSchema, entity_keys: Iterable[str] = ()) -> Acce
                     cond = f"when{i}({{{', '.join(f'{n!r}: {x}' for n, x in names.items())}}})"
                 lines.append(f"        if {cond}:\n            return None")
             lines.append(f"        {v} = {f.default!r}")
-        lines.append(f"    else:\n{_test(f, v, i, f.name in ids, env)}")
+        lines.append(f"    else:\n{_test(f, v, i, f.name in ids, f.name == schema.id_field, env)}")
         names[f.name] = v
     ts = names[schema.timestamp_field]
     lines.append(f"    if {ts} > now + {FUTURE_TOLERANCE}:\n        return None")
@@ -142,18 +128,40 @@ def compile_accept(schema: EventSchema, entity_keys: Iterable[str] = ()) -> Acce
     return fn
 
 
-def _test(f: EventField, v: str, i: int, is_id: bool, env: dict[str, Any]) -> str:
-    """Indented source that leaves ``v`` normalised or returns ``None``."""
+def _test(f: EventField, v: str, i: int, is_id: bool, unique: bool, env: dict[str, Any]) -> str:
+    """Indented source that leaves ``v`` normalised or returns ``None`` (``unique``: the id field, whose
+    values never repeat, so its charset is matched without the memo of repeating ids)."""
     t = f.type
     if t is FieldType.STRING:
         if f.values and not is_id:
             env[f"values{i}"] = frozenset(f.values)
             return f"        if type({v}) is not str or {v} not in values{i}:\n            return None"
+        if unique:
+            return f"        if type({v}) is not str or not match_id({v}):\n            return None"
         return f"        if type({v}) is not str or ({v} not in known and not good_id({v})):\n            return None"
     if t is FieldType.BOOL:
         return f"        if type({v}) is not bool:\n            return None"
     if t is FieldType.TIMESTAMP:
-        return f"        {v} = fast_time({v})\n        if {v} is None:\n            return None"
+        # Only ``YYYY-MM-DDThh:mm[:ss[.f]]Z`` or integer epoch ms in range: fromisoformat also takes text that
+        # is not ISO-8601 (``…T12:00:00.Z``, any separator, offsets with seconds), which EventCheck refuses.
+        return (
+            f"        if type({v}) is str:\n"
+            f"            if {v}[10:11] != 'T' or {v}[-1:] != 'Z' or not '0' <= {v}[-2:-1] <= '9' or {v}[4:5] != '-':\n"
+            f"                return None\n"
+            f"            try:\n"
+            f"                dt = fromisoformat({v})\n"
+            f"                if dt.tzinfo is None:\n"
+            f"                    return None\n"
+            f"                {v} = (dt - EPOCH) // ONE_US\n"
+            f"            except (ValueError, OverflowError):\n"
+            f"                return None\n"
+            f"            if not 0 <= {v} <= {MAX_MICROS}:\n"
+            f"                return None\n"
+            f"        elif type({v}) is int and {MIN_EPOCH_MS} <= {v} <= {_MAX_MS}:\n"
+            f"            {v} = {v} * 1000\n"
+            f"        else:\n"
+            f"            return None"
+        )
     lo, hi = _bounds(f)
     if t is FieldType.INT:
         return f"        if type({v}) is not int or not {lo!r} <= {v} <= {hi!r}:\n            return None"
