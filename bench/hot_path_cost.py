@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fstore.core.events import Event  # noqa: E402
-from fstore.core.features import PRODUCT_ENGAGEMENT, USER_ACTIVITY, VIEWS  # noqa: E402
+from fstore.core.features import PRODUCT_ENGAGEMENT, USER_ACTIVITY  # noqa: E402
 from fstore.core.tiles import build_tiles  # noqa: E402
 from fstore.core.timeutil import DAY, HOUR, MINUTE, parse_timestamp  # noqa: E402
 
@@ -103,14 +103,19 @@ def run(path: str, rounds: int) -> int:
                 for r, b, s in reads:
                     finish(r, C, b, s, t)
         return rounds * len(reads)
+    from fstore.plan_source import current_plan
     from jobs.stream.speed_lua import group_events, plan_calls
+    from jobs.stream.tile_steps import view_steps
 
     evs = events(4 * 5000, 2, 5_000, 500)
     for i in range(0, len(evs), 5):  # a fifth of the events in the last 13 hours, as live traffic
         evs[i] = evs[i]._replace(event_time=C + (evs[i].event_time - C) % (13 * HOUR))
     batches = [evs[i : i + 5000] for i in range(0, len(evs), 5000)][:rounds]
     for batch in batches:
-        subs = list(group_events(list(VIEWS.values()), batch).values())
+        plan = current_plan()
+        subs = list(
+            group_events([view_steps(v, plan.schema) for v in plan.views], [e._asdict() for e in batch]).values()
+        )
         for call in plan_calls(subs, 3600, 3600, cluster=False, chunk=4000, generation=1):
             call.packed()
     return sum(map(len, batches))

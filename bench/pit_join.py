@@ -77,7 +77,7 @@ def build_raw_events(uri: str, events: int, users: int, products: int, seed: int
             }
         )
         table = table.append_column("event_date", table.column("event_time").cast(pa.date32()))
-        raw_log.append_raw(uri, table.cast(raw_log.RAW_SCHEMA))
+        raw_log.append_raw(uri, table.cast(raw_log.raw_schema(current_plan().schema)))
 
 
 def entity_frame(rows: int, users: int, products: int, first: int, last: int, seed: int = 2) -> pd.DataFrame:

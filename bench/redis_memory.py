@@ -126,11 +126,11 @@ def main() -> None:
         # 2. speed view: one day of events through the worker's writer (tiles + markers)
         async def speed() -> None:
             aclient = aredis.Redis.from_url(server.url, socket_timeout=30)
-            writer = TileWriter(aclient, list(VIEWS.values()), 8 * 86_400, 8 * 86_400)
+            writer = TileWriter(aclient, current_plan(), 8 * 86_400, 8 * 86_400)
             random.Random(1).shuffle(speed_events)
             speed_events.sort(key=lambda e: e.event_time)
             for i in range(0, len(speed_events), 5_000):
-                await writer.apply(speed_events[i : i + 5_000], cutover + 2 * DAY)
+                await writer.apply([e._asdict() for e in speed_events[i : i + 5_000]], cutover + 2 * DAY)
             await aclient.aclose()
 
         asyncio.run(speed())

@@ -1,6 +1,8 @@
 """Backfill path: append the valid events of a message file to ``raw_events`` (docs/design.md §1, §2).
 
-Messages are validated by the core exactly as the stream job does; invalid ones go to ``dead_letters``
+Messages are validated against the plan's event schema exactly as the stream job does (the same
+:class:`~fstore.event_reader.EventReader`); the rows take the plan's ``raw_events`` columns
+(:func:`fstore.delta.raw_log.raw_schema`, with its schema evolution); invalid ones go to ``dead_letters``
 with their reason. Duplicates follow arrival order, as on the stream (docs/design.md §2): the first valid copy
 of an event_id in line order wins, within a batch and across batches and runs, whatever the copies'
 payloads or event_times. Only that copy is written, with its own ingestion instant (``ingested_at`` = the
@@ -25,10 +27,13 @@ import orjson
 import pyarrow as pa
 
 from fstore.clock import Clock, wall_clock
-from fstore.core.events import UNPROCESSABLE, Event, mask_dead_letter, parse, payload_hash
+from fstore.core.event_schema import EventSchema
+from fstore.core.events import UNPROCESSABLE, Row, mask_dead_letter, payload_hash
+from fstore.core.plan import Plan
 from fstore.core.timeutil import DAY, day_start, to_date
 from fstore.delta import raw_log
 from fstore.delta.event_index import NEW, SAME_DAY, SUPERSEDED, EventIndex, day_numbers
+from fstore.event_reader import reader_for
 from fstore.kafka.messages import iter_batches
 
 
@@ -82,17 +87,27 @@ MAX_COMMIT_ATTEMPTS = 50
 class Ingestor:
     """Validates, de-duplicates and appends batches of messages (reusable across files)."""
 
-    def __init__(self, raw_uri: str, dead_uri: str, clock: Clock = wall_clock, keep_unparseable: bool = False) -> None:
+    def __init__(
+        self,
+        raw_uri: str,
+        dead_uri: str,
+        clock: Clock = wall_clock,
+        keep_unparseable: bool = False,
+        plan: Plan | None = None,
+    ) -> None:
         self.raw_uri, self.dead_uri, self.clock = raw_uri, dead_uri, clock
         self.keep_unparseable = keep_unparseable  # dead letters that are not JSON objects: bytes, not a summary
+        self.reader = reader_for(plan)  # the plan's event schema (default: the process's plan)
+        self.schema = self.reader.schema
+        self.idf, self.ts = self.schema.id_field, self.schema.timestamp_field
         self._known: dict[int, set[str]] = {}  # UTC day number -> event_ids stored on that event_date
-        self.index = EventIndex(raw_uri)  # every stored event_id -> the day of its winning copy
+        self.index = EventIndex(raw_uri, id_column=self.idf)  # every stored event_id -> the day of its winning copy
         self._last_at = 0
 
     def _known_ids(self, days: set[int]) -> None:
         missing = days - self._known.keys()
         if missing:
-            found = raw_log.event_ids_on(self.raw_uri, [to_date(d * DAY) for d in missing])
+            found = raw_log.event_ids_on(self.raw_uri, [to_date(d * DAY) for d in missing], self.idf)
             self._known.update({(day_start(d) // DAY): ids for d, ids in found.items()})
 
     def ingest_batch(self, messages: list[bytes], source: str, report: IngestReport) -> None:
@@ -109,25 +124,25 @@ class Ingestor:
         concurrent run or an earlier one — is not dead-lettered again.
         """
         now = self.clock()
-        first: dict[str, tuple[bytes, Event]] = {}
+        first: dict[str, tuple[bytes, Row]] = {}
         bad_payloads: list[bytes] = []
         bad_reasons: list[str] = []
-        loads = orjson.loads
+        loads, parse, idf, ts, names = orjson.loads, self.reader.parse, self.idf, self.ts, self.schema.names
         duplicates = 0
         for raw in messages:
-            res = parse(raw, now, loads)
-            if isinstance(res, Event):
-                if res.event_id in first:
+            res = parse(raw, now)
+            if isinstance(res, dict):
+                if res[idf] in first:
                     duplicates += 1  # a later line: arrival order decides
                 else:
-                    first[res.event_id] = (raw, res)
+                    first[res[idf]] = (raw, res)
             else:
-                bad_payloads.append(mask_dead_letter(raw, loads, self.keep_unparseable))
+                bad_payloads.append(mask_dead_letter(raw, loads, self.keep_unparseable, names))
                 bad_reasons.append(res.reason)
         for attempt in range(MAX_COMMIT_ATTEMPTS):
             stored, taken = self._check(first)
             at = max(now, self._last_at + 1)  # one instant per copy, in line order: ingested_at plus a sequence
-            table, refused = rows_or_refused(taken, at)
+            table, refused = rows_or_refused(taken, at, self.schema)
             try:
                 raw_log.append_on(self.raw_uri, self.index.snapshot, table, ["event_date"])
                 break
@@ -143,19 +158,19 @@ class Ingestor:
         for event_id in stored:
             self._count_stored(event_id, report)
         for raw, _ in refused:  # valid, yet raw_events cannot hold it: dead-lettered, the file goes on
-            bad_payloads.append(mask_dead_letter(raw, loads, self.keep_unparseable))
+            bad_payloads.append(mask_dead_letter(raw, loads, self.keep_unparseable, names))
             bad_reasons.append(UNPROCESSABLE)
         report.valid += len(messages) - len(bad_payloads)
         report.rejected.update(bad_reasons)
-        gone = {ev.event_id for _, ev in refused}
-        events = [ev for _, ev in taken if ev.event_id not in gone]
+        gone = {ev[idf] for _, ev in refused}
+        events = [ev for _, ev in taken if ev[idf] not in gone]
         for ev in events:
-            report.seen.add(ev.event_id)
-            self._known[ev.event_time // DAY].add(ev.event_id)
+            report.seen.add(ev[idf])
+            self._known[ev[ts] // DAY].add(ev[idf])
         if events:
             self.index.committed()
-            written = [ev.event_id for ev in events]
-            self.index.record(written, day_numbers(ev.event_time for ev in events), np.full(len(written), NEW, np.int8))
+            written = [ev[idf] for ev in events]
+            self.index.record(written, day_numbers(ev[ts] for ev in events), np.full(len(written), NEW, np.int8))
         report.written += len(events)
         if bad_payloads:
             key = "fstore-ingest:" + hashlib.blake2b(b"\n".join(messages), digest_size=16).hexdigest()
@@ -163,32 +178,33 @@ class Ingestor:
             if not raw_log.append_once(self.dead_uri, dead, ["ingest_date"], key):
                 report.dead_letters_skipped += len(bad_payloads)
 
-    def _check(self, first: dict[str, tuple[bytes, Event]]) -> tuple[list[str], list[tuple[bytes, Event]]]:
+    def _check(self, first: dict[str, tuple[bytes, Row]]) -> tuple[list[str], list[tuple[bytes, Row]]]:
         """Against the table as it is now: the event_ids already stored, and the copies to write."""
+        idf, ts = self.idf, self.ts
         self.index.refresh()
-        self._known_ids({ev.event_time // DAY for _, ev in first.values()})
+        self._known_ids({ev[ts] // DAY for _, ev in first.values()})
         stored: list[str] = []
-        fresh: list[tuple[bytes, Event]] = []
+        fresh: list[tuple[bytes, Row]] = []
         for raw, ev in first.values():
-            if ev.event_id in self._known[ev.event_time // DAY]:
-                stored.append(ev.event_id)
+            if ev[idf] in self._known[ev[ts] // DAY]:
+                stored.append(ev[idf])
             else:
                 fresh.append((raw, ev))
         # Copies whose event_id is stored on another day (another event_time) lost to that copy too; one the
         # index places on its own day that the cached ids of that day lack was written by another writer
         # since they were read: read the day again (exact ids).
-        ids = [ev.event_id for _, ev in fresh]
-        days = day_numbers(ev.event_time for _, ev in fresh)
+        ids = [ev[idf] for _, ev in fresh]
+        days = day_numbers(ev[ts] for _, ev in fresh)
         verdicts = self.index.classify(ids, days).tolist()
-        stale = {ev.event_time // DAY for (_, ev), v in zip(fresh, verdicts, strict=True) if v == SAME_DAY}
+        stale = {ev[ts] // DAY for (_, ev), v in zip(fresh, verdicts, strict=True) if v == SAME_DAY}
         if stale:
             for day in stale:
                 self._known.pop(day, None)
             self._known_ids(stale)
-        taken: list[tuple[bytes, Event]] = []
+        taken: list[tuple[bytes, Row]] = []
         for (raw, ev), verdict in zip(fresh, verdicts, strict=True):
-            if verdict == SUPERSEDED or ev.event_id in self._known[ev.event_time // DAY]:
-                stored.append(ev.event_id)
+            if verdict == SUPERSEDED or ev[idf] in self._known[ev[ts] // DAY]:
+                stored.append(ev[idf])
             else:
                 taken.append((raw, ev))
         return stored, taken
@@ -226,8 +242,10 @@ class Ingestor:
         return report
 
 
-def rows_or_refused(taken: list[tuple[bytes, Event]], at: int) -> tuple[pa.Table, list[tuple[bytes, Event]]]:
-    """The ``raw_events`` rows of ``(message, event)`` pairs (``ingested_at`` from ``at`` on, in order), and the
+def rows_or_refused(
+    taken: list[tuple[bytes, Row]], at: int, schema: EventSchema
+) -> tuple[pa.Table, list[tuple[bytes, Row]]]:
+    """The ``raw_events`` rows of ``(message, row)`` pairs (``ingested_at`` from ``at`` on, in order), and the
     pairs whose row could not be built (a value Arrow refuses): those are left out, the others kept.
 
     The whole batch is converted at once; only when that fails is each row converted on its own to find the
@@ -235,16 +253,16 @@ def rows_or_refused(taken: list[tuple[bytes, Event]], at: int) -> tuple[pa.Table
     """
     hashes = [payload_hash(raw) for raw, _ in taken]
     try:
-        return raw_log.events_table([ev for _, ev in taken], hashes, range(at, at + len(taken))), []
+        return raw_log.rows_table(schema, [ev for _, ev in taken], hashes, range(at, at + len(taken))), []
     except (ValueError, TypeError, OverflowError, pa.ArrowException):
         pass
     keep: list[int] = []
-    refused: list[tuple[bytes, Event]] = []
+    refused: list[tuple[bytes, Row]] = []
     for i, (_, ev) in enumerate(taken):
         try:
-            raw_log.events_table([ev], [hashes[i]], [at + i])
+            raw_log.rows_table(schema, [ev], [hashes[i]], [at + i])
             keep.append(i)
         except (ValueError, TypeError, OverflowError, pa.ArrowException):
             refused.append(taken[i])
-    table = raw_log.events_table([taken[i][1] for i in keep], [hashes[i] for i in keep], [at + i for i in keep])
+    table = raw_log.rows_table(schema, [taken[i][1] for i in keep], [hashes[i] for i in keep], [at + i for i in keep])
     return table, refused

@@ -27,8 +27,6 @@ import pyarrow.compute as pc
 from fstore.clock import Clock, wall_clock
 from fstore.core.dedupe import drop_superseded, first_ingested_arrow
 from fstore.core.event_schema import EventSchema
-from fstore.core.events import Event
-from fstore.core.features import VIEWS
 from fstore.core.timeutil import SECOND, to_date
 from fstore.delta import batch_views, raw_log
 from fstore.plan_source import current_plan
@@ -144,13 +142,12 @@ async def _apply(
     """Apply through the worker's tile writer; events stamped at or after ``now`` become exact future fields
     (docs/design.md §5), which readers count from their event_time on."""
     client = async_client(s.redis_url, s.redis_cluster, timeout=30, connect_timeout=30)
-    writer = TileWriter(client, list(VIEWS.values()), s.marker_ttl_s, s.tile_ttl_s)
+    writer = TileWriter(client, current_plan(), s.marker_ttl_s, s.tile_ttl_s)
     skipped = 0
     try:
         for lo in range(0, len(events), CHUNK):
             chunk = events[lo : lo + CHUNK]
-            # TODO(p13stream merge): the plan-driven TileWriter takes these rows as they are.
-            skipped += len(await writer.apply([Event(**r) for r in chunk], now))
+            skipped += len(await writer.apply(chunk, now))
             if progress is not None:
                 progress(len(chunk))
     finally:

@@ -24,6 +24,9 @@ from tests.support.stream import PARTITIONS, WorkerProcess
 # The API keeps a share of the answers it serves (FSTORE_API_SAMPLE_RATE, on by default) under
 # FSTORE_SAMPLES_DIR, by default under the data root, which is ./data for an app a test builds without
 # one: send them to a folder of this run instead of the working tree. Tests that read samples set their own.
+# The plan every in-process engine and every worker process runs in the tests: the example repository
+# (tests/support/repos/ecommerce, which compiles to the shipped example's plan), unless the run names another.
+os.environ.setdefault("FSTORE_FEATURE_REPO", str(Path(__file__).resolve().parent / "support" / "repos" / "ecommerce"))
 _SAMPLES = os.environ.setdefault("FSTORE_SAMPLES_DIR", tempfile.mkdtemp(prefix="fstore-test-samples-"))
 
 

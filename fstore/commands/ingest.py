@@ -16,8 +16,10 @@ import click
 def ingest(files: tuple[str, ...], batch_size: int, as_json: bool) -> None:
     """Append the valid events of JSONL/Parquet message FILES to the Delta table raw_events.
 
-    Every message is validated against the event contract; invalid ones go to the Delta table
-    dead_letters with their reason (personal data masked). An event_id that is already in raw_events is
+    Every message is validated against the event schema of the feature repository
+    (FSTORE_FEATURE_REPO, the stream source's declared fields); invalid ones go to the Delta table
+    dead_letters with their reason (personal data masked). raw_events takes the schema's fields as
+    columns; a field added to the schema adds a nullable column. An event_id that is already in raw_events is
     not written again, so re-ingesting a file adds nothing. Prints counts per rejection reason.
     """
     from tqdm import tqdm

@@ -10,6 +10,8 @@ import click
 def stream(loglevel: str | None) -> None:
     """Consume the events topic into Redis speed tiles, events.dlq and Delta raw_events.
 
+    Runs the plan compiled from the feature repository (FSTORE_FEATURE_REPO, default feature_repo/): its
+    event schema validates the messages and gives raw_events its columns; its views' tiles are kept.
     Configuration: FSTORE_KAFKA_BOOTSTRAP, FSTORE_REDIS_URL, FSTORE_DATA_DIR, FSTORE_EVENTS_TOPIC,
     FSTORE_DLQ_TOPIC and the FSTORE_STREAM_* variables (see jobs/stream/settings.py). Stops cleanly on
     SIGTERM/SIGINT after flushing the raw sink. Equivalent: `faust -A jobs.stream.app worker`.

@@ -11,7 +11,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -77,6 +77,10 @@ class Rejection(NamedTuple):
 
 
 Loads = Callable[[bytes], Any]
+#: A normalised event of a declared schema: field name → value, the timestamp field in UTC epoch µs.
+Row = dict[str, Any]
+#: A schema's check of one decoded object (:meth:`fstore.core.event_check.EventCheck.check`).
+Check = Callable[[Mapping[str, Any], int], Row | Rejection]
 
 
 def _reject_constant(name: str) -> Any:
@@ -131,6 +135,29 @@ def parse(raw: bytes, now: int, loads: Loads = json_loads) -> Event | Rejection:
     Returns:
         The normalised event, or a rejection with one reason.
     """
+    return parse_row(raw, now, _check_example, loads)  # type: ignore[arg-type,return-value]
+
+
+def _check_example(obj: Mapping[str, Any], now: int) -> Event | Rejection:
+    return _accept(obj, now) or validate(obj, now)  # type: ignore[arg-type]
+
+
+def parse_row(raw: bytes, now: int, check: Check, loads: Loads = json_loads) -> Row | Rejection:
+    """Decode one message and check it against a declared schema (docs/design.md §2).
+
+    ``oversized`` and ``malformed_json`` are decided on the bytes (past :data:`MAX_MESSAGE_BYTES`; not a
+    JSON object); every other reason comes from ``check``, built once from the plan's event schema
+    (:class:`fstore.core.event_check.EventCheck`).
+
+    Args:
+        raw: the original message bytes (a Kafka value or a JSONL line without its newline).
+        now: the processing clock, UTC epoch microseconds (for ``future_timestamp``).
+        check: the schema's check of a decoded object.
+        loads: a JSON decoder that raises ``ValueError`` on bad input (``orjson.loads`` in adapters).
+
+    Returns:
+        The normalised row, or a rejection with one reason.
+    """
     if len(raw) > MAX_MESSAGE_BYTES:
         return Rejection("oversized")
     try:
@@ -139,7 +166,7 @@ def parse(raw: bytes, now: int, loads: Loads = json_loads) -> Event | Rejection:
         return Rejection("malformed_json")
     if not isinstance(obj, dict):
         return Rejection("malformed_json")
-    return _accept(obj, now) or validate(obj, now)
+    return check(obj, now)
 
 
 _ID_CLASS = r"[A-Za-z0-9_.:-]{1,128}"
@@ -381,10 +408,13 @@ FIELDS = Event._fields
 _SAFE_TEXT = re.compile(r"[A-Za-z0-9_.:+-]{0,128}")  # ids, event types, ISO-8601 times
 
 
-def mask_dead_letter(raw: bytes, loads: Loads = json_loads, keep_unparseable: bool = False) -> bytes:
+def mask_dead_letter(
+    raw: bytes, loads: Loads = json_loads, keep_unparseable: bool = False, fields: Iterable[str] = FIELDS
+) -> bytes:
     """What the ``dead_letters`` table keeps of a rejected message: personal data never, by schema.
 
-    A JSON object keeps only the declared fields (:data:`FIELDS`); every other key is dropped, nested or
+    A JSON object keeps only the declared ``fields`` (the plan's :attr:`EventSchema.names
+    <fstore.core.event_schema.EventSchema.names>`); every other key is dropped, nested or
     not. Their values are kept when they are numbers, booleans, null or short id-like text; other text
     and nested values become :func:`hashed`. Anything else (not JSON, not an object) is kept only as
     ``{"unparseable": true, "size": N, "blake2b": H}`` unless ``keep_unparseable`` (an operator's
@@ -399,7 +429,7 @@ def mask_dead_letter(raw: bytes, loads: Loads = json_loads, keep_unparseable: bo
             return raw
         return json.dumps({"unparseable": True, "size": len(raw), "blake2b": payload_hash(raw)}).encode()
     kept: dict[str, Any] = {}
-    for key in FIELDS:
+    for key in fields:
         if key not in obj:
             continue
         v = obj[key]

@@ -138,10 +138,10 @@ def _added(fs: pafs.FileSystem, root: str, version: int) -> list[tuple[str, date
     return out
 
 
-def _with_date(ids: pa.Table, day: date) -> pa.Table:
-    """``event_id`` rows of one file with their partition's ``event_date``."""
+def _with_date(ids: pa.Table, day: date, id_column: str) -> pa.Table:
+    """``event_id`` rows (the id column of one file) with their partition's ``event_date``."""
     return pa.table(
-        {"event_id": ids.column("event_id"), "event_date": pa.array([day] * ids.num_rows, pa.date32())},
+        {"event_id": ids.column(id_column), "event_date": pa.array([day] * ids.num_rows, pa.date32())},
         schema=_EMPTY_ROWS.schema,
     )
 
@@ -166,10 +166,11 @@ class EventIndex:
     Args:
         raw_uri: the ``raw_events`` table.
         superseded_uri: its table of superseded ``(event_id, event_date)`` pairs (default: beside it).
+        id_column: the column of ``raw_events`` holding the id (the plan's id field).
     """
 
-    def __init__(self, raw_uri: str, superseded_uri: str | None = None) -> None:
-        self.raw_uri = raw_uri
+    def __init__(self, raw_uri: str, superseded_uri: str | None = None, id_column: str = "event_id") -> None:
+        self.raw_uri, self.id_column = raw_uri, id_column
         self.superseded_uri = superseded_uri or raw_log.superseded_uri(raw_uri)
         self._base, self._recent = _Run(), _Run()
         self._table: DeltaTable | None = None
@@ -232,14 +233,17 @@ class EventIndex:
             try:
                 fs, root = _filesystem(self.raw_uri)
                 parts = [
-                    _with_date(pq.read_table(f"{root}/{path}", columns=["event_id"], filesystem=fs), day)
+                    _with_date(
+                        pq.read_table(f"{root}/{path}", columns=[self.id_column], filesystem=fs), day, self.id_column
+                    )
                     for v in range(known + 1, version + 1)
                     for path, day in _added(fs, root, v)
                 ]
                 return pa.concat_tables(parts) if parts else _EMPTY_ROWS
             except (OSError, KeyError, ValueError) as exc:  # log entries cleaned up, or an unexpected action
                 log.warning("raw_events: catching up from the Delta log failed (%s); reading the whole table", exc)
-        return self._table.to_pyarrow_dataset().to_table(columns=["event_id", "event_date"])
+        rows = self._table.to_pyarrow_dataset().to_table(columns=[self.id_column, "event_date"])
+        return rows.rename_columns(["event_id", "event_date"])
 
     def _load_marks(self) -> None:
         table = raw_log.open_table(self.superseded_uri)
@@ -336,10 +340,12 @@ class EventIndex:
         out: dict[str, dict[int, tuple[int, str]]] = {eid: {} for eid in wanted}
         if not days or self._table is None:
             return out
-        flt = pc.field("event_date").isin([to_date(d * DAY) for d in days]) & pc.field("event_id").isin(list(wanted))
+        idc = self.id_column
+        flt = pc.field("event_date").isin([to_date(d * DAY) for d in days]) & pc.field(idc).isin(list(wanted))
         rows = self._table.to_pyarrow_dataset().to_table(
-            columns=["event_id", "event_date", "ingested_at", "payload_hash"], filter=flt
+            columns=[idc, "event_date", "ingested_at", "payload_hash"], filter=flt
         )
+        rows = rows.rename_columns(["event_id", "event_date", "ingested_at", "payload_hash"])
         at = pc.cast(rows.column("ingested_at"), pa.int64()).to_pylist()
         for eid, d, t, ph in zip(
             rows.column("event_id").to_pylist(),

@@ -1,7 +1,8 @@
 """Delta tables of the master dataset: ``raw_events`` and ``dead_letters`` (docs/design.md §1, §7).
 
-``raw_events`` is append-only and partitioned by ``event_date`` (UTC day of ``event_time``). Each row is
-one ingested copy of a valid event with ``ingested_at`` and ``payload_hash``: ``ingested_at`` is the
+``raw_events`` is append-only and partitioned by ``event_date`` (UTC day of the schema's timestamp field).
+Its columns are the plan's event fields (:func:`raw_schema`), then fstore's own three. Each row is one
+ingested copy of a valid event with ``ingested_at`` and ``payload_hash``: ``ingested_at`` is the
 ingestion instant of the copy's batch plus the copy's position in it (µs), so copies of one writer never
 tie and the first copy in arrival order is the first ingested; every reader applies the
 first-ingested-wins rule (:mod:`fstore.core.dedupe`), ``payload_hash`` breaking ties between writers.
@@ -14,38 +15,91 @@ reader of some partitions drops them without reading the others (:mod:`fstore.de
 it, before the rows it covers).
 
 Both the backfill path (``fstore ingest``) and the stream job's raw sink write through this module.
+
+Schema evolution (docs/design.md §2): :func:`append_raw` merges the schema of what it writes into the
+table's. A field added to the event schema adds a nullable column (older rows read null); a field removed
+from it keeps its column (history stays readable) and new rows carry null there.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import date
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
-from fstore.core.events import Event
+from fstore.core.event_schema import EventSchema, FieldType
+from fstore.core.events import Row
 from fstore.core.timeutil import to_date
 
 TS = pa.timestamp("us", tz="UTC")
 
-RAW_SCHEMA = pa.schema(
-    [
-        pa.field("event_id", pa.string(), nullable=False),
-        pa.field("event_type", pa.string(), nullable=False),
-        pa.field("user_id", pa.string(), nullable=False),
-        pa.field("product_id", pa.string()),
-        pa.field("event_time", TS, nullable=False),
-        pa.field("price", pa.float64()),
-        pa.field("quantity", pa.int32(), nullable=False),
-        pa.field("session_id", pa.string()),
-        pa.field("ingested_at", TS, nullable=False),
-        pa.field("payload_hash", pa.string(), nullable=False),
-        pa.field("event_date", pa.date32(), nullable=False),
-    ]
+#: Arrow types of the event field types in ``raw_events`` (INT is 32-bit: what validation bounds it to).
+ARROW_TYPES = {
+    FieldType.STRING: pa.string(),
+    FieldType.INT: pa.int32(),
+    FieldType.FLOAT: pa.float64(),
+    FieldType.BOOL: pa.bool_(),
+    FieldType.TIMESTAMP: TS,
+}
+#: fstore's own columns, after the event fields.
+OWN_COLUMNS = (
+    pa.field("ingested_at", TS, nullable=False),
+    pa.field("payload_hash", pa.string(), nullable=False),
+    pa.field("event_date", pa.date32(), nullable=False),
 )
+
+
+def raw_schema(schema: EventSchema) -> pa.Schema:
+    """The ``raw_events`` columns of an event schema: every field in declaration order (not null when the
+    field is required or has a default), then ``ingested_at``, ``payload_hash``, ``event_date``."""
+    own = {f.name for f in OWN_COLUMNS}
+    clash = [f.name for f in schema.fields if f.name in own]
+    if clash:
+        raise ValueError(f"event field(s) {clash} clash with raw_events' own columns {sorted(own)}: rename them")
+    fields = [
+        pa.field(f.name, ARROW_TYPES[f.type], nullable=not (f.required or f.default is not None)) for f in schema.fields
+    ]
+    return pa.schema([*fields, *OWN_COLUMNS])
+
+
+def rows_table(schema: EventSchema, rows: Sequence[Row], hashes: Sequence[str], ingested_at: Iterable[int]) -> pa.Table:
+    """Arrow table in the ``raw_events`` schema of ``schema`` from normalised rows (timestamps in UTC epoch
+    µs; ``ingested_at`` per row). Raises on a value the table cannot hold."""
+    target = raw_schema(schema)
+    if not rows:
+        return target.empty_table()
+    arrays = []
+    for f in schema.fields:
+        values = [r.get(f.name) for r in rows]
+        if f.type is FieldType.TIMESTAMP:
+            arrays.append(pa.array(values, pa.int64()).cast(TS))
+        else:
+            arrays.append(pa.array(values, ARROW_TYPES[f.type]))
+    times = arrays[schema.names.index(schema.timestamp_field)]
+    arrays += [
+        pa.array(list(ingested_at), pa.int64()).cast(TS),
+        pa.array(hashes, pa.string()),
+        pc.cast(times, pa.date32()),
+    ]
+    return pa.Table.from_arrays(arrays, schema=target)
+
+
+def sample_row(schema: EventSchema) -> Row:
+    """A row that fits ``schema``'s columns (warms Arrow's lazy imports up)."""
+    fill = {
+        FieldType.STRING: "x",
+        FieldType.INT: 1,
+        FieldType.FLOAT: 0.0,
+        FieldType.BOOL: False,
+        FieldType.TIMESTAMP: 0,
+    }
+    return {f.name: fill[f.type] for f in schema.fields}
+
 
 DEAD_LETTER_SCHEMA = pa.schema(
     [
@@ -58,36 +112,55 @@ DEAD_LETTER_SCHEMA = pa.schema(
 )
 
 
-def events_table(events: Sequence[Event], hashes: Sequence[str], ingested_at: Sequence[int]) -> pa.Table:
-    """Arrow table in the ``raw_events`` schema (``ingested_at`` per row, UTC epoch microseconds)."""
-    if not events:
-        return RAW_SCHEMA.empty_table()
-    (event_id, event_type, user_id, product_id, event_time, price, quantity, session_id) = (
-        [e[i] for e in events] for i in range(8)
-    )
-    times = pa.array(event_time, pa.int64()).cast(TS)
-    return pa.Table.from_arrays(
-        [
-            pa.array(event_id, pa.string()),
-            pa.array(event_type, pa.string()),
-            pa.array(user_id, pa.string()),
-            pa.array(product_id, pa.string()),
-            times,
-            pa.array(price, pa.float64()),
-            pa.array(quantity, pa.int32()),
-            pa.array(session_id, pa.string()),
-            pa.array(ingested_at, pa.int64()).cast(TS),
-            pa.array(hashes, pa.string()),
-            pc.cast(times, pa.date32()),
-        ],
-        schema=RAW_SCHEMA,
-    )
+def append_raw(uri: str, table: pa.Table, schema: EventSchema | None = None) -> None:
+    """Append rows to ``raw_events`` (creates the table on first use). One Delta commit.
 
-
-def append_raw(uri: str, table: pa.Table) -> None:
-    """Append rows to ``raw_events`` (creates the table on first use). One Delta commit."""
-    if table.num_rows:
+    The table's schema evolves with the event schema (module docstring): columns the rows lack are
+    written as nulls, new columns are added (nullable). ``schema`` is the rows' event schema, for the
+    error message only.
+    """
+    if not table.num_rows:
+        return
+    dt = open_table(uri)
+    if dt is None:
         write_deltalake(uri, table, mode="append", partition_by=["event_date"])
+        return
+    table, added = conform(table, dt.schema().to_arrow(), uri)
+    write_deltalake(dt, table, mode="append", partition_by=["event_date"], schema_mode="merge" if added else None)
+
+
+def conform(table: pa.Table, current: Any, uri: str) -> tuple[pa.Table, bool]:
+    """``table`` in the column order of the table's ``current`` schema, with its missing columns as nulls
+    and its new ones (made nullable) last; and whether it adds columns."""
+    current = pa.schema(current)
+    names = set(table.schema.names)
+    columns, fields = [], []
+    for f in current:
+        if f.name in names:
+            columns.append(table.column(f.name))
+            fields.append(table.schema.field(f.name).with_nullable(f.nullable))
+        else:  # a field removed from the event schema: its column stays, new rows null
+            if not f.nullable:
+                raise ValueError(
+                    f"{uri}: column {f.name!r} is NOT NULL in raw_events but the event schema no longer has it; "
+                    "keep the field (optional) or start a new table"
+                )
+            columns.append(pa.nulls(table.num_rows, _delta_type(f.type)))
+            fields.append(pa.field(f.name, _delta_type(f.type)))
+    known = set(current.names)
+    extra = [f for f in table.schema if f.name not in known]
+    for f in extra:  # a field added to the event schema: a new nullable column, older rows null
+        columns.append(table.column(f.name))
+        fields.append(f.with_nullable(True))
+    return pa.Table.from_arrays(columns, schema=pa.schema(fields)), bool(extra)
+
+
+def _delta_type(t: pa.DataType) -> pa.DataType:
+    """The Arrow type to write for a column as Delta reports it (delta-rs reads strings back as
+    ``string_view``/``large_string``; write them as ``string``)."""
+    if pa.types.is_large_string(t) or pa.types.is_string_view(t):
+        return pa.string()
+    return t
 
 
 def dead_letters_table(payloads: Sequence[bytes], reasons: Sequence[str], source: str, ingested_at: int) -> pa.Table:
@@ -126,8 +199,16 @@ def append_on(uri: str, snapshot: DeltaTable | None, table: pa.Table, partition_
     try:
         if snapshot is None:
             write_deltalake(uri, table, mode="error", partition_by=partition_by, commit_properties=props)
-        else:
-            write_deltalake(snapshot, table, mode="append", partition_by=partition_by, commit_properties=props)
+        else:  # the table's schema evolves with the event schema, as in append_raw
+            table, added = conform(table, snapshot.schema().to_arrow(), uri)
+            write_deltalake(
+                snapshot,
+                table,
+                mode="append",
+                partition_by=partition_by,
+                commit_properties=props,
+                schema_mode="merge" if added else None,
+            )
     except CommitFailedError as exc:
         raise CommitConflict(str(exc)) from exc
     except DeltaError as exc:  # mode="error": the table was created meanwhile
@@ -217,31 +298,42 @@ def open_table(uri: str) -> DeltaTable | None:
         return None
 
 
-def read_table(uri: str, columns: list[str] | None = None, filter: pc.Expression | None = None) -> pa.Table:
-    """Read (part of) a Delta table into Arrow; empty when the table does not exist."""
+def read_table(
+    uri: str,
+    columns: list[str] | None = None,
+    filter: pc.Expression | None = None,
+    schema: EventSchema | None = None,
+) -> pa.Table:
+    """Read (part of) a Delta table into Arrow; empty when the table does not exist (``raw_events``' columns
+    then take their types from the event ``schema``; without it they are of Arrow's null type)."""
     dt = open_table(uri)
     if dt is None:
         name = uri.rstrip("/")
-        schema = (
-            RAW_SCHEMA
+        if name.endswith("raw_events") and schema is None:
+            return pa.schema([(c, pa.null()) for c in columns or ()]).empty_table()
+        empty_schema = (
+            raw_schema(schema)  # type: ignore[arg-type]
             if name.endswith("raw_events")
             else SUPERSEDED_SCHEMA
             if name.endswith("_superseded")
             else DEAD_LETTER_SCHEMA
         )
-        empty = schema.empty_table()
+        empty = empty_schema.empty_table()
         return empty.select(columns) if columns else empty
     return dt.to_pyarrow_dataset().to_table(columns=columns, filter=filter)
 
 
-def event_ids_on(uri: str, dates: Iterable[date]) -> dict[date, set[str]]:
-    """event_ids already in ``raw_events``, per event_date, for the given dates (partition-pruned)."""
+def event_ids_on(uri: str, dates: Iterable[date], id_column: str = "event_id") -> dict[date, set[str]]:
+    """Ids (column ``id_column``, the plan's id field) already in ``raw_events``, per event_date, for the
+    given dates (partition-pruned)."""
     wanted = sorted(set(dates))
     out: dict[date, set[str]] = {d: set() for d in wanted}
     if not wanted:
         return out
-    tbl = read_table(uri, ["event_id", "event_date"], pc.field("event_date").isin(wanted))
-    for d, ids in zip(tbl.column("event_date").to_pylist(), tbl.column("event_id").to_pylist(), strict=True):
+    if open_table(uri) is None:
+        return out
+    tbl = read_table(uri, [id_column, "event_date"], pc.field("event_date").isin(wanted))
+    for d, ids in zip(tbl.column("event_date").to_pylist(), tbl.column(id_column).to_pylist(), strict=True):
         out[d].add(ids)
     return out
 

@@ -3,7 +3,7 @@
 They keep the contracts the worker relies on — tiles exactly once per event_id, raw rows released in
 order, dead letters acknowledged — and nothing else. Example::
 
-    sinks = MemorySinks(list(VIEWS.values()))
+    sinks = MemorySinks(plan)
     layer = SpeedLayer(settings, events_topic=None, dlq_topic=sinks.dead, kv=sinks.kv, tiles=sinks.tiles, raw=sinks.raw)
     await layer.handle({tp: records})
     await layer.flush()
@@ -16,34 +16,38 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from fstore.core.events import Event
-from fstore.core.features import FeatureView
-from fstore.core.tiles import Tile, TileKey, add_event, entity_of
+from fstore.core.events import Row
+from fstore.core.plan import Plan, View
+from fstore.core.view_tiles import Tile, TileKey, ViewTiler
+
+Held = tuple[View, str, Row]
 
 
 @dataclass
 class MemoryPlan:
-    """A :class:`MemoryTiles` plan: events to apply (``now``: the processing clock), held future events to
+    """A :class:`MemoryTiles` plan: rows to apply (``now``: the processing clock), held future events to
     move; ``held`` lists, once sent, the future events it held."""
 
-    events: list[Event]
+    events: list[Row]
     now: int | None = None
-    moves: list[tuple[FeatureView, str, Event]] = field(default_factory=list)
-    held: list[tuple[FeatureView, str, Event]] = field(default_factory=list)
+    moves: list[Held] = field(default_factory=list)
+    held: list[Held] = field(default_factory=list)
 
 
 class MemoryTiles:
     """:class:`~jobs.stream.ports.TileSink` over dicts: ``tiles[view name][TileKey]`` via the core's
-    :func:`~fstore.core.tiles.add_event`, an event_id counted once; an event stamped at or after the
-    plan's ``now`` is held in ``future[view name][event_id]`` instead, until moved."""
+    :class:`~fstore.core.view_tiles.ViewTiler`, an id counted once; an event stamped at or after the
+    plan's ``now`` is held in ``future[view name][id]`` instead, until moved."""
 
-    def __init__(self, views: Sequence[FeatureView]) -> None:
-        self.views = tuple(views)
+    def __init__(self, plan: Plan) -> None:
+        self.views = plan.views
+        self.id_field, self.ts = plan.schema.id_field, plan.schema.timestamp_field
+        self.tilers = {v.name: ViewTiler(v, self.ts) for v in self.views}
         self.tiles: dict[str, dict[TileKey, Tile]] = {v.name: {} for v in self.views}
-        self.future: dict[str, dict[str, Event]] = {v.name: {} for v in self.views}
+        self.future: dict[str, dict[str, Row]] = {v.name: {} for v in self.views}
         self.seen: set[str] = set()
 
-    def plan(self, events: Sequence[Event], now: int | None = None) -> MemoryPlan:
+    def plan(self, events: Sequence[Row], now: int | None = None) -> MemoryPlan:
         return MemoryPlan(list(events), now)
 
     async def send(self, plan: MemoryPlan, on_sent: Callable[[], None] | None = None) -> set[str]:
@@ -51,32 +55,33 @@ class MemoryTiles:
             on_sent()
         return self._apply(plan)
 
-    async def apply(self, events: Sequence[Event], now: int | None = None) -> set[str]:
+    async def apply(self, events: Sequence[Row], now: int | None = None) -> set[str]:
         return self._apply(self.plan(events, now))
 
-    def stored_future(self, plan: MemoryPlan) -> list[tuple[FeatureView, str, Event]]:
+    def stored_future(self, plan: MemoryPlan) -> list[Held]:
         return plan.held
 
-    def plan_moves(self, due: Sequence[tuple[FeatureView, str, Event]]) -> MemoryPlan:
+    def plan_moves(self, due: Sequence[Held]) -> MemoryPlan:
         return MemoryPlan([], moves=list(due))
 
     def _apply(self, plan: MemoryPlan) -> set[str]:
+        idf = self.id_field
         for view, _, ev in plan.moves:
-            if self.future[view.name].pop(ev.event_id, None) is not None:
-                add_event(self.tiles[view.name], view, ev)
+            if self.future[view.name].pop(ev[idf], None) is not None:
+                self.tilers[view.name].add(self.tiles[view.name], ev)
         skipped: set[str] = set()
         for ev in plan.events:
-            if ev.event_id in self.seen:
-                skipped.add(ev.event_id)
+            if ev[idf] in self.seen:
+                skipped.add(ev[idf])
                 continue
-            self.seen.add(ev.event_id)
+            self.seen.add(ev[idf])
             for view in self.views:
-                entity = entity_of(view, ev)
-                if plan.now is not None and ev.event_time >= plan.now and entity is not None:
-                    self.future[view.name][ev.event_id] = ev
-                    plan.held.append((view, entity, ev))
+                entity = ev.get(view.entity.join_key)
+                if plan.now is not None and ev[self.ts] >= plan.now and entity is not None:
+                    self.future[view.name][ev[idf]] = ev
+                    plan.held.append((view, str(entity), ev))
                 else:
-                    add_event(self.tiles[view.name], view, ev)
+                    self.tilers[view.name].add(self.tiles[view.name], ev)
         return skipped
 
 
@@ -84,8 +89,8 @@ class MemoryTiles:
 class ListRaw:
     """:class:`~jobs.stream.ports.RawEventSink` that "writes" to a list (``rows``: event, hash, ingested_at)."""
 
-    rows: list[tuple[Event, str, int]] = field(default_factory=list)
-    _buffer: list[tuple[Event, str, int]] = field(default_factory=list)
+    rows: list[tuple[Row, str, int]] = field(default_factory=list)
+    _buffer: list[tuple[Row, str, int]] = field(default_factory=list)
     _tokens: list[Any] = field(default_factory=list)
 
     @property
@@ -93,11 +98,11 @@ class ListRaw:
         return len(self._buffer)
 
     def to_rows(
-        self, events: Sequence[Event], hashes: Sequence[str], ingested_at: Sequence[int]
-    ) -> list[tuple[Event, str, int]]:
+        self, events: Sequence[Row], hashes: Sequence[str], ingested_at: Sequence[int]
+    ) -> list[tuple[Row, str, int]]:
         return list(zip(events, hashes, ingested_at, strict=True))
 
-    def add(self, rows: list[tuple[Event, str, int]], tokens: Sequence[Any]) -> None:
+    def add(self, rows: list[tuple[Row, str, int]], tokens: Sequence[Any]) -> None:
         self._buffer += rows
         self._tokens += tokens
 
@@ -159,8 +164,8 @@ class MemoryKV:
 class MemorySinks:
     """One of each fake, for one :class:`~jobs.stream.layer.SpeedLayer`."""
 
-    def __init__(self, views: Sequence[FeatureView]) -> None:
-        self.tiles = MemoryTiles(views)
+    def __init__(self, plan: Plan) -> None:
+        self.tiles = MemoryTiles(plan)
         self.raw = ListRaw()
         self.dead = ListDeadLetters()
         self.kv = MemoryKV()

@@ -53,9 +53,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from fstore.clock import Clock, wall_clock
-from fstore.core.events import Event
-from fstore.core.features import VIEWS, FeatureView
+from fstore.core.plan import Plan
 from fstore.core.timeutil import iso
+from fstore.plan_source import current_plan
 from fstore.redis.connect import async_client
 from fstore.redis.layout import HEARTBEAT_KEY, POINTER_KEY, BatchPointer, Heartbeat
 from jobs.stream import metrics
@@ -69,10 +69,10 @@ from jobs.stream.faults import (
     is_outage,
 )
 from jobs.stream.log_guard import TopicState, TopicWatch, compare
-from jobs.stream.pipeline import Prepared, prepare
+from jobs.stream.pipeline import EventReader, Prepared, prepare, reader_for
 from jobs.stream.ports import DeadLetterSink, KeyValue, RawEventSink, TileSink
 from jobs.stream.settings import StreamSettings
-from jobs.stream.sinks import RawSink, TileWriter
+from jobs.stream.sinks import Held, RawSink, TileWriter
 
 log = logging.getLogger("fstore.stream")
 
@@ -146,6 +146,7 @@ class SpeedLayer:
         tiles: TileSink | None = None,
         raw: RawEventSink | None = None,
         clock: Clock = wall_clock,
+        plan: Plan | None = None,
     ) -> None:
         """Args:
         s: the worker settings.
@@ -154,8 +155,11 @@ class SpeedLayer:
         kv, tiles, raw: the Redis client, the speed-tile sink and the raw sink; built from ``s`` when
             omitted (tests pass the fakes of :mod:`jobs.stream.fakes`).
         clock: the processing clock (UTC epoch µs) that validation and ``ingested_at`` use.
+        plan: the compiled plan the worker runs (default: the process's, :func:`fstore.plan_source.current_plan`).
         """
         self.s, self.clock = s, clock
+        self.plan = current_plan() if plan is None else plan
+        self.reader: EventReader = reader_for(self.plan)
         self.events_topic, self.dlq_topic = events_topic, dlq_topic
         self.redis: Any = (  # a redis.asyncio.Redis or a ClusterPool, or a KeyValue fake when the tile sink is one too
             kv if kv is not None else async_client(s.redis_url, s.redis_cluster, timeout=10, connect_timeout=5)
@@ -165,7 +169,7 @@ class SpeedLayer:
             if tiles is not None
             else TileWriter(
                 self.redis,
-                list(VIEWS.values()),
+                self.plan,
                 s.marker_ttl_s,
                 s.tile_ttl_s,
                 chunk=s.stream_script_chunk,
@@ -173,7 +177,9 @@ class SpeedLayer:
             )
         )
         self.raw: RawEventSink = (
-            raw if raw is not None else RawSink(s.table("raw_events"), s.stream_raw_max_events, s.stream_raw_max_age_s)
+            raw
+            if raw is not None
+            else RawSink(s.table("raw_events"), self.plan.schema, s.stream_raw_max_events, s.stream_raw_max_age_s)
         )
         self.last_at = 0
         self.consumer: AIOKafkaConsumer | None = None
@@ -190,7 +196,7 @@ class SpeedLayer:
         self._commit_lock = asyncio.Lock()
         self._flushing: asyncio.Task[None] | None = None
         # future events stored as exact fields, by event_time: moved into the tiles once it has passed
-        self.future: list[tuple[int, int, FeatureView, str, Event]] = []
+        self.future: list[tuple[int, int, Held]] = []
         self._future_seq = itertools.count()
         self._dead_acked: set[tuple[Any, int]] = set()  # (partition, offset) of dead letters the broker has
         self._unprocessable_streak = 0
@@ -208,7 +214,8 @@ class SpeedLayer:
         """Tell readers (GET /health) how fresh the speed view is; at most once a second (and at shutdown),
         best effort."""
         if prep is not None and prep.valid:
-            newest = max(ev.event_time for ev in prep.valid)
+            ts = self.reader.ts_field
+            newest = max(ev[ts] for ev in prep.valid)
             self._newest_event = newest if self._newest_event is None else max(self._newest_event, newest)
         if not force and committed - self._heartbeat_at < 1.0:
             return
@@ -558,7 +565,7 @@ class SpeedLayer:
         batch = [r for part in records.values() for r in part]
         values = [b"" if r.value is None else r.value for r in batch]
         last_at = self.last_at
-        prep = prepare(values, now, last_at, cutover, self.s.horizon_us)
+        prep = prepare(values, now, last_at, cutover, self.s.horizon_us, self.reader)
         offsets = {tp: part[-1].offset + 1 for tp, part in records.items() if part}
         tiles = None if self.s.stream_naive_per_event else self.tiles.plan(prep.fresh, now)
         rows = self.raw.to_rows(prep.valid, prep.hashes, prep.ingested_at)
@@ -635,18 +642,18 @@ class SpeedLayer:
         stored = self.tiles.stored_future(plan)
         if stored:
             metrics.FUTURE_STORED.inc(len(stored))
-            for view, entity, ev in stored:
-                heapq.heappush(self.future, (ev.event_time, next(self._future_seq), view, entity, ev))
+            ts = self.reader.ts_field
+            for held in stored:
+                heapq.heappush(self.future, (held[2][ts], next(self._future_seq), held))
 
     async def move_due(self) -> None:
         """Move the queued future events whose event_time has passed into the tiles (one atomic step per
         entity: cells added, fields deleted; a repeated move applies nothing). Readers count the fields by
         their exact times meanwhile, so when this runs changes no value, only the cost of reads."""
         now = self.clock()
-        due: list[tuple[FeatureView, str, Event]] = []
+        due: list[Held] = []
         while self.future and self.future[0][0] < now:
-            _, _, view, entity, ev = heapq.heappop(self.future)
-            due.append((view, entity, ev))
+            due.append(heapq.heappop(self.future)[2])
         if due:
             plan = self.tiles.plan_moves(due)
             await self._redis(lambda: self.tiles.send(plan))

@@ -4,14 +4,10 @@ No Kafka, Redis or Delta here (unit-testable with plain bytes): the consumer tas
 values of a batch with the processing clock, and gets back what goes to the dead-letter topic, to the
 raw sink and to the speed tiles.
 
-Decoding: a message made only of the schema's fields is decoded by msgspec straight into typed fields
-(:class:`_Wire`: no dict, the JSON types checked in C) and accepted by the core's fast path
-(:func:`fstore.core.events.accept`); anything else — another field, a null id, a float time, a syntax
-error, a check that fails — goes through :func:`fstore.core.events.parse` with orjson, which alone gives
-the verdict and the reason. The typed decoder only ever accepts what the core accepts for the same
-bytes, with the same event (``tests/unit/jobs/stream/test_pipeline.py`` compares both paths on
-generated and mutated messages): unknown fields are refused rather than skipped, so no JSON text reaches
-an accepted event without both decoders having read it the same way.
+Decoding and validation run from the process's plan (:func:`fstore.plan_source.current_plan`) through its
+:class:`fstore.event_reader.EventReader` (a compiled fast path, then the generic check, which alone gives
+reasons); :func:`prepare` inlines its fast path, as this loop runs for every message. Duplicates are
+recognised by the schema's id field.
 """
 
 from __future__ import annotations
@@ -19,42 +15,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import msgspec
 import orjson
 
-from fstore.core.events import MAX_MESSAGE_BYTES, Event, Rejection, accept, parse, payload_hash
+from fstore.core.events import MAX_MESSAGE_BYTES, Rejection, Row, parse_row, payload_hash
+from fstore.event_reader import EventReader, decode, reader_for
 
-
-class _Wire(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    """The schema's fields with the JSON types the core's fast path accepts (others: the orjson path)."""
-
-    event_id: str
-    event_type: str
-    user_id: str
-    event_time: int | str
-    product_id: str | None = None
-    price: float | None = None
-    quantity: int | None = None
-    session_id: str | None = None
-
-
-_decode = msgspec.json.Decoder(_Wire).decode
-
-
-def parse_fast(raw: bytes, now: int) -> Event | Rejection:
-    """:func:`fstore.core.events.parse` with orjson, via the typed decoder first (see the module docstring)."""
-    if len(raw) <= MAX_MESSAGE_BYTES:
-        try:
-            w = _decode(raw)
-        except Exception:  # DecodeError, UnicodeDecodeError (bad UTF-8), ...: the orjson path decides
-            pass
-        else:
-            ev = accept(
-                w.event_id, w.event_type, w.user_id, w.product_id, w.event_time, w.price, w.quantity, w.session_id, now
-            )
-            if ev is not None:
-                return ev
-    return parse(raw, now, orjson.loads)
+__all__ = ["EventReader", "Prepared", "prepare", "reader_for"]
 
 
 @dataclass
@@ -68,10 +34,10 @@ class Prepared:
     decides whether they are new).
     """
 
-    valid: list[Event] = field(default_factory=list)
+    valid: list[Row] = field(default_factory=list)
     hashes: list[str] = field(default_factory=list)
     ingested_at: list[int] = field(default_factory=list)
-    fresh: list[Event] = field(default_factory=list)
+    fresh: list[Row] = field(default_factory=list)
     invalid: list[tuple[int, str]] = field(default_factory=list)  # (position in the batch, reason)
     batch_duplicates: int = 0
     late: int = 0
@@ -79,7 +45,14 @@ class Prepared:
     last_at: int = 0
 
 
-def prepare(values: Sequence[bytes], now: int, last_at: int, cutover: int | None, horizon_us: int) -> Prepared:
+def prepare(
+    values: Sequence[bytes],
+    now: int,
+    last_at: int,
+    cutover: int | None,
+    horizon_us: int,
+    reader: EventReader | None = None,
+) -> Prepared:
     """Validate and classify a batch of message values.
 
     Args:
@@ -88,51 +61,45 @@ def prepare(values: Sequence[bytes], now: int, last_at: int, cutover: int | None
         last_at: the last ``ingested_at`` handed out (ingestion instants strictly increase).
         cutover: the serving batch view's cutover C, or ``None``; valid events before it are *late*.
         horizon_us: events older than ``now - horizon_us`` skip the tiles (raw_events still gets them).
+        reader: the plan's reader (default: the process's plan).
 
     Returns:
         The classified batch; ``last_at`` is the last instant used.
     """
+    r = reader_for() if reader is None else reader
     out = Prepared()
     at = max(now, last_at + 1)
     oldest = now - horizon_us
     seen: set[str] = set()
-    decode, fast, loads = _decode, accept, orjson.loads
+    fast, check, loads = r.accept, r.check, orjson.loads
+    idf, ts = r.id_field, r.ts_field
     for i, raw in enumerate(values):
-        res: Event | Rejection | None = None
-        if len(raw) <= MAX_MESSAGE_BYTES:  # parse_fast, inlined: this loop runs for every message
-            try:
-                w = decode(raw)
-            except Exception:  # as in parse_fast
+        res: Row | Rejection | None = None
+        if len(raw) <= MAX_MESSAGE_BYTES:  # EventReader.parse, inlined: this loop runs for every message
+            try:  # noqa: SIM105 - contextlib.suppress costs more, once per message
+                res = fast(decode(raw), now)
+            except Exception:  # as in EventReader.parse
                 pass
-            else:
-                res = fast(
-                    w.event_id,
-                    w.event_type,
-                    w.user_id,
-                    w.product_id,
-                    w.event_time,
-                    w.price,
-                    w.quantity,
-                    w.session_id,
-                    now,
-                )
         if res is None:
-            res = parse(raw, now, loads)
-        if not isinstance(res, Event):
+            res = parse_row(raw, now, check, loads)
+        if isinstance(res, Rejection):
             out.invalid.append((i, res.reason))
             continue
-        out.valid.append(res)
+        row: Row = res
+        out.valid.append(row)
         out.hashes.append(payload_hash(raw))
         out.ingested_at.append(at)
         at += 1
-        if cutover is not None and res.event_time < cutover:
+        t = row[ts]
+        if cutover is not None and t < cutover:
             out.late += 1
-        if res.event_id in seen:
+        eid = row[idf]
+        if eid in seen:
             out.batch_duplicates += 1
-        elif res.event_time < oldest:
+        elif t < oldest:
             out.beyond_horizon += 1
         else:
-            seen.add(res.event_id)
-            out.fresh.append(res)
+            seen.add(eid)
+            out.fresh.append(row)
     out.last_at = at - 1 if out.valid else max(now, last_at)
     return out

@@ -18,8 +18,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
-from fstore.core.events import Event
-from fstore.core.features import FeatureView
+from fstore.core.events import Row
 
 
 class TileSink(Protocol):
@@ -30,7 +29,7 @@ class TileSink(Protocol):
     tiles (:meth:`plan_moves`), once its time has come (docs/design.md §5).
     """
 
-    def plan(self, events: Sequence[Event], now: int | None = None) -> Any:
+    def plan(self, events: Sequence[Row], now: int | None = None) -> Any:
         """Prepare a batch (pure CPU; the worker runs it while the previous batch's request is in flight)."""
         ...
 
@@ -39,15 +38,15 @@ class TileSink(Protocol):
         ``on_sent`` is called once the request is written."""
         ...
 
-    async def apply(self, events: Sequence[Event], now: int | None = None) -> set[str]:
+    async def apply(self, events: Sequence[Row], now: int | None = None) -> set[str]:
         """``send(plan(events, now))``."""
         ...
 
-    def stored_future(self, plan: Any) -> list[tuple[FeatureView, str, Event]]:
+    def stored_future(self, plan: Any) -> list[tuple[Any, str, Row]]:
         """``(view, entity, event)`` of the future events a sent plan holds exactly (to move once due)."""
         ...
 
-    def plan_moves(self, due: Sequence[tuple[FeatureView, str, Event]]) -> Any:
+    def plan_moves(self, due: Sequence[tuple[Any, str, Row]]) -> Any:
         """A plan that moves held future events into the tiles (only ones :meth:`stored_future` returned)."""
         ...
 
@@ -60,7 +59,7 @@ class RawEventSink(Protocol):
         """Rows waiting for the next flush."""
         ...
 
-    def to_rows(self, events: Sequence[Event], hashes: Sequence[str], ingested_at: Sequence[int]) -> Any:
+    def to_rows(self, events: Sequence[Row], hashes: Sequence[str], ingested_at: Sequence[int]) -> Any:
         """The sink's form of a batch's rows, made when the batch is validated (before its tiles); raises on a
         value the sink cannot hold, so that the worker can isolate and dead-letter the message."""
         ...

@@ -10,8 +10,8 @@ from functools import lru_cache
 
 from pydantic import Field
 
-from fstore.core.features import largest_hop, longest_window
 from fstore.core.timeutil import SECOND
+from fstore.plan_source import current_plan
 from fstore.settings import Settings, load_settings
 from jobs.stream.dead_letters import DLQ_MAX_BYTES, FALLBACK_BYTES
 
@@ -74,8 +74,9 @@ class StreamSettings(Settings):
 
     @property
     def tile_ttl_s(self) -> int:
-        """TTL of every speed-tile hash: longest window + largest hop + margin."""
-        return (longest_window() + largest_hop()) // SECOND + self.stream_key_ttl_margin_s
+        """TTL of every speed-tile hash: the plan's longest window + largest hop + margin."""
+        plan = current_plan()
+        return (plan.longest_window + plan.largest_hop) // SECOND + self.stream_key_ttl_margin_s
 
     @property
     def marker_ttl_s(self) -> int:

@@ -18,8 +18,9 @@ import pyarrow as pa
 from redis.exceptions import NoScriptError
 
 from fstore.clock import Clock, wall_clock
-from fstore.core.events import Event
-from fstore.core.features import FeatureView
+from fstore.core.event_schema import EventSchema
+from fstore.core.events import Row
+from fstore.core.plan import Plan
 from fstore.delta import raw_log
 from fstore.delta.event_index import EventIndex, date_numbers
 from fstore.redis.cluster import ClusterPool
@@ -34,6 +35,10 @@ from jobs.stream.speed_lua import (
     move_subgroups,
     plan_calls,
 )
+from jobs.stream.tile_steps import ViewSteps, view_steps
+
+#: A future event stored as a field: the compiled view, the entity, the row.
+Held = tuple[ViewSteps, str, Row]
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +64,9 @@ class TilePlan:
         self.skipped: set[str] = set()
         self.sent = False  # the first round's request has been written (or there was nothing to send)
 
-    def stored_future(self) -> list[tuple[FeatureView, str, Event]]:
-        """``(view, entity, event)`` of the future events this plan stored as fields (call once sent)."""
-        return [(sub.view, sub.entity, ev) for sub in self.subgroups if not sub.moving for ev in sub.future]
+    def stored_future(self) -> list[Held]:
+        """``(view steps, entity, row)`` of the future events this plan stored as fields (call once sent)."""
+        return [(sub.steps, sub.entity, ev) for sub in self.subgroups if not sub.moving for ev in sub.future]
 
     def mark_sent(self, on_sent: Callable[[], None] | None) -> None:
         """Record that the first request is out; call ``on_sent`` the first time only."""
@@ -85,7 +90,7 @@ class TileWriter:
 
     Args:
         client: a ``redis.asyncio`` client (``decode_responses=False``) or a ``ClusterPool``.
-        views: the feature views to maintain.
+        plan: the compiled plan: its feature views are maintained (or only ``views``, names of some).
         marker_ttl: seconds a de-duplication marker lives.
         tile_ttl: seconds a tile hash lives after its last write.
         chunk: max markers per script call on a standalone Redis (a Redis Cluster client,
@@ -97,21 +102,24 @@ class TileWriter:
     def __init__(
         self,
         client: Any,
-        views: Sequence[FeatureView],
+        plan: Plan,
         marker_ttl: int,
         tile_ttl: int,
         *,
+        views: Sequence[str] | None = None,
         chunk: int = 4_000,
         clock: Clock = wall_clock,
     ) -> None:
-        self.client, self.views = client, tuple(views)
+        self.client, self.compiled = client, plan
+        chosen = plan.views if views is None else [plan.view(name) for name in views]
+        self.views = tuple(view_steps(v, plan.schema) for v in chosen)
         self.marker_ttl, self.tile_ttl = marker_ttl, tile_ttl
         self.cluster, self.chunk, self.clock = isinstance(client, ClusterPool), chunk, clock
 
-    def plan(self, events: Sequence[Event], now: int | None = None) -> TilePlan:
-        """Pre-aggregate events (unique by event_id) and pack the first round (pure CPU, no I/O).
+    def plan(self, events: Sequence[Row], now: int | None = None) -> TilePlan:
+        """Pre-aggregate rows (unique by id) and pack the first round (pure CPU, no I/O).
 
-        ``now`` is the processing clock: events with ``event_time >= now`` are stored as exact future
+        ``now`` is the processing clock: events with a time ``>= now`` are stored as exact future
         fields rather than folded into tiles (:mod:`jobs.stream.speed_lua`).
         """
         generation = marker_generation(self.clock() if now is None else now, self.marker_ttl)
@@ -119,11 +127,11 @@ class TileWriter:
         self._pack(plan)
         return plan
 
-    def stored_future(self, plan: TilePlan) -> list[tuple[FeatureView, str, Event]]:
+    def stored_future(self, plan: TilePlan) -> list[Held]:
         """The future events a sent plan stored as fields (:meth:`TilePlan.stored_future`)."""
         return plan.stored_future()
 
-    def plan_moves(self, due: Sequence[tuple[FeatureView, str, Event]]) -> TilePlan:
+    def plan_moves(self, due: Sequence[Held]) -> TilePlan:
         """Move future events whose time has come from their fields into the tiles (only events this
         worker stored as fields: :meth:`TilePlan.stored_future`)."""
         plan = TilePlan(move_subgroups(due), marker_generation(self.clock(), self.marker_ttl))
@@ -140,8 +148,8 @@ class TileWriter:
         parts = [c.packed() for c in plan.calls]
         plan.packed = parts if self.cluster else b"".join(parts)
 
-    async def apply(self, events: Sequence[Event], now: int | None = None) -> set[str]:
-        """Apply events (unique by event_id within the call) and return the event_ids skipped as duplicates."""
+    async def apply(self, events: Sequence[Row], now: int | None = None) -> set[str]:
+        """Apply rows (unique by id within the call) and return the ids skipped as duplicates."""
         return await self.send(self.plan(events, now))
 
     async def send(self, plan: TilePlan, on_sent: Callable[[], None] | None = None) -> set[str]:
@@ -222,30 +230,36 @@ class RawSink:
 
     Args:
         uri: the ``raw_events`` table.
+        schema: the plan's event schema (the table's columns, :func:`fstore.delta.raw_log.raw_schema`).
         max_events: flush when this many rows are buffered.
         max_age_s: flush when the oldest buffered chunk is this old.
         clock: monotonic seconds (injectable).
     """
 
     def __init__(
-        self, uri: str, max_events: int, max_age_s: float, clock: Callable[[], float] = time.monotonic
+        self,
+        uri: str,
+        schema: EventSchema,
+        max_events: int,
+        max_age_s: float,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.uri, self.max_events, self.max_age_s, self.clock = uri, max_events, max_age_s, clock
+        self.uri, self.schema, self.max_events, self.max_age_s, self.clock = uri, schema, max_events, max_age_s, clock
         self._tables: list[pa.Table] = []
         self._rows = 0
         self._tokens: list[Any] = []
         self._since: float | None = None
         self._lock = asyncio.Lock()
-        self.index = EventIndex(uri)
+        self.index = EventIndex(uri, id_column=schema.id_field)
 
     @property
     def buffered(self) -> int:
         """Rows waiting for the next flush."""
         return self._rows
 
-    def to_rows(self, events: Sequence[Event], hashes: Sequence[str], ingested_at: Sequence[int]) -> pa.Table:
+    def to_rows(self, events: Sequence[Row], hashes: Sequence[str], ingested_at: Sequence[int]) -> pa.Table:
         """The rows of a batch in the ``raw_events`` schema (raises on a value the table cannot hold)."""
-        return raw_log.events_table(events, hashes, ingested_at)
+        return raw_log.rows_table(self.schema, events, hashes, ingested_at)
 
     def add(self, rows: pa.Table, tokens: Sequence[Any]) -> None:
         """Buffer rows made by :meth:`to_rows` (possibly none) and the tokens to release once they are written."""
@@ -260,7 +274,7 @@ class RawSink:
         """Build a one-row table once, so the first real batch does not pay for lazy imports (pyarrow
         loads pandas on its first timestamp cast: most of a second of CPU, in the middle of the stream),
         and load the index of the event_ids already stored."""
-        raw_log.events_table([Event("warm-up", "page_view", "warm-up", None, 0, None, 1, None)], ["0"], [0])
+        raw_log.rows_table(self.schema, [raw_log.sample_row(self.schema)], ["0"], [0])
         self.index.refresh()
 
     def due(self) -> bool:
@@ -308,10 +322,10 @@ class RawSink:
         index = self.index
         index.refresh()
         table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
-        ids = table.column("event_id")
+        ids = table.column(self.schema.id_field)
         days = date_numbers(table.column("event_date"))
         verdicts = index.classify(ids, days)
         index.write_marks(index.superseded(ids, days, verdicts))
-        raw_log.append_raw(self.uri, table)
+        raw_log.append_raw(self.uri, table, self.schema)
         index.committed()
         index.record(ids, days, verdicts)

@@ -7,10 +7,14 @@ for each subgroup atomically:
 
 * if any of its markers exists, applies nothing and reports the duplicate markers;
 * otherwise sets every marker, adds the deltas to the tile hashes and refreshes the hashes' TTL. A delta
-  is ``HINCRBY`` of the count, then: for a count-style measure (every value is 1) the sum (= the new
-  count; on a new cell also min = max = ``1.0``); otherwise ``HINCRBYFLOAT`` of the sum and min/max set
-  outright on a new cell (the new count equals the delta's), compare-and-set otherwise. The fields to set
-  in one hash go out in one ``HSET`` (the client sends the deltas grouped by hash).
+  is ``HINCRBY`` of the count, then by the cell's kind (:mod:`jobs.stream.tile_steps`): for a count-style
+  measure (every value is 1) the sum (= the new count; on a new cell also min = max = ``1.0``); for a
+  number ``HINCRBYFLOAT`` of the sum and min/max set outright on a new cell (the new count equals the
+  delta's), compare-and-set otherwise; with the variance state also ``m2``, merged with the stored one by
+  the parallel formula of Chan et al. (:class:`fstore.core.tile_state.Acc`) from the old count, sum and
+  m2, written with ``%.17g`` so the double round-trips; for text values the count alone. A measure that a
+  count_distinct reads also sets its members, one field each (:func:`fstore.redis.layout.distinct_field`).
+  The fields to set in one hash go out in one ``HSET`` (the client sends the deltas grouped by hash).
 
 Markers are fields (the event_id) of one hash per ``(view, entity)`` and *marker generation*
 (:func:`fstore.redis.layout.marker_key`), not a key per event: Redis is about half the speed layer's CPU,
@@ -24,8 +28,8 @@ g − 1 and g + 1 when neither hash exists. A lone marker is checked and set by 
 
 Future-stamped events (docs/design.md §5: no event counts before its event_time). An event whose event_time
 is not before the worker's processing clock is not folded into a tile: its subgroup stores it as one
-exact field of its day hash, ``f:<event_time µs>:<event_id>`` = ``"<measure>=<value> ..."``
-(:func:`fstore.redis.layout.future_field`), which readers fold in only while ``event_time < as_of``.
+exact field of its day hash, ``f:<event_time µs>:<event_id>`` = ``{"<measure>": <value>, ...}`` (JSON,
+numbers or text; :func:`fstore.redis.layout.future_field`), which readers fold in only while ``event_time < as_of``.
 Every tile therefore holds only events older than the clock of the write, and a reader that takes
 ``as_of`` after its read (:class:`fstore.online.reader.ReadCore`) never counts an event too early. Once the
 clock passes the event_time, the worker *moves* it: a subgroup in move mode carries the event's cells
@@ -41,11 +45,13 @@ Script arguments: ``KEYS`` = per subgroup its marker hashes of generations g −
 hashes; ``ARGV`` = the seconds generation g has left to live, the tile TTL, the number of subgroups and one
 JSON array (decoded by the script with ``cjson``; encoding thousands of separate arguments cost more
 client CPU than anything else in the worker) holding per subgroup ``n_markers, n_tile_keys, n_slots,
-n_fields``, its ``n_markers`` event_ids, then deltas filling ``n_slots`` array slots: ``(i, field prefix,
-count, sum, min, max)`` with ``i >= 0`` the tile key index within the subgroup, or ``(-1 - i, field
-prefix, count)`` for a count-style measure (sum = count, min = max = 1); then ``n_fields`` triples ``(i,
-field, value)`` of future-event fields to set (``value`` null: to delete, when moving). Sums, minima and
-maxima travel as strings in ``repr`` form, so the floats stored are bit-identical to the client's. The
+n_fields``, its ``n_markers`` event ids, then deltas filling ``n_slots`` array slots, each ``(code, field
+prefix, count, ...)`` with ``code = 8·i + 4·d + kind`` (``i`` the tile key index within the subgroup,
+``d`` 1 when members follow): kind 0 (count-style) and 3 (text) stop there, kind 1 adds ``sum, min,
+max``, kind 2 ``sum, min, max, m2``; with ``d``, ``n`` then ``n`` members follow. Then ``n_fields``
+triples ``(i, field, value)`` of future-event fields to set (``value`` null: to delete, when moving).
+Sums, minima, maxima and m2 travel as strings in ``repr`` form, so the floats stored are bit-identical to
+the client's. The
 reply is the list of the 1-based positions, among the call's markers in order, of those that already
 existed.
 """
@@ -53,23 +59,21 @@ existed.
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import cache
 from typing import Any
 
 import orjson
 from redis.crc import key_slot
 
-from fstore.core.aggregates import EMPTY, Partial, Stats, fold, ones
-from fstore.core.events import Event
-from fstore.core.features import FeatureView, Measure, ValueKind
-from fstore.core.tiles import Tile, TileKey, tile_plan
+from fstore.core.events import Row
+from fstore.core.tile_state import Acc
 from fstore.core.timeutil import DAY, SECOND
-from fstore.core.windows import tile_start
+from fstore.core.view_tiles import TileKey
+from fstore.core.view_tiles_frame import member
 from fstore.redis.layout import PREFIX, entity_tag, future_field, future_value, speed_key
 from fstore.redis.resp import bulk, command
+from jobs.stream.tile_steps import NUMBER, NUMBER_M2, TEXT, Step, ViewSteps
 
 APPLY_TILES = r"""
 local mttl, tttl = ARGV[1], ARGV[2]
@@ -136,14 +140,16 @@ for g = 1, nsub do
     redis.call('EXPIRE', cur, mttl)
     local stop, hk, h = a + nd, nil, {}
     while a < stop do
-      local ki, f, n = d[a], d[a + 1], d[a + 2]
-      local key = KEYS[ki < 0 and last - ki or last + 1 + ki]
+      local code, f, n = d[a], d[a + 1], d[a + 2]
+      local kind = code % 4
+      local dist = (code - kind) % 8
+      local key = KEYS[last + 1 + (code - kind - dist) / 8]
       if key ~= hk or #h > 900 then
         h = hset(hk, h)
         hk = key
       end
       local c = redis.call('HINCRBY', key, f .. ':c', n)
-      if ki < 0 then
+      if kind == 0 then
         h[#h + 1] = f .. ':s'
         h[#h + 1] = c
         if c == n then
@@ -153,9 +159,24 @@ for g = 1, nsub do
           h[#h + 1] = '1.0'
         end
         a = a + 3
+      elseif kind == 3 then
+        a = a + 3
       else
-        redis.call('HINCRBYFLOAT', key, f .. ':s', d[a + 3])
         local lo, hi = d[a + 4], d[a + 5]
+        if kind == 2 then
+          if c == n then
+            h[#h + 1] = f .. ':v'
+            h[#h + 1] = d[a + 6]
+          else
+            local old = redis.call('HMGET', key, f .. ':s', f .. ':v')
+            local na = c - n
+            local delta = tonumber(d[a + 3]) / n - tonumber(old[1] or '0') / na
+            local m2 = tonumber(old[2] or '0') + (tonumber(d[a + 6]) + delta * delta * na * n / (na + n))
+            h[#h + 1] = f .. ':v'
+            h[#h + 1] = string.format('%.17g', m2)
+          end
+        end
+        redis.call('HINCRBYFLOAT', key, f .. ':s', d[a + 3])
         if c == n then
           h[#h + 1] = f .. ':n'
           h[#h + 1] = lo
@@ -173,7 +194,15 @@ for g = 1, nsub do
             h[#h + 1] = hi
           end
         end
-        a = a + 6
+        a = a + (kind == 2 and 7 or 6)
+      end
+      if dist > 0 then
+        local nm = d[a]
+        for j = a + 1, a + nm do
+          h[#h + 1] = f .. ':d:' .. d[j]
+          h[#h + 1] = '1'
+        end
+        a = a + 1 + nm
       end
     end
     hset(hk, h)
@@ -200,7 +229,7 @@ return dups
 APPLY_TILES_SHA = hashlib.sha1(APPLY_TILES.encode()).hexdigest()
 
 #: A cell of a subgroup: ``(size, start, measure)`` → the count (count-style measure: every value is 1) or
-#: the list of measured values in event order (any other measure), folded by the core (:func:`_stats`).
+#: the list of measured values in event order (any other measure), folded by :func:`_numbers`.
 Cells = dict[tuple[int, int, str], Any]
 
 # Day-hash suffixes and field prefixes repeat across batches; formatting them was the costly part.
@@ -229,76 +258,63 @@ def _prefix(cell: tuple[int, int, str]) -> str:
     return s
 
 
-@cache
-def fast_plan(view: FeatureView) -> dict[str, tuple[tuple[int, str, Measure | None], ...]]:
-    """event_type → ``(tile size, measure name, measure or None for count-style)`` over every size."""
-    out: dict[str, list[tuple[int, str, Measure | None]]] = {}
-    for size, by_type in tile_plan(view):
-        for etype, measures in by_type.items():
-            for m in measures:
-                out.setdefault(etype, []).append((size, m.name, None if m.value is ValueKind.ONE else m))
-    return {k: tuple(v) for k, v in out.items()}
-
-
-#: Per view: the bucket width (the gcd of its tile sizes: every tile start of an event follows from its
-#: event_time floored to it) and, per event_type, its steps when every measure it feeds is count-style.
-CountPlan = tuple[int, dict[str, tuple[tuple[int, str], ...]]]
-
-
-@cache
-def count_plan(view: FeatureView) -> CountPlan:
-    """``(bucket width, {event_type: ((tile size, measure name), ...)})`` for the count-only event types."""
-    plan = fast_plan(view)
-    unit = math.gcd(*(size for steps in plan.values() for size, _, _ in steps)) if plan else 1
-    only = {k: tuple((size, name) for size, name, _ in v) for k, v in plan.items() if all(m is None for *_, m in v)}
-    return unit, only
-
-
-def _fold(cells: Cells, steps: tuple[tuple[int, str, Measure | None], ...], ev: Event) -> None:
-    """Add one event to a subgroup's cells: count it, or keep its measured value for :func:`_stats`."""
-    t = ev.event_time
-    for size, name, m in steps:
-        key = (size, tile_start(t, size), name)
-        if m is None:
+def _fold(cells: Cells, steps: tuple[Step, ...], row: Row, t: int) -> None:
+    """Add one event to a subgroup's cells: count it, or keep its measured value (see :data:`Cells`)."""
+    for st in steps:
+        if st.where is not None and not st.where(row):
+            continue
+        size = st.size
+        key = (size, t - t % size, st.name)
+        if st.value is None:
             cells[key] = cells.get(key, 0) + 1
+            continue
+        x = st.value(row)
+        if x is None:
             continue
         values = cells.get(key)
         if values is None:
-            cells[key] = [m.of(ev.price, ev.quantity)]
+            cells[key] = [x]
         else:
-            values.append(m.of(ev.price, ev.quantity))
+            values.append(x)
 
 
-def _stats(cell: int | list[float]) -> Stats:
-    """The partial aggregate of a cell: the core's :func:`~fstore.core.aggregates.fold` of its values in
-    event order (so the sums are those of ``Partial.add``), or :func:`~fstore.core.aggregates.ones`."""
-    return ones(cell) if isinstance(cell, int) else fold(EMPTY, cell)
-
-
-@cache
-def future_measures(view: FeatureView) -> dict[str, tuple[tuple[str, Measure | None], ...]]:
-    """event_type → the distinct ``(measure name, measure or None for count-style)`` it feeds in ``view``."""
-    return {etype: tuple(dict.fromkeys((name, m) for _, name, m in steps)) for etype, steps in fast_plan(view).items()}
+def _numbers(values: list[Any]) -> tuple[int, float, float, float, float]:
+    """``(count, sum, min, max, m2)`` of measured numbers in event order, exactly as
+    :meth:`fstore.core.tile_state.Acc.add` folds them."""
+    n, total, m2 = 0, 0.0, 0.0
+    lo = hi = float(values[0])
+    for x in values:
+        v = float(x)
+        if n:
+            delta = v - total / n
+            m2 += delta * delta * n / (n + 1)
+        total += v
+        n += 1
+        if v < lo:
+            lo = v
+        if v > hi:
+            hi = v
+    return n, total, lo, hi, m2
 
 
 class Subgroup:
     """The events of one entity of one view in a batch, and their pre-aggregated tile cells.
 
-    ``future`` holds the events stored as exact fields instead of tile cells (event_time not before the
+    ``future`` holds the events stored as exact fields instead of tile cells (event time not before the
     processing clock); in move mode (``moving``) the subgroup instead carries the cells of due future
     events and deletes their fields, guarded by ``moved`` markers.
     """
 
-    __slots__ = ("_cells", "_counts", "entity", "events", "future", "moving", "view")
+    __slots__ = ("_cells", "_counts", "entity", "events", "future", "moving", "steps", "view")
 
-    def __init__(self, view: FeatureView, entity: str, moving: bool = False) -> None:
-        self.view, self.entity = view, entity
-        self.events: list[Event] = []
+    def __init__(self, steps: ViewSteps, entity: str, moving: bool = False) -> None:
+        self.steps, self.view, self.entity = steps, steps.view, entity
+        self.events: list[Row] = []
         self._cells: Cells = {}
-        # events of count-only types, counted per (event_type, event_time floored to the bucket width of
-        # count_plan): a session's events share a few buckets, so the cells are built once per bucket
-        self._counts: dict[tuple[str, int], int] = {}
-        self.future: list[Event] = []
+        # events of count-only dispatch values, counted per (value, event time floored to the bucket width
+        # of ViewSteps.unit): a session's events share a few buckets, so the cells are built once per bucket
+        self._counts: dict[tuple[Any, int], int] = {}
+        self.future: list[Row] = []
         self.moving = moving
 
     @property
@@ -307,9 +323,9 @@ class Subgroup:
         counts = self._counts
         if counts:
             cells = self._cells
-            steps = count_plan(self.view)[1]
-            for (etype, bucket), n in counts.items():
-                for size, name in steps[etype]:
+            counted = self.steps.counted
+            for (value, bucket), n in counts.items():
+                for size, name in counted[value]:
                     key = (size, bucket - bucket % size, name)
                     cells[key] = cells.get(key, 0) + n
             counts.clear()
@@ -321,24 +337,32 @@ class Subgroup:
         return int(key_slot(entity_tag(self.view.name, self.entity).encode()))
 
     @property
-    def tiles(self) -> dict[TileKey, Tile]:
-        """The cells in the core tile form (``{TileKey: {measure: Partial}}``)."""
-        out: dict[TileKey, Tile] = {}
+    def states(self) -> dict[TileKey, dict[str, Acc]]:
+        """The cells as the core's partial aggregates (``{TileKey: {measure: Acc}}``; members as text)."""
+        out: dict[TileKey, dict[str, Acc]] = {}
+        kinds = self.steps.kinds
         for (size, start, name), c in self.cells.items():
-            out.setdefault(TileKey(self.entity, size, start), {})[name] = Partial(*_stats(c))
+            values = [1.0] * c if c.__class__ is int else c
+            distinct = kinds[(size, name)][1]
+            acc = Acc(distinct=set() if distinct else None)
+            for x in values:
+                acc.add(x)
+            if distinct:
+                acc.distinct = {member(x) for x in values}
+            out.setdefault(TileKey(self.entity, size, start), {})[name] = acc
         return out
 
     def rebuild(self, drop: set[str]) -> None:
         """Remove the events in ``drop`` (duplicates) and re-aggregate the cells from the rest."""
-        self.events = [ev for ev in self.events if ev.event_id not in drop]
-        self.future = [ev for ev in self.future if ev.event_id not in drop]
-        later = set() if self.moving else {ev.event_id for ev in self.future}
+        idf, ts = self.steps.id_field, self.steps.ts
+        self.events = [ev for ev in self.events if ev[idf] not in drop]
+        self.future = [ev for ev in self.future if ev[idf] not in drop]
+        later = set() if self.moving else {ev[idf] for ev in self.future}
         self._cells, self._counts = {}, {}
-        plan = fast_plan(self.view)
+        steps = self.steps.steps
         for ev in self.events:
-            steps = plan.get(ev.event_type)
-            if steps and ev.event_id not in later:
-                _fold(self._cells, steps, ev)
+            if ev[idf] not in later:
+                _fold(self._cells, steps(ev), ev, ev[ts])
 
     def encode(self, keys: list[str], data: list[Any], generations: tuple[str, str, str]) -> int:
         """Append this subgroup's KEYS and its part of the JSON argument (markers checked in the generations
@@ -347,35 +371,56 @@ class Subgroup:
         marker = tag + ("mv:" if self.moving else "m:")
         keys += (marker + generations[0], marker + generations[1], marker + generations[2])
         by_day: dict[int, list[Any]] = {}  # UTC day -> its hash's deltas (the script writes a hash's cells at once)
+        kinds = self.steps.kinds
         for cell, c in self.cells.items():
             day = cell[1] // DAY
             deltas = by_day.get(day)
             if deltas is None:
                 deltas = by_day[day] = [len(by_day)]  # its index among the subgroup's hashes, dropped below
+            base = deltas[0] * 8
             if c.__class__ is int:
-                deltas += (-1 - deltas[0], _prefix(cell), c)
+                kind, distinct = kinds[(cell[0], cell[2])]
+                if not distinct:
+                    deltas += (base, _prefix(cell), c)
+                    continue
+                c = [1.0] * c
+            kind, distinct = kinds[(cell[0], cell[2])]
+            if kind == TEXT:
+                deltas += (base + 4 * distinct + TEXT, _prefix(cell), len(c))
             else:
-                n, total, lo, hi = fold(EMPTY, c)
-                deltas += (deltas[0], _prefix(cell), n, repr(total), repr(lo), repr(hi))
+                n, total, lo, hi, m2 = _numbers(c)
+                if kind == NUMBER_M2:
+                    deltas += (
+                        base + 4 * distinct + NUMBER_M2,
+                        _prefix(cell),
+                        n,
+                        repr(total),
+                        repr(lo),
+                        repr(hi),
+                        repr(m2),
+                    )
+                else:
+                    deltas += (base + 4 * distinct + NUMBER, _prefix(cell), n, repr(total), repr(lo), repr(hi))
+            if distinct:
+                members = sorted({member(x) for x in c})
+                deltas.append(len(members))
+                deltas += members
         fields: list[Any] = []
         if self.future:
-            measures = future_measures(self.view)
+            ts, idf = self.steps.ts, self.steps.id_field
             for ev in self.future:
-                day = ev.event_time // DAY
+                t = ev[ts]
+                day = t // DAY
                 deltas = by_day.get(day)
                 if deltas is None:
                     deltas = by_day[day] = [len(by_day)]
-                if self.moving:
-                    value = None
-                else:
-                    value = future_value(
-                        {name: 1.0 if m is None else m.of(ev.price, ev.quantity) for name, m in measures[ev.event_type]}
-                    )
-                fields += (deltas[0], future_field(ev.event_time, ev.event_id), value)
+                value = None if self.moving else future_value(self.steps.measured(ev))
+                fields += (deltas[0], future_field(t, ev[idf]), value)
         hashes = tag + "s:"
         keys += [hashes + _day_suffix(day) for day in by_day]
         data += (len(self.events), len(by_day), sum(map(len, by_day.values())) - len(by_day), len(self.future))
-        data += [ev[0] for ev in self.events]
+        idf = self.steps.id_field
+        data += [ev[idf] for ev in self.events]
         for deltas in by_day.values():
             data += deltas[1:]
         data += fields
@@ -383,62 +428,64 @@ class Subgroup:
 
 
 def group_events(
-    views: Iterable[FeatureView], events: Iterable[Event], now: int | None = None
+    views: Iterable[ViewSteps], events: Iterable[Row], now: int | None = None
 ) -> dict[tuple[str, str], Subgroup]:
-    """Pre-aggregate events (already unique by event_id) into subgroups per ``(view, entity)``.
+    """Pre-aggregate events (already unique by id) into subgroups per ``(view, entity)``.
 
     Args:
-        views: the feature views to maintain.
-        events: the events, unique by event_id.
-        now: the processing clock (epoch µs): events with ``event_time >= now`` that feed a view are
-            stored as exact future fields, not folded into tiles. ``None``: fold everything.
+        views: the compiled steps of the feature views to maintain (:func:`jobs.stream.tile_steps.view_steps`).
+        events: the rows, unique by the schema's id field.
+        now: the processing clock (epoch µs): events with a time ``>= now`` that some measure of a view
+            counts are stored as exact future fields, not folded into tiles. ``None``: fold everything.
     """
     groups: dict[tuple[str, str], Subgroup] = {}
     events = list(events)
     horizon = (1 << 63) if now is None else now
-    for view in views:
-        plan = fast_plan(view)
-        unit, counted = count_plan(view)
-        at = 2 if view.entity.join_key == "user_id" else 3  # Event.user_id / Event.product_id
+    for vs in views:
+        unit, counted, key, ts = vs.unit, vs.counted, vs.key, vs.ts
+        field, by_value, always = vs.field, vs.by_value, vs.always
         subs: dict[str, Subgroup] = {}
         for ev in events:
-            entity: str | None = ev[at]  # type: ignore[assignment]
+            entity = ev[key]
             if entity is None:
                 continue
+            if entity.__class__ is not str:
+                entity = str(entity)
             sub = subs.get(entity)
             if sub is None:
-                sub = subs[entity] = Subgroup(view, entity)
+                sub = subs[entity] = Subgroup(vs, entity)
             sub.events.append(ev)
-            etype: str = ev[1]
-            steps = plan.get(etype)
+            value = ev[field] if field is not None else None
+            steps = by_value.get(value, always) if field is not None else always
             if steps:
-                t: int = ev[4]
+                t: int = ev[ts]
                 if t >= horizon:
-                    sub.future.append(ev)
-                elif etype in counted:
+                    if vs.measured(ev):
+                        sub.future.append(ev)
+                elif value in counted:
                     counts = sub._counts
-                    key = (etype, t - t % unit)
-                    counts[key] = counts.get(key, 0) + 1
+                    bucket = (value, t - t % unit)
+                    counts[bucket] = counts.get(bucket, 0) + 1
                 else:
-                    _fold(sub._cells, steps, ev)
-        name = view.name
+                    _fold(sub._cells, steps, ev, t)
+        name = vs.name
         for entity, sub in subs.items():
             groups[(name, entity)] = sub
     return groups
 
 
-def move_subgroups(due: Iterable[tuple[FeatureView, str, Event]]) -> list[Subgroup]:
+def move_subgroups(due: Iterable[tuple[ViewSteps, str, Row]]) -> list[Subgroup]:
     """Move-mode subgroups for future events whose time has come: per ``(view, entity)``, the events' tile
     cells and the deletion of their fields. Only events this worker stored as fields of that view and
     entity may be given (a move applies their cells whether the field is there or not)."""
     subs: dict[tuple[str, str], Subgroup] = {}
-    for view, entity, ev in due:
-        sub = subs.get((view.name, entity))
+    for vs, entity, ev in due:
+        sub = subs.get((vs.name, entity))
         if sub is None:
-            sub = subs[(view.name, entity)] = Subgroup(view, entity, moving=True)
+            sub = subs[(vs.name, entity)] = Subgroup(vs, entity, moving=True)
         sub.events.append(ev)
         sub.future.append(ev)
-        _fold(sub._cells, fast_plan(view)[ev.event_type], ev)
+        _fold(sub._cells, vs.steps(ev), ev, ev[vs.ts])
     return list(subs.values())
 
 
@@ -454,7 +501,7 @@ class ScriptCall:
     @property
     def markers(self) -> dict[int, tuple[Subgroup, str]]:
         """1-based position of each marker in the call → ``(subgroup, event_id)``, as the script reports them."""
-        return {base + j: (sub, ev.event_id) for base, sub in self.subs for j, ev in enumerate(sub.events)}
+        return {base + j: (sub, ev[sub.steps.id_field]) for base, sub in self.subs for j, ev in enumerate(sub.events)}
 
     def owner(self, idx: int) -> tuple[Subgroup, str]:
         """``(subgroup, event_id)`` of the marker the script reported at position ``idx``."""
@@ -466,7 +513,7 @@ class ScriptCall:
             else:
                 hi = mid - 1
         base, sub = self.subs[lo]
-        return sub, sub.events[idx - base].event_id
+        return sub, sub.events[idx - base][sub.steps.id_field]
 
     def packed(self, sha: str = APPLY_TILES_SHA) -> bytes:
         """The call as one RESP request, ``EVALSHA sha numkeys *KEYS *ARGV``, ready for the socket.

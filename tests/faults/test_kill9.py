@@ -47,7 +47,7 @@ from fstore.devsvc.services import Broker, RedisServer, free_port
 from fstore.redis.layout import POINTER_KEY, BatchPointer, parse_tiles
 from fstore.synth.generator import GeneratorConfig, generate
 from jobs.batch import batch_view as batch_view_mod
-from tests.support import bruteforce
+from tests.support import bruteforce, raw_rows
 from tests.support.online import C, load, make_events
 from tests.support.stream import (
     Factory,
@@ -200,7 +200,7 @@ def test_batch_driver_killed_in_spark_delta_commit_and_redis_load(redis_server: 
                 copies.append((arrival, payload_hash(raw), ev))
     raw_log.append_raw(
         str(data / "raw_events"),
-        raw_log.events_table([c[2] for c in copies], [c[1] for c in copies], [c[0] for c in copies]),
+        raw_rows.events_table([c[2] for c in copies], [c[1] for c in copies], [c[0] for c in copies]),
     )
     env = batch_env(data, url)
     tiles_dir = data / "tiles_product_engagement"

@@ -20,7 +20,6 @@ import orjson
 import pytest
 import redis
 
-from fstore.core.events import Event
 from fstore.delta import raw_log
 from fstore.devsvc.services import Broker, RedisServer, free_port
 from fstore.ingest import Ingestor
@@ -125,14 +124,14 @@ def test_fstore_ingest_dead_letters_a_row_arrow_refuses_and_writes_the_rest(
     path = tmp_path / "events.jsonl"
     path.write_bytes(b"".join(v + b"\n" for v in traffic.values))
     victim = sorted(traffic.valid_ids)[7]
-    events_table = raw_log.events_table
+    rows_table = raw_log.rows_table
 
-    def arrow(events: Any, *args: Any) -> Any:
-        if any(isinstance(e, Event) and e.event_id == victim for e in events):
+    def arrow(schema: Any, rows: Any, *args: Any) -> Any:
+        if any(r["event_id"] == victim for r in rows):
             raise OverflowError("value too large to convert to int32")  # what pyarrow raised for the row
-        return events_table(events, *args)
+        return rows_table(schema, rows, *args)
 
-    monkeypatch.setattr(raw_log, "events_table", arrow)
+    monkeypatch.setattr(raw_log, "rows_table", arrow)
     raw_uri, dead_uri = str(tmp_path / "raw_events"), str(tmp_path / "dead_letters")
     report = Ingestor(raw_uri, dead_uri).ingest_file(path, batch_size=500)
     assert report.rejected["unprocessable"] == 1 and report.written == len(traffic.valid_ids) - 1

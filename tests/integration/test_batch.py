@@ -26,7 +26,7 @@ from fstore.core.features import VIEWS
 from fstore.core.tiles import evaluate
 from fstore.core.timeutil import DAY, HOUR, MINUTE, SECOND, day_start
 from fstore.delta import raw_log
-from fstore.plan_source import use_plan
+from fstore.plan_source import current_plan, use_plan
 from fstore.redis.layout import POINTER_KEY, BatchPointer, parse_tiles
 from fstore.synth.generator import GeneratorConfig, generate
 from jobs.batch import batch_view as batch_view_mod
@@ -37,7 +37,7 @@ from jobs.stream.settings import StreamSettings, get_stream_settings
 from jobs.stream.sinks import TileWriter
 from services.online_api.app import create_app
 from services.online_api.settings import ApiSettings
-from tests.support import bruteforce
+from tests.support import bruteforce, raw_rows
 from tests.support.delta import batch_tile_rows, content_hash, spark_read
 from tests.support.repos import compiled
 from tests.support.tiles import lookup_in_dict
@@ -52,7 +52,7 @@ Copies = list[tuple[int, str, Event]]  # (ingested_at, payload_hash, event)
 
 def write_raw(uri: str, copies: Copies) -> None:
     raw_log.append_raw(
-        uri, raw_log.events_table([c[2] for c in copies], [c[1] for c in copies], [c[0] for c in copies])
+        uri, raw_rows.events_table([c[2] for c in copies], [c[1] for c in copies], [c[0] for c in copies])
     )
 
 
@@ -468,7 +468,7 @@ def test_redis_loss_is_503_until_fstore_repair_restores_exact_values(
 async def apply_as_the_worker(s: StreamSettings, events: list[Event]) -> int:
     client = aioredis.Redis.from_url(s.redis_url)
     try:
-        writer = TileWriter(client, list(VIEWS.values()), s.marker_ttl_s, s.tile_ttl_s)
-        return len(events) - len(await writer.apply(events))
+        writer = TileWriter(client, current_plan(), s.marker_ttl_s, s.tile_ttl_s)
+        return len(events) - len(await writer.apply([e._asdict() for e in events]))
     finally:
         await client.aclose()

@@ -48,14 +48,15 @@ def apply_copies(url: str, case: Case, calls: list[list[Any]], now: int | None) 
     import redis.asyncio as aredis
 
     from jobs.stream.sinks import TileWriter
+    from tests.support.raw_rows import plan_of
 
     async def run() -> int:
         client = aredis.Redis.from_url(url, socket_timeout=10)
-        writer = TileWriter(client, [case.view], TTL, TTL, chunk=3)
+        writer = TileWriter(client, plan_of(case.view), TTL, TTL, chunk=3)
         skipped = 0
         try:
             for call in calls:
-                skipped += len(await writer.apply(call, now))
+                skipped += len(await writer.apply([e._asdict() for e in call], now))
         finally:
             await client.aclose()
         return skipped

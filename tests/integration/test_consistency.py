@@ -18,7 +18,7 @@ from fstore.core.features import USER_ACTIVITY
 from fstore.core.timeutil import DAY, floor_to, iso
 from fstore.delta import raw_log
 from fstore.devsvc.services import RedisServer, free_port
-from tests.support import bruteforce
+from tests.support import bruteforce, raw_rows
 from tests.support.online import load, make_events
 
 pytestmark = pytest.mark.integration
@@ -36,7 +36,7 @@ def api(tmp_path: Path, redis_server: RedisServer) -> Iterator[tuple[str, str, l
     events = shifted(make_events(7, 4000), now)
     raw_uri = str(tmp_path / "data" / "raw_events")
     raw_log.append_raw(
-        raw_uri, raw_log.events_table(events, [f"h{i}" for i in range(len(events))], [now] * len(events))
+        raw_uri, raw_rows.events_table(events, [f"h{i}" for i in range(len(events))], [now] * len(events))
     )
     client = redis.Redis.from_url(redis_server.url)
     client.flushdb()
@@ -86,7 +86,7 @@ def test_check_consistency_reports_zero_mismatches(api: tuple[str, str, list[Eve
 def test_check_consistency_catches_a_missing_event(api: tuple[str, str, list[Event]], tmp_path: Path) -> None:
     url, data_dir, events = api
     late = events[0]._replace(event_id="late-1", event_type="click", event_time=time.time_ns() // 1000 - 60_000_000)
-    raw_log.append_raw(f"{data_dir}/raw_events", raw_log.events_table([late], ["h"], [time.time_ns() // 1000]))
+    raw_log.append_raw(f"{data_dir}/raw_events", raw_rows.events_table([late], ["h"], [time.time_ns() // 1000]))
     from fstore.consistency import check
 
     report = check(url, f"{data_dir}/raw_events", sample=50, views=["user_activity"])

@@ -29,6 +29,7 @@ from fstore.offline.local import get_historical_features
 from fstore.samples import ResponseSampler, read_samples
 from services.online_api.app import create_app
 from services.online_api.settings import ApiSettings
+from tests.support import raw_rows
 from tests.support.repos import compiled
 from tests.support.stream import Factory, make_traffic, publish
 
@@ -112,7 +113,7 @@ def test_rows_with_events_still_in_flight_are_left_out(tmp_path: Path) -> None:
     as_of = time.time_ns() // 1000
     early = Event("e1", "click", "u1", "p1", as_of - 600 * SECOND, None, 1, None)
     late = Event("e2", "click", "u2", "p1", as_of - 600 * SECOND, None, 1, None)
-    raw_log.append_raw(uri, raw_log.events_table([early, late], ["h1", "h2"], [as_of - 60 * SECOND, as_of + SECOND]))
+    raw_log.append_raw(uri, raw_rows.events_table([early, late], ["h1", "h2"], [as_of - 60 * SECOND, as_of + SECOND]))
     s = ResponseSampler(tmp_path / "s", 1.0)
     for user, clicks in (("u1", 1), ("u2", 0)):  # what the API served: u2's click was not there yet
         s.add(

@@ -20,6 +20,7 @@ from fstore.core.timeutil import DAY, HOUR
 from fstore.delta import event_index, raw_log
 from fstore.delta.event_index import NEW, SAME_DAY, SUPERSEDED, EventIndex
 from fstore.offline.local import read_events
+from tests.support import raw_rows
 from tests.support.repos import compiled
 
 pytestmark = pytest.mark.integration
@@ -41,7 +42,7 @@ def write(index: EventIndex, events: list[Event], at: int) -> np.ndarray:
     verdicts = index.classify(ids, days)
     index.write_marks(index.superseded(ids, days, verdicts))
     raw_log.append_raw(
-        index.raw_uri, raw_log.events_table(events, [f"h{e.quantity}" for e in events], range(at, at + len(events)))
+        index.raw_uri, raw_rows.events_table(events, [f"h{e.quantity}" for e in events], range(at, at + len(events)))
     )
     index.committed()
     index.record(ids, days, verdicts)
@@ -90,8 +91,8 @@ def test_concurrent_writers_are_reconciled_by_either(tmp_path: Path) -> None:
     b.refresh()
     ids, days_a, days_b = ["r"], np.array([D0], np.int32), np.array([D0 + 1], np.int32)
     assert a.classify(ids, days_a).tolist() == b.classify(ids, days_b).tolist() == [NEW]
-    raw_log.append_raw(uri, raw_log.events_table([ev("r", 1, quantity=2)], ["h2"], [50]))  # b's copy: earlier
-    raw_log.append_raw(uri, raw_log.events_table([ev("r", 0)], ["h1"], [60]))  # a's copy
+    raw_log.append_raw(uri, raw_rows.events_table([ev("r", 1, quantity=2)], ["h2"], [50]))  # b's copy: earlier
+    raw_log.append_raw(uri, raw_rows.events_table([ev("r", 0)], ["h1"], [60]))  # a's copy
     a.refresh()
     b.refresh()
     marks = raw_log.read_table(raw_log.superseded_uri(uri), ["event_id"])

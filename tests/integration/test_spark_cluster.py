@@ -36,6 +36,7 @@ from fstore.jvm.artifacts import delta_jars
 from fstore.redis.layout import POINTER_KEY, BatchPointer
 from fstore.settings import get_settings
 from fstore.synth.generator import GeneratorConfig, generate
+from tests.support import raw_rows
 from tests.support.delta import content_hash
 from tests.support.paths import run_batch
 from tests.support.repos import ROOT as REPOS
@@ -70,7 +71,7 @@ def raw_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 events.append(ev)
                 hashes.append(payload_hash(value))
                 at.append(arrival)
-    raw_log.append_raw(str(root / "raw_events"), raw_log.events_table(events, hashes, at))
+    raw_log.append_raw(str(root / "raw_events"), raw_rows.events_table(events, hashes, at))
     return root
 
 

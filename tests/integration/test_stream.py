@@ -15,9 +15,9 @@ import pyarrow.compute as pc
 import pytest
 import redis
 
-from fstore.core.features import VIEWS
 from fstore.delta import raw_log
 from fstore.devsvc.services import Broker, RedisServer
+from fstore.plan_source import current_plan
 from fstore.redis.layout import HEARTBEAT_KEY, Heartbeat
 from tests.support.stream import (
     SECOND,
@@ -59,12 +59,12 @@ def test_tile_writer_rounds_script_flush_and_replay(redis_server: RedisServer, r
     from jobs.stream.sinks import TileWriter
 
     traffic = make_traffic(12_000, seed=14, users=300, products=40)
-    events = [e for e in traffic.first_copies]
+    events = [e._asdict() for e in traffic.first_copies]
     batches = [events[i : i + 1_500] for i in range(0, len(events), 1_000)]  # overlapping: 500 repeats each
 
     async def run() -> int:
         client = aredis.Redis.from_url(redis_server.url, socket_timeout=10)
-        writer = TileWriter(client, list(VIEWS.values()), 8 * 86400, 8 * 86400, chunk=700)
+        writer = TileWriter(client, current_plan(), 8 * 86400, 8 * 86400, chunk=700)
         skipped = 0
         try:
             for i, batch in enumerate(batches):
@@ -73,7 +73,7 @@ def test_tile_writer_rounds_script_flush_and_replay(redis_server: RedisServer, r
                 sent: list[int] = []
                 skipped += len(await writer.send(writer.plan(batch), on_sent=partial(sent.append, 1)))
                 assert sent == [1]
-            assert await writer.apply(events[:2_000]) == {e.event_id for e in events[:2_000]}
+            assert await writer.apply(events[:2_000]) == {e["event_id"] for e in events[:2_000]}
         finally:
             await client.aclose()
         return skipped

@@ -11,12 +11,12 @@ import pytest
 import redis.exceptions as rex
 
 from fstore.core.events import Event
-from fstore.core.features import VIEWS
 from fstore.online.reader import GET_POINTER, POINTER_SLOT, wire_slots
 from fstore.redis.cluster import ClusterPool, _payload, _Router, _unask, error_of, parse_slots, slot_of
 from fstore.redis.layout import POINTER_KEY, batch_key, speed_key
 from fstore.redis.resp import hgetall
 from jobs.stream.sinks import TileWriter
+from tests.support.repos import compiled
 
 pytestmark = pytest.mark.unit
 
@@ -102,14 +102,16 @@ class FlakyCluster(ClusterPool):
         return APPLY_TILES_SHA
 
 
-def events() -> list[Event]:
-    return [Event(f"e{i}", "click", f"u{i}", f"p{i}", 1_700_000_000_000_000, None, 1, None) for i in range(40)]
+def events() -> list[dict[str, object]]:
+    return [
+        Event(f"e{i}", "click", f"u{i}", f"p{i}", 1_700_000_000_000_000, None, 1, None)._asdict() for i in range(40)
+    ]
 
 
 @pytest.mark.parametrize("error", [rex.ConnectionError("node down"), rex.NoScriptError("NOSCRIPT x")])
 def test_tile_writer_resends_only_the_calls_that_failed(error: Exception) -> None:
     pool = FlakyCluster(error)
-    writer = TileWriter(pool, [VIEWS["user_activity"]], 60, 60)
+    writer = TileWriter(pool, compiled("ecommerce"), 60, 60, views=["user_activity"])
     plan = writer.plan(events())
     n_calls = len(plan.calls)
     assert n_calls > 1 and len({s for s in (c.subs[0][1].slot for c in plan.calls)}) == n_calls  # one per slot

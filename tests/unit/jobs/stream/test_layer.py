@@ -16,19 +16,18 @@ from typing import NamedTuple
 import pytest
 
 from fstore.core.aggregates import isclose
-from fstore.core.events import Event, Rejection, parse
-from fstore.core.features import VIEWS
+from fstore.core.event_check import EventCheck
+from fstore.core.events import Event, Rejection, Row, parse_row
+from fstore.core.plan import Plan
 from fstore.core.tile_state import Acc
-from fstore.core.tiles import evaluate, lookup_in
-from fstore.core.view_tiles import TileKey
-from fstore.online.fakes import MemoryReader
-from fstore.online.merge import EntityRead
+from fstore.core.timeutil import HOUR
+from fstore.core.view_tiles import TileKey, TileLookup, Tiles, ViewTiler, evaluate, lookup_in
+from fstore.plan_source import current_plan
 from fstore.synth.generator import GeneratorConfig, generate
 from jobs.stream.fakes import MemorySinks
 from jobs.stream.layer import SpeedLayer
 from jobs.stream.settings import StreamSettings
-from tests.support import bruteforce
-from tests.support.legacy_view import plan_view
+from tests.support import plan_bruteforce
 from tests.support.paths import message
 
 pytestmark = pytest.mark.unit
@@ -45,7 +44,29 @@ class Record(NamedTuple):
     timestamp: int  # epoch ms
 
 
-def test_speed_layer_pipeline_over_fakes() -> None:
+def merged(a: Tiles, b: Tiles, entity: str) -> TileLookup:
+    """A lookup over the merge of two tile sets (speed tiles and the held events a reader folds in)."""
+
+    def lookup(size: int, start: int) -> dict[str, Acc] | None:
+        parts = [t for t in (a.get(TileKey(entity, size, start)), b.get(TileKey(entity, size, start))) if t]
+        if not parts:
+            return None
+        out: dict[str, Acc] = {}
+        for part in parts:
+            for m, acc in part.items():
+                out.setdefault(m, Acc(distinct=None if acc.distinct is None else set())).merge(acc)
+        return out
+
+    return lookup
+
+
+def checked(plan: Plan, values: list[bytes], now: int) -> list[tuple[int, Row | Rejection]]:
+    """Each message's verdict by the plan's generic check."""
+    check = EventCheck(plan.schema, {e.join_key for e in plan.entities}).check
+    return [(i, parse_row(v, now, check)) for i, v in enumerate(values)]
+
+
+def test_speed_layer_pipeline_over_fakes(plan: Plan) -> None:
     now = 1_767_225_600_000_000 + 10 * 86_400 * SECOND
     cfg = GeneratorConfig(
         start=now - 3 * 3600 * SECOND,
@@ -65,7 +86,7 @@ def test_speed_layer_pipeline_over_fakes() -> None:
         for i, (k, v) in enumerate(zip(keys, values, strict=True))
     ]
 
-    sinks = MemorySinks(list(VIEWS.values()))
+    sinks = MemorySinks(plan)
     layer = SpeedLayer(
         StreamSettings(), None, sinks.dead, kv=sinks.kv, tiles=sinks.tiles, raw=sinks.raw, clock=lambda: now
     )
@@ -73,22 +94,22 @@ def test_speed_layer_pipeline_over_fakes() -> None:
         asyncio.run(layer.handle({"events-0": records[lo : lo + 700]}))
     asyncio.run(layer.flush())
 
-    parsed = [(i, parse(v, now)) for i, v in enumerate(values)]
-    valid = [(i, ev) for i, ev in parsed if isinstance(ev, Event)]
-    firsts = bruteforce.dedupe((i, ev.event_id, ev) for i, ev in valid)
-    for view in VIEWS.values():
+    parsed = checked(plan, values, now)
+    valid = [(i, ev) for i, ev in parsed if not isinstance(ev, Rejection)]
+    firsts = list({ev["event_id"]: ev for _, ev in reversed(valid)}.values())
+    for view in plan.views:
         key = view.entity.join_key
-        for entity in sorted({getattr(e, key) for e in firsts if getattr(e, key)}):
+        for entity in sorted({e[key] for e in firsts if e[key]}):
             got = evaluate(view, lookup_in(sinks.tiles.tiles[view.name], entity), now)
-            want = bruteforce.values(view, firsts, entity, now)
+            want = plan_bruteforce.values(plan, view.name, firsts, entity, now)
             assert got.keys() == want.keys() and all(isclose(got[n], want[n]) for n in want), (entity, got, want)
-    assert [ev.event_id for ev, _, _ in sinks.raw.rows] == [ev.event_id for _, ev in valid]
+    assert [ev["event_id"] for ev, _, _ in sinks.raw.rows] == [ev["event_id"] for _, ev in valid]
     bad = Counter(r.reason for _, r in parsed if isinstance(r, Rejection))
     assert Counter(sinks.dead.reasons()) == bad and sum(bad.values()) > 50
     assert layer.pending == {"events-0": len(records)}  # every offset released for commit
 
 
-def test_future_stamped_events_count_from_their_time_then_move() -> None:
+def test_future_stamped_events_count_from_their_time_then_move(plan: Plan) -> None:
     """docs/design.md §5 in-process: events stamped ahead of the worker's clock are held out of the tiles;
     the online merge counts each exactly once as_of passes its time; once due, the worker moves them."""
     now = 1_767_225_600_000_000 + 10 * 86_400 * SECOND + 7 * 60 * SECOND
@@ -98,7 +119,8 @@ def test_future_stamped_events_count_from_their_time_then_move() -> None:
         for i, t in enumerate([now - 10 * SECOND * k for k in range(1, 30)] + [now + 7 * SECOND * k for k in range(30)])
     ]
     records = [Record(k.encode(), v, i, now // 1000) for i, (k, v) in enumerate(message(e) for e in events)]
-    sinks = MemorySinks(list(VIEWS.values()))
+    rows = [ev for _, ev in checked(plan, [r.value for r in records], now + HOUR)]
+    sinks = MemorySinks(plan)
     layer = SpeedLayer(
         StreamSettings(), None, sinks.dead, kv=sinks.kv, tiles=sinks.tiles, raw=sinks.raw, clock=lambda: clock[0]
     )
@@ -107,23 +129,15 @@ def test_future_stamped_events_count_from_their_time_then_move() -> None:
     assert held == {e.event_id for e in events if e.event_time >= now}
 
     def check(as_of: int) -> None:
-        # the reader runs from plan views over Acc tiles and held rows: the fake's tiles and events, converted
-        speed = {
-            v: {
-                TileKey(*k): {m: Acc(p.count, p.total, p.minimum, p.maximum) for m, p in t.items()}
-                for k, t in tv.items()
-            }
-            for v, tv in sinks.tiles.tiles.items()
-        }
-        future = {v: {i: e._asdict() for i, e in by.items()} for v, by in sinks.tiles.future.items()}
-        reader = MemoryReader(speed, future=future, timestamp_field="event_time")
-        for view in VIEWS.values():
+        """The tiles plus the held events before ``as_of`` (what a reader merges) give the contract's values."""
+        for view in plan.views:
             key = view.entity.join_key
-            served = plan_view(view)
-            for entity in sorted({getattr(e, key) for e in events}):
-                got = asyncio.run(reader.read([EntityRead(served, entity, served.feature_names)], as_of)).results[0]
-                want = bruteforce.values(view, events, entity, as_of)
-                assert all(isclose(got.values[n], w) for n, w in want.items()), (as_of, entity, got.values, want)
+            due = [ev for ev in sinks.tiles.future[view.name].values() if ev["event_time"] < as_of]
+            extra = ViewTiler(view, "event_time").build(due)
+            for entity in sorted({e[key] for e in rows if isinstance(e, dict) and e[key]}):
+                got = evaluate(view, merged(sinks.tiles.tiles[view.name], extra, entity), as_of)
+                want = plan_bruteforce.values(plan, view.name, [e for e in rows if isinstance(e, dict)], entity, as_of)
+                assert all(isclose(got[n], w) for n, w in want.items()), (as_of, entity, got, want)
 
     for as_of in (now, now + 1, now + 7 * SECOND, now + 7 * SECOND + 1, now + 100 * SECOND, now + 400 * SECOND):
         check(as_of)
@@ -161,7 +175,7 @@ def test_rebalance_finishes_the_taken_batch_and_commits_it_before_giving_up_part
         Event(f"e{i}", "click", f"u{i % 7}", f"p{i % 3}", now - (i + 1) * SECOND, None, 1, None) for i in range(300)
     ]
     records = [Record(k.encode(), v, i, now // 1000) for i, (k, v) in enumerate(message(e) for e in events)]
-    sinks = MemorySinks(list(VIEWS.values()))
+    sinks = MemorySinks(current_plan())
     layer = SpeedLayer(
         StreamSettings(), None, sinks.dead, kv=sinks.kv, tiles=sinks.tiles, raw=sinks.raw, clock=lambda: now
     )

@@ -17,7 +17,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from fstore.core.events import Event, payload_hash
-from fstore.core.features import VIEWS
+from fstore.plan_source import current_plan
 from jobs.stream.dead_letters import FALLBACK_BYTES, dead_letter
 from jobs.stream.fakes import ListDeadLetters, MemorySinks, MemoryTiles
 from jobs.stream.faults import EXIT_FAILURE, EXIT_OUTAGE, SystemicFailure, exit_code, is_outage
@@ -42,12 +42,12 @@ class PoisonTiles(MemoryTiles):
     """Tiles whose sink refuses (as a Lua error would) any batch holding one of ``poison``."""
 
     def __init__(self, poison: set[str], calls: list[int]) -> None:
-        super().__init__(list(VIEWS.values()))
+        super().__init__(current_plan())
         self.poison, self.calls = poison, calls
 
     async def send(self, plan: Any, on_sent: Any = None) -> set[str]:
         self.calls.append(len(plan.events))
-        if any(ev.event_id in self.poison for ev in plan.events):
+        if any(ev["event_id"] in self.poison for ev in plan.events):
             if on_sent is not None:
                 on_sent()
             raise ResponseError("ERR user_script:1: increment would produce NaN or Infinity")
@@ -91,7 +91,7 @@ def test_a_poison_message_in_the_tiles_is_dead_lettered_and_the_rest_goes_throug
     values[5] = b'{"event_id": 1}'  # invalid: dead-lettered by validation, once, before the poison fails
     values[31] = b"not json"
     calls: list[int] = []
-    sinks = MemorySinks(list(VIEWS.values()))
+    sinks = MemorySinks(current_plan())
     sinks.tiles = PoisonTiles({"e17"}, calls)
     layer = layer_with(sinks)
     run_batches(layer, [records(values)])
@@ -101,7 +101,7 @@ def test_a_poison_message_in_the_tiles_is_dead_lettered_and_the_rest_goes_throug
     (poison,) = [r for r in sinks.dead.records if r[2]["fstore-reason"] == b"unprocessable"]
     assert poison[0] == b"events-0:0:17" and poison[1] == values[17]  # keyed by position, original bytes
     assert len(calls) < 20  # bisected, not one round trip per message
-    applied = {ev.event_id for ev, _, _ in sinks.raw.rows}
+    applied = {ev["event_id"] for ev, _, _ in sinks.raw.rows}
     assert applied == {e.event_id for i, e in enumerate(evs) if i not in (5, 17, 31)}
     assert sinks.tiles.seen == applied
     assert layer.pending == {"events-0": 40}  # every offset released: no crash loop on the poison's offset
@@ -111,11 +111,11 @@ def test_a_message_the_raw_sink_cannot_hold_fails_before_its_tiles(monkeypatch: 
     """A late failure (the Arrow conversion of raw_events) is raised while the batch is validated, so the
     message is dead-lettered without having been counted in the tiles."""
     evs = events(25)
-    sinks = MemorySinks(list(VIEWS.values()))
+    sinks = MemorySinks(current_plan())
     to_rows = sinks.raw.to_rows
 
-    def arrow(evs_: Sequence[Event], hashes: Sequence[str], at: Sequence[int]) -> Any:
-        if any(e.event_id == "e9" for e in evs_):
+    def arrow(evs_: Sequence[dict[str, Any]], hashes: Sequence[str], at: Sequence[int]) -> Any:
+        if any(e["event_id"] == "e9" for e in evs_):
             raise OverflowError("value too large to convert to int32")
         return to_rows(evs_, hashes, at)
 
@@ -124,12 +124,12 @@ def test_a_message_the_raw_sink_cannot_hold_fails_before_its_tiles(monkeypatch: 
     run_batches(layer, [records([message(e)[1] for e in evs])])
     assert sinks.dead.reasons() == ["unprocessable"]
     assert "e9" not in sinks.tiles.seen and len(sinks.tiles.seen) == 24
-    assert [ev.event_id for ev, _, _ in sinks.raw.rows] == [e.event_id for e in evs if e.event_id != "e9"]
+    assert [ev["event_id"] for ev, _, _ in sinks.raw.rows] == [e.event_id for e in evs if e.event_id != "e9"]
 
 
 def test_messages_that_all_fail_stop_the_worker_instead_of_filling_the_dlq() -> None:
     evs = events(30)
-    sinks = MemorySinks(list(VIEWS.values()))
+    sinks = MemorySinks(current_plan())
     sinks.tiles = PoisonTiles({e.event_id for e in evs}, [])
     layer = layer_with(sinks)
     with pytest.raises(SystemicFailure) as info:
@@ -164,7 +164,7 @@ def test_oversized_dead_letters_are_cut_with_size_and_hash_and_sent_once() -> No
     big = b'{"event_id": "' + b"x" * 1_500_000 + b'"}'  # 1.5 MB: classed oversized
     evs = events(6)
     values = [message(e)[1] for e in evs[:3]] + [big] + [message(e)[1] for e in evs[3:]]
-    sinks = MemorySinks(list(VIEWS.values()))
+    sinks = MemorySinks(current_plan())
     sinks.dead = TooLarge(limit=32 * 1024)  # a broker whose limit is below the worker's 64 KiB cut
     layer = layer_with(sinks)
     run_batches(layer, [records(values)])
@@ -197,7 +197,7 @@ def test_a_re_run_batch_does_not_send_its_dead_letters_again() -> None:
     values = [message(e)[1] for e in evs]
     for i in (2, 8, 13, 19):
         values[i] = b"[1, 2]"
-    sinks = MemorySinks(list(VIEWS.values()))
+    sinks = MemorySinks(current_plan())
     sinks.tiles = PoisonTiles({"e11"}, [])
     layer = layer_with(sinks)
     run_batches(layer, [records(values)])

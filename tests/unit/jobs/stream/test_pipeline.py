@@ -3,22 +3,30 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import orjson
 import pytest
 from redis.asyncio.connection import Connection
 
-from fstore.core.events import Event
-from fstore.core.features import PRODUCT_ENGAGEMENT, USER_ACTIVITY
-from fstore.core.tiles import build_tiles
+from fstore.core.event_check import EventCheck
+from fstore.core.events import Rejection, Row, parse_row
+from fstore.core.plan import Plan
+from fstore.core.tile_state import Acc
 from fstore.core.timeutil import HOUR, MINUTE, SECOND
-from fstore.redis.layout import future_field, marker_key, parse_future, partial_fields, speed_key
-from jobs.stream.pipeline import prepare
+from fstore.core.view_tiles import TileKey, ViewTiler
+from fstore.core.view_tiles_frame import member
+from fstore.redis.layout import future_field, marker_key, parse_future, speed_key
+from jobs.stream.pipeline import prepare, reader_for
 from jobs.stream.speed_lua import APPLY_TILES_SHA, group_events, marker_generation, plan_calls
+from jobs.stream.tile_steps import NUMBER_M2, TEXT, ViewSteps, view_steps
+from tests.support.repos import compiled
+from tests.support.rides_traffic import rides
 
 pytestmark = pytest.mark.unit
 
 NOW = 1_763_700_000_000_000
+KINDS = ["page_view", "impression", "click", "add_to_cart", "purchase"]
 
 
 def msg(i: int, t: int = NOW - HOUR, etype: str = "click", **kw: object) -> bytes:
@@ -33,6 +41,48 @@ def msg(i: int, t: int = NOW - HOUR, etype: str = "click", **kw: object) -> byte
     return json.dumps(body).encode()
 
 
+def row(
+    i: int, etype: str, user: str, product: str | None, t: int, price: float | None = None, quantity: int = 1
+) -> Row:
+    """A normalised event of the example schema."""
+    return {
+        "event_id": f"e{i}",
+        "event_type": etype,
+        "user_id": user,
+        "product_id": product,
+        "event_time": t,
+        "price": price,
+        "quantity": quantity,
+        "session_id": None,
+    }
+
+
+def steps(plan: Plan) -> list[ViewSteps]:
+    return [view_steps(v, plan.schema) for v in plan.views]
+
+
+def reference(plan: Plan, rows: list[Row], view_name: str) -> dict[TileKey, dict[str, Acc]]:
+    """The reference tiler's tiles, members as text (as Redis stores them)."""
+    tiles = ViewTiler(plan.view(view_name), plan.schema.timestamp_field).build(rows)
+    for tile in tiles.values():
+        for acc in tile.values():
+            if acc.distinct is not None:
+                acc.distinct = {member(x) for x in acc.distinct}
+    return tiles
+
+
+def rides_rows(plan: Plan, n: int, seed: int) -> list[Row]:
+    """Generated rides normalised by the plan's check (times on whole milliseconds)."""
+    check = EventCheck(plan.schema, {e.join_key for e in plan.entities}).check
+    out = []
+    for r in rides(n, NOW - 3 * 86_400 * SECOND, 3 * 86_400 * SECOND, seed):
+        r["ts"] = r["ts"] // 1000
+        res = check({k: v for k, v in r.items() if v is not None}, NOW)
+        assert not isinstance(res, Rejection), (r, res)
+        out.append(res)
+    return out
+
+
 def test_prepare_classifies_and_keeps_first_copy() -> None:
     values = [
         msg(1),
@@ -44,15 +94,25 @@ def test_prepare_classifies_and_keeps_first_copy() -> None:
     ]
     p = prepare(values, NOW, last_at=NOW + 5, cutover=NOW - 90 * MINUTE, horizon_us=8 * 24 * HOUR)
     assert p.invalid == [(1, "malformed_json"), (2, "future_timestamp")]
-    assert [e.event_id for e in p.valid] == ["e1", "e1", "e3", "e4"]
+    assert [e["event_id"] for e in p.valid] == ["e1", "e1", "e3", "e4"]
     assert p.ingested_at == [NOW + 6, NOW + 7, NOW + 8, NOW + 9] and p.last_at == NOW + 9
-    assert [e.event_id for e in p.fresh] == ["e1", "e4"] and p.fresh[0].quantity == 1
+    assert [e["event_id"] for e in p.fresh] == ["e1", "e4"] and p.fresh[0]["quantity"] == 1
     assert (p.batch_duplicates, p.beyond_horizon, p.late) == (1, 1, 2)
 
 
-def test_plan_calls_packs_markers_and_deltas() -> None:
-    events = [Event(f"e{i}", "purchase", f"u{i % 2}", "p1", NOW - i * MINUTE, 2.5 * i, 1, None) for i in range(4)]
-    groups = group_events([USER_ACTIVITY, PRODUCT_ENGAGEMENT], events)
+def test_prepare_dedupes_by_the_plans_id_field() -> None:
+    plan = compiled("rides")
+    one = {"uid": "r1", "kind": "requested", "zone_id": "z1", "ts": (NOW - HOUR) // 1000}
+    values = [json.dumps(one).encode(), json.dumps({**one, "zone_id": "z2"}).encode(), b"[]"]
+    p = prepare(values, NOW, 0, None, 8 * 24 * HOUR, reader_for(plan))
+    assert [e["zone_id"] for e in p.valid] == ["z1", "z2"] and [e["zone_id"] for e in p.fresh] == ["z1"]
+    assert p.batch_duplicates == 1 and p.invalid == [(2, "malformed_json")]
+    assert p.valid[0]["surge"] == 1.0 and p.valid[0]["ts"] == (NOW - HOUR) // 1000 * 1000  # default; µs
+
+
+def test_plan_calls_packs_markers_and_deltas(plan: Plan) -> None:
+    events = [row(i, "purchase", f"u{i % 2}", "p1", NOW - i * MINUTE, 2.5 * i) for i in range(4)]
+    groups = group_events(steps(plan), events)
     assert set(groups) == {("user_activity", "u0"), ("user_activity", "u1"), ("product_engagement", "p1")}
     calls = list(plan_calls(list(groups.values()), 100, 200, cluster=True, chunk=1, generation=7))
     assert len(calls) == 3  # one hash slot each
@@ -77,56 +137,57 @@ def test_marker_generation_keeps_markers_at_least_one_ttl() -> None:
         assert ttl < left <= 2 * ttl  # a marker written now outlives the TTL
 
 
-def test_subgroup_rebuild_drops_duplicates() -> None:
-    events = [Event(f"e{i}", "click", "u1", "p1", NOW - i * MINUTE, None, 1, None) for i in range(3)]
-    sub = group_events([USER_ACTIVITY], events)[("user_activity", "u1")]
+def test_subgroup_rebuild_drops_duplicates(plan: Plan) -> None:
+    events = [row(i, "click", "u1", "p1", NOW - i * MINUTE) for i in range(3)]
+    sub = group_events(steps(plan), events)[("user_activity", "u1")]
     sub.rebuild({"e1"})
-    assert sub.tiles == build_tiles(USER_ACTIVITY, [events[0], events[2]])
+    assert sub.states == reference(plan, [events[0], events[2]], "user_activity")
 
 
-def test_group_events_matches_core_build_tiles() -> None:
-    kinds = ["page_view", "impression", "click", "add_to_cart", "purchase"]
+def test_group_events_matches_the_reference_tiler(plan: Plan) -> None:
     events = [
-        Event(
-            f"e{i}",
-            kinds[i % 5],
-            f"u{i % 4}",
-            None if i % 10 == 0 else f"p{i % 3}",
-            NOW - i * 7 * MINUTE,
-            1.5 * i if i % 5 == 4 else None,
-            1 + i % 2,
-            None,
-        )
+        row(i, KINDS[i % 5], f"u{i % 4}", None if i % 10 == 0 else f"p{i % 3}", NOW - i * 7 * MINUTE,
+            1.5 * i if i % 5 == 4 else None, 1 + i % 2)
         for i in range(200)
-    ]
-    groups = group_events([USER_ACTIVITY, PRODUCT_ENGAGEMENT], events)
-    for view in (USER_ACTIVITY, PRODUCT_ENGAGEMENT):
-        want = build_tiles(view, events)
-        got = {k: t for (v, _), sub in groups.items() if v == view.name for k, t in sub.tiles.items()}
-        assert got == want
+    ]  # fmt: skip
+    rides_plan = compiled("rides")
+    for p, rows in ((plan, events), (rides_plan, rides_rows(rides_plan, 600, 5))):
+        groups = group_events(steps(p), rows)
+        for view in p.views:
+            got = {k: t for (v, _), sub in groups.items() if v == view.name for k, t in sub.states.items()}
+            assert got == reference(p, rows, view.name), view.name
+
+
+def test_dispatch_index_and_cell_kinds_follow_the_plan() -> None:
+    rides_plan = compiled("rides")
+    driver = view_steps(rides_plan.view("driver_performance"), rides_plan.schema)
+    zone = view_steps(rides_plan.view("zone_demand"), rides_plan.schema)
+    assert driver.field == "kind" and set(driver.by_value) == {"completed", "cancelled"}
+    assert {s.name for s in driver.by_value["completed"]} == {"trip", "fare", "airport_trip", "rider_served", "stars"}
+    assert {s.name for s in driver.always} == {"stars"}  # no filter: every event (null when absent)
+    assert {s.name for s in zone.always} == {"driver_id", "tip"}  # no filter: every event
+    airport = [s for s in driver.by_value["completed"] if s.name == "airport_trip"]
+    assert airport and all(s.where is not None and s.value is None for s in airport)  # `and airport` stays
+    assert driver.kinds[(3600 * SECOND, "fare")] == (NUMBER_M2, False)
+    assert driver.kinds[(6 * 3600 * SECOND, "rider_served")] == (TEXT, True)
+    assert driver.counted == {}  # `stars` runs for every event: no value counts plainly
+    example = compiled("ecommerce")
+    user = view_steps(example.view("user_activity"), example.schema)
+    assert user.field == "event_type" and set(user.counted) == {"page_view", "click", "add_to_cart"}
 
 
 def test_script_payload_keys_fields_and_marker_owners() -> None:
-    kinds = ["page_view", "impression", "click", "add_to_cart", "purchase"]
-    events = [
-        Event(
-            f"e{i}",
-            kinds[i % 5],
-            f"u{i % 3}",
-            f"p{i % 2}",
-            NOW - i * 97 * MINUTE,
-            2.5 * i if i % 5 == 4 else None,
-            1 + i % 3,
-            None,
-        )
-        for i in range(40)
-    ]
-    now = NOW - 9 * 97 * MINUTE  # the first ten events are stamped at or after the processing clock
-    groups = group_events([USER_ACTIVITY, PRODUCT_ENGAGEMENT], events, now)
-    assert {ev.event_id for sub in groups.values() for ev in sub.future} == {f"e{i}" for i in range(10)}
+    """The JSON argument, decoded as the Lua script does, holds each cell's states, members and future fields."""
+    rides_plan = compiled("rides")
+    events = rides_rows(rides_plan, 300, 9)
+    ts, idf = "ts", "uid"
+    now = sorted(e[ts] for e in events)[-40]  # the last events are stamped at or after the processing clock
+    groups = group_events(steps(rides_plan), events, now)
+    assert {ev[idf] for sub in groups.values() for ev in sub.future} <= {e[idf] for e in events if e[ts] >= now}
     for (_, entity), sub in groups.items():  # the tiles hold only the events before the clock
-        past = [ev for ev in sub.events if ev.event_time < now]
-        assert sub.tiles == {k: t for k, t in build_tiles(sub.view, past).items() if k.entity == entity}
+        past = [ev for ev in sub.events if ev[ts] < now]
+        want = {k: t for k, t in reference(rides_plan, past, sub.view.name).items() if k.entity == entity}
+        assert sub.states == want
     calls = list(plan_calls(list(groups.values()), 100, 200, cluster=False, chunk=7, generation=3))
     assert len(calls) > 1
     for call in calls:
@@ -140,42 +201,50 @@ def test_script_payload_keys_fields_and_marker_owners() -> None:
             nm, nk, nd, nf = data[a : a + 4]
             a += 4
             assert nm == len(sub.events) and nf == len(sub.future)
-            assert data[a : a + nm] == [ev.event_id for ev in sub.events]
+            assert data[a : a + nm] == [ev[idf] for ev in sub.events]
             a += nm
             assert call.keys[k : k + 3] == [marker_key(sub.view.name, sub.entity, g) for g in (2, 3, 4)]
             hashes = call.keys[k + 3 : k + 3 + nk]
-            want: dict[tuple[str, str], tuple[float, ...]] = {}
-            for tk, tile in sub.tiles.items():
-                for m, p in tile.items():
-                    prefix = partial_fields(tk.size, tk.start, m, p)
-                    key = speed_key(sub.view.name, sub.entity, tk.start)
-                    stats = tuple(float(prefix[f]) for f in sorted(prefix))  # c, n, s, x
-                    want[(key, next(iter(prefix))[:-2])] = stats
-            got: dict[tuple[str, str], tuple[float, ...]] = {}
-            end = a + nd  # nd counts array slots: 3 per count-style delta, 6 per other
+            want_cells: dict[tuple[str, str], tuple[Any, ...]] = {}
+            for tk, tile in sub.states.items():
+                for m, acc in tile.items():
+                    kind = sub.steps.kinds[(tk.size, m)][0]
+                    prefix = f"{tk.size // SECOND}:{tk.start // SECOND}:{m}"
+                    nums = (acc.count,) if kind == TEXT else (acc.count, acc.total, acc.minimum, acc.maximum)
+                    want_cells[(speed_key(sub.view.name, sub.entity, tk.start), prefix)] = (
+                        *nums, *((acc.m2,) if kind == NUMBER_M2 else ()), sorted(acc.distinct or ())
+                    )  # fmt: skip
+            got: dict[tuple[str, str], tuple[Any, ...]] = {}
+            end = a + nd  # nd counts array slots
             while a < end:
-                i = data[a]
-                if i < 0:  # count-style: sum = count, min = max = 1
-                    n = data[a + 2]
-                    got[(hashes[-1 - i], data[a + 1])] = (n, 1.0, float(n), 1.0)
+                code, prefix, n = data[a : a + 3]
+                kind, distinct, i = code % 4, code % 8 >= 4, code // 8
+                if kind == 0:  # count-style: sum = count, min = max = 1
+                    nums: tuple[Any, ...] = (n, float(n), 1.0, 1.0)
+                    a += 3
+                elif kind == TEXT:
+                    nums = (n,)
                     a += 3
                 else:
-                    n, s, lo, hi = data[a + 2 : a + 6]
-                    got[(hashes[i], data[a + 1])] = (n, float(lo), float(s), float(hi))
-                    a += 6
-            assert a == end and got == want
+                    nums = (n, *(float(x) for x in data[a + 3 : a + 6 + (kind == NUMBER_M2)]))
+                    a += 6 + (kind == NUMBER_M2)
+                members: list[str] = []
+                if distinct:
+                    members = data[a + 1 : a + 1 + data[a]]
+                    a += 1 + data[a]
+                got[(hashes[i], prefix)] = (*nums, members)
+            assert a == end
+            assert got.keys() == want_cells.keys()
+            for key, w in want_cells.items():  # sums in one batch: the order of the reference's, exactly
+                assert got[key] == w, (key, got[key], w)
             fields = {
                 (hashes[data[j]], data[j + 1]): parse_future(data[j + 1], data[j + 2]) for j in range(a, a + 3 * nf, 3)
             }
             a += 3 * nf
             assert fields == {
-                (speed_key(sub.view.name, sub.entity, ev.event_time), future_field(ev.event_time, ev.event_id)): (
-                    ev.event_time,
-                    {
-                        f.measure.name: (ev.price or 0.0) * ev.quantity if f.measure.value == "revenue" else 1.0
-                        for f in sub.view.windowed
-                        if f.measure.event_type == ev.event_type
-                    },
+                (speed_key(sub.view.name, sub.entity, ev[ts]), future_field(ev[ts], ev[idf])): (
+                    ev[ts],
+                    sub.steps.measured(ev),
                 )
                 for ev in sub.future
             }
@@ -212,10 +281,10 @@ def test_observe_many_matches_observe() -> None:
     assert samples == other
 
 
-def test_packed_call_is_what_redis_py_sends() -> None:
-    events = [Event(f"e{i}", "purchase", f"u{i % 3}", "p1", NOW - i * MINUTE, 2.5 * i, 1, None) for i in range(9)]
-    events.append(Event("é-1", "click", "ü", "p1", NOW, None, 1, None))  # non-ASCII: bytes, not characters
-    groups = group_events([USER_ACTIVITY, PRODUCT_ENGAGEMENT], events)
+def test_packed_call_is_what_redis_py_sends(plan: Plan) -> None:
+    events = [row(i, "purchase", f"u{i % 3}", "p1", NOW - i * MINUTE, 2.5 * i) for i in range(9)]
+    events.append({**row(0, "click", "ü", "p1", NOW), "event_id": "é-1"})  # non-ASCII: bytes, not characters
+    groups = group_events(steps(plan), events)
     conn = Connection()
     for call in plan_calls(list(groups.values()), 100, 200, cluster=False, chunk=4, generation=1):
         want = b"".join(conn.pack_command("EVALSHA", APPLY_TILES_SHA, len(call.keys), *call.keys, *call.argv))
@@ -263,14 +332,13 @@ EDGE_CASES = [
 ]
 
 
-def test_typed_decoder_agrees_with_the_core_on_every_message() -> None:
-    """The stream's msgspec path (``parse_fast``, and ``prepare`` which inlines it) gives every message the
-    verdict and the event of the core's ``parse`` with orjson: generated traffic with every injection,
-    hand-made edge cases, and random mutations of valid messages (bytes and values)."""
+def test_fast_path_agrees_with_the_generic_check_on_every_message(plan: Plan) -> None:
+    """The stream's msgspec path (``EventReader.parse``, and ``prepare`` which inlines it) gives every message
+    the verdict and the row of the generic check (``parse_row`` with orjson and ``EventCheck``): generated
+    traffic with every injection, hand-made edge cases, and random mutations of valid messages (bytes and
+    values)."""
     import random
 
-    from fstore.core.events import parse
-    from jobs.stream.pipeline import parse_fast
     from tests.support.messages import injected_messages
 
     now = 1_800_000_000_000_000
@@ -313,10 +381,32 @@ def test_typed_decoder_agrees_with_the_core_on_every_message() -> None:
             obj[rng.choice([*obj, "price", "quantity", "session_id", "product_id"])] = rng.choice(swaps)
             mutated.append(orjson.dumps(obj))
     values = generated + EDGE_CASES + mutated
-    want = [parse(v, now, orjson.loads) for v in values]
-    assert [parse_fast(v, now) for v in values] == want
-    accepted = [w for w in want if isinstance(w, Event)]
+    reader = reader_for(plan)
+    want = [parse_row(v, now, reader.check, orjson.loads) for v in values]
+    assert [reader.parse(v, now) for v in values] == want
+    accepted = [w for w in want if not isinstance(w, Rejection)]
     assert 5_000 < len(accepted) < len(values) - 1_000  # both verdicts are well represented
     p = prepare(values, now, 0, None, 10**15)
     assert p.valid == accepted
-    assert p.invalid == [(i, w.reason) for i, w in enumerate(want) if not isinstance(w, Event)]
+    assert p.invalid == [(i, w.reason) for i, w in enumerate(want) if isinstance(w, Rejection)]
+
+
+def test_fast_path_agrees_on_a_second_schema() -> None:
+    """The rides schema (other ids, a boolean, an integer with bounds, a default, conditions): valid rides and
+    every field swapped for an odd value get the generic check's verdict and row."""
+    import random
+
+    rides_plan = compiled("rides")
+    reader = reader_for(rides_plan)
+    rng = random.Random(11)
+    swaps: list[object] = [None, True, False, 1, 0, -2, 6, 2.5, 1e16, "x", "a b", "requested", [], {}, 1799978493303]
+    values = []
+    for r in rides(800, NOW - 86_400 * SECOND, 86_400 * SECOND, 4):
+        r["ts"] = r["ts"] // 1000 if rng.random() < 0.5 else "2025-11-21T04:40:00.123Z"
+        obj = {k: v for k, v in r.items() if v is not None}
+        values.append(orjson.dumps(obj))
+        obj[rng.choice([*obj, "surge", "stars", "tip", "airport", "rider", "email"])] = rng.choice(swaps)
+        values.append(orjson.dumps(obj))
+    want = [parse_row(v, NOW, reader.check, orjson.loads) for v in values]
+    assert [reader.parse(v, NOW) for v in values] == want
+    assert 900 < sum(not isinstance(w, Rejection) for w in want) < len(values) - 200
