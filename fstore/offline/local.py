@@ -258,9 +258,3 @@ def get_historical_features(
     out = pit.point_in_time(plan, entity_df, features, events, full_feature_names=full_feature_names, keep=keep)
     timings.join = time.perf_counter() - began
     return out
-
-
-def _no_events() -> pa.Table:
-    """No events, in the point-in-time engine's columns (a stop-gap until it reads the plan's schema)."""
-    types = {"event_time": raw_log.TS, "quantity": pa.int32(), "price": pa.float64()}
-    return pa.schema([(c, types.get(c, pa.string())) for c in pit.EVENT_COLUMNS]).empty_table()

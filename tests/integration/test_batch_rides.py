@@ -165,7 +165,7 @@ def test_batch_view_values_equal_the_brute_force(
         for entity in sorted({e[key] for e in data["events"] if e.get(key) is not None}):
             states = parse_states(client.hgetall(batch_key(view.name, entity, pointer.version)))
             for t in (C, C + 37 * MINUTE, C + 23 * HOUR):
-                got = evaluate(view, lambda size, start, s=states: s.get((size, start)), t)
+                got = evaluate(view, lambda size, start, s=states: s.get((size, start)), t)  # type: ignore[misc]
                 want = plan_bruteforce.values(plan, view.name, data["events"], entity, t)
                 for name, v in want.items():
                     assert same(got[name], v), (view.name, entity, t, name, got[name], v)

@@ -82,7 +82,7 @@ def mismatches(plan: Plan, events: list[dict[str, Any]], got: dict[str, dict[str
             for name, w in want.items():
                 g = got[entity][f"{view.name}:{name}"]
                 ok = (g is None) == (w is None) and (
-                    g is None or math.isclose(float(g), float(w), rel_tol=1e-9, abs_tol=1e-9)
+                    g is None or math.isclose(float(g), float(w), rel_tol=1e-9, abs_tol=1e-9)  # type: ignore[arg-type]
                 )
                 if not ok or (w is not None and view.feature(name).dtype == "int64" and type(g) is not int):
                     bad.append((view.name, entity, name, g, w))

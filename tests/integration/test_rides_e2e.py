@@ -191,10 +191,10 @@ def test_a_second_repository_runs_through_every_engine_with_no_mismatch(
             want0 = plan_bruteforce.values(plan, view, served, e, t0)
             if want0 != plan_bruteforce.values(plan, view, served, e, t1):
                 continue  # a hop boundary passed during the read
-            for n in names:
+            for name in names:
                 checked += 1
-                if not close(got[n][i], want0[n]):
-                    bad.append(("feast-online", view, e, n, got[n][i], want0[n]))
+                if not close(got[name][i], want0[name]):
+                    bad.append(("feast-online", view, e, name, got[name][i], want0[name]))
 
     # Point in time over raw_events: every valid first copy, late ones included.
     history = first_copies(first + more + late)
@@ -208,11 +208,11 @@ def test_a_second_repository_runs_through_every_engine_with_no_mismatch(
                 "label": range(len(times)),
             }
         )
-        names = plan.view(view).feature_names
-        out = store.get_historical_features(entity_df=df, features=[f"{view}:{n}" for n in names]).to_df()
+        cols = plan.view(view).feature_names
+        out = store.get_historical_features(entity_df=df, features=[f"{view}:{c}" for c in cols]).to_df()
         assert list(out["label"]) == list(range(len(times)))  # one row per input row, in order, labels kept
         ts_us = [int(pd.Timestamp(t).value // 1000) for t in out["event_timestamp"]]
-        rows = [{n: (None if pd.isna(r[n]) else r[n]) for n in names} for _, r in out.iterrows()]
+        rows = [{c: (None if pd.isna(r[c]) else r[c]) for c in cols} for _, r in out.iterrows()]
         n, b = mismatches(plan, view, key, rows, list(out[key]), history, ts_us)
         checked, bad = checked + n, bad + b
 

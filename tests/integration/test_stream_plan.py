@@ -156,19 +156,14 @@ def test_rides_plan_through_the_worker_into_redis(
         client = aredis.Redis.from_url(redis_server.url, socket_timeout=10)
         tiles = TileWriter(client, plan, 8 * 86_400, 8 * 86_400, chunk=300, clock=lambda: clock[0])
         raw = RawSink(raw_uri, plan.schema, 100_000, 3600.0)
-        layer = SpeedLayer(settings, None, dead, kv=client, tiles=tiles, raw=raw, clock=lambda: clock[0], plan=plan)
+        kv: Any = client
+        layer = SpeedLayer(settings, None, dead, kv=kv, tiles=tiles, raw=raw, clock=lambda: clock[0], plan=plan)
         try:
             records = [Record(None, v, i, NOW // 1000) for i, v in enumerate(values + future)]
             for lo in range(0, len(records), 400):
                 await layer.handle({"rides-0": records[lo : lo + 400]})
-            held.append(
-                sum(
-                    1
-                    for k in redis_client.scan_iter(match="fs:*:s:*")
-                    for f in redis_client.hkeys(k)
-                    if f.startswith(b"f:")
-                )
-            )
+            fields: list[Any] = [f for k in redis_client.scan_iter(match="fs:*:s:*") for f in redis_client.hkeys(k)]
+            held.append(sum(1 for f in fields if f.startswith(b"f:")))
             clock[0] = NOW + 10 * MINUTE  # their time has come: the worker moves them into the tiles
             await layer.move_due()
             await layer.flush()
@@ -192,7 +187,7 @@ def test_rides_plan_through_the_worker_into_redis(
             mine = [r for r in rows if r.get(key) == entity]
             got = read_states(redis_client, view, entity)
             compared += assert_same_tiles(view, got, tiler.build(mine))
-            values_got = evaluate(view, lambda size, start, got=got: got.get((size, start)), t)
+            values_got = evaluate(view, lambda size, start, got=got: got.get((size, start)), t)  # type: ignore[misc]
             want = plan_bruteforce.values(plan, view.name, mine, entity, t)
             for name, w in want.items():
                 g = values_got[name]

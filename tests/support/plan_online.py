@@ -70,7 +70,7 @@ def load_plan(
             for name, acc in tile.items():
                 if start < cutover:
                     if version is not None:
-                        pipe.hset(batch_key(view.name, entity, version), mapping=acc_fields(size, start, name, acc))
+                        pipe.hset(batch_key(view.name, entity, version), mapping=acc_fields(size, start, name, acc))  # type: ignore[arg-type]
                     continue
                 fields = speed_fields(size, start, name, acc)
                 pipe.hset(speed_key(view.name, entity, start), mapping=dict[Any, Any](fields))

@@ -44,7 +44,7 @@ def test_pandas_tiles_and_snapshot(case: Case) -> None:
     events = events.set_column(
         events.schema.get_field_index("event_time"), "event_time", events.column("event_time").cast(pa.int64())
     )
-    table = tiles_frame.build_tiles(case.view, events, size_horizons(case.view, case.t), case.t)
+    table = tiles_frame.build_tiles(case.view, events, size_horizons(case.view, case.t), case.t)  # type: ignore[arg-type]
     lookup = tiles.lookup_in(tiles_from_rows(case.view, table.to_pylist()), case.entity)
     assert_expected(case, tiles.evaluate(case.view, lookup, case.t), "tiles_frame.build_tiles")
     if case.on_grid():

@@ -32,7 +32,7 @@ def same(a: Value, b: Value) -> bool:
 def check(plan: Plan, rows: list[dict[str, object]], t: int) -> int:
     checked = 0
     ts = plan.schema.timestamp_field
-    before = [r for r in rows if r[ts] < t]
+    before = [r for r in rows if r[ts] < t]  # type: ignore[operator]
     for view in plan.views:
         key = view.entity.join_key
         snap = snapshot(view, build_tiles(view, plan.schema, arrow_table(plan.schema, before)), t).to_pylist()

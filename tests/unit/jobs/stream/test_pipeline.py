@@ -210,9 +210,11 @@ def test_script_payload_keys_fields_and_marker_owners() -> None:
                 for m, acc in tile.items():
                     kind = sub.steps.kinds[(tk.size, m)][0]
                     prefix = f"{tk.size // SECOND}:{tk.start // SECOND}:{m}"
-                    nums = (acc.count,) if kind == TEXT else (acc.count, acc.total, acc.minimum, acc.maximum)
+                    cells: tuple[Any, ...] = (
+                        (acc.count,) if kind == TEXT else (acc.count, acc.total, acc.minimum, acc.maximum)
+                    )
                     want_cells[(speed_key(sub.view.name, sub.entity, tk.start), prefix)] = (
-                        *nums, *((acc.m2,) if kind == NUMBER_M2 else ()), sorted(acc.distinct or ())
+                        *cells, *((acc.m2,) if kind == NUMBER_M2 else ()), sorted(acc.distinct or ())
                     )  # fmt: skip
             got: dict[tuple[str, str], tuple[Any, ...]] = {}
             end = a + nd  # nd counts array slots
