@@ -148,7 +148,8 @@ def test_a_second_repository_runs_through_every_engine_with_no_mismatch(
     now2 = time.time_ns() // 1000
     more = [dict(e, uid=f"m{e['uid']}") for e in rides(300, c, now2 - c - SECOND, seed=14)]
     late = [dict(e, uid=f"l{e['uid']}") for e in rides(100, c - 2 * HOUR, 2 * HOUR - MINUTE, seed=15)]
-    resent = [dict(ev, kind="cancelled") for ev in rng.sample([e for e in first if e["ts"] >= c], 30)]
+    today = [e for e in first if e["ts"] >= c]
+    resent = [dict(ev, kind="cancelled") for ev in rng.sample(today, min(30, len(today)))]
     msgs2 = [message(e) for e in more + late + resent] + MALFORMED
     w.start()
     publish(kafka_broker, w.topic, msgs2)
