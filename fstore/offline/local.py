@@ -84,7 +84,11 @@ def _without_superseded(raw: pa.Table, superseded: pa.Table, schema: EventSchema
         }
     )
     left = drop_superseded(probe, superseded)
-    return raw if left.num_rows == raw.num_rows else raw.take(left.column("__row"))
+    if left.num_rows == raw.num_rows:
+        return raw
+    keep = np.zeros(raw.num_rows, bool)
+    keep[left.column("__row").to_numpy()] = True
+    return raw.filter(pa.array(keep))  # chunk by chunk: `take` would unify the chunks' dictionaries
 
 
 def _empty(schema: EventSchema) -> pa.Table:
@@ -161,7 +165,9 @@ def _rows_of(raw: pa.Table, winners: pa.Table, ident: str) -> list[int]:
     if pa.types.is_dictionary(ids.type):
         ids = ids.cast(pa.string())
     rows = np.flatnonzero(pc.is_in(ids, value_set=winners.column(ident).combine_chunks()).to_numpy(False))
-    candidates = raw.take(pa.array(rows)).to_pylist()
+    hit = np.zeros(raw.num_rows, bool)
+    hit[rows] = True
+    candidates = raw.filter(pa.array(hit)).to_pylist()  # rows ascending, chunk by chunk (no dictionary unify)
     where: dict[tuple[object, ...], int] = {}
     for row, values in zip(rows.tolist(), candidates, strict=True):
         where.setdefault(tuple(values[c] for c in match), row)
@@ -178,8 +184,8 @@ def read_events(
 ) -> pa.Table:
     """De-duplicated events of ``raw_events`` with the timestamp field in ``[start, end)``.
 
-    Only the ``event_date`` partitions of the range and the columns asked for are read, with string fields
-    dictionary-encoded (the engine uses the codes as they are). Copies superseded by a winner on another
+    Only the ``event_date`` partitions of the range and the columns asked for are read (string fields come
+    back as plain strings). Copies superseded by a winner on another
     day (``raw_events_superseded``) are dropped first; de-duplication (first ingested copy of each id
     wins) then runs over those partitions before the time filter, so a copy just outside the range still
     decides which copy wins. ``payload_hash`` is read only for the ids whose earliest copies share an
@@ -200,7 +206,18 @@ def read_events(
     if copies is None:
         return _empty(schema)
     keep = copies.winners(timings)
-    return copies.raw.drop_columns(["ingested_at"]).filter(pa.array(keep))
+    return _decoded(copies.raw.drop_columns(["ingested_at"]).filter(pa.array(keep)))
+
+
+def _decoded(table: pa.Table) -> pa.Table:
+    """``table`` with its dictionary-encoded columns as plain values, chunk by chunk (a file whose values are
+    all null reads back as a dictionary holding null, which Arrow cannot unify with the other chunks')."""
+    for i, f in enumerate(table.schema):
+        if pa.types.is_dictionary(f.type):
+            col = table.column(i)
+            plain = pa.chunked_array([c.cast(f.type.value_type) for c in col.chunks], f.type.value_type)
+            table = table.set_column(i, pa.field(f.name, f.type.value_type, f.nullable), plain)
+    return table
 
 
 def get_historical_features(
