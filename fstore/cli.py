@@ -10,6 +10,7 @@ import click
 
 from fstore import __version__
 from fstore.commands.apply import apply, plan
+from fstore.commands.backfill import backfill
 from fstore.commands.batch import batch
 from fstore.commands.check_consistency import check_consistency
 from fstore.commands.generate import generate
@@ -37,6 +38,7 @@ _COMMANDS = (
     services,
     plan,
     apply,
+    backfill,
     generate,
     publish,
     ingest,

@@ -306,7 +306,7 @@ def overwrite_partition(
             raise injected
         out.write.format("delta").mode("overwrite").partitionBy(column).option(
             "replaceWhere", f"{column} = '{value.isoformat()}'"
-        ).save(uri)
+        ).option("mergeSchema", "true").save(uri)  # a feature added to the plan: a new nullable column
         rows = rows_in(uri, column, [value])
         return spark_count(uri, column, value, df.sparkSession) if rows is None else rows
     staged = _stage_files(df, uri, schema, f"{column}={value.isoformat()}", run_id)
@@ -374,4 +374,4 @@ def overwrite_small(uri: str, table: pa.Table, column: str, value: date, spark: 
         return
     spark.createDataFrame(table).write.format("delta").mode("overwrite").partitionBy(column).option(
         "replaceWhere", f"{column} = '{value.isoformat()}'"
-    ).save(uri)
+    ).option("mergeSchema", "true").save(uri)

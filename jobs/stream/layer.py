@@ -52,13 +52,17 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError, NoOffsetForPar
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from fstore import plan_source
 from fstore.clock import Clock, wall_clock
 from fstore.core.plan import Plan
+from fstore.core.plan_json import fingerprint
 from fstore.core.timeutil import iso
 from fstore.plan_source import current_plan
 from fstore.redis.connect import async_client
+from fstore.redis.hold import HOLD_TTL_S
 from fstore.redis.layout import HEARTBEAT_KEY, POINTER_KEY, BatchPointer, Heartbeat
 from jobs.stream import metrics
+from jobs.stream.control import Control
 from jobs.stream.dead_letters import DeadLetter, dead_letter, shrink
 from jobs.stream.faults import (
     MAX_UNPROCESSABLE_STREAK,
@@ -73,6 +77,7 @@ from jobs.stream.pipeline import EventReader, Prepared, prepare, reader_for
 from jobs.stream.ports import DeadLetterSink, KeyValue, RawEventSink, TileSink
 from jobs.stream.settings import StreamSettings
 from jobs.stream.sinks import Held, RawSink, TileWriter
+from jobs.stream.tile_steps import view_steps
 
 log = logging.getLogger("fstore.stream")
 
@@ -181,6 +186,8 @@ class SpeedLayer:
             if raw is not None
             else RawSink(s.table("raw_events"), self.plan.schema, s.stream_raw_max_events, s.stream_raw_max_age_s)
         )
+        # the applied plan and a backfill's hold, followed once a second (not with injected test doubles)
+        self.control: Control | None = Control(s) if kv is None else None
         self.last_at = 0
         self.consumer: AIOKafkaConsumer | None = None
         self.next_offset: Offsets = {}
@@ -298,6 +305,8 @@ class SpeedLayer:
         try:
             while True:
                 self.check_flush()
+                if self.control is not None and self.control.due():
+                    inflight = await self.follow(inflight)
                 try:
                     if self._resets:
                         raise _ResetRequested
@@ -351,6 +360,71 @@ class SpeedLayer:
             if inflight is not None and inflight.task is not None and not inflight.task.done():
                 await asyncio.wait([inflight.task], timeout=30)
             await self.shutdown()
+
+    async def follow(self, inflight: _Batch | None) -> _Batch | None:
+        """Between two batches: follow a newly applied plan, and hold while ``fstore backfill`` rebuilds speed
+        tiles (:mod:`fstore.redis.hold`). Before either, everything taken is finished: the batch in flight,
+        the future events due moved, the raw sink flushed and the offsets committed — so ``raw_events``
+        holds every event this worker counted. Returns the batch still in flight (``None`` once settled)."""
+        assert self.control is not None
+        token = await self.control.poll()
+        try:
+            changed = plan_source.refresh()
+        except Exception as exc:  # an unreadable record: keep running the plan we have, loudly
+            log.error("applied plan not reloaded, the worker keeps its plan: %s", exc)
+            changed = False
+        if token is None and not changed:
+            return inflight
+        if inflight is not None:
+            await self.settle(inflight)
+        async with self._batch_lock:
+            if self.future:
+                await self.move_due()
+        await self.wait_flush()
+        await self.flush()
+        if token is not None:
+            await self.hold(token)
+            plan_source.refresh()
+        self.adopt(plan_source.current_plan())
+        return None
+
+    async def hold(self, token: str) -> None:
+        """Acknowledge a backfill's hold and consume nothing until it ends (the group membership kept)."""
+        assert self.control is not None and self.consumer is not None
+        log.warning("stream worker: held by a backfill (%s); consuming nothing until it ends", token)
+        await self.control.ack(token, self.clock())
+        paused = set(self.consumer.assignment())
+        self.consumer.pause(*paused)
+        seen = time.monotonic()
+        try:
+            while time.monotonic() - seen < HOLD_TTL_S:
+                held = await self.control.still_held(token)
+                if held is False:
+                    break
+                if held:  # None: Redis did not answer; the hold's TTL bounds how long that lasts
+                    seen = time.monotonic()
+                await self.consumer.getmany(timeout_ms=200)  # paused: nothing comes, the group stays joined
+        finally:
+            self.consumer.resume(*(paused & set(self.consumer.assignment())))
+        log.warning("stream worker: hold %s ended; consuming again", token)
+
+    def adopt(self, plan: Plan) -> None:
+        """Run ``plan`` from the next batch on: validation, tile steps, the raw sink's columns, and the future
+        events held for a move (their view's new steps; dropped with a removed view)."""
+        if plan is self.plan:
+            return
+        s = self.s
+        self.plan, self.reader = plan, reader_for(plan)
+        if isinstance(self.tiles, TileWriter):
+            self.tiles = TileWriter(
+                self.redis, plan, s.marker_ttl_s, s.tile_ttl_s, chunk=s.stream_script_chunk, clock=self.clock
+            )
+        if isinstance(self.raw, RawSink):
+            self.raw.schema = plan.schema
+        steps = {v.name: view_steps(v, plan.schema) for v in plan.views}
+        self.future = [(t, n, (steps[h[0].name], h[1], h[2])) for t, n, h in self.future if h[0].name in steps]
+        heapq.heapify(self.future)
+        log.warning("stream worker: now runs the applied plan %s", fingerprint(plan)[:12])
 
     async def try_begin(self, records: dict[TopicPartition, list[Any]]) -> _Batch | None:
         """:meth:`begin`, or ``None`` when the batch cannot be validated and planned as a whole (not an outage)."""

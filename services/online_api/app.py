@@ -41,6 +41,8 @@ from fstore.clock import Clock, wall_clock
 from fstore.core.timeutil import iso
 from fstore.online.reader import OnlineReader
 from fstore.plan_source import current_plan
+from fstore.plan_source import refresh as refresh_plan
+from fstore.plan_source import repo_dir as plan_repo
 from fstore.redis.connect import async_client
 from fstore.samples import ResponseSampler
 from services.online_api.deps import ReaderDep, Secured, key_ok
@@ -58,6 +60,8 @@ from services.online_api.settings import ApiSettings, get_api_settings
 
 log = logging.getLogger("fstore.api")
 SAMPLE_FLUSH_S = 1.0
+#: How often the API checks whether `fstore apply` or `fstore backfill` changed the applied plan.
+PLAN_FOLLOW_S = 1.0
 
 
 # fstore exports Prometheus metrics (/metrics). FastAPI's native OpenTelemetry hooks (FastAPI >= 0.16x) would
@@ -226,6 +230,17 @@ def create_app(settings: ApiSettings | None = None, clock: Clock = wall_clock) -
             metrics.samples.inc(sampler.kept - before)
         return body
 
+    async def follow_plan() -> None:
+        """Follow ``fstore apply`` and ``fstore backfill``: re-read the applied record when it changed (one
+        ``stat`` a second); a bad record keeps the plan that serves, loudly."""
+        while True:
+            await asyncio.sleep(PLAN_FOLLOW_S)
+            try:
+                if refresh_plan():
+                    log.info("serving the applied plan of %s", plan_repo())
+            except Exception as exc:  # an unreadable record or repository: keep serving what was applied
+                log.error("applied plan not reloaded, still serving the previous one: %s", exc)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = async_client(cfg.redis_url, cfg.redis_cluster, timeout=timeout, connect_timeout=timeout)
@@ -234,7 +249,9 @@ def create_app(settings: ApiSettings | None = None, clock: Clock = wall_clock) -
         app.state.settings = cfg
         app.state.sampler = sampler
         flusher = asyncio.ensure_future(flush_samples()) if sampler is not None else None
+        follower = asyncio.ensure_future(follow_plan())
         yield
+        follower.cancel()
         if flusher is not None and sampler is not None:
             flusher.cancel()
             await write_samples(sampler.take())

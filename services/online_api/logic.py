@@ -10,7 +10,7 @@ from fstore.core.plan import Feature, Plan, View
 from fstore.core.timeutil import SECOND
 from fstore.online.ports import FeatureReader
 from fstore.online.reader import EntityRead, Snapshot, iso_cached
-from fstore.plan_source import current_plan
+from fstore.plan_source import current_plan, pending
 
 _ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
@@ -33,15 +33,27 @@ def parse_refs(features: Sequence[str], plan: Plan | None = None) -> list[tuple[
     process's, :func:`fstore.plan_source.current_plan`).
 
     Raises:
-        RequestError: 422 when none is given, 404 naming an unknown view or feature.
+        RequestError: 422 when none is given, 404 naming an unknown view or feature, 409 naming a feature
+            applied but not built yet (``fstore backfill``).
     """
     refs = [r.strip() for item in features for r in item.split(",") if r.strip()]
     if not refs:
         raise RequestError(422, "no features requested: pass features=view:feature or features=view")
     try:
-        return (plan or current_plan()).resolve(refs)
+        resolved = (plan or current_plan()).resolve(refs)
     except KeyError as exc:
         raise RequestError(404, str(exc.args[0])) from None
+    waiting = pending()
+    if waiting:
+        for view, f in resolved:
+            if f"{view.name}:{f.name}" in waiting:
+                raise RequestError(
+                    409,
+                    f"feature '{view.name}:{f.name}' is applied but not built yet: it is served once "
+                    f"`fstore backfill --view {view.name}` has run (until then no value is given rather than an "
+                    "undercounted one)",
+                )
+    return resolved
 
 
 class ViewPlan(tuple[tuple[View, tuple[str, ...], tuple[str, ...]], ...]):

@@ -11,7 +11,6 @@ Nothing in fstore names a rides field: the plan comes from the repository (``FST
 from __future__ import annotations
 
 import random
-import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -22,12 +21,11 @@ import orjson
 import pandas as pd
 import pytest
 import redis
-import yaml
 from fastapi.testclient import TestClient
 
 from fstore import plan_source
 from fstore.core.plan import Plan
-from fstore.core.timeutil import DAY, HOUR, MINUTE, SECOND, floor_to, iso, to_date
+from fstore.core.timeutil import DAY, HOUR, MINUTE, SECOND, floor_to, to_date
 from fstore.devsvc.services import Broker, RedisServer
 from fstore.redis.layout import POINTER_KEY, BatchPointer
 from services.online_api.app import create_app
@@ -35,8 +33,7 @@ from services.online_api.settings import ApiSettings
 from tests.support import plan_bruteforce
 from tests.support.e2e import publish
 from tests.support.paths import close, run_batch, run_fstore
-from tests.support.repos import ROOT
-from tests.support.rides_traffic import rides
+from tests.support.rides_traffic import message, rides, rides_repo
 from tests.support.stream import Factory
 
 pytestmark = pytest.mark.integration
@@ -44,22 +41,6 @@ pytestmark = pytest.mark.integration
 Row = dict[str, Any]
 DRIVERS = [f"d{i}" for i in range(6)]
 ZONES = [f"z{i}" for i in range(4)]
-
-
-def rides_repo(tmp: Path, redis_url: str) -> Path:
-    """A copy of the rides repository wired to the fstore online and offline stores."""
-    repo = tmp / "rides_repo"
-    shutil.copytree(ROOT / "rides", repo, ignore=shutil.ignore_patterns("data", "__pycache__"))
-    cfg = yaml.safe_load((repo / "feature_store.yaml").read_text())
-    cfg["online_store"] = {"type": "fstore.feast.online_store.FstoreOnlineStore", "redis_url": redis_url}
-    cfg["offline_store"] = {"type": "fstore.feast.offline_store.FstoreOfflineStore", "engine": "local"}
-    (repo / "feature_store.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return repo
-
-
-def message(ev: Mapping[str, Any]) -> tuple[str, bytes]:
-    body = {k: (iso(v) if k == "ts" else v) for k, v in ev.items() if v is not None}
-    return str(ev["zone_id"]), orjson.dumps(body)
 
 
 MALFORMED = [

@@ -4,7 +4,16 @@ fields each kind requires, optional fields sometimes absent, times spread over a
 from __future__ import annotations
 
 import random
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
+
+import orjson
+import yaml
+
+from fstore.core.timeutil import iso
+from tests.support.repos import ROOT
 
 Row = dict[str, Any]
 
@@ -39,3 +48,19 @@ def rides(n: int, start: int, span: int, seed: int, drivers: int = 6, zones: int
         out.append(ev)
     out.sort(key=lambda r: r["ts"])
     return out
+
+
+def rides_repo(tmp: Path, redis_url: str) -> Path:
+    """A copy of the rides repository wired to the fstore online and offline stores."""
+    repo = tmp / "rides_repo"
+    shutil.copytree(ROOT / "rides", repo, ignore=shutil.ignore_patterns("data", "__pycache__"))
+    cfg = yaml.safe_load((repo / "feature_store.yaml").read_text())
+    cfg["online_store"] = {"type": "fstore.feast.online_store.FstoreOnlineStore", "redis_url": redis_url}
+    cfg["offline_store"] = {"type": "fstore.feast.offline_store.FstoreOfflineStore", "engine": "local"}
+    (repo / "feature_store.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return repo
+
+
+def message(ev: Mapping[str, Any]) -> tuple[str, bytes]:
+    body = {k: (iso(v) if k == "ts" else v) for k, v in ev.items() if v is not None}
+    return str(ev["zone_id"]), orjson.dumps(body)
