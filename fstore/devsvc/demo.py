@@ -3,9 +3,11 @@
 Run as ``python -m fstore.devsvc.demo [--keep-services] [--users N] [--days N]``. Each step runs the command a
 user would type, echoed with a ``$`` prompt, so the demo doubles as a walkthrough:
 
-services → 30 days of history (generate + ingest) → Feast registry → nightly batch job for yesterday
-(Delta tables, DQ gate, Redis batch view) → stream worker on live Kafka traffic → online API with
-example calls → consistency check of online values against point-in-time training joins.
+services → 30 days of history (generate + ingest) → `fstore apply` of the example repository (a copy of
+``feature_repo/`` under data/demo) → nightly batch job for yesterday (Delta tables, DQ gate, Redis batch
+view) → stream worker on live Kafka traffic → online API with example calls → consistency check of
+online values against point-in-time training joins → adding a feature end to end (edit the repository,
+`fstore plan`, `fstore apply`, the API's 409 until built, `fstore backfill`, the new values).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,6 +29,24 @@ import httpx
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 LOGS = Path(".fstore/demo-logs")
+#: The demo's own copy of the example repository (the one it edits to add a feature).
+REPO = Path("data/demo/feature_repo")
+#: The feature the demo adds: the spread of a shopper's order values over 7 days.
+NEW_AGGREGATION = '        Aggregation(column="purchase", function="std", time_window=D7, name="order_value_std_7d"),\n'
+NEW_FIELD = '        Field(name="order_value_std_7d", dtype=Float64, description="Spread of order values, 7 days"),\n'
+
+
+def add_feature(repo: Path) -> None:
+    """Edit the repository as a user would: one aggregation and its Field in user_activity."""
+    path = repo / "features.py"
+    text = path.read_text()
+    agg = '        Aggregation(column="purchase", function="max", time_window=D7, name="max_order_value_7d"),\n'
+    field = '        Field(name="max_order_value_7d", dtype=Float64, description="Largest purchase revenue, 7 days"),\n'
+    if agg not in text or field not in text:
+        sys.exit(f"demo: {path} does not declare user_activity's max_order_value_7d as shipped")
+    path.write_text(text.replace(agg, agg + NEW_AGGREGATION).replace(field, field + NEW_FIELD))
+    print(f"\n# Edited {path}: user_activity gets")
+    print(NEW_AGGREGATION.rstrip() + "\n" + NEW_FIELD.rstrip())
 
 
 def _exe(cmd: list[str]) -> list[str]:
@@ -156,7 +177,14 @@ def main() -> None:
             ]
         )
         run(["fstore", "ingest", str(history)])
-        run(["feast", "apply"], cwd=ROOT / "feature_repo", env=env, env_note='eval "$(fstore services env)"; ')
+        shutil.rmtree(REPO, ignore_errors=True)
+        shutil.copytree(ROOT / "feature_repo", REPO, ignore=shutil.ignore_patterns("data", "__pycache__"))
+        os.environ["FSTORE_FEATURE_REPO"] = str(REPO.resolve())
+        env["FSTORE_FEATURE_REPO"] = os.environ["FSTORE_FEATURE_REPO"]
+        print(
+            f"\n# Every fstore process below runs the repository FSTORE_FEATURE_REPO={REPO} (a copy of feature_repo/)"
+        )
+        run(["fstore", "apply"], env=env, env_note='eval "$(fstore services env)"; ')
         print("\n# The history was backfilled just now, so every event arrived days after its event_time;")
         print("# the demo counts an event as late only after 31 days (FSTORE_DQ_LATE_AFTER_S) for this run.")
         run(
@@ -208,6 +236,23 @@ def main() -> None:
         time.sleep(1.5)  # the API appends its samples every second
         print("\n# Consistency watched in production: replay every answer the API served (and sampled)")
         report = replay_figure(int(time.perf_counter() - started) + 60)
+
+        print("\n# Adding a feature to the running system: edit, plan, apply, (409 until built), backfill, read")
+        add_feature(REPO)
+        run(["fstore", "plan"], env=env)
+        run(["fstore", "apply"], env=env)
+        time.sleep(1.5)  # the API follows the applied record within a second
+        new = {"user_id": "u000042", "features": "user_activity:order_value_std_7d,user_activity:avg_order_value_7d"}
+        show("GET", f"{base}/features", params=new)
+        late = str(31 * 86_400)
+        run(
+            ["fstore", "backfill", "--view", "user_activity"],
+            env={**env, "FSTORE_DQ_LATE_AFTER_S": late},
+            env_note=f"FSTORE_DQ_LATE_AFTER_S={late} ",
+        )
+        time.sleep(1.5)
+        show("GET", f"{base}/features", params=new)
+        run(["fstore", "check-consistency", "--api-url", base, "--sample", "300"], env=env)
         print(f"\ndemo finished in {time.perf_counter() - started:.0f}s")
         rate = report["mismatch_rate"]
         print("\nOperations (docs/operations.md, docs/runbook.md):")
