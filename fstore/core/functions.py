@@ -56,7 +56,9 @@ SKETCHES = ("hll",)
 
 
 def states_of(function: Function, sketch: str | None = None) -> tuple[State, ...]:
-    """The partial-aggregate parts ``function`` reads (a count_distinct with a sketch reads the sketch)."""
-    if function is Function.COUNT_DISTINCT:
-        return (State.SKETCH,) if sketch else (State.DISTINCT,)
+    """The partial-aggregate parts ``function`` reads. A count_distinct reads its exact members even when the
+    feature declares an approximate sketch: no engine keeps a sketch yet, and an exact count is within any
+    sketch's error (docs/design.md §3 status)."""
+    if function is Function.COUNT_DISTINCT:  # a declared sketch is served exactly for now: members are kept
+        return (State.DISTINCT,)
     return _STATES[function]

@@ -72,7 +72,7 @@ def test_tiles_group_measures_per_hop_with_the_states_their_features_read() -> N
             ),
         ),
         TileGroup(HOUR, (TileMeasure("amount", (State.COUNT, State.SUM, State.M2)),)),
-        TileGroup(DAY, (TileMeasure("label", (State.SKETCH,)),)),
+        TileGroup(DAY, (TileMeasure("label", (State.DISTINCT,)),)),  # a declared sketch: exact members for now
     )
     assert v.longest_window == 30 * DAY
     assert [f.dtype for f in v.features] == ["int64", "float64", "float64", "float64", "int64", "int64", "float64"]
