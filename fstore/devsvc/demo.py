@@ -122,6 +122,19 @@ def show(
     return dict(answer)
 
 
+def summarize_new_feature(base: str, users: int = 300) -> None:
+    """POST /features for the first users and say how many have a value of the new feature, with examples."""
+    ids = [f"u{i:06d}" for i in range(1, users + 1)]
+    body = {"entities": [{"user_id": u} for u in ids], "features": ["user_activity:order_value_std_7d"]}
+    print(f'\n$ curl -s -X POST {base}/features -d \'{{"entities": [{users} users], "features": [...]}}\'')
+    rows = httpx.post(f"{base}/features", json=body, timeout=30).json()["rows"]
+    got = [(u, r["values"]["user_activity:order_value_std_7d"]) for u, r in zip(ids, rows, strict=True)]
+    have = [(u, v) for u, v in got if v is not None]
+    print(f"{len(have)} of {users} users have two or more orders in 7 days (std defined); e.g.")
+    for u, v in have[:3]:
+        print(f"  {u}: order_value_std_7d = {v:.4f}")
+
+
 def wait_http(url: str, timeout: float = 60) -> None:
     """Wait until ``url`` answers 200."""
     deadline = time.monotonic() + timeout
@@ -252,6 +265,7 @@ def main() -> None:
         )
         time.sleep(1.5)
         show("GET", f"{base}/features", params=new)
+        summarize_new_feature(base)
         run(["fstore", "check-consistency", "--api-url", base, "--sample", "300"], env=env)
         print(f"\ndemo finished in {time.perf_counter() - started:.0f}s")
         rate = report["mismatch_rate"]
