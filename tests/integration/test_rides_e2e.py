@@ -6,6 +6,11 @@ raw_events), the nightly batch (local Spark, Delta) and is read through the onli
 Every value equals the brute force of the contract (tests/support/plan_bruteforce.py): 0 mismatches, on
 traffic with re-sent copies (the first copy wins), late events and malformed messages.
 
+Then evolution on the running system (issue 13): a feature is added and applied — the API refuses it
+(409 naming it, never a number) while traffic goes on — ``fstore backfill`` builds it with the worker held,
+and right after every value of the view equals the brute force; removing the feature and a whole view and
+applying stops serving them and frees the view's keys.
+
 Nothing in fstore names a rides field: the plan comes from the repository (``FSTORE_FEATURE_REPO``)."""
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from services.online_api.settings import ApiSettings
 from tests.support import plan_bruteforce
 from tests.support.e2e import publish
 from tests.support.paths import close, run_batch, run_fstore
+from tests.support.repos.mistakes import RIDES
 from tests.support.rides_traffic import message, rides, rides_repo
 from tests.support.stream import Factory
 
@@ -40,6 +46,15 @@ pytestmark = pytest.mark.integration
 
 Row = dict[str, Any]
 DRIVERS = [f"d{i}" for i in range(6)]
+DP = "driver_performance"
+# The feature the evolution step adds: a std on the 3 h fare series, whose tiles kept no variance state.
+STD = (
+    '        Aggregation(column="fare", function="std", time_window=H3, slide_interval=timedelta(minutes=15), '
+    'name="fare_std_3h"),\n'
+)
+ANCHOR = '        Aggregation(column="trip", function="count", time_window=D2, name="trips_2d"),\n'
+FIELD = '        Field(name="fare_std_3h", dtype=Float64),\n'
+FIELD_ANCHOR = '        Field(name="trips_2d", dtype=Int64),\n'
 ZONES = [f"z{i}" for i in range(4)]
 
 
@@ -59,6 +74,10 @@ def rides_env(tmp_path: Path, redis_server: RedisServer, monkeypatch: pytest.Mon
         "FSTORE_FEATURE_REPO": str(repo),
         "FSTORE_REDIS_URL": redis_server.url,
         "FSTORE_DATA_DIR": str(tmp_path / "data"),
+        # what run_batch sets, for the batch job `fstore backfill` runs: history is ingested days "late"
+        "FSTORE_DQ_LATE_AFTER_S": str(40 * 86_400),
+        "FSTORE_SPARK_SHUFFLE_PARTITIONS": "2",
+        "FSTORE_SPARK_DRIVER_MEMORY": "2g",
     }.items():
         monkeypatch.setenv(k, v)
     plan_source.use_plan(None)
@@ -132,10 +151,9 @@ def test_a_second_repository_runs_through_every_engine_with_no_mismatch(
     today = [e for e in first if e["ts"] >= c]
     resent = [dict(ev, kind="cancelled") for ev in rng.sample(today, min(30, len(today)))]
     msgs2 = [message(e) for e in more + late + resent] + MALFORMED
-    w.start()
+    w.start()  # runs on to the end: the evolution below happens on a live system
     publish(kafka_broker, w.topic, msgs2)
     w.wait_done(len(msgs) + len(msgs2), timeout=180)
-    w.stop()
 
     batch_side = [e for e in first if e["ts"] < c]
     speed_side = [e for e in first + more if e["ts"] >= c]
@@ -191,10 +209,10 @@ def test_a_second_repository_runs_through_every_engine_with_no_mismatch(
             }
         )
         cols = plan.view(view).feature_names
-        out = store.get_historical_features(entity_df=df, features=[f"{view}:{c}" for c in cols]).to_df()
+        out = store.get_historical_features(entity_df=df, features=[f"{view}:{col}" for col in cols]).to_df()
         assert list(out["label"]) == list(range(len(times)))  # one row per input row, in order, labels kept
         ts_us = [int(pd.Timestamp(t).value // 1000) for t in out["event_timestamp"]]
-        rows = [{c: (None if pd.isna(r[c]) else r[c]) for c in cols} for _, r in out.iterrows()]
+        rows = [{col: (None if pd.isna(r[col]) else r[col]) for col in cols} for _, r in out.iterrows()]
         n, b = mismatches(plan, view, key, rows, list(out[key]), history, ts_us)
         checked, bad = checked + n, bad + b
 
@@ -206,3 +224,54 @@ def test_a_second_repository_runs_through_every_engine_with_no_mismatch(
         != plan_bruteforce.values(plan, "zone_demand", served, z, now2)
         for z in ZONES
     )
+
+    # Evolution on the running system (worker and API up, batch view published): add a feature, apply,
+    # 409 until built, traffic on, backfill, exact values; then remove it and a whole view.
+    with TestClient(create_app(ApiSettings(redis_url=redis_server.url))) as client:
+        assert ANCHOR in RIDES and FIELD_ANCHOR in RIDES
+        (repo / "features.py").write_text(
+            RIDES.replace(ANCHOR, ANCHOR + STD).replace(FIELD_ANCHOR, FIELD_ANCHOR + FIELD)
+        )
+        out = run_fstore(["apply", "--repo", str(repo)], {}, tmp_path)
+        assert "refused until built: driver_performance:fare_std_3h" in out, out
+        wait_for(client, "driver_performance:fare_std_3h", 409)
+        r = client.get("/features", params={"driver_id": "d1", "features": f"{DP}:fare_std_3h,{DP}:fare_3h"})
+        assert r.status_code == 409 and "fstore backfill --view driver_performance" in r.json()["detail"], r.text
+        assert client.get("/features", params={"driver_id": "d1", "features": f"{DP}:fare_3h"}).status_code == 200
+
+        now3 = time.time_ns() // 1000  # traffic goes on while the worker follows the new plan
+        newer = [dict(e, uid=f"n{e['uid']}") for e in rides(200, now3 - 60 * SECOND, 55 * SECOND, seed=16)]
+        publish(kafka_broker, w.topic, [message(e) for e in newer])
+        w.wait_done(len(msgs) + len(msgs2) + len(newer), timeout=180)
+        out = run_fstore(["backfill", "--view", DP, "--no-progress"], {}, tmp_path)
+        assert "1 worker(s) held" in out and f"{DP}:fare_std_3h" in out, out
+        wait_for(client, f"{DP}:fare_std_3h", 200)
+        plan2 = plan_source.current_plan()
+        assert "fare_std_3h" in plan2.view(DP).feature_names
+        after = first_copies(first + more + late + newer)  # the re-run batch counts the late events now
+        r = client.post("/features", json={"entities": [{"driver_id": d} for d in DRIVERS], "features": [DP]})
+        assert r.status_code == 200, r.text
+        rows = [{k.split(":", 1)[1]: v for k, v in row["values"].items()} for row in r.json()["rows"]]
+        n, bad = mismatches(plan2, DP, "driver_id", rows, DRIVERS, after, [r.json()["as_of_us"]] * len(DRIVERS))
+        assert n == len(DRIVERS) * len(plan2.view(DP).feature_names) and not bad, bad[:5]
+
+        # Remove the feature and the zone view: no longer served, the view's keys freed.
+        assert redis_client.keys("fs:{zone_demand|*")
+        (repo / "features.py").write_text(RIDES.split("zone_demand = StreamFeatureView(")[0])
+        out = run_fstore(["apply", "--repo", str(repo)], {}, tmp_path)
+        assert f"- {DP}:fare_std_3h" in out and "- zone_demand:trips_3h" in out, out
+        wait_for(client, f"{DP}:fare_std_3h", 404)
+        assert client.get("/features", params={"zone_id": "z0", "features": "zone_demand"}).status_code in (404, 422)
+        assert not redis_client.keys("fs:{zone_demand|*")  # the worker is idle: nothing wrote them again
+    w.stop()
+    assert w.proc is not None and w.proc.returncode == 0, w.log_tail()
+
+
+def wait_for(client: TestClient, ref: str, status: int) -> None:
+    """The API follows the applied record within about a second."""
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if client.get("/features", params={"driver_id": "d0", "features": ref}).status_code == status:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"GET {ref} never answered {status}")
