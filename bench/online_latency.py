@@ -58,6 +58,8 @@ import redis
 import yaml
 from proc_cpu import tree_cpu_seconds
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests.support.legacy
+
 from examples.synth.generator import GeneratorConfig, generate
 from fstore.clock import wall_clock
 from fstore.core.timeutil import DAY, HOUR, MINUTE, floor_to
