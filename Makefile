@@ -50,7 +50,7 @@ test-faults: setup ## issue 12's fault matrix: one test per fault, real processe
 lint: setup ## ruff (lint and format) and mypy --strict over the code, the benchmarks and the tests
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy fstore jobs services bench tests infra
+	$(BIN)/mypy fstore jobs services examples bench tests infra
 	$(BIN)/python infra/grafana/dashboard.py --check
 
 bench: setup ## benchmarks (figures go to stdout; see docs/benchmarks.md)

@@ -14,9 +14,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from fstore.commands.generate import write_stream
+from examples.synth.cli import write_stream
+from examples.synth.generator import GeneratorConfig
 from fstore.core.timeutil import DAY, parse_timestamp
-from fstore.synth.generator import GeneratorConfig
 
 END = parse_timestamp("2026-01-01T00:00:00Z")  # fixed, so every run writes the same bytes
 

@@ -33,10 +33,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fstore.core.events import Event  # noqa: E402
-from fstore.core.features import PRODUCT_ENGAGEMENT, USER_ACTIVITY  # noqa: E402
-from fstore.core.tiles import build_tiles  # noqa: E402
 from fstore.core.timeutil import DAY, HOUR, MINUTE, parse_timestamp  # noqa: E402
+from tests.support.legacy.events_example import Event  # noqa: E402
+from tests.support.legacy.features import PRODUCT_ENGAGEMENT, USER_ACTIVITY  # noqa: E402
+from tests.support.legacy.tiles import build_tiles  # noqa: E402
 
 C = parse_timestamp("2026-11-21T00:00:00Z")
 AS_OF = C + 13 * HOUR + 7 * MINUTE

@@ -1,7 +1,7 @@
 """Benchmark: online latency and throughput of the fstore API against Feast's own feature server.
 
 1. Starts a private redis-server and loads realistic tiles: ``--days`` of synthetic traffic for
-   ``--users`` users and ``--products`` products (:mod:`fstore.synth.generator`, parsed and tiled with the
+   ``--users`` users and ``--products`` products (:mod:`examples.synth.generator`, parsed and tiled with the
    core), batch tiles before the cutover C (today 00:00 UTC) under a published batch version, speed tiles
    from C on — as the batch and stream layers write them.
 2. Starts ``fstore serve`` (uvicorn, 1 worker) on 127.0.0.1 and reads the final values of every entity.
@@ -58,16 +58,18 @@ import redis
 import yaml
 from proc_cpu import tree_cpu_seconds
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests.support.legacy
+
+from examples.synth.generator import GeneratorConfig, generate
 from fstore.clock import wall_clock
-from fstore.core.events import Event, parse
-from fstore.core.features import PRODUCT_ENGAGEMENT, USER_ACTIVITY, VIEWS
-from fstore.core.tiles import build_tiles
 from fstore.core.timeutil import DAY, HOUR, MINUTE, floor_to
 from fstore.devsvc.cluster import RedisCluster
 from fstore.devsvc.services import HOST, RedisServer, free_port
 from fstore.plan_source import current_plan
 from fstore.redis.layout import POINTER_KEY, BatchPointer, batch_key, partial_fields, speed_key
-from fstore.synth.generator import GeneratorConfig, generate
+from tests.support.legacy.events_example import Event, parse
+from tests.support.legacy.features import PRODUCT_ENGAGEMENT, USER_ACTIVITY, VIEWS
+from tests.support.legacy.tiles import build_tiles
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

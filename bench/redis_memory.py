@@ -35,16 +35,17 @@ import redis.asyncio as aredis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fstore.core.events import Event, Rejection, parse  # noqa: E402
-from fstore.core.features import VIEWS  # noqa: E402
+from examples.synth.generator import GeneratorConfig, generate  # noqa: E402
+from fstore.core.events import Rejection  # noqa: E402
 from fstore.core.timeutil import DAY  # noqa: E402
 from fstore.core.view_tiles_frame import build_tiles  # noqa: E402
 from fstore.devsvc.services import RedisServer  # noqa: E402
 from fstore.plan_source import current_plan  # noqa: E402
-from fstore.synth.generator import GeneratorConfig, generate  # noqa: E402
 from jobs.batch.batch_view import load_tiles  # noqa: E402
 from jobs.batch.plan import size_horizons  # noqa: E402
 from jobs.stream.sinks import TileWriter  # noqa: E402
+from tests.support.legacy.events_example import Event, parse  # noqa: E402
+from tests.support.legacy.features import VIEWS  # noqa: E402
 
 
 def used(client: redis.Redis) -> int:

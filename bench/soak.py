@@ -46,11 +46,13 @@ from confluent_kafka import Consumer, TopicPartition
 from online_latency import _run, http_get, server
 from stream_throughput import Run, metric, redis_cpu, scrape
 
-from fstore.core.features import VIEWS, WindowedFeature
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests.support.legacy
+
+from examples.synth.generator import GeneratorConfig, generate
 from fstore.delta import raw_log
 from fstore.devsvc.services import Broker, RedisServer, free_port
 from fstore.kafka import client as kafka_io
-from fstore.synth.generator import GeneratorConfig, generate
+from tests.support.legacy.features import VIEWS, WindowedFeature
 
 SECOND = 1_000_000
 LIMIT = 64 * 1024

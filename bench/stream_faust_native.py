@@ -40,9 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stream_throughput import ROOT, SECOND, Run, metric, redis_cpu
 
+from examples.synth.generator import GeneratorConfig, generate
 from fstore.devsvc.services import Broker, RedisServer
 from fstore.kafka import client as kafka_io
-from fstore.synth.generator import GeneratorConfig, generate
 
 #: Message batches as the generator makes them: (keys, values).
 Batches = list[tuple[Sequence[str | None], Sequence[bytes]]]

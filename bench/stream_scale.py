@@ -28,9 +28,9 @@ import orjson
 from confluent_kafka.admin import AdminClient
 from stream_throughput import SECOND, Run, metric, redis_cpu, scrape
 
+from examples.synth.generator import GeneratorConfig, generate
 from fstore.devsvc.services import Broker, RedisServer
 from fstore.kafka import client as kafka_io
-from fstore.synth.generator import GeneratorConfig, generate
 
 
 def members_with_partitions(bootstrap: str, group: str) -> int:

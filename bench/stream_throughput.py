@@ -39,10 +39,10 @@ from redis import Redis as RedisClient
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from examples.synth import live  # noqa: E402
+from examples.synth.generator import GeneratorConfig, generate  # noqa: E402
 from fstore.devsvc.services import Broker, RedisServer, free_port  # noqa: E402
 from fstore.kafka import client as kafka_io  # noqa: E402
-from fstore.synth import live  # noqa: E402
-from fstore.synth.generator import GeneratorConfig, generate  # noqa: E402
 
 SECOND = 1_000_000
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import click
 
+from examples.synth.cli import generate
 from fstore import __version__
 from fstore.commands.apply import apply, plan
 from fstore.commands.backfill import backfill
 from fstore.commands.batch import batch
 from fstore.commands.check_consistency import check_consistency
-from fstore.commands.generate import generate
 from fstore.commands.ingest import ingest
 from fstore.commands.publish import publish
 from fstore.commands.repair import repair

@@ -137,7 +137,7 @@ class Ingestor:
                 else:
                     first[res[idf]] = (raw, res)
             else:
-                bad_payloads.append(mask_dead_letter(raw, loads, self.keep_unparseable, names))
+                bad_payloads.append(mask_dead_letter(raw, names, loads, self.keep_unparseable))
                 bad_reasons.append(res.reason)
         for attempt in range(MAX_COMMIT_ATTEMPTS):
             stored, taken = self._check(first)
@@ -158,7 +158,7 @@ class Ingestor:
         for event_id in stored:
             self._count_stored(event_id, report)
         for raw, _ in refused:  # valid, yet raw_events cannot hold it: dead-lettered, the file goes on
-            bad_payloads.append(mask_dead_letter(raw, loads, self.keep_unparseable, names))
+            bad_payloads.append(mask_dead_letter(raw, names, loads, self.keep_unparseable))
             bad_reasons.append(UNPROCESSABLE)
         report.valid += len(messages) - len(bad_payloads)
         report.rejected.update(bad_reasons)

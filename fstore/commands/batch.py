@@ -12,7 +12,7 @@ from jobs.batch.exit_codes import CONFIG, DQ_FAILED, USAGE
 
 
 class BatchCommand(click.Command):
-    """A click command whose usage errors exit with 64 (EX_USAGE), not click's 2, which here means "the
+    """A Click command whose usage errors exit with 64 (EX_USAGE), not Click's 2, which here means "the
     data-quality gate failed": a scheduler must be able to tell the two apart."""
 
     def make_context(self, *args: Any, **kwargs: Any) -> click.Context:

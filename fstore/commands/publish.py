@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
+if TYPE_CHECKING:
+    from fstore.core.plan import Plan
+
 COMPRESSION = ["none", "gzip", "snappy", "lz4", "zstd"]
+
+
+def partition_key(plan: Plan) -> str:
+    """The event field a JSONL message is keyed by: the join key of the first entity whose field every event
+    carries (copies of one event then share a partition, and an entity's events stay in order), else the
+    declared id field."""
+    required = {f.name for f in plan.schema.fields if f.required}
+    return next((e.join_key for e in plan.entities if e.join_key in required), plan.schema.id_field)
 
 
 @click.command()
@@ -37,7 +48,9 @@ COMPRESSION = ["none", "gzip", "snappy", "lz4", "zstd"]
 )
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 @click.option(
-    "--live", is_flag=True, help="Instead of FILE, generate traffic now (event times = now) for --duration seconds."
+    "--live",
+    is_flag=True,
+    help="Instead of FILE, generate the shipped example's traffic now (event times = now) for --duration seconds.",
 )
 @click.option(
     "--duration",
@@ -85,14 +98,15 @@ def publish(
 ) -> None:
     """Send the messages of FILE (.jsonl or .parquet) to Kafka, in file order and byte-for-byte.
 
-    The key is the Parquet `key` column, or for JSONL the event's user_id when the line is JSON with a
-    string user_id (no key otherwise). A missing topic is created (FSTORE_TOPIC_PARTITIONS partitions for
+    The key is the Parquet `key` column, or for JSONL the event's partition key when the line is JSON with
+    a string there (no key otherwise): the join key of the first entity the applied repository requires in
+    every event, else its id field. A missing topic is created (FSTORE_TOPIC_PARTITIONS partitions for
     the events topic, 1 otherwise). Ends with the achieved rate and the delivered/failed counts; the exit
     status is 1 if any message was not delivered.
 
-    With --live (no FILE), synthetic traffic is generated on the fly (see `fstore generate`) with event
-    times starting now, and each message is sent at its arrival time: --rate events/s on average for
-    --duration seconds.
+    With --live (no FILE), the shipped example's synthetic traffic is generated on the fly (see `fstore
+    generate`; it follows feature_repo/'s event schema) with event times starting now, and each message
+    is sent at its arrival time: --rate events/s on average for --duration seconds.
 
     \b
     Examples:
@@ -104,11 +118,12 @@ def publish(
 
     from tqdm import tqdm
 
+    from examples.synth import live as live_traffic
     from fstore.devsvc.services import ServiceError, ensure_topics
     from fstore.kafka import client as kafka_io
     from fstore.kafka.messages import count_messages
+    from fstore.plan_source import current_plan
     from fstore.settings import get_settings
-    from fstore.synth import live as live_traffic
 
     if (file is None) == (not live):
         raise click.UsageError("give either FILE or --live")
@@ -147,7 +162,7 @@ def publish(
         else:
             assert file is not None
             report = kafka_io.publish(
-                kafka_io.iter_keyed_batches(file, batch_size),
+                kafka_io.iter_keyed_batches(file, partition_key(current_plan()), batch_size),
                 bootstrap,
                 topic,
                 rate=rate,

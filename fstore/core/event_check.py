@@ -12,10 +12,10 @@ reason, from the closed list:
                             finite number, BOOL a boolean, TIMESTAMP an ISO-8601 string with an
                             offset or epoch milliseconds
 ``invalid_id:<f>``          the id field or an entity key outside 1–128 chars of ``[A-Za-z0-9_.:-]``
-``unknown_<f>``             a value outside a STRING field's declared values (the example's
-                            ``unknown_event_type``)
+``unknown_<f>``             a value outside a STRING field's declared values (``unknown_action`` for
+                            a field ``action``)
 ``negative_amount``         a number below its declared minimum when that minimum is ≥ 0 (an amount or
-                            a count that cannot be negative: the example's price < 0, quantity < 1)
+                            a count that cannot be negative: an amount < 0, a count of units < 1)
 ``out_of_range:<f>``        a number beyond its other bounds; an INT outside 32 bits (Arrow/Spark
                             ``INT``); a FLOAT beyond ±1e15 unless its bounds say otherwise (products
                             and sums stay finite in every sink); epoch seconds, µs or ns sent as

@@ -1,7 +1,7 @@
 """The declared expression language of filters and measures (docs/design.md §3, docs/adr/0012).
 
-A measure is declared as one line, ``VALUE [if CONDITION]``, e.g. ``price * quantity if event_type ==
-'purchase'`` or ``1 if event_type in ('click', 'tap')``. The language is deliberately small so that
+A measure is declared as one line, ``VALUE [if CONDITION]``, e.g. ``amount * units if action ==
+'sale'`` or ``1 if action in ('tap', 'swipe')``. The language is deliberately small so that
 Python, pyarrow (pandas/numpy), Spark SQL and Lua evaluate it identically:
 
 - values are null, booleans, strings and numbers; every number (integer fields and literals included)

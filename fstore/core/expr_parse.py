@@ -24,7 +24,7 @@ _TOKEN = re.compile(
 _HINTS = {
     "/": "there is no division: declare a ratio feature (tags={'fstore.ratio': 'a / b'}) instead",
     "=": "compare with ==",
-    '"': "quote strings with single quotes: 'click'",
+    '"': "quote strings with single quotes: 'tap'",
 }
 
 
@@ -206,7 +206,7 @@ def _number(text: str) -> float:
 
 
 def parse_condition(text: str) -> Expr:
-    """Parse a condition (a filter), e.g. ``event_type == 'click' and price > 0``.
+    """Parse a condition (a filter), e.g. ``action == 'tap' and amount > 0``.
 
     Raises:
         ExprError: naming the position of the first syntax error.

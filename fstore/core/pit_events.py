@@ -232,7 +232,7 @@ class ViewEvents:
                 numbers = np.asarray(values.to_numpy(zero_copy_only=False), np.float64)
             has_key = c >= 0
             members = _members(values) if states & {State.DISTINCT, State.SKETCH} else None
-            if not has_key.all():  # events without this view's key (a page view without product_id)
+            if not has_key.all():  # events without this view's key (an optional join key left out)
                 c, t = c[has_key], t[has_key]
                 numbers = None if numbers is None else numbers[has_key]
                 members = None if members is None else members[has_key]

@@ -8,8 +8,8 @@ engine scales with rows × features, not rows × events in the window.
 
 Prefix sums are accumulated in ``numpy.longdouble`` (64-bit mantissa on x86-64): the difference of two
 large prefix sums then keeps the relative accuracy of a direct sum of the window (the brute force).
-float64 is not enough: on the benchmark (10M events) float64 prefix sums put revenue_7d/revenue_24h up
-to 7e-9 away (relative) from the longdouble values, beyond the 1e-9 the contract allows.
+float64 is not enough: on the benchmark (10M events) float64 prefix sums put the example's 7-day and 24-hour
+revenue sums up to 7e-9 away (relative) from the longdouble values, beyond the 1e-9 the contract allows.
 """
 
 from __future__ import annotations

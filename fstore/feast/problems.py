@@ -30,8 +30,8 @@ class Problems:
 def fstore_tags(
     tags: Mapping[str, str], known: tuple[str, ...], where: str, problems: Problems
 ) -> Iterator[tuple[str, str, str]]:
-    """The ``fstore.*`` tags of an object as ``(kind, subject, value)``: ``fstore.min.price = "0"`` is
-    ``("min", "price", "0")``; a tag without a subject has ``subject == ""``. Unknown kinds and missing
+    """The ``fstore.*`` tags of an object as ``(kind, subject, value)``: ``fstore.min.amount = "0"`` is
+    ``("min", "amount", "0")``; a tag without a subject has ``subject == ""``. Unknown kinds and missing
     or extra subjects are problems (a typo in a tag must not silently drop a declaration).
 
     Args:

@@ -1,7 +1,7 @@
 """The event schema of a ``KafkaSource``: the Spark DDL string of Feast's ``JsonFormat(schema_json=...)``.
 
 Feast hands ``schema_json`` to Spark's ``from_json``, so it is a DDL field list such as
-``event_id STRING NOT NULL, price DOUBLE, quantity INT COMMENT 'items'``. fstore reads the flat subset
+``event_id STRING NOT NULL, amount DOUBLE, units INT COMMENT 'items'``. fstore reads the flat subset
 of it (one scalar type per field; ``NOT NULL`` marks a required field; ``COMMENT`` becomes the field's
 description) without Spark, so that the compiler can run anywhere.
 """

@@ -8,7 +8,7 @@ must see them to dead-letter them).
 
 The producer is idempotent: a retry after a lost acknowledgement (a broker restart, say) does not write
 the message twice, because Kafka keeps producer ids and sequence numbers in its log. Duplicates that do
-reach the topic (a source that replays) count once anyway, by event_id.
+reach the topic (a source that replays) count once anyway, by the declared id field.
 """
 
 from __future__ import annotations
@@ -49,27 +49,29 @@ def producer_config(bootstrap: str, overrides: Mapping[str, Any] | None = None) 
     return {**PRODUCER_DEFAULTS, "bootstrap.servers": bootstrap, **(overrides or {})}
 
 
-def key_of(message: bytes) -> str | None:
-    """The Kafka key of a raw message: its ``user_id`` when it is JSON with a string user_id, else None."""
+def key_of(message: bytes, field: str) -> str | None:
+    """The Kafka key of a raw message: its ``field`` when it is JSON with a string there, else None."""
     try:
         obj = orjson.loads(message)
     except orjson.JSONDecodeError:
         return None
-    user_id = obj.get("user_id") if isinstance(obj, dict) else None
-    return user_id if isinstance(user_id, str) else None
+    key = obj.get(field) if isinstance(obj, dict) else None
+    return key if isinstance(key, str) else None
 
 
-def iter_keyed_batches(path: str | Path, batch_size: int = 10_000) -> Iterator[tuple[list[str | None], list[bytes]]]:
+def iter_keyed_batches(
+    path: str | Path, key_field: str, batch_size: int = 10_000
+) -> Iterator[tuple[list[str | None], list[bytes]]]:
     """Yield ``(keys, values)`` of a message file in log order.
 
-    Parquet files carry the key column; for JSONL the key is derived with :func:`key_of`.
+    Parquet files carry the key column; for JSONL the key is the message's ``key_field`` (:func:`key_of`).
     """
     if file_format(path) == "parquet":
         for rb in pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=["key", "value"]):
             yield rb.column(0).to_pylist(), rb.column(1).to_pylist()
         return
     for values in iter_batches(path, batch_size):
-        yield [key_of(v) for v in values], values
+        yield [key_of(v, key_field) for v in values], values
 
 
 @dataclass

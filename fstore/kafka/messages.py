@@ -4,7 +4,7 @@ Two formats, chosen by extension:
 
 * ``.jsonl`` — one message per line, the exact message bytes (generator output never contains a newline
   inside a message);
-* ``.parquet`` — columns ``key`` (string, the Kafka key = user_id, null when unknown) and ``value``
+* ``.parquet`` — columns ``key`` (string, the Kafka key, null when unknown) and ``value``
   (binary, the exact message bytes), in log order.
 
 Both keep malformed and oversized messages byte-for-byte, so a file can be replayed into Kafka

@@ -7,7 +7,7 @@ indexes the steps by the value of one field: a filter ``f == 'x'`` or ``f in ('x
 one term of an ``and``) on a text field puts its measure under ``x`` (and ``y``) of the *dispatch* field
 ``f`` — the field most of the view's filters test —, its other terms staying as the step's residual
 condition; measures with any other filter run for every event. Per event, one dict lookup gives the
-steps that may count it, as the example's ``event_type`` did before plans existed. The semantics are
+steps that may count it, as a hard-coded event type field did before plans existed. The semantics are
 exactly :func:`fstore.core.expr_eval.measure_fn`'s: a step counts an event when its filter holds and its
 value is not null (``tests/unit/jobs/stream/test_tile_steps.py`` holds the index to the reference tiler).
 

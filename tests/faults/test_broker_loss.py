@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from fstore.core.events import Event
 from fstore.delta import raw_log
 from fstore.devsvc.services import Broker
 from fstore.redis.layout import HEARTBEAT_KEY, Heartbeat
 from tests.support.faults import add_partitions, recreate_topic, wait_caught_up
+from tests.support.legacy.events_example import Event
 from tests.support.stream import Factory, Traffic, WorkerProcess, assert_tiles_exact, make_traffic, publish
 
 pytestmark = pytest.mark.faults

@@ -31,10 +31,10 @@ from typing import Any
 import pytest
 import redis
 
-from fstore.core.events import Event
 from fstore.delta import raw_log
 from fstore.devsvc.services import Broker
 from fstore.kafka import client as kafka_io
+from tests.support.legacy.events_example import Event
 from tests.support.stream import Factory, Traffic, assert_tiles_exact, dlq_reasons, publish
 
 pytestmark = pytest.mark.faults

@@ -31,8 +31,6 @@ import pytest
 import redis
 
 from fstore.core.dedupe import drop_superseded, first_ingested_arrow
-from fstore.core.events import Event
-from fstore.core.features import VIEWS
 from fstore.core.timeutil import DAY, HOUR, MINUTE, floor_to, to_date
 from fstore.delta import raw_log
 from fstore.devsvc.services import Broker, RedisServer
@@ -40,6 +38,8 @@ from fstore.offline.local import get_historical_features, read_events
 from jobs.batch.plan import plan_run
 from tests.support import bruteforce
 from tests.support.delta import batch_tile_rows
+from tests.support.legacy.events_example import Event
+from tests.support.legacy.features import VIEWS
 from tests.support.paths import FSTORE, close, message, run_batch
 from tests.support.repos import compiled
 from tests.support.stream import Factory, Traffic, assert_tiles_exact, make_traffic, publish

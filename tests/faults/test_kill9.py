@@ -38,16 +38,17 @@ import pyarrow.compute as pc
 import pytest
 import redis
 
-from fstore.core.events import Event, Rejection, parse, payload_hash
-from fstore.core.features import VIEWS
-from fstore.core.tiles import evaluate
+from examples.synth.generator import GeneratorConfig, generate
+from fstore.core.events import Rejection, payload_hash
 from fstore.core.timeutil import HOUR, MINUTE, day_start
 from fstore.delta import raw_log
 from fstore.devsvc.services import Broker, RedisServer, free_port
 from fstore.redis.layout import POINTER_KEY, BatchPointer, parse_tiles
-from fstore.synth.generator import GeneratorConfig, generate
 from jobs.batch import batch_view as batch_view_mod
 from tests.support import bruteforce, raw_rows
+from tests.support.legacy.events_example import Event, parse
+from tests.support.legacy.features import VIEWS
+from tests.support.legacy.tiles import evaluate
 from tests.support.online import C, load, make_events
 from tests.support.stream import (
     Factory,

@@ -18,17 +18,15 @@ from click.testing import CliRunner
 from deltalake import DeltaTable
 from fastapi.testclient import TestClient
 
+from examples.synth.generator import GeneratorConfig, generate
 from fstore.commands.batch import batch
 from fstore.commands.repair import repair as repair_cmd
 from fstore.core.aggregates import isclose
-from fstore.core.events import Event, Rejection, parse, payload_hash
-from fstore.core.features import VIEWS
-from fstore.core.tiles import evaluate
+from fstore.core.events import Rejection, payload_hash
 from fstore.core.timeutil import DAY, HOUR, MINUTE, SECOND, day_start
 from fstore.delta import raw_log
 from fstore.plan_source import current_plan, use_plan
 from fstore.redis.layout import POINTER_KEY, BatchPointer, parse_tiles
-from fstore.synth.generator import GeneratorConfig, generate
 from jobs.batch import batch_view as batch_view_mod
 from jobs.batch.plan import plan_run
 from jobs.batch.rebuild_features import DQFailed, InjectedFailure, build_spark, rebuild
@@ -39,6 +37,9 @@ from services.online_api.app import create_app
 from services.online_api.settings import ApiSettings
 from tests.support import bruteforce, raw_rows
 from tests.support.delta import batch_tile_rows, content_hash, spark_read
+from tests.support.legacy.events_example import Event, parse
+from tests.support.legacy.features import VIEWS
+from tests.support.legacy.tiles import evaluate
 from tests.support.repos import compiled
 from tests.support.tiles import lookup_in_dict
 

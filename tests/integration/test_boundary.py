@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 import redis
 
-from fstore.core.tiles import build_tiles, evaluate, lookup_in
 from fstore.core.timeutil import DAY
 from fstore.devsvc.services import RedisServer
 from fstore.online.merge import EntityRead
@@ -19,6 +18,7 @@ from fstore.online.reader import SyncOnlineReader
 from fstore.redis.layout import POINTER_KEY, BatchPointer, batch_key, packed_fields
 from jobs.batch.plan import size_horizons
 from tests.support.boundary import CASES, Case, assert_expected, batches, case_ids, raw_table, tiles_from_rows
+from tests.support.legacy.tiles import build_tiles, evaluate, lookup_in
 from tests.support.legacy_view import plan_view
 
 pytestmark = pytest.mark.integration

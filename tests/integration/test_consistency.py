@@ -13,12 +13,12 @@ import httpx
 import pytest
 import redis
 
-from fstore.core.events import Event
-from fstore.core.features import USER_ACTIVITY
 from fstore.core.timeutil import DAY, floor_to, iso
 from fstore.delta import raw_log
 from fstore.devsvc.services import RedisServer, free_port
 from tests.support import bruteforce, raw_rows
+from tests.support.legacy.events_example import Event
+from tests.support.legacy.features import USER_ACTIVITY
 from tests.support.online import load, make_events
 
 pytestmark = pytest.mark.integration

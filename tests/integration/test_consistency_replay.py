@@ -21,7 +21,6 @@ import redis
 from fastapi.testclient import TestClient
 
 from fstore.consistency import replay
-from fstore.core.events import Event
 from fstore.core.timeutil import SECOND, iso
 from fstore.delta import raw_log
 from fstore.devsvc.services import Broker, RedisServer
@@ -30,6 +29,7 @@ from fstore.samples import ResponseSampler, read_samples
 from services.online_api.app import create_app
 from services.online_api.settings import ApiSettings
 from tests.support import raw_rows
+from tests.support.legacy.events_example import Event
 from tests.support.repos import compiled
 from tests.support.stream import Factory, make_traffic, publish
 

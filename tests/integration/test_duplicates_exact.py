@@ -32,8 +32,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from fstore.core.dedupe import drop_superseded, first_ingested_arrow
-from fstore.core.events import Event, payload_hash
-from fstore.core.features import PRODUCT_ENGAGEMENT, USER_ACTIVITY, VIEWS
+from fstore.core.events import payload_hash
 from fstore.core.timeutil import DAY, HOUR, MINUTE, floor_to, to_date
 from fstore.delta import raw_log
 from fstore.devsvc.services import Broker, RedisServer
@@ -42,6 +41,8 @@ from fstore.offline.local import get_historical_features
 from services.online_api.app import create_app
 from services.online_api.settings import ApiSettings
 from tests.support import bruteforce
+from tests.support.legacy.events_example import Event
+from tests.support.legacy.features import PRODUCT_ENGAGEMENT, USER_ACTIVITY, VIEWS
 from tests.support.paths import api_mismatches, close, message, run_batch, run_fstore
 from tests.support.repos import compiled
 from tests.support.stream import WorkerProcess

@@ -15,12 +15,12 @@ import pyarrow.compute as pc
 import pytest
 
 from fstore.core.dedupe import drop_superseded, first_ingested_arrow
-from fstore.core.events import Event
 from fstore.core.timeutil import DAY, HOUR
 from fstore.delta import event_index, raw_log
 from fstore.delta.event_index import NEW, SAME_DAY, SUPERSEDED, EventIndex
 from fstore.offline.local import read_events
 from tests.support import raw_rows
+from tests.support.legacy.events_example import Event
 from tests.support.repos import compiled
 
 pytestmark = pytest.mark.integration

@@ -24,8 +24,6 @@ from fastapi.testclient import TestClient
 from feast import FeatureStore
 
 from fstore.clock import wall_clock
-from fstore.core.events import Event
-from fstore.core.features import PRODUCT_ENGAGEMENT, USER_ACTIVITY, FeatureView
 from fstore.core.timeutil import HOUR, MINUTE, SECOND
 from fstore.devsvc.services import Broker, RedisServer
 from fstore.feast.online_store import FstoreOnlineStore
@@ -35,6 +33,8 @@ from fstore.redis.layout import FUTURE_PREFIX
 from services.online_api.app import create_app
 from services.online_api.settings import ApiSettings
 from tests.support import bruteforce
+from tests.support.legacy.events_example import Event
+from tests.support.legacy.features import PRODUCT_ENGAGEMENT, USER_ACTIVITY, FeatureView
 from tests.support.paths import close, message
 from tests.support.repos import compiled
 from tests.support.stream import Factory, WorkerProcess

@@ -27,7 +27,6 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from fstore.core.features import PRODUCT_ENGAGEMENT, USER_ACTIVITY
 from fstore.core.timeutil import DAY, HOUR, floor_to, to_date
 from fstore.devsvc.services import Broker, RedisServer
 from fstore.redis.layout import POINTER_KEY, BatchPointer
@@ -35,6 +34,7 @@ from services.online_api.app import create_app
 from services.online_api.settings import ApiSettings
 from tests.support import bruteforce
 from tests.support.e2e import PRODUCTS, SECOND, check_view, event, phase1_events, publish
+from tests.support.legacy.features import PRODUCT_ENGAGEMENT, USER_ACTIVITY
 from tests.support.paths import message, run_batch
 from tests.support.stream import Factory
 

@@ -25,11 +25,11 @@ import orjson
 import pytest
 import redis
 
+from examples.synth.config import GeneratorConfig
+from examples.synth.generator import generate
 from fstore.core.timeutil import DAY, HOUR, floor_to
 from fstore.devsvc.services import Broker, RedisServer, free_port
 from fstore.kafka import client as kafka_io
-from fstore.synth.config import GeneratorConfig
-from fstore.synth.generator import generate
 from tests.support.prometheus import Prometheus
 from tests.support.stream import Factory
 

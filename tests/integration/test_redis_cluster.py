@@ -30,8 +30,6 @@ from fastapi.testclient import TestClient
 from feast import FeatureStore
 
 from fstore.core.aggregates import isclose
-from fstore.core.events import Event
-from fstore.core.features import PRODUCT_ENGAGEMENT, USER_ACTIVITY, FeatureView
 from fstore.core.timeutil import DAY, HOUR, SECOND, floor_to, to_date
 from fstore.devsvc.cluster import RedisCluster
 from fstore.devsvc.services import Broker
@@ -46,6 +44,8 @@ from services.online_api.settings import ApiSettings
 from tests.support import bruteforce
 from tests.support.e2e import PRODUCTS, check_view, event, phase1_events, publish
 from tests.support.feast import applied_repo
+from tests.support.legacy.events_example import Event
+from tests.support.legacy.features import PRODUCT_ENGAGEMENT, USER_ACTIVITY, FeatureView
 from tests.support.online import AS_OF, C, load, make_events
 from tests.support.paths import message, run_batch
 from tests.support.stream import WorkerProcess

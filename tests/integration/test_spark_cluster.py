@@ -26,8 +26,8 @@ import pytest
 import redis
 from deltalake import DeltaTable
 
-from fstore.core.events import Rejection, parse, payload_hash
-from fstore.core.features import VIEWS
+from examples.synth.generator import GeneratorConfig, generate
+from fstore.core.events import Rejection, payload_hash
 from fstore.core.timeutil import DAY, day_start
 from fstore.delta import raw_log
 from fstore.devsvc.services import RedisServer
@@ -35,9 +35,10 @@ from fstore.devsvc.spark_cluster import SparkCluster, spark_home
 from fstore.jvm.artifacts import delta_jars
 from fstore.redis.layout import POINTER_KEY, BatchPointer
 from fstore.settings import get_settings
-from fstore.synth.generator import GeneratorConfig, generate
 from tests.support import raw_rows
 from tests.support.delta import content_hash
+from tests.support.legacy.events_example import parse
+from tests.support.legacy.features import VIEWS
 from tests.support.paths import run_batch
 from tests.support.repos import ROOT as REPOS
 from tests.support.repos import compiled

@@ -6,8 +6,8 @@ the view comes from the brute force (:mod:`tests.support.bruteforce`, which shar
 ``fstore.core``); ``point`` restates by hand the few values the row is about, and a test checks that the
 brute force agrees with it, so a row cannot silently test nothing.
 
-The rows are driven through every implementation: the core (:func:`fstore.core.tiles.evaluate`), the pandas
-tiles (:mod:`fstore.core.tiles_frame`), the point-in-time kernels (:mod:`fstore.core.pit`), the online
+The rows are driven through every implementation: the core (:func:`tests.support.legacy.tiles.evaluate`), the pandas
+tiles (:mod:`tests.support.legacy.tiles_frame`), the point-in-time kernels (:mod:`fstore.core.pit`), the online
 merge (:mod:`fstore.online.merge`), the Lua script through a real Redis and the batch job's Spark tiles
 (``tests/unit/core/test_boundary.py``, ``tests/unit/online/test_merge_boundary.py``,
 ``tests/integration/test_boundary.py``).
@@ -28,8 +28,10 @@ from typing import Any
 import pyarrow as pa
 
 from fstore.core.aggregates import Agg, Partial, Value, isclose
-from fstore.core.events import Event
-from fstore.core.features import (
+from fstore.core.timeutil import DAY, HOUR, MINUTE, parse_timestamp
+from tests.support import bruteforce
+from tests.support.legacy.events_example import Event
+from tests.support.legacy.features import (
     CLICK,
     PRODUCT_ENGAGEMENT,
     PURCHASE,
@@ -39,9 +41,7 @@ from fstore.core.features import (
     RatioFeature,
     WindowedFeature,
 )
-from fstore.core.tiles import Tile, TileKey
-from fstore.core.timeutil import DAY, HOUR, MINUTE, parse_timestamp
-from tests.support import bruteforce
+from tests.support.legacy.tiles import Tile, TileKey
 
 T0 = parse_timestamp("2026-11-20T00:00:00Z")  # on every grid (5 min, 1 h, 1 day)
 INGESTED = parse_timestamp("2027-01-01T00:00:00Z")  # ingested_at of the first copy; later copies 1 µs apart
@@ -409,8 +409,8 @@ def assert_expected(case: Case, got: Mapping[str, Value], engine: str) -> None:
 
 
 def tiles_from_rows(view: FeatureView, rows: Iterable[Mapping[str, Any]]) -> dict[TileKey, Tile]:
-    """Rows of a tiles frame (:func:`fstore.core.tiles_frame.tile_schema`: pandas or Spark) in the core's
-    dict form, for :func:`fstore.core.tiles.evaluate`."""
+    """Rows of a tiles frame (:func:`tests.support.legacy.tiles_frame.tile_schema`: pandas or Spark) in the core's
+    dict form, for :func:`tests.support.legacy.tiles.evaluate`."""
     out: dict[TileKey, Tile] = {}
     for r in rows:
         key = TileKey(r[view.entity.join_key], r["size"], r["tile_start"])

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 
-from fstore.core.events import Event
-from fstore.core.features import FeatureView, RatioFeature, WindowedFeature
+from tests.support.legacy.events_example import Event
+from tests.support.legacy.features import FeatureView, RatioFeature, WindowedFeature
 
 MIN = 60_000_000
 HOUR = 60 * MIN

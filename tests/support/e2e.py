@@ -7,11 +7,11 @@ import random
 
 from fastapi.testclient import TestClient
 
-from fstore.core.events import Event
-from fstore.core.features import FeatureView
 from fstore.core.timeutil import DAY, HOUR, iso
 from fstore.devsvc.services import Broker
 from tests.support import bruteforce
+from tests.support.legacy.events_example import Event
+from tests.support.legacy.features import FeatureView
 from tests.support.paths import close
 
 SECOND = 1_000_000

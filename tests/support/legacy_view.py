@@ -1,4 +1,4 @@
-"""The old fixed-definition views (:mod:`fstore.core.features`, still used by the boundary table) as plan
+"""The old fixed-definition views (:mod:`tests.support.legacy.features`, still used by the boundary table) as plan
 views, so tables written against them also drive the engines that now run from a compiled plan.
 
 The measures become the expressions the example repository declares (``1 if event_type == '<type>'``,
@@ -8,10 +8,10 @@ The measures become the expressions the example repository declares (``1 if even
 from __future__ import annotations
 
 from fstore.core.expr_parse import parse_measure
-from fstore.core.features import FeatureView, ValueKind
-from fstore.core.features import RatioFeature as OldRatio
 from fstore.core.functions import Function
 from fstore.core.plan import Entity, Feature, Measure, RatioFeature, View, WindowedFeature
+from tests.support.legacy.features import FeatureView, ValueKind
+from tests.support.legacy.features import RatioFeature as OldRatio
 
 _FUNCTIONS = {
     "count": Function.COUNT,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import orjson
 
+from examples.synth.generator import GeneratorConfig, generate
 from fstore.core.timeutil import HOUR
-from fstore.synth.generator import GeneratorConfig, generate
 
 
 def injected_messages(end: int, hours: int, events: int, seed: int, malformed_rate: float) -> list[bytes]:

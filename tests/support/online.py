@@ -7,11 +7,11 @@ from typing import Any
 
 import redis
 
-from fstore.core.events import Event
-from fstore.core.features import VIEWS
-from fstore.core.tiles import build_tiles
 from fstore.core.timeutil import DAY, HOUR, MINUTE, parse_timestamp
 from fstore.redis.layout import POINTER_KEY, BatchPointer, batch_key, partial_fields, speed_key
+from tests.support.legacy.events_example import Event
+from tests.support.legacy.features import VIEWS
+from tests.support.legacy.tiles import build_tiles
 
 C = parse_timestamp("2026-11-21T00:00:00Z")  # the cutover
 AS_OF = C + 13 * HOUR + 7 * MINUTE + 123_456

@@ -12,10 +12,10 @@ from pathlib import Path
 import orjson
 from fastapi.testclient import TestClient
 
-from fstore.core.events import Event
-from fstore.core.features import FeatureView
 from fstore.core.timeutil import iso
 from tests.support import bruteforce
+from tests.support.legacy.events_example import Event
+from tests.support.legacy.features import FeatureView
 
 FSTORE = str(Path(sys.executable).with_name("fstore"))
 

@@ -4,10 +4,10 @@ the example repository's (same names); functions map one to one (``avg`` is ``me
 
 from __future__ import annotations
 
-from fstore.core.features import FeatureView
-from fstore.core.features import RatioFeature as OldRatio
 from fstore.core.functions import Function
 from fstore.core.plan import Entity, Measure, RatioFeature, View, WindowedFeature
+from tests.support.legacy.features import FeatureView
+from tests.support.legacy.features import RatioFeature as OldRatio
 from tests.support.repos import compiled
 
 _FUNCTIONS = {"count": Function.COUNT, "sum": Function.SUM, "avg": Function.MEAN, "min": Function.MIN,

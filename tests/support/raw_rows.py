@@ -1,5 +1,5 @@
 """Bridges for tests that still build the example's fixed events (:class:`fstore.core.events.Event` tuples)
-or views (:class:`fstore.core.features.FeatureView`): their ``raw_events`` rows through the plan's schema,
+or views (:class:`tests.support.legacy.features.FeatureView`): their ``raw_events`` rows through the plan's schema,
 and a plan holding one such view."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def raw_schema() -> pa.Schema:
 
 
 def plan_of(view: Any) -> Any:
-    """A plan holding one fixed-example :class:`fstore.core.features.FeatureView` (e.g. the boundary
+    """A plan holding one fixed-example :class:`tests.support.legacy.features.FeatureView` (e.g. the boundary
     table's views), on the process plan's event schema: for engines that run from a plan."""
     from fstore.core import plan as p
     from fstore.core.expr_parse import parse_measure

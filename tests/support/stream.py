@@ -23,13 +23,13 @@ import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from fstore.core.events import Event, parse
-from fstore.core.features import VIEWS, WindowedFeature
+from examples.synth.generator import MALFORMED, GeneratorConfig, generate
 from fstore.delta import raw_log
 from fstore.devsvc.services import Broker, free_port
 from fstore.kafka import client as kafka_io
-from fstore.synth.generator import MALFORMED, GeneratorConfig, generate
 from tests.support.bruteforce import dedupe, hop_by_table
+from tests.support.legacy.events_example import Event, parse
+from tests.support.legacy.features import VIEWS, WindowedFeature
 
 ROOT = Path(__file__).resolve().parents[2]
 SECOND = 1_000_000

@@ -1,4 +1,4 @@
-"""The import graph of the shipped packages (fstore, jobs, services): no cycles, and only downward edges.
+"""The import graph of the shipped packages (fstore, jobs, services, examples): no cycles, and only downward edges.
 
 Read from the source with :mod:`ast` (every import, also those inside functions and ``TYPE_CHECKING``
 blocks), so a lazy import cannot hide a cycle. The core is checked twice: statically (it names only the
@@ -18,7 +18,7 @@ import pytest
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("fstore", "jobs", "services")
+PACKAGES = ("fstore", "jobs", "services", "examples")
 CORE_THIRD_PARTY = {"numpy", "pandas", "pyarrow"}
 ENGINES = ("faust", "pyspark", "redis", "fastapi", "feast", "deltalake", "aiokafka", "confluent_kafka", "duckdb")
 # the application layer: commands and local services may import anything; nothing below may import them
@@ -140,6 +140,18 @@ def test_adapters_never_import_the_deployables() -> None:
         for m, deps in graph().items()
         for d in deps
         if m.startswith("fstore") and not m.startswith(TOP) and d.startswith(("jobs", "services"))
+    ]
+    assert bad == []
+
+
+def test_only_the_commands_import_the_shipped_example() -> None:
+    """The example's traffic generator (``examples``) is reached only by the commands that generate its
+    traffic (``fstore generate`` / ``fstore publish --live``); the library and the deployables never."""
+    bad = [
+        (m, d)
+        for m, deps in graph().items()
+        for d in deps
+        if d.startswith("examples") and not m.startswith(("examples", *TOP))
     ]
     assert bad == []
 

@@ -19,7 +19,7 @@ import pytest
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
-FIRST_PARTY = {"fstore", "jobs", "services"}
+FIRST_PARTY = {"fstore", "jobs", "services", "examples"}
 # imported by name in a subprocess or loaded by another package, not by an import statement
 USED_WITHOUT_IMPORT: dict[str, str] = {}
 

@@ -9,13 +9,14 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from fstore.core import pit, tiles, tiles_frame
+from fstore.core import pit
 from fstore.core.aggregates import Value
 from fstore.core.dedupe import first_ingested_arrow
-from fstore.core.features import RatioFeature
 from fstore.core.plan import Plan
 from jobs.batch.plan import size_horizons
 from tests.support.boundary import CASES, Case, assert_expected, case_ids, mismatches, raw_table, tiles_from_rows
+from tests.support.legacy import tiles, tiles_frame
+from tests.support.legacy.features import RatioFeature
 from tests.support.legacy_view import plan_view
 from tests.support.repos import compiled
 

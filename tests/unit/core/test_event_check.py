@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 
 from fstore.core.event_check import EventCheck
-from fstore.core.events import Event, Rejection, hashed, validate
+from fstore.core.events import Rejection, hashed
 from fstore.core.timeutil import DAY, MINUTE, iso, to_micros
+from tests.support.legacy.events_example import Event, validate
 from tests.support.repos import compiled
 
 pytestmark = pytest.mark.unit

@@ -12,21 +12,18 @@ import pytest
 
 from fstore.core.dedupe import first_ingested
 from fstore.core.events import (
-    MAX_PRICE,
-    MAX_QUANTITY,
     REASONS,
-    Event,
     Loads,
     Rejection,
     hashed,
     json_loads,
     mask_dead_letter,
-    parse,
     payload_hash,
     reason_family,
 )
 from fstore.core.timeutil import MINUTE, to_micros
 from tests.support import bruteforce
+from tests.support.legacy.events_example import FIELDS, MAX_PRICE, MAX_QUANTITY, Event, parse
 
 pytestmark = pytest.mark.unit
 
@@ -210,7 +207,7 @@ def test_pii_never_survives_validation_and_is_masked_in_dead_letters() -> None:
         }
     ).encode()
     assert parse(raw, NOW) == Rejection("unknown_event_type")
-    masked = mask_dead_letter(raw)
+    masked = mask_dead_letter(raw, FIELDS)
     for secret in (b"alice", b"bob", b"carol", b"dave", b"erin", b"example.com"):
         assert secret not in masked
     kept = json.loads(masked)
@@ -218,9 +215,9 @@ def test_pii_never_survives_validation_and_is_masked_in_dead_letters() -> None:
     assert kept["session_id"].startswith("h:") and kept["product_id"].startswith("h:")
     assert kept["dropped_fields"] == 3 and set(kept) <= {*Event._fields, "dropped_fields"}
     for unparseable in (b"{broken alice@example.com", b'["alice@example.com"]', b"\xff"):
-        summary = json.loads(mask_dead_letter(unparseable))
+        summary = json.loads(mask_dead_letter(unparseable, FIELDS))
         assert summary == {"unparseable": True, "size": len(unparseable), "blake2b": payload_hash(unparseable)}
-        assert mask_dead_letter(unparseable, keep_unparseable=True) == unparseable  # the operator's opt-in
+        assert mask_dead_letter(unparseable, FIELDS, keep_unparseable=True) == unparseable  # the operator's opt-in
 
 
 def test_free_text_session_id_is_stored_as_a_hash() -> None:
@@ -286,7 +283,7 @@ EDGES = [
 
 def test_fast_path_agrees_with_validate() -> None:
     """``parse`` tries a fast path first; it may only ever return what ``validate`` returns."""
-    from fstore.core.events import _accept, validate
+    from tests.support.legacy.events_example import _accept, validate
     from tests.support.messages import injected_messages
 
     generated = injected_messages(NOW, 60, 3_000, 7, malformed_rate=0.3)

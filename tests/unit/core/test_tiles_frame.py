@@ -7,13 +7,13 @@ import random
 import pyarrow as pa
 import pytest
 
-from fstore.core import tiles as core_tiles
-from fstore.core import tiles_frame
 from fstore.core.aggregates import isclose
-from fstore.core.events import EVENT_TYPES, Event
-from fstore.core.features import VIEWS, FeatureView
 from fstore.core.timeutil import DAY, HOUR, MINUTE, day_start
 from tests.support import bruteforce
+from tests.support.legacy import tiles as core_tiles
+from tests.support.legacy import tiles_frame
+from tests.support.legacy.events_example import EVENT_TYPES, Event
+from tests.support.legacy.features import VIEWS, FeatureView
 
 pytestmark = pytest.mark.unit
 

@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 
 from fstore.core.aggregates import EMPTY, Agg, Partial, fold, isclose, merge_all, merge_stats, ones, ratio, result
-from fstore.core.events import Event
-from fstore.core.features import (
+from fstore.core.timeutil import DAY, HOUR, MINUTE, ceil_to, to_micros
+from fstore.core.windows import hop, span, tail, tile_bounds, tile_start
+from tests.support import bruteforce
+from tests.support.legacy.events_example import Event
+from tests.support.legacy.features import (
     PRODUCT_ENGAGEMENT,
     VIEWS,
     resolve,
 )
-from fstore.core.tiles import build_tiles, evaluate, lookup_in, merge_series, values_at
-from fstore.core.timeutil import DAY, HOUR, MINUTE, ceil_to, to_micros
-from fstore.core.windows import hop, span, tail, tile_bounds, tile_start
-from tests.support import bruteforce
+from tests.support.legacy.tiles import build_tiles, evaluate, lookup_in, merge_series, values_at
 
 pytestmark = pytest.mark.unit
 

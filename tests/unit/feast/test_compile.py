@@ -9,10 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from fstore.core.events import EVENT_TYPES, ID_FIELDS, MAX_PRICE, MAX_QUANTITY, Event
 from fstore.core.expr import Num
 from fstore.core.expr_parse import parse_condition, parse_measure
-from fstore.core.features import VIEWS, RatioFeature, ValueKind, WindowedFeature, largest_hop, longest_window
 from fstore.core.functions import Function
 from fstore.core.plan import RatioFeature as PlanRatio
 from fstore.core.plan import WindowedFeature as PlanWindowed
@@ -20,6 +18,8 @@ from fstore.core.plan_error import PlanError
 from fstore.core.timeutil import DAY, HOUR, MINUTE
 from fstore.feast.compile import compile_objects, compile_repo, load_repo
 from fstore.feast.schema_json import parse_schema_json
+from tests.support.legacy.events_example import EVENT_TYPES, ID_FIELDS, MAX_PRICE, MAX_QUANTITY, Event
+from tests.support.legacy.features import VIEWS, RatioFeature, ValueKind, WindowedFeature, largest_hop, longest_window
 from tests.support.repos import ROOT, compiled
 from tests.support.repos.mistakes import INVALID, edit, write_repo
 

@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 import redis.exceptions as rex
 
-from fstore.core.events import Event
 from fstore.online.reader import GET_POINTER, POINTER_SLOT, wire_slots
 from fstore.redis.cluster import ClusterPool, _payload, _Router, _unask, error_of, parse_slots, slot_of
 from fstore.redis.layout import POINTER_KEY, batch_key, speed_key
 from fstore.redis.resp import hgetall
 from jobs.stream.sinks import TileWriter
+from tests.support.legacy.events_example import Event
 from tests.support.repos import compiled
 
 pytestmark = pytest.mark.unit

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 
 from fstore.core.aggregates import isclose
-from fstore.core.events import Event
-from fstore.core.features import VIEWS
 from fstore.core.timeutil import DAY, HOUR, MINUTE, SECOND, to_micros
 from tests.support import bruteforce
 from tests.support import plan_bruteforce as pb
+from tests.support.legacy.events_example import Event
+from tests.support.legacy.features import VIEWS
 from tests.support.repos import compiled
 
 pytestmark = pytest.mark.unit

@@ -15,19 +15,20 @@ from typing import NamedTuple
 
 import pytest
 
+from examples.synth.generator import GeneratorConfig, generate
 from fstore.core.aggregates import isclose
 from fstore.core.event_check import EventCheck
-from fstore.core.events import Event, Rejection, Row, parse_row
+from fstore.core.events import Rejection, Row, parse_row
 from fstore.core.plan import Plan
 from fstore.core.tile_state import Acc
 from fstore.core.timeutil import HOUR
 from fstore.core.view_tiles import TileKey, TileLookup, Tiles, ViewTiler, evaluate, lookup_in
 from fstore.plan_source import current_plan
-from fstore.synth.generator import GeneratorConfig, generate
 from jobs.stream.fakes import MemorySinks
 from jobs.stream.layer import SpeedLayer
 from jobs.stream.settings import StreamSettings
 from tests.support import plan_bruteforce
+from tests.support.legacy.events_example import Event
 from tests.support.paths import message
 
 pytestmark = pytest.mark.unit

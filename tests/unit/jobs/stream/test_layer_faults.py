@@ -16,13 +16,14 @@ from aiokafka.errors import MessageSizeTooLargeError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from fstore.core.events import Event, payload_hash
+from fstore.core.events import payload_hash
 from fstore.plan_source import current_plan
 from jobs.stream.dead_letters import FALLBACK_BYTES, dead_letter
 from jobs.stream.fakes import ListDeadLetters, MemorySinks, MemoryTiles
 from jobs.stream.faults import EXIT_FAILURE, EXIT_OUTAGE, SystemicFailure, exit_code, is_outage
 from jobs.stream.layer import SpeedLayer
 from jobs.stream.settings import StreamSettings
+from tests.support.legacy.events_example import Event
 from tests.support.paths import message
 
 pytestmark = pytest.mark.unit

@@ -3,8 +3,8 @@
 Message ``j`` of a run belongs to family ``REASONS[j % len(REASONS)]`` and, inside the family, to variant
 ``(j // len(REASONS)) % len(variants)``, so every family and every variant occurs once enough messages are
 made.
-Each message is built from an otherwise valid event and carries the exact reason that
-:func:`fstore.core.events.parse` gives it (with ``now`` = the end of the generated range); the unit
+Each message is built from an otherwise valid event and carries the exact reason that the event contract of
+the schema ``feature_repo/`` declares gives it (with ``now`` = the end of the generated range); the unit
 tests check that. Every message is a single line (no newline inside).
 """
 

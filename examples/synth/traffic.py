@@ -1,6 +1,6 @@
 """Synthetic e-commerce traffic as numpy columns: the daily curve, the catalogue and the session funnel.
 
-This is the simulation half of :mod:`fstore.synth.generator` (which adds ids, injections, JSON encoding
+This is the simulation half of :mod:`examples.synth.generator` (which adds ids, injections, JSON encoding
 and arrival order). Everything is vectorised over whole slices of sessions; randomness comes only from
 the ``numpy.random.Generator`` passed in, so the same generator state gives the same columns.
 
@@ -18,13 +18,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 if TYPE_CHECKING:
-    from fstore.synth.config import GeneratorConfig
+    from examples.synth.config import GeneratorConfig
 
 I64 = NDArray[np.int64]
 F64 = NDArray[np.float64]
 
 DAY_MS = 86_400_000
-#: Event type codes: index into :data:`fstore.core.events.EVENT_TYPES`.
+#: Event type codes: index into :data:`examples.synth.config.EVENT_TYPES`.
 PAGE_VIEW, IMPRESSION, CLICK, ADD_TO_CART, PURCHASE = range(5)
 
 # Timing inside a session, in milliseconds (means of exponential gaps unless noted).

@@ -1,4 +1,5 @@
-"""``fstore generate``: write a synthetic e-commerce event stream to a JSONL or Parquet message file."""
+"""``fstore generate``: write the shipped example's synthetic e-commerce event stream to a JSONL or Parquet
+message file (the command lives with the example it generates; :mod:`fstore.cli` registers it)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import click
 from fstore.core.timeutil import DAY, day_start, iso, to_micros
 
 if TYPE_CHECKING:
-    from fstore.synth.generator import GeneratorConfig
+    from examples.synth.generator import GeneratorConfig
 
 
 @dataclass(frozen=True)
@@ -57,8 +58,8 @@ def write_stream(cfg: GeneratorConfig, seed: int, out: str | Path, progress: boo
     import orjson
     from tqdm import tqdm
 
+    from examples.synth.generator import DUPLICATE, LATE, MALFORMED, PII, generate, planned_total
     from fstore.kafka.messages import MessageWriter
-    from fstore.synth.generator import DUPLICATE, LATE, MALFORMED, PII, generate, planned_total
 
     counts = dict.fromkeys((DUPLICATE, LATE, MALFORMED, PII), 0)
     messages = 0
@@ -205,15 +206,17 @@ _RATE = click.FloatRange(0.0, 1.0)
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 def generate(out: Path, end_text: str | None, days: float, seed: int, as_json: bool, **options: Any) -> None:
-    """Write a synthetic e-commerce event stream to a message file, in arrival order.
+    """Write the shipped example's synthetic e-commerce traffic to a message file, in arrival order.
 
+    The events follow the schema of the example repository (feature_repo/); another repository needs
+    its own traffic.
     Sessions follow the funnel page views → impressions → click → add_to_cart → purchase, with Zipf
     product popularity and a day/night traffic curve. Keys are user ids. The file can be ingested
     (`fstore ingest`) or replayed into Kafka (`fstore publish`).
 
     Example: fstore generate --out data/events.parquet --events 1000000 --end 2025-06-01 --late-rate 0.01
     """
-    from fstore.synth.generator import GeneratorConfig
+    from examples.synth.generator import GeneratorConfig
 
     end = parse_end(end_text)
     try:

@@ -15,8 +15,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from numpy.typing import NDArray
 
-from fstore.core.events import EVENT_TYPES
-from fstore.synth.traffic import DAY_MS, Frame
+from examples.synth.config import EVENT_TYPES
+from examples.synth.traffic import DAY_MS, Frame
 
 _NUM_WIDTH = 10  # event and session numbers: two 5-digit halves
 _HALF = 100_000
@@ -38,7 +38,7 @@ def _masked(values: NDArray[np.int64], absent: NDArray[np.bool_]) -> pa.Array:
 
 
 class Encoder:
-    """Encodes :class:`~fstore.synth.traffic.Frame` rows as compact JSON messages.
+    """Encodes :class:`~examples.synth.traffic.Frame` rows as compact JSON messages.
 
     Args:
         user_ids: the user id strings, indexed by user number.

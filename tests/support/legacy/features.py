@@ -90,7 +90,7 @@ class FeatureView:
     """A named group of features over one entity.
 
     Views compare and hash by identity (each is defined once), which keeps per-view caches such as
-    :func:`fstore.core.tiles.tile_plan` cheap on hot paths.
+    :func:`tests.support.legacy.tiles.tile_plan` cheap on hot paths.
     """
 
     name: str

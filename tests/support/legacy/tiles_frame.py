@@ -1,6 +1,6 @@
 """Vectorised tiles and feature snapshots over Arrow/pandas frames (docs/design.md §3, §4).
 
-The same arithmetic as :mod:`fstore.core.tiles` (``add_event`` / ``evaluate``), for whole partitions of
+The same arithmetic as :mod:`tests.support.legacy.tiles` (``add_event`` / ``evaluate``), for whole partitions of
 events at once: the batch job calls these functions on its executors and the point-in-time engine may
 call them on one machine. Pure: pandas and pyarrow only, no engine, no clock.
 
@@ -24,9 +24,9 @@ import pandas as pd
 import pyarrow as pa
 
 from fstore.core.aggregates import Agg
-from fstore.core.features import FeatureView, RatioFeature, ValueKind
-from fstore.core.tiles import tile_plan
 from fstore.core.windows import tile_bounds, tile_start
+from tests.support.legacy.features import FeatureView, RatioFeature, ValueKind
+from tests.support.legacy.tiles import tile_plan
 
 TILE_KEYS = ("size", "tile_start", "measure")
 STAT_COLUMNS = ("count", "sum", "min", "max")
@@ -124,7 +124,7 @@ def measured_values(
 
 
 def build_tiles(view: FeatureView, events: pa.Table | pd.DataFrame, horizons: Mapping[int, int], end: int) -> pa.Table:
-    """Tiles of ``view`` from a frame of events: the vectorised :func:`fstore.core.tiles.build_tiles`.
+    """Tiles of ``view`` from a frame of events: the vectorised :func:`tests.support.legacy.tiles.build_tiles`.
 
     Every entity's events must be in ``events`` (a partition holding all events of its entities), else
     the tiles are partial. Arguments as for :func:`measured_values`.

@@ -8,14 +8,14 @@ out in *arrival order* (event_time + a small delivery lag; hours more for late e
 Contract:
 
 * The same ``(config, seed)`` gives byte-identical output (no clock, no global random state); the JSON
-  serialiser only has to agree with :func:`~fstore.synth.malformed.compact_dumps` on ``dumps`` of
+  serialiser only has to agree with :func:`~examples.synth.malformed.compact_dumps` on ``dumps`` of
   plain dicts (``orjson.dumps`` does).
 * With ``config.events`` set, exactly that many messages; otherwise ``users × days ×
   sessions_per_user_per_day`` sessions. ``duplicate_rate`` and ``malformed_rate`` are fractions of all
   messages; ``late_rate``, ``pii_rate`` and ``epoch_ms_rate`` fractions of the distinct valid events.
-* Every valid message passes :func:`fstore.core.events.parse` with ``now = config.end`` (all event
-  times lie in ``[start, end)``); every malformed one is rejected with the reason in
-  :attr:`Batch.reasons`.
+* Every valid message passes the event contract of the schema ``feature_repo/`` declares (docs/design.md
+  §2) with ``now = config.end`` (all event times lie in ``[start, end)``); every malformed one is rejected
+  with the reason in :attr:`Batch.reasons`.
 * Ids: users ``u000123``, products ``p00042`` (zero-padded to at least 6 and 5 digits), events
   ``e<run>-<10 digits>`` and sessions ``s<run>-<10 digits>``, where ``run`` is 8 hex digits hashed from
   ``(seed, config)``: streams generated with other parameters (say, the next day) never share an
@@ -38,13 +38,12 @@ import numpy as np
 import pyarrow as pa
 from numpy.typing import NDArray
 
-from fstore.core.events import EVENT_TYPES
-from fstore.core.timeutil import HOUR, MILLISECOND, SECOND
-from fstore.synth import malformed
-from fstore.synth.config import GeneratorConfig as GeneratorConfig  # re-exported: the generator's input
-from fstore.synth.jsonenc import Encoder
-from fstore.synth.malformed import Dumps, compact_dumps
-from fstore.synth.traffic import (
+from examples.synth import malformed
+from examples.synth.config import EVENT_TYPES
+from examples.synth.config import GeneratorConfig as GeneratorConfig  # re-exported: the generator's input
+from examples.synth.jsonenc import Encoder
+from examples.synth.malformed import Dumps, compact_dumps
+from examples.synth.traffic import (
     Catalog,
     DailyCurve,
     Frame,
@@ -53,6 +52,7 @@ from fstore.synth.traffic import (
     mean_session_events,
     simulate,
 )
+from fstore.core.timeutil import HOUR, MILLISECOND, SECOND
 
 I64 = NDArray[np.int64]
 
@@ -278,7 +278,7 @@ def generate(cfg: GeneratorConfig, seed: int, dumps: Dumps = compact_dumps) -> I
         cfg: what to generate.
         seed: any non-negative integer; the same seed and config give byte-identical output.
         dumps: JSON serialiser for the irregular (malformed) messages; must produce the same bytes as
-            :func:`~fstore.synth.malformed.compact_dumps` for output to be independent of it.
+            :func:`~examples.synth.malformed.compact_dumps` for output to be independent of it.
 
     Yields:
         :class:`Batch` objects; their ``values`` concatenated are the whole stream.

@@ -1,4 +1,4 @@
-"""The synthetic event generator (fstore.synth.generator) and ``fstore generate``."""
+"""The synthetic event generator (examples.synth.generator) and ``fstore generate``."""
 
 from __future__ import annotations
 
@@ -14,11 +14,8 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from fstore.commands.generate import generate as generate_command
-from fstore.core.events import REASONS, Event, Rejection, parse, reason_family
-from fstore.core.timeutil import DAY, HOUR, MINUTE, from_micros, to_micros
-from fstore.kafka.messages import iter_batches
-from fstore.synth.generator import (
+from examples.synth.cli import generate as generate_command
+from examples.synth.generator import (
     CHANGED,
     DUPLICATE,
     LATE,
@@ -29,6 +26,10 @@ from fstore.synth.generator import (
     generate_batches,
     planned_total,
 )
+from fstore.core.events import REASONS, Rejection, reason_family
+from fstore.core.timeutil import DAY, HOUR, MINUTE, from_micros, to_micros
+from fstore.kafka.messages import iter_batches
+from tests.support.legacy.events_example import Event, parse
 
 pytestmark = pytest.mark.unit
 

@@ -7,6 +7,10 @@ from dataclasses import dataclass
 
 from fstore.core.timeutil import DAY
 
+#: The example's event types, the values ``feature_repo/`` declares for ``event_type`` (the generator's codes
+#: index into it).
+EVENT_TYPES = ("page_view", "impression", "click", "add_to_cart", "purchase")
+
 
 @dataclass(frozen=True)
 class GeneratorConfig:

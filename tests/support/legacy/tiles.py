@@ -13,9 +13,9 @@ from functools import cache
 from typing import NamedTuple
 
 from fstore.core.aggregates import Partial, Stats, Value, merge_stats, ratio
-from fstore.core.events import Event
-from fstore.core.features import FeatureView, Measure, RatioFeature, WindowedFeature
 from fstore.core.windows import tile_bounds, tile_start
+from tests.support.legacy.events_example import Event
+from tests.support.legacy.features import FeatureView, Measure, RatioFeature, WindowedFeature
 
 Tile = dict[str, Partial]  # measure name -> partial
 

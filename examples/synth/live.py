@@ -11,8 +11,8 @@ from typing import Any
 
 import orjson
 
+from examples.synth.generator import GeneratorConfig, generate
 from fstore.kafka.client import Publisher, PublishReport
-from fstore.synth.generator import GeneratorConfig, generate
 
 #: Live traffic is generated from ``margin`` seconds before now to ``margin`` after the end, and only
 #: the messages arriving inside the window are sent: sessions are then in a steady state (no ramp-up at
@@ -44,7 +44,7 @@ def live_plan(rate: float, duration: float, now_us: int, **options: Any) -> Live
         rate: mean events per second (> 0).
         duration: seconds of traffic (> 0).
         now_us: wall-clock start, UTC epoch microseconds.
-        options: other :class:`~fstore.synth.generator.GeneratorConfig` fields (users, malformed_rate, …).
+        options: other :class:`~examples.synth.generator.GeneratorConfig` fields (users, malformed_rate, …).
 
     Raises:
         ValueError: for a non-positive rate or duration, or an invalid option.

@@ -1,0 +1,40 @@
+"""``fstore publish``'s message key: a field of the applied repository, never a hard-coded name."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import orjson
+import pytest
+
+from fstore.commands.publish import partition_key
+from fstore.kafka.client import iter_keyed_batches, key_of
+from tests.support.repos import compiled
+
+pytestmark = pytest.mark.unit
+
+
+def test_the_key_is_the_first_entity_key_every_event_carries() -> None:
+    # the shop: product_id is optional (page views), so the shopper keys, as before plans existed
+    assert partition_key(compiled("ecommerce")) == "user_id"
+    rides = compiled("rides")
+    required = {f.name for f in rides.schema.fields if f.required}
+    assert [e.join_key in required for e in rides.entities] == [False, True]  # an optional key is skipped
+    assert partition_key(rides) == rides.entities[1].join_key
+
+
+def test_without_a_required_entity_key_the_id_field_keys() -> None:
+    plan = compiled("rides")
+    optional = tuple(
+        dataclasses.replace(f, required=False) if f.name != plan.schema.id_field else f for f in plan.schema.fields
+    )
+    plan = dataclasses.replace(plan, schema=dataclasses.replace(plan.schema, fields=optional))
+    assert partition_key(plan) == plan.schema.id_field
+
+
+def test_jsonl_lines_are_keyed_by_that_field(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    lines = [orjson.dumps({"uid": "e1", "zone_id": "z7"}), b"not json", orjson.dumps({"zone_id": 3}), b"[1]"]
+    path = tmp_path / "m.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    assert [key_of(v, "zone_id") for v in lines] == ["z7", None, None, None]
+    assert list(iter_keyed_batches(path, "zone_id")) == [(["z7", None, None, None], lines)]
