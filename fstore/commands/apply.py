@@ -113,10 +113,10 @@ def _free(old: object, new: object, change: object) -> None:
     from fstore.core.plan_diff import PlanChange
     from fstore.redis.connect import admin_client
     from fstore.redis.free_keys import free_series, free_views
-    from fstore.settings import get_settings
+    from fstore.settings import Settings, load_settings
 
     assert isinstance(old, Plan) and isinstance(new, Plan) and isinstance(change, PlanChange)
-    s = get_settings()
+    s = load_settings(Settings)  # not the cached settings: the environment of this command
     client = admin_client(s.redis_url, s.redis_cluster, socket_timeout=5, socket_connect_timeout=2)
     kept = {v.name for v in new.views}
     gone_views = sorted({v.name for v in old.views} - kept)
