@@ -24,6 +24,8 @@ minutes only, which flatters the per-request speed-hash decoding).
 (same data, phases interleaved), e.g. the cost of the served-response sampling and of Prometheus
 multiprocess mode: ``--variant off:FSTORE_API_SAMPLE_RATE=0 --variant mp:PROMETHEUS_MULTIPROC_DIR={tmp}``;
 the report then has each variant's CPU per request over the default server's.
+A variant ``before:PYTHONPATH=/path/to/other/checkout`` serves the same data with another version of fstore
+(the servers import ``fstore`` and ``services`` from ``PYTHONPATH`` first): a before/after comparison in one run.
 
 ``--redis-cluster`` also starts a 3-primary Redis Cluster on loopback ports (:mod:`fstore.devsvc.cluster`), loads
 the same tiles into it and serves them with ``FSTORE_REDIS_CLUSTER=1`` as the variant ``cluster`` (same phases,
