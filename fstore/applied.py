@@ -6,6 +6,11 @@ left **pending**: their tiles do not hold what they need yet (:func:`fstore.core
 API refuses them (409) until ``fstore backfill`` has built them. Every process runs from the applied plan
 (:mod:`fstore.plan_source`); a repository never applied runs from its source.
 
+The record also keeps what the apply has still to **free** in Redis (``unfreed_views``, ``unfreed_series``):
+``fstore apply`` records the new plan first, waits for every live stream worker to run it, then frees the
+keys of what it removed and clears that list; when the workers do not follow in time (or Redis fails) the
+list stays, and the next ``fstore apply`` frees it first.
+
 The record is written atomically (a temporary file renamed over the old one), so a reader sees the old
 record or the new one, never half of either.
 """
@@ -15,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +38,17 @@ class AppliedPlan:
     applied_at: int
     pending: tuple[str, ...] = ()
     building: tuple[str, ...] = field(default=())  # views whose tiles the pending features wait for
+    unfreed_views: tuple[str, ...] = ()  # removed views whose Redis keys are not freed yet
+    unfreed_series: tuple[tuple[str, int, str], ...] = ()  # removed tile series (view, hop µs, measure) ditto
+
+    @property
+    def unfreed(self) -> bool:
+        """Whether Redis state of what was removed is still to free."""
+        return bool(self.unfreed_views or self.unfreed_series)
+
+    def freed(self) -> AppliedPlan:
+        """The record once its removed state is freed."""
+        return replace(self, unfreed_views=(), unfreed_series=())
 
     @property
     def fingerprint(self) -> str:
@@ -46,6 +62,8 @@ class AppliedPlan:
             "applied_at": self.applied_at,
             "pending": list(self.pending),
             "building": list(self.building),
+            "unfreed_views": list(self.unfreed_views),
+            "unfreed_series": [list(sr) for sr in self.unfreed_series],
             "plan": to_dict(self.plan),
         }
 
@@ -57,12 +75,14 @@ class AppliedPlan:
             int(data["applied_at"]),
             tuple(str(r) for r in data.get("pending", ())),
             tuple(str(v) for v in data.get("building", ())),
+            tuple(str(v) for v in data.get("unfreed_views", ())),
+            tuple((str(v), int(h), str(m)) for v, h, m in data.get("unfreed_series", ())),
         )
 
     def without_pending(self, views: set[str]) -> AppliedPlan:
         """The record once ``views`` are built: their features are served."""
         keep = tuple(r for r in self.pending if r.partition(":")[0] not in views)
-        return AppliedPlan(self.plan, self.applied_at, keep, tuple(v for v in self.building if v not in views))
+        return replace(self, pending=keep, building=tuple(v for v in self.building if v not in views))
 
 
 def record_path(repo: str | Path) -> Path:

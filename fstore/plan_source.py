@@ -6,7 +6,9 @@ names a feature. The repository is ``FSTORE_FEATURE_REPO`` (default: the project
 The plan is the one ``fstore apply`` recorded (:mod:`fstore.applied`) or, for a repository never
 applied, its source compiled on first use (all or nothing: a bad repository raises
 :class:`~fstore.core.plan_error.PlanError` naming every mistake). It is kept for the life of the process;
-long-running readers (the API) call :func:`refresh` to follow a later apply or backfill. Tests and
+long-running readers (the API, the stream worker) call :func:`refresh` to follow a later apply or
+backfill; when the changed record cannot be read they keep the previous plan and :func:`stale` says why
+until a good record is read (their ``/health`` and ``fstore_plan_stale`` report it). Tests and
 in-process commands install a plan of their own with :func:`use_plan`.
 """
 
@@ -28,6 +30,7 @@ _current: Plan | None = None
 _pending: frozenset[str] = frozenset()
 _installed = False  # a plan from use_plan: never replaced by refresh()
 _stamp: tuple[int, int] | None = None  # (mtime_ns, size) of the applied record last read
+_stale: str | None = None  # why the applied record last seen could not be followed
 
 
 def repo_dir() -> Path:
@@ -88,19 +91,33 @@ def pending() -> frozenset[str]:
 def refresh() -> bool:
     """Follow the applied record if it changed since it was read (one ``stat``); ``True`` when the plan
     or its pending set was reloaded. A plan installed with :func:`use_plan` stays."""
+    global _stale
     if _installed:
         return False
-    stamp = _record_stamp(repo_dir())
+    repo = repo_dir()
+    stamp = _record_stamp(repo)
     if stamp == _stamp and _current is not None:
         return False
     with _lock:
-        _load()
+        try:
+            _load()
+        except Exception as exc:
+            where = str(applied.record_path(repo))
+            _stale = str(exc) if where in str(exc) else f"{where}: {exc}"
+            raise
+        _stale = None
     return True
+
+
+def stale() -> str | None:
+    """Why this process runs an older plan than the applied record (which changed but could not be read:
+    corrupt, or its repository has mistakes), naming the record; ``None`` when it runs the applied one."""
+    return _stale
 
 
 def use_plan(plan: Plan | None, pending_refs: frozenset[str] = frozenset()) -> None:
     """Install ``plan`` (and its pending refs) as this process's plan; ``None``: load the repository's
     again on next use."""
-    global _current, _pending, _installed, _stamp
+    global _current, _pending, _installed, _stamp, _stale
     with _lock:
-        _current, _pending, _installed, _stamp = plan, pending_refs, plan is not None, None
+        _current, _pending, _installed, _stamp, _stale = plan, pending_refs, plan is not None, None, None

@@ -2,13 +2,12 @@
 
 A backfill rebuilds new tile series from ``raw_events``; a worker writing the same tiles meanwhile would
 race it. So the backfill **holds** the speed layer: it sets :data:`HOLD_KEY` to a token; each live worker
-(one that registered in :data:`WORKERS_KEY` within :data:`LIVE_S`) notices between two batches, finishes
-what it took (tiles, raw sink flushed, future events due moved), acknowledges the token in
-:data:`ACKS_KEY` with its processing clock (``"<token> <clock µs>"``: every event it stored as a future
-field is stamped at or after that clock) and waits, consuming nothing, until the key is gone; then it
-reloads the applied plan and goes on. The hold key has a TTL that the backfill keeps refreshing, so a
-backfill that dies releases the workers by itself (after at most :data:`HOLD_TTL_S`). Kafka keeps what
-arrives meanwhile.
+(:mod:`fstore.redis.workers`) notices between two batches, finishes what it took (tiles, raw sink
+flushed, future events due moved), acknowledges the token in :data:`ACKS_KEY` with its processing clock
+(``"<token> <clock µs>"``: every event it stored as a future field is stamped at or after that clock) and
+waits, consuming nothing, until the key is gone; then it reloads the applied plan and goes on. The hold
+key has a TTL that the backfill keeps refreshing, so a backfill that dies releases the workers by itself
+(after at most :data:`HOLD_TTL_S`). Kafka keeps what arrives meanwhile.
 """
 
 from __future__ import annotations
@@ -18,24 +17,15 @@ from collections.abc import Callable
 
 from fstore.redis.connect import AdminClient
 from fstore.redis.layout import PREFIX
+from fstore.redis.workers import live_workers
 
 HOLD_KEY = f"{PREFIX}:stream:hold"
 ACKS_KEY = f"{PREFIX}:stream:held"
-WORKERS_KEY = f"{PREFIX}:stream:workers"
-#: A worker is live when it registered within this many seconds (workers register once a second).
-LIVE_S = 10.0
 HOLD_TTL_S = 120
 
 
 def _text(v: bytes | str | None) -> str | None:
     return v.decode() if isinstance(v, bytes) else v
-
-
-def live_workers(client: AdminClient, now: float | None = None) -> set[str]:
-    """The workers that registered within :data:`LIVE_S` seconds."""
-    t = time.time() if now is None else now
-    seen = client.hgetall(WORKERS_KEY)
-    return {str(_text(k)) for k, v in seen.items() if t - float(_text(v) or 0) <= LIVE_S}
 
 
 def hold(client: AdminClient, token: str) -> None:

@@ -327,13 +327,16 @@ class Heartbeat:
 
     ``log_reset_at`` is the last time the worker found its Kafka log reset (topic re-created, broker log
     lost) and went back to its start; ``replaying`` says it has not yet caught up with what the new log held
-    then: the speed view may be incomplete until it has (GET /health: degraded).
+    then: the speed view may be incomplete until it has (GET /health: degraded). ``plan_error`` says why
+    the worker runs an older plan than the applied record (which changed but could not be read; GET /health:
+    degraded).
     """
 
     committed_at: int
     newest_event_time: int | None
     log_reset_at: int | None = None
     replaying: bool = False
+    plan_error: str | None = None
 
     def dumps(self) -> str:
         """JSON for :data:`HEARTBEAT_KEY`."""
@@ -343,6 +346,7 @@ class Heartbeat:
                 "newest_event_time": self.newest_event_time,
                 "log_reset_at": self.log_reset_at,
                 "replaying": self.replaying,
+                "plan_error": self.plan_error,
             }
         )
 
@@ -358,4 +362,5 @@ class Heartbeat:
             None if newest is None else int(newest),
             None if reset is None else int(reset),
             bool(obj.get("replaying", False)),
+            None if obj.get("plan_error") is None else str(obj["plan_error"]),
         )

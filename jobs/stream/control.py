@@ -1,9 +1,11 @@
 """The worker's side of plan changes (docs/design.md §3 "Evolution", :mod:`fstore.redis.hold`).
 
-Once a second, between two batches, a worker registers as live, checks whether ``fstore apply`` recorded
-a new plan (one ``stat``) and whether ``fstore backfill`` holds the speed layer. Redis calls go through a
-small blocking client in a thread: they are two per second, off the hot path, and a failure only skips
-this round (logged), never stops the stream.
+Once a second, between two batches, a worker registers as live with the fingerprint of the plan it runs
+(:mod:`fstore.redis.workers`: ``fstore apply`` waits for every live worker to run the applied plan before
+it frees the keys of what the plan removed), checks whether ``fstore apply`` recorded a new plan (one
+``stat``) and whether ``fstore backfill`` holds the speed layer. Redis calls go through a small blocking
+client in a thread: they are two per second, off the hot path, and a failure only skips this round
+(logged), never stops the stream.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import time
 import uuid
 
 from fstore.redis.connect import admin_client
-from fstore.redis.hold import ACKS_KEY, HOLD_KEY, WORKERS_KEY, ack_value
+from fstore.redis.hold import ACKS_KEY, HOLD_KEY, ack_value
+from fstore.redis.workers import WORKERS_KEY, registration
 from jobs.stream.settings import StreamSettings
 
 log = logging.getLogger("fstore.stream")
@@ -33,9 +36,16 @@ def worker_id() -> str:
 class Control:
     """Liveness, the applied plan and the backfill's hold, checked at most once a second."""
 
-    def __init__(self, s: StreamSettings, name: str | None = None) -> None:
+    def __init__(self, s: StreamSettings, fingerprint: str, name: str | None = None) -> None:
+        """Args:
+        s: the worker settings (its Redis).
+        fingerprint: the fingerprint of the plan the worker runs (:attr:`fingerprint`, updated when it
+            adopts another).
+        name: the worker's name (default: :func:`worker_id`).
+        """
         self.client = admin_client(s.redis_url, s.redis_cluster, socket_timeout=2, socket_connect_timeout=2)
         self.name = name or worker_id()
+        self.fingerprint = fingerprint
         self._next = float("-inf")
 
     def due(self) -> bool:
@@ -46,8 +56,20 @@ class Control:
         self._next = now + CONTROL_S
         return True
 
+    def register(self) -> None:
+        """Register as live, running the plan :attr:`fingerprint` (blocking)."""
+        self.client.hset(WORKERS_KEY, self.name, registration(self.fingerprint))
+
+    async def reregister(self) -> None:
+        """:meth:`register` at once (after adopting a plan), off the event loop; a failure is logged (the
+        next check registers again)."""
+        try:
+            await asyncio.to_thread(self.register)
+        except Exception as exc:
+            log.warning("worker registration skipped: %s", exc)
+
     def _poll(self) -> str | None:
-        self.client.hset(WORKERS_KEY, self.name, repr(time.time()))
+        self.register()
         token = self.client.get(HOLD_KEY)
         return token.decode() if isinstance(token, bytes) else token
 

@@ -187,7 +187,8 @@ class SpeedLayer:
             else RawSink(s.table("raw_events"), self.plan.schema, s.stream_raw_max_events, s.stream_raw_max_age_s)
         )
         # the applied plan and a backfill's hold, followed once a second (not with injected test doubles)
-        self.control: Control | None = Control(s) if kv is None else None
+        self.control: Control | None = Control(s, fingerprint(self.plan)) if kv is None else None
+        self.plan_error: str | None = None  # why the changed applied record could not be followed
         self.last_at = 0
         self.consumer: AIOKafkaConsumer | None = None
         self.next_offset: Offsets = {}
@@ -227,7 +228,9 @@ class SpeedLayer:
         if not force and committed - self._heartbeat_at < 1.0:
             return
         self._heartbeat_at = committed
-        beat = Heartbeat(int(committed * 1_000_000), self._newest_event, self.log_reset_at, bool(self.replay_until))
+        beat = Heartbeat(
+            int(committed * 1_000_000), self._newest_event, self.log_reset_at, bool(self.replay_until), self.plan_error
+        )
         try:
             await self.redis.set(HEARTBEAT_KEY, beat.dumps(), ex=86_400)
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:  # tiles are committed; this can wait
@@ -368,11 +371,7 @@ class SpeedLayer:
         holds every event this worker counted. Returns the batch still in flight (``None`` once settled)."""
         assert self.control is not None
         token = await self.control.poll()
-        try:
-            changed = plan_source.refresh()
-        except Exception as exc:  # an unreadable record: keep running the plan we have, loudly
-            log.error("applied plan not reloaded, the worker keeps its plan: %s", exc)
-            changed = False
+        changed = await self.refresh_plan()
         if token is None and not changed:
             return inflight
         if inflight is not None:
@@ -384,9 +383,28 @@ class SpeedLayer:
         await self.flush()
         if token is not None:
             await self.hold(token)
-            plan_source.refresh()
+            await self.refresh_plan()
         self.adopt(plan_source.current_plan())
+        await self.control.reregister()  # nothing of the old plan is left to write: `fstore apply` may free
         return None
+
+    async def refresh_plan(self) -> bool:
+        """Follow the applied record (:func:`fstore.plan_source.refresh`); ``True`` when it was reloaded. A
+        changed record that cannot be read keeps the plan the worker runs, loudly: logged, counted, the
+        ``fstore_plan_stale`` gauge and the heartbeat's ``plan_error`` (GET /health: degraded) until a good
+        record is read."""
+        try:
+            changed = plan_source.refresh()
+        except Exception as exc:
+            log.error("applied plan not reloaded, the worker keeps its plan: %s", exc)
+            metrics.PLAN_RELOAD_FAILURES.inc()
+            changed = False
+        error = plan_source.stale()
+        metrics.PLAN_STALE.set(1 if error else 0)
+        if error != self.plan_error:
+            self.plan_error = error
+            await self.heartbeat(None, time.time(), force=True)
+        return changed
 
     async def hold(self, token: str) -> None:
         """Acknowledge a backfill's hold and consume nothing until it ends (the group membership kept)."""
@@ -424,6 +442,8 @@ class SpeedLayer:
         steps = {v.name: view_steps(v, plan.schema) for v in plan.views}
         self.future = [(t, n, (steps[h[0].name], h[1], h[2])) for t, n, h in self.future if h[0].name in steps]
         heapq.heapify(self.future)
+        if self.control is not None:
+            self.control.fingerprint = fingerprint(plan)
         log.warning("stream worker: now runs the applied plan %s", fingerprint(plan)[:12])
 
     async def try_begin(self, records: dict[TopicPartition, list[Any]]) -> _Batch | None:

@@ -128,6 +128,16 @@ REPLAYING = Gauge(
     "1 while the worker replays a reset log and has not reached the end the new log had at the reset",
     registry=REGISTRY,
 )
+PLAN_STALE = Gauge(
+    "fstore_plan_stale",
+    "1 while the applied plan record changed but could not be read: the worker runs the previous plan",
+    registry=REGISTRY,
+)
+PLAN_RELOAD_FAILURES = Counter(
+    "fstore_plan_reload_failures_total",
+    "Changed applied plan records the worker could not read (it kept the previous plan)",
+    registry=REGISTRY,
+)
 
 
 def observe_many(hist: Histogram, value: float, n: int) -> None:

@@ -43,6 +43,7 @@ from fstore.online.reader import OnlineReader
 from fstore.plan_source import current_plan
 from fstore.plan_source import refresh as refresh_plan
 from fstore.plan_source import repo_dir as plan_repo
+from fstore.plan_source import stale as plan_stale
 from fstore.redis.connect import async_client
 from fstore.samples import ResponseSampler
 from services.online_api.deps import ReaderDep, Secured, key_ok
@@ -232,13 +233,16 @@ def create_app(settings: ApiSettings | None = None, clock: Clock = wall_clock) -
 
     async def follow_plan() -> None:
         """Follow ``fstore apply`` and ``fstore backfill``: re-read the applied record when it changed (one
-        ``stat`` a second); a bad record keeps the plan that serves, loudly."""
+        ``stat`` a second); a bad record keeps the plan that serves, loudly: logged, counted
+        (``fstore_plan_reload_failures_total``), ``fstore_plan_stale`` 1 and GET /health degraded until a
+        good record is read."""
         while True:
             await asyncio.sleep(PLAN_FOLLOW_S)
             try:
                 if refresh_plan():
                     log.info("serving the applied plan of %s", plan_repo())
             except Exception as exc:  # an unreadable record or repository: keep serving what was applied
+                metrics.plan_reload_failures.inc()
                 log.error("applied plan not reloaded, still serving the previous one: %s", exc)
 
     @asynccontextmanager
@@ -388,7 +392,8 @@ def create_app(settings: ApiSettings | None = None, clock: Clock = wall_clock) -
 
     @app.get("/health", response_model=HealthResponse)
     async def get_health(reader: ReaderDep) -> JSONResponse:
-        """Redis reachability, the serving batch view and the speed layer's freshness (no API key needed)."""
+        """Redis reachability, the serving batch view, the speed layer's freshness and whether the API and
+        the stream worker run the applied plan (no API key needed)."""
         probe = await StoreProbe.read(reader)
         if not probe.redis_up:
             metrics.redis_errors.inc()
@@ -412,6 +417,15 @@ def create_app(settings: ApiSettings | None = None, clock: Clock = wall_clock) -
             speed["message"] = (
                 "the stream worker found its Kafka log reset and is replaying it from the start: speed values "
                 "may be incomplete until it catches up (docs/runbook.md, 'Kafka log reset')"
+            )
+        stale = [f"the API: {e}" for e in [plan_stale()] if e]
+        if beat is not None and beat.plan_error:
+            stale.append(f"the stream worker: {beat.plan_error}")
+        if stale:  # a changed applied record could not be read: the previous plan still runs
+            status, code = "degraded", 503
+            detail["plan"] = (
+                "the applied plan record changed but could not be read, the previous plan still runs in "
+                + "; in ".join(stale)
             )
         if ptr is None:
             try:
@@ -437,6 +451,6 @@ def create_app(settings: ApiSettings | None = None, clock: Clock = wall_clock) -
         probe = await StoreProbe.read(reader)
         if not probe.redis_up:
             metrics.redis_errors.inc()
-        return Response(metrics.exposition(probe), media_type=CONTENT_TYPE_LATEST)
+        return Response(metrics.exposition(probe, plan_stale() is not None), media_type=CONTENT_TYPE_LATEST)
 
     return app

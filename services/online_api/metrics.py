@@ -60,6 +60,11 @@ class Metrics:
             "Sample writes that failed (samples dropped)",
             registry=self.registry,
         )
+        self.plan_reload_failures = Counter(
+            "fstore_plan_reload_failures_total",
+            "Changed applied plan records the API could not read (it kept serving the previous plan)",
+            registry=self.registry,
+        )
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
@@ -74,15 +79,25 @@ class Metrics:
         pair[0].inc()
         pair[1].observe(seconds)
 
-    def exposition(self, probe: StoreProbe | None = None) -> bytes:
-        """The text format of every worker's metrics, then the probe's gauges."""
+    def exposition(self, probe: StoreProbe | None = None, plan_stale: bool | None = None) -> bytes:
+        """The text format of every worker's metrics, then the probe's gauges and ``fstore_plan_stale`` (1
+        when the answering process runs an older plan than the applied record, which it could not read)."""
         if self.multiproc_dir:
             registry = CollectorRegistry()
             MultiProcessCollector(registry, path=self.multiproc_dir)  # type: ignore[no-untyped-call]
             out = generate_latest(registry)
         else:
             out = generate_latest(self.registry)
-        return out + (probe.exposition() if probe is not None else b"")
+        out += probe.exposition() if probe is not None else b""
+        if plan_stale is not None:
+            reg = CollectorRegistry()
+            Gauge(
+                "fstore_plan_stale",
+                "1 while the applied plan record changed but could not be read: the previous plan is served",
+                registry=reg,
+            ).set(int(plan_stale))
+            out += generate_latest(reg)
+        return out
 
 
 def values_in_files() -> bool:

@@ -1,21 +1,29 @@
 """``fstore apply`` / ``fstore plan`` (issue 13 Build 3 and 5): a repository with a mistake is rejected
 as a whole and changes nothing — neither Feast's registry nor fstore's record; a valid change is
-registered with the features it leaves pending; removing a view or a series frees its Redis state."""
+registered with the features it leaves pending; removing a view or a series frees its Redis state, once
+every live stream worker runs the new plan (a worker that does not follow in time: exit code 3, the keys
+left for the next apply; a dead one blocks nothing)."""
 
 from __future__ import annotations
 
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import pytest
 import redis
 from click.testing import CliRunner
 
-from fstore import applied
+from fstore import applied, plan_source
 from fstore.cli import main
+from fstore.core.plan_json import fingerprint
 from fstore.core.timeutil import HOUR, MINUTE, SECOND
 from fstore.devsvc.services import RedisServer
 from fstore.redis.layout import distinct_field, future_field, marker_key, speed_key
+from fstore.redis.workers import WORKERS_KEY, registration
+from jobs.stream.control import Control
+from jobs.stream.settings import StreamSettings
 from tests.support.repos import ROOT
 from tests.support.repos.mistakes import INVALID, RIDES, edit
 
@@ -132,3 +140,101 @@ def test_adding_a_feature_leaves_it_pending_and_removing_frees_its_state(
     record = applied.load(repo)
     assert record is not None and {v.name for v in record.plan.views} == {"driver_performance"}
     assert "driver_performance:fare_std_3h" in record.pending  # still waiting for its backfill
+
+
+# A running stream worker follows the applied record about a second late and, until then, writes the
+# removed state: `fstore apply` frees it only once every live worker runs the new plan. The worker below is
+# the real jobs.stream.control.Control (its registration) driven by a thread that writes the keys of the
+# plan it runs and switches plans `lag` seconds after the record changed, like the stream worker.
+T0 = 1_790_000_000 * SECOND
+D_KEY, Z_KEY = speed_key("driver_performance", "d1", T0), speed_key("zone_demand", "z1", T0)
+SIX_H_START = T0 // (6 * HOUR) * (6 * HOUR)
+RIDER = distinct_field(6 * HOUR, SIX_H_START, "rider_served", "r1")  # a field of the riders_30d series
+FARE = f"{15 * MINUTE // SECOND}:{SIX_H_START // SECOND}:fare:c"  # a field every plan here keeps
+RIDER_TAG = """        "fstore.measure.rider_served": "rider if kind == 'completed'",\n"""
+
+
+class Worker(threading.Thread):
+    """Registers every 50 ms with the plan it runs and writes that plan's keys; follows a changed record
+    ``lag`` seconds after it saw it, while :attr:`follows` is set."""
+
+    def __init__(self, url: str, repo: Path, lag: float) -> None:
+        super().__init__(daemon=True)
+        self.repo, self.lag = repo, lag
+        record = applied.load(repo)
+        assert record is not None
+        self.control = Control(StreamSettings(redis_url=url), record.fingerprint, name="w1")
+        self.writes = {record.fingerprint: [(D_KEY, RIDER), (D_KEY, FARE), (Z_KEY, FARE)]}
+        self.client = redis.Redis.from_url(url)
+        self.follows = threading.Event()
+        self.follows.set()
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        seen: float | None = None
+        while not self.stop.wait(0.05):
+            record = applied.load(self.repo)
+            assert record is not None
+            if record.fingerprint == self.control.fingerprint:
+                seen = None
+            elif self.follows.is_set():
+                seen = seen or time.monotonic()
+                if time.monotonic() - seen >= self.lag:
+                    self.control.fingerprint = record.fingerprint
+            self.control.register()
+            for key, field in self.writes.get(self.control.fingerprint, []):
+                self.client.hset(key, field, 1)
+
+
+def test_removed_state_is_freed_once_every_live_worker_runs_the_new_plan(
+    tmp_path: Path, redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    env = {"FSTORE_REDIS_URL": redis_server.url, "FSTORE_REDIS_CLUSTER": "false"}
+    repo = rides_repo(tmp_path)
+    assert run("apply", "--repo", str(repo), "--skip-feast", env=env)[0] == 0
+    redis_client.hset(WORKERS_KEY, "dead", registration("0123456789abcdef", time.time() - 60))  # blocks nothing
+    worker = Worker(redis_server.url, repo, lag=0.8)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not (redis_client.exists(Z_KEY) and redis_client.hexists(D_KEY, RIDER)):
+            assert time.monotonic() < deadline, "the worker never wrote"
+            time.sleep(0.02)
+
+        # 1. Remove the riders_30d series: apply waits for the worker to follow, then frees its fields.
+        assert RIDERS in RIDES and RIDERS_FIELD in RIDES and RIDER_TAG in RIDES
+        no_riders = RIDES.replace(RIDERS, "").replace(RIDERS_FIELD, "").replace(RIDER_TAG, "")
+        (repo / "features.py").write_text(no_riders)
+        plan_a = fingerprint(plan_source.compile_dir(repo))
+        worker.writes[plan_a] = [(D_KEY, FARE), (Z_KEY, FARE)]
+        code, out = run("apply", "--repo", str(repo), "--skip-feast", "--wait-timeout", "5", env=env)
+        assert code == 0, out
+        time.sleep(0.3)  # the worker writes every 50 ms: a freed field written again would be back
+        assert not redis_client.hexists(D_KEY, RIDER) and redis_client.hexists(D_KEY, FARE)
+        assert "waiting (up to 5 s) for stream worker(s) to run plan" in out and "w1 (plan" in out, out
+        assert "dead" not in out.split("freed")[0], out
+        assert not applied.load(repo).unfreed  # type: ignore[union-attr]
+
+        # 2. Remove zone_demand while the worker is stuck on plan A: nothing freed, exit code 3, said loudly.
+        worker.follows.clear()
+        (repo / "features.py").write_text(no_riders.split("zone_demand = StreamFeatureView(")[0])
+        code, out = run("apply", "--repo", str(repo), "--skip-feast", "--wait-timeout", "1", env=env)
+        assert code == 3, out
+        assert "NOT FREED" in out and "zone_demand" in out and "run `fstore apply` again" in out, out
+        record = applied.load(repo)
+        assert record is not None and record.unfreed_views == ("zone_demand",)
+        assert {v.name for v in record.plan.views} == {"driver_performance"}  # the plan itself is applied
+        assert redis_client.exists(Z_KEY)
+        code, out = run("plan", "--repo", str(repo), env=env)
+        assert code == 0 and "left to free by the last apply" in out and "zone_demand" in out, out
+
+        # 3. The worker follows again: the next apply frees what was left.
+        worker.follows.set()
+        code, out = run("apply", "--repo", str(repo), "--skip-feast", env=env)
+        assert code == 0 and "no change" in out and "freed 1 key(s) of removed views ['zone_demand']" in out, out
+        time.sleep(0.3)
+        assert not redis_client.exists(Z_KEY) and redis_client.hexists(D_KEY, FARE)
+        assert not applied.load(repo).unfreed  # type: ignore[union-attr]
+    finally:
+        worker.stop.set()
+        worker.join(5)
