@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import threading
 import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -192,3 +193,32 @@ def compile_repo(root: str | Path) -> Plan:
 def compile_registry(store: FeatureStore) -> Plan:
     """Compile what ``feast apply`` registered for ``store`` (all or nothing)."""
     return compile_objects(registry_objects(store))
+
+
+_REPO_PLANS: dict[Path, Plan] = {}
+_REPO_PLANS_LOCK = threading.Lock()
+
+
+def plan_of(config: Any, store: str) -> Plan:
+    """The compiled plan of the Feast repository a Feast store's ``config`` (a ``RepoConfig``) belongs to
+    (``repo_path``), compiled once per repository and process: the fstore online and offline stores serve
+    the features their own repository declares.
+
+    Args:
+        config: the store's ``RepoConfig``.
+        store: which store asks ("online store", "offline store"), for the error message.
+
+    Raises:
+        PlanError: the repository has mistakes (each one named), or the config names no repository.
+    """
+    path = getattr(config, "repo_path", None)
+    if not path:
+        raise PlanError([f"the fstore {store} needs the Feast repository's path (FeatureStore(repo_path=...))"])
+    root = Path(path).resolve()
+    plan = _REPO_PLANS.get(root)
+    if plan is None:
+        with _REPO_PLANS_LOCK:
+            plan = _REPO_PLANS.get(root)
+            if plan is None:
+                plan = _REPO_PLANS[root] = compile_repo(root)
+    return plan

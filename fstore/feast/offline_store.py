@@ -11,15 +11,14 @@ Configure it in ``feature_store.yaml``::
 fstore point-in-time engine (:mod:`fstore.offline.local`), not an as-of join over the daily snapshots: exact
 windows at every ``event_timestamp``, the fstore row contract (input order, duplicates kept, no row
 dropped). The features are those the store's own repository declares (``repo_path``, compiled once per
-process: :func:`plan_of`). ``pull_latest``/``pull_all`` (materialisation, saved datasets) are delegated
-to Feast's file (dask) store, which reads the feature views' snapshot Parquet sources.
+process: :func:`fstore.feast.compile.plan_of`). ``pull_latest``/``pull_all`` (materialisation, saved
+datasets) are delegated to Feast's file (dask) store, which reads the feature views' snapshot Parquet sources.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,8 +34,7 @@ from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.repo_config import FeastConfigBaseModel, RepoConfig
 
 from fstore.core import pit
-from fstore.core.plan import Plan
-from fstore.core.plan_error import PlanError
+from fstore.feast.compile import plan_of
 from fstore.offline import local as offline
 
 
@@ -61,24 +59,6 @@ def raw_events_uri(config: RepoConfig) -> str:
         base = Path(config.repo_path).resolve().parent if config.repo_path else Path.cwd()
         data_dir = str((base / data_dir).resolve())
     return offline.raw_events_uri(data_dir)
-
-
-@cache
-def _compiled(repo: Path) -> Plan:
-    from fstore.feast.compile import compile_repo
-
-    return compile_repo(repo)
-
-
-def plan_of(config: RepoConfig) -> Plan:
-    """The compiled plan of the Feast repository ``config`` belongs to, compiled once per repository and process.
-
-    Raises:
-        PlanError: the repository has mistakes (each one named), or the config names no repository.
-    """
-    if not config.repo_path:
-        raise PlanError(["the fstore offline store needs the Feast repository's path (FeatureStore(repo_path=...))"])
-    return _compiled(Path(config.repo_path).resolve())
 
 
 class FstoreRetrievalJob(RetrievalJob):
@@ -154,7 +134,7 @@ class FstoreOfflineStore(OfflineStore):
         if kwargs.get("filter_by_created_timestamp"):
             raise NotImplementedError("filter_by_created_timestamp does not apply to the fstore offline store")
         refs = list(feature_refs)
-        plan = plan_of(config)
+        plan = plan_of(config, "offline store")
         request = pit.resolve(plan, refs, full_feature_names)  # unknown features fail here, not at to_df()
         table, ts = _as_arrow(entity_df)
         store = config.offline_store

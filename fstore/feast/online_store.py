@@ -10,8 +10,8 @@ Configure it in ``feature_store.yaml``::
 
 ``FeatureStore("feature_repo").get_online_features(features=[...], entity_rows=[...])`` then returns, for
 each entity, the features the repository declares (its ``StreamFeatureView`` aggregations and ratios,
-compiled once per process into the plan, :func:`plan_of`; Feast 0.67 hands such views to ``online_read``
-like any feature view and applies no aggregation of its own online), as the lambda merge of
+compiled once per process into the plan, :func:`fstore.feast.compile.plan_of`; Feast 0.67 hands such
+views to ``online_read`` like any feature view and applies no aggregation of its own online), as the lambda merge of
 :mod:`fstore.online.reader` (batch tiles before the cutover C, speed tiles from C on) evaluated at
 ``as_of`` = now — the values ``GET /features`` returns. The row's event timestamp is that
 ``as_of``. Nothing here re-implements the merge or the pointer re-check: reads go through
@@ -32,11 +32,9 @@ batch versions across views (never within one view).
 from __future__ import annotations
 
 import asyncio
-import threading
 import weakref
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Literal
 
 from feast import Entity
@@ -49,9 +47,9 @@ from feast.repo_config import FeastConfigBaseModel, RepoConfig
 from pydantic import Field
 
 from fstore.clock import Clock, wall_clock
-from fstore.core.plan import Plan, View
-from fstore.core.plan_error import PlanError
+from fstore.core.plan import View
 from fstore.core.tile_state import Value
+from fstore.feast.compile import plan_of
 from fstore.online.reader import EntityRead, OnlineReader, ReadResult, SyncOnlineReader
 from fstore.redis.connect import async_client, sync_client
 
@@ -94,32 +92,6 @@ def cluster_of(config: RepoConfig) -> bool:
 
         return get_settings().redis_cluster
     return bool(flag)
-
-
-_PLANS: dict[Path, Plan] = {}
-_PLANS_LOCK = threading.Lock()
-
-
-def plan_of(config: RepoConfig) -> Plan:
-    """The compiled plan of the Feast repository ``config`` belongs to (``repo_path``), compiled once per
-    repository and process: the store serves the features its own repository declares.
-
-    Raises:
-        PlanError: the repository has mistakes (each one named), or the config names no repository.
-    """
-    from fstore.feast.compile import compile_repo
-
-    path = getattr(config, "repo_path", None)
-    if path is None:
-        raise PlanError(["the fstore online store needs the Feast repository's path (FeatureStore(repo_path=...))"])
-    root = Path(path).resolve()
-    plan = _PLANS.get(root)
-    if plan is None:
-        with _PLANS_LOCK:
-            plan = _PLANS.get(root)
-            if plan is None:
-                plan = _PLANS[root] = compile_repo(root)
-    return plan
 
 
 def _entity_id(key: EntityKeyProto, view: View) -> str:
@@ -194,7 +166,7 @@ class FstoreOnlineStore(OnlineStore):
         entity_keys: Sequence[EntityKeyProto],
         requested_features: Sequence[str] | None,
     ) -> tuple[View, list[EntityRead]]:
-        view = plan_of(config).view(table.name)
+        view = plan_of(config, "online store").view(table.name)
         names = tuple(requested_features) if requested_features else view.feature_names
         for n in names:
             view.feature(n)  # KeyError naming an unknown feature

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -16,7 +17,7 @@ from fstore.core.plan import RatioFeature as PlanRatio
 from fstore.core.plan import WindowedFeature as PlanWindowed
 from fstore.core.plan_error import PlanError
 from fstore.core.timeutil import DAY, HOUR, MINUTE
-from fstore.feast.compile import compile_objects, compile_repo, load_repo
+from fstore.feast.compile import compile_objects, compile_repo, load_repo, plan_of
 from fstore.feast.schema_json import parse_schema_json
 from tests.support.legacy.events_example import EVENT_TYPES, ID_FIELDS, MAX_PRICE, MAX_QUANTITY, Event
 from tests.support.legacy.features import VIEWS, RatioFeature, ValueKind, WindowedFeature, largest_hop, longest_window
@@ -165,3 +166,14 @@ def test_schema_json_reads_the_flat_spark_ddl() -> None:
     ]:
         with pytest.raises(ValueError, match=message):
             parse_schema_json(bad)
+
+
+def test_the_feast_stores_share_one_compiled_plan_per_repository() -> None:
+    """The online and offline stores ask :func:`plan_of`: one compilation per repository and process, and a
+    config without a repository path is refused naming the store."""
+    config = SimpleNamespace(repo_path=str(ROOT / "rides"))
+    first = plan_of(config, "online store")
+    assert plan_of(SimpleNamespace(repo_path=ROOT / "rides" / "." / ""), "offline store") is first
+    assert first == compiled("rides")
+    with pytest.raises(PlanError, match="the fstore offline store needs the Feast repository's path"):
+        plan_of(SimpleNamespace(repo_path=None), "offline store")
