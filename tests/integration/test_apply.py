@@ -76,12 +76,19 @@ RIDERS = (
 RIDERS_FIELD = '        Field(name="riders_30d", dtype=Int64, description="Distinct riders served (exact)"),\n'
 
 
-def test_adding_a_feature_leaves_it_pending_and_removing_frees_its_state(
-    tmp_path: Path, redis_server: RedisServer, redis_client: redis.Redis
-) -> None:
+@pytest.fixture
+def baseline(tmp_path: Path, redis_server: RedisServer) -> tuple[Path, dict[str, str]]:
+    """A copy of the rides repository with its baseline applied, and the environment of the commands."""
     env = {"FSTORE_REDIS_URL": redis_server.url, "FSTORE_REDIS_CLUSTER": "false"}
     repo = rides_repo(tmp_path)
     assert run("apply", "--repo", str(repo), "--skip-feast", env=env)[0] == 0
+    return repo, env
+
+
+def test_adding_a_feature_leaves_it_pending_and_removing_frees_its_state(
+    baseline: tuple[Path, dict[str, str]], redis_client: redis.Redis
+) -> None:
+    repo, env = baseline
     assert applied.load(repo).pending == ()  # type: ignore[union-attr]  # the baseline
 
     # A new function on an existing measure needs a state its tiles lack (m2 on the 3 h fare series).
@@ -187,11 +194,9 @@ class Worker(threading.Thread):
 
 
 def test_removed_state_is_freed_once_every_live_worker_runs_the_new_plan(
-    tmp_path: Path, redis_server: RedisServer, redis_client: redis.Redis
+    baseline: tuple[Path, dict[str, str]], redis_server: RedisServer, redis_client: redis.Redis
 ) -> None:
-    env = {"FSTORE_REDIS_URL": redis_server.url, "FSTORE_REDIS_CLUSTER": "false"}
-    repo = rides_repo(tmp_path)
-    assert run("apply", "--repo", str(repo), "--skip-feast", env=env)[0] == 0
+    repo, env = baseline
     redis_client.hset(WORKERS_KEY, "dead", registration("0123456789abcdef", time.time() - 60))  # blocks nothing
     worker = Worker(redis_server.url, repo, lag=0.8)
     worker.start()
