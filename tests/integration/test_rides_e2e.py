@@ -9,7 +9,8 @@ traffic with re-sent copies (the first copy wins), late events and malformed mes
 Then evolution on the running system (issue 13): a feature is added and applied — the API refuses it
 (409 naming it, never a number) while traffic goes on — ``fstore backfill`` builds it with the worker held,
 and right after every value of the view equals the brute force; removing the feature and a whole view and
-applying stops serving them and frees the view's keys.
+applying stops serving them and, once the worker runs the new plan (rides still coming), frees the view's
+keys: nothing writes them again.
 
 Nothing in fstore names a rides field: the plan comes from the repository (``FSTORE_FEATURE_REPO``)."""
 
@@ -255,14 +256,21 @@ def test_a_second_repository_runs_through_every_engine_with_no_mismatch(
         n, bad = mismatches(plan2, DP, "driver_id", rows, DRIVERS, after, [r.json()["as_of_us"]] * len(DRIVERS))
         assert n == len(DRIVERS) * len(plan2.view(DP).feature_names) and not bad, bad[:5]
 
-        # Remove the feature and the zone view: no longer served, the view's keys freed.
+        # Remove the feature and the zone view while rides keep coming: no longer served, the view's keys
+        # freed once the worker runs the new plan — it writes none of them again.
         assert redis_client.keys("fs:{zone_demand|*")
         (repo / "features.py").write_text(RIDES.split("zone_demand = StreamFeatureView(")[0])
+        now4 = time.time_ns() // 1000
+        during = [dict(e, uid=f"r{e['uid']}") for e in rides(300, now4 - 60 * SECOND, 55 * SECOND, seed=17)]
+        publish(kafka_broker, w.topic, [message(e) for e in during[:150]])  # consumed under the old plan
         out = run_fstore(["apply", "--repo", str(repo)], {}, tmp_path)
         assert f"- {DP}:fare_std_3h" in out and "- zone_demand:trips_3h" in out, out
+        assert "freed" in out and "every live stream worker runs plan" in out, out
+        publish(kafka_broker, w.topic, [message(e) for e in during[150:]])
+        w.wait_done(len(msgs) + len(msgs2) + len(newer) + len(during), timeout=180)
         wait_for(client, f"{DP}:fare_std_3h", 404)
         assert client.get("/features", params={"zone_id": "z0", "features": "zone_demand"}).status_code in (404, 422)
-        assert not redis_client.keys("fs:{zone_demand|*")  # the worker is idle: nothing wrote them again
+        assert not redis_client.keys("fs:{zone_demand|*")  # nothing wrote them again
     w.stop()
     assert w.proc is not None and w.proc.returncode == 0, w.log_tail()
 
