@@ -33,7 +33,7 @@ setup: system-deps $(STAMP) ## virtualenv, Python packages, system packages and 
 	@echo "setup done: $$($(BIN)/fstore --version)"
 
 demo: setup ## the whole pipeline end to end on local services
-	@$(BIN)/python -m fstore.devsvc.demo
+	@$(BIN)/python -m examples.demo
 
 test: setup ## install and run the whole test suite (unit + integration + faults)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -1,6 +1,6 @@
 """Benchmark: Redis memory of the online state per entity and per feature, on demo-sized traffic.
 
-The demo's traffic (``python -m fstore.devsvc.demo``: 10,000 users, 1,000 products, about 6 events per
+The demo's traffic (``python -m examples.demo``: 10,000 users, 1,000 products, about 6 events per
 user per day) is generated for 8 days; into a fresh ``redis-server``:
 
 1. the **batch view** for the last day's cutover C: the tiles of both views built by the core

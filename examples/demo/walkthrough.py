@@ -1,7 +1,8 @@
 """``make demo``: the whole pipeline end to end on local services, printing every step.
 
-Run as ``python -m fstore.devsvc.demo [--keep-services] [--users N] [--days N]``. Each step runs the command a
-user would type, echoed with a ``$`` prompt, so the demo doubles as a walkthrough:
+Run as ``python -m examples.demo [--keep-services] [--users N] [--days N]`` (``make demo``). Each step runs
+the command a user would type, echoed with a ``$`` prompt, so the demo doubles as a walkthrough of the
+shipped example (it lives with the example: it names the example's features):
 
 services → 30 days of history (generate + ingest) → `fstore apply` of the example repository (a copy of
 ``feature_repo/`` under data/demo) → nightly batch job for yesterday (Delta tables, DQ gate, Redis batch
@@ -76,6 +77,20 @@ def start(cmd: list[str], name: str, env: dict[str, str] | None = None) -> subpr
     log = open(LOGS / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the process
     full = {**os.environ, **env} if env else None
     return subprocess.Popen(_exe(cmd), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=full)
+
+
+def services_env() -> dict[str, str]:
+    """The running services' variables, as ``eval "$(fstore services env)"`` exports them."""
+    res = subprocess.run(_exe(["fstore", "services", "env"]), cwd=ROOT, capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        sys.exit(f"demo: `fstore services env` failed with exit status {res.returncode}: {res.stderr[-2000:]}")
+    out: dict[str, str] = {}
+    for line in res.stdout.splitlines():
+        words = shlex.split(line)
+        if len(words) == 2 and words[0] == "export" and "=" in words[1]:
+            key, _, value = words[1].partition("=")
+            out[key] = value
+    return out
 
 
 def replay_figure(since_s: int) -> dict[str, object]:
@@ -164,9 +179,7 @@ def main() -> None:
     try:
         print("fstore demo: services, history, Feast, nightly batch, live stream, online API, consistency")
         run(["fstore", "services", "up"])
-        from fstore.devsvc.services import read_env
-
-        env = {**os.environ, **read_env()}
+        env = {**os.environ, **services_env()}
         run(
             [
                 "fstore",

@@ -1,0 +1,1 @@
+"""``make demo``: the shipped example's walkthrough on local services (:mod:`examples.demo.walkthrough`)."""
