@@ -1,1 +1,1 @@
-"""Local development services (Redis, broker) and the demo."""
+"""Local development services (Redis, broker, Spark and Redis clusters) for the demo, the tests and development."""

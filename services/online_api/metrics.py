@@ -9,7 +9,9 @@ the scrape. With one worker the counters live in the app's own registry, as befo
 
 Besides the counters, each scrape probes the store (:class:`StoreProbe`, one Redis round trip): Redis
 reachability, the serving batch view's cutover and the speed layer's last commit, as gauges built for
-that scrape only (they describe the store, not a process, so nothing to sum across workers).
+that scrape only (they describe the store, not a process, so nothing to sum across workers). So is
+``fstore_plan_stale``: whether the process answering the scrape runs an older plan than the applied record
+(which changed but could not be read); ``fstore_plan_reload_failures_total`` counts those reloads.
 """
 
 from __future__ import annotations

@@ -210,12 +210,15 @@ def test_every_dashboard_panel_and_alert_rule_on_a_live_stack(
         p99 = "histogram_quantile(0.99, sum by (le) (rate(fstore_stream_freshness_lag_seconds_bucket[5m])))"
         assert prom.finite(p99)[0] > 0
         assert prom.finite("sum(fstore_stream_consumer_lag)") == [0.0]
+        stale = prom.query("fstore_plan_stale")  # the API and the stream worker both report it
+        assert {r["metric"]["job"] for r in stale} >= {"fstore-api", "fstore-stream"}, stale
+        assert prom.finite("max(fstore_plan_stale)") == [0.0]
         served = prom.finite('sum(fstore_api_requests_total{route="/features",status="200"})')
         assert served == [100.0]  # 50 GETs + 50 POSTs over both workers
 
         # 8. The alert rules are loaded, evaluate without error, and none fires on this healthy stack.
         rules = [r for g in prom.api("rules")["groups"] for r in g["rules"]]
-        assert len(rules) == 14 and all(r["health"] == "ok" for r in rules), [
+        assert len(rules) == 15 and all(r["health"] == "ok" for r in rules), [
             (r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"
         ]
         assert [a["labels"]["alertname"] for a in prom.api("alerts")["alerts"] if a["state"] == "firing"] == []
