@@ -2,7 +2,8 @@
 stream worker keep the plan they run, and say so — GET /health degraded (503) naming the record,
 ``fstore_plan_stale`` 1 and ``fstore_plan_reload_failures_total`` counted, the worker's heartbeat
 ``plan_error`` — until a good record is read again. Real Redis, the real API and the real worker's
-``refresh_plan`` (its Redis heartbeat)."""
+``refresh_plan`` (its Redis heartbeat). And the worker's registration (what ``fstore apply`` waits for)
+names the plan it adopted as soon as it adopted it."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +22,12 @@ import redis.asyncio as aredis
 from fastapi.testclient import TestClient
 
 from fstore import applied, plan_source
+from fstore.core.plan_json import fingerprint
 from fstore.devsvc.services import RedisServer
 from fstore.redis.layout import HEARTBEAT_KEY, Heartbeat
+from fstore.redis.workers import worker_plans
 from jobs.stream import metrics as stream_metrics
+from jobs.stream.control import Control
 from jobs.stream.fakes import ListDeadLetters, ListRaw, MemoryTiles
 from jobs.stream.layer import SpeedLayer
 from jobs.stream.settings import StreamSettings
@@ -80,7 +85,12 @@ def test_an_unreadable_applied_record_degrades_health_until_a_good_one(
         return Heartbeat.loads(redis_client.get(HEARTBEAT_KEY))
 
     layer: list[SpeedLayer] = []
-    with asyncio.Runner() as loop, TestClient(api_app.create_app(ApiSettings(redis_url=redis_server.url))) as client:
+    with (
+        asyncio.Runner() as loop,
+        TestClient(
+            api_app.create_app(ApiSettings(redis_url=redis_server.url, data_dir=str(repo.parent / "data")))
+        ) as client,
+    ):
         assert client.get("/health").json()["detail"].get("plan") is None
         assert scraped(client, "fstore_plan_stale") == 0 and scraped(client, "fstore_plan_reload_failures_total") == 0
 
@@ -109,3 +119,31 @@ def test_an_unreadable_applied_record_degrades_health_until_a_good_one(
         health = client.get("/health")
         assert health.status_code == 200 and "plan" not in health.json()["detail"], health.text
         loop.run(layer[0].redis.aclose())
+
+
+def test_the_worker_registers_the_plan_it_adopts_at_once(
+    repo: Path, redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    """What `fstore apply` waits for (fstore/redis/workers.py): the worker registers the fingerprint of the
+    plan it runs, and the new one as soon as it adopted it — not a check later."""
+    settings = StreamSettings(redis_url=redis_server.url)
+    full = compiled("rides")
+    smaller = replace(full, views=full.views[:1])
+
+    async def run() -> list[dict[str, str]]:
+        kv: Any = aredis.Redis.from_url(redis_server.url)
+        layer = SpeedLayer(settings, None, ListDeadLetters(), kv=kv, tiles=MemoryTiles(full), raw=ListRaw())
+        layer.control = Control(settings, fingerprint(layer.plan), name="w1")
+        seen = []
+        try:
+            await layer.follow(None)
+            seen.append(worker_plans(redis_client))
+            applied.save(repo, applied.AppliedPlan(smaller, 3))
+            await layer.follow(None)
+            seen.append(worker_plans(redis_client))
+            assert layer.plan == smaller
+        finally:
+            await kv.aclose()
+        return seen
+
+    assert asyncio.run(run()) == [{"w1": fingerprint(full)}, {"w1": fingerprint(smaller)}]
