@@ -85,6 +85,15 @@ class AppliedPlan:
         return replace(self, pending=keep, building=tuple(v for v in self.building if v not in views))
 
 
+def not_built(view: str, feature: str) -> str:
+    """Why a pending feature is refused (the API's 409, the Feast online store's error)."""
+    return (
+        f"feature '{view}:{feature}' is applied but not built yet: it is served once "
+        f"`fstore backfill --view {view}` has run (until then no value is given rather than an "
+        "undercounted one)"
+    )
+
+
 def record_path(repo: str | Path) -> Path:
     """Where the applied plan of ``repo`` is recorded."""
     return Path(repo) / "data" / FILE_NAME

@@ -22,6 +22,7 @@ from typing import Any
 from feast import Entity, FeatureStore, FeatureView, KafkaSource, OnDemandFeatureView, StreamFeatureView
 from feast.repo_operations import get_repo_files
 
+from fstore import applied
 from fstore.core.plan import Entity as PlanEntity
 from fstore.core.plan import Plan
 from fstore.core.plan_error import PlanError
@@ -195,14 +196,25 @@ def compile_registry(store: FeatureStore) -> Plan:
     return compile_objects(registry_objects(store))
 
 
-_REPO_PLANS: dict[Path, Plan] = {}
+# Per repository: the applied record's (mtime_ns, size) last read (None: never applied), its plan and pending refs.
+_REPO_PLANS: dict[Path, tuple[tuple[int, int] | None, Plan, frozenset[str]]] = {}
 _REPO_PLANS_LOCK = threading.Lock()
 
 
-def plan_of(config: Any, store: str) -> Plan:
-    """The compiled plan of the Feast repository a Feast store's ``config`` (a ``RepoConfig``) belongs to
-    (``repo_path``), compiled once per repository and process: the fstore online and offline stores serve
-    the features their own repository declares.
+def _stamp(root: Path) -> tuple[int, int] | None:
+    try:
+        st = applied.record_path(root).stat()
+    except FileNotFoundError:
+        return None
+    return (st.st_mtime_ns, st.st_size)
+
+
+def applied_of(config: Any, store: str) -> tuple[Plan, frozenset[str]]:
+    """The plan of the Feast repository a Feast store's ``config`` (a ``RepoConfig``) belongs to
+    (``repo_path``) and its ``view:feature`` refs still waiting for ``fstore backfill``: the plan
+    ``fstore apply`` recorded (:mod:`fstore.applied`, followed when the record changes: one ``stat`` per
+    call), else the repository's source compiled once per process — what the API and the jobs run
+    (:mod:`fstore.plan_source`).
 
     Args:
         config: the store's ``RepoConfig``.
@@ -210,15 +222,36 @@ def plan_of(config: Any, store: str) -> Plan:
 
     Raises:
         PlanError: the repository has mistakes (each one named), or the config names no repository.
+        ValueError: the applied record is unreadable (naming it; re-run ``fstore apply``).
     """
     path = getattr(config, "repo_path", None)
     if not path:
         raise PlanError([f"the fstore {store} needs the Feast repository's path (FeatureStore(repo_path=...))"])
     root = Path(path).resolve()
-    plan = _REPO_PLANS.get(root)
-    if plan is None:
-        with _REPO_PLANS_LOCK:
-            plan = _REPO_PLANS.get(root)
-            if plan is None:
-                plan = _REPO_PLANS[root] = compile_repo(root)
-    return plan
+    stamp = _stamp(root)
+    hit = _REPO_PLANS.get(root)
+    if hit is not None and hit[0] == stamp:
+        return hit[1], hit[2]
+    with _REPO_PLANS_LOCK:
+        hit = _REPO_PLANS.get(root)
+        if hit is not None and hit[0] == stamp:
+            return hit[1], hit[2]
+        record = applied.load(root) if stamp is not None else None
+        if record is not None:
+            got = (stamp, record.plan, frozenset(record.pending))
+        elif hit is not None and hit[0] is None:
+            got = hit  # never applied: the source compiled once
+        else:
+            got = (None, compile_repo(root), frozenset())
+        _REPO_PLANS[root] = got
+        return got[1], got[2]
+
+
+def plan_of(config: Any, store: str) -> Plan:
+    """The plan a Feast store serves (:func:`applied_of` without the pending refs).
+
+    Raises:
+        PlanError: as :func:`applied_of`.
+        ValueError: as :func:`applied_of`.
+    """
+    return applied_of(config, store)[0]

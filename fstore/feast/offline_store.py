@@ -7,12 +7,14 @@ Configure it in ``feature_store.yaml``::
       data_dir: ${FSTORE_DATA_DIR}   # optional; default: FSTORE_DATA_DIR / the fstore settings
       engine: local                  # or spark
 
-``FeatureStore(...).get_historical_features(entity_df, features=[...])`` then returns the values of the
-fstore point-in-time engine (:mod:`fstore.offline.local`), not an as-of join over the daily snapshots: exact
-windows at every ``event_timestamp``, the fstore row contract (input order, duplicates kept, no row
-dropped). The features are those the store's own repository declares (``repo_path``, compiled once per
-process: :func:`fstore.feast.compile.plan_of`). ``pull_latest``/``pull_all`` (materialisation, saved
-datasets) are delegated to Feast's file (dask) store, which reads the feature views' snapshot Parquet sources.
+``FeatureStore(...).get_historical_features(entity_df, features=[...])`` then returns the values of the fstore
+point-in-time engine (:mod:`fstore.offline.local`), not an as-of join over the daily snapshots: exact windows
+at every ``event_timestamp``, the fstore row contract (input order, duplicates kept, no row dropped). The
+features are those the store's own repository declares (``repo_path``: the plan ``fstore apply`` recorded,
+else the source compiled once per process, :func:`fstore.feast.compile.plan_of`; a feature still waiting for
+its backfill is exact here already, since the engine reads raw_events). ``pull_latest``/``pull_all``
+(materialisation, saved datasets) are delegated to Feast's file (dask) store, which reads the feature views'
+snapshot Parquet sources.
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ Configure it in ``feature_store.yaml``::
 
 ``FeatureStore("feature_repo").get_online_features(features=[...], entity_rows=[...])`` then returns, for
 each entity, the features the repository declares (its ``StreamFeatureView`` aggregations and ratios,
-compiled once per process into the plan, :func:`fstore.feast.compile.plan_of`; Feast 0.67 hands such
+compiled into the plan, :func:`fstore.feast.compile.applied_of`: the plan ``fstore apply`` recorded, as
+the API serves it, with the same refusal of a feature applied but not built yet; Feast 0.67 hands such
 views to ``online_read`` like any feature view and applies no aggregation of its own online), as the lambda merge of
 :mod:`fstore.online.reader` (batch tiles before the cutover C, speed tiles from C on) evaluated at
 ``as_of`` = now — the values ``GET /features`` returns. The row's event timestamp is that
@@ -46,14 +47,20 @@ from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.repo_config import FeastConfigBaseModel, RepoConfig
 from pydantic import Field
 
+from fstore.applied import not_built
 from fstore.clock import Clock, wall_clock
 from fstore.core.plan import View
 from fstore.core.tile_state import Value
-from fstore.feast.compile import plan_of
+from fstore.feast.compile import applied_of
 from fstore.online.reader import EntityRead, OnlineReader, ReadResult, SyncOnlineReader
 from fstore.redis.connect import async_client, sync_client
 
 ReadRow = tuple[datetime | None, dict[str, ValueProto] | None]
+
+
+class FeatureNotBuiltError(RuntimeError):
+    """Raised by reads of a feature ``fstore apply`` registered whose tiles ``fstore backfill`` has not built
+    yet (the API answers 409 for it): no value rather than an undercounted one."""
 
 
 class FstoreReadOnlyError(RuntimeError):
@@ -166,10 +173,13 @@ class FstoreOnlineStore(OnlineStore):
         entity_keys: Sequence[EntityKeyProto],
         requested_features: Sequence[str] | None,
     ) -> tuple[View, list[EntityRead]]:
-        view = plan_of(config, "online store").view(table.name)
+        plan, pending = applied_of(config, "online store")
+        view = plan.view(table.name)
         names = tuple(requested_features) if requested_features else view.feature_names
         for n in names:
             view.feature(n)  # KeyError naming an unknown feature
+            if pending and f"{view.name}:{n}" in pending:
+                raise FeatureNotBuiltError(not_built(view.name, n))
         return view, [EntityRead(view, _entity_id(k, view), names) for k in entity_keys]
 
     def online_read(
@@ -187,6 +197,7 @@ class FstoreOnlineStore(OnlineStore):
 
         Raises:
             KeyError: unknown feature view or feature.
+            FeatureNotBuiltError: a requested feature is applied but not built yet (``fstore backfill``).
             redis.exceptions.RedisError: Redis unreachable (after ``timeout_ms``) or the pointer kept moving.
         """
         view, reads = self._reads(config, table, entity_keys, requested_features)

@@ -6,6 +6,7 @@ import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
+from fstore.applied import not_built
 from fstore.core.plan import Feature, Plan, View
 from fstore.core.timeutil import SECOND
 from fstore.online.ports import FeatureReader
@@ -47,12 +48,7 @@ def parse_refs(features: Sequence[str], plan: Plan | None = None) -> list[tuple[
     if waiting:
         for view, f in resolved:
             if f"{view.name}:{f.name}" in waiting:
-                raise RequestError(
-                    409,
-                    f"feature '{view.name}:{f.name}' is applied but not built yet: it is served once "
-                    f"`fstore backfill --view {view.name}` has run (until then no value is given rather than an "
-                    "undercounted one)",
-                )
+                raise RequestError(409, not_built(view.name, f.name))
     return resolved
 
 

@@ -239,6 +239,12 @@ def test_a_second_repository_runs_through_every_engine_with_no_mismatch(
         r = client.get("/features", params={"driver_id": "d1", "features": f"{DP}:fare_std_3h,{DP}:fare_3h"})
         assert r.status_code == 409 and "fstore backfill --view driver_performance" in r.json()["detail"], r.text
         assert client.get("/features", params={"driver_id": "d1", "features": f"{DP}:fare_3h"}).status_code == 200
+        from fstore.feast.online_store import FeatureNotBuiltError
+
+        with pytest.raises(FeatureNotBuiltError, match="fstore backfill --view driver_performance"):
+            FeatureStore(repo_path=str(repo)).get_online_features(  # Feast refuses it too: no number
+                features=[f"{DP}:fare_std_3h"], entity_rows=[{"driver_id": "d1"}]
+            )
 
         now3 = time.time_ns() // 1000  # traffic goes on while the worker follows the new plan
         newer = [dict(e, uid=f"n{e['uid']}") for e in rides(200, now3 - 60 * SECOND, 55 * SECOND, seed=16)]

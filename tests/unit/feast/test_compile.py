@@ -177,3 +177,35 @@ def test_the_feast_stores_share_one_compiled_plan_per_repository() -> None:
     assert first == compiled("rides")
     with pytest.raises(PlanError, match="the fstore offline store needs the Feast repository's path"):
         plan_of(SimpleNamespace(repo_path=None), "offline store")
+
+
+def test_the_feast_stores_follow_the_applied_record_and_refuse_pending_features(tmp_path: Path) -> None:
+    """With an applied record the Feast stores serve its plan (not the source), follow it when it changes,
+    and the online store refuses a pending feature with the API's 409 message instead of a value."""
+    import shutil
+    import time
+
+    from fstore import applied
+    from fstore.feast.compile import applied_of
+    from fstore.feast.online_store import FeatureNotBuiltError, FstoreOnlineStore
+
+    repo = tmp_path / "repo"
+    shutil.copytree(ROOT / "rides", repo)
+    rides, ecommerce = compiled("rides"), compiled("ecommerce")
+    config = SimpleNamespace(repo_path=str(repo))
+    assert applied_of(config, "online store") == (rides, frozenset())  # never applied: the source
+
+    view = ecommerce.views[0]
+    ref = f"{view.name}:{view.feature_names[0]}"
+    applied.save(repo, applied.AppliedPlan(ecommerce, 1, pending=(ref,), building=(view.name,)))
+    assert applied_of(config, "offline store") == (ecommerce, frozenset({ref}))
+    assert plan_of(config, "offline store") == ecommerce
+    table = SimpleNamespace(name=view.name)
+    with pytest.raises(FeatureNotBuiltError, match=f"'{ref}' is applied but not built yet.*fstore backfill"):
+        FstoreOnlineStore()._reads(config, table, [], [view.feature_names[0]])  # type: ignore[arg-type]
+
+    time.sleep(0.01)  # a new mtime
+    applied.save(repo, applied.AppliedPlan(ecommerce, 2))  # the backfill done
+    assert applied_of(config, "online store") == (ecommerce, frozenset())
+    got, reads = FstoreOnlineStore()._reads(config, table, [], [view.feature_names[0]])  # type: ignore[arg-type]
+    assert got == view and reads == []
