@@ -99,6 +99,16 @@ def record_path(repo: str | Path) -> Path:
     return Path(repo) / "data" / FILE_NAME
 
 
+def stamp(repo: str | Path) -> tuple[int, int] | None:
+    """``(mtime_ns, size)`` of ``repo``'s record, ``None`` when it was never applied: readers that follow the
+    record compare it (one ``stat``) and re-read the record only when it moved."""
+    try:
+        st = record_path(repo).stat()
+    except FileNotFoundError:
+        return None
+    return (st.st_mtime_ns, st.st_size)
+
+
 def load(repo: str | Path) -> AppliedPlan | None:
     """The applied plan of ``repo``; ``None`` when it was never applied.
 

@@ -46,18 +46,10 @@ def compile_dir(root: str | Path) -> Plan:
     return compile_repo(root)
 
 
-def _record_stamp(repo: Path) -> tuple[int, int] | None:
-    try:
-        st = applied.record_path(repo).stat()
-    except FileNotFoundError:
-        return None
-    return (st.st_mtime_ns, st.st_size)
-
-
 def _load() -> None:
     global _current, _pending, _stamp
     repo = repo_dir()
-    _stamp = _record_stamp(repo)
+    _stamp = applied.stamp(repo)
     record = applied.load(repo) if _stamp is not None else None
     if record is not None:
         _current, _pending = record.plan, frozenset(record.pending)
@@ -95,7 +87,7 @@ def refresh() -> bool:
     if _installed:
         return False
     repo = repo_dir()
-    stamp = _record_stamp(repo)
+    stamp = applied.stamp(repo)
     if stamp == _stamp and _current is not None:
         return False
     with _lock:

@@ -201,14 +201,6 @@ _REPO_PLANS: dict[Path, tuple[tuple[int, int] | None, Plan, frozenset[str]]] = {
 _REPO_PLANS_LOCK = threading.Lock()
 
 
-def _stamp(root: Path) -> tuple[int, int] | None:
-    try:
-        st = applied.record_path(root).stat()
-    except FileNotFoundError:
-        return None
-    return (st.st_mtime_ns, st.st_size)
-
-
 def applied_of(config: Any, store: str) -> tuple[Plan, frozenset[str]]:
     """The plan of the Feast repository a Feast store's ``config`` (a ``RepoConfig``) belongs to
     (``repo_path``) and its ``view:feature`` refs still waiting for ``fstore backfill``: the plan
@@ -228,7 +220,7 @@ def applied_of(config: Any, store: str) -> tuple[Plan, frozenset[str]]:
     if not path:
         raise PlanError([f"the fstore {store} needs the Feast repository's path (FeatureStore(repo_path=...))"])
     root = Path(path).resolve()
-    stamp = _stamp(root)
+    stamp = applied.stamp(root)
     hit = _REPO_PLANS.get(root)
     if hit is not None and hit[0] == stamp:
         return hit[1], hit[2]
