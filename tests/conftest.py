@@ -28,6 +28,10 @@ from tests.support.stream import PARTITIONS, WorkerProcess
 # (tests/support/repos/ecommerce, which compiles to the shipped example's plan), unless the run names another.
 os.environ.setdefault("FSTORE_FEATURE_REPO", str(Path(__file__).resolve().parent / "support" / "repos" / "ecommerce"))
 _SAMPLES = os.environ.setdefault("FSTORE_SAMPLES_DIR", tempfile.mkdtemp(prefix="fstore-test-samples-"))
+# Likewise the data root (Delta tables: raw_events, batch_views, ...) of anything a test builds without one:
+# a folder of this run, never the checkout's ./data, which `make demo` fills (an app reading the demo's
+# published batch views would answer differently). Tests that share a data folder with a process set their own.
+_DATA = os.environ.setdefault("FSTORE_DATA_DIR", tempfile.mkdtemp(prefix="fstore-test-data-"))
 
 
 def _forget_feast_metrics_dir() -> None:
@@ -53,6 +57,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     if Path(_SAMPLES).name.startswith("fstore-test-samples-"):
         shutil.rmtree(_SAMPLES, ignore_errors=True)
+    if Path(_DATA).name.startswith("fstore-test-data-"):
+        shutil.rmtree(_DATA, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
