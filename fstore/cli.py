@@ -14,6 +14,7 @@ from fstore.commands.apply import apply, plan
 from fstore.commands.backfill import backfill
 from fstore.commands.batch import batch
 from fstore.commands.check_consistency import check_consistency
+from fstore.commands.compact import compact
 from fstore.commands.ingest import ingest
 from fstore.commands.publish import publish
 from fstore.commands.repair import repair
@@ -44,6 +45,7 @@ _COMMANDS = (
     ingest,
     stream,
     batch,
+    compact,
     serve,
     check_consistency,
     repair,

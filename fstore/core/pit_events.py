@@ -83,6 +83,22 @@ def encode_strings(column: pa.ChunkedArray | pa.Array) -> tuple[I64, pa.Array]:
     return codes, dictionary
 
 
+def sorted_codes(codes: I64, dictionary: pa.Array) -> tuple[I64, pa.Array]:
+    """``(codes, dictionary)`` re-numbered so that codes follow the keys' sort order (``-1`` stays).
+
+    Entity codes order the engine's sorted events, and so the order in which prefix sums add them up: codes
+    that depend on the keys only (not on how the rows were stored or read) make every sum, and so every
+    feature value, the same bits whichever files the same events were read from.
+    """
+    order = pc.sort_indices(dictionary).to_numpy()
+    if len(order) < 2 or bool((order[1:] > order[:-1]).all()):
+        return codes, dictionary
+    rank = np.empty(len(order) + 1, np.int64)
+    rank[order] = np.arange(len(order))
+    rank[-1] = -1  # code -1 (null) picks the last entry
+    return rank[codes], dictionary.take(pa.array(order))
+
+
 def event_times(column: pa.ChunkedArray | pa.Array) -> I64:
     """An event timestamp column (timestamp or int64 µs) as int64 UTC epoch µs."""
     if pa.types.is_timestamp(column.type) and column.type.unit != "us":
@@ -202,7 +218,7 @@ class ViewEvents:
         self.events = events
         key = view.entity.join_key
         if key in events.table.column_names:
-            self._codes, self.dictionary = events.encoded(key)
+            self._codes, self.dictionary = sorted_codes(*events.encoded(key))
         else:
             self._codes, self.dictionary = encode_strings(pa.nulls(events.table.num_rows, pa.string()))
         self.measures: dict[str, SortedMeasure] = {}

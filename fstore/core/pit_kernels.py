@@ -42,6 +42,26 @@ def _order(codes: I64, times: I64, keys: I64, n_codes: int) -> I64:
     return by_key
 
 
+def _ties_by_value(keys: I64, values: F64, order: I64) -> I64:
+    """``order`` with each run of equal sorted ``keys`` (same entity, same instant) ordered by value.
+
+    Sums add the values in sorted order; ties would otherwise keep their input order, so the same events
+    stored in another order could round differently. Ties are rare: one comparison pass when there are none.
+    """
+    same = keys[1:] == keys[:-1]
+    if not same.any():
+        return order
+    tied = np.zeros(len(keys), bool)
+    tied[1:] = same
+    tied[:-1] |= same
+    run = np.cumsum(np.concatenate([[True], ~same]))  # run number of every sorted position
+    at = np.flatnonzero(tied)
+    by_value = at[np.lexsort((values[order[at]], run[at]))]
+    fixed = order.copy()
+    fixed[at] = order[by_value]
+    return fixed
+
+
 class SortedMeasure:
     """Events of one measure sorted by ``(entity code, event_time)`` with prefix sums.
 
@@ -86,8 +106,10 @@ class SortedMeasure:
         self._span = span
         keys = codes.astype(np.int64) * span + rel
         order = _order(codes, times, keys, n_codes)
-        self._order = order
         self._keys = keys[order]
+        if values is not None:
+            order = _ties_by_value(self._keys, values, order)
+        self._order = order
         if values is not None:
             self._values = np.ascontiguousarray(values[order], dtype=np.float64)
             self._prefix = np.concatenate([np.zeros(1, np.longdouble), np.cumsum(self._values, dtype=np.longdouble)])

@@ -28,7 +28,6 @@ day is marked. The decision depends on the data only, so every writer takes the 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -115,14 +114,6 @@ def _days(dates: pa.Array | pa.ChunkedArray) -> I32:
 
 
 _EMPTY_ROWS = pa.schema([("event_id", pa.string()), ("event_date", pa.date32())]).empty_table()
-
-
-def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    """The filesystem and root path of a table location (a local path or an object-store URI)."""
-    if "://" not in uri:
-        return pafs.LocalFileSystem(), os.path.abspath(uri)
-    fs, root = pafs.FileSystem.from_uri(uri)
-    return fs, root.rstrip("/")
 
 
 def _added(fs: pafs.FileSystem, root: str, version: int) -> list[tuple[str, date]]:
@@ -231,7 +222,7 @@ class EventIndex:
         assert self._table is not None
         if known >= 0:
             try:
-                fs, root = _filesystem(self.raw_uri)
+                fs, root = raw_log.filesystem(self.raw_uri)
                 parts = [
                     _with_date(
                         pq.read_table(f"{root}/{path}", columns=[self.id_column], filesystem=fs), day, self.id_column

@@ -23,12 +23,14 @@ from it keeps its column (history stays readable) and new rows carry null there.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from datetime import date
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
@@ -288,6 +290,14 @@ def superseded_on(uri: str, first: date, last: date) -> pa.Table:
     )
     pairs = dt.to_pyarrow_dataset().to_table(columns=["event_id", "event_date"], filter=flt)
     return pairs.group_by(["event_id", "event_date"], use_threads=False).aggregate([]) if pairs.num_rows else pairs
+
+
+def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """The filesystem and root path of a table location (a local path or an object-store URI)."""
+    if "://" not in uri:
+        return pafs.LocalFileSystem(), os.path.abspath(uri)
+    fs, root = pafs.FileSystem.from_uri(uri)
+    return fs, root.rstrip("/")
 
 
 def open_table(uri: str) -> DeltaTable | None:

@@ -31,7 +31,8 @@ from fstore.core.dedupe import drop_superseded
 from fstore.core.event_schema import EventSchema, FieldType
 from fstore.core.pit_kernels import Bool
 from fstore.core.plan import Plan
-from fstore.delta import raw_log
+from fstore.delta import raw_log, raw_winners
+from fstore.delta.event_index import id_hashes
 
 Engine = Literal["local", "spark"]
 TS = pa.timestamp("us", tz="UTC")
@@ -46,6 +47,8 @@ class Timings:
     join: float = 0.0
     rows_read: int = 0
     partitions: list[date] = field(default_factory=list)
+    #: days read from their winners file (:mod:`fstore.delta.raw_winners`) instead of ``raw_events``
+    settled: list[date] = field(default_factory=list)
 
 
 def raw_events_uri(data_dir: str | None = None) -> str:
@@ -97,7 +100,8 @@ def _empty(schema: EventSchema) -> pa.Table:
 
 @dataclass
 class _Copies:
-    """Copies read from ``raw_events`` and what resolving their ties needs."""
+    """What a request reads: copies of ``raw_events`` (days without a current winners file) and what resolving
+    their ties needs, plus the winners read from ``raw_events_winners`` (:mod:`fstore.delta.raw_winners`)."""
 
     raw: pa.Table
     schema: EventSchema
@@ -105,9 +109,20 @@ class _Copies:
     partitions: pc.Expression
     superseded: pa.Table
     event_range: tuple[int, int]
+    settled: pa.Table | None = None
+
+    def table(self, columns: Sequence[str]) -> pa.Table:
+        """The rows the request sees, ``columns`` of them: the settled winners, then the raw copies (the order
+        :meth:`winners` masks)."""
+        if self.settled is None:
+            return self.raw.select(columns)
+        if self.raw.num_rows == 0:
+            return self.settled.select(columns)
+        return pa.concat_tables([self.settled.select(columns), self.raw.select(columns)])
 
     def winners(self, timings: Timings) -> Bool:
-        """Which rows of :attr:`raw` count: the first ingested copy of each event id, if inside the range.
+        """Which rows of :meth:`table` count: every settled winner, the first ingested copy of each event id
+        read from ``raw_events``; both only inside the range.
 
         Copies whose earliest ``ingested_at`` ties (other writers, same instant) are decided by their
         ``payload_hash``, read for those ids only; the winner's row in :attr:`raw` is the copy with the
@@ -123,17 +138,36 @@ class _Copies:
             )
             winners = pit.dedupe(_without_superseded(copies, self.superseded, schema), schema.id_field)
             keep[_rows_of(raw, winners, schema.id_field)] = True
-        t = raw.column(schema.timestamp_field).cast(pa.int64()).to_numpy()
+        if self.settled is not None:
+            keep = np.concatenate([np.ones(self.settled.num_rows, bool), keep])
+        t = self.table([schema.timestamp_field]).column(0).cast(pa.int64()).to_numpy()
         keep &= (t >= self.event_range[0]) & (t < self.event_range[1])
         timings.dedupe = time.perf_counter() - began
         return keep
 
 
+def _days_between(first: date, last: date) -> list[date]:
+    return [date.fromordinal(d) for d in range(first.toordinal(), last.toordinal() + 1)]
+
+
+def _no_rows(dataset: ds.Dataset, columns: list[str]) -> pa.Table:
+    return dataset.schema.empty_table().select(columns)
+
+
 def _read_copies(
-    raw_uri: str, schema: EventSchema, fields: Sequence[str], event_range: tuple[int, int] | None, timings: Timings
+    raw_uri: str,
+    schema: EventSchema,
+    fields: Sequence[str],
+    event_range: tuple[int, int] | None,
+    timings: Timings,
+    winners: bool = True,
+    ids: bool = False,
 ) -> _Copies | None:
     """The stored copies of the partitions of ``event_range`` (see :func:`read_events`), or ``None`` when
-    there is nothing to read."""
+    there is nothing to read. With ``winners``, a day whose winners file is current
+    (:func:`fstore.delta.raw_winners.usable`) is read from it instead (its winners only, no de-duplication);
+    if a copy read from ``raw_events`` shares its event id with such a winner (unmarked copies on two days),
+    everything is read from ``raw_events``, which de-duplicates across the range."""
     days = raw_log.date_range(event_range)
     began = time.perf_counter()
     if days is not None:
@@ -149,13 +183,41 @@ def _read_copies(
     flt = (pc.field("event_date") >= pa.scalar(days[0], pa.date32())) & (
         pc.field("event_date") <= pa.scalar(days[1], pa.date32())
     )
+    settled: dict[date, str] = {}
+    rest: list[date] = []
+    if winners:
+        marks = raw_log.open_table(raw_log.superseded_uri(raw_uri))
+        settled = raw_winners.usable(raw_uri, raw_winners.fingerprints(table, marks, _days_between(*days)))
+    raw_flt = flt
+    if settled:  # a positive list of days: the Delta dataset prunes partitions by it (a negation scans them)
+        rest = [d for d in _days_between(*days) if d not in settled]
+        raw_flt = pc.field("event_date").isin(pa.array(rest, pa.date32()))
     # a field the table does not have yet (added to the schema, no event stored with it) reads as null
-    raw = dataset.to_table(columns=[c for c in wanted if c in stored], filter=flt)
+    columns = [c for c in wanted if c in stored]
+    raw = dataset.to_table(columns=columns, filter=raw_flt) if raw_flt is flt or rest else _no_rows(dataset, columns)
     superseded = raw_log.superseded_on(raw_log.superseded_uri(raw_uri), days[0], days[1])
     raw = _in_time_order(_without_superseded(raw, superseded, schema), schema.timestamp_field)
+    kept: pa.Table | None = None
+    if settled:
+        columns = [c for c in wanted if c in stored and c != "ingested_at" and (ids or c != schema.id_field)]
+        files = raw_winners.dataset(
+            [settled[d] for d in sorted(settled)],
+            raw_winners.winners_uri(raw_uri),
+            dataset.schema.append(pa.field(raw_winners.ID_HASH, pa.int64())),
+            strings,
+        )
+        kept = files.to_table(
+            columns=columns + ([raw_winners.ID_HASH] if raw.num_rows else []), memory_pool=pa.system_memory_pool()
+        )
+        if raw.num_rows:
+            hashes = id_hashes(raw.column(schema.id_field)).view(np.int64)
+            if pc.any(pc.is_in(kept.column(raw_winners.ID_HASH), value_set=pa.array(hashes))).as_py():
+                return _read_copies(raw_uri, schema, fields, event_range, timings, winners=False, ids=ids)
+            kept = kept.drop_columns([raw_winners.ID_HASH])
     timings.read = time.perf_counter() - began
-    timings.rows_read = raw.num_rows
-    return _Copies(raw, schema, dataset, flt, superseded, event_range)
+    timings.rows_read = raw.num_rows + (kept.num_rows if kept is not None else 0)
+    timings.settled = sorted(settled)
+    return _Copies(raw, schema, dataset, raw_flt, superseded, event_range, kept)
 
 
 def _rows_of(raw: pa.Table, winners: pa.Table, ident: str) -> list[int]:
@@ -181,6 +243,7 @@ def read_events(
     *,
     plan: Plan,
     fields: Sequence[str] | None = None,
+    winners: bool = True,
 ) -> pa.Table:
     """De-duplicated events of ``raw_events`` with the timestamp field in ``[start, end)``.
 
@@ -199,14 +262,18 @@ def read_events(
         plan: the compiled plan whose event schema names the fields.
         fields: the fields to return (default: every field of the schema the table has; fields the
             table lacks are left out — the engine reads them as null).
+        winners: read the days that have a current winners file from it (:mod:`fstore.delta.raw_winners`;
+            same rows); ``False`` reads every day from ``raw_events``.
     """
     timings = timings if timings is not None else Timings()
     schema = plan.schema
-    copies = _read_copies(raw_uri, schema, fields if fields is not None else schema.names, event_range, timings)
+    wanted = fields if fields is not None else schema.names
+    copies = _read_copies(raw_uri, schema, wanted, event_range, timings, winners=winners, ids=True)
     if copies is None:
         return _empty(schema)
     keep = copies.winners(timings)
-    return _decoded(copies.raw.drop_columns(["ingested_at"]).filter(pa.array(keep)))
+    columns = [c for c in copies.raw.column_names if c != "ingested_at"]
+    return _decoded(copies.table(columns).filter(pa.array(keep)))
 
 
 def _decoded(table: pa.Table) -> pa.Table:
@@ -229,6 +296,7 @@ def get_historical_features(
     engine: Engine = "local",
     full_feature_names: bool = False,
     timings: Timings | None = None,
+    winners: bool = True,
     **engine_options: Any,
 ) -> pit.Frame:
     """Point-in-time correct features for every row of ``entity_df``, computed from ``raw_events``.
@@ -242,6 +310,7 @@ def get_historical_features(
         engine: ``"local"`` (numpy/Arrow, one machine) or ``"spark"`` (same core, run by Spark).
         full_feature_names: name columns ``view__feature``.
         timings: filled in with per-stage seconds when given.
+        winners: read days that have a current winners file from it (local engine; see :func:`read_events`).
         **engine_options: passed to :func:`fstore.offline.spark.get_historical_features` (``spark=``,
             ``buckets=``).
 
@@ -266,11 +335,12 @@ def get_historical_features(
     request = pit.resolve(plan, features, full_feature_names)  # fail fast, before any read
     timings = timings if timings is not None else Timings()
     span = pit.event_range(plan, entity_df, features)
-    copies = _read_copies(uri, plan.schema, request.event_columns(), span, timings)
+    copies = _read_copies(uri, plan.schema, request.event_columns(), span, timings, winners=winners)
     if copies is None:
         events, keep = _empty(plan.schema), None
     else:  # the winners as a mask over the copies read: no de-duplicated copy of the events is made
-        events, keep = copies.raw, copies.winners(timings)
+        keep = copies.winners(timings)
+        events = copies.table([c for c in copies.raw.column_names if c in request.event_columns()])
     began = time.perf_counter()
     out = pit.point_in_time(plan, entity_df, features, events, full_feature_names=full_feature_names, keep=keep)
     timings.join = time.perf_counter() - began
