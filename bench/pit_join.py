@@ -1,12 +1,15 @@
 """Benchmark: point-in-time training joins (docs/design.md §6).
 
 Usage: ``python bench/pit_join.py [--events 10000000] [--rows 1000000] [--feast-rows N] [--spark-rows N]
-[--data-dir DIR]``. Prints one JSON line of figures:
+[--data-dir DIR] [--raw]``. Prints one JSON line of figures:
 
 * the default (local) engine: ``rows`` entity rows × every feature of both views of the example plan
   (``feature_repo/``, :func:`fstore.plan_source.current_plan`) over ``raw_events``;
   time to read + de-duplicate ``raw_events`` separately from the join, rows/s of each, process CPU seconds
-  and the 1-minute load average before the run (wall-clock figures depend on what else the machine runs);
+  and the 1-minute load average before the run (wall-clock figures depend on what else the machine runs).
+  The days' winners are first written once with :func:`fstore.delta.raw_winners.compact` (``fstore
+  compact``; its seconds are reported, ``compact`` — nothing to do when they are current) and the engine reads
+  them; ``--raw`` reads and de-duplicates every copy of ``raw_events`` instead (the path before them);
 * Feast's stock file (dask) offline store doing its as-of join over a daily snapshot table for the same
   entity rows (snapshots at 00:00 UTC of each day, computed here with the engine because the batch job's
   snapshots are not part of this benchmark), its time, the rows it returned and the ratio;
@@ -35,7 +38,7 @@ import pyarrow as pa
 from fstore.core import pit
 from fstore.core.plan import Plan
 from fstore.core.timeutil import DAY, parse_timestamp
-from fstore.delta import raw_log
+from fstore.delta import raw_log, raw_winners
 from fstore.offline import local as offline
 from fstore.plan_source import current_plan
 
@@ -163,6 +166,7 @@ def run(
     data_dir: str | None,
     users: int = 100_000,
     products: int = 10_000,
+    raw: bool = False,
 ) -> dict[str, Any]:
     """Run every measurement and return the figures (see the module docstring)."""
     work = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="fstore-bench-pit-"))
@@ -170,18 +174,30 @@ def run(
     figures: dict[str, Any] = {"events": events, "rows": rows, "cpus": os.cpu_count()}
     marker = work / f"built-{events}-{users}-{products}"
     if not marker.exists():
-        shutil.rmtree(uri, ignore_errors=True)
+        for table in (uri, raw_log.superseded_uri(uri), raw_winners.winners_uri(uri)):
+            shutil.rmtree(table, ignore_errors=True)
         began = time.perf_counter()
         build_raw_events(uri, events, users, products)
         marker.touch()
         figures["build_raw_events_seconds"] = round(time.perf_counter() - began, 1)
     plan = current_plan()
     refs = [v.name for v in plan.views]
+    if not raw:
+        began, began_cpu = time.perf_counter(), time.process_time()
+        report = raw_winners.compact(uri, plan.schema)
+        figures["compact"] = {
+            "seconds": round(time.perf_counter() - began, 2),
+            "cpu_seconds": round(time.process_time() - began_cpu, 2),
+            "days_written": len(report.written),
+            "days_current": len(report.kept),
+        }
     df = entity_frame(rows, users, products, END - 21 * DAY, END)
     timings = offline.Timings()
     load = os.getloadavg()[0]  # other work on the machine inflates the wall-clock figures
     began, began_cpu = time.perf_counter(), time.process_time()
-    out = offline.get_historical_features(df, refs, plan=plan, raw_uri=uri, full_feature_names=True, timings=timings)
+    out = offline.get_historical_features(
+        df, refs, plan=plan, raw_uri=uri, full_feature_names=True, timings=timings, winners=not raw
+    )
     total, cpu = time.perf_counter() - began, time.process_time() - began_cpu
     assert len(out) == rows
     figures["local"] = {
@@ -192,6 +208,7 @@ def run(
         "cpu_seconds": round(cpu, 2),
         "load_average_1m_before": round(load, 1),
         "events_read": timings.rows_read,
+        "days_from_winners": len(timings.settled),
         "join_rows_per_s": round(rows / timings.join),
         "end_to_end_rows_per_s": round(rows / total),
         "features": len(out.columns) - len(df.columns),
@@ -201,7 +218,7 @@ def run(
         fdf = df.iloc[:feast_rows].copy()
         figures["feast_dask"] = feast_dask(fdf, uri, work, users, products)
         began = time.perf_counter()
-        offline.get_historical_features(fdf, refs, plan=plan, raw_uri=uri, full_feature_names=True)
+        offline.get_historical_features(fdf, refs, plan=plan, raw_uri=uri, full_feature_names=True, winners=not raw)
         local_same = time.perf_counter() - began
         figures["feast_dask"]["local_engine_seconds_same_rows"] = round(local_same, 2)
         figures["feast_dask"]["ratio_dask_over_local"] = round(figures["feast_dask"]["seconds"] / local_same, 1)
@@ -217,7 +234,9 @@ def run(
         )
         spark_s = time.perf_counter() - began
         began = time.perf_counter()
-        local = offline.get_historical_features(sdf, refs, plan=plan, raw_uri=uri, full_feature_names=True)
+        local = offline.get_historical_features(
+            sdf, refs, plan=plan, raw_uri=uri, full_feature_names=True, winners=not raw
+        )
         local_s = time.perf_counter() - began
         pd.testing.assert_frame_equal(got, local)
         figures["spark"] = {
@@ -238,8 +257,9 @@ def main() -> None:
     parser.add_argument("--feast-rows", type=int, default=1_000_000, help="0 skips the Feast dask comparison")
     parser.add_argument("--spark-rows", type=int, default=50_000, help="0 skips the Spark engine")
     parser.add_argument("--data-dir", default=None, help="keep raw_events here and reuse it (default: temp)")
+    parser.add_argument("--raw", action="store_true", help="de-duplicate raw_events at read (no winners files)")
     args = parser.parse_args()
-    print(json.dumps(run(args.events, args.rows, args.feast_rows, args.spark_rows, args.data_dir)))
+    print(json.dumps(run(args.events, args.rows, args.feast_rows, args.spark_rows, args.data_dir, raw=args.raw)))
 
 
 if __name__ == "__main__":

@@ -191,6 +191,9 @@ def compact(
     have = published(uri)
     fresh = {d: day_path(root, d, fp) for d, fp in current.items() if fp in have.get(d, set())}
     report.kept = sorted(fresh)
+    if set(current) == set(fresh):  # nothing to write
+        _remove_old(fs, root, have, current, report)
+        return report
     others = {d: fps for d, fps in have.items() if d not in current}  # days not asked for stay as they are
     pool = [*fresh.items(), *((d, day_path(root, d, fp)) for d, fps in others.items() for fp in fps)]
     pool_hashes = [read_hashes([p], uri) for _, p in pool]
@@ -214,11 +217,18 @@ def compact(
             continue
         fs.move(tmp, day_path(root, day, current[day]))
         report.written.append(day)
+    _remove_old(fs, root, have, current, report)
+    return report
+
+
+def _remove_old(
+    fs: pafs.FileSystem, root: str, have: dict[date, set[str]], current: dict[date, str], report: Report
+) -> None:
+    """Delete the files of the days of ``current`` whose fingerprint is not the current one."""
     for day in current:
         for fp in have.get(day, set()) - {current[day]}:
             fs.delete_file(day_path(root, day, fp))
             report.removed_files += 1
-    return report
 
 
 def _shared_days(hashes: np.ndarray, days: list[np.ndarray]) -> set[date]:

@@ -70,15 +70,12 @@ def store(tmp_path: Path) -> Iterator[Store]:
         price = None if e["price"] is None else e["price"] + 2.5
         changed = {**e, "quantity": e["quantity"] + 1, "price": price}
         copies.append(([NOW - 10 - i, NOW + i, NOW + 5000 + i][i % 3], f"0{i:031x}", changed))
-    for i in range(40):  # one entity, one instant, several values: the order of equal keys must not matter
+    ties: list[Copy] = []  # one entity, one instant, several values: sums must not depend on their order
+    for i in range(40):
         base = events[200 + i // 4]
-        copies.append(
-            (
-                NOW + 9000 + i,
-                f"b{i:031x}",
-                {**base, "event_id": f"tie{i}", "event_type": "purchase", "price": 10.0 + 7.25 * i},
-            )
-        )
+        tie = {**base, "event_id": f"tie{i}", "event_type": "purchase", "price": 10.01 + 7.13 * i}
+        ties.append((NOW + 9000 + i, f"b{i:031x}", tie))
+    early = {**events[200], "event_id": "early", "event_time": min(e["event_time"] for e in events[200:210]) - 1}
     marks: list[tuple[str, date]] = []
     for i, e in enumerate(events[300:360]):  # another day: the later copy loses and is marked
         moved = {**e, "event_time": e["event_time"] + (2 * DAY if e["event_time"] < BASE + 3 * DAY else -2 * DAY)}
@@ -97,6 +94,10 @@ def store(tmp_path: Path) -> Iterator[Store]:
     s = Store(str(tmp_path / "raw_events"), [], set(), frame)
     s.add(copies[: len(events)])
     s.add(copies[len(events) :], marks)
+    # two more files, the second starting earlier: the raw path puts its rows first, the day's winners file
+    # keeps the log's order, so equal (entity, time) keys reach the engine in two different orders
+    s.add(ties[::2])
+    s.add([(NOW + 9999, "early", early), *ties[1::2]])
     yield s
 
 
