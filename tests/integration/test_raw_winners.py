@@ -52,7 +52,8 @@ class Store:
             pairs = [(eid, (d - date(1970, 1, 1)).days) for eid, d in marks]
             raw_log.append_superseded(raw_log.superseded_uri(self.raw_uri), raw_log.superseded_table(pairs, NOW))
             self.marks |= set(marks)
-        append(self.raw_uri, PLAN.schema, copies)
+        if copies:
+            append(self.raw_uri, PLAN.schema, copies)
         self.copies += copies
 
     def winners(self) -> list[Row]:
@@ -149,13 +150,19 @@ def test_winners_equal_raw_through_late_copies_marks_and_loss(store: Store) -> N
     check(store, [])
 
 
-def test_unmarked_copies_on_two_days_read_everything_raw(store: Store) -> None:
+def test_unmarked_copies_on_two_days_read_everything_raw_until_marked(store: Store) -> None:
     uri = store.raw_uri
     raw_winners.compact(uri, PLAN.schema, before=DAYS[4])
     first = next(w for w in store.winners() if to_date(w["event_time"]) == DAYS[0])
     racer = {**first, "event_time": BASE + 5 * DAY + 3, "price": 99.0}
-    store.add([(NOW + 70_000, "racer", racer)])  # two writers raced: no mark; the raw path de-duplicates it
+    store.add([(NOW - 90_000, "racer", racer)])  # two writers raced: no mark; the raw path de-duplicates it
     check(store, [], brute=False)  # the tail shares an id with compacted day 0: everything raw
     report = raw_winners.compact(uri, PLAN.schema)
-    assert report.conflicted == [DAYS[5]] and DAYS[5] not in report.written  # never published
+    assert report.conflicted == [DAYS[5]] and report.written == [DAYS[4]]  # day 5 is never published
     check(store, [], brute=False)
+
+    store.add([], [(first["event_id"], DAYS[0])])  # a writer's catch-up marks the loser's day, no new row
+    check(store, [EVE, *DAYS[1:5]])  # day 0's file is stale by its marks alone
+    report = raw_winners.compact(uri, PLAN.schema)
+    assert report.written == [DAYS[0], DAYS[5]] and not report.conflicted
+    check(store, [EVE, *DAYS])
