@@ -12,6 +12,10 @@ table's rows (:data:`Keep`), so a reader need not copy the winners into a new ta
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -52,8 +56,12 @@ def _encoded_chunks(column: pa.ChunkedArray) -> tuple[I64, pa.Array]:
     glob = np.append(pc.fill_null(merged.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64), -1)
     parts = []
     for chunk in column.chunks:
+        first = start[_dictionary_key(chunk.dictionary)]
+        if not chunk.indices.null_count:  # the usual case: look the chunk's indices up in its own slice
+            parts.append(glob[first : first + len(chunk.dictionary)][chunk.indices.to_numpy()])
+            continue
         at = pc.fill_null(chunk.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
-        at = np.where(at >= 0, at + start[_dictionary_key(chunk.dictionary)], total)  # null → the -1 at the end
+        at = np.where(at >= 0, at + first, total)  # null → the -1 at the end
         parts.append(glob[at])
     codes: I64 = np.concatenate(parts) if parts else np.empty(0, np.int64)
     return codes, merged.dictionary
@@ -118,6 +126,30 @@ def _members(values: pa.Array | pa.ChunkedArray) -> I64:
     return encode_strings(values)[0]
 
 
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class _Once(Generic[K, V]):
+    """Values made once per key, also when the views' threads ask for one at the same time (the second
+    waits for the first instead of computing it again)."""
+
+    def __init__(self) -> None:
+        self._made: dict[K, V] = {}
+        self._locks: dict[K, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def get(self, key: K, make: Callable[[], V]) -> V:
+        if key in self._made:
+            return self._made[key]
+        with self._guard:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            if key not in self._made:
+                self._made[key] = make()
+        return self._made[key]
+
+
 class EncodedEvents:
     """Events decoded once, shared by every view: per measure, the rows that count and their values.
 
@@ -141,15 +173,13 @@ class EncodedEvents:
         if len(times):
             first = int(times.min())
             self.time_span = (first, int(times.max()) - first + 1)
-        self._where: dict[Expr | None, I64] = {}
-        self._values: dict[tuple[Expr, Expr | None], tuple[I64, pa.Array | pa.ChunkedArray]] = {}
-        self._encoded: dict[str, tuple[I64, pa.Array]] = {}
+        self._where: _Once[Expr | None, I64] = _Once()
+        self._values: _Once[tuple[Expr, Expr | None], tuple[I64, pa.Array | pa.ChunkedArray]] = _Once()
+        self._encoded: _Once[str, tuple[I64, pa.Array]] = _Once()
 
     def encoded(self, name: str) -> tuple[I64, pa.Array]:
         """:func:`encode_strings` of a string column of the table (once per column)."""
-        if name not in self._encoded:
-            self._encoded[name] = encode_strings(self.table.column(name))
-        return self._encoded[name]
+        return self._encoded.get(name, lambda: encode_strings(self.table.column(name)))
 
     def _truth(self, where: Expr) -> Bool:
         """Where the condition holds, over every row of the table.
@@ -172,14 +202,16 @@ class EncodedEvents:
 
     def _counted(self, where: Expr | None) -> I64:
         """Rows (table order) that are kept and where the condition holds."""
-        if where not in self._where:
+
+        def make() -> I64:
             if where is None:
                 rows = np.arange(self.table.num_rows) if self.keep is None else np.flatnonzero(self.keep)
             else:
                 hit = self._truth(where)
                 rows = np.flatnonzero(hit if self.keep is None else hit & self.keep)
-            self._where[where] = rows.astype(np.int64, copy=False)
-        return self._where[where]
+            return rows.astype(np.int64, copy=False)
+
+        return self._where.get(where, make)
 
     def _select(self, names: frozenset[str]) -> pa.Table:
         present = [n for n in self.table.column_names if n in names]
@@ -193,8 +225,8 @@ class EncodedEvents:
         The filter is evaluated over the whole table, the value only over the rows it keeps (the same
         result as :func:`fstore.core.expr_eval.measure_arrow`, less work for selective filters).
         """
-        key = (measure.value, measure.where)
-        if key not in self._values:
+
+        def make() -> tuple[I64, pa.Array | pa.ChunkedArray]:
             rows = self._counted(measure.where)
             sub = self._select(columns(measure.value))
             if len(rows) != self.table.num_rows:
@@ -203,8 +235,9 @@ class EncodedEvents:
             if values.null_count:
                 valid = np.asarray(pc.is_valid(values).to_numpy(zero_copy_only=False), bool)
                 rows, values = rows[valid], values.filter(pa.array(valid))
-            self._values[key] = (rows, values)
-        return self._values[key]
+            return rows, values
+
+        return self._values.get((measure.value, measure.where), make)
 
 
 class ViewEvents:
