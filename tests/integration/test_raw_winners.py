@@ -13,11 +13,13 @@ event on two days that no writer marked (a race of two writers: read everything 
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from unittest.mock import ANY
 
 import numpy as np
 import pandas as pd
@@ -166,3 +168,18 @@ def test_unmarked_copies_on_two_days_read_everything_raw_until_marked(store: Sto
     report = raw_winners.compact(uri, PLAN.schema)
     assert report.written == [DAYS[0], DAYS[5]] and not report.conflicted
     check(store, [EVE, *DAYS])
+
+
+def test_fstore_compact_writes_the_closed_days(store: Store) -> None:
+    from click.testing import CliRunner
+
+    from fstore.cli import main
+
+    data_dir = str(Path(store.raw_uri).parent)
+    args = ["compact", "--data-dir", data_dir, "--before", DAYS[4].isoformat()]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == {"written": 5, "kept": 0, "conflicted": [], "removed_files": 0, "rows": ANY}
+    check(store, [EVE, *DAYS[:4]], brute=False)
+    again = json.loads(CliRunner().invoke(main, args).output)
+    assert again["written"] == 0 and again["kept"] == 5
