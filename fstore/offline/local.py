@@ -15,6 +15,7 @@ Example::
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ from fstore.core.pit_kernels import Bool
 from fstore.core.plan import Plan
 from fstore.delta import raw_log, raw_winners
 from fstore.delta.event_index import id_hashes
+
+log = logging.getLogger(__name__)
 
 Engine = Literal["local", "spark"]
 TS = pa.timestamp("us", tz="UTC")
@@ -204,15 +207,20 @@ def _read_copies(
     kept: pa.Table | None = None
     if settled:
         columns = [c for c in wanted if c in stored and c != "ingested_at" and (ids or c != schema.id_field)]
-        files = raw_winners.dataset(
-            [settled[d] for d in sorted(settled)],
-            raw_winners.winners_uri(raw_uri),
-            dataset.schema.append(pa.field(raw_winners.ID_HASH, pa.int64())),
-            strings,
-        )
-        kept = files.to_table(
-            columns=columns + ([raw_winners.ID_HASH] if raw.num_rows else []), memory_pool=pa.system_memory_pool()
-        )
+        try:
+            files = raw_winners.dataset(
+                [settled[d] for d in sorted(settled)],
+                raw_winners.winners_uri(raw_uri),
+                dataset.schema.append(pa.field(raw_winners.ID_HASH, pa.int64())),
+                strings,
+            )
+            kept = files.to_table(
+                columns=columns + ([raw_winners.ID_HASH] if raw.num_rows else []),
+                memory_pool=pa.system_memory_pool(),  # cheaper than the default pool on a first large read
+            )
+        except (OSError, pa.ArrowException) as exc:  # removed by a compaction meanwhile, or unreadable
+            log.warning("raw_events_winners unreadable (%s): reading raw_events instead", exc)
+            return _read_copies(raw_uri, schema, fields, event_range, timings, winners=False, ids=ids)
         if raw.num_rows:
             hashes = id_hashes(raw.column(schema.id_field)).view(np.int64)
             if pc.any(pc.is_in(kept.column(raw_winners.ID_HASH), value_set=pa.array(hashes))).as_py():

@@ -183,3 +183,14 @@ def test_fstore_compact_writes_the_closed_days(store: Store) -> None:
     check(store, [EVE, *DAYS[:4]], brute=False)
     again = json.loads(CliRunner().invoke(main, args).output)
     assert again["written"] == 0 and again["kept"] == 5
+
+
+def test_a_winners_file_that_vanishes_before_the_read_falls_back(
+    store: Store, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A compaction may remove a file a request listed a moment before (its day changed meanwhile)."""
+    raw_winners.compact(store.raw_uri, PLAN.schema, before=DAYS[4])
+    listed = raw_winners.usable
+    monkeypatch.setattr(raw_winners, "usable", lambda uri, fps: {d: p + ".gone" for d, p in listed(uri, fps).items()})
+    check(store, [])
+    assert "reading raw_events instead" in caplog.text
