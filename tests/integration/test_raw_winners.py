@@ -120,6 +120,9 @@ def check(store: Store, settled: list[date], brute: bool = True) -> None:
     raw, raw_timings = features(store, winners=False)
     assert raw_timings.settled == []
     pd.testing.assert_frame_equal(got, raw, check_exact=True)
+    span = (BASE - DAY, BASE + 7 * DAY)  # read_events gives the same winners both ways
+    events = [offline.read_events(store.raw_uri, span, plan=PLAN, winners=w).sort_by("event_id") for w in (True, False)]
+    assert events[0].equals(events[1])
     if not brute:
         return
     events = store.winners()
