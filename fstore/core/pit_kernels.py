@@ -161,6 +161,9 @@ class SortedMeasure:
 
     def _spread(self) -> tuple[NDArray[np.longdouble], NDArray[np.longdouble]]:
         """Prefix sums of ``x - c`` and ``(x - c)²`` with ``c`` the mean of the event's entity (built once)."""
+        if self.n == 0:  # no event: every range is empty
+            zero = np.zeros(1, np.longdouble)
+            return zero, zero
         if self._squares is None or self._centred is None:
             assert self._values is not None, "std/var need measured values"
             entity = self._keys // self._span
@@ -229,6 +232,8 @@ class SortedMeasure:
 def _previous_same(entity: I64, members: I64) -> I64:
     """For each position, the previous position with the same ``(entity, member)``, or ``-1``."""
     n = len(entity)
+    if n == 0:
+        return np.empty(0, np.int64)
     order = np.lexsort((np.arange(n), members, entity))
     e, m = entity[order], members[order]
     same = np.concatenate([[False], (e[1:] == e[:-1]) & (m[1:] == m[:-1])])

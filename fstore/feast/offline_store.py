@@ -53,10 +53,10 @@ def raw_events_uri(config: RepoConfig) -> str:
     """``raw_events`` location for a repo config (yaml ``data_dir``, else the fstore settings)."""
     store = config.offline_store
     data_dir = getattr(store, "data_dir", None)
-    if not data_dir:
-        from fstore.settings import get_settings
+    if not data_dir:  # read now, not the process's cached settings: a notebook may change FSTORE_DATA_DIR
+        from fstore.settings import Settings, load_settings
 
-        data_dir = get_settings().data_dir
+        data_dir = load_settings(Settings).data_dir
     if "://" not in data_dir and not Path(data_dir).is_absolute():
         base = Path(config.repo_path).resolve().parent if config.repo_path else Path.cwd()
         data_dir = str((base / data_dir).resolve())

@@ -1,0 +1,48 @@
+"""Edge cases of the point-in-time kernels (fstore/core/pit_kernels.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fstore.core.pit_kernels import SortedMeasure
+
+pytestmark = pytest.mark.unit
+
+
+def test_a_measure_without_events_gives_empty_ranges_for_every_statistic() -> None:
+    """No event of a measure in the range read (e.g. a filter nothing passed): std/var/min/max/sum see
+    empty windows (0 and null by the caller's rules), never an error."""
+    none = np.empty(0, np.int64)
+    sm = SortedMeasure(none, none, np.empty(0, np.float64), 3)
+    lo = hi = np.zeros(4, np.int64)
+    assert sm.m2(lo, hi).tolist() == [0.0] * 4
+    assert sm.sums(lo, hi).tolist() == [0.0] * 4
+    values, null = sm.extreme(lo, hi, minimum=True)
+    assert null.all() and np.isnan(values).all()
+    assert sm.position(np.array([0, 1, -1]), np.array([5, 6, 7])).tolist() == [0, 0, 0]
+    assert sm.distinct(lo, hi, np.empty(0, np.int64)).tolist() == [0] * 4
+
+
+def test_no_events_at_all_gives_every_row_its_empty_window_values(tmp_path: Path) -> None:
+    """raw_events missing or empty: every row kept, counts/sums 0, count_distinct 0, the rest null — for
+    every function of the rides repository (std/var and count_distinct crashed here)."""
+    import pandas as pd
+
+    from fstore.core.functions import Function
+    from fstore.core.pit import point_in_time
+    from fstore.offline.local import read_events
+    from tests.support.repos import compiled
+
+    plan = compiled("rides")
+    events = read_events(str(tmp_path / "none"), (0, 1), plan=plan)
+    for view in plan.views:
+        key = view.entity.join_key
+        rows = pd.DataFrame({key: ["a", "b", "a"], "event_timestamp": pd.to_datetime([1, 2, 3], unit="D", utc=True)})
+        out = point_in_time(plan, rows, [view.name], events)
+        assert list(out[key]) == ["a", "b", "a"]
+        for f in view.windowed:
+            zero = f.function in (Function.COUNT, Function.SUM, Function.COUNT_DISTINCT)
+            assert [None if pd.isna(x) else x for x in out[f.name]] == ([0, 0, 0] if zero else [None] * 3), f.name
