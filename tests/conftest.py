@@ -17,7 +17,6 @@ import prometheus_client  # noqa: F401 - see _forget_feast_metrics_dir
 import pytest
 import redis
 
-from fstore.devsvc import broker as broker_mod
 from fstore.devsvc.cluster import RedisCluster
 from fstore.devsvc.services import Broker, RedisServer
 from tests.support.stream import PARTITIONS, WorkerProcess
@@ -41,13 +40,6 @@ _DATA = os.environ.setdefault("FSTORE_DATA_DIR", tempfile.mkdtemp(prefix="fstore
 # tests/integration/test_spark_cluster.py (spark.executor.extraJavaOptions).
 os.environ.setdefault("SPARK_SUBMIT_OPTS", "-XX:TieredStopAtLevel=1")
 os.environ.setdefault("SPARK_DAEMON_JAVA_OPTS", "-XX:TieredStopAtLevel=1")
-# The same for the brokers the fixtures start (and their log-format JVM): seconds less at each start,
-# and the tests' traffic never makes C2 pay back (test_stream_broker_restart + test_services: 77-88 -> 62
-# CPU s). FSTORE_TEST_BROKER_JVM_OPTS="" keeps the product's options alone.
-broker_mod.JVM_OPTS = (
-    *broker_mod.JVM_OPTS,
-    *os.environ.get("FSTORE_TEST_BROKER_JVM_OPTS", "-XX:TieredStopAtLevel=1").split(),
-)
 
 
 def _forget_feast_metrics_dir() -> None:

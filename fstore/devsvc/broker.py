@@ -28,13 +28,7 @@ from fstore.jvm.maven import cached
 from fstore.settings import STATE_DIR, get_settings
 
 #: JVM options: a small heap suits a local broker (Kafka's own default is 1 GiB).
-JVM_OPTS: tuple[str, ...] = (
-    "-Xms128m",
-    "-Xmx512m",
-    "-XX:+UseG1GC",
-    "-XX:MaxGCPauseMillis=20",
-    "-Djava.awt.headless=true",
-)
+JVM_OPTS = ("-Xms128m", "-Xmx512m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true")
 LOG4J = """\
 status = warn
 appender.out.type = Console
