@@ -97,6 +97,10 @@ def outputs(root: Path) -> dict[str, str]:
     return out
 
 
+#: The executors' JVM options: those tests/conftest.py gives every Spark driver of the run (C1 only).
+SHORT_JVM = os.environ.get("SPARK_SUBMIT_OPTS", "")
+
+
 def batch_view(url: str) -> dict[str, dict[bytes, bytes]]:
     """The published batch view: entity key (version stripped) → fields."""
     client = redis.Redis.from_url(url)
@@ -135,6 +139,8 @@ def spark_submit(master: str, data: Path, redis_url: str) -> None:
         "spark.executor.memory=768m",
         "--conf",
         "spark.ui.enabled=false",
+        "--conf",
+        f"spark.executor.extraJavaOptions={SHORT_JVM}",
         "--conf",
         "spark.driver.host=127.0.0.1",
         *jars.submit_args(),
@@ -190,7 +196,11 @@ def pit_on(master: str, df: pd.DataFrame, raw_uri: str) -> pd.DataFrame:
     active = SparkSession.getActiveSession()
     if active is not None:  # another module's session: one SparkContext per process
         active.stop()
-    loopback = {"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1"}
+    loopback = {
+        "spark.driver.host": "127.0.0.1",
+        "spark.driver.bindAddress": "127.0.0.1",
+        "spark.executor.extraJavaOptions": SHORT_JVM,
+    }
     spark = spark_session("fstore-test-pit-cluster", master=master, conf=loopback)
     try:
         assert spark.sparkContext.master == master

@@ -9,7 +9,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewPartitions, NewTopic
 
 from fstore.devsvc.services import Broker
-from tests.support.stream import WorkerProcess
+from tests.support.stream import POLL_S, WorkerProcess
 
 
 def admin(broker: Broker) -> AdminClient:
@@ -64,5 +64,5 @@ def wait_caught_up(w: WorkerProcess, timeout: float) -> None:
                 return
         except KafkaException as exc:  # coordinator loading after a broker start: ask again
             last = exc
-        time.sleep(1)
+        time.sleep(POLL_S)
     raise AssertionError(f"not caught up after {timeout} s: {last}\n{w.log_tail()}")
