@@ -6,7 +6,8 @@ shipped example (it lives with the example: it names the example's features):
 
 services → 30 days of history (generate + ingest) → `fstore apply` of the example repository (a copy of
 ``feature_repo/`` under data/demo) → nightly batch job for yesterday (Delta tables, DQ gate, Redis batch
-view) → stream worker on live Kafka traffic → online API with example calls → consistency check of
+view) → on a re-run in the same checkout, `fstore repair` (an earlier run's live events are in raw_events,
+Redis starts empty) → stream worker on live Kafka traffic → online API with example calls → consistency check of
 online values against point-in-time training joins → adding a feature end to end (edit the repository,
 `fstore plan`, `fstore apply`, the API's 409 until built, `fstore backfill`, the new values).
 """
