@@ -17,15 +17,11 @@ from collections.abc import Callable
 
 from fstore.redis.connect import AdminClient
 from fstore.redis.layout import PREFIX
-from fstore.redis.workers import live_workers
+from fstore.redis.workers import as_text, live_workers
 
 HOLD_KEY = f"{PREFIX}:stream:hold"
 ACKS_KEY = f"{PREFIX}:stream:held"
 HOLD_TTL_S = 120
-
-
-def _text(v: bytes | str | None) -> str | None:
-    return v.decode() if isinstance(v, bytes) else v
 
 
 def hold(client: AdminClient, token: str) -> None:
@@ -52,9 +48,9 @@ def wait_held(
         live = live_workers(client)
         acks: dict[str, int] = {}
         for k, v in client.hgetall(ACKS_KEY).items():
-            got, _, clock = (_text(v) or "").partition(" ")
+            got, _, clock = as_text(v).partition(" ")
             if got == token and clock.isdigit():
-                acks[str(_text(k))] = int(clock)
+                acks[as_text(k)] = int(clock)
         missing = live - set(acks)
         if not missing:
             return {w: acks[w] for w in live}

@@ -25,7 +25,8 @@ LIVE_S = 10.0
 UNKNOWN = "unknown"
 
 
-def _text(v: bytes | str | None) -> str:
+def as_text(v: bytes | str | None) -> str:
+    """A Redis reply as text (``""`` for a missing value)."""
     return v.decode() if isinstance(v, bytes) else (v or "")
 
 
@@ -36,7 +37,7 @@ def registration(fingerprint: str, now: float | None = None) -> str:
 
 def parse_registration(value: bytes | str | None) -> tuple[float, str]:
     """``(registered at, fingerprint)`` of a registration; a bad one is ``(0.0, UNKNOWN)`` (never live)."""
-    at, _, fp = _text(value).strip().partition(" ")
+    at, _, fp = as_text(value).strip().partition(" ")
     try:
         return float(at), fp.strip() or UNKNOWN
     except ValueError:
@@ -50,7 +51,7 @@ def worker_plans(client: AdminClient, now: float | None = None) -> dict[str, str
     for k, v in client.hgetall(WORKERS_KEY).items():
         at, fp = parse_registration(v)
         if t - at <= LIVE_S:
-            out[_text(k)] = fp
+            out[as_text(k)] = fp
     return out
 
 

@@ -74,12 +74,12 @@ def test_every_fstore_command_exists_in_the_cli() -> None:
             for opt in (a for a in args[1:] if a.startswith("--")):
                 assert opt in res.output, (name, opt)
             checked += 1
-    assert checked >= 9  # history (2), stream, publisher, api, two schedulers with their jobs
+    assert checked >= 11  # history (2), stream, publisher, api, three schedulers with their jobs
 
 
 def test_the_whole_stack_is_there_with_healthchecks() -> None:
     svc = services()
-    needed = {"kafka", "redis", "stream", "api", "batch-scheduler", "consistency-scheduler", "prometheus", "grafana"}
+    needed = {"kafka", "redis", "stream", "api", "batch-scheduler", "compact-scheduler", "consistency-scheduler", "prometheus", "grafana"}
     assert needed <= set(svc)
     for name in needed:
         assert "test" in svc[name].get("healthcheck", {}), name
