@@ -116,6 +116,20 @@ def resolve(plan: Plan, refs: Sequence[str], full_feature_names: bool = False) -
     return Request(plan, tuple(features), names)
 
 
+def to_utc(series: pd.Series) -> pd.Series:
+    """Timestamps given as text or Python objects, as UTC: naive ones are UTC, the others are converted.
+
+    Each value is read on its own (``format="mixed"``): with one format inferred for the column, pandas
+    would read a naive value after one with an offset in that offset.
+
+    Raises:
+        ValueError, TypeError: a value that is not a timestamp.
+    """
+    if pd.api.types.is_datetime64_any_dtype(series):
+        return pd.to_datetime(series, utc=True)
+    return pd.to_datetime(series, utc=True, format="mixed")
+
+
 def _column(frame: pd.DataFrame | pa.Table, name: str) -> pa.Array:
     names = list(frame.columns) if isinstance(frame, pd.DataFrame) else frame.column_names
     if name not in names:
@@ -124,7 +138,7 @@ def _column(frame: pd.DataFrame | pa.Table, name: str) -> pa.Array:
         series = frame[name]
         if name == TIMESTAMP_COLUMN and not pd.api.types.is_datetime64_any_dtype(series):
             try:
-                series = pd.to_datetime(series, utc=True)
+                series = to_utc(series)
             except (ValueError, TypeError) as exc:
                 raise PointInTimeError(f"column '{name}' is not a timestamp: {exc}") from None
         return pa.Array.from_pandas(series)

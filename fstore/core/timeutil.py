@@ -73,10 +73,11 @@ def to_date(us: int) -> date:
 
 #: The shape of an ISO-8601 date and time with a UTC offset: a calendar (or week) date, ``T`` (or RFC
 #: 3339's space), hours with optional minutes, seconds and fraction, extended or basic form, then ``Z`` or
-#: ``±hh[[:]mm]``. ``datetime.fromisoformat`` alone is more lenient (any separator character, ``12:00:00.Z``,
-#: offsets with seconds), so its input is checked against this first.
+#: ``±hh[[:]mm]``; ``t`` and ``z`` may be lower case (RFC 3339, section 5.6). ``datetime.fromisoformat``
+#: alone is more lenient (any separator character, ``12:00:00.Z``, offsets with seconds), so its input is
+#: checked against this first.
 ISO_8601 = re.compile(
-    r"(?:\d{4}(-?)\d\d\1\d\d|\d{4}-?W\d\d-?\d)[T ]\d\d(?:(:?)\d\d(?:\2\d\d(?:[.,]\d+)?)?)?(?:Z|[+-]\d\d(?::?\d\d)?)"
+    r"(?:\d{4}(-?)\d\d\1\d\d|\d{4}-?W\d\d-?\d)[Tt ]\d\d(?:(:?)\d\d(?:\2\d\d(?:[.,]\d+)?)?)?(?:[Zz]|[+-]\d\d(?::?\d\d)?)"
 )
 
 
@@ -88,4 +89,4 @@ def parse_timestamp(value: str) -> int:
     """
     if not ISO_8601.fullmatch(value):
         raise ValueError(f"not an ISO-8601 time with a UTC offset: {value[:40]!r}")
-    return to_micros(datetime.fromisoformat(value))
+    return to_micros(datetime.fromisoformat(value.upper()))  # fromisoformat takes no lower-case "z"

@@ -177,7 +177,7 @@ def historical_features(
 
     import pandas as pd
 
-    from fstore.core.pit import TIMESTAMP_COLUMN, PointInTimeError
+    from fstore.core.pit import TIMESTAMP_COLUMN, PointInTimeError, resolve, to_utc
     from fstore.offline.local import get_historical_features
     from fstore.plan_source import current_plan
 
@@ -186,10 +186,16 @@ def historical_features(
             413, f"{len(rows)} rows requested; the limit is {max_rows} per request (FSTORE_API_MAX_ROWS)"
         )
     refs = [r.strip() for item in features for r in item.split(",") if r.strip()]
+    if not rows:  # no rows, no values: the features named must still exist
+        try:
+            resolve(current_plan(), refs, full_feature_names)
+        except PointInTimeError as exc:
+            raise RequestError(422, str(exc.args[0] if exc.args else exc)) from None
+        return []
     df = pd.DataFrame(list(rows))
     if TIMESTAMP_COLUMN in df.columns:
         try:
-            df[TIMESTAMP_COLUMN] = pd.to_datetime(df[TIMESTAMP_COLUMN], utc=True, format="ISO8601")
+            df[TIMESTAMP_COLUMN] = to_utc(df[TIMESTAMP_COLUMN])
         except (ValueError, TypeError) as exc:
             raise RequestError(422, f"column '{TIMESTAMP_COLUMN}': {exc}") from None
     try:

@@ -79,7 +79,17 @@ def test_every_fstore_command_exists_in_the_cli() -> None:
 
 def test_the_whole_stack_is_there_with_healthchecks() -> None:
     svc = services()
-    needed = {"kafka", "redis", "stream", "api", "batch-scheduler", "compact-scheduler", "consistency-scheduler", "prometheus", "grafana"}
+    needed = {
+        "kafka",
+        "redis",
+        "stream",
+        "api",
+        "batch-scheduler",
+        "compact-scheduler",
+        "consistency-scheduler",
+        "prometheus",
+        "grafana",
+    }
     assert needed <= set(svc)
     for name in needed:
         assert "test" in svc[name].get("healthcheck", {}), name

@@ -109,6 +109,8 @@ TIME_FORMATS: list[tuple[object, int | str]] = [  # event_time as sent -> stored
     ("2026-11-21T11:00:00.123456Z", E1 + 123_456),
     ("2026-11-21T11:00:00.5Z", E1 + 500_000),
     ("2026-11-21 11:00:00Z", E1),  # RFC 3339 allows a space for the T
+    ("2026-11-21t11:00:00z", E1),  # ... and lower-case t and z (RFC 3339, 5.6)
+    ("2026-11-21T12:30:00.25+01:30", E1 + 250_000),
     (E1 // 1000, E1),  # epoch milliseconds
     (E1 // 1000 + 0.25, E1 + 250),  # fractional milliseconds: rounded to µs
     (100_000_000_000, 100_000_000_000_000),  # the smallest epoch number taken as milliseconds (1973-03-03)

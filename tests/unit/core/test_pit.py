@@ -326,3 +326,13 @@ def test_a_dictionary_holding_null_as_a_value_reads_as_null() -> None:
     got = pit.point_in_time(PLAN, entity_df, refs, table, full_feature_names=True)
     plain = pit.point_in_time(PLAN, entity_df, refs, events_table([*events, lone]), full_feature_names=True)
     pd.testing.assert_frame_equal(got, plain)
+
+
+def test_text_timestamps_are_read_one_by_one() -> None:
+    """A naive timestamp is UTC even after one with an offset (pandas' one inferred format would read it in
+    that offset), in the API's rows and in an entity frame of strings alike."""
+    text = pd.Series(["2026-11-21T12:00:00+02:00", "2026-11-21T10:00:00", "2026-11-21T10:00:00z", "2026-11-21"])
+    want = [datetime(2026, 11, 21, 10, tzinfo=UTC)] * 3 + [datetime(2026, 11, 21, tzinfo=UTC)]
+    assert [t.to_pydatetime() for t in pit.to_utc(text)] == want
+    with pytest.raises(ValueError):
+        pit.to_utc(pd.Series(["2026-11-21T10:00:00", "yesterday"]))

@@ -59,3 +59,14 @@ def test_client_errors_name_the_problem(
     with pytest.raises(RequestError) as err:
         asyncio.run(read_features(reader, rows, features, 2))
     assert err.value.status == status and needle in str(err.value)
+
+
+def test_historical_features_without_rows_is_empty_and_still_checks_the_features(tmp_path: object) -> None:
+    """No entity rows: no values (200, ``rows: []``), not a 422 about a missing column; an unknown feature
+    is still named."""
+    from services.online_api.logic import historical_features
+
+    assert historical_features([], ["user_activity"], False, str(tmp_path), 10) == []
+    with pytest.raises(RequestError) as err:
+        historical_features([], ["user_activity:nope"], False, str(tmp_path), 10)
+    assert err.value.status == 422 and "nope" in str(err.value)
