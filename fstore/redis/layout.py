@@ -9,6 +9,8 @@ Keys (``{...}`` is a Redis Cluster hash tag: all keys of one entity of one view 
     fs:{<view>|<entity>}:b:<version>     batch-view tiles [C - longest window - hop, C)      (hash)
     fs:{<view>|<entity>}:m:<generation>  de-duplication markers of the stream job: event_id → 1 (hash)
     fs:{<view>|<entity>}:mv:<generation> future events moved from their field into the tiles  (hash)
+    fs:{claim:<b>}:c:<generation>        event_id claims of the stream job: event_id → the winning copy's
+                                         payload hash, in one of CLAIM_BUCKETS buckets by the id  (hash)
     fs:batch:current                     the serving batch view: JSON {version, cutover, ...} (string)
 
 Fields of a tile hash come in two forms, and readers (:func:`parse_tiles`) accept both:
@@ -39,6 +41,7 @@ bit-identical partial that was written; readers merge tiles with :class:`fstore.
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -62,6 +65,21 @@ DISTINCT = "d"
 def entity_tag(view: str, entity: str) -> str:
     """The hash tag of one entity of one view."""
     return f"{{{view}|{entity}}}"
+
+
+#: Buckets of the stream job's event_id claims (:func:`claim_key`): one hash slot each on Redis Cluster.
+CLAIM_BUCKETS = 16
+
+
+def claim_bucket(event_id: str) -> int:
+    """The claims bucket of an event_id (the same in every process: CRC-32 of its UTF-8 bytes)."""
+    return zlib.crc32(event_id.encode()) % CLAIM_BUCKETS
+
+
+def claim_key(bucket: int, generation: int) -> str:
+    """Hash of the event_id claims of one bucket made in one marker generation (:func:`marker_key`): field
+    event_id, value the payload hash of the copy that claimed it first (:mod:`jobs.stream.claims`)."""
+    return f"{PREFIX}:{{claim:{bucket:02d}}}:c:{generation}"
 
 
 def speed_key(view: str, entity: str, tile_start: int) -> str:

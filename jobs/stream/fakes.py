@@ -32,6 +32,7 @@ class MemoryPlan:
     now: int | None = None
     moves: list[Held] = field(default_factory=list)
     held: list[Held] = field(default_factory=list)
+    claims: list[tuple[str, str]] = field(default_factory=list)
 
 
 class MemoryTiles:
@@ -46,9 +47,10 @@ class MemoryTiles:
         self.tiles: dict[str, dict[TileKey, Tile]] = {v.name: {} for v in self.views}
         self.future: dict[str, dict[str, Row]] = {v.name: {} for v in self.views}
         self.seen: set[str] = set()
+        self.claims: dict[str, str] = {}  # event_id -> payload hash of the copy that claimed it
 
-    def plan(self, events: Sequence[Row], now: int | None = None) -> MemoryPlan:
-        return MemoryPlan(list(events), now)
+    def plan(self, events: Sequence[Row], now: int | None = None, claims: Sequence[tuple[str, str]] = ()) -> MemoryPlan:
+        return MemoryPlan(list(events), now, claims=list(claims))
 
     async def send(self, plan: MemoryPlan, on_sent: Callable[[], None] | None = None) -> set[str]:
         if on_sent is not None:
@@ -70,7 +72,13 @@ class MemoryTiles:
             if self.future[view.name].pop(ev[idf], None) is not None:
                 self.tilers[view.name].add(self.tiles[view.name], ev)
         skipped: set[str] = set()
+        claimed = {eid: h for eid, h in plan.claims}
+        for eid, h in plan.claims:  # an id is claimed by its first copy, in the tiles or too old for them
+            self.claims.setdefault(eid, h)
         for ev in plan.events:
+            if ev[idf] in claimed and self.claims[ev[idf]] != claimed[ev[idf]]:
+                skipped.add(ev[idf])  # another copy claimed this id first
+                continue
             if ev[idf] in self.seen:
                 skipped.add(ev[idf])
                 continue

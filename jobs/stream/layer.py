@@ -661,7 +661,7 @@ class SpeedLayer:
         last_at = self.last_at
         prep = prepare(values, now, last_at, cutover, self.s.horizon_us, self.reader)
         offsets = {tp: part[-1].offset + 1 for tp, part in records.items() if part}
-        tiles = None if self.s.stream_naive_per_event else self.tiles.plan(prep.fresh, now)
+        tiles = None if self.s.stream_naive_per_event else self.tiles.plan(prep.fresh, now, prep.claims)
         rows = self.raw.to_rows(prep.valid, prep.hashes, prep.ingested_at)
         self.last_at = prep.last_at
         return _Batch(records, batch, values, prep, tiles, rows, now, offsets, time.perf_counter() - t0)

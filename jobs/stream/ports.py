@@ -29,8 +29,10 @@ class TileSink(Protocol):
     tiles (:meth:`plan_moves`), once its time has come (docs/design.md §5).
     """
 
-    def plan(self, events: Sequence[Row], now: int | None = None) -> Any:
-        """Prepare a batch (pure CPU; the worker runs it while the previous batch's request is in flight)."""
+    def plan(self, events: Sequence[Row], now: int | None = None, claims: Sequence[tuple[str, str]] = ()) -> Any:
+        """Prepare a batch (pure CPU; the worker runs it while the previous batch's request is in flight).
+        ``claims``: ``(event_id, payload hash)`` of the batch's first copies, those too old for the tiles
+        included; a row whose id another copy claimed first is not counted (:mod:`jobs.stream.claims`)."""
         ...
 
     async def send(self, plan: Any, on_sent: Callable[[], None] | None = None) -> set[str]:

@@ -25,6 +25,7 @@ from fstore.delta import raw_log
 from fstore.delta.event_index import EventIndex, date_numbers
 from fstore.redis.cluster import ClusterPool
 from fstore.redis.resp import round_trip
+from jobs.stream.claims import CLAIM, CLAIM_SHA, ClaimCalls, pack_claims
 from jobs.stream.speed_lua import (
     APPLY_TILES,
     APPLY_TILES_SHA,
@@ -53,10 +54,11 @@ class TilePlan:
     round, so sending the same plan again after a failure resumes where it stopped.
     """
 
-    __slots__ = ("calls", "generation", "packed", "pending", "sent", "skipped", "subgroups")
+    __slots__ = ("calls", "claims", "generation", "packed", "pending", "sent", "skipped", "subgroups")
 
     def __init__(self, pending: list[Subgroup], generation: tuple[int, int]) -> None:
         self.pending = pending
+        self.claims: ClaimCalls | None = None  # the batch's event_id claims, settled before the first round
         self.generation = generation  # the markers' (generation, seconds left), fixed for every round
         self.subgroups = tuple(pending)  # all of them: once sent, each holds what it applied
         self.calls: list[ScriptCall] = []
@@ -116,14 +118,18 @@ class TileWriter:
         self.marker_ttl, self.tile_ttl = marker_ttl, tile_ttl
         self.cluster, self.chunk, self.clock = isinstance(client, ClusterPool), chunk, clock
 
-    def plan(self, events: Sequence[Row], now: int | None = None) -> TilePlan:
+    def plan(self, events: Sequence[Row], now: int | None = None, claims: Sequence[tuple[str, str]] = ()) -> TilePlan:
         """Pre-aggregate rows (unique by id) and pack the first round (pure CPU, no I/O).
 
         ``now`` is the processing clock: events with a time ``>= now`` are stored as exact future
-        fields rather than folded into tiles (:mod:`jobs.stream.speed_lua`).
+        fields rather than folded into tiles (:mod:`jobs.stream.speed_lua`). ``claims``: ``(event_id,
+        payload hash)`` of the batch's first copies (``events`` and those too old for the tiles); a row
+        whose id another copy claimed first is dropped when the plan is sent (:mod:`jobs.stream.claims`).
         """
         generation = marker_generation(self.clock() if now is None else now, self.marker_ttl)
         plan = TilePlan(list(group_events(self.views, events, now).values()), generation)
+        if claims:
+            plan.claims = pack_claims(claims, *generation)
         self._pack(plan)
         return plan
 
@@ -160,6 +166,8 @@ class TileWriter:
         once, as soon as the plan's first request is written or at once if there is nothing to send (the
         caller may then start on other work).
         """
+        if plan.claims is not None:
+            await self._settle_claims(plan, on_sent)
         if not plan.pending:
             plan.mark_sent(on_sent)
         for _ in range(MAX_ROUNDS):
@@ -194,11 +202,54 @@ class TileWriter:
                 await self._load_script()
         raise RuntimeError(f"speed tiles: duplicates still reported after {MAX_ROUNDS} rounds")
 
-    async def _load_script(self) -> None:
-        sha = await self.client.script_load(APPLY_TILES)
+    async def _settle_claims(self, plan: TilePlan, on_sent: Callable[[], None] | None) -> None:
+        """Claim the plan's event_ids and drop from its subgroups the rows another copy claimed first
+        (counted as skipped duplicates). Repeating it is harmless: a copy finds its own claim."""
+        calls = plan.claims
+        assert calls is not None
+        for _ in range(MAX_ROUNDS):
+            if self.cluster:
+                plan.mark_sent(on_sent)
+                replies = await self.client.execute(calls.packed, calls.slots)
+            else:
+                try:
+                    replies = await round_trip(
+                        self.client, b"".join(calls.packed), len(calls.packed), on_sent=lambda: plan.mark_sent(on_sent)
+                    )
+                except NoScriptError:
+                    replies = [NoScriptError()]
+            errors = [r for r in replies if isinstance(r, BaseException)]
+            if not errors:
+                break
+            if not all(isinstance(e, NoScriptError) for e in errors):
+                raise next(e for e in errors if not isinstance(e, NoScriptError))
+            await self._load(CLAIM, CLAIM_SHA)
+        else:
+            raise RuntimeError(f"event_id claims: scripts still missing after {MAX_ROUNDS} rounds")
+        plan.claims = None
+        lost = calls.lost(replies)
+        if not lost:
+            return
+        idf = self.views[0].id_field if self.views else ""
+        keep: list[Subgroup] = []
+        for sub in plan.pending:
+            drop = {ev[idf] for ev in sub.events if ev[idf] in lost}
+            if drop:
+                plan.skipped |= drop
+                sub.rebuild(drop)
+            if sub.events:
+                keep.append(sub)
+        plan.pending = keep
+        self._pack(plan)
+
+    async def _load(self, script: str, want: str) -> None:
+        sha = await self.client.script_load(script)
         sha = sha.decode() if isinstance(sha, bytes) else str(sha)
-        if sha != APPLY_TILES_SHA:
-            raise RuntimeError(f"Redis named the tile script {sha}, expected {APPLY_TILES_SHA}") from None
+        if sha != want:
+            raise RuntimeError(f"Redis named a stream script {sha}, expected {want}") from None
+
+    async def _load_script(self) -> None:
+        await self._load(APPLY_TILES, APPLY_TILES_SHA)
 
     async def _round(self, plan: TilePlan, on_sent: Callable[[], None] | None) -> list[Any]:
         """Send the plan's packed calls in one write and read every reply (the first error is raised once

@@ -131,3 +131,90 @@ def test_broker_restart_worker_reconnects_and_replay_counts_once(
     assert_tiles_exact(redis_client, traffic)
     raw = raw_log.read_table(str(tmp_path / "data" / "raw_events"), ["event_id"])
     assert set(pc.unique(raw.column("event_id")).to_pylist()) == traffic.valid_ids
+
+
+def test_copies_with_other_entities_or_after_a_too_old_first_copy_never_count(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    """docs/design.md §2: an event_id counts once, its first copy, whatever its copies' entities and times.
+
+    Through ``prepare`` and the tile writer on a real Redis, batch after batch: a copy re-sent with another
+    user and product (the markers of its first copy live under other entities), copies of an event whose
+    first copy was too old for the tiles (it set no marker), and a copy redelivered after its claim landed
+    but before its tiles did (a crash in between). Every value of every entity touched equals the brute
+    force over the first copies inside the horizon."""
+    import asyncio
+
+    import orjson
+    import redis.asyncio as aredis
+
+    from fstore.core.aggregates import isclose
+    from fstore.core.timeutil import DAY, MINUTE
+    from fstore.online.merge import EntityRead
+    from fstore.online.reader import OnlineReader
+    from fstore.redis.layout import CLAIM_BUCKETS, claim_key
+    from jobs.stream.pipeline import prepare
+    from jobs.stream.sinks import TileWriter
+    from tests.support import plan_bruteforce
+
+    plan = current_plan()
+    now = 1_795_780_800 * SECOND  # 2026-11-28T08:00:00Z
+    horizon = 8 * DAY
+
+    def ev(eid: str, user: str, product: str, t: int, kind: str = "purchase", price: float = 10.0) -> bytes:
+        return orjson.dumps(
+            {
+                "event_id": eid,
+                "event_type": kind,
+                "user_id": user,
+                "product_id": product,
+                "event_time": t // 1000,
+                "price": price,
+                "quantity": 2,
+            }
+        )
+
+    a = ev("a", "u1", "p1", now - 2 * MINUTE)
+    c = ev("c", "u1", "p2", now - 3 * MINUTE, "click")
+    batches = [
+        [a],
+        [ev("a", "u2", "p2", now - MINUTE, price=99.0), ev("b", "u3", "p3", now - 10 * DAY)],  # b: too old
+        [ev("b", "u3", "p3", now - MINUTE), c],
+        [ev("b", "u4", "p4", now - MINUTE // 2, "click"), c],  # c again: the same copy, redelivered
+    ]
+    first = [orjson.loads(a), orjson.loads(c)]  # the first copies inside the horizon
+    for e in first:
+        e["event_time"] *= 1000
+
+    async def run() -> list[dict[str, int | float | None]]:
+        client = aredis.Redis.from_url(redis_server.url, socket_timeout=10)
+        writer = TileWriter(client, plan, 8 * 86400, 8 * 86400, clock=lambda: now)
+        try:
+            for i, values in enumerate(batches):
+                prep = prepare(values, now, 0, None, horizon)
+                tiles = writer.plan(prep.fresh, now, prep.claims)
+                if i == 2:  # the claims land, then the worker dies before the tiles: the batch comes again
+                    await writer._settle_claims(tiles, None)
+                    tiles = writer.plan(prep.fresh, now, prep.claims)
+                await writer.send(tiles)
+            reader = OnlineReader(client, clock=lambda: now)
+            reads = [EntityRead(plan.view(v), e, plan.view(v).feature_names) for v, e in ENTITIES]
+            snap = await reader.read(reads, as_of=now)
+            return [dict(r.values) for r in snap.results]
+        finally:
+            await client.aclose()
+
+    ENTITIES = [("user_activity", f"u{i}") for i in range(1, 5)] + [
+        ("product_engagement", f"p{i}") for i in range(1, 5)
+    ]
+    got = asyncio.run(run())
+    for (view, entity), values in zip(ENTITIES, got, strict=True):
+        want = plan_bruteforce.values(plan, view, first, entity, now)
+        assert values.keys() == want.keys() and all(isclose(values[k], v) for k, v in want.items()), (
+            view,
+            entity,
+            values,
+            want,
+        )
+    generation = now // SECOND // (8 * 86400)
+    assert redis_client.exists(*[claim_key(b, generation) for b in range(CLAIM_BUCKETS)]) > 0

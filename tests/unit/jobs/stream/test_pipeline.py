@@ -98,6 +98,14 @@ def test_prepare_classifies_and_keeps_first_copy() -> None:
     assert p.ingested_at == [NOW + 6, NOW + 7, NOW + 8, NOW + 9] and p.last_at == NOW + 9
     assert [e["event_id"] for e in p.fresh] == ["e1", "e4"] and p.fresh[0]["quantity"] == 1
     assert (p.batch_duplicates, p.beyond_horizon, p.late) == (1, 1, 2)
+    # every first copy claims its id, the one too old for the tiles too (its later copies must not count)
+    assert p.claims == [("e1", p.hashes[0]), ("e3", p.hashes[2]), ("e4", p.hashes[3])]
+
+
+def test_a_copy_after_a_first_copy_too_old_for_the_tiles_is_a_duplicate() -> None:
+    p = prepare([msg(5, t=NOW - 30 * 24 * HOUR), msg(5)], NOW, 0, None, 8 * 24 * HOUR)
+    assert p.fresh == [] and (p.batch_duplicates, p.beyond_horizon) == (1, 1)
+    assert [eid for eid, _ in p.claims] == ["e5"]
 
 
 def test_prepare_dedupes_by_the_plans_id_field() -> None:
