@@ -32,12 +32,12 @@ class MemoryPlan:
     now: int | None = None
     moves: list[Held] = field(default_factory=list)
     held: list[Held] = field(default_factory=list)
-    claims: list[tuple[str, str]] = field(default_factory=list)
 
 
 class MemoryTiles:
     """:class:`~jobs.stream.ports.TileSink` over dicts: ``tiles[view name][TileKey]`` via the core's
-    :class:`~fstore.core.view_tiles.ViewTiler`, an id counted once; an event stamped at or after the
+    :class:`~fstore.core.view_tiles.ViewTiler`, an id counted once per (view, entity) — markers, as the
+    script's — and once in all with its claims; an event stamped at or after the
     plan's ``now`` is held in ``future[view name][id]`` instead, until moved."""
 
     def __init__(self, plan: Plan) -> None:
@@ -46,11 +46,29 @@ class MemoryTiles:
         self.tilers = {v.name: ViewTiler(v, self.ts) for v in self.views}
         self.tiles: dict[str, dict[TileKey, Tile]] = {v.name: {} for v in self.views}
         self.future: dict[str, dict[str, Row]] = {v.name: {} for v in self.views}
-        self.seen: set[str] = set()
+        self.markers: set[tuple[str, str, str]] = set()  # (view, entity, event_id), as the script's
         self.claims: dict[str, str] = {}  # event_id -> payload hash of the copy that claimed it
 
-    def plan(self, events: Sequence[Row], now: int | None = None, claims: Sequence[tuple[str, str]] = ()) -> MemoryPlan:
-        return MemoryPlan(list(events), now, claims=list(claims))
+    @property
+    def seen(self) -> set[str]:
+        """The event_ids counted."""
+        return {m[2] for m in self.markers}
+
+    def plan(self, events: Sequence[Row], now: int | None = None) -> MemoryPlan:
+        return MemoryPlan(list(events), now)
+
+    async def claim(self, claims: Sequence[tuple[str, str]], now: int | None = None) -> set[str]:
+        lost: set[str] = set()
+        for eid, digest in claims:  # the first claim of an id stands
+            if self.claims.setdefault(eid, digest) != digest:
+                lost.add(eid)
+        return lost
+
+    def drop(self, plan: MemoryPlan, lost: set[str]) -> set[str]:
+        idf = self.id_field
+        dropped = {ev[idf] for ev in plan.events if ev[idf] in lost}
+        plan.events = [ev for ev in plan.events if ev[idf] not in lost]
+        return dropped
 
     async def send(self, plan: MemoryPlan, on_sent: Callable[[], None] | None = None) -> set[str]:
         if on_sent is not None:
@@ -72,17 +90,12 @@ class MemoryTiles:
             if self.future[view.name].pop(ev[idf], None) is not None:
                 self.tilers[view.name].add(self.tiles[view.name], ev)
         skipped: set[str] = set()
-        claimed = {eid: h for eid, h in plan.claims}
-        for eid, h in plan.claims:  # an id is claimed by its first copy, in the tiles or too old for them
-            self.claims.setdefault(eid, h)
         for ev in plan.events:
-            if ev[idf] in claimed and self.claims[ev[idf]] != claimed[ev[idf]]:
-                skipped.add(ev[idf])  # another copy claimed this id first
-                continue
-            if ev[idf] in self.seen:
+            marks = [(v.name, str(ev.get(v.entity.join_key)), ev[idf]) for v in self.views]
+            if any(m in self.markers for m in marks):  # like the script: markers per (view, entity)
                 skipped.add(ev[idf])
                 continue
-            self.seen.add(ev[idf])
+            self.markers.update(marks)
             for view in self.views:
                 entity = ev.get(view.entity.join_key)
                 if plan.now is not None and ev[self.ts] >= plan.now and entity is not None:

@@ -105,11 +105,19 @@ class _Batch:
     seconds: float  # time spent so far (for fstore_stream_batch_seconds)
     sent: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     task: asyncio.Future[None] | None = None  # its finish(), once started
+    claimed: asyncio.Future[set[str]] | None = None  # its event_id claims: the ids another copy claimed first
 
     def mark_sent(self) -> None:
         """The tiles' Redis request is written (or the batch ended): the consumer loop may go on."""
         if not self.sent.done():
             self.sent.set_result(None)
+
+
+def _retrieved(claims: asyncio.Future[set[str]]) -> None:
+    """Done callback of a batch's claims: a batch dropped before its finish awaited them leaves no
+    "exception never retrieved" behind (its claims are harmless: the batch's copies find them again)."""
+    if not claims.cancelled():
+        claims.exception()
 
 
 def tune_gc() -> None:
@@ -660,11 +668,20 @@ class SpeedLayer:
         values = [b"" if r.value is None else r.value for r in batch]
         last_at = self.last_at
         prep = prepare(values, now, last_at, cutover, self.s.horizon_us, self.reader)
+        claimed = None
+        if prep.claims and not self.s.stream_naive_per_event:
+            # The claims go out now and Redis settles them while this batch's tiles are planned (after the
+            # previous batch's tiles: every request reaches Redis in consumption order).
+            claimed = asyncio.ensure_future(self._redis(lambda: self.tiles.claim(prep.claims, now)))
+            claimed.add_done_callback(_retrieved)
+            await asyncio.sleep(0)  # let it write its request
         offsets = {tp: part[-1].offset + 1 for tp, part in records.items() if part}
-        tiles = None if self.s.stream_naive_per_event else self.tiles.plan(prep.fresh, now, prep.claims)
+        tiles = None if self.s.stream_naive_per_event else self.tiles.plan(prep.fresh, now)
         rows = self.raw.to_rows(prep.valid, prep.hashes, prep.ingested_at)
         self.last_at = prep.last_at
-        return _Batch(records, batch, values, prep, tiles, rows, now, offsets, time.perf_counter() - t0)
+        out = _Batch(records, batch, values, prep, tiles, rows, now, offsets, time.perf_counter() - t0)
+        out.claimed = claimed
+        return out
 
     async def finish(self, b: _Batch) -> None:
         """Dead letters and speed tiles (concurrently), then hand the valid copies and the offsets to the raw
@@ -728,8 +745,9 @@ class SpeedLayer:
             for one in b.prep.fresh:
                 skipped |= await self._redis(lambda one=one: self.tiles.apply([one], b.now))
             return skipped
+        lost = set() if b.claimed is None else self.tiles.drop(plan, await b.claimed)
         skipped = await self._redis(lambda: self.tiles.send(plan, on_sent=b.mark_sent))
-        return skipped
+        return skipped | lost
 
     def remember_future(self, plan: Any) -> None:
         """Queue the future events a sent plan stored as fields, to move them once their time comes."""

@@ -29,10 +29,17 @@ class TileSink(Protocol):
     tiles (:meth:`plan_moves`), once its time has come (docs/design.md §5).
     """
 
-    def plan(self, events: Sequence[Row], now: int | None = None, claims: Sequence[tuple[str, str]] = ()) -> Any:
-        """Prepare a batch (pure CPU; the worker runs it while the previous batch's request is in flight).
-        ``claims``: ``(event_id, payload hash)`` of the batch's first copies, those too old for the tiles
-        included; a row whose id another copy claimed first is not counted (:mod:`jobs.stream.claims`)."""
+    def plan(self, events: Sequence[Row], now: int | None = None) -> Any:
+        """Prepare a batch (pure CPU; the worker runs it while the previous batch's request is in flight)."""
+        ...
+
+    async def claim(self, claims: Sequence[tuple[str, str]], now: int | None = None) -> set[str]:
+        """Claim ``(event_id, payload hash)`` pairs of a batch's first copies (those too old for the tiles
+        included); returns the ids another copy claimed first (:mod:`jobs.stream.claims`)."""
+        ...
+
+    def drop(self, plan: Any, lost: set[str]) -> set[str]:
+        """Take the rows whose ids are in ``lost`` out of an unsent plan; returns the ids it held."""
         ...
 
     async def send(self, plan: Any, on_sent: Callable[[], None] | None = None) -> set[str]:

@@ -25,7 +25,7 @@ from fstore.delta import raw_log
 from fstore.delta.event_index import EventIndex, date_numbers
 from fstore.redis.cluster import ClusterPool
 from fstore.redis.resp import round_trip
-from jobs.stream.claims import CLAIM, CLAIM_SHA, ClaimCalls, pack_claims
+from jobs.stream.claims import CLAIM, CLAIM_SHA, pack_claims
 from jobs.stream.speed_lua import (
     APPLY_TILES,
     APPLY_TILES_SHA,
@@ -54,11 +54,29 @@ class TilePlan:
     round, so sending the same plan again after a failure resumes where it stopped.
     """
 
-    __slots__ = ("calls", "claims", "generation", "packed", "pending", "sent", "skipped", "subgroups")
+    __slots__ = (
+        "calls",
+        "events",
+        "generation",
+        "groups",
+        "packed",
+        "parts",
+        "pending",
+        "sent",
+        "skipped",
+        "subgroups",
+    )
 
-    def __init__(self, pending: list[Subgroup], generation: tuple[int, int]) -> None:
+    def __init__(
+        self,
+        pending: list[Subgroup],
+        generation: tuple[int, int],
+        events: Sequence[Row] = (),
+        groups: dict[tuple[str, str], Subgroup] | None = None,
+    ) -> None:
         self.pending = pending
-        self.claims: ClaimCalls | None = None  # the batch's event_id claims, settled before the first round
+        self.events, self.groups = events, groups or {}  # the rows planned, their subgroups by (view, entity)
+        self.parts: list[bytes] = []  # the request of each call
         self.generation = generation  # the markers' (generation, seconds left), fixed for every round
         self.subgroups = tuple(pending)  # all of them: once sent, each holds what it applied
         self.calls: list[ScriptCall] = []
@@ -118,20 +136,77 @@ class TileWriter:
         self.marker_ttl, self.tile_ttl = marker_ttl, tile_ttl
         self.cluster, self.chunk, self.clock = isinstance(client, ClusterPool), chunk, clock
 
-    def plan(self, events: Sequence[Row], now: int | None = None, claims: Sequence[tuple[str, str]] = ()) -> TilePlan:
+    def plan(self, events: Sequence[Row], now: int | None = None) -> TilePlan:
         """Pre-aggregate rows (unique by id) and pack the first round (pure CPU, no I/O).
 
         ``now`` is the processing clock: events with a time ``>= now`` are stored as exact future
-        fields rather than folded into tiles (:mod:`jobs.stream.speed_lua`). ``claims``: ``(event_id,
-        payload hash)`` of the batch's first copies (``events`` and those too old for the tiles); a row
-        whose id another copy claimed first is dropped when the plan is sent (:mod:`jobs.stream.claims`).
+        fields rather than folded into tiles (:mod:`jobs.stream.speed_lua`).
         """
         generation = marker_generation(self.clock() if now is None else now, self.marker_ttl)
-        plan = TilePlan(list(group_events(self.views, events, now).values()), generation)
-        if claims:
-            plan.claims = pack_claims(claims, *generation)
+        groups = group_events(self.views, events, now)
+        plan = TilePlan(list(groups.values()), generation, events, groups)
         self._pack(plan)
         return plan
+
+    async def claim(self, claims: Sequence[tuple[str, str]], now: int | None = None) -> set[str]:
+        """Claim ``(event_id, payload hash)`` pairs (a batch's first copies, those too old for the tiles
+        included) and return the ids another copy claimed first (:mod:`jobs.stream.claims`). Safe to
+        repeat: a copy finds its own claim."""
+        if not claims:
+            return set()
+        calls = pack_claims(claims, *marker_generation(self.clock() if now is None else now, self.marker_ttl))
+        for _ in range(MAX_ROUNDS):
+            if self.cluster:
+                replies = await self.client.execute(calls.packed, calls.slots)
+            else:
+                try:
+                    replies = await round_trip(self.client, b"".join(calls.packed), len(calls.packed))
+                except NoScriptError:
+                    replies = [NoScriptError()]
+            errors = [r for r in replies if isinstance(r, BaseException)]
+            if not errors:
+                return calls.lost(replies)
+            if not all(isinstance(e, NoScriptError) for e in errors):
+                raise next(e for e in errors if not isinstance(e, NoScriptError))
+            await self._load(CLAIM, CLAIM_SHA)
+        raise RuntimeError(f"event_id claims: scripts still missing after {MAX_ROUNDS} rounds")
+
+    def drop(self, plan: TilePlan, lost: set[str]) -> set[str]:
+        """Take the rows whose ids are in ``lost`` out of an unsent plan; returns the ids it held. Only the
+        subgroups of those rows are re-aggregated and only their script calls packed again."""
+        if not lost or not self.views:
+            return set()
+        idf = self.views[0].id_field
+        rows = [ev for ev in plan.events if ev[idf] in lost]
+        if not rows:
+            return set()
+        dropped = {ev[idf] for ev in rows}
+        touched: dict[int, Subgroup] = {}
+        for vs in self.views:
+            for ev in rows:
+                entity = ev[vs.key]
+                sub = None if entity is None else plan.groups.get((vs.name, str(entity)))
+                if sub is not None and id(sub) not in touched:
+                    touched[id(sub)] = sub
+                    sub.rebuild(dropped)
+        generation, marker_ttl = plan.generation
+        calls: list[ScriptCall] = []
+        parts: list[bytes] = []
+        for call, part in zip(plan.calls, plan.parts, strict=True):
+            if not any(id(sub) in touched for _, sub in call.subs):
+                calls.append(call)
+                parts.append(part)
+                continue
+            remaining = [sub for _, sub in call.subs if sub.events]
+            for again in plan_calls(
+                remaining, marker_ttl, self.tile_ttl, cluster=self.cluster, chunk=self.chunk, generation=generation
+            ):
+                calls.append(again)
+                parts.append(again.packed())
+        plan.calls, plan.parts = calls, parts
+        plan.packed = parts if self.cluster else b"".join(parts)
+        plan.pending = [sub for call in calls for _, sub in call.subs]
+        return dropped
 
     def stored_future(self, plan: TilePlan) -> list[Held]:
         """The future events a sent plan stored as fields (:meth:`TilePlan.stored_future`)."""
@@ -151,7 +226,7 @@ class TileWriter:
                 plan.pending, marker_ttl, self.tile_ttl, cluster=self.cluster, chunk=self.chunk, generation=generation
             )
         )
-        parts = [c.packed() for c in plan.calls]
+        parts = plan.parts = [c.packed() for c in plan.calls]
         plan.packed = parts if self.cluster else b"".join(parts)
 
     async def apply(self, events: Sequence[Row], now: int | None = None) -> set[str]:
@@ -166,8 +241,6 @@ class TileWriter:
         once, as soon as the plan's first request is written or at once if there is nothing to send (the
         caller may then start on other work).
         """
-        if plan.claims is not None:
-            await self._settle_claims(plan, on_sent)
         if not plan.pending:
             plan.mark_sent(on_sent)
         for _ in range(MAX_ROUNDS):
@@ -201,46 +274,6 @@ class TileWriter:
             if load:
                 await self._load_script()
         raise RuntimeError(f"speed tiles: duplicates still reported after {MAX_ROUNDS} rounds")
-
-    async def _settle_claims(self, plan: TilePlan, on_sent: Callable[[], None] | None) -> None:
-        """Claim the plan's event_ids and drop from its subgroups the rows another copy claimed first
-        (counted as skipped duplicates). Repeating it is harmless: a copy finds its own claim."""
-        calls = plan.claims
-        assert calls is not None
-        for _ in range(MAX_ROUNDS):
-            if self.cluster:
-                plan.mark_sent(on_sent)
-                replies = await self.client.execute(calls.packed, calls.slots)
-            else:
-                try:
-                    replies = await round_trip(
-                        self.client, b"".join(calls.packed), len(calls.packed), on_sent=lambda: plan.mark_sent(on_sent)
-                    )
-                except NoScriptError:
-                    replies = [NoScriptError()]
-            errors = [r for r in replies if isinstance(r, BaseException)]
-            if not errors:
-                break
-            if not all(isinstance(e, NoScriptError) for e in errors):
-                raise next(e for e in errors if not isinstance(e, NoScriptError))
-            await self._load(CLAIM, CLAIM_SHA)
-        else:
-            raise RuntimeError(f"event_id claims: scripts still missing after {MAX_ROUNDS} rounds")
-        plan.claims = None
-        lost = calls.lost(replies)
-        if not lost:
-            return
-        idf = self.views[0].id_field if self.views else ""
-        keep: list[Subgroup] = []
-        for sub in plan.pending:
-            drop = {ev[idf] for ev in sub.events if ev[idf] in lost}
-            if drop:
-                plan.skipped |= drop
-                sub.rebuild(drop)
-            if sub.events:
-                keep.append(sub)
-        plan.pending = keep
-        self._pack(plan)
 
     async def _load(self, script: str, want: str) -> None:
         sha = await self.client.script_load(script)

@@ -192,10 +192,10 @@ def test_copies_with_other_entities_or_after_a_too_old_first_copy_never_count(
         try:
             for i, values in enumerate(batches):
                 prep = prepare(values, now, 0, None, horizon)
-                tiles = writer.plan(prep.fresh, now, prep.claims)
                 if i == 2:  # the claims land, then the worker dies before the tiles: the batch comes again
-                    await writer._settle_claims(tiles, None)
-                    tiles = writer.plan(prep.fresh, now, prep.claims)
+                    await writer.claim(prep.claims, now)
+                tiles = writer.plan(prep.fresh, now)
+                writer.drop(tiles, await writer.claim(prep.claims, now))
                 await writer.send(tiles)
             reader = OnlineReader(client, clock=lambda: now)
             reads = [EntityRead(plan.view(v), e, plan.view(v).feature_names) for v, e in ENTITIES]

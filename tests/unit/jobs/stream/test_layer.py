@@ -198,3 +198,38 @@ def test_rebalance_finishes_the_taken_batch_and_commits_it_before_giving_up_part
     layer.pending = {"events-0": 7, "events-1": 9}
     layer.on_assigned({"events-1"})
     assert layer.pending == {"events-1": 9}
+
+
+def test_later_copies_with_other_entities_or_after_a_too_old_first_copy_do_not_count(plan: Plan) -> None:
+    """docs/design.md §2, through the layer: a copy re-sent with another user and product, and a copy of an
+    event whose first copy was too old for the tiles, count nowhere (the fake keeps markers per (view,
+    entity) as the script does, so only the event_id claims can tell)."""
+    now = 1_767_225_600_000_000 + 10 * 86_400 * SECOND
+
+    def msg(eid: str, user: str, product: str, t: int) -> bytes:
+        body = f'{{"event_id":"{eid}","event_type":"click","user_id":"{user}","product_id":"{product}",'
+        return (body + f'"event_time":{t // 1000}}}').encode()
+
+    batches = [
+        [msg("a", "u1", "p1", now - 60 * SECOND), msg("b", "u3", "p3", now - 30 * 86_400 * SECOND)],
+        [msg("a", "u2", "p2", now - 30 * SECOND), msg("b", "u3", "p3", now - 20 * SECOND)],
+        [msg("b", "u4", "p4", now - 10 * SECOND)],
+    ]
+    sinks = MemorySinks(plan)
+    layer = SpeedLayer(
+        StreamSettings(), None, sinks.dead, kv=sinks.kv, tiles=sinks.tiles, raw=sinks.raw, clock=lambda: now
+    )
+    offset = 0
+    for values in batches:
+        asyncio.run(
+            layer.handle({"events-0": [Record(None, v, offset + i, now // 1000) for i, v in enumerate(values)]})
+        )
+        offset += len(values)
+    firsts = [
+        {"event_id": "a", "event_type": "click", "user_id": "u1", "product_id": "p1", "event_time": now - 60 * SECOND}
+    ]
+    for view in plan.views:
+        for entity in ("u1", "u2", "u3", "u4") if view.entity.join_key == "user_id" else ("p1", "p2", "p3", "p4"):
+            got = evaluate(view, lookup_in(sinks.tiles.tiles[view.name], entity), now)
+            want = plan_bruteforce.values(plan, view.name, firsts, entity, now)
+            assert all(isclose(got[n], want[n]) for n in want), (view.name, entity, got, want)
