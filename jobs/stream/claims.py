@@ -28,10 +28,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 from redis.crc import key_slot
 
+from fstore.core.events import Row
 from fstore.redis.layout import CLAIM_BUCKETS, claim_bucket, claim_key
 from fstore.redis.resp import command
 
@@ -50,7 +52,10 @@ for i = 1, n do
   if not v and prev then v = prev[i] end
   if not v and nxt then v = nxt[i] end
   if v then
-    if v ~= a[2 * i] then lost[#lost + 1] = i end
+    if string.sub(v, 1, HASH) ~= string.sub(a[2 * i], 1, HASH) then
+      lost[#lost + 1] = i
+      lost[#lost + 1] = v
+    end
   else
     set[#set + 1] = ids[i]
     set[#set + 1] = a[2 * i]
@@ -62,42 +67,71 @@ if #set > 0 then
 end
 return lost
 """
+#: Characters of the payload hash that identify a copy in a claim's value (64 bits).
+HASH_CHARS = 16
+CLAIM = CLAIM.replace("HASH", str(HASH_CHARS))
 CLAIM_SHA = hashlib.sha1(CLAIM.encode()).hexdigest()
 
 #: Most ids in one script call (Lua's ``unpack`` takes a few thousand values).
 CHUNK = 2_000
-#: Characters of the payload hash kept as a claim's value (64 bits).
-HASH_CHARS = 16
+#: Separates the entities in a claim's value.
+SEP = "\x1f"
+
+#: One first copy to claim: its event_id, its payload hash and, when it goes to the tiles, its row.
+Claim = tuple[str, str, Row | None]
 
 
 @dataclass
 class ClaimCalls:
-    """A batch's claims packed as script calls: the request bytes, the hash slot and the ids of each call."""
+    """A batch's claims packed as script calls: the request bytes, the hash slot and the claims of each call."""
 
     packed: list[bytes] = field(default_factory=list)
     slots: list[int] = field(default_factory=list)
-    ids: list[list[str]] = field(default_factory=list)
+    claims: list[list[tuple[str, str]]] = field(default_factory=list)  # per call: (event_id, value sent)
 
-    def lost(self, replies: Sequence[Sequence[int]]) -> set[str]:
-        """The ids claimed by another copy, from the calls' replies (in order)."""
-        return {ids[int(i) - 1] for ids, reply in zip(self.ids, replies, strict=True) for i in reply}
+    def to_drop(self, replies: Sequence[Sequence[Any]]) -> set[str]:
+        """The ids another copy claimed first whose rows must leave the tiles: every one but a copy whose
+        first copy went to the tiles of the same entities (their markers skip it in the same step)."""
+        out: set[str] = set()
+        for claims, reply in zip(self.claims, replies, strict=True):
+            for j in range(0, len(reply), 2):
+                event_id, sent = claims[int(reply[j]) - 1]
+                first = reply[j + 1]
+                first = first.decode() if isinstance(first, bytes) else str(first)
+                mine = sent[HASH_CHARS:]
+                if mine and first[HASH_CHARS:] != mine:  # in the tiles, and not under the first copy's markers
+                    out.add(event_id)
+        return out
 
 
-def pack_claims(claims: Sequence[tuple[str, str]], generation: int, ttl: int, chunk: int = CHUNK) -> ClaimCalls:
-    """Script calls claiming ``(event_id, payload hash)`` pairs (ids unique) in marker generation
-    ``generation``, whose hashes have ``ttl`` seconds left (:func:`jobs.stream.speed_lua.marker_generation`)."""
-    by_bucket: list[list[str]] = [[] for _ in range(CLAIM_BUCKETS)]
-    for event_id, digest in claims:
-        by_bucket[claim_bucket(event_id)] += (event_id, digest[:HASH_CHARS])
+def claim_value(digest: str, row: Row | None, keys: Sequence[str]) -> str:
+    """What a copy claims with: its payload hash (first :data:`HASH_CHARS`), then, for a copy going to the
+    tiles, ``"|"`` and its entities (``keys``' values, :data:`SEP`-joined); nothing for a copy too old for
+    the tiles, which sets no markers."""
+    if row is None:
+        return digest[:HASH_CHARS]
+    return digest[:HASH_CHARS] + "|" + SEP.join(["" if row[k] is None else str(row[k]) for k in keys])
+
+
+def pack_claims(
+    claims: Sequence[Claim], keys: Sequence[str], generation: int, ttl: int, chunk: int = CHUNK
+) -> ClaimCalls:
+    """Script calls claiming a batch's first copies (ids unique) in marker generation ``generation``, whose
+    hashes have ``ttl`` seconds left (:func:`jobs.stream.speed_lua.marker_generation`); ``keys``: the join
+    keys of the views the tiles keep."""
+    by_bucket: list[list[tuple[str, str]]] = [[] for _ in range(CLAIM_BUCKETS)]
+    for event_id, digest, row in claims:
+        by_bucket[claim_bucket(event_id)].append((event_id, claim_value(digest, row, keys)))
     out = ClaimCalls()
-    for bucket, flat in enumerate(by_bucket):
-        if not flat:
+    for bucket, pairs in enumerate(by_bucket):
+        if not pairs:
             continue
-        keys = [claim_key(bucket, generation + d) for d in (-1, 0, 1)]
-        slot = int(key_slot(keys[0].encode()))
-        for lo in range(0, len(flat), 2 * chunk):
-            part = flat[lo : lo + 2 * chunk]
-            out.packed.append(command("EVALSHA", CLAIM_SHA, 3, *keys, ttl, orjson.dumps(part)))
+        keys3 = [claim_key(bucket, generation + d) for d in (-1, 0, 1)]
+        slot = int(key_slot(keys3[0].encode()))
+        for lo in range(0, len(pairs), chunk):
+            part = pairs[lo : lo + chunk]
+            flat = [x for pair in part for x in pair]
+            out.packed.append(command("EVALSHA", CLAIM_SHA, 3, *keys3, ttl, orjson.dumps(flat)))
             out.slots.append(slot)
-            out.ids.append(part[::2])
+            out.claims.append(part)
     return out

@@ -57,10 +57,10 @@ class MemoryTiles:
     def plan(self, events: Sequence[Row], now: int | None = None) -> MemoryPlan:
         return MemoryPlan(list(events), now)
 
-    async def claim(self, claims: Sequence[tuple[str, str]], now: int | None = None) -> set[str]:
+    async def claim(self, claims: Sequence[tuple[str, str, Row | None]], now: int | None = None) -> set[str]:
         lost: set[str] = set()
-        for eid, digest in claims:  # the first claim of an id stands
-            if self.claims.setdefault(eid, digest) != digest:
+        for eid, digest, row in claims:  # the first claim of an id stands
+            if self.claims.setdefault(eid, digest) != digest and row is not None:
                 lost.add(eid)
         return lost
 

@@ -31,15 +31,15 @@ class Prepared:
     first-ingested-wins); ``ingested_at`` gives each copy its own instant (batch clock + position), so
     the first copy in the log is also the first ingested. ``fresh`` is the first copy of each event_id in
     the batch whose event_time is inside the horizon: the candidates for the speed tiles (the event_id
-    claims, then the Lua script's markers, decide whether they are new). ``claims`` pairs every first copy,
-    inside the horizon or not, with its payload hash (:mod:`jobs.stream.claims`).
+    claims, then the Lua script's markers, decide whether they are new). ``claims`` lists every first copy,
+    inside the horizon or not: ``(event_id, payload hash, the row if it is in fresh)`` (:mod:`jobs.stream.claims`).
     """
 
     valid: list[Row] = field(default_factory=list)
     hashes: list[str] = field(default_factory=list)
     ingested_at: list[int] = field(default_factory=list)
     fresh: list[Row] = field(default_factory=list)
-    claims: list[tuple[str, str]] = field(default_factory=list)  # (event_id, payload hash) of each first copy
+    claims: list[tuple[str, str, Row | None]] = field(default_factory=list)  # (event_id, hash, row if fresh)
     invalid: list[tuple[int, str]] = field(default_factory=list)  # (position in the batch, reason)
     batch_duplicates: int = 0
     late: int = 0
@@ -100,10 +100,11 @@ def prepare(
             out.batch_duplicates += 1
             continue
         seen.add(eid)
-        out.claims.append((eid, out.hashes[-1]))
         if t < oldest:
             out.beyond_horizon += 1
+            out.claims.append((eid, out.hashes[-1], None))
         else:
             out.fresh.append(row)
+            out.claims.append((eid, out.hashes[-1], row))
     out.last_at = at - 1 if out.valid else max(now, last_at)
     return out

@@ -33,9 +33,10 @@ class TileSink(Protocol):
         """Prepare a batch (pure CPU; the worker runs it while the previous batch's request is in flight)."""
         ...
 
-    async def claim(self, claims: Sequence[tuple[str, str]], now: int | None = None) -> set[str]:
-        """Claim ``(event_id, payload hash)`` pairs of a batch's first copies (those too old for the tiles
-        included); returns the ids another copy claimed first (:mod:`jobs.stream.claims`)."""
+    async def claim(self, claims: Sequence[tuple[str, str, Row | None]], now: int | None = None) -> set[str]:
+        """Claim a batch's first copies, ``(event_id, payload hash, the row or None when too old for the
+        tiles)``; returns the ids whose rows must not count: claimed first by another copy whose markers do
+        not cover them (:mod:`jobs.stream.claims`)."""
         ...
 
     def drop(self, plan: Any, lost: set[str]) -> set[str]:

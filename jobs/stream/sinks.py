@@ -25,7 +25,7 @@ from fstore.delta import raw_log
 from fstore.delta.event_index import EventIndex, date_numbers
 from fstore.redis.cluster import ClusterPool
 from fstore.redis.resp import round_trip
-from jobs.stream.claims import CLAIM, CLAIM_SHA, pack_claims
+from jobs.stream.claims import CLAIM, CLAIM_SHA, Claim, pack_claims
 from jobs.stream.speed_lua import (
     APPLY_TILES,
     APPLY_TILES_SHA,
@@ -133,6 +133,7 @@ class TileWriter:
         self.client, self.compiled = client, plan
         chosen = plan.views if views is None else [plan.view(name) for name in views]
         self.views = tuple(view_steps(v, plan.schema) for v in chosen)
+        self.keys = tuple(dict.fromkeys(vs.key for vs in self.views))  # the join keys, in a claim's value
         self.marker_ttl, self.tile_ttl = marker_ttl, tile_ttl
         self.cluster, self.chunk, self.clock = isinstance(client, ClusterPool), chunk, clock
 
@@ -148,13 +149,14 @@ class TileWriter:
         self._pack(plan)
         return plan
 
-    async def claim(self, claims: Sequence[tuple[str, str]], now: int | None = None) -> set[str]:
-        """Claim ``(event_id, payload hash)`` pairs (a batch's first copies, those too old for the tiles
-        included) and return the ids another copy claimed first (:mod:`jobs.stream.claims`). Safe to
-        repeat: a copy finds its own claim."""
+    async def claim(self, claims: Sequence[Claim], now: int | None = None) -> set[str]:
+        """Claim a batch's first copies (``(event_id, payload hash, row or None when too old for the tiles)``)
+        and return the ids whose rows must not count: another copy claimed them first and its markers do not
+        cover these rows' entities (:mod:`jobs.stream.claims`). Safe to repeat: a copy finds its own claim."""
         if not claims:
             return set()
-        calls = pack_claims(claims, *marker_generation(self.clock() if now is None else now, self.marker_ttl))
+        now_ = self.clock() if now is None else now
+        calls = pack_claims(claims, self.keys, *marker_generation(now_, self.marker_ttl))
         for _ in range(MAX_ROUNDS):
             if self.cluster:
                 replies = await self.client.execute(calls.packed, calls.slots)
@@ -165,7 +167,7 @@ class TileWriter:
                     replies = [NoScriptError()]
             errors = [r for r in replies if isinstance(r, BaseException)]
             if not errors:
-                return calls.lost(replies)
+                return calls.to_drop(replies)
             if not all(isinstance(e, NoScriptError) for e in errors):
                 raise next(e for e in errors if not isinstance(e, NoScriptError))
             await self._load(CLAIM, CLAIM_SHA)
