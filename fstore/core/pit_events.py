@@ -58,16 +58,16 @@ def _encoded_chunks(column: pa.ChunkedArray, ordered: bool = False) -> tuple[I64
     dictionary = merged.dictionary
     if ordered:
         glob, dictionary = sorted_codes(glob, dictionary)  # the trailing -1 (null) stays -1
-    parts = []
+    codes: I64 = np.empty(len(column), np.int64)
+    at = 0
     for chunk in column.chunks:
-        first = start[_dictionary_key(chunk.dictionary)]
+        first, end = start[_dictionary_key(chunk.dictionary)], at + len(chunk)
         if not chunk.indices.null_count:  # the usual case: look the chunk's indices up in its own slice
-            parts.append(glob[first : first + len(chunk.dictionary)][chunk.indices.to_numpy()])
-            continue
-        at = pc.fill_null(chunk.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
-        at = np.where(at >= 0, at + first, total)  # null → the -1 at the end
-        parts.append(glob[at])
-    codes: I64 = np.concatenate(parts) if parts else np.empty(0, np.int64)
+            np.take(glob[first : first + len(chunk.dictionary)], chunk.indices.to_numpy(), out=codes[at:end])
+        else:
+            idx = pc.fill_null(chunk.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+            codes[at:end] = glob[np.where(idx >= 0, idx + first, total)]  # null → the -1 at the end
+        at = end
     return codes, dictionary
 
 
