@@ -18,7 +18,7 @@ mean/min/max/std/var/ratio null (std/var also below two values). Naive timestamp
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
@@ -261,13 +261,20 @@ class _ViewJob:
     """
 
     def __init__(
-        self, view: View, request: Request, shared: EncodedEvents, keys: pa.Array, down: I64, up: I64, by_time: I64
-    ):
+        self,
+        view: View,
+        request: Request,
+        shared: EncodedEvents,
+        keys: pa.Array,
+        down: I64,
+        up: I64,
+        by_time: Callable[[], I64],
+    ) -> None:
         self.view = view
         self.request = request
         self.ev = ViewEvents(view, shared)
         codes = self.ev.codes(keys)
-        self.order = _row_order(codes, by_time)  # rows sorted by (code, t): binary searches walk forward
+        self.order = _row_order(codes, by_time())  # rows sorted by (code, t): binary searches walk forward
         self.codes, self.down, self.up = codes[self.order], down[self.order], up[self.order]
         #: measure name → the windowed features of the request that read it
         self.by_measure: dict[str, dict[str, WindowedFeature]] = {}
@@ -425,15 +432,23 @@ def compute_arrays(
     if ts not in events.column_names:
         raise PointInTimeError(f"events table lacks the timestamp field '{ts}'")
     shared = EncodedEvents(events, request.plan.schema, keep)
-    by_time: I64 = np.argsort(up, kind="stable")  # every view orders its rows from this one sort
     views = request.views
     pool = None if len(up) < _PARALLEL_ROWS else ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
     run = map if pool is None else pool.map  # numpy and Arrow release the GIL in their kernels
     try:
+        # every view orders its rows from one time sort (submitted first: beside the first view's encoding)
+        def sort() -> I64:
+            by: I64 = np.argsort(up, kind="stable")
+            return by
+
+        by_time = sort if pool is None else pool.submit(sort).result
         jobs = list(run(lambda v: _ViewJob(v, request, shared, keys[v.entity.join_key], down, up, by_time), views))
         tasks = [(job, m) for job in jobs for m in job.by_measure]
-        sizes = dict(zip(tasks, run(lambda t: len(shared.measured(t[0].view.measure(t[1]))[0]), tasks), strict=True))
-        tasks.sort(key=lambda t: -sizes[t])  # the largest first: the threads finish together
+        # each distinct measure once (views' equal measures share one result: no thread waits for another)
+        same = {t: (t[0].view.measure(t[1]).value, t[0].view.measure(t[1]).where) for t in tasks}
+        measures = {same[t]: t[0].view.measure(t[1]) for t in tasks}
+        rows = dict(zip(measures, run(lambda m: len(shared.measured(m)[0]), measures.values()), strict=True))
+        tasks.sort(key=lambda t: -rows[same[t]])  # the largest first: the threads finish together
         values: dict[_ViewJob, dict[str, Column]] = {job: {} for job in jobs}
         for (job, _), part in zip(tasks, run(lambda t: t[0].measure_values(t[1]), tasks), strict=True):
             values[job].update(part)
