@@ -286,7 +286,9 @@ class _ViewJob:
         self._needles: Once[tuple[object, ...], I64] = Once()  # measures of one key space share them
 
     def _position(self, sm: SortedMeasure, window: int, hop: int) -> I64:
-        bound = self._bounds.get((window, hop), lambda: self.up if window == 0 else tail(self.down, window, hop))
+        bound = self._bounds.get(
+            (window, hop), lambda: self.up if (window, hop) == (0, 0) else tail(self.down, window, hop)
+        )
         space = sm.key_space
         if space is None:
             return sm.position(self.codes, bound)
