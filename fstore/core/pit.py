@@ -18,7 +18,7 @@ mean/min/max/std/var/ratio null (std/var also below two values). Naive timestamp
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 
 from fstore.core.expr import columns
 from fstore.core.functions import Function
-from fstore.core.pit_events import EncodedEvents, Keep, ViewEvents
+from fstore.core.pit_events import EncodedEvents, Keep, Once, ViewEvents
 from fstore.core.pit_kernels import I64, Bool, SortedMeasure
 from fstore.core.plan import Feature, Plan, RatioFeature, View, WindowedFeature
 from fstore.core.timeutil import MILLISECOND, SECOND
@@ -41,7 +41,7 @@ TIMESTAMP_COLUMN = "event_timestamp"
 DEDUPE_COLUMNS = ("ingested_at", "payload_hash")
 
 Frame = TypeVar("Frame", pd.DataFrame, pa.Table)
-#: Below this many entity rows the views are computed one after the other (threads would not pay off).
+#: Below this many entity rows the work runs in the calling thread (threads would not pay off).
 _PARALLEL_ROWS = 50_000
 
 
@@ -253,37 +253,72 @@ def dedupe(raw: pa.Table, id_field: str) -> pa.Table:
 Column = tuple[np.ndarray, Bool | None]  # values, null mask (None: no nulls)
 
 
-def _windowed_values(view: View, request: Request, ev: ViewEvents, codes: I64, down: I64, up: I64) -> dict[str, Column]:
-    """Every windowed feature the request needs from ``view``, for rows sorted by ``(code, t)``."""
-    needed = {w.name: w for v, f in request.features if v is view for w in _windowed_of(v, f)}
-    out: dict[str, Column] = {}
-    hi_cache: dict[str, I64] = {}
-    lo_cache: dict[tuple[str, int, int], I64] = {}
-    bounds: dict[tuple[int, int], I64] = {(0, 0): up}
-    needles: dict[tuple[object, ...], I64] = {}  # measures of one key space share their search keys
+class _ViewJob:
+    """One view's share of a request: its entity rows sorted by ``(code, t)`` and the window bounds' search keys.
 
-    def position(sm: SortedMeasure, window: int, hop: int) -> I64:
-        if (window, hop) not in bounds:
-            bounds[window, hop] = tail(down, window, hop)  # the core's tail, on int64 arrays
+    The measures of all views are then sorted and queried as separate tasks (:func:`compute_arrays`), each
+    with :meth:`measure_values`; :meth:`columns` puts the view's features back in input order.
+    """
+
+    def __init__(
+        self,
+        view: View,
+        request: Request,
+        shared: EncodedEvents,
+        keys: pa.Array,
+        down: I64,
+        up: I64,
+        by_time: Callable[[], I64],
+    ) -> None:
+        self.view = view
+        self.request = request
+        self.ev = ViewEvents(view, shared)
+        codes = self.ev.codes(keys)
+        self.order = _row_order(codes, by_time())  # rows sorted by (code, t): binary searches walk forward
+        self.codes, self.down, self.up = codes[self.order], down[self.order], up[self.order]
+        #: measure name → the windowed features of the request that read it
+        self.by_measure: dict[str, dict[str, WindowedFeature]] = {}
+        for v, f in request.features:
+            if v is view:
+                for w in _windowed_of(v, f):
+                    self.by_measure.setdefault(w.measure, {})[w.name] = w
+        self._bounds: Once[tuple[int, int], I64] = Once()
+        self._needles: Once[tuple[object, ...], I64] = Once()  # measures of one key space share them
+
+    def _position(self, sm: SortedMeasure, window: int, hop: int) -> I64:
+        bound = self._bounds.get(
+            (window, hop), lambda: self.up if (window, hop) == (0, 0) else tail(self.down, window, hop)
+        )
         space = sm.key_space
         if space is None:
-            return sm.position(codes, bounds[window, hop])
-        key = (space, window, hop)
-        if key not in needles:
-            needles[key] = sm.needles(codes, bounds[window, hop])
-        return sm.position_of(needles[key])
+            return sm.position(self.codes, bound)
+        return sm.position_of(self._needles.get((space, window, hop), lambda: sm.needles(self.codes, bound)))
 
-    for name, f in needed.items():
-        sm = ev.measures[f.measure]
-        if f.measure not in hi_cache:
-            hi_cache[f.measure] = position(sm, 0, 0)
-        hi = hi_cache[f.measure]
-        lk = (f.measure, f.window, f.hop)
-        if lk not in lo_cache:
-            lo_cache[lk] = position(sm, f.window, f.hop)
-        lo = lo_cache[lk]
-        out[name] = _function(f.function, sm, lo, hi, ev.members.get(f.measure))
-    return out
+    def measure_values(self, measure: str) -> dict[str, Column]:
+        """The request's windowed features over ``measure`` (rows in ``(code, t)`` order): sort its events,
+        search each window bound once."""
+        self.ev.build({measure})
+        sm = self.ev.measures[measure]
+        hi = self._position(sm, 0, 0)
+        lows: dict[tuple[int, int], I64] = {}
+        out: dict[str, Column] = {}
+        for name, f in self.by_measure[measure].items():
+            if (f.window, f.hop) not in lows:
+                lows[f.window, f.hop] = self._position(sm, f.window, f.hop)
+            out[name] = _function(f.function, sm, lows[f.window, f.hop], hi, self.ev.members.get(measure))
+        return out
+
+    def columns(self, values: dict[str, Column]) -> dict[str, Column]:
+        """The view's requested features in input row order (ratios from their two counts)."""
+        inverse = np.empty_like(self.order)
+        inverse[self.order] = np.arange(len(self.order))
+        out: dict[str, Column] = {}
+        for (v, f), name in zip(self.request.features, self.request.names, strict=True):
+            if v is not self.view:
+                continue
+            col = _ratio(values[f.numerator], values[f.denominator]) if isinstance(f, RatioFeature) else values[f.name]
+            out[name] = (col[0][inverse], None if col[1] is None else col[1][inverse])
+        return out
 
 
 def _function(function: Function, sm: SortedMeasure, lo: I64, hi: I64, members: I64 | None) -> Column:
@@ -355,16 +390,24 @@ def normalise(entity_rows: pd.DataFrame | pa.Table, request: Request) -> tuple[d
     return keys, down, up
 
 
-def _row_order(codes: I64, times: I64) -> I64:
-    """Order of the entity rows by ``(code, time)`` (one int64 sort key when it fits, else a lexsort)."""
+def _row_order(codes: I64, by_time: I64) -> I64:
+    """Order of the entity rows by ``(code, time)``, ties in input order.
+
+    ``by_time`` is the rows' stable order by time, shared by every view: a stable sort by code of it (one
+    or two radix passes over 16-bit digits) gives the order without sorting 64-bit keys once per view.
+    """
     if len(codes) == 0:
         return np.zeros(0, np.int64)
-    t0, span = int(times.min()), int(times.max()) - int(times.min()) + 1
-    if (int(codes.max()) + 2) * span < 2**62:
-        order: I64 = np.argsort((codes + 1) * span + (times - t0), kind="stable")
-        return order
-    by_pair: I64 = np.lexsort((times, codes))
-    return by_pair
+    shifted = codes[by_time] + 1  # -1 (no events) first
+    high = int(shifted.max())
+    if high >= 2**32:  # not reached with real key counts: sort the pairs
+        by_pair: I64 = by_time[np.lexsort((np.arange(len(codes)), shifted))]
+        return by_pair
+    order: I64 = np.argsort((shifted & 0xFFFF).astype(np.uint16), kind="stable")
+    if high >= 2**16:
+        order = order[np.argsort((shifted[order] >> 16).astype(np.uint16), kind="stable")]
+    ordered: I64 = by_time[order]
+    return ordered
 
 
 def compute_arrays(
@@ -383,36 +426,38 @@ def compute_arrays(
             boolean mask (the de-duplication winners of copies read as they are stored, so the caller
             need not copy them into a new table: :mod:`fstore.offline.local`).
 
-    The views of a request are computed in parallel threads (from :data:`_PARALLEL_ROWS` rows on).
+    From :data:`_PARALLEL_ROWS` rows on the work runs in threads (one per core): the views' row orders, the
+    measures' filters and values, then one task per (view, measure) — sort its events, search the window
+    bounds, evaluate its functions — largest first, then each view's columns in input order.
     """
     ts = request.plan.schema.timestamp_field
     if ts not in events.column_names:
         raise PointInTimeError(f"events table lacks the timestamp field '{ts}'")
     shared = EncodedEvents(events, request.plan.schema, keep)
-
-    def one_view(view: View) -> dict[str, Column]:
-        wanted = {w.measure for v, f in request.features if v is view for w in _windowed_of(v, f)}
-        ev = ViewEvents(view, shared)
-        codes = ev.codes(keys[view.entity.join_key])
-        order = _row_order(codes, up)  # rows sorted by (code, t): binary searches walk forward
-        ev.build(wanted)
-        values = _windowed_values(view, request, ev, codes[order], down[order], up[order])
-        inverse = np.empty_like(order)
-        inverse[order] = np.arange(len(order))
-        out: dict[str, Column] = {}
-        for (v, f), name in zip(request.features, request.names, strict=True):
-            if v is not view:
-                continue
-            col = _ratio(values[f.numerator], values[f.denominator]) if isinstance(f, RatioFeature) else values[f.name]
-            out[name] = (col[0][inverse], None if col[1] is None else col[1][inverse])
-        return out
-
     views = request.views
-    if len(views) == 1 or len(up) < _PARALLEL_ROWS:
-        parts = [one_view(v) for v in views]
-    else:  # views are independent; numpy and Arrow release the GIL in their kernels
-        with ThreadPoolExecutor(max_workers=min(len(views), os.cpu_count() or 1)) as pool:
-            parts = list(pool.map(one_view, views))
+    pool = None if len(up) < _PARALLEL_ROWS else ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
+    run = map if pool is None else pool.map  # numpy and Arrow release the GIL in their kernels
+    try:
+        # every view orders its rows from one time sort (submitted first: beside the first view's encoding)
+        def sort() -> I64:
+            by: I64 = np.argsort(up, kind="stable")
+            return by
+
+        by_time = sort if pool is None else pool.submit(sort).result
+        jobs = list(run(lambda v: _ViewJob(v, request, shared, keys[v.entity.join_key], down, up, by_time), views))
+        tasks = [(job, m) for job in jobs for m in job.by_measure]
+        # each distinct measure once (views' equal measures share one result: no thread waits for another)
+        same = {t: (t[0].view.measure(t[1]).value, t[0].view.measure(t[1]).where) for t in tasks}
+        measures = {same[t]: t[0].view.measure(t[1]) for t in tasks}
+        rows = dict(zip(measures, run(lambda m: len(shared.measured(m)[0]), measures.values()), strict=True))
+        tasks.sort(key=lambda t: -rows[same[t]])  # the largest first: the threads finish together
+        values: dict[_ViewJob, dict[str, Column]] = {job: {} for job in jobs}
+        for (job, _), part in zip(tasks, run(lambda t: t[0].measure_values(t[1]), tasks), strict=True):
+            values[job].update(part)
+        parts = list(run(lambda job: job.columns(values[job]), jobs))
+    finally:
+        if pool is not None:
+            pool.shutdown()
     return {name: col for part in parts for name, col in part.items()}
 
 

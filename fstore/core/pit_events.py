@@ -36,12 +36,13 @@ def _dictionary_key(dictionary: pa.Array) -> tuple[int, ...]:
     return (dictionary.offset, len(dictionary), *(b.address if b is not None else 0 for b in dictionary.buffers()))
 
 
-def _encoded_chunks(column: pa.ChunkedArray) -> tuple[I64, pa.Array]:
+def _encoded_chunks(column: pa.ChunkedArray, ordered: bool = False) -> tuple[I64, pa.Array]:
     """:func:`encode_strings` of a dictionary column in chunks with their own dictionaries.
 
     The distinct chunk dictionaries (by identity) are concatenated and encoded in one hash pass; each
     chunk's codes are then a lookup of its indices. Cheaper than unifying the dictionaries chunk by chunk
-    (the Delta reader yields one dictionary per row group, each holding most of the keys).
+    (the Delta reader yields one dictionary per row group, each holding most of the keys). ``ordered``:
+    the codes of :func:`sorted_codes`, renumbered in the small lookup table before the per-row lookups.
     """
     start: dict[tuple[int, ...], int] = {}
     dictionaries: list[pa.Array] = []
@@ -54,27 +55,31 @@ def _encoded_chunks(column: pa.ChunkedArray) -> tuple[I64, pa.Array]:
             total += len(chunk.dictionary)
     merged = pc.dictionary_encode(pa.concat_arrays(dictionaries))
     glob = np.append(pc.fill_null(merged.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64), -1)
-    parts = []
+    dictionary = merged.dictionary
+    if ordered:
+        glob, dictionary = sorted_codes(glob, dictionary)  # the trailing -1 (null) stays -1
+    codes: I64 = np.empty(len(column), np.int64)
+    at = 0
     for chunk in column.chunks:
-        first = start[_dictionary_key(chunk.dictionary)]
+        first, end = start[_dictionary_key(chunk.dictionary)], at + len(chunk)
         if not chunk.indices.null_count:  # the usual case: look the chunk's indices up in its own slice
-            parts.append(glob[first : first + len(chunk.dictionary)][chunk.indices.to_numpy()])
-            continue
-        at = pc.fill_null(chunk.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
-        at = np.where(at >= 0, at + first, total)  # null → the -1 at the end
-        parts.append(glob[at])
-    codes: I64 = np.concatenate(parts) if parts else np.empty(0, np.int64)
-    return codes, merged.dictionary
+            np.take(glob[first : first + len(chunk.dictionary)], chunk.indices.to_numpy(), out=codes[at:end])
+        else:
+            idx = pc.fill_null(chunk.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+            codes[at:end] = glob[np.where(idx >= 0, idx + first, total)]  # null → the -1 at the end
+        at = end
+    return codes, dictionary
 
 
-def encode_strings(column: pa.ChunkedArray | pa.Array) -> tuple[I64, pa.Array]:
+def encode_strings(column: pa.ChunkedArray | pa.Array, ordered: bool = False) -> tuple[I64, pa.Array]:
     """``(codes, dictionary)`` of a string column, ``-1`` for nulls; dictionary columns keep their codes.
 
-    The dictionary holds distinct strings (``codes`` index it).
+    The dictionary holds distinct strings (``codes`` index it). ``ordered``: codes follow the strings'
+    sort order (what :func:`sorted_codes` gives, done here in one pass for chunked dictionary columns).
     """
     if isinstance(column, pa.ChunkedArray):
         if pa.types.is_dictionary(column.type) and column.num_chunks > 1:
-            return _encoded_chunks(column)  # a null held in a chunk's dictionary gets code -1 there
+            return _encoded_chunks(column, ordered)  # a null held in a chunk's dictionary gets code -1 there
         column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
     if pa.types.is_dictionary(column.type) and column.dictionary.null_count:
         # a Parquet file whose values are all null reads back as a dictionary holding null as a value:
@@ -85,10 +90,10 @@ def encode_strings(column: pa.ChunkedArray | pa.Array) -> tuple[I64, pa.Array]:
     codes = pc.fill_null(column.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
     dictionary = column.dictionary
     if pc.count_distinct(dictionary, mode="all").as_py() != len(dictionary):  # re-encode repeated values
-        return encode_strings(column.dictionary_decode())
+        return encode_strings(column.dictionary_decode(), ordered)
     if not (pa.types.is_string(dictionary.type) or pa.types.is_null(dictionary.type)):
         dictionary = dictionary.cast(pa.string())
-    return codes, dictionary
+    return sorted_codes(codes, dictionary) if ordered else (codes, dictionary)
 
 
 def sorted_codes(codes: I64, dictionary: pa.Array) -> tuple[I64, pa.Array]:
@@ -130,7 +135,7 @@ K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
 
-class _Once(Generic[K, V]):
+class Once(Generic[K, V]):
     """Values made once per key, also when the views' threads ask for one at the same time (the second
     waits for the first instead of computing it again)."""
 
@@ -173,13 +178,13 @@ class EncodedEvents:
         if len(times):
             first = int(times.min())
             self.time_span = (first, int(times.max()) - first + 1)
-        self._where: _Once[Expr | None, I64] = _Once()
-        self._values: _Once[tuple[Expr, Expr | None], tuple[I64, pa.Array | pa.ChunkedArray]] = _Once()
-        self._encoded: _Once[str, tuple[I64, pa.Array]] = _Once()
+        self._where: Once[Expr | None, I64] = Once()
+        self._values: Once[tuple[Expr, Expr | None], tuple[I64, pa.Array | pa.ChunkedArray]] = Once()
+        self._encoded: Once[tuple[str, bool], tuple[I64, pa.Array]] = Once()
 
-    def encoded(self, name: str) -> tuple[I64, pa.Array]:
-        """:func:`encode_strings` of a string column of the table (once per column)."""
-        return self._encoded.get(name, lambda: encode_strings(self.table.column(name)))
+    def encoded(self, name: str, ordered: bool = False) -> tuple[I64, pa.Array]:
+        """:func:`encode_strings` of a string column of the table (once per column and ``ordered``)."""
+        return self._encoded.get((name, ordered), lambda: encode_strings(self.table.column(name), ordered))
 
     def _truth(self, where: Expr) -> Bool:
         """Where the condition holds, over every row of the table.
@@ -213,11 +218,13 @@ class EncodedEvents:
 
         return self._where.get(where, make)
 
-    def _select(self, names: frozenset[str]) -> pa.Table:
+    def _select(self, names: frozenset[str], rows: int | None = None) -> pa.Table:
+        """The table's columns among ``names``; without any, a table of ``rows`` rows (default: the table's)."""
         present = [n for n in self.table.column_names if n in names]
         if present:
             return self.table.select(present)
-        return pa.table({"__row": pa.nulls(self.table.num_rows, pa.int8())})  # keeps the row count
+        count = self.table.num_rows if rows is None else rows
+        return pa.table({"__row": pa.nulls(count, pa.int8())})  # keeps the row count
 
     def measured(self, measure: Measure) -> tuple[I64, pa.Array | pa.ChunkedArray]:
         """``(rows, values)`` of a measure: the counted rows (table order) and their non-null values.
@@ -228,8 +235,8 @@ class EncodedEvents:
 
         def make() -> tuple[I64, pa.Array | pa.ChunkedArray]:
             rows = self._counted(measure.where)
-            sub = self._select(columns(measure.value))
-            if len(rows) != self.table.num_rows:
+            sub = self._select(columns(measure.value), len(rows))
+            if len(rows) != sub.num_rows:  # a value that reads no column (a count) needs no copy
                 sub = sub.take(pa.array(rows))
             values = evaluate_arrow(measure.value, sub, self.columns)
             if values.null_count:
@@ -251,7 +258,7 @@ class ViewEvents:
         self.events = events
         key = view.entity.join_key
         if key in events.table.column_names:
-            self._codes, self.dictionary = sorted_codes(*events.encoded(key))
+            self._codes, self.dictionary = events.encoded(key, ordered=True)
         else:
             self._codes, self.dictionary = encode_strings(pa.nulls(events.table.num_rows, pa.string()))
         self.measures: dict[str, SortedMeasure] = {}

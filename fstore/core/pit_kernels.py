@@ -33,7 +33,7 @@ def _order(codes: I64, times: I64, keys: I64, n_codes: int) -> I64:
     with equal keys keep their input order.
     """
     if n_codes <= 2**32 and len(times) > 1 and bool((times[1:] >= times[:-1]).all()):
-        order: I64 = np.argsort((codes & 0xFFFF).astype(np.uint16), kind="stable")  # radix sort
+        order: I64 = np.argsort(codes.astype(np.uint16), kind="stable")  # radix sort; the cast keeps the low 16 bits
         if n_codes > 2**16:
             high = (codes[order] >> 16).astype(np.uint16)
             order = order[np.argsort(high, kind="stable")]
@@ -104,7 +104,8 @@ class SortedMeasure:
         else:
             rel = times - self._tmin
         self._span = span
-        keys = codes.astype(np.int64) * span + rel
+        keys = np.multiply(codes, span, dtype=np.int64)
+        keys += rel
         order = _order(codes, times, keys, n_codes)
         self._keys = keys[order]
         if values is not None:

@@ -336,3 +336,15 @@ def test_text_timestamps_are_read_one_by_one() -> None:
     assert [t.to_pydatetime() for t in pit.to_utc(text)] == want
     with pytest.raises(ValueError):
         pit.to_utc(pd.Series(["2026-11-21T10:00:00", "yesterday"]))
+
+
+@pytest.mark.parametrize("keys", [40, 70_000])
+def test_row_order_sorts_by_code_then_time_ties_in_input_order(keys: int) -> None:
+    """The rows' order from the shared time order and a radix sort by code (one pass, or two above 2**16
+    codes) equals a plain sort by (code, time, input position); code -1 (no events) first."""
+    rng = np.random.default_rng(5)
+    n = 5000
+    codes = rng.integers(-1, keys, n)
+    times = rng.integers(0, 50, n)  # many ties
+    got = pit._row_order(codes, np.argsort(times, kind="stable"))
+    assert got.tolist() == np.lexsort((np.arange(n), times, codes)).tolist()

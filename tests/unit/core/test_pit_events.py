@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from fstore.core import pit
-from fstore.core.pit_events import encode_strings
+from fstore.core.pit_events import encode_strings, sorted_codes
 from tests.support.pit import events_table, query_times, random_events
 from tests.support.repos import compiled
 
@@ -34,6 +34,20 @@ def test_chunks_with_own_shared_and_repeated_dictionaries_decode_to_the_strings(
     plain = pa.chunked_array([pa.array(["x", None]), pa.array(["y", "x"])])
     codes, dictionary = encode_strings(plain)
     assert _decoded(codes, dictionary) == ["x", None, "y", "x"]
+
+
+@pytest.mark.parametrize("chunked", [True, False])
+def test_ordered_codes_follow_the_strings_sort_order(chunked: bool) -> None:
+    """``ordered=True`` (renumbered in the chunks' lookup table, or after encoding a single array) gives the
+    codes :func:`sorted_codes` gives: the same strings, codes in the strings' order, null stays ``-1``."""
+    first = pa.DictionaryArray.from_arrays(pa.array([0, 1, None, 2]), pa.array(["k", "b", "x"]))
+    second = pa.DictionaryArray.from_arrays(pa.array([1, 0, 1]), pa.array(["a", "k"]))
+    column = pa.chunked_array([first, second]) if chunked else pa.chunked_array([first])
+    codes, dictionary = encode_strings(column, ordered=True)
+    assert _decoded(codes, dictionary) == column.to_pylist()
+    assert dictionary.to_pylist() == sorted(dictionary.to_pylist())
+    want_codes, want_dictionary = sorted_codes(*encode_strings(column))
+    assert codes.tolist() == want_codes.tolist() and dictionary.equals(want_dictionary)
 
 
 def test_keep_mask_equals_the_filtered_events(monkeypatch: pytest.MonkeyPatch) -> None:
