@@ -8,7 +8,8 @@ schema with its id and timestamp fields, the entity keys); under ``spark-submit`
 ``FSTORE_FEATURE_REPO``.
 
 1. reads the ``raw_events`` partitions of ``[C - longest window - largest hop, C)`` (executors read the
-   files), keeps the first-ingested copy of every event id and the rows that pass the cheap checks;
+   files), keeps the first-ingested copy of every event id and the rows that pass the cheap checks; a
+   day whose de-duplication winners file is current (``fstore compact``) is read from that file instead;
 2. grades the day's data (:mod:`jobs.batch.dq`) and writes the report to ``dq_reports``; a hard failure
    stops here (exit 2) and publishes nothing;
 3. computes the tiles of every view on the executors (:mod:`fstore.core.view_tiles_frame`: count, sum,
