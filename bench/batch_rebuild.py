@@ -9,12 +9,18 @@ Target: 7 × 1.5M events in ≤ 5 minutes on 2 cores. The events are the example
 from the process's plan (``FSTORE_FEATURE_REPO``, default ``feature_repo/``), compiled before the timed
 job like the Spark session is started before it (``plan_s``).
 
+``--winners steady`` (the default) first writes the de-duplication winners of every day before the run
+date (``fstore compact``, untimed: previous nights wrote them) and removes the run date's, the state a
+nightly run finds; the job then de-duplicates only the newest day. After the job it times the compaction
+of the run date (``compact_run_day_s``, what the nightly routine adds). ``--winners none`` removes every
+winners file first: the cold full rebuild, every day de-duplicated.
+
 ``--delta-engine both`` (the default) runs the job twice on the same ``raw_events``, back to back, each in
 a fresh process with the job's output tables removed first: once committing through delta-spark, once
 through delta-rs (``FSTORE_DELTA_ENGINE``); the JSON then holds both runs and their ratios.
 
 Usage: ``python bench/batch_rebuild.py [--events-per-day 1500000] [--days 7] [--data-dir DIR]
-[--delta-engine both|delta-spark|delta-rs]``.
+[--delta-engine both|delta-spark|delta-rs] [--winners steady|none]``.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ import pyarrow as pa
 from proc_cpu import tree_cpu_seconds
 
 from fstore.core.timeutil import DAY, HOUR, SECOND, day_start
-from fstore.delta import raw_log
+from fstore.delta import raw_log, raw_winners
 from fstore.devsvc.services import RedisServer
 from fstore.plan_source import current_plan
 from jobs.batch.rebuild_features import build_spark, rebuild
@@ -117,6 +123,38 @@ def tree_cpu(pid: int) -> float:
     return tree_cpu_seconds(pid) or 0.0
 
 
+def spark_stages(spark: Any) -> list[dict[str, Any]]:
+    """Per Spark stage of the session (from the UI's REST API): name, tasks, run / CPU / GC seconds of
+    the executors, rows and bytes in and out, shuffle bytes — where the job's time goes."""
+    from urllib.request import urlopen
+
+    ui = spark.sparkContext.uiWebUrl
+    app = spark.sparkContext.applicationId
+    with urlopen(f"{ui}/api/v1/applications/{app}/stages?status=complete") as r:
+        stages = json.load(r)
+    keep = ("stageId", "name", "numTasks", "inputRecords", "outputRecords", "shuffleReadRecords")
+    out = []
+    for st in sorted(stages, key=lambda x: x["stageId"]):
+        row = {k: st.get(k) for k in keep}
+        row["run_s"] = round(st.get("executorRunTime", 0) / 1e3, 2)
+        row["cpu_s"] = round(st.get("executorCpuTime", 0) / 1e9, 2)
+        row["gc_s"] = round(st.get("jvmGcTime", 0) / 1e3, 2)
+        row["shuffle_write_mb"] = round(st.get("shuffleWriteBytes", 0) / 2**20, 1)
+        row["wall_s"] = _stage_wall(st)
+        out.append(row)
+    return out
+
+
+def _stage_wall(st: dict[str, Any]) -> float | None:
+    from datetime import datetime
+
+    fmt = "%Y-%m-%dT%H:%M:%S.%fGMT"
+    if not st.get("submissionTime") or not st.get("completionTime"):
+        return None
+    delta = datetime.strptime(st["completionTime"], fmt) - datetime.strptime(st["submissionTime"], fmt)
+    return round(delta.total_seconds(), 2)
+
+
 def run(
     events_per_day: int,
     days: int,
@@ -125,6 +163,8 @@ def run(
     data_dir: str,
     redis_url: str | None,
     delta_engine: str = "auto",
+    winners: str = "steady",
+    profile: str | None = None,
 ) -> dict[str, Any]:
     """Generate (if raw_events is missing), run the job once, return the figures."""
     out: dict[str, Any] = {"events_per_day": events_per_day, "days": days, "cpus": os.cpu_count()}
@@ -147,8 +187,17 @@ def run(
             t1 = time.perf_counter()
             features = current_plan()  # compiled once per process (imports Feast): not per-row work
             out["plan_s"] = round(time.perf_counter() - t1, 2)
+            raw_uri = f"{data_dir}/raw_events"
+            if winners == "none":
+                shutil.rmtree(raw_winners.winners_uri(raw_uri), ignore_errors=True)
+            else:  # what the previous nights' compactions left: every day but the run date
+                t1 = time.perf_counter()
+                compacted = raw_winners.compact(raw_uri, features.schema, before=RUN_DATE)
+                shutil.rmtree(f"{raw_winners.winners_uri(raw_uri)}/event_date={RUN_DATE}", ignore_errors=True)
+                out["compact_before_s"] = round(time.perf_counter() - t1, 2)
+                out["compacted_days"] = len(compacted.written) + len(compacted.kept)
             t1 = time.perf_counter()
-            spark = build_spark(settings)
+            spark = build_spark(settings.model_copy(update={"spark_ui": bool(profile)}))
             out["spark_start_s"] = round(time.perf_counter() - t1, 2)
             t2, cpu = time.perf_counter(), tree_cpu(os.getpid())
             res = rebuild(spark, settings, RUN_DATE, log=lambda _m: None, features=features)
@@ -159,6 +208,14 @@ def run(
             out["stages_s"] = res.metrics["stages_s"]
             out["counters"] = res.metrics["counters"]
             out["published"] = res.published
+            if profile:
+                Path(profile).write_text(json.dumps(spark_stages(spark), indent=1))
+            out["days_from_winners"] = len(res.metrics.get("days_from_winners", []))
+            if winners == "steady":
+                t1, cpu = time.perf_counter(), tree_cpu(os.getpid())
+                raw_winners.compact(raw_uri, features.schema, days=[RUN_DATE])
+                out["compact_run_day_s"] = round(time.perf_counter() - t1, 2)
+                out["compact_run_day_cpu_s"] = round(tree_cpu(os.getpid()) - cpu, 1)
             spark.stop()
         finally:
             if server:
@@ -177,10 +234,10 @@ def both(a: argparse.Namespace, data_dir: str) -> dict[str, Any]:
     out: dict[str, Any] = {**generated, "load_average": os.getloadavg()}
     for engine in ("delta-spark", "delta-rs"):
         for entry in Path(data_dir).iterdir():
-            if entry.name not in ("raw_events", "dead_letters"):
+            if entry.name not in ("raw_events", "dead_letters", "raw_events_winners"):
                 shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
         argv = [sys.executable, __file__, "--data-dir", data_dir, "--delta-engine", engine]
-        argv += ["--events-per-day", str(a.events_per_day), "--days", str(a.days)]
+        argv += ["--events-per-day", str(a.events_per_day), "--days", str(a.days), "--winners", a.winners]
         argv += ["--redis-url", a.redis_url] if a.redis_url else []
         res = subprocess.run(argv, capture_output=True, text=True, check=False)
         if res.returncode != 0:
@@ -209,13 +266,31 @@ def main() -> None:
         default="both",
         help="who commits the job's Delta tables; both = one run each, back to back",
     )
+    p.add_argument(
+        "--winners",
+        choices=("steady", "none"),
+        default="steady",
+        help="steady: every day but the run date compacted first (a nightly run); none: a cold full rebuild",
+    )
+    p.add_argument("--profile", default=None, help="write the Spark stages' times (UI REST API) to this JSON file")
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = str(Path(a.data_dir).resolve()) if a.data_dir else tmp
         if a.delta_engine == "both":
             print(json.dumps(both(a, data_dir)))
         else:
-            print(json.dumps(run(a.events_per_day, a.days, a.users, a.products, data_dir, a.redis_url, a.delta_engine)))
+            res = run(
+                a.events_per_day,
+                a.days,
+                a.users,
+                a.products,
+                data_dir,
+                a.redis_url,
+                a.delta_engine,
+                a.winners,
+                a.profile,
+            )
+            print(json.dumps(res))
 
 
 if __name__ == "__main__":

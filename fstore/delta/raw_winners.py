@@ -249,3 +249,42 @@ def dataset(paths: list[str], uri: str, schema: pa.Schema, strings: set[str]) ->
     fs, _ = raw_log.filesystem(uri)
     fmt = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=strings))
     return ds.dataset(paths, schema=schema, format=fmt, filesystem=fs)
+
+
+def settled(raw_uri: str, days: Iterable[date], schema: EventSchema) -> dict[date, str]:
+    """Of ``days``, those a reader of all ``days`` may take from their current winners file instead of
+    de-duplicating ``raw_events``: day → the file's location (a URI when ``raw_uri`` is one, else a path).
+
+    Empty (read every day from ``raw_events``) when no day has a current file, or when a copy of one of
+    the other days — its superseded pairs dropped, as a reader drops them — shares its event id hash with
+    a winner in those files: an event with unmarked copies on two days, which only a de-duplication
+    across the whole range decides (the same check as the point-in-time reader's). Reads the id and
+    timestamp columns of the other days and the hashes of the files, in this process.
+    """
+    wanted = sorted(set(days))
+    raw = raw_log.open_table(raw_uri)
+    if raw is None or not wanted:
+        return {}
+    marks = raw_log.open_table(raw_log.superseded_uri(raw_uri))
+    found = usable(raw_uri, fingerprints(raw, marks, wanted))
+    if not found:
+        return {}
+    uri = winners_uri(raw_uri)
+    rest = [d for d in wanted if d not in found]
+    if rest:
+        cols = [schema.id_field, schema.timestamp_field]
+        copies = raw.to_pyarrow_dataset().to_table(
+            columns=cols, filter=pc.field("event_date").isin(pa.array(rest, pa.date32()))
+        )
+        pairs = raw_log.superseded_on(raw_log.superseded_uri(raw_uri), rest[0], rest[-1])
+        copies = drop_superseded(copies, pairs, schema.id_field, schema.timestamp_field)
+        if copies.num_rows:
+            ours = id_hashes(copies.column(schema.id_field)).view(np.int64)
+            theirs = read_hashes([found[d] for d in sorted(found)], uri)
+            if pc.any(pc.is_in(pa.array(theirs), value_set=pa.array(ours))).as_py():
+                log.warning("raw_events_winners: an event id has copies on two days; reading raw_events instead")
+                return {}
+    if "://" not in uri:
+        return found
+    _, root = raw_log.filesystem(uri)
+    return {d: uri.rstrip("/") + path[len(root) :] for d, path in found.items()}

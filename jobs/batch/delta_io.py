@@ -145,6 +145,18 @@ def read_raw(spark: SparkSession, uri: str, dates: list[date], delta_spark: bool
     return without_superseded(copies, superseded, schema.id_field, schema.timestamp_field)
 
 
+def read_winners(spark: SparkSession, uri: str, files: list[str], schema: EventSchema) -> DataFrame:
+    """The rows of days' winners files (:func:`fstore.delta.raw_winners.settled`: already de-duplicated,
+    their superseded pairs dropped), with the columns of :func:`read_raw` but ``payload_hash``, which only
+    orders copies. ``uri`` is ``raw_events``, whose schema the files share (a column a file lacks reads
+    null)."""
+    dt = raw_log.open_table(uri)
+    if dt is None or not files:
+        raise ValueError(f"no winners files to read for {uri}")
+    table_schema = T.StructType.fromJson(json.loads(dt.schema().to_json()))
+    return _with_fields(spark.read.schema(table_schema).parquet(*files), schema).drop("payload_hash")
+
+
 _FIELD_TYPES = {
     FieldType.STRING: T.StringType(),
     FieldType.INT: T.LongType(),

@@ -8,7 +8,8 @@ schema with its id and timestamp fields, the entity keys); under ``spark-submit`
 ``FSTORE_FEATURE_REPO``.
 
 1. reads the ``raw_events`` partitions of ``[C - longest window - largest hop, C)`` (executors read the
-   files), keeps the first-ingested copy of every event id and the rows that pass the cheap checks;
+   files), keeps the first-ingested copy of every event id and the rows that pass the cheap checks; a
+   day whose de-duplication winners file is current (``fstore compact``) is read from that file instead;
 2. grades the day's data (:mod:`jobs.batch.dq`) and writes the report to ``dq_reports``; a hard failure
    stops here (exit 2) and publishes nothing;
 3. computes the tiles of every view on the executors (:mod:`fstore.core.view_tiles_frame`: count, sum,
@@ -46,7 +47,7 @@ from fstore.core import view_snapshot, view_tiles_frame
 from fstore.core.plan import Plan, View
 from fstore.core.plan_error import PlanError
 from fstore.core.timeutil import SECOND, iso
-from fstore.delta import batch_views
+from fstore.delta import batch_views, raw_winners
 from fstore.jvm.artifacts import delta_jars
 from fstore.plan_source import current_plan
 from fstore.redis.layout import BatchPointer
@@ -162,19 +163,7 @@ def rebuild(
 
     try:
         with m.stage("read_dedupe"):
-            copies = delta_io.read_raw(spark, s.table("raw_events"), plan.dates, delta_spark, schema)
-            # Materialised once as rows (cheaper to build than the columnar cache of persist()), with the
-            # validity checks (regexes) evaluated once; DQ and both views read it. payload_hash only breaks
-            # ties of the de-duplication.
-            winners = (
-                compute.first_ingested(copies, schema.id_field)
-                .drop("payload_hash")
-                .withColumn(VALID, compute.is_valid(schema, _entity_keys(features)))
-                .localCheckpoint(eager=True, storageLevel=StorageLevel.MEMORY_AND_DISK)
-            )
-            rows_read = delta_io.copies_in(s.table("raw_events"), plan.dates)
-            m.count("rows_read", copies.count() if rows_read is None else rows_read)
-            m.count("events_deduplicated", winners.count())
+            winners = _deduplicated(spark, s, plan, features, delta_spark, m)
         checkpoint("read")
         with m.stage("dq"):
             report = _quality(spark, s, plan, features, winners, run_id, delta_spark)
@@ -206,6 +195,41 @@ def rebuild(
         path = s.metrics_path()
         if path:
             m.write_prometheus(path, run_date.isoformat(), success, plan.cutover / SECOND)
+
+
+def _deduplicated(
+    spark: SparkSession, s: BatchSettings, plan: RunPlan, features: Plan, delta_spark: bool, m: JobMetrics
+) -> Any:
+    """The run's events, one row per event id, with :data:`VALID`, materialised.
+
+    A day whose winners file is current (``raw_events_winners``, written once by ``fstore compact``) is
+    read from it, already de-duplicated; the other days (in the steady state only the newest) are read
+    from ``raw_events`` and de-duplicated here. :func:`fstore.delta.raw_winners.settled` returns no file
+    when an event id of those days also has a winner in a file, so that every day is then de-duplicated
+    together.
+    """
+    schema, raw_uri = features.schema, s.table("raw_events")
+    files = raw_winners.settled(raw_uri, plan.dates, schema) if s.use_winners else {}
+    rest = [d for d in plan.dates if d not in files]
+    m.info["days_from_winners"] = [d.isoformat() for d in sorted(files)]
+    parts = []
+    m.count("rows_read", 0)
+    if rest:
+        copies = delta_io.read_raw(spark, raw_uri, rest, delta_spark, schema)
+        # payload_hash only breaks ties of the de-duplication.
+        parts.append(compute.first_ingested(copies, schema.id_field).drop("payload_hash"))
+        rows_read = delta_io.copies_in(raw_uri, rest)
+        m.count("rows_read", copies.count() if rows_read is None else rows_read)
+    if files:
+        parts.append(delta_io.read_winners(spark, raw_uri, [files[d] for d in sorted(files)], schema))
+    events = parts[0] if len(parts) == 1 else parts[0].unionByName(parts[1])
+    # Materialised once as rows (cheaper to build than the columnar cache of persist()), with the validity
+    # checks (regexes) evaluated once; DQ and both views read it.
+    winners = events.withColumn(VALID, compute.is_valid(schema, _entity_keys(features))).localCheckpoint(
+        eager=True, storageLevel=StorageLevel.MEMORY_AND_DISK
+    )
+    m.count("events_deduplicated", winners.count())
+    return winners
 
 
 def _entity_keys(features: Plan) -> list[str]:

@@ -25,6 +25,12 @@ class BatchSettings(Settings):
         description="Who commits the job's Delta tables: delta-spark when its jars are there (auto), or force one",
     )
 
+    use_winners: bool = Field(
+        True,
+        description="Read a day whose de-duplication winners file is current (fstore compact) from it instead of "
+        "de-duplicating its raw_events copies",
+    )
+
     batch_view_ttl_s: int = Field(3 * 86_400, ge=3600, description="TTL of a batch view's keys in Redis")
     batch_view_grace_s: int = Field(3600, ge=0, description="Lifetime of the previous batch view after a swap")
     redis_chunk: int = Field(500, ge=1, description="Entities per Redis pipeline when loading a batch view")

@@ -24,7 +24,7 @@ from fstore.commands.repair import repair as repair_cmd
 from fstore.core.aggregates import isclose
 from fstore.core.events import Rejection, payload_hash
 from fstore.core.timeutil import DAY, HOUR, MINUTE, SECOND, day_start
-from fstore.delta import raw_log
+from fstore.delta import raw_log, raw_winners
 from fstore.plan_source import current_plan, use_plan
 from fstore.redis.layout import POINTER_KEY, BatchPointer, parse_tiles
 from jobs.batch import batch_view as batch_view_mod
@@ -232,8 +232,15 @@ def test_rebuild_matches_brute_force_and_is_idempotent(
     tables = [f"{root}/tiles_{n}" for n in VIEWS] + [f"{root}/feature_snapshots/{n}" for n in VIEWS]
     hashes = [content_hash(delta_partition(t, D1)) for t in tables]
     view1 = batch_view(rdb, first.version)
+    # The second run reads the closed days from their winners files (written once, as after a nightly
+    # run) and de-duplicates only D1's copies: the same tables and the same view as de-duplicating all.
+    compacted = raw_winners.compact(f"{root}/raw_events", compiled("ecommerce").schema, before=D1)
+    assert len(compacted.written) == 8 and not compacted.conflicted
     second = rebuild(spark, settings, D1)
     assert second.version != first.version and second.published
+    assert second.metrics["days_from_winners"] == [str(d) for d in plan_run(D1).dates if d < D1]
+    assert first.metrics["days_from_winners"] == []
+    assert 0 < second.metrics["counters"]["rows_read"] < first.metrics["counters"]["rows_read"] / 5
     assert [content_hash(delta_partition(t, D1)) for t in tables] == hashes
     assert batch_view(rdb, second.version) == view1 and len(view1) > 300
     old_key = next(iter(rdb.scan_iter(match=f"fs:*:b:{first.version}")))

@@ -160,14 +160,19 @@ def test_unmarked_copies_on_two_days_read_everything_raw_until_marked(store: Sto
     raw_winners.compact(uri, PLAN.schema, before=DAYS[4])
     first = next(w for w in store.winners() if to_date(w["event_time"]) == DAYS[0])
     racer = {**first, "event_time": BASE + 5 * DAY + 3, "price": 99.0}
+    every = [EVE, *DAYS]
+    assert sorted(raw_winners.settled(uri, every, PLAN.schema)) == [EVE, *DAYS[:4]]  # the batch job's choice
     store.add([(NOW - 90_000, "racer", racer)])  # two writers raced: no mark; the raw path de-duplicates it
     check(store, [], brute=False)  # the tail shares an id with compacted day 0: everything raw
+    assert raw_winners.settled(uri, every, PLAN.schema) == {}
     report = raw_winners.compact(uri, PLAN.schema)
     assert report.conflicted == [DAYS[5]] and report.written == [DAYS[4]]  # day 5 is never published
     check(store, [], brute=False)
 
     store.add([], [(first["event_id"], DAYS[0])])  # a writer's catch-up marks the loser's day, no new row
     check(store, [EVE, *DAYS[1:5]])  # day 0's file is stale by its marks alone
+    settled = raw_winners.settled(uri, every, PLAN.schema)
+    assert sorted(settled) == [EVE, *DAYS[1:5]] and all(Path(p).is_file() for p in settled.values())
     report = raw_winners.compact(uri, PLAN.schema)
     assert report.written == [DAYS[0], DAYS[5]] and not report.conflicted
     check(store, [EVE, *DAYS])
