@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from datetime import date
+from operator import itemgetter
 from typing import Any
 
 import pyarrow as pa
@@ -76,8 +77,7 @@ def rows_table(schema: EventSchema, rows: Sequence[Row], hashes: Sequence[str], 
     if not rows:
         return target.empty_table()
     arrays = []
-    for f in schema.fields:
-        values = [r.get(f.name) for r in rows]
+    for f, values in zip(schema.fields, _columns(schema.names, rows), strict=True):
         if f.type is FieldType.TIMESTAMP:
             arrays.append(pa.array(values, pa.int64()).cast(TS))
         else:
@@ -89,6 +89,18 @@ def rows_table(schema: EventSchema, rows: Sequence[Row], hashes: Sequence[str], 
         pc.cast(times, pa.date32()),
     ]
     return pa.Table.from_arrays(arrays, schema=target)
+
+
+def _columns(names: Sequence[str], rows: Sequence[Row]) -> Sequence[Sequence[Any]]:
+    """The values of each named field across ``rows`` (``None`` where a row lacks the field), transposed in C:
+    one ``itemgetter`` call per row instead of a ``dict.get`` per row and field (a third of the stream
+    worker's Arrow building). A row that lacks a field sends the whole batch to the per-field path."""
+    if len(names) == 1:
+        return [[r.get(names[0]) for r in rows]]
+    try:
+        return list(zip(*map(itemgetter(*names), rows), strict=True))
+    except KeyError:
+        return [[r.get(n) for r in rows] for n in names]
 
 
 def sample_row(schema: EventSchema) -> Row:

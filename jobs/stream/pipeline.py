@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from fstore.core.events import MAX_MESSAGE_BYTES, Rejection, Row, parse_row, payload_hash
+from fstore.core.events import MAX_MESSAGE_BYTES, Rejection, Row, parse_row, payload_hashes
 from fstore.event_reader import EventReader, decode, reader_for
 
 __all__ = ["EventReader", "Prepared", "prepare", "reader_for"]
@@ -70,41 +70,49 @@ def prepare(
     """
     r = reader_for() if reader is None else reader
     out = Prepared()
-    at = max(now, last_at + 1)
+    first = max(now, last_at + 1)
     oldest = now - horizon_us
+    cut = -(1 << 63) if cutover is None else cutover  # no batch view: nothing is late
     seen: set[str] = set()
     fast, check, loads = r.accept, r.check, orjson.loads
     idf, ts = r.id_field, r.ts_field
+    valid, fresh, invalid = out.valid, out.fresh, out.invalid
+    raws: list[bytes] = []  # the valid copies' bytes, hashed after the loop
+    firsts: list[tuple[int, Row | None]] = []  # each first copy's position in ``valid``, its row if fresh
+    late = duplicates = beyond = 0
     for i, raw in enumerate(values):
-        res: Row | Rejection | None = None
+        row: Row | None = None
         if len(raw) <= MAX_MESSAGE_BYTES:  # EventReader.parse, inlined: this loop runs for every message
             try:  # noqa: SIM105 - contextlib.suppress costs more, once per message
-                res = fast(decode(raw), now)
+                row = fast(decode(raw), now)
             except Exception:  # as in EventReader.parse
                 pass
-        if res is None:
+        if row is None:  # the fast path was unsure: the generic check decides, with a reason
             res = parse_row(raw, now, check, loads)
-        if isinstance(res, Rejection):
-            out.invalid.append((i, res.reason))
-            continue
-        row: Row = res
-        out.valid.append(row)
-        out.hashes.append(payload_hash(raw))
-        out.ingested_at.append(at)
-        at += 1
+            if isinstance(res, Rejection):
+                invalid.append((i, res.reason))
+                continue
+            row = res
+        valid.append(row)
+        raws.append(raw)
         t = row[ts]
-        if cutover is not None and t < cutover:
-            out.late += 1
+        if t < cut:
+            late += 1
         eid = row[idf]
         if eid in seen:
-            out.batch_duplicates += 1
+            duplicates += 1
             continue
         seen.add(eid)
         if t < oldest:
-            out.beyond_horizon += 1
-            out.claims.append((eid, out.hashes[-1], None))
+            beyond += 1
+            firsts.append((len(valid) - 1, None))
         else:
-            out.fresh.append(row)
-            out.claims.append((eid, out.hashes[-1], row))
-    out.last_at = at - 1 if out.valid else max(now, last_at)
+            fresh.append(row)
+            firsts.append((len(valid) - 1, row))
+    # each valid copy its own instant, in consumption order: batch clock + position among the valid copies
+    out.ingested_at = list(range(first, first + len(valid)))
+    out.hashes = hashes = payload_hashes(raws)
+    out.claims = [(valid[j][idf], hashes[j], fresh_row) for j, fresh_row in firsts]
+    out.late, out.batch_duplicates, out.beyond_horizon = late, duplicates, beyond
+    out.last_at = first + len(valid) - 1 if valid else max(now, last_at)
     return out

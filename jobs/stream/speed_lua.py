@@ -73,7 +73,7 @@ from fstore.core.view_tiles import TileKey
 from fstore.core.view_tiles_frame import member
 from fstore.redis.layout import PREFIX, entity_tag, future_field, future_value, speed_key
 from fstore.redis.resp import bulk, command
-from jobs.stream.tile_steps import NUMBER, NUMBER_M2, TEXT, Step, ViewSteps
+from jobs.stream.tile_steps import NUMBER_M2, TEXT, Step, ViewSteps
 
 APPLY_TILES = r"""
 local mttl, tttl = ARGV[1], ARGV[2]
@@ -258,6 +258,17 @@ def _prefix(cell: tuple[int, int, str]) -> str:
     return s
 
 
+def _cell_info(steps: ViewSteps, cell: tuple[int, int, str]) -> tuple[str, int, bool]:
+    """``(field prefix, kind, distinct)`` of a cell of a view, memoised in ``steps.cell_cache`` (one lookup per
+    cell in :meth:`Subgroup.encode`)."""
+    cache = steps.cell_cache
+    if len(cache) > _CACHE_MAX:
+        cache.clear()
+    kind, distinct = steps.kinds[(cell[0], cell[2])]
+    info = cache[cell] = (_prefix(cell), kind, distinct)
+    return info
+
+
 def _fold(cells: Cells, steps: tuple[Step, ...], row: Row, t: int) -> None:
     """Add one event to a subgroup's cells: count it, or keep its measured value (see :data:`Cells`)."""
     for st in steps:
@@ -371,36 +382,30 @@ class Subgroup:
         marker = tag + ("mv:" if self.moving else "m:")
         keys += (marker + generations[0], marker + generations[1], marker + generations[2])
         by_day: dict[int, list[Any]] = {}  # UTC day -> its hash's deltas (the script writes a hash's cells at once)
-        kinds = self.steps.kinds
+        cache = self.steps.cell_cache
         for cell, c in self.cells.items():
+            info = cache.get(cell)
+            if info is None:
+                info = _cell_info(self.steps, cell)
+            prefix, kind, distinct = info
             day = cell[1] // DAY
             deltas = by_day.get(day)
             if deltas is None:
                 deltas = by_day[day] = [len(by_day)]  # its index among the subgroup's hashes, dropped below
-            base = deltas[0] * 8
             if c.__class__ is int:
-                kind, distinct = kinds[(cell[0], cell[2])]
                 if not distinct:
-                    deltas += (base, _prefix(cell), c)
+                    deltas += (deltas[0] * 8, prefix, c)
                     continue
                 c = [1.0] * c
-            kind, distinct = kinds[(cell[0], cell[2])]
+            code = deltas[0] * 8 + 4 * distinct + kind
             if kind == TEXT:
-                deltas += (base + 4 * distinct + TEXT, _prefix(cell), len(c))
+                deltas += (code, prefix, len(c))
             else:
                 n, total, lo, hi, m2 = _numbers(c)
                 if kind == NUMBER_M2:
-                    deltas += (
-                        base + 4 * distinct + NUMBER_M2,
-                        _prefix(cell),
-                        n,
-                        repr(total),
-                        repr(lo),
-                        repr(hi),
-                        repr(m2),
-                    )
+                    deltas += (code, prefix, n, repr(total), repr(lo), repr(hi), repr(m2))
                 else:
-                    deltas += (base + 4 * distinct + NUMBER, _prefix(cell), n, repr(total), repr(lo), repr(hi))
+                    deltas += (code, prefix, n, repr(total), repr(lo), repr(hi))
             if distinct:
                 members = sorted({member(x) for x in c})
                 deltas.append(len(members))
@@ -416,8 +421,8 @@ class Subgroup:
                     deltas = by_day[day] = [len(by_day)]
                 value = None if self.moving else future_value(self.steps.measured(ev))
                 fields += (deltas[0], future_field(t, ev[idf]), value)
-        hashes = tag + "s:"
-        keys += [hashes + _day_suffix(day) for day in by_day]
+        hashes, days = tag + "s:", _DAYS
+        keys += [hashes + (days.get(day) or _day_suffix(day)) for day in by_day]
         data += (len(self.events), len(by_day), sum(map(len, by_day.values())) - len(by_day), len(self.future))
         idf = self.steps.id_field
         data += [ev[idf] for ev in self.events]

@@ -104,6 +104,8 @@ class ViewSteps:
         indexed: dict[str, list[Step]] = {}
         always: list[Step] = []
         self.kinds: dict[tuple[int, str], tuple[int, bool]] = {}
+        #: ``(size, start, measure)`` → ``(field prefix, kind, distinct)``, filled by the tile writer's packing
+        self.cell_cache: dict[tuple[int, int, str], tuple[str, int, bool]] = {}
         for size, name, term, rest, value, kind, states in plans:
             where: Expr | None
             if term is not None and term[0] == self.field:

@@ -10,7 +10,7 @@ import pytest
 from redis.asyncio.connection import Connection
 
 from fstore.core.event_check import EventCheck
-from fstore.core.events import Rejection, Row, parse_row
+from fstore.core.events import Rejection, Row, parse_row, payload_hash
 from fstore.core.plan import Plan
 from fstore.core.tile_state import Acc
 from fstore.core.timeutil import HOUR, MINUTE, SECOND
@@ -96,6 +96,7 @@ def test_prepare_classifies_and_keeps_first_copy() -> None:
     assert p.invalid == [(1, "malformed_json"), (2, "future_timestamp")]
     assert [e["event_id"] for e in p.valid] == ["e1", "e1", "e3", "e4"]
     assert p.ingested_at == [NOW + 6, NOW + 7, NOW + 8, NOW + 9] and p.last_at == NOW + 9
+    assert p.hashes == [payload_hash(values[i]) for i in (0, 3, 4, 5)]  # each valid copy's own bytes
     assert [e["event_id"] for e in p.fresh] == ["e1", "e4"] and p.fresh[0]["quantity"] == 1
     assert (p.batch_duplicates, p.beyond_horizon, p.late) == (1, 1, 2)
     # every first copy claims its id, the one too old for the tiles too (its later copies must not count)
