@@ -65,8 +65,9 @@ def test_a_message_redis_refuses_is_dead_lettered_and_the_worker_goes_on(
         user,
         enabled=True,
         passwords=["+pw"],
-        # every fstore key but those of entities starting with 'z' (POINTER_KEY, HEARTBEAT_KEY: fs:[^{]*)
-        keys=["fs:[^{]*", "fs:{*|[^z]*"],
+        # every fstore key but those of entities starting with 'z' (POINTER_KEY, HEARTBEAT_KEY: fs:[^{]*;
+        # the event_id claims: fs:{claim:*)
+        keys=["fs:[^{]*", "fs:{*|[^z]*", "fs:{claim:*"],
         commands=["+@all"],
     )
     try:
