@@ -670,8 +670,9 @@ class SpeedLayer:
         prep = prepare(values, now, last_at, cutover, self.s.horizon_us, self.reader)
         claimed = None
         if prep.claims and not self.s.stream_naive_per_event:
-            # The claims go out now and Redis settles them while this batch's tiles are planned (after the
-            # previous batch's tiles: every request reaches Redis in consumption order).
+            # The claims go out now and Redis settles them while this batch's tiles are planned (on their own
+            # pooled connection, maybe between the previous batch's tile calls: claims need no order with
+            # tiles, and a batch's claims always go out after the previous batch's claims).
             claimed = asyncio.ensure_future(self._redis(lambda: self.tiles.claim(prep.claims, now)))
             claimed.add_done_callback(_retrieved)
             await asyncio.sleep(0)  # let it write its request
