@@ -47,10 +47,11 @@ from fstore.plan_source import stale as plan_stale
 from fstore.redis.connect import async_client
 from fstore.samples import ResponseSampler
 from services.online_api.deps import ReaderDep, Secured, key_ok
-from services.online_api.logic import RequestError, historical_features, read_features
+from services.online_api.logic import RequestError, historical_features, one_entity, read_features
 from services.online_api.metrics import Metrics, MetricsMiddleware, StatusSend, StoreProbe
 from services.online_api.published import PublishedBatch, missing_message
 from services.online_api.schemas import (
+    EntityFeaturesResponse,
     FeaturesRequest,
     FeaturesResponse,
     HealthResponse,
@@ -283,8 +284,11 @@ def create_app(settings: ApiSettings | None = None, clock: Clock = wall_clock) -
             {"detail": f"the online store (Redis) is unreachable: {type(exc).__name__}; retry later"}, status_code=503
         )
 
-    async def answer(scope: Scope, send: Send, rows: list[dict[str, str]], features: list[str]) -> None:
-        """Read and send ``/features`` (same body, same errors as the routes' handlers below)."""
+    async def answer(
+        scope: Scope, send: Send, rows: list[dict[str, str]], features: list[str], one: bool = False
+    ) -> None:
+        """Read and send ``/features`` (same body, same errors as the routes' handlers below); ``one``: GET's
+        body (:func:`one_entity`)."""
         try:
             body = await read_features(scope["app"].state.reader, rows, features, cfg.api_max_entities, published.check)
         except RequestError as exc:
@@ -292,7 +296,7 @@ def create_app(settings: ApiSettings | None = None, clock: Clock = wall_clock) -
         except RedisError as exc:
             await redis_unavailable(exc)(scope, empty_receive, send)
         else:
-            await send_json(send, orjson.dumps(served(body)))
+            await send_json(send, orjson.dumps(served(one_entity(body) if one else body)))
 
     def key_passes(scope: Scope) -> bool:
         return cfg.api_key is None or key_ok(cfg, Headers(scope=scope).get("x-api-key"))
@@ -308,7 +312,7 @@ def create_app(settings: ApiSettings | None = None, clock: Clock = wall_clock) -
         features = [v for k, v in params if k == "features"]
         if not features:
             return receive
-        await answer(scope, send, [{k: v for k, v in params if k != "features"}], features)
+        await answer(scope, send, [{k: v for k, v in params if k != "features"}], features, one=True)
         return None
 
     async def fast_post_features(scope: Scope, receive: Receive, send: Send) -> Receive | None:
@@ -356,7 +360,7 @@ def create_app(settings: ApiSettings | None = None, clock: Clock = wall_clock) -
     async def redis_down(_: Request, exc: RedisError) -> JSONResponse:
         return redis_unavailable(exc)
 
-    @app.get("/features", response_model=FeaturesResponse, dependencies=Secured)
+    @app.get("/features", response_model=EntityFeaturesResponse, dependencies=Secured)
     async def get_features(
         request: Request,
         features: Annotated[list[str], Query(description="view:feature or view; repeat or comma-separate")],
@@ -366,7 +370,7 @@ def create_app(settings: ApiSettings | None = None, clock: Clock = wall_clock) -
         row = {k: v for k, v in request.query_params.items() if k != "features"}
         reader: OnlineReader = request.app.state.reader  # not a dependency: one less solving pass
         return json_response(
-            served(await read_features(reader, [row], features, cfg.api_max_entities, published.check))
+            served(one_entity(await read_features(reader, [row], features, cfg.api_max_entities, published.check)))
         )
 
     @app.post("/features", response_model=FeaturesResponse, dependencies=Secured)

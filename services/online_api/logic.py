@@ -164,6 +164,14 @@ def shape(snap: Snapshot, rows: Sequence[Mapping[str, str]], plan: ViewPlan) -> 
     return {**snap.meta(), "rows": out_rows}
 
 
+def one_entity(body: dict[str, Any]) -> dict[str, Any]:
+    """The body of GET /features (:class:`~services.online_api.schemas.EntityFeaturesResponse`): its one
+    row's ``entity``, ``values`` and ``freshness`` also at the top level, beside ``as_of`` and
+    ``batch_cutoff`` (docs/design.md §5); ``rows`` stays, the same shape as POST's."""
+    row = body["rows"][0]
+    return {**body, "entity": row["entity"], "values": row["values"], "freshness": row["freshness"]}
+
+
 def historical_features(
     rows: Sequence[Mapping[str, object]], features: Sequence[str], full_feature_names: bool, raw_uri: str, max_rows: int
 ) -> list[dict[str, object]]:

@@ -35,6 +35,14 @@ class FeaturesResponse(BaseModel):
     rows: list[FeatureRow]
 
 
+class EntityFeaturesResponse(FeaturesResponse):
+    """Answer of GET /features: one entity row, its fields also at the top level (the same as ``rows[0]``)."""
+
+    entity: dict[str, str] = Field(description="The entity row asked for (join key → id)")
+    values: dict[str, FeatureValue] = Field(description="`view:feature` → value (null per docs/design.md §3)")
+    freshness: dict[str, Freshness] = Field(description="per feature view")
+
+
 class FeaturesRequest(BaseModel):
     """Body of POST /features."""
 

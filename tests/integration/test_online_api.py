@@ -55,9 +55,12 @@ def test_values_equal_brute_force(redis_client: redis.Redis, redis_server: Redis
             assert body["as_of_us"] == AS_OF
             assert body["batch_cutoff"] == (None if history == "speed_only" else "2026-11-21T00:00:00Z")
             want = expected(USER_ACTIVITY, events, u, AS_OF)
-            got = body["rows"][0]["values"]
+            got = body["values"]  # docs/design.md §5: GET names the entity, the values and freshness
             assert set(got) == set(want)
             assert all(isclose(got[k], want[k]) for k in want), (got, want)
+            assert body["entity"] == {"user_id": u}
+            assert set(body["freshness"]) == {USER_ACTIVITY}
+            assert body["rows"] == [{"entity": body["entity"], "values": got, "freshness": body["freshness"]}]
         rows = [{"product_id": f"p{i}", "user_id": "u1"} for i in range(5)]
         r = client.post(
             "/features", json={"entities": rows, "features": ["product_engagement", "user_activity:clicks_1h"]}
