@@ -6,6 +6,16 @@ version, then published; the speed view is rebuilt from ``raw_events``: the firs
 event_id (copies read back as far as the de-duplication markers reach) whose event_time is at or after
 C, applied through the stream worker's own tile writer, so the markers make it exactly once.
 
+The worker's event_id claims (:mod:`jobs.stream.claims`) are restored too, before the tiles, as the worker
+writes them: each replayed winner claims its id with its payload hash (``raw_events`` stores the hash the
+worker computes, of the message's original bytes) and its entities, since its markers now cover them. A
+winner before C is not replayed (the batch view counts it) and sets no marker, so it claims with its hash
+alone, as a copy too old for the tiles does: a later copy with another payload then never counts online,
+whatever its entities or time. Those claims are restored for the ids the worker's claims could still
+hold: a copy stored since the start of the previous claim generation, read from any day (a first copy
+too old for the tiles lands on an old day; the files of those days are skipped by their ``ingested_at``
+statistics).
+
 Run it with the stream worker stopped (SIGTERM: the worker flushes and commits what it consumed, so
 ``raw_events`` holds it all); restart the worker afterwards and it resumes from its committed offsets.
 A worker that committed within the last ``FRESH_HEARTBEAT_S`` seconds makes the command refuse
@@ -37,6 +47,7 @@ from jobs.batch.plan import tiles_table
 from jobs.batch.settings import BatchSettings
 from jobs.stream.settings import StreamSettings
 from jobs.stream.sinks import TileWriter
+from jobs.stream.speed_lua import marker_generation
 
 FRESH_HEARTBEAT_S = 30
 CHUNK = 20_000  # events per tile-writer call
@@ -55,6 +66,8 @@ class RepairReport:
     batch_keys: dict[str, int] = field(default_factory=dict)
     speed_events: int = 0
     speed_skipped: int = 0  # already counted (markers): e.g. a second repair
+    speed_taken: int = 0  # left out: another copy of the id claimed it first (a worker ran since Redis was lost)
+    claims: int = 0  # event_id claims restored (the replayed winners' and those of winners before the cutover)
 
     def summary(self) -> str:
         batch = (
@@ -62,7 +75,11 @@ class RepairReport:
             if self.batch_version
             else "no batch view was ever published"
         )
-        return f"{batch}; speed view: {self.speed_events} events applied, {self.speed_skipped} already counted"
+        taken = f", {self.speed_taken} claimed by another copy" if self.speed_taken else ""
+        return (
+            f"{batch}; speed view: {self.speed_events} events applied, {self.speed_skipped} already counted{taken}; "
+            f"{self.claims} event_id claims restored"
+        )
 
 
 def repair(
@@ -105,9 +122,11 @@ def repair(
             )
             report.batch_version, report.cutover = last.version, last.cutover
         since = last.cutover if last is not None else now - plan.longest_window - plan.largest_hop
-        events = speed_events(stream.table("raw_events"), since, now - stream.marker_ttl_s * SECOND, plan.schema)
-        applied, skipped = asyncio.run(_apply(stream, events, progress, clock()))
-        report.speed_events, report.speed_skipped = applied, skipped
+        at = clock()
+        ttl = stream.marker_ttl_s
+        claims_from = (marker_generation(at, ttl)[0] - 1) * ttl * SECOND  # the oldest claim the worker may hold
+        events = replay(stream.table("raw_events"), since, now - ttl * SECOND, plan.schema, claims_from)
+        asyncio.run(_apply(stream, events, progress, at, report))
         return report
     finally:
         client.close()
@@ -117,13 +136,43 @@ def speed_events(raw_uri: str, since: int, reach: int, schema: EventSchema) -> l
     """The first-ingested copy of every event id stored from ``reach`` on whose timestamp is ``>= since``
     (copies superseded by a winner on an earlier day dropped first, docs/design.md §2), as rows of the
     plan's fields (the timestamp in UTC epoch µs; a field older files lack is ``None``)."""
-    ts = schema.timestamp_field
+    return replay(raw_uri, since, reach, schema).rows
+
+
+@dataclass
+class Replay:
+    """What a repair writes to the speed view: ``rows`` (:func:`speed_events`) with their payload ``hashes``,
+    and ``claims``: ``(event_id, payload hash)`` of the winners before ``since`` whose claims it restores."""
+
+    rows: list[dict[str, Any]]
+    hashes: list[str]
+    claims: list[tuple[str, str]]
+
+
+def replay(raw_uri: str, since: int, reach: int, schema: EventSchema, claims_from: int | None = None) -> Replay:
+    """The winners :func:`speed_events` replays, with their payload hashes, and, when ``claims_from`` (UTC
+    epoch µs) is given, the winners before ``since`` with a copy stored (``ingested_at``) from then on.
+
+    For those, copies stored from ``claims_from`` on are read from every day, not only from ``reach`` on: a
+    first copy too old for the tiles lies on an old day. Of such a day only those copies are read, so its
+    winner may be a later copy than the true first one; the claim is still safe: every copy of that day is
+    stamped before ``since``, so the one copy it lets through (the same bytes again) never counts online.
+    """
+    ts, idf = schema.timestamp_field, schema.id_field
     first = to_date(min(since, reach))
-    copies = raw_log.read_table(raw_uri, filter=pc.field("event_date") >= pa.scalar(first, pa.date32()))
-    superseded = raw_log.superseded_on(raw_log.superseded_uri(raw_uri), first, date.max)
-    winners = first_ingested_arrow(drop_superseded(copies, superseded, schema.id_field, ts), schema.id_field)
+    where = pc.field("event_date") >= pa.scalar(first, pa.date32())
+    stored = pc.field("ingested_at") >= pa.scalar(claims_from or 0, raw_log.TS)
+    copies = raw_log.read_table(raw_uri, filter=where if claims_from is None else where | stored, schema=schema)
+    marks_from = first if claims_from is None else date.min
+    superseded = raw_log.superseded_on(raw_log.superseded_uri(raw_uri), marks_from, date.max)
+    winners = first_ingested_arrow(drop_superseded(copies, superseded, idf, ts), idf)
     micros = pc.cast(pc.cast(winners.column(ts), pa.timestamp("us", tz="UTC")), pa.int64())
     keep = pc.greater_equal(micros, since)
+    claims: list[tuple[str, str]] = []
+    if claims_from is not None and winners.num_rows:
+        recent = pc.unique(copies.filter(stored).column(idf))
+        before = winners.filter(pc.and_(pc.invert(keep), pc.is_in(winners.column(idf), value_set=recent)))
+        claims = list(zip(before.column(idf).to_pylist(), before.column("payload_hash").to_pylist(), strict=True))
     winners, micros = winners.filter(keep), micros.filter(keep)
     cols = {
         n: micros.to_pylist()
@@ -133,23 +182,36 @@ def speed_events(raw_uri: str, since: int, reach: int, schema: EventSchema) -> l
         else [None] * winners.num_rows
         for n in schema.names
     }
-    return [dict(zip(cols, row, strict=True)) for row in zip(*cols.values(), strict=True)]
+    rows = [dict(zip(cols, row, strict=True)) for row in zip(*cols.values(), strict=True)]
+    hashes = winners.column("payload_hash").to_pylist() if winners.num_rows else []
+    return Replay(rows, hashes, claims)
 
 
 async def _apply(
-    s: StreamSettings, events: list[dict[str, Any]], progress: Callable[[int], object] | None, now: int
-) -> tuple[int, int]:
-    """Apply through the worker's tile writer; events stamped at or after ``now`` become exact future fields
-    (docs/design.md §5), which readers count from their event_time on."""
+    s: StreamSettings, events: Replay, progress: Callable[[int], object] | None, now: int, report: RepairReport
+) -> None:
+    """Claim, then apply through the worker's tile writer, as the worker does (the claims of a chunk before its
+    tiles; one script call per claims bucket, so per hash slot on a Redis Cluster); events stamped at or after
+    ``now`` become exact future fields (docs/design.md §5), which readers count from their event_time on."""
     client = async_client(s.redis_url, s.redis_cluster, timeout=30, connect_timeout=30)
-    writer = TileWriter(client, current_plan(), s.marker_ttl_s, s.tile_ttl_s)
-    skipped = 0
+    plan = current_plan()
+    writer = TileWriter(client, plan, s.marker_ttl_s, s.tile_ttl_s)
+    idf = plan.schema.id_field
     try:
-        for lo in range(0, len(events), CHUNK):
-            chunk = events[lo : lo + CHUNK]
-            skipped += len(await writer.apply(chunk, now))
+        for lo in range(0, len(events.claims), CHUNK):  # winners before the cutover: their hash alone, no tiles
+            await writer.claim([(eid, digest, None) for eid, digest in events.claims[lo : lo + CHUNK]], now)
+        report.claims += len(events.claims)
+        for lo in range(0, len(events.rows), CHUNK):
+            chunk = events.rows[lo : lo + CHUNK]
+            hashes = events.hashes[lo : lo + CHUNK]
+            taken = await writer.claim([(r[idf], h, r) for r, h in zip(chunk, hashes, strict=True)], now)
+            report.claims += len(chunk)
+            mine = [r for r in chunk if r[idf] not in taken] if taken else chunk
+            skipped = len(await writer.apply(mine, now))
+            report.speed_events += len(mine) - skipped
+            report.speed_skipped += skipped
+            report.speed_taken += len(chunk) - len(mine)
             if progress is not None:
                 progress(len(chunk))
     finally:
         await client.aclose()
-    return len(events) - skipped, skipped

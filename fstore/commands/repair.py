@@ -12,7 +12,8 @@ import click
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when a terminal).")
 def repair(force: bool, progress: bool | None) -> None:
     """Reload the batch view of the last published run from its Delta tiles, then rebuild the speed view
-    since its cutover from raw_events (exactly once: the stream's de-duplication markers).
+    since its cutover from raw_events (exactly once: the stream's de-duplication markers), restoring the
+    stream's event_id claims too, so a later copy re-sent with another entity does not count online.
 
     Use it when the API answers 503 "the batch view is missing from Redis" or after Redis restarted
     empty. Stop the stream worker first (SIGTERM; it flushes and commits), run this, start the worker

@@ -156,23 +156,11 @@ def test_copies_with_other_entities_or_after_a_too_old_first_copy_never_count(
     from jobs.stream.pipeline import prepare
     from jobs.stream.sinks import TileWriter
     from tests.support import plan_bruteforce
+    from tests.support.messages import event_message as ev
 
     plan = current_plan()
     now = 1_795_780_800 * SECOND  # 2026-11-28T08:00:00Z
     horizon = 8 * DAY
-
-    def ev(eid: str, user: str, product: str, t: int, kind: str = "purchase", price: float = 10.0) -> bytes:
-        return orjson.dumps(
-            {
-                "event_id": eid,
-                "event_type": kind,
-                "user_id": user,
-                "product_id": product,
-                "event_time": t // 1000,
-                "price": price,
-                "quantity": 2,
-            }
-        )
 
     a = ev("a", "u1", "p1", now - 2 * MINUTE)
     c = ev("c", "u1", "p2", now - 3 * MINUTE, "click")

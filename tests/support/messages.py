@@ -25,3 +25,18 @@ def injected_messages(end: int, hours: int, events: int, seed: int, malformed_ra
         epoch_ms_rate=0.3,
     )
     return [v for b in generate(cfg, seed, dumps=orjson.dumps) for v in b.values]
+
+
+def event_message(eid: str, user: str, product: str, t: int, kind: str = "purchase", price: float = 10.0) -> bytes:
+    """One example-schema message (quantity 2) stamped ``t`` (UTC epoch µs, sent in milliseconds)."""
+    return orjson.dumps(
+        {
+            "event_id": eid,
+            "event_type": kind,
+            "user_id": user,
+            "product_id": product,
+            "event_time": t // 1000,
+            "price": price,
+            "quantity": 2,
+        }
+    )

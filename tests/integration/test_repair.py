@@ -1,0 +1,132 @@
+"""``fstore repair`` after Redis lost its data restores the stream's event_id claims (docs/design.md §2).
+
+Traffic goes through the worker's own code in process (``SpeedLayer.handle``: validation, claims, the Lua
+tile writer on a real Redis, the raw sink on a real Delta table); Redis is then flushed and repaired from
+``raw_events``; a restarted worker then receives later copies of replayed and older event_ids under other
+entities and with other payloads. Every speed tile must equal the independent brute force over the first
+copies (tests/support/stream.py), and every value the contract's brute force (tests/support/plan_bruteforce.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import orjson
+import pytest
+import redis
+import redis.asyncio as aredis
+
+from fstore.core.aggregates import isclose
+from fstore.core.timeutil import DAY, HOUR, MINUTE
+from fstore.devsvc.services import RedisServer
+from fstore.online.merge import EntityRead
+from fstore.online.reader import OnlineReader
+from fstore.plan_source import current_plan
+from jobs.batch.settings import BatchSettings
+from jobs.repair import repair
+from jobs.stream.claims import HASH_CHARS
+from jobs.stream.fakes import ListDeadLetters
+from jobs.stream.layer import SpeedLayer
+from jobs.stream.settings import StreamSettings
+from tests.support import plan_bruteforce
+from tests.support.legacy.events_example import Event, parse
+from tests.support.messages import event_message as ev
+from tests.support.stream import Traffic, assert_tiles_exact, make_traffic
+
+pytestmark = pytest.mark.integration
+
+
+class Record(NamedTuple):
+    key: bytes | None
+    value: bytes
+    offset: int
+    timestamp: int
+
+
+async def through_the_worker(s: StreamSettings, values: list[bytes]) -> None:
+    """One worker process's life: its batches of ``values``, then its raw sink flushed (as on SIGTERM)."""
+    client = aredis.Redis.from_url(s.redis_url, socket_timeout=10)
+    kv: Any = client
+    layer = SpeedLayer(s, None, ListDeadLetters(), kv=kv)
+    try:
+        records = [Record(None, v, i, 0) for i, v in enumerate(values)]
+        for lo in range(0, len(records), 1_000):
+            await layer.handle({"events-0": records[lo : lo + 1_000]})
+        await layer.flush()
+    finally:
+        await client.aclose()
+
+
+def claims(client: redis.Redis) -> dict[str, str]:
+    """Every event_id claim in Redis: event_id → value."""
+    out: dict[str, str] = {}
+    for key in client.scan_iter(match="fs:{claim:*}:c:*"):
+        out.update({k.decode(): v.decode() for k, v in client.hgetall(key).items()})  # type: ignore[union-attr]
+    return out
+
+
+def test_repair_restores_the_claims_so_later_copies_under_other_entities_never_count(
+    redis_server: RedisServer, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    plan = current_plan()
+    s = StreamSettings(redis_url=redis_server.url, data_dir=str(tmp_path / "data"))
+    now = time.time_ns() // 1000
+    since = now - plan.longest_window - plan.largest_hop  # no batch view: the repair replays from here on
+    assert s.horizon_us > now - since + 2 * HOUR
+    traffic = make_traffic(3_000, seed=21, users=40, products=12)
+    a = ev("a", "u1", "p1", now - 2 * MINUTE)
+    c = ev("c", "u1", "p2", now - 3 * MINUTE, "click")
+    d = ev("d", "u5", "p5", since - 2 * HOUR)  # in the tiles (inside the horizon), but before the replay
+    b = ev("b", "u3", "p3", now - 10 * DAY)  # too old for the tiles: claimed with its hash alone
+    asyncio.run(through_the_worker(s, [*traffic.values, a, c, d, b]))
+    worker_claims = claims(redis_client)
+    assert {"a", "b", "c", "d"} <= worker_claims.keys() and len(worker_claims) == len(traffic.valid_ids) + 4
+
+    redis_client.flushdb()  # Redis restarted empty
+    report = repair(BatchSettings(redis_url=s.redis_url, data_dir=s.data_dir), s)
+    assert (report.speed_events, report.speed_skipped, report.speed_taken) == (len(traffic.valid_ids) + 2, 0, 0)
+    assert report.claims == len(worker_claims)
+    # As the worker wrote them (payload hash and entities), but a winner the repair does not replay claims
+    # with its hash alone: no marker covers its entities any more.
+    assert claims(redis_client) == {eid: v[:HASH_CHARS] if eid in ("b", "d") else v for eid, v in worker_claims.items()}
+
+    later = [
+        ev("a", "u2", "p2", now - MINUTE, price=99.0),  # a replayed event, re-sent under other entities
+        a,  # the same copy redelivered: counts once
+        ev("c", "u1", "p2", now - MINUTE, "click"),  # same entities, another payload: the markers skip it
+        ev("d", "u6", "p6", now - MINUTE, "click"),  # first copy before the replay, not replayed
+        ev("b", "u4", "p4", now - MINUTE // 2, "click"),  # first copy too old for the tiles
+        ev("f", "u6", "p6", now - MINUTE, "click"),  # a new event: counts
+    ]
+    asyncio.run(through_the_worker(s, later))  # the worker restarted
+
+    first: dict[str, Event] = {}
+    for raw in [*traffic.values, a, c, d, b, *later]:
+        e = parse(raw, now + MINUTE, orjson.loads)
+        if isinstance(e, Event):
+            first.setdefault(e.event_id, e)
+    replayed = [e for e in first.values() if e.event_time >= since]
+    assert {"a", "c", "f"} <= {e.event_id for e in replayed} and not {"b", "d"} & {e.event_id for e in replayed}
+    assert_tiles_exact(redis_client, Traffic([], [], Counter(), set(first), replayed))
+
+    async def read(entities: list[tuple[str, str]], as_of: int) -> list[dict[str, Any]]:
+        client = aredis.Redis.from_url(s.redis_url, socket_timeout=10)
+        try:
+            reads = [EntityRead(plan.view(v), e, plan.view(v).feature_names) for v, e in entities]
+            snap = await OnlineReader(client, clock=lambda: as_of).read(reads, as_of=as_of)
+            return [dict(r.values) for r in snap.results]
+        finally:
+            await client.aclose()
+
+    entities = [("user_activity", f"u{i}") for i in range(1, 7)] + [
+        ("product_engagement", f"p{i}") for i in range(1, 7)
+    ]
+    as_of = now + MINUTE
+    rows = [e._asdict() for e in first.values()]
+    for (view, entity), got in zip(entities, asyncio.run(read(entities, as_of)), strict=True):
+        want = plan_bruteforce.values(plan, view, rows, entity, as_of)
+        assert got.keys() == want.keys() and all(isclose(got[k], v) for k, v in want.items()), (view, entity, got, want)
