@@ -5,6 +5,7 @@ tile writer on a real Redis, the raw sink on a real Delta table); Redis is then 
 ``raw_events``; a restarted worker then receives later copies of replayed and older event_ids under other
 entities and with other payloads. Every speed tile must equal the independent brute force over the first
 copies (tests/support/stream.py), and every value the contract's brute force (tests/support/plan_bruteforce.py).
+On a standalone Redis and on a Redis Cluster (the claims go out one bucket, so one hash slot, per call).
 """
 
 from __future__ import annotations
@@ -12,20 +13,20 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import orjson
 import pytest
 import redis
-import redis.asyncio as aredis
 
 from fstore.core.aggregates import isclose
 from fstore.core.timeutil import DAY, HOUR, MINUTE
-from fstore.devsvc.services import RedisServer
 from fstore.online.merge import EntityRead
 from fstore.online.reader import OnlineReader
 from fstore.plan_source import current_plan
+from fstore.redis.connect import async_client
 from jobs.batch.settings import BatchSettings
 from jobs.repair import repair
 from jobs.stream.claims import HASH_CHARS
@@ -39,6 +40,29 @@ from tests.support.stream import Traffic, assert_tiles_exact, make_traffic
 
 pytestmark = pytest.mark.integration
 
+Sync = redis.Redis | redis.RedisCluster
+
+
+@pytest.fixture(params=["standalone", "cluster"])
+def target(request: pytest.FixtureRequest) -> Iterator[tuple[str, bool, Sync]]:
+    """``(url, cluster?, a client)`` of an empty Redis: the session's server or its 3-primary cluster."""
+    cluster = request.param == "cluster"
+    url = request.getfixturevalue("redis_cluster" if cluster else "redis_server").url
+    client: Sync = redis.RedisCluster.from_url(url) if cluster else redis.Redis.from_url(url)
+    flush(client)
+    try:
+        yield url, cluster, client
+    finally:
+        client.close()
+
+
+def flush(client: Sync) -> None:
+    """Redis restarted empty (every primary of a cluster)."""
+    if isinstance(client, redis.RedisCluster):
+        client.flushall(target_nodes=redis.RedisCluster.PRIMARIES)
+    else:
+        client.flushdb()
+
 
 class Record(NamedTuple):
     key: bytes | None
@@ -49,9 +73,8 @@ class Record(NamedTuple):
 
 async def through_the_worker(s: StreamSettings, values: list[bytes]) -> None:
     """One worker process's life: its batches of ``values``, then its raw sink flushed (as on SIGTERM)."""
-    client = aredis.Redis.from_url(s.redis_url, socket_timeout=10)
-    kv: Any = client
-    layer = SpeedLayer(s, None, ListDeadLetters(), kv=kv)
+    client: Any = async_client(s.redis_url, s.redis_cluster, timeout=10, connect_timeout=5)
+    layer = SpeedLayer(s, None, ListDeadLetters(), kv=client)
     try:
         records = [Record(None, v, i, 0) for i, v in enumerate(values)]
         for lo in range(0, len(records), 1_000):
@@ -61,7 +84,7 @@ async def through_the_worker(s: StreamSettings, values: list[bytes]) -> None:
         await client.aclose()
 
 
-def claims(client: redis.Redis) -> dict[str, str]:
+def claims(client: Sync) -> dict[str, str]:
     """Every event_id claim in Redis: event_id → value."""
     out: dict[str, str] = {}
     for key in client.scan_iter(match="fs:{claim:*}:c:*"):
@@ -70,10 +93,11 @@ def claims(client: redis.Redis) -> dict[str, str]:
 
 
 def test_repair_restores_the_claims_so_later_copies_under_other_entities_never_count(
-    redis_server: RedisServer, redis_client: redis.Redis, tmp_path: Path
+    target: tuple[str, bool, Sync], tmp_path: Path
 ) -> None:
+    url, cluster, redis_client = target
     plan = current_plan()
-    s = StreamSettings(redis_url=redis_server.url, data_dir=str(tmp_path / "data"))
+    s = StreamSettings(redis_url=url, redis_cluster=cluster, data_dir=str(tmp_path / "data"))
     now = time.time_ns() // 1000
     since = now - plan.longest_window - plan.largest_hop  # no batch view: the repair replays from here on
     assert s.horizon_us > now - since + 2 * HOUR
@@ -86,8 +110,8 @@ def test_repair_restores_the_claims_so_later_copies_under_other_entities_never_c
     worker_claims = claims(redis_client)
     assert {"a", "b", "c", "d"} <= worker_claims.keys() and len(worker_claims) == len(traffic.valid_ids) + 4
 
-    redis_client.flushdb()  # Redis restarted empty
-    report = repair(BatchSettings(redis_url=s.redis_url, data_dir=s.data_dir), s)
+    flush(redis_client)  # Redis restarted empty
+    report = repair(BatchSettings(redis_url=url, redis_cluster=cluster, data_dir=s.data_dir), s)
     assert (report.speed_events, report.speed_skipped, report.speed_taken) == (len(traffic.valid_ids) + 2, 0, 0)
     assert report.claims == len(worker_claims)
     # As the worker wrote them (payload hash and entities), but a winner the repair does not replay claims
@@ -114,7 +138,7 @@ def test_repair_restores_the_claims_so_later_copies_under_other_entities_never_c
     assert_tiles_exact(redis_client, Traffic([], [], Counter(), set(first), replayed))
 
     async def read(entities: list[tuple[str, str]], as_of: int) -> list[dict[str, Any]]:
-        client = aredis.Redis.from_url(s.redis_url, socket_timeout=10)
+        client = async_client(url, cluster, timeout=10, connect_timeout=5)
         try:
             reads = [EntityRead(plan.view(v), e, plan.view(v).feature_names) for v, e in entities]
             snap = await OnlineReader(client, clock=lambda: as_of).read(reads, as_of=as_of)

@@ -110,14 +110,14 @@ def expected_fields(events: list[Event]) -> dict[str, dict[str, float]]:
     return out
 
 
-def redis_fields(client: redis.Redis) -> dict[str, dict[str, float]]:
+def redis_fields(client: redis.Redis | redis.RedisCluster) -> dict[str, dict[str, float]]:
     out = {}
     for key in client.scan_iter(match="fs:*:s:*", count=5000):
         out[key.decode()] = {k.decode(): float(v) for k, v in client.hgetall(key).items()}  # type: ignore[union-attr]
     return out
 
 
-def assert_tiles_exact(client: redis.Redis, traffic: Traffic) -> None:
+def assert_tiles_exact(client: redis.Redis | redis.RedisCluster, traffic: Traffic) -> None:
     want, got = expected_fields(traffic.first_copies), redis_fields(client)
     assert set(got) == set(want), f"keys differ: missing {len(set(want) - set(got))}, extra {len(set(got) - set(want))}"
     bad: list[tuple[object, ...]] = []
