@@ -142,11 +142,12 @@ def speed_events(raw_uri: str, since: int, reach: int, schema: EventSchema) -> l
 @dataclass
 class Replay:
     """What a repair writes to the speed view: ``rows`` (:func:`speed_events`) with their payload ``hashes``,
-    and ``claims``: ``(event_id, payload hash)`` of the winners before ``since`` whose claims it restores."""
+    and ``claims``: the id and ``payload_hash`` columns of the winners before ``since`` whose claims it restores
+    (Arrow, taken as Python objects a chunk at a time: they can be as many as the worker's claims)."""
 
     rows: list[dict[str, Any]]
     hashes: list[str]
-    claims: list[tuple[str, str]]
+    claims: pa.Table
 
 
 def replay(raw_uri: str, since: int, reach: int, schema: EventSchema, claims_from: int | None = None) -> Replay:
@@ -168,11 +169,11 @@ def replay(raw_uri: str, since: int, reach: int, schema: EventSchema, claims_fro
     winners = first_ingested_arrow(drop_superseded(copies, superseded, idf, ts), idf)
     micros = pc.cast(pc.cast(winners.column(ts), pa.timestamp("us", tz="UTC")), pa.int64())
     keep = pc.greater_equal(micros, since)
-    claims: list[tuple[str, str]] = []
+    claims = winners.select([idf, "payload_hash"]).slice(0, 0)
     if claims_from is not None and winners.num_rows:
         recent = pc.unique(copies.filter(stored).column(idf))
-        before = winners.filter(pc.and_(pc.invert(keep), pc.is_in(winners.column(idf), value_set=recent)))
-        claims = list(zip(before.column(idf).to_pylist(), before.column("payload_hash").to_pylist(), strict=True))
+        before = pc.and_(pc.invert(keep), pc.is_in(winners.column(idf), value_set=recent))
+        claims = winners.select([idf, "payload_hash"]).filter(before)
     winners, micros = winners.filter(keep), micros.filter(keep)
     cols = {
         n: micros.to_pylist()
@@ -198,9 +199,13 @@ async def _apply(
     writer = TileWriter(client, plan, s.marker_ttl_s, s.tile_ttl_s)
     idf = plan.schema.id_field
     try:
-        for lo in range(0, len(events.claims), CHUNK):  # winners before the cutover: their hash alone, no tiles
-            await writer.claim([(eid, digest, None) for eid, digest in events.claims[lo : lo + CHUNK]], now)
-        report.claims += len(events.claims)
+        for lo in range(0, events.claims.num_rows, CHUNK):  # winners before the cutover: their hash alone, no tiles
+            part = events.claims.slice(lo, CHUNK)
+            ids, digests = part.column(0).to_pylist(), part.column(1).to_pylist()
+            await writer.claim([(eid, digest, None) for eid, digest in zip(ids, digests, strict=True)], now)
+            report.claims += part.num_rows
+            if progress is not None:
+                progress(part.num_rows)
         for lo in range(0, len(events.rows), CHUNK):
             chunk = events.rows[lo : lo + CHUNK]
             hashes = events.hashes[lo : lo + CHUNK]
