@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 
 from fstore.core.expr import columns
 from fstore.core.functions import Function
+from fstore.core.huge_pages import small_pages
 from fstore.core.pit_events import EncodedEvents, Keep, Once, ViewEvents
 from fstore.core.pit_kernels import I64, Bool, SortedMeasure
 from fstore.core.plan import Feature, Plan, RatioFeature, View, WindowedFeature
@@ -428,11 +429,19 @@ def compute_arrays(
 
     From :data:`_PARALLEL_ROWS` rows on the work runs in threads (one per core): the views' row orders, the
     measures' filters and values, then one task per (view, measure) — sort its events, search the window
-    bounds, evaluate its functions — largest first, then each view's columns in input order.
+    bounds, evaluate its functions — largest first, then each view's columns in input order. numpy's huge
+    pages are off meanwhile (:func:`fstore.core.huge_pages.small_pages`).
     """
     ts = request.plan.schema.timestamp_field
     if ts not in events.column_names:
         raise PointInTimeError(f"events table lacks the timestamp field '{ts}'")
+    with small_pages():  # fewer CPU-s of page faults in the many large temporaries (fstore.core.huge_pages)
+        return _compute_arrays(keys, down, up, request, events, keep)
+
+
+def _compute_arrays(
+    keys: dict[str, pa.Array], down: I64, up: I64, request: Request, events: pa.Table, keep: Keep
+) -> dict[str, Column]:
     shared = EncodedEvents(events, request.plan.schema, keep)
     views = request.views
     pool = None if len(up) < _PARALLEL_ROWS else ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
@@ -497,6 +506,11 @@ def point_in_time(
             input column, a null or non-timestamp ``event_timestamp``.
     """
     request = resolve(plan, refs, full_feature_names)
+    with small_pages():
+        return _point_in_time(entity_rows, request, events, keep)
+
+
+def _point_in_time(entity_rows: Frame, request: Request, events: pa.Table, keep: Keep) -> Frame:
     values = compute(entity_rows, request, events, keep)
     dtypes = {n: f.dtype for (_, f), n in zip(request.features, request.names, strict=True)}
     if isinstance(entity_rows, pd.DataFrame):
