@@ -32,7 +32,7 @@ from fstore.core.expr import columns
 from fstore.core.functions import Function
 from fstore.core.huge_pages import small_pages
 from fstore.core.pit_events import EncodedEvents, Keep, Once, ViewEvents
-from fstore.core.pit_kernels import I64, Bool, SortedMeasure
+from fstore.core.pit_kernels import I64, Bool, SortedMeasure, radix_order
 from fstore.core.plan import Feature, Plan, RatioFeature, View, WindowedFeature
 from fstore.core.timeutil import MILLISECOND, SECOND
 from fstore.core.windows import tail
@@ -394,8 +394,8 @@ def normalise(entity_rows: pd.DataFrame | pa.Table, request: Request) -> tuple[d
 def _row_order(codes: I64, by_time: I64) -> I64:
     """Order of the entity rows by ``(code, time)``, ties in input order.
 
-    ``by_time`` is the rows' stable order by time, shared by every view: a stable sort by code of it (one
-    or two radix passes over 16-bit digits) gives the order without sorting 64-bit keys once per view.
+    ``by_time`` is the rows' stable order by time, shared by every view: a stable sort by code of it
+    (:func:`~fstore.core.pit_kernels.radix_order`) gives the order without sorting 64-bit keys once per view.
     """
     if len(codes) == 0:
         return np.zeros(0, np.int64)
@@ -404,10 +404,7 @@ def _row_order(codes: I64, by_time: I64) -> I64:
     if high >= 2**32:  # not reached with real key counts: sort the pairs
         by_pair: I64 = by_time[np.lexsort((np.arange(len(codes)), shifted))]
         return by_pair
-    order: I64 = np.argsort((shifted & 0xFFFF).astype(np.uint16), kind="stable")
-    if high >= 2**16:
-        order = order[np.argsort((shifted[order] >> 16).astype(np.uint16), kind="stable")]
-    ordered: I64 = by_time[order]
+    ordered: I64 = by_time[radix_order(shifted, high)]
     return ordered
 
 

@@ -175,6 +175,8 @@ class EncodedEvents:
         self.all_times = times
         #: ``(first, span)`` of every event's time: the time axis the views' sorted measures share.
         self.time_span: tuple[int, int] | None = None
+        #: whether the events come in time order (so does every measure's subset of them: rows ascend)
+        self.times_sorted = len(times) > 1 and bool((times[1:] >= times[:-1]).all())
         if len(times):
             first = int(times.min())
             self.time_span = (first, int(times.max()) - first + 1)
@@ -292,6 +294,8 @@ class ViewEvents:
                 c, t = c[has_key], t[has_key]
                 numbers = None if numbers is None else numbers[has_key]
                 members = None if members is None else members[has_key]
-            self.measures[name] = SortedMeasure(c, t, numbers, len(self.dictionary), self.events.time_span)
+            self.measures[name] = SortedMeasure(
+                c, t, numbers, len(self.dictionary), self.events.time_span, self.events.times_sorted
+            )
             if members is not None:
                 self.members[name] = members

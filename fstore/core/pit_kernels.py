@@ -24,20 +24,32 @@ Bool = NDArray[np.bool_]
 _MAX_KEY = 2**62
 
 
-def _order(codes: I64, times: I64, keys: I64, n_codes: int) -> I64:
+def radix_order(values: I64, high: int) -> I64:
+    """Stable order of non-negative integers below ``2**32`` (``high``: their maximum).
+
+    numpy sorts 8- and 16-bit integers stably by radix: one pass over the low 16 bits, then, above
+    ``2**16``, one over the rest — as 8 bits when they fit (half the work of a second 16-bit pass).
+    """
+    order: I64 = np.argsort(values.astype(np.uint16), kind="stable")  # the cast keeps the low 16 bits
+    if high >= 2**16:
+        rest = np.right_shift(values[order], 16)
+        narrow = np.uint8 if high < 2**24 else np.uint16
+        order = order[np.argsort(rest.astype(narrow), kind="stable")]
+    return order
+
+
+def _order(codes: I64, times: I64, keys: I64, n_codes: int, times_sorted: bool | None = None) -> I64:
     """Stable order of ``keys = (code, time)``.
 
     Events usually arrive in time order (one file per day, written in time order); then a stable sort by
-    entity code alone is enough, done as one or two radix passes over 16-bit digits of the code (about
-    1.5× faster than sorting the 64-bit keys). Otherwise: a stable sort of the keys. Either way, events
-    with equal keys keep their input order.
+    entity code alone is enough (:func:`radix_order`, about 1.5× faster than sorting the 64-bit keys).
+    Otherwise: a stable sort of the keys. Either way, events with equal keys keep their input order.
+    ``times_sorted``: whether ``times`` ascend, when the caller knows (``None``: checked here).
     """
-    if n_codes <= 2**32 and len(times) > 1 and bool((times[1:] >= times[:-1]).all()):
-        order: I64 = np.argsort(codes.astype(np.uint16), kind="stable")  # radix sort; the cast keeps the low 16 bits
-        if n_codes > 2**16:
-            high = (codes[order] >> 16).astype(np.uint16)
-            order = order[np.argsort(high, kind="stable")]
-        return order
+    if times_sorted is None:
+        times_sorted = len(times) > 1 and bool((times[1:] >= times[:-1]).all())
+    if n_codes <= 2**32 and times_sorted:
+        return radix_order(codes, n_codes - 1)
     by_key: I64 = np.argsort(keys, kind="stable")
     return by_key
 
@@ -72,10 +84,17 @@ class SortedMeasure:
         n_codes: number of distinct entity codes (size of the key space).
         origin: ``(first, span)`` of a time range that holds every ``times`` value: measures built with the
             same origin share their key space, so one set of needles (:meth:`needles`) serves them all.
+        times_sorted: whether ``times`` ascend, when the caller knows (``None``: checked).
     """
 
     def __init__(
-        self, codes: I64, times: I64, values: F64 | None, n_codes: int, origin: tuple[int, int] | None = None
+        self,
+        codes: I64,
+        times: I64,
+        values: F64 | None,
+        n_codes: int,
+        origin: tuple[int, int] | None = None,
+        times_sorted: bool | None = None,
     ) -> None:
         self.n = len(codes)
         self._values: F64 | None = None
@@ -92,8 +111,8 @@ class SortedMeasure:
             self._tmin, self._span = 0, 1
             self._ranks = None
             return
-        self._tmin = int(times.min())
-        span = int(times.max()) - self._tmin + 1
+        self._tmin, tmax = int(times.min()), int(times.max())
+        span = tmax - self._tmin + 1
         if origin is not None and origin[0] <= self._tmin and self._tmin + span <= origin[0] + origin[1]:
             self._tmin, span = origin
         self._ranks = None
@@ -101,12 +120,17 @@ class SortedMeasure:
             self._ranks = np.unique(times)
             rel = np.searchsorted(self._ranks, times).astype(np.int64)
             span = len(self._ranks)
+            keys = np.multiply(codes, span, dtype=np.int64)
+            keys += rel
+        elif tmax < 2**62:  # code * span + time stays below 2**63: no temporary for time - first
+            keys = np.multiply(codes, span, dtype=np.int64)
+            keys += times
+            keys -= self._tmin
         else:
-            rel = times - self._tmin
+            keys = np.multiply(codes, span, dtype=np.int64)
+            keys += times - self._tmin
         self._span = span
-        keys = np.multiply(codes, span, dtype=np.int64)
-        keys += rel
-        order = _order(codes, times, keys, n_codes)
+        order = _order(codes, times, keys, n_codes, times_sorted)
         self._keys = keys[order]
         if values is not None:
             order = _ties_by_value(self._keys, values, order)

@@ -247,7 +247,7 @@ def test_dictionary_events_threads_and_time_ordered_input_equal_brute_force(
     pd.testing.assert_frame_equal(got, plain)
 
 
-@pytest.mark.parametrize("n_codes", [50, 70_000])  # one and two 16-bit radix passes
+@pytest.mark.parametrize("n_codes", [50, 70_000, 2**25])  # radix passes: 16 bits; 16 + 8; 16 + 16
 def test_kernel_order_is_the_stable_key_order(n_codes: int) -> None:
     from fstore.core.pit_kernels import _order
 
@@ -257,9 +257,14 @@ def test_kernel_order_is_the_stable_key_order(n_codes: int) -> None:
     keys = codes * 1001 + times
     want = np.argsort(keys, kind="stable")
     np.testing.assert_array_equal(_order(codes, times, keys, n_codes), want)
+    np.testing.assert_array_equal(_order(codes, times, keys, n_codes, times_sorted=True), want)
     shuffled = rng.permutation(20_000)
     np.testing.assert_array_equal(
         _order(codes[shuffled], times[shuffled], keys[shuffled], n_codes), np.argsort(keys[shuffled], kind="stable")
+    )
+    np.testing.assert_array_equal(
+        _order(codes[shuffled], times[shuffled], keys[shuffled], n_codes, times_sorted=False),
+        np.argsort(keys[shuffled], kind="stable"),
     )
 
 
@@ -338,7 +343,7 @@ def test_text_timestamps_are_read_one_by_one() -> None:
         pit.to_utc(pd.Series(["2026-11-21T10:00:00", "yesterday"]))
 
 
-@pytest.mark.parametrize("keys", [40, 70_000])
+@pytest.mark.parametrize("keys", [40, 70_000, 2**25])
 def test_row_order_sorts_by_code_then_time_ties_in_input_order(keys: int) -> None:
     """The rows' order from the shared time order and a radix sort by code (one pass, or two above 2**16
     codes) equals a plain sort by (code, time, input position); code -1 (no events) first."""
