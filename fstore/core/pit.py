@@ -32,7 +32,7 @@ from fstore.core.expr import columns
 from fstore.core.functions import Function
 from fstore.core.huge_pages import small_pages
 from fstore.core.pit_events import EncodedEvents, Keep, Once, ViewEvents
-from fstore.core.pit_kernels import I64, Bool, SortedMeasure, radix_order
+from fstore.core.pit_kernels import F64, I64, Bool, SortedMeasure, radix_order
 from fstore.core.plan import Feature, Plan, RatioFeature, View, WindowedFeature
 from fstore.core.timeutil import MILLISECOND, SECOND
 from fstore.core.windows import tail
@@ -301,12 +301,12 @@ class _ViewJob:
         self.ev.build({measure})
         sm = self.ev.measures[measure]
         hi = self._position(sm, 0, 0)
-        lows: dict[tuple[int, int], I64] = {}
+        ranges: dict[tuple[int, int], _Range] = {}
         out: dict[str, Column] = {}
         for name, f in self.by_measure[measure].items():
-            if (f.window, f.hop) not in lows:
-                lows[f.window, f.hop] = self._position(sm, f.window, f.hop)
-            out[name] = _function(f.function, sm, lows[f.window, f.hop], hi, self.ev.members.get(measure))
+            if (f.window, f.hop) not in ranges:
+                ranges[f.window, f.hop] = _Range(sm, self._position(sm, f.window, f.hop), hi)
+            out[name] = _function(f.function, ranges[f.window, f.hop], self.ev.members.get(measure))
         return out
 
     def columns(self, values: dict[str, Column]) -> dict[str, Column]:
@@ -322,35 +322,61 @@ class _ViewJob:
         return out
 
 
-def _function(function: Function, sm: SortedMeasure, lo: I64, hi: I64, members: I64 | None) -> Column:
-    """``function`` over the index ranges ``[lo, hi)`` of a sorted measure, with §3's empty-window rules."""
-    count = hi - lo
+class _Range:
+    """The index ranges ``[lo, hi)`` of one window over a sorted measure; the count and the sums are made
+    once for the window's features (a sum and a mean of one window share them)."""
+
+    def __init__(self, sm: SortedMeasure, lo: I64, hi: I64) -> None:
+        self.sm, self.lo, self.hi = sm, lo, hi
+        self._count: I64 | None = None
+        self._sums: F64 | None = None
+
+    @property
+    def count(self) -> I64:
+        if self._count is None:
+            self._count = self.hi - self.lo
+        return self._count
+
+    @property
+    def sums(self) -> F64:
+        if self._sums is None:
+            self._sums = self.sm.sums(self.lo, self.hi)
+        return self._sums
+
+
+def _function(function: Function, r: _Range, members: I64 | None) -> Column:
+    """``function`` over the index ranges of a sorted measure, with §3's empty-window rules (the arrays
+    returned may be shared between features of one window: callers do not write into them)."""
+    sm, lo, hi = r.sm, r.lo, r.hi
     if function is Function.COUNT:
-        return count, None
+        return r.count, None
     if function is Function.SUM:
-        return sm.sums(lo, hi), None
+        return r.sums, None
     if function is Function.COUNT_DISTINCT:
         assert members is not None, "count_distinct needs the members"
         return sm.distinct(lo, hi, members), None
     if function is Function.MIN or function is Function.MAX:
         return sm.extreme(lo, hi, minimum=function is Function.MIN)
+    count = r.count
     with np.errstate(invalid="ignore", divide="ignore"):
         if function is Function.MEAN:
             empty = count == 0
-            return sm.sums(lo, hi) / np.where(empty, 1, count), empty
+            return r.sums / np.where(empty, 1, count), empty
         few = count < 2
         var = sm.m2(lo, hi) / np.where(few, 1, count - 1)
         return (var if function is Function.VAR else np.sqrt(var)), few
 
 
 def _ratio(num: Column, den: Column) -> Column:
-    n, d = num[0].astype(np.float64), den[0].astype(np.float64)
+    n, d = num[0].astype(np.float64), den[0].astype(np.float64)  # copies: the counts stay as they are
     null = d == 0
     for part in (num[1], den[1]):
         if part is not None:
             null |= part
+    np.copyto(d, 1.0, where=null)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(null, np.nan, n / np.where(null, 1.0, d)), null
+        np.divide(n, d, out=n)  # a null row's value is never read (the mask says null)
+    return n, null
 
 
 def compute(
@@ -470,7 +496,7 @@ def _compute_arrays(
 def _arrow(col: Column, dtype: str) -> pa.Array:
     values, null = col
     typ = pa.int64() if dtype == "int64" else pa.float64()
-    return pa.array(values.astype(dtype), typ, mask=null)
+    return pa.array(values.astype(dtype, copy=False), typ, mask=null)
 
 
 def point_in_time(
@@ -512,8 +538,14 @@ def _point_in_time(entity_rows: Frame, request: Request, events: pa.Table, keep:
     dtypes = {n: f.dtype for (_, f), n in zip(request.features, request.names, strict=True)}
     if isinstance(entity_rows, pd.DataFrame):
         out = entity_rows.copy()
-        for name, (vals, null) in values.items():
-            out[name] = vals.astype(dtypes[name]) if null is None else np.where(null, np.nan, vals)
+        for name, (vals, null) in values.items():  # the columns are the engine's own arrays: no copies
+            if null is None:
+                out[name] = vals.astype(dtypes[name], copy=False)
+            elif vals.dtype == np.float64:
+                np.copyto(vals, np.nan, where=null)
+                out[name] = vals
+            else:
+                out[name] = np.where(null, np.nan, vals)
         return out
     table = entity_rows
     for name, col in values.items():

@@ -215,7 +215,9 @@ class EncodedEvents:
                 rows = np.arange(self.table.num_rows) if self.keep is None else np.flatnonzero(self.keep)
             else:
                 hit = self._truth(where)
-                rows = np.flatnonzero(hit if self.keep is None else hit & self.keep)
+                if self.keep is not None:
+                    hit = np.logical_and(hit, self.keep, out=hit if hit.flags.writeable else None)
+                rows = np.flatnonzero(hit)
             return rows.astype(np.int64, copy=False)
 
         return self._where.get(where, make)

@@ -182,7 +182,9 @@ class SortedMeasure:
         """Sum of the values in each index range ``[lo, hi)`` (0.0 when empty)."""
         if self._prefix is None:
             return (hi - lo).astype(np.float64)
-        return (self._prefix[hi] - self._prefix[lo]).astype(np.float64)
+        window = self._prefix[hi]
+        window -= self._prefix[lo]
+        return window.astype(np.float64)
 
     def _spread(self) -> tuple[NDArray[np.longdouble], NDArray[np.longdouble]]:
         """Prefix sums of ``x - c`` and ``(x - c)²`` with ``c`` the mean of the event's entity (built once)."""
