@@ -13,7 +13,7 @@ table's rows (:data:`Keep`), so a reader need not copy the winners into a new ta
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from typing import Generic, TypeVar
 
 import numpy as np
@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fstore.core.event_schema import EventSchema
-from fstore.core.expr import Expr, columns
+from fstore.core.expr import Column, Expr, columns
 from fstore.core.expr_eval import evaluate_arrow, truth_arrow
 from fstore.core.functions import State
 from fstore.core.pit_kernels import F64, I64, Bool, SortedMeasure
@@ -112,6 +112,34 @@ def sorted_codes(codes: I64, dictionary: pa.Array) -> tuple[I64, pa.Array]:
     return rank[codes], dictionary.take(pa.array(order))
 
 
+def dictionary_truth(where: Expr, name: str, column: pa.ChunkedArray, schema: Mapping[str, Column]) -> Bool:
+    """Where ``where`` (a condition on the one column ``name``) holds, for a dictionary-encoded ``column``.
+
+    The condition is evaluated once over the values of the chunks' distinct dictionaries (and null); each
+    chunk's rows then look their index up in their dictionary's slice, the last entry for a null index.
+    """
+    start: dict[tuple[int, ...], int] = {}
+    dictionaries: list[pa.Array] = []
+    total = 0
+    for chunk in column.chunks:
+        key = _dictionary_key(chunk.dictionary)
+        if key not in start:
+            start[key] = total
+            dictionaries.append(chunk.dictionary.cast(pa.string()))
+            total += len(chunk.dictionary)
+    values = pa.concat_arrays([*dictionaries, pa.nulls(1, pa.string())])
+    held = np.asarray(truth_arrow(where, pa.table({name: values}), schema).to_numpy(zero_copy_only=False), bool)
+    out: Bool = np.empty(len(column), bool)
+    at = 0
+    for chunk in column.chunks:
+        first, size, end = start[_dictionary_key(chunk.dictionary)], len(chunk.dictionary), at + len(chunk)
+        lookup = np.append(held[first : first + size], held[-1])  # index ``size``: a null row
+        indices = chunk.indices if not chunk.indices.null_count else pc.fill_null(chunk.indices, size)
+        np.take(lookup, indices.to_numpy(), out=out[at:end])
+        at = end
+    return out
+
+
 def event_times(column: pa.ChunkedArray | pa.Array) -> I64:
     """An event timestamp column (timestamp or int64 µs) as int64 UTC epoch µs."""
     if pa.types.is_timestamp(column.type) and column.type.unit != "us":
@@ -191,19 +219,15 @@ class EncodedEvents:
     def _truth(self, where: Expr) -> Bool:
         """Where the condition holds, over every row of the table.
 
-        A condition on one dictionary-encoded column (``kind == 'completed'``) is evaluated once per distinct
-        value and looked up by code — the same answer as row by row, without decoding the strings.
+        A condition on one dictionary-encoded column (``kind == 'completed'``) is evaluated once per value of
+        the chunks' dictionaries and looked up chunk by chunk (:func:`dictionary_truth`) — the same answer as
+        row by row, without decoding the strings or encoding the column.
         """
         names = columns(where)
         if len(names) == 1:
             (name,) = names
             if name in self.table.column_names and pa.types.is_dictionary(self.table.schema.field(name).type):
-                codes, dictionary = self.encoded(name)
-                values = pa.concat_arrays([dictionary.cast(pa.string()), pa.nulls(1, pa.string())])
-                per_value = truth_arrow(where, pa.table({name: values}), self.columns)
-                held = np.asarray(per_value.to_numpy(zero_copy_only=False), bool)
-                lookup: Bool = held[codes]  # code -1 (null) picks the last entry: the condition on null
-                return lookup
+                return dictionary_truth(where, name, self.table.column(name), self.columns)
         mask = truth_arrow(where, self._select(names), self.columns)
         return np.asarray(mask.to_numpy(zero_copy_only=False), bool)
 

@@ -8,7 +8,10 @@ import pyarrow as pa
 import pytest
 
 from fstore.core import pit
-from fstore.core.pit_events import encode_strings, sorted_codes
+from fstore.core.expr import Column, Kind
+from fstore.core.expr_eval import truth_arrow
+from fstore.core.expr_parse import parse_condition
+from fstore.core.pit_events import dictionary_truth, encode_strings, sorted_codes
 from tests.support.pit import events_table, query_times, random_events
 from tests.support.repos import compiled
 
@@ -115,3 +118,20 @@ def test_values_are_the_same_bits_whatever_order_the_events_come_in() -> None:
         outs.append(pit.point_in_time(PLAN, frame, views, table, full_feature_names=True))
     for out in outs[1:]:
         pd.testing.assert_frame_equal(out, outs[0], check_exact=True)
+
+
+@pytest.mark.parametrize(
+    "condition", ["kind == 'a'", "kind is null", "not (kind == 'b')", "kind in ('a', 'c') or kind is null"]
+)
+def test_dictionary_truth_equals_the_condition_row_by_row(condition: str) -> None:
+    """Chunks with their own, shared and null-holding dictionaries and null indices: the lookup per chunk
+    dictionary gives what the condition gives over the decoded strings."""
+    shared = pa.DictionaryArray.from_arrays(pa.array([0, 1, None, 1]), pa.array(["a", "b"]))
+    same_dict = pa.DictionaryArray.from_arrays(pa.array([1, None, 0]), shared.dictionary)
+    other = pa.DictionaryArray.from_arrays(pa.array([2, 0, 1, None]), pa.array(["c", "b", "a"]))
+    holding_null = pa.DictionaryArray.from_arrays(pa.array([0, 0]), pa.array([None], pa.string()))
+    column = pa.chunked_array([shared, same_dict, other, holding_null])
+    schema = {"kind": Column(Kind.STRING)}
+    where = parse_condition(condition)
+    want = truth_arrow(where, pa.table({"kind": column.cast(pa.string())}), schema).to_pylist()
+    assert dictionary_truth(where, "kind", column, schema).tolist() == want
