@@ -46,3 +46,18 @@ def test_no_events_at_all_gives_every_row_its_empty_window_values(tmp_path: Path
         for f in view.windowed:
             zero = f.function in (Function.COUNT, Function.SUM, Function.COUNT_DISTINCT)
             assert [None if pd.isna(x) else x for x in out[f.name]] == ([0, 0, 0] if zero else [None] * 3), f.name
+
+
+@pytest.mark.parametrize("block", [1, 7, 64])
+def test_blocked_search_equals_numpy_searchsorted(monkeypatch: pytest.MonkeyPatch, block: int) -> None:
+    """Ascending needles with repeats, below and above every key, blocks cut inside runs of equal keys; and
+    needles out of order (searched the plain way)."""
+    from fstore.core import pit_kernels
+
+    monkeypatch.setattr(pit_kernels, "SEARCH_BLOCK", block)
+    rng = np.random.default_rng(block)
+    keys = np.sort(rng.integers(0, 300, 2000))  # many equal keys
+    for needles in (np.sort(rng.integers(-20, 320, 3001)), rng.integers(-20, 320, 3001), np.full(600, 150)):
+        got = pit_kernels.search_sorted(keys, needles)
+        assert got.dtype == np.int64
+        np.testing.assert_array_equal(got, np.searchsorted(keys, needles))
