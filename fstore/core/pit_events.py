@@ -265,7 +265,10 @@ class EncodedEvents:
             rows = self._counted(measure.where)
             sub = self._select(columns(measure.value), len(rows))
             if len(rows) != sub.num_rows:  # a value that reads no column (a count) needs no copy
-                sub = sub.take(pa.array(rows))
+                # the rows as a mask, kept chunk by chunk (``take`` would first join every chunk into one)
+                counted = np.zeros(sub.num_rows, bool)
+                counted[rows] = True
+                sub = sub.filter(pa.array(counted))
             values = evaluate_arrow(measure.value, sub, self.columns)
             if values.null_count:
                 valid = np.asarray(pc.is_valid(values).to_numpy(zero_copy_only=False), bool)
