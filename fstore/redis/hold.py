@@ -34,6 +34,15 @@ def ack_value(token: str, clock: int) -> str:
     return f"{token} {clock}"
 
 
+def ack(client: AdminClient, name: str, token: str, clock: int) -> None:
+    """The worker ``name`` holds for ``token`` with its processing clock; the acknowledgements expire with
+    the hold (a backfill that dies leaves no key behind, docs/design.md §7)."""
+    pipe = client.pipeline(transaction=False)
+    pipe.hset(ACKS_KEY, name, ack_value(token, clock))
+    pipe.expire(ACKS_KEY, HOLD_TTL_S)
+    pipe.execute()
+
+
 def wait_held(
     client: AdminClient, token: str, timeout: float, on_wait: Callable[[set[str]], None] | None = None
 ) -> dict[str, int]:

@@ -23,6 +23,9 @@ WORKERS_KEY = f"{PREFIX}:stream:workers"
 LIVE_S = 10.0
 #: The fingerprint of a worker that registered without one (an older fstore).
 UNKNOWN = "unknown"
+#: TTL of :data:`WORKERS_KEY`, renewed by every registration: like every key fstore writes it expires
+#: (docs/design.md §7), once no worker has registered for this long (each one is dead long before).
+WORKERS_TTL_S = 3_600
 
 
 def as_text(v: bytes | str | None) -> str:
@@ -33,6 +36,14 @@ def as_text(v: bytes | str | None) -> str:
 def registration(fingerprint: str, now: float | None = None) -> str:
     """What a worker running the plan ``fingerprint`` writes under its name in :data:`WORKERS_KEY`."""
     return f"{time.time() if now is None else now!r} {fingerprint}"
+
+
+def register(client: AdminClient, name: str, fingerprint: str) -> None:
+    """Register the worker ``name`` as live, running the plan ``fingerprint``; renews the key's TTL."""
+    pipe = client.pipeline(transaction=False)
+    pipe.hset(WORKERS_KEY, name, registration(fingerprint))
+    pipe.expire(WORKERS_KEY, WORKERS_TTL_S)
+    pipe.execute()
 
 
 def parse_registration(value: bytes | str | None) -> tuple[float, str]:

@@ -17,9 +17,8 @@ import socket
 import time
 import uuid
 
+from fstore.redis import hold, workers
 from fstore.redis.connect import admin_client
-from fstore.redis.hold import ACKS_KEY, HOLD_KEY, ack_value
-from fstore.redis.workers import WORKERS_KEY, registration
 from jobs.stream.settings import StreamSettings
 
 log = logging.getLogger("fstore.stream")
@@ -58,7 +57,7 @@ class Control:
 
     def register(self) -> None:
         """Register as live, running the plan :attr:`fingerprint` (blocking)."""
-        self.client.hset(WORKERS_KEY, self.name, registration(self.fingerprint))
+        workers.register(self.client, self.name, self.fingerprint)
 
     async def reregister(self) -> None:
         """:meth:`register` at once (after adopting a plan), off the event loop; a failure is logged (the
@@ -70,7 +69,7 @@ class Control:
 
     def _poll(self) -> str | None:
         self.register()
-        token = self.client.get(HOLD_KEY)
+        token = self.client.get(hold.HOLD_KEY)
         return token.decode() if isinstance(token, bytes) else token
 
     async def poll(self) -> str | None:
@@ -84,7 +83,7 @@ class Control:
 
     async def ack(self, token: str, clock: int) -> None:
         """Tell the backfill this worker holds, with its processing clock."""
-        await asyncio.to_thread(self.client.hset, ACKS_KEY, self.name, ack_value(token, clock))
+        await asyncio.to_thread(hold.ack, self.client, self.name, token, clock)
 
     async def still_held(self, token: str) -> bool | None:
         """Whether the hold ``token`` still stands (registering this worker as live); ``None`` when Redis

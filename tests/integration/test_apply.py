@@ -6,6 +6,7 @@ left for the next apply; a dead one blocks nothing)."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import threading
 import time
@@ -20,10 +21,12 @@ from fstore.cli import main
 from fstore.core.plan_json import fingerprint
 from fstore.core.timeutil import HOUR, MINUTE, SECOND
 from fstore.devsvc.services import RedisServer
+from fstore.redis.hold import ACKS_KEY, HOLD_TTL_S
 from fstore.redis.layout import distinct_field, future_field, marker_key, speed_key
 from fstore.redis.workers import WORKERS_KEY, registration
 from jobs.stream.control import Control
 from jobs.stream.settings import StreamSettings
+from tests.support.redis_keys import keys_without_ttl
 from tests.support.repos import ROOT
 from tests.support.repos.mistakes import INVALID, RIDES, edit
 
@@ -243,3 +246,16 @@ def test_removed_state_is_freed_once_every_live_worker_runs_the_new_plan(
     finally:
         worker.stop.set()
         worker.join(5)
+
+
+def test_a_workers_registration_and_hold_acknowledgement_expire(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    """docs/design.md §7: every key fstore writes has a TTL — the workers' registry, and the hold's
+    acknowledgements that a backfill dying mid-hold leaves behind."""
+    control = Control(StreamSettings(redis_url=redis_server.url), "0123456789abcdef", name="w1")
+    control.register()
+    asyncio.run(control.ack("token", 1_790_000_000 * SECOND))
+    assert redis_client.hget(ACKS_KEY, "w1") == f"token {1_790_000_000 * SECOND}".encode()
+    assert keys_without_ttl(redis_client) == []
+    assert redis_client.ttl(WORKERS_KEY) > 0 and 0 < redis_client.ttl(ACKS_KEY) <= HOLD_TTL_S

@@ -19,6 +19,7 @@ from fstore.delta import raw_log
 from fstore.devsvc.services import Broker, RedisServer
 from fstore.plan_source import current_plan
 from fstore.redis.layout import HEARTBEAT_KEY, Heartbeat
+from tests.support.redis_keys import keys_without_ttl
 from tests.support.stream import (
     SECOND,
     Factory,
@@ -46,6 +47,7 @@ def test_tiles_dlq_and_raw_log_are_exact(
     beat = Heartbeat.loads(redis_client.get(HEARTBEAT_KEY))
     assert beat is not None and beat.newest_event_time == max(e.event_time for e in traffic.first_copies)
     assert abs(beat.committed_at - time.time_ns() // 1000) < 300 * SECOND
+    assert keys_without_ttl(redis_client) == []  # tiles, markers, claims, heartbeat, the workers' registry
 
 
 def test_tile_writer_rounds_script_flush_and_replay(redis_server: RedisServer, redis_client: redis.Redis) -> None:
