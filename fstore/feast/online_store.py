@@ -22,8 +22,9 @@ both driving :class:`fstore.online.reader.ReadCore`, and keep its batch tile cac
 Writes: fstore's stream and batch jobs own the online view, and a Feast row holds *final* values while
 fstore stores *partial aggregates* in tiles, so there is nothing meaningful to write. ``online_write_batch``
 (``feast materialize``, ``write_to_online_store``, push sources) raises :class:`FstoreReadOnlyError`
-instead of silently dropping data. ``update`` and ``teardown`` (``feast apply`` / ``feast teardown``) are
-no-ops: they never create or delete fstore keys.
+instead of silently dropping data. ``update`` (``feast apply``) records the applied plan as ``fstore apply``
+does (its new features refused until ``fstore backfill``, the state of removed ones freed);
+``teardown`` (``feast teardown``) is a no-op: it never deletes fstore keys.
 
 Limits: each feature view is read in its own round trip (Feast calls ``online_read`` per view), so a
 request spanning two views evaluates each at its own ``as_of`` and, during a batch cutover, may see two
@@ -33,9 +34,12 @@ batch versions across views (never within one view).
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import weakref
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal
 
 from feast import Entity
@@ -48,10 +52,11 @@ from feast.repo_config import FeastConfigBaseModel, RepoConfig
 from pydantic import Field
 
 from fstore.applied import not_built
+from fstore.applying import ENV_CALLER_RECORDS, WAIT_S, Applying, NotFreed
 from fstore.clock import Clock, wall_clock
 from fstore.core.plan import View
 from fstore.core.tile_state import Value
-from fstore.feast.compile import applied_of
+from fstore.feast.compile import applied_of, compile_repo
 from fstore.online.reader import EntityRead, OnlineReader, ReadResult, SyncOnlineReader
 from fstore.redis.connect import async_client, sync_client
 
@@ -263,7 +268,29 @@ class FstoreOnlineStore(OnlineStore):
         entities_to_keep: Sequence[Entity],
         partial: bool,
     ) -> None:
-        """No-op: fstore's keys carry TTLs and belong to its layers; ``feast apply`` creates nothing."""
+        """``feast apply`` of the whole repository (``partial`` false): do what ``fstore apply`` does after it —
+        compile the repository (all or nothing), record the plan with the features it leaves pending (refused
+        until ``fstore backfill`` builds them) and free the Redis state of what it removed once every live
+        stream worker runs it. Runs before Feast commits its registry: a repository with a mistake, or a
+        Redis needed and unreachable, fails the ``feast apply`` and changes nothing. Nothing is created.
+        A partial apply (``FeatureStore.apply(objects)`` from Python) and ``fstore apply``'s own
+        ``feast apply`` record nothing here.
+
+        Raises:
+            PlanError: the repository has mistakes (each one named).
+            fstore.applying.RedisUnreachable: Redis is needed to free removed state and does not answer.
+        """
+        if partial or os.environ.get(ENV_CALLER_RECORDS) == "1":
+            return
+        root = getattr(config, "repo_path", None)
+        if not root:
+            return
+        job = Applying(Path(root).resolve(), compile_repo(root), print, lambda m: print(m, file=sys.stderr))
+        job.prepare(WAIT_S)
+        try:
+            job.record(WAIT_S)
+        except NotFreed as exc:  # the plan is recorded; the record keeps what is left to free
+            print(exc, file=sys.stderr)
 
     def teardown(self, config: RepoConfig, tables: Sequence[FeastFeatureView], entities: Sequence[Entity]) -> None:
         """No-op: ``feast teardown`` never deletes fstore's online views (they are rebuilt by its jobs)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import sys
 import threading
 import time
 from pathlib import Path
@@ -29,6 +30,7 @@ from jobs.stream.settings import StreamSettings
 from tests.support.redis_keys import keys_without_ttl
 from tests.support.repos import ROOT
 from tests.support.repos.mistakes import INVALID, RIDES, edit
+from tests.support.rides_traffic import rides_repo as fstore_rides_repo
 
 pytestmark = pytest.mark.integration
 
@@ -259,3 +261,68 @@ def test_a_workers_registration_and_hold_acknowledgement_expire(
     assert redis_client.hget(ACKS_KEY, "w1") == f"token {1_790_000_000 * SECOND}".encode()
     assert keys_without_ttl(redis_client) == []
     assert redis_client.ttl(WORKERS_KEY) > 0 and 0 < redis_client.ttl(ACKS_KEY) <= HOLD_TTL_S
+
+
+def feast_apply(repo: Path) -> tuple[int, str]:
+    """Feast's own ``feast apply`` command (its click CLI, in this process: Feast is imported once) in the
+    repository, as a user runs it; the repository's module is imported afresh, as by a new process."""
+    from feast.cli.cli import cli
+
+    sys.modules.pop("features", None)
+    result = CliRunner().invoke(cli, ["--chdir", str(repo), "apply"])
+    sys.modules.pop("features", None)
+    out = result.output + (repr(result.exception) if result.exception else "")
+    return result.exit_code, out
+
+
+def test_a_plain_feast_apply_records_the_plan_as_fstore_apply_does(
+    tmp_path: Path, redis_server: RedisServer, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/design.md §3: `feast apply` registers the definitions; after a feature is added and applied the
+    API refuses it until `fstore backfill` has built it, and a removed feature's state is freed. So a plain
+    `feast apply` (the fstore online store's hook) records the plan with its pending features, frees what
+    it removed, and a repository with a mistake fails it with nothing changed."""
+    from feast import FeatureStore
+
+    from fstore.feast.online_store import FeatureNotBuiltError
+
+    monkeypatch.setenv("FSTORE_REDIS_URL", redis_server.url)
+    monkeypatch.setenv("FSTORE_REDIS_CLUSTER", "false")
+    repo = fstore_rides_repo(tmp_path, redis_server.url)
+    code, out = feast_apply(repo)
+    assert code == 0 and "records the baseline" in out, out
+    base = applied.load(repo)
+    assert base is not None and base.pending == () and base.fingerprint == fingerprint(plan_source.compile_dir(repo))
+
+    added = edit(
+        ('name="fare_3h"\n        ),', f'name="fare_3h"\n        ),\n        {STD_3H}'),
+        (
+            'Field(name="trips_2d", dtype=Int64),',
+            'Field(name="trips_2d", dtype=Int64), Field(name="fare_std_3h", dtype=Float64),',
+        ),
+    )
+    (repo / "features.py").write_text(added)
+    code, out = feast_apply(repo)
+    assert code == 0 and "fstore backfill --view driver_performance" in out, out
+    record = applied.load(repo)
+    assert record is not None and record.pending == ("driver_performance:fare_std_3h",)
+    with pytest.raises(FeatureNotBuiltError, match="fstore backfill --view driver_performance"):
+        FeatureStore(repo_path=str(repo)).get_online_features(
+            features=["driver_performance:fare_std_3h"], entity_rows=[{"driver_id": "d1"}]
+        )
+
+    redis_client.hset(Z_KEY, "x", 1)
+    (repo / "features.py").write_text(added.split("zone_demand = StreamFeatureView(")[0])  # the view goes
+    code, out = feast_apply(repo)
+    assert code == 0 and "freed 1 key(s) of removed views ['zone_demand']" in out, out
+    assert not redis_client.exists(Z_KEY)
+    record = applied.load(repo)
+    assert record is not None and not record.unfreed and {v.name for v in record.plan.views} == {"driver_performance"}
+    assert record.pending == ("driver_performance:fare_std_3h",)  # still waiting for its backfill
+
+    before = snapshot(repo)
+    text, message = INVALID["unsupported function"]
+    (repo / "features.py").write_text(text)
+    code, out = feast_apply(repo)
+    assert code != 0 and message in out, out
+    assert snapshot(repo) == before  # neither Feast's registry nor fstore's record moved

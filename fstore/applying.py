@@ -1,0 +1,193 @@
+"""Applying a compiled plan (docs/design.md §3 "Evolution"): record it with what it leaves pending, and free
+the Redis state of what it removed once every live stream worker runs it.
+
+Two entry points run this: ``fstore apply`` (:mod:`fstore.commands.apply`, which also runs ``feast apply``)
+and a plain ``feast apply`` of a repository whose online store is fstore's
+(:meth:`fstore.feast.online_store.FstoreOnlineStore.update`), so registering a change with Feast always
+leaves its new features refused until ``fstore backfill`` has built them, and frees what it removed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fstore import applied
+from fstore.core.plan_diff import PlanChange, diff
+
+if TYPE_CHECKING:
+    from fstore.core.plan import Plan
+    from fstore.redis.connect import AdminClient
+
+#: Default seconds to wait for the live stream workers to run the new plan before freeing removed state.
+WAIT_S = 15.0
+#: Set (to ``1``) by a caller that records fstore's plan itself around a ``feast apply`` it runs, so the
+#: online store's ``feast apply`` hook does not record it a second time.
+ENV_CALLER_RECORDS = "FSTORE_APPLY_RECORDS_ITSELF"
+
+Say = Callable[[str], None]
+
+
+class RedisUnreachable(RuntimeError):
+    """Redis is needed (to free removed state) but does not answer: nothing was recorded."""
+
+
+class NotFreed(RuntimeError):
+    """The removed state is left (a live worker did not follow in time, or Redis failed); the record says what
+    is left and the next apply frees it first."""
+
+
+def previous(root: Path, say: Say) -> applied.AppliedPlan | None:
+    """The record of ``root`` before this apply (an unreadable one counts as never applied, said so)."""
+    try:
+        return applied.load(root)
+    except ValueError as exc:
+        say(f"fstore: {exc}; treating the repository as never applied")
+        return None
+
+
+def describe(old: applied.AppliedPlan | None, root: Path, change: PlanChange, say: Say) -> None:
+    """Say what applying ``change`` over ``old`` does."""
+    if old is None:
+        say(f"no plan applied yet in {root}: this apply records the baseline")
+        return
+    lines = change.lines()
+    say("\n".join(lines) if lines else "no change")
+    if old.unfreed:
+        say(f"left to free by the last apply: {show_unfreed(old)} (this apply frees it first)")
+
+
+def removed(old: Plan, new: Plan, change: PlanChange) -> tuple[tuple[str, ...], tuple[tuple[str, int, str], ...]]:
+    """The views ``new`` removed, and the tile series (view, hop µs, measure) it removed from kept views."""
+    kept = {v.name for v in new.views}
+    views = tuple(sorted({v.name for v in old.views} - kept))
+    series = tuple(sorted({(sr.view, sr.hop, sr.measure) for sr in change.free if sr.view in kept}))
+    return views, series
+
+
+def show_unfreed(record: applied.AppliedPlan) -> str:
+    """What ``record`` has still to free, in words."""
+    return f"the keys of view(s) {list(record.unfreed_views)} and {len(record.unfreed_series)} tile series"
+
+
+def redis_client() -> AdminClient:
+    """A client of this process's Redis, checked.
+
+    Raises:
+        RedisUnreachable: it does not answer (the apply must record nothing).
+    """
+    from fstore.redis.connect import admin_client
+    from fstore.settings import Settings, load_settings
+
+    s = load_settings(Settings)  # not the cached settings: the environment of this command
+    try:
+        client = admin_client(s.redis_url, s.redis_cluster, socket_timeout=5, socket_connect_timeout=2)
+        client.ping()
+    except Exception as exc:
+        raise RedisUnreachable(
+            f"Redis is unreachable ({type(exc).__name__}: {exc}); the Redis state of removed features could not be "
+            "freed, so fstore's record is not changed: start Redis and apply again"
+        ) from None
+    return client
+
+
+class Applying:
+    """One apply of ``new`` to the repository ``root``: :meth:`prepare` (checks, and frees what the last apply
+    left), then whatever registers it with Feast, then :meth:`record` (records it and frees what it removed)."""
+
+    def __init__(self, root: Path, new: Plan, say: Say, warn: Say) -> None:
+        self.root, self.new, self.say, self.warn = root, new, say, warn
+        self.old = previous(root, warn)
+        self.change = diff(self.old.plan if self.old is not None else None, new)
+        self.views, self.series = removed(self.old.plan, new, self.change) if self.old is not None else ((), ())
+        self.client: AdminClient | None = None
+
+    def prepare(self, wait_timeout: float) -> None:
+        """Say what changes; get Redis if anything is to free, and free what the last apply left.
+
+        Raises:
+            RedisUnreachable: Redis is needed and does not answer (nothing changed).
+            NotFreed: what the last apply left could not be freed (nothing changed).
+        """
+        old = self.old
+        describe(old, self.root, self.change, self.say)
+        if old is not None and (old.unfreed or self.views or self.series):
+            self.client = redis_client()
+        if old is not None and old.unfreed:
+            assert self.client is not None
+            self._free(old, wait_timeout, first=True)
+
+    def record(self, wait_timeout: float) -> applied.AppliedPlan:
+        """Record the plan with its pending features, then free what it removed.
+
+        Raises:
+            NotFreed: the plan is recorded, but what it removed is left (the record says so).
+        """
+        pending: tuple[str, ...] = ()
+        building: tuple[str, ...] = ()
+        old = self.old
+        if old is not None:
+            refs = {f"{v.name}:{f}" for v in self.new.views for f in v.feature_names}
+            still = [r for r in old.pending if r in refs and r not in self.change.pending]
+            pending = tuple(dict.fromkeys([*self.change.pending, *still]))
+            building = tuple(sorted({r.partition(":")[0] for r in pending}))
+        rec = applied.AppliedPlan(self.new, int(time.time() * 1_000_000), pending, building, self.views, self.series)
+        applied.save(self.root, rec)
+        self.say(
+            f"applied plan {rec.fingerprint[:12]} ({len(self.new.views)} view(s)) to {applied.record_path(self.root)}"
+        )
+        if rec.unfreed:
+            assert self.client is not None
+            self._free(rec, wait_timeout)
+        for view in building:
+            self.say(f"next: fstore backfill --view {view}   (its new features are refused until then)")
+        return rec
+
+    def _free(self, rec: applied.AppliedPlan, timeout: float, first: bool = False) -> None:
+        """Free the Redis state ``rec`` removed once every live stream worker runs its plan, then record that.
+        ``first``: what a previous apply left, freed before this apply changes anything.
+
+        Raises:
+            NotFreed: a worker did not follow in time or Redis failed (the record keeps what is left).
+        """
+        from fstore.redis.free_keys import free_series, free_views
+        from fstore.redis.workers import wait_following
+
+        assert self.client is not None
+        fp = rec.fingerprint
+        shown: set[str] = set()
+
+        def waiting(behind: dict[str, str]) -> None:
+            if set(behind) != shown:
+                shown.clear()
+                shown.update(behind)
+                names = ", ".join(f"{w} (plan {f[:12]})" for w, f in sorted(behind.items()))
+                self.say(f"waiting (up to {timeout:g} s) for stream worker(s) to run plan {fp[:12]}: {names}")
+
+        try:
+            wait_following(self.client, fp, timeout, waiting)
+            freed = free_views(self.client, rec.unfreed_views)
+            by_view: dict[str, list[tuple[int, str]]] = {}
+            for view, hop, measure in rec.unfreed_series:
+                by_view.setdefault(view, []).append((hop, measure))
+            fields = sum(free_series(self.client, v, series).fields for v, series in by_view.items())
+        except Exception as exc:  # a worker behind, or Redis failed: the record keeps what is left
+            state = (
+                "This apply changed nothing"
+                if first
+                else f"Plan {fp[:12]} is applied (what it removed is no longer served)"
+            )
+            raise NotFreed(
+                f"fstore: NOT FREED: {show_unfreed(rec)}: {exc}. {state}, but a stream worker still "
+                "running an older plan could write those keys again, so they are left. Check the workers (GET /health, "
+                "their logs) or Redis, then run `fstore apply` again: it frees them first."
+            ) from exc
+        current = applied.load(self.root)
+        if current is not None and current.fingerprint == fp:
+            applied.save(self.root, current.freed())
+        self.say(
+            f"freed {freed.keys} key(s) of removed views {list(rec.unfreed_views)} and {fields} field(s) of "
+            f"removed series (every live stream worker runs plan {fp[:12]})"
+        )
