@@ -72,8 +72,8 @@ def show_unfreed(record: applied.AppliedPlan) -> str:
     return f"the keys of view(s) {list(record.unfreed_views)} and {len(record.unfreed_series)} tile series"
 
 
-def redis_client() -> AdminClient:
-    """A client of this process's Redis, checked.
+def redis_client(url: str | None = None, cluster: bool | None = None) -> AdminClient:
+    """A client of the Redis at ``url`` (default: this process's settings), checked.
 
     Raises:
         RedisUnreachable: it does not answer (the apply must record nothing).
@@ -81,9 +81,12 @@ def redis_client() -> AdminClient:
     from fstore.redis.connect import admin_client
     from fstore.settings import Settings, load_settings
 
-    s = load_settings(Settings)  # not the cached settings: the environment of this command
+    if url is None or cluster is None:
+        s = load_settings(Settings)  # not the cached settings: the environment of this command
+        url = s.redis_url if url is None else url
+        cluster = s.redis_cluster if cluster is None else cluster
     try:
-        client = admin_client(s.redis_url, s.redis_cluster, socket_timeout=5, socket_connect_timeout=2)
+        client = admin_client(url, cluster, socket_timeout=5, socket_connect_timeout=2)
         client.ping()
     except Exception as exc:
         raise RedisUnreachable(
@@ -97,8 +100,17 @@ class Applying:
     """One apply of ``new`` to the repository ``root``: :meth:`prepare` (checks, and frees what the last apply
     left), then whatever registers it with Feast, then :meth:`record` (records it and frees what it removed)."""
 
-    def __init__(self, root: Path, new: Plan, say: Say, warn: Say) -> None:
-        self.root, self.new, self.say, self.warn = root, new, say, warn
+    def __init__(
+        self, root: Path, new: Plan, say: Say, warn: Say, redis: Callable[[], AdminClient] = redis_client
+    ) -> None:
+        """Args:
+        root: the repository.
+        new: its compiled plan.
+        say: where to say what happens.
+        warn: where to warn.
+        redis: the checked client of the Redis whose state the apply frees (called only when needed).
+        """
+        self.root, self.new, self.say, self.warn, self.redis = root, new, say, warn, redis
         self.old = previous(root, warn)
         self.change = diff(self.old.plan if self.old is not None else None, new)
         self.views, self.series = removed(self.old.plan, new, self.change) if self.old is not None else ((), ())
@@ -114,7 +126,7 @@ class Applying:
         old = self.old
         describe(old, self.root, self.change, self.say)
         if old is not None and (old.unfreed or self.views or self.series):
-            self.client = redis_client()
+            self.client = self.redis()
         if old is not None and old.unfreed:
             assert self.client is not None
             self._free(old, wait_timeout, first=True)

@@ -52,7 +52,7 @@ from feast.repo_config import FeastConfigBaseModel, RepoConfig
 from pydantic import Field
 
 from fstore.applied import not_built
-from fstore.applying import ENV_CALLER_RECORDS, WAIT_S, Applying, NotFreed
+from fstore.applying import ENV_CALLER_RECORDS, WAIT_S, Applying, NotFreed, redis_client
 from fstore.clock import Clock, wall_clock
 from fstore.core.plan import View
 from fstore.core.tile_state import Value
@@ -285,7 +285,13 @@ class FstoreOnlineStore(OnlineStore):
         root = getattr(config, "repo_path", None)
         if not root:
             return
-        job = Applying(Path(root).resolve(), compile_repo(root), print, lambda m: print(m, file=sys.stderr))
+        job = Applying(
+            Path(root).resolve(),
+            compile_repo(root),
+            print,
+            lambda m: print(m, file=sys.stderr),
+            lambda: redis_client(redis_url_of(config), cluster_of(config)),  # the Redis this store reads
+        )
         job.prepare(WAIT_S)
         try:
             job.record(WAIT_S)

@@ -286,9 +286,9 @@ def test_a_plain_feast_apply_records_the_plan_as_fstore_apply_does(
 
     from fstore.feast.online_store import FeatureNotBuiltError
 
-    monkeypatch.setenv("FSTORE_REDIS_URL", redis_server.url)
+    monkeypatch.setenv("FSTORE_REDIS_URL", "redis://127.0.0.1:1/0")  # not this one: the store's own, below
     monkeypatch.setenv("FSTORE_REDIS_CLUSTER", "false")
-    repo = fstore_rides_repo(tmp_path, redis_server.url)
+    repo = fstore_rides_repo(tmp_path, redis_server.url)  # feature_store.yaml: the fstore stores, this Redis
     code, out = feast_apply(repo)
     assert code == 0 and "records the baseline" in out, out
     base = applied.load(repo)
