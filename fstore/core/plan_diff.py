@@ -9,8 +9,10 @@ with those of a new one says, without looking at any data:
 
 * ``build``: series the new plan reads that hold nothing yet or hold something else — new, redefined
   (another filter or value), with states they did not keep (a std on a measure that only had sums), or
-  read over a longer window than the applied plan's longest one (the history the batch view and the
-  speed tiles' TTL cover). They need a backfill.
+  read over a longer window than the history their tiles keep: the batch view keeps a view's tiles of
+  one size back to the longest window of that size in the view (jobs/batch/plan.py ``size_horizons``),
+  not to the plan's longest window, so a 6 h count on the tiles of a 1 h one (both 5-minute tiles)
+  would miss five hours before the cutover. They need a backfill.
 * ``free``: series no feature reads any more; their keys can go.
 * ``pending``: the features whose own needs the existing tiles do not meet (and ratios of them) —
   refused until the backfill has run, never served undercounted. A feature the tiles already serve stays
@@ -45,8 +47,8 @@ class Series:
         return (self.view, self.entity_key, self.hop, self.measure)
 
     def serves(self, wanted: Series, covered: int) -> bool:
-        """Whether these tiles hold everything ``wanted`` needs, given that the stored history covers the
-        last ``covered`` µs."""
+        """Whether these tiles hold everything ``wanted`` needs, given that the stored history of their tile
+        size covers the last ``covered`` µs."""
         return (
             self.key == wanted.key
             and self.definition == wanted.definition
@@ -65,6 +67,16 @@ def series_of(plan: Plan) -> dict[tuple[str, str, int, str], Series]:
             if old is not None:
                 s = Series(*s.key, s.definition, old.states | s.states, max(old.reach, s.reach))
             out[s.key] = s
+    return out
+
+
+def coverage(plan: Plan) -> dict[tuple[str, int], int]:
+    """How far back, in µs, the stored tiles of each (view, tile size) of ``plan`` reach: the longest window
+    of that size in the view (the batch view keeps a size's tiles from ``C − that window − size`` on)."""
+    out: dict[tuple[str, int], int] = {}
+    for view in plan.views:
+        for f in view.windowed:
+            out[(view.name, f.hop)] = max(out.get((view.name, f.hop), 0), f.window)
     return out
 
 
@@ -120,11 +132,11 @@ def diff(old: Plan | None, new: Plan) -> PlanChange:
     """What applying ``new`` over ``old`` (``None``: nothing applied yet) needs."""
     before, after = _definitions(old), _definitions(new)
     have = series_of(old) if old is not None else {}
-    covered = old.longest_window if old is not None else 0
+    covered = coverage(old) if old is not None else {}
     want = series_of(new)
 
     def ready(s: Series) -> bool:
-        return s.key in have and have[s.key].serves(s, covered)
+        return s.key in have and have[s.key].serves(s, covered.get((s.view, s.hop), 0))
 
     build = [s for s in want.values() if not ready(s)]
     free = [s for k, s in have.items() if k not in want]

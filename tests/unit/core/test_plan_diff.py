@@ -14,7 +14,9 @@ from fstore.core.expr_parse import parse_measure
 from fstore.core.functions import Function
 from fstore.core.plan import Measure, Plan, RatioFeature, View, WindowedFeature
 from fstore.core.plan_diff import diff, series_of
+from fstore.core.plan_error import PlanError
 from fstore.core.timeutil import DAY, HOUR, MINUTE
+from jobs.batch.plan import size_horizons
 from tests.support.repos import compiled
 
 pytestmark = pytest.mark.unit
@@ -66,15 +68,60 @@ def test_a_new_function_on_existing_tiles_is_ready_unless_it_needs_a_state_they_
 
 
 def test_a_window_beyond_the_stored_history_needs_a_backfill_one_within_it_does_not() -> None:
-    old = compiled("rides")  # its longest window is 30 days: that much history is stored
+    """The batch view keeps a view's tiles of one size back to its longest window of that size (not to the
+    plan's longest window): driver_performance's hourly tiles reach 2 days back, its daily ones 30."""
+    old = compiled("rides")
     trips, stars = dp(old).feature("trips_2d"), dp(old).feature("stars_max_30d")
     assert isinstance(trips, WindowedFeature) and isinstance(stars, WindowedFeature)
-    within = diff(old, edit(old, "driver_performance", swap={"trips_2d": replace(trips, window=10 * DAY)}))
+    within = diff(old, edit(old, "driver_performance", swap={"trips_2d": replace(trips, window=36 * HOUR)}))
     assert within.changed == ("driver_performance:cancellation_rate_2d", "driver_performance:trips_2d")
     assert not within.build and not within.pending
+    ten_days = diff(old, edit(old, "driver_performance", swap={"trips_2d": replace(trips, window=10 * DAY)}))
+    assert [(s.measure, s.hop) for s in ten_days.build] == [("trip", HOUR)]  # hourly tiles: 2 days kept
+    assert ten_days.pending == ("driver_performance:trips_2d", "driver_performance:cancellation_rate_2d")
     beyond = diff(old, edit(old, "driver_performance", swap={"stars_max_30d": replace(stars, window=45 * DAY)}))
     assert [(s.measure, s.hop) for s in beyond.build] == [("stars", DAY)]
     assert beyond.pending == ("driver_performance:stars_max_30d",)  # min and mean of 30 d stay served
+
+
+def test_a_longer_window_on_the_tiles_of_a_shorter_one_waits_for_its_backfill() -> None:
+    """design §3: a feature added to the example — clicks over 6 h, on the 5-minute click tiles that
+    clicks_1h reads — is refused until built: the batch view holds those tiles for the last hour only."""
+    old = compiled("ecommerce")
+    clicks = old.view("user_activity").feature("clicks_1h")
+    assert isinstance(clicks, WindowedFeature)
+    change = diff(old, edit(old, "user_activity", add=(replace(clicks, name="clicks_6h", window=6 * HOUR),)))
+    assert [(s.view, s.measure, s.hop) for s in change.build] == [("user_activity", "click", 5 * MINUTE)]
+    assert change.pending == ("user_activity:clicks_6h",)  # clicks_1h stays served from the same tiles
+
+
+WINDOWS = (10 * MINUTE, HOUR, 3 * HOUR, 6 * HOUR, 13 * HOUR, 2 * DAY, 10 * DAY, 30 * DAY)
+
+
+@pytest.mark.parametrize("name", ["rides", "ecommerce"])
+def test_a_feature_served_at_once_reads_only_tiles_the_last_batch_view_holds(name: str) -> None:
+    """Independent of the diff's own rule: every feature a change leaves served (not pending) must find its
+    tiles in the batch view the applied plan's nightly run keeps (jobs/batch/plan.py's horizons), for any
+    window given to any feature."""
+    old = compiled(name)
+    cutover = 100 * DAY
+    kept = {v.name: size_horizons(v, cutover) for v in old.views}
+    checked = 0
+    for view in old.views:
+        for f in view.windowed:
+            for window in WINDOWS:
+                try:
+                    new = edit(old, view.name, swap={f.name: replace(f, window=window)})
+                except PlanError:  # a declared slide longer than the window
+                    continue
+                waiting = set(diff(old, new).pending)
+                for g in new.view(view.name).windowed:
+                    if f"{view.name}:{g.name}" in waiting:
+                        continue
+                    checked += 1
+                    first = kept[view.name].get(g.hop)
+                    assert first is not None and first <= cutover - g.window - g.hop, (f.name, window, g.name)
+    assert checked > 500
 
 
 def test_a_redefined_measure_is_rebuilt_and_its_ratios_wait() -> None:
