@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from fstore import applied
 from fstore.core.plan_diff import PlanChange, diff
+from fstore.core.plan_json import fingerprint
 
 if TYPE_CHECKING:
     from fstore.core.plan import Plan
@@ -140,6 +141,16 @@ class Applying:
         pending: tuple[str, ...] = ()
         building: tuple[str, ...] = ()
         old = self.old
+        if old is None and (others := self._workers_on_other_plans()):
+            # Never applied, and the live stream workers run another plan (their repository's source, as it was
+            # when they started): what they built is unknown, so nothing is served until built.
+            pending = tuple(f"{v.name}:{f}" for v in self.new.views for f in v.feature_names)
+            building = tuple(sorted(v.name for v in self.new.views))
+            names = ", ".join(f"{w} (plan {fp[:12]})" for w, fp in sorted(others.items()))
+            self.warn(
+                f"no plan was recorded yet, and live stream worker(s) run another one: {names}; what their tiles hold "
+                "is unknown, so every feature is refused until `fstore backfill --view V` has built its view"
+            )
         if old is not None:
             refs = {f"{v.name}:{f}" for v in self.new.views for f in v.feature_names}
             still = [r for r in old.pending if r in refs and r not in self.change.pending]
@@ -156,6 +167,18 @@ class Applying:
         for view in building:
             self.say(f"next: fstore backfill --view {view}   (its new features are refused until then)")
         return rec
+
+    def _workers_on_other_plans(self) -> dict[str, str]:
+        """The live stream workers that run another plan than the new one (none when Redis does not answer)."""
+        from fstore.redis.workers import worker_plans
+
+        try:
+            client = self.client or self.redis()
+            plans = worker_plans(client)
+        except Exception:  # an unreachable Redis: no worker can be seen, none is assumed
+            return {}
+        fp = fingerprint(self.new)
+        return {w: f for w, f in plans.items() if f != fp}
 
     def _free(self, rec: applied.AppliedPlan, timeout: float, first: bool = False) -> None:
         """Free the Redis state ``rec`` removed once every live stream worker runs its plan, then record that.

@@ -326,3 +326,28 @@ def test_a_plain_feast_apply_records_the_plan_as_fstore_apply_does(
     code, out = feast_apply(repo)
     assert code != 0 and message in out, out
     assert snapshot(repo) == before  # neither Feast's registry nor fstore's record moved
+
+
+def test_a_first_apply_while_workers_run_another_plan_refuses_every_feature_until_built(
+    tmp_path: Path, redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    """A repository never applied runs from its source: edited before its first apply, what the running
+    workers built is unknown, so the first apply serves nothing unbuilt (design §3: never an undercounted
+    value); with no live worker, or one on the same plan, it records the baseline."""
+    env = {"FSTORE_REDIS_URL": redis_server.url, "FSTORE_REDIS_CLUSTER": "false"}
+    repo = rides_repo(tmp_path)
+    plan = plan_source.compile_dir(repo)
+    redis_client.hset(WORKERS_KEY, "same", registration(fingerprint(plan)))
+    redis_client.hset(WORKERS_KEY, "gone", registration("0123456789abcdef", time.time() - 60))  # not live
+    code, out = run("apply", "--repo", str(repo), "--skip-feast", env=env)
+    assert code == 0 and "records the baseline" in out, out
+    assert applied.load(repo).pending == ()  # type: ignore[union-attr]
+
+    applied.record_path(repo).unlink()
+    redis_client.hset(WORKERS_KEY, "w1", registration("0123456789abcdef"))  # live, on the source before the edit
+    code, out = run("apply", "--repo", str(repo), "--skip-feast", env=env)
+    assert code == 0 and "w1 (plan 0123456789ab)" in out and "every feature is refused" in out, out
+    record = applied.load(repo)
+    assert record is not None
+    assert set(record.pending) == {f"{v.name}:{f}" for v in plan.views for f in v.feature_names}
+    assert record.building == ("driver_performance", "zone_demand")
