@@ -82,8 +82,9 @@ RIDERS_FIELD = '        Field(name="riders_30d", dtype=Int64, description="Disti
 
 
 @pytest.fixture
-def baseline(tmp_path: Path, redis_server: RedisServer) -> tuple[Path, dict[str, str]]:
-    """A copy of the rides repository with its baseline applied, and the environment of the commands."""
+def baseline(tmp_path: Path, redis_server: RedisServer, redis_client: redis.Redis) -> tuple[Path, dict[str, str]]:
+    """A copy of the rides repository with its baseline applied, and the environment of the commands (an
+    empty Redis: no stream worker registered by an earlier test, which would make the baseline pending)."""
     env = {"FSTORE_REDIS_URL": redis_server.url, "FSTORE_REDIS_CLUSTER": "false"}
     repo = rides_repo(tmp_path)
     assert run("apply", "--repo", str(repo), "--skip-feast", env=env)[0] == 0
@@ -351,3 +352,49 @@ def test_a_first_apply_while_workers_run_another_plan_refuses_every_feature_unti
     assert record is not None
     assert set(record.pending) == {f"{v.name}:{f}" for v in plan.views for f in v.feature_names}
     assert record.building == ("driver_performance", "zone_demand")
+
+
+def test_the_api_answers_for_the_record_an_apply_or_backfill_has_just_written(
+    baseline: tuple[Path, dict[str, str]], redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that applies (or backfills) and asks at once gets the new answer — 409 for the feature just
+    added, then its value once built — not the plan of the API's last once-a-second look (slowed down here
+    to an hour, so only the check at request time can see the change)."""
+    from fastapi.testclient import TestClient
+
+    from services.online_api import app as api
+    from services.online_api.settings import ApiSettings
+
+    repo, env = baseline
+    monkeypatch.setenv("FSTORE_FEATURE_REPO", str(repo))
+    monkeypatch.setattr(api, "PLAN_FOLLOW_S", 3600.0)
+    plan_source.use_plan(None)
+    try:
+        with TestClient(api.create_app(ApiSettings(redis_url=redis_server.url))) as client:
+
+            def get(ref: str) -> int:
+                return client.get("/features", params={"driver_id": "d1", "features": ref}).status_code
+
+            assert get("driver_performance:fare_3h") == 200
+            (repo / "features.py").write_text(
+                edit(
+                    ('name="fare_3h"\n        ),', f'name="fare_3h"\n        ),\n        {STD_3H}'),
+                    (
+                        'Field(name="trips_2d", dtype=Int64),',
+                        'Field(name="trips_2d", dtype=Int64), Field(name="fare_std_3h", dtype=Float64),',
+                    ),
+                )
+            )
+            assert run("apply", "--repo", str(repo), "--skip-feast", env=env)[0] == 0
+            assert get("driver_performance:fare_std_3h") == 409  # at once: not the 404 of the plan before
+            record = applied.load(repo)
+            assert record is not None
+            applied.save(repo, record.without_pending({"driver_performance"}))  # what the backfill ends with
+            assert get("driver_performance:fare_std_3h") == 200
+            r = client.post(
+                "/historical-features",
+                json={"entity_rows": [], "features": ["driver_performance:fare_std_3h"]},
+            )
+            assert r.status_code == 200, r.text
+    finally:
+        plan_source.use_plan(None)
