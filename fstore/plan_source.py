@@ -31,6 +31,7 @@ _pending: frozenset[str] = frozenset()
 _installed = False  # a plan from use_plan: never replaced by refresh()
 _stamp: tuple[int, int] | None = None  # (mtime_ns, size) of the applied record last read
 _stale: str | None = None  # why the applied record last seen could not be followed
+_record: str | None = None  # the path of the applied record of the repository last loaded
 
 
 def repo_dir() -> Path:
@@ -47,8 +48,9 @@ def compile_dir(root: str | Path) -> Plan:
 
 
 def _load() -> None:
-    global _current, _pending, _stamp
+    global _current, _pending, _stamp, _record
     repo = repo_dir()
+    _record = str(applied.record_path(repo))
     _stamp = applied.stamp(repo)
     record = applied.load(repo) if _stamp is not None else None
     if record is not None:
@@ -99,6 +101,30 @@ def refresh() -> bool:
             raise
         _stale = None
     return True
+
+
+def follow() -> bool:
+    """:func:`refresh` at the cost of one ``stat`` of the record while it does not change (readers call it
+    on every request, so a client that applies or backfills and asks at once gets the new answer); a
+    record that cannot be read is left to the caller's periodic :func:`refresh`, which reports it."""
+    path = _record
+    if _installed or path is None:
+        return False
+    try:
+        st = os.stat(path)
+        now: tuple[int, int] | None = (st.st_mtime_ns, st.st_size)
+    except FileNotFoundError:
+        now = None
+    global _stamp
+    before = _stamp
+    if now == before:
+        return False
+    try:
+        return refresh()
+    except Exception:
+        with _lock:
+            _stamp = before  # the periodic refresh tries again, and reports it
+        return False
 
 
 def stale() -> str | None:

@@ -233,8 +233,9 @@ def create_app(settings: ApiSettings | None = None, clock: Clock = wall_clock) -
         return body
 
     async def follow_plan() -> None:
-        """Follow ``fstore apply`` and ``fstore backfill``: re-read the applied record when it changed (one
-        ``stat`` a second); a bad record keeps the plan that serves, loudly: logged, counted
+        """Follow ``fstore apply`` and ``fstore backfill`` between requests (each request also checks the
+        record, :func:`fstore.plan_source.follow`): re-read the applied record when it changed (one ``stat``
+        a second); a bad record keeps the plan that serves, loudly: logged, counted
         (``fstore_plan_reload_failures_total``), ``fstore_plan_stale`` 1 and GET /health degraded until a
         good record is read."""
         while True:

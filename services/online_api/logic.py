@@ -11,7 +11,7 @@ from fstore.core.plan import Feature, Plan, View
 from fstore.core.timeutil import SECOND
 from fstore.online.ports import FeatureReader
 from fstore.online.reader import EntityRead, Snapshot, iso_cached
-from fstore.plan_source import current_plan, pending, refresh
+from fstore.plan_source import current_plan, follow, pending
 
 _ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
@@ -74,30 +74,17 @@ def view_plan(features: tuple[str, ...], plan: Plan | None = None) -> ViewPlan:
     """The requested features grouped per view, in request order, with their response keys (memoised
     per plan: clients repeat the same feature lists).
 
-    A feature of the process's plan that is unknown (404) or not built (409) may be one that an apply or a
-    backfill has just changed: the applied record is checked then (one ``stat``), not only by the API's
-    once-a-second follower, so a client that runs ``feast apply`` or ``fstore backfill`` and asks at once
-    gets the new answer.
+    Without ``plan``: the process's, once the applied record is followed (:func:`fstore.plan_source.follow`,
+    one ``stat``), so a client that runs ``feast apply`` or ``fstore backfill`` and asks at once gets the
+    new answer (a removed feature no longer served, a new one refused, a built one served).
 
     Raises:
         RequestError: as :func:`parse_refs`.
     """
-    if plan is not None:
-        return _view_plan(features, plan)
-    try:
-        return _view_plan(features, current_plan())
-    except RequestError as exc:
-        if exc.status not in (404, 409) or not _followed():
-            raise
-        return _view_plan(features, current_plan())
-
-
-def _followed() -> bool:
-    """Whether the applied record changed and is now followed (an unreadable one: no; the follower says why)."""
-    try:
-        return refresh()
-    except Exception:
-        return False
+    if plan is None:
+        follow()
+        plan = current_plan()
+    return _view_plan(features, plan)
 
 
 def _view_plan(features: tuple[str, ...], plan: Plan) -> ViewPlan:
@@ -216,7 +203,7 @@ def historical_features(
         raise RequestError(
             413, f"{len(rows)} rows requested; the limit is {max_rows} per request (FSTORE_API_MAX_ROWS)"
         )
-    _followed()  # the features an apply has just added (one `stat`; the request's own cost dwarfs it)
+    follow()  # an apply or backfill that has just changed the features (one `stat`)
     refs = [r.strip() for item in features for r in item.split(",") if r.strip()]
     if not rows:  # no rows, no values: the features named must still exist
         try:

@@ -358,8 +358,8 @@ def test_the_api_answers_for_the_record_an_apply_or_backfill_has_just_written(
     baseline: tuple[Path, dict[str, str]], redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A client that applies (or backfills) and asks at once gets the new answer — 409 for the feature just
-    added, then its value once built — not the plan of the API's last once-a-second look (slowed down here
-    to an hour, so only the check at request time can see the change)."""
+    added, then its value once built, 404 once removed — not the plan of the API's last once-a-second look
+    (slowed down here to an hour, so only the check at request time can see the change)."""
     from fastapi.testclient import TestClient
 
     from services.online_api import app as api
@@ -391,10 +391,13 @@ def test_the_api_answers_for_the_record_an_apply_or_backfill_has_just_written(
             assert record is not None
             applied.save(repo, record.without_pending({"driver_performance"}))  # what the backfill ends with
             assert get("driver_performance:fare_std_3h") == 200
+            (repo / "features.py").write_text(RIDES)  # removed again: no longer served, at once
+            assert run("apply", "--repo", str(repo), "--skip-feast", env=env)[0] == 0
+            assert get("driver_performance:fare_std_3h") == 404
             r = client.post(
                 "/historical-features",
                 json={"entity_rows": [], "features": ["driver_performance:fare_std_3h"]},
             )
-            assert r.status_code == 200, r.text
+            assert r.status_code == 422 and "fare_std_3h" in r.text, r.text
     finally:
         plan_source.use_plan(None)
