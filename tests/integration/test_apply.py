@@ -373,7 +373,7 @@ def test_the_api_answers_for_the_record_an_apply_or_backfill_has_just_written(
         with TestClient(api.create_app(ApiSettings(redis_url=redis_server.url))) as client:
 
             def get(ref: str) -> int:
-                return client.get("/features", params={"driver_id": "d1", "features": ref}).status_code
+                return int(client.get("/features", params={"driver_id": "d1", "features": ref}).status_code)
 
             assert get("driver_performance:fare_3h") == 200
             (repo / "features.py").write_text(
