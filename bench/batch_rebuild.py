@@ -15,6 +15,14 @@ nightly run finds; the job then de-duplicates only the newest day. After the job
 of the run date (``compact_run_day_s``, what the nightly routine adds). ``--winners none`` removes every
 winners file first: the cold full rebuild, every day de-duplicated.
 
+``--tiles previous`` (the default with ``--winners steady``) makes the run date's job find what the
+previous night's left: the tile tables of the night before, with the record of what each day was built
+from (:mod:`jobs.batch.tile_reuse`). If they are not there yet, this bench first runs itself for the
+night before in a fresh process (untimed; its own steady state, then the compaction of that night's
+day); the record of an earlier run of the run date itself is removed, so the job takes the closed days'
+tiles from the night before and computes only the newest day's. ``--tiles none`` computes every tile
+(``FSTORE_REUSE_TILES=false``: session 5's steady state).
+
 ``--delta-engine both`` (the default) runs the job twice on the same ``raw_events``, back to back, each in
 a fresh process with the job's output tables removed first: once committing through delta-spark, once
 through delta-rs (``FSTORE_DELTA_ENGINE``); the JSON then holds both runs and their ratios.
@@ -41,10 +49,13 @@ import numpy as np
 import pyarrow as pa
 from proc_cpu import tree_cpu_seconds
 
+from fstore.core.plan import Plan
 from fstore.core.timeutil import DAY, HOUR, SECOND, day_start
 from fstore.delta import raw_log, raw_winners
 from fstore.devsvc.services import RedisServer
 from fstore.plan_source import current_plan
+from jobs.batch import tile_reuse
+from jobs.batch.plan import tiles_table
 from jobs.batch.rebuild_features import build_spark, rebuild
 from jobs.batch.settings import BatchSettings
 
@@ -165,9 +176,12 @@ def run(
     delta_engine: str = "auto",
     winners: str = "steady",
     profile: str | None = None,
+    tiles: str = "previous",
+    run_date: date = RUN_DATE,
 ) -> dict[str, Any]:
     """Generate (if raw_events is missing), run the job once, return the figures."""
     out: dict[str, Any] = {"events_per_day": events_per_day, "days": days, "cpus": os.cpu_count()}
+    out["run_date"], out["tiles"] = run_date.isoformat(), tiles
     t0 = time.perf_counter()
     if raw_log.open_table(f"{data_dir}/raw_events") is None:
         out["raw_copies"] = write_raw(data_dir, days, events_per_day, users, products)
@@ -183,6 +197,7 @@ def run(
                 spark_shuffle_partitions=8,
                 dq_late_rate_fail=0.9,
                 delta_engine=delta_engine,
+                reuse_tiles=tiles == "previous",
             )
             t1 = time.perf_counter()
             features = current_plan()  # compiled once per process (imports Feast): not per-row work
@@ -192,15 +207,17 @@ def run(
                 shutil.rmtree(raw_winners.winners_uri(raw_uri), ignore_errors=True)
             else:  # what the previous nights' compactions left: every day but the run date
                 t1 = time.perf_counter()
-                compacted = raw_winners.compact(raw_uri, features.schema, before=RUN_DATE)
-                shutil.rmtree(f"{raw_winners.winners_uri(raw_uri)}/event_date={RUN_DATE}", ignore_errors=True)
+                compacted = raw_winners.compact(raw_uri, features.schema, before=run_date)
+                shutil.rmtree(f"{raw_winners.winners_uri(raw_uri)}/event_date={run_date}", ignore_errors=True)
                 out["compact_before_s"] = round(time.perf_counter() - t1, 2)
                 out["compacted_days"] = len(compacted.written) + len(compacted.kept)
+            if tiles == "previous":
+                out["previous_night_s"] = previous_night(settings, features, run_date, events_per_day, days, url)
             t1 = time.perf_counter()
             spark = build_spark(settings.model_copy(update={"spark_ui": bool(profile)}))
             out["spark_start_s"] = round(time.perf_counter() - t1, 2)
             t2, cpu = time.perf_counter(), tree_cpu(os.getpid())
-            res = rebuild(spark, settings, RUN_DATE, log=lambda _m: None, features=features)
+            res = rebuild(spark, settings, run_date, log=lambda _m: None, features=features)
             out["job_wall_s"] = round(time.perf_counter() - t2, 2)
             out["job_cpu_s"] = round(tree_cpu(os.getpid()) - cpu, 1)
             out["delta_writer"] = res.metrics["delta_writer"]
@@ -211,9 +228,11 @@ def run(
             if profile:
                 Path(profile).write_text(json.dumps(spark_stages(spark), indent=1))
             out["days_from_winners"] = len(res.metrics.get("days_from_winners", []))
+            out["days_reused"] = res.metrics.get("days_reused")
+            out["days_read"] = res.metrics.get("days_read")
             if winners == "steady":
                 t1, cpu = time.perf_counter(), tree_cpu(os.getpid())
-                raw_winners.compact(raw_uri, features.schema, days=[RUN_DATE])
+                raw_winners.compact(raw_uri, features.schema, days=[run_date])
                 out["compact_run_day_s"] = round(time.perf_counter() - t1, 2)
                 out["compact_run_day_cpu_s"] = round(tree_cpu(os.getpid()) - cpu, 1)
             spark.stop()
@@ -221,6 +240,27 @@ def run(
             if server:
                 server.__exit__(None, None, None)
     return out
+
+
+def previous_night(s: BatchSettings, features: Plan, run_date: date, per_day: int, days: int, url: str) -> float:
+    """Make the tile tables hold the night before's run with a true record (running this bench for that
+    night in a fresh process when they do not), and drop the record of the run date's own earlier run;
+    returns the seconds spent."""
+    t0 = time.perf_counter()
+    before = run_date - timedelta(days=1)
+    tables = [s.table(tiles_table(v.name)) for v in features.views]
+    if any(tile_reuse.recorded(t, before) is None for t in tables):
+        argv = [sys.executable, __file__, "--data-dir", s.data_dir, "--delta-engine", s.delta_engine]
+        argv += ["--events-per-day", str(per_day), "--days", str(days), "--winners", "steady"]
+        argv += ["--tiles", "none", "--run-date", before.isoformat(), "--redis-url", url]
+        res = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if res.returncode != 0:
+            raise SystemExit(f"the night before failed ({res.returncode}):\n{res.stderr[-3000:]}")
+    for t in tables:
+        fs, root = raw_log.filesystem(tile_reuse.inputs_uri(t))
+        if tile_reuse.recorded(t, run_date) is not None:
+            fs.delete_file(f"{root}/run_date={run_date.isoformat()}.json")
+    return round(time.perf_counter() - t0, 2)
 
 
 def both(a: argparse.Namespace, data_dir: str) -> dict[str, Any]:
@@ -238,6 +278,7 @@ def both(a: argparse.Namespace, data_dir: str) -> dict[str, Any]:
                 shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
         argv = [sys.executable, __file__, "--data-dir", data_dir, "--delta-engine", engine]
         argv += ["--events-per-day", str(a.events_per_day), "--days", str(a.days), "--winners", a.winners]
+        argv += ["--tiles", a.tiles]
         argv += ["--redis-url", a.redis_url] if a.redis_url else []
         res = subprocess.run(argv, capture_output=True, text=True, check=False)
         if res.returncode != 0:
@@ -272,6 +313,13 @@ def main() -> None:
         default="steady",
         help="steady: every day but the run date compacted first (a nightly run); none: a cold full rebuild",
     )
+    p.add_argument(
+        "--tiles",
+        choices=("previous", "none"),
+        default="previous",
+        help="previous: the night before's tiles are there to take (run first if missing); none: compute all",
+    )
+    p.add_argument("--run-date", type=date.fromisoformat, default=RUN_DATE, help=argparse.SUPPRESS)
     p.add_argument("--profile", default=None, help="write the Spark stages' times (UI REST API) to this JSON file")
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -289,6 +337,8 @@ def main() -> None:
                 a.delta_engine,
                 a.winners,
                 a.profile,
+                a.tiles if a.winners == "steady" else "none",
+                a.run_date,
             )
             print(json.dumps(res))
 

@@ -33,7 +33,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from deltalake import Schema, write_deltalake
 from deltalake.transaction import AddAction, RemoveAction, create_table_with_add_actions
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -155,6 +155,32 @@ def read_winners(spark: SparkSession, uri: str, files: list[str], schema: EventS
         raise ValueError(f"no winners files to read for {uri}")
     table_schema = T.StructType.fromJson(json.loads(dt.schema().to_json()))
     return _with_fields(spark.read.schema(table_schema).parquet(*files), schema).drop("payload_hash")
+
+
+def read_tiles(spark: SparkSession, uri: str, files: list[str], schema: pa.Schema, keep: Column) -> DataFrame:
+    """Rows of a tile table's data ``files`` (an earlier run's partition, :mod:`jobs.batch.tile_reuse`) in
+    the form the job carries tiles in (:func:`spark_schema`: ``tile_start`` as epoch µs, lists as JSON
+    text), filtered by ``keep`` (over those columns). ``schema`` is the tiles' Arrow schema
+    (:func:`fstore.core.view_tiles_frame.tile_schema`)."""
+    want = spark_schema(schema)
+    if not files:
+        return spark.createDataFrame([], want)
+    dt = raw_log.open_table(uri)
+    if dt is None:
+        raise ValueError(f"no tile table at {uri}")
+    stored = T.StructType.fromJson(json.loads(dt.schema().to_json()))
+    file_schema = T.StructType([f for f in stored.fields if f.name != "run_date"])
+    rows = spark.read.schema(file_schema).parquet(*files)
+    kinds = {f.name: f.dataType for f in file_schema.fields}
+    cols = [
+        F.unix_micros(F.col(f.name)).alias(f.name)  # int64 µs in the job, a timestamp in the table
+        if isinstance(kinds[f.name], T.TimestampType)
+        else F.to_json(F.col(f.name)).alias(f.name)
+        if isinstance(kinds[f.name], T.ArrayType)
+        else F.col(f.name).cast(want[f.name].dataType).alias(f.name)
+        for f in schema
+    ]
+    return rows.select(*cols).where(keep)
 
 
 _FIELD_TYPES = {

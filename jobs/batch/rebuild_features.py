@@ -14,7 +14,9 @@ schema with its id and timestamp fields, the entity keys); under ``spark-submit`
    stops here (exit 2) and publishes nothing;
 3. computes the tiles of every view on the executors (:mod:`fstore.core.view_tiles_frame`: count, sum,
    min, max, the variance state and the distinct members of each measure) and the daily snapshots of
-   every feature (:mod:`fstore.core.view_snapshot`), and replaces
+   every feature (:mod:`fstore.core.view_snapshot`) — the tiles of a day whose input and view are unchanged
+   since an earlier run are read back from that run's partition instead (:mod:`jobs.batch.tile_reuse`),
+   and only the days needed are read in step 1 — and replaces
    partition ``run_date = D`` of ``tiles_<view>`` and ``feature_snapshots/<view>`` (one Delta commit
    per table, so each table is fully old or fully new);
 4. loads the tiles into Redis under a new version and publishes it with one atomic pointer swap that
@@ -27,6 +29,7 @@ Re-running a date gives identical table contents and an identical batch view (un
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -47,18 +50,19 @@ from fstore.core import view_snapshot, view_tiles_frame
 from fstore.core.plan import Plan, View
 from fstore.core.plan_error import PlanError
 from fstore.core.timeutil import SECOND, iso
-from fstore.delta import batch_views, raw_winners
+from fstore.delta import batch_views, raw_log, raw_winners
 from fstore.jvm.artifacts import delta_jars
 from fstore.plan_source import current_plan
 from fstore.redis.layout import BatchPointer
 from fstore.settings import SettingsError
-from jobs.batch import batch_view, compute, delta_io, dq, exit_codes
+from jobs.batch import batch_view, compute, delta_io, dq, exit_codes, tile_reuse
 from jobs.batch.metrics import JobMetrics
 from jobs.batch.plan import RunPlan, plan_run, snapshot_table, tiles_table
 from jobs.batch.settings import BatchSettings, load_batch_settings
 
 TS = pa.timestamp("us", tz="UTC")
 VALID = "_valid"  # column of the de-duplicated rows: compute.is_valid(), evaluated once
+EMPTY_DAY = "empty"  # the input fingerprint of a day without copies in raw_events
 
 
 class InjectedFailure(RuntimeError):
@@ -163,10 +167,13 @@ def rebuild(
 
     try:
         with m.stage("read_dedupe"):
-            winners = _deduplicated(spark, s, plan, features, delta_spark, m)
+            inputs = _inputs(s, plan, features)
+            reuse = _reusable(s, plan, features, inputs, m)
+            needed = {plan.run_date} | {d for v in features.views for d in plan.dates if d not in reuse[v.name].days}
+            winners = _deduplicated(spark, s, plan, features, delta_spark, m, inputs, needed)
         checkpoint("read")
         with m.stage("dq"):
-            report = _quality(spark, s, plan, features, winners, run_id, delta_spark)
+            report = _quality(spark, s, plan, features, winners, run_id, delta_spark, inputs, needed, m)
         m.info["dq"] = report.as_dict()
         log(report.summary())
         if report.hard_failure:
@@ -176,7 +183,9 @@ def rebuild(
         events = winners.where(F.col(VALID) & (micros >= plan.read_from) & (micros < plan.cutover))
         tiles: dict[str, tuple[View, Any]] = {}
         for view in features.views:
-            df = _write_view(s, plan, features, view, events, run_id, delta_spark, m, checkpoint)
+            df = _write_view(
+                s, plan, features, view, events, inputs, reuse[view.name], run_id, delta_spark, m, checkpoint
+            )
             tiles[view.name] = (view, df)
             cached.append(df)
         with m.stage("redis_load"):
@@ -197,21 +206,80 @@ def rebuild(
             m.write_prometheus(path, run_date.isoformat(), success, plan.cutover / SECOND)
 
 
+@dataclass(frozen=True)
+class _Inputs:
+    """Where each day of the run comes from: ``files`` (day → winners file), the other days (``rest``,
+    read from ``raw_events`` and de-duplicated together), and per day the fingerprint that fixes its
+    de-duplicated events when it has one (:mod:`jobs.batch.tile_reuse`)."""
+
+    files: dict[date, str]
+    rest: list[date]
+    fingerprints: dict[date, str]
+
+
+def _inputs(s: BatchSettings, plan: RunPlan, features: Plan) -> _Inputs:
+    """The days of the run by source (:func:`fstore.delta.raw_winners.settled`). A winners file is named
+    by its day's fingerprint; a day read alone from ``raw_events`` gets its fingerprint from the Delta log,
+    taken BEFORE its rows are read (a copy appended in between then only makes the record useless)."""
+    raw_uri = s.table("raw_events")
+    files = raw_winners.settled(raw_uri, plan.dates, features.schema) if s.use_winners else {}
+    rest = [d for d in plan.dates if d not in files]
+    prints = {d: path.rsplit("/", 1)[-1].removesuffix(".parquet") for d, path in files.items()}
+    raw = raw_log.open_table(raw_uri)
+    if raw is not None and rest:
+        marks = raw_log.open_table(raw_log.superseded_uri(raw_uri))
+        held = raw_winners.fingerprints(raw, marks, rest)  # only the days with files in raw_events
+        # A day without copies adds nothing to the de-duplication of the others and has no events.
+        prints.update({d: EMPTY_DAY for d in rest if d not in held})
+        if len(held) == 1:
+            prints.update(held)
+    return _Inputs(files, rest, prints)
+
+
+def _reusable(
+    s: BatchSettings, plan: RunPlan, features: Plan, inputs: _Inputs, m: JobMetrics
+) -> dict[str, tile_reuse.Source]:
+    """Per view, the earlier run whose tiles of some days are still exact, and those days (none when
+    ``FSTORE_REUSE_TILES=false``)."""
+    out = {}
+    for view in features.views:
+        keys = _day_keys(features, view, inputs)
+        found = tile_reuse.find(s.table(tiles_table(view.name)), plan.run_date, keys) if s.reuse_tiles else None
+        out[view.name] = found or tile_reuse.Source(plan.run_date, [], [])
+    m.info["days_reused"] = {v: [d.isoformat() for d in src.days] for v, src in out.items()}
+    m.info["tiles_reused_from"] = {v: src.run_date.isoformat() for v, src in out.items() if src.days}
+    return out
+
+
+def _day_keys(features: Plan, view: View, inputs: _Inputs) -> dict[date, str]:
+    vk = tile_reuse.view_key(features, view)
+    return {} if vk is None else {d: tile_reuse.day_key(vk, d, fp) for d, fp in inputs.fingerprints.items()}
+
+
 def _deduplicated(
-    spark: SparkSession, s: BatchSettings, plan: RunPlan, features: Plan, delta_spark: bool, m: JobMetrics
+    spark: SparkSession,
+    s: BatchSettings,
+    plan: RunPlan,
+    features: Plan,
+    delta_spark: bool,
+    m: JobMetrics,
+    inputs: _Inputs,
+    needed: set[date],
 ) -> Any:
-    """The run's events, one row per event id, with :data:`VALID`, materialised.
+    """The events of the days ``needed``, one row per event id, with :data:`VALID`, materialised.
 
     A day whose winners file is current (``raw_events_winners``, written once by ``fstore compact``) is
     read from it, already de-duplicated; the other days (in the steady state only the newest) are read
-    from ``raw_events`` and de-duplicated here. :func:`fstore.delta.raw_winners.settled` returns no file
-    when an event id of those days also has a winner in a file, so that every day is then de-duplicated
-    together.
+    from ``raw_events`` and de-duplicated here, all together when one of them is needed.
+    :func:`fstore.delta.raw_winners.settled` returns no file when an event id of those days also has a
+    winner in a file, so that every day is then de-duplicated together.
     """
     schema, raw_uri = features.schema, s.table("raw_events")
-    files = raw_winners.settled(raw_uri, plan.dates, schema) if s.use_winners else {}
-    rest = [d for d in plan.dates if d not in files]
-    m.info["days_from_winners"] = [d.isoformat() for d in sorted(files)]
+    files = {d: p for d, p in inputs.files.items() if d in needed}
+    full = [d for d in inputs.rest if inputs.fingerprints.get(d) != EMPTY_DAY]
+    rest = full if needed & set(full) else []
+    m.info["days_from_winners"] = [d.isoformat() for d in sorted(inputs.files)]
+    m.info["days_read"] = [d.isoformat() for d in sorted([*files, *rest])]
     parts = []
     m.count("rows_read", 0)
     if rest:
@@ -222,6 +290,8 @@ def _deduplicated(
         m.count("rows_read", copies.count() if rows_read is None else rows_read)
     if files:
         parts.append(delta_io.read_winners(spark, raw_uri, [files[d] for d in sorted(files)], schema))
+    if not parts:  # every day reused and the run date from a file that is not needed: cannot happen
+        raise AssertionError("no day to read")
     events = parts[0] if len(parts) == 1 else parts[0].unionByName(parts[1])
     # Materialised once as rows (cheaper to build than the columnar cache of persist()), with the validity
     # checks (regexes) evaluated once; DQ and both views read it.
@@ -244,9 +314,18 @@ def _quality(
     winners: Any,
     run_id: str,
     delta_spark: bool,
+    inputs: _Inputs,
+    read: set[date],
+    m: JobMetrics,
 ) -> dq.DQReport:
     fields = dq.checked_fields(features.schema, _entity_keys(features))
     figures = dq.day_figures(winners, plan, s.dq_late_after_s * SECOND, features.schema, fields, F.col(VALID))
+    unread = {d for d in plan.dates if d not in read}
+    if figures["latest_event_us"] is None and unread:  # the run date has no event: look further back
+        older = _deduplicated(spark, s, plan, features, delta_spark, JobMetrics(), inputs, unread)
+        micros = F.unix_micros(F.col(features.schema.timestamp_field))
+        figures["latest_event_us"] = older.agg(F.max(F.when(micros < F.lit(plan.cutover), micros))).collect()[0][0]
+        older.unpersist()
     report = dq.evaluate(
         s,
         plan,
@@ -267,23 +346,27 @@ def _write_view(
     features: Plan,
     view: View,
     events: Any,
+    inputs: _Inputs,
+    reuse: tile_reuse.Source,
     run_id: str,
     delta_spark: bool,
     m: JobMetrics,
     checkpoint: Callable[[str], None],
 ) -> Any:
-    """Tiles and snapshot of one view into Delta; returns the materialised tiles frame for the Redis load."""
-    name = view.name
+    """Tiles and snapshot of one view into Delta; returns the materialised tiles frame for the Redis load.
+
+    The tiles of the days in ``reuse`` are read from that earlier run's partition (:mod:`jobs.batch.tile_reuse`),
+    the others computed from ``events``; the day keys of this run are recorded after the commit.
+    """
+    name, table = view.name, s.table(tiles_table(view.name))
     with m.stage(f"tiles:{name}"):
-        tiles = compute.tiles(
-            events, view, features.schema, plan.horizons[name], plan.cutover, s.spark_shuffle_partitions
-        )
+        tiles = _tiles(s, plan, features, view, events, reuse)
         tiles = tiles.localCheckpoint(eager=True, storageLevel=StorageLevel.MEMORY_AND_DISK)
         m.count(f"tiles:{name}", tiles.count())
     with m.stage(f"write:{tiles_table(name)}"):
         delta_io.overwrite_partition(
             tiles,
-            s.table(tiles_table(name)),
+            table,
             _delta_schema(view_tiles_frame.tile_schema(view), ("tile_start",)),
             "run_date",
             plan.run_date,
@@ -291,6 +374,8 @@ def _write_view(
             run_id,
             before_commit=lambda: checkpoint(f"staged:{tiles_table(name)}"),
         )
+        # Only days whose events are fixed by their fingerprint get a key (tile_reuse's docstring).
+        tile_reuse.record(table, plan.run_date, _day_keys(features, view, inputs))
     checkpoint(f"write:{tiles_table(name)}")
     with m.stage(f"write:snapshot:{name}"):
         snap = compute.snapshots(tiles, view, plan.cutover)
@@ -306,6 +391,34 @@ def _write_view(
         m.count(f"snapshot_rows:{name}", rows)
     checkpoint(f"write:snapshot:{name}")
     return tiles
+
+
+def _tiles(s: BatchSettings, plan: RunPlan, features: Plan, view: View, events: Any, reuse: tile_reuse.Source) -> Any:
+    """The view's tiles: computed for the days not in ``reuse``, read back for the others."""
+    horizons = plan.horizons[view.name]
+    if not reuse.days:
+        return compute.tiles(events, view, features.schema, horizons, plan.cutover, s.spark_shuffle_partitions)
+    ts = features.schema.timestamp_field
+    fresh_days = [d for d in plan.dates if d not in reuse.days]
+    fresh = compute.tiles(
+        events.where(F.to_date(F.col(ts)).isin(fresh_days)),
+        view,
+        features.schema,
+        horizons,
+        plan.cutover,
+        s.spark_shuffle_partitions,
+    )
+    start = F.col("tile_start")
+    in_days = F.to_date(F.timestamp_micros(start)).isin(reuse.days)
+    needed = functools.reduce(
+        lambda a, b: a | b, [(F.col("size") == size) & (start >= first) for size, first in horizons.items()]
+    )
+    schema = view_tiles_frame.tile_schema(view)
+    old = delta_io.read_tiles(
+        events.sparkSession, s.table(tiles_table(view.name)), reuse.files, schema, in_days & needed
+    )
+    # Every entity's tiles in one partition (the snapshot and the Redis load rely on it).
+    return fresh.unionByName(old).repartition(s.spark_shuffle_partitions, view.entity.join_key)
 
 
 def _publish(

@@ -31,6 +31,12 @@ class BatchSettings(Settings):
         "de-duplicating its raw_events copies",
     )
 
+    reuse_tiles: bool = Field(
+        True,
+        description="Take the tiles of a day whose input and view are unchanged since an earlier run from that "
+        "run's tile table instead of computing them again",
+    )
+
     batch_view_ttl_s: int = Field(3 * 86_400, ge=3600, description="TTL of a batch view's keys in Redis")
     batch_view_grace_s: int = Field(3600, ge=0, description="Lifetime of the previous batch view after a swap")
     redis_chunk: int = Field(500, ge=1, description="Entities per Redis pipeline when loading a batch view")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 from collections import defaultdict
 from collections.abc import Iterator
 from datetime import date, timedelta
@@ -232,14 +234,23 @@ def test_rebuild_matches_brute_force_and_is_idempotent(
     tables = [f"{root}/tiles_{n}" for n in VIEWS] + [f"{root}/feature_snapshots/{n}" for n in VIEWS]
     hashes = [content_hash(delta_partition(t, D1)) for t in tables]
     view1 = batch_view(rdb, first.version)
-    # The second run reads the closed days from their winners files (written once, as after a nightly
-    # run) and de-duplicates only D1's copies: the same tables and the same view as de-duplicating all.
+    # The nightly steady state: the closed days are read from their winners files (written once, as
+    # after a nightly run), the night before (D0) was built from them, and D1's run takes the tiles of
+    # every closed day from D0's tile tables (same files, same plan) and computes only D1's, from its
+    # copies alone: the same tables and the same view as de-duplicating and tiling everything.
     compacted = raw_winners.compact(f"{root}/raw_events", compiled("ecommerce").schema, before=D1)
     assert len(compacted.written) == 8 and not compacted.conflicted
+    d0 = D1 - timedelta(days=1)
+    night_before = rebuild(spark, settings, d0)  # tables only: a later cutover serves
+    assert night_before.metrics["days_from_winners"] == [str(d) for d in plan_run(d0).dates]
     second = rebuild(spark, settings, D1)
     assert second.version != first.version and second.published
-    assert second.metrics["days_from_winners"] == [str(d) for d in plan_run(D1).dates if d < D1]
-    assert first.metrics["days_from_winners"] == []
+    closed = [str(d) for d in plan_run(D1).dates if d < D1]
+    assert second.metrics["days_from_winners"] == closed
+    assert second.metrics["days_reused"] == {n: closed for n in VIEWS}
+    assert second.metrics["tiles_reused_from"] == {n: str(d0) for n in VIEWS}
+    assert second.metrics["days_read"] == [str(D1)]
+    assert first.metrics["days_from_winners"] == [] and first.metrics["days_reused"] == {n: [] for n in VIEWS}
     assert 0 < second.metrics["counters"]["rows_read"] < first.metrics["counters"]["rows_read"] / 5
     assert [content_hash(delta_partition(t, D1)) for t in tables] == hashes
     assert batch_view(rdb, second.version) == view1 and len(view1) > 300
@@ -267,20 +278,29 @@ def test_delta_rs_fallback_commits_the_same_tables(
     assert [content_hash(spark_read(spark, t, f"run_date = '{D1}'")) for t in tables] == by_spark
     assert all(engines_of_last_commits(t, 1) == ["delta-spark"] for t in tables)
 
-    fallback = rebuild(spark, settings.model_copy(update={"delta_engine": "delta-rs"}), D1)
+    # Tiled from scratch (no reuse): equal to what the steady run above took from the night before.
+    fallback = rebuild(spark, settings.model_copy(update={"delta_engine": "delta-rs", "reuse_tiles": False}), D1)
     assert fallback.metrics["delta_writer"] == "delta-rs" and fallback.published
+    assert fallback.metrics["days_reused"] == {n: [] for n in VIEWS}
     assert all(engines_of_last_commits(t, 2) == ["delta-rs", "delta-spark"] for t in tables)
     assert [content_hash(delta_partition(t, D1)) for t in tables] == by_spark  # delta-rs reads delta-rs
     assert [content_hash(spark_read(spark, t, f"run_date = '{D1}'")) for t in tables] == by_spark  # and Spark
 
-    again = rebuild(spark, settings, D1)  # delta-spark on top of delta-rs's commit
+    # delta-spark on top of delta-rs's commit, with one view's definition changed (its description only,
+    # so its values are the same): that view's tiles are computed again, the other's taken from the
+    # delta-rs run's files.
+    plan = compiled("ecommerce")
+    changed, kept = plan.views
+    edited = dataclasses.replace(plan, views=(dataclasses.replace(changed, description="edited"), kept))
+    again = rebuild(spark, settings, D1, features=edited)
     assert again.metrics["delta_writer"] == "delta-spark"
+    assert again.metrics["days_reused"] == {changed.name: [], kept.name: [str(d) for d in plan_run(D1).dates]}
     assert [content_hash(delta_partition(t, D1)) for t in tables] == by_spark
     check_against_brute_force(root, data["copies"], D1)
 
 
 def test_failed_run_leaves_tables_whole_and_old_view_serving(
-    spark: Any, settings: BatchSettings, data: dict[str, Any], rdb: redis.Redis
+    spark: Any, settings: BatchSettings, data: dict[str, Any], rdb: redis.Redis, capsys: pytest.CaptureFixture[str]
 ) -> None:
     root, copies = data["root"], data["copies"]
     before = rdb.get(POINTER_KEY)
@@ -307,13 +327,29 @@ def test_failed_run_leaves_tables_whole_and_old_view_serving(
         for i, et in enumerate(["click", "impression", "purchase", "add_to_cart", "page_view"] * 8)
     ]
     extra = [(END + 999, "f" * 32, copies[5][2]._replace(quantity=9))]
-    write_raw(f"{root}/raw_events", late + extra)
-    copies.extend(late + extra)
+    # ... and a late event into a closed day, after whose compaction the day has a new winners file: its
+    # tiles must be computed again, not taken from the earlier runs.
+    closed = D1 - timedelta(days=3)
+    late_closed = [
+        (
+            END + 1000 + i,
+            f"{i + 100:032x}",
+            Event(f"lateclosed{i}", et, "u1", "p1", day_start(closed) + (5 + i) * HOUR, 4.0, 3, None),
+        )
+        for i, et in enumerate(["click", "impression", "purchase", "add_to_cart"])
+    ]
+    write_raw(f"{root}/raw_events", late + extra + late_closed)
+    copies.extend(late + extra + late_closed)
+    assert closed in raw_winners.compact(f"{root}/raw_events", compiled("ecommerce").schema, before=D1).written
 
     first, second = (v.name for v in compiled("ecommerce").views)  # the job's order: the plan's
     failing = settings.model_copy(update={"fail_after": f"staged:tiles_{second}"})
+    capsys.readouterr()
     with pytest.raises(InjectedFailure):
         rebuild(spark, failing, D1)
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])  # the run's metrics line
+    # Every closed day but the one with the late event is taken from the earlier runs' tiles.
+    assert metrics["days_reused"] == {n: [str(d) for d in plan_run(D1).dates if d not in (closed, D1)] for n in VIEWS}
     now = {k: content_hash(delta_partition(t, D1)) for k, t in tables.items()}
     assert now[first] != old[first] and now[f"snap:{first}"] != old[f"snap:{first}"]
     assert now[second] == old[second]  # staged files never committed
@@ -334,6 +370,9 @@ def test_failed_run_leaves_tables_whole_and_old_view_serving(
 
     ok = rebuild(spark, settings, D1)
     assert ok.published
+    # The failed runs committed the new tiles (the closed day and D1 computed again); this run takes
+    # every day from the last of them. All exact: brute force over every copy, the late ones included.
+    assert ok.metrics["days_reused"] == {n: [str(d) for d in plan_run(D1).dates] for n in VIEWS}
     check_against_brute_force(root, copies, D1)
 
 
