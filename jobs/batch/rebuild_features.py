@@ -173,7 +173,7 @@ def rebuild(
             winners = _deduplicated(spark, s, plan, features, delta_spark, m, inputs, needed)
         checkpoint("read")
         with m.stage("dq"):
-            report = _quality(spark, s, plan, features, winners, run_id, delta_spark, inputs, needed, m)
+            report = _quality(spark, s, plan, features, winners, run_id, delta_spark, inputs, needed)
         m.info["dq"] = report.as_dict()
         log(report.summary())
         if report.hard_failure:
@@ -278,6 +278,8 @@ def _deduplicated(
     files = {d: p for d, p in inputs.files.items() if d in needed}
     full = [d for d in inputs.rest if inputs.fingerprints.get(d) != EMPTY_DAY]
     rest = full if needed & set(full) else []
+    if not files and not rest:  # only days without copies: read them all the same (no rows, the columns)
+        rest = sorted(needed & set(inputs.rest))
     m.info["days_from_winners"] = [d.isoformat() for d in sorted(inputs.files)]
     m.info["days_read"] = [d.isoformat() for d in sorted([*files, *rest])]
     parts = []
@@ -290,8 +292,6 @@ def _deduplicated(
         m.count("rows_read", copies.count() if rows_read is None else rows_read)
     if files:
         parts.append(delta_io.read_winners(spark, raw_uri, [files[d] for d in sorted(files)], schema))
-    if not parts:  # every day reused and the run date from a file that is not needed: cannot happen
-        raise AssertionError("no day to read")
     events = parts[0] if len(parts) == 1 else parts[0].unionByName(parts[1])
     # Materialised once as rows (cheaper to build than the columnar cache of persist()), with the validity
     # checks (regexes) evaluated once; DQ and both views read it.
@@ -316,7 +316,6 @@ def _quality(
     delta_spark: bool,
     inputs: _Inputs,
     read: set[date],
-    m: JobMetrics,
 ) -> dq.DQReport:
     fields = dq.checked_fields(features.schema, _entity_keys(features))
     figures = dq.day_figures(winners, plan, s.dq_late_after_s * SECOND, features.schema, fields, F.col(VALID))
