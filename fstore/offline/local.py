@@ -180,6 +180,12 @@ def _read_copies(
     if days is not None:
         timings.partitions = [days[0], days[1]]
     table = raw_log.open_table(raw_uri) if days is not None else None
+    if table is None and days is not None:  # loud: a wrong data dir looks like a store with no events
+        log.warning(
+            "no raw_events table at %s: every value is that of no events (0 or null); if events were ingested, "
+            "check FSTORE_DATA_DIR (or the offline store's data_dir)",
+            raw_uri,
+        )
     if table is None or days is None or event_range is None:  # nothing asked for, or nothing stored yet
         timings.read, timings.read_cpu = time.perf_counter() - began, time.process_time() - began_cpu
         return None

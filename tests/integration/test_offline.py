@@ -153,6 +153,17 @@ def test_partition_pruning_reads_only_needed_days(data: tuple[Path, list[Row]]) 
     assert got["clicks_1h"].tolist() == [plan_bruteforce.value(PLAN, "user_activity", "clicks_1h", events, "u1", t)]
 
 
+def test_a_missing_raw_events_table_gives_no_events_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    df = pd.DataFrame({"user_id": ["u1"], "event_timestamp": [pd.Timestamp(NOW, unit="us", tz="UTC")]})
+    uri = str(tmp_path / "nowhere" / "raw_events")
+    with caplog.at_level("WARNING", logger=offline.__name__):
+        got = offline.get_historical_features(df, ["user_activity:clicks_1h"], plan=PLAN, raw_uri=uri)
+    assert got["clicks_1h"].tolist() == [0]  # design §3: an empty window counts 0
+    assert any(uri in r.getMessage() and "FSTORE_DATA_DIR" in r.getMessage() for r in caplog.records)
+
+
 def test_feast_get_historical_features(data: tuple[Path, list[Row]], tmp_path: Path) -> None:
     from feast import FeatureStore
 
