@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicCollection, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewPartitions, NewTopic
 
@@ -16,9 +16,20 @@ def admin(broker: Broker) -> AdminClient:
     return AdminClient({"bootstrap.servers": broker.bootstrap, "log_level": 0})
 
 
+def topic_id(client: AdminClient, topic: str) -> tuple[str, int]:
+    """The topic's id and partition count."""
+    d = client.describe_topics(TopicCollection([topic]))[topic].result(30)
+    return str(d.topic_id), len(d.partitions)
+
+
 def recreate_topic(broker: Broker, topic: str, partitions: int) -> None:
-    """Delete ``topic`` and create it again, empty, with ``partitions`` partitions (a new topic id)."""
+    """Delete ``topic`` and create it again, empty, with ``partitions`` partitions (a new topic id).
+
+    A running client's metadata request may auto-create the topic between the deletion and the creation
+    (the broker's ``auto.create.topics.enable``): a topic with another id is then the new one, given the
+    partitions asked for."""
     client = admin(broker)
+    old, _ = topic_id(client, topic)
     client.delete_topics([topic], operation_timeout=30)[topic].result(30)
     deadline = time.monotonic() + 60
     while True:  # deletion completes asynchronously: create until the broker accepts it
@@ -26,6 +37,14 @@ def recreate_topic(broker: Broker, topic: str, partitions: int) -> None:
             client.create_topics([NewTopic(topic, partitions, 1)], operation_timeout=30)[topic].result(30)
             return
         except KafkaException:
+            try:
+                new, count = topic_id(client, topic)
+            except KafkaException:
+                new, count = old, 0
+            if new != old:  # auto-created since the deletion
+                if count < partitions:
+                    add_partitions(broker, topic, partitions)
+                return
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
