@@ -44,15 +44,7 @@ def _encoded_chunks(column: pa.ChunkedArray, ordered: bool = False) -> tuple[I64
     (the Delta reader yields one dictionary per row group, each holding most of the keys). ``ordered``:
     the codes of :func:`sorted_codes`, renumbered in the small lookup table before the per-row lookups.
     """
-    start: dict[tuple[int, ...], int] = {}
-    dictionaries: list[pa.Array] = []
-    total = 0
-    for chunk in column.chunks:
-        key = _dictionary_key(chunk.dictionary)
-        if key not in start:
-            start[key] = total
-            dictionaries.append(chunk.dictionary.cast(pa.string()))
-            total += len(chunk.dictionary)
+    start, dictionaries = _distinct_dictionaries(column)
     merged = pc.dictionary_encode(pa.concat_arrays(dictionaries))
     glob = np.append(pc.fill_null(merged.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64), -1)
     dictionary = merged.dictionary
@@ -66,7 +58,7 @@ def _encoded_chunks(column: pa.ChunkedArray, ordered: bool = False) -> tuple[I64
             np.take(glob[first : first + len(chunk.dictionary)], chunk.indices.to_numpy(), out=codes[at:end])
         else:
             idx = pc.fill_null(chunk.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
-            codes[at:end] = glob[np.where(idx >= 0, idx + first, total)]  # null → the -1 at the end
+            codes[at:end] = glob[np.where(idx >= 0, idx + first, len(glob) - 1)]  # null → the -1 at the end
         at = end
     return codes, dictionary
 
@@ -112,12 +104,9 @@ def sorted_codes(codes: I64, dictionary: pa.Array) -> tuple[I64, pa.Array]:
     return rank[codes], dictionary.take(pa.array(order))
 
 
-def dictionary_truth(where: Expr, name: str, column: pa.ChunkedArray, schema: Mapping[str, Column]) -> Bool:
-    """Where ``where`` (a condition on the one column ``name``) holds, for a dictionary-encoded ``column``.
-
-    The condition is evaluated once over the values of the chunks' distinct dictionaries (and null); each
-    chunk's rows then look their index up in their dictionary's slice, the last entry for a null index.
-    """
+def _distinct_dictionaries(column: pa.ChunkedArray) -> tuple[dict[tuple[int, ...], int], list[pa.Array]]:
+    """The distinct dictionaries of a dictionary column's chunks (by identity) as strings, and where each
+    starts once they are concatenated (keyed by :func:`_dictionary_key`)."""
     start: dict[tuple[int, ...], int] = {}
     dictionaries: list[pa.Array] = []
     total = 0
@@ -127,6 +116,16 @@ def dictionary_truth(where: Expr, name: str, column: pa.ChunkedArray, schema: Ma
             start[key] = total
             dictionaries.append(chunk.dictionary.cast(pa.string()))
             total += len(chunk.dictionary)
+    return start, dictionaries
+
+
+def dictionary_truth(where: Expr, name: str, column: pa.ChunkedArray, schema: Mapping[str, Column]) -> Bool:
+    """Where ``where`` (a condition on the one column ``name``) holds, for a dictionary-encoded ``column``.
+
+    The condition is evaluated once over the values of the chunks' distinct dictionaries (and null); each
+    chunk's rows then look their index up in their dictionary's slice, the last entry for a null index.
+    """
+    start, dictionaries = _distinct_dictionaries(column)
     values = pa.concat_arrays([*dictionaries, pa.nulls(1, pa.string())])
     held = np.asarray(truth_arrow(where, pa.table({name: values}), schema).to_numpy(zero_copy_only=False), bool)
     out: Bool = np.empty(len(column), bool)
