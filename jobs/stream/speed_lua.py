@@ -61,6 +61,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import islice
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -269,6 +271,18 @@ def _cell_info(steps: ViewSteps, cell: tuple[int, int, str]) -> tuple[str, int, 
     return info
 
 
+def _bucket_cells(steps: ViewSteps, bucket: tuple[Any, int]) -> tuple[tuple[int, str], ...]:
+    """``(UTC day, field prefix)`` of each cell a count of a count-only dispatch value at a bucket start adds
+    to (:attr:`Subgroup.cells`' expansion, in its order), memoised in ``steps.bucket_cells``."""
+    expand = steps.bucket_cells
+    if len(expand) > _CACHE_MAX:
+        expand.clear()
+    value, start = bucket
+    cells = [(size, start - start % size, name) for size, name in steps.counted[value]]
+    out = expand[bucket] = tuple((cell[1] // DAY, _prefix(cell)) for cell in cells)
+    return out
+
+
 def _fold(cells: Cells, steps: tuple[Step, ...], row: Row, t: int) -> None:
     """Add one event to a subgroup's cells: count it, or keep its measured value (see :data:`Cells`)."""
     for st in steps:
@@ -381,7 +395,59 @@ class Subgroup:
         tag = f"{PREFIX}:{entity_tag(self.view.name, self.entity)}:"  # the keys of marker_key and speed_key
         marker = tag + ("mv:" if self.moving else "m:")
         keys += (marker + generations[0], marker + generations[1], marker + generations[2])
-        by_day: dict[int, list[Any]] = {}  # UTC day -> its hash's deltas (the script writes a hash's cells at once)
+        # UTC day -> its hash's deltas (the script writes a hash's cells at once), headed by its index among
+        # the subgroup's hashes (dropped below)
+        by_day = self._counted_deltas() if not self._cells else self._deltas()
+        fields: list[Any] = []
+        if self.future:
+            ts, idf = self.steps.ts, self.steps.id_field
+            for ev in self.future:
+                t = ev[ts]
+                day = t // DAY
+                deltas = by_day.get(day)
+                if deltas is None:
+                    deltas = by_day[day] = [len(by_day)]
+                value = None if self.moving else future_value(self.steps.measured(ev))
+                fields += (deltas[0], future_field(t, ev[idf]), value)
+        hashes, days = tag + "s:", _DAYS
+        events = self.events
+        if len(by_day) == 1:  # most subgroups: one hash
+            ((day, deltas),) = by_day.items()
+            keys.append(hashes + (days.get(day) or _day_suffix(day)))
+            data += (len(events), 1, len(deltas) - 1, len(self.future))
+            data += map(itemgetter(self.steps.id_field), events)
+            data += islice(deltas, 1, None)
+        else:
+            keys += [hashes + (days.get(day) or _day_suffix(day)) for day in by_day]
+            data += (len(events), len(by_day), sum(map(len, by_day.values())) - len(by_day), len(self.future))
+            data += map(itemgetter(self.steps.id_field), events)
+            for deltas in by_day.values():
+                data += islice(deltas, 1, None)
+        data += fields
+        return len(events)
+
+    def _counted_deltas(self) -> dict[int, list[Any]]:
+        """The deltas by day of a subgroup whose cells are all bucket counts (no value kept, no member): the
+        counts summed per cell straight from the buckets, in the order :attr:`cells` would give them."""
+        expand = self.steps.bucket_cells
+        cells: dict[tuple[int, str], int] = {}  # (day, field prefix) -> count
+        for bucket, n in self._counts.items():
+            targets = expand.get(bucket)
+            if targets is None:
+                targets = _bucket_cells(self.steps, bucket)
+            for cell in targets:
+                cells[cell] = cells.get(cell, 0) + n
+        by_day: dict[int, list[Any]] = {}
+        for (day, prefix), c in cells.items():
+            deltas = by_day.get(day)
+            if deltas is None:
+                deltas = by_day[day] = [len(by_day)]
+            deltas += (deltas[0] * 8, prefix, c)
+        return by_day
+
+    def _deltas(self) -> dict[int, list[Any]]:
+        """The deltas by day of :attr:`cells` (any kind of cell)."""
+        by_day: dict[int, list[Any]] = {}
         cache = self.steps.cell_cache
         for cell, c in self.cells.items():
             info = cache.get(cell)
@@ -391,7 +457,7 @@ class Subgroup:
             day = cell[1] // DAY
             deltas = by_day.get(day)
             if deltas is None:
-                deltas = by_day[day] = [len(by_day)]  # its index among the subgroup's hashes, dropped below
+                deltas = by_day[day] = [len(by_day)]
             if c.__class__ is int:
                 if not distinct:
                     deltas += (deltas[0] * 8, prefix, c)
@@ -410,26 +476,7 @@ class Subgroup:
                 members = sorted({member(x) for x in c})
                 deltas.append(len(members))
                 deltas += members
-        fields: list[Any] = []
-        if self.future:
-            ts, idf = self.steps.ts, self.steps.id_field
-            for ev in self.future:
-                t = ev[ts]
-                day = t // DAY
-                deltas = by_day.get(day)
-                if deltas is None:
-                    deltas = by_day[day] = [len(by_day)]
-                value = None if self.moving else future_value(self.steps.measured(ev))
-                fields += (deltas[0], future_field(t, ev[idf]), value)
-        hashes, days = tag + "s:", _DAYS
-        keys += [hashes + (days.get(day) or _day_suffix(day)) for day in by_day]
-        data += (len(self.events), len(by_day), sum(map(len, by_day.values())) - len(by_day), len(self.future))
-        idf = self.steps.id_field
-        data += [ev[idf] for ev in self.events]
-        for deltas in by_day.values():
-            data += deltas[1:]
-        data += fields
-        return len(self.events)
+        return by_day
 
 
 def group_events(

@@ -106,6 +106,8 @@ class ViewSteps:
         self.kinds: dict[tuple[int, str], tuple[int, bool]] = {}
         #: ``(size, start, measure)`` → ``(field prefix, kind, distinct)``, filled by the tile writer's packing
         self.cell_cache: dict[tuple[int, int, str], tuple[str, int, bool]] = {}
+        #: ``(count-only dispatch value, bucket start)`` → ``(UTC day, field prefix)`` of the cells it adds to
+        self.bucket_cells: dict[tuple[Any, int], tuple[tuple[int, str], ...]] = {}
         for size, name, term, rest, value, kind, states in plans:
             where: Expr | None
             if term is not None and term[0] == self.field:

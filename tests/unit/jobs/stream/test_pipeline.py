@@ -185,20 +185,34 @@ def test_dispatch_index_and_cell_kinds_follow_the_plan() -> None:
     assert user.field == "event_type" and set(user.counted) == {"page_view", "click", "add_to_cart"}
 
 
-def test_script_payload_keys_fields_and_marker_owners() -> None:
-    """The JSON argument, decoded as the Lua script does, holds each cell's states, members and future fields."""
-    rides_plan = compiled("rides")
-    events = rides_rows(rides_plan, 300, 9)
-    ts, idf = "ts", "uid"
-    now = sorted(e[ts] for e in events)[-40]  # the last events are stamped at or after the processing clock
-    groups = group_events(steps(rides_plan), events, now)
+def ecommerce_rows(n: int) -> list[Row]:
+    """Example events over three days: ``u0`` also buys (cells with values), the other users only count."""
+    return [
+        row(i, "purchase" if i % 24 == 0 else KINDS[i % 4], f"u{i % 6}", None if i % 4 == 0 else f"p{i % 5}",
+            NOW - i * 11 * MINUTE, 1.25 * i if i % 24 == 0 else None)
+        for i in range(n)
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", ["rides", "ecommerce"])
+def test_script_payload_keys_fields_and_marker_owners(case: str) -> None:
+    """The JSON argument, decoded as the Lua script does, holds each cell's states, members and future fields
+    (rides: numbers, members, future fields; the example: count-only subgroups over several days)."""
+    p = compiled(case)
+    if case == "rides":
+        events, ts, idf = rides_rows(p, 300, 9), "ts", "uid"
+        now = sorted(e[ts] for e in events)[-40]  # the last events are stamped at or after the processing clock
+    else:
+        events, ts, idf = ecommerce_rows(400), "event_time", "event_id"
+        now = NOW + 1
+    groups = group_events(steps(p), events, now)
     assert {ev[idf] for sub in groups.values() for ev in sub.future} <= {e[idf] for e in events if e[ts] >= now}
-    for (_, entity), sub in groups.items():  # the tiles hold only the events before the clock
-        past = [ev for ev in sub.events if ev[ts] < now]
-        want = {k: t for k, t in reference(rides_plan, past, sub.view.name).items() if k.entity == entity}
-        assert sub.states == want
     calls = list(plan_calls(list(groups.values()), 100, 200, cluster=False, chunk=7, generation=3))
     assert len(calls) > 1
+    for (_, entity), sub in groups.items():  # the tiles hold only the events before the clock
+        past = [ev for ev in sub.events if ev[ts] < now]
+        want = {k: t for k, t in reference(p, past, sub.view.name).items() if k.entity == entity}
+        assert sub.states == want
     for call in calls:
         markers = call.markers
         assert {i: call.owner(i) for i in markers} == markers  # what the reply handler maps back
@@ -215,7 +229,10 @@ def test_script_payload_keys_fields_and_marker_owners() -> None:
             assert call.keys[k : k + 3] == [marker_key(sub.view.name, sub.entity, g) for g in (2, 3, 4)]
             hashes = call.keys[k + 3 : k + 3 + nk]
             want_cells: dict[tuple[str, str], tuple[Any, ...]] = {}
-            for tk, tile in sub.states.items():
+            past = [ev for ev in sub.events if ev[ts] < now]
+            for tk, tile in reference(p, past, sub.view.name).items():
+                if tk.entity != sub.entity:
+                    continue
                 for m, acc in tile.items():
                     kind = sub.steps.kinds[(tk.size, m)][0]
                     prefix = f"{tk.size // SECOND}:{tk.start // SECOND}:{m}"
@@ -261,6 +278,21 @@ def test_script_payload_keys_fields_and_marker_owners() -> None:
             }
             k += 3 + nk
         assert a == len(data) and k == len(call.keys)
+
+
+def test_count_only_subgroups_pack_as_their_merged_cells_do(plan: Plan) -> None:
+    """A subgroup whose cells are all bucket counts is packed from the buckets directly; the request must be
+    the bytes packed from its merged cells (:attr:`Subgroup.cells`), subgroup by subgroup."""
+    events = ecommerce_rows(400)
+    fast = list(group_events(steps(plan), events).values())
+    merged = list(group_events(steps(plan), events).values())
+    for sub in merged:
+        assert sub.cells is not None  # the bucket counts folded into the cells: packed cell by cell
+    assert sum(not sub._cells for sub in fast) > len(fast) // 2  # most take the count-only path
+    assert sum(len({c[1] // (24 * HOUR) for c in sub.cells}) > 1 for sub in merged) > 3  # several days' hashes
+    for a, b in zip(fast, merged, strict=True):
+        ((one,), (two,)) = (plan_calls([s], 100, 200, cluster=False, chunk=7, generation=3) for s in (a, b))
+        assert one.packed() == two.packed(), a.entity
 
 
 def test_observe_many_matches_observe() -> None:
