@@ -508,18 +508,23 @@ def group_events(
                 sub = subs[entity] = Subgroup(vs, entity)
             sub.events.append(ev)
             value = ev[field] if field is not None else None
-            steps = by_value.get(value, always) if field is not None else always
-            if steps:
-                t: int = ev[ts]
-                if t >= horizon:
-                    if vs.measured(ev):
-                        sub.future.append(ev)
-                elif value in counted:
+            t: int
+            if value in counted:  # most events: one lookup
+                t = ev[ts]
+                if t < horizon:
                     counts = sub._counts
                     bucket = (value, t - t % unit)
                     counts[bucket] = counts.get(bucket, 0) + 1
-                else:
+                elif vs.measured(ev):
+                    sub.future.append(ev)
+                continue
+            steps = by_value.get(value, always) if field is not None else always
+            if steps:
+                t = ev[ts]
+                if t < horizon:
                     _fold(sub._cells, steps, ev, t)
+                elif vs.measured(ev):
+                    sub.future.append(ev)
         name = vs.name
         for entity, sub in subs.items():
             groups[(name, entity)] = sub

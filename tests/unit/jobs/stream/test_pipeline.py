@@ -204,9 +204,11 @@ def test_script_payload_keys_fields_and_marker_owners(case: str) -> None:
         now = sorted(e[ts] for e in events)[-40]  # the last events are stamped at or after the processing clock
     else:
         events, ts, idf = ecommerce_rows(400), "event_time", "event_id"
-        now = NOW + 1
+        now = NOW - 30 * MINUTE  # the first three (a purchase, a click, an add_to_cart) are future fields
     groups = group_events(steps(p), events, now)
     assert {ev[idf] for sub in groups.values() for ev in sub.future} <= {e[idf] for e in events if e[ts] >= now}
+    if case == "ecommerce":
+        assert {ev[idf] for sub in groups.values() for ev in sub.future} == {"e0", "e1", "e2"}
     calls = list(plan_calls(list(groups.values()), 100, 200, cluster=False, chunk=7, generation=3))
     assert len(calls) > 1
     for (_, entity), sub in groups.items():  # the tiles hold only the events before the clock
