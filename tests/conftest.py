@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,16 +18,29 @@ import prometheus_client  # noqa: F401 - see _forget_feast_metrics_dir
 import pytest
 import redis
 
+from fstore import applied
 from fstore.devsvc.cluster import RedisCluster
 from fstore.devsvc.services import Broker, RedisServer
+from tests.support.repos import ROOT as REPOS
+from tests.support.repos import compiled
 from tests.support.stream import PARTITIONS, WorkerProcess
 
+# The plan every in-process engine and every process the tests start (workers, `fstore batch`, the API, ...)
+# runs: the example repository (tests/support/repos/ecommerce, which compiles to the shipped example's plan),
+# unless the run names another. It is a copy of this run's, applied once the session starts (its compiled
+# plan recorded as `fstore apply` records it, see _apply_example_repo): a process reads the record instead of
+# compiling the source, which imports Feast: ≈ 5 s of CPU in every worker, `fstore` command and API process
+# (Feast's typeguard decorators re-compile its functions at import). A repository never applied, run from its
+# source, is still tested where a test names its own (test_apply.py, test_spark_cluster.py's spark-submit).
+_REPO_ENV = "FSTORE_FEATURE_REPO"
+_EXAMPLE_REPO: Path | None = None
+if _REPO_ENV not in os.environ:
+    _EXAMPLE_REPO = Path(tempfile.mkdtemp(prefix="fstore-test-repo-")) / "ecommerce"
+    shutil.copytree(REPOS / "ecommerce", _EXAMPLE_REPO, ignore=shutil.ignore_patterns("data", "__pycache__"))
+    os.environ[_REPO_ENV] = str(_EXAMPLE_REPO)
 # The API keeps a share of the answers it serves (FSTORE_API_SAMPLE_RATE, on by default) under
 # FSTORE_SAMPLES_DIR, by default under the data root, which is ./data for an app a test builds without
 # one: send them to a folder of this run instead of the working tree. Tests that read samples set their own.
-# The plan every in-process engine and every worker process runs in the tests: the example repository
-# (tests/support/repos/ecommerce, which compiles to the shipped example's plan), unless the run names another.
-os.environ.setdefault("FSTORE_FEATURE_REPO", str(Path(__file__).resolve().parent / "support" / "repos" / "ecommerce"))
 _SAMPLES = os.environ.setdefault("FSTORE_SAMPLES_DIR", tempfile.mkdtemp(prefix="fstore-test-samples-"))
 # Likewise the data root (Delta tables: raw_events, batch_views, ...) of anything a test builds without one:
 # a folder of this run, never the checkout's ./data, which `make demo` fills (an app reading the demo's
@@ -54,7 +68,15 @@ def _forget_feast_metrics_dir() -> None:
             del os.environ[var]
 
 
+def _apply_example_repo() -> None:
+    """Record the example repository's compiled plan in this run's copy (what ``fstore apply`` records,
+    with nothing pending): the same plan as its source compiles to (tests/support/repos.compiled)."""
+    if _EXAMPLE_REPO is not None and applied.load(_EXAMPLE_REPO) is None:
+        applied.save(_EXAMPLE_REPO, applied.AppliedPlan(compiled("ecommerce"), time.time_ns() // 1000))
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
+    _apply_example_repo()  # imports Feast, which sets the variables _forget_feast_metrics_dir removes
     _forget_feast_metrics_dir()
 
 
@@ -67,6 +89,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(_SAMPLES, ignore_errors=True)
     if Path(_DATA).name.startswith("fstore-test-data-"):
         shutil.rmtree(_DATA, ignore_errors=True)
+    if _EXAMPLE_REPO is not None:
+        shutil.rmtree(_EXAMPLE_REPO.parent, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
