@@ -45,6 +45,7 @@ from fstore.redis.layout import HEARTBEAT_KEY, BatchPointer, Heartbeat
 from jobs.batch import batch_view
 from jobs.batch.plan import tiles_table
 from jobs.batch.settings import BatchSettings
+from jobs.stream.pipeline import Claims
 from jobs.stream.settings import StreamSettings
 from jobs.stream.sinks import TileWriter
 from jobs.stream.speed_lua import marker_generation
@@ -202,14 +203,14 @@ async def _apply(
         for lo in range(0, events.claims.num_rows, CHUNK):  # winners before the cutover: their hash alone, no tiles
             part = events.claims.slice(lo, CHUNK)
             ids, digests = part.column(0).to_pylist(), part.column(1).to_pylist()
-            await writer.claim([(eid, digest, None) for eid, digest in zip(ids, digests, strict=True)], now)
+            await writer.claim(Claims(ids, digests, [None] * len(ids)), now)
             report.claims += part.num_rows
             if progress is not None:
                 progress(part.num_rows)
         for lo in range(0, len(events.rows), CHUNK):
             chunk = events.rows[lo : lo + CHUNK]
             hashes = events.hashes[lo : lo + CHUNK]
-            taken = await writer.claim([(r[idf], h, r) for r, h in zip(chunk, hashes, strict=True)], now)
+            taken = await writer.claim(Claims([r[idf] for r in chunk], hashes, list(chunk)), now)
             report.claims += len(chunk)
             mine = [r for r in chunk if r[idf] not in taken] if taken else chunk
             skipped = len(await writer.apply(mine, now))

@@ -25,8 +25,10 @@ positions of the ids claimed by another copy.
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from collections.abc import Sequence
+import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,8 +36,9 @@ import orjson
 from redis.crc import key_slot
 
 from fstore.core.events import Row
-from fstore.redis.layout import CLAIM_BUCKETS, claim_bucket, claim_key
+from fstore.redis.layout import CLAIM_BUCKETS, claim_key
 from fstore.redis.resp import command
+from jobs.stream.pipeline import Claims
 
 CLAIM = r"""
 local a = cjson.decode(ARGV[2])
@@ -77,9 +80,6 @@ CHUNK = 2_000
 #: Separates the entities in a claim's value.
 SEP = "\x1f"
 
-#: One first copy to claim: its event_id, its payload hash and, when it goes to the tiles, its row.
-Claim = tuple[str, str, Row | None]
-
 
 @dataclass
 class ClaimCalls:
@@ -87,15 +87,16 @@ class ClaimCalls:
 
     packed: list[bytes] = field(default_factory=list)
     slots: list[int] = field(default_factory=list)
-    claims: list[list[tuple[str, str]]] = field(default_factory=list)  # per call: (event_id, value sent)
+    claims: list[list[str]] = field(default_factory=list)  # per call: [event_id, value sent, event_id, ...]
 
     def to_drop(self, replies: Sequence[Sequence[Any]]) -> set[str]:
         """The ids another copy claimed first whose rows must leave the tiles: every one but a copy whose
         first copy went to the tiles of the same entities (their markers skip it in the same step)."""
         out: set[str] = set()
-        for claims, reply in zip(self.claims, replies, strict=True):
+        for flat, reply in zip(self.claims, replies, strict=True):
             for j in range(0, len(reply), 2):
-                event_id, sent = claims[int(reply[j]) - 1]
+                at = 2 * (int(reply[j]) - 1)
+                event_id, sent = flat[at], flat[at + 1]
                 first = reply[j + 1]
                 first = first.decode() if isinstance(first, bytes) else str(first)
                 mine = sent[HASH_CHARS:]
@@ -104,34 +105,55 @@ class ClaimCalls:
         return out
 
 
-def claim_value(digest: str, row: Row | None, keys: Sequence[str]) -> str:
-    """What a copy claims with: its payload hash (first :data:`HASH_CHARS`), then, for a copy going to the
-    tiles, ``"|"`` and its entities (``keys``' values, :data:`SEP`-joined); nothing for a copy too old for
-    the tiles, which sets no markers."""
-    if row is None:
-        return digest[:HASH_CHARS]
-    return digest[:HASH_CHARS] + "|" + SEP.join(["" if row[k] is None else str(row[k]) for k in keys])
+#: ``(payload hashes, rows or None) -> claim values`` of one tuple of join keys (:func:`claim_values`).
+Values = Callable[[Sequence[str], Sequence[Row | None]], list[str]]
 
 
-def pack_claims(
-    claims: Sequence[Claim], keys: Sequence[str], generation: int, ttl: int, chunk: int = CHUNK
-) -> ClaimCalls:
+@functools.cache
+def claim_values(keys: tuple[str, ...]) -> Values:
+    """What each copy claims with: its payload hash (first :data:`HASH_CHARS`), then, for a copy going to the
+    tiles, ``"|"`` and its entities (``keys``' values, ``""`` for a missing one, :data:`SEP`-joined); the hash
+    alone for a copy too old for the tiles (``row`` ``None``), which sets no markers.
+
+    Compiled once per tuple of keys into one comprehension (as :mod:`fstore.core.event_accept` compiles its
+    checks): this runs for every event, and a call, a join and a list per copy cost the worker more than
+    the rest of its claims. A value is formatted with ``format(value, "")``, which is ``str(value)`` for
+    every JSON type."""
+    env: dict[str, Any] = {f"K{i}": k for i, k in enumerate(keys)}  # names, not literals: any field name
+    sep = SEP.encode("unicode_escape").decode()
+    fields = sep.join(f"{{'' if r[K{i}] is None else r[K{i}]}}" for i in range(len(keys)))
+    source = (
+        "def values(hashes, rows):\n"
+        f'    return [h[:{HASH_CHARS}] if r is None else f"{{h[:{HASH_CHARS}]}}|{fields}"\n'
+        "            for h, r in zip(hashes, rows, strict=True)]\n"
+    )
+    exec(compile(source, f"<claim values {keys!r}>", "exec"), env)
+    fn: Values = env["values"]
+    fn.__doc__ = source
+    return fn
+
+
+def pack_claims(claims: Claims, keys: Sequence[str], generation: int, ttl: int, chunk: int = CHUNK) -> ClaimCalls:
     """Script calls claiming a batch's first copies (ids unique) in marker generation ``generation``, whose
     hashes have ``ttl`` seconds left (:func:`jobs.stream.speed_lua.marker_generation`); ``keys``: the join
-    keys of the views the tiles keep."""
-    by_bucket: list[list[tuple[str, str]]] = [[] for _ in range(CLAIM_BUCKETS)]
-    for event_id, digest, row in claims:
-        by_bucket[claim_bucket(event_id)].append((event_id, claim_value(digest, row, keys)))
+    keys of the views the tiles keep. Each id goes to its bucket's call (:func:`fstore.redis.layout.claim_bucket`,
+    inlined: CRC-32 of the id)."""
+    values = claim_values(tuple(keys))(claims.hashes, claims.rows)
+    by_bucket: list[list[str]] = [[] for _ in range(CLAIM_BUCKETS)]  # per bucket: id, value, id, value, ...
+    crc = zlib.crc32
+    for event_id, value in zip(claims.ids, values, strict=True):
+        flat = by_bucket[crc(event_id.encode()) % CLAIM_BUCKETS]
+        flat.append(event_id)
+        flat.append(value)
     out = ClaimCalls()
-    for bucket, pairs in enumerate(by_bucket):
-        if not pairs:
+    for bucket, flat in enumerate(by_bucket):
+        if not flat:
             continue
         keys3 = [claim_key(bucket, generation + d) for d in (-1, 0, 1)]
         slot = int(key_slot(keys3[0].encode()))
-        for lo in range(0, len(pairs), chunk):
-            part = pairs[lo : lo + chunk]
-            flat = [x for pair in part for x in pair]
-            out.packed.append(command("EVALSHA", CLAIM_SHA, 3, *keys3, ttl, orjson.dumps(flat)))
+        for lo in range(0, len(flat), 2 * chunk):
+            part = flat[lo : lo + 2 * chunk]
+            out.packed.append(command("EVALSHA", CLAIM_SHA, 3, *keys3, ttl, orjson.dumps(part)))
             out.slots.append(slot)
             out.claims.append(part)
     return out

@@ -19,6 +19,7 @@ from typing import Any
 from fstore.core.events import Row
 from fstore.core.plan import Plan, View
 from fstore.core.view_tiles import Tile, TileKey, ViewTiler
+from jobs.stream.pipeline import Claims
 
 Held = tuple[View, str, Row]
 
@@ -57,7 +58,7 @@ class MemoryTiles:
     def plan(self, events: Sequence[Row], now: int | None = None) -> MemoryPlan:
         return MemoryPlan(list(events), now)
 
-    async def claim(self, claims: Sequence[tuple[str, str, Row | None]], now: int | None = None) -> set[str]:
+    async def claim(self, claims: Claims, now: int | None = None) -> set[str]:
         lost: set[str] = set()
         for eid, digest, row in claims:  # the first claim of an id stands
             if self.claims.setdefault(eid, digest) != digest and row is not None:

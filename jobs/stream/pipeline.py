@@ -12,7 +12,7 @@ recognised by the schema's id field.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import orjson
@@ -20,7 +20,25 @@ import orjson
 from fstore.core.events import MAX_MESSAGE_BYTES, Rejection, Row, parse_row, payload_hashes
 from fstore.event_reader import EventReader, decode, reader_for
 
-__all__ = ["EventReader", "Prepared", "prepare", "reader_for"]
+__all__ = ["Claims", "EventReader", "Prepared", "prepare", "reader_for"]
+
+
+@dataclass
+class Claims:
+    """A batch's first copies to claim (:mod:`jobs.stream.claims`), as three parallel lists rather than a
+    tuple per copy (the worker builds one per event): each copy's event_id, its payload hash and, when it
+    goes to the tiles, its row (``None`` for a copy too old for them)."""
+
+    ids: list[str] = field(default_factory=list)
+    hashes: list[str] = field(default_factory=list)
+    rows: list[Row | None] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __iter__(self) -> Iterator[tuple[str, str, Row | None]]:
+        """``(event_id, payload hash, row or None)`` per copy."""
+        return zip(self.ids, self.hashes, self.rows, strict=True)
 
 
 @dataclass
@@ -39,7 +57,7 @@ class Prepared:
     hashes: list[str] = field(default_factory=list)
     ingested_at: list[int] = field(default_factory=list)
     fresh: list[Row] = field(default_factory=list)
-    claims: list[tuple[str, str, Row | None]] = field(default_factory=list)  # (event_id, hash, row if fresh)
+    claims: Claims = field(default_factory=Claims)
     invalid: list[tuple[int, str]] = field(default_factory=list)  # (position in the batch, reason)
     batch_duplicates: int = 0
     late: int = 0
@@ -78,7 +96,9 @@ def prepare(
     idf, ts = r.id_field, r.ts_field
     valid, fresh, invalid = out.valid, out.fresh, out.invalid
     raws: list[bytes] = []  # the valid copies' bytes, hashed after the loop
-    firsts: list[tuple[int, Row | None]] = []  # each first copy's position in ``valid``, its row if fresh
+    claims = out.claims
+    first_ids, first_rows = claims.ids, claims.rows  # each first copy's id and its row if fresh
+    repeats: list[int] = []  # positions in ``valid`` of the batch's later copies (rare)
     late = duplicates = beyond = 0
     for i, raw in enumerate(values):
         row: Row | None = None
@@ -101,18 +121,24 @@ def prepare(
         eid = row[idf]
         if eid in seen:
             duplicates += 1
+            repeats.append(len(valid) - 1)
             continue
         seen.add(eid)
+        first_ids.append(eid)
         if t < oldest:
             beyond += 1
-            firsts.append((len(valid) - 1, None))
+            first_rows.append(None)
         else:
             fresh.append(row)
-            firsts.append((len(valid) - 1, row))
+            first_rows.append(row)
     # each valid copy its own instant, in consumption order: batch clock + position among the valid copies
     out.ingested_at = list(range(first, first + len(valid)))
     out.hashes = hashes = payload_hashes(raws)
-    out.claims = [(valid[j][idf], hashes[j], fresh_row) for j, fresh_row in firsts]
+    if repeats:
+        later = set(repeats)
+        claims.hashes = [h for j, h in enumerate(hashes) if j not in later]
+    else:  # every valid copy is a first copy (the common case): the same hashes
+        claims.hashes = hashes
     out.late, out.batch_duplicates, out.beyond_horizon = late, duplicates, beyond
     out.last_at = first + len(valid) - 1 if valid else max(now, last_at)
     return out

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from fstore.core.events import Row
+from jobs.stream.pipeline import Claims
 
 
 class TileSink(Protocol):
@@ -33,9 +34,9 @@ class TileSink(Protocol):
         """Prepare a batch (pure CPU; the worker runs it while the previous batch's request is in flight)."""
         ...
 
-    async def claim(self, claims: Sequence[tuple[str, str, Row | None]], now: int | None = None) -> set[str]:
-        """Claim a batch's first copies, ``(event_id, payload hash, the row or None when too old for the
-        tiles)``; returns the ids whose rows must not count: claimed first by another copy whose markers do
+    async def claim(self, claims: Claims, now: int | None = None) -> set[str]:
+        """Claim a batch's first copies (their event_ids, payload hashes and rows, ``None`` for one too old for
+        the tiles); returns the ids whose rows must not count: claimed first by another copy whose markers do
         not cover them (:mod:`jobs.stream.claims`)."""
         ...
 

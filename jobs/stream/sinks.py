@@ -25,7 +25,8 @@ from fstore.delta import raw_log
 from fstore.delta.event_index import EventIndex, date_numbers
 from fstore.redis.cluster import ClusterPool
 from fstore.redis.resp import round_trip
-from jobs.stream.claims import CLAIM, CLAIM_SHA, Claim, pack_claims
+from jobs.stream.claims import CLAIM, CLAIM_SHA, pack_claims
+from jobs.stream.pipeline import Claims
 from jobs.stream.speed_lua import (
     APPLY_TILES,
     APPLY_TILES_SHA,
@@ -149,9 +150,9 @@ class TileWriter:
         self._pack(plan)
         return plan
 
-    async def claim(self, claims: Sequence[Claim], now: int | None = None) -> set[str]:
-        """Claim a batch's first copies (``(event_id, payload hash, row or None when too old for the tiles)``)
-        and return the ids whose rows must not count: another copy claimed them first and its markers do not
+    async def claim(self, claims: Claims, now: int | None = None) -> set[str]:
+        """Claim a batch's first copies (their event_ids, payload hashes and rows, ``None`` for one too old for
+        the tiles) and return the ids whose rows must not count: another copy claimed them first and its markers do not
         cover these rows' entities (:mod:`jobs.stream.claims`). Safe to repeat: a copy finds its own claim."""
         if not claims:
             return set()

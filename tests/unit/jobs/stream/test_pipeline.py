@@ -100,7 +100,11 @@ def test_prepare_classifies_and_keeps_first_copy() -> None:
     assert [e["event_id"] for e in p.fresh] == ["e1", "e4"] and p.fresh[0]["quantity"] == 1
     assert (p.batch_duplicates, p.beyond_horizon, p.late) == (1, 1, 2)
     # every first copy claims its id, the one too old for the tiles too (its later copies must not count)
-    assert p.claims == [("e1", p.hashes[0], p.fresh[0]), ("e3", p.hashes[2], None), ("e4", p.hashes[3], p.fresh[1])]
+    assert list(p.claims) == [
+        ("e1", p.hashes[0], p.fresh[0]),
+        ("e3", p.hashes[2], None),
+        ("e4", p.hashes[3], p.fresh[1]),
+    ]
 
 
 def test_a_copy_after_a_first_copy_too_old_for_the_tiles_is_a_duplicate() -> None:
