@@ -107,7 +107,7 @@ async def speed_layer(stream: Any) -> None:
     state = layer()
     state.stream = stream
     await asyncio.to_thread(state.raw.warm)
-    tune_gc()
+    tune_gc(settings.stream_batch_max)
     inflight: asyncio.Future[None] | None = None
     async for events in stream.noack_take(settings.stream_batch_max, within=settings.stream_batch_within_s):
         state.check_flush()

@@ -120,18 +120,33 @@ def _retrieved(claims: asyncio.Future[set[str]]) -> None:
         claims.exception()
 
 
-def tune_gc() -> None:
+#: Tracked objects per message of a batch the young-generation threshold allows for (:func:`gc_threshold`).
+GC_OBJECTS_PER_MESSAGE = 30
+
+
+def gc_threshold(batch_max: int) -> int:
+    """The young generation's threshold for batches of up to ``batch_max`` messages: above the tracked objects
+    the worker keeps alive at once — the batch being validated and the one in Redis, 7.5–10 objects per
+    message between them (its Kafka record, its row, its tile cells; ``tests/unit/jobs/stream/test_gc.py``) —
+    with room to spare, and at least 50,000."""
+    return max(50_000, GC_OBJECTS_PER_MESSAGE * batch_max)
+
+
+def tune_gc(batch_max: int) -> None:
     """Make the cyclic garbage collector cheap for a worker that allocates millions of short-lived objects.
 
     Everything alive at start-up (modules, Faust, aiokafka) lives as long as the worker: ``gc.freeze()``
-    keeps it out of every later pass. A young-generation pass every 50,000 net allocations instead of
-    700 (a batch allocates a few tracked objects per message, nearly all freed by reference counting
-    at once; ``Event`` tuples stay tracked) cut the collector's share of the worker's CPU from ~12 % to
-    ~4 % in the benchmark. Cycles are rare here, so memory is unaffected.
+    keeps it out of every later pass. A young-generation pass runs when the tracked objects allocated and
+    not yet freed since the last one exceed the threshold (700 by default): a batch's objects are all
+    freed by reference counting once it is done, so a threshold above what the worker holds at once
+    (:func:`gc_threshold`) leaves the passes to the rare cyclic garbage. At 50,000 (until session 7) the
+    two 10,000-message batches in progress (150,000–200,000 objects) crossed it about once per batch, and
+    every pass scanned them and freed nothing: ~0.5–0.75 CPU-µs per event. Cyclic garbage waits at most
+    the threshold's worth of allocations, so memory stays bounded.
     """
     gc.collect()
     gc.freeze()
-    gc.set_threshold(50_000, 10, 10)
+    gc.set_threshold(gc_threshold(batch_max), 10, 10)
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -308,7 +323,7 @@ class SpeedLayer:
         if self.watch is None:
             self.watch = TopicWatch(bootstrap_servers(self.s), self.s.events_topic)
         await asyncio.to_thread(self.raw.warm)
-        tune_gc()
+        tune_gc(self.s.stream_batch_max)
         self.consumer = consumer = self.make_consumer()
         await consumer.start()
         within_ms = int(self.s.stream_batch_within_s * 1000)
