@@ -45,6 +45,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter, itemgetter
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -246,7 +247,7 @@ class SpeedLayer:
         best effort."""
         if prep is not None and prep.valid:
             ts = self.reader.ts_field
-            newest = max(ev[ts] for ev in prep.valid)
+            newest = max(map(itemgetter(ts), prep.valid))
             self._newest_event = newest if self._newest_event is None else max(self._newest_event, newest)
         if not force and committed - self._heartbeat_at < 1.0:
             return
@@ -680,7 +681,9 @@ class SpeedLayer:
         now = self.clock()
         cutover = await self._redis(self.cutover)
         batch = [r for part in records.values() for r in part]
-        values = [b"" if r.value is None else r.value for r in batch]
+        values = list(map(attrgetter("value"), batch))
+        if None in values:  # a record without a value (a tombstone): empty bytes, dead-lettered as malformed
+            values = [b"" if v is None else v for v in values]
         last_at = self.last_at
         prep = prepare(values, now, last_at, cutover, self.s.horizon_us, self.reader)
         claimed = None
@@ -736,7 +739,7 @@ class SpeedLayer:
                 metrics.TILE_COMMITS.inc()
                 metrics.LAST_TILE_COMMIT.set(committed)
                 await self.heartbeat(prep, committed)
-                for ts, n in Counter([r.timestamp for r in b.records]).items():  # Kafka timestamps: epoch ms
+                for ts, n in Counter(map(attrgetter("timestamp"), b.records)).items():  # Kafka timestamps: epoch ms
                     metrics.observe_many(metrics.FRESHNESS, committed - ts / 1000, n)
                 self.next_offset.update(b.offsets)
                 if self.replay_until:

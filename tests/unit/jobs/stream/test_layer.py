@@ -40,7 +40,7 @@ class Record(NamedTuple):
     """What the consumer loop reads from aiokafka."""
 
     key: bytes | None
-    value: bytes
+    value: bytes | None  # None: a tombstone
     offset: int
     timestamp: int  # epoch ms
 
@@ -108,6 +108,21 @@ def test_speed_layer_pipeline_over_fakes(plan: Plan) -> None:
     bad = Counter(r.reason for _, r in parsed if isinstance(r, Rejection))
     assert Counter(sinks.dead.reasons()) == bad and sum(bad.values()) > 50
     assert layer.pending == {"events-0": len(records)}  # every offset released for commit
+
+
+def test_a_record_without_a_value_is_dead_lettered_as_malformed(plan: Plan) -> None:
+    now = 1_767_225_600_000_000
+    ev = Event("e1", "click", "u1", "p1", now - HOUR, None, 1, None)
+    records = [Record(None, message(ev)[1], 0, now // 1000), Record(b"u2", None, 1, now // 1000)]
+    sinks = MemorySinks(plan)
+    layer = SpeedLayer(
+        StreamSettings(), None, sinks.dead, kv=sinks.kv, tiles=sinks.tiles, raw=sinks.raw, clock=lambda: now
+    )
+    asyncio.run(layer.handle({"events-0": records}))
+    asyncio.run(layer.flush())
+    assert sinks.dead.reasons() == ["malformed_json"] and [v for _, v, _ in sinks.dead.records] == [b""]
+    assert [row["event_id"] for row, _, _ in sinks.raw.rows] == ["e1"]
+    assert layer.pending == {"events-0": 2}
 
 
 def test_future_stamped_events_count_from_their_time_then_move(plan: Plan) -> None:
