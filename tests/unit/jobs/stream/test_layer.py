@@ -135,7 +135,7 @@ def test_future_stamped_events_count_from_their_time_then_move(plan: Plan) -> No
         for i, t in enumerate([now - 10 * SECOND * k for k in range(1, 30)] + [now + 7 * SECOND * k for k in range(30)])
     ]
     records = [Record(k.encode(), v, i, now // 1000) for i, (k, v) in enumerate(message(e) for e in events)]
-    rows = [ev for _, ev in checked(plan, [r.value for r in records], now + HOUR)]
+    rows = [ev for _, ev in checked(plan, [message(e)[1] for e in events], now + HOUR)]
     sinks = MemorySinks(plan)
     layer = SpeedLayer(
         StreamSettings(), None, sinks.dead, kv=sinks.kv, tiles=sinks.tiles, raw=sinks.raw, clock=lambda: clock[0]
