@@ -382,7 +382,7 @@ class EventIndex:
 
     # -- what a writer asks -------------------------------------------------------------------------------
 
-    def classify(self, ids: Ids, days: I32) -> I8:
+    def classify(self, ids: Ids, days: I32, hashes: U64 | None = None) -> I8:
         """Verdict per copy about to be stored, in arrival order: :data:`NEW` (the first copy of an event_id
         not stored yet: the winner), :data:`SAME_DAY` (the winner is on the copy's own day: stored, or an
         earlier copy in ``ids``) or :data:`SUPERSEDED` (the winner is on another day). Call :meth:`refresh`
@@ -395,13 +395,14 @@ class EventIndex:
         Args:
             ids: event_ids of the copies, in arrival order.
             days: UTC day number of each copy's event_time.
+            hashes: ``id_hashes(ids)``, when the caller has them already (:meth:`record` takes them too).
         """
         n = len(ids)
         verdict = np.full(n, NEW, np.int8)
         if n == 0:
             return verdict
         days = np.asarray(days, np.int32)
-        h = id_hashes(ids)
+        h = id_hashes(ids) if hashes is None else hashes
         known = self._lookup(h)
         _, first, counts = np.unique(h, return_index=True, return_counts=True)
         once = np.zeros(n, bool)
@@ -442,13 +443,15 @@ class EventIndex:
                 verdict[i] = SAME_DAY if winner[eid] == days[i] else SUPERSEDED
         return verdict
 
-    def record(self, ids: Ids, days: I32, verdicts: I8) -> None:
-        """Index the :data:`NEW` copies once they are committed (their marks were written before)."""
+    def record(self, ids: Ids, days: I32, verdicts: I8, hashes: U64 | None = None) -> None:
+        """Index the :data:`NEW` copies once they are committed (their marks were written before); ``hashes``:
+        ``id_hashes(ids)`` if the caller has them (as for :meth:`classify`)."""
         new = np.flatnonzero(np.asarray(verdicts) == NEW)
         if len(new) == len(ids):
-            self._insert(id_hashes(ids), np.asarray(days, np.int32))
+            self._insert(id_hashes(ids) if hashes is None else hashes, np.asarray(days, np.int32))
         elif len(new):
-            self._insert(id_hashes(_pick(ids, new.tolist())), np.asarray(days, np.int32)[new])
+            h = id_hashes(_pick(ids, new.tolist())) if hashes is None else hashes[new]
+            self._insert(h, np.asarray(days, np.int32)[new])
 
     def superseded(self, ids: Ids, days: I32, verdicts: I8) -> list[tuple[str, int]]:
         """The ``(event_id, day)`` pairs of the :data:`SUPERSEDED` copies (to :meth:`write_marks`)."""

@@ -22,7 +22,7 @@ from fstore.core.event_schema import EventSchema
 from fstore.core.events import Row
 from fstore.core.plan import Plan
 from fstore.delta import raw_log
-from fstore.delta.event_index import EventIndex, date_numbers
+from fstore.delta.event_index import EventIndex, date_numbers, id_hashes
 from fstore.redis.cluster import ClusterPool
 from fstore.redis.resp import round_trip
 from jobs.stream.claims import CLAIM, CLAIM_SHA, pack_claims
@@ -411,8 +411,9 @@ class RawSink:
         table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
         ids = table.column(self.schema.id_field)
         days = date_numbers(table.column("event_date"))
-        verdicts = index.classify(ids, days)
+        hashes = id_hashes(ids)  # once for both steps
+        verdicts = index.classify(ids, days, hashes)
         index.write_marks(index.superseded(ids, days, verdicts))
         raw_log.append_raw(self.uri, table, self.schema)
         index.committed()
-        index.record(ids, days, verdicts)
+        index.record(ids, days, verdicts, hashes)

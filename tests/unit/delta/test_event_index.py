@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import random
 import string
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
-from fstore.delta.event_index import id_hashes
+from fstore.delta.event_index import NEW, SAME_DAY, EventIndex, id_hashes
 
 pytestmark = pytest.mark.unit
 
@@ -37,3 +38,22 @@ def test_every_byte_matters() -> None:
     base = "evt-0123456789abcdef-0123456789"
     variants = [base[:i] + chr(ord(base[i]) ^ 1) + base[i + 1 :] for i in range(len(base))]
     assert len(set(id_hashes([base, *variants]).tolist())) == len(base) + 1
+
+
+@pytest.mark.parametrize("new_share", [1.0, 0.5])
+def test_an_index_fed_the_callers_hashes_knows_what_it_would_have_hashed(tmp_path: Path, new_share: float) -> None:
+    """The stream's raw sink hashes a flush's ids once for ``classify`` and ``record``: an index given those
+    hashes places every id on the same day as one that hashed them itself (all copies new, or only some)."""
+    rng = random.Random(5)
+    ids = [f"e{i}-{rng.randrange(10**9)}" for i in range(2_000)]
+    days = np.array([20_000 + i % 3 for i in range(len(ids))], np.int32)
+    verdicts = np.where(np.arange(len(ids)) < new_share * len(ids), NEW, SAME_DAY).astype(np.int8)
+    own, given = EventIndex(str(tmp_path / "a")), EventIndex(str(tmp_path / "b"))
+    h = id_hashes(ids)
+    assert (own.classify(ids, days) == given.classify(ids, days, h)).all()
+    own.record(ids, days, verdicts)
+    given.record(ids, days, verdicts, h)
+    probe = id_hashes([*ids, "never-seen"])
+    assert (own._lookup(probe) == given._lookup(probe)).all()
+    new = verdicts == NEW
+    assert (given._lookup(h)[new] == days[new]).all()
