@@ -62,7 +62,7 @@ from fstore.plan_source import current_plan
 from fstore.redis.connect import async_client
 from fstore.redis.hold import HOLD_TTL_S
 from fstore.redis.layout import HEARTBEAT_KEY, POINTER_KEY, BatchPointer, Heartbeat
-from jobs.stream import metrics
+from jobs.stream import kafka_records, metrics
 from jobs.stream.control import Control
 from jobs.stream.dead_letters import DeadLetter, dead_letter, shrink
 from jobs.stream.faults import (
@@ -285,8 +285,10 @@ class SpeedLayer:
                 await asyncio.sleep(delay)
 
     def make_consumer(self) -> AIOKafkaConsumer:
-        """The bulk consumer: the app's group, manual commits, large fetches."""
+        """The bulk consumer: the app's group, manual commits, large fetches, aiokafka's parsed records
+        (:mod:`jobs.stream.kafka_records`: ``offset``, ``timestamp``, ``key``, ``value``)."""
         s = self.s
+        kafka_records.install()
         consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap_servers(s),
             group_id=s.stream_app_id,
@@ -302,6 +304,7 @@ class SpeedLayer:
             request_timeout_ms=int(max(40.0, s.stream_session_timeout_s + 5) * 1000),
             max_poll_records=s.stream_max_poll_records,
             max_partition_fetch_bytes=s.stream_fetch_partition_bytes,
+            value_deserializer=kafka_records.mark,  # the parsed records, no ConsumerRecord each (kafka_records)
         )
         consumer.subscribe([s.events_topic], listener=_Rebalance(self))
         return consumer
