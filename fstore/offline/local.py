@@ -36,6 +36,8 @@ from fstore.delta import raw_log, raw_winners
 from fstore.delta.event_index import id_hashes
 
 log = logging.getLogger(__name__)
+#: ``raw_events`` paths already warned about as missing (the warning would repeat on every request otherwise).
+_MISSING_WARNED: set[str] = set()
 
 Engine = Literal["local", "spark"]
 TS = pa.timestamp("us", tz="UTC")
@@ -180,7 +182,9 @@ def _read_copies(
     if days is not None:
         timings.partitions = [days[0], days[1]]
     table = raw_log.open_table(raw_uri) if days is not None else None
-    if table is None and days is not None:  # loud: a wrong data dir looks like a store with no events
+    if table is None and days is not None and raw_uri not in _MISSING_WARNED:
+        # loud, once per path and process: a wrong data dir looks like a store with no events
+        _MISSING_WARNED.add(raw_uri)
         log.warning(
             "no raw_events table at %s: every value is that of no events (0 or null); if events were ingested, "
             "check FSTORE_DATA_DIR (or the offline store's data_dir)",
