@@ -41,8 +41,12 @@ class RunPlan:
 
 
 def size_horizons(view: View, cutover: int) -> dict[int, int]:
-    """First needed tile start per tile size of ``view`` for cutover ``cutover``."""
-    return {s: cutover - max(f.window for f in view.windowed if f.hop == s) - s for s in view.hops}
+    """First needed tile start per tile size of ``view`` for cutover ``cutover``: ``C − W − s`` for the longest
+    window ``W`` of size ``s``, rounded up to a tile start. A window need not be a multiple of its hop; the
+    earliest tail any read from ``C`` on needs is ``floor(C − W, s)``, never before that tile start, and a
+    horizon on the tile grid keeps whole tiles only: the events from it on make the same tiles as all events
+    do (a day's tiles taken from an earlier night, ``jobs/batch/tile_reuse.py``, rely on it)."""
+    return {s: -(-(cutover - max(f.window for f in view.windowed if f.hop == s) - s) // s) * s for s in view.hops}
 
 
 def plan_run(run_date: date, plan: Plan | None = None) -> RunPlan:
