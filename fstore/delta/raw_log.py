@@ -97,8 +97,6 @@ def _columns(names: Sequence[str], rows: Sequence[Row]) -> Sequence[Sequence[Any
     stream worker's Arrow building), and no tuple per row (transposing rows through ``itemgetter(*names)``
     made one, 10,000 tracked objects per batch that set off most of the worker's garbage-collector passes).
     A row that lacks a field sends the whole batch to the per-field path."""
-    if len(names) == 1:
-        return [[r.get(names[0]) for r in rows]]
     try:
         return [list(map(itemgetter(n), rows)) for n in names]
     except KeyError:
