@@ -10,7 +10,7 @@ the same straight-line code one would write by hand for that schema.
 The function takes a decoded JSON object and returns the row ``EventCheck`` would return, or ``None``
 when unsure: any event that fails a check, free text that needs hashing, a float timestamp, an unusual
 ISO-8601 shape. ``None`` sends the message to the generic path, which alone gives reasons; the fast path
-never rejects. ``tests/unit/core/test_event_accept.py`` holds both paths equal on generated and mutated
+never rejects. ``tests/unit/jobs/stream/test_pipeline.py`` holds both paths equal on generated and mutated
 events of two schemas.
 """
 
