@@ -236,15 +236,17 @@ class Plan:
     def resolve(self, refs: Iterable[str]) -> list[tuple[View, Feature]]:
         """Resolve ``view:feature`` and whole-``view`` references, keeping order and dropping repeats.
 
+        A reference with a colon names one feature: ``view:`` is the unknown feature ``''``, never the view.
+
         Raises:
             KeyError: naming the first unknown view or feature.
         """
         out: list[tuple[View, Feature]] = []
         seen: set[tuple[str, str]] = set()
         for ref in refs:
-            view_name, _, feat_name = ref.strip().partition(":")
+            view_name, colon, feat_name = ref.strip().partition(":")
             view = self.view(view_name)
-            for f in view.features if not feat_name else (view.feature(feat_name),):
+            for f in (view.feature(feat_name),) if colon else view.features:
                 if (view.name, f.name) not in seen:
                     seen.add((view.name, f.name))
                     out.append((view, f))

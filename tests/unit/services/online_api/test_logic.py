@@ -45,6 +45,7 @@ def test_read_features_merges_batch_before_c_and_speed_after() -> None:
     [
         ([{"user_id": "u1"}], ["nope"], 404, "nope"),
         ([{"user_id": "u1"}], ["user_activity:nope"], 404, "nope"),
+        ([{"user_id": "u1"}], ["user_activity:"], 404, "has no feature ''"),  # not the whole view
         ([{"shop_id": "s1"}], ["user_activity"], 422, "shop_id"),
         ([{"user_id": "u1"}], ["product_engagement"], 422, "product_id"),
         ([{"user_id": "bad id!"}], ["user_activity"], 422, "user_id"),
