@@ -123,11 +123,16 @@ def to_utc(series: pd.Series) -> pd.Series:
     Each value is read on its own (``format="mixed"``): with one format inferred for the column, pandas
     would read a naive value after one with an offset in that offset.
 
+    A number is refused: it has no unit (pandas would read epoch milliseconds as nanoseconds, in 1970).
+
     Raises:
         ValueError, TypeError: a value that is not a timestamp.
     """
     if pd.api.types.is_datetime64_any_dtype(series):
         return pd.to_datetime(series, utc=True)
+    number = next((v for v in series if isinstance(v, int | float | np.number) and not pd.isna(v)), None)
+    if number is not None:
+        raise TypeError(f"{number!r} is a number, not a timestamp: give datetimes or ISO-8601 text (naive = UTC)")
     return pd.to_datetime(series, utc=True, format="mixed")
 
 

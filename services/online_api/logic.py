@@ -211,7 +211,7 @@ def historical_features(
         except PointInTimeError as exc:
             raise RequestError(422, str(exc.args[0] if exc.args else exc)) from None
         return []
-    df = pd.DataFrame(list(rows))
+    df = pd.DataFrame(list(rows), dtype=object)  # labels as given: [1, None] made float would change 2**53 + 1
     if TIMESTAMP_COLUMN in df.columns:
         try:
             df[TIMESTAMP_COLUMN] = to_utc(df[TIMESTAMP_COLUMN])

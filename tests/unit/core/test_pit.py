@@ -343,6 +343,21 @@ def test_text_timestamps_are_read_one_by_one() -> None:
         pit.to_utc(pd.Series(["2026-11-21T10:00:00", "yesterday"]))
 
 
+@pytest.mark.parametrize(
+    "values",
+    [[1795169220000], [1.7951692e9], ["2026-11-21T10:00:00Z", 1795169220000], [None, 1795169220000], [True]],
+)
+def test_numbers_are_not_timestamps(values: list[object]) -> None:
+    """A number has no unit (epoch s, ms, ns?): pandas would read 1795169220000 as nanoseconds, 1970-01-01 —
+    every value computed at the wrong time, silently. It is refused, naming the column, in a frame of
+    numbers and among text alike."""
+    with pytest.raises((TypeError, ValueError), match="number"):
+        pit.to_utc(pd.Series(values))
+    frame = pd.DataFrame({"user_id": ["u"] * len(values), "event_timestamp": values})
+    with pytest.raises(pit.PointInTimeError, match="event_timestamp"):
+        pit.point_in_time(PLAN, frame, ["user_activity"], events_table([]))
+
+
 @pytest.mark.parametrize("keys", [40, 70_000, 2**25])
 def test_row_order_sorts_by_code_then_time_ties_in_input_order(keys: int) -> None:
     """The rows' order from the shared time order and a radix sort by code (one pass, or two above 2**16

@@ -71,3 +71,25 @@ def test_historical_features_without_rows_is_empty_and_still_checks_the_features
     with pytest.raises(RequestError) as err:
         historical_features([], ["user_activity:nope"], False, str(tmp_path), 10)
     assert err.value.status == 422 and "nope" in str(err.value)
+
+
+def test_historical_features_return_the_input_columns_unchanged(tmp_path: object) -> None:
+    """docs/design.md §6: every input column kept. A column missing or null in some rows is not made float:
+    2**53 + 1 stays itself (a float would change it), 1 stays an integer; and a timestamp given as a number
+    (no unit) is a 422 naming the column, not a reading in nanoseconds."""
+    from services.online_api.logic import historical_features
+
+    t = "2026-11-21T10:00:00Z"
+    rows: list[dict[str, object]] = [
+        {"user_id": "u1", "event_timestamp": t, "id": 2**53 + 1, "label": 1, "ok": True, "tag": "a"},
+        {"user_id": "u2", "event_timestamp": t, "label": None, "ok": None},
+    ]
+    out = historical_features(rows, ["user_activity:clicks_1h"], False, str(tmp_path), 10)
+    for given, got in zip(rows, out, strict=True):
+        for k, v in given.items():
+            if k != "event_timestamp":
+                assert got[k] == v and type(got[k]) is type(v), (k, v, got[k])
+    assert out[1]["id"] is None and out[1]["tag"] is None and [o["clicks_1h"] for o in out] == [0, 0]
+    with pytest.raises(RequestError) as err:
+        historical_features([{"user_id": "u1", "event_timestamp": 1795169220000}], ["user_activity"], False, "", 10)
+    assert err.value.status == 422 and "event_timestamp" in str(err.value) and "number" in str(err.value)
