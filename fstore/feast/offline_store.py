@@ -101,7 +101,14 @@ class FstoreRetrievalJob(RetrievalJob):
 
 
 def _as_arrow(entity_df: pd.DataFrame) -> tuple[pa.Table, str]:
+    """The entity rows as Arrow, the timestamp column as UTC timestamps (ISO-8601 text is read as Feast's own
+    offline stores read it: offsets converted, naive = UTC)."""
     ts = infer_event_timestamp_from_entity_df(dict(entity_df.dtypes))
+    if not pd.api.types.is_datetime64_any_dtype(entity_df[ts]):
+        try:
+            entity_df = entity_df.assign(**{ts: pit.to_utc(entity_df[ts])})
+        except (ValueError, TypeError) as exc:
+            raise pit.PointInTimeError(f"column '{ts}' is not a timestamp: {exc}") from None
     table = pa.Table.from_pandas(entity_df, preserve_index=False)
     if ts != pit.TIMESTAMP_COLUMN:
         table = table.rename_columns([pit.TIMESTAMP_COLUMN if c == ts else c for c in table.column_names])

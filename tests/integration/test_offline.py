@@ -186,6 +186,15 @@ def test_feast_get_historical_features(data: tuple[Path, list[Row]], tmp_path: P
     ).to_df()
     assert list(short.columns) == ["user_id", "event_timestamp", "clicks_1h", "revenue_7d"]
     assert short["clicks_1h"].tolist() == want["user_activity__clicks_1h"]
+    # ISO-8601 text, as Feast's own offline stores take it (offsets converted, naive = UTC): the same values
+    text = df[["user_id", "event_timestamp"]].copy()
+    text["event_timestamp"] = [
+        t.tz_convert("Asia/Kolkata").isoformat() if i % 2 else t.tz_localize(None).isoformat()
+        for i, t in enumerate(df["event_timestamp"])
+    ]
+    read = store.get_historical_features(entity_df=text, features=["user_activity:clicks_1h"]).to_df()
+    assert read["clicks_1h"].tolist() == want["user_activity__clicks_1h"]
+    assert read["event_timestamp"].tolist() == df["event_timestamp"].tolist()
 
 
 def test_notebook_executes(tmp_path: Path) -> None:
