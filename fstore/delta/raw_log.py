@@ -37,7 +37,7 @@ from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundErr
 
 from fstore.core.event_schema import EventSchema, FieldType
 from fstore.core.events import Row
-from fstore.core.timeutil import to_date
+from fstore.core.timeutil import day_start, to_date
 
 TS = pa.timestamp("us", tz="UTC")
 
@@ -361,8 +361,11 @@ def event_ids_on(uri: str, dates: Iterable[date], id_column: str = "event_id") -
 
 
 def date_range(event_range: tuple[int, int] | None) -> tuple[date, date] | None:
-    """``event_date`` partitions ``(first, last)`` that hold events of ``[start, end)``."""
+    """``event_date`` partitions ``(first, last)`` that hold events of ``[start, end)``, within the calendar
+    (a row of 0001-01-02 has a 7-day window that starts before any date)."""
     if event_range is None:
         return None
     start, end = event_range
-    return to_date(start), to_date(max(start, end - 1))
+    first, last = day_start(date.min), day_start(date.max)
+    start = min(max(start, first), last)
+    return to_date(start), to_date(min(max(start, end - 1), last))

@@ -153,6 +153,24 @@ def test_partition_pruning_reads_only_needed_days(data: tuple[Path, list[Row]]) 
     assert got["clicks_1h"].tolist() == [plan_bruteforce.value(PLAN, "user_activity", "clicks_1h", events, "u1", t)]
 
 
+def test_rows_at_the_ends_of_the_calendar_get_the_values_of_no_events(data: tuple[Path, list[Row]]) -> None:
+    """A row in the first days of year 1 (its 7-day window starts before any date) or on 9999-12-31: 0 and
+    null like any row without events, next to rows that have some — the read range's days were computed
+    from a time before year 1, an OverflowError."""
+    root, events = data
+    df = entity_frame(events, 12, seed=3)
+    times = [int(t.value // 1000) for t in df["event_timestamp"]]
+    want = expected(PLAN, "user_activity", events, list(df["user_id"]), times)
+    far = [pd.Timestamp("0001-01-02", tz="UTC"), pd.Timestamp("9999-12-31", tz="UTC")]
+    df = df.astype({"event_timestamp": "datetime64[us, UTC]"})
+    ends = df.iloc[:2].assign(event_timestamp=pd.Series(far, index=df.index[:2]).astype("datetime64[us, UTC]"))
+    df = pd.concat([df, ends], ignore_index=True)
+    refs = ["user_activity:clicks_1h", "user_activity:avg_order_value_7d"]
+    got = offline.get_historical_features(df, refs, plan=PLAN, raw_uri=str(root / "data" / "raw_events"))
+    assert got["clicks_1h"].tolist() == [w["clicks_1h"] for w in want] + [0, 0]
+    assert got["avg_order_value_7d"][12:].isna().all() and got["event_timestamp"][12:].tolist() == far
+
+
 def test_a_missing_raw_events_table_gives_no_events_and_says_so(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
