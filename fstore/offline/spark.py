@@ -119,9 +119,8 @@ def read_events(
     except Exception:  # no table yet: nothing happened
         return spark.createDataFrame([], ddl)
     if has_delta_spark(spark):
-        copies = (
-            spark.read.format("delta").load(raw_uri).where(F.col("event_date").between(F.lit(days[0]), F.lit(days[1])))
-        )
+        day_lo, day_hi = (F.lit(d.isoformat()).cast("date") for d in days)  # a date literal: "1-01-01" in year 1
+        copies = spark.read.format("delta").load(raw_uri).where(F.col("event_date").between(day_lo, day_hi))
     else:
         files = table.file_uris(
             file_pruning_predicate=[

@@ -166,9 +166,16 @@ def test_rows_at_the_ends_of_the_calendar_get_the_values_of_no_events(data: tupl
     ends = df.iloc[:2].assign(event_timestamp=pd.Series(far, index=df.index[:2]).astype("datetime64[us, UTC]"))
     df = pd.concat([df, ends], ignore_index=True)
     refs = ["user_activity:clicks_1h", "user_activity:avg_order_value_7d"]
-    got = offline.get_historical_features(df, refs, plan=PLAN, raw_uri=str(root / "data" / "raw_events"))
+    uri = str(root / "data" / "raw_events")
+    got = offline.get_historical_features(df, refs, plan=PLAN, raw_uri=uri)
     assert got["clicks_1h"].tolist() == [w["clicks_1h"] for w in want] + [0, 0]
     assert got["avg_order_value_7d"][12:].isna().all() and got["event_timestamp"][12:].tolist() == far
+
+    from fstore.offline.spark import spark_session  # its days went to Spark as "1-01-01": not a date
+
+    spark = spark_session("fstore-test-offline")
+    on_spark = offline.get_historical_features(df, refs, plan=PLAN, raw_uri=uri, engine="spark", spark=spark)
+    pd.testing.assert_frame_equal(on_spark, got)
 
 
 def test_a_missing_raw_events_table_gives_no_events_and_says_so(
