@@ -182,6 +182,22 @@ def one_entity(body: dict[str, Any]) -> dict[str, Any]:
     return {**body, "entity": row["entity"], "values": row["values"], "freshness": row["freshness"]}
 
 
+def _epoch_ms(value: Any) -> Any:
+    """A JSON number in ``event_timestamp`` read as an event's time is (design §2: epoch milliseconds, the
+    same bounds); anything else unchanged. Raises ValueError naming a number out of range."""
+    import pandas as pd
+
+    from fstore.core.events import Rejection, event_time_of
+    from fstore.core.pit import TIMESTAMP_COLUMN
+
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return value
+    us = event_time_of(value, TIMESTAMP_COLUMN)
+    if isinstance(us, Rejection):
+        raise ValueError(f"{value!r} is not a timestamp in epoch milliseconds ({us.reason})")
+    return pd.Timestamp(us, unit="us", tz="UTC")
+
+
 def historical_features(
     rows: Sequence[Mapping[str, object]], features: Sequence[str], full_feature_names: bool, raw_uri: str, max_rows: int
 ) -> list[dict[str, object]]:
@@ -214,7 +230,7 @@ def historical_features(
     df = pd.DataFrame(list(rows), dtype=object)  # labels as given: [1, None] made float would change 2**53 + 1
     if TIMESTAMP_COLUMN in df.columns:
         try:
-            df[TIMESTAMP_COLUMN] = to_utc(df[TIMESTAMP_COLUMN])
+            df[TIMESTAMP_COLUMN] = to_utc(df[TIMESTAMP_COLUMN].map(_epoch_ms))
         except (ValueError, TypeError) as exc:
             raise RequestError(422, f"column '{TIMESTAMP_COLUMN}': {exc}") from None
     try:

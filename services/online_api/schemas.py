@@ -66,8 +66,8 @@ class HistoricalRequest(BaseModel):
     """Body of POST /historical-features."""
 
     entity_rows: list[dict[str, Any]] = Field(
-        description="Rows with the join key(s) and `event_timestamp` (ISO-8601 text; naive means UTC; a number "
-        "is refused); other columns (labels) are returned unchanged"
+        description="Rows with the join key(s) and `event_timestamp` (ISO-8601 text, naive means UTC, or "
+        "a number of epoch milliseconds as in an event); other columns (labels) are returned unchanged"
     )
     features: list[str] = Field(description="`view:feature` references or whole views")
     full_feature_names: bool = Field(False, description="Name columns `view__feature`")

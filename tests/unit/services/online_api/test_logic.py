@@ -4,6 +4,7 @@ lambda merge across the cutover equal to the brute force, and client errors name
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -76,7 +77,8 @@ def test_historical_features_without_rows_is_empty_and_still_checks_the_features
 def test_historical_features_return_the_input_columns_unchanged(tmp_path: object) -> None:
     """docs/design.md §6: every input column kept. A column missing or null in some rows is not made float:
     2**53 + 1 stays itself (a float would change it), 1 stays an integer; and a timestamp given as a number
-    (no unit) is a 422 naming the column, not a reading in nanoseconds."""
+    is epoch milliseconds as in an event (design §2), not a reading in nanoseconds; out of that range, a 422
+    naming the column."""
     from services.online_api.logic import historical_features
 
     t = "2026-11-21T10:00:00Z"
@@ -90,6 +92,18 @@ def test_historical_features_return_the_input_columns_unchanged(tmp_path: object
             if k != "event_timestamp":
                 assert got[k] == v and type(got[k]) is type(v), (k, v, got[k])
     assert out[1]["id"] is None and out[1]["tag"] is None and [o["clicks_1h"] for o in out] == [0, 0]
-    with pytest.raises(RequestError) as err:
-        historical_features([{"user_id": "u1", "event_timestamp": 1795169220000}], ["user_activity"], False, "", 10)
-    assert err.value.status == 422 and "event_timestamp" in str(err.value) and "number" in str(err.value)
+    ms = 1795169220000
+    as_ms = historical_features(
+        [{"user_id": "u1", "event_timestamp": ms}, {"user_id": "u1", "event_timestamp": ms + 0.25}],
+        ["user_activity:clicks_1h"],
+        False,
+        str(tmp_path),
+        10,
+    )
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    want = [(epoch + timedelta(milliseconds=ms, microseconds=us)).isoformat() for us in (0, 250)]
+    assert [r["event_timestamp"] for r in as_ms] == want
+    for bad in (1795169220, True):  # epoch seconds (1970 in ms), a boolean
+        with pytest.raises(RequestError) as err:
+            historical_features([{"user_id": "u1", "event_timestamp": bad}], ["user_activity"], False, "", 10)
+        assert err.value.status == 422 and "event_timestamp" in str(err.value)
