@@ -28,6 +28,9 @@ from fstore.core.plan import Plan
 from fstore.core.plan_json import fingerprint, from_dict, to_dict
 
 FILE_NAME = "fstore_applied.json"
+#: What is left to free of a kept view: (view, hop µs, measure, state) — the whole tile series when the state is
+#: ``""``, else only that state's fields (:data:`fstore.core.plan_diff.APART`).
+Unfreed = tuple[str, int, str, str]
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,7 @@ class AppliedPlan:
     pending: tuple[str, ...] = ()
     building: tuple[str, ...] = field(default=())  # views whose tiles the pending features wait for
     unfreed_views: tuple[str, ...] = ()  # removed views whose Redis keys are not freed yet
-    unfreed_series: tuple[tuple[str, int, str], ...] = ()  # removed tile series (view, hop µs, measure) ditto
+    unfreed_series: tuple[Unfreed, ...] = ()  # removed tile series and shed states of kept views, ditto
 
     @property
     def unfreed(self) -> bool:
@@ -63,7 +66,9 @@ class AppliedPlan:
             "pending": list(self.pending),
             "building": list(self.building),
             "unfreed_views": list(self.unfreed_views),
-            "unfreed_series": [list(sr) for sr in self.unfreed_series],
+            # a shed state apart, so a reader of the three-element form (an older fstore) still reads the record
+            "unfreed_series": [list(sr[:3]) for sr in self.unfreed_series if not sr[3]],
+            "unfreed_states": [list(sr) for sr in self.unfreed_series if sr[3]],
             "plan": to_dict(self.plan),
         }
 
@@ -76,7 +81,12 @@ class AppliedPlan:
             tuple(str(r) for r in data.get("pending", ())),
             tuple(str(v) for v in data.get("building", ())),
             tuple(str(v) for v in data.get("unfreed_views", ())),
-            tuple((str(v), int(h), str(m)) for v, h, m in data.get("unfreed_series", ())),
+            tuple(
+                sorted(
+                    [(str(v), int(h), str(m), "") for v, h, m in data.get("unfreed_series", ())]
+                    + [(str(v), int(h), str(m), str(st)) for v, h, m, st in data.get("unfreed_states", ())]
+                )
+            ),
         )
 
     def without_pending(self, views: set[str]) -> AppliedPlan:

@@ -60,12 +60,14 @@ def describe(old: applied.AppliedPlan | None, root: Path, change: PlanChange, sa
         say(f"left to free by the last apply: {show_unfreed(old)} (this apply frees it first)")
 
 
-def removed(old: Plan, new: Plan, change: PlanChange) -> tuple[tuple[str, ...], tuple[tuple[str, int, str], ...]]:
-    """The views ``new`` removed, and the tile series (view, hop µs, measure) it removed from kept views."""
+def removed(old: Plan, new: Plan, change: PlanChange) -> tuple[tuple[str, ...], tuple[applied.Unfreed, ...]]:
+    """The views ``new`` removed, and what it removed from kept views: tile series (view, hop µs, measure, "")
+    and states kept series shed (view, hop µs, measure, state)."""
     kept = {v.name for v in new.views}
     views = tuple(sorted({v.name for v in old.views} - kept))
-    series = tuple(sorted({(sr.view, sr.hop, sr.measure) for sr in change.free if sr.view in kept}))
-    return views, series
+    whole = {(sr.view, sr.hop, sr.measure, "") for sr in change.free if sr.view in kept}
+    shed = {(sr.view, sr.hop, sr.measure, str(state)) for sr, state in change.shed}
+    return views, tuple(sorted(whole | shed))
 
 
 def show_unfreed(record: applied.AppliedPlan) -> str:
@@ -204,9 +206,9 @@ class Applying:
         try:
             wait_following(self.client, fp, timeout, waiting)
             freed = free_views(self.client, rec.unfreed_views)
-            by_view: dict[str, list[tuple[int, str]]] = {}
-            for view, hop, measure in rec.unfreed_series:
-                by_view.setdefault(view, []).append((hop, measure))
+            by_view: dict[str, list[tuple[int, str, str]]] = {}
+            for view, hop, measure, state in rec.unfreed_series:
+                by_view.setdefault(view, []).append((hop, measure, state))
             fields = sum(free_series(self.client, v, series).fields for v, series in by_view.items())
         except Exception as exc:  # a worker behind, or Redis failed: the record keeps what is left
             state = (

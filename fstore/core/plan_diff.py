@@ -14,6 +14,8 @@ with those of a new one says, without looking at any data:
   not to the plan's longest window, so a 6 h count on the tiles of a 1 h one (both 5-minute tiles)
   would miss five hours before the cutover. They need a backfill.
 * ``free``: series no feature reads any more; their keys can go.
+* ``shed``: states a kept series no longer keeps — the m2 of its last std/var, the distinct members of its
+  last count_distinct — stored apart from the count/sum/min/max every tile holds, so they can go too.
 * ``pending``: the features whose own needs the existing tiles do not meet (and ratios of them) —
   refused until the backfill has run, never served undercounted. A feature the tiles already serve stays
   served while its series is rebuilt for another one; a renamed feature on unchanged tiles is ready at
@@ -27,6 +29,9 @@ from dataclasses import dataclass
 
 from fstore.core.functions import State
 from fstore.core.plan import Plan, RatioFeature, View, WindowedFeature
+
+#: States a tile keeps apart from the count, sum, min and max that every tile holds (freed when shed).
+APART = frozenset({State.M2, State.DISTINCT, State.SKETCH})
 
 
 @dataclass(frozen=True)
@@ -95,16 +100,18 @@ class PlanChange:
     build: tuple[Series, ...]
     free: tuple[Series, ...]
     pending: tuple[str, ...]
+    shed: tuple[tuple[Series, State], ...] = ()
 
     @property
     def empty(self) -> bool:
         """Nothing to do."""
-        return not (self.added or self.removed or self.changed or self.build or self.free)
+        return not (self.added or self.removed or self.changed or self.build or self.free or self.shed)
 
     def lines(self) -> list[str]:
         """A readable summary, one line per item (what ``fstore backfill`` and ``apply`` print)."""
         out = [f"+ {r}" for r in self.added] + [f"- {r}" for r in self.removed] + [f"~ {r}" for r in self.changed]
         out += [f"build {_show(s)}" for s in self.build] + [f"free {_show(s)}" for s in self.free]
+        out += [f"free {_show(s)}: {state}" for s, state in self.shed]
         out += [f"refused until built: {r}" for r in self.pending]
         return out
 
@@ -140,6 +147,7 @@ def diff(old: Plan | None, new: Plan) -> PlanChange:
 
     build = [s for s in want.values() if not ready(s)]
     free = [s for k, s in have.items() if k not in want]
+    shed = [(s, st) for k, s in want.items() if k in have for st in State if st in (have[k].states - s.states) & APART]
     pending: list[str] = []
     for view in new.views:
         blocked = {f.name for f in view.windowed if not ready(_series(view, f))}
@@ -153,6 +161,7 @@ def diff(old: Plan | None, new: Plan) -> PlanChange:
         build=tuple(sorted(build, key=lambda s: s.key)),
         free=tuple(sorted(free, key=lambda s: s.key)),
         pending=tuple(pending),
+        shed=tuple(sorted(shed, key=lambda p: (p[0].key, p[1]))),
     )
 
 

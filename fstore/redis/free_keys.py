@@ -2,8 +2,9 @@
 
 When an applied change removes a view, every key of the view goes (tiles of both layers, markers); when
 it removes a tile series — one measure's tiles of one size — its fields go from every tile hash of the
-view (statistics, distinct members). Keys are found with ``SCAN`` (every primary on a Redis Cluster) by
-the view's hash-tag prefix (:func:`fstore.redis.layout.entity_tag`), never with ``KEYS``.
+view (statistics, distinct members); when a kept series sheds a state (its last std/var, its last
+count_distinct), that state's fields go (m2, distinct members). Keys are found with ``SCAN`` (every
+primary on a Redis Cluster) by the view's hash-tag prefix (:func:`fstore.redis.layout.entity_tag`), never with ``KEYS``.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from dataclasses import dataclass
 
 from fstore.core.timeutil import SECOND
 from fstore.redis.connect import AdminClient
-from fstore.redis.layout import FUTURE_PREFIX, PREFIX
+from fstore.redis.layout import DISTINCT, FUTURE_PREFIX, M2_STAT, PREFIX
 
 BATCH = 500
+#: The field stat of each state kept apart (a sketch has no fields yet: nothing to free).
+_STATS = {"m2": M2_STAT, "distinct": DISTINCT}
 
 
 @dataclass
@@ -59,9 +62,13 @@ def _delete(client: AdminClient, keys: list[str]) -> int:
     return sum(int(n) for n in pipe.execute())
 
 
-def free_series(client: AdminClient, view: str, series: Iterable[tuple[int, str]]) -> Freed:
-    """Remove the fields of the tile series ``(hop µs, measure)`` of ``view`` from every tile hash."""
-    wanted = {(hop // SECOND, measure) for hop, measure in series}
+def free_series(client: AdminClient, view: str, series: Iterable[tuple[int, str, str]]) -> Freed:
+    """Remove from every tile hash of ``view`` the fields of the tile series ``(hop µs, measure, "")``, and of
+    the state ``(hop µs, measure, state)`` only."""
+    wanted: dict[tuple[int, str], set[str]] = {}
+    for hop, measure, state in series:
+        if not state or state in _STATS:
+            wanted.setdefault((hop // SECOND, measure), set()).add(_STATS.get(state, ""))
     out = Freed()
     if not wanted:
         return out
@@ -74,8 +81,9 @@ def free_series(client: AdminClient, view: str, series: Iterable[tuple[int, str]
             text = name.decode() if isinstance(name, bytes) else name
             if text.startswith(FUTURE_PREFIX):
                 continue  # a future event's field: other series read it too, and it expires with its hash
-            parts = text.split(":", 3)
-            if len(parts) >= 3 and parts[0].isdigit() and (int(parts[0]), parts[2]) in wanted:
+            parts = text.split(":", 4)  # size:start:measure[:stat[:member]]
+            stats = wanted.get((int(parts[0]), parts[2])) if len(parts) >= 3 and parts[0].isdigit() else None
+            if stats is not None and ("" in stats or (len(parts) > 3 and parts[3] in stats)):
                 doomed.append(text)
         for i in range(0, len(doomed), BATCH):
             out.fields += int(client.hdel(key, *doomed[i : i + BATCH]))

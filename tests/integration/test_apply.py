@@ -7,10 +7,12 @@ left for the next apply; a dead one blocks nothing)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -23,7 +25,7 @@ from fstore.core.plan_json import fingerprint
 from fstore.core.timeutil import HOUR, MINUTE, SECOND
 from fstore.devsvc.services import RedisServer
 from fstore.redis.hold import ACKS_KEY, HOLD_TTL_S
-from fstore.redis.layout import distinct_field, future_field, marker_key, speed_key
+from fstore.redis.layout import batch_key, distinct_field, future_field, marker_key, speed_key
 from fstore.redis.workers import WORKERS_KEY, registration
 from jobs.stream.control import Control
 from jobs.stream.settings import StreamSettings
@@ -153,6 +155,58 @@ def test_adding_a_feature_leaves_it_pending_and_removing_frees_its_state(
     record = applied.load(repo)
     assert record is not None and {v.name for v in record.plan.views} == {"driver_performance"}
     assert "driver_performance:fare_std_3h" in record.pending  # still waiting for its backfill
+
+
+def test_removing_the_only_std_or_count_distinct_of_a_kept_series_frees_that_state(
+    baseline: tuple[Path, dict[str, str]], redis_client: redis.Redis
+) -> None:
+    """Design §3: a removed feature's state is freed — also when its tile series stays for other features:
+    the m2 fields of the last std/var and the distinct members of the last count_distinct go (speed and
+    batch hashes), the statistics the kept features read stay."""
+    repo, env = baseline
+    hour, six_h = HOUR // SECOND, 6 * HOUR // SECOND
+    t = 1_790_000_000
+    h_start, six_start = t // hour * hour, t // six_h * six_h
+    s_key = speed_key("driver_performance", "d1", t * SECOND)
+    b_key = batch_key("driver_performance", "d1", "v1")
+    kept = {
+        f"{hour}:{h_start}:fare:c": "2",
+        f"{hour}:{h_start}:fare:s": "3.5",
+        f"{six_h}:{six_start}:rider_served:c": "1",
+    }
+    gone = {
+        f"{hour}:{h_start}:fare:v": "0.125",
+        distinct_field(6 * HOUR, six_start * SECOND, "rider_served", "r:1"): "1",
+    }
+    for key, fields in ((s_key, kept | gone), (b_key, {f"{hour}:{h_start}:fare": "2 3.5 1.5 2.0 0.125"} | gone)):
+        for name, value in fields.items():
+            redis_client.hset(key, name, value)
+    no_std = edit(
+        ('        Aggregation(column="fare", function="std", time_window=D2, name="fare_std_2d"),\n', ""),
+        ('        Aggregation(column="fare", function="var", time_window=D2, name="fare_var_2d"),\n', ""),
+        ('        Field(name="fare_std_2d", dtype=Float64, description="Sample standard deviation (n - 1)"),\n', ""),
+        ('        Field(name="fare_var_2d", dtype=Float64, description="Sample variance (n - 1)"),\n', ""),
+        ('function="count_distinct",\n            time_window=D30', 'function="count",\n            time_window=D30'),
+    )
+    (repo / "features.py").write_text(no_std)
+    code, out = run("plan", "--repo", str(repo), env=env)
+    assert code == 0 and "free driver_performance/fare every 3600s: m2" in out, out
+    assert "free driver_performance/rider_served every 21600s: distinct" in out, out
+    code, out = run("apply", "--repo", str(repo), "--skip-feast", env=env)
+    assert code == 0, out
+    assert not applied.load(repo).unfreed  # type: ignore[union-attr]
+    assert _fields(redis_client, s_key) == set(kept), out
+    assert _fields(redis_client, b_key) == {f"{hour}:{h_start}:fare"}, out
+    record = applied.load(repo)
+    assert record is not None  # what a NOT FREED apply leaves survives the record's round trip
+    left_over = replace(
+        record, unfreed_series=(("driver_performance", HOUR, "fare", "m2"), ("x", HOUR, "trip", ""))
+    )  # sorted
+    assert applied.AppliedPlan.from_dict(json.loads(json.dumps(left_over.to_dict()))) == left_over
+
+
+def _fields(client: redis.Redis, key: str) -> set[str]:
+    return {k.decode() if isinstance(k, bytes) else k for k in client.hkeys(key)}
 
 
 # A running stream worker follows the applied record about a second late and, until then, writes the

@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 
 from fstore.core.expr_parse import parse_measure
-from fstore.core.functions import Function
+from fstore.core.functions import Function, State
 from fstore.core.plan import Measure, Plan, RatioFeature, View, WindowedFeature
 from fstore.core.plan_diff import diff, series_of
 from fstore.core.plan_error import PlanError
@@ -153,6 +153,15 @@ def test_removing_the_last_reader_frees_the_series_and_a_rename_is_served_at_onc
         (),
         (),
     )
+
+
+def test_removing_the_last_std_sheds_the_m2_of_a_series_other_features_keep() -> None:
+    old = compiled("rides")
+    assert not diff(old, edit(old, "driver_performance", drop=("fare_std_2d",))).shed  # fare_var_2d needs m2 too
+    change = diff(old, edit(old, "driver_performance", drop=("fare_std_2d", "fare_var_2d")))
+    assert [(s.measure, s.hop, state) for s, state in change.shed] == [("fare", HOUR, State.M2)]
+    assert not change.free and not change.build and not change.pending and not change.empty
+    assert "free driver_performance/fare every 3600s: m2" in change.lines()
 
 
 def test_summary_lines_name_every_item() -> None:
