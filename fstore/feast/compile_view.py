@@ -36,6 +36,10 @@ from fstore.feast.problems import Problems, fstore_tags
 FUNCTIONS = {f.value: f for f in Function} | {"avg": Function.MEAN, "stddev": Function.STD, "variance": Function.VAR}
 _US = timedelta(microseconds=1)
 _RATIO = re.compile(r"\s*(\w+)\s*/\s*(\w+)\s*")
+#: What a view, measure or feature may be named: it names Delta columns and tables (where a space or comma fails
+#: the batch job), Redis keys (a view's keys are found by the prefix ``fs:{<view>|``) and fields, and the API's
+#: comma-separated ``view:feature`` references.
+_NAME = re.compile(r"[A-Za-z0-9_]+")
 _DTYPES = {"int64": Int64, "float64": Float64}
 _DTYPE_NAMES = {"int64": "Int64", "float64": "Float64"}
 
@@ -93,6 +97,7 @@ class _ViewCompiler:
             self.add("udfs are not supported: declare measures as tags {'fstore.measure.<name>': 'VALUE if CONDITION'}")
         if sfv.tiling_hop_size is not None:
             self.add("tiling_hop_size is not used by fstore: declare the hop per Aggregation(slide_interval=...)")
+        self._name(sfv.name, "")
         entity = self._entity(entities)
         if sfv.timestamp_field != self.schema.timestamp_field:
             self.add(f"timestamp_field '{sfv.timestamp_field}' must be the source's '{self.schema.timestamp_field}'")
@@ -111,6 +116,17 @@ class _ViewCompiler:
         used = dict.fromkeys(f.measure for f in features if isinstance(f, WindowedFeature))  # first-use order
         return View(sfv.name, entity, tuple(self.used[m] for m in used), tuple(features), sfv.description)
 
+    def _name(self, name: str, at: str) -> bool:
+        """Whether ``name`` is a plain name (else it is reported)."""
+        if _NAME.fullmatch(name):
+            return True
+        self.add(
+            f"name {name!r} must be letters, digits and underscores (it names Delta columns, Redis keys and API "
+            "references)",
+            at,
+        )
+        return False
+
     def _entity(self, entities: dict[str, Entity | None]) -> Entity | None:
         names = [e for e in self.sfv.entities if e != "__dummy"]
         if len(names) != 1:
@@ -123,6 +139,9 @@ class _ViewCompiler:
 
     def _measures(self) -> None:
         for _, name, text in fstore_tags(self.sfv.tags, ("measure.",), self.where, self.problems):
+            if not self._name(name, f", measure '{name}'"):
+                self.bad.add(name)
+                continue
             try:
                 value, cond = parse_measure(text)
                 kind = check_measure(value, cond, self.columns)
@@ -136,6 +155,8 @@ class _ViewCompiler:
         name = agg.resolved_name(agg.time_window)
         at = f", aggregation '{name}'"
         self.bad.add(name)  # until it compiles
+        if not self._name(name, at):
+            return
         function = FUNCTIONS.get(agg.function.strip().lower())
         if function is None:
             self.add(f"function '{agg.function}' is not supported; use one of {', '.join(Function)}", at)
@@ -212,7 +233,7 @@ class _ViewCompiler:
     def _feature(self, field: Field, at: str) -> Feature | None:
         tags = {k: v for k, _, v in fstore_tags(field.tags, ("ratio", "sketch"), self.where + at, self.problems)}
         if "ratio" in tags:
-            return self._ratio(field, tags["ratio"], at)
+            return self._ratio(field, tags["ratio"], at) if self._name(field.name, at) else None
         if field.name in self.bad:
             return None
         if field.name not in self.windowed:

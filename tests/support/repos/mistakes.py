@@ -122,4 +122,24 @@ INVALID: dict[str, tuple[str, str]] = {
         "Field 'trips_2d': fstore.sketch applies to count_distinct only",
     ),
     "a file that does not import": (RIDES + "\nboom(\n", "features.py: cannot be imported: SyntaxError"),
+    # names end up in Delta columns and tables (a comma or space fails the batch job), Redis keys (a view's keys
+    # are found by the prefix "fs:{<view>|") and the API's comma-separated view:feature references
+    "feature name that is not a plain name": (
+        edit(
+            ('name="fare_mean_2d"),', 'name="fare,mean_2d"),'),
+            ('Field(name="fare_mean_2d"', 'Field(name="fare,mean_2d"'),
+        ),
+        "aggregation 'fare,mean_2d': name 'fare,mean_2d' must be letters, digits and underscores",
+    ),
+    "view name that is not a plain name": (
+        edit(('    name="zone_demand",', '    name="zone|demand",')),
+        "StreamFeatureView 'zone|demand': name 'zone|demand' must be letters, digits and underscores",
+    ),
+    "measure name that is not a plain name": (
+        edit(
+            ('"fstore.measure.cancellation":', '"fstore.measure.cancel lation":'),
+            ('column="cancellation"', 'column="cancel lation"'),
+        ),
+        "measure 'cancel lation': name 'cancel lation' must be letters, digits and underscores",
+    ),
 }
