@@ -115,7 +115,7 @@ class Applying:
         """
         self.root, self.new, self.say, self.warn, self.redis = root, new, say, warn, redis
         self.old = previous(root, warn)
-        self.change = diff(self.old.plan if self.old is not None else None, new)
+        self.change = diff(self.old.plan, new, self.old.pending) if self.old is not None else diff(None, new)
         self.views, self.series = removed(self.old.plan, new, self.change) if self.old is not None else ((), ())
         self.client: AdminClient | None = None
 

@@ -16,7 +16,8 @@ with those of a new one says, without looking at any data:
 * ``free``: series no feature reads any more; their keys can go.
 * ``shed``: states a kept series no longer keeps — the m2 of its last std/var, the distinct members of its
   last count_distinct — stored apart from the count/sum/min/max every tile holds, so they can go too.
-* ``pending``: the features whose own needs the existing tiles do not meet (and ratios of them) —
+* ``pending``: the features whose own needs the built tiles do not meet (and ratios of them) — the tiles
+  of the applied plan but what its own pending features wait for, which no backfill has built yet —
   refused until the backfill has run, never served undercounted. A feature the tiles already serve stays
   served while its series is rebuilt for another one; a renamed feature on unchanged tiles is ready at
   once.
@@ -25,6 +26,7 @@ with those of a new one says, without looking at any data:
 from __future__ import annotations
 
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from fstore.core.functions import State
@@ -62,11 +64,14 @@ class Series:
         )
 
 
-def series_of(plan: Plan) -> dict[tuple[str, str, int, str], Series]:
-    """Every tile series of ``plan``, by identity."""
+def series_of(plan: Plan, unbuilt: AbstractSet[str] = frozenset()) -> dict[tuple[str, str, int, str], Series]:
+    """Every tile series of ``plan``, by identity; without what only its ``unbuilt`` features (``view:feature``)
+    read."""
     out: dict[tuple[str, str, int, str], Series] = {}
     for view in plan.views:
         for f in view.windowed:
+            if f"{view.name}:{f.name}" in unbuilt:
+                continue
             s = _series(view, f)
             old = out.get(s.key)
             if old is not None:
@@ -75,12 +80,15 @@ def series_of(plan: Plan) -> dict[tuple[str, str, int, str], Series]:
     return out
 
 
-def coverage(plan: Plan) -> dict[tuple[str, int], int]:
+def coverage(plan: Plan, unbuilt: AbstractSet[str] = frozenset()) -> dict[tuple[str, int], int]:
     """How far back, in µs, the stored tiles of each (view, tile size) of ``plan`` reach: the longest window
-    of that size in the view (the batch view keeps a size's tiles from ``C − that window − size`` on)."""
+    of that size in the view (the batch view keeps a size's tiles from ``C − that window − size`` on), of its
+    features but the ``unbuilt`` ones."""
     out: dict[tuple[str, int], int] = {}
     for view in plan.views:
         for f in view.windowed:
+            if f"{view.name}:{f.name}" in unbuilt:
+                continue
             out[(view.name, f.hop)] = max(out.get((view.name, f.hop), 0), f.window)
     return out
 
@@ -135,15 +143,20 @@ def _definitions(plan: Plan | None) -> dict[str, object]:
     return out
 
 
-def diff(old: Plan | None, new: Plan) -> PlanChange:
-    """What applying ``new`` over ``old`` (``None``: nothing applied yet) needs."""
+def diff(old: Plan | None, new: Plan, unbuilt: Iterable[str] = ()) -> PlanChange:
+    """What applying ``new`` over ``old`` (``None``: nothing applied yet) needs, ``old``'s ``unbuilt`` features
+    (``view:feature``, still pending) not built yet: what is ready is judged on the tiles built, not on the plan
+    applied (a var added while a std still waits for the m2 state waits too); what is freed, on every tile
+    written."""
     before, after = _definitions(old), _definitions(new)
+    skip = frozenset(unbuilt)
     have = series_of(old) if old is not None else {}
-    covered = coverage(old) if old is not None else {}
+    built = series_of(old, skip) if old is not None else {}
+    covered = coverage(old, skip) if old is not None else {}
     want = series_of(new)
 
     def ready(s: Series) -> bool:
-        return s.key in have and have[s.key].serves(s, covered.get((s.view, s.hop), 0))
+        return s.key in built and built[s.key].serves(s, covered.get((s.view, s.hop), 0))
 
     build = [s for s in want.values() if not ready(s)]
     free = [s for k, s in have.items() if k not in want]

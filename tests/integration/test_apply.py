@@ -157,6 +157,29 @@ def test_adding_a_feature_leaves_it_pending_and_removing_frees_its_state(
     assert "driver_performance:fare_std_3h" in record.pending  # still waiting for its backfill
 
 
+def test_a_feature_added_while_another_waits_for_its_backfill_waits_too(baseline: tuple[Path, dict[str, str]]) -> None:
+    """Design §3 (never an undercounted value): readiness is judged against the tiles that are built, not the
+    plan last applied — a var added after a std whose m2 state is still unbuilt reads the same missing state."""
+    repo, env = baseline
+    std = 'Aggregation(column="stars", function="std", time_window=D30, name="stars_std_30d"),'
+    var = 'Aggregation(column="stars", function="var", time_window=D30, name="stars_var_30d"),'
+    mean = 'Aggregation(column="stars", function="mean", time_window=D30, name="stars_mean_30d"),'
+    field = 'Field(name="stars_mean_30d", dtype=Float64),'
+    with_std = edit((mean, f"{mean} {std}"), (field, f'{field} Field(name="stars_std_30d", dtype=Float64),'))
+    (repo / "features.py").write_text(with_std)
+    assert run("apply", "--repo", str(repo), "--skip-feast", env=env)[0] == 0
+    assert applied.load(repo).pending == ("driver_performance:stars_std_30d",)  # type: ignore[union-attr]
+    with_var = with_std.replace(std, f"{std} {var}").replace(
+        field, f'{field} Field(name="stars_var_30d", dtype=Float64),'
+    )
+    (repo / "features.py").write_text(with_var)
+    code, out = run("apply", "--repo", str(repo), "--skip-feast", env=env)
+    assert code == 0 and "refused until built: driver_performance:stars_var_30d" in out, out
+    record = applied.load(repo)
+    assert record is not None
+    assert set(record.pending) == {"driver_performance:stars_std_30d", "driver_performance:stars_var_30d"}
+
+
 def test_removing_the_only_std_or_count_distinct_of_a_kept_series_frees_that_state(
     baseline: tuple[Path, dict[str, str]], redis_client: redis.Redis
 ) -> None:

@@ -164,6 +164,19 @@ def test_removing_the_last_std_sheds_the_m2_of_a_series_other_features_keep() ->
     assert "free driver_performance/fare every 3600s: m2" in change.lines()
 
 
+def test_what_a_pending_feature_waits_for_is_not_built_for_the_next_change() -> None:
+    old = compiled("rides")
+    std = WindowedFeature("stars_std_30d", "stars", Function.STD, 30 * DAY)
+    var = WindowedFeature("stars_var_30d", "stars", Function.VAR, 30 * DAY)
+    applied = edit(old, "driver_performance", add=(std,))
+    assert diff(old, applied).pending == ("driver_performance:stars_std_30d",)
+    both = edit(applied, "driver_performance", add=(var,))
+    assert diff(applied, both).pending == ()  # as if the std's m2 were built
+    change = diff(applied, both, unbuilt=("driver_performance:stars_std_30d",))
+    assert set(change.pending) == {"driver_performance:stars_std_30d", "driver_performance:stars_var_30d"}
+    assert not change.free and not change.shed
+
+
 def test_summary_lines_name_every_item() -> None:
     old = compiled("rides")
     ratio = RatioFeature("airport_share_2d", "airport_trips_2d", "trips_2d")
