@@ -37,6 +37,7 @@ from feast.repo_config import FeastConfigBaseModel, RepoConfig
 
 from fstore.core import pit
 from fstore.feast.compile import plan_of
+from fstore.feast.config_value import unset
 from fstore.offline import local as offline
 
 
@@ -45,7 +46,8 @@ class FstoreOfflineStoreConfig(FeastConfigBaseModel):
 
     type: Literal["fstore.feast.offline_store.FstoreOfflineStore"] = "fstore.feast.offline_store.FstoreOfflineStore"
     data_dir: str | None = None
-    """Root of the Delta tables; relative paths are relative to the project (the repo's parent)."""
+    """Root of the Delta tables; relative paths are relative to the project (the repo's parent). Unset, empty or
+    an unexpanded ``${VAR}``: the fstore settings (``FSTORE_DATA_DIR``, read at each request)."""
     engine: Literal["local", "spark"] = "local"
 
 
@@ -53,7 +55,9 @@ def raw_events_uri(config: RepoConfig) -> str:
     """``raw_events`` location for a repo config (yaml ``data_dir``, else the fstore settings)."""
     store = config.offline_store
     data_dir = getattr(store, "data_dir", None)
-    if not data_dir:  # read now, not the process's cached settings: a notebook may change FSTORE_DATA_DIR
+    if data_dir is None or unset(
+        data_dir
+    ):  # read now, not the process's cached settings: a notebook may change FSTORE_DATA_DIR
         from fstore.settings import Settings, load_settings
 
         data_dir = load_settings(Settings).data_dir

@@ -57,6 +57,7 @@ from fstore.clock import Clock, wall_clock
 from fstore.core.plan import View
 from fstore.core.tile_state import Value
 from fstore.feast.compile import applied_of, compile_repo
+from fstore.feast.config_value import unset
 from fstore.online.reader import EntityRead, OnlineReader, ReadResult, SyncOnlineReader
 from fstore.redis.connect import async_client, sync_client
 
@@ -89,7 +90,7 @@ class FstoreOnlineStoreConfig(FeastConfigBaseModel):
 def redis_url_of(config: RepoConfig) -> str:
     """The Redis URL for a repo config (yaml ``redis_url``, else the fstore settings)."""
     url = getattr(config.online_store, "redis_url", None)
-    if not url or "${" in url or url.startswith("$"):
+    if url is None or unset(url):
         from fstore.settings import get_settings
 
         url = get_settings().redis_url
