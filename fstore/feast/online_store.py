@@ -21,7 +21,7 @@ both driving :class:`fstore.online.reader.ReadCore`, and keep its batch tile cac
 
 Writes: fstore's stream and batch jobs own the online view, and a Feast row holds *final* values while
 fstore stores *partial aggregates* in tiles, so there is nothing meaningful to write. ``online_write_batch``
-(``feast materialize``, ``write_to_online_store``, push sources) raises :class:`FstoreReadOnlyError`
+(``write_to_online_store``, push sources) raises :class:`FstoreReadOnlyError`
 instead of silently dropping data. ``update`` (``feast apply``) records the applied plan as ``fstore apply``
 does (its new features refused until ``fstore backfill``, the state of removed ones freed);
 ``teardown`` (``feast teardown``) is a no-op: it never deletes fstore keys.
@@ -71,6 +71,17 @@ class FeatureNotBuiltError(RuntimeError):
 
 class FstoreReadOnlyError(RuntimeError):
     """Raised by writes: fstore's stream and batch jobs own the online view."""
+
+
+def read_only(view: str) -> FstoreReadOnlyError:
+    """The refusal of a Feast write into ``view`` (``online_write_batch``; ``feast materialize``, refused by
+    :mod:`fstore.feast.batch_engine`), naming what writes it instead."""
+    return FstoreReadOnlyError(
+        f"the fstore online store is read-only: feature view '{view}' is written by fstore's "
+        "stream job (`fstore stream`, speed view) and batch job (`fstore batch`, batch view), which store "
+        "tile partial aggregates, not final values. Do not run `feast materialize` or push/write to the "
+        "online store; ingest events instead (`fstore ingest` / the `events` topic)."
+    )
 
 
 class FstoreOnlineStoreConfig(FeastConfigBaseModel):
@@ -243,12 +254,7 @@ class FstoreOnlineStore(OnlineStore):
         Raises:
             FstoreReadOnlyError: always, naming what to run instead.
         """
-        raise FstoreReadOnlyError(
-            f"the fstore online store is read-only: feature view '{table.name}' is written by fstore's "
-            "stream job (`fstore stream`, speed view) and batch job (`fstore batch`, batch view), which store "
-            "tile partial aggregates, not final values. Do not run `feast materialize` or push/write to the "
-            "online store; ingest events instead (`fstore ingest` / the `events` topic)."
-        )
+        raise read_only(table.name)
 
     async def online_write_batch_async(
         self,

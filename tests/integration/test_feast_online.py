@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +151,23 @@ def test_writes_are_refused_and_teardown_keeps_the_view(store: FeatureStore, red
     online = store._get_provider().online_store
     online.teardown(store.config, [store.get_stream_feature_view("user_activity")], [])
     assert redis_client.dbsize() == keys
+
+
+def test_materialize_is_refused_naming_what_fstore_runs_instead(store: FeatureStore, redis_client: redis.Redis) -> None:
+    """``feast materialize`` / ``materialize-incremental`` (what a Feast user tries first): Feast's own engine
+    failed on the views' time windows ("Time window aggregation is not supported in the local compute
+    engine"), saying nothing of fstore; the repository's batch engine refuses naming the jobs instead, and
+    the served state is untouched."""
+    load(redis_client, make_events(14, 300), "v1", C)
+    before = {k: redis_client.dump(k) for k in redis_client.scan_iter()}
+    end = datetime.fromtimestamp(AS_OF / 1e6, tz=UTC)
+    with pytest.raises(
+        FstoreReadOnlyError, match=r"feature view '(user_activity|product_engagement)'.*fstore stream.*fstore batch"
+    ):
+        store.materialize(end - timedelta(days=1), end)
+    with pytest.raises(FstoreReadOnlyError, match="fstore stream"):
+        store.materialize_incremental(end, feature_views=["product_engagement"])
+    assert {k: redis_client.dump(k) for k in redis_client.scan_iter()} == before
 
 
 def test_unreachable_redis_fails_fast(feast_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
