@@ -39,6 +39,7 @@ import sys
 import weakref
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -60,6 +61,7 @@ from fstore.feast.compile import applied_of, compile_repo
 from fstore.feast.config_value import unset
 from fstore.online.reader import EntityRead, OnlineReader, ReadResult, SyncOnlineReader
 from fstore.redis.connect import async_client, sync_client
+from fstore.settings import SERVICES_ENV, Settings, get_settings, load_settings
 
 ReadRow = tuple[datetime | None, dict[str, ValueProto] | None]
 
@@ -98,13 +100,36 @@ class FstoreOnlineStoreConfig(FeastConfigBaseModel):
     """Redis connect/read timeout in milliseconds (an unreachable Redis fails fast, never hangs)."""
 
 
+def settings_of(config: RepoConfig) -> Settings:
+    """The fstore settings a repository's stores fall back to: the environment, then the project's
+    ``.fstore/services.env`` — the one beside the repository (its parent, where ``fstore services up`` ran),
+    whatever the working directory (``cd feature_repo && feast ...``, a notebook in a subfolder) — else the
+    working directory's, as every fstore command reads it."""
+    root = getattr(config, "repo_path", None)
+    if root:
+        env = Path(root).resolve().parent / SERVICES_ENV
+        try:
+            changed = env.stat().st_mtime_ns
+        except OSError:
+            return get_settings()
+        return _settings_from(str(env), changed, tuple(os.environ.get(v) for v in _READ_VARS))
+    return get_settings()
+
+
+_READ_VARS = ("FSTORE_REDIS_URL", "FSTORE_REDIS_CLUSTER")  # what the stores read: the environment wins
+
+
+@lru_cache(maxsize=8)
+def _settings_from(env_file: str, changed: int, environment: tuple[str | None, ...]) -> Settings:
+    """Settings with ``env_file`` (cached per version of the file and of :data:`_READ_VARS`: reads stay cheap)."""
+    return load_settings(Settings, _env_file=env_file)
+
+
 def redis_url_of(config: RepoConfig) -> str:
-    """The Redis URL for a repo config (yaml ``redis_url``, else the fstore settings)."""
+    """The Redis URL for a repo config (yaml ``redis_url``, else the fstore settings: :func:`settings_of`)."""
     url = getattr(config.online_store, "redis_url", None)
     if url is None or unset(url):
-        from fstore.settings import get_settings
-
-        url = get_settings().redis_url
+        url = settings_of(config).redis_url
     return url
 
 
@@ -112,9 +137,7 @@ def cluster_of(config: RepoConfig) -> bool:
     """Whether the online views are on a Redis Cluster (yaml ``redis_cluster``, else ``FSTORE_REDIS_CLUSTER``)."""
     flag = getattr(config.online_store, "redis_cluster", None)
     if flag is None:
-        from fstore.settings import get_settings
-
-        return get_settings().redis_cluster
+        return settings_of(config).redis_cluster
     return bool(flag)
 
 

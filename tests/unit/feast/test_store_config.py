@@ -42,3 +42,24 @@ def test_an_unset_variable_falls_back_to_the_fstore_settings(tmp_path: Path, mon
     monkeypatch.setenv("FSTORE_DATA_DIR", str(tmp_path / "lake"))  # set later, in the notebook: read now
     assert raw_events_uri(config) == str(tmp_path / "lake" / "raw_events")
     assert "${" not in redis_url_of(config)
+
+
+def test_the_projects_services_env_is_read_whatever_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``fstore services up`` (in the project root) writes ``.fstore/services.env``; ``cd feature_repo && feast
+    get-online-features ...`` (README) or a notebook in ``notebooks/`` then read Redis at the default
+    127.0.0.1:6379 instead — refused, or another Redis answering with the values of no events."""
+    for var in ("FSTORE_DATA_DIR", "FSTORE_REDIS_URL", "FSTORE_REDIS_CLUSTER"):
+        monkeypatch.delenv(var, raising=False)
+    repo = tmp_path / "feature_repo"
+    repo.mkdir()
+    (repo / "feature_store.yaml").write_text(YAML)
+    (tmp_path / ".fstore").mkdir()
+    (tmp_path / ".fstore" / "services.env").write_text("FSTORE_REDIS_URL=redis://127.0.0.1:1234/0\n")
+    config = load_repo_config(repo, repo / "feature_store.yaml")
+    for cwd in (repo, tmp_path):
+        monkeypatch.chdir(cwd)
+        assert redis_url_of(config) == "redis://127.0.0.1:1234/0"
+    monkeypatch.setenv("FSTORE_REDIS_URL", "redis://127.0.0.1:4321/0")  # the environment still wins
+    assert redis_url_of(config) == "redis://127.0.0.1:4321/0"
