@@ -124,6 +124,8 @@ def to_utc(series: pd.Series) -> pd.Series:
     would read a naive value after one with an offset in that offset.
 
     A number is refused: it has no unit (pandas would read epoch milliseconds as nanoseconds, in 1970).
+    Instants outside pandas' nanosecond range (1677–2262) are read value by value in microseconds, as a
+    ``datetime64[us]`` column holds them.
 
     Raises:
         ValueError, TypeError: a value that is not a timestamp.
@@ -133,7 +135,27 @@ def to_utc(series: pd.Series) -> pd.Series:
     number = next((v for v in series if isinstance(v, int | float | np.number) and not pd.isna(v)), None)
     if number is not None:
         raise TypeError(f"{number!r} is a number, not a timestamp: give datetimes or ISO-8601 text (naive = UTC)")
-    return pd.to_datetime(series, utc=True, format="mixed")
+    try:
+        return pd.to_datetime(series, utc=True, format="mixed")
+    except pd.errors.OutOfBoundsDatetime:
+        return pd.Series([_utc_us(v) for v in series], index=series.index, name=series.name, dtype=_UTC_US)
+
+
+_UTC_US = "datetime64[us, UTC]"
+
+
+def _utc_us(value: object) -> pd.Timestamp:
+    """One timestamp (text or object, naive = UTC) in UTC microseconds, whatever its year (1–9999)."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return pd.NaT
+    try:
+        t = pd.Timestamp(value)
+        t = (t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")).as_unit("us")
+    except (ValueError, OverflowError) as exc:
+        raise ValueError(f"{value!r} is not a timestamp between years 1 and 9999 ({exc})") from None
+    if not 1 <= t.year <= 9999:  # year 0 in UTC (an offset before 0001-01-01): pandas would wrap it silently
+        raise ValueError(f"{value!r} is not a timestamp between years 1 and 9999 UTC")
+    return t
 
 
 def _column(frame: pd.DataFrame | pa.Table, name: str) -> pa.Array:

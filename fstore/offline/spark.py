@@ -119,7 +119,7 @@ def read_events(
     except Exception:  # no table yet: nothing happened
         return spark.createDataFrame([], ddl)
     if has_delta_spark(spark):
-        day_lo, day_hi = (F.lit(d.isoformat()).cast("date") for d in days)  # a date literal: "1-01-01" in year 1
+        day_lo, day_hi = (F.lit(d.isoformat()).cast("date") for d in days)  # ISO text: pyspark renders year 1 '1-01-01'
         copies = spark.read.format("delta").load(raw_uri).where(F.col("event_date").between(day_lo, day_hi))
     else:
         files = table.file_uris(

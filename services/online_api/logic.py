@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import timedelta
 from typing import Any
 
 from fstore.applied import not_built
+from fstore.core.events import Rejection, event_time_of
 from fstore.core.plan import Feature, Plan, View
-from fstore.core.timeutil import SECOND
+from fstore.core.timeutil import EPOCH, SECOND
 from fstore.online.ports import FeatureReader
 from fstore.online.reader import EntityRead, Snapshot, iso_cached
 from fstore.plan_source import current_plan, follow, pending
@@ -185,17 +187,14 @@ def one_entity(body: dict[str, Any]) -> dict[str, Any]:
 def _epoch_ms(value: Any) -> Any:
     """A JSON number in ``event_timestamp`` read as an event's time is (design §2: epoch milliseconds, the
     same bounds); anything else unchanged. Raises ValueError naming a number out of range."""
-    import pandas as pd
-
-    from fstore.core.events import Rejection, event_time_of
-    from fstore.core.pit import TIMESTAMP_COLUMN
-
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if value.__class__ is str or isinstance(value, bool) or not isinstance(value, int | float):
         return value
-    us = event_time_of(value, TIMESTAMP_COLUMN)
+    if value != value:  # NaN: JSON has none, so a row without the key (the null check names it)
+        return None
+    us = event_time_of(value, "event_timestamp")
     if isinstance(us, Rejection):
         raise ValueError(f"{value!r} is not a timestamp in epoch milliseconds ({us.reason})")
-    return pd.Timestamp(us, unit="us", tz="UTC")
+    return EPOCH + timedelta(microseconds=us)  # a datetime: years past 2262 too (pandas' ns end there)
 
 
 def historical_features(

@@ -343,6 +343,23 @@ def test_text_timestamps_are_read_one_by_one() -> None:
         pit.to_utc(pd.Series(["2026-11-21T10:00:00", "yesterday"]))
 
 
+def test_text_timestamps_outside_the_nanosecond_range_are_read_in_microseconds() -> None:
+    """Years 1–9999 as text or objects, as a ``datetime64[us]`` column holds them (pandas' nanoseconds end in
+    1677 and 2262); an offset that puts the instant before year 1 in UTC is refused, not wrapped."""
+    text = pd.Series(["2300-01-01", "9999-12-31T00:00:00Z", "0001-01-02T03:00:00+02:00", None, datetime(2500, 1, 1)])
+    want = [
+        datetime(2300, 1, 1, tzinfo=UTC),
+        datetime(9999, 12, 31, tzinfo=UTC),
+        datetime(1, 1, 2, 1, tzinfo=UTC),
+        None,
+        datetime(2500, 1, 1, tzinfo=UTC),
+    ]
+    got = pit.to_utc(text)
+    assert [None if pd.isna(t) else t.to_pydatetime() for t in got] == want
+    with pytest.raises(ValueError, match="0001-01-01T00:00:00"):
+        pit.to_utc(pd.Series(["2300-01-01", "0001-01-01T00:00:00+05:00"]))
+
+
 @pytest.mark.parametrize(
     "values",
     [[1795169220000], [1.7951692e9], ["2026-11-21T10:00:00Z", 1795169220000], [None, 1795169220000], [True]],

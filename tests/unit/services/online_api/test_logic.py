@@ -103,6 +103,11 @@ def test_historical_features_return_the_input_columns_unchanged(tmp_path: object
     epoch = datetime(1970, 1, 1, tzinfo=UTC)
     want = [(epoch + timedelta(milliseconds=ms, microseconds=us)).isoformat() for us in (0, 250)]
     assert [r["event_timestamp"] for r in as_ms] == want
+    late = [{"user_id": "u1", "event_timestamp": 253402214399000}]
+    last = historical_features(late, ["user_activity:clicks_1h"], False, "", 10)
+    assert last[0]["event_timestamp"] == datetime(9999, 12, 30, 23, 59, 59, tzinfo=UTC).isoformat()  # §2's bound
+    with pytest.raises(RequestError, match="null"):  # a row without the key: named as a null, not a number
+        historical_features([late[0], {"user_id": "u2"}], ["user_activity"], False, "", 10)
     for bad in (1795169220, True):  # epoch seconds (1970 in ms), a boolean
         with pytest.raises(RequestError) as err:
             historical_features([{"user_id": "u1", "event_timestamp": bad}], ["user_activity"], False, "", 10)
