@@ -20,12 +20,15 @@ from fstore.core.windows import tile_bounds
 
 _COUNTS = (Function.COUNT, Function.COUNT_DISTINCT)
 
+#: The snapshot's time column (no feature may be named like it, nor like the join key, up to case).
+SNAPSHOT_TIME = "event_timestamp"
+
 
 def snapshot_schema(view: View) -> pa.Schema:
     """Arrow schema of a feature snapshot: ``event_timestamp`` (int64 µs), the join key, every feature
     (counts int64 and never null, everything else float64)."""
     fields = [
-        pa.field("event_timestamp", pa.int64(), nullable=False),
+        pa.field(SNAPSHOT_TIME, pa.int64(), nullable=False),
         pa.field(view.entity.join_key, pa.string(), nullable=False),
     ]
     for f in view.features:

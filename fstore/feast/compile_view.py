@@ -30,6 +30,7 @@ from fstore.core.expr_check import check_measure
 from fstore.core.expr_parse import parse_measure
 from fstore.core.functions import SKETCHES, Function
 from fstore.core.plan import Entity, Feature, Measure, RatioFeature, View, WindowedFeature
+from fstore.core.view_snapshot import SNAPSHOT_TIME
 from fstore.core.window_limits import window_problem
 from fstore.feast.problems import Problems, fstore_tags
 
@@ -39,7 +40,7 @@ _RATIO = re.compile(r"\s*(\w+)\s*/\s*(\w+)\s*")
 #: What a view, measure or feature may be named: it names Delta columns and tables (where a space or comma fails
 #: the batch job), Redis keys (a view's keys are found by the prefix ``fs:{<view>|``) and fields, and the API's
 #: comma-separated ``view:feature`` references.
-_NAME = re.compile(r"[A-Za-z0-9_]+")
+_NAME = re.compile(r"[A-Za-z0-9_-]+")
 _DTYPES = {"int64": Int64, "float64": Float64}
 _DTYPE_NAMES = {"int64": "Int64", "float64": "Float64"}
 
@@ -109,6 +110,7 @@ class _ViewCompiler:
         features = self._features()
         for name in self.declared.keys() - {agg.column for agg in sfv.aggregations}:
             self.add(f"measure '{name}' is declared but no aggregation uses it: use it or remove the tag")
+        self._columns_apart(features, entity)
         if len(self.problems.items) > before or entity is None:
             return None
         if not field_order:
@@ -116,13 +118,26 @@ class _ViewCompiler:
         used = dict.fromkeys(f.measure for f in features if isinstance(f, WindowedFeature))  # first-use order
         return View(sfv.name, entity, tuple(self.used[m] for m in used), tuple(features), sfv.description)
 
+    def _columns_apart(self, features: list[Feature], entity: Entity | None) -> None:
+        """Report features whose names are another column of the view's snapshot up to case (Delta column names are
+        case-insensitive: ``Fare_3h`` beside ``fare_3h`` would fail every batch run), or its time column."""
+        seen = {SNAPSHOT_TIME.casefold(): f"the time column '{SNAPSHOT_TIME}'"}
+        if entity is not None:
+            seen[entity.join_key.casefold()] = f"the entity key '{entity.join_key}'"
+        for f in features:
+            key = f.name.casefold()
+            if key in seen:
+                self.add(f"feature '{f.name}' is one column with {seen[key]} in the feature snapshots: rename it")
+            else:
+                seen[key] = f"feature '{f.name}' (Delta column names are case-insensitive)"
+
     def _name(self, name: str, at: str) -> bool:
         """Whether ``name`` is a plain name (else it is reported)."""
         if _NAME.fullmatch(name):
             return True
         self.add(
-            f"name {name!r} must be letters, digits and underscores (it names Delta columns, Redis keys and API "
-            "references)",
+            f"name {name!r} must be letters, digits, underscores and hyphens (it names Delta columns, Redis keys "
+            "and API references)",
             at,
         )
         return False

@@ -129,17 +129,33 @@ INVALID: dict[str, tuple[str, str]] = {
             ('name="fare_mean_2d"),', 'name="fare,mean_2d"),'),
             ('Field(name="fare_mean_2d"', 'Field(name="fare,mean_2d"'),
         ),
-        "aggregation 'fare,mean_2d': name 'fare,mean_2d' must be letters, digits and underscores",
+        "aggregation 'fare,mean_2d': name 'fare,mean_2d' must be letters, digits, underscores and hyphens",
     ),
     "view name that is not a plain name": (
         edit(('    name="zone_demand",', '    name="zone|demand",')),
-        "StreamFeatureView 'zone|demand': name 'zone|demand' must be letters, digits and underscores",
+        "StreamFeatureView 'zone|demand': name 'zone|demand' must be letters, digits, underscores and hyphens",
+    ),
+    # Delta column names are case-insensitive: a feature named like another up to case (or like the join key,
+    # or the snapshots' time column) would fail every batch run
+    "feature names equal up to case": (
+        edit(
+            ('name="fare_mean_2d"),', 'name="Fare_3h"),'),
+            ('Field(name="fare_mean_2d"', 'Field(name="Fare_3h"'),
+        ),
+        "feature 'Fare_3h' is one column with feature 'fare_3h' (Delta column names are case-insensitive)",
+    ),
+    "feature named like the snapshots' time column": (
+        edit(
+            ('name="fare_mean_2d"),', 'name="event_timestamp"),'),
+            ('Field(name="fare_mean_2d"', 'Field(name="event_timestamp"'),
+        ),
+        "feature 'event_timestamp' is one column with the time column 'event_timestamp'",
     ),
     "measure name that is not a plain name": (
         edit(
             ('"fstore.measure.cancellation":', '"fstore.measure.cancel lation":'),
             ('column="cancellation"', 'column="cancel lation"'),
         ),
-        "measure 'cancel lation': name 'cancel lation' must be letters, digits and underscores",
+        "measure 'cancel lation': name 'cancel lation' must be letters, digits, underscores and hyphens",
     ),
 }
