@@ -177,6 +177,20 @@ def test_what_a_pending_feature_waits_for_is_not_built_for_the_next_change() -> 
     assert not change.free and not change.shed
 
 
+def test_a_window_a_pending_feature_would_cover_is_not_built_for_the_next_change() -> None:
+    """The window half of the same rule: the 5-minute request tiles reach back 3 h; a pending 6 h count would
+    make them reach 6 h once built, but until then a 5 h count added next must wait for its backfill too."""
+    old = compiled("rides")
+    six = WindowedFeature("requests_6h", "request", Function.COUNT, 6 * HOUR, 5 * MINUTE)
+    five = WindowedFeature("requests_5h", "request", Function.COUNT, 5 * HOUR, 5 * MINUTE)
+    applied = edit(old, "zone_demand", add=(six,))
+    assert diff(old, applied).pending == ("zone_demand:requests_6h",)
+    both = edit(applied, "zone_demand", add=(five,))
+    assert diff(applied, both).pending == ()  # as if the 6 h tiles were built
+    change = diff(applied, both, unbuilt=("zone_demand:requests_6h",))
+    assert set(change.pending) == {"zone_demand:requests_6h", "zone_demand:requests_5h"}
+
+
 def test_summary_lines_name_every_item() -> None:
     old = compiled("rides")
     ratio = RatioFeature("airport_share_2d", "airport_trips_2d", "trips_2d")
