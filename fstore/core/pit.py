@@ -132,7 +132,12 @@ def to_utc(series: pd.Series) -> pd.Series:
     """
     if pd.api.types.is_datetime64_any_dtype(series):
         return pd.to_datetime(series, utc=True)
-    number = next((v for v in series if isinstance(v, int | float | np.number) and not pd.isna(v)), None)
+    kind = pd.api.types.infer_dtype(series, skipna=True)  # in C: text columns skip the search below
+    number = (
+        None
+        if kind in ("string", "datetime", "datetime64", "date", "empty")
+        else next((v for v in series if isinstance(v, int | float | np.number) and not pd.isna(v)), None)
+    )
     if number is not None:
         raise TypeError(f"{number!r} is a number, not a timestamp: give datetimes or ISO-8601 text (naive = UTC)")
     try:
@@ -169,7 +174,10 @@ def _column(frame: pd.DataFrame | pa.Table, name: str) -> pa.Array:
                 series = to_utc(series)
             except (ValueError, TypeError) as exc:
                 raise PointInTimeError(f"column '{name}' is not a timestamp: {exc}") from None
-        return pa.Array.from_pandas(series)
+        try:
+            return pa.Array.from_pandas(series)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:  # e.g. numbers and text mixed
+            raise PointInTimeError(f"column '{name}' holds values of mixed or unsupported types: {exc}") from None
     return frame.column(name).combine_chunks()
 
 

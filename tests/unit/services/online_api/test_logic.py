@@ -108,6 +108,10 @@ def test_historical_features_return_the_input_columns_unchanged(tmp_path: object
     assert last[0]["event_timestamp"] == datetime(9999, 12, 30, 23, 59, 59, tzinfo=UTC).isoformat()  # §2's bound
     with pytest.raises(RequestError, match="null"):  # a row without the key: named as a null, not a number
         historical_features([late[0], {"user_id": "u2"}], ["user_activity"], False, "", 10)
+    for keys in ([5, "u2"], [2**64]):  # join keys Arrow cannot hold in one column: a 422 naming it, not a 500
+        with pytest.raises(RequestError) as err:
+            historical_features([{"user_id": k, "event_timestamp": ms} for k in keys], ["user_activity"], False, "", 10)
+        assert err.value.status == 422 and "user_id" in str(err.value)
     for bad in (1795169220, True):  # epoch seconds (1970 in ms), a boolean
         with pytest.raises(RequestError) as err:
             historical_features([{"user_id": "u1", "event_timestamp": bad}], ["user_activity"], False, "", 10)
