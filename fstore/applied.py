@@ -6,7 +6,8 @@ left **pending**: their tiles do not hold what they need yet (:func:`fstore.core
 API refuses them (409) until ``fstore backfill`` has built them. Every process runs from the applied plan
 (:mod:`fstore.plan_source`); a repository never applied runs from its source.
 
-The record also keeps what the apply has still to **free** in Redis (``unfreed_views``, ``unfreed_series``):
+The record also keeps what the apply has still to **free** in Redis (``unfreed_views``, ``unfreed_series``,
+``unfreed_states`` — the m2 or distinct fields a kept series sheds):
 ``fstore apply`` records the new plan first, waits for every live stream worker to run it, then frees the
 keys of what it removed and clears that list; when the workers do not follow in time (or Redis fails) the
 list stays, and the next ``fstore apply`` frees it first.
