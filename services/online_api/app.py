@@ -313,7 +313,10 @@ def create_app(settings: ApiSettings | None = None, clock: Clock = wall_clock) -
         features = [v for k, v in params if k == "features"]
         if not features:
             return receive
-        await answer(scope, send, [{k: v for k, v in params if k != "features"}], features, one=True)
+        row = {k: v for k, v in params if k != "features"}
+        if len(row) + len(features) != len(params):  # an entity key given twice: the route names it (422)
+            return receive
+        await answer(scope, send, [row], features, one=True)
         return None
 
     async def fast_post_features(scope: Scope, receive: Receive, send: Send) -> Receive | None:
@@ -369,6 +372,11 @@ def create_app(settings: ApiSettings | None = None, clock: Clock = wall_clock) -
         """Feature values of one entity row at `as_of` = now. The entity is given by the join keys of the
         feature repository's entities as query parameters, `?<join_key>=<id>` (one per view's entity)."""
         row = {k: v for k, v in request.query_params.items() if k != "features"}
+        twice = sorted(k for k in row if len(request.query_params.getlist(k)) > 1)
+        if twice:  # one entity per GET: which of the values was meant is not ours to guess
+            raise RequestError(
+                422, f"entity key(s) given more than once: {', '.join(twice)}; use POST /features for many"
+            )
         reader: OnlineReader = request.app.state.reader  # not a dependency: one less solving pass
         return json_response(
             served(one_entity(await read_features(reader, [row], features, cfg.api_max_entities, published.check)))

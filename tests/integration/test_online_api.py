@@ -84,6 +84,8 @@ def test_client_errors_name_the_problem(redis_client: redis.Redis, redis_server:
         assert r.status_code == 422 and "customer" in r.json()["detail"]
         r = client.get("/features", params={"product_id": "p1", "features": "user_activity"})
         assert r.status_code == 422 and "user_id" in r.json()["detail"]
+        r = client.get("/features", params=[("user_id", "u1"), ("user_id", "u2"), ("features", "user_activity")])
+        assert r.status_code == 422 and "user_id" in r.json()["detail"]  # which one was meant? not guessed
         r = client.post(
             "/features", json={"entities": [{"user_id": f"u{i}"} for i in range(4)], "features": ["user_activity"]}
         )
