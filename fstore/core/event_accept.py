@@ -142,11 +142,15 @@ def _test(f: EventField, v: str, i: int, is_id: bool, unique: bool, env: dict[st
     if t is FieldType.BOOL:
         return f"        if type({v}) is not bool:\n            return None"
     if t is FieldType.TIMESTAMP:
-        # Only ``YYYY-MM-DDThh:mm[:ss[.f]]Z`` or integer epoch ms in range: fromisoformat also takes text that
-        # is not ISO-8601 (``…T12:00:00.Z``, any separator, offsets with seconds), which EventCheck refuses.
+        # Only ``YYYY-MM-DDThh:mm:ss[.f]Z`` (or a week date) or integer epoch ms in range: fromisoformat also
+        # takes text that is not ISO-8601 (``…T12:00:00.Z``, any separator, offsets with seconds, a fourth
+        # ``:00``, anything after six digits of a fraction) and reads a fraction of an hour or a minute
+        # (``T12.5Z``, ``T12:30.5Z``) or three digits of seconds as seconds; EventCheck refuses all of them.
         return (
             f"        if type({v}) is str:\n"
-            f"            if {v}[10:11] != 'T' or {v}[-1:] != 'Z' or not '0' <= {v}[-2:-1] <= '9' or {v}[4:5] != '-':\n"
+            f"            if {v}[10:11] != 'T' or {v}[-1:] != 'Z' or not '0' <= {v}[-2:-1] <= '9' or {v}[4:5] != '-'"
+            f" or {v}[13:14] != ':' or {v}[16:17] != ':'"
+            f" or ({v}[19:-1] and not ({v}[19:20] in '.,' and {v}[20:-1].isdigit())):\n"
             f"                return None\n"
             f"            try:\n"
             f"                dt = fromisoformat({v})\n"
