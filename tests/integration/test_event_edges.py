@@ -41,12 +41,13 @@ Case = tuple[str, bytes | None, "str | dict[str, Any]"]
 
 def iso(us: int, offset_min: int = 0) -> str:
     tz = timezone(timedelta(minutes=offset_min))
-    return datetime.fromtimestamp(us / 1e6, UTC).astimezone(tz).isoformat()
+    return (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)).astimezone(tz).isoformat()
 
 
 def cases(now_us: int) -> list[Case]:
     """``(label, value, verdict)``: a reason, or the ``raw_events`` row (declared fields, event_time in µs)."""
     t = now_us - 3_600_000_000 - (now_us % 1_000_000)  # an hour ago, on a whole second
+    eve = now_us - now_us % 86_400_000_000 - 3_600_000_000  # 23:00 UTC yesterday: another date at +14:00
     base: dict[str, Any] = {
         "event_type": "purchase",
         "user_id": "edge-u",
@@ -69,6 +70,7 @@ def cases(now_us: int) -> list[Case]:
         # valid: times, defaults, ids, unknown fields, size
         ("iso +05:30", m("v-ist", event_time=iso(t, 330)), row("v-ist")),
         ("iso -08:00", m("v-pst", event_time=iso(t, -480)), row("v-pst")),
+        ("iso +14:00, the UTC day before", m("v-day", event_time=iso(eve, 840)), row("v-day", event_time=eve)),
         ("iso Z with µs", m("v-us", event_time=iso(t + 123_456)), row("v-us", event_time=t + 123_456)),
         ("epoch ms", m("v-ms", event_time=t // MS + 7), row("v-ms", event_time=t + 7 * MS)),
         ("quantity absent", m("v-q1", quantity=...), row("v-q1", quantity=1)),
@@ -161,10 +163,16 @@ def invalid_counters(port: int) -> Counter[str]:
 
 
 def stored_rows(uri: str) -> tuple[pa.Schema, dict[str, dict[str, Any]]]:
+    """The schema of ``raw_events`` and its rows by event_id (event_time in µs; every row's event_date is the
+    UTC date of its event_time)."""
     table = raw_log.read_table(uri)
     at = table.schema.get_field_index("event_time")
     table = table.set_column(at, "event_time", table.column(at).cast(pa.int64()))
-    return table.schema, {r["event_id"]: {k: r[k] for k in DECLARED} for r in table.to_pylist()}
+    rows = table.to_pylist()
+    assert [r["event_date"] for r in rows] == [
+        datetime.fromtimestamp(r["event_time"] // 1_000_000, UTC).date() for r in rows
+    ]
+    return table.schema, {r["event_id"]: {k: r[k] for k in DECLARED} for r in rows}
 
 
 def redis_contents(client: redis.Redis) -> bytes:
