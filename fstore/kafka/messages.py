@@ -43,10 +43,34 @@ def file_format(path: str | Path) -> str:
     raise MessageFileError(f"{path}: unknown message file format (use .jsonl or .parquet)")
 
 
+_VALUE_TYPES = (pa.types.is_binary, pa.types.is_large_binary, pa.types.is_string, pa.types.is_large_string)
+
+
+def parquet_file(path: str | Path) -> pq.ParquetFile:
+    """A Parquet message file, opened.
+
+    Raises:
+        MessageFileError: it has no ``value`` column of bytes or text.
+    """
+    pf = pq.ParquetFile(path)
+    names = pf.schema_arrow.names
+    kind = pf.schema_arrow.field("value").type if "value" in names else None
+    if kind is None or not any(ok(kind) for ok in _VALUE_TYPES):
+        raise MessageFileError(
+            f"{path}: a Parquet message file needs a column 'value' of binary or string (the message bytes); "
+            f"found {'no such column' if kind is None else kind}"
+        )
+    return pf
+
+
 def count_messages(path: str | Path) -> int:
-    """Number of messages in a file (cheap for Parquet: read from the footer)."""
+    """Number of messages in a file (cheap for Parquet: read from the footer).
+
+    Raises:
+        MessageFileError: not a message file (:func:`file_format`, :func:`parquet_file`).
+    """
     if file_format(path) == "parquet":
-        return int(pq.ParquetFile(path).metadata.num_rows)
+        return int(parquet_file(path).metadata.num_rows)
     with open(path, "rb") as fh:
         return sum(1 for line in fh if line.strip())
 
@@ -58,17 +82,10 @@ def iter_batches(path: str | Path, batch_size: int = 100_000) -> Iterator[list[b
     see :func:`parquet_values`.
 
     Raises:
-        MessageFileError: a Parquet file without a ``value`` column of bytes or text (before any batch).
+        MessageFileError: not a message file (before any batch).
     """
     if file_format(path) == "parquet":
-        pf = pq.ParquetFile(path)
-        names = pf.schema_arrow.names
-        kind = pf.schema_arrow.field("value").type if "value" in names else None
-        if kind is None or not any(ok(kind) for ok in _VALUE_TYPES):
-            raise MessageFileError(
-                f"{path}: a Parquet message file needs a column 'value' of binary or string (the message bytes); "
-                f"found {'no such column' if kind is None else kind}"
-            )
+        pf = parquet_file(path)
         for rb in pf.iter_batches(batch_size=batch_size, columns=["value"]):
             yield parquet_values(rb.column(0))
         return
@@ -84,9 +101,6 @@ def iter_batches(path: str | Path, batch_size: int = 100_000) -> Iterator[list[b
                 batch = []
     if batch:
         yield batch
-
-
-_VALUE_TYPES = (pa.types.is_binary, pa.types.is_large_binary, pa.types.is_string, pa.types.is_large_string)
 
 
 def parquet_values(column: pa.Array) -> list[bytes]:
