@@ -7,7 +7,8 @@ anything it is unsure about — another field, free text to hash, a syntax error
 through :func:`fstore.core.events.parse_row` with orjson and the schema's
 :class:`~fstore.core.event_check.EventCheck`, which alone gives the verdict and the reason. The fast path
 only ever accepts what the check accepts for the same bytes, with the same row (the tests compare both
-paths on generated and mutated messages of two schemas).
+paths on generated and mutated messages of two schemas) — but for an integer too large for a double in an
+undeclared field, which msgspec reads and orjson refuses (docs/design.md §2, Status).
 """
 
 from __future__ import annotations

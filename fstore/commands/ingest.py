@@ -25,7 +25,7 @@ def ingest(files: tuple[str, ...], batch_size: int, as_json: bool) -> None:
     from tqdm import tqdm
 
     from fstore.ingest import Ingestor
-    from fstore.kafka.messages import count_messages
+    from fstore.kafka.messages import MessageFileError, count_messages
     from fstore.settings import get_settings
 
     settings = get_settings()
@@ -35,15 +35,18 @@ def ingest(files: tuple[str, ...], batch_size: int, as_json: bool) -> None:
         keep_unparseable=settings.dead_letter_keep_unparseable,
     )
     for path in files:
-        with tqdm(
-            total=count_messages(path),
-            unit="msg",
-            unit_scale=True,
-            desc=f"ingest {path}",
-            file=sys.stderr,
-            disable=None,
-        ) as bar:
-            report = ingestor.ingest_file(path, batch_size, progress=bar.update)
+        try:  # a file that is not a message file is found before its first batch: nothing of it is written
+            with tqdm(
+                total=count_messages(path),
+                unit="msg",
+                unit_scale=True,
+                desc=f"ingest {path}",
+                file=sys.stderr,
+                disable=None,
+            ) as bar:
+                report = ingestor.ingest_file(path, batch_size, progress=bar.update)
+        except MessageFileError as exc:
+            raise click.ClickException(str(exc)) from None
         s = report.summary()
         if as_json:
             click.echo(json.dumps(s))

@@ -17,6 +17,7 @@ events of two schemas.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Collection, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
@@ -33,6 +34,9 @@ Accept = Callable[[Any, int], Row | None]
 _fromisoformat = datetime.fromisoformat
 _ONE_US = timedelta(microseconds=1)
 _MAX_MS = MAX_MICROS // 1000
+#: The ISO-8601 shape the fast path parses with ``datetime.fromisoformat`` (ASCII digits, ``T``, seconds,
+#: ``Z``); other shapes, valid or not, go to the generic check (:data:`fstore.core.timeutil.ISO_8601`).
+_FAST_ISO = re.compile(r"[0-9]{4}-(?:[0-9]{2}-[0-9]{2}|W[0-9]{2}-[0-9])T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:[.,][0-9]+)?Z")
 
 
 def _cond(node: Expr, names: Mapping[str, str]) -> str | None:
@@ -97,6 +101,7 @@ def compile_accept(schema: EventSchema, entity_keys: Iterable[str] = ()) -> Acce
         "good_id": _good_id,
         "match_id": _match_id,
         "fromisoformat": _fromisoformat,
+        "fast_iso": _FAST_ISO.fullmatch,
         "EPOCH": EPOCH,
         "ONE_US": _ONE_US,
     }
@@ -142,17 +147,17 @@ def _test(f: EventField, v: str, i: int, is_id: bool, unique: bool, env: dict[st
     if t is FieldType.BOOL:
         return f"        if type({v}) is not bool:\n            return None"
     if t is FieldType.TIMESTAMP:
-        # Only ``YYYY-MM-DDThh:mm[:ss[.f]]Z`` or integer epoch ms in range: fromisoformat also takes text that
-        # is not ISO-8601 (``…T12:00:00.Z``, any separator, offsets with seconds), which EventCheck refuses.
+        # Only ``YYYY-MM-DDThh:mm:ss[.f]Z`` (or a week date, :data:`_FAST_ISO`) or integer epoch ms in range:
+        # fromisoformat also takes text that is not ISO-8601 (``…T12:00:00.Z``, any separator, offsets with
+        # seconds, a fourth ``:00``, anything after six digits of a fraction) and reads a fraction of an hour
+        # or a minute (``T12.5Z``, ``T12:30.5Z``) or three digits of seconds as seconds; EventCheck refuses
+        # all of them.
         return (
             f"        if type({v}) is str:\n"
-            f"            if {v}[10:11] != 'T' or {v}[-1:] != 'Z' or not '0' <= {v}[-2:-1] <= '9' or {v}[4:5] != '-':\n"
+            f"            if not fast_iso({v}):\n"
             f"                return None\n"
             f"            try:\n"
-            f"                dt = fromisoformat({v})\n"
-            f"                if dt.tzinfo is None:\n"
-            f"                    return None\n"
-            f"                {v} = (dt - EPOCH) // ONE_US\n"
+            f"                {v} = (fromisoformat({v}) - EPOCH) // ONE_US\n"
             f"            except (ValueError, OverflowError):\n"
             f"                return None\n"
             f"            if not 0 <= {v} <= {MAX_MICROS}:\n"

@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import pyarrow.parquet as pq
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from fstore.kafka.messages import file_format, iter_batches
+from fstore.kafka.messages import file_format, iter_batches, parquet_file
 
 Batch = tuple[Sequence[str | None], Sequence[bytes]]
 
@@ -64,11 +63,19 @@ def iter_keyed_batches(
 ) -> Iterator[tuple[list[str | None], list[bytes]]]:
     """Yield ``(keys, values)`` of a message file in log order.
 
-    Parquet files carry the key column; for JSONL the key is the message's ``key_field`` (:func:`key_of`).
+    Parquet files carry the key column; for JSONL (and a Parquet file without one) the key is the message's
+    ``key_field`` (:func:`key_of`).
+
+    Raises:
+        MessageFileError: not a message file (before any batch).
     """
     if file_format(path) == "parquet":
-        for rb in pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=["key", "value"]):
-            yield rb.column(0).to_pylist(), rb.column(1).to_pylist()
+        pf = parquet_file(path)
+        keyed = "key" in pf.schema_arrow.names
+        for rb in pf.iter_batches(batch_size=batch_size, columns=["key", "value"] if keyed else ["value"]):
+            values = rb.column("value").to_pylist()  # a null (a tombstone) is sent as one
+            keys = rb.column("key").to_pylist() if keyed else [key_of(v, key_field) if v else None for v in values]
+            yield keys, values
         return
     for values in iter_batches(path, batch_size):
         yield [key_of(v, key_field) for v in values], values

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -94,3 +96,39 @@ def test_ingest_is_exact_and_idempotent(tmp_path: Path, ext: str, plan: Plan) ->
     assert again.written == 0 and again.already_present == 3000
     assert raw_log.read_table(raw_uri).num_rows == 3000
     assert first_ingested_arrow(raw_log.read_table(raw_uri)).num_rows == 3000
+
+
+def test_parquet_files_written_by_other_tools_are_ingested_or_refused_with_a_clear_error(tmp_path: Path) -> None:
+    """A Parquet export of a topic may hold a tombstone (a null ``value``) or keep the values as text. Before,
+    ``fstore ingest`` died on either with a traceback (``len(None)``, "Strings must be encoded before
+    hashing") where ``fstore publish`` of the same file sends a tombstone, which the worker dead-letters as
+    ``malformed_json``; a file without a ``value`` column gave an ``IndexError`` (found by the contract audit)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tests.support.paths import FSTORE
+
+    values = [message(1), None, message(2), b""]
+    as_text = [None if v is None else v.decode() for v in values]
+    raw_uri, dead_uri = str(tmp_path / "raw_events"), str(tmp_path / "dead_letters")
+    for name, column in (("bytes", pa.array(values, pa.binary())), ("text", pa.array(as_text, pa.large_string()))):
+        path = tmp_path / f"{name}.parquet"
+        pq.write_table(pa.table({"key": pa.array(["u1"] * 4), "value": column}), path)
+        rep = Ingestor(raw_uri, dead_uri, clock=lambda: NOW).ingest_file(path)
+        assert rep.messages == 4 and rep.rejected == Counter({"malformed_json": 2}), rep.summary()
+    stored = raw_log.read_table(raw_uri)
+    assert sorted(stored.column("event_id").to_pylist()) == ["e1", "e2"]
+    assert stored.column("payload_hash").to_pylist() == [payload_hash(message(1)), payload_hash(message(2))]
+    # the second file's dead letters are the first's bytes again: their batch is recognised, not stored twice
+    assert Counter(raw_log.read_table(dead_uri).column("reason").to_pylist()) == {"malformed_json": 2}
+
+    pq.write_table(pa.table({"k": ["u1"], "v": [message(3)]}), tmp_path / "other.parquet")
+    proc = subprocess.run(
+        [FSTORE, "ingest", str(tmp_path / "other.parquet")],
+        env={**os.environ, "FSTORE_DATA_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "needs a column 'value' of binary or string" in proc.stderr

@@ -38,3 +38,24 @@ def test_jsonl_lines_are_keyed_by_that_field(tmp_path) -> None:  # type: ignore[
     path.write_bytes(b"\n".join(lines) + b"\n")
     assert [key_of(v, "zone_id") for v in lines] == ["z7", None, None, None]
     assert list(iter_keyed_batches(path, "zone_id")) == [(["z7", None, None, None], lines)]
+
+
+def test_parquet_files_without_a_key_column_or_without_a_value_column(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A Parquet file without ``key`` is keyed as JSONL lines are; one without a ``value`` column of bytes or
+    text is refused up front, when the messages are counted (``fstore publish`` says "cannot read FILE"
+    before it connects): it failed half-way through the publish with a pyarrow error before."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from fstore.kafka.messages import MessageFileError, count_messages
+
+    lines = [orjson.dumps({"uid": "e1", "zone_id": "z7"}), b"not json"]
+    pq.write_table(pa.table({"value": pa.array(lines, pa.binary())}), tmp_path / "nokey.parquet")
+    assert list(iter_keyed_batches(tmp_path / "nokey.parquet", "zone_id")) == [(["z7", None], lines)]
+    pq.write_table(pa.table({"key": ["z7"], "value": [7]}), tmp_path / "ints.parquet")
+    pq.write_table(pa.table({"key": ["z7"], "payload": lines[:1]}), tmp_path / "novalue.parquet")
+    for name in ("ints", "novalue"):
+        with pytest.raises(MessageFileError, match="needs a column 'value' of binary or string"):
+            count_messages(tmp_path / f"{name}.parquet")
+        with pytest.raises(MessageFileError):
+            next(iter_keyed_batches(tmp_path / f"{name}.parquet", "zone_id"))
