@@ -116,7 +116,11 @@ def test_ingest_and_stream_at_once_count_each_event_once_everywhere(
     worker.start()
     publish(kafka_broker, worker.topic, traffic, 0, CHUNK)
     worker.wait_done(CHUNK, timeout=60)  # the stream has stored some: the ingest starts behind it
-    env = {**os.environ, "FSTORE_DATA_DIR": str(data)}
+    env = {
+        **os.environ,
+        "FSTORE_DATA_DIR": str(data),
+        "FSTORE_REDIS_URL": redis_server.url,
+    }  # claims: the worker's Redis
     ingest = subprocess.Popen(
         [FSTORE, "ingest", str(path), "--batch-size", "400", "--json"],
         env=env,

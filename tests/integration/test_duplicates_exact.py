@@ -158,7 +158,7 @@ def paths(tmp_path_factory: pytest.TempPathFactory, kafka_broker: Broker, redis_
         redis.Redis.from_url(url).flushdb()
 
     # fstore ingest: small batches, so copies fall in the same batch and in later ones; then a re-run.
-    env = {"FSTORE_DATA_DIR": str(p.ingest_dir)}
+    env = {"FSTORE_DATA_DIR": str(p.ingest_dir), "FSTORE_REDIS_URL": p.ingest_redis}  # its claims go there
     p.ingest_dir.mkdir()
     for path in files:
         run_fstore(["ingest", "--batch-size", "37", "--json", str(path)], env, tmp)
