@@ -49,13 +49,22 @@ def lease_key(version: str) -> str:
 class LoadingLease:
     """Registers ``version`` as loading and renews its lease from a daemon thread until closed.
 
-    ``close(keep=False)`` (the run failed or did not publish) deletes the version's keys as well.
+    ``close(keep=False)`` (the run failed or did not publish) deletes the version's keys as well, unless the
+    pointer names the version after all (a swap that Redis applied but whose reply was lost).
+
+    Args:
+        client: Redis client.
+        version: the version being loaded.
+        ttl_s: TTL of the version's keys; the set :data:`LOADING_KEY` gets it too (docs/design.md §7: every
+            key expires), so a run killed while loading leaves nothing without a TTL, even if no run follows.
+        lease_s: lifetime of the lease key, renewed every ``lease_s / 4`` seconds.
     """
 
-    def __init__(self, client: AdminClient, version: str, lease_s: int = LEASE_S) -> None:
+    def __init__(self, client: AdminClient, version: str, ttl_s: int, lease_s: int = LEASE_S) -> None:
         self.client, self.version, self.lease_s = client, version, lease_s
         self._stop = threading.Event()
         client.sadd(LOADING_KEY, version)
+        client.expire(LOADING_KEY, ttl_s)
         client.set(lease_key(version), b"1", ex=lease_s)
         self._thread = threading.Thread(target=self._renew, name=f"lease-{version}", daemon=True)
         self._thread.start()
@@ -71,7 +80,7 @@ class LoadingLease:
         """Stop renewing; forget the version (and delete its keys unless ``keep``: it was published)."""
         self._stop.set()
         self._thread.join(5)
-        if not keep:
+        if not keep and not is_serving(self.client, self.version):
             expire_version(self.client, self.version, 0)
         self.client.delete(lease_key(self.version))
         self.client.srem(LOADING_KEY, self.version)
@@ -95,6 +104,12 @@ def remove_abandoned(client: AdminClient) -> list[str]:
             removed.append(version)
         client.srem(LOADING_KEY, version)
     return removed
+
+
+def is_serving(client: AdminClient, version: str) -> bool:
+    """Whether the pointer names ``version`` (its keys must then never be deleted: readers use them)."""
+    serving = BatchPointer.loads(client.get(POINTER_KEY))
+    return serving is not None and serving.version == version
 
 
 def version_pattern(version: str) -> str:

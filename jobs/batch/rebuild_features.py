@@ -435,7 +435,7 @@ def _publish(
     client = admin_client(s.redis_url, s.redis_cluster)
     abandoned = batch_view.remove_abandoned(client)  # versions of runs killed while loading
     m.info["abandoned_versions_removed"] = abandoned
-    lease = batch_view.LoadingLease(client, version)
+    lease = batch_view.LoadingLease(client, version, s.batch_view_ttl_s)
     try:
         for name, (view, df) in tiles.items():
             keys, fields = batch_view.load_view(
