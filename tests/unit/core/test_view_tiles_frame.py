@@ -8,6 +8,7 @@ import random
 from datetime import UTC, datetime
 from typing import Any
 
+import pandas as pd
 import pytest
 
 from fstore.core.plan import Plan
@@ -89,3 +90,22 @@ def test_a_column_missing_from_older_data_reads_as_null() -> None:
     tiles = build_tiles(view, plan.schema, old).to_pylist()
     assert not [r for r in tiles if r["measure"] == "airport_trip"]
     assert [r for r in tiles if r["measure"] == "trip"]
+
+
+def test_minus_zero_and_zero_are_one_distinct_member() -> None:
+    """-0.0 == 0.0: the tiles' members (batch, stream and the online reader's future events all use
+    ``member``) count them once, as the point-in-time engine and the brute force do."""
+    from fstore.core import pit
+    from tests.support.meters_traffic import values
+
+    plan = compiled("meters")
+    view = plan.view("meter_stats")
+    base = {"phase": "reset", "meter_id": "m0"}
+    rows = [dict(base, reading_no=f"z{i}", read_at=T0 + i, delta=d) for i, d in enumerate((-0.0, 0.0, 1.0, -1.0 * 0.0))]
+    assert member(-0.0) == member(0.0) == "0.0"
+    tiles = build_tiles(view, plan.schema, table(plan.schema, rows)).to_pylist()
+    assert {tuple(r["distinct"]) for r in tiles if r["measure"] == "delta"} == {("0.0", "1.0")}
+    t = T0 + DAY
+    df = pd.DataFrame({"meter_id": ["m0"], "event_timestamp": pd.to_datetime([t], unit="us", utc=True)})
+    got = pit.point_in_time(plan, df, ["meter_stats:deltas_12d"], table(plan.schema, rows))
+    assert got["deltas_12d"].tolist() == [values(rows, "m0", t)["deltas_12d"]] == [2]
