@@ -12,7 +12,8 @@ relative. The point-in-time rows sit on the edges of every window (an event at e
 it, at each tail and 1 µs before); empty windows and single values are checked on meters with none or one
 event. A bad definition that would also free state is refused naming it, and nothing changes: neither
 Feast's registry, fstore's record, nor Redis. (Evolution — added: 409 until ``fstore backfill``, then
-exact; removed: 404 and freed — runs on the rides repository in tests/integration/test_rides_e2e.py.)"""
+exact; removed: 404 and freed — runs on the rides repository in tests/integration/test_rides_e2e.py; here
+only the backfill's own tile writer, whose distinct members once differed from the stream's.)"""
 
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ from services.online_api.settings import ApiSettings
 from tests.support import meters_traffic as mt
 from tests.support.e2e import publish
 from tests.support.paths import run_batch, run_fstore, serve_repo
+from tests.support.repos import compiled
 from tests.support.stream import Factory
 
 pytestmark = [
@@ -220,3 +222,29 @@ def test_user_features_agree_online_point_in_time_and_brute_force(
 
     w.stop()
     assert w.proc is not None and w.proc.returncode == 0, w.log_tail()
+
+
+def test_backfill_writes_distinct_members_as_the_stream_and_batch_do(redis_client: redis.Redis) -> None:
+    """``fstore backfill`` rebuilds the speed tiles itself: its distinct members must be spelt as the stream
+    and the batch spell them (``member``), or a value seen on both sides of the cutover counts twice —
+    -0.0 was written as "-0.0" next to the batch's "0.0" (found by the contract audit: 5 distinct deltas
+    served where the point-in-time engine and the brute force counted 4)."""
+    from fstore.core.view_tiles_frame import member
+    from jobs.backfill import rebuild_speed
+
+    plan = compiled("meters")
+    view = plan.view(VIEW)
+    t0 = 1_790_000_000 * SECOND
+    rows = [
+        {"reading_no": f"z{i}", "phase": "reset", "meter_id": "m0", "read_at": t0 + i, "delta": d, "tier": k}
+        for i, (d, k) in enumerate(((-0.0, 2), (0.0, 2), (2.5, 3)))
+    ]
+    rebuild_speed(redis_client, view, plan.schema, rows, t0 + DAY, 3_600)
+    members = {
+        (f.split(":")[2], f.split(":", 4)[4])
+        for k in redis_client.keys(f"fs:{{{VIEW}|m0}}:s:*")
+        for f in map(text, redis_client.hkeys(k))
+        if ":d:" in f
+    }
+    assert {m for name, m in members if name == "delta"} == {member(0.0), member(2.5)} == {"0.0", "2.5"}
+    assert {m for name, m in members if name == "tier"} == {member(2), member(3)}
