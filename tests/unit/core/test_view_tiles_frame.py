@@ -109,3 +109,29 @@ def test_minus_zero_and_zero_are_one_distinct_member() -> None:
     df = pd.DataFrame({"meter_id": ["m0"], "event_timestamp": pd.to_datetime([t], unit="us", utc=True)})
     got = pit.point_in_time(plan, df, ["meter_stats:deltas_12d"], table(plan.schema, rows))
     assert got["deltas_12d"].tolist() == [values(rows, "m0", t)["deltas_12d"]] == [2]
+
+
+@pytest.mark.parametrize("zeros", [(0.0, -0.0), (-0.0, 0.0)])
+def test_min_and_max_over_both_zeros_are_the_same_zero_in_every_engine(zeros: tuple[float, float]) -> None:
+    """-0.0 and 0.0 tie, so which one a tile keeps depends on the events' order: every engine answers +0.0
+    (bit-equal min and max between online and point in time)."""
+    from fstore.core import pit
+    from fstore.core.functions import Function
+    from fstore.core.view_tiles import ViewTiler, evaluate, lookup_in
+    from fstore.online.merge import value_of
+
+    plan = compiled("meters")
+    view = plan.view("meter_stats")
+    rows = [
+        {"reading_no": f"z{i}", "phase": "sample", "meter_id": "m0", "read_at": T0 + i, "kwh": 1.0, "volts": v}
+        for i, v in enumerate(zeros)
+    ]
+    t = T0 + DAY // 24  # within both windows
+    names = ["volts_min_12h5m", "volts_max_12d"]
+    tiles = evaluate(view, lookup_in(ViewTiler(view, "read_at").build(rows), "m0"), t)
+    df = pd.DataFrame({"meter_id": ["m0"], "event_timestamp": pd.to_datetime([t], unit="us", utc=True)})
+    got = pit.point_in_time(plan, df, [f"meter_stats:{n}" for n in names], table(plan.schema, rows))
+    fold = (2, 0.0, zeros[0], zeros[0], 0.0, None)  # a tile keeps the first of two equal values
+    values = [tiles[n] for n in names] + [got[n][0] for n in names]
+    values += [value_of(Function.MIN, fold), value_of(Function.MAX, fold)]
+    assert [math.copysign(1.0, v) for v in values] == [1.0] * 6, values
