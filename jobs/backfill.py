@@ -34,6 +34,7 @@ from fstore.core.functions import State
 from fstore.core.plan import View
 from fstore.core.timeutil import SECOND, to_date
 from fstore.core.view_tiles import ViewTiler
+from fstore.core.view_tiles_frame import member
 from fstore.redis import hold
 from fstore.redis.connect import AdminClient, admin_client
 from fstore.redis.free_keys import view_keys
@@ -184,8 +185,8 @@ def rebuild_speed(
                 if State.M2 in need:
                     h[field(tk.size, tk.start, m, M2_STAT)] = repr(acc.m2)
             if State.DISTINCT in need:
-                for member in acc.distinct or ():
-                    h[distinct_field(tk.size, tk.start, m, str(member))] = "1"
+                for x in acc.distinct or ():  # as the stream and the batch write them (-0.0 as 0.0)
+                    h[distinct_field(tk.size, tk.start, m, member(x))] = "1"
     steps = view_steps(view, schema)
     future = 0
     id_field = steps.id_field

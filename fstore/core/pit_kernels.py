@@ -280,7 +280,7 @@ class SortedMeasure:
             rows = np.flatnonzero((level == k) & ~null)
             table = tables[int(k)]
             out[rows] = pick(table[lo[rows]], table[hi[rows] - (1 << int(k))])
-        return out, null
+        return out + 0.0, null  # -0.0 as 0.0: the tiles' min/max kept whichever zero came first
 
 
 def _previous_same(entity: I64, members: I64) -> I64:

@@ -102,10 +102,10 @@ def result(function: Function, acc: Acc) -> Value:
         return None
     if function is Function.MEAN:
         return acc.total / n
-    if function is Function.MIN:
-        return acc.minimum
-    if function is Function.MAX:
-        return acc.maximum
+    if function is Function.MIN or function is Function.MAX:
+        x = acc.minimum if function is Function.MIN else acc.maximum
+        # + 0.0: -0.0 and 0.0 tie, and which one a tile kept depends on the order of the events
+        return None if x is None else x + 0.0
     if n < 2:
         return None
     var = max(acc.m2, 0.0) / (n - 1)

@@ -52,8 +52,9 @@ def tile_schema(view: View) -> pa.Schema:
 
 
 def member(value: object) -> str:
-    """A distinct member as text: strings as they are, numbers by their double's repr."""
-    return value if isinstance(value, str) else repr(float(value))  # type: ignore[arg-type]
+    """A distinct member as text: strings as they are, numbers by their double's repr (-0.0 as 0.0: one
+    number, as the point-in-time engine counts it)."""
+    return value if isinstance(value, str) else repr(float(value) + 0.0)  # type: ignore[arg-type]
 
 
 def build_tiles(

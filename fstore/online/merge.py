@@ -354,10 +354,9 @@ def value_of(function: Function, acc: Fold) -> Value:
         return None
     if function is Function.MEAN:
         return acc[1] / c
-    if function is Function.MIN:
-        return acc[2]
-    if function is Function.MAX:
-        return acc[3]
+    if function is Function.MIN or function is Function.MAX:
+        x = acc[2] if function is Function.MIN else acc[3]
+        return None if x is None else x + 0.0  # one zero whatever the order of -0.0 and 0.0 (as result())
     if c < 2:
         return None
     var = max(acc[4], 0.0) / (c - 1)

@@ -40,7 +40,7 @@ from services.online_api.app import create_app
 from services.online_api.settings import ApiSettings
 from tests.support import plan_bruteforce
 from tests.support.e2e import publish
-from tests.support.paths import close, run_batch, run_fstore
+from tests.support.paths import close, run_batch, run_fstore, serve_repo
 from tests.support.redis_keys import keys_without_ttl
 from tests.support.repos.mistakes import RIDES
 from tests.support.rides_traffic import message, rides, rides_repo
@@ -73,22 +73,7 @@ MALFORMED = [
 
 @pytest.fixture
 def rides_env(tmp_path: Path, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    repo = rides_repo(tmp_path, redis_server.url)
-    for k, v in {
-        "FSTORE_FEATURE_REPO": str(repo),
-        "FSTORE_REDIS_URL": redis_server.url,
-        "FSTORE_DATA_DIR": str(tmp_path / "data"),
-        # what run_batch sets, for the batch job `fstore backfill` runs: history is ingested days "late"
-        "FSTORE_DQ_LATE_AFTER_S": str(40 * 86_400),
-        "FSTORE_SPARK_SHUFFLE_PARTITIONS": "2",
-        "FSTORE_SPARK_DRIVER_MEMORY": "2g",
-    }.items():
-        monkeypatch.setenv(k, v)
-    plan_source.use_plan(None)
-    try:
-        yield repo
-    finally:
-        plan_source.use_plan(None)
+    yield from serve_repo(rides_repo(tmp_path, redis_server.url), redis_server.url, tmp_path / "data", monkeypatch)
 
 
 def first_copies(events: Sequence[Row]) -> list[Row]:

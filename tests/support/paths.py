@@ -6,12 +6,14 @@ import math
 import os
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import orjson
+import pytest
 from fastapi.testclient import TestClient
 
+from fstore import plan_source
 from fstore.core.timeutil import iso
 from tests.support import bruteforce
 from tests.support.legacy.events_example import Event
@@ -45,6 +47,26 @@ def run_fstore(args: Sequence[str], env: Mapping[str, str], cwd: Path, timeout: 
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc.stdout
+
+
+def serve_repo(repo: Path, redis_url: str, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Make ``repo`` the repository every fstore process of the test runs (the settings ``fstore batch`` and
+    ``fstore backfill`` need included) while the generator is suspended (a fixture body: ``yield from``)."""
+    for k, v in {
+        "FSTORE_FEATURE_REPO": str(repo),
+        "FSTORE_REDIS_URL": redis_url,
+        "FSTORE_DATA_DIR": str(data_dir),
+        # what run_batch sets, for the batch job `fstore backfill` runs: history is ingested days "late"
+        "FSTORE_DQ_LATE_AFTER_S": str(40 * 86_400),
+        "FSTORE_SPARK_SHUFFLE_PARTITIONS": "2",
+        "FSTORE_SPARK_DRIVER_MEMORY": "2g",
+    }.items():
+        monkeypatch.setenv(k, v)
+    plan_source.use_plan(None)
+    try:
+        yield repo
+    finally:
+        plan_source.use_plan(None)
 
 
 def run_batch(run_date: str, data_dir: Path, redis_url: str, **extra: str) -> None:

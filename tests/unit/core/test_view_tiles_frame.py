@@ -8,6 +8,7 @@ import random
 from datetime import UTC, datetime
 from typing import Any
 
+import pandas as pd
 import pytest
 
 from fstore.core.plan import Plan
@@ -89,3 +90,48 @@ def test_a_column_missing_from_older_data_reads_as_null() -> None:
     tiles = build_tiles(view, plan.schema, old).to_pylist()
     assert not [r for r in tiles if r["measure"] == "airport_trip"]
     assert [r for r in tiles if r["measure"] == "trip"]
+
+
+def test_minus_zero_and_zero_are_one_distinct_member() -> None:
+    """-0.0 == 0.0: the tiles' members (batch, stream and the online reader's future events all use
+    ``member``) count them once, as the point-in-time engine and the brute force do."""
+    from fstore.core import pit
+    from tests.support.meters_traffic import values
+
+    plan = compiled("meters")
+    view = plan.view("meter_stats")
+    base = {"phase": "reset", "meter_id": "m0"}
+    rows = [dict(base, reading_no=f"z{i}", read_at=T0 + i, delta=d) for i, d in enumerate((-0.0, 0.0, 1.0, -1.0 * 0.0))]
+    assert member(-0.0) == member(0.0) == "0.0"
+    tiles = build_tiles(view, plan.schema, table(plan.schema, rows)).to_pylist()
+    assert {tuple(r["distinct"]) for r in tiles if r["measure"] == "delta"} == {("0.0", "1.0")}
+    t = T0 + DAY
+    df = pd.DataFrame({"meter_id": ["m0"], "event_timestamp": pd.to_datetime([t], unit="us", utc=True)})
+    got = pit.point_in_time(plan, df, ["meter_stats:deltas_12d"], table(plan.schema, rows))
+    assert got["deltas_12d"].tolist() == [values(rows, "m0", t)["deltas_12d"]] == [2]
+
+
+@pytest.mark.parametrize("zeros", [(0.0, -0.0), (-0.0, 0.0)])
+def test_min_and_max_over_both_zeros_are_the_same_zero_in_every_engine(zeros: tuple[float, float]) -> None:
+    """-0.0 and 0.0 tie, so which one a tile keeps depends on the events' order: every engine answers +0.0
+    (bit-equal min and max between online and point in time)."""
+    from fstore.core import pit
+    from fstore.core.functions import Function
+    from fstore.core.view_tiles import ViewTiler, evaluate, lookup_in
+    from fstore.online.merge import value_of
+
+    plan = compiled("meters")
+    view = plan.view("meter_stats")
+    rows = [
+        {"reading_no": f"z{i}", "phase": "sample", "meter_id": "m0", "read_at": T0 + i, "kwh": 1.0, "volts": v}
+        for i, v in enumerate(zeros)
+    ]
+    t = T0 + DAY // 24  # within both windows
+    names = ["volts_min_12h5m", "volts_max_12d"]
+    tiles = evaluate(view, lookup_in(ViewTiler(view, "read_at").build(rows), "m0"), t)
+    df = pd.DataFrame({"meter_id": ["m0"], "event_timestamp": pd.to_datetime([t], unit="us", utc=True)})
+    got = pit.point_in_time(plan, df, [f"meter_stats:{n}" for n in names], table(plan.schema, rows))
+    fold = (2, 0.0, zeros[0], zeros[0], 0.0, None)  # a tile keeps the first of two equal values
+    values = [tiles[n] for n in names] + [got[n][0] for n in names]
+    values += [value_of(Function.MIN, fold), value_of(Function.MAX, fold)]
+    assert [math.copysign(1.0, v) for v in values] == [1.0] * 6, values
