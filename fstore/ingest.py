@@ -11,8 +11,9 @@ ingested here and the same file sent through Kafka give the same winners. An eve
 ``raw_events`` — on its own event_date (checked exactly) or on another one (the writers' index,
 :mod:`fstore.delta.event_index`) — is not written again, which makes re-ingesting a file a no-op.
 
-The copies written are claimed for the stream first (``claim``, :mod:`jobs.ingest_claims`): a later copy
-sent through Kafka then counts nowhere either.
+Before each commit, the copies to write go to the speed layer as the stream worker's first copies do
+(``speed``, :mod:`jobs.ingest_speed`): their event_ids are claimed and the recent ones counted in the speed
+tiles, so that they are served online and a later copy sent through Kafka counts nowhere.
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ class IngestReport:
     already_present: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     commit_retries: int = 0  # raw_events commits redone after a concurrent writer's commit
-    claimed: int = 0  # event_ids claimed for the stream (the copies written; ``Ingestor.claim``)
+    claimed: int = 0  # event_ids claimed for the stream: the copies written (``Ingestor.speed``)
+    tiled: int = 0  # of those, the events newly counted in the speed tiles (inside the stream's horizon)
     dead_letters_skipped: int = 0  # dead letters of batches that were dead-lettered before (same messages)
     seen: set[str] = field(default_factory=set, repr=False)  # event_ids written by this run
     seconds: float = 0.0
@@ -79,6 +81,7 @@ class IngestReport:
             "rejected_by_reason": dict(sorted(self.rejected.items())),
             "commit_retries": self.commit_retries,
             "claimed": self.claimed,
+            "tiled": self.tiled,
             "dead_letters_skipped": self.dead_letters_skipped,
             "seconds": round(self.seconds, 3),
             "messages_per_s": round(self.messages / self.seconds) if self.seconds else None,
@@ -89,17 +92,18 @@ class IngestReport:
 MAX_COMMIT_ATTEMPTS = 50
 
 
-#: Claims ``(event_ids, payload hashes)`` for the stream before they are written (:mod:`jobs.ingest_claims`).
-Claim = Callable[[Sequence[str], Sequence[str]], None]
+#: Hands ``(rows, payload hashes)`` about to be written to the speed layer; returns the events newly counted
+#: in the speed tiles (:class:`jobs.ingest_speed.IngestSpeed`).
+Speed = Callable[[Sequence[Row], Sequence[str]], int]
 
 
 class Ingestor:
     """Validates, de-duplicates and appends batches of messages (reusable across files).
 
-    ``claim``, when given, is called with the event_ids and payload hashes of the copies a batch is about to
-    write, before its ``raw_events`` commit (``fstore ingest`` passes :class:`jobs.ingest_claims.IngestClaims`,
-    so that a later copy sent through Kafka does not count online); what it raises stops the ingestion
-    before that commit.
+    ``speed``, when given, is called with the rows and payload hashes of the copies a batch is about to write,
+    before its ``raw_events`` commit (``fstore ingest`` passes :class:`jobs.ingest_speed.IngestSpeed`: claims
+    and speed tiles, as the stream worker writes them); what it raises stops the ingestion before that
+    commit.
     """
 
     def __init__(
@@ -109,9 +113,9 @@ class Ingestor:
         clock: Clock = wall_clock,
         keep_unparseable: bool = False,
         plan: Plan | None = None,
-        claim: Claim | None = None,
+        speed: Speed | None = None,
     ) -> None:
-        self.raw_uri, self.dead_uri, self.clock, self.claim = raw_uri, dead_uri, clock, claim
+        self.raw_uri, self.dead_uri, self.clock, self.speed = raw_uri, dead_uri, clock, speed
         self.keep_unparseable = keep_unparseable  # dead letters that are not JSON objects: bytes, not a summary
         self.reader = reader_for(plan)  # the plan's event schema (default: the process's plan)
         self.schema = self.reader.schema
@@ -144,7 +148,7 @@ class Ingestor:
         bad_payloads: list[bytes] = []
         bad_reasons: list[str] = []
         loads, parse, idf, ts, names = orjson.loads, self.reader.parse, self.idf, self.ts, self.schema.names
-        duplicates = 0
+        duplicates = tiled = 0
         for raw in messages:
             res = parse(raw, now)
             if isinstance(res, dict):
@@ -159,8 +163,10 @@ class Ingestor:
             stored, taken = self._check(first)
             at = max(now, self._last_at + 1)  # one instant per copy, in line order: ingested_at plus a sequence
             table, refused = rows_or_refused(taken, at, self.schema)
-            if self.claim is not None and table.num_rows:  # before the commit, as the worker claims before its sinks
-                self.claim(table.column(idf).to_pylist(), table.column("payload_hash").to_pylist())
+            if self.speed is not None and table.num_rows:  # before the commit: the worker's tiles precede its raw sink
+                out = {ev[idf] for _, ev in refused}
+                kept = [ev for _, ev in taken if ev[idf] not in out]
+                tiled += self.speed(kept, table.column("payload_hash").to_pylist())
             try:
                 raw_log.append_on(self.raw_uri, self.index.snapshot, table, ["event_date"])
                 break
@@ -190,8 +196,9 @@ class Ingestor:
             written = [ev[idf] for ev in events]
             self.index.record(written, day_numbers(ev[ts] for ev in events), np.full(len(written), NEW, np.int8))
         report.written += len(events)
-        if self.claim is not None:
+        if self.speed is not None:
             report.claimed += table.num_rows
+            report.tiled += tiled
         if bad_payloads:
             key = "fstore-ingest:" + hashlib.blake2b(b"\n".join(messages), digest_size=16).hexdigest()
             dead = raw_log.dead_letters_table(bad_payloads, bad_reasons, source, at)

@@ -14,13 +14,14 @@ import click
 @click.option("--batch-size", default=200_000, show_default=True, help="Messages per Delta commit.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object per file.")
 @click.option(
-    "--claims/--no-claims",
+    "--speed/--no-speed",
     default=True,
     show_default=True,
-    help="Claim the event_ids written in Redis (FSTORE_REDIS_URL) for the stream worker, so that a later copy "
-    "sent through Kafka does not count online. --no-claims: for data no stream worker will see again.",
+    help="Hand what is written to the speed layer in Redis (FSTORE_REDIS_URL), as the stream worker does: "
+    "claim the event_ids and count the recent events in the speed tiles. --no-speed: for events no stream "
+    "worker and no online reader will see.",
 )
-def ingest(files: tuple[str, ...], batch_size: int, as_json: bool, claims: bool) -> None:
+def ingest(files: tuple[str, ...], batch_size: int, as_json: bool, speed: bool) -> None:
     """Append the valid events of JSONL/Parquet message FILES to the Delta table raw_events.
 
     Every message is validated against the event schema of the feature repository
@@ -29,32 +30,32 @@ def ingest(files: tuple[str, ...], batch_size: int, as_json: bool, claims: bool)
     columns; a field added to the schema adds a nullable column. An event_id that is already in raw_events is
     not written again, so re-ingesting a file adds nothing. Prints counts per rejection reason.
 
-    Before each commit, the event_ids about to be written are claimed in Redis as the stream worker claims
-    them (their payload hash): the copy ingested is the first copy, and a later one sent through Kafka
-    with another payload does not count online either. Redis unreachable: the ingestion stops before that
-    commit, with exit code 1 (what was committed stays, and running it again goes on); --no-claims skips
-    the claims.
+    Before each commit, what is about to be written goes to the speed layer in Redis as the stream worker's
+    events do: the event_ids are claimed (a later copy sent through Kafka with another payload does not
+    count) and the events inside the stream's horizon are counted in the speed tiles, so GET /features
+    serves them at once. Redis unreachable: the ingestion stops before that commit, with exit code 1 (what
+    was committed stays, and running it again goes on); --no-speed skips this.
     """
     from tqdm import tqdm
 
     from fstore.ingest import Ingestor
     from fstore.kafka.messages import MessageFileError, count_messages
     from fstore.settings import get_settings
-    from jobs.ingest_claims import ClaimsFailed
+    from jobs.ingest_speed import SpeedFailed
 
     settings = get_settings()
-    claimer = None
-    if claims:
+    to_speed = None
+    if speed:
         from fstore.plan_source import current_plan
-        from jobs.ingest_claims import IngestClaims
+        from jobs.ingest_speed import IngestSpeed
         from jobs.stream.settings import get_stream_settings
 
-        claimer = IngestClaims(get_stream_settings(), current_plan())
+        to_speed = IngestSpeed(get_stream_settings(), current_plan())
     ingestor = Ingestor(
         settings.table("raw_events"),
         settings.table("dead_letters"),
         keep_unparseable=settings.dead_letter_keep_unparseable,
-        claim=claimer,
+        speed=to_speed,
     )
     for path in files:
         try:  # a file that is not a message file is found before its first batch: nothing of it is written
@@ -69,7 +70,7 @@ def ingest(files: tuple[str, ...], batch_size: int, as_json: bool, claims: bool)
                 report = ingestor.ingest_file(path, batch_size, progress=bar.update)
         except MessageFileError as exc:
             raise click.ClickException(str(exc)) from None
-        except ClaimsFailed as exc:  # the batches committed before stay; nothing of this one was written
+        except SpeedFailed as exc:  # the batches committed before stay; nothing of this one was written
             click.echo(f"Error: {exc}", err=True)
             sys.stdout.flush()
             sys.stderr.flush()
@@ -82,6 +83,10 @@ def ingest(files: tuple[str, ...], batch_size: int, as_json: bool, claims: bool)
         click.echo(f"  written to {settings.table('raw_events')}: {report.written:,}")
         click.echo(f"  duplicates skipped: {report.duplicates:,}; already in raw_events: {report.already_present:,}")
         click.echo(f"  rejected to {settings.table('dead_letters')}: {report.invalid:,}")
+        if speed:
+            click.echo(
+                f"  speed layer: {report.claimed:,} event_ids claimed, {report.tiled:,} counted in the speed tiles"
+            )
         for reason, n in sorted(report.rejected.items()):
             click.echo(f"    {reason:<28} {n:,}")
     # Everything is committed and reported. delta-rs's native thread pools can abort the interpreter's

@@ -35,7 +35,7 @@ def test_two_ingests_of_one_file_at_once_store_each_event_and_dead_letter_once(t
         "--batch-size",
         "1500",
         "--json",
-        "--no-claims",
+        "--no-speed",
     ]
     procs = [subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]

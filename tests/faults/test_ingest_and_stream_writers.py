@@ -120,7 +120,7 @@ def test_ingest_and_stream_at_once_count_each_event_once_everywhere(
         **os.environ,
         "FSTORE_DATA_DIR": str(data),
         "FSTORE_REDIS_URL": redis_server.url,
-    }  # claims: the worker's Redis
+    }  # its claims and speed tiles: the worker's Redis
     ingest = subprocess.Popen(
         [FSTORE, "ingest", str(path), "--batch-size", "400", "--json"],
         env=env,

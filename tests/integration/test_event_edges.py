@@ -236,7 +236,7 @@ def test_every_edge_reaches_the_dlq_or_raw_events_as_the_contract_says(
     path = tmp_path / "edges.jsonl"
     path.write_bytes(b"".join(v + b"\n" for v in lines))
     data = tmp_path / "ingested"
-    out = run_fstore(["ingest", "--json", "--no-claims", str(path)], {"FSTORE_DATA_DIR": str(data)}, tmp_path)
+    out = run_fstore(["ingest", "--json", "--no-speed", str(path)], {"FSTORE_DATA_DIR": str(data)}, tmp_path)
     report = json.loads(out.strip().splitlines()[-1])
     want_reasons = Counter(r for _, v, r in table if isinstance(r, str) and v)
     assert Counter(report["rejected_by_reason"]) == want_reasons

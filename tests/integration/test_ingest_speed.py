@@ -1,11 +1,12 @@
-"""``fstore ingest`` then Kafka: a later copy of an ingested event does not count online (docs/design.md §2).
+"""``fstore ingest`` feeds the speed layer as the stream worker would (docs/design.md §2, §5).
 
-The first copy in arrival order wins everywhere. History loaded with ``fstore ingest`` arrives first; when
-copies of some of its events come later through Kafka with another payload (re-stamped, another
-quantity), the batch layer and point-in-time reads keep the ingested copies — and so must the speed tiles:
-the stream worker must not count the later copies. The same bytes sent again are the same event; the
-ingested copy is in no tile, so the stream counts that one once. A real ``fstore ingest`` process claims
-into the real Redis of a real worker on a real broker; the speed tiles are compared with the brute force.
+The first copy in arrival order wins everywhere, whichever way it came. History loaded with ``fstore
+ingest`` is counted in the speed tiles at once (what is inside the stream's horizon), exactly as if it had
+been sent through Kafka; when copies of some of its events come later through Kafka with another payload
+(re-stamped, another quantity), the stream worker must not count them — the batch layer and point-in-time
+reads keep the ingested copies; the very same bytes again are the same event and count once. A real
+``fstore ingest`` process writes into the real Redis of a real worker on a real broker; the speed tiles are
+compared with the brute force over the first copies, after the ingest and after the stream.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from tests.support.stream import Factory, Traffic, assert_tiles_exact, make_traf
 pytestmark = pytest.mark.integration
 
 
-def test_a_later_copy_through_kafka_of_an_ingested_event_is_not_counted_online(
+def test_ingested_events_count_online_once_and_a_later_copy_through_kafka_does_not(
     tmp_path: Path,
     kafka_broker: Broker,
     redis_server: RedisServer,
@@ -42,13 +43,24 @@ def test_a_later_copy_through_kafka_of_an_ingested_event_is_not_counted_online(
     path.write_bytes(b"".join(v + b"\n" for v in history.values))
     env = {"FSTORE_DATA_DIR": worker.env["FSTORE_DATA_DIR"], "FSTORE_REDIS_URL": redis_server.url}
     report = json.loads(run_fstore(["ingest", "--json", str(path)], env, tmp_path).strip().splitlines()[-1])
-    assert report["written"] == len(history.valid_ids) and report["claimed"] == report["written"], report
+    written = len(history.valid_ids)
+    assert report["written"] == report["claimed"] == report["tiled"] == written, report
+    assert_tiles_exact(redis_client, history)  # served online at once, each event once
+    again = json.loads(run_fstore(["ingest", "--json", str(path)], env, tmp_path).strip().splitlines()[-1])
+    assert again["written"] == again["tiled"] == 0, again
 
     now = time.time_ns() // 1000
     firsts = history.first_copies
-    changed = [  # another payload: re-stamped within the hour, another quantity
-        message(ev._replace(event_time=min(ev.event_time + MINUTE, now - SECOND), quantity=ev.quantity % 4 + 1))
-        for ev in firsts[::3]
+    users = sorted({ev.user_id for ev in firsts})
+    changed = [  # another payload: re-stamped within the hour, another quantity and, for half, another user
+        message(
+            ev._replace(
+                event_time=min(ev.event_time + MINUTE, now - SECOND),
+                quantity=ev.quantity % 4 + 1,
+                user_id=users[(users.index(ev.user_id) + 1) % len(users)] if i % 2 else ev.user_id,
+            )
+        )
+        for i, ev in enumerate(firsts[::3])
     ]
     same = firsts[1::6]  # the very same bytes again (the first copy's message, as ingested); none changed
     by_id = {ev.event_id: ev for ev in firsts}
@@ -65,21 +77,22 @@ def test_a_later_copy_through_kafka_of_an_ingested_event_is_not_counted_online(
         keys + fresh.keys,
         [v for _, v in changed] + [v for _, v in resent] + fresh.values,
         fresh.malformed,
-        fresh.valid_ids | {ev.event_id for ev in same},
-        fresh.first_copies + same,
+        fresh.valid_ids | history.valid_ids,
+        firsts + fresh.first_copies,
     )
     publish(kafka_broker, worker.topic, later)
     worker.start()
     worker.wait_done(len(later.values), timeout=90)
     worker.stop()
-    # Only the stream's first copies are in the speed tiles: the fresh events and the same bytes sent again,
-    # not the changed copies of ingested events (they lost to the ingested copies' claims).
+    # The first copies, each once: the ingested ones and the fresh events; not the changed copies of ingested
+    # events (those sent with another user lost to the ingested copies' claims: the markers of that user's
+    # tiles have never seen them), and not the same bytes again (their markers).
     assert_tiles_exact(redis_client, later)
 
 
-def test_ingest_stops_before_writing_when_it_cannot_claim(tmp_path: Path) -> None:
-    """Redis unreachable: exit code 1 naming the way out, and nothing of the batch written (a claim missing
-    for a copy written would let a later copy count online)."""
+def test_ingest_stops_before_writing_when_redis_is_unreachable(tmp_path: Path) -> None:
+    """Exit code 1 naming the way out, and nothing of the batch written (a copy stored without its claim
+    would let a later copy count online; without its tiles it would be missing online)."""
     traffic = make_traffic(50, seed=63, users=5, products=3, hours=1)
     path = tmp_path / "events.jsonl"
     path.write_bytes(b"".join(v + b"\n" for v in traffic.values))
@@ -87,7 +100,7 @@ def test_ingest_stops_before_writing_when_it_cannot_claim(tmp_path: Path) -> Non
     env = {**os.environ, "FSTORE_DATA_DIR": str(data), "FSTORE_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
     proc = subprocess.run([FSTORE, "ingest", str(path)], env=env, cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 1, (proc.stdout, proc.stderr[-2000:])
-    assert "could not claim" in proc.stderr and "--no-claims" in proc.stderr, proc.stderr[-2000:]
+    assert "could not claim" in proc.stderr and "--no-speed" in proc.stderr, proc.stderr[-2000:]
     assert not (data / "raw_events").exists()
-    out = run_fstore(["ingest", "--json", "--no-claims", str(path)], env, tmp_path)
+    out = run_fstore(["ingest", "--json", "--no-speed", str(path)], env, tmp_path)
     assert json.loads(out.strip().splitlines()[-1])["written"] == len(traffic.valid_ids)
