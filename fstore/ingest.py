@@ -94,16 +94,16 @@ MAX_COMMIT_ATTEMPTS = 50
 
 #: Hands ``(rows, payload hashes)`` about to be written to the speed layer; returns the events newly counted
 #: in the speed tiles (:class:`jobs.ingest_speed.IngestSpeed`).
-Speed = Callable[[Sequence[Row], Sequence[str]], int]
+Speed = Callable[[Sequence[Row], Sequence[str], int], int]
 
 
 class Ingestor:
     """Validates, de-duplicates and appends batches of messages (reusable across files).
 
-    ``speed``, when given, is called with the rows and payload hashes of the copies a batch is about to write,
-    before its ``raw_events`` commit (``fstore ingest`` passes :class:`jobs.ingest_speed.IngestSpeed`: claims
-    and speed tiles, as the stream worker writes them); what it raises stops the ingestion before that
-    commit.
+    ``speed``, when given, is called with the rows and payload hashes of the copies a batch is about to write
+    and the batch's processing clock, before its ``raw_events`` commit (``fstore ingest`` passes
+    :class:`jobs.ingest_speed.IngestSpeed`: claims and speed tiles, as the stream worker writes them); what it
+    raises stops the ingestion before that commit.
     """
 
     def __init__(
@@ -166,7 +166,7 @@ class Ingestor:
             if self.speed is not None and table.num_rows:  # before the commit: the worker's tiles precede its raw sink
                 out = {ev[idf] for _, ev in refused}
                 kept = [ev for _, ev in taken if ev[idf] not in out]
-                tiled += self.speed(kept, table.column("payload_hash").to_pylist())
+                tiled += self.speed(kept, table.column("payload_hash").to_pylist(), now)
             try:
                 raw_log.append_on(self.raw_uri, self.index.snapshot, table, ["event_date"])
                 break

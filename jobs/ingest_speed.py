@@ -16,6 +16,14 @@ between leaves counted events whose rows are not stored yet, and the file ingest
 claims and markers find themselves). Events stamped after the processing clock (at most 5 minutes ahead)
 are stored as exact future fields, which readers count from their event_time on; unlike the worker, ingest
 does not stay to fold them into tiles later, which changes no value.
+
+Limits. Ingest is not a registered stream worker: ``fstore apply`` does not wait for it before freeing what a
+plan removed (a batch in flight may write such keys again; they expire with their TTL), and it refuses to
+run while ``fstore backfill`` holds the speed layer but is not waited for by a backfill that starts during
+one of its batches: run ingest and backfill one after the other. Copies of one event_id with different
+payloads written at the same moment by ingest and another writer (the stream's raw sink, another ingest)
+can leave the speed tiles on the copy that claimed first and ``raw_events`` on the one stored first; backfill
+the days the stream is receiving with the stream itself (docs/design.md §2 status).
 """
 
 from __future__ import annotations
@@ -23,10 +31,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from fstore.clock import Clock, wall_clock
 from fstore.core.events import Row
-from fstore.core.plan import Plan
-from fstore.redis.connect import async_client
+from fstore.plan_source import current_plan
+from fstore.redis.connect import admin_client, async_client
+from fstore.redis.hold import HOLD_KEY
+from jobs.stream.faults import is_outage
 from jobs.stream.pipeline import Claims
 from jobs.stream.settings import StreamSettings
 from jobs.stream.sinks import TileWriter
@@ -35,28 +44,38 @@ CHUNK = 20_000  # copies per claim and tile-writer call
 
 
 class SpeedFailed(RuntimeError):
-    """The claims or the tiles could not be written (Redis unreachable, a refused script)."""
+    """The claims or the tiles could not be written; the message says why and what to do."""
 
 
 class IngestSpeed:
     """Claims ingested first copies and applies those inside the horizon to the speed tiles of ``settings``.
 
-    Called with the rows a batch is about to write and their payload hashes; returns the events newly
-    applied to the tiles.
+    Called with the rows a batch is about to write, their payload hashes and the ingestion's processing clock
+    (the one validation used); returns the events newly applied to the tiles. Each call follows the applied
+    plan (:func:`fstore.plan_source.current_plan`, as the worker does between batches) and refuses while
+    ``fstore backfill`` holds the speed layer (:mod:`fstore.redis.hold`): the backfill rebuilds tiles from
+    ``raw_events`` and waits only for the stream workers it knows.
 
     Raises:
-        SpeedFailed: Redis failed; the caller stops before writing the batch (``fstore ingest``: exit 1).
+        SpeedFailed: Redis failed, a backfill holds the speed layer, or the tiles refused a value; the caller
+            stops before writing the batch (``fstore ingest``: exit 1).
     """
 
-    def __init__(self, settings: StreamSettings, plan: Plan, clock: Clock = wall_clock) -> None:
-        self.s, self.plan, self.clock = settings, plan, clock
+    def __init__(self, settings: StreamSettings) -> None:
+        self.s = settings
 
-    def __call__(self, rows: Sequence[Row], hashes: Sequence[str]) -> int:
+    def __call__(self, rows: Sequence[Row], hashes: Sequence[str], now: int) -> int:
         if not rows:
             return 0
         try:
-            return asyncio.run(self._apply(rows, hashes))
+            return asyncio.run(self._apply(rows, hashes, now))
+        except SpeedFailed:
+            raise
         except Exception as exc:
+            if not is_outage(exc):
+                raise SpeedFailed(
+                    f"the speed step failed ({exc!r}); nothing of this batch was written to raw_events"
+                ) from exc
             raise SpeedFailed(
                 f"could not claim the event_ids to write, nor count them in the speed tiles, in Redis "
                 f"(FSTORE_REDIS_URL) ({exc!r}); nothing of this batch was written to raw_events. fstore ingest "
@@ -66,13 +85,27 @@ class IngestSpeed:
                 "twice), or pass --no-speed for events no stream worker and no online reader will see."
             ) from exc
 
-    async def _apply(self, rows: Sequence[Row], hashes: Sequence[str]) -> int:
-        s, plan = self.s, self.plan
+    def _held(self) -> str | None:
+        client = admin_client(self.s.redis_url, self.s.redis_cluster, socket_timeout=10, socket_connect_timeout=10)
+        try:
+            token = client.get(HOLD_KEY)
+        finally:
+            client.close()
+        return token.decode() if isinstance(token, bytes) else token
+
+    async def _apply(self, rows: Sequence[Row], hashes: Sequence[str], now: int) -> int:
+        s = self.s
+        token = await asyncio.to_thread(self._held)
+        if token is not None:
+            raise SpeedFailed(
+                f"fstore backfill holds the speed layer (hold {token}); nothing of this batch was written. Run "
+                "fstore ingest again once the backfill is done (what was written is not written twice)."
+            )
+        plan = current_plan()
         idf, ts = plan.schema.id_field, plan.schema.timestamp_field
-        now = self.clock()
         oldest = now - s.horizon_us
         client = async_client(s.redis_url, s.redis_cluster, timeout=30, connect_timeout=10)
-        writer = TileWriter(client, plan, s.marker_ttl_s, s.tile_ttl_s, clock=self.clock)
+        writer = TileWriter(client, plan, s.marker_ttl_s, s.tile_ttl_s)
         applied = 0
         try:
             for lo in range(0, len(rows), CHUNK):

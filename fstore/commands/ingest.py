@@ -46,11 +46,10 @@ def ingest(files: tuple[str, ...], batch_size: int, as_json: bool, speed: bool) 
     settings = get_settings()
     to_speed = None
     if speed:
-        from fstore.plan_source import current_plan
         from jobs.ingest_speed import IngestSpeed
         from jobs.stream.settings import get_stream_settings
 
-        to_speed = IngestSpeed(get_stream_settings(), current_plan())
+        to_speed = IngestSpeed(get_stream_settings())
     ingestor = Ingestor(
         settings.table("raw_events"),
         settings.table("dead_letters"),

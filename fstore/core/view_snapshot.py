@@ -100,9 +100,9 @@ def _result(function: Function, p: pd.DataFrame) -> pd.Series:
         return p["total"].fillna(0.0).astype(np.float64)
     if function is Function.MEAN:
         return (p["total"] / count.where(count > 0)).astype(np.float64)
-    if function is Function.MIN:
-        return p["minimum"].astype(np.float64)
+    if function is Function.MIN:  # + 0.0: -0.0 as 0.0, as every engine answers a min or max of zeros
+        return p["minimum"].astype(np.float64) + 0.0
     if function is Function.MAX:
-        return p["maximum"].astype(np.float64)
+        return p["maximum"].astype(np.float64) + 0.0
     var = p["m2"].clip(lower=0.0) / (count - 1).where(count > 1)
     return (var if function is Function.VAR else np.sqrt(var)).astype(np.float64)

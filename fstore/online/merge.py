@@ -310,8 +310,8 @@ def merge_series(acc: Fold, series: Series, lo: int, hi: int, variance: bool, di
 
 
 def member(value: float | str) -> str:
-    """A distinct member as the tile layout writes it (:func:`fstore.core.view_tiles_frame.member`)."""
-    return value if isinstance(value, str) else repr(float(value))
+    """A distinct member as the tile layout writes it (:func:`fstore.core.view_tiles_frame.member`: -0.0 as 0.0)."""
+    return value if isinstance(value, str) else repr(float(value) + 0.0)
 
 
 def fold_future(acc: Fold, future: Sequence[Future], measure: str, lo: int, t: int, distinct: bool) -> Fold:

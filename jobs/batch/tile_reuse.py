@@ -41,7 +41,7 @@ from fstore.core.timeutil import DAY
 from fstore.delta import raw_log
 
 #: Bumped when the tile arithmetic or the tile table's layout changes: records of another format are ignored.
-FORMAT = "1"
+FORMAT = "2"  # 2: distinct members spell -0.0 as 0.0 (session 9)
 
 
 def view_key(plan: Plan, view: View) -> str | None:

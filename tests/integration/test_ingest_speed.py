@@ -23,6 +23,7 @@ import redis
 
 from fstore.core.timeutil import MINUTE, SECOND
 from fstore.devsvc.services import Broker, RedisServer, free_port
+from fstore.redis.hold import HOLD_KEY
 from tests.support.legacy.events_example import Event, parse
 from tests.support.paths import FSTORE, message, run_fstore
 from tests.support.stream import Factory, Traffic, assert_tiles_exact, make_traffic, publish
@@ -104,3 +105,22 @@ def test_ingest_stops_before_writing_when_redis_is_unreachable(tmp_path: Path) -
     assert not (data / "raw_events").exists()
     out = run_fstore(["ingest", "--json", "--no-speed", str(path)], env, tmp_path)
     assert json.loads(out.strip().splitlines()[-1])["written"] == len(traffic.valid_ids)
+
+
+def test_ingest_refuses_while_a_backfill_holds_the_speed_layer(
+    tmp_path: Path, redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    """``fstore backfill`` rebuilds tiles from ``raw_events`` and waits only for the workers it knows: ingest
+    must not write tiles meanwhile. Exit 1 naming the hold; nothing written; once released, it goes on."""
+    traffic = make_traffic(50, seed=64, users=5, products=3, hours=1)
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"".join(v + b"\n" for v in traffic.values))
+    data = tmp_path / "data"
+    env = {**os.environ, "FSTORE_DATA_DIR": str(data), "FSTORE_REDIS_URL": redis_server.url}
+    redis_client.set(HOLD_KEY, "backfill-1", ex=60)
+    proc = subprocess.run([FSTORE, "ingest", str(path)], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 1 and "holds the speed layer" in proc.stderr, (proc.stdout, proc.stderr[-2000:])
+    assert not (data / "raw_events").exists()
+    redis_client.delete(HOLD_KEY)
+    out = run_fstore(["ingest", "--json", str(path)], env, tmp_path)
+    assert json.loads(out.strip().splitlines()[-1])["tiled"] == len(traffic.valid_ids)

@@ -109,6 +109,11 @@ def test_minus_zero_and_zero_are_one_distinct_member() -> None:
     df = pd.DataFrame({"meter_id": ["m0"], "event_timestamp": pd.to_datetime([t], unit="us", utc=True)})
     got = pit.point_in_time(plan, df, ["meter_stats:deltas_12d"], table(plan.schema, rows))
     assert got["deltas_12d"].tolist() == [values(rows, "m0", t)["deltas_12d"]] == [2]
+    # the online reader's future-stamped events: a due -0.0 joins the tile's 0.0
+    from fstore.online.merge import fold_future
+
+    fold = fold_future((1, 0.0, 0.0, 0.0, 0.0, frozenset({"0.0"})), [(T0, {"delta": -0.0})], "delta", 0, t, True)
+    assert fold[5] == frozenset({"0.0"})
 
 
 @pytest.mark.parametrize("zeros", [(0.0, -0.0), (-0.0, 0.0)])
@@ -134,4 +139,9 @@ def test_min_and_max_over_both_zeros_are_the_same_zero_in_every_engine(zeros: tu
     fold = (2, 0.0, zeros[0], zeros[0], 0.0, None)  # a tile keeps the first of two equal values
     values = [tiles[n] for n in names] + [got[n][0] for n in names]
     values += [value_of(Function.MIN, fold), value_of(Function.MAX, fold)]
-    assert [math.copysign(1.0, v) for v in values] == [1.0] * 6, values
+    from fstore.core.view_snapshot import snapshot
+
+    day = (T0 // DAY + 1) * DAY  # the batch job's daily snapshot (a day boundary; only the 12-day max covers it)
+    snap = snapshot(view, build_tiles(view, plan.schema, table(plan.schema, rows)), day).to_pylist()
+    values.append(snap[0]["volts_max_12d"])
+    assert [math.copysign(1.0, v) for v in values] == [1.0] * 7, values
