@@ -82,12 +82,12 @@ def ingest(files: tuple[str, ...], batch_size: int, as_json: bool, speed: bool) 
         click.echo(f"  written to {settings.table('raw_events')}: {report.written:,}")
         click.echo(f"  duplicates skipped: {report.duplicates:,}; already in raw_events: {report.already_present:,}")
         click.echo(f"  rejected to {settings.table('dead_letters')}: {report.invalid:,}")
+        for reason, n in sorted(report.rejected.items()):
+            click.echo(f"    {reason:<28} {n:,}")
         if speed:
             click.echo(
                 f"  speed layer: {report.claimed:,} event_ids claimed, {report.tiled:,} counted in the speed tiles"
             )
-        for reason, n in sorted(report.rejected.items()):
-            click.echo(f"    {reason:<28} {n:,}")
     # Everything is committed and reported. delta-rs's native thread pools can abort the interpreter's
     # teardown afterwards ("terminate called without an active exception", SIGABRT; apache/arrow#34314),
     # which would turn a finished ingest into exit status -6: leave without that teardown.
