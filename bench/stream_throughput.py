@@ -159,8 +159,7 @@ class Run:
 
     def cpu_seconds(self) -> float:
         """CPU time (user + system) the worker used so far, start-up and group join included."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return process_cpu(self.proc.pid)
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -169,6 +168,25 @@ class Run:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(10)
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system, all threads) process ``pid`` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def broker_cpu(broker: Broker) -> float:
+    """CPU seconds the Kafka broker (one JVM process) has used so far: it shares the machine's cores with the
+    worker and Redis, so it bounds what one worker can reach here."""
+    return process_cpu(broker.pid) if broker.pid else 0.0
+
+
+def redis_calls(url: str) -> dict[str, tuple[int, float]]:
+    """``INFO commandstats``: per command, ``(calls, µs)`` so far (commands a script runs count under their own
+    name as well as under the script's ``evalsha``)."""
+    stats = RedisClient.from_url(url).info("commandstats")
+    return {k.removeprefix("cmdstat_"): (int(v["calls"]), float(v["usec"])) for k, v in stats.items()}
 
 
 def redis_cpu(url: str) -> float:
@@ -186,13 +204,22 @@ def backlog(run: Run, events: int, seed: int) -> dict[str, float | None]:
     batches = [(b.keys, b.values) for b in generate(cfg, seed, dumps=orjson.dumps)]
     rep = kafka_io.publish(batches, run.broker.bootstrap, run.topic)
     assert rep.ok, rep.summary()
-    r0 = redis_cpu(run.redis_url)
+    r0, b0, s0 = redis_cpu(run.redis_url), broker_cpu(run.broker), redis_calls(run.redis_url)
     t0, _ = run.wait_events(1, 120, "fstore_stream_events_in_total", 0.01)  # the first batch started
     c0 = run.cpu_seconds()
     _, body = run.wait_events(events, 900, interval=0.25)  # the last one is in Redis (dead letters in the DLQ)
     t1 = metric(body, "fstore_stream_last_tile_commit_timestamp_seconds")  # when it got there
     valid = metric(body, "fstore_stream_events_valid_total")
     cpu, steady, rcpu = run.cpu_seconds(), run.cpu_seconds() - c0, redis_cpu(run.redis_url) - r0
+    bcpu, s1 = broker_cpu(run.broker) - b0, redis_calls(run.redis_url)
+    calls = {
+        name: {
+            "calls_per_valid_event": round((n - s0.get(name, (0, 0))[0]) / valid, 3),
+            "us_per_valid_event": round((us - s0.get(name, (0, 0))[1]) / valid, 3),
+        }
+        for name, (n, us) in s1.items()
+        if valid and n > s0.get(name, (0, 0))[0]
+    }
     span = t1 - t0
     if span < MIN_TIMED_S:  # the first poll saw the batch after (or just before) its last commit
         print(f"backlog of {events} events done in {span:.2f} s: too short to time, use more events", file=sys.stderr)
@@ -207,6 +234,14 @@ def backlog(run: Run, events: int, seed: int) -> dict[str, float | None]:
         "valid_events_per_worker_cpu_s_processing": round(valid / steady) if steady else None,
         "redis_cpu_s": round(rcpu, 2),
         "valid_events_per_redis_cpu_s": round(valid / rcpu) if rcpu else None,
+        # per valid event: worker (from its first batch), Redis, broker (its fetches; the backlog's publishing
+        # happened before), and what Redis' commands took by name (INFO commandstats)
+        "cpu_us_per_valid_event": {
+            "worker": round(steady / valid * 1e6, 2) if valid else None,
+            "redis": round(rcpu / valid * 1e6, 2) if valid else None,
+            "broker": round(bcpu / valid * 1e6, 2) if valid else None,
+        },
+        "redis_commands": calls,
         "load_avg_1m": round(os.getloadavg()[0], 2),
     }
 
@@ -246,11 +281,19 @@ def main() -> None:
     ap.add_argument("--naive-events", type=int, default=30_000, help="backlog for the naive reference")
     ap.add_argument("--rate", type=float, default=5_000, help="steady rate of the freshness run")
     ap.add_argument("--duration", type=float, default=30, help="seconds of the freshness run")
+    ap.add_argument(
+        "--redis-config", action="append", metavar="NAME=VALUE", help="CONFIG SET this on the bench's Redis first"
+    )
     args = ap.parse_args()
     out: dict[str, object] = {"machine": {"cpus": os.cpu_count(), "load_avg_1m_at_start": os.getloadavg()[0]}}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         with RedisServer(state_dir=tmp / "svc") as redis, Broker(state_dir=tmp / "svc") as broker:
+            if args.redis_config:
+                client = RedisClient.from_url(redis.url)
+                for item in args.redis_config:
+                    name, _, value = item.partition("=")
+                    client.config_set(name, value)
             steps: list[tuple[str, Callable[[Run], dict[str, float | None]], dict[str, str]]] = [
                 ("throughput", lambda r: backlog(r, args.events, 1), {}),
                 ("naive_per_event", lambda r: backlog(r, args.naive_events, 2), {"FSTORE_STREAM_NAIVE_PER_EVENT": "1"}),
