@@ -195,7 +195,7 @@ def redis_cpu(url: str) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
-def backlog(run: Run, events: int, seed: int) -> dict[str, float | None]:
+def backlog(run: Run, events: int, seed: int) -> dict[str, object]:
     """Publish a backlog first, then time the worker through it."""
     now = time.time_ns() // 1000
     cfg = GeneratorConfig(
@@ -246,7 +246,7 @@ def backlog(run: Run, events: int, seed: int) -> dict[str, float | None]:
     }
 
 
-def freshness(run: Run, rate: float, duration: float, seed: int) -> dict[str, float | None]:
+def freshness(run: Run, rate: float, duration: float, seed: int) -> dict[str, object]:
     """Steady live traffic; lag quantiles over the events sent after the warm-up."""
     warm = live.publish_live(
         live.live_plan(rate, 3.0, time.time_ns() // 1000, users=50_000, products=5_000),
@@ -294,7 +294,7 @@ def main() -> None:
                 for item in args.redis_config:
                     name, _, value = item.partition("=")
                     client.config_set(name, value)
-            steps: list[tuple[str, Callable[[Run], dict[str, float | None]], dict[str, str]]] = [
+            steps: list[tuple[str, Callable[[Run], dict[str, object]], dict[str, str]]] = [
                 ("throughput", lambda r: backlog(r, args.events, 1), {}),
                 ("naive_per_event", lambda r: backlog(r, args.naive_events, 2), {"FSTORE_STREAM_NAIVE_PER_EVENT": "1"}),
                 (
