@@ -447,8 +447,20 @@ def normalise(entity_rows: pd.DataFrame | pa.Table, request: Request) -> tuple[d
     clash = [n for n in request.names if n in columns]
     if clash:
         raise PointInTimeError(f"entity dataframe already has column(s) {', '.join(clash)}; rename them")
+    return entity_rows_of(entity_rows, request.join_keys)
+
+
+def entity_rows_of(
+    entity_rows: pd.DataFrame | pa.Table, join_keys: Sequence[str]
+) -> tuple[dict[str, pa.Array], I64, I64]:
+    """The join key columns ``join_keys`` of an entity dataframe as string keys, and its row times in µs
+    rounded down and up (see :func:`entity_times`).
+
+    Raises:
+        PointInTimeError: a missing or ill-typed column.
+    """
     down, up = entity_times(_column(entity_rows, TIMESTAMP_COLUMN))
-    keys = {k: _keys(_column(entity_rows, k), k) for k in request.join_keys}
+    keys = {k: _keys(_column(entity_rows, k), k) for k in join_keys}
     return keys, down, up
 
 

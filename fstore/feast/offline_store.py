@@ -12,14 +12,16 @@ point-in-time engine (:mod:`fstore.offline.local`), not an as-of join over the d
 at every ``event_timestamp``, the fstore row contract (input order, duplicates kept, no row dropped). The
 features are those the store's own repository declares (``repo_path``: the plan ``fstore apply`` recorded,
 else the source compiled once per process, :func:`fstore.feast.compile.plan_of`; a feature still waiting for
-its backfill is exact here already, since the engine reads raw_events). ``pull_latest``/``pull_all``
+its backfill is exact here already, since the engine reads raw_events). A view's own join key, which Feast's
+registry lists among a ``StreamFeatureView``'s features, is the row's key: a ``view__key`` column with
+``full_feature_names``, else the entity column already there. ``pull_latest``/``pull_all``
 (materialisation, saved datasets) are delegated to Feast's file (dask) store, which reads the feature views'
 snapshot Parquet sources.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -36,6 +38,7 @@ from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.repo_config import FeastConfigBaseModel, RepoConfig
 
 from fstore.core import pit
+from fstore.core.plan import Plan
 from fstore.feast.compile import plan_of
 from fstore.feast.config_value import unset
 from fstore.offline import local as offline
@@ -119,6 +122,22 @@ def _as_arrow(entity_df: pd.DataFrame) -> tuple[pa.Table, str]:
     return table, ts
 
 
+def _key_refs(plan: Plan, refs: Sequence[str]) -> dict[str, str]:
+    """The references (``view:name``) that name their view's own join key, each with that key.
+
+    Feast's registry lists a ``StreamFeatureView``'s join key among its features (the schema's ``Field``
+    for it), so references built from ``fv.features`` name it; its value is the row's entity key, as
+    Feast's own offline stores return it for that field."""
+    views = {v.name: v for v in plan.views}
+    out: dict[str, str] = {}
+    for ref in refs:
+        name, colon, feature = ref.partition(":")
+        view = views.get(name)
+        if colon and view is not None and feature == view.entity.join_key:
+            out[ref] = feature
+    return out
+
+
 class FstoreOfflineStore(OfflineStore):
     """Feast offline store backed by the fstore point-in-time engine over ``raw_events``."""
 
@@ -148,8 +167,17 @@ class FstoreOfflineStore(OfflineStore):
             raise NotImplementedError("filter_by_created_timestamp does not apply to the fstore offline store")
         refs = list(feature_refs)
         plan = plan_of(config, "offline store")
-        request = pit.resolve(plan, refs, full_feature_names)  # unknown features fail here, not at to_df()
+        key_refs = _key_refs(plan, refs)
+        features = [r for r in refs if r not in key_refs]
         table, ts = _as_arrow(entity_df)
+        # unknown features and missing or clashing columns fail here, not at to_df()
+        request = pit.resolve(plan, features, full_feature_names) if features else None
+        keys = list(dict.fromkeys([*(request.join_keys if request else ()), *key_refs.values()]))
+        key_columns = pit.entity_rows_of(table, list(dict.fromkeys(key_refs.values())))[0] if key_refs else {}
+        added = {ref: ref.replace(":", "__") for ref in key_refs} if full_feature_names else {}
+        clash = [n for n in added.values() if n in table.column_names]
+        if clash:
+            raise pit.PointInTimeError(f"entity dataframe already has column(s) {', '.join(clash)}; rename them")
         store = config.offline_store
         engine: offline.Engine = "spark" if getattr(store, "engine", "local") == "spark" else "local"
         uri = raw_events_uri(config)
@@ -161,13 +189,18 @@ class FstoreOfflineStore(OfflineStore):
                 pd.Timestamp(int(down.min()), unit="us", tz="UTC").to_pydatetime(),
                 pd.Timestamp(int(up.max()), unit="us", tz="UTC").to_pydatetime(),
             )
-        keys = list(request.join_keys)
         metadata = RetrievalMetadata(features=refs, keys=keys, min_event_timestamp=lo, max_event_timestamp=hi)
 
         def run() -> pa.Table:
-            out = offline.get_historical_features(
-                table, refs, raw_uri=uri, engine=engine, full_feature_names=full_feature_names, plan=plan
-            )
+            out = table
+            if features:
+                out = offline.get_historical_features(
+                    table, features, raw_uri=uri, engine=engine, full_feature_names=full_feature_names, plan=plan
+                )
+            if added:  # view__key columns where requested; without full names the entity column is the key's
+                for ref, name in added.items():
+                    out = out.append_column(name, key_columns[key_refs[ref]])
+                out = out.select(list(dict.fromkeys([*table.column_names, *(r.replace(":", "__") for r in refs)])))
             if ts != pit.TIMESTAMP_COLUMN:
                 out = out.rename_columns([ts if c == pit.TIMESTAMP_COLUMN else c for c in out.column_names])
             return out

@@ -15,7 +15,9 @@ the API serves it, with the same refusal of a feature applied but not built yet;
 views to ``online_read`` like any feature view and applies no aggregation of its own online), as the lambda merge of
 :mod:`fstore.online.reader` (batch tiles before the cutover C, speed tiles from C on) evaluated at
 ``as_of`` = now — the values ``GET /features`` returns. The row's event timestamp is that
-``as_of``. Nothing here re-implements the merge or the pointer re-check: reads go through
+``as_of``. A view's own join key, which Feast's registry lists among a ``StreamFeatureView``'s features
+(refs built from ``fv.features`` name it), is answered with the row's entity key, not refused.
+Nothing here re-implements the merge or the pointer re-check: reads go through
 :class:`fstore.online.reader.SyncOnlineReader` (sync path) or :class:`fstore.online.reader.OnlineReader` (async path),
 both driving :class:`fstore.online.reader.ReadCore`, and keep its batch tile cache across calls.
 
@@ -41,7 +43,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from feast import Entity
 from feast.feature_view import FeatureView as FeastFeatureView
@@ -64,6 +66,16 @@ from fstore.redis.connect import async_client, sync_client
 from fstore.settings import SERVICES_ENV, Settings, get_settings, load_settings
 
 ReadRow = tuple[datetime | None, dict[str, ValueProto] | None]
+
+
+class _Reads(NamedTuple):
+    """What one ``online_read`` asks: the entity keys, their reads of the view's features, and whether the
+    view's join key was requested too (Feast's registry lists it among a ``StreamFeatureView``'s features,
+    so refs built from ``fv.features`` name it; its value is the row's entity key)."""
+
+    keys: Sequence[EntityKeyProto]
+    reads: list[EntityRead]
+    with_key: bool
 
 
 class FeatureNotBuiltError(RuntimeError):
@@ -141,19 +153,28 @@ def cluster_of(config: RepoConfig) -> bool:
     return bool(flag)
 
 
+def _key_value(key: EntityKeyProto, view: View) -> ValueProto:
+    """The value of the view's join key in an entity key proto (typed as the view's schema field: Feast
+    converts the entity rows with the dtypes of the view's entity columns).
+
+    Raises:
+        ValueError: when the key does not carry the view's join key.
+    """
+    values: list[ValueProto] = list(key.entity_values)
+    for name, value in zip(key.join_keys, values, strict=True):
+        if name == view.entity.join_key and value.WhichOneof("val") is not None:
+            return value
+    raise ValueError(f"feature view '{view.name}' needs entity key '{view.entity.join_key}'")
+
+
 def _entity_id(key: EntityKeyProto, view: View) -> str:
     """The join-key value of an entity key proto, as a string.
 
     Raises:
         ValueError: when the key does not carry the view's join key.
     """
-    for name, value in zip(key.join_keys, key.entity_values, strict=True):
-        if name == view.entity.join_key:
-            kind = value.WhichOneof("val")
-            if kind is None:
-                break
-            return str(getattr(value, kind))
-    raise ValueError(f"feature view '{view.name}' needs entity key '{view.entity.join_key}'")
+    value = _key_value(key, view)
+    return str(getattr(value, str(value.WhichOneof("val"))))  # set: _key_value checks it
 
 
 def _proto(value: Value, dtype: str) -> ValueProto:
@@ -165,11 +186,18 @@ def _proto(value: Value, dtype: str) -> ValueProto:
     return ValueProto(double_val=float(value))
 
 
-def _rows(view: View, results: Sequence[ReadResult], as_of: int) -> list[ReadRow]:
-    """Feast rows (event timestamp = ``as_of``) for the results of one view."""
+def _rows(view: View, reads: _Reads, results: Sequence[ReadResult], as_of: int) -> list[ReadRow]:
+    """Feast rows (event timestamp = ``as_of``) for the results of one view, with the join key's own value
+    where it was requested (:class:`_Reads`)."""
     ts = datetime.fromtimestamp(as_of // 1_000_000, tz=UTC).replace(microsecond=as_of % 1_000_000)
     dtypes = {f.name: f.dtype for f in view.features}
-    return [(ts, {n: _proto(v, dtypes[n]) for n, v in r.values.items()}) for r in results]
+    rows: list[ReadRow] = []
+    for key, r in zip(reads.keys, results, strict=True):
+        values = {n: _proto(v, dtypes[n]) for n, v in r.values.items()}
+        if reads.with_key:
+            values[view.entity.join_key] = _key_value(key, view)
+        rows.append((ts, values))
+    return rows
 
 
 class FstoreOnlineStore(OnlineStore):
@@ -212,15 +240,18 @@ class FstoreOnlineStore(OnlineStore):
         table: FeastFeatureView,
         entity_keys: Sequence[EntityKeyProto],
         requested_features: Sequence[str] | None,
-    ) -> tuple[View, list[EntityRead]]:
+    ) -> tuple[View, _Reads]:
         plan, pending = applied_of(config, "online store")
         view = plan.view(table.name)
         names = tuple(requested_features) if requested_features else view.feature_names
-        for n in names:
+        key = view.entity.join_key  # Feast lists it among a StreamFeatureView's features: the key answers it
+        features = tuple(n for n in names if n != key)
+        for n in features:
             view.feature(n)  # KeyError naming an unknown feature
             if pending and f"{view.name}:{n}" in pending:
                 raise FeatureNotBuiltError(not_built(view.name, n))
-        return view, [EntityRead(view, _entity_id(k, view), names) for k in entity_keys]
+        reads = [EntityRead(view, _entity_id(k, view), features) for k in entity_keys]
+        return view, _Reads(entity_keys, reads, key in names)
 
     def online_read(
         self,
@@ -241,8 +272,8 @@ class FstoreOnlineStore(OnlineStore):
             redis.exceptions.RedisError: Redis unreachable (after ``timeout_ms``) or the pointer kept moving.
         """
         view, reads = self._reads(config, table, entity_keys, requested_features)
-        snap = self._sync_reader(config).read(reads)
-        return _rows(view, snap.results, snap.as_of)
+        snap = self._sync_reader(config).read(reads.reads)
+        return _rows(view, reads, snap.results, snap.as_of)
 
     async def online_read_async(
         self,
@@ -260,8 +291,8 @@ class FstoreOnlineStore(OnlineStore):
             client = async_client(url, cluster_of(config), timeout=timeout, connect_timeout=timeout)
             entry = self._readers[loop] = (url, OnlineReader(client, lambda: self.clock()))
         reader = entry[1]
-        snap = await reader.read(reads)
-        return _rows(view, snap.results, snap.as_of)
+        snap = await reader.read(reads.reads)
+        return _rows(view, reads, snap.results, snap.as_of)
 
     # -- writes and infrastructure: owned by fstore's layers -----------------------------------------
 

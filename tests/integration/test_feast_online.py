@@ -19,12 +19,15 @@ import pandas as pd
 import pytest
 import redis
 from fastapi.testclient import TestClient
-from feast import FeatureStore
+from feast import FeatureService, FeatureStore
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
+from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
 from fstore.core.aggregates import isclose
 from fstore.core.plan import View
 from fstore.core.timeutil import DAY
 from fstore.devsvc.services import RedisServer
+from fstore.feast.compile import load_repo
 from fstore.feast.online_store import FstoreOnlineStore, FstoreReadOnlyError
 from fstore.plan_source import current_plan
 from services.online_api.app import create_app
@@ -117,6 +120,104 @@ def test_get_online_features_equals_api_and_brute_force(
                 PLAN, PRODUCT_ENGAGEMENT.name, ref.split(":")[1], events, row["product_id"], AS_OF
             )
             assert isclose(out2[ref.replace(":", "__")][i], want) and isclose(api2[i][ref], want)
+
+
+def registry_refs(store: FeatureStore, view: View) -> list[str]:
+    """References built from the registry, as a notebook builds them: ``view:name`` for each of
+    ``fv.features``, where Feast lists the view's join key (its schema ``Field``) beside the aggregations."""
+    names = [f.name for f in store.get_stream_feature_view(view.name).features]
+    assert view.entity.join_key in names and set(names) - {view.entity.join_key} == set(view.feature_names)
+    return [f"{view.name}:{n}" for n in names]
+
+
+def assert_brute(out: dict[str, list[Any]], refs: list[str], rows: list[dict[str, str]], events: list[Any]) -> None:
+    """Each reference's column (``view__name``) equals brute force, or the row's entity key for a view's join key."""
+    for ref in refs:
+        view_name, name = ref.split(":")
+        view = PLAN.view(view_name)
+        for i, row in enumerate(rows):
+            got, key = out[f"{view_name}__{name}"][i], row[view.entity.join_key]
+            if name == view.entity.join_key:
+                assert got == key, (ref, i, got)
+                continue
+            want = plan_bruteforce.value(PLAN, view_name, name, events, key, AS_OF)
+            assert isclose(got, want) and (got is None) == (want is None), (ref, row, got, want)
+
+
+def both_paths(store: FeatureStore, features: Any, rows: list[dict[str, str]], full: bool = True) -> dict[str, Any]:
+    """``get_online_features`` (SyncOnlineReader), checked equal to ``get_online_features_async`` (OnlineReader)."""
+    out = store.get_online_features(features=features, entity_rows=rows, full_feature_names=full).to_dict()
+    again = asyncio.run(store.get_online_features_async(features=features, entity_rows=rows, full_feature_names=full))
+    assert again.to_dict() == out
+    return out
+
+
+def test_refs_from_the_registry_read_the_join_key_as_the_entity_key(
+    store: FeatureStore, redis_client: redis.Redis
+) -> None:
+    """Feast's registry lists a StreamFeatureView's join key among its features: refs built from
+    ``fv.features`` name it, and the store answers it with the row's key (it refused it with a KeyError)."""
+    events = make_events(15)
+    load(redis_client, events, "v1", C)
+    rows = [{"user_id": u, "product_id": p} for u, p in zip(USERS, PRODUCTS, strict=True)]
+    refs = registry_refs(store, USER_ACTIVITY) + registry_refs(store, PRODUCT_ENGAGEMENT)
+    out = both_paths(store, refs, rows)
+    assert set(out) == {"user_id", "product_id", *(r.replace(":", "__") for r in refs)}
+    assert out["user_activity__user_id"] == out["user_id"] == USERS
+    assert out["product_engagement__product_id"] == out["product_id"] == PRODUCTS
+    assert_brute(out, refs, rows, events)
+    assert any(out["user_activity__clicks_24h"]) and any(out["product_engagement__revenue_24h"])  # not all empty
+
+    # One view with plain names: the join key is one column, the entity's; duplicated rows; the key alone.
+    rows1 = [{"product_id": p} for p in ["p4", "no-such-product", "p4", "p0"]]
+    plain = both_paths(store, registry_refs(store, PRODUCT_ENGAGEMENT), rows1, full=False)
+    assert set(plain) == {"product_id", *PRODUCT_ENGAGEMENT.feature_names}
+    assert plain["product_id"] == [r["product_id"] for r in rows1]
+    assert_brute(
+        {f"product_engagement__{n}": v for n, v in plain.items()},
+        registry_refs(store, PRODUCT_ENGAGEMENT),
+        rows1,
+        events,
+    )
+    assert both_paths(store, ["product_engagement:product_id"], rows1, full=False) == {
+        "product_id": plain["product_id"]
+    }
+
+    # Only a view's own join key is answered so: another name still fails in the store, naming it.
+    online = store._get_provider().online_store
+    fv = store.get_stream_feature_view("user_activity")
+    key = EntityKeyProto(join_keys=["user_id"], entity_values=[ValueProto(string_val="u1")])
+    for name in ("product_id", "no_such_feature"):
+        with pytest.raises(KeyError, match=f"feature view 'user_activity' has no feature '{name}'"):
+            online.online_read(store.config, fv, [key], [name])
+
+
+def test_feature_services_over_a_view_and_a_projection_equal_brute_force(
+    store: FeatureStore, feast_repo: Path, redis_client: redis.Redis
+) -> None:
+    """A FeatureService of a whole view and ``product_engagement[["ctr_1h"]]``: declared with the repository's
+    objects (Feast leaves the join key out of the view's projection) and built from the registry's views
+    (whose projection lists the join key as a feature), applied, read on both paths."""
+    events = make_events(16)
+    load(redis_client, events, "v1", C)
+    declared = {v.name: v for v in load_repo(feast_repo).stream_feature_views}
+    registered = {v.name: store.get_stream_feature_view(v.name) for v in (USER_ACTIVITY, PRODUCT_ENGAGEMENT)}
+    services = [
+        FeatureService(name=name, features=[views["user_activity"], views["product_engagement"][["ctr_1h"]]])
+        for name, views in (("declared", declared), ("registered", registered))
+    ]
+    store.apply([*services])
+    rows = [{"user_id": u, "product_id": p} for u, p in zip(USERS, PRODUCTS, strict=True)]
+    for svc in services:
+        refs = [f"user_activity:{n}" for n in USER_ACTIVITY.feature_names] + ["product_engagement:ctr_1h"]
+        if svc.name == "registered":
+            refs.append("user_activity:user_id")
+        out = both_paths(store, store.get_feature_service(svc.name), rows)
+        assert set(out) == {"user_id", "product_id", *(r.replace(":", "__") for r in refs)}, svc.name
+        assert_brute(out, refs, rows, events)
+        plain = both_paths(store, store.get_feature_service(svc.name), rows, full=False)
+        assert set(plain) == {"user_id", "product_id", *USER_ACTIVITY.feature_names, "ctr_1h"}
+        assert plain["user_id"] == USERS and plain["ctr_1h"] == out["product_engagement__ctr_1h"]
 
 
 def test_follows_a_batch_cutover(store: FeatureStore, redis_client: redis.Redis) -> None:

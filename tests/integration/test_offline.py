@@ -222,6 +222,62 @@ def test_feast_get_historical_features(data: tuple[Path, list[Row]], tmp_path: P
     assert read["event_timestamp"].tolist() == df["event_timestamp"].tolist()
 
 
+@pytest.mark.parametrize("engine", ["local", "spark"])
+def test_feast_refs_from_the_registry_and_feature_services(
+    data: tuple[Path, list[Row]], tmp_path: Path, engine: str
+) -> None:
+    """Refs built from the registry's ``fv.features`` name each view's join key (Feast lists it among a
+    StreamFeatureView's features): its column is the row's key, the others equal brute force (the store
+    refused the key with a PointInTimeError); so do FeatureServices of a whole view and
+    ``product_engagement[["ctr_1h"]]``, declared with the repository's objects or built from the registry's."""
+    from feast import FeatureService, FeatureStore
+
+    from fstore.feast.compile import load_repo
+
+    root, events = data
+    repo = feast_repo(REPOS / "ecommerce", tmp_path / "ecommerce_repo", root / "data", engine=engine)
+    df = entity_frame(events, 120, seed=3)
+    want = brute(events, df)
+    store = FeatureStore(repo_path=str(repo))
+    registered = {v.name: store.get_stream_feature_view(v.name) for v in PLAN.views}
+    refs = [f"{name}:{f.name}" for name, fv in registered.items() for f in fv.features]
+    assert {"user_activity:user_id", "product_engagement:product_id"} <= set(refs)
+
+    full = store.get_historical_features(entity_df=df, features=refs, full_feature_names=True).to_df()
+    assert list(full.columns) == [*df.columns, *(r.replace(":", "__") for r in refs)]
+    assert_equal_brute(full, want, df)
+    assert full["user_activity__user_id"].tolist() == df["user_id"].tolist()
+    assert full["product_engagement__product_id"].tolist() == df["product_id"].tolist()
+    for name in registered:  # plain names: the key is the entity column, not a second column of that name
+        key = PLAN.view(name).entity.join_key
+        names = [r.split(":")[1] for r in refs if r.startswith(f"{name}:")]
+        plain = store.get_historical_features(entity_df=df, features=[f"{name}:{n}" for n in names]).to_df()
+        assert list(plain.columns) == [*df.columns, *(n for n in names if n != key)]
+        for n in names:
+            pd.testing.assert_series_equal(plain[n], full[f"{name}__{n}"], check_names=False)
+    alone = store.get_historical_features(entity_df=df, features=["user_activity:user_id"], full_feature_names=True)
+    assert alone.to_df()["user_activity__user_id"].tolist() == df["user_id"].tolist()
+
+    declared = {v.name: v for v in load_repo(repo).stream_feature_views}
+    services = [
+        FeatureService(name=svc, features=[views["user_activity"], views["product_engagement"][["ctr_1h"]]])
+        for svc, views in (("declared", declared), ("registered", registered))
+    ]
+    store.apply([*services])
+    subset = {k: v for k, v in want.items() if k.startswith("user_activity__") or k == "product_engagement__ctr_1h"}
+    for svc in services:
+        job = store.get_historical_features(
+            entity_df=df, features=store.get_feature_service(svc.name), full_feature_names=True
+        )
+        got = job.to_df()
+        extra = ["user_activity__user_id"] if svc.name == "registered" else []  # its projection lists the key
+        assert set(got.columns) == {*df.columns, *subset, *extra} and len(got.columns) == len(df.columns) + len(
+            subset
+        ) + len(extra), svc.name
+        assert_equal_brute(got, subset, df)
+        assert all(got[c].tolist() == df["user_id"].tolist() for c in extra)
+
+
 def test_notebook_executes(tmp_path: Path) -> None:
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")

@@ -208,4 +208,4 @@ def test_the_feast_stores_follow_the_applied_record_and_refuse_pending_features(
     applied.save(repo, applied.AppliedPlan(ecommerce, 2))  # the backfill done
     assert applied_of(config, "online store") == (ecommerce, frozenset())
     got, reads = FstoreOnlineStore()._reads(config, table, [], [view.feature_names[0]])  # type: ignore[arg-type]
-    assert got == view and reads == []
+    assert got == view and reads.reads == [] and not reads.with_key
