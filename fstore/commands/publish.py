@@ -143,6 +143,7 @@ def publish(
         assert file is not None
         try:
             total = count_messages(file)
+            batches = kafka_io.iter_keyed_batches(file, partition_key(current_plan()), batch_size)
         except (OSError, ValueError) as exc:
             raise click.ClickException(f"cannot read {file}: {exc}") from None
     partitions = settings.topic_partitions if topic == settings.events_topic else 1
@@ -162,7 +163,7 @@ def publish(
         else:
             assert file is not None
             report = kafka_io.publish(
-                kafka_io.iter_keyed_batches(file, partition_key(current_plan()), batch_size),
+                batches,
                 bootstrap,
                 topic,
                 rate=rate,

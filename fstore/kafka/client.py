@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from fstore.kafka.messages import file_format, iter_batches, parquet_file
+from fstore.kafka.messages import MessageFileError, file_format, iter_batches, parquet_file
 
 Batch = tuple[Sequence[str | None], Sequence[bytes]]
 
@@ -58,27 +60,46 @@ def key_of(message: bytes, field: str) -> str | None:
     return key if isinstance(key, str) else None
 
 
+_KEY_TYPES = (
+    pa.types.is_string,
+    pa.types.is_large_string,
+    pa.types.is_binary,
+    pa.types.is_large_binary,
+    pa.types.is_null,
+)
+
+
 def iter_keyed_batches(
     path: str | Path, key_field: str, batch_size: int = 10_000
 ) -> Iterator[tuple[list[str | None], list[bytes]]]:
-    """Yield ``(keys, values)`` of a message file in log order.
+    """``(keys, values)`` of a message file in log order, batch by batch.
 
     Parquet files carry the key column; for JSONL (and a Parquet file without one) the key is the message's
     ``key_field`` (:func:`key_of`).
 
     Raises:
-        MessageFileError: not a message file (before any batch).
+        MessageFileError: at the call, before any batch: not a message file, or a Parquet ``key`` column
+            that is not text or bytes.
     """
-    if file_format(path) == "parquet":
-        pf = parquet_file(path)
-        keyed = "key" in pf.schema_arrow.names
-        for rb in pf.iter_batches(batch_size=batch_size, columns=["key", "value"] if keyed else ["value"]):
-            values = rb.column("value").to_pylist()  # a null (a tombstone) is sent as one
-            keys = rb.column("key").to_pylist() if keyed else [key_of(v, key_field) if v else None for v in values]
-            yield keys, values
-        return
-    for values in iter_batches(path, batch_size):
-        yield [key_of(v, key_field) for v in values], values
+    if file_format(path) != "parquet":
+        return (([key_of(v, key_field) for v in values], values) for values in iter_batches(path, batch_size))
+    pf = parquet_file(path)
+    keyed = "key" in pf.schema_arrow.names
+    if keyed and not any(ok(pf.schema_arrow.field("key").type) for ok in _KEY_TYPES):
+        raise MessageFileError(
+            f"{path}: the Parquet column 'key' (the Kafka key) must be string or binary, "
+            f"found {pf.schema_arrow.field('key').type}; cast it, or drop it to key by '{key_field}'"
+        )
+    return _parquet_keyed(pf, keyed, key_field, batch_size)
+
+
+def _parquet_keyed(
+    pf: pq.ParquetFile, keyed: bool, key_field: str, batch_size: int
+) -> Iterator[tuple[list[str | None], list[bytes]]]:
+    for rb in pf.iter_batches(batch_size=batch_size, columns=["key", "value"] if keyed else ["value"]):
+        values = rb.column("value").to_pylist()  # a null (a tombstone) is sent as one
+        keys = rb.column("key").to_pylist() if keyed else [key_of(v, key_field) if v else None for v in values]
+        yield keys, values
 
 
 @dataclass

@@ -58,4 +58,22 @@ def test_parquet_files_without_a_key_column_or_without_a_value_column(tmp_path) 
         with pytest.raises(MessageFileError, match="needs a column 'value' of binary or string"):
             count_messages(tmp_path / f"{name}.parquet")
         with pytest.raises(MessageFileError):
-            next(iter_keyed_batches(tmp_path / f"{name}.parquet", "zone_id"))
+            iter_keyed_batches(tmp_path / f"{name}.parquet", "zone_id")
+
+
+def test_a_parquet_key_column_that_is_not_text_or_bytes_is_refused_before_any_batch(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Kafka keys are bytes: an integer ``key`` column used to reach the producer as ints and fail half-way
+    through the publish; it is refused when the batches are asked for, naming the column and its type."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from fstore.kafka.messages import MessageFileError
+
+    lines = [orjson.dumps({"uid": "e1", "zone_id": "z7"})]
+    pq.write_table(pa.table({"key": [7], "value": pa.array(lines, pa.binary())}), tmp_path / "intkey.parquet")
+    with pytest.raises(MessageFileError, match=r"column 'key' .* must be string or binary, found int64"):
+        iter_keyed_batches(tmp_path / "intkey.parquet", "zone_id")
+    for kind in (pa.string(), pa.binary()):
+        keys = pa.array(["z7" if kind == pa.string() else b"z7"], kind)
+        pq.write_table(pa.table({"key": keys, "value": pa.array(lines, pa.binary())}), tmp_path / "ok.parquet")
+        assert list(iter_keyed_batches(tmp_path / "ok.parquet", "zone_id")) == [(keys.to_pylist(), lines)]
