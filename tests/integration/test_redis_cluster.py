@@ -183,6 +183,34 @@ def test_batch_view_housekeeping_walks_every_primary(redis_cluster: RedisCluster
         client.close()
 
 
+def test_publish_guards_hold_on_a_cluster(redis_cluster: RedisCluster) -> None:
+    """The swap, the lease and the deletion verdict are scripts over keys of the pointer's slot; the keys of
+    a version lie on every primary. A published version keeps its keys, a dropped one loses them on every
+    primary, and a swap of a dropped version (its lease gone) is refused."""
+    flush(redis_cluster)
+    assert {slot_of(k) for k in (batch_view.LOADING_KEY, batch_view.lease_key("v"))} == {slot_of(POINTER_KEY)}
+    client = redis.RedisCluster.from_url(redis_cluster.url)
+    try:
+        for version in ("v-pub", "v-drop"):
+            for i in range(60):
+                client.hset(batch_key("user_activity", f"u{i}", version), "f", "1")
+                client.expire(batch_key("user_activity", f"u{i}", version), 3600)
+        assert all(n > 0 for n in keys_per_primary(redis_cluster, "fs:*:b:v-drop"))
+        published = batch_view.LoadingLease(client, "v-pub", 3600)
+        dropped = batch_view.LoadingLease(client, "v-drop", 3600)
+        assert batch_view.publish(client, BatchPointer("v-pub", C), 3600, 60, lease=published).published
+        published.close(keep=True)
+        dropped.close(keep=False)
+        assert keys_per_primary(redis_cluster, "fs:*:b:v-drop") == [0, 0, 0]
+        assert sum(keys_per_primary(redis_cluster, "fs:*:b:v-pub")) == 60
+        with pytest.raises(batch_view.LeaseLost):
+            batch_view.publish(client, BatchPointer("v-drop", C + DAY), 3600, 60, lease=dropped)
+        assert batch_view.current(client) == BatchPointer("v-pub", C)
+        assert not client.smembers(batch_view.LOADING_KEY)
+    finally:
+        client.close()
+
+
 @pytest.fixture
 def cluster_with_replicas(tmp_path: Path) -> Iterator[RedisCluster]:
     """3 primaries + 3 replicas, failing a silent primary over after 1 s."""
