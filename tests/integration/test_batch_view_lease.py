@@ -1,9 +1,15 @@
 """The batch view's loading registry on a real Redis, without Spark (docs/design.md §4 and §7).
 
 A run registers the version it loads (:class:`jobs.batch.batch_view.LoadingLease`) so that the next run can
-remove the keys of a run killed while loading. Two promises around it: every Redis key carries a TTL, the
-registry too, even after a kill -9 with no run following; and a failed run never deletes the version the
-pointer serves (a pointer swap that Redis applied although its reply never arrived).
+remove the keys of a run killed while loading. The promises around it: every Redis key carries a TTL, the
+registry too, even after a kill -9 with no run following; a failed run never deletes the version the
+pointer serves (a pointer swap that Redis applied although its reply never arrived); a swap retried after
+a lost reply retires the replaced view once and never the new one; no cleanup deletes a version that a
+concurrent run publishes meanwhile; and a run whose lease lapsed publishes nothing.
+
+Faults are injected around real clients on a real Redis: a connection that loses a reply after Redis ran
+the command, a client that lets another process act right after one reply, a client that blocks (a paused
+process) while Redis and the other clients go on.
 """
 
 from __future__ import annotations
