@@ -28,6 +28,7 @@ from fstore.core.timeutil import DAY
 from fstore.devsvc.services import RedisServer
 from fstore.redis.layout import POINTER_KEY, BatchPointer
 from jobs.batch import batch_view
+from tests.support.redis_faults import lost_reply_connection
 from tests.support.redis_keys import keys_without_ttl
 
 pytestmark = pytest.mark.integration
@@ -80,35 +81,14 @@ def test_a_failed_run_never_deletes_the_version_the_pointer_serves(redis_client:
 def lossy_client(
     url: str, lose: str, retries: int, meanwhile: Callable[[], object] = lambda: None
 ) -> tuple[redis.Redis, list[int]]:
-    """A real client whose connection drops the reply of the first ``lose`` command AFTER Redis ran it.
-
-    The fault is injected below redis-py: the command reaches Redis, its reply is read off the socket, then
-    ``meanwhile`` runs (another process acting before the retry), the connection is torn down and
-    ``ConnectionError`` raised, as after a real network failure. With ``retries`` > 0 redis-py's own retry
+    """A real client whose connection loses the reply of the first ``lose`` command after Redis ran it
+    (:func:`tests.support.redis_faults.lost_reply_connection`). With ``retries`` > 0 redis-py's own retry
     sends the command again on a fresh connection (as ``RedisCluster`` and ``redis.Redis(host=...)`` do by
     default); with 0 the error reaches the caller (``Redis.from_url``'s default, that of
-    :func:`fstore.redis.connect.admin_client`). Returns the client and a list that counts the ``lose``
-    commands sent.
+    :func:`fstore.redis.connect.admin_client`). Returns the client and the count of ``lose`` commands sent.
     """
-    sent = [0]
-
-    class LostReply(redis.connection.Connection):
-        lossy = False
-
-        def send_command(self, *args: Any, **kwargs: Any) -> None:
-            self.lossy = str(args[0]).upper() == lose
-            sent[0] += self.lossy
-            super().send_command(*args, **kwargs)  # type: ignore[no-untyped-call]
-
-        def read_response(self, *args: Any, **kwargs: Any) -> Any:
-            reply = super().read_response(*args, **kwargs)
-            if self.lossy and sent[0] == 1:
-                meanwhile()
-                self.disconnect()  # type: ignore[no-untyped-call]
-                raise redis.ConnectionError("connection reset (injected: the reply was lost)")
-            return reply
-
-    return redis.Redis.from_url(url, connection_class=LostReply, retry=Retry(NoBackoff(), retries)), sent
+    connection, sent = lost_reply_connection(lose, meanwhile)
+    return redis.Redis.from_url(url, connection_class=connection, retry=Retry(NoBackoff(), retries)), sent
 
 
 @pytest.mark.parametrize("client_retries", [0, 3], ids=["publish-retries", "redis-py-retries"])

@@ -48,6 +48,7 @@ from tests.support.legacy.events_example import Event
 from tests.support.legacy.features import PRODUCT_ENGAGEMENT, USER_ACTIVITY, FeatureView
 from tests.support.online import AS_OF, C, load, make_events
 from tests.support.paths import message, run_batch
+from tests.support.redis_faults import lost_reply_connection
 from tests.support.stream import WorkerProcess
 
 pytestmark = pytest.mark.integration
@@ -208,6 +209,33 @@ def test_publish_guards_hold_on_a_cluster(redis_cluster: RedisCluster) -> None:
         assert batch_view.current(client) == BatchPointer("v-pub", C)
         assert not client.smembers(batch_view.LOADING_KEY)
     finally:
+        client.close()
+
+
+def test_a_swap_retried_by_redis_cluster_after_a_lost_reply_retires_the_old_view_once(
+    redis_cluster: RedisCluster,
+) -> None:
+    """``RedisCluster`` retries a command whose connection failed on its own; the swap it sends twice must
+    still name the replaced version, whose keys on every primary alone get the grace TTL."""
+    flush(redis_cluster)
+    client = redis.RedisCluster.from_url(redis_cluster.url)
+    connection, sent = lost_reply_connection("EVAL")
+    lossy = redis.RedisCluster.from_url(redis_cluster.url, connection_class=connection)
+    try:
+        for version in ("v-old", "v-new"):
+            for i in range(60):
+                client.hset(batch_key("user_activity", f"u{i}", version), "f", "1")
+                client.expire(batch_key("user_activity", f"u{i}", version), 3600)
+        assert batch_view.publish(client, BatchPointer("v-old", C - DAY), 3600, 60).published
+        result = batch_view.publish(lossy, BatchPointer("v-new", C), 3600, 60)
+        assert sent[0] == 2  # applied with its reply lost, then sent again by RedisCluster
+        assert result.published and result.previous == BatchPointer("v-old", C - DAY) and result.retired_keys == 60
+        assert batch_view.current(client) == BatchPointer("v-new", C)
+        for i in range(60):
+            assert 0 < client.ttl(batch_key("user_activity", f"u{i}", "v-old")) <= 60
+            assert client.ttl(batch_key("user_activity", f"u{i}", "v-new")) > 60
+    finally:
+        lossy.close()
         client.close()
 
 
