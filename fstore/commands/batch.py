@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from jobs.batch.exit_codes import CONFIG, DQ_FAILED, USAGE
+from jobs.batch.exit_codes import CONFIG, DQ_FAILED, RUN_FAILED, USAGE
 
 
 class BatchCommand(click.Command):
@@ -75,6 +75,7 @@ def batch(
     from fstore.core.plan_error import PlanError
     from fstore.plan_source import current_plan
     from fstore.settings import SettingsError
+    from jobs.batch.batch_view import LeaseLost
     from jobs.batch.rebuild_features import DQFailed, build_spark, rebuild
     from jobs.batch.settings import load_batch_settings
 
@@ -103,5 +104,8 @@ def batch(
             except DQFailed as exc:
                 click.echo(f"{d}: {exc}", err=True)
                 sys.exit(DQ_FAILED)
+            except LeaseLost as exc:
+                click.echo(f"Error: {d}: {exc}", err=True)
+                sys.exit(RUN_FAILED)
             if not res.published:
                 click.echo(f"{d}: tables rebuilt; batch view not published (a later cutover is serving)", err=True)

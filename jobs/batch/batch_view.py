@@ -14,12 +14,36 @@ A run that dies while loading (kill -9, lost executor) cannot clean up after its
 the set :data:`LOADING_KEY` with a lease key that the run keeps alive (:class:`LoadingLease`). The next
 run (:func:`remove_abandoned`) deletes every version whose lease lapsed and that is not serving, so no
 unpublished keys linger until their TTL; a run still loading keeps its lease and is left alone.
+
+What holds around the swap, and why (docs/batch.md, "Batch view versioning"):
+
+* The swap is idempotent. The pointer records the version it replaced (``"previous"`` in its JSON;
+  readers ignore it), and a swap that finds its own version already published (a retry after a reply
+  lost on the wire, by redis-py or by :func:`publish` itself) answers with that recorded version instead
+  of its own. So the replaced version gets the grace TTL once (``EXPIRE ... LT`` never lengthens a TTL,
+  so a second retirement changes nothing), and the new version never gets it.
+* Deleting a version is decided in one script with the pointer and the lease (:data:`_MAY_DELETE`), and a
+  swap succeeds only while the run's lease holds the run's token (:data:`_SWAP_POINTER`). Once a version's
+  lease is gone it never comes back (renewal compares the token and never re-creates the key,
+  :class:`LoadingLease`), so from the moment that script answers "delete" no swap can make the version
+  serve: the SCAN + UNLINK that follows (over every primary of a Redis Cluster, where one script cannot
+  reach keys of every slot) races with nothing. The check-then-delete this replaces was reachable, not
+  because two runs share a version (a version is ``<date>-<UTC start><random>``, unique per run) but
+  through (a) a concurrent run's swap and lease release landing between the registry read of
+  :func:`remove_abandoned` and its lease check; (b) a run paused longer than its lease (GC, stopped VM)
+  whose renewal re-created the lease after another run deleted its keys, then published; (c) a run's own
+  swap delayed on the wire past its failure cleanup. All keys the scripts touch share the pointer's
+  Redis Cluster slot (hash tag ``{fs:batch:current}``).
+* A run that lost its lease (:class:`LeaseLost`) publishes nothing and fails (exit 1): the keys it loaded
+  may have been deleted by another run.
 """
 
 from __future__ import annotations
 
 import itertools
 import threading
+import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -37,20 +61,66 @@ from fstore.redis.layout import DISTINCT, POINTER_KEY, PREFIX, BatchPointer, bat
 from jobs.batch.delta_io import lists_from_json
 
 _PIPELINE_FIELDS = 200_000  # also flush a pipeline after this many fields (bounded client buffers)
-LOADING_KEY = f"{PREFIX}:batch:loading"  # set of versions being loaded (removed once published or dropped)
+#: Hash tag that puts the loading registry and the leases in the Redis Cluster slot of the pointer, so that one
+#: script can check and change them together with the pointer.
+_TAG = f"{{{POINTER_KEY}}}"
+LOADING_KEY = f"{PREFIX}:batch:{_TAG}:loading"  # set of versions being loaded (removed once published or dropped)
 LEASE_S = 120  # a loading run renews its lease every LEASE_S / 4 seconds
+SWAP_ATTEMPTS = 3  # tries of the (idempotent) pointer swap when its reply is lost
 
 
 def lease_key(version: str) -> str:
-    """The key whose existence says that the run loading ``version`` is alive."""
-    return f"{PREFIX}:batch:lease:{version}"
+    """The key whose value (the run's token) says that the run loading ``version`` is alive."""
+    return f"{PREFIX}:batch:{_TAG}:lease:{version}"
+
+
+class LeaseLost(RuntimeError):
+    """The run's loading lease lapsed (the run was paused longer than it): another run may have deleted
+    the keys of its version, so it must not publish. Nothing was published; run the job again."""
+
+    def __init__(self, version: str) -> None:
+        super().__init__(
+            f"the batch run lost its loading lease on version {version} (paused longer than the lease?); "
+            "another run may have removed its keys as abandoned, so nothing was published: run the job again"
+        )
+
+
+#: Renew the lease only while it still holds this run's token (KEYS: lease; ARGV: token, lease_s).
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('EXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+#: Whether the keys of version ARGV[1] may be deleted (KEYS: pointer, loading set, lease; ARGV: version, token
+#: of the caller's own lease or ''): 0 it serves (dropped from the registry, never delete), -1 another run
+#: holds its lease, 1 delete (the caller's own lease is dropped first; once the lease is gone no swap to the
+#: version can succeed). The caller removes the version from the registry after deleting its keys.
+_MAY_DELETE = """
+local cur = redis.call('GET', KEYS[1])
+if cur and cjson.decode(cur)['version'] == ARGV[1] then
+  redis.call('SREM', KEYS[2], ARGV[1])
+  if ARGV[2] ~= '' and redis.call('GET', KEYS[3]) == ARGV[2] then redis.call('DEL', KEYS[3]) end
+  return 0
+end
+local lease = redis.call('GET', KEYS[3])
+if lease and lease ~= ARGV[2] then
+  return -1
+end
+redis.call('DEL', KEYS[3])
+return 1
+"""
 
 
 class LoadingLease:
     """Registers ``version`` as loading and renews its lease from a daemon thread until closed.
 
-    ``close(keep=False)`` (the run failed or did not publish) deletes the version's keys as well, unless the
-    pointer names the version after all (a swap that Redis applied but whose reply was lost).
+    The lease key holds a random token; renewal extends it only while it still holds that token, so a
+    lease that lapsed (the run paused longer than ``lease_s``) stays lapsed: :attr:`lost` is set, and the
+    swap refuses to publish (:class:`LeaseLost`). ``close(keep=False)`` (the run failed or did not publish)
+    deletes the version's keys as well, unless the pointer names the version after all (a swap that Redis
+    applied but whose reply was lost).
 
     Args:
         client: Redis client.
@@ -62,54 +132,65 @@ class LoadingLease:
 
     def __init__(self, client: AdminClient, version: str, ttl_s: int, lease_s: int = LEASE_S) -> None:
         self.client, self.version, self.lease_s = client, version, lease_s
+        self.token = uuid.uuid4().hex
+        self.lost = threading.Event()
         self._stop = threading.Event()
+        # The lease first: a version is never in the registry without its lease until that lapses.
+        client.set(lease_key(version), self.token, ex=lease_s)
         client.sadd(LOADING_KEY, version)
         client.expire(LOADING_KEY, ttl_s)
-        client.set(lease_key(version), b"1", ex=lease_s)
         self._thread = threading.Thread(target=self._renew, name=f"lease-{version}", daemon=True)
         self._thread.start()
 
     def _renew(self) -> None:
         while not self._stop.wait(self.lease_s / 4):
             try:
-                self.client.set(lease_key(self.version), b"1", ex=self.lease_s)
+                if not self.client.eval(_RENEW, 1, lease_key(self.version), self.token, self.lease_s):
+                    self.lost.set()
+                    return
             except redis.RedisError:  # the load itself will fail loudly if Redis is gone
                 continue
+
+    def check(self) -> None:
+        """Raise :class:`LeaseLost` if renewal found the lease lapsed (no round trip)."""
+        if self.lost.is_set():
+            raise LeaseLost(self.version)
 
     def close(self, keep: bool) -> None:
         """Stop renewing; forget the version (and delete its keys unless ``keep``: it was published)."""
         self._stop.set()
         self._thread.join(5)
-        if not keep and not is_serving(self.client, self.version):
+        if keep:
+            self.client.delete(lease_key(self.version))
+        elif _may_delete(self.client, self.version, self.token) == 1:
             expire_version(self.client, self.version, 0)
-        self.client.delete(lease_key(self.version))
         self.client.srem(LOADING_KEY, self.version)
+
+
+def _may_delete(client: AdminClient, version: str, token: str) -> int:
+    keys = (POINTER_KEY, LOADING_KEY, lease_key(version))
+    return int(client.eval(_MAY_DELETE, len(keys), *keys, version, token))
 
 
 def remove_abandoned(client: AdminClient) -> list[str]:
     """Delete the keys of every loading version whose run is gone (lease lapsed) and that is not serving
-    (on a Redis Cluster, :func:`expire_version` scans every primary).
+    (on a Redis Cluster, :func:`expire_version` scans every primary). Each version is judged in one script
+    with the pointer and its lease (the module docstring says why).
 
-        Returns:
-            The versions removed.
+    Returns:
+        The versions removed.
     """
-    serving = BatchPointer.loads(client.get(POINTER_KEY))
     removed = []
     for raw in client.smembers(LOADING_KEY):
         version = raw.decode() if isinstance(raw, bytes) else str(raw)
-        if client.exists(lease_key(version)):
+        verdict = _may_delete(client, version, "")
+        if verdict < 0:
             continue  # another run is loading it right now
-        if serving is None or serving.version != version:
+        if verdict == 1:
             expire_version(client, version, 0)
             removed.append(version)
         client.srem(LOADING_KEY, version)
     return removed
-
-
-def is_serving(client: AdminClient, version: str) -> bool:
-    """Whether the pointer names ``version`` (its keys must then never be deleted: readers use them)."""
-    serving = BatchPointer.loads(client.get(POINTER_KEY))
-    return serving is not None and serving.version == version
 
 
 def version_pattern(version: str) -> str:
@@ -226,30 +307,73 @@ def load_view(
 
 @dataclass(frozen=True)
 class PublishResult:
-    """Outcome of :func:`publish`."""
+    """Outcome of :func:`publish`.
+
+    ``superseded_by``: the swap was applied, its reply lost, and another run's swap replaced it before the
+    retry (that run retires this version); the version this one replaced is then unknown and keeps its TTL.
+    """
 
     published: bool
     previous: BatchPointer | None
     retired_keys: int
+    superseded_by: BatchPointer | None = None
 
 
-#: Compare-and-set of the pointer in one script (one key, so one slot on a Redis Cluster, where WATCH/MULTI
-#: is not portable): keeps a later cutover unless ARGV[3] is 1; returns {moved, previous raw value or ''}.
-#: Cutovers are epoch microseconds, below 2^53, so Lua's doubles compare them exactly.
+#: Compare-and-set of the pointer in one script (one slot on a Redis Cluster, where WATCH/MULTI is not
+#: portable). KEYS: pointer, loading set, lease of the version. ARGV: new pointer JSON, its cutover, '1' to
+#: allow an older cutover, TTL, version, lease token ('' = no lease to check: ``fstore repair``).
+#: Returns {status, raw}: {1, replaced pointer or ''} published (the pointer JSON gets ``"previous"``, the
+#: replaced {version, cutover}; a retry of an applied swap returns that record); {0, serving pointer} a
+#: later cutover serves; {2, serving pointer} applied, then replaced by another run; {3, ''} the lease is lost.
+#: Publishing drops the version from the loading set and its lease in the same step.
+#: Cutovers are epoch microseconds, below 2^53, so Lua's doubles hold and print ('%.0f') them exactly.
 _SWAP_POINTER = """
+local function ident(p)
+  return '{"version":' .. cjson.encode(p['version']) .. ',"cutover":' .. string.format('%.0f', p['cutover']) .. '}'
+end
 local cur = redis.call('GET', KEYS[1])
-if cur and ARGV[3] ~= '1' and cjson.decode(cur)['cutover'] > tonumber(ARGV[2]) then
+local p = cur and cjson.decode(cur)
+if p and p['version'] == ARGV[5] then
+  redis.call('SET', KEYS[1], cur, 'EX', ARGV[4])
+  redis.call('SREM', KEYS[2], ARGV[5])
+  redis.call('DEL', KEYS[3])
+  if type(p['previous']) == 'table' then return {1, ident(p['previous'])} end
+  return {1, ''}
+end
+if p and type(p['previous']) == 'table' and p['previous']['version'] == ARGV[5] then
+  return {2, cur}
+end
+if ARGV[6] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[6] then
+  return {3, ''}
+end
+if p and ARGV[3] ~= '1' and p['cutover'] > tonumber(ARGV[2]) then
   return {0, cur}
 end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[4])
-return {1, cur or ''}
+local new, prev = ARGV[1], ''
+if p then
+  prev = ident(p)
+  new = string.sub(ARGV[1], 1, -2) .. ',"previous":' .. prev .. '}'
+end
+redis.call('SET', KEYS[1], new, 'EX', ARGV[4])
+redis.call('SREM', KEYS[2], ARGV[5])
+redis.call('DEL', KEYS[3])
+return {1, prev}
 """
 
 
 def publish(
-    client: AdminClient, pointer: BatchPointer, ttl_s: int, grace_s: int, allow_older: bool = False
+    client: AdminClient,
+    pointer: BatchPointer,
+    ttl_s: int,
+    grace_s: int,
+    allow_older: bool = False,
+    lease: LoadingLease | None = None,
 ) -> PublishResult:
     """Make ``pointer.version`` the serving batch view in one atomic step, then retire the previous one.
+
+    A swap whose reply is lost (``ConnectionError``/``TimeoutError``) is sent again, up to
+    :data:`SWAP_ATTEMPTS` times in all (redis-py may also retry it on its own): the script is idempotent and
+    a retry of an applied swap returns the version it replaced, which alone gets the grace TTL.
 
     Args:
         client: Redis client.
@@ -257,13 +381,34 @@ def publish(
         ttl_s: TTL of the pointer (the same as the version's keys, so both lapse together).
         grace_s: remaining lifetime of the previous version's keys.
         allow_older: publish even if the serving view has a later cutover (a backfill normally must not).
+        lease: the run's :class:`LoadingLease` on ``pointer.version``; the swap happens only while it holds.
 
     Returns:
         Whether the pointer moved, the previous pointer and how many old keys got the grace TTL.
+
+    Raises:
+        LeaseLost: ``lease`` lapsed; nothing was published.
     """
-    moved, raw = client.eval(_SWAP_POINTER, 1, POINTER_KEY, pointer.dumps(), pointer.cutover, int(allow_older), ttl_s)
+    if lease is not None:
+        lease.check()
+    keys = (POINTER_KEY, LOADING_KEY, lease_key(pointer.version))
+    args = (pointer.dumps(), pointer.cutover, int(allow_older), ttl_s, pointer.version, lease.token if lease else "")
+    for attempt in range(1, SWAP_ATTEMPTS + 1):
+        try:
+            status, raw = client.eval(_SWAP_POINTER, len(keys), *keys, *args)
+            break
+        except (redis.ConnectionError, redis.TimeoutError):
+            if attempt == SWAP_ATTEMPTS:
+                raise
+            time.sleep(0.2 * attempt)
+    if status == 3:
+        if lease is not None:
+            lease.lost.set()
+        raise LeaseLost(pointer.version)
+    if status == 2:
+        return PublishResult(True, None, 0, superseded_by=BatchPointer.loads(raw))
     previous = BatchPointer.loads(raw or None)
-    if not moved:
+    if not status:
         return PublishResult(False, previous, 0)
     retired = 0
     if previous is not None and previous.version != pointer.version:

@@ -149,6 +149,7 @@ def rebuild(
     Raises:
         DQFailed: the data-quality gate failed (report written, nothing else changed).
         InjectedFailure: ``s.fail_after`` named a stage that just finished.
+        batch_view.LeaseLost: the run was paused longer than its loading lease (nothing published).
     """
     features = current_plan() if features is None else features
     schema = features.schema
@@ -189,7 +190,7 @@ def rebuild(
             tiles[view.name] = (view, df)
             cached.append(df)
         with m.stage("redis_load"):
-            published = _publish(s, plan, version, tiles, allow_older, m, checkpoint)
+            published = _publish(s, plan, version, tiles, allow_older, m, checkpoint, log)
         if published:  # the durable record that outlives Redis (fstore repair, the API's 503 on a lost view)
             batch_views.record(
                 s.table("batch_views"), batch_views.PublishedView(version, plan.cutover, run_date, wall_clock())
@@ -428,8 +429,13 @@ def _publish(
     allow_older: bool,
     m: JobMetrics,
     checkpoint: Callable[[str], None],
+    log: Callable[[str], None],
 ) -> bool:
-    """Load every view under ``version`` and swap the pointer; on failure drop the half-loaded version."""
+    """Load every view under ``version`` and swap the pointer; on failure drop the half-loaded version.
+
+    Raises:
+        batch_view.LeaseLost: the run's loading lease lapsed (nothing published, its version dropped).
+    """
     from fstore.redis.connect import admin_client
 
     client = admin_client(s.redis_url, s.redis_cluster)
@@ -444,8 +450,9 @@ def _publish(
             m.count(f"redis_keys:{name}", keys)
             m.count(f"redis_fields:{name}", fields)
             checkpoint(f"load:{name}")
+            lease.check()  # a run that lost its lease stops here rather than loading the other views
         result = batch_view.publish(
-            client, BatchPointer(version, plan.cutover), s.batch_view_ttl_s, s.batch_view_grace_s, allow_older
+            client, BatchPointer(version, plan.cutover), s.batch_view_ttl_s, s.batch_view_grace_s, allow_older, lease
         )
     except BaseException:
         lease.close(keep=False)
@@ -453,6 +460,12 @@ def _publish(
     lease.close(keep=result.published)
     m.info["published"] = result.published
     m.info["previous_version"] = result.previous.version if result.previous else None
+    if result.superseded_by is not None:
+        m.info["superseded_by"] = result.superseded_by.version
+        log(
+            f"published {version}, but its reply was lost and {result.superseded_by.version} replaced it before "
+            "the retry: the version it replaced was not retired early and expires with its TTL"
+        )
     m.count("redis_retired_keys", result.retired_keys)
     client.close()
     return result.published
@@ -483,6 +496,9 @@ def main(argv: list[str] | None = None) -> int:
         rebuild(spark, s, args.date, allow_older=args.allow_older, features=features)
     except DQFailed:
         return exit_codes.DQ_FAILED
+    except batch_view.LeaseLost as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return exit_codes.RUN_FAILED
     finally:
         spark.stop()
     return exit_codes.OK

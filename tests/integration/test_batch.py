@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import threading
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from datetime import date, timedelta
@@ -397,6 +399,54 @@ def test_next_run_removes_the_keys_of_a_run_killed_while_loading(
     rdb.delete(batch_view_mod.lease_key(alive))
     batch_view_mod.remove_abandoned(rdb)
     assert not list(rdb.scan_iter(match=f"fs:*:b:{alive}")) and not rdb.smembers(batch_view_mod.LOADING_KEY)
+
+
+def test_a_run_that_loses_its_lease_while_loading_exits_1_and_publishes_nothing(
+    spark: Any, settings: BatchSettings, data: dict[str, Any], rdb: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's lease lapses in the middle of its Redis load, as Redis sees a run paused longer than the
+    lease (a watcher deletes the lease key once the first keys of the version are written). The swap is
+    refused: exit 1 with a message, the serving pointer unchanged, the version's keys gone."""
+    for k, v in {
+        "DATA_DIR": settings.data_dir,
+        "REDIS_URL": settings.redis_url,
+        "SPARK_SHUFFLE_PARTITIONS": "4",
+    }.items():
+        monkeypatch.setenv(f"FSTORE_{k}", v)
+    for k in ("DQ_LATE_RATE_FAIL", "DQ_DUPLICATE_RATE_FAIL"):
+        monkeypatch.setenv(f"FSTORE_{k}", "0.9")
+    before = rdb.get(POINTER_KEY)
+    found: list[str] = []
+    stop = threading.Event()
+
+    def lapse() -> None:
+        watcher = redis.Redis.from_url(settings.redis_url)
+        prefix = batch_view_mod.lease_key("")
+        while not stop.is_set():
+            leases = [k.decode() for k in watcher.scan_iter(match=prefix.replace("{", "[{]") + "*")]
+            for lease in leases:
+                version = lease.removeprefix(prefix)
+                if next(watcher.scan_iter(match=f"fs:*:b:{version}", count=10_000), None) is not None:
+                    watcher.delete(lease)
+                    found.append(version)
+                    watcher.close()
+                    return
+            time.sleep(0.01)
+        watcher.close()
+
+    thread = threading.Thread(target=lapse, daemon=True)
+    thread.start()
+    try:
+        res = CliRunner().invoke(batch, ["--date", D2.isoformat(), "--no-progress"])
+    finally:
+        stop.set()
+        thread.join(5)
+    assert found, "the load never started"
+    assert res.exit_code == 1, res.output
+    assert f"lost its loading lease on version {found[0]}" in res.output
+    assert rdb.get(POINTER_KEY) == before
+    assert not list(rdb.scan_iter(match=f"fs:*:b:{found[0]}"))
+    assert found[0].encode() not in rdb.smembers(batch_view_mod.LOADING_KEY)
 
 
 def test_dq_failure_publishes_nothing(

@@ -48,6 +48,7 @@ from tests.support.legacy.events_example import Event
 from tests.support.legacy.features import PRODUCT_ENGAGEMENT, USER_ACTIVITY, FeatureView
 from tests.support.online import AS_OF, C, load, make_events
 from tests.support.paths import message, run_batch
+from tests.support.redis_faults import lost_reply_connection
 from tests.support.stream import WorkerProcess
 
 pytestmark = pytest.mark.integration
@@ -180,6 +181,61 @@ def test_batch_view_housekeeping_walks_every_primary(redis_cluster: RedisCluster
         assert batch_view.publish(client, BatchPointer("v1", C - DAY), 3600, 60, allow_older=True).published
         assert batch_view.current(client) == BatchPointer("v1", C - DAY)
     finally:
+        client.close()
+
+
+def test_publish_guards_hold_on_a_cluster(redis_cluster: RedisCluster) -> None:
+    """The swap, the lease and the deletion verdict are scripts over keys of the pointer's slot; the keys of
+    a version lie on every primary. A published version keeps its keys, a dropped one loses them on every
+    primary, and a swap of a dropped version (its lease gone) is refused."""
+    flush(redis_cluster)
+    assert {slot_of(k) for k in (batch_view.LOADING_KEY, batch_view.lease_key("v"))} == {slot_of(POINTER_KEY)}
+    client = redis.RedisCluster.from_url(redis_cluster.url)
+    try:
+        for version in ("v-pub", "v-drop"):
+            for i in range(60):
+                client.hset(batch_key("user_activity", f"u{i}", version), "f", "1")
+                client.expire(batch_key("user_activity", f"u{i}", version), 3600)
+        assert all(n > 0 for n in keys_per_primary(redis_cluster, "fs:*:b:v-drop"))
+        published = batch_view.LoadingLease(client, "v-pub", 3600)
+        dropped = batch_view.LoadingLease(client, "v-drop", 3600)
+        assert batch_view.publish(client, BatchPointer("v-pub", C), 3600, 60, lease=published).published
+        published.close(keep=True)
+        dropped.close(keep=False)
+        assert keys_per_primary(redis_cluster, "fs:*:b:v-drop") == [0, 0, 0]
+        assert sum(keys_per_primary(redis_cluster, "fs:*:b:v-pub")) == 60
+        with pytest.raises(batch_view.LeaseLost):
+            batch_view.publish(client, BatchPointer("v-drop", C + DAY), 3600, 60, lease=dropped)
+        assert batch_view.current(client) == BatchPointer("v-pub", C)
+        assert not client.smembers(batch_view.LOADING_KEY)
+    finally:
+        client.close()
+
+
+def test_a_swap_retried_by_redis_cluster_after_a_lost_reply_retires_the_old_view_once(
+    redis_cluster: RedisCluster,
+) -> None:
+    """``RedisCluster`` retries a command whose connection failed on its own; the swap it sends twice must
+    still name the replaced version, whose keys on every primary alone get the grace TTL."""
+    flush(redis_cluster)
+    client = redis.RedisCluster.from_url(redis_cluster.url)
+    connection, sent = lost_reply_connection("EVAL")
+    lossy = redis.RedisCluster.from_url(redis_cluster.url, connection_class=connection)
+    try:
+        for version in ("v-old", "v-new"):
+            for i in range(60):
+                client.hset(batch_key("user_activity", f"u{i}", version), "f", "1")
+                client.expire(batch_key("user_activity", f"u{i}", version), 3600)
+        assert batch_view.publish(client, BatchPointer("v-old", C - DAY), 3600, 60).published
+        result = batch_view.publish(lossy, BatchPointer("v-new", C), 3600, 60)
+        assert sent[0] == 2  # applied with its reply lost, then sent again by RedisCluster
+        assert result.published and result.previous == BatchPointer("v-old", C - DAY) and result.retired_keys == 60
+        assert batch_view.current(client) == BatchPointer("v-new", C)
+        for i in range(60):
+            assert 0 < client.ttl(batch_key("user_activity", f"u{i}", "v-old")) <= 60
+            assert client.ttl(batch_key("user_activity", f"u{i}", "v-new")) > 60
+    finally:
+        lossy.close()
         client.close()
 
 
