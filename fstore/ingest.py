@@ -13,7 +13,9 @@ ingested here and the same file sent through Kafka give the same winners. An eve
 
 Before each commit, the copies to write go to the speed layer as the stream worker's first copies do
 (``speed``, :mod:`jobs.ingest_speed`): their event_ids are claimed and the recent ones counted in the speed
-tiles, so that they are served online and a later copy sent through Kafka counts nowhere.
+tiles, so that they are served online and a later copy sent through Kafka counts nowhere. The speed step's
+``begin`` runs once per batch, before its first call: a batch it lets start is finished completely (tiles
+and commit, the commit retried as often as it takes), which is what ``fstore backfill`` waits for.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import orjson
@@ -92,18 +95,26 @@ class IngestReport:
 MAX_COMMIT_ATTEMPTS = 50
 
 
-#: Hands ``(rows, payload hashes)`` about to be written to the speed layer; returns the events newly counted
-#: in the speed tiles (:class:`jobs.ingest_speed.IngestSpeed`).
-Speed = Callable[[Sequence[Row], Sequence[str], int], int]
+class Speed(Protocol):
+    """The speed layer's share of a batch (:class:`jobs.ingest_speed.IngestSpeed`)."""
+
+    def begin(self) -> None:
+        """At a batch boundary, before the batch's first call; raising stops the ingestion with nothing of the
+        batch written."""
+
+    def __call__(self, rows: Sequence[Row], hashes: Sequence[str], now: int) -> int:
+        """Hands ``rows`` about to be written (their payload ``hashes``, the batch's clock ``now``) to the speed
+        layer; returns the events newly counted in the speed tiles. Called again with the rows checked anew
+        when the commit lost to a concurrent writer."""
 
 
 class Ingestor:
     """Validates, de-duplicates and appends batches of messages (reusable across files).
 
-    ``speed``, when given, is called with the rows and payload hashes of the copies a batch is about to write
-    and the batch's processing clock, before its ``raw_events`` commit (``fstore ingest`` passes
-    :class:`jobs.ingest_speed.IngestSpeed`: claims and speed tiles, as the stream worker writes them); what it
-    raises stops the ingestion before that commit.
+    ``speed``, when given, is begun once per batch that has copies to write, then called with the rows and
+    payload hashes of those copies and the batch's processing clock, before its ``raw_events`` commit
+    (``fstore ingest`` passes :class:`jobs.ingest_speed.IngestSpeed`: claims and speed tiles, as the stream
+    worker writes them); what it raises stops the ingestion before that commit.
     """
 
     def __init__(
@@ -149,6 +160,7 @@ class Ingestor:
         bad_reasons: list[str] = []
         loads, parse, idf, ts, names = orjson.loads, self.reader.parse, self.idf, self.ts, self.schema.names
         duplicates = tiled = 0
+        begun = False
         for raw in messages:
             res = parse(raw, now)
             if isinstance(res, dict):
@@ -164,6 +176,9 @@ class Ingestor:
             at = max(now, self._last_at + 1)  # one instant per copy, in line order: ingested_at plus a sequence
             table, refused = rows_or_refused(taken, at, self.schema)
             if self.speed is not None and table.num_rows:  # before the commit: the worker's tiles precede its raw sink
+                if not begun:  # the batch boundary: once begun, a batch is finished (a retry checks no hold)
+                    self.speed.begin()
+                    begun = True
                 out = {ev[idf] for _, ev in refused}
                 kept = [ev for _, ev in taken if ev[idf] not in out]
                 tiled += self.speed(kept, table.column("payload_hash").to_pylist(), now)
