@@ -14,8 +14,9 @@ ingested here and the same file sent through Kafka give the same winners. An eve
 Before each commit, the copies to write go to the speed layer as the stream worker's first copies do
 (``speed``, :mod:`jobs.ingest_speed`): their event_ids are claimed and the recent ones counted in the speed
 tiles, so that they are served online and a later copy sent through Kafka counts nowhere. The speed step's
-``begin`` runs once per batch, before its first call: a batch it lets start is finished completely (tiles
-and commit, the commit retried as often as it takes), which is what ``fstore backfill`` waits for.
+``begin`` runs at the start of every batch, before anything of it is written: a batch it lets start is
+finished (tiles and commit, a commit lost to a concurrent writer retried without a new ``begin``), which is
+what ``fstore backfill`` waits for.
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ class Speed(Protocol):
 class Ingestor:
     """Validates, de-duplicates and appends batches of messages (reusable across files).
 
-    ``speed``, when given, is begun once per batch that has copies to write, then called with the rows and
+    ``speed``, when given, is begun at the start of every batch, then called with the rows and
     payload hashes of those copies and the batch's processing clock, before its ``raw_events`` commit
     (``fstore ingest`` passes :class:`jobs.ingest_speed.IngestSpeed`: claims and speed tiles, as the stream
     worker writes them); what it raises stops the ingestion before that commit.
@@ -160,7 +161,8 @@ class Ingestor:
         bad_reasons: list[str] = []
         loads, parse, idf, ts, names = orjson.loads, self.reader.parse, self.idf, self.ts, self.schema.names
         duplicates = tiled = 0
-        begun = False
+        if self.speed is not None:  # the batch boundary: once begun, a batch is finished (its retries check no hold)
+            self.speed.begin()
         for raw in messages:
             res = parse(raw, now)
             if isinstance(res, dict):
@@ -176,9 +178,6 @@ class Ingestor:
             at = max(now, self._last_at + 1)  # one instant per copy, in line order: ingested_at plus a sequence
             table, refused = rows_or_refused(taken, at, self.schema)
             if self.speed is not None and table.num_rows:  # before the commit: the worker's tiles precede its raw sink
-                if not begun:  # the batch boundary: once begun, a batch is finished (a retry checks no hold)
-                    self.speed.begin()
-                    begun = True
                 out = {ev[idf] for _, ev in refused}
                 kept = [ev for _, ev in taken if ev[idf] not in out]
                 tiled += self.speed(kept, table.column("payload_hash").to_pylist(), now)
