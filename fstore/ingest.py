@@ -13,7 +13,10 @@ ingested here and the same file sent through Kafka give the same winners. An eve
 
 Before each commit, the copies to write go to the speed layer as the stream worker's first copies do
 (``speed``, :mod:`jobs.ingest_speed`): their event_ids are claimed and the recent ones counted in the speed
-tiles, so that they are served online and a later copy sent through Kafka counts nowhere.
+tiles, so that they are served online and a later copy sent through Kafka counts nowhere. The speed step's
+``begin`` runs at the start of every batch, before anything of it is written: a batch it lets start is
+finished (tiles and commit, a commit lost to a concurrent writer retried without a new ``begin``), which is
+what ``fstore backfill`` waits for.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import orjson
@@ -92,18 +96,26 @@ class IngestReport:
 MAX_COMMIT_ATTEMPTS = 50
 
 
-#: Hands ``(rows, payload hashes)`` about to be written to the speed layer; returns the events newly counted
-#: in the speed tiles (:class:`jobs.ingest_speed.IngestSpeed`).
-Speed = Callable[[Sequence[Row], Sequence[str], int], int]
+class Speed(Protocol):
+    """The speed layer's share of a batch (:class:`jobs.ingest_speed.IngestSpeed`)."""
+
+    def begin(self) -> None:
+        """At a batch boundary, before the batch's first call; raising stops the ingestion with nothing of the
+        batch written."""
+
+    def __call__(self, rows: Sequence[Row], hashes: Sequence[str], now: int) -> int:
+        """Hands ``rows`` about to be written (their payload ``hashes``, the batch's clock ``now``) to the speed
+        layer; returns the events newly counted in the speed tiles. Called again with the rows checked anew
+        when the commit lost to a concurrent writer."""
 
 
 class Ingestor:
     """Validates, de-duplicates and appends batches of messages (reusable across files).
 
-    ``speed``, when given, is called with the rows and payload hashes of the copies a batch is about to write
-    and the batch's processing clock, before its ``raw_events`` commit (``fstore ingest`` passes
-    :class:`jobs.ingest_speed.IngestSpeed`: claims and speed tiles, as the stream worker writes them); what it
-    raises stops the ingestion before that commit.
+    ``speed``, when given, is begun at the start of every batch, then called with the rows and
+    payload hashes of those copies and the batch's processing clock, before its ``raw_events`` commit
+    (``fstore ingest`` passes :class:`jobs.ingest_speed.IngestSpeed`: claims and speed tiles, as the stream
+    worker writes them); what it raises stops the ingestion before that commit.
     """
 
     def __init__(
@@ -149,6 +161,8 @@ class Ingestor:
         bad_reasons: list[str] = []
         loads, parse, idf, ts, names = orjson.loads, self.reader.parse, self.idf, self.ts, self.schema.names
         duplicates = tiled = 0
+        if self.speed is not None:  # the batch boundary: once begun, a batch is finished (its retries check no hold)
+            self.speed.begin()
         for raw in messages:
             res = parse(raw, now)
             if isinstance(res, dict):

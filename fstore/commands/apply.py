@@ -64,7 +64,8 @@ def apply(repo: Path | None, skip_feast: bool, wait_timeout: float) -> None:
     them. The first apply records the baseline.
 
     The Redis state of removed views and features is freed once every live stream worker runs the new
-    plan (they follow within about a second). If one does not within --wait-timeout, nothing is freed and
+    plan (they follow within about a second; a running fstore ingest registers too, with the plan it
+    started with, until it ends). If one does not within --wait-timeout, nothing is freed and
     the exit code is 3: the plan is applied, the keys are left; check the workers and run `fstore apply`
     again, which frees them first.
     """

@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from fstore.ingest import IngestReport
 
 
 @click.command()
@@ -34,7 +38,9 @@ def ingest(files: tuple[str, ...], batch_size: int, as_json: bool, speed: bool) 
     events do: the event_ids are claimed (a later copy sent through Kafka with another payload does not
     count) and the events inside the stream's horizon are counted in the speed tiles, so GET /features
     serves them at once. Redis unreachable: the ingestion stops before that commit, with exit code 1 (what
-    was committed stays, and running it again goes on); --no-speed skips this.
+    was committed stays, and running it again goes on); --no-speed skips this. Meanwhile the ingestion
+    registers like a stream worker, so fstore backfill waits for the batch in flight and fstore apply for the
+    plan it runs; under a backfill's hold it stops at the next batch with exit code 1 (run it again after).
     """
     from tqdm import tqdm
 
@@ -56,41 +62,51 @@ def ingest(files: tuple[str, ...], batch_size: int, as_json: bool, speed: bool) 
         keep_unparseable=settings.dead_letter_keep_unparseable,
         speed=to_speed,
     )
-    for path in files:
-        try:  # a file that is not a message file is found before its first batch: nothing of it is written
-            with tqdm(
-                total=count_messages(path),
-                unit="msg",
-                unit_scale=True,
-                desc=f"ingest {path}",
-                file=sys.stderr,
-                disable=None,
-            ) as bar:
-                report = ingestor.ingest_file(path, batch_size, progress=bar.update)
-        except MessageFileError as exc:
-            raise click.ClickException(str(exc)) from None
-        except SpeedFailed as exc:  # the batches committed before stay; nothing of this one was written
-            click.echo(f"Error: {exc}", err=True)
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(1)
-        s = report.summary()
-        if as_json:
-            click.echo(json.dumps(s))
-            continue
-        click.echo(f"{path}: {s['messages']:,} messages in {s['seconds']}s ({s['messages_per_s'] or 0:,}/s)")
-        click.echo(f"  written to {settings.table('raw_events')}: {report.written:,}")
-        click.echo(f"  duplicates skipped: {report.duplicates:,}; already in raw_events: {report.already_present:,}")
-        click.echo(f"  rejected to {settings.table('dead_letters')}: {report.invalid:,}")
-        for reason, n in sorted(report.rejected.items()):
-            click.echo(f"    {reason:<28} {n:,}")
-        if speed:
-            click.echo(
-                f"  speed layer: {report.claimed:,} event_ids claimed, {report.tiled:,} counted in the speed tiles"
-            )
+    failed: SpeedFailed | None = None
+    try:
+        for path in files:
+            try:  # a file that is not a message file is found before its first batch: nothing of it is written
+                with tqdm(
+                    total=count_messages(path),
+                    unit="msg",
+                    unit_scale=True,
+                    desc=f"ingest {path}",
+                    file=sys.stderr,
+                    disable=None,
+                ) as bar:
+                    report = ingestor.ingest_file(path, batch_size, progress=bar.update)
+            except MessageFileError as exc:
+                raise click.ClickException(str(exc)) from None
+            except SpeedFailed as exc:  # the batches committed before stay; nothing of this one was written
+                failed = exc
+                break
+            _show(report, as_json, speed, settings.table("raw_events"), settings.table("dead_letters"))
+    finally:  # success, failure or Ctrl-C: no longer registered, so no backfill or apply waits for this ingest
+        if to_speed is not None:
+            to_speed.close()
+    if failed is not None:
+        click.echo(f"Error: {failed}", err=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
     # Everything is committed and reported. delta-rs's native thread pools can abort the interpreter's
     # teardown afterwards ("terminate called without an active exception", SIGABRT; apache/arrow#34314),
     # which would turn a finished ingest into exit status -6: leave without that teardown.
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def _show(report: IngestReport, as_json: bool, speed: bool, raw: str, dead: str) -> None:
+    s = report.summary()
+    if as_json:
+        click.echo(json.dumps(s))
+        return
+    click.echo(f"{report.source}: {s['messages']:,} messages in {s['seconds']}s ({s['messages_per_s'] or 0:,}/s)")
+    click.echo(f"  written to {raw}: {report.written:,}")
+    click.echo(f"  duplicates skipped: {report.duplicates:,}; already in raw_events: {report.already_present:,}")
+    click.echo(f"  rejected to {dead}: {report.invalid:,}")
+    for reason, n in sorted(report.rejected.items()):
+        click.echo(f"    {reason:<28} {n:,}")
+    if speed:
+        click.echo(f"  speed layer: {report.claimed:,} event_ids claimed, {report.tiled:,} counted in the speed tiles")

@@ -7,7 +7,9 @@ flushed, future events due moved), acknowledges the token in :data:`ACKS_KEY` wi
 (``"<token> <clock µs>"``: every event it stored as a future field is stamped at or after that clock) and
 waits, consuming nothing, until the key is gone; then it reloads the applied plan and goes on. The hold
 key has a TTL that the backfill keeps refreshing, so a backfill that dies releases the workers by itself
-(after at most :data:`HOLD_TTL_S`). Kafka keeps what arrives meanwhile.
+(after at most :data:`HOLD_TTL_S`). Kafka keeps what arrives meanwhile. A running ``fstore ingest`` is waited
+for like a worker while its batch is in flight; at its next batch it removes its registration instead of
+acknowledging (it keeps no future events to move later) and stops (:mod:`jobs.ingest_speed`).
 """
 
 from __future__ import annotations

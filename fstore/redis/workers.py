@@ -8,6 +8,9 @@ workers to hold (:mod:`fstore.redis.hold`); ``fstore apply`` waits for them to r
 (:func:`wait_following`) before it frees the Redis state of what the plan removed, so no worker writes a
 freed key again. A worker that stopped registering (dead, or stuck longer than :data:`LIVE_S`) blocks
 neither.
+
+``fstore ingest`` registers the same way while it writes speed tiles (:mod:`jobs.ingest_speed`, under the name
+``ingest:<host>:<pid>``): a backfill waits for its batch in flight, ``fstore apply`` for the plan it runs.
 """
 
 from __future__ import annotations
@@ -44,6 +47,11 @@ def register(client: AdminClient, name: str, fingerprint: str) -> None:
     pipe.hset(WORKERS_KEY, name, registration(fingerprint))
     pipe.expire(WORKERS_KEY, WORKERS_TTL_S)
     pipe.execute()
+
+
+def deregister(client: AdminClient, name: str) -> None:
+    """Remove the registration of ``name`` (it stopped writing): nobody waits for it any more."""
+    client.hdel(WORKERS_KEY, name)
 
 
 def parse_registration(value: bytes | str | None) -> tuple[float, str]:

@@ -13,17 +13,33 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import subprocess
+import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 import redis
+from deltalake import DeltaTable
 
+from fstore.core.events import Row
+from fstore.core.plan_json import fingerprint
 from fstore.core.timeutil import MINUTE, SECOND
 from fstore.devsvc.services import Broker, RedisServer, free_port
+from fstore.ingest import Ingestor
+from fstore.plan_source import current_plan
+from fstore.redis import hold
 from fstore.redis.hold import HOLD_KEY
+from fstore.redis.workers import LIVE_S, WORKERS_KEY, as_text, parse_registration, wait_following, worker_plans
+from jobs.backfill import rebuild_speed
+from jobs.ingest_speed import IngestSpeed, SpeedFailed
+from jobs.repair import speed_events
+from jobs.stream.settings import StreamSettings
 from tests.support.legacy.events_example import Event, parse
 from tests.support.paths import FSTORE, message, run_fstore
 from tests.support.stream import Factory, Traffic, assert_tiles_exact, make_traffic, publish
@@ -124,3 +140,189 @@ def test_ingest_refuses_while_a_backfill_holds_the_speed_layer(
     redis_client.delete(HOLD_KEY)
     out = run_fstore(["ingest", "--json", str(path)], env, tmp_path)
     assert json.loads(out.strip().splitlines()[-1])["tiled"] == len(traffic.valid_ids)
+
+
+#: How long the injected slow step keeps the first batch in flight after its tiles (longer than a poll of
+#: ``wait_held``; the registration is renewed meanwhile).
+SLOW_S = 1.5
+
+
+class SlowSpeed(IngestSpeed):
+    """The real speed step (real Redis), slowed down after the first batch's tiles: the batch stays in flight
+    — tiles written, ``raw_events`` not committed yet — for :data:`SLOW_S` seconds."""
+
+    def __init__(self, settings: StreamSettings, name: str) -> None:
+        super().__init__(settings, name=name)
+        self.tiled = threading.Event()
+        self.calls = 0
+
+    def __call__(self, rows: Sequence[Row], hashes: Sequence[str], now: int) -> int:
+        n = super().__call__(rows, hashes, now)
+        self.calls += 1
+        if self.calls == 1:
+            self.tiled.set()
+            time.sleep(SLOW_S)
+        return n
+
+
+def stored_ids(raw_uri: str) -> set[str]:
+    """The event_ids in ``raw_events`` now (read with delta-rs directly, not through fstore)."""
+    try:
+        table = DeltaTable(raw_uri)
+    except Exception:  # not created yet
+        return set()
+    return set(table.to_pyarrow_table(columns=["event_id"]).column("event_id").to_pylist())
+
+
+def two_batches(tmp_path: Path, seed: int) -> tuple[Path, Traffic, Traffic]:
+    """A message file of two parts with disjoint event_ids, each part one ingest batch."""
+    first = make_traffic(120, seed=seed, users=8, products=4, hours=1)
+    second = make_traffic(120, seed=seed + 1, users=8, products=4, hours=1)
+    assert not first.valid_ids & second.valid_ids
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"".join(v + b"\n" for v in first.values + second.values))
+    return path, first, second
+
+
+def test_backfill_waits_for_the_ingest_batch_in_flight_and_the_ingest_stops_at_the_next(
+    tmp_path: Path, redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    """A backfill that sets its hold while an ingest batch is in flight must not read ``raw_events`` before
+    that batch's commit: otherwise the batch's tiles, written before the hold, are replaced by a rebuild that
+    lacks them while its rows land after the read — lost online. The ingest stops at the next batch boundary
+    (naming the hold, nothing of that batch written) and leaves the registry at once, so the backfill does not
+    wait out ``LIVE_S``. The backfill's own rebuild then gives the brute-force tiles of what was committed."""
+    path, first, _ = two_batches(tmp_path, seed=71)
+    raw = str(tmp_path / "data" / "raw_events")
+    settings = StreamSettings(redis_url=redis_server.url, data_dir=str(tmp_path / "data"))
+    speed = SlowSpeed(settings, name="ingest:test")
+    seen: dict[str, object] = {}
+
+    def backfill() -> None:  # what `fstore backfill` does around its speed rebuild (jobs/backfill.py)
+        assert speed.tiled.wait(30)
+        token = "backfill-test"
+        hold.hold(redis_client, token)
+        started = time.monotonic()
+        try:
+            seen["clocks"] = hold.wait_held(redis_client, token, timeout=3 * LIVE_S)
+            seen["waited"] = time.monotonic() - started
+            seen["stored"] = stored_ids(raw)  # what the backfill's read of raw_events finds
+            seen["registered"] = worker_plans(redis_client)
+            plan = current_plan()
+            rows = speed_events(raw, 0, 0, plan.schema)
+            for view in plan.views:
+                rebuild_speed(redis_client, view, plan.schema, rows, time.time_ns() // 1000, settings.tile_ttl_s)
+        finally:
+            hold.release(redis_client)
+
+    helper = threading.Thread(target=backfill)
+    helper.start()
+    stopped: SpeedFailed | None = None
+    try:
+        with speed:
+            ingestor = Ingestor(raw, str(tmp_path / "data" / "dead_letters"), speed=speed)
+            try:
+                ingestor.ingest_file(path, batch_size=len(first.values))
+            except SpeedFailed as exc:
+                stopped = exc
+                seen["left"] = redis_client.hget(WORKERS_KEY, "ingest:test") is None  # before the caller's close
+    finally:
+        helper.join(60)
+    assert not helper.is_alive()
+    assert seen["stored"] == first.valid_ids, "the backfill read raw_events before the batch in flight committed"
+    assert stopped is not None, "the ingest wrote the next batch under the hold"
+    assert "holds the speed layer (hold backfill-test)" in str(stopped), stopped
+    assert "nothing of this batch was written" in str(stopped), stopped
+    assert seen["left"], "the ingest stopped still registered"
+    assert seen["registered"] == {} and seen["clocks"] == {}  # the ingest left instead of acknowledging
+    assert float(str(seen["waited"])) < LIVE_S  # not waited out: the ingest left the registry at once
+    assert stored_ids(raw) == first.valid_ids  # nothing of the next batch
+    assert_tiles_exact(redis_client, first)  # the rebuild from raw_events: brute force over what was committed
+    claimed = {as_text(f) for k in redis_client.scan_iter(match="fs:{claim:*}:c:*") for f in redis_client.hkeys(k)}
+    assert claimed == first.valid_ids  # the first batch's claims; none of the next batch
+
+
+def test_apply_waits_for_the_plan_of_an_ingest_in_flight(
+    tmp_path: Path, redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    """``fstore apply`` frees what a plan removed once every live writer runs it (``wait_following``): an ingest
+    batch in flight writes with the plan it started with, so it must be seen running that plan until it ends,
+    and not at all afterwards."""
+    path, first, second = two_batches(tmp_path, seed=73)
+    raw = str(tmp_path / "data" / "raw_events")
+    settings = StreamSettings(redis_url=redis_server.url, data_dir=str(tmp_path / "data"))
+    speed = SlowSpeed(settings, name="ingest:test")
+    mine = fingerprint(current_plan())
+    other = "0123456789abcdef"  # a newer plan the ingest does not run
+    seen: dict[str, Any] = {}
+
+    def apply() -> None:
+        assert speed.tiled.wait(30)
+        seen["plans"] = worker_plans(redis_client)
+        seen["at"] = [parse_registration(redis_client.hget(WORKERS_KEY, "ingest:test"))[0]]
+        wait_following(redis_client, mine, timeout=0.5)  # the ingest runs this one: no wait
+        try:
+            wait_following(redis_client, other, timeout=0.5)
+        except TimeoutError as exc:
+            seen["behind"] = str(exc)
+        time.sleep(0.2)
+        seen["at"].append(parse_registration(redis_client.hget(WORKERS_KEY, "ingest:test"))[0])
+
+    helper = threading.Thread(target=apply)
+    helper.start()
+    try:
+        with speed:
+            ingestor = Ingestor(raw, str(tmp_path / "data" / "dead_letters"), speed=speed)
+            report = ingestor.ingest_file(path, batch_size=len(first.values))
+    finally:
+        helper.join(60)
+    assert report.written == len(first.valid_ids | second.valid_ids)
+    assert seen["plans"] == {"ingest:test": mine}
+    first_at, later_at = seen["at"]
+    assert later_at > first_at  # renewed while the batch is in flight (a batch may outlast LIVE_S)
+    assert "ingest:test" in str(seen.get("behind")) and mine[:12] in str(seen.get("behind")), seen
+    assert redis_client.hget(WORKERS_KEY, "ingest:test") is None  # ended: removed, not left to lapse
+    wait_following(redis_client, other, timeout=0.5)  # nothing waits for an ingest that ended
+
+
+@pytest.mark.parametrize("end", ["success", "hold", "interrupt"])
+def test_the_ingest_registration_is_removed_however_the_ingest_ends(
+    tmp_path: Path, redis_server: RedisServer, redis_client: redis.Redis, end: str
+) -> None:
+    """``fstore ingest`` registers like a worker (``ingest:<host>:<pid>``, the plan it runs) while it writes,
+    and removes the registration when it ends: done, stopped by a backfill's hold, or Ctrl-C."""
+    traffic = make_traffic(3_000, seed=75, users=50, products=20, hours=1)
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"".join(v + b"\n" for v in traffic.values))
+    env = {**os.environ, "FSTORE_DATA_DIR": str(tmp_path / "data"), "FSTORE_REDIS_URL": redis_server.url}
+    proc = subprocess.Popen(
+        [FSTORE, "ingest", "--batch-size", "100", str(path)],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    name = f"ingest:{socket.gethostname()}:{proc.pid}"
+    try:
+        deadline = time.monotonic() + 60
+        while redis_client.hget(WORKERS_KEY, name) is None and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        plans = worker_plans(redis_client)
+        if end == "hold":
+            redis_client.set(HOLD_KEY, "backfill-2", ex=60)
+        elif end == "interrupt":
+            proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert plans == {name: fingerprint(current_plan())}, (plans, err[-2000:])
+    if end == "success":
+        assert proc.returncode == 0, err[-2000:]
+    elif end == "hold":
+        assert proc.returncode == 1 and "holds the speed layer (hold backfill-2)" in err, err[-2000:]
+    else:
+        assert proc.returncode != 0, err[-2000:]
+    assert redis_client.hget(WORKERS_KEY, name) is None
