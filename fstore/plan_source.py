@@ -127,6 +127,11 @@ def follow() -> bool:
         return False
 
 
+def installed() -> bool:
+    """Whether this process runs a plan installed with :func:`use_plan` (not the repository's)."""
+    return _installed
+
+
 def stale() -> str | None:
     """Why this process runs an older plan than the applied record (which changed but could not be read:
     corrupt, or its repository has mistakes), naming the record; ``None`` when it runs the applied one."""

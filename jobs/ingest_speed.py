@@ -28,7 +28,10 @@ and waits; at the next boundary ingest sees the hold, removes its registration (
 once: it waits only for live registrations, so no acknowledgement is needed — ingest keeps no future
 events to fold later, which is what a worker's acknowledged clock is for) and stops with exit code 1,
 nothing of that batch written. An ingest killed mid-batch stops blocking after
-:data:`~fstore.redis.workers.LIVE_S`, like a worker.
+:data:`~fstore.redis.workers.LIVE_S`, like a worker. Its plan is fixed when it starts, but it is visible only
+from its first batch on: an ``fstore apply`` in between waited for nobody, so at each boundary, after
+registering, ingest also compares the applied record with its plan and stops the same way (exit 1, nothing
+of that batch written) when another plan was applied.
 
 Limits. Copies of one event_id with different payloads written at the same moment by ingest and another
 writer (the stream's raw sink, another ingest) can leave the speed tiles on the copy that claimed first and
@@ -44,8 +47,10 @@ import os
 import socket
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from types import TracebackType
 
+from fstore import applied, plan_source
 from fstore.core.events import Row
 from fstore.core.plan import Plan
 from fstore.core.plan_json import fingerprint
@@ -96,6 +101,8 @@ class IngestSpeed:
 
     def __init__(self, settings: StreamSettings, plan: Plan | None = None, name: str | None = None) -> None:
         self.s = settings
+        # the applied record this ingest must still match at each batch (None: a plan given or installed)
+        self._record: Path | None = None if plan is not None or plan_source.installed() else plan_source.repo_dir()
         self.plan = current_plan() if plan is None else plan
         self.fingerprint = fingerprint(self.plan)
         self.name = name or ingest_name()
@@ -125,6 +132,9 @@ class IngestSpeed:
                 )
             workers.register(self._client, self.name, self.fingerprint)
             token = self._client.get(HOLD_KEY)
+            # After registering, like the hold: an apply that recorded its plan before this registration was
+            # visible did not wait for this ingest, so it must not write under the plan it started with.
+            record = applied.load(self._record) if self._record is not None and token is None else None
         except Exception as exc:
             raise self._failed(exc) from exc
         if token is not None:
@@ -133,6 +143,13 @@ class IngestSpeed:
             raise SpeedFailed(
                 f"fstore backfill holds the speed layer (hold {held}); nothing of this batch was written. Run "
                 "fstore ingest again once the backfill is done (what was written is not written twice)."
+            )
+        if record is not None and fingerprint(record.plan) != self.fingerprint:
+            self.close()
+            raise SpeedFailed(
+                f"fstore apply recorded another plan ({applied.record_path(self._record or '.')}) since this "
+                "ingest started; nothing of this batch was written. Run fstore ingest again: it runs the "
+                "applied plan (what was written is not written twice)."
             )
         if self._beat is None:
             self._stop.clear()

@@ -40,7 +40,8 @@ def ingest(files: tuple[str, ...], batch_size: int, as_json: bool, speed: bool) 
     serves them at once. Redis unreachable: the ingestion stops before that commit, with exit code 1 (what
     was committed stays, and running it again goes on); --no-speed skips this. Meanwhile the ingestion
     registers like a stream worker, so fstore backfill waits for the batch in flight and fstore apply for the
-    plan it runs; under a backfill's hold it stops at the next batch with exit code 1 (run it again after).
+    plan it runs; under a backfill's hold, or once another plan is applied, it stops at the next batch with
+    exit code 1 (run it again after).
     """
     from tqdm import tqdm
 

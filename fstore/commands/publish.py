@@ -121,7 +121,7 @@ def publish(
     from examples.synth import live as live_traffic
     from fstore.devsvc.services import ServiceError, ensure_topics
     from fstore.kafka import client as kafka_io
-    from fstore.kafka.messages import count_messages
+    from fstore.kafka.messages import MessageFileError, count_messages
     from fstore.plan_source import current_plan
     from fstore.settings import get_settings
 
@@ -144,6 +144,8 @@ def publish(
         try:
             total = count_messages(file)
             batches = kafka_io.iter_keyed_batches(file, partition_key(current_plan()), batch_size)
+        except MessageFileError as exc:  # names the file and what is wrong with it
+            raise click.ClickException(str(exc)) from None
         except (OSError, ValueError) as exc:
             raise click.ClickException(f"cannot read {file}: {exc}") from None
     partitions = settings.topic_partitions if topic == settings.events_topic else 1

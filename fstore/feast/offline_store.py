@@ -173,7 +173,8 @@ class FstoreOfflineStore(OfflineStore):
         # unknown features and missing or clashing columns fail here, not at to_df()
         request = pit.resolve(plan, features, full_feature_names) if features else None
         keys = list(dict.fromkeys([*(request.join_keys if request else ()), *key_refs.values()]))
-        key_columns = pit.entity_rows_of(table, list(dict.fromkeys(key_refs.values())))[0] if key_refs else {}
+        if key_refs:  # the key columns are there and hold keys (the check a feature's join key gets)
+            pit.entity_rows_of(table, list(dict.fromkeys(key_refs.values())))
         added = {ref: ref.replace(":", "__") for ref in key_refs} if full_feature_names else {}
         clash = [n for n in added.values() if n in table.column_names]
         if clash:
@@ -199,7 +200,7 @@ class FstoreOfflineStore(OfflineStore):
                 )
             if added:  # view__key columns where requested; without full names the entity column is the key's
                 for ref, name in added.items():
-                    out = out.append_column(name, key_columns[key_refs[ref]])
+                    out = out.append_column(name, table.column(key_refs[ref]))  # as given: its own type
                 out = out.select(list(dict.fromkeys([*table.column_names, *(r.replace(":", "__") for r in refs)])))
             if ts != pit.TIMESTAMP_COLUMN:
                 out = out.rename_columns([ts if c == pit.TIMESTAMP_COLUMN else c for c in out.column_names])

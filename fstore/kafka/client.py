@@ -60,13 +60,20 @@ def key_of(message: bytes, field: str) -> str | None:
     return key if isinstance(key, str) else None
 
 
-_KEY_TYPES = (
+_TEXT_OR_BYTES = (
     pa.types.is_string,
     pa.types.is_large_string,
     pa.types.is_binary,
     pa.types.is_large_binary,
-    pa.types.is_null,
+    pa.types.is_fixed_size_binary,
 )
+
+
+def _key_type_ok(kind: pa.DataType) -> bool:
+    """Whether a Parquet ``key`` column reads as text or bytes (a dictionary of them too: pandas categories)."""
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    return pa.types.is_null(kind) or any(ok(kind) for ok in _TEXT_OR_BYTES)
 
 
 def iter_keyed_batches(
@@ -85,7 +92,7 @@ def iter_keyed_batches(
         return (([key_of(v, key_field) for v in values], values) for values in iter_batches(path, batch_size))
     pf = parquet_file(path)
     keyed = "key" in pf.schema_arrow.names
-    if keyed and not any(ok(pf.schema_arrow.field("key").type) for ok in _KEY_TYPES):
+    if keyed and not _key_type_ok(pf.schema_arrow.field("key").type):
         raise MessageFileError(
             f"{path}: the Parquet column 'key' (the Kafka key) must be string or binary, "
             f"found {pf.schema_arrow.field('key').type}; cast it, or drop it to key by '{key_field}'"

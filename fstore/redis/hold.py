@@ -66,9 +66,11 @@ def wait_held(
         if not missing:
             return {w: acks[w] for w in live}
         if time.monotonic() >= deadline:
+            ingests = " (an ingest:<host>:<pid> is a running fstore ingest finishing a batch: wait for it)"
             raise TimeoutError(
                 f"stream worker(s) {', '.join(sorted(missing))} did not hold within {timeout:.0f} s; the hold is "
                 "released. Check the workers (GET /health, their logs) and run the backfill again"
+                + (ingests if any(w.startswith("ingest:") for w in missing) else "")
             )
         if on_wait is not None:
             on_wait(missing)

@@ -66,7 +66,7 @@ _PIPELINE_FIELDS = 200_000  # also flush a pipeline after this many fields (boun
 _TAG = f"{{{POINTER_KEY}}}"
 LOADING_KEY = f"{PREFIX}:batch:{_TAG}:loading"  # set of versions being loaded (removed once published or dropped)
 LEASE_S = 120  # a loading run renews its lease every LEASE_S / 4 seconds
-SWAP_ATTEMPTS = 3  # tries of the (idempotent) pointer swap when its reply is lost
+SWAP_ATTEMPTS = 6  # tries of the (idempotent) pointer swap when its reply is lost (≈ 6 s: a failover's time)
 
 
 def lease_key(version: str) -> str:
@@ -340,7 +340,7 @@ if p and p['version'] == ARGV[5] then
   if type(p['previous']) == 'table' then return {1, ident(p['previous'])} end
   return {1, ''}
 end
-if p and type(p['previous']) == 'table' and p['previous']['version'] == ARGV[5] then
+if ARGV[6] ~= '' and p and type(p['previous']) == 'table' and p['previous']['version'] == ARGV[5] then
   return {2, cur}
 end
 if ARGV[6] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[6] then
@@ -400,7 +400,12 @@ def publish(
         except (redis.ConnectionError, redis.TimeoutError):
             if attempt == SWAP_ATTEMPTS:
                 raise
-            time.sleep(0.2 * attempt)
+            time.sleep(0.2 * 2 ** (attempt - 1))
+    if status == 3 and attempt > 1:
+        # The lease is gone after a lost reply: the swap was applied (it drops the lease) and then replaced by
+        # more than one later run, whose pointer no longer records this version; a lease cannot lapse in the
+        # seconds of these retries. Published and superseded: its keys keep their TTL, never deleted here.
+        return PublishResult(True, None, 0, superseded_by=BatchPointer.loads(client.get(POINTER_KEY)))
     if status == 3:
         if lease is not None:
             lease.lost.set()

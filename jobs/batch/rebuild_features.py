@@ -191,7 +191,8 @@ def rebuild(
             cached.append(df)
         with m.stage("redis_load"):
             published = _publish(s, plan, version, tiles, allow_older, m, checkpoint, log)
-        if published:  # the durable record that outlives Redis (fstore repair, the API's 503 on a lost view)
+        if published and not m.info.get("superseded_by"):  # the durable record that outlives Redis (fstore repair,
+            # the API's 503 on a lost view); a run replaced before its retry saw its swap does not serve
             batch_views.record(
                 s.table("batch_views"), batch_views.PublishedView(version, plan.cutover, run_date, wall_clock())
             )

@@ -27,6 +27,7 @@ import pytest
 import redis
 from deltalake import DeltaTable
 
+from fstore import applied, plan_source
 from fstore.core.events import Row
 from fstore.core.plan_json import fingerprint
 from fstore.core.timeutil import MINUTE, SECOND
@@ -326,3 +327,29 @@ def test_the_ingest_registration_is_removed_however_the_ingest_ends(
     else:
         assert proc.returncode != 0, err[-2000:]
     assert redis_client.hget(WORKERS_KEY, name) is None
+
+
+def test_an_ingest_stops_at_its_next_batch_once_another_plan_is_applied(
+    tmp_path: Path, redis_server: RedisServer, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ingest fixes its plan when it starts but registers only at its first batch: an ``fstore apply`` in
+    between waited for nobody, so the ingest must not write under the plan it started with. Each batch, after
+    registering, it compares the applied record with its plan and stops on another one (exit 1 from the
+    command), deregistered and nothing of that batch written; the same plan recorded again changes nothing."""
+    mine = current_plan()  # the process's plan, loaded before the repository moves
+    repo = tmp_path / "repo"
+    (repo / "data").mkdir(parents=True)
+    monkeypatch.setenv("FSTORE_FEATURE_REPO", str(repo))
+    settings = StreamSettings(redis_url=redis_server.url, data_dir=str(tmp_path / "data"))
+    with IngestSpeed(settings, name="ingest:plan-test") as speed:
+        assert speed.fingerprint == fingerprint(mine)
+        speed.begin()  # never applied: runs the plan it has
+        applied.save(repo, applied.AppliedPlan(plan=mine, applied_at=1))
+        speed.begin()  # the same plan applied: goes on
+        assert worker_plans(redis_client) == {"ingest:plan-test": fingerprint(mine)}
+        other = plan_source.compile_dir(Path(__file__).resolve().parents[1] / "support" / "repos" / "meters")
+        assert fingerprint(other) != fingerprint(mine)
+        applied.save(repo, applied.AppliedPlan(plan=other, applied_at=2))
+        with pytest.raises(SpeedFailed, match="fstore apply recorded another plan"):
+            speed.begin()
+        assert redis_client.hget(WORKERS_KEY, "ingest:plan-test") is None  # nothing waits for it any more
