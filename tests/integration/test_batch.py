@@ -423,7 +423,7 @@ def test_a_run_that_loses_its_lease_while_loading_exits_1_and_publishes_nothing(
         watcher = redis.Redis.from_url(settings.redis_url)
         while not stop.is_set():  # the loading registry names the versions (a SCAN of every key is too slow)
             for raw in watcher.smembers(batch_view_mod.LOADING_KEY):
-                version = raw.decode()
+                version = raw.decode() if isinstance(raw, bytes) else raw
                 if next(watcher.scan_iter(match=f"fs:*:b:{version}", count=10_000), None) is not None:
                     watcher.delete(batch_view_mod.lease_key(version))
                     found.append(version)
