@@ -143,6 +143,53 @@ def test_a_swap_replaced_by_another_run_before_its_retry_keeps_its_keys(
     assert not redis_client.smembers(batch_view.LOADING_KEY)
 
 
+def test_a_swap_replaced_by_two_runs_before_its_retry_counts_as_published_and_keeps_its_keys(
+    redis_client: redis.Redis, redis_server: RedisServer
+) -> None:
+    """Run A's swap is applied (which drops its lease), its reply lost; runs B then C publish before A
+    retries, so the pointer no longer records A at all. A's retry finds no lease: it must count as published
+    and superseded, not as a run that lost its lease — whose cleanup would delete the keys B's retirement
+    left readable for the grace period."""
+    cutover = 20_000 * DAY
+    load_fake_view(redis_client, "20261126-old")
+    assert batch_view.publish(redis_client, BatchPointer("20261126-old", cutover - 3 * DAY), TTL_S, 3600).published
+    a_keys = load_fake_view(redis_client, "20261127-a")
+    for v in ("20261128-b", "20261129-c"):
+        load_fake_view(redis_client, v)
+    lease = batch_view.LoadingLease(redis_client, "20261127-a", TTL_S)
+
+    def b_then_c_publish() -> None:
+        for v, c in (("20261128-b", cutover - DAY), ("20261129-c", cutover)):
+            assert batch_view.publish(redis_client, BatchPointer(v, c), TTL_S, 3600).published
+
+    client, sent = lossy_client(redis_server.url, "EVAL", 0, b_then_c_publish)
+    try:
+        a = batch_view.publish(client, BatchPointer("20261127-a", cutover - 2 * DAY), TTL_S, 3600, lease=lease)
+    finally:
+        client.close()
+    assert sent[0] == 2
+    assert a.published and a.superseded_by == BatchPointer("20261129-c", cutover) and a.retired_keys == 0
+    lease.close(keep=a.published)
+    assert batch_view.current(redis_client) == BatchPointer("20261129-c", cutover)
+    assert all(0 < redis_client.ttl(k) <= 3600 for k in a_keys)  # retired by B: kept for the grace period
+    assert not redis_client.smembers(batch_view.LOADING_KEY)
+
+
+def test_a_publish_without_a_lease_is_never_taken_for_a_superseded_retry(redis_client: redis.Redis) -> None:
+    """``fstore repair`` publishes a version again without a lease. When the serving pointer records that
+    version as the one it replaced (an ``--allow-older`` run with an earlier cutover replaced it), the swap
+    is a new publish judged by cutover, not a retry of an old one: the later cutover serves again."""
+    cutover = 20_000 * DAY
+    load_fake_view(redis_client, "20261127-a")
+    assert batch_view.publish(redis_client, BatchPointer("20261127-a", cutover), TTL_S, 3600).published
+    load_fake_view(redis_client, "20261126-older")
+    older = BatchPointer("20261126-older", cutover - DAY)
+    assert batch_view.publish(redis_client, older, TTL_S, 3600, allow_older=True).published
+    again = batch_view.publish(redis_client, BatchPointer("20261127-a", cutover), TTL_S, 3600)
+    assert again.published and again.superseded_by is None and again.previous == older
+    assert batch_view.current(redis_client) == BatchPointer("20261127-a", cutover)
+
+
 def test_a_swap_that_arrives_after_the_failure_cleanup_is_refused(redis_client: redis.Redis) -> None:
     """A run gave up on its swap (no reply) and dropped its version; the swap, delayed on the wire, then
     reaches Redis. It must not make the deleted version serve."""
