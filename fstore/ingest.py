@@ -96,6 +96,10 @@ class IngestReport:
 MAX_COMMIT_ATTEMPTS = 50
 
 
+class Interrupted(RuntimeError):
+    """The ingestion was asked to stop (Ctrl-C) and stopped between two batches."""
+
+
 class Speed(Protocol):
     """The speed layer's share of a batch (:class:`jobs.ingest_speed.IngestSpeed`)."""
 
@@ -258,7 +262,11 @@ class Ingestor:
             report.already_present += 1
 
     def ingest_file(
-        self, path: str | Path, batch_size: int = 200_000, progress: Callable[[int], object] | None = None
+        self,
+        path: str | Path,
+        batch_size: int = 200_000,
+        progress: Callable[[int], object] | None = None,
+        stop: Callable[[], bool] | None = None,
     ) -> IngestReport:
         """Ingest every message of a JSONL or Parquet message file.
 
@@ -266,6 +274,11 @@ class Ingestor:
             path: the message file (see :mod:`fstore.kafka.messages`).
             batch_size: messages per Delta commit.
             progress: called with the number of messages done after each batch.
+            stop: asked before each batch; ``True`` stops there (:class:`Interrupted`), the batches before
+                committed whole (``fstore ingest`` on Ctrl-C).
+
+        Raises:
+            Interrupted: ``stop`` said so before a batch.
         """
         report = IngestReport(source=str(path))
         start = time.perf_counter()
@@ -273,6 +286,11 @@ class Ingestor:
         gc.disable()  # millions of short-lived tuples, no cycles: full collections only cost time here
         try:
             for batch in iter_batches(path, batch_size):
+                if stop is not None and stop():
+                    raise Interrupted(
+                        f"interrupted: {path} stopped after {report.messages:,} messages, every batch before "
+                        "committed whole; run fstore ingest again to go on (nothing is written twice)"
+                    )
                 self.ingest_batch(batch, str(path), report)
                 if progress:
                     progress(len(batch))

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
+from types import FrameType
 from typing import TYPE_CHECKING
 
 import click
@@ -41,11 +44,12 @@ def ingest(files: tuple[str, ...], batch_size: int, as_json: bool, speed: bool) 
     was committed stays, and running it again goes on); --no-speed skips this. Meanwhile the ingestion
     registers like a stream worker, so fstore backfill waits for the batch in flight and fstore apply for the
     plan it runs; under a backfill's hold, or once another plan is applied, it stops at the next batch with
-    exit code 1 (run it again after).
+    exit code 1 (run it again after). Ctrl-C stops after the batch in flight (exit code 130; a second Ctrl-C
+    stops at once).
     """
     from tqdm import tqdm
 
-    from fstore.ingest import Ingestor
+    from fstore.ingest import Ingestor, Interrupted
     from fstore.kafka.messages import MessageFileError, count_messages
     from fstore.settings import get_settings
     from jobs.ingest_speed import SpeedFailed
@@ -63,7 +67,18 @@ def ingest(files: tuple[str, ...], batch_size: int, as_json: bool, speed: bool) 
         keep_unparseable=settings.dead_letter_keep_unparseable,
         speed=to_speed,
     )
-    failed: SpeedFailed | None = None
+    # Ctrl-C stops between two batches, so a batch's speed tiles never go without its raw_events commit and the
+    # registration is always removed; a second Ctrl-C stops at once.
+    stopping = threading.Event()
+
+    def on_interrupt(signum: int, frame: FrameType | None) -> None:
+        if stopping.is_set():
+            signal.default_int_handler(signum, frame)
+        stopping.set()
+        click.echo("\nstopping after the batch in flight (Ctrl-C again to stop at once)", err=True)
+
+    signal.signal(signal.SIGINT, on_interrupt)
+    failed: SpeedFailed | Interrupted | None = None
     try:
         for path in files:
             try:  # a file that is not a message file is found before its first batch: nothing of it is written
@@ -75,10 +90,10 @@ def ingest(files: tuple[str, ...], batch_size: int, as_json: bool, speed: bool) 
                     file=sys.stderr,
                     disable=None,
                 ) as bar:
-                    report = ingestor.ingest_file(path, batch_size, progress=bar.update)
+                    report = ingestor.ingest_file(path, batch_size, progress=bar.update, stop=stopping.is_set)
             except MessageFileError as exc:
                 raise click.ClickException(str(exc)) from None
-            except SpeedFailed as exc:  # the batches committed before stay; nothing of this one was written
+            except (SpeedFailed, Interrupted) as exc:  # the batches committed before stay; nothing of this one
                 failed = exc
                 break
             _show(report, as_json, speed, settings.table("raw_events"), settings.table("dead_letters"))
@@ -89,7 +104,7 @@ def ingest(files: tuple[str, ...], batch_size: int, as_json: bool, speed: bool) 
         click.echo(f"Error: {failed}", err=True)
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(1)
+        os._exit(130 if isinstance(failed, Interrupted) else 1)
     # Everything is committed and reported. delta-rs's native thread pools can abort the interpreter's
     # teardown afterwards ("terminate called without an active exception", SIGABRT; apache/arrow#34314),
     # which would turn a finished ingest into exit status -6: leave without that teardown.

@@ -324,8 +324,8 @@ def test_the_ingest_registration_is_removed_however_the_ingest_ends(
         assert proc.returncode == 0, err[-2000:]
     elif end == "hold":
         assert proc.returncode == 1 and "holds the speed layer (hold backfill-2)" in err, err[-2000:]
-    else:
-        assert proc.returncode != 0, err[-2000:]
+    else:  # Ctrl-C stops between two batches (a batch's tiles never go without its raw_events commit)
+        assert proc.returncode == 130 and "interrupted:" in err and "committed whole" in err, err[-2000:]
     assert redis_client.hget(WORKERS_KEY, name) is None
 
 
