@@ -91,6 +91,20 @@ def lossy_client(
     return redis.Redis.from_url(url, connection_class=connection, retry=Retry(NoBackoff(), retries)), sent
 
 
+def publish_losing_reply(
+    url: str, pointer: BatchPointer, lease: batch_view.LoadingLease, meanwhile: Callable[[], object]
+) -> batch_view.PublishResult:
+    """Publish ``pointer`` under ``lease`` through a client that loses the swap's first reply; ``meanwhile``
+    runs between the applied swap and its retry. The swap script ran exactly twice."""
+    client, sent = lossy_client(url, "EVAL", 0, meanwhile)
+    try:
+        result = batch_view.publish(client, pointer, TTL_S, 3600, lease=lease)
+    finally:
+        client.close()
+    assert sent[0] == 2
+    return result
+
+
 @pytest.mark.parametrize("client_retries", [0, 3], ids=["publish-retries", "redis-py-retries"])
 def test_a_retried_swap_whose_first_reply_was_lost_retires_the_old_view_once(
     redis_client: redis.Redis, redis_server: RedisServer, client_retries: int
@@ -130,12 +144,7 @@ def test_a_swap_replaced_by_another_run_before_its_retry_keeps_its_keys(
         b = batch_view.publish(redis_client, BatchPointer("20261128-b", cutover), TTL_S, 3600)
         assert b.published and b.previous == BatchPointer("20261127-a", cutover - DAY) and b.retired_keys == 5
 
-    client, sent = lossy_client(redis_server.url, "EVAL", 0, b_publishes)
-    try:
-        a = batch_view.publish(client, BatchPointer("20261127-a", cutover - DAY), TTL_S, 3600, lease=lease)
-    finally:
-        client.close()
-    assert sent[0] == 2
+    a = publish_losing_reply(redis_server.url, BatchPointer("20261127-a", cutover - DAY), lease, b_publishes)
     assert a.published and a.superseded_by == BatchPointer("20261128-b", cutover) and a.retired_keys == 0
     lease.close(keep=a.published)
     assert batch_view.current(redis_client) == BatchPointer("20261128-b", cutover)
@@ -162,12 +171,7 @@ def test_a_swap_replaced_by_two_runs_before_its_retry_counts_as_published_and_ke
         for v, c in (("20261128-b", cutover - DAY), ("20261129-c", cutover)):
             assert batch_view.publish(redis_client, BatchPointer(v, c), TTL_S, 3600).published
 
-    client, sent = lossy_client(redis_server.url, "EVAL", 0, b_then_c_publish)
-    try:
-        a = batch_view.publish(client, BatchPointer("20261127-a", cutover - 2 * DAY), TTL_S, 3600, lease=lease)
-    finally:
-        client.close()
-    assert sent[0] == 2
+    a = publish_losing_reply(redis_server.url, BatchPointer("20261127-a", cutover - 2 * DAY), lease, b_then_c_publish)
     assert a.published and a.superseded_by == BatchPointer("20261129-c", cutover) and a.retired_keys == 0
     lease.close(keep=a.published)
     assert batch_view.current(redis_client) == BatchPointer("20261129-c", cutover)

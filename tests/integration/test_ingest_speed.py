@@ -28,11 +28,11 @@ import redis
 from deltalake import DeltaTable
 
 from fstore import applied, plan_source
-from fstore.core.events import Row
+from fstore.core.events import Row, payload_hash
 from fstore.core.plan_json import fingerprint
 from fstore.core.timeutil import MINUTE, SECOND
 from fstore.devsvc.services import Broker, RedisServer, free_port
-from fstore.ingest import Ingestor
+from fstore.ingest import Ingestor, IngestReport
 from fstore.plan_source import current_plan
 from fstore.redis import hold
 from fstore.redis.hold import HOLD_KEY
@@ -353,3 +353,86 @@ def test_an_ingest_stops_at_its_next_batch_once_another_plan_is_applied(
         with pytest.raises(SpeedFailed, match="fstore apply recorded another plan"):
             speed.begin()
         assert redis_client.hget(WORKERS_KEY, "ingest:plan-test") is None  # nothing waits for it any more
+
+
+def test_a_batch_with_nothing_to_write_still_stops_at_the_hold(
+    tmp_path: Path, redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    """The hold is checked at every batch boundary, before anything of the batch is written — dead letters
+    included: a batch of only invalid messages stops there too (exit 1), and once the hold is released the
+    same file dead-letters each message once, with its reason."""
+    bad = [b"{not json", orjson.dumps({"event_id": "x1"}), orjson.dumps([1, 2])]
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b"".join(v + b"\n" for v in bad))
+    data = tmp_path / "data"
+    env = {**os.environ, "FSTORE_DATA_DIR": str(data), "FSTORE_REDIS_URL": redis_server.url}
+    redis_client.set(HOLD_KEY, "backfill-2", ex=60)
+    proc = subprocess.run([FSTORE, "ingest", str(path)], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 1 and "holds the speed layer" in proc.stderr, (proc.stdout, proc.stderr[-2000:])
+    assert not (data / "dead_letters").exists() and not (data / "raw_events").exists()
+    redis_client.delete(HOLD_KEY)
+    summary = json.loads(run_fstore(["ingest", "--json", str(path)], env, tmp_path).strip().splitlines()[-1])
+    assert (summary["invalid"], summary["written"]) == (len(bad), 0), summary
+    reasons = DeltaTable(str(data / "dead_letters")).to_pyarrow_table(columns=["reason"]).column("reason").to_pylist()
+    assert sorted(reasons) == sorted(["malformed_json", "malformed_json", "missing_field:event_type"]), reasons
+
+
+class ConflictingSpeed:
+    """A speed step that, during its first call, lets another writer commit to ``raw_events`` (so the batch's
+    commit conflicts and is retried) and raises the hold: from then on :meth:`begin` refuses, as
+    :class:`IngestSpeed` does under a backfill's hold. Records the event_ids of each call."""
+
+    def __init__(self, other: Ingestor, other_batch: list[bytes]) -> None:
+        self.other, self.other_batch = other, other_batch
+        self.begins = 0
+        self.held = False
+        self.calls: list[list[str]] = []
+
+    def begin(self) -> None:
+        if self.held:
+            raise SpeedFailed("held")
+        self.begins += 1
+
+    def __call__(self, rows: Sequence[Row], hashes: Sequence[str], now: int) -> int:
+        self.calls.append([r["event_id"] for r in rows])
+        if len(self.calls) == 1:
+            self.other.ingest_batch(self.other_batch, "other", IngestReport("other"))
+            self.held = True
+        return len(rows)
+
+
+def test_a_commit_lost_to_another_writer_is_retried_with_the_rows_checked_again_and_no_new_hold_check(
+    tmp_path: Path,
+) -> None:
+    """A batch whose ``raw_events`` commit loses to a concurrent writer is checked again and retried; the
+    speed step gets only the copies still to write (the other writer's copies of shared event_ids won: first
+    stored), and the retry does not check the hold again — a batch once begun is finished, which is what
+    ``fstore backfill`` waits for. Each event_id is stored once, the shared ones with the other writer's bytes."""
+    traffic = make_traffic(200, seed=73, users=8, products=4, hours=1)
+    firsts: dict[str, bytes] = {}
+    for v in traffic.values:  # each valid event's first copy (the seed and the shared ids must be stored)
+        try:
+            eid = orjson.loads(v).get("event_id")
+        except orjson.JSONDecodeError:
+            continue
+        if eid in traffic.valid_ids:
+            firsts.setdefault(eid, v)
+    mine = list(firsts.values())
+    raw, dead = str(tmp_path / "raw_events"), str(tmp_path / "dead_letters")
+    seed_row = Ingestor(raw, dead)  # the table exists: both writers append on top of a version
+    seed_row.ingest_batch([mine[0]], "seed", IngestReport("seed"))
+    shared = [orjson.loads(v)["event_id"] for v in mine[1:40]]
+    others = [orjson.dumps({**orjson.loads(v), "quantity": 7}) for v in mine[1:40]]  # other payloads, same ids
+    speed = ConflictingSpeed(Ingestor(raw, dead), others)
+    report = IngestReport("mine")
+    Ingestor(raw, dead, speed=speed).ingest_batch(mine, "mine", report)
+
+    assert report.commit_retries == 1 and speed.begins == 1 and len(speed.calls) == 2, (report, speed.calls)
+    first_try, retry = (set(c) for c in speed.calls)
+    assert set(shared) <= first_try and not set(shared) & retry  # checked again: the other writer's won
+    assert retry == first_try - set(shared)
+    stored = DeltaTable(raw).to_pyarrow_table(columns=["event_id", "payload_hash"]).to_pylist()
+    ids = [r["event_id"] for r in stored]
+    assert len(ids) == len(set(ids)) == len(traffic.valid_ids), (len(ids), len(set(ids)), len(traffic.valid_ids))
+    won = {r["event_id"]: r["payload_hash"] for r in stored}
+    assert all(won[orjson.loads(o)["event_id"]] == payload_hash(o) for o in others)
