@@ -34,12 +34,12 @@ from fstore.core.timeutil import MINUTE, SECOND
 from fstore.devsvc.services import Broker, RedisServer, free_port
 from fstore.ingest import Ingestor, IngestReport
 from fstore.plan_source import current_plan
-from fstore.redis import hold
 from fstore.redis.hold import HOLD_KEY
 from fstore.redis.workers import LIVE_S, WORKERS_KEY, as_text, parse_registration, wait_following, worker_plans
-from jobs.backfill import rebuild_speed
+from jobs.backfill import BackfillReport
+from jobs.backfill import backfill as run_backfill
+from jobs.batch.settings import BatchSettings
 from jobs.ingest_speed import IngestSpeed, SpeedFailed
-from jobs.repair import speed_events
 from jobs.stream.settings import StreamSettings
 from tests.support.legacy.events_example import Event, parse
 from tests.support.paths import FSTORE, message, run_fstore
@@ -199,22 +199,23 @@ def test_backfill_waits_for_the_ingest_batch_in_flight_and_the_ingest_stops_at_t
     speed = SlowSpeed(settings, name="ingest:test")
     seen: dict[str, object] = {}
 
-    def backfill() -> None:  # what `fstore backfill` does around its speed rebuild (jobs/backfill.py)
+    said: list[str] = []
+
+    def backfill() -> None:  # `fstore backfill --view user_activity` (no batch view yet: the speed step only)
         assert speed.tiled.wait(30)
-        token = "backfill-test"
-        hold.hold(redis_client, token)
         started = time.monotonic()
         try:
-            seen["clocks"] = hold.wait_held(redis_client, token, timeout=3 * LIVE_S)
-            seen["waited"] = time.monotonic() - started
-            seen["stored"] = stored_ids(raw)  # what the backfill's read of raw_events finds
-            seen["registered"] = worker_plans(redis_client)
-            plan = current_plan()
-            rows = speed_events(raw, 0, 0, plan.schema)
-            for view in plan.views:
-                rebuild_speed(redis_client, view, plan.schema, rows, time.time_ns() // 1000, settings.tile_ttl_s)
+            seen["report"] = run_backfill(
+                "user_activity",
+                BatchSettings(data_dir=settings.data_dir, redis_url=settings.redis_url),
+                settings,
+                run_batch=None,
+                timeout=3 * LIVE_S,
+                say=said.append,
+            )
         finally:
-            hold.release(redis_client)
+            plan_source.use_plan(None)  # the backfill installs the applied plan in this process
+        seen["waited"] = time.monotonic() - started
 
     helper = threading.Thread(target=backfill)
     helper.start()
@@ -230,15 +231,19 @@ def test_backfill_waits_for_the_ingest_batch_in_flight_and_the_ingest_stops_at_t
     finally:
         helper.join(60)
     assert not helper.is_alive()
-    assert seen["stored"] == first.valid_ids, "the backfill read raw_events before the batch in flight committed"
+    report = seen["report"]
+    assert isinstance(report, BackfillReport), seen
+    # The backfill's rebuild of user_activity from raw_events: had it read the table before the batch in
+    # flight committed, that batch's tiles (written before the hold) would be gone — lost online.
+    assert report.events == len(first.valid_ids), report
     assert stopped is not None, "the ingest wrote the next batch under the hold"
-    assert "holds the speed layer (hold backfill-test)" in str(stopped), stopped
+    assert "holds the speed layer (hold " in str(stopped), stopped
     assert "nothing of this batch was written" in str(stopped), stopped
     assert seen["left"], "the ingest stopped still registered"
-    assert seen["registered"] == {} and seen["clocks"] == {}  # the ingest left instead of acknowledging
+    assert report.workers == 0  # the ingest left instead of acknowledging
     assert float(str(seen["waited"])) < LIVE_S  # not waited out: the ingest left the registry at once
     assert stored_ids(raw) == first.valid_ids  # nothing of the next batch
-    assert_tiles_exact(redis_client, first)  # the rebuild from raw_events: brute force over what was committed
+    assert_tiles_exact(redis_client, first)  # brute force over what was committed
     claimed = {as_text(f) for k in redis_client.scan_iter(match="fs:{claim:*}:c:*") for f in redis_client.hkeys(k)}
     assert claimed == first.valid_ids  # the first batch's claims; none of the next batch
 
