@@ -20,6 +20,7 @@ import os
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -27,6 +28,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+
+from fstore.devsvc.process import HOST, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -151,10 +154,28 @@ def summarize_new_feature(base: str, users: int = 300) -> None:
         print(f"  {u}: order_value_std_7d = {v:.4f}")
 
 
-def wait_http(url: str, timeout: float = 60) -> None:
-    """Wait until ``url`` answers 200."""
+def api_port(asked: int | None, preferred: int = 8000) -> int:
+    """The online API's port: ``asked`` when given; else ``preferred`` when it is free on 127.0.0.1, else a
+    free one (another program on 8000 must not answer the demo's requests in the API's place)."""
+    if asked is not None:
+        return asked
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((HOST, preferred))
+            return preferred
+        except OSError:
+            pass
+    port = free_port(HOST)
+    print(f"demo: port {preferred} is taken; the online API uses port {port}")
+    return port
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes] | None = None, timeout: float = 60) -> None:
+    """Wait until ``url`` answers 200 (and ``proc``, the process that serves it, still runs)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            sys.exit(f"demo: the process serving {url} exited with status {proc.returncode} (see {LOGS})")
         try:
             if httpx.get(url, timeout=2).status_code == 200:
                 return
@@ -171,7 +192,7 @@ def main() -> None:
     p.add_argument("--products", type=int, default=1_000)
     p.add_argument("--days", type=int, default=30)
     p.add_argument("--live-seconds", type=int, default=20, help="seconds of live traffic for the stream worker")
-    p.add_argument("--port", type=int, default=8000, help="port of the online API")
+    p.add_argument("--port", type=int, help="port of the online API (default 8000, or a free one if 8000 is taken)")
     args = p.parse_args()
     started = time.perf_counter()
     history = Path("data/demo/history.parquet")
@@ -243,10 +264,11 @@ def main() -> None:
             ]
         )
         # every answer is kept for the consistency replay (production keeps FSTORE_API_SAMPLE_RATE, 0.1%)
-        api = start(["fstore", "serve", "--port", str(args.port)], "api", {"FSTORE_API_SAMPLE_RATE": "1"})
+        port = api_port(args.port)
+        api = start(["fstore", "serve", "--port", str(port)], "api", {"FSTORE_API_SAMPLE_RATE": "1"})
         procs.append((api, "api"))
-        base = f"http://127.0.0.1:{args.port}"
-        wait_http(f"{base}/health")
+        base = f"http://{HOST}:{port}"
+        wait_http(f"{base}/health", api)
         time.sleep(3)  # let the worker commit its last batch
         show("GET", f"{base}/health")
         show("GET", f"{base}/features", params={"user_id": "u000042", "features": "user_activity"})
