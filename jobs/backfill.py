@@ -12,7 +12,10 @@ After ``fstore apply`` the new or redefined features of a view are **pending**: 
    future-event fields (the workers move them when their time comes, with the applied plan's measures);
 3. the view's features stop being pending (the applied record is rewritten), then the workers resume.
 
-Markers are untouched, so a later copy of an event the workers counted is still skipped. The hold has a
+The view's de-duplication markers are rebuilt with its tiles, one per event rebuilt, so a later copy of
+those events is still skipped, while an event a writer counted but never stored in ``raw_events`` (a worker
+or an ingest killed between its tiles and its raw commit) loses its marker with its tiles: its redelivery
+(the worker's restart, the file ingested again) counts it in this view and nowhere else. The hold has a
 TTL the backfill refreshes: if the backfill dies, the workers resume by themselves and the features stay
 pending (run it again).
 """
@@ -46,11 +49,13 @@ from fstore.redis.layout import (
     field,
     future_field,
     future_value,
+    marker_key,
     speed_key,
 )
 from jobs.batch.settings import BatchSettings
 from jobs.repair import speed_events
 from jobs.stream.settings import StreamSettings
+from jobs.stream.speed_lua import marker_generation
 from jobs.stream.tile_steps import view_steps
 
 CHUNK = 2_000  # Redis commands per pipeline
@@ -136,7 +141,15 @@ def backfill(
             )
             hold.hold(client, token)
             report.events, report.tiles, report.future = rebuild_speed(
-                client, view, record.plan.schema, rows, boundary, stream.tile_ttl_s, progress
+                client,
+                view,
+                record.plan.schema,
+                rows,
+                boundary,
+                stream.tile_ttl_s,
+                progress,
+                marker_ttl_s=stream.marker_ttl_s,
+                now=clock(),
             )
             hold.hold(client, token)
             latest = applied.load(repo)
@@ -159,12 +172,24 @@ def rebuild_speed(
     boundary: int,
     ttl_s: int,
     progress: Callable[[int], object] | None = None,
+    *,
+    marker_ttl_s: int,
+    now: int,
 ) -> tuple[int, int, int]:
     """Replace the speed hashes of ``view`` with the tiles of ``rows`` before ``boundary`` and the exact
-    fields of those from ``boundary`` on; returns (events, tile measures, future events)."""
+    fields of those from ``boundary`` on, and the view's de-duplication markers with one per row (marker
+    generation of ``now``, the processing clock, for a marker TTL of ``marker_ttl_s``); returns (events, tile
+    measures, future events).
+
+    The markers follow the tiles: an event a writer counted but never stored in ``raw_events`` (a worker or an
+    ``fstore ingest`` killed between its tiles and its raw commit) is not in the rebuilt tiles, so it must
+    not keep its marker either — when the worker's restart (Kafka redelivers it) or the file ingested again
+    brings it, this view counts it while the views not rebuilt, whose markers stay, skip it. The ``mv``
+    markers (future events moved into the tiles) go too: the rebuild decides anew which future events are
+    tiles and which are fields."""
     key, ts = view.entity.join_key, schema.timestamp_field
     mine = [r for r in rows if r.get(key) is not None]
-    doomed = [k for k in view_keys(client, view.name) if k.rsplit(":", 2)[-2] == "s"]
+    doomed = [k for k in view_keys(client, view.name) if k.rsplit(":", 2)[-2] in ("s", "m", "mv")]
     pipe = client.pipeline(transaction=False)
     for k in doomed:
         pipe.unlink(k)
@@ -196,10 +221,15 @@ def rebuild_speed(
                 future_value(measured)
             )
             future += 1
+    generation, marker_left = marker_generation(now, marker_ttl_s)
+    markers: dict[str, dict[str, str]] = {}
+    for r in mine:
+        markers.setdefault(marker_key(view.name, str(r[key]), generation), {})[str(r[id_field])] = "1"
+    hashes = [(k, m, ttl_s) for k, m in writes.items()] + [(k, m, marker_left) for k, m in markers.items()]
     done = 0
-    for k, mapping in writes.items():
+    for k, mapping, expiry in hashes:
         pipe.hset(k, mapping=mapping)  # type: ignore[arg-type]
-        pipe.expire(k, ttl_s)
+        pipe.expire(k, expiry)
         done += 1
         if done % CHUNK == 0:
             pipe.execute()

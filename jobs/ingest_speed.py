@@ -13,9 +13,10 @@ then loses its claim and never reaches the tiles; the same bytes again are skipp
 
 Claims and tiles before the commit keep the worker's order (claims, tiles, then the raw sink): a crash in
 between leaves counted events whose rows are not stored yet, and the file ingested again stores them (its
-claims and markers find themselves). Events stamped after the processing clock (at most 5 minutes ahead)
-are stored as exact future fields, which readers count from their event_time on; unlike the worker, ingest
-does not stay to fold them into tiles later, which changes no value.
+claims and markers find themselves; a ``fstore backfill`` in between rebuilds its view's markers with its
+tiles, without those events, so the view counts them then: :mod:`jobs.backfill`). Events stamped after the
+processing clock (at most 5 minutes ahead) are stored as exact future fields, which readers count from their
+event_time on; unlike the worker, ingest does not stay to fold them into tiles later, which changes no value.
 
 While it writes speed tiles, ingest registers like a stream worker (:mod:`fstore.redis.workers`, the name
 ``ingest:<host>:<pid>``, the fingerprint of the plan it runs: the one it started with, for validation and

@@ -239,7 +239,7 @@ def test_backfill_writes_distinct_members_as_the_stream_and_batch_do(redis_clien
         {"reading_no": f"z{i}", "phase": "reset", "meter_id": "m0", "read_at": t0 + i, "delta": d, "tier": k}
         for i, (d, k) in enumerate(((-0.0, 2), (0.0, 2), (2.5, 3)))
     ]
-    rebuild_speed(redis_client, view, plan.schema, rows, t0 + DAY, 3_600)
+    rebuild_speed(redis_client, view, plan.schema, rows, t0 + DAY, 3_600, marker_ttl_s=3_600, now=t0 + DAY)
     members = {
         (f.split(":")[2], f.split(":", 4)[4])
         for k in redis_client.keys(f"fs:{{{VIEW}|m0}}:s:*")
