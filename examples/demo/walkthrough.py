@@ -29,11 +29,11 @@ from pathlib import Path
 
 import httpx
 
-from fstore.devsvc.process import HOST, free_port
-
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 LOGS = Path(".fstore/demo-logs")
+#: Where the demo's online API listens and is asked.
+HOST = "127.0.0.1"
 #: The demo's own copy of the example repository (the one it edits to add a feature).
 REPO = Path("data/demo/feature_repo")
 #: The feature the demo adds: the spread of a shopper's order values over 7 days.
@@ -165,7 +165,9 @@ def api_port(asked: int | None, preferred: int = 8000) -> int:
             return preferred
         except OSError:
             pass
-    port = free_port(HOST)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))  # the OS picks a free one
+        port = int(sock.getsockname()[1])
     print(f"demo: port {preferred} is taken; the online API uses port {port}")
     return port
 

@@ -8,8 +8,7 @@ import sys
 
 import pytest
 
-from examples.demo.walkthrough import api_port, wait_http
-from fstore.devsvc.process import HOST
+from examples.demo.walkthrough import HOST, api_port, wait_http
 
 pytestmark = pytest.mark.unit
 
