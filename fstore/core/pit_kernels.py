@@ -139,6 +139,7 @@ class SortedMeasure:
         self._order: I64 = np.empty(0, np.int64)
         self._squares: NDArray[np.longdouble] | None = None
         self._centred: NDArray[np.longdouble] | None = None
+        self._value_changes: I64 | None = None
         self._distinct: RangeCounter | None = None
         if self.n == 0:
             self._keys: I64 = np.empty(0, np.int64)
@@ -251,12 +252,26 @@ class SortedMeasure:
         # history up to ``hi``): a range whose spread is tiny next to it — identical values above all, whose
         # std must be 0, not the square root of rounding noise — is recomputed directly, in two passes.
         suspect = np.flatnonzero((hi - lo >= 2) & (out <= squares[hi] * _CANCELLATION))
+        if len(suspect):
+            changes = self._changes()  # a range of one value has no change inside: its m2 is 0, no pass needed
+            flat = changes[hi[suspect] - 1] == changes[lo[suspect]]
+            m2[suspect[flat]] = 0.0
+            suspect = suspect[~flat]
         lengths = (hi - lo)[suspect]
         chunk = (np.cumsum(lengths) - lengths) // _DIRECT_CHUNK  # by the offset where each range starts
         for c in np.unique(chunk):
             part = suspect[chunk == c]
             m2[part] = self._m2_direct(lo[part], hi[part])
         return m2
+
+    def _changes(self) -> I64:
+        """Per position ``i`` of the sorted values: how many ``j <= i`` differ from the value before them
+        (built once; -0.0 and 0.0 are one value)."""
+        if self._value_changes is None:
+            assert self._values is not None, "std/var need measured values"
+            differs = self._values[1:] != self._values[:-1]
+            self._value_changes = np.concatenate([[0], np.cumsum(differs, dtype=np.int64)])
+        return self._value_changes
 
     def _m2_direct(self, lo: I64, hi: I64) -> F64:
         """Sum of squared deviations of each (non-empty) range ``[lo, hi)``, from its own values: the mean
