@@ -246,12 +246,15 @@ class SortedMeasure:
         centred, squares = self._spread()
         n = np.maximum(hi - lo, 1).astype(np.longdouble)
         s = centred[hi] - centred[lo]
-        out = (squares[hi] - squares[lo]) - s * s / n
+        prefix = squares[hi]
+        out = (prefix - squares[lo]) - s * s / n
         m2: F64 = np.maximum(out.astype(np.float64), 0.0)
         # The difference of two prefix sums is only accurate to a few ulps of the prefix (the entity's whole
         # history up to ``hi``): a range whose spread is tiny next to it — identical values above all, whose
         # std must be 0, not the square root of rounding noise — is recomputed directly, in two passes.
-        suspect = np.flatnonzero((hi - lo >= 2) & (out <= squares[hi] * _CANCELLATION))
+        limit = prefix.astype(np.float64)
+        limit *= _CANCELLATION
+        suspect = np.flatnonzero((m2 <= limit) & (hi - lo >= 2))
         if len(suspect):
             changes = self._changes()  # a range of one value has no change inside: its m2 is 0, no pass needed
             flat = changes[hi[suspect] - 1] == changes[lo[suspect]]
