@@ -45,6 +45,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
+import click
 from feast import Entity
 from feast.feature_view import FeatureView as FeastFeatureView
 from feast.infra.online_stores.online_store import OnlineStore
@@ -58,6 +59,7 @@ from fstore.applied import not_built
 from fstore.applying import ENV_CALLER_RECORDS, WAIT_S, Applying, NotFreed, redis_client
 from fstore.clock import Clock, wall_clock
 from fstore.core.plan import View
+from fstore.core.plan_error import PlanError
 from fstore.core.tile_state import Value
 from fstore.feast.compile import applied_of, compile_repo
 from fstore.feast.config_value import unset
@@ -85,6 +87,19 @@ class FeatureNotBuiltError(RuntimeError):
 
 class FstoreReadOnlyError(RuntimeError):
     """Raised by writes: fstore's stream and batch jobs own the online view."""
+
+
+class DefinitionsRefused(PlanError, click.ClickException):
+    """The repository's mistakes, refused by ``feast apply`` (nothing applied): a :class:`PlanError` for
+    Python callers, and for Feast's click command line an error it shows as ``Error: <message>`` with exit
+    code 1 — the mistakes named as ``fstore apply`` names them, not under a traceback."""
+
+    def __init__(self, root: str | Path, problems: Sequence[str]) -> None:
+        PlanError.__init__(self, problems)
+        listed = PlanError.__str__(self)
+        click.ClickException.__init__(
+            self, f"fstore: {root} has {len(self.problems)} mistake(s); nothing was applied:\n{listed}"
+        )
 
 
 def read_only(view: str) -> FstoreReadOnlyError:
@@ -338,7 +353,8 @@ class FstoreOnlineStore(OnlineStore):
         ``feast apply`` record nothing here.
 
         Raises:
-            PlanError: the repository has mistakes (each one named).
+            DefinitionsRefused: the repository has mistakes (each one named); a :class:`PlanError` that
+                Feast's command line shows as its message (``Error: ...``, exit code 1), not a traceback.
             fstore.applying.RedisUnreachable: Redis is needed to free removed state and does not answer.
         """
         if partial or os.environ.get(ENV_CALLER_RECORDS) == "1":
@@ -346,9 +362,13 @@ class FstoreOnlineStore(OnlineStore):
         root = getattr(config, "repo_path", None)
         if not root:
             return
+        try:
+            plan = compile_repo(root)
+        except PlanError as exc:  # Feast's CLI would show it under a traceback of its own internals
+            raise DefinitionsRefused(root, exc.problems) from None
         job = Applying(
             Path(root).resolve(),
-            compile_repo(root),
+            plan,
             print,
             lambda m: print(m, file=sys.stderr),
             lambda: redis_client(redis_url_of(config), cluster_of(config)),  # the Redis this store reads

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -403,6 +404,28 @@ def test_a_plain_feast_apply_records_the_plan_as_fstore_apply_does(
     (repo / "features.py").write_text(text)
     code, out = feast_apply(repo)
     assert code != 0 and message in out, out
+    assert snapshot(repo) == before  # neither Feast's registry nor fstore's record moved
+
+
+def test_feast_apply_of_a_repository_with_mistakes_names_them_without_a_traceback(
+    tmp_path: Path, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/design.md §3: a bad definition gets a clear error naming it and changes nothing — through the
+    real `feast` command too, whose CLI shows only its own login errors: the mistakes used to come last in
+    a traceback of Feast's and click's internals. Now: `Error: ...` naming each, exit code 1, no traceback."""
+    monkeypatch.setenv("FSTORE_REDIS_CLUSTER", "false")
+    repo = fstore_rides_repo(tmp_path, redis_server.url)
+    feast = str(Path(sys.executable).with_name("feast"))
+    first = subprocess.run([feast, "apply"], cwd=repo, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = snapshot(repo)
+    text, message = INVALID["unsupported function"]
+    (repo / "features.py").write_text(text.replace("\"1 if kind == 'cancelled'\"", "\"1 if knd == 'cancelled'\""))
+    proc = subprocess.run([feast, "apply"], cwd=repo, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "Error: fstore:" in proc.stderr and "2 mistake(s); nothing was applied" in proc.stderr, proc.stderr
+    assert message in proc.stderr and "unknown field 'knd' (did you mean kind?)" in proc.stderr, proc.stderr
     assert snapshot(repo) == before  # neither Feast's registry nor fstore's record moved
 
 
