@@ -36,7 +36,7 @@ from fstore.feast.problems import Problems, fstore_tags
 
 FUNCTIONS = {f.value: f for f in Function} | {"avg": Function.MEAN, "stddev": Function.STD, "variance": Function.VAR}
 _US = timedelta(microseconds=1)
-_RATIO = re.compile(r"\s*(\w+)\s*/\s*(\w+)\s*")
+_RATIO = re.compile(r"\s*([A-Za-z0-9_-]+)\s*/\s*([A-Za-z0-9_-]+)\s*")  # two feature names (_NAME)
 #: What a view, measure or feature may be named: it names Delta columns and tables (where a space or comma fails
 #: the batch job), Redis keys (a view's keys are found by the prefix ``fs:{<view>|``) and fields, and the API's
 #: comma-separated ``view:feature`` references.
