@@ -91,7 +91,7 @@ class FstoreReadOnlyError(RuntimeError):
 
 class DefinitionsRefused(PlanError, click.ClickException):
     """The repository's mistakes, refused by ``feast apply`` (nothing applied): a :class:`PlanError` for
-    Python callers, and for Feast's click command line an error it shows as ``Error: <message>`` with exit
+    Python callers, and for Feast's command line an error it shows as ``Error: <message>`` with exit
     code 1 — the mistakes named as ``fstore apply`` names them, not under a traceback."""
 
     def __init__(self, root: str | Path, problems: Sequence[str]) -> None:
