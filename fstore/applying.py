@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from fstore import applied
 from fstore.core.plan_diff import PlanChange, diff
 from fstore.core.plan_json import fingerprint
+from fstore.settings import get_settings
 
 if TYPE_CHECKING:
     from fstore.core.plan import Plan
@@ -58,6 +59,20 @@ def describe(old: applied.AppliedPlan | None, root: Path, change: PlanChange, sa
     say("\n".join(lines) if lines else "no change")
     if old.unfreed:
         say(f"left to free by the last apply: {show_unfreed(old)} (this apply frees it first)")
+
+
+def topic_mismatch(plan: Plan, events_topic: str) -> str | None:
+    """The warning when the Kafka topic the repository's stream source declares is not ``events_topic``, the
+    one the stream worker, ``fstore publish`` and ``fstore services`` use (``FSTORE_EVENTS_TOPIC``); ``None``
+    when they agree or the source declares none."""
+    if not plan.topic or plan.topic == events_topic:
+        return None
+    return (
+        f"the stream source {plan.source or '(unnamed)'} declares Kafka topic {plan.topic!r}, but the stream worker, "
+        f"fstore publish and fstore services use FSTORE_EVENTS_TOPIC={events_topic!r}: events sent to "
+        f"{plan.topic!r} are never read. Set FSTORE_EVENTS_TOPIC={plan.topic} (and FSTORE_DLQ_TOPIC) where they run, "
+        f"or declare topic={events_topic!r} in the source"
+    )
 
 
 def removed(old: Plan, new: Plan, change: PlanChange) -> tuple[tuple[str, ...], tuple[applied.Unfreed, ...]]:
@@ -128,6 +143,8 @@ class Applying:
         """
         old = self.old
         describe(old, self.root, self.change, self.say)
+        if (mismatch := topic_mismatch(self.new, get_settings().events_topic)) is not None:
+            self.warn(f"warning: {mismatch}")
         if old is not None and (old.unfreed or self.views or self.series):
             self.client = self.redis()
         if old is not None and old.unfreed:

@@ -54,6 +54,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from fstore import plan_source
+from fstore.applying import topic_mismatch
 from fstore.clock import Clock, wall_clock
 from fstore.core.plan import Plan
 from fstore.core.plan_json import fingerprint
@@ -319,6 +320,8 @@ class SpeedLayer:
         (:attr:`failure`, :func:`jobs.stream.faults.exit_code`). Nothing uncommitted is lost: it is
         redelivered, the markers keep it exact.
         """
+        if (mismatch := topic_mismatch(self.plan, self.s.events_topic)) is not None:
+            log.warning("stream worker: %s", mismatch)
         try:
             await self.events_topic.maybe_declare()
         except Exception as exc:  # the topic may exist already or be managed elsewhere

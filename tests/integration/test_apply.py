@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -30,6 +31,7 @@ from fstore.redis.layout import batch_key, distinct_field, future_field, marker_
 from fstore.redis.workers import WORKERS_KEY, registration
 from jobs.stream.control import Control
 from jobs.stream.settings import StreamSettings
+from tests.support.paths import FSTORE
 from tests.support.redis_keys import keys_without_ttl
 from tests.support.repos import ROOT
 from tests.support.repos.mistakes import INVALID, RIDES, edit
@@ -501,3 +503,23 @@ def test_the_api_answers_for_the_record_an_apply_or_backfill_has_just_written(
             assert r.status_code == 422 and "fare_std_3h" in r.text, r.text
     finally:
         plan_source.use_plan(None)
+
+
+@pytest.mark.parametrize("command", [["plan"], ["apply", "--skip-feast"]])
+def test_plan_and_apply_warn_when_the_declared_topic_is_not_the_one_read(tmp_path: Path, command: list[str]) -> None:
+    """A repository whose stream source declares topic 'rides', processes reading 'events' (the default): events
+    sent to 'rides' would never be read, so ``fstore plan`` and ``fstore apply`` say so (stderr, with the fix);
+    with ``FSTORE_EVENTS_TOPIC=rides`` they say nothing of it."""
+    repo = tmp_path / "rides"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "support" / "repos" / "rides", repo)
+    env = {k: v for k, v in os.environ.items() if k not in ("FSTORE_EVENTS_TOPIC", "FSTORE_FEATURE_REPO")}
+    env["FSTORE_DATA_DIR"] = str(tmp_path / "data")
+    argv = [FSTORE, *command, "--repo", str(repo)]
+    out = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    assert "declares Kafka topic 'rides'" in out.stderr and "FSTORE_EVENTS_TOPIC=rides" in out.stderr, out.stderr
+    shutil.rmtree(repo / "data", ignore_errors=True)  # apply recorded a baseline: the second run starts afresh
+    ok = subprocess.run(
+        argv, env={**env, "FSTORE_EVENTS_TOPIC": "rides"}, cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert ok.returncode == 0 and "declares Kafka topic" not in ok.stderr, ok.stdout[-2000:] + ok.stderr[-3000:]
