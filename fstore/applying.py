@@ -75,6 +75,16 @@ def topic_mismatch(plan: Plan, events_topic: str) -> str | None:
     )
 
 
+def topic_warning(plan: Plan) -> str | None:
+    """:func:`topic_mismatch` against this process's ``FSTORE_EVENTS_TOPIC``; ``None`` also when the settings
+    cannot be read (a bad ``FSTORE_*`` value is for the command that needs it to report, not for ``plan``)."""
+    try:
+        events_topic = get_settings().events_topic
+    except Exception:
+        return None
+    return topic_mismatch(plan, events_topic)
+
+
 def removed(old: Plan, new: Plan, change: PlanChange) -> tuple[tuple[str, ...], tuple[applied.Unfreed, ...]]:
     """The views ``new`` removed, and what it removed from kept views: tile series (view, hop µs, measure, "")
     and states kept series shed (view, hop µs, measure, state)."""
@@ -143,7 +153,7 @@ class Applying:
         """
         old = self.old
         describe(old, self.root, self.change, self.say)
-        if (mismatch := topic_mismatch(self.new, get_settings().events_topic)) is not None:
+        if (mismatch := topic_warning(self.new)) is not None:
             self.warn(f"warning: {mismatch}")
         if old is not None and (old.unfreed or self.views or self.series):
             self.client = self.redis()

@@ -150,6 +150,7 @@ def backfill(
                 progress,
                 marker_ttl_s=stream.marker_ttl_s,
                 now=clock(),
+                keepalive=lambda: hold.hold(client, token),
             )
             hold.hold(client, token)
             latest = applied.load(repo)
@@ -175,6 +176,7 @@ def rebuild_speed(
     *,
     marker_ttl_s: int,
     now: int,
+    keepalive: Callable[[], object] | None = None,
 ) -> tuple[int, int, int]:
     """Replace the speed hashes of ``view`` with the tiles of ``rows`` before ``boundary`` and the exact
     fields of those from ``boundary`` on, and the view's de-duplication markers with one per row (marker
@@ -186,15 +188,11 @@ def rebuild_speed(
     not keep its marker either — when the worker's restart (Kafka redelivers it) or the file ingested again
     brings it, this view counts it while the views not rebuilt, whose markers stay, skip it. The ``mv``
     markers (future events moved into the tiles) go too: the rebuild decides anew which future events are
-    tiles and which are fields."""
+    tiles and which are fields. ``keepalive`` is called between two pipelines of writes (the backfill renews
+    its hold there, so a long rebuild never outlives it)."""
     key, ts = view.entity.join_key, schema.timestamp_field
     mine = [r for r in rows if r.get(key) is not None]
-    doomed = [k for k in view_keys(client, view.name) if k.rsplit(":", 2)[-2] in ("s", "m", "mv")]
-    pipe = client.pipeline(transaction=False)
-    for k in doomed:
-        pipe.unlink(k)
-    pipe.execute()
-    tiles = ViewTiler(view, ts).build(r for r in mine if r[ts] < boundary)
+    tiles = ViewTiler(view, ts).build(r for r in mine if r[ts] < boundary)  # built before anything is deleted
     states = {(g.hop, tm.measure): frozenset(tm.states) for g in view.tiles for tm in g.measures}
     kinds = {m.name: m.kind for m in view.measures}
     writes: dict[str, dict[str, str]] = {}
@@ -225,7 +223,14 @@ def rebuild_speed(
     markers: dict[str, dict[str, str]] = {}
     for r in mine:
         markers.setdefault(marker_key(view.name, str(r[key]), generation), {})[str(r[id_field])] = "1"
-    hashes = [(k, m, ttl_s) for k, m in writes.items()] + [(k, m, marker_left) for k, m in markers.items()]
+    # The markers first: a backfill failing part-way (Redis, Ctrl-C) leaves events marked but not counted — its
+    # features stay pending, run it again — never counted but unmarked, which a redelivered copy would count twice.
+    hashes = [(k, m, marker_left) for k, m in markers.items()] + [(k, m, ttl_s) for k, m in writes.items()]
+    doomed = [k for k in view_keys(client, view.name) if k.rsplit(":", 2)[-2] in ("s", "m", "mv")]
+    pipe = client.pipeline(transaction=False)
+    for k in doomed:
+        pipe.unlink(k)
+    pipe.execute()
     done = 0
     for k, mapping, expiry in hashes:
         pipe.hset(k, mapping=mapping)  # type: ignore[arg-type]
@@ -233,6 +238,8 @@ def rebuild_speed(
         done += 1
         if done % CHUNK == 0:
             pipe.execute()
+            if keepalive is not None:
+                keepalive()
             if progress is not None:
                 progress(CHUNK)
     pipe.execute()

@@ -160,6 +160,7 @@ def api_port(asked: int | None, preferred: int = 8000) -> int:
     if asked is not None:
         return asked
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: TIME_WAIT is no owner
         try:
             sock.bind((HOST, preferred))
             return preferred

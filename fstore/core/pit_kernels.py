@@ -249,22 +249,26 @@ class SortedMeasure:
         prefix = squares[hi]
         out = (prefix - squares[lo]) - s * s / n
         m2: F64 = np.maximum(out.astype(np.float64), 0.0)
-        # The difference of two prefix sums is only accurate to a few ulps of the prefix (the entity's whole
-        # history up to ``hi``): a range whose spread is tiny next to it — identical values above all, whose
-        # std must be 0, not the square root of rounding noise — is recomputed directly, in two passes.
+        # The difference of two prefix sums is only accurate to a few ulps of the prefix (everything sorted before
+        # ``hi``, every entity's): a range whose spread is tiny next to it — identical values above all, whose
+        # std must be 0, not the square root of rounding noise — is recomputed directly, in two passes. (So one
+        # entity of a huge spread sends the ranges of every entity sorted after it here: exact, but up to ~50x
+        # the cost of std/var; prefix sums restarted per entity would avoid it.)
         limit = prefix.astype(np.float64)
         limit *= _CANCELLATION
-        suspect = np.flatnonzero((m2 <= limit) & (hi - lo >= 2))
+        # (a prefix that overflowed — a deviation past ~1e154 earlier in the sort — leaves NaN or inf: recomputed too)
+        suspect = np.flatnonzero(((m2 <= limit) | ~np.isfinite(m2)) & (hi - lo >= 2))
         if len(suspect):
             changes = self._changes()  # a range of one value has no change inside: its m2 is 0, no pass needed
             flat = changes[hi[suspect] - 1] == changes[lo[suspect]]
             m2[suspect[flat]] = 0.0
             suspect = suspect[~flat]
-        lengths = (hi - lo)[suspect]
-        chunk = (np.cumsum(lengths) - lengths) // _DIRECT_CHUNK  # by the offset where each range starts
-        for c in np.unique(chunk):
-            part = suspect[chunk == c]
-            m2[part] = self._m2_direct(lo[part], hi[part])
+        if len(suspect):
+            lengths = (hi - lo)[suspect]
+            chunk = (np.cumsum(lengths) - lengths) // _DIRECT_CHUNK  # by the offset where each range starts
+            bounds = np.flatnonzero(np.diff(chunk)) + 1  # chunk is non-decreasing: one slice per chunk
+            for part in np.split(suspect, bounds):
+                m2[part] = self._m2_direct(lo[part], hi[part])
         return m2
 
     def _changes(self) -> I64:

@@ -406,13 +406,17 @@ class SpeedLayer:
             return inflight
         if inflight is not None:
             await self.settle(inflight)
+        # One clock for the move and the acknowledgement: the backfill folds into its tiles every event before the
+        # acknowledged clock, so none of those may still wait here for a move (it would count twice) — a clock read
+        # after the flush below (a Delta write, seconds) would pass events this move left queued.
+        now = self.clock()
         async with self._batch_lock:
             if self.future:
-                await self.move_due()
+                await self.move_due(now)
         await self.wait_flush()
         await self.flush()
         if token is not None:
-            await self.hold(token)
+            await self.hold(token, now)
             await self.refresh_plan()
         self.adopt(plan_source.current_plan())
         await self.control.reregister()  # nothing of the old plan is left to write: `fstore apply` may free
@@ -436,11 +440,12 @@ class SpeedLayer:
             await self.heartbeat(None, time.time(), force=True)
         return changed
 
-    async def hold(self, token: str) -> None:
-        """Acknowledge a backfill's hold and consume nothing until it ends (the group membership kept)."""
+    async def hold(self, token: str, clock: int) -> None:
+        """Acknowledge a backfill's hold with ``clock`` (the processing clock up to which every held future event
+        was moved) and consume nothing until it ends (the group membership kept)."""
         assert self.control is not None and self.consumer is not None
         log.warning("stream worker: held by a backfill (%s); consuming nothing until it ends", token)
-        await self.control.ack(token, self.clock())
+        await self.control.ack(token, clock)
         paused = set(self.consumer.assignment())
         self.consumer.pause(*paused)
         seen = time.monotonic()
@@ -783,11 +788,13 @@ class SpeedLayer:
             for held in stored:
                 heapq.heappush(self.future, (held[2][ts], next(self._future_seq), held))
 
-    async def move_due(self) -> None:
-        """Move the queued future events whose event_time has passed into the tiles (one atomic step per
-        entity: cells added, fields deleted; a repeated move applies nothing). Readers count the fields by
-        their exact times meanwhile, so when this runs changes no value, only the cost of reads."""
-        now = self.clock()
+    async def move_due(self, now: int | None = None) -> None:
+        """Move the queued future events whose event_time is before ``now`` (default: the processing clock) into
+        the tiles (one atomic step per entity: cells added, fields deleted; a repeated move applies nothing).
+        Readers count the fields by their exact times meanwhile, so when this runs changes no value, only the
+        cost of reads."""
+        if now is None:
+            now = self.clock()
         due: list[Held] = []
         while self.future and self.future[0][0] < now:
             due.append(heapq.heappop(self.future)[2])

@@ -61,3 +61,38 @@ def test_blocked_search_equals_numpy_searchsorted(monkeypatch: pytest.MonkeyPatc
         got = pit_kernels.search_sorted(keys, needles)
         assert got.dtype == np.int64
         np.testing.assert_array_equal(got, np.searchsorted(keys, needles))
+
+
+def brute_m2(values: list[float]) -> float:
+    mean = sum(values) / len(values)
+    return sum((v - mean) ** 2 for v in values)
+
+
+def test_std_var_of_an_entity_after_one_whose_squares_overflow_stay_exact() -> None:
+    """One entity's deviations past ~1e154 overflow the shared prefix of squares to inf: the ranges of every
+    entity sorted after it must still get their own m2 (they were NaN), as online and the brute force give."""
+    codes = np.array([0, 0, 1, 1, 1], np.int64)
+    times = np.array([1, 2, 1, 2, 3], np.int64)
+    values = np.array([0.0, 1e160, 3.0, 3.0, 4.0])
+    sm = SortedMeasure(codes, times, values, 2)
+    got = sm.m2(np.array([2, 2, 3]), np.array([5, 4, 5]))
+    assert np.isfinite(got).all(), got
+    assert got.tolist() == pytest.approx([brute_m2([3.0, 3.0, 4.0]), 0.0, brute_m2([3.0, 4.0])], rel=1e-12)
+
+
+def test_std_var_ranges_recomputed_in_many_chunks_equal_the_brute_force(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ranges of a tiny spread next to a large prefix are recomputed directly, a chunk of values at a time: with
+    chunks of 3 values each range still gets its own exact m2."""
+    import fstore.core.pit_kernels as kernels
+
+    monkeypatch.setattr(kernels, "_DIRECT_CHUNK", 3)
+    rng = np.random.default_rng(5)
+    big = list(rng.normal(0.0, 1e6, 50))  # entity 0: a wide spread makes the shared prefix large
+    small = [[100.0 + 1e-4 * float(x) for x in rng.normal(size=6)] for _ in range(8)]  # entities 1..8: tiny
+    codes = np.array([0] * 50 + [1 + i for i in range(8) for _ in range(6)], np.int64)
+    times = np.array(list(range(50)) + list(range(6)) * 8, np.int64)
+    sm = SortedMeasure(codes, times, np.array(big + [v for s in small for v in s]), 9)
+    lo = np.array([50 + 6 * i + a for i in range(8) for a in (0, 1)], np.int64)
+    hi = np.array([50 + 6 * i + b for i in range(8) for b in (6, 4)], np.int64)
+    want = [brute_m2((big + [v for s in small for v in s])[a:b]) for a, b in zip(lo.tolist(), hi.tolist(), strict=True)]
+    assert sm.m2(lo, hi).tolist() == pytest.approx(want, rel=1e-9)

@@ -248,3 +248,71 @@ def test_later_copies_with_other_entities_or_after_a_too_old_first_copy_do_not_c
             got = evaluate(view, lookup_in(sinks.tiles.tiles[view.name], entity), now)
             want = plan_bruteforce.values(plan, view.name, firsts, entity, now)
             assert all(isclose(got[n], want[n]) for n in want), (view.name, entity, got, want)
+
+
+class HoldingControl:
+    """The backfill's side of a hold, in memory: ``poll`` finds the hold, ``ack`` records the clock."""
+
+    def __init__(self) -> None:
+        self.acks: list[int] = []
+
+    async def poll(self) -> str | None:
+        return "backfill-1"
+
+    async def ack(self, token: str, clock: int) -> None:
+        self.acks.append(clock)
+
+    async def still_held(self, token: str) -> bool | None:
+        return False  # released at once
+
+    async def reregister(self) -> None:
+        pass
+
+
+class PausedConsumer:
+    """What a hold asks of the consumer: its assignment, pause and resume, and polls that bring nothing."""
+
+    def assignment(self) -> set[str]:
+        return set()
+
+    def pause(self, *tps: str) -> None:
+        pass
+
+    def resume(self, *tps: str) -> None:
+        pass
+
+    async def getmany(self, timeout_ms: int = 0) -> dict[str, list[object]]:
+        return {}
+
+
+def test_a_hold_is_acknowledged_with_the_clock_its_moves_used(plan: Plan, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``fstore backfill`` folds into its tiles every event before the clock a worker acknowledges, and writes
+    later ones as fields the worker moves when due: so no event before that clock may still wait in the worker
+    for a move, or it counts twice. The raw flush between the move and the acknowledgement takes time (a
+    Delta write): the acknowledgement must carry the move's clock, not one read after the flush."""
+    now = 1_767_225_600_000_000 + 10 * 86_400 * SECOND
+    clock = [now]
+    events = [Event(f"e{k}", "click", "u1", "p1", now + 7 * SECOND * k, None, 1, None) for k in range(1, 30)]
+    records = [Record(b"u1", message(e)[1], i, now // 1000) for i, e in enumerate(events)]
+    sinks = MemorySinks(plan)
+    layer = SpeedLayer(
+        StreamSettings(), None, sinks.dead, kv=sinks.kv, tiles=sinks.tiles, raw=sinks.raw, clock=lambda: clock[0]
+    )
+    asyncio.run(layer.handle({"events-0": records}))
+    assert {row["event_id"] for _, _, (_, _, row) in layer.future} == {e.event_id for e in events}  # all queued
+    control = HoldingControl()
+    layer.control, layer.consumer = control, PausedConsumer()  # type: ignore[assignment]
+    flush = layer.flush
+
+    async def slow_flush() -> None:
+        await flush()
+        clock[0] += 20 * SECOND  # the Delta write took 20 s of processing clock
+
+    monkeypatch.setattr(layer, "flush", slow_flush)
+    clock[0] = now + 30 * SECOND
+    asyncio.run(layer.follow(None))
+    (acked,) = control.acks
+    queued = [t for t, _, _ in layer.future]
+    assert queued and min(queued) >= acked, (acked, sorted(queued)[:3])  # nothing before the ack waits for a move
+    moved = {e.event_id for e in events if e.event_time < acked}
+    assert moved and not moved & {eid for by_id in sinks.tiles.future.values() for eid in by_id}
