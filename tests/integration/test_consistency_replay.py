@@ -89,10 +89,13 @@ def test_replay_of_served_samples_is_clean_then_catches_a_corrupted_speed_tile(
     victim = next(
         u for u in users[:30] if any(e.user_id == u and e.event_type == "click" for e in traffic.first_copies)
     )
-    key = next(k for k in redis_client.scan_iter(match=f"fs:{{user_activity|{victim}}}:s:*"))
-    # an hour tile: read by clicks_24h (hop 1 h), not by clicks_1h (5-minute tiles)
-    fields: list[bytes] = redis_client.hkeys(key)  # type: ignore[assignment]
-    field = next(f for f in fields if f.startswith(b"3600:") and f.endswith(b":click:c"))
+    # an hour tile: read by clicks_24h (hop 1 h), not by clicks_1h (5-minute tiles) — in whichever of the user's
+    # day hashes holds one (traffic of the last 2 hours spans two UTC days between midnight and 02:00)
+    hours: list[tuple[bytes, bytes]] = []
+    for k in redis_client.scan_iter(match=f"fs:{{user_activity|{victim}}}:s:*"):
+        fields: list[bytes] = redis_client.hkeys(k)  # type: ignore[assignment]
+        hours += [(k, f) for f in fields if f.startswith(b"3600:") and f.endswith(b":click:c")]
+    key, field = hours[0]
     redis_client.hincrby(key, field, 1)
     for f in (tmp_path / "samples").rglob("*.jsonl"):
         f.unlink()  # replay only what is served from now on
