@@ -67,10 +67,7 @@ def install() -> None:
 @click.option("--broker-port", type=int, default=None, help="Broker port  [default: a free one]")
 @click.option("--timeout", type=float, default=90.0, show_default=True, help="Seconds to wait for health.")
 def up(state_dir: Path, redis_port: int | None, broker_port: int | None, timeout: float) -> None:
-    """Start Redis and the broker (reusing healthy running ones) and create the event topics.
-
-    A service that died (crash, kill) is started again on the port it had, unless that port is taken.
-    """
+    """Start Redis and the broker (reusing healthy running ones) and create the event topics."""
     from fstore.devsvc import services as localsvc
     from fstore.settings import get_settings
 

@@ -13,7 +13,6 @@ Two layers:
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -180,7 +179,6 @@ _S = TypeVar("_S", bound=LocalService)
 def _up_one(
     cls: type[_S], state_dir: str | Path, port: int | None, start_timeout: float, reused: dict[str, bool]
 ) -> _S:
-    recorded = _recorded_port(cls, state_dir)
     svc = cls.attach(state_dir, start_timeout=start_timeout, die_with_parent=False)
     if svc is not None and svc.healthy():
         reused[cls.name] = True
@@ -188,19 +186,7 @@ def _up_one(
     if svc is not None:
         svc.stop()
     reused[cls.name] = False
-    if port is None and recorded is not None and not port_open(HOST, recorded):
-        # a service that died (crash, kill) comes back on its port: running clients (the API, the stream
-        # worker) keep the address they read from services.env and reconnect instead of failing for good
-        port = recorded
     return cls(port, state_dir, start_timeout=start_timeout, die_with_parent=False).start()
-
-
-def _recorded_port(cls: type[LocalService], state_dir: str | Path) -> int | None:
-    """The port in ``cls``'s pid file in ``state_dir`` (left behind by a process that died), if any."""
-    try:
-        return int(json.loads((Path(state_dir) / f"{cls.name}.pid").read_text())["port"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 def down(state_dir: str | Path = STATE_DIR, timeout: float = 10.0) -> dict[str, int | None]:

@@ -217,25 +217,3 @@ def test_cli_services_up_status_env_down(tmp_path: Path) -> None:
         assert (state / "kafka-logs" / "meta.properties").exists()
     finally:
         localsvc.down(state)
-
-
-def test_services_up_brings_a_dead_redis_back_on_its_port(tmp_path: Path) -> None:
-    """A Redis that died (SIGKILL) comes back on its recorded port with `up`, so clients that read
-    services.env before (the API, the stream worker) reconnect; without it `up` picked a free port and
-    they failed with ConnectionError until restarted."""
-    first = localsvc._up_one(RedisServer, tmp_path, None, 30.0, {})
-    try:
-        port, pid = first.port, first.pid
-        assert pid is not None and port is not None
-        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
-        os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        reused: dict[str, bool] = {}
-        second = localsvc._up_one(RedisServer, tmp_path, None, 30.0, reused)
-        assert reused == {"redis": False} and second.pid != pid
-        assert second.port == port
-        assert client.ping()  # the old client's address works again
-    finally:
-        localsvc.down(tmp_path)
