@@ -18,6 +18,7 @@ from fstore import applied
 from fstore.core.plan_diff import PlanChange, diff
 from fstore.core.plan_json import fingerprint
 from fstore.settings import get_settings
+from fstore.topics import events_topic
 
 if TYPE_CHECKING:
     from fstore.core.plan import Plan
@@ -63,26 +64,28 @@ def describe(old: applied.AppliedPlan | None, root: Path, change: PlanChange, sa
 
 def topic_mismatch(plan: Plan, events_topic: str) -> str | None:
     """The warning when the Kafka topic the repository's stream source declares is not ``events_topic``, the
-    one the stream worker, ``fstore publish`` and ``fstore services`` use (``FSTORE_EVENTS_TOPIC``); ``None``
-    when they agree or the source declares none."""
+    one the stream worker, ``fstore publish`` and ``fstore services`` use (:mod:`fstore.topics`: only an
+    ``FSTORE_EVENTS_TOPIC`` that names another topic does that); ``None`` when they agree or the source
+    declares none."""
     if not plan.topic or plan.topic == events_topic:
         return None
     return (
-        f"the stream source {plan.source or '(unnamed)'} declares Kafka topic {plan.topic!r}, but the stream worker, "
-        f"fstore publish and fstore services use FSTORE_EVENTS_TOPIC={events_topic!r}: events sent to "
-        f"{plan.topic!r} are never read. Set FSTORE_EVENTS_TOPIC={plan.topic} (and FSTORE_DLQ_TOPIC) where they run, "
-        f"or declare topic={events_topic!r} in the source"
+        f"the stream source {plan.source or '(unnamed)'} declares Kafka topic {plan.topic!r}, but "
+        f"FSTORE_EVENTS_TOPIC={events_topic!r} overrides it for the stream worker, fstore publish and fstore "
+        f"services: events sent to {plan.topic!r} are not read. Unset FSTORE_EVENTS_TOPIC (or set it to "
+        f"{plan.topic!r}) where they run, or declare topic={events_topic!r} in the source"
     )
 
 
 def topic_warning(plan: Plan) -> str | None:
-    """:func:`topic_mismatch` against this process's ``FSTORE_EVENTS_TOPIC``; ``None`` also when the settings
-    cannot be read (a bad ``FSTORE_*`` value is for the command that needs it to report, not for ``plan``)."""
+    """:func:`topic_mismatch` against the topic this process would read (:func:`fstore.topics.events_topic`);
+    ``None`` also when the settings cannot be read (a bad ``FSTORE_*`` value is for the command that needs
+    it to report, not for ``plan``)."""
     try:
-        events_topic = get_settings().events_topic
+        topic = events_topic(get_settings(), plan.topic)
     except Exception:
         return None
-    return topic_mismatch(plan, events_topic)
+    return topic_mismatch(plan, topic)
 
 
 def removed(old: Plan, new: Plan, change: PlanChange) -> tuple[tuple[str, ...], tuple[applied.Unfreed, ...]]:

@@ -76,6 +76,15 @@ def current_plan() -> Plan:
         return _current
 
 
+def declared_topic() -> str:
+    """The Kafka topic the stream source of this process's plan declares (:mod:`fstore.topics`); ``""`` when it
+    declares none or the repository cannot be compiled (the command that needs the plan reports its mistakes)."""
+    try:
+        return current_plan().topic
+    except Exception:
+        return ""
+
+
 def pending() -> frozenset[str]:
     """``view:feature`` refs applied but not built yet: refused until ``fstore backfill`` builds them."""
     current_plan()

@@ -31,7 +31,9 @@ class Settings(BaseSettings):
         "discovered) and every layer routes its keys by hash slot",
     )
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, comma separated")
-    events_topic: str = Field("events", description="Topic of raw events")
+    events_topic: str = Field(
+        "events", description="Topic of raw events (unset: the topic the stream source declares, else events)"
+    )
     dlq_topic: str = Field("events.dlq", description="Dead-letter topic")
     topic_partitions: int = Field(1, ge=1, description="Partitions of the events topic when created")
     dead_letter_keep_unparseable: bool = Field(

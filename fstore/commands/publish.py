@@ -23,7 +23,11 @@ def partition_key(plan: Plan) -> str:
 
 @click.command()
 @click.argument("file", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--topic", default=None, help="Destination topic  [default: FSTORE_EVENTS_TOPIC, 'events']")
+@click.option(
+    "--topic",
+    default=None,
+    help="Destination topic  [default: FSTORE_EVENTS_TOPIC, else the topic the stream source declares, else 'events']",
+)
 @click.option(
     "--rate",
     type=click.FloatRange(min=0),
@@ -122,12 +126,13 @@ def publish(
     from fstore.devsvc.services import ServiceError, ensure_topics
     from fstore.kafka import client as kafka_io
     from fstore.kafka.messages import MessageFileError, count_messages
-    from fstore.plan_source import current_plan
+    from fstore.plan_source import current_plan, declared_topic
     from fstore.settings import get_settings
+    from fstore.topics import on_declared_topic
 
     if (file is None) == (not live):
         raise click.UsageError("give either FILE or --live")
-    settings = get_settings()
+    settings = on_declared_topic(get_settings(), declared_topic())
     topic = topic or settings.events_topic
     bootstrap = bootstrap or settings.kafka_bootstrap
     config = {"compression.type": compression}

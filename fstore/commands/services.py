@@ -69,9 +69,11 @@ def install() -> None:
 def up(state_dir: Path, redis_port: int | None, broker_port: int | None, timeout: float) -> None:
     """Start Redis and the broker (reusing healthy running ones) and create the event topics."""
     from fstore.devsvc import services as localsvc
+    from fstore.plan_source import declared_topic
     from fstore.settings import get_settings
+    from fstore.topics import on_declared_topic
 
-    settings = get_settings()
+    settings = on_declared_topic(get_settings(), declared_topic())
     topics = {settings.events_topic: settings.topic_partitions, settings.dlq_topic: 1}
     try:
         redis, broker, reused = localsvc.up(

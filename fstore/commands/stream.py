@@ -10,6 +10,8 @@ import click
 def stream(loglevel: str | None) -> None:
     """Consume the events topic into Redis speed tiles, events.dlq and Delta raw_events.
 
+    The events topic is the one the repository's stream source declares (FSTORE_EVENTS_TOPIC overrides it).
+
     Runs the plan compiled from the feature repository (FSTORE_FEATURE_REPO, default feature_repo/): its
     event schema validates the messages and gives raw_events its columns; its views' tiles are kept.
     Configuration: FSTORE_KAFKA_BOOTSTRAP, FSTORE_REDIS_URL, FSTORE_DATA_DIR, FSTORE_EVENTS_TOPIC,

@@ -15,7 +15,9 @@ from typing import Any
 import faust
 from faust.app.base import BootStrategy
 
+from fstore.plan_source import declared_topic
 from fstore.settings import STATE_DIR
+from fstore.topics import on_declared_topic
 from jobs.stream import metrics
 from jobs.stream.dead_letters import KafkaDeadLetters
 from jobs.stream.faults import exit_code
@@ -60,7 +62,7 @@ def make_app(s: StreamSettings) -> faust.App:
     return StreamApp(**app_options(s))
 
 
-settings = get_stream_settings()
+settings = on_declared_topic(get_stream_settings(), declared_topic())  # the topic the repository's source declares
 app = make_app(settings)
 events_topic = app.topic(settings.events_topic, key_type=bytes, value_type=bytes, partitions=settings.topic_partitions)
 

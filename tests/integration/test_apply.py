@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from fstore import applied, plan_source
 from fstore.cli import main
 from fstore.core.plan_json import fingerprint
 from fstore.core.timeutil import HOUR, MINUTE, SECOND
+from fstore.devsvc.broker import Broker, list_topics
 from fstore.devsvc.services import RedisServer
 from fstore.redis.hold import ACKS_KEY, HOLD_TTL_S
 from fstore.redis.layout import batch_key, distinct_field, future_field, marker_key, speed_key
@@ -507,19 +509,44 @@ def test_the_api_answers_for_the_record_an_apply_or_backfill_has_just_written(
 
 @pytest.mark.parametrize("command", [["plan"], ["apply", "--skip-feast"]])
 def test_plan_and_apply_warn_when_the_declared_topic_is_not_the_one_read(tmp_path: Path, command: list[str]) -> None:
-    """A repository whose stream source declares topic 'rides', processes reading 'events' (the default): events
-    sent to 'rides' would never be read, so ``fstore plan`` and ``fstore apply`` say so (stderr, with the fix);
-    with ``FSTORE_EVENTS_TOPIC=rides`` they say nothing of it."""
+    """A repository whose stream source declares topic 'rides': with no FSTORE_EVENTS_TOPIC the processes read
+    'rides' and ``fstore plan``/``apply`` say nothing of topics; with ``FSTORE_EVENTS_TOPIC=events`` events sent to
+    'rides' would never be read, so they say so (stderr, with the fix)."""
     repo = tmp_path / "rides"
     shutil.copytree(Path(__file__).resolve().parents[1] / "support" / "repos" / "rides", repo)
     env = {k: v for k, v in os.environ.items() if k not in ("FSTORE_EVENTS_TOPIC", "FSTORE_FEATURE_REPO")}
     env["FSTORE_DATA_DIR"] = str(tmp_path / "data")
     argv = [FSTORE, *command, "--repo", str(repo)]
-    out = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
-    assert "declares Kafka topic 'rides'" in out.stderr and "FSTORE_EVENTS_TOPIC=rides" in out.stderr, out.stderr
-    shutil.rmtree(repo / "data", ignore_errors=True)  # apply recorded a baseline: the second run starts afresh
-    ok = subprocess.run(
-        argv, env={**env, "FSTORE_EVENTS_TOPIC": "rides"}, cwd=tmp_path, capture_output=True, text=True, timeout=300
-    )
+    ok = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
     assert ok.returncode == 0 and "declares Kafka topic" not in ok.stderr, ok.stdout[-2000:] + ok.stderr[-3000:]
+    shutil.rmtree(repo / "data", ignore_errors=True)  # apply recorded a baseline: the second run starts afresh
+    out = subprocess.run(
+        argv, env={**env, "FSTORE_EVENTS_TOPIC": "events"}, cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    assert "declares Kafka topic 'rides'" in out.stderr and "FSTORE_EVENTS_TOPIC='events'" in out.stderr, out.stderr
+
+
+def test_the_worker_and_fstore_publish_use_the_topic_the_source_declares(tmp_path: Path, kafka_broker: Broker) -> None:
+    """A repository says once where its events arrive: with no FSTORE_EVENTS_TOPIC, the stream worker
+    subscribes to the topic its stream source declares and ``fstore publish`` sends there."""
+    topic = f"rides-{uuid.uuid4().hex[:8]}"
+    repo = tmp_path / "rides"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "support" / "repos" / "rides", repo)
+    features = repo / "features.py"
+    features.write_text(features.read_text().replace('topic="rides"', f"topic={topic!r}"))
+    env = {k: v for k, v in os.environ.items() if k != "FSTORE_EVENTS_TOPIC"}
+    env |= {"FSTORE_FEATURE_REPO": str(repo), "FSTORE_KAFKA_BOOTSTRAP": kafka_broker.bootstrap}
+    env |= {"FSTORE_DATA_DIR": str(tmp_path / "data"), "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    read = subprocess.run(
+        [sys.executable, "-c", "from jobs.stream.app import settings; print(settings.events_topic)"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert read.returncode == 0 and read.stdout.strip().splitlines()[-1] == topic, read.stdout + read.stderr[-3000:]
+    messages = tmp_path / "m.jsonl"
+    messages.write_text("".join(json.dumps({"ride_id": f"r{i}"}) + "\n" for i in range(3)))
+    sent = subprocess.run(
+        [FSTORE, "publish", str(messages)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert sent.returncode == 0 and f"created topic {topic!r}" in sent.stdout, sent.stdout + sent.stderr[-3000:]
+    assert topic in list_topics(kafka_broker.bootstrap)
