@@ -9,15 +9,17 @@ After ``fstore apply`` the new or redefined features of a view are **pending**: 
    future events due, raw sink flushed — and acknowledges with its processing clock B), then the view's
    speed hashes are rebuilt from ``raw_events``: the first copy of every event from C on (the rule of
    ``fstore repair``), events before the smallest B folded into tiles, later ones stored as exact
-   future-event fields (the workers move them when their time comes, with the applied plan's measures);
+   future-event fields (the workers move them when their time comes, with the applied plan's measures).
+   Before its speed hashes are deleted, every feature of the view is recorded pending (refused), so no
+   reader sees half-rebuilt tiles;
 3. the view's features stop being pending (the applied record is rewritten), then the workers resume.
 
 The view's de-duplication markers are rebuilt with its tiles, one per event rebuilt, so a later copy of
 those events is still skipped, while an event a writer counted but never stored in ``raw_events`` (a worker
 or an ingest killed between its tiles and its raw commit) loses its marker with its tiles: its redelivery
 (the worker's restart, the file ingested again) counts it in this view and nowhere else. The hold has a
-TTL the backfill refreshes: if the backfill dies, the workers resume by themselves and the features stay
-pending (run it again).
+TTL the backfill refreshes: if the backfill dies, the workers resume by themselves and the view's features
+stay pending — all of them once its speed hashes were touched (run it again).
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, timedelta
+from pathlib import Path
 from typing import Any
 
 from fstore import applied, plan_source
@@ -140,6 +143,7 @@ def backfill(
                 stream.table("raw_events"), since, now - stream.marker_ttl_s * SECOND, record.plan.schema
             )
             hold.hold(client, token)
+            report.served = _refuse_view_while_rebuilt(repo, record, view)
             report.events, report.tiles, report.future = rebuild_speed(
                 client,
                 view,
@@ -153,16 +157,34 @@ def backfill(
                 keepalive=lambda: hold.hold(client, token),
             )
             hold.hold(client, token)
-            latest = applied.load(repo)
-            if latest is None or latest.fingerprint != record.fingerprint:
-                raise BackfillRefused("the plan was applied again while this ran: run `fstore backfill` again")
-            report.served = tuple(r for r in latest.pending if r.partition(":")[0] == view.name)
+            latest = _same_plan(repo, record)
             applied.save(repo, latest.without_pending({view.name}))
         finally:
             hold.release(client)
         return report
     finally:
         client.close()
+
+
+def _same_plan(repo: Path, record: applied.AppliedPlan) -> applied.AppliedPlan:
+    """The applied record now, which must still hold ``record``'s plan."""
+    latest = applied.load(repo)
+    if latest is None or latest.fingerprint != record.fingerprint:
+        raise BackfillRefused("the plan was applied again while this ran: run `fstore backfill` again")
+    return latest
+
+
+def _refuse_view_while_rebuilt(repo: Path, record: applied.AppliedPlan, view: View) -> tuple[str, ...]:
+    """Record every feature of ``view`` as pending before its speed hashes are deleted and rebuilt: readers
+    (the API, the Feast online store) refuse them until the rebuild is complete and :func:`backfill` clears
+    them — never a value from half-rebuilt tiles, and a backfill that dies part-way leaves the whole view
+    refused until it is run again. Returns the view's features that were pending before."""
+    latest = _same_plan(repo, record)
+    before = tuple(r for r in latest.pending if r.partition(":")[0] == view.name)
+    whole = tuple(dict.fromkeys([*latest.pending, *(f"{view.name}:{f}" for f in view.feature_names)]))
+    building = tuple(sorted({*latest.building, view.name}))
+    applied.save(repo, replace(latest, pending=whole, building=building))
+    return before
 
 
 def rebuild_speed(

@@ -20,7 +20,8 @@ def backfill(view: str, skip_batch: bool, timeout: float, progress: bool | None)
     """Build the tiles the applied plan needs for VIEW — the batch tiles and batch view (the nightly job
     re-run for its last run date) and the speed tiles since the cutover, rebuilt from raw_events while the
     stream workers hold (a running fstore ingest finishes its batch in flight, then stops with exit code 1)
-    — then serve the view's pending features (the API refused them with 409 until now).
+    — then serve the view's pending features (the API refused them with 409 until now; while the view's
+    speed tiles are rebuilt it refuses every feature of the view).
 
     Run it after `fstore apply` has reported features "refused until built". Safe to re-run. Exit code 1
     when refused (nothing applied, unknown view, workers that do not hold) or on an error; the features

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -26,6 +27,7 @@ import orjson
 import pytest
 import redis
 from deltalake import DeltaTable
+from fastapi.testclient import TestClient
 
 from fstore import applied, plan_source
 from fstore.core.events import Row, payload_hash
@@ -41,8 +43,11 @@ from jobs.backfill import backfill as run_backfill
 from jobs.batch.settings import BatchSettings
 from jobs.ingest_speed import IngestSpeed, SpeedFailed
 from jobs.stream.settings import StreamSettings
+from services.online_api.app import create_app
+from services.online_api.settings import ApiSettings
 from tests.support.legacy.events_example import Event, parse
 from tests.support.paths import FSTORE, message, run_fstore
+from tests.support.repos import compiled
 from tests.support.stream import Factory, Traffic, assert_tiles_exact, make_traffic, publish
 
 pytestmark = pytest.mark.integration
@@ -508,3 +513,53 @@ def test_a_backfill_after_a_writer_died_between_tiles_and_raw_commit_keeps_every
         speed.begin()
         assert speed([r for r, _ in rows.values()], [h for _, h in rows.values()], now) == 0
     assert_tiles_exact(redis_client, both)
+
+
+def test_a_backfill_that_dies_part_way_leaves_its_whole_view_refused_until_run_again(
+    tmp_path: Path, redis_server: RedisServer, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The backfill deletes a view's speed hashes and rebuilds them in pipelines. Interrupted in between (Ctrl-C,
+    Redis gone), the view's tiles are half there: every feature of the view — not only the pending ones — must
+    be refused (409) rather than served undercounted, until a backfill run again completes; then the values are
+    the brute force's."""
+    repo = tmp_path / "repo"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "feature_repo", repo, ignore=shutil.ignore_patterns("data"))
+    monkeypatch.setenv("FSTORE_FEATURE_REPO", str(repo))
+    applied.save(repo, applied.AppliedPlan(compiled("ecommerce"), time.time_ns() // 1000))  # nothing pending
+    data = tmp_path / "data"
+    traffic = make_traffic(3_000, seed=79, users=600, products=40, hours=1)
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"".join(v + b"\n" for v in traffic.values))
+    env = {"FSTORE_DATA_DIR": str(data), "FSTORE_REDIS_URL": redis_server.url}
+    report = json.loads(run_fstore(["ingest", "--json", str(path)], env, tmp_path).strip().splitlines()[-1])
+    assert report["tiled"] == len(traffic.valid_ids), report
+    stream = StreamSettings(redis_url=redis_server.url, data_dir=str(data))
+    batch = BatchSettings(redis_url=redis_server.url, data_dir=str(data))
+    user = traffic.first_copies[0].user_id
+    api = ApiSettings(redis_url=redis_server.url, data_dir=str(data))
+
+    def interrupted(done: int) -> None:
+        raise KeyboardInterrupt  # Ctrl-C after the first pipeline of the rebuild
+
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_backfill("user_activity", batch, stream, run_batch=None, progress=interrupted, say=lambda _: None)
+        plan_source.use_plan(None)
+        record = applied.load(repo)
+        assert record is not None
+        view = record.plan.view("user_activity")
+        assert set(record.pending) >= {f"user_activity:{f}" for f in view.feature_names}, record.pending
+        with TestClient(create_app(api)) as client:
+            r = client.get("/features", params={"user_id": user, "features": "user_activity:clicks_1h"})
+            assert r.status_code == 409 and "fstore backfill --view user_activity" in r.text, r.text
+        again = run_backfill("user_activity", batch, stream, run_batch=None, say=lambda _: None)
+        plan_source.use_plan(None)
+        assert set(again.served) == {f"user_activity:{f}" for f in view.feature_names}, again.served
+        done = applied.load(repo)
+        assert done is not None and done.pending == (), done
+        assert_tiles_exact(redis_client, traffic)
+        with TestClient(create_app(api)) as client:
+            r = client.get("/features", params={"user_id": user, "features": "user_activity:clicks_1h"})
+            assert r.status_code == 200, r.text
+    finally:
+        plan_source.use_plan(None)
