@@ -67,8 +67,9 @@ def batch(
       0   published, or rebuilt without publishing because a later cutover serves
       1   the run failed (Spark, Delta, Redis, ...): retry
       2   the data-quality gate failed (the range stops there): fix the data, no retry
-      64  usage error; 78 invalid configuration (FSTORE_* variables, or a feature
-          repository FSTORE_FEATURE_REPO with mistakes): no retry
+      64  usage error; 78 invalid configuration (FSTORE_* variables, a feature
+          repository FSTORE_FEATURE_REPO with mistakes, or a data root on an object
+          store this Spark has no connector for): no retry
     """
     from tqdm import tqdm
 
@@ -76,6 +77,7 @@ def batch(
     from fstore.plan_source import current_plan
     from fstore.settings import SettingsError
     from jobs.batch.batch_view import LeaseLost
+    from jobs.batch.file_systems import missing_file_system
     from jobs.batch.rebuild_features import DQFailed, build_spark, rebuild
     from jobs.batch.settings import load_batch_settings
 
@@ -95,6 +97,10 @@ def batch(
         click.echo(f"Error: {exc}", err=True)
         sys.exit(CONFIG)
     spark = build_spark(settings)
+    if (why := missing_file_system(spark, settings.data_root())) is not None:
+        click.echo(f"Error: {why}", err=True)
+        spark.stop()
+        sys.exit(CONFIG)
     show = sys.stderr.isatty() if progress is None else progress
     with tqdm(dates, desc="batch", unit="day", disable=not show, file=sys.stderr) as bar:
         for d in bar:

@@ -9,4 +9,4 @@ OK = 0  # published, or rebuilt without publishing because a later cutover serve
 RUN_FAILED = 1  # Spark, Delta, Redis, ...: retry
 DQ_FAILED = 2  # the data-quality gate failed: fix the data, no retry
 USAGE = 64  # bad command line: no retry
-CONFIG = 78  # invalid FSTORE_* settings or a feature repository with mistakes: no retry
+CONFIG = 78  # invalid FSTORE_* settings, a feature repository with mistakes, an unreachable data root: no retry

@@ -56,6 +56,7 @@ from fstore.plan_source import current_plan
 from fstore.redis.layout import BatchPointer
 from fstore.settings import SettingsError
 from jobs.batch import batch_view, compute, delta_io, dq, exit_codes, tile_reuse
+from jobs.batch.file_systems import missing_file_system
 from jobs.batch.metrics import JobMetrics
 from jobs.batch.plan import RunPlan, plan_run, snapshot_table, tiles_table
 from jobs.batch.settings import BatchSettings, load_batch_settings
@@ -493,6 +494,10 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return exit_codes.CONFIG
     spark = build_spark(s, own_session=False)
+    if (why := missing_file_system(spark, s.data_root())) is not None:
+        print(f"Error: {why}", file=sys.stderr)
+        spark.stop()
+        return exit_codes.CONFIG
     try:
         rebuild(spark, s, args.date, allow_older=args.allow_older, features=features)
     except DQFailed:

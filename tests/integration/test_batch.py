@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
+import subprocess
 import threading
 import time
 from collections import defaultdict
@@ -32,6 +34,7 @@ from fstore.delta import raw_log, raw_winners
 from fstore.plan_source import current_plan, use_plan
 from fstore.redis.layout import POINTER_KEY, BatchPointer, parse_tiles
 from jobs.batch import batch_view as batch_view_mod
+from jobs.batch.file_systems import missing_file_system
 from jobs.batch.plan import plan_run
 from jobs.batch.rebuild_features import DQFailed, InjectedFailure, build_spark, rebuild
 from jobs.batch.settings import BatchSettings
@@ -44,6 +47,7 @@ from tests.support.delta import batch_tile_rows, content_hash, spark_read
 from tests.support.legacy.events_example import Event, parse
 from tests.support.legacy.features import VIEWS
 from tests.support.legacy.tiles import evaluate
+from tests.support.paths import FSTORE
 from tests.support.repos import compiled
 from tests.support.tiles import lookup_in_dict
 
@@ -577,3 +581,23 @@ async def apply_as_the_worker(s: StreamSettings, events: list[Event]) -> int:
         return len(events) - len(await writer.apply([e._asdict() for e in events]))
     finally:
         await client.aclose()
+
+
+def test_a_data_root_on_an_object_store_spark_cannot_reach_is_a_configuration_error(
+    spark: Any, tmp_path: Path, redis_url: str
+) -> None:
+    """PySpark ships no object-store connector: the batch job says so before reading anything — exit code 78
+    (no retry), the scheme named, no Java stack trace — instead of failing mid-run with exit code 1."""
+    for root in ("s3://bucket/fstore", "gs://bucket/fstore", "abfss://c@account.dfs.core.windows.net/fstore"):
+        why = missing_file_system(spark, root)
+        assert why is not None and f"scheme '{root.split(':')[0]}'" in why and root in why, why
+    for root in (str(tmp_path), f"file://{tmp_path}"):
+        assert missing_file_system(spark, root) is None
+    env = {**os.environ, "FSTORE_DATA_DIR": "s3://bucket/fstore", "FSTORE_REDIS_URL": redis_url}
+    env["FSTORE_SPARK_MASTER"] = "local[1]"
+    run = subprocess.run(
+        [FSTORE, "batch", "--date", "2026-11-20", "--no-progress"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 78, run.stdout[-2000:] + run.stderr[-3000:]
+    assert "no Hadoop FileSystem for scheme 's3'" in run.stderr and "Traceback" not in run.stderr, run.stderr[-3000:]
