@@ -67,9 +67,10 @@ def batch(
       0   published, or rebuilt without publishing because a later cutover serves
       1   the run failed (Spark, Delta, Redis, ...): retry
       2   the data-quality gate failed (the range stops there): fix the data, no retry
-      64  usage error; 78 invalid configuration (FSTORE_* variables, a feature
-          repository FSTORE_FEATURE_REPO with mistakes, or a data root on an object
-          store this Spark has no connector for): no retry
+      64  usage error (a run date not over yet too: its cutover is after now);
+          78 invalid configuration (FSTORE_* variables, a feature repository
+          FSTORE_FEATURE_REPO with mistakes, or a data root on an object store this
+          Spark has no connector for): no retry
     """
     from tqdm import tqdm
 
@@ -90,6 +91,13 @@ def batch(
         raise click.UsageError("give either --date D or both --from D1 and --to D2")
     if not dates:
         raise click.UsageError("--from must not be after --to")
+    from fstore.clock import wall_clock
+    from jobs.batch.plan import OpenDay, check_closed
+
+    try:  # a day still open would give the batch view tiles whose events are still arriving (docs/batch.md)
+        check_closed(dates[-1], wall_clock())
+    except OpenDay as exc:
+        raise click.UsageError(str(exc)) from None
     try:
         settings = load_batch_settings(**({"spark_master": master} if master else {}))
         features = current_plan()

@@ -10,8 +10,28 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 
 from fstore.core.plan import Plan, View
-from fstore.core.timeutil import DAY, day_start, to_date
+from fstore.core.timeutil import DAY, day_start, iso, to_date
 from fstore.plan_source import current_plan
+
+
+class OpenDay(ValueError):
+    """A run date that is not over yet: its cutover is after the clock, so the batch view would own tiles
+    whose events are still arriving (and events stamped ahead of the reads), and the speed layer none."""
+
+
+def check_closed(run_date: date, now: int) -> None:
+    """Refuse ``run_date`` unless its cutover (the next 00:00 UTC) is not after ``now`` (UTC epoch µs).
+
+    Raises:
+        OpenDay: naming the date, its cutover and the latest closed day.
+    """
+    cutover = day_start(run_date + timedelta(days=1))
+    if cutover > now:
+        latest = to_date(now) - timedelta(days=1)
+        raise OpenDay(
+            f"run date {run_date} is not over: its cutover {iso(cutover)} is after now ({iso(now)}); "
+            f"the latest closed day is {latest} (fstore batch --date {latest})"
+        )
 
 
 @dataclass(frozen=True)

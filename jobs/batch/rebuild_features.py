@@ -58,7 +58,7 @@ from fstore.settings import SettingsError
 from jobs.batch import batch_view, compute, delta_io, dq, exit_codes, tile_reuse
 from jobs.batch.file_systems import missing_file_system
 from jobs.batch.metrics import JobMetrics
-from jobs.batch.plan import RunPlan, plan_run, snapshot_table, tiles_table
+from jobs.batch.plan import OpenDay, RunPlan, check_closed, plan_run, snapshot_table, tiles_table
 from jobs.batch.settings import BatchSettings, load_batch_settings
 
 TS = pa.timestamp("us", tz="UTC")
@@ -148,10 +148,12 @@ def rebuild(
     (default: the process's plan).
 
     Raises:
+        OpenDay: ``run_date`` is not over yet (its cutover is after the clock): nothing is read or written.
         DQFailed: the data-quality gate failed (report written, nothing else changed).
         InjectedFailure: ``s.fail_after`` named a stage that just finished.
         batch_view.LeaseLost: the run was paused longer than its loading lease (nothing published).
     """
+    check_closed(run_date, wall_clock())
     features = current_plan() if features is None else features
     schema = features.schema
     plan, run_id, m = plan_run(run_date, features), new_run_id(), JobMetrics()
@@ -487,6 +489,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--date", required=True, type=date.fromisoformat, help="run date D (UTC), cutover D+1")
     parser.add_argument("--allow-older", action="store_true", help="publish even if a later cutover serves")
     args = parser.parse_args(argv)
+    try:
+        check_closed(args.date, wall_clock())
+    except OpenDay as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return exit_codes.USAGE
     try:
         s = load_batch_settings()
         features = current_plan()
