@@ -7,12 +7,19 @@ of that order; count is ``hi - lo``, sum a difference of prefix sums, and min/ma
 engine scales with rows × features, not rows × events in the window.
 
 Prefix sums are accumulated in ``numpy.longdouble`` (64-bit mantissa on x86-64): the difference of two
-large prefix sums then keeps the relative accuracy of a direct sum of the window (the brute force).
-float64 is not enough: on the benchmark (10M events) float64 prefix sums put the example's 7-day and 24-hour
-revenue sums up to 7e-9 away (relative) from the longdouble values, beyond the 1e-9 the contract allows.
+large prefix sums then keeps the relative accuracy of a direct sum of the window (the brute force) — as
+long as the window's sum is not tiny next to the prefixes it is read from. float64 is not enough: on the
+benchmark (10M events) float64 prefix sums put the example's 7-day and 24-hour revenue sums up to 7e-9 away
+(relative) from the longdouble values, beyond the 1e-9 the contract allows. The prefixes run over every
+entity's events, so one entity's huge values (1e15, or products of two fields up to 1e30) would leave the
+small windows sorted after it with no correct digit: a window whose rounding bound (one rounding of the
+largest prefix per addition) is not well below its sum is summed again directly (:meth:`SortedMeasure.sums`),
+as std/var ranges are (:meth:`SortedMeasure.m2`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -26,8 +33,11 @@ _MAX_KEY = 2**62
 #: long-double prefix of squares it is read from (whose rounding error is 1e-19 of it per addition, about
 #: 1e-16 after ten million): every other range then keeps about ten correct digits.
 _CANCELLATION = 1e-6
+#: A sum is recomputed directly when the rounding bound of its prefix difference exceeds this share of it.
+_SUM_TOLERANCE = 1e-10
 #: Values per chunk of the direct recomputation (bounds its temporary arrays).
 _DIRECT_CHUNK = 1 << 22
+_EPS = float(np.finfo(np.longdouble).eps)
 
 
 def radix_order(values: I64, high: int) -> I64:
@@ -133,6 +143,7 @@ class SortedMeasure:
         self.n = len(codes)
         self._values: F64 | None = None
         self._prefix: NDArray[np.longdouble] | None = None
+        self._prefix_max: float | None = None
         self._tables: list[F64] = []
         self._tables_min: list[F64] = []
         self._ranks: I64 | None = None
@@ -218,7 +229,42 @@ class SortedMeasure:
             return (hi - lo).astype(np.float64)
         window = self._prefix[hi]
         window -= self._prefix[lo]
-        return window.astype(np.float64)
+        out: F64 = window.astype(np.float64)
+        # Each addition between lo and hi rounded a prefix of at most M = max|prefix|: the difference is off by at
+        # most (hi - lo + 1)·eps·M. Where that is not well below the sum (a small window sorted after huge values,
+        # or a sum near 0), the window is summed again from its own values.
+        if self._prefix_max is None:
+            self._prefix_max = float(np.abs(self._prefix).max())
+        bound = (hi - lo + 1).astype(np.float64)
+        bound *= _EPS * self._prefix_max
+        suspect = np.flatnonzero((bound > _SUM_TOLERANCE * np.abs(out)) & (hi > lo))
+        if len(suspect):
+            self._direct(suspect, lo, hi, self._sums_direct, out)
+        return out
+
+    def _sums_direct(self, lo: I64, hi: I64) -> F64:
+        """Sum of each (non-empty) range ``[lo, hi)`` from its own values (long double, in sorted order)."""
+        assert self._values is not None
+        x, starts = self._gather(lo, hi)
+        direct: F64 = np.add.reduceat(x, starts).astype(np.float64)
+        return direct
+
+    def _gather(self, lo: I64, hi: I64) -> tuple[NDArray[np.longdouble], I64]:
+        """The values of the (non-empty) ranges ``[lo, hi)`` one after another, and where each range starts."""
+        assert self._values is not None
+        length = hi - lo
+        starts = np.concatenate([[0], np.cumsum(length)[:-1]]).astype(np.int64)
+        idx = np.repeat(lo - starts, length) + np.arange(int(length.sum()))
+        return self._values[idx].astype(np.longdouble), starts
+
+    @staticmethod
+    def _direct(suspect: I64, lo: I64, hi: I64, compute: Callable[[I64, I64], F64], out: F64) -> None:
+        """``out[suspect] = compute(lo[suspect], hi[suspect])``, in chunks of about :data:`_DIRECT_CHUNK` values."""
+        lengths = (hi - lo)[suspect]
+        chunk = (np.cumsum(lengths) - lengths) // _DIRECT_CHUNK  # by the offset where each range starts
+        bounds = np.flatnonzero(np.diff(chunk)) + 1  # chunk is non-decreasing: one slice per chunk
+        for part in np.split(suspect, bounds):
+            out[part] = compute(lo[part], hi[part])
 
     def _spread(self) -> tuple[NDArray[np.longdouble], NDArray[np.longdouble]]:
         """Prefix sums of ``x - c`` and ``(x - c)²`` with ``c`` the mean of the event's entity (built once)."""
@@ -264,11 +310,7 @@ class SortedMeasure:
             m2[suspect[flat]] = 0.0
             suspect = suspect[~flat]
         if len(suspect):
-            lengths = (hi - lo)[suspect]
-            chunk = (np.cumsum(lengths) - lengths) // _DIRECT_CHUNK  # by the offset where each range starts
-            bounds = np.flatnonzero(np.diff(chunk)) + 1  # chunk is non-decreasing: one slice per chunk
-            for part in np.split(suspect, bounds):
-                m2[part] = self._m2_direct(lo[part], hi[part])
+            self._direct(suspect, lo, hi, self._m2_direct, m2)
         return m2
 
     def _changes(self) -> I64:
@@ -285,9 +327,7 @@ class SortedMeasure:
         first (long double), then the squared deviations from it."""
         assert self._values is not None, "std/var need measured values"
         length = hi - lo
-        starts = np.concatenate([[0], np.cumsum(length)[:-1]])
-        idx = np.repeat(lo - starts, length) + np.arange(int(length.sum()))
-        x = self._values[idx].astype(np.longdouble)
+        x, starts = self._gather(lo, hi)
         mean = np.add.reduceat(x, starts) / length
         d = x - np.repeat(mean, length)
         direct: F64 = np.add.reduceat(d * d, starts).astype(np.float64)

@@ -96,3 +96,27 @@ def test_std_var_ranges_recomputed_in_many_chunks_equal_the_brute_force(monkeypa
     hi = np.array([50 + 6 * i + b for i in range(8) for b in (6, 4)], np.int64)
     want = [brute_m2((big + [v for s in small for v in s])[a:b]) for a, b in zip(lo.tolist(), hi.tolist(), strict=True)]
     assert sm.m2(lo, hi).tolist() == pytest.approx(want, rel=1e-9)
+
+
+def test_sums_of_small_windows_after_an_entity_of_huge_values_stay_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The prefix sums run over every entity's events: after one entity's values of 9e14 and a product of 1e30
+    (both valid events), the windows of small values sorted later read a difference of two prefixes near 1e30,
+    which has no correct digit left (probe-repo2: a 12-day sum of 1750.26 came out 0.0, and a -1e15 score put
+    a sum of -134.086 at -134.0859375). Each must be its own exact sum, also when recomputed in small chunks."""
+    import math
+
+    import fstore.core.pit_kernels as kernels
+
+    monkeypatch.setattr(kernels, "_DIRECT_CHUNK", 3)
+    rng = np.random.default_rng(11)
+    huge = [9e14, 1e30, -1e15, 3.5]  # entity 0
+    small = [[round(float(x), 2) for x in rng.uniform(-500, 900, 5)] for _ in range(6)]  # entities 1..6
+    values = huge + [v for s in small for v in s]
+    codes = np.array([0] * 4 + [1 + i for i in range(6) for _ in range(5)], np.int64)
+    times = np.array(list(range(4)) + list(range(5)) * 6, np.int64)
+    sm = SortedMeasure(codes, times, np.array(values), 7)
+    lo = np.array([4 + 5 * i + a for i in range(6) for a in (0, 2, 4)] + [0, 4, 7], np.int64)
+    hi = np.array([4 + 5 * i + b for i in range(6) for b in (5, 4, 4)] + [4, 4, 9], np.int64)
+    want = [math.fsum(values[a:b]) for a, b in zip(lo.tolist(), hi.tolist(), strict=True)]
+    got = sm.sums(lo, hi).tolist()
+    assert got == pytest.approx(want, rel=1e-12, abs=0.0), [(g, w) for g, w in zip(got, want, strict=True) if g != w]
