@@ -48,9 +48,10 @@ def parse_refs(features: Sequence[str], plan: Plan | None = None) -> list[tuple[
         raise RequestError(404, str(exc.args[0])) from None
     waiting = pending()
     if waiting:
-        for view, f in resolved:
-            if f"{view.name}:{f.name}" in waiting:
-                raise RequestError(409, not_built(view.name, f.name))
+        blocked = [(view.name, f.name) for view, f in resolved if f"{view.name}:{f.name}" in waiting]
+        if blocked:
+            others = ", ".join(f"{v}:{f}" for v, f in blocked[1:])
+            raise RequestError(409, not_built(*blocked[0]) + (f"; also not built yet: {others}" if others else ""))
     return resolved
 
 

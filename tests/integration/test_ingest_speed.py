@@ -552,6 +552,9 @@ def test_a_backfill_that_dies_part_way_leaves_its_whole_view_refused_until_run_a
         with TestClient(create_app(api)) as client:
             r = client.get("/features", params={"user_id": user, "features": "user_activity:clicks_1h"})
             assert r.status_code == 409 and "fstore backfill --view user_activity" in r.text, r.text
+            whole = client.get("/features", params={"user_id": user, "features": "user_activity"})
+            named = [f for f in view.feature_names if f"user_activity:{f}" in whole.json()["detail"]]
+            assert whole.status_code == 409 and named == list(view.feature_names), whole.text  # each one named
         again = run_backfill("user_activity", batch, stream, run_batch=None, say=lambda _: None)
         plan_source.use_plan(None)
         assert set(again.served) == {f"user_activity:{f}" for f in view.feature_names}, again.served
