@@ -147,6 +147,13 @@ class Applying:
         self.views, self.series = removed(self.old.plan, new, self.change) if self.old is not None else ((), ())
         self.client: AdminClient | None = None
 
+    def describe(self) -> None:
+        """Say what this apply changes (:func:`describe`), and warn of a declared topic the processes would not
+        read (:func:`topic_warning`): what ``fstore plan`` shows and ``fstore apply`` starts with."""
+        describe(self.old, self.root, self.change, self.say)
+        if (mismatch := topic_warning(self.new)) is not None:
+            self.warn(f"warning: {mismatch}")
+
     def prepare(self, wait_timeout: float) -> None:
         """Say what changes; get Redis if anything is to free, and free what the last apply left.
 
@@ -155,9 +162,7 @@ class Applying:
             NotFreed: what the last apply left could not be freed (nothing changed).
         """
         old = self.old
-        describe(old, self.root, self.change, self.say)
-        if (mismatch := topic_warning(self.new)) is not None:
-            self.warn(f"warning: {mismatch}")
+        self.describe()
         if old is not None and (old.unfreed or self.views or self.series):
             self.client = self.redis()
         if old is not None and old.unfreed:

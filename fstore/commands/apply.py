@@ -87,11 +87,7 @@ def _run(repo: Path | None, *, dry_run: bool, feast: bool, wait_timeout: float) 
         sys.exit(EXIT_INVALID)
     job = Applying(root, new, click.echo, lambda m: click.echo(m, err=True))
     if dry_run:
-        from fstore.applying import describe, topic_warning
-
-        describe(job.old, root, job.change, click.echo)
-        if (mismatch := topic_warning(new)) is not None:
-            click.echo(f"warning: {mismatch}", err=True)
+        job.describe()
         return
     try:
         job.prepare(wait_timeout)

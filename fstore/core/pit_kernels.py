@@ -244,7 +244,6 @@ class SortedMeasure:
 
     def _sums_direct(self, lo: I64, hi: I64) -> F64:
         """Sum of each (non-empty) range ``[lo, hi)`` from its own values (long double, in sorted order)."""
-        assert self._values is not None
         x, starts = self._gather(lo, hi)
         direct: F64 = np.add.reduceat(x, starts).astype(np.float64)
         return direct
