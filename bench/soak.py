@@ -4,7 +4,7 @@ the API serves at concurrency 32, for ``--duration`` seconds (default 600).
 One private redis-server and Apache Kafka broker, one worker (``python -m jobs.stream``), one ``fstore
 serve``, all started first. The traffic — event times in the last 2 hours, 1 % duplicates, 1 % of the
 messages replaced by **poison** (valid-looking events no sink can hold: ``quantity`` 3,000,000,000,
-``price`` 1e300, epoch seconds; ``out_of_range:<f>``) and 1 % by **oversized** ones (64–80 KiB) — is made
+``price`` 1e300, epoch seconds; ``invalid_type:<f>``) and 1 % by **oversized** ones (64–80 KiB) — is made
 while it is published at ``--rate`` (bounded memory), and meanwhile the load client (bench/online_latency.py's
 keep-alive client) sends GET /features (a whole ``user_activity`` view, users in turn) at
 ``--concurrency``. At the end:

@@ -1,8 +1,9 @@
 """Invalid messages for the generator: one per rejection reason family, cycling evenly.
 
-Message ``j`` of a run belongs to family ``REASONS[j % len(REASONS)]`` and, inside the family, to variant
-``(j // len(REASONS)) % len(variants)``, so every family and every variant occurs once enough messages are
-made.
+Message ``j`` of a run belongs to family ``FAMILIES[j % len(FAMILIES)]`` and, inside the family, to variant
+``(j // len(FAMILIES)) % len(variants)``, so every family and every variant occurs once enough messages are
+made. The families are the closed list of reasons, plus ``out_of_range``: numbers of the right JSON type
+that their type cannot hold, which are ``invalid_type:<f>`` too.
 Each message is built from an otherwise valid event and carries the exact reason that the event contract of
 the schema ``feature_repo/`` declares gives it (with ``now`` = the end of the generated range); the unit
 tests check that. Every message is a single line (no newline inside).
@@ -19,6 +20,9 @@ import numpy as np
 
 from fstore.core.events import MAX_MESSAGE_BYTES, REASONS
 from fstore.core.timeutil import MILLISECOND, from_micros
+
+#: The generator's families of invalid messages, in the order it cycles through them.
+FAMILIES = (*REASONS[:-1], "out_of_range", REASONS[-1])
 
 #: Serialises a JSON-compatible object to compact bytes (``orjson.dumps`` in the CLI).
 Dumps = Callable[[Any], bytes]
@@ -136,20 +140,20 @@ def _negative(obj: dict[str, Any], v: int) -> None:
 
 
 def _out_of_range(obj: dict[str, Any], v: int) -> str:
-    """A number the schema's types accept but no sink can hold (or epoch seconds sent as milliseconds)."""
+    """A number of the right JSON type that no sink can hold (or epoch seconds sent as milliseconds)."""
     kind = v % 3
     if kind == 0:
         _purchase(obj)
         obj["quantity"] = 3_000_000_000  # beyond raw_events' int32
-        return "out_of_range:quantity"
+        return "invalid_type:quantity"
     if kind == 1:
         _purchase(obj)
         obj["price"] = 1e300  # price × quantity would overflow the sums
-        return "out_of_range:price"
+        return "invalid_type:price"
     t = obj["event_time"]
     ms = t if isinstance(t, int) else round(datetime.fromisoformat(t).timestamp() * 1000)
     obj["event_time"] = ms // 1000  # epoch seconds
-    return "out_of_range:event_time"
+    return "invalid_type:event_time"
 
 
 def build(
@@ -167,7 +171,7 @@ def build(
     Returns:
         The message; its key is the message's ``user_id`` when that is a string, else ``None``.
     """
-    family, v = REASONS[j % len(REASONS)], j // len(REASONS)
+    family, v = FAMILIES[j % len(FAMILIES)], j // len(FAMILIES)
     key = obj["user_id"]
     if family == "malformed_json":
         return Malformed(key, _malformed_json(obj, v % 3, rng, dumps), family)
@@ -184,7 +188,7 @@ def build(
     elif family == "negative_amount":
         _negative(obj, v)
         reason = family
-    elif family == "out_of_range:<f>":
+    elif family == "out_of_range":
         reason = _out_of_range(obj, v)
     else:
         future = end_ms + FUTURE_OFFSET_MS + int(rng.integers(0, 86_400_000))

@@ -10,16 +10,16 @@ reason, from the closed list:
                             and the field is absent (conditions read the fields declared before it)
 ``invalid_type:<f>``        wrong JSON type: STRING a string, INT an integer (not a boolean), FLOAT a
                             finite number, BOOL a boolean, TIMESTAMP an ISO-8601 string with an
-                            offset or epoch milliseconds
+                            offset or epoch milliseconds; or a number of the right JSON type outside
+                            what the type holds: beyond its declared bounds other than a minimum ≥ 0,
+                            an INT outside 32 bits (Arrow/Spark ``INT``), a FLOAT beyond ±1e15 unless
+                            its bounds say otherwise (products and sums stay finite in every sink),
+                            epoch seconds, µs or ns sent as milliseconds
 ``invalid_id:<f>``          the id field or an entity key outside 1–128 chars of ``[A-Za-z0-9_.:-]``
 ``unknown_<f>``             a value outside a STRING field's declared values (``unknown_action`` for
                             a field ``action``)
 ``negative_amount``         a number below its declared minimum when that minimum is ≥ 0 (an amount or
                             a count that cannot be negative: an amount < 0, a count of units < 1)
-``out_of_range:<f>``        a number beyond its other bounds; an INT outside 32 bits (Arrow/Spark
-                            ``INT``); a FLOAT beyond ±1e15 unless its bounds say otherwise (products
-                            and sums stay finite in every sink); epoch seconds, µs or ns sent as
-                            milliseconds
 ``future_timestamp``        the timestamp more than the tolerance after the processing clock (checked
                             after every field)
 ==========================  ==========================================================================
@@ -97,14 +97,14 @@ def _value(f: EventField, v: Any, is_id: bool) -> Any:
         if not math.isfinite(v):
             return Rejection(f"invalid_type:{f.name}")
     except OverflowError:  # an integer beyond a double
-        return Rejection(f"invalid_type:{f.name}" if t is FieldType.FLOAT else f"out_of_range:{f.name}")
+        return Rejection(f"invalid_type:{f.name}")
     if f.minimum is not None and v < f.minimum:
-        return Rejection("negative_amount" if f.minimum >= 0 else f"out_of_range:{f.name}")
+        return Rejection("negative_amount" if f.minimum >= 0 else f"invalid_type:{f.name}")
     lo, hi = INT_RANGE if t is FieldType.INT else (-FLOAT_LIMIT, FLOAT_LIMIT)
     if f.maximum is not None:
         hi = f.maximum if t is FieldType.FLOAT else min(hi, f.maximum)
     if f.minimum is not None and t is FieldType.FLOAT:
         lo = f.minimum
     if not lo <= v <= hi:
-        return Rejection(f"out_of_range:{f.name}")
+        return Rejection(f"invalid_type:{f.name}")
     return v if t is FieldType.INT else float(v)

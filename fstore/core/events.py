@@ -24,8 +24,9 @@ FUTURE_TOLERANCE = 5 * MINUTE
 #: The reason of a message that passed validation but that a sink still refused (never given by :func:`parse_row`).
 UNPROCESSABLE = "unprocessable"
 
-#: The rejection reasons :func:`parse_row` gives; ``<f>`` stands for a field name (the example's traffic
-#: generator, :mod:`examples.synth.malformed`, cycles through them in this order).
+#: The rejection reasons :func:`parse_row` gives, docs/design.md §2's closed list; ``<f>`` stands for a field
+#: name. (A value outside a STRING field's declared values is ``unknown_<f>``, as the example schema's
+#: ``unknown_event_type``; a number its type cannot hold is ``invalid_type:<f>``.)
 REASONS = (
     "malformed_json",
     "oversized",
@@ -34,7 +35,6 @@ REASONS = (
     "invalid_id:<f>",
     "unknown_event_type",
     "negative_amount",
-    "out_of_range:<f>",
     "future_timestamp",
 )
 #: The closed list of dead-letter reasons: the rejection reasons of :func:`parse_row`, and :data:`UNPROCESSABLE`,
@@ -43,7 +43,7 @@ DEAD_LETTER_REASONS = (*REASONS, UNPROCESSABLE)
 
 #: Epoch numbers are milliseconds (docs/design.md §2). A number below this (1973-03-03T09:46:40Z in ms) is far
 #: more likely epoch *seconds* of today than a millisecond stamp of 1970–73: it is rejected as
-#: ``out_of_range:event_time`` instead of being read as a date in 1970, as is one past 9999-12-31
+#: ``invalid_type:event_time`` instead of being read as a date in 1970, as is one past 9999-12-31
 #: (epoch microseconds or nanoseconds sent as milliseconds).
 MIN_EPOCH_MS = 100_000_000_000
 
@@ -182,7 +182,7 @@ def event_time_of(v: Any, name: str = "event_time") -> int | Rejection:
             us = parse_timestamp(v)
         elif _finite(v):
             if not MIN_EPOCH_MS <= v <= MAX_MICROS // 1000:
-                return Rejection(f"out_of_range:{name}")
+                return Rejection(f"invalid_type:{name}")
             us = v * 1000 if isinstance(v, int) else round(v * 1000)
         else:
             return Rejection(f"invalid_type:{name}")

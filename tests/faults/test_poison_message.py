@@ -2,7 +2,7 @@
 
 Before: the worker logged "batch failed; stopping the worker", exited 0 and crashed again on every restart
 at the same offset; ``fstore ingest`` of a file holding it died with an ``ArrowInvalid`` traceback and
-wrote nothing. Now the row's own value (``quantity`` 3,000,000,000) is ``out_of_range:quantity`` at
+wrote nothing. Now the row's own value (``quantity`` 3,000,000,000) is ``invalid_type:quantity`` at
 validation, and a message that passes validation but that a sink still refuses — here Redis itself, by an
 ACL that forbids the keys of one entity, a real error reply in the middle of a batch — is isolated and
 dead-lettered as ``unprocessable`` while the stream goes on; an outage that lasts ends the worker with a
@@ -96,7 +96,7 @@ def test_a_message_redis_refuses_is_dead_lettered_and_the_worker_goes_on(
     assert len({r.key for r in records}) == len(records)  # one record per source position
     got = Counter((r.value, reason) for r, reason in dlq_reasons(kafka_broker, w.dlq, records))
     want = traffic.malformed + Counter(
-        {(poison[0], "unprocessable"): 1, (poison[1], "unprocessable"): 1, (poison[2], "out_of_range:quantity"): 1}
+        {(poison[0], "unprocessable"): 1, (poison[1], "unprocessable"): 1, (poison[2], "invalid_type:quantity"): 1}
     )
     assert got == want
 

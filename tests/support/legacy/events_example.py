@@ -225,7 +225,7 @@ def validate(obj: dict[str, Any], now: int) -> Event | Rejection:
     elif price < 0:
         return Rejection("negative_amount")
     elif price > MAX_PRICE:
-        return Rejection("out_of_range:price")
+        return Rejection("invalid_type:price")
     quantity = obj.get("quantity")
     if quantity is None:
         quantity = 1
@@ -234,7 +234,7 @@ def validate(obj: dict[str, Any], now: int) -> Event | Rejection:
     elif quantity < 1:
         return Rejection("negative_amount")
     elif quantity > MAX_QUANTITY:
-        return Rejection("out_of_range:quantity")
+        return Rejection("invalid_type:quantity")
     session_id = obj.get("session_id")
     if session_id is not None:
         if not isinstance(session_id, str):

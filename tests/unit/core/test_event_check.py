@@ -88,7 +88,7 @@ def test_the_example_schema_gives_the_verdicts_of_the_hand_written_validator() -
     assert verdicts["valid"] > 1_000, verdicts
     families = {k.partition(":")[0] for k in verdicts}
     assert families >= {"valid", "missing_field", "invalid_type", "invalid_id", "unknown_event_type",
-                        "negative_amount", "out_of_range", "future_timestamp"}, verdicts  # fmt: skip
+                        "negative_amount", "future_timestamp"}, verdicts  # fmt: skip
 
 
 RIDE = {"uid": "r1", "kind": "completed", "driver_id": "d1", "zone_id": "z1", "ts": iso(NOW - MINUTE),
@@ -103,13 +103,13 @@ RIDE = {"uid": "r1", "kind": "completed", "driver_id": "d1", "zone_id": "z1", "t
         ({"driver_id": None}, "missing_field:driver_id"),  # required unless kind == 'requested'
         ({"kind": "requested", "driver_id": None}, None),
         ({"zone_id": "zone one"}, "invalid_id:zone_id"),  # an entity key
-        ({"ts": MS // 1000}, "out_of_range:ts"),  # epoch seconds
+        ({"ts": MS // 1000}, "invalid_type:ts"),  # epoch seconds
         ({"ts": iso(NOW + 6 * MINUTE)}, "future_timestamp"),
         ({"distance_km": -1.0}, "negative_amount"),
-        ({"distance_km": 2e15}, "out_of_range:distance_km"),
+        ({"distance_km": 2e15}, "invalid_type:distance_km"),
         ({"surge": 0.5}, "negative_amount"),  # below its minimum of 1
-        ({"stars": 6}, "out_of_range:stars"),
-        ({"stars": 2**31}, "out_of_range:stars"),
+        ({"stars": 6}, "invalid_type:stars"),
+        ({"stars": 2**31}, "invalid_type:stars"),
         ({"stars": 4.0}, "invalid_type:stars"),
         ({"airport": "yes"}, "invalid_type:airport"),
         ({"distance_km": None}, "missing_field:distance_km"),
