@@ -67,7 +67,11 @@ def install() -> None:
 @click.option("--broker-port", type=int, default=None, help="Broker port  [default: a free one]")
 @click.option("--timeout", type=float, default=90.0, show_default=True, help="Seconds to wait for health.")
 def up(state_dir: Path, redis_port: int | None, broker_port: int | None, timeout: float) -> None:
-    """Start Redis and the broker (reusing healthy running ones) and create the event topics."""
+    """Start Redis and the broker (reusing healthy running ones) and create the event topics.
+
+    A service that died is started again on its recorded port when that port is free, so what already
+    reads services.env reaches it again.
+    """
     from fstore.devsvc import services as localsvc
     from fstore.plan_source import declared_topic
     from fstore.settings import get_settings

@@ -156,6 +156,14 @@ class LocalService:
         return "\n".join(text.splitlines()[-lines:]) or "(log is empty)"
 
     @classmethod
+    def recorded_port(cls, state_dir: str | Path = STATE_DIR) -> int | None:
+        """The port in ``state_dir``'s pid file (the last start's), whether or not the process lives."""
+        try:
+            return int(json.loads((Path(state_dir) / f"{cls.name}.pid").read_text())["port"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    @classmethod
     def attach(cls, state_dir: str | Path = STATE_DIR, **kwargs: Any) -> Self | None:
         """The service recorded in ``state_dir``'s pid file, if that process is still alive.
 

@@ -153,8 +153,10 @@ def up(
     """Start (or reuse) the local Redis and broker, create ``topics`` and write ``services.env``.
 
     A service recorded in ``state_dir`` whose process is alive and healthy is reused (its port wins
-    over the requested one); one that is alive but unhealthy is stopped and started again. The
-    processes outlive the caller; :func:`down` stops them.
+    over the requested one); one that is alive but unhealthy is stopped and started again; one that
+    died is started again on its recorded port when no port is requested and that one is free, so the
+    workers and APIs already configured with ``services.env`` reach it again. The processes outlive
+    the caller; :func:`down` stops them.
 
     Returns:
         ``(redis, broker, reused)`` where ``reused`` maps service name → whether it was already running.
@@ -179,6 +181,10 @@ _S = TypeVar("_S", bound=LocalService)
 def _up_one(
     cls: type[_S], state_dir: str | Path, port: int | None, start_timeout: float, reused: dict[str, bool]
 ) -> _S:
+    if port is None:  # read before attach, which forgets a dead process's record
+        port = cls.recorded_port(state_dir)
+        if port is not None and port_open(HOST, port):  # taken since: a free one
+            port = None
     svc = cls.attach(state_dir, start_timeout=start_timeout, die_with_parent=False)
     if svc is not None and svc.healthy():
         reused[cls.name] = True

@@ -199,6 +199,17 @@ def test_cli_services_up_status_env_down(tmp_path: Path) -> None:
         assert again.returncode == 0 and again.stdout.count("already running") == 2
         assert {s.name: s.pid for s in localsvc.status(state)} == pids
 
+        dead = pids["redis"]
+        assert dead is not None
+        os.kill(dead, signal.SIGKILL)  # Redis dies: up starts it again where services.env points
+        deadline = time.monotonic() + 10
+        while pid_alive(dead) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        revived = fstore_cli(tmp_path, "services", "up")
+        assert revived.returncode == 0 and "redis   started" in revived.stdout, revived.stdout + revived.stderr
+        assert localsvc.read_env(state) == env and redis.Redis.from_url(env["FSTORE_REDIS_URL"]).ping()
+        pids = {s.name: s.pid for s in localsvc.status(state)}
+
         status = fstore_cli(tmp_path, "services", "status")
         assert status.returncode == 0 and status.stdout.count("healthy") == 2
         exports = fstore_cli(tmp_path, "services", "env").stdout.splitlines()
