@@ -386,8 +386,12 @@ def create_app(settings: ApiSettings | None = None, clock: Clock = wall_clock) -
     async def post_features(request: Request, body: FeaturesRequest) -> Response:
         """Feature values of many entity rows, all at the same `as_of` (limit FSTORE_API_MAX_ENTITIES)."""
         reader: OnlineReader = request.app.state.reader
+        try:
+            rows = body.rows()
+        except ValueError as exc:
+            raise RequestError(422, str(exc)) from None
         return json_response(
-            served(await read_features(reader, body.entities, body.features, cfg.api_max_entities, published.check))
+            served(await read_features(reader, rows, body.features, cfg.api_max_entities, published.check))
         )
 
     @app.post("/historical-features", response_model=HistoricalResponse, dependencies=Secured)

@@ -46,10 +46,25 @@ class EntityFeaturesResponse(FeaturesResponse):
 class FeaturesRequest(BaseModel):
     """Body of POST /features."""
 
-    entities: list[dict[str, str]] = Field(
-        description='Entity rows keyed by the entities\' join keys, e.g. [{"<join_key>": "id1"}]'
+    entities: list[dict[str, str]] | dict[str, list[str]] = Field(
+        description='Entity rows keyed by the entities\' join keys, e.g. [{"<join_key>": "id1"}], or columns as '
+        'Feast\'s feature server takes them, e.g. {"<join_key>": ["id1", "id2"]} (one row per position)'
     )
     features: list[str] = Field(description="`view:feature` references or whole views")
+
+    def rows(self) -> list[dict[str, str]]:
+        """The entity rows; columns become one row per position.
+
+        Raises:
+            ValueError: columns of different lengths (the message names them).
+        """
+        if isinstance(self.entities, list):
+            return self.entities
+        lengths = {k: len(v) for k, v in self.entities.items()}
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"entity columns of different lengths: {lengths}")
+        keys = list(self.entities)
+        return [dict(zip(keys, values, strict=True)) for values in zip(*self.entities.values(), strict=True)]
 
 
 class HealthResponse(BaseModel):

@@ -72,6 +72,12 @@ def test_values_equal_brute_force(redis_client: redis.Redis, redis_server: Redis
             assert out["values"]["user_activity:clicks_1h"] == plan_bruteforce.value(
                 current_plan(), USER_ACTIVITY, "clicks_1h", events, "u1", AS_OF
             )
+        # the same rows as columns, the way Feast's feature server takes entities: the same answer
+        columns = {"product_id": [r["product_id"] for r in rows], "user_id": [r["user_id"] for r in rows]}
+        c = client.post(
+            "/features", json={"entities": columns, "features": ["product_engagement", "user_activity:clicks_1h"]}
+        )
+        assert c.status_code == 200 and c.json() == r.json(), c.text
 
 
 def test_client_errors_name_the_problem(redis_client: redis.Redis, redis_server: RedisServer) -> None:
@@ -88,6 +94,15 @@ def test_client_errors_name_the_problem(redis_client: redis.Redis, redis_server:
         assert r.status_code == 422 and "user_id" in r.json()["detail"]  # which one was meant? not guessed
         r = client.post(
             "/features", json={"entities": [{"user_id": f"u{i}"} for i in range(4)], "features": ["user_activity"]}
+        )
+        assert r.status_code == 413 and "limit is 3" in r.json()["detail"]
+        r = client.post(
+            "/features",
+            json={"entities": {"user_id": ["u1", "u2"], "product_id": ["p1"]}, "features": ["user_activity"]},
+        )
+        assert r.status_code == 422 and "different lengths" in r.json()["detail"] and "product_id" in r.json()["detail"]
+        r = client.post(
+            "/features", json={"entities": {"user_id": [f"u{i}" for i in range(4)]}, "features": ["user_activity"]}
         )
         assert r.status_code == 413 and "limit is 3" in r.json()["detail"]
 
