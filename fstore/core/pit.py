@@ -18,8 +18,10 @@ mean/min/max/std/var/ratio null (std/var also below two values). Naive timestamp
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -140,10 +142,27 @@ def to_utc(series: pd.Series) -> pd.Series:
     )
     if number is not None:
         raise TypeError(f"{number!r} is a number, not a timestamp: give datetimes or ISO-8601 text (naive = UTC)")
+    with _unknown_zones_refused():
+        try:
+            return pd.to_datetime(series, utc=True, format="mixed")
+        except pd.errors.OutOfBoundsDatetime:
+            return pd.Series([_utc_us(v) for v in series], index=series.index, name=series.name, dtype=_UTC_US)
+
+
+@contextmanager
+def _unknown_zones_refused() -> Iterator[None]:
+    """Text naming a zone pandas does not know (``10:00 PST``, ``10:00 CET``) is refused: pandas drops the
+    name with a FutureWarning and reads the rest as naive, which here means UTC — hours off, silently."""
     try:
-        return pd.to_datetime(series, utc=True, format="mixed")
-    except pd.errors.OutOfBoundsDatetime:
-        return pd.Series([_utc_us(v) for v in series], index=series.index, name=series.name, dtype=_UTC_US)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message=".*un-recognized timezone", category=FutureWarning)
+            yield
+    except FutureWarning as exc:  # 'Parsed string "<text>" included an un-recognized timezone "<zone>". ...'
+        text, _, zone = str(exc).removeprefix("Parsed string ").partition(" included an un-recognized timezone ")
+        raise ValueError(
+            f"{text} names a time zone that cannot be read ({zone.split('.')[0]}): "
+            "give an offset (+05:30, -08:00, Z) or none (UTC)"
+        ) from None
 
 
 _UTC_US = "datetime64[us, UTC]"

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -115,3 +116,14 @@ def test_post_historical_features(api: tuple[str, str, list[Event]]) -> None:
     assert bad.status_code == 422 and "event_timestamp" in bad.text
     bad = httpx.post(f"{url}/historical-features", json={"entity_rows": rows, "features": ["user_activity:x"]})
     assert bad.status_code == 422 and "'x'" in bad.text
+    # a zone name pandas cannot read ("PST") was dropped and the time read as UTC, 8 hours off: refused now;
+    # the same wall time with its offset gets the brute force's values at the instant it names
+    t_pst = (datetime(1970, 1, 1) + timedelta(microseconds=t0 - 8 * 3_600_000_000)).isoformat()
+    named = [{"user_id": "u1", "event_timestamp": f"{t_pst} PST"}]
+    bad = httpx.post(f"{url}/historical-features", json={"entity_rows": named, "features": ["user_activity"]})
+    assert bad.status_code == 422 and "PST" in bad.text, bad.text
+    offset = [{"user_id": "u1", "event_timestamp": f"{t_pst}-08:00"}]
+    r = httpx.post(f"{url}/historical-features", json={"entity_rows": offset, "features": ["user_activity"]})
+    assert r.status_code == 200, r.text
+    for k, v in want.items():
+        assert r.json()["rows"][0][k] == pytest.approx(v) if v is not None else r.json()["rows"][0][k] is None

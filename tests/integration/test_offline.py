@@ -220,6 +220,12 @@ def test_feast_get_historical_features(data: tuple[Path, list[Row]], tmp_path: P
     read = store.get_historical_features(entity_df=text, features=["user_activity:clicks_1h"]).to_df()
     assert read["clicks_1h"].tolist() == want["user_activity__clicks_1h"]
     assert read["event_timestamp"].tolist() == df["event_timestamp"].tolist()
+    # a zone name pandas cannot read was dropped and the wall time read as UTC (8 h off, silently): refused
+    named = text.head(3).assign(
+        event_timestamp=[f"{t.tz_localize(None).isoformat()} PST" for t in df["event_timestamp"][:3]]
+    )
+    with pytest.raises(ValueError, match="PST"):
+        store.get_historical_features(entity_df=named, features=["user_activity:clicks_1h"]).to_df()
 
 
 @pytest.mark.parametrize("engine", ["local", "spark"])

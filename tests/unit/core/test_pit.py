@@ -343,6 +343,22 @@ def test_text_timestamps_are_read_one_by_one() -> None:
         pit.to_utc(pd.Series(["2026-11-21T10:00:00", "yesterday"]))
 
 
+@pytest.mark.parametrize(
+    "text", [["2026-11-21T10:00:00 PST"], ["2026-11-21T10:00:00Z", "2026-11-21T10:00:00 CET"], ["2300-01-01 10:00 EST"]]
+)
+def test_text_naming_an_unknown_zone_is_refused(text: list[str]) -> None:
+    """pandas drops a zone name it cannot read ("PST") with a FutureWarning and reads the rest as naive,
+    which here means UTC: every value computed hours away from the instant meant. Refused, naming the value;
+    the names it reads (UTC, GMT) and offsets keep working."""
+    with pytest.raises(ValueError, match=text[-1].split()[-1]):
+        pit.to_utc(pd.Series(text))
+    frame = pd.DataFrame({"user_id": ["u"] * len(text), "event_timestamp": text})
+    with pytest.raises(pit.PointInTimeError, match="event_timestamp"):
+        pit.point_in_time(PLAN, frame, ["user_activity"], events_table([]))
+    ok = pd.Series(["2026-11-21T10:00:00 UTC", "2026-11-21T10:00:00 GMT", "2026-11-21T02:00:00-08:00"])
+    assert {t.to_pydatetime() for t in pit.to_utc(ok)} == {datetime(2026, 11, 21, 10, tzinfo=UTC)}
+
+
 def test_text_timestamps_outside_the_nanosecond_range_are_read_in_microseconds() -> None:
     """Years 1–9999 as text or objects, as a ``datetime64[us]`` column holds them (pandas' nanoseconds end in
     1677 and 2262); an offset that puts the instant before year 1 in UTC is refused, not wrapped."""
