@@ -158,7 +158,9 @@ def _unknown_zones_refused() -> Iterator[None]:
             warnings.filterwarnings("error", message=".*un-recognized timezone", category=FutureWarning)
             yield
     except FutureWarning as exc:  # 'Parsed string "<text>" included an un-recognized timezone "<zone>". ...'
-        text, _, zone = str(exc).removeprefix("Parsed string ").partition(" included an un-recognized timezone ")
+        text, found, zone = str(exc).removeprefix("Parsed string ").partition(" included an un-recognized timezone ")
+        if not found:  # another FutureWarning, raised because the caller runs with -W error
+            raise
         raise ValueError(
             f"{text} names a time zone that cannot be read ({zone.split('.')[0]}): "
             "give an offset (+05:30, -08:00, Z) or none (UTC)"
