@@ -138,6 +138,25 @@ def _key_refs(plan: Plan, refs: Sequence[str]) -> dict[str, str]:
     return out
 
 
+def _refuse_join_key_maps(feature_views: Sequence[FeatureView]) -> None:
+    """A view projected with ``with_join_key_map`` (in a FeatureService) is refused, naming it: the engine
+    joins every view on its entity's own column, so the mapped column was ignored and the features of
+    another entity's rows came back (silently) when the entity_df held both columns.
+
+    Raises:
+        fstore.core.pit.PointInTimeError: for the first view with a join key map.
+    """
+    for fv in feature_views:
+        mapping = dict(fv.projection.join_key_map or {}) if fv.projection is not None else {}
+        if mapping:
+            pairs = ", ".join(f"{k} -> {v}" for k, v in mapping.items())
+            raise pit.PointInTimeError(
+                f"feature view '{fv.name}' is projected with a join key map ({pairs}): the "
+                "fstore offline store joins on the view's own join key; put those keys in the entity_df column "
+                f"{', '.join(repr(k) for k in mapping)} instead"
+            )
+
+
 class FstoreOfflineStore(OfflineStore):
     """Feast offline store backed by the fstore point-in-time engine over ``raw_events``."""
 
@@ -165,6 +184,7 @@ class FstoreOfflineStore(OfflineStore):
             )
         if kwargs.get("filter_by_created_timestamp"):
             raise NotImplementedError("filter_by_created_timestamp does not apply to the fstore offline store")
+        _refuse_join_key_maps(feature_views)
         refs = list(feature_refs)
         plan = plan_of(config, "offline store")
         key_refs = _key_refs(plan, refs)

@@ -228,6 +228,29 @@ def test_feast_get_historical_features(data: tuple[Path, list[Row]], tmp_path: P
         store.get_historical_features(entity_df=named, features=["user_activity:clicks_1h"]).to_df()
 
 
+def test_feast_join_key_map_is_refused_naming_the_view(data: tuple[Path, list[Row]], tmp_path: Path) -> None:
+    """A FeatureService view projected with ``with_join_key_map({"user_id": "buyer_id"})`` got the features of
+    the row's ``user_id``, not its ``buyer_id`` (the map was ignored, silently): refused now, naming the view and
+    the map; the rows with the keys in ``user_id``, as the message says, get the brute force's values."""
+    from feast import FeatureService, FeatureStore
+
+    root, events = data
+    repo = feast_repo(REPOS / "ecommerce", tmp_path / "ecommerce_repo", root / "data")
+    df = entity_frame(events, 60, seed=5)
+    store = FeatureStore(repo_path=str(repo))
+    view = store.get_stream_feature_view("user_activity")[["clicks_24h", "purchases_7d"]]
+    store.apply([FeatureService(name="buyers", features=[view.with_join_key_map({"user_id": "buyer_id"})])])
+    buyers = df.assign(buyer_id=df["user_id"][::-1].tolist(), user_id="someone_else")
+    with pytest.raises(ValueError, match=r"'user_activity'.*user_id -> buyer_id"):
+        store.get_historical_features(entity_df=buyers, features=store.get_feature_service("buyers")).to_df()
+    keyed = buyers.drop(columns=["user_id"]).rename(columns={"buyer_id": "user_id"})
+    got = store.get_historical_features(
+        entity_df=keyed, features=["user_activity:clicks_24h", "user_activity:purchases_7d"], full_feature_names=True
+    ).to_df()
+    want = brute(events, keyed)
+    assert_equal_brute(got, {k: want[k] for k in ("user_activity__clicks_24h", "user_activity__purchases_7d")}, keyed)
+
+
 @pytest.mark.parametrize("engine", ["local", "spark"])
 def test_feast_refs_from_the_registry_and_feature_services(
     data: tuple[Path, list[Row]], tmp_path: Path, engine: str
