@@ -138,23 +138,44 @@ def _key_refs(plan: Plan, refs: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def _refuse_join_key_maps(feature_views: Sequence[FeatureView]) -> None:
-    """A view projected with ``with_join_key_map`` (in a FeatureService) is refused, naming it: the engine
-    joins every view on its entity's own column, so the mapped column was ignored and the features of
-    another entity's rows came back (silently) when the entity_df held both columns.
+def _mapped_keys(plan: Plan, feature_views: Sequence[FeatureView]) -> dict[str, str]:
+    """The entity_df column of each join key that a view's projection maps (Feast's ``with_join_key_map`` in a
+    FeatureService: ``{"user_id": "buyer_id"}`` reads the keys of ``user_activity`` from ``buyer_id``).
 
     Raises:
-        fstore.core.pit.PointInTimeError: for the first view with a join key map.
+        fstore.core.pit.PointInTimeError: one join key read from two columns in one request (map one of the
+            views in a request of its own).
     """
+    views = {v.name: v for v in plan.views}
+    columns: dict[str, dict[str, list[str]]] = {}
     for fv in feature_views:
+        view = views.get(fv.name)
+        if view is None:  # unknown to fstore: resolve() names it
+            continue
+        key = view.entity.join_key
         mapping = dict(fv.projection.join_key_map or {}) if fv.projection is not None else {}
-        if mapping:
-            pairs = ", ".join(f"{k} -> {v}" for k, v in mapping.items())
+        columns.setdefault(key, {}).setdefault(mapping.get(key, key), []).append(fv.name)
+    for key, by_column in columns.items():
+        if len(by_column) > 1:
+            ways = "; ".join(f"{', '.join(names)} from '{col}'" for col, names in by_column.items())
             raise pit.PointInTimeError(
-                f"feature view '{fv.name}' is projected with a join key map ({pairs}): the "
-                "fstore offline store joins on the view's own join key; put those keys in the entity_df column "
-                f"{', '.join(repr(k) for k in mapping)} instead"
+                f"join key '{key}' is read from two columns in one request ({ways}): request them separately"
             )
+    return {key: col for key, by_column in columns.items() for col in by_column if col != key}
+
+
+def _with_keys_from(table: pa.Table, mapped: dict[str, str]) -> pa.Table:
+    """``table`` with each mapped join key's column holding the keys of the column it is mapped to."""
+    for key, col in mapped.items():
+        if col not in table.column_names:
+            raise pit.PointInTimeError(
+                f"entity dataframe has no column '{col}' (the join key map {key} -> {col}; "
+                f"columns: {', '.join(table.column_names)})"
+            )
+        values = table.column(col)
+        names = table.column_names
+        table = table.set_column(names.index(key), key, values) if key in names else table.append_column(key, values)
+    return table
 
 
 class FstoreOfflineStore(OfflineStore):
@@ -184,12 +205,13 @@ class FstoreOfflineStore(OfflineStore):
             )
         if kwargs.get("filter_by_created_timestamp"):
             raise NotImplementedError("filter_by_created_timestamp does not apply to the fstore offline store")
-        _refuse_join_key_maps(feature_views)
         refs = list(feature_refs)
         plan = plan_of(config, "offline store")
         key_refs = _key_refs(plan, refs)
         features = [r for r in refs if r not in key_refs]
-        table, ts = _as_arrow(entity_df)
+        given, ts = _as_arrow(entity_df)
+        mapped = _mapped_keys(plan, feature_views)
+        table = _with_keys_from(given, mapped)  # the engine reads each view's keys from its own join key column
         # unknown features and missing or clashing columns fail here, not at to_df()
         request = pit.resolve(plan, features, full_feature_names) if features else None
         keys = list(dict.fromkeys([*(request.join_keys if request else ()), *key_refs.values()]))
@@ -222,6 +244,9 @@ class FstoreOfflineStore(OfflineStore):
                 for ref, name in added.items():
                     out = out.append_column(name, table.column(key_refs[ref]))  # as given: its own type
                 out = out.select(list(dict.fromkeys([*table.column_names, *(r.replace(":", "__") for r in refs)])))
+            for key in mapped:  # the caller's columns as given
+                at = out.column_names.index(key)
+                out = out.set_column(at, key, given.column(key)) if key in given.column_names else out.remove_column(at)
             if ts != pit.TIMESTAMP_COLUMN:
                 out = out.rename_columns([ts if c == pit.TIMESTAMP_COLUMN else c for c in out.column_names])
             return out

@@ -228,10 +228,10 @@ def test_feast_get_historical_features(data: tuple[Path, list[Row]], tmp_path: P
         store.get_historical_features(entity_df=named, features=["user_activity:clicks_1h"]).to_df()
 
 
-def test_feast_join_key_map_is_refused_naming_the_view(data: tuple[Path, list[Row]], tmp_path: Path) -> None:
-    """A FeatureService view projected with ``with_join_key_map({"user_id": "buyer_id"})`` got the features of
-    the row's ``user_id``, not its ``buyer_id`` (the map was ignored, silently): refused now, naming the view and
-    the map; the rows with the keys in ``user_id``, as the message says, get the brute force's values."""
+def test_feast_join_key_map_reads_the_mapped_column(data: tuple[Path, list[Row]], tmp_path: Path) -> None:
+    """A FeatureService view projected with ``with_join_key_map({"user_id": "buyer_id"})`` reads its keys from
+    ``buyer_id`` (as Feast's own stores and the fstore online store do); it got the features of the row's
+    ``user_id`` (the map was ignored, silently). Every input column stays as given, ``user_id`` too."""
     from feast import FeatureService, FeatureStore
 
     root, events = data
@@ -240,15 +240,19 @@ def test_feast_join_key_map_is_refused_naming_the_view(data: tuple[Path, list[Ro
     store = FeatureStore(repo_path=str(repo))
     view = store.get_stream_feature_view("user_activity")[["clicks_24h", "purchases_7d"]]
     store.apply([FeatureService(name="buyers", features=[view.with_join_key_map({"user_id": "buyer_id"})])])
-    buyers = df.assign(buyer_id=df["user_id"][::-1].tolist(), user_id="someone_else")
-    with pytest.raises(ValueError, match=r"'user_activity'.*user_id -> buyer_id"):
-        store.get_historical_features(entity_df=buyers, features=store.get_feature_service("buyers")).to_df()
-    keyed = buyers.drop(columns=["user_id"]).rename(columns={"buyer_id": "user_id"})
-    got = store.get_historical_features(
-        entity_df=keyed, features=["user_activity:clicks_24h", "user_activity:purchases_7d"], full_feature_names=True
-    ).to_df()
-    want = brute(events, keyed)
-    assert_equal_brute(got, {k: want[k] for k in ("user_activity__clicks_24h", "user_activity__purchases_7d")}, keyed)
+    service = store.get_feature_service("buyers")
+    names = ("user_activity__clicks_24h", "user_activity__purchases_7d")
+    want = brute(events, df)
+    buyers = df.rename(columns={"user_id": "buyer_id"}).assign(user_id="someone_else")
+    got = store.get_historical_features(entity_df=buyers, features=service, full_feature_names=True).to_df()
+    assert list(got.columns) == [*buyers.columns, *names]
+    assert_equal_brute(got, {k: want[k] for k in names}, buyers)
+    only = buyers.drop(columns=["user_id"])
+    got = store.get_historical_features(entity_df=only, features=service).to_df()
+    assert list(got.columns) == [*only.columns, "clicks_24h", "purchases_7d"]
+    assert got["clicks_24h"].tolist() == want[names[0]] and got["purchases_7d"].tolist() == want[names[1]]
+    with pytest.raises(ValueError, match="buyer_id"):
+        store.get_historical_features(entity_df=df, features=service).to_df()
 
 
 @pytest.mark.parametrize("engine", ["local", "spark"])
