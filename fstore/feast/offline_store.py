@@ -140,7 +140,7 @@ def _key_refs(plan: Plan, refs: Sequence[str]) -> dict[str, str]:
 
 def _mapped_keys(plan: Plan, feature_views: Sequence[FeatureView]) -> dict[str, str]:
     """The entity_df column of each join key that a view's projection maps (Feast's ``with_join_key_map`` in a
-    FeatureService: ``{"user_id": "buyer_id"}`` reads the keys of ``user_activity`` from ``buyer_id``).
+    FeatureService: ``{"<join key>": "<column>"}`` reads that view's keys from ``<column>``).
 
     Raises:
         fstore.core.pit.PointInTimeError: one join key read from two columns in one request (map one of the
