@@ -33,8 +33,10 @@ from typing import Any
 import redis
 import redis.exceptions as rex
 from redis._parsers.base import BaseParser
+from redis.backoff import NoBackoff
 from redis.connection import parse_url
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+from redis.retry import Retry
 
 from fstore.redis.resp import Arg, RespPool, command, raise_errors, round_trip_sync
 
@@ -328,7 +330,12 @@ class SyncClusterPool:
     def _client(self, addr: Addr) -> redis.Redis:
         client = self._clients.get(addr)
         if client is None:
-            client = self._clients[addr] = redis.Redis(host=addr[0], port=addr[1], **self._kwargs)
+            # no retries: redis-py's default (10, with backoff) took ≈ 4 s to report a dead node, so a dead primary
+            # now fails the read within the configured timeout, as the async pool does (round_trip_sync still
+            # re-sends once on a broken pooled connection)
+            client = self._clients[addr] = redis.Redis(
+                host=addr[0], port=addr[1], retry=Retry(NoBackoff(), 0), **self._kwargs
+            )
         return client
 
     def refresh(self) -> None:

@@ -37,6 +37,7 @@ from fstore.feast.online_store import FstoreOnlineStore
 from fstore.online.reader import EntityRead, SyncOnlineReader
 from fstore.plan_source import current_plan
 from fstore.redis.cluster import SyncClusterPool, slot_of
+from fstore.redis.connect import sync_client
 from fstore.redis.layout import POINTER_KEY, BatchPointer, batch_key, entity_tag
 from jobs.batch import batch_view
 from services.online_api.app import create_app
@@ -334,3 +335,36 @@ def slot_owner(cluster: RedisCluster, slot: int) -> int:
     finally:
         node.close()
     raise AssertionError(f"slot {slot} has no owner")
+
+
+def test_feast_blocking_reader_fails_within_its_timeout_when_a_primary_is_down(tmp_path: Path) -> None:
+    """Feast's ``online_read`` (the blocking reader on ``sync_client``, ``timeout_ms: 300``) answers exact values,
+    then, with the primary of an entity's slot killed, raises a ConnectionError within about its timeout — not
+    after redis-py's default retries (10, exponential backoff: ≈ 4 s per call, probe-scale)."""
+    events = [e._replace(user_id=f"u{i % 40}") for i, e in enumerate(make_events(16, 2000))]
+    users = [f"u{i}" for i in range(40)]
+    want = {u: bruteforce.values(USER_ACTIVITY, events, u, AS_OF) for u in users}
+    served = current_plan().view(USER_ACTIVITY.name)
+    reads = [EntityRead(served, u, served.feature_names) for u in users]
+    with RedisCluster(tmp_path / "cluster", primaries=3) as cluster:
+        client = redis.RedisCluster.from_url(cluster.url)
+        load(client, events, "v1", C)
+        client.close()
+        pool = sync_client(cluster.url, True, timeout=0.3, connect_timeout=0.3)  # as FstoreOnlineStore builds it
+        try:
+            snap = SyncOnlineReader(pool, lambda: AS_OF).read(reads)
+            for u, res in zip(users, snap.results, strict=True):
+                assert all(isclose(res.values[n], w) for n, w in want[u].items()), u
+            node = cluster.node(slot_owner(cluster, slot_of(entity_tag("user_activity", "u0"))))
+            assert node.pid is not None
+            os.kill(node.pid, signal.SIGKILL)
+            deadline = time.monotonic() + 5
+            while node.is_running() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            started = time.monotonic()
+            with pytest.raises(redis.ConnectionError):
+                SyncOnlineReader(pool, lambda: AS_OF).read(reads)
+            took = time.monotonic() - started
+        finally:
+            pool.close()
+    assert took < 1.5, f"the blocking reader took {took:.2f} s to report a dead primary (timeout 0.3 s)"
