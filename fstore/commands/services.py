@@ -88,8 +88,17 @@ def up(state_dir: Path, redis_port: int | None, broker_port: int | None, timeout
     for svc in (redis, broker):
         how = "already running" if reused[svc.name] else "started"
         click.echo(f"{svc.name:<7} {how:<16} {svc.address:<28} pid {svc.pid}  log {svc.log_path}")
-    parts = ", ".join(f"{name} ({n} partition{'s' if n > 1 else ''})" for name, n in topics.items())
+    # the partitions the topics have, not those asked for: an existing topic keeps its count
+    actual = {**topics, **{k: v for k, v in localsvc.list_topics(broker.bootstrap).items() if k in topics}}
+    parts = ", ".join(f"{name} ({n} partition{'s' if n > 1 else ''})" for name, n in actual.items())
     click.echo(f"topics  {parts}")
+    if "topic_partitions" in settings.model_fields_set and actual[settings.events_topic] != settings.topic_partitions:
+        click.echo(
+            f"WARNING {settings.events_topic} already exists with {actual[settings.events_topic]} partitions: "
+            f"FSTORE_TOPIC_PARTITIONS={settings.topic_partitions} applies only when the topic is created "
+            "(docs/scaling.md: adding partitions later moves keys)",
+            err=True,
+        )
     click.echo(f"env     {localsvc.env_file(state_dir)} (read by fstore; `fstore services env` to export)")
 
 

@@ -167,8 +167,8 @@ def test_services_die_with_their_owner(tmp_path: Path) -> None:
     assert not any(pid_alive(p) for p in pids)
 
 
-def fstore_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FSTORE_")}
+def fstore_cli(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FSTORE_")} | (env or {})
     return subprocess.run(
         [sys.executable, "-c", "from fstore.cli import main; main()", *args],
         cwd=cwd,
@@ -198,6 +198,14 @@ def test_cli_services_up_status_env_down(tmp_path: Path) -> None:
         again = fstore_cli(tmp_path, "services", "up")  # idempotent: reuses the running pair
         assert again.returncode == 0 and again.stdout.count("already running") == 2
         assert {s.name: s.pid for s in localsvc.status(state)} == pids
+        # An existing topic keeps its partitions: up says how many it has, and that the variable did nothing
+        # (probe-scale: it printed "events (12 partitions)" for a topic of 6).
+        more = fstore_cli(tmp_path, "services", "up", env={"FSTORE_TOPIC_PARTITIONS": "4"})
+        assert more.returncode == 0, more.stderr
+        assert list_topics(env["FSTORE_KAFKA_BOOTSTRAP"])["events"] == 1
+        assert "topics  events (1 partition), events.dlq (1 partition)" in more.stdout
+        assert "events already exists with 1 partitions: FSTORE_TOPIC_PARTITIONS=4 applies only" in more.stderr
+        assert "WARNING" not in again.stderr
 
         dead = pids["redis"]
         assert dead is not None
