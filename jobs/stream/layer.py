@@ -672,6 +672,7 @@ class SpeedLayer:
             return
         self._topic_checked = time.monotonic()
         state = await asyncio.to_thread(self.watch.describe)
+        metrics.BROKER_UP.set(state is not None)  # the lag gauge keeps its last value while the broker is down
         self._topic, change = compare(self._topic, state)
         if change.partitions is not None:
             log.warning(

@@ -123,6 +123,12 @@ LOG_RESETS = Counter(
     ["topic", "partition"],
     registry=REGISTRY,
 )
+BROKER_UP = Gauge(
+    "fstore_stream_broker_up",
+    "1 if the broker answered the worker's last metadata check of the events topic (every "
+    "FSTORE_STREAM_TOPIC_CHECK_S), 0 if it did not: consumer lag and commits cannot say so while it is down",
+    registry=REGISTRY,
+)
 REPLAYING = Gauge(
     "fstore_stream_replaying",
     "1 while the worker replays a reset log and has not reached the end the new log had at the reset",

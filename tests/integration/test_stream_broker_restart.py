@@ -52,3 +52,39 @@ def test_broker_killed_mid_run_worker_reconnects_and_tiles_stay_exact(
     assert w.proc.returncode == 0, w.log_tail()
     assert_tiles_exact(redis_client, traffic)  # 0 lost, 0 counted twice
     assert_raw_and_dlq(broker, w.dlq, tmp_path / "data", traffic, exact_dlq=False)
+
+
+def test_broker_down_is_reported_by_the_worker_then_nothing_is_lost(
+    private_broker: Broker, redis_client: redis.Redis, worker_factory: Factory, tmp_path: Path
+) -> None:
+    """While the broker is down the worker says so (``fstore_stream_broker_up`` 0, what FstoreBrokerUnreachable
+    reads; before, no metric moved: the lag gauge kept its last value, probe-scale), and says it is back after
+    the restart; traffic published before and after is counted exactly once."""
+    broker = private_broker
+    traffic = make_traffic(4_000, seed=15, users=300, products=50)
+    half = len(traffic.values) // 2
+    w = worker_factory(broker, FSTORE_STREAM_TOPIC_CHECK_S="1")
+    w.start()
+    publish(broker, w.topic, traffic, 0, half)
+
+    def until(value: float, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while w.metric("fstore_stream_broker_up") != value:
+            assert time.monotonic() < deadline, (value, w.log_tail())
+            assert w.proc is not None and w.proc.poll() is None, w.log_tail()
+            time.sleep(0.2)
+
+    until(1, 60)
+    w.wait_done(half, timeout=120)
+    assert broker.pid is not None
+    os.kill(broker.pid, signal.SIGKILL)
+    broker.stop()  # reap
+    until(0, 30)
+    broker.start()
+    until(1, 60)
+    publish(broker, w.topic, traffic, half)
+    w.wait_done(len(traffic.values), timeout=120)
+    w.stop()
+    assert w.proc is not None and w.proc.returncode == 0, w.log_tail()
+    assert_tiles_exact(redis_client, traffic)
+    assert_raw_and_dlq(broker, w.dlq, tmp_path / "data", traffic, exact_dlq=False)
