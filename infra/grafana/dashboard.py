@@ -112,8 +112,13 @@ def build() -> Dashboard:
             series(
                 "Consumer lag",
                 "short",
-                [q("sum by (partition) (fstore_stream_consumer_lag)", "partition {{partition}}")],
-                "High watermark minus the next offset to process, per partition. Alert: FstoreConsumerLagHigh.",
+                [
+                    q("sum by (partition) (fstore_stream_consumer_lag)", "partition {{partition}}"),
+                    q("min(fstore_stream_broker_up)", "broker reachable (1/0)"),
+                ],
+                "High watermark minus the next offset to process, per partition; the lag keeps its last value "
+                "while the broker is down, so the broker's reachability is drawn too. Alerts: FstoreConsumerLagHigh, "
+                "FstoreBrokerUnreachable.",
             )
         )
         .with_panel(
