@@ -41,7 +41,7 @@ from fstore.core.timeutil import SECOND, to_date
 from fstore.delta import batch_views, raw_log
 from fstore.plan_source import current_plan
 from fstore.redis.connect import admin_client, async_client
-from fstore.redis.layout import HEARTBEAT_KEY, BatchPointer, Heartbeat
+from fstore.redis.layout import HEARTBEAT_KEY, LOST_WRITES_KEY, BatchPointer, Heartbeat
 from jobs.batch import batch_view
 from jobs.batch.plan import tiles_table
 from jobs.batch.settings import BatchSettings
@@ -69,6 +69,7 @@ class RepairReport:
     speed_skipped: int = 0  # already counted (markers): e.g. a second repair
     speed_taken: int = 0  # left out: another copy of the id claimed it first (a worker ran since Redis was lost)
     claims: int = 0  # event_id claims restored (the replayed winners' and those of winners before the cutover)
+    lost_writes_cleared: bool = False  # a worker had flagged Redis as having lost its writes
 
     def summary(self) -> str:
         batch = (
@@ -80,6 +81,7 @@ class RepairReport:
         return (
             f"{batch}; speed view: {self.speed_events} events applied, {self.speed_skipped} already counted{taken}; "
             f"{self.claims} event_id claims restored"
+            + ("; the lost-writes flag cleared" if self.lost_writes_cleared else "")
         )
 
 
@@ -128,6 +130,7 @@ def repair(
         claims_from = (marker_generation(at, ttl)[0] - 1) * ttl * SECOND  # the oldest claim the worker may hold
         events = replay(stream.table("raw_events"), since, now - ttl * SECOND, plan.schema, claims_from)
         asyncio.run(_apply(stream, events, progress, at, report))
+        report.lost_writes_cleared = bool(client.delete(LOST_WRITES_KEY))  # the views are whole again
         return report
     finally:
         client.close()

@@ -338,6 +338,17 @@ class BatchPointer:
 #: Written by the stream worker after committing tiles (at most once a second): how fresh the speed view is.
 HEARTBEAT_KEY = f"{PREFIX}:stream:heartbeat"
 
+#: Set by a stream worker that found Redis lost writes it had made (``jobs.stream.lost_writes``): JSON
+#: ``{"detected_at": <epoch us>, "message": ...}``; GET /health is degraded while it exists; ``fstore repair``
+#: (or the FLUSHALL before it) removes it.
+LOST_WRITES_KEY = f"{PREFIX}:redis:lost_writes"
+LOST_WRITES_TTL_S = 7 * 86_400
+
+
+def witness_key(worker: str) -> str:
+    """One stream worker process's write witness (:mod:`jobs.stream.lost_writes`)."""
+    return f"{PREFIX}:stream:witness:{worker}"
+
 
 @dataclass(frozen=True)
 class Heartbeat:

@@ -223,8 +223,10 @@ def build() -> Dashboard:
                     q("sum(rate(fstore_api_redis_errors_total[5m]))", "API errors/s"),
                     q("sum(rate(fstore_stream_redis_errors_total[5m]))", "worker retries/s"),
                     q("min(fstore_api_redis_up)", "reachable (1/0)"),
+                    q("max(fstore_stream_redis_lost_writes)", "lost writes (1/0)"),
                 ],
-                "Alert: FstoreRedisUnreachable.",
+                "Alerts: FstoreRedisUnreachable; FstoreRedisLostWrites (a worker found Redis went back in time: "
+                "fstore repair).",
                 width=6,
             )
         )

@@ -75,6 +75,8 @@ from jobs.stream.faults import (
     is_outage,
 )
 from jobs.stream.log_guard import TopicState, TopicWatch, compare
+from jobs.stream.lost_writes import MESSAGE as LOST_WRITES_MESSAGE
+from jobs.stream.lost_writes import WriteWitness
 from jobs.stream.pipeline import EventReader, Prepared, prepare, reader_for
 from jobs.stream.ports import DeadLetterSink, KeyValue, RawEventSink, TileSink
 from jobs.stream.settings import StreamSettings
@@ -222,6 +224,7 @@ class SpeedLayer:
         self._cutover_read = float("-inf")
         self._heartbeat_at = float("-inf")
         self._newest_event: int | None = None
+        self.witness = WriteWitness()
         self._batch_lock = asyncio.Lock()  # a batch in progress vs. a rebalance
         self._taken = 0  # batches taken from the consumer and not finished yet
         self._drained = asyncio.Event()  # set when _taken is 0: a rebalance may take the partitions
@@ -258,6 +261,9 @@ class SpeedLayer:
         )
         try:
             await self.redis.set(HEARTBEAT_KEY, beat.dumps(), ex=86_400)
+            if await self.witness.check(self.redis, beat.committed_at):
+                metrics.REDIS_LOST_WRITES.set(1)
+                log.critical("%s; found by witness %s", LOST_WRITES_MESSAGE, self.witness.key)
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:  # tiles are committed; this can wait
             log.warning("heartbeat not written: %s", exc)
 

@@ -129,6 +129,13 @@ BROKER_UP = Gauge(
     "FSTORE_STREAM_TOPIC_CHECK_S), 0 if it did not: consumer lag and commits cannot say so while it is down",
     registry=REGISTRY,
 )
+REDIS_LOST_WRITES = Gauge(
+    "fstore_stream_redis_lost_writes",
+    "1 once this worker found that Redis lost writes it had made (its witness key went back: restart without "
+    "persistence, an older snapshot, a lagging replica promoted); speed values may be undercounted until "
+    "fstore repair",
+    registry=REGISTRY,
+)
 REPLAYING = Gauge(
     "fstore_stream_replaying",
     "1 while the worker replays a reset log and has not reached the end the new log had at the reset",

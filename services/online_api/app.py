@@ -435,6 +435,8 @@ def create_app(settings: ApiSettings | None = None, clock: Clock = wall_clock) -
                 "the stream worker found its Kafka log reset and is replaying it from the start: speed values "
                 "may be incomplete until it catches up (docs/runbook.md, 'Kafka log reset')"
             )
+        if probe.lost_writes is not None:  # the speed view may undercount until `fstore repair`
+            status, code, detail["redis"] = "degraded", 503, probe.lost_writes
         stale = [f"the API: {e}" for e in [plan_stale()] if e]
         if beat is not None and beat.plan_error:
             stale.append(f"the stream worker: {beat.plan_error}")

@@ -16,6 +16,7 @@ that scrape only (they describe the store, not a process, so nothing to sum acro
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -25,8 +26,9 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from fstore.core.timeutil import iso
 from fstore.online.reader import OnlineReader
-from fstore.redis.layout import HEARTBEAT_KEY, BatchPointer, Heartbeat
+from fstore.redis.layout import HEARTBEAT_KEY, LOST_WRITES_KEY, BatchPointer, Heartbeat
 
 
 class Metrics:
@@ -116,17 +118,20 @@ class StoreProbe:
     pointer: BatchPointer | None = None
     heartbeat: Heartbeat | None = None
     error: str | None = None
+    lost_writes: str | None = None  # a stream worker found Redis lost its writes: why, and since when
 
     @classmethod
     async def read(cls, reader: OnlineReader) -> StoreProbe:
-        """Ping Redis and read the batch pointer and the speed layer's heartbeat (never raises RedisError)."""
+        """Ping Redis and read the batch pointer, the speed layer's heartbeat and whether a stream worker
+        found that Redis lost its writes (never raises RedisError)."""
         try:
             await reader.client.ping()
             pointer = await reader.refresh_pointer()
             beat = Heartbeat.loads(await reader.client.get(HEARTBEAT_KEY))
+            lost = await reader.client.get(LOST_WRITES_KEY)
         except RedisError as exc:
             return cls(False, error=type(exc).__name__)
-        return cls(True, pointer, beat)
+        return cls(True, pointer, beat, lost_writes=None if lost is None else lost_writes_message(lost))
 
     def exposition(self) -> bytes:
         """Gauges of this probe in the Prometheus text format."""
@@ -145,6 +150,15 @@ class StoreProbe:
                 registry=reg,
             ).set(self.heartbeat.committed_at / 1e6)
         return generate_latest(reg)
+
+
+def lost_writes_message(raw: bytes | str) -> str:
+    """The text of :data:`~fstore.redis.layout.LOST_WRITES_KEY`: the worker's message and when it found it."""
+    try:
+        obj = json.loads(raw)
+        return f"{obj['message']} (found {iso(int(obj['detected_at']))})"
+    except (ValueError, KeyError, TypeError):
+        return f"a stream worker found that Redis lost writes: {raw!r}"
 
 
 class StatusSend:
