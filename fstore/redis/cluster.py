@@ -78,6 +78,26 @@ def parse_slots(reply: Sequence[Any], asked: Addr) -> list[Addr]:
     return owners  # type: ignore[return-value]
 
 
+def seeds_of(url: str) -> tuple[list[Addr], dict[str, str]]:
+    """The seed nodes and the credentials of a cluster URL.
+
+    One node is enough while it is up (the others are discovered from its slot map), but a process that
+    starts while that node is down could not read the map: several may be given, comma-separated —
+    ``redis://:pw@h1:7000,h2:7001,h3:7002`` or full URLs ``redis://h1:7000,redis://h2:7001`` — and the first
+    that answers is used. Credentials come from the first one.
+    """
+    seeds: list[Addr] = []
+    auth: dict[str, str] = {}
+    for i, part in enumerate(p.strip() for p in url.split(",")):
+        if not part:
+            continue
+        kw = parse_url(part if "://" in part else f"redis://{part}")  # type: ignore[no-untyped-call]
+        seeds.append((str(kw.get("host", "127.0.0.1")), int(kw.get("port", 6379))))
+        if i == 0:
+            auth = {k: str(kw[k]) for k in ("username", "password") if kw.get(k)}
+    return seeds, auth
+
+
 class _Router:
     """The slot map and the grouping / redirection rules shared by both pools (no I/O)."""
 
@@ -184,13 +204,12 @@ class ClusterPool:
 
     @classmethod
     def from_url(cls, url: str, *, timeout: float | None = None, connect_timeout: float | None = None) -> ClusterPool:
-        """A pool seeded with the node of a ``redis://[user:password@]host:port`` URL."""
-        kw = parse_url(url)  # type: ignore[no-untyped-call]
-        seed = (str(kw.get("host", "127.0.0.1")), int(kw.get("port", 6379)))
+        """A pool seeded with the node(s) of a ``redis://[user:password@]host:port`` URL (:func:`seeds_of`)."""
+        seeds, auth = seeds_of(url)
         return cls(
-            [seed],
-            username=kw.get("username"),
-            password=kw.get("password"),
+            seeds,
+            username=auth.get("username"),
+            password=auth.get("password"),
             timeout=timeout,
             connect_timeout=connect_timeout,
         )
@@ -321,11 +340,9 @@ class SyncClusterPool:
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> SyncClusterPool:
-        """A pool seeded with the node of a ``redis://[user:password@]host:port`` URL."""
-        kw = parse_url(url)  # type: ignore[no-untyped-call]
-        seed = (str(kw.get("host", "127.0.0.1")), int(kw.get("port", 6379)))
-        auth = {k: kw[k] for k in ("username", "password") if kw.get(k)}
-        return cls([seed], **auth, **kwargs)
+        """A pool seeded with the node(s) of a ``redis://[user:password@]host:port`` URL (:func:`seeds_of`)."""
+        seeds, auth = seeds_of(url)
+        return cls(seeds, **auth, **kwargs)
 
     def _client(self, addr: Addr) -> redis.Redis:
         client = self._clients.get(addr)

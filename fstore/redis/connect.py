@@ -15,8 +15,9 @@ from typing import Any
 
 import redis
 import redis.asyncio as aioredis
+from redis.cluster import ClusterNode
 
-from fstore.redis.cluster import ClusterPool, SyncClusterPool
+from fstore.redis.cluster import ClusterPool, SyncClusterPool, seeds_of
 
 AsyncClient = aioredis.Redis | ClusterPool
 SyncClient = redis.Redis | SyncClusterPool
@@ -48,5 +49,9 @@ def admin_client(url: str, cluster: bool, **kwargs: Any) -> AdminClient:
     """A redis-py client for bulk work; on a cluster a ``RedisCluster`` (it reads the slot map at once, so
     an unreachable cluster fails here)."""
     if cluster:
-        return redis.RedisCluster.from_url(url, **kwargs)
+        seeds, auth = seeds_of(url)
+        nodes = [ClusterNode(host, port) for host, port in seeds]  # type: ignore[no-untyped-call]
+        return redis.RedisCluster(
+            startup_nodes=nodes, username=auth.get("username"), password=auth.get("password"), **kwargs
+        )
     return redis.Redis.from_url(url, **kwargs)

@@ -368,3 +368,27 @@ def test_feast_blocking_reader_fails_within_its_timeout_when_a_primary_is_down(t
         finally:
             pool.close()
     assert took < 1.5, f"the blocking reader took {took:.2f} s to report a dead primary (timeout 0.3 s)"
+
+
+def test_several_seeds_the_first_down_every_client_reads_the_map_from_the_next(redis_cluster: RedisCluster) -> None:
+    """FSTORE_REDIS_URL may list several cluster nodes: a process that starts while the first is down reads
+    the slot map from the next (probe-scale: with one seed down, a new API answered 503 to everything and a
+    new worker exited 1)."""
+    from fstore.devsvc.process import free_port
+    from fstore.redis.connect import admin_client, async_client
+
+    live = redis_cluster.nodes[1]
+    url = f"redis://127.0.0.1:{free_port()},127.0.0.1:{live.port}"  # nothing listens on the first
+    admin = admin_client(url, True, socket_timeout=2, socket_connect_timeout=1)
+    admin.set("fs:seeds:probe", b"1", ex=60)  # routed to the slot's primary, whichever node it is
+    assert sync_client(url, True, timeout=1, connect_timeout=1).get("fs:seeds:probe") == b"1"
+
+    async def read() -> Any:
+        client = async_client(url, True, timeout=1, connect_timeout=1)
+        try:
+            return await client.get("fs:seeds:probe")
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(read()) == b"1"
+    admin.close()
