@@ -92,9 +92,10 @@ def up(state_dir: Path, redis_port: int | None, broker_port: int | None, timeout
     actual = {**topics, **{k: v for k, v in localsvc.list_topics(broker.bootstrap).items() if k in topics}}
     parts = ", ".join(f"{name} ({n} partition{'s' if n > 1 else ''})" for name, n in actual.items())
     click.echo(f"topics  {parts}")
-    if "topic_partitions" in settings.model_fields_set and actual[settings.events_topic] != settings.topic_partitions:
+    has = actual[settings.events_topic]
+    if "topic_partitions" in settings.model_fields_set and has != settings.topic_partitions:
         click.echo(
-            f"WARNING {settings.events_topic} already exists with {actual[settings.events_topic]} partitions: "
+            f"WARNING {settings.events_topic} already exists with {has} partition{'s' if has > 1 else ''}: "
             f"FSTORE_TOPIC_PARTITIONS={settings.topic_partitions} applies only when the topic is created "
             "(docs/scaling.md: adding partitions later moves keys)",
             err=True,

@@ -204,7 +204,7 @@ def test_cli_services_up_status_env_down(tmp_path: Path) -> None:
         assert more.returncode == 0, more.stderr
         assert list_topics(env["FSTORE_KAFKA_BOOTSTRAP"])["events"] == 1
         assert "topics  events (1 partition), events.dlq (1 partition)" in more.stdout
-        assert "events already exists with 1 partitions: FSTORE_TOPIC_PARTITIONS=4 applies only" in more.stderr
+        assert "events already exists with 1 partition: FSTORE_TOPIC_PARTITIONS=4 applies only" in more.stderr
         assert "WARNING" not in again.stderr
 
         dead = pids["redis"]
