@@ -84,16 +84,16 @@ def seeds_of(url: str) -> tuple[list[Addr], dict[str, str]]:
     One node is enough while it is up (the others are discovered from its slot map), but a process that
     starts while that node is down could not read the map: several may be given, comma-separated —
     ``redis://:pw@h1:7000,h2:7001,h3:7002`` or full URLs ``redis://h1:7000,redis://h2:7001`` — and the first
-    that answers is used. Credentials come from the first one.
+    that answers is used. Credentials come from the first seed named (empty parts are skipped).
     """
     seeds: list[Addr] = []
     auth: dict[str, str] = {}
-    for i, part in enumerate(p.strip() for p in url.split(",")):
+    for part in (p.strip() for p in url.split(",")):
         if not part:
             continue
         kw = parse_url(part if "://" in part else f"redis://{part}")  # type: ignore[no-untyped-call]
         seeds.append((str(kw.get("host", "127.0.0.1")), int(kw.get("port", 6379))))
-        if i == 0:
+        if len(seeds) == 1:
             auth = {k: str(kw[k]) for k in ("username", "password") if kw.get(k)}
     return seeds, auth
 

@@ -11,7 +11,7 @@ import pytest
 import redis.exceptions as rex
 
 from fstore.online.reader import GET_POINTER, POINTER_SLOT, wire_slots
-from fstore.redis.cluster import ClusterPool, _payload, _Router, _unask, error_of, parse_slots, slot_of
+from fstore.redis.cluster import ClusterPool, _payload, _Router, _unask, error_of, parse_slots, seeds_of, slot_of
 from fstore.redis.layout import POINTER_KEY, batch_key, speed_key
 from fstore.redis.resp import hgetall
 from jobs.stream.sinks import TileWriter
@@ -36,6 +36,16 @@ def test_parse_slots_maps_every_slot_to_its_primary() -> None:
     assert owners[0] == owners[5460] == A and owners[5461] == owners[10922] == B and owners[16383] == C
     with pytest.raises(rex.ClusterDownError, match="1 hash slots"):
         parse_slots([[0, 16382, [b"h", 1, b"x"]]], A)
+
+
+def test_seeds_of_reads_every_seed_and_the_first_seeds_credentials() -> None:
+    assert seeds_of("redis://:pw@h1:7000,h2:7001, redis://h3:7002") == (
+        [("h1", 7000), ("h2", 7001), ("h3", 7002)],
+        {"password": "pw"},
+    )
+    # an empty part (a stray comma) is skipped, and the credentials still come from the first seed named
+    assert seeds_of(",redis://u:pw@h1:7000,,h2") == ([("h1", 7000), ("h2", 6379)], {"username": "u", "password": "pw"})
+    assert seeds_of("h1:7000") == ([("h1", 7000)], {})
 
 
 def test_wire_slots_are_the_slots_of_the_keys() -> None:
