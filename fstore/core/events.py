@@ -144,6 +144,13 @@ def parse_row(raw: bytes, now: int, check: Check, loads: Loads = json_loads) -> 
 
 _ID_CLASS = r"[A-Za-z0-9_.:-]{1,128}"
 _match_id = re.compile(_ID_CLASS).fullmatch
+
+
+def is_id(v: object) -> bool:
+    """Whether ``v`` is an id: a string of 1–128 characters of ``[A-Za-z0-9_.:-]`` (event ids, entity keys)."""
+    return isinstance(v, str) and _match_id(v) is not None
+
+
 #: Ids already seen to match the id charset (entity keys repeat from event to event, so the
 #: fast path checks each once): a memo of a pure predicate, emptied when it grows past _KNOWN_MAX.
 _known_ids: set[str] = set()

@@ -58,6 +58,7 @@ from pydantic import Field
 from fstore.applied import not_built
 from fstore.applying import ENV_CALLER_RECORDS, WAIT_S, Applying, NotFreed, redis_client
 from fstore.clock import Clock, wall_clock
+from fstore.core.events import is_id
 from fstore.core.plan import View
 from fstore.core.plan_error import PlanError
 from fstore.core.tile_state import Value
@@ -186,10 +187,15 @@ def _entity_id(key: EntityKeyProto, view: View) -> str:
     """The join-key value of an entity key proto, as a string.
 
     Raises:
-        ValueError: when the key does not carry the view's join key.
+        ValueError: when the key does not carry the view's join key, or its value is not an id (1–128
+            characters of ``[A-Za-z0-9_.:-]``, docs/design.md §2): no event can carry it, so its zeros would
+            be an answer to a mistyped key (the API refuses it with a 422 the same way).
     """
     value = _key_value(key, view)
-    return str(getattr(value, str(value.WhichOneof("val"))))  # set: _key_value checks it
+    entity = str(getattr(value, str(value.WhichOneof("val"))))  # set: _key_value checks it
+    if not is_id(entity):
+        raise ValueError(f"entity key {view.entity.join_key}={entity!r} is not 1-128 characters of [A-Za-z0-9_.:-]")
+    return entity
 
 
 def _proto(value: Value, dtype: str) -> ValueProto:

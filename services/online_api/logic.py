@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
 from fstore.applied import not_built
-from fstore.core.events import Rejection, event_time_of
+from fstore.core.events import Rejection, event_time_of, is_id
 from fstore.core.plan import Feature, Plan, View
 from fstore.core.timeutil import EPOCH, SECOND
 from fstore.online.ports import FeatureReader
 from fstore.online.reader import EntityRead, Snapshot, iso_cached
 from fstore.plan_source import current_plan, follow, pending
-
-_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
 
 class RequestError(ValueError):
@@ -117,7 +114,7 @@ def entity_reads(row: Mapping[str, str], plan: ViewPlan) -> list[EntityRead]:
     for key, value in row.items():
         if key not in keys:
             raise RequestError(422, f"unknown entity key '{key}' (known: {', '.join(keys)})")
-        if not isinstance(value, str) or not _ID.fullmatch(value):
+        if not is_id(value):
             raise RequestError(422, f"entity key {key}={value!r} is not 1-128 characters of [A-Za-z0-9_.:-]")
     reads = []
     for view, names, _ in plan:

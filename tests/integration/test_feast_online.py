@@ -192,6 +192,20 @@ def test_refs_from_the_registry_read_the_join_key_as_the_entity_key(
             online.online_read(store.config, fv, [key], [name])
 
 
+def test_a_key_that_is_no_id_is_refused_naming_it(store: FeatureStore, redis_client: redis.Redis) -> None:
+    """No event can carry an entity key outside the id charset (design §2): reading one is a mistake the
+    store names (the API answers 422), not an entity with no events whose zeros it would serve."""
+    load(redis_client, make_events(15), "v1", C)
+    for bad in ("u 1", "", "u" * 129, "ü1"):
+        rows = [{"user_id": "u1"}, {"user_id": bad}]
+        with pytest.raises(ValueError, match=f"entity key user_id={bad!r} is not 1-128 characters"):
+            store.get_online_features(features=["user_activity:clicks_1h"], entity_rows=rows)
+        with pytest.raises(ValueError, match=f"entity key user_id={bad!r} is not 1-128 characters"):
+            asyncio.run(store.get_online_features_async(features=["user_activity:clicks_1h"], entity_rows=rows))
+    ok = store.get_online_features(features=["user_activity:clicks_1h"], entity_rows=[{"user_id": "u" * 128}])
+    assert ok.to_dict()["clicks_1h"] == [0]  # an id no event carried: zero clicks, as §3 says
+
+
 def test_feature_services_over_a_view_and_a_projection_equal_brute_force(
     store: FeatureStore, feast_repo: Path, redis_client: redis.Redis
 ) -> None:
