@@ -86,7 +86,9 @@ def event_schema(source: KafkaSource, problems: Problems) -> EventSchema | None:
     for name, f in fields.items():
         if f.type is FieldType.TIMESTAMP and name != ts:
             problems.add(
-                where, f"field {name}: only the timestamp_field may be a TIMESTAMP; declare {name} as STRING or BIGINT"
+                where,
+                f"field {name}: only the timestamp_field may be a TIMESTAMP; declare {name} as STRING (ISO-8601 "
+                "text) or DOUBLE (epoch milliseconds: INT and BIGINT fields hold 32-bit integers)",
             )
     if len(problems.items) > before:
         return None

@@ -4,12 +4,15 @@ plan at all."""
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
+from fstore.core.event_check import EventCheck
+from fstore.core.events import Rejection
 from fstore.core.expr import Num
 from fstore.core.expr_parse import parse_condition, parse_measure
 from fstore.core.functions import Function
@@ -119,6 +122,27 @@ def test_an_invalid_repository_gets_a_clear_error_and_no_plan(case: str, tmp_pat
         compile_repo(repo)
     assert message in str(err.value), str(err.value)
     assert "features" not in sys.modules  # the repository's modules are gone again
+
+
+@pytest.mark.parametrize("kind", ["DOUBLE", "STRING", "BIGINT"])
+def test_the_advice_for_a_second_timestamp_holds_an_epoch_millisecond_value(kind: str, tmp_path: Path) -> None:
+    """A second TIMESTAMP is refused with advice (probe-repo3): the advised types keep today's epoch
+    milliseconds (1.8e12) and ISO text; a BIGINT, which the advice once named, holds 32 bits and dead-letters it."""
+    (tmp_path / "t").mkdir()
+    (tmp_path / kind).mkdir()
+    with pytest.raises(PlanError) as err:
+        compile_repo(write_repo(tmp_path / "t", edit(("airport BOOLEAN", "airport BOOLEAN, paid_at TIMESTAMP"))))
+    advised = re.findall(r"(?:declare paid_at as|\) or| or) ([A-Z]+)\b", str(err.value))
+    plan = compile_repo(write_repo(tmp_path / kind, edit(("airport BOOLEAN", f"airport BOOLEAN, paid_at {kind}"))))
+    check = EventCheck(plan.schema, [e.join_key for e in plan.entities]).check
+    now_ms = 1_795_941_558_730
+    value = "2026-11-29T08:39:18.730Z" if kind == "STRING" else now_ms
+    event = {"uid": "r1", "kind": "requested", "zone_id": "z1", "ts": now_ms, "paid_at": value}
+    row = check(event, now_ms * 1000)
+    if kind in advised:
+        assert not isinstance(row, Rejection) and row["paid_at"] == value
+    else:
+        assert isinstance(row, Rejection) and row.reason == "invalid_type:paid_at"
 
 
 def test_every_mistake_is_reported_at_once(tmp_path: Path) -> None:
