@@ -22,8 +22,8 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from fstore.core.event_check import FLOAT_LIMIT, INT_RANGE
-from fstore.core.event_schema import EventField, EventSchema, FieldType
+from fstore.core.event_check import FLOAT_LIMIT
+from fstore.core.event_schema import INTEGER_RANGES, EventField, EventSchema, FieldType
 from fstore.core.events import FUTURE_TOLERANCE, MIN_EPOCH_MS, Row, _good_id, _known_ids, _match_id
 from fstore.core.expr import Bool, Col, Compare, Expr, In, IsNull, Logic, Not, Num, Str
 from fstore.core.expr_eval import truth
@@ -81,8 +81,8 @@ def _operand(node: Expr, names: Mapping[str, str]) -> str | None:
 
 def _bounds(f: EventField) -> tuple[float, float]:
     """The accepted range of a number field (what ``EventCheck`` accepts, as two finite constants)."""
-    if f.type is FieldType.INT:
-        lo, hi = INT_RANGE
+    if f.type in INTEGER_RANGES:
+        lo, hi = INTEGER_RANGES[f.type]
         if f.minimum is not None:
             lo = max(lo, math.ceil(f.minimum))
         if f.maximum is not None:
@@ -168,7 +168,7 @@ def _test(f: EventField, v: str, i: int, is_id: bool, unique: bool, env: dict[st
             f"            return None"
         )
     lo, hi = _bounds(f)
-    if t is FieldType.INT:
+    if t in INTEGER_RANGES:
         return f"        if type({v}) is not int or not {lo!r} <= {v} <= {hi!r}:\n            return None"
     return (
         f"        if type({v}) is float:\n            if not {lo!r} <= {v} <= {hi!r}:\n                return None\n"

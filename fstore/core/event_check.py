@@ -37,12 +37,11 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from fstore.core.event_schema import EventField, EventSchema, FieldType
+from fstore.core.event_schema import INTEGER_RANGES, EventField, EventSchema, FieldType
 from fstore.core.events import FUTURE_TOLERANCE, Rejection, event_time_of, hashed
 from fstore.core.expr_eval import truth
 
 _ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}").fullmatch
-INT_RANGE = (-(2**31), 2**31 - 1)
 FLOAT_LIMIT = 1e15
 
 Row = dict[str, Any]
@@ -91,7 +90,8 @@ def _value(f: EventField, v: Any, is_id: bool) -> Any:
         return v if isinstance(v, bool) else Rejection(f"invalid_type:{f.name}")
     if t is FieldType.TIMESTAMP:
         return event_time_of(v, f.name)
-    if isinstance(v, bool) or not isinstance(v, int | float) or (t is FieldType.INT and not isinstance(v, int)):
+    whole = INTEGER_RANGES.get(t)
+    if isinstance(v, bool) or not isinstance(v, int | float) or (whole is not None and not isinstance(v, int)):
         return Rejection(f"invalid_type:{f.name}")
     try:
         if not math.isfinite(v):
@@ -100,11 +100,11 @@ def _value(f: EventField, v: Any, is_id: bool) -> Any:
         return Rejection(f"invalid_type:{f.name}")
     if f.minimum is not None and v < f.minimum:
         return Rejection("negative_amount" if f.minimum >= 0 else f"invalid_type:{f.name}")
-    lo, hi = INT_RANGE if t is FieldType.INT else (-FLOAT_LIMIT, FLOAT_LIMIT)
+    lo, hi = whole or (-FLOAT_LIMIT, FLOAT_LIMIT)
     if f.maximum is not None:
         hi = f.maximum if t is FieldType.FLOAT else min(hi, f.maximum)
     if f.minimum is not None and t is FieldType.FLOAT:
         lo = f.minimum
     if not lo <= v <= hi:
         return Rejection(f"invalid_type:{f.name}")
-    return v if t is FieldType.INT else float(v)
+    return v if whole is not None else float(v)

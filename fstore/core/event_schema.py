@@ -18,7 +18,8 @@ class FieldType(StrEnum):
     """Types of event fields."""
 
     STRING = "string"
-    INT = "int"
+    INT = "int"  # 32-bit (Spark's INT and narrower)
+    LONG = "long"  # 64-bit (Spark's BIGINT / LONG)
     FLOAT = "float"
     BOOL = "bool"
     TIMESTAMP = "timestamp"
@@ -32,11 +33,15 @@ class FieldType(StrEnum):
 _KINDS = {
     FieldType.STRING: Kind.STRING,
     FieldType.INT: Kind.NUMBER,
+    FieldType.LONG: Kind.NUMBER,
     FieldType.FLOAT: Kind.NUMBER,
     FieldType.BOOL: Kind.BOOL,
 }
 
 Scalar = str | int | float | bool
+
+#: The integer field types and the values each holds (inclusive).
+INTEGER_RANGES = {FieldType.INT: (-(2**31), 2**31 - 1), FieldType.LONG: (-(2**63), 2**63 - 1)}
 
 
 @dataclass(frozen=True)

@@ -41,10 +41,12 @@ from fstore.core.timeutil import day_start, to_date
 
 TS = pa.timestamp("us", tz="UTC")
 
-#: Arrow types of the event field types in ``raw_events`` (INT is 32-bit: what validation bounds it to).
+#: Arrow types of the event field types in ``raw_events`` (INT is 32-bit, LONG 64-bit: what validation bounds
+#: them to).
 ARROW_TYPES = {
     FieldType.STRING: pa.string(),
     FieldType.INT: pa.int32(),
+    FieldType.LONG: pa.int64(),
     FieldType.FLOAT: pa.float64(),
     FieldType.BOOL: pa.bool_(),
     FieldType.TIMESTAMP: TS,
@@ -108,6 +110,7 @@ def sample_row(schema: EventSchema) -> Row:
     fill = {
         FieldType.STRING: "x",
         FieldType.INT: 1,
+        FieldType.LONG: 1,
         FieldType.FLOAT: 0.0,
         FieldType.BOOL: False,
         FieldType.TIMESTAMP: 0,

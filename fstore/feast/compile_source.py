@@ -25,7 +25,7 @@ from feast import Entity as FeastEntity
 from feast import KafkaSource, ValueType
 from feast.data_format import JsonFormat
 
-from fstore.core.event_schema import EventField, EventSchema, FieldType, Scalar, expr_columns
+from fstore.core.event_schema import INTEGER_RANGES, EventField, EventSchema, FieldType, Scalar, expr_columns
 from fstore.core.expr import ExprError
 from fstore.core.expr_check import check_condition
 from fstore.core.expr_parse import parse_condition
@@ -34,7 +34,7 @@ from fstore.feast.problems import Problems, fstore_tags
 from fstore.feast.schema_json import parse_schema_json
 
 SOURCE_TAGS = ("id_field", "values.", "required_when.", "min.", "max.", "default.")
-_NUMERIC = (FieldType.INT, FieldType.FLOAT)
+_NUMERIC = (FieldType.INT, FieldType.LONG, FieldType.FLOAT)
 
 
 def source_name(source: Any) -> str:
@@ -88,7 +88,7 @@ def event_schema(source: KafkaSource, problems: Problems) -> EventSchema | None:
             problems.add(
                 where,
                 f"field {name}: only the timestamp_field may be a TIMESTAMP; declare {name} as STRING (ISO-8601 "
-                "text) or DOUBLE (epoch milliseconds: INT and BIGINT fields hold 32-bit integers)",
+                "text) or BIGINT (epoch milliseconds; an INT holds 32 bits)",
             )
     if len(problems.items) > before:
         return None
@@ -149,7 +149,7 @@ def _typed(kind: FieldType, text: str) -> Scalar | None:
         return text
     if kind is FieldType.BOOL:
         return {"true": True, "false": False}.get(text.lower())
-    if kind is FieldType.INT:
+    if kind in INTEGER_RANGES:
         try:
             return int(text)
         except ValueError:

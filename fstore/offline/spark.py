@@ -42,6 +42,7 @@ BUCKET = "__bucket"
 _SQL = {
     FieldType.STRING: "string",
     FieldType.INT: "double",
+    FieldType.LONG: "double",
     FieldType.FLOAT: "double",
     FieldType.BOOL: "boolean",
     FieldType.TIMESTAMP: "long",

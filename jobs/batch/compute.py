@@ -20,8 +20,8 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from fstore.core import view_snapshot, view_tiles_frame
-from fstore.core.event_check import FLOAT_LIMIT, INT_RANGE
-from fstore.core.event_schema import EventField, EventSchema, FieldType
+from fstore.core.event_check import FLOAT_LIMIT
+from fstore.core.event_schema import INTEGER_RANGES, EventField, EventSchema, FieldType
 from fstore.core.expr import columns
 from fstore.core.expr_render import to_sql
 from fstore.core.plan import View
@@ -65,14 +65,15 @@ def _value_ok(f: EventField, c: Column, is_id: bool) -> Column:
         if is_id:
             return c.rlike(_ID_RE)
         return c.isin(list(f.values)) if f.values else F.lit(True)
-    if f.type not in (FieldType.INT, FieldType.FLOAT):
+    whole = INTEGER_RANGES.get(f.type)
+    if whole is None and f.type is not FieldType.FLOAT:
         return F.lit(True)
     x = c.cast("double")
-    lo, hi = (float(INT_RANGE[0]), float(INT_RANGE[1])) if f.type is FieldType.INT else (-FLOAT_LIMIT, FLOAT_LIMIT)
+    lo, hi = (float(whole[0]), float(whole[1])) if whole is not None else (-FLOAT_LIMIT, FLOAT_LIMIT)
     if f.minimum is not None:
-        lo = max(lo, f.minimum) if f.type is FieldType.INT else f.minimum
+        lo = max(lo, f.minimum) if whole is not None else f.minimum
     if f.maximum is not None:
-        hi = min(hi, f.maximum) if f.type is FieldType.INT else f.maximum
+        hi = min(hi, f.maximum) if whole is not None else f.maximum
     return ~F.isnan(x) & (x >= F.lit(lo)) & (x <= F.lit(hi))
 
 

@@ -186,6 +186,7 @@ def read_tiles(spark: SparkSession, uri: str, files: list[str], schema: pa.Schem
 _FIELD_TYPES = {
     FieldType.STRING: T.StringType(),
     FieldType.INT: T.LongType(),
+    FieldType.LONG: T.LongType(),
     FieldType.FLOAT: T.DoubleType(),
     FieldType.BOOL: T.BooleanType(),
     FieldType.TIMESTAMP: T.TimestampType(),

@@ -27,6 +27,7 @@ TS = pa.timestamp("us", tz="UTC")
 _ARROW = {
     FieldType.STRING: pa.string(),
     FieldType.INT: pa.int64(),
+    FieldType.LONG: pa.int64(),
     FieldType.FLOAT: pa.float64(),
     FieldType.BOOL: pa.bool_(),
     FieldType.TIMESTAMP: TS,

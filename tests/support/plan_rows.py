@@ -10,8 +10,8 @@ import pyarrow as pa
 
 from fstore.core.event_schema import EventSchema, FieldType
 
-ARROW_TYPES = {FieldType.STRING: pa.string(), FieldType.INT: pa.int64(), FieldType.FLOAT: pa.float64(),
-               FieldType.BOOL: pa.bool_(), FieldType.TIMESTAMP: pa.int64()}  # fmt: skip
+ARROW_TYPES = {FieldType.STRING: pa.string(), FieldType.INT: pa.int64(), FieldType.LONG: pa.int64(),
+               FieldType.FLOAT: pa.float64(), FieldType.BOOL: pa.bool_(), FieldType.TIMESTAMP: pa.int64()}  # fmt: skip
 
 
 def arrow_table(schema: EventSchema, rows: Sequence[dict[str, Any]]) -> pa.Table:

@@ -158,11 +158,11 @@ INVALID: dict[str, tuple[str, str]] = {
         ),
         "measure 'cancel lation': name 'cancel lation' must be letters, digits, underscores and hyphens",
     ),
-    # probe-repo3: the advice was "STRING or BIGINT", but a BIGINT holds 32 bits, so every epoch-millisecond
-    # value in it was dead-lettered as invalid_type (tests/unit/feast/test_compile.py checks the advice)
+    # probe-repo3: the advice named BIGINT while a BIGINT held 32 bits, so every epoch-millisecond value in it was
+    # dead-lettered as invalid_type; it holds 64 now (tests/unit/feast/test_compile.py checks the advice)
     "a second TIMESTAMP field": (
         edit(("tip DOUBLE, airport BOOLEAN", "tip DOUBLE, airport BOOLEAN, paid_at TIMESTAMP")),
         "field paid_at: only the timestamp_field may be a TIMESTAMP; declare paid_at as STRING (ISO-8601 text) "
-        "or DOUBLE (epoch milliseconds",
+        "or BIGINT (epoch milliseconds",
     ),
 }

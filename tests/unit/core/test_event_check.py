@@ -12,11 +12,16 @@ import random
 from datetime import UTC, datetime
 from typing import Any
 
+import pyarrow as pa
 import pytest
 
+from fstore.core.event_accept import compile_accept
 from fstore.core.event_check import EventCheck
+from fstore.core.event_schema import EventField, EventSchema
 from fstore.core.events import Rejection, hashed
 from fstore.core.timeutil import DAY, MINUTE, iso, to_micros
+from fstore.delta import raw_log
+from fstore.feast.schema_json import parse_schema_json
 from tests.support.legacy.events_example import Event, validate
 from tests.support.repos import compiled
 
@@ -132,3 +137,44 @@ def test_rows_carry_every_declared_field_defaults_and_no_other_and_hash_free_tex
     assert list(row) == list(plan.schema.names)
     assert row["surge"] == 1.0 and row["stars"] is None and row["ts"] == NOW - MINUTE
     assert row["rider"] == hashed("Jane Doe <jane@example.com>")
+
+
+def test_bigint_fields_hold_64_bit_integers_int_fields_32_bit() -> None:
+    """Spark's BIGINT / LONG is a 64-bit integer (probe-repo3: it was read as INT, and every value past 2³¹ —
+    epoch milliseconds, large counters — was dead-lettered as invalid_type). The generic check, the compiled
+    fast path and the ``raw_events`` column agree: INT holds ±2³¹, BIGINT ±2⁶³, neither a fraction."""
+    fields = parse_schema_json("id STRING NOT NULL, ts TIMESTAMP NOT NULL, small INT, big BIGINT, other LONG")
+    schema = EventSchema(
+        tuple(EventField(f.name, f.type, required=f.not_null) for f in fields), id_field="id", timestamp_field="ts"
+    )
+    check, fast = EventCheck(schema).check, compile_accept(schema)
+    cases: list[tuple[str, Any, bool]] = [
+        ("small", 2**31 - 1, True),
+        ("small", -(2**31), True),
+        ("small", 2**31, False),
+        ("small", 1_795_941_558_730, False),
+        ("big", 1_795_941_558_730, True),
+        ("big", 2**63 - 1, True),
+        ("big", -(2**63), True),
+        ("big", 2**63, False),
+        ("big", -(2**63) - 1, False),
+        ("big", 1.5, False),
+        ("big", 2.0, False),
+        ("big", True, False),
+        ("big", "12", False),
+        ("other", 2**40, True),
+    ]
+    for name, value, ok in cases:
+        event = {"id": "e1", "ts": MS, name: value}
+        row = check(event, NOW)
+        if ok:
+            assert not isinstance(row, Rejection) and row[name] == value and type(row[name]) is int, (name, value)
+            assert fast(event, NOW) == row, (name, value)
+        else:
+            assert isinstance(row, Rejection) and row.reason == f"invalid_type:{name}", (name, value, row)
+            assert fast(event, NOW) is None, (name, value)  # the fast path leaves it to the check
+    rows = [check({"id": "e1", "ts": MS, "small": 2**31 - 1, "big": 2**63 - 1, "other": -(2**63)}, NOW)]
+    assert not isinstance(rows[0], Rejection)
+    table = raw_log.rows_table(schema, rows, ["h"], [NOW])  # type: ignore[arg-type]
+    assert table.schema.field("small").type == pa.int32() and table.schema.field("big").type == pa.int64()
+    assert table.column("big").to_pylist() == [2**63 - 1] and table.column("other").to_pylist() == [-(2**63)]
