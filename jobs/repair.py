@@ -26,6 +26,7 @@ the first one. See docs/runbook.md.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
@@ -41,7 +42,7 @@ from fstore.core.timeutil import SECOND, to_date
 from fstore.delta import batch_views, raw_log
 from fstore.plan_source import current_plan
 from fstore.redis.connect import admin_client, async_client
-from fstore.redis.layout import HEARTBEAT_KEY, LOST_WRITES_KEY, BatchPointer, Heartbeat
+from fstore.redis.layout import HEARTBEAT_KEY, LOST_WRITES_KEY, LOST_WRITES_TTL_S, BatchPointer, Heartbeat
 from jobs.batch import batch_view
 from jobs.batch.plan import tiles_table
 from jobs.batch.settings import BatchSettings
@@ -58,6 +59,15 @@ class RepairRefused(RuntimeError):
     """The repair would not be exact now (a live worker); the message says what to do."""
 
 
+#: What ``fs:redis:lost_writes`` says after a repair found later copies counted in a first copy's place.
+TAKEN_MESSAGE = (
+    "fstore repair found {n} event_id(s) of raw_events claimed in Redis by another copy: a stream worker ran "
+    "after Redis lost its data and counted a later copy of those events, so online values count it instead of "
+    "the first copy (docs/design.md §2). Stop every stream worker, flush Redis (redis-cli FLUSHALL) and run "
+    "`fstore repair` again (docs/runbook.md, 'Redis lost its data')"
+)
+
+
 @dataclass
 class RepairReport:
     """What one repair did."""
@@ -70,6 +80,12 @@ class RepairReport:
     speed_taken: int = 0  # left out: another copy of the id claimed it first (a worker ran since Redis was lost)
     claims: int = 0  # event_id claims restored (the replayed winners' and those of winners before the cutover)
     lost_writes_cleared: bool = False  # a worker had flagged Redis as having lost its writes
+
+    @property
+    def exact(self) -> bool:
+        """Whether the rebuilt views count every winner of ``raw_events``: no later copy took a first copy's
+        place (a worker that ran between the loss and the repair counted it; only a flush undoes that)."""
+        return self.speed_taken == 0
 
     def summary(self) -> str:
         batch = (
@@ -130,7 +146,11 @@ def repair(
         claims_from = (marker_generation(at, ttl)[0] - 1) * ttl * SECOND  # the oldest claim the worker may hold
         events = replay(stream.table("raw_events"), since, now - ttl * SECOND, plan.schema, claims_from)
         asyncio.run(_apply(stream, events, progress, at, report))
-        report.lost_writes_cleared = bool(client.delete(LOST_WRITES_KEY))  # the views are whole again
+        if report.exact:
+            report.lost_writes_cleared = bool(client.delete(LOST_WRITES_KEY))  # the views are whole again
+        else:  # later copies are counted in first copies' place: GET /health degraded until a flush + repair
+            body = {"detected_at": clock(), "message": TAKEN_MESSAGE.format(n=report.speed_taken)}
+            client.set(LOST_WRITES_KEY, json.dumps(body), ex=LOST_WRITES_TTL_S)
         return report
     finally:
         client.close()

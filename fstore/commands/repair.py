@@ -17,13 +17,15 @@ def repair(force: bool, progress: bool | None) -> None:
 
     Use it when the API answers 503 "the batch view is missing from Redis" or after Redis restarted
     empty. Stop the stream worker first (SIGTERM; it flushes and commits), run this, start the worker
-    again. Exit code 1 when refused or on an error. Runbook: docs/runbook.md, "Redis lost its data".
+    again. Exit code 1 when refused or on an error, and when a worker that ran after the loss counted a
+    later copy of an event in place of its first copy (GET /health then stays degraded): stop the workers,
+    flush Redis and run it again. Runbook: docs/runbook.md, "Redis lost its data".
     """
     from tqdm import tqdm
 
     from fstore.settings import load_settings
     from jobs.batch.settings import load_batch_settings
-    from jobs.repair import RepairRefused
+    from jobs.repair import TAKEN_MESSAGE, RepairRefused
     from jobs.repair import repair as run_repair
     from jobs.stream.settings import StreamSettings
 
@@ -34,3 +36,5 @@ def repair(force: bool, progress: bool | None) -> None:
         except RepairRefused as exc:
             raise click.ClickException(str(exc)) from None
     click.echo(report.summary())
+    if not report.exact:
+        raise click.ClickException(TAKEN_MESSAGE.format(n=report.speed_taken))

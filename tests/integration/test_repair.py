@@ -27,6 +27,7 @@ from fstore.online.merge import EntityRead
 from fstore.online.reader import OnlineReader
 from fstore.plan_source import current_plan
 from fstore.redis.connect import async_client
+from fstore.redis.layout import LOST_WRITES_KEY
 from jobs.batch.settings import BatchSettings
 from jobs.repair import repair
 from jobs.stream.claims import HASH_CHARS
@@ -154,3 +155,48 @@ def test_repair_restores_the_claims_so_later_copies_under_other_entities_never_c
     for (view, entity), got in zip(entities, asyncio.run(read(entities, as_of)), strict=True):
         want = plan_bruteforce.values(plan, view, rows, entity, as_of)
         assert got.keys() == want.keys() and all(isclose(got[k], v) for k, v in want.items()), (view, entity, got, want)
+
+
+def test_a_later_copy_counted_after_the_loss_makes_the_repair_loud_until_flushed_and_repaired(
+    target: tuple[str, bool, Sync], tmp_path: Path
+) -> None:
+    """Redis restarts empty while the worker runs on: it counts a later copy of an event (same id, another
+    user) with no claim to stop it. A repair without a flush first cannot undo that: it must say so (not
+    exact, the lost-writes flag set, so GET /health stays degraded); stop, flush, repair: exact again."""
+    url, cluster, redis_client = target
+    plan = current_plan()
+    s = StreamSettings(redis_url=url, redis_cluster=cluster, data_dir=str(tmp_path / "data"))
+    b = BatchSettings(redis_url=url, redis_cluster=cluster, data_dir=s.data_dir)
+    now = time.time_ns() // 1000
+    firsts = [ev(f"e{i}", "u1", "p1", now - 5 * MINUTE + i * 1000, "click") for i in range(5)]
+    asyncio.run(through_the_worker(s, firsts))
+    flush(redis_client)  # Redis restarted empty; the worker keeps consuming
+    later = [ev(f"e{i}", "u2", "p2", now - 4 * MINUTE + i * 1000, "click") for i in range(5)]
+    asyncio.run(through_the_worker(s, later))
+
+    report = repair(b, s, force=True)  # the worker (in process) has stopped; Redis not flushed again
+    assert report.speed_taken == 5
+    flag = redis_client.get(LOST_WRITES_KEY)  # GET /health degraded until a flush and a repair
+    assert flag is not None and b"claimed in Redis by another copy" in flag
+    assert not report.exact  # `fstore repair` exits 1
+
+    flush(redis_client)
+    report = repair(b, s)
+    assert (report.speed_events, report.speed_taken, report.exact) == (5, 0, True)
+    assert redis_client.get(LOST_WRITES_KEY) is None
+
+    async def read(user: str) -> dict[str, Any]:
+        client = async_client(url, cluster, timeout=10, connect_timeout=5)
+        try:
+            reads = [EntityRead(plan.view("user_activity"), user, plan.view("user_activity").feature_names)]
+            snap = await OnlineReader(client, clock=lambda: now).read(reads, as_of=now)
+            return dict(snap.results[0].values)
+        finally:
+            await client.aclose()
+
+    rows = [e._asdict() for raw in firsts if isinstance(e := parse(raw, now, orjson.loads), Event)]
+    for user in ("u1", "u2"):
+        want = plan_bruteforce.values(plan, "user_activity", rows, user, now)
+        got = asyncio.run(read(user))
+        assert all(isclose(got[k], v) for k, v in want.items()), (user, got, want)
+    assert asyncio.run(read("u1"))["clicks_1h"] == 5
