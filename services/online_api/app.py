@@ -437,6 +437,8 @@ def create_app(settings: ApiSettings | None = None, clock: Clock = wall_clock) -
             )
         if probe.lost_writes is not None:  # the speed view may undercount until `fstore repair`
             status, code, detail["redis"] = "degraded", 503, probe.lost_writes
+        if probe.eviction_problem is not None:  # evicted tiles read as no events: undercounted values
+            status, code, detail["eviction"] = "degraded", 503, probe.eviction_problem
         stale = [f"the API: {e}" for e in [plan_stale()] if e]
         if beat is not None and beat.plan_error:
             stale.append(f"the stream worker: {beat.plan_error}")

@@ -119,6 +119,29 @@ class StoreProbe:
     heartbeat: Heartbeat | None = None
     error: str | None = None
     lost_writes: str | None = None  # a stream worker found Redis lost its writes: why, and since when
+    #: ``(maxmemory-policy, evicted_keys)`` from INFO (standalone Redis; None on a cluster client)
+    eviction: tuple[str, int] | None = None
+
+    @property
+    def eviction_problem(self) -> str | None:
+        """Why values may undercount because Redis evicts keys, or None: every fstore key is rebuildable state
+        with a TTL (docs/design.md §7), so any policy but ``noeviction`` may drop a batch-view or speed-tile
+        hash, which a read cannot tell from an entity without events."""
+        if self.eviction is None:
+            return None
+        policy, evicted = self.eviction
+        out = []
+        if evicted:
+            out.append(
+                f"Redis evicted {evicted} keys since its start (INFO stats evicted_keys): values may undercount; "
+                "stop the stream workers, flush Redis and run `fstore repair`, then `redis-cli CONFIG RESETSTAT`"
+            )
+        if policy != "noeviction":
+            out.append(
+                f"Redis maxmemory-policy is {policy}: at maxmemory it evicts fstore keys and values undercount "
+                "silently; set `maxmemory-policy noeviction`"
+            )
+        return "; ".join(out) + " (docs/runbook.md, 'Redis evicts keys')" if out else None
 
     @classmethod
     async def read(cls, reader: OnlineReader) -> StoreProbe:
@@ -129,9 +152,12 @@ class StoreProbe:
             pointer = await reader.refresh_pointer()
             beat = Heartbeat.loads(await reader.client.get(HEARTBEAT_KEY))
             lost = await reader.client.get(LOST_WRITES_KEY)
+            eviction = await _eviction(reader.client)
         except RedisError as exc:
             return cls(False, error=type(exc).__name__)
-        return cls(True, pointer, beat, lost_writes=None if lost is None else lost_writes_message(lost))
+        return cls(
+            True, pointer, beat, lost_writes=None if lost is None else lost_writes_message(lost), eviction=eviction
+        )
 
     def exposition(self) -> bytes:
         """Gauges of this probe in the Prometheus text format."""
@@ -149,7 +175,26 @@ class StoreProbe:
                 "Last speed-tile commit of the stream worker (its heartbeat in Redis)",
                 registry=reg,
             ).set(self.heartbeat.committed_at / 1e6)
+        if self.eviction is not None:
+            Gauge("fstore_api_redis_evicted_keys", "Keys Redis evicted since its start (INFO stats)", registry=reg).set(
+                self.eviction[1]
+            )
+            Gauge(
+                "fstore_api_redis_evicting_policy",
+                "1 if Redis's maxmemory-policy may evict keys (anything but noeviction)",
+                registry=reg,
+            ).set(int(self.eviction[0] != "noeviction"))
         return generate_latest(reg)
+
+
+async def _eviction(client: Any) -> tuple[str, int] | None:
+    """``(maxmemory-policy, evicted_keys)`` of a standalone Redis (one INFO round trip), None for a client
+    without ``info`` (the Redis Cluster pool)."""
+    info = getattr(client, "info", None)
+    if info is None:
+        return None
+    memory, stats = await info("memory"), await info("stats")
+    return str(memory.get("maxmemory_policy", "noeviction")), int(stats.get("evicted_keys", 0))
 
 
 def lost_writes_message(raw: bytes | str) -> str:

@@ -376,6 +376,41 @@ def test_health_reports_batch_view_and_speed_freshness(redis_client: redis.Redis
         assert caught_up.status_code == 200 and caught_up.json()["detail"]["speed_layer"]["last_log_reset"]
 
 
+def test_redis_evicting_keys_is_loud(redis_client: redis.Redis, redis_server: RedisServer) -> None:
+    """An evicted batch-view hash reads as an entity without events: values undercount with nothing wrong in
+    the reply. So /health is degraded and /metrics says so while the policy may evict and once keys were
+    evicted (probe-faults: allkeys-lru at maxmemory undercounted 1,019 values with /health 200)."""
+    events = make_events(7)
+    load(redis_client, events, "v1", C)
+    want = expected(USER_ACTIVITY, events, "u1", AS_OF)
+    redis_client.config_resetstat()
+    try:
+        with app_client(redis_server.url) as client:
+            assert client.get("/health").status_code == 200
+            redis_client.config_set("maxmemory-policy", "allkeys-lru")
+            health = client.get("/health")
+            assert health.status_code == 503 and "allkeys-lru" in health.json()["detail"]["eviction"]
+            assert "fstore_api_redis_evicting_policy 1.0" in client.get("/metrics").text
+            redis_client.config_set("maxmemory", "1")  # every key goes at the next write
+            with pytest.raises(redis.exceptions.OutOfMemoryError):
+                redis_client.set("probe", "x")
+            redis_client.config_set("maxmemory", "0")
+            redis_client.config_set("maxmemory-policy", "noeviction")
+            got = client.get("/features", params={"user_id": "u1", "features": "user_activity"}).json()["values"]
+            assert not all(isclose(got[k], v) for k, v in want.items())  # undercounted, 200 all the same
+            health = client.get("/health")
+            assert health.status_code == 503 and "evicted" in health.json()["detail"]["eviction"]
+            metrics = client.get("/metrics").text
+            assert "fstore_api_redis_evicting_policy 0.0" in metrics
+            assert "fstore_api_redis_evicted_keys 0.0" not in metrics
+            redis_client.config_resetstat()  # after the runbook's flush and repair
+            assert client.get("/health").status_code == 200
+    finally:
+        redis_client.config_set("maxmemory", "0")
+        redis_client.config_set("maxmemory-policy", "noeviction")
+        redis_client.config_resetstat()
+
+
 def test_post_fast_path_matches_the_route(redis_client: redis.Redis, redis_server: RedisServer) -> None:
     """POST /features bodies the fast path takes answer as the FastAPI route does; bodies it declines
     (other content types, invalid JSON, extra or mistyped fields) reach the route with the body intact."""
