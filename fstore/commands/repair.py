@@ -16,10 +16,11 @@ def repair(force: bool, progress: bool | None) -> None:
     stream's event_id claims too, so a later copy re-sent with another entity does not count online.
 
     Use it when the API answers 503 "the batch view is missing from Redis" or after Redis restarted
-    empty. Stop the stream worker first (SIGTERM; it flushes and commits), run this, start the worker
-    again. Exit code 1 when refused or on an error, and when a worker that ran after the loss counted a
-    later copy of an event in place of its first copy (GET /health then stays degraded): stop the workers,
-    flush Redis and run it again. Runbook: docs/runbook.md, "Redis lost its data".
+    empty. Stop the stream worker first (SIGTERM; it flushes and commits), flush Redis (what a worker wrote
+    since the loss may count a later copy of an event in place of its first), run this once the worker's
+    last commit is 30 s old, start the worker again. Exit code 1 when refused or on an error, and when it
+    finds such a later copy counted (GET /health then stays degraded): stop the workers, flush Redis and
+    run it again. Runbook: docs/runbook.md, "Redis lost its data".
     """
     from tqdm import tqdm
 
