@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
@@ -195,6 +196,15 @@ def _epoch_ms(value: Any) -> Any:
     return EPOCH + timedelta(microseconds=us)  # a datetime: years past 2262 too (pandas' ns end there)
 
 
+def unreadable_message(raw_uri: str, exc: BaseException) -> str:
+    """The 503 detail when ``raw_uri`` cannot be read: the table, the error's type and its first line."""
+    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    return (
+        f"raw_events ({raw_uri}) could not be read: {type(exc).__name__}: {first}; a damaged or missing file or "
+        "Delta log entry, or storage unreachable (the API log has the traceback); retry later"
+    )
+
+
 def historical_features(
     rows: Sequence[Mapping[str, object]], features: Sequence[str], full_feature_names: bool, raw_uri: str, max_rows: int
 ) -> list[dict[str, object]]:
@@ -207,6 +217,8 @@ def historical_features(
     import math
 
     import pandas as pd
+    import pyarrow as pa
+    from deltalake.exceptions import DeltaError
 
     from fstore.core.pit import TIMESTAMP_COLUMN, PointInTimeError, resolve, to_utc
     from fstore.offline.local import get_historical_features
@@ -236,6 +248,9 @@ def historical_features(
         )
     except (PointInTimeError, KeyError) as exc:
         raise RequestError(422, str(exc.args[0] if exc.args else exc)) from None
+    except (OSError, pa.ArrowException, DeltaError) as exc:  # a damaged or unreachable table: not a 500 (a bug)
+        logging.getLogger("fstore.api").error("POST /historical-features: raw_events unreadable", exc_info=exc)
+        raise RequestError(503, unreadable_message(raw_uri, exc)) from exc
     records: list[dict[str, object]] = []
     for rec in out.to_dict(orient="records"):
         clean: dict[str, object] = {}

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -127,3 +127,26 @@ def test_post_historical_features(api: tuple[str, str, list[Event]]) -> None:
     assert r.status_code == 200, r.text
     for k, v in want.items():
         assert r.json()["rows"][0][k] == pytest.approx(v) if v is not None else r.json()["rows"][0][k] is None
+
+
+def test_historical_features_on_a_damaged_table_is_a_clear_503(api: tuple[str, str, list[Event]]) -> None:
+    """A truncated Parquet file or a lost Delta log entry under raw_events (probe-faults: both gave a bare 500
+    "Internal Server Error", which the runbook calls a bug) answers 503 naming raw_events and the error."""
+    url, data_dir, events = api
+    last = max(e.event_time for e in events)
+    rows = [{"user_id": "u1", "event_timestamp": iso(last)}]
+    body = {"entity_rows": rows, "features": ["user_activity:clicks_1h"]}
+    assert httpx.post(f"{url}/historical-features", json=body, timeout=60).status_code == 200
+    day = datetime.fromtimestamp(last / 1e6, UTC).date().isoformat()  # the partition the request reads
+    victim = sorted(Path(data_dir, "raw_events", f"event_date={day}").glob("*.parquet"))[0]
+    whole = victim.read_bytes()
+    victim.write_bytes(whole[: len(whole) // 2])
+    r = httpx.post(f"{url}/historical-features", json=body, timeout=60)
+    assert r.status_code == 503 and "raw_events" in r.json()["detail"] and "Parquet" in r.json()["detail"], r.text
+    victim.write_bytes(whole)
+    for _ in range(2):
+        raw_log.append_raw(f"{data_dir}/raw_events", raw_rows.events_table(events[:1], ["h"], [time.time_ns() // 1000]))
+    entry = sorted(Path(data_dir, "raw_events", "_delta_log").glob("*.json"))[1]
+    entry.unlink()
+    r = httpx.post(f"{url}/historical-features", json=body, timeout=60)
+    assert r.status_code == 503 and "DeltaError" in r.json()["detail"], r.text
