@@ -4,9 +4,10 @@ Two kinds of failure reach the worker's batch loop (docs/stream.md, *Failures*):
 
 * an **outage** — Redis, the Kafka broker or the storage of ``raw_events`` unreachable or refusing work for
   a while (connection and timeout errors, Redis loading / read-only / out of memory, retriable Kafka
-  errors, ``OSError``). Retrying is right; if it lasts longer than ``FSTORE_STREAM_OUTAGE_EXIT_S`` the
-  worker stops with :data:`EXIT_OUTAGE` so that a supervisor notices, and resumes from its committed
-  offsets when restarted;
+  errors, ``OSError`` and a ``DeltaError`` quoting one, e.g. a full disk). Retrying is right; if it lasts
+  longer than ``FSTORE_STREAM_OUTAGE_EXIT_S`` the worker stops with :data:`EXIT_OUTAGE` so that a
+  supervisor notices, and resumes from its committed offsets when restarted (a failed raw-sink flush stops
+  it at once, nothing committed);
 * anything else is **unprocessable**: a message the sinks cannot take (a Lua error on a value, an Arrow
   conversion error). The worker isolates the message(s) that cause it by bisecting the batch, dead-letters
   each with the closed reason :data:`UNPROCESSABLE` and goes on. If messages keep failing on their own
@@ -22,6 +23,7 @@ from __future__ import annotations
 import time
 
 from aiokafka.errors import KafkaTimeoutError
+from deltalake.exceptions import DeltaError
 from redis import exceptions as redis_errors
 
 from fstore.core.events import UNPROCESSABLE
@@ -46,6 +48,10 @@ _REDIS_OUTAGE = (
 )
 
 
+#: How delta-rs quotes an error of the operating system (Rust's ``std::io::Error``) in a ``DeltaError``.
+_OS_ERROR = "(os error "
+
+
 class OutageTimeout(Exception):
     """An outage lasted longer than the worker waits for one (the worker stops with :data:`EXIT_OUTAGE`)."""
 
@@ -58,6 +64,8 @@ def is_outage(exc: BaseException) -> bool:
     """Whether ``exc`` means a dependency is away (retry, then stop) rather than a message it cannot take."""
     if isinstance(exc, (OutageTimeout, OSError, KafkaTimeoutError, *_REDIS_OUTAGE)):
         return True
+    if isinstance(exc, DeltaError) and _OS_ERROR in str(exc):  # the file system's error, wrapped by delta-rs
+        return True  # (a full disk: "... No space left on device (os error 28)")
     return bool(getattr(exc, "retriable", False))  # aiokafka's KafkaError subclasses say it themselves
 
 
