@@ -141,7 +141,7 @@ class StoreProbe:
                 f"Redis maxmemory-policy is {policy}: at maxmemory it evicts fstore keys and values undercount "
                 "silently; set `maxmemory-policy noeviction`"
             )
-        return "; ".join(out) + " (docs/runbook.md, 'Redis evicts keys')" if out else None
+        return "; ".join(out) + " (docs/runbook.md, FstoreRedisEvicting)" if out else None
 
     @classmethod
     async def read(cls, reader: OnlineReader) -> StoreProbe:
