@@ -24,7 +24,21 @@ from fstore.commands.services import services
 from fstore.commands.stream import stream
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Main(click.Group):
+    """The command group; an invalid ``FSTORE_*`` setting is a user's mistake: one line naming the
+    variable (``Error: invalid settings: FSTORE_API_PORT: ...``, exit code 1), not a traceback. Commands
+    with an exit code of their own for it (``fstore batch``: 78) catch it first."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        from fstore.settings import SettingsError
+
+        try:
+            return super().invoke(ctx)
+        except SettingsError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="fstore")
 def main() -> None:
     """fstore — a Lambda-architecture feature store (Kafka + Faust speed layer, Spark batch layer,

@@ -217,7 +217,12 @@ def generate(out: Path, end_text: str | None, days: float, seed: int, as_json: b
     Example: fstore generate --out data/events.parquet --events 1000000 --end 2025-06-01 --late-rate 0.01
     """
     from examples.synth.generator import GeneratorConfig
+    from fstore.kafka.messages import MessageFileError, file_format
 
+    try:
+        file_format(out)  # before any work: a user mistake, not a traceback after generating
+    except MessageFileError as exc:
+        raise click.BadParameter(str(exc), param_hint="--out") from None
     end = parse_end(end_text)
     try:
         cfg = GeneratorConfig(start=end - round(days * DAY), end=end, **options)

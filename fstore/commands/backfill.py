@@ -27,6 +27,8 @@ def backfill(view: str, skip_batch: bool, timeout: float, progress: bool | None)
     when refused (nothing applied, unknown view, workers that do not hold) or on an error; the features
     then stay pending. See docs/features.md.
     """
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
     from tqdm import tqdm
 
     from fstore.settings import load_settings
@@ -49,4 +51,6 @@ def backfill(view: str, skip_batch: bool, timeout: float, progress: bool | None)
             )
         except BackfillRefused as exc:
             raise click.ClickException(str(exc)) from None
+        except (RedisConnectionError, RedisTimeoutError) as exc:  # a wrong FSTORE_REDIS_URL, Redis down
+            raise click.ClickException(f"Redis unreachable ({exc}): start it, or check FSTORE_REDIS_URL") from None
     click.echo(report.summary())

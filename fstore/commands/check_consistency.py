@@ -62,7 +62,7 @@ def check_consistency(
     as_json: bool,
 ) -> None:
     """Recompute served feature values offline at the answer's as_of from raw_events and report the
-    mismatches per feature. Exits 1 on any mismatch.
+    mismatches per feature. Exits 1 on any mismatch, and when the API cannot be read.
 
     Default: read GET /features now for sampled entities of a running API (run it once every event up
     to now is in raw_events: the stream job's raw sink flushes in micro-batches).
@@ -107,8 +107,19 @@ def check_consistency(
             )
         chosen = views or tuple(v.name for v in plan.views)
         key = cfg.api_key.get_secret_value() if cfg.api_key else None
+        import httpx
+
         with tqdm(total=sample * len(chosen), unit="entity", file=sys.stderr, disable=None) as bar:
-            report = consistency.check(api_url, raw_uri, sample, seed, chosen, key, progress=bar.update)
+            try:
+                report = consistency.check(api_url, raw_uri, sample, seed, chosen, key, progress=bar.update)
+            except httpx.HTTPStatusError as exc:  # 401 without the API key, 503 without Redis, ...
+                status, detail = exc.response.status_code, exc.response.text[:300]
+                raise click.ClickException(f"the API at {api_url} answered {status}: {detail}") from None
+            except httpx.HTTPError as exc:  # refused, timed out, a bad URL: no traceback for a user's mistake
+                raise click.ClickException(
+                    f"cannot read GET /features from {api_url} ({type(exc).__name__}: {exc}): is `fstore serve` "
+                    "running there? (--api-url)"
+                ) from None
     summary = report.summary()
     if as_json:
         click.echo(json.dumps(summary))

@@ -22,6 +22,8 @@ def repair(force: bool, progress: bool | None) -> None:
     finds such a later copy counted (GET /health then stays degraded): stop the workers, flush Redis and
     run it again. Runbook: docs/runbook.md, "Redis lost its data".
     """
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
     from tqdm import tqdm
 
     from fstore.settings import load_settings
@@ -36,6 +38,8 @@ def repair(force: bool, progress: bool | None) -> None:
             report = run_repair(load_batch_settings(), load_settings(StreamSettings), force=force, progress=bar.update)
         except RepairRefused as exc:
             raise click.ClickException(str(exc)) from None
+        except (RedisConnectionError, RedisTimeoutError) as exc:  # a wrong FSTORE_REDIS_URL, Redis down
+            raise click.ClickException(f"Redis unreachable ({exc}): start it, or check FSTORE_REDIS_URL") from None
     click.echo(report.summary())
     if not report.exact:
         raise click.ClickException(TAKEN_MESSAGE.format(n=report.speed_taken))

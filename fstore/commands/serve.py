@@ -7,8 +7,8 @@ import click
 
 @click.command()
 @click.option("--host", default=None, help="Bind address  [default: FSTORE_API_HOST, 127.0.0.1]")
-@click.option("--port", default=None, type=int, help="Port  [default: FSTORE_API_PORT, 8000]")
-@click.option("--workers", default=1, show_default=True, help="uvicorn worker processes")
+@click.option("--port", default=None, type=click.IntRange(0, 65535), help="Port  [default: FSTORE_API_PORT, 8000]")
+@click.option("--workers", default=1, type=click.IntRange(min=1), show_default=True, help="uvicorn worker processes")
 @click.option("--log-level", default="warning", show_default=True)
 def serve(host: str | None, port: int | None, workers: int, log_level: str) -> None:
     """Serve GET/POST /features, /health, /metrics and OpenAPI docs at /docs.
