@@ -67,8 +67,8 @@ def batch(
       0   published, or rebuilt without publishing because a later cutover serves
       1   the run failed (Spark, Delta, Redis, ...): retry
       2   the data-quality gate failed (the range stops there): fix the data, no retry
-      64  usage error (a run date not over yet too: its cutover is after now);
-          78 invalid configuration (FSTORE_* variables, a feature repository
+      64  usage error (a run date not over yet too: its cutover is after now): no retry
+      78  invalid configuration (FSTORE_* variables, a feature repository
           FSTORE_FEATURE_REPO with mistakes, or a data root on an object store this
           Spark has no connector for): no retry
     """
