@@ -19,7 +19,12 @@ def _times(_ctx: click.Context, _param: click.Parameter, value: tuple[str, ...])
 
 
 @click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
-@click.option("--job", default=None, help="Job name (metric label `task`)  [default: the command's second word]")
+@click.option(
+    "--job",
+    default=None,
+    help="Job name (metric label `task`)  [default: the fstore subcommand, `batch` for `fstore batch ...`; "
+    "else the program's name]",
+)
 @click.option("--at", "at", multiple=True, callback=_times, help="UTC time of day HH:MM (repeatable).")
 @click.option("--every", type=click.FloatRange(min=1), default=None, help="Or: run every SECONDS.")
 @click.option("--retries", type=click.IntRange(min=0), default=3, show_default=True, help="Retries of a slot.")
