@@ -165,6 +165,17 @@ def observe_many(hist: Histogram, value: float, n: int) -> None:
 
 
 def serve(port: int, host: str = "127.0.0.1") -> None:
-    """Start the metrics HTTP server on ``host:port`` (port 0: none)."""
+    """Start the metrics HTTP server on ``host:port`` (port 0: none).
+
+    Raises:
+        OSError: the address cannot be bound (another worker's port), naming it and the variable to change.
+    """
     if port:
-        start_http_server(port, addr=host, registry=REGISTRY)
+        try:
+            start_http_server(port, addr=host, registry=REGISTRY)
+        except OSError as exc:
+            raise OSError(
+                exc.errno,
+                f"metrics server cannot listen on {host}:{port} ({exc.strerror}): set FSTORE_STREAM_METRICS_PORT "
+                "to a free port (0: no metrics server), or FSTORE_STREAM_METRICS_HOST",
+            ) from exc

@@ -31,3 +31,18 @@ def test_app_options_name_the_consumer_group() -> None:
     opts = app_options(s)
     assert opts["id"] == s.stream_app_id == app.conf.id
     assert opts["broker"] == [f"kafka://{h.strip()}" for h in s.kafka_bootstrap.split(",") if h.strip()]
+
+
+def test_a_metrics_port_in_use_is_named_with_its_variable() -> None:
+    """The worker exits 1 when its metrics port is taken (docs/runbook.md, worker exit codes); the CRITICAL
+    line then says which address and which variable to change, not only 'Address already in use'."""
+    import socket
+
+    from jobs.stream import metrics
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError, match=f"127.0.0.1:{port}.*FSTORE_STREAM_METRICS_PORT"):
+            metrics.serve(port, "127.0.0.1")
