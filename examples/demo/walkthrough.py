@@ -106,7 +106,7 @@ def replay_figure(since_s: int) -> dict[str, object]:
     if res.returncode not in (0, 1) or not res.stdout.strip():
         sys.exit(f"demo: `{shlex.join(cmd)}` failed with exit status {res.returncode}: {res.stderr[-2000:]}")
     report: dict[str, object] = json.loads(res.stdout.strip().splitlines()[-1])
-    print({k: v for k, v in report.items() if k != "examples"})
+    print(json.dumps({k: v for k, v in report.items() if k != "examples"}))  # as the command printed it
     return report
 
 
