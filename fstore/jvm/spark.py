@@ -1,4 +1,4 @@
-"""delta-spark in a Spark session: is it there?"""
+"""Spark sessions fstore starts: is delta-spark there, and where does a local driver listen?"""
 
 from __future__ import annotations
 
@@ -17,3 +17,13 @@ def has_delta_spark(spark: SparkSession) -> bool:
     except Exception:  # py4j raises a generic error for a missing class
         return False
     return "io.delta.sql.DeltaSparkSessionExtension" in (spark.conf.get("spark.sql.extensions", "") or "")
+
+
+def loopback_driver(master: str) -> dict[str, str]:
+    """Settings that keep a ``local[...]`` driver on 127.0.0.1 (its RPC and block manager; empty for a cluster
+    master, whose executors must reach the driver): Spark otherwise binds the address its host name
+    resolves to — the machine's network interface when that is not loopback — so a local batch run or
+    point-in-time join would listen on the network."""
+    if not master.startswith("local"):
+        return {}
+    return {"spark.driver.bindAddress": "127.0.0.1", "spark.driver.host": "127.0.0.1"}

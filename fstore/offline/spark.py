@@ -31,7 +31,7 @@ from fstore.core.plan import Plan
 from fstore.core.timeutil import DAY
 from fstore.delta import raw_log
 from fstore.jvm.artifacts import delta_jars
-from fstore.jvm.spark import has_delta_spark
+from fstore.jvm.spark import has_delta_spark, loopback_driver
 from fstore.settings import get_settings
 
 ROW = "__row"
@@ -79,7 +79,11 @@ def spark_session(
         .config("spark.pyspark.python", sys.executable)  # workers run this interpreter (its packages)
         .config("spark.pyspark.driver.python", sys.executable)
     )
-    for k, v in {**delta_jars(get_settings().jar_cache).spark_conf(), **(conf or {})}.items():
+    for k, v in {
+        **delta_jars(get_settings().jar_cache).spark_conf(),
+        **loopback_driver(master),
+        **(conf or {}),
+    }.items():
         builder = builder.config(k, v)
     return builder.getOrCreate()
 

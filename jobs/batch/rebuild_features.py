@@ -52,6 +52,7 @@ from fstore.core.plan_error import PlanError
 from fstore.core.timeutil import SECOND, iso
 from fstore.delta import batch_views, raw_log, raw_winners
 from fstore.jvm.artifacts import delta_jars
+from fstore.jvm.spark import loopback_driver
 from fstore.plan_source import current_plan
 from fstore.redis.layout import BatchPointer
 from fstore.settings import SettingsError
@@ -113,6 +114,8 @@ def build_spark(s: BatchSettings, own_session: bool = True) -> SparkSession:
             .config("spark.pyspark.python", sys.executable)
             .config("spark.pyspark.driver.python", sys.executable)
         )
+        for k, v in loopback_driver(s.spark_master).items():
+            builder = builder.config(k, v)
     spark = builder.getOrCreate()
     # windowGroupLimitThreshold=-1: the de-duplication's row_number() == 1 would otherwise get a partial
     # group limit, i.e. a full sort of every copy BEFORE the shuffle, useless when almost all ids are unique.

@@ -143,6 +143,8 @@ def settings(data: dict[str, Any], redis_url: str) -> BatchSettings:
 @pytest.fixture(scope="module")
 def spark(settings: BatchSettings) -> Iterator[Any]:
     session = build_spark(settings)
+    # a local driver listens on loopback only, whatever the host name resolves to (probe-docs)
+    assert session.conf.get("spark.driver.bindAddress") == session.conf.get("spark.driver.host") == "127.0.0.1"
     yield session
     session.stop()
 

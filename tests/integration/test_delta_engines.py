@@ -63,6 +63,8 @@ def spark() -> Iterator[Any]:
 
     session = spark_session("fstore-test-delta-engines")
     assert has_delta_spark(session), "delta-spark jars missing: run `make setup`"
+    # a local driver listens on loopback only, whatever the host name resolves to (probe-docs)
+    assert session.conf.get("spark.driver.bindAddress") == session.conf.get("spark.driver.host") == "127.0.0.1"
     yield session
     session.stop()
 
