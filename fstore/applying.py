@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fstore import applied
-from fstore.core.plan_diff import PlanChange, diff
+from fstore.core.plan_diff import PlanChange, diff, retyped
+from fstore.core.plan_error import PlanError
 from fstore.core.plan_json import fingerprint
 from fstore.settings import get_settings
 from fstore.topics import events_topic
@@ -140,9 +141,15 @@ class Applying:
         say: where to say what happens.
         warn: where to warn.
         redis: the checked client of the Redis whose state the apply frees (called only when needed).
+
+        Raises:
+            PlanError: ``new`` changes what the applied plan stored in a way no backfill makes good (an event
+                field's type: :func:`fstore.core.plan_diff.retyped`); nothing is changed.
         """
         self.root, self.new, self.say, self.warn, self.redis = root, new, say, warn, redis
         self.old = previous(root, warn)
+        if self.old is not None and (problems := retyped(self.old.plan, new)):
+            raise PlanError(problems)
         self.change = diff(self.old.plan, new, self.old.pending) if self.old is not None else diff(None, new)
         self.views, self.series = removed(self.old.plan, new, self.change) if self.old is not None else ((), ())
         self.client: AdminClient | None = None

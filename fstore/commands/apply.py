@@ -80,12 +80,12 @@ def _run(repo: Path | None, *, dry_run: bool, feast: bool, wait_timeout: float) 
     root = (repo or plan_source.repo_dir()).resolve()
     try:
         new = plan_source.compile_dir(root)
+        job = Applying(root, new, click.echo, lambda m: click.echo(m, err=True))
     except PlanError as exc:
         click.echo(f"fstore: {root} has {len(exc.problems)} mistake(s); nothing was applied:", err=True)
         for p in exc.problems:
             click.echo(f"  - {p}", err=True)
         sys.exit(EXIT_INVALID)
-    job = Applying(root, new, click.echo, lambda m: click.echo(m, err=True))
     if dry_run:
         job.describe()
         return

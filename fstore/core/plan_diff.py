@@ -178,5 +178,18 @@ def diff(old: Plan | None, new: Plan, unbuilt: Iterable[str] = ()) -> PlanChange
     )
 
 
+def retyped(old: Plan, new: Plan) -> list[str]:
+    """The mistakes of ``new`` over the applied ``old`` that no backfill can make good: an event field whose
+    type changed (``raw_events`` keeps one column per field, written with the type it had — a wider value
+    could not be stored, and the stream would stop on it after counting it). Empty when there are none."""
+    before = {f.name: f.type for f in old.schema.fields}
+    return [
+        f"event field '{f.name}': its type cannot change from {before[f.name].value} to {f.type.value} (raw_events "
+        f"stores it as {before[f.name].value}); keep the type, or declare a field of another name with the new one"
+        for f in new.schema.fields
+        if f.name in before and before[f.name] is not f.type
+    ]
+
+
 def _sorted(refs: Iterable[str]) -> tuple[str, ...]:
     return tuple(sorted(refs))

@@ -370,15 +370,15 @@ class FstoreOnlineStore(OnlineStore):
             return
         try:
             plan = compile_repo(root)
+            job = Applying(
+                Path(root).resolve(),
+                plan,
+                print,
+                lambda m: print(m, file=sys.stderr),
+                lambda: redis_client(redis_url_of(config), cluster_of(config)),  # the Redis this store reads
+            )
         except PlanError as exc:  # Feast's CLI would show it under a traceback of its own internals
             raise DefinitionsRefused(root, exc.problems) from None
-        job = Applying(
-            Path(root).resolve(),
-            plan,
-            print,
-            lambda m: print(m, file=sys.stderr),
-            lambda: redis_client(redis_url_of(config), cluster_of(config)),  # the Redis this store reads
-        )
         job.prepare(WAIT_S)
         try:
             job.record(WAIT_S)

@@ -71,6 +71,14 @@ def test_a_repository_with_a_mistake_changes_nothing(tmp_path: Path) -> None:
         assert code == 2, (case, out)
         assert message in out and "nothing was applied" in out, (case, out)
         assert snapshot(repo) == before, case  # neither the registry nor the record moved
+    # A valid repository that retypes a field of the applied plan (probe-evo2: INT → BIGINT was "no change", and
+    # raw_events kept its int32 column): refused by plan, apply and a plain `feast apply`, nothing changed.
+    assert RIDES.count("stars INT,") == 1
+    (repo / "features.py").write_text(RIDES.replace("stars INT,", "stars BIGINT,"))
+    for command in (("plan",), ("apply",)):
+        code, out = run(*command, "--repo", str(repo))
+        assert code == 2 and "event field 'stars': its type cannot change from int to long" in out, (command, out)
+        assert snapshot(repo) == before, command
     (repo / "features.py").write_text(RIDES)
     code, out = run("plan", "--repo", str(repo))
     assert code == 0 and "no change" in out, out
@@ -419,6 +427,7 @@ def test_feast_apply_of_a_repository_with_mistakes_names_them_without_a_tracebac
     a traceback of Feast's and click's internals. Now: `Error: ...` naming each, exit code 1, no traceback."""
     monkeypatch.setenv("FSTORE_REDIS_CLUSTER", "false")
     repo = fstore_rides_repo(tmp_path, redis_server.url)
+    original = (repo / "features.py").read_text()
     feast = str(Path(sys.executable).with_name("feast"))
     first = subprocess.run([feast, "apply"], cwd=repo, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -431,6 +440,13 @@ def test_feast_apply_of_a_repository_with_mistakes_names_them_without_a_tracebac
     assert "Error: fstore:" in proc.stderr and "2 mistake(s); nothing was applied" in proc.stderr, proc.stderr
     assert message in proc.stderr and "unknown field 'knd' (did you mean kind?)" in proc.stderr, proc.stderr
     assert snapshot(repo) == before  # neither Feast's registry nor fstore's record moved
+    # a valid repository that retypes a field of the applied plan (probe-evo2): refused the same way
+    assert original.count("stars INT,") == 1
+    (repo / "features.py").write_text(original.replace("stars INT,", "stars BIGINT,"))
+    proc = subprocess.run([feast, "apply"], cwd=repo, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "event field 'stars': its type cannot change from int to long" in proc.stderr, proc.stderr
+    assert snapshot(repo) == before
 
 
 def test_a_first_apply_while_workers_run_another_plan_refuses_every_feature_until_built(

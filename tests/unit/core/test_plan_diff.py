@@ -197,3 +197,19 @@ def test_summary_lines_name_every_item() -> None:
     lines = diff(old, edit(old, "driver_performance", add=(ratio,), drop=("trips_10m",))).lines()
     assert lines == ["+ driver_performance:airport_share_2d", "- driver_performance:trips_10m",
                      "free driver_performance/trip every 300s"]  # fmt: skip
+
+
+def test_a_field_whose_type_changed_is_a_mistake_no_backfill_makes_good() -> None:
+    """probe-evo2: INT → BIGINT was "no change"; raw_events kept its int32 column, and the first value past 2³¹
+    stopped the worker after its batch had counted. A changed type is refused, naming the field."""
+    from fstore.core.event_schema import FieldType
+    from fstore.core.plan_diff import retyped
+
+    old = compiled("rides")
+    fields = tuple(replace(f, type=FieldType.LONG) if f.name == "stars" else f for f in old.schema.fields)
+    new = replace(old, schema=replace(old.schema, fields=fields))
+    assert retyped(old, old) == [] and diff(old, new).empty  # the features read nothing new
+    (problem,) = retyped(old, new)
+    assert problem.startswith("event field 'stars': its type cannot change from int to long"), problem
+    added = replace(new, schema=replace(new.schema, fields=(*old.schema.fields, replace(fields[0], name="extra"))))
+    assert retyped(old, added) == []  # a new field, and none retyped: fine
