@@ -99,9 +99,10 @@ class AppliedPlan:
 def not_built(view: str, feature: str) -> str:
     """Why a pending feature is refused (the API's 409, the Feast online store's error)."""
     return (
-        f"feature '{view}:{feature}' is applied but not built yet: it is served once "
-        f"`fstore backfill --view {view}` has run (until then no value is given rather than an "
-        "undercounted one)"
+        f"feature '{view}:{feature}' is applied but its tiles are not built for it yet: it is served once "
+        f"`fstore backfill --view {view}` has run (a new or redefined feature waits for it, and every feature "
+        "of a view waits while a backfill rebuilds it); until then no value is given rather than an "
+        "undercounted one"
     )
 
 
