@@ -227,7 +227,7 @@ def test_the_feast_stores_follow_the_applied_record_and_refuse_pending_features(
     assert applied_of(config, "offline store") == (ecommerce, frozenset({ref}))
     assert plan_of(config, "offline store") == ecommerce
     table = SimpleNamespace(name=view.name)
-    with pytest.raises(FeatureNotBuiltError, match=f"'{ref}' is applied but its tiles are not built for it yet.*fstore backfill"):
+    with pytest.raises(FeatureNotBuiltError, match=f"'{ref}' is applied but its tiles are not built.*fstore backfill"):
         FstoreOnlineStore()._reads(config, table, [], [view.feature_names[0]])  # type: ignore[arg-type]
 
     time.sleep(0.01)  # a new mtime
