@@ -23,7 +23,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
 from prometheus_client.multiprocess import MultiProcessCollector
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fstore.core.timeutil import iso
@@ -189,11 +189,15 @@ class StoreProbe:
 
 async def _eviction(client: Any) -> tuple[str, int] | None:
     """``(maxmemory-policy, evicted_keys)`` of a standalone Redis (one INFO round trip), None for a client
-    without ``info`` (the Redis Cluster pool)."""
+    without ``info`` (the Redis Cluster pool) or a Redis that refuses INFO (an ACL user without it, a renamed
+    command: nothing to tell, and not an outage)."""
     info = getattr(client, "info", None)
     if info is None:
         return None
-    memory, stats = await info("memory"), await info("stats")
+    try:
+        memory, stats = await info("memory"), await info("stats")
+    except ResponseError:
+        return None
     return str(memory.get("maxmemory_policy", "noeviction")), int(stats.get("evicted_keys", 0))
 
 

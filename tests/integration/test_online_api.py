@@ -416,6 +416,25 @@ def test_redis_evicting_keys_is_loud(redis_client: redis.Redis, redis_server: Re
         redis_client.config_resetstat()
 
 
+def test_a_redis_that_refuses_info_is_no_outage(redis_client: redis.Redis, redis_server: RedisServer) -> None:
+    """The eviction probe reads INFO; a Redis user without it (an ACL, a managed Redis) is served as before:
+    /health ok, no eviction gauges, values exact — not "Redis unreachable"."""
+    events = make_events(8)
+    load(redis_client, events, "v1", C)
+    redis_client.acl_setuser("no-info", enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all", "-info"])
+    try:
+        url = redis_server.url.replace("redis://", "redis://no-info:pw@")
+        with app_client(url) as client:
+            health = client.get("/health")
+            assert health.status_code == 200 and health.json()["status"] == "ok", health.json()
+            assert "fstore_api_redis_evicting_policy" not in client.get("/metrics").text
+            got = client.get("/features", params={"user_id": "u1", "features": "user_activity"}).json()["values"]
+            want = expected(USER_ACTIVITY, events, "u1", AS_OF)
+            assert all(isclose(got[k], v) for k, v in want.items()), (got, want)
+    finally:
+        redis_client.acl_deluser("no-info")
+
+
 def test_post_fast_path_matches_the_route(redis_client: redis.Redis, redis_server: RedisServer) -> None:
     """POST /features bodies the fast path takes answer as the FastAPI route does; bodies it declines
     (other content types, invalid JSON, extra or mistyped fields) reach the route with the body intact."""
