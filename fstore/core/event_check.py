@@ -8,11 +8,12 @@ reason, from the closed list:
 ==========================  ==========================================================================
 ``missing_field:<f>``       a required field is absent or null, or a ``required_when`` condition holds
                             and the field is absent (conditions read the fields declared before it)
-``invalid_type:<f>``        wrong JSON type: STRING a string, INT an integer (not a boolean), FLOAT a
+``invalid_type:<f>``        wrong JSON type: STRING a string, INT/LONG an integer (not a boolean), FLOAT a
                             finite number, BOOL a boolean, TIMESTAMP an ISO-8601 string with an
                             offset or epoch milliseconds; or a number of the right JSON type outside
                             what the type holds: beyond its declared bounds other than a minimum ≥ 0,
-                            an INT outside 32 bits (Arrow/Spark ``INT``), a FLOAT beyond ±1e15 unless
+                            an INT outside 32 bits (Arrow/Spark ``INT``), a LONG outside 64 (``BIGINT``),
+                            a FLOAT beyond ±1e15 unless
                             its bounds say otherwise (products and sums stay finite in every sink),
                             epoch seconds, µs or ns sent as milliseconds
 ``invalid_id:<f>``          the id field or an entity key outside 1–128 chars of ``[A-Za-z0-9_.:-]``
