@@ -191,11 +191,13 @@ async def _eviction(client: Any) -> tuple[str, int] | None:
     """``(maxmemory-policy, evicted_keys)`` of a standalone Redis (one INFO round trip), None for a client
     without ``info`` (the Redis Cluster pool) or a Redis that refuses INFO (an ACL user without it, a renamed
     command: nothing to tell, and not an outage)."""
-    info = getattr(client, "info", None)
-    if info is None:
+    if getattr(client, "info", None) is None:
         return None
+    pipe = client.pipeline(transaction=False)
+    pipe.info("memory")
+    pipe.info("stats")
     try:
-        memory, stats = await info("memory"), await info("stats")
+        memory, stats = await pipe.execute()
     except ResponseError:
         return None
     return str(memory.get("maxmemory_policy", "noeviction")), int(stats.get("evicted_keys", 0))
