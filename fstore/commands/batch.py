@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import traceback
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -80,6 +81,7 @@ def batch(
     from jobs.batch.batch_view import LeaseLost
     from jobs.batch.file_systems import missing_file_system
     from jobs.batch.rebuild_features import DQFailed, build_spark, rebuild
+    from jobs.batch.run_failure import failure_line
     from jobs.batch.settings import load_batch_settings
 
     dates: list[date]
@@ -120,6 +122,10 @@ def batch(
                 sys.exit(DQ_FAILED)
             except LeaseLost as exc:
                 click.echo(f"Error: {d}: {exc}", err=True)
+                sys.exit(RUN_FAILED)
+            except Exception as exc:  # Spark, Delta, Redis, the disk: the trace, then one line that says why
+                traceback.print_exc()
+                click.echo(failure_line(d, exc), err=True)
                 sys.exit(RUN_FAILED)
             if not res.published:
                 click.echo(f"{d}: tables rebuilt; batch view not published (a later cutover is serving)", err=True)

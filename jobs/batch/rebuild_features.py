@@ -34,6 +34,7 @@ import json
 import os
 import sys
 import time
+import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,7 +57,7 @@ from fstore.jvm.spark import loopback_driver
 from fstore.plan_source import current_plan
 from fstore.redis.layout import BatchPointer
 from fstore.settings import SettingsError
-from jobs.batch import batch_view, compute, delta_io, dq, exit_codes, tile_reuse
+from jobs.batch import batch_view, compute, delta_io, dq, exit_codes, run_failure, tile_reuse
 from jobs.batch.file_systems import missing_file_system
 from jobs.batch.metrics import JobMetrics
 from jobs.batch.plan import OpenDay, RunPlan, check_closed, plan_run, snapshot_table, tiles_table
@@ -514,6 +515,10 @@ def main(argv: list[str] | None = None) -> int:
         return exit_codes.DQ_FAILED
     except batch_view.LeaseLost as exc:
         print(f"Error: {exc}", file=sys.stderr)
+        return exit_codes.RUN_FAILED
+    except Exception as exc:  # Spark, Delta, Redis, the disk: the trace for whoever debugs it, then one line
+        traceback.print_exc()
+        print(run_failure.failure_line(args.date, exc), file=sys.stderr)
         return exit_codes.RUN_FAILED
     finally:
         spark.stop()

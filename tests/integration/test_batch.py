@@ -603,3 +603,12 @@ def test_a_data_root_on_an_object_store_spark_cannot_reach_is_a_configuration_er
     )  # fmt: skip
     assert run.returncode == 78, run.stdout[-2000:] + run.stderr[-3000:]
     assert "no Hadoop FileSystem for scheme 's3'" in run.stderr and "Traceback" not in run.stderr, run.stderr[-3000:]
+
+
+def test_a_java_failure_is_summed_up_by_the_java_exceptions_own_line(spark: Any) -> None:
+    """The closing line of a failed run quotes the Java exception, not py4j's "An error occurred while calling"."""
+    from jobs.batch.run_failure import summary
+
+    with pytest.raises(Exception) as caught:  # py4j's Py4JJavaError, or PySpark's conversion of it
+        spark.sparkContext._jvm.java.lang.Integer.parseInt("not-a-number")
+    assert summary(caught.value) == 'java.lang.NumberFormatException: For input string: "not-a-number"'

@@ -101,3 +101,73 @@ def test_textfile_keeps_the_last_success_across_a_failed_run(tmp_path: Path) -> 
     (tmp_path / "fresh.prom").unlink(missing_ok=True)
     JobMetrics().write_prometheus(str(tmp_path / "fresh.prom"), "2026-11-27", False)
     assert "fstore_batch_last_success_timestamp_seconds" not in values(tmp_path / "fresh.prom")
+
+
+class _JavaException:
+    """What py4j hands over as ``Py4JJavaError.java_exception``: a Java throwable with a cause."""
+
+    def __init__(self, text: str, cause: _JavaException | None = None) -> None:
+        self.text, self.cause = text, cause
+
+    def toString(self) -> str:
+        return self.text
+
+    def getCause(self) -> _JavaException | None:
+        return self.cause
+
+    def equals(self, other: object) -> bool:
+        return other is self
+
+
+class _SparkFailure(RuntimeError):
+    """A Spark failure as PySpark raises it: pages of Java stack trace, the cause inside ``java_exception``."""
+
+    java_exception = _JavaException(
+        "org.apache.spark.SparkException: Job aborted due to stage failure: Task 0 in stage 3.0 failed 1 times",
+        _JavaException("java.io.IOException: No space left on device"),
+    )
+
+    def __init__(self) -> None:
+        trace = "\tat org.apache.spark.Foo(Foo.java:1)\n" * 80
+        super().__init__("An error occurred while calling o123.save.\n" + trace)
+
+
+def test_a_failed_run_ends_with_one_line_that_says_why(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Spark, Delta or the disk failing mid-run: exit 1 (a retry is safe) and, after the stack trace, one last
+    line naming the run date and the Java exception's own message — from both entry points."""
+    import fstore.commands.batch as batch_cmd  # noqa: F401 - the CLI imports the job lazily, from these modules
+    from jobs.batch import file_systems, rebuild_features
+
+    def failing(*_args: object, **_kwargs: object) -> None:
+        raise _SparkFailure()
+
+    class _Spark:
+        def stop(self) -> None:
+            pass
+
+    monkeypatch.setattr(rebuild_features, "rebuild", failing)
+    monkeypatch.setattr(rebuild_features, "build_spark", lambda *_a, **_k: _Spark())
+    monkeypatch.setattr(file_systems, "missing_file_system", lambda *_a: None)
+    monkeypatch.setattr(rebuild_features, "missing_file_system", lambda *_a: None)
+    res = CliRunner().invoke(main, ["batch", "--date", "2026-11-01", "--no-progress"])
+    last = res.output.strip().splitlines()[-1]
+    assert res.exit_code == exit_codes.RUN_FAILED, res.output[-2000:]
+    assert last == (
+        "Error: the batch run for 2026-11-01 failed (exit 1; a re-run is safe): "
+        "java.io.IOException: No space left on device"
+    ), last
+    assert spark_submit_main(["--date", "2026-11-01"]) == exit_codes.RUN_FAILED
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.strip().splitlines()[-1] == last, err[-2000:]
+
+
+def test_the_summary_of_a_python_failure_is_its_type_and_first_line() -> None:
+    from jobs.batch.run_failure import MAX_CHARS, summary
+
+    assert summary(KeyError("tiles_x")) == "KeyError: 'tiles_x'"
+    assert summary(OSError("\n  disk gone  \nmore")) == "OSError: disk gone"
+    assert summary(RuntimeError()) == "RuntimeError"
+    long = summary(ValueError("x" * 1000))
+    assert len(long) == MAX_CHARS and long.endswith("…")
