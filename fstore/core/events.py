@@ -209,6 +209,16 @@ def reason_family(reason: str) -> str:
 _SAFE_TEXT = re.compile(r"[A-Za-z0-9_.:+-]{0,128}")  # ids, event types, ISO-8601 times
 
 
+def _nested_text(v: Any, raw: bytes, key: str) -> str:
+    """The text a nested value is hashed from: its canonical JSON; for a value nested deeper than ``json.dumps``
+    recurses (orjson decodes up to 1,024 levels, ``json.dumps`` stops near the interpreter's recursion limit),
+    the message's hash and the field name instead — still nothing of the value, and the same for the same bytes."""
+    try:
+        return json.dumps(v, sort_keys=True, default=str)
+    except RecursionError:
+        return f"nested:{payload_hash(raw)}:{key}"
+
+
 def mask_dead_letter(
     raw: bytes, fields: Iterable[str], loads: Loads = json_loads, keep_unparseable: bool = False
 ) -> bytes:
@@ -236,8 +246,10 @@ def mask_dead_letter(
         v = obj[key]
         if v is None or isinstance(v, bool | int | float) or (isinstance(v, str) and _SAFE_TEXT.fullmatch(v)):
             kept[key] = v
+        elif isinstance(v, str):
+            kept[key] = hashed(v)
         else:
-            kept[key] = hashed(v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str))
+            kept[key] = hashed(_nested_text(v, raw, key))
     dropped = len(obj) - len(kept)
     if dropped:
         kept["dropped_fields"] = dropped

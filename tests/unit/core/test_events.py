@@ -222,6 +222,18 @@ def test_pii_never_survives_validation_and_is_masked_in_dead_letters() -> None:
         assert mask_dead_letter(unparseable, FIELDS, keep_unparseable=True) == unparseable  # the operator's opt-in
 
 
+def test_a_dead_letter_nested_deeper_than_json_dumps_recurses_is_masked_not_raised() -> None:
+    # orjson (the adapters' decoder) reads 1,020 levels of arrays; json.dumps recursed past the interpreter's limit
+    # while hashing the value, so `fstore ingest` crashed on the message the stream worker dead-letters (probe-fuzz).
+    deep = b"[" * 1020 + b"]" * 1020
+    raw = b'{"event_id":"e1","session_id":' + deep + b',"email":"alice@example.com"}'
+    assert isinstance(orjson.loads(raw)["session_id"], list)
+    masked = mask_dead_letter(raw, FIELDS, orjson.loads)
+    kept = json.loads(masked)
+    assert kept["event_id"] == "e1" and kept["session_id"].startswith("h:") and b"alice" not in masked
+    assert mask_dead_letter(raw, FIELDS, orjson.loads) == masked  # the same bytes, the same dead letter
+
+
 def test_free_text_session_id_is_stored_as_a_hash() -> None:
     ev = parse(msg(session_id="mail alice@example.com"), NOW)
     assert isinstance(ev, Event) and ev.session_id == hashed("mail alice@example.com")
