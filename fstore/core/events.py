@@ -82,13 +82,37 @@ def _parse_int(text: str) -> int | float:
         raise ValueError(f"integer {text[:20]}... is infinite as a double") from None
 
 
+def _lone_surrogate(obj: Any) -> bool:
+    """Whether a decoded value holds a lone UTF-16 surrogate (``"\\ud800"`` escaped alone): text that is
+    not Unicode, which orjson refuses. A valid escaped pair is one character once decoded."""
+    stack = [obj]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            if not v.isascii() and any("\ud800" <= c <= "\udfff" for c in v):
+                return True
+        elif isinstance(v, dict):
+            stack.extend(v)
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return False
+
+
 def json_loads(raw: bytes) -> Any:
     """Strict JSON decoding with the standard library that agrees with ``orjson.loads``.
 
-    NaN/Infinity and numbers that overflow a double are malformed; integers beyond 64 bits become
-    doubles. Adapters use orjson for speed; both decoders give every message the same verdict.
+    The bytes must be UTF-8 without a byte-order mark, and text escapes must make Unicode (no lone
+    surrogate); NaN/Infinity and numbers that overflow a double are malformed; integers beyond 64 bits
+    become doubles. Adapters use orjson for speed; both decoders give every message the same verdict,
+    but for arrays or objects nested about 1,000 deep (up to 1,023 for orjson, up to the interpreter's
+    recursion limit here).
     """
-    return json.loads(raw, parse_constant=_reject_constant, parse_float=_parse_float, parse_int=_parse_int)
+    text = bytes(raw).decode("utf-8") if isinstance(raw, bytes | bytearray | memoryview) else raw
+    obj = json.loads(text, parse_constant=_reject_constant, parse_float=_parse_float, parse_int=_parse_int)
+    if _lone_surrogate(obj):
+        raise ValueError("a lone UTF-16 surrogate escape is not Unicode text")
+    return obj
 
 
 def hashed(text: str) -> str:

@@ -100,6 +100,27 @@ def test_rejections(raw: bytes, reason: str, loads: object) -> None:
     assert parse(raw, NOW, loads) == Rejection(reason)  # type: ignore[arg-type]
 
 
+#: Bytes orjson refuses that the standard library's decoder took (probe-fuzz): a byte-order mark, lone surrogate
+#: escapes (in a declared field or not, alone or reversed), UTF-16 (which json.loads detects on bytes).
+NOT_UTF8_TEXT = [
+    b"\xef\xbb\xbf" + msg(),
+    msg(session_id="a").replace(b'"a"', b'"a\\ud800"'),
+    msg().replace(b"{", b'{"note": "\\udc00\\ud800", ', 1),
+    msg().decode().encode("utf-16"),
+]
+
+
+@pytest.mark.parametrize("raw", NOT_UTF8_TEXT, ids=["bom", "lone-high", "reversed-pair", "utf-16"])
+def test_the_stdlib_decoder_refuses_what_orjson_refuses(raw: bytes) -> None:
+    with pytest.raises(ValueError):
+        orjson.loads(raw)
+    with pytest.raises(ValueError):
+        json_loads(raw)
+    assert parse(raw, NOW, json_loads) == parse(raw, NOW, orjson.loads) == Rejection("malformed_json")
+    paired = msg(session_id="a").replace(b'"a"', b'"a\\ud83d\\ude00"')  # a valid pair is one character
+    assert json_loads(paired) == orjson.loads(paired)
+
+
 E1 = to_micros(datetime(2026, 11, 21, 11, 0, tzinfo=UTC))  # 2026-11-21T11:00:00Z
 TIME_FORMATS: list[tuple[object, int | str]] = [  # event_time as sent -> stored µs, or the rejection reason
     ("2026-11-21T11:00:00Z", E1),
