@@ -105,16 +105,20 @@ class _Router:
         self.known: list[Addr] = list(dict.fromkeys(seeds))
         self.owners: list[Addr] | None = None  # None: read the map before the next request
 
-    def learn(self, owners: list[Addr]) -> None:
+    def learn(self, owners: list[Addr]) -> list[Addr]:
         self.owners = owners
         self.known = list(dict.fromkeys([*dict.fromkeys(owners), *self.known]))
+        return owners
 
-    def primaries(self) -> list[Addr]:
-        return list(dict.fromkeys(self.owners or ()))
+    def group(
+        self, owners: list[Addr], todo: Sequence[int], slots: Sequence[int], asking: dict[int, Addr]
+    ) -> dict[Addr, list[int]]:
+        """The commands ``todo`` by the node to send them to, on the slot map ``owners``.
 
-    def group(self, todo: Sequence[int], slots: Sequence[int], asking: dict[int, Addr]) -> dict[Addr, list[int]]:
-        owners = self.owners
-        assert owners is not None
+        The map is the caller's (the one it read or refreshed), not ``self.owners``: a concurrent request whose
+        node failed may reset ``self.owners`` to None while the caller waits for a shared refresh (probe-scale2:
+        an AssertionError, a 500, during a failover under concurrent reads).
+        """
         groups: dict[Addr, list[int]] = {}
         for i in todo:
             addr = asking.get(i) or owners[slots[i]]
@@ -200,7 +204,7 @@ class ClusterPool:
         self._username, self._password = username, password
         self.timeout, self.connect_timeout = timeout, connect_timeout
         self._pools: dict[Addr, RespPool] = {}
-        self._refreshing: asyncio.Future[None] | None = None
+        self._refreshing: asyncio.Future[list[Addr]] | None = None
 
     @classmethod
     def from_url(cls, url: str, *, timeout: float | None = None, connect_timeout: float | None = None) -> ClusterPool:
@@ -227,8 +231,12 @@ class ClusterPool:
             )
         return pool
 
-    async def refresh(self) -> None:
+    async def refresh(self) -> list[Addr]:
         """Re-read the slot map from the first known node that answers (concurrent callers share one read).
+
+        Returns:
+            The map read (the owner of every slot), to route with even if a concurrent failure has already
+            marked it stale again.
 
         Raises:
             redis.exceptions.ConnectionError: no known node answered.
@@ -241,9 +249,9 @@ class ClusterPool:
             for addr in list(self._router.known):
                 try:
                     reply = (await self._pool(addr).execute(_CLUSTER_SLOTS, 1))[0]
-                    self._router.learn(parse_slots(reply, addr))
-                    self._refreshing.set_result(None)
-                    return
+                    owners = self._router.learn(parse_slots(reply, addr))
+                    self._refreshing.set_result(owners)
+                    return owners
                 except rex.RedisError as exc:
                     errors.append(f"{addr[0]}:{addr[1]}: {exc}")
             failure = rex.ConnectionError("no Redis Cluster node answered CLUSTER SLOTS (" + "; ".join(errors) + ")")
@@ -265,9 +273,8 @@ class ClusterPool:
         asking: dict[int, Addr] = {}
         router = self._router
         for _ in range(MAX_REDIRECTS):
-            if router.owners is None:
-                await self.refresh()
-            groups = router.group(todo, slots, asking)
+            owners = router.owners or await self.refresh()
+            groups = router.group(owners, todo, slots, asking)
             items = list(groups.items())
             results = await asyncio.gather(
                 *(self._node(addr, commands, idxs, asking) for addr, idxs in items), return_exceptions=True
@@ -299,18 +306,16 @@ class ClusterPool:
 
     async def ping(self) -> bool:
         """``PING`` every primary; raises when one does not answer."""
-        if self._router.owners is None:
-            await self.refresh()
-        for addr in self._router.primaries():
+        owners = self._router.owners or await self.refresh()
+        for addr in dict.fromkeys(owners):
             raise_errors(await self._pool(addr).execute_all(_PING, 1))
         return True
 
     async def script_load(self, script: str) -> str:
         """``SCRIPT LOAD`` on every primary (a promoted replica does not have the scripts of its old primary)."""
-        if self._router.owners is None:
-            await self.refresh()
+        owners = self._router.owners or await self.refresh()
         sha = ""
-        for addr in self._router.primaries():
+        for addr in dict.fromkeys(owners):
             reply = raise_errors(await self._pool(addr).execute_all(command("SCRIPT", "LOAD", script), 1))[0]
             sha = reply.decode() if isinstance(reply, bytes) else str(reply)
         return sha
@@ -355,8 +360,8 @@ class SyncClusterPool:
             )
         return client
 
-    def refresh(self) -> None:
-        """Re-read the slot map from the first known node that answers.
+    def refresh(self) -> list[Addr]:
+        """Re-read the slot map from the first known node that answers; returns it.
 
         Raises:
             redis.exceptions.ConnectionError: no known node answered.
@@ -365,8 +370,7 @@ class SyncClusterPool:
         for addr in list(self._router.known):
             try:
                 reply = round_trip_sync(self._client(addr), _CLUSTER_SLOTS, 1)[0]
-                self._router.learn(parse_slots(reply, addr))
-                return
+                return self._router.learn(parse_slots(reply, addr))
             except rex.RedisError as exc:
                 errors.append(f"{addr[0]}:{addr[1]}: {exc}")
         raise rex.ConnectionError("no Redis Cluster node answered CLUSTER SLOTS (" + "; ".join(errors) + ")")
@@ -378,10 +382,9 @@ class SyncClusterPool:
         asking: dict[int, Addr] = {}
         router = self._router
         for _ in range(MAX_REDIRECTS):
-            if router.owners is None:
-                self.refresh()
+            owners = router.owners or self.refresh()
             redo: list[int] = []
-            for addr, idxs in router.group(todo, slots, asking).items():
+            for addr, idxs in router.group(owners, todo, slots, asking).items():
                 ask = {i: a for i, a in asking.items() if a == addr} if asking else asking
                 payload, n = _payload(commands, idxs, ask)
                 replies: list[Any] | BaseException

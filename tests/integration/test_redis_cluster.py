@@ -36,7 +36,7 @@ from fstore.devsvc.services import Broker
 from fstore.feast.online_store import FstoreOnlineStore
 from fstore.online.reader import EntityRead, SyncOnlineReader
 from fstore.plan_source import current_plan
-from fstore.redis.cluster import SyncClusterPool, slot_of
+from fstore.redis.cluster import Addr, ClusterPool, SyncClusterPool, slot_of
 from fstore.redis.connect import sync_client
 from fstore.redis.layout import POINTER_KEY, BatchPointer, batch_key, entity_tag
 from jobs.batch import batch_view
@@ -392,3 +392,54 @@ def test_several_seeds_the_first_down_every_client_reads_the_map_from_the_next(r
 
     assert asyncio.run(read()) == b"1"
     admin.close()
+
+
+class _StaleAfterRefresh(ClusterPool):
+    """A pool whose slot map is marked stale right after each refresh, as a concurrent request whose node
+    failed does (``_Router.absorb``) while other requests wait for the refresh they share."""
+
+    async def refresh(self) -> list[Addr]:
+        owners = await super().refresh()
+        self._router.owners = None
+        return owners
+
+
+class _SyncStaleAfterRefresh(SyncClusterPool):
+    """:class:`_StaleAfterRefresh` for the blocking pool (Feast's reader, shared by a server's threads)."""
+
+    def refresh(self) -> list[Addr]:
+        owners = super().refresh()
+        self._router.owners = None
+        return owners
+
+
+def test_requests_route_on_the_map_they_refreshed_when_a_concurrent_failure_marks_it_stale(
+    redis_cluster: RedisCluster,
+) -> None:
+    """probe-scale2: during a failover under concurrent reads, a request that waited for a shared slot-map
+    refresh found the map reset by another request's failure and died on an assertion (the API answered 500).
+    Each request must route on the map its refresh returned (a stale one only costs a MOVED or a 503)."""
+    keys = {f"probe-scale2:{{k{i}}}": f"v{i}".encode() for i in range(30)}
+    client = redis.RedisCluster.from_url(redis_cluster.url)
+    try:
+        for k, v in keys.items():
+            client.set(k, v, ex=60)
+        assert len({slot_owner(redis_cluster, slot_of(k)) for k in keys}) == 3  # every primary is read
+    finally:
+        client.close()
+
+    async def read_all() -> list[Any]:
+        pool = _StaleAfterRefresh.from_url(redis_cluster.url, timeout=2, connect_timeout=2)
+        try:
+            got = await asyncio.gather(*(pool.get(k) for k in keys))
+            assert await pool.ping()
+            return got
+        finally:
+            pool.close()
+
+    assert asyncio.run(read_all()) == list(keys.values())
+    sync_pool = _SyncStaleAfterRefresh.from_url(redis_cluster.url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        assert [sync_pool.get(k) for k in keys] == list(keys.values())
+    finally:
+        sync_pool.close()

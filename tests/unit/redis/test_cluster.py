@@ -61,10 +61,10 @@ def test_wire_slots_are_the_slots_of_the_keys() -> None:
 
 def test_router_groups_by_node_and_follows_moved_and_ask() -> None:
     router = _Router([A])
-    router.learn(parse_slots(slots_reply(), C))
+    owners = router.learn(parse_slots(slots_reply(), C))
     slots = [0, 6000, 12000, 1, 6001]
     asking: dict[int, tuple[str, int]] = {}
-    assert router.group(range(5), slots, asking) == {A: [0, 3], B: [1, 4], C: [2]}
+    assert router.group(owners, range(5), slots, asking) == {A: [0, 3], B: [1, 4], C: [2]}
     out: list[Any] = [None] * 5
     moved = rex.ResponseError("MOVED 0 10.0.0.2:7001")
     ask = rex.ResponseError("ASK 3 10.0.0.3:7002")
@@ -73,8 +73,8 @@ def test_router_groups_by_node_and_follows_moved_and_ask() -> None:
     assert asking == {3: C}
     assert router.absorb(B, [1, 4], [b"x", rex.ResponseError("NOSCRIPT No matching script")], out, asking) == []
     assert out[1] == b"x" and isinstance(out[4], rex.NoScriptError)
-    router.learn(parse_slots(slots_reply(), C))
-    assert router.group([0, 3], slots, asking) == {A: [0], C: [3]}
+    owners = router.learn(parse_slots(slots_reply(), C))
+    assert router.group(owners, [0, 3], slots, asking) == {A: [0], C: [3]}
     down = rex.ConnectionError("refused")
     assert router.absorb(C, [2], down, out, asking) == [] and out[2] is down and router.owners is None
 
