@@ -21,7 +21,7 @@ from fstore.topics import on_declared_topic
 from jobs.stream import metrics
 from jobs.stream.dead_letters import KafkaDeadLetters
 from jobs.stream.faults import exit_code
-from jobs.stream.layer import SpeedLayer, bootstrap_servers
+from jobs.stream.layer import SpeedLayer, bootstrap_servers, stop_worker
 from jobs.stream.settings import StreamSettings, get_stream_settings
 
 log = logging.getLogger("fstore.stream")
@@ -67,6 +67,7 @@ app = make_app(settings)
 events_topic = app.topic(settings.events_topic, key_type=bytes, value_type=bytes, partitions=settings.topic_partitions)
 
 _layer: SpeedLayer | None = None
+_start_failure: BaseException | None = None  # why the speed layer could not even be built (its exit code)
 
 
 def layer() -> SpeedLayer:
@@ -94,14 +95,23 @@ async def start_metrics() -> None:
 @app.task  # type: ignore[untyped-decorator]
 async def speed_layer() -> None:
     """Consume ``events`` in bulk: DLQ, speed tiles, raw sink; commit after the raw flush."""
-    await layer().run()
+    global _start_failure
+    try:
+        state = layer()
+    except Exception as exc:  # e.g. no node of a Redis Cluster answers: its slot map is read here
+        _start_failure = exc
+        stop_worker(exc, "cannot start")
+        return
+    await state.run()
 
 
 @app.timer(interval=0.5)  # type: ignore[untyped-decorator]
 async def housekeeping() -> None:
     """Flush an idle raw buffer when its age bound passes, retry failed commits, refresh the lag gauge, check
     the events topic (re-created, new partitions) every ``FSTORE_STREAM_TOPIC_CHECK_S``."""
-    state = layer()
+    if _layer is None:  # not built yet, or it could not be (the worker is stopping)
+        return
+    state = _layer
     if state.consumer is None:
         return
     if state.raw.due():
@@ -127,7 +137,7 @@ def run_worker(loglevel: str | None = None) -> None:
     try:
         Worker(app, loglevel=loglevel or settings.stream_log_level, quiet=True).execute_from_commandline()
     except SystemExit as stop:
-        failure = _layer.failure if _layer is not None else None
+        failure = _layer.failure if _layer is not None else _start_failure
         if failure is not None:
             raise SystemExit(exit_code(failure)) from None
         raise stop

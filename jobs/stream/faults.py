@@ -64,6 +64,8 @@ def is_outage(exc: BaseException) -> bool:
     """Whether ``exc`` means a dependency is away (retry, then stop) rather than a message it cannot take."""
     if isinstance(exc, (OutageTimeout, OSError, KafkaTimeoutError, *_REDIS_OUTAGE)):
         return True
+    if isinstance(exc, redis_errors.RedisClusterException) and exc.__cause__ is not None:
+        return is_outage(exc.__cause__)  # redis-py's "Redis Cluster cannot be connected", from a ConnectionError
     if isinstance(exc, DeltaError) and _OS_ERROR in str(exc):  # the file system's error, wrapped by delta-rs
         return True  # (a full disk: "... No space left on device (os error 28)")
     return bool(getattr(exc, "retriable", False))  # aiokafka's KafkaError subclasses say it themselves

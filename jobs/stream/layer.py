@@ -165,6 +165,20 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         log.info("stream worker: assigned %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
 
 
+def stop_worker(exc: BaseException, doing: str) -> None:
+    """Log why the worker stops (one CRITICAL line; its traceback only when ``exc`` is no outage) and ask Faust
+    for an orderly stop: ``fstore stream`` then exits with :func:`jobs.stream.faults.exit_code` of ``exc``."""
+    log.critical(
+        "stream worker: %s with exit code %d: %s: %s",
+        doing,
+        exit_code(exc),
+        type(exc).__name__,
+        exc,
+        exc_info=not is_outage(exc),
+    )
+    os.kill(os.getpid(), signal.SIGTERM)  # Faust's orderly stop; fstore stream then exits non-zero
+
+
 class SpeedLayer:
     """Worker state: consumer, Redis client, sinks, batch pointer cache, ingestion clock, offsets."""
 
@@ -316,16 +330,8 @@ class SpeedLayer:
         consumer.subscribe([s.events_topic], listener=_Rebalance(self))
         return consumer
 
-    async def run(self) -> None:
-        """Consume until cancelled (worker stop) or a failure that is not one message's fault.
-
-        A batch that fails for any reason but an outage is bisected down to the message(s) that cause it,
-        which are dead-lettered as ``unprocessable`` (:meth:`isolate`); the stream goes on. An outage is
-        retried, and one that outlasts ``FSTORE_STREAM_OUTAGE_EXIT_S`` — or messages that keep failing on
-        their own — stop the whole worker (a supervisor restarts it) with a non-zero exit code
-        (:attr:`failure`, :func:`jobs.stream.faults.exit_code`). Nothing uncommitted is lost: it is
-        redelivered, the markers keep it exact.
-        """
+    async def _start(self) -> AIOKafkaConsumer:
+        """Declare the topic, start the DLQ producer, warm the raw sink and start the consumer."""
         if (mismatch := topic_mismatch(self.plan, self.s.events_topic)) is not None:
             log.warning("stream worker: %s", mismatch)
         try:
@@ -339,6 +345,24 @@ class SpeedLayer:
         tune_gc(self.s.stream_batch_max)
         self.consumer = consumer = self.make_consumer()
         await consumer.start()
+        return consumer
+
+    async def run(self) -> None:
+        """Consume until cancelled (worker stop) or a failure that is not one message's fault.
+
+        A batch that fails for any reason but an outage is bisected down to the message(s) that cause it,
+        which are dead-lettered as ``unprocessable`` (:meth:`isolate`); the stream goes on. An outage is
+        retried, and one that outlasts ``FSTORE_STREAM_OUTAGE_EXIT_S`` — or messages that keep failing on
+        their own — stop the whole worker (a supervisor restarts it) with a non-zero exit code
+        (:attr:`failure`, :func:`jobs.stream.faults.exit_code`). Nothing uncommitted is lost: it is
+        redelivered, the markers keep it exact.
+        """
+        try:
+            consumer = await self._start()
+        except Exception as exc:  # the broker, the DLQ producer or raw_events' storage away at start-up
+            self.failure = exc
+            stop_worker(exc, "cannot start")
+            return
         within_ms = int(self.s.stream_batch_within_s * 1000)
         inflight: _Batch | None = None
         try:
@@ -386,14 +410,7 @@ class SpeedLayer:
             raise
         except Exception as exc:
             self.failure = exc
-            log.critical(
-                "stream worker: stopping with exit code %d: %s: %s",
-                exit_code(exc),
-                type(exc).__name__,
-                exc,
-                exc_info=not is_outage(exc),
-            )
-            os.kill(os.getpid(), signal.SIGTERM)  # Faust's orderly stop; fstore stream then exits non-zero
+            stop_worker(exc, "stopping")
             raise
         finally:
             if inflight is not None and inflight.task is not None and not inflight.task.done():

@@ -116,6 +116,20 @@ def test_an_outage_that_lasts_stops_the_worker_with_a_non_zero_exit_code(
     assert "stopping with exit code 69" in (w.tmp / f"worker-{w.runs}.log").read_text(errors="replace")
 
 
+def test_a_redis_cluster_unreachable_at_start_up_is_an_outage_not_a_crash(
+    kafka_broker: Broker, worker_factory: Factory
+) -> None:
+    """No node of the Redis Cluster answers when the worker starts: exit 69 (an outage: restart it once Redis is
+    back) with one CRITICAL line naming it, not Faust's crash report and exit 1."""
+    w = worker_factory(kafka_broker, FSTORE_REDIS_URL=f"redis://127.0.0.1:{free_port()}", FSTORE_REDIS_CLUSTER="true")
+    w.start()
+    assert w.proc is not None
+    w.proc.wait(90)
+    log = (w.tmp / f"worker-{w.runs}.log").read_text(errors="replace")
+    assert w.proc.returncode == EXIT_OUTAGE, w.log_tail()
+    assert "cannot start with exit code 69: RedisClusterException" in log and "Traceback" not in log, log[-3000:]
+
+
 def test_fstore_ingest_dead_letters_a_row_arrow_refuses_and_writes_the_rest(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

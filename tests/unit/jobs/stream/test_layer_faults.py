@@ -141,6 +141,13 @@ def test_messages_that_all_fail_stop_the_worker_instead_of_filling_the_dlq() -> 
 
 def test_outages_and_failures_get_distinct_non_zero_exit_codes() -> None:
     assert is_outage(RedisConnectionError("down")) and exit_code(RedisConnectionError("down")) == EXIT_OUTAGE
+    from redis.exceptions import RedisClusterException
+
+    try:  # how redis-py reports a cluster none of whose seeds answers
+        raise RedisClusterException("Redis Cluster cannot be connected") from RedisConnectionError("refused")
+    except RedisClusterException as unreachable:
+        assert is_outage(unreachable)
+    assert not is_outage(RedisClusterException("Argument 'db' is not possible to use in cluster mode"))
     assert is_outage(OSError("disk")) and not is_outage(ResponseError("ERR script"))
     assert not is_outage(MessageSizeTooLargeError()) and EXIT_FAILURE != 0 != EXIT_OUTAGE
 
