@@ -18,7 +18,7 @@ import orjson
 
 from fstore.core.event_accept import compile_accept
 from fstore.core.event_check import EventCheck
-from fstore.core.events import MAX_MESSAGE_BYTES, Rejection, Row, parse_row
+from fstore.core.events import MAX_MESSAGE_BYTES, UNPROCESSABLE, Rejection, Row, parse_row
 from fstore.core.plan import Plan
 from fstore.plan_source import current_plan
 
@@ -32,7 +32,11 @@ class EventReader:
     def __init__(self, plan: Plan) -> None:
         keys = {e.join_key for e in plan.entities}
         self.plan, self.schema = plan, plan.schema
-        self.check = EventCheck(plan.schema, keys).check
+        checker = EventCheck(plan.schema, keys)
+        self.check = checker.check
+        #: Every dead-letter reason a message can get under this plan: the byte checks, the schema's, and a
+        #: sink's refusal (docs/design.md §2's closed list, with the fields named).
+        self.reasons = ("malformed_json", "oversized", *checker.reasons(), UNPROCESSABLE)
         self.accept = compile_accept(plan.schema, keys)
         self.id_field, self.ts_field = plan.schema.id_field, plan.schema.timestamp_field
 

@@ -56,6 +56,26 @@ class EventCheck:
         ids = {schema.id_field, *entity_keys}
         self._fields = [(f, f.name in ids, truth(f.required_when) if f.required_when else None) for f in schema.fields]
 
+    def reasons(self) -> list[str]:
+        """Every reason :meth:`check` can give for this schema, in check order (``future_timestamp`` last).
+
+        The stream worker creates its per-reason dead-letter counter at 0 for each: a labelled series that
+        is born with its first burst shows no increase to Prometheus's ``rate()`` (that needs two samples),
+        so a first flood of a reason would stay out of the dead-letter rate and its alert.
+        """
+        out: list[str] = []
+        for f, is_id, required_when in self._fields:
+            if f.required or required_when is not None:
+                out.append(f"missing_field:{f.name}")
+            out.append(f"invalid_type:{f.name}")
+            if f.type is FieldType.STRING and is_id:
+                out.append(f"invalid_id:{f.name}")
+            elif f.type is FieldType.STRING and f.values:
+                out.append(f"unknown_{f.name}")
+            elif f.minimum is not None and f.minimum >= 0 and f.type not in (FieldType.BOOL, FieldType.TIMESTAMP):
+                out.append("negative_amount")
+        return list(dict.fromkeys([*out, "future_timestamp"]))
+
     def check(self, obj: Mapping[str, Any], now: int) -> Row | Rejection:
         """The normalised row (every declared field, absent ones ``None`` or their default; the
         timestamp in UTC epoch µs) or the first reason, in declaration order."""

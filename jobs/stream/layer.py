@@ -206,6 +206,7 @@ class SpeedLayer:
         self.s, self.clock = s, clock
         self.plan = current_plan() if plan is None else plan
         self.reader: EventReader = reader_for(self.plan)
+        metrics.declare_reasons(self.reader.reasons)
         self.events_topic, self.dlq_topic = events_topic, dlq_topic
         self.redis: Any = (  # a redis.asyncio.Redis or a ClusterPool, or a KeyValue fake when the tile sink is one too
             kv if kv is not None else async_client(s.redis_url, s.redis_cluster, timeout=10, connect_timeout=5)
@@ -491,6 +492,7 @@ class SpeedLayer:
             return
         s = self.s
         self.plan, self.reader = plan, reader_for(plan)
+        metrics.declare_reasons(self.reader.reasons)
         if isinstance(self.tiles, TileWriter):
             self.tiles = TileWriter(
                 self.redis, plan, s.marker_ttl_s, s.tile_ttl_s, chunk=s.stream_script_chunk, clock=self.clock

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -18,6 +19,19 @@ EVENTS_VALID = Counter("fstore_stream_events_valid_total", "Valid events (every 
 EVENTS_INVALID = Counter(
     "fstore_stream_events_invalid_total", "Messages dead-lettered, by reason", ["reason"], registry=REGISTRY
 )
+
+
+def declare_reasons(reasons: Iterable[str]) -> None:
+    """Create the dead-letter counter of every reason at 0, before any message has one.
+
+    Prometheus counts an increase only between two samples of a series: a ``{reason}`` series that first
+    appears with a whole burst in it (a producer release that breaks the schema) would add nothing to
+    ``rate()``, so neither the dashboard nor FstoreDeadLetterRateHigh would see that first flood.
+    """
+    for reason in reasons:
+        EVENTS_INVALID.labels(reason)
+
+
 DUPLICATES = Counter(
     "fstore_stream_duplicates_skipped_total",
     "Valid copies not applied to tiles because their event_id was already counted",

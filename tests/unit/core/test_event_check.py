@@ -178,3 +178,16 @@ def test_bigint_fields_hold_64_bit_integers_int_fields_32_bit() -> None:
     table = raw_log.rows_table(schema, rows, ["h"], [NOW])  # type: ignore[arg-type]
     assert table.schema.field("small").type == pa.int32() and table.schema.field("big").type == pa.int64()
     assert table.column("big").to_pylist() == [2**63 - 1] and table.column("other").to_pylist() == [-(2**63)]
+
+
+def test_reasons_lists_what_the_check_of_the_example_schema_can_give() -> None:
+    plan = compiled("ecommerce")
+    check = EventCheck(plan.schema, [e.join_key for e in plan.entities])
+    want = ["missing_field:event_id", "invalid_type:event_id", "invalid_id:event_id"]
+    want += ["missing_field:event_type", "invalid_type:event_type", "unknown_event_type"]
+    want += ["missing_field:user_id", "invalid_type:user_id", "invalid_id:user_id"]
+    want += ["missing_field:product_id", "invalid_type:product_id", "invalid_id:product_id"]
+    want += ["missing_field:event_time", "invalid_type:event_time"]
+    want += ["missing_field:price", "invalid_type:price", "negative_amount", "invalid_type:quantity"]
+    want += ["invalid_type:session_id", "future_timestamp"]
+    assert check.reasons() == want

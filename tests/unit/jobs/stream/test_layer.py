@@ -10,10 +10,12 @@ with its reason.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import Counter
 from typing import NamedTuple
 
 import pytest
+from prometheus_client import generate_latest
 
 from examples.synth.generator import GeneratorConfig, generate
 from fstore.core.aggregates import isclose
@@ -24,6 +26,7 @@ from fstore.core.tile_state import Acc
 from fstore.core.timeutil import HOUR
 from fstore.core.view_tiles import TileKey, TileLookup, Tiles, ViewTiler, evaluate, lookup_in
 from fstore.plan_source import current_plan
+from jobs.stream import metrics
 from jobs.stream.fakes import MemorySinks
 from jobs.stream.layer import SpeedLayer
 from jobs.stream.settings import StreamSettings
@@ -316,3 +319,21 @@ def test_a_hold_is_acknowledged_with_the_clock_its_moves_used(plan: Plan, monkey
     assert queued and min(queued) >= acked, (acked, sorted(queued)[:3])  # nothing before the ack waits for a move
     moved = {e.event_id for e in events if e.event_time < acked}
     assert moved and not moved & {eid for by_id in sinks.tiles.future.values() for eid in by_id}
+
+
+def test_every_dead_letter_reason_is_declared_at_zero_before_any_message(plan: Plan) -> None:
+    """A ``{reason}`` series born with its first burst adds nothing to ``rate()`` (probe-ops: 3,000 invalid
+    messages in one burst left FstoreDeadLetterRateHigh at 0), so the worker creates each at 0 on start."""
+    metrics.EVENTS_INVALID.clear()
+    sinks = MemorySinks(plan)
+    SpeedLayer(StreamSettings(), None, sinks.dead, kv=sinks.kv, tiles=sinks.tiles, raw=sinks.raw)
+    body = generate_latest(metrics.REGISTRY).decode()
+    declared = dict(re.findall(r'^fstore_stream_events_invalid_total\{reason="([^"]+)"\} (\S+)$', body, re.M))
+    # every reason the generator's invalid traffic gets (it cycles through the contract's list) is there
+    now = 1_767_225_600_000_000
+    cfg = GeneratorConfig(start=now - HOUR, end=now, events=2_000, users=5, products=5, malformed_rate=0.5)
+    values = [v for b in generate(cfg, seed=3) for v in b.values]
+    seen = {r.reason for _, r in checked(plan, values, now) if isinstance(r, Rejection)}
+    assert len(seen) >= 8 and seen <= declared.keys(), seen - declared.keys()
+    assert {"malformed_json", "oversized", "unprocessable", "future_timestamp"} <= declared.keys()
+    assert set(declared.values()) == {"0.0"}
