@@ -119,6 +119,10 @@ class State:
     last_success: float | None = None
     last_slot: float | None = None  # the last slot whose run finished (any outcome)
     last_start: float | None = None
+    # the last slot's outcome: a restart serves it again, so FstoreBatchFailed does not forget a failed slot
+    # that no later attempt will retry (probe-ops: a restart dropped fstore_schedule_last_exit_code)
+    last_exit_code: int | None = None
+    last_run: float | None = None
 
     @classmethod
     def load(cls, path: Path | None) -> State:
@@ -229,6 +233,11 @@ class Scheduler:
         self._sleep = self.sleep or self.stop.wait
         if self.state.last_success is not None:
             self.metrics.last_success.labels(self.job).set(self.state.last_success)
+        if self.state.last_exit_code is not None:
+            self.metrics.exit_code.labels(self.job).set(self.state.last_exit_code)
+            self.metrics.running.labels(self.job).set(0)
+        if self.state.last_run is not None:
+            self.metrics.last_run.labels(self.job).set(self.state.last_run)
 
     def first_slot(self) -> float:
         """The first slot to run: a daily slot missed while down (catch-up), else the next one."""
@@ -256,6 +265,7 @@ class Scheduler:
             finally:
                 m.running.labels(job).set(0)
             ended = self.clock()
+            self.state.last_exit_code, self.state.last_run = code, ended
             m.exit_code.labels(job).set(code)
             m.last_run.labels(job).set(ended)
             m.duration.labels(job).set(ended - started)

@@ -149,3 +149,16 @@ def test_run_process_exit_codes() -> None:
     assert run_process([py, "-c", "raise SystemExit(3)"], None) == 3
     assert run_process([py, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"], None) == -9
     assert run_process([py, "-c", "import time; time.sleep(30)"], 0.5) == 124
+
+
+def test_a_failed_slot_is_still_reported_after_a_restart(tmp_path: Path) -> None:
+    """The slot that failed is not run again, so a restarted scheduler must keep serving its exit code:
+    FstoreBatchFailed needs fstore_schedule_last_exit_code (> 0) and fstore_schedule_running (0)."""
+    fake = Fake([78])
+    s = scheduler(fake, tmp_path)
+    s.run(max_slots=1)
+    again = scheduler(fake, tmp_path)
+    assert value(again, "fstore_schedule_last_exit_code") == 78
+    assert value(again, "fstore_schedule_running") == 0
+    assert value(again, "fstore_schedule_last_run_timestamp_seconds") == T0 + 1800 + 10
+    assert again.first_slot() > fake.now  # the failed slot is not run again
