@@ -18,11 +18,15 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 from redis.exceptions import RedisError, ResponseError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -94,14 +98,39 @@ class Metrics:
             out = generate_latest(self.registry)
         out += probe.exposition() if probe is not None else b""
         if plan_stale is not None:
-            reg = CollectorRegistry()
-            Gauge(
-                "fstore_plan_stale",
-                "1 while the applied plan record changed but could not be read: the previous plan is served",
-                registry=reg,
-            ).set(int(plan_stale))
-            out += generate_latest(reg)
+            out += scrape_gauges(
+                [
+                    (
+                        "fstore_plan_stale",
+                        "1 while the applied plan record changed but could not be read: the previous plan is served",
+                        int(plan_stale),
+                    )
+                ]
+            )
         return out
+
+
+class _ScrapeGauges(Collector):
+    def __init__(self, gauges: list[tuple[str, str, float]]) -> None:
+        self.gauges = gauges
+
+    def collect(self) -> Iterator[Metric]:
+        for name, doc, value in self.gauges:
+            yield GaugeMetricFamily(name, doc, value=value)
+
+
+def scrape_gauges(gauges: list[tuple[str, str, float]]) -> bytes:
+    """``(name, help, value)`` gauges of this scrape only, in the text format.
+
+    Not ``Gauge`` objects: in multiprocess mode every ``Gauge`` writes its value to the worker's file, which
+    each later scrape — answered by any worker — exposes again with a ``pid`` label. Prometheus keeps its
+    connection, so one worker answers every scrape, and the other's last probe stayed there for good: a
+    Redis outage long over kept a ``fstore_api_redis_up{pid=...} 0`` and FstoreRedisUnreachable firing
+    (probe-ops).
+    """
+    reg = CollectorRegistry()
+    reg.register(_ScrapeGauges(gauges))
+    return generate_latest(reg)
 
 
 def values_in_files() -> bool:
@@ -161,30 +190,37 @@ class StoreProbe:
 
     def exposition(self) -> bytes:
         """Gauges of this probe in the Prometheus text format."""
-        reg = CollectorRegistry()
-        Gauge("fstore_api_redis_up", "1 if Redis answered the scrape's ping", registry=reg).set(int(self.redis_up))
+        gauges: list[tuple[str, str, float]] = [
+            ("fstore_api_redis_up", "1 if Redis answered the scrape's ping", int(self.redis_up))
+        ]
         if self.pointer is not None:
-            Gauge(
-                "fstore_batch_view_cutover_timestamp_seconds",
-                "Cutover C of the serving batch view (batch tiles before it)",
-                registry=reg,
-            ).set(self.pointer.cutover / 1e6)
-        if self.heartbeat is not None:
-            Gauge(
-                "fstore_speed_last_commit_timestamp_seconds",
-                "Last speed-tile commit of the stream worker (its heartbeat in Redis)",
-                registry=reg,
-            ).set(self.heartbeat.committed_at / 1e6)
-        if self.eviction is not None:
-            Gauge("fstore_api_redis_evicted_keys", "Keys Redis evicted since its start (INFO stats)", registry=reg).set(
-                self.eviction[1]
+            gauges.append(
+                (
+                    "fstore_batch_view_cutover_timestamp_seconds",
+                    "Cutover C of the serving batch view (batch tiles before it)",
+                    self.pointer.cutover / 1e6,
+                )
             )
-            Gauge(
-                "fstore_api_redis_evicting_policy",
-                "1 if Redis's maxmemory-policy may evict keys (anything but noeviction)",
-                registry=reg,
-            ).set(int(self.eviction[0] != "noeviction"))
-        return generate_latest(reg)
+        if self.heartbeat is not None:
+            gauges.append(
+                (
+                    "fstore_speed_last_commit_timestamp_seconds",
+                    "Last speed-tile commit of the stream worker (its heartbeat in Redis)",
+                    self.heartbeat.committed_at / 1e6,
+                )
+            )
+        if self.eviction is not None:
+            gauges.append(
+                ("fstore_api_redis_evicted_keys", "Keys Redis evicted since its start (INFO stats)", self.eviction[1])
+            )
+            gauges.append(
+                (
+                    "fstore_api_redis_evicting_policy",
+                    "1 if Redis's maxmemory-policy may evict keys (anything but noeviction)",
+                    int(self.eviction[0] != "noeviction"),
+                )
+            )
+        return scrape_gauges(gauges)
 
 
 async def _eviction(client: Any) -> tuple[str, int] | None:

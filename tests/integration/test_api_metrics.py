@@ -71,3 +71,22 @@ def test_every_scrape_sums_both_workers(two_workers: tuple[str, Path]) -> None:
     assert re.search(r"^fstore_api_redis_up 1\.0$", body, re.M)
     assert re.search(r"^fstore_batch_view_cutover_timestamp_seconds 1\.7642016e\+09$", body, re.M)
     assert re.search(r'^fstore_api_request_seconds_count\{method="GET",route="/features"\} 120\.0$', body, re.M)
+
+
+def test_a_probe_of_one_worker_does_not_stay_in_later_scrapes(
+    two_workers: tuple[str, Path], redis_client: redis.Redis
+) -> None:
+    """The Redis probe describes one scrape. Prometheus keeps its connection, so one worker answers every
+    scrape: another worker's last probe (here 0, taken while Redis was paused) must not be exposed after
+    it with a ``pid`` label — it kept FstoreRedisUnreachable firing on a healthy stack (probe-ops)."""
+    url, _ = two_workers
+    redis_client.client_pause(2500)
+    down = [httpx.get(f"{url}/metrics", timeout=10).text for _ in range(8)]  # new connections: both workers
+    assert any(re.search(r"^fstore_api_redis_up 0\.0$", b, re.M) for b in down)
+    time.sleep(3)
+    with httpx.Client() as prometheus:  # one kept connection, as Prometheus scrapes
+        for _ in range(10):
+            body = prometheus.get(f"{url}/metrics").text
+            up = re.findall(r"^fstore_api_redis_up(\{[^}]*\})? (\S+)$", body, re.M)
+            assert up == [("", "1.0")], up
+            assert not re.search(r"^fstore_(api_redis_\w+|plan_stale|batch_view_cutover\w*)\{", body, re.M)
