@@ -174,7 +174,9 @@ class ReadCore:
         layer puts an event in a tile only once its own clock has passed the event_time (future-stamped
         events stay exact fields until then, see :mod:`jobs.stream.speed_lua`), so every event a reply
         holds in a tile is older than that ``as_of``, and the future fields are counted by their exact
-        times: no event counts before its event_time (docs/design.md §5). A given ``as_of`` is used as is.
+        times: no event counts before its event_time (docs/design.md §5). A clock behind the serving cutover C
+        (the batch published C by another host's clock) reads at ``as_of`` = C: the batch tiles hold every
+        event before C. A given ``as_of`` is used as is.
 
         Raises:
             RedisError: the pointer changed :data:`MAX_POINTER_RETRIES` times in a row.
@@ -185,6 +187,10 @@ class ReadCore:
         for _ in range(MAX_POINTER_RETRIES):
             pointer = self._current[1]
             cutover = pointer.cutover if pointer is not None else None
+            if live and cutover is not None and t < cutover:
+                # This clock is behind the one that published C (another host's): the batch tiles hold every
+                # event before C, so a read before C would count events stamped after its as_of. Read at C.
+                t = cutover
             # Cached batch tiles are kept only for reads at or after the cutover (they omit older tiles).
             cacheable = cutover is not None and t >= cutover and self._cache_max > 0
             wire = [GET_POINTER]

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from fstore.core.aggregates import isclose
 from fstore.core.tile_state import Value
-from fstore.core.timeutil import DAY, HOUR, MINUTE
+from fstore.core.timeutil import DAY, HOUR, MINUTE, SECOND
 from fstore.devsvc.services import RedisServer
 from fstore.plan_source import current_plan
 from fstore.redis.layout import POINTER_KEY, BatchPointer
@@ -195,6 +195,25 @@ def test_cutover_during_reads_never_mixes_versions(redis_client: redis.Redis, re
             stop.set()
             t.join()
     assert seen["A"] > 0 and seen["B"] > 0
+
+
+def test_a_clock_behind_the_cutover_reads_at_the_cutover(redis_client: redis.Redis, redis_server: RedisServer) -> None:
+    """docs/design.md §5, no event counts before its event_time: the batch host published C by its own clock;
+    an API whose clock reads 30 s before C must not count the events of the batch tiles stamped between its
+    clock and C. It answers at as_of = C, with the brute force's values at that as_of (probe-time)."""
+    behind = C - 30 * SECOND
+    events = [e for e in make_events(4) if e["event_time"] < C]
+    clicks = [dict(events[0], event_id=f"skew-{i}", event_type="click", user_id="u1", product_id="p1", event_time=C - d)
+              for i, d in enumerate((1, 10 * SECOND, 29 * SECOND))]  # fmt: skip
+    events += clicks
+    load(redis_client, events, "v1", C)
+    with TestClient(create_app(ApiSettings(redis_url=redis_server.url), clock=lambda: behind)) as client:
+        for u in ("u1", "u2"):
+            body = client.get("/features", params={"user_id": u, "features": "user_activity"}).json()
+            want = expected(USER_ACTIVITY, events, u, body["as_of_us"])
+            assert all(isclose(body["values"][k], want[k]) for k in want), (u, body["as_of"], body["values"], want)
+            assert body["as_of_us"] == C and body["batch_cutoff"] == "2026-11-21T00:00:00Z", body
+    assert expected(USER_ACTIVITY, events, "u1", behind) != expected(USER_ACTIVITY, events, "u1", C)
 
 
 def test_redis_outage_gives_503_fast_and_recovers(tmp_path: Path) -> None:
