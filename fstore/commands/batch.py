@@ -46,7 +46,12 @@ def _day(_ctx: click.Context, _param: click.Parameter, value: datetime | None) -
 @click.option("--from", "first", type=click.DateTime(["%Y-%m-%d"]), callback=_day, help="First date of a backfill.")
 @click.option("--to", "last", type=click.DateTime(["%Y-%m-%d"]), callback=_day, help="Last date of a backfill.")
 @click.option("--master", default=None, help="Spark master (default: FSTORE_SPARK_MASTER, local[*]).")
-@click.option("--allow-older", is_flag=True, help="Publish the batch view even if a later cutover is serving.")
+@click.option(
+    "--allow-older",
+    is_flag=True,
+    help="Publish the batch view even if a later cutover is serving (not after a backfill or repair: "
+    "the speed tiles before the later cutover were not rebuilt, values would undercount).",
+)
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when a terminal).")
 def batch(
     run_date: date | None,
