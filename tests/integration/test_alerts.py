@@ -31,7 +31,7 @@ def alerts() -> list[dict[str, Any]]:
 
 def test_rules_and_config_are_valid() -> None:
     res = promtool("check", "rules", "alerts.yml")
-    assert res.returncode == 0 and "SUCCESS: 18 rules found" in res.stdout, res.stdout + res.stderr
+    assert res.returncode == 0 and "SUCCESS: 19 rules found" in res.stdout, res.stdout + res.stderr
     res = promtool("check", "config", "prometheus.yml")
     assert res.returncode == 0, res.stdout + res.stderr
 

@@ -218,7 +218,7 @@ def test_every_dashboard_panel_and_alert_rule_on_a_live_stack(
 
         # 8. The alert rules are loaded, evaluate without error, and none fires on this healthy stack.
         rules = [r for g in prom.api("rules")["groups"] for r in g["rules"]]
-        assert len(rules) == 18 and all(r["health"] == "ok" for r in rules), [
+        assert len(rules) == 19 and all(r["health"] == "ok" for r in rules), [
             (r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"
         ]
         assert [a["labels"]["alertname"] for a in prom.api("alerts")["alerts"] if a["state"] == "firing"] == []
