@@ -35,6 +35,10 @@ from fstore.online.reader import OnlineReader
 from fstore.redis.layout import HEARTBEAT_KEY, LOST_WRITES_KEY, BatchPointer, Heartbeat
 
 
+#: The routes whose 5xx answers FstoreApi5xx watches (their error counters are created at 0).
+SERVED_ROUTES = (("/features", "GET"), ("/features", "POST"), ("/historical-features", "POST"))
+
+
 class Metrics:
     """Prometheus metrics of one app instance (own registry, so several apps can live in one process).
 
@@ -74,6 +78,9 @@ class Metrics:
             registry=self.registry,
         )
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        for route, method in SERVED_ROUTES:  # the error series exist at 0 before their first burst: a series born
+            for status in (500, 503):  # with it shows no increase to rate(), and FstoreApi5xx would miss it
+                self.requests.labels(route, method, str(status))
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one request and record its latency (labelled children cached per route/method/status)."""
