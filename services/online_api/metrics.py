@@ -34,7 +34,6 @@ from fstore.core.timeutil import iso
 from fstore.online.reader import OnlineReader
 from fstore.redis.layout import HEARTBEAT_KEY, LOST_WRITES_KEY, BatchPointer, Heartbeat
 
-
 #: The routes whose 5xx answers FstoreApi5xx watches (their error counters are created at 0).
 SERVED_ROUTES = (("/features", "GET"), ("/features", "POST"), ("/historical-features", "POST"))
 

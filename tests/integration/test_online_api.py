@@ -127,7 +127,8 @@ def test_api_key(redis_client: redis.Redis, redis_server: RedisServer) -> None:
         # the 5xx series exist before their first burst, so rate() (FstoreApi5xx) sees that burst
         for route, method in (("/features", "GET"), ("/features", "POST"), ("/historical-features", "POST")):
             for status in (500, 503):
-                assert f'fstore_api_requests_total{{method="{method}",route="{route}",status="{status}"}} 0.0' in metrics
+                series = f'fstore_api_requests_total{{method="{method}",route="{route}",status="{status}"}}'
+                assert f"{series} 0.0" in metrics, series
         for path in ("/docs", "/redoc", "/openapi.json"):  # the docs follow the data's auth rule
             assert client.get(path).status_code == 401, path
             assert client.get(path, headers={"X-API-Key": "s3cret"}).status_code == 200, path
