@@ -132,8 +132,8 @@ def compile_objects(objects: RepoObjects) -> Plan:
     """
     problems = Problems()
     for fv in objects.feature_views:
-        problems.add(
-            f"FeatureView '{fv.name}'",
+        problems.add(  # the class the user wrote: a BatchFeatureView with aggregations is not a plain FeatureView
+            f"{type(fv).__name__} '{fv.name}'",
             "fstore serves StreamFeatureViews with aggregations: make it one, or keep it out of this repository",
         )
     for odfv in objects.on_demand_feature_views:

@@ -28,6 +28,14 @@ def edit(*pairs: tuple[str, str]) -> str:
 
 
 INVALID: dict[str, tuple[str, str]] = {
+    "a BatchFeatureView": (  # named as declared, not as Feast's base class (probe-feast)
+        RIDES
+        + "\nfrom feast import BatchFeatureView\n"
+        + "driver_batch = BatchFeatureView(name='driver_batch', entities=[driver], source=ride_log, "
+        + "aggregations=[Aggregation(column='tip', function='sum', time_window=timedelta(days=7), name='tips_7d')], "
+        + "schema=[Field(name='tips_7d', dtype=Float64)])\n",
+        "BatchFeatureView 'driver_batch': fstore serves StreamFeatureViews with aggregations",
+    ),
     "unsupported function": (
         edit(('function="sum", time_window=H3', 'function="median", time_window=H3')),
         "aggregation 'fare_3h': function 'median' is not supported; use one of count, sum, mean, min, max, std, var",
