@@ -86,8 +86,13 @@ class FeatureNotBuiltError(RuntimeError):
     yet (the API answers 409 for it): no value rather than an undercounted one."""
 
 
-class FstoreReadOnlyError(RuntimeError):
-    """Raised by writes: fstore's stream and batch jobs own the online view."""
+class FstoreReadOnlyError(RuntimeError, click.ClickException):
+    """Raised by writes: fstore's stream and batch jobs own the online view. A ``RuntimeError`` for Python
+    callers, and for Feast's command line (``feast materialize``) an error it shows as ``Error: <message>``
+    with exit code 1, not the last line of a traceback of Feast's internals."""
+
+    def __init__(self, message: str) -> None:
+        click.ClickException.__init__(self, message)
 
 
 class DefinitionsRefused(PlanError, click.ClickException):

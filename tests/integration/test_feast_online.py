@@ -9,6 +9,9 @@ the same fixed ``as_of`` that the API gets through ``create_app(clock=...)``.
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -283,6 +286,25 @@ def test_materialize_is_refused_naming_what_fstore_runs_instead(store: FeatureSt
     with pytest.raises(FstoreReadOnlyError, match="fstore stream"):
         store.materialize_incremental(end, feature_views=["product_engagement"])
     assert {k: redis_client.dump(k) for k in redis_client.scan_iter()} == before
+
+
+def test_feast_materialize_on_the_command_line_says_why_without_a_traceback(
+    feast_repo: Path, redis_server: RedisServer
+) -> None:
+    """The refusal above through the real ``feast`` command (probe-feast): it was the last line of a
+    40-line traceback of Feast's internals; now ``Error: ...`` naming the jobs, exit code 1, as for a
+    repository ``feast apply`` refuses."""
+    feast = str(Path(sys.executable).with_name("feast"))
+    env = {**os.environ, "FSTORE_REDIS_URL": redis_server.url}
+    for args in (
+        ["materialize", "2026-01-01T00:00:00", "2026-01-02T00:00:00"],
+        ["materialize-incremental", "2026-01-02"],
+    ):
+        proc = subprocess.run([feast, *args], cwd=feast_repo, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
+        assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        assert "Error: the fstore online store is read-only" in proc.stderr, proc.stderr[-3000:]
+        assert "`fstore stream`" in proc.stderr and "`fstore batch`" in proc.stderr, proc.stderr[-3000:]
 
 
 def test_unreachable_redis_fails_fast(feast_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
