@@ -346,6 +346,22 @@ class FstoreOnlineStore(OnlineStore):
         """Refuse, as :meth:`online_write_batch`."""
         self.online_write_batch(config, table, data, progress)
 
+    def plan(self, config: RepoConfig, desired_registry_proto: Any) -> list[Any]:
+        """``feast plan`` (and the plan ``feast apply`` makes first): refuse a repository with mistakes as
+        ``feast apply`` does (:meth:`update`), instead of listing views to create that the apply then refuses.
+        Nothing to create, so no infrastructure objects.
+
+        Raises:
+            DefinitionsRefused: the repository has mistakes, each named (``Error: ...``, exit code 1).
+        """
+        root = getattr(config, "repo_path", None)
+        if root:
+            try:  # compiled as update() compiles it; Applying refuses a change no backfill makes good
+                Applying(Path(root).resolve(), compile_repo(root), lambda _: None, lambda _: None)
+            except PlanError as exc:
+                raise DefinitionsRefused(root, exc.problems) from None
+        return []
+
     def update(
         self,
         config: RepoConfig,

@@ -440,6 +440,11 @@ def test_feast_apply_of_a_repository_with_mistakes_names_them_without_a_tracebac
     assert "Error: fstore:" in proc.stderr and "2 mistake(s); nothing was applied" in proc.stderr, proc.stderr
     assert message in proc.stderr and "unknown field 'knd' (did you mean kind?)" in proc.stderr, proc.stderr
     assert snapshot(repo) == before  # neither Feast's registry nor fstore's record moved
+    # `feast plan` listed the views it would create, exit code 0 (probe-feast): now the same refusal
+    proc = subprocess.run([feast, "plan"], cwd=repo, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert message in proc.stderr and "Error: fstore:" in proc.stderr, proc.stderr[-3000:]
+    assert snapshot(repo) == before
     # a valid repository that retypes a field of the applied plan (probe-evo2): refused the same way
     assert original.count("stars INT,") == 1
     (repo / "features.py").write_text(original.replace("stars INT,", "stars BIGINT,"))
