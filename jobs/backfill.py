@@ -133,7 +133,10 @@ def backfill(
         since = pointer.cutover if pointer is not None else now - record.plan.longest_window - record.plan.largest_hop
         report.cutover = since
         token = uuid.uuid4().hex
-        hold.hold(client, token)
+        try:
+            hold.hold(client, token)
+        except hold.HoldTaken as exc:
+            raise BackfillRefused(str(exc)) from None
         try:
             say(f"speed: holding the stream workers (up to {timeout:.0f} s)")
             clocks = hold.wait_held(client, token, timeout)
@@ -159,8 +162,10 @@ def backfill(
             hold.hold(client, token)
             latest = _same_plan(repo, record)
             applied.save(repo, latest.without_pending({view.name}))
+        except hold.HoldTaken as exc:
+            raise BackfillRefused(str(exc)) from None
         finally:
-            hold.release(client)
+            hold.release(client, token)
         return report
     finally:
         client.close()

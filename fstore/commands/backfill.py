@@ -24,8 +24,8 @@ def backfill(view: str, skip_batch: bool, timeout: float, progress: bool | None)
     speed tiles are rebuilt it refuses every feature of the view).
 
     Run it after `fstore apply` has reported features "refused until built". Safe to re-run. Exit code 1
-    when refused (nothing applied, unknown view, workers that do not hold) or on an error; the features
-    then stay pending. See docs/features.md.
+    when refused (nothing applied, unknown view, workers that do not hold, another backfill holding them:
+    backfills run one at a time) or on an error; the features then stay pending. See docs/features.md.
     """
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError

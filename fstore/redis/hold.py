@@ -7,7 +7,11 @@ flushed, future events due moved), acknowledges the token in :data:`ACKS_KEY` wi
 (``"<token> <clock µs>"``: every event it stored as a future field is stamped at or after that clock) and
 waits, consuming nothing, until the key is gone; then it reloads the applied plan and goes on. The hold
 key has a TTL that the backfill keeps refreshing, so a backfill that dies releases the workers by itself
-(after at most :data:`HOLD_TTL_S`). Kafka keeps what arrives meanwhile. A running ``fstore ingest`` is waited
+(after at most :data:`HOLD_TTL_S`). The key names one backfill at a time: a second backfill started meanwhile is
+refused (:class:`HoldTaken`) and cannot refresh or release the first one's hold — two backfills sharing it
+let the first one's release resume the workers while the second still rebuilt its view, and the events
+the workers counted meanwhile were deleted with the old speed hashes (probe-evo3).
+Kafka keeps what arrives meanwhile. A running ``fstore ingest`` is waited
 for like a worker while its batch is in flight; at its next batch it removes its registration instead of
 acknowledging (it keeps no future events to move later) and stops (:mod:`jobs.ingest_speed`).
 """
@@ -26,9 +30,38 @@ ACKS_KEY = f"{PREFIX}:stream:held"
 HOLD_TTL_S = 120
 
 
+#: Set the hold to ARGV[1] when it is free or already ARGV[1] (refresh); otherwise return the holder's token.
+_TAKE = """
+local v = redis.call('GET', KEYS[1])
+if v == false or v == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[2]))
+  return 1
+end
+return v
+"""
+#: Delete the hold only when ARGV[1] holds it.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class HoldTaken(RuntimeError):
+    """Another backfill holds the stream workers; the message says what to do."""
+
+
 def hold(client: AdminClient, token: str) -> None:
-    """Set (or refresh) the hold; workers acknowledge it between batches."""
-    client.set(HOLD_KEY, token, ex=HOLD_TTL_S)
+    """Take (or refresh) the hold for ``token``; workers acknowledge it between batches.
+
+    Raises:
+        HoldTaken: another backfill's token holds it (nothing changed).
+    """
+    got = client.eval(_TAKE, 1, HOLD_KEY, token, HOLD_TTL_S)
+    if got != 1:
+        raise HoldTaken(
+            f"another fstore backfill holds the stream workers (hold {as_text(got)}): backfills run one at a "
+            f"time; run this one again once it has ended (a backfill that died frees it within {HOLD_TTL_S} s)"
+        )
 
 
 def ack_value(token: str, clock: int) -> str:
@@ -77,7 +110,8 @@ def wait_held(
         time.sleep(0.2)
 
 
-def release(client: AdminClient) -> None:
-    """End the hold: the workers reload the applied plan and go on."""
-    client.delete(HOLD_KEY)  # one key per call: the two live in different slots on a cluster
-    client.delete(ACKS_KEY)
+def release(client: AdminClient, token: str) -> None:
+    """End the hold of ``token`` (another backfill's hold is left alone): the workers reload the applied plan
+    and go on."""
+    if client.eval(_RELEASE, 1, HOLD_KEY, token):  # one key per call: the two live in different slots on a cluster
+        client.delete(ACKS_KEY)

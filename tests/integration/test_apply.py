@@ -28,7 +28,7 @@ from fstore.core.plan_json import fingerprint
 from fstore.core.timeutil import HOUR, MINUTE, SECOND
 from fstore.devsvc.broker import Broker, list_topics
 from fstore.devsvc.services import RedisServer
-from fstore.redis.hold import ACKS_KEY, HOLD_TTL_S
+from fstore.redis.hold import ACKS_KEY, HOLD_KEY, HOLD_TTL_S, hold, release
 from fstore.redis.layout import batch_key, distinct_field, future_field, marker_key, speed_key
 from fstore.redis.workers import WORKERS_KEY, registration
 from jobs.stream.control import Control
@@ -352,6 +352,26 @@ def test_a_workers_registration_and_hold_acknowledgement_expire(
     assert redis_client.hget(ACKS_KEY, "w1") == f"token {1_790_000_000 * SECOND}".encode()
     assert keys_without_ttl(redis_client) == []
     assert redis_client.ttl(WORKERS_KEY) > 0 and 0 < redis_client.ttl(ACKS_KEY) <= HOLD_TTL_S
+
+
+def test_a_second_backfill_is_refused_and_leaves_the_first_ones_hold(
+    baseline: tuple[Path, dict[str, str]], redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """docs/design.md §3 "Evolution": never an undercounted value. Two backfills at once (`fstore apply`
+    names one per view) shared the hold: the first one's release resumed the workers while the second still
+    rebuilt its view, and what they counted meanwhile was deleted with the old speed hashes (probe-evo3: 2
+    workers, 4 partitions, 101 of 236 values undercounted until a backfill run alone). A second backfill is
+    refused, and neither refreshes nor releases a hold it does not own."""
+    repo, env = baseline
+    env = {**env, "FSTORE_FEATURE_REPO": str(repo), "FSTORE_DATA_DIR": str(tmp_path / "data")}
+    hold(redis_client, "first")  # a backfill rebuilding its view
+    code, out = run("backfill", "--view", "driver_performance", "--skip-batch", "--no-progress", env=env)
+    assert code == 1 and "another fstore backfill holds the stream workers" in out, out
+    assert redis_client.get(HOLD_KEY) == b"first"
+    release(redis_client, "second")
+    assert redis_client.get(HOLD_KEY) == b"first"
+    release(redis_client, "first")
+    assert redis_client.get(HOLD_KEY) is None
 
 
 def feast_apply(repo: Path) -> tuple[int, str]:
