@@ -74,6 +74,7 @@ class BackfillReport:
 
     view: str
     run_date: date | None = None
+    kept_version: str | None = None  # the batch view serving, kept as it is (--skip-batch)
     cutover: int | None = None
     workers: int = 0
     events: int = 0
@@ -82,7 +83,13 @@ class BackfillReport:
     served: tuple[str, ...] = ()
 
     def summary(self) -> str:
-        batch = f"batch view rebuilt for {self.run_date}" if self.run_date else "no batch view published yet"
+        batch = (
+            f"batch view rebuilt for {self.run_date}"
+            if self.run_date
+            else f"batch view {self.kept_version} kept (--skip-batch)"
+            if self.kept_version
+            else "no batch view published yet"
+        )
         return (
             f"{self.view}: {batch}; speed tiles rebuilt from {self.events} events since the cutover "
             f"({self.tiles} tile measures, {self.future} future events) with {self.workers} worker(s) held; "
@@ -129,6 +136,8 @@ def backfill(
             say(f"batch: the nightly job for {report.run_date} with the applied plan")
             run_batch(report.run_date)
             pointer = BatchPointer.loads(client.get(POINTER_KEY))
+        elif pointer is not None:
+            report.kept_version = pointer.version
         now = clock()
         since = pointer.cutover if pointer is not None else now - record.plan.longest_window - record.plan.largest_hop
         report.cutover = since

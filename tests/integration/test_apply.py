@@ -29,7 +29,15 @@ from fstore.core.timeutil import HOUR, MINUTE, SECOND
 from fstore.devsvc.broker import Broker, list_topics
 from fstore.devsvc.services import RedisServer
 from fstore.redis.hold import ACKS_KEY, HOLD_KEY, HOLD_TTL_S, hold, release
-from fstore.redis.layout import batch_key, distinct_field, future_field, marker_key, speed_key
+from fstore.redis.layout import (
+    POINTER_KEY,
+    BatchPointer,
+    batch_key,
+    distinct_field,
+    future_field,
+    marker_key,
+    speed_key,
+)
 from fstore.redis.workers import WORKERS_KEY, registration
 from jobs.stream.control import Control
 from jobs.stream.settings import StreamSettings
@@ -372,6 +380,19 @@ def test_a_second_backfill_is_refused_and_leaves_the_first_ones_hold(
     assert redis_client.get(HOLD_KEY) == b"first"
     release(redis_client, "first")
     assert redis_client.get(HOLD_KEY) is None
+
+
+def test_a_backfill_with_skip_batch_names_the_batch_view_it_keeps(
+    baseline: tuple[Path, dict[str, str]], redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """`fstore backfill --skip-batch` keeps the batch view that serves: its summary said "no batch view
+    published yet" while one served (probe-evo3), which reads as if online values lacked their batch part."""
+    repo, env = baseline
+    env = {**env, "FSTORE_FEATURE_REPO": str(repo), "FSTORE_DATA_DIR": str(tmp_path / "data")}
+    redis_client.set(POINTER_KEY, BatchPointer("20261128-run1", 1_795_910_400 * SECOND).dumps())
+    code, out = run("backfill", "--view", "driver_performance", "--skip-batch", "--no-progress", env=env)
+    assert code == 0 and "batch view 20261128-run1 kept (--skip-batch)" in out, out
+    assert "no batch view published yet" not in out
 
 
 def feast_apply(repo: Path) -> tuple[int, str]:
